@@ -1,0 +1,474 @@
+//! Objects as JSON in the store, with the metadata bookkeeping every writer shares:
+//! uid, creationTimestamp, generation, resourceVersion (= the store's mod_revision, never
+//! stored inside the value), generateName, finalizers and deletionTimestamp.
+//!
+//! The API server, the controllers, the scheduler and the node agent all write through
+//! [`Objects`], so an object looks the same whoever wrote it.
+use serde_json::{json, Map, Value};
+use shoal_store::{Compare, EventKind, Op, Store, Txn};
+
+use crate::resources::Resource;
+
+/// Errors of object operations; the API maps each to a Kubernetes `Status`.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{kind} \"{name}\" not found")]
+    NotFound { kind: String, name: String },
+    #[error("{kind} \"{name}\" already exists")]
+    AlreadyExists { kind: String, name: String },
+    #[error("Operation cannot be fulfilled on {plural} \"{name}\": the object has been modified; please apply your changes to the latest version and try again")]
+    Conflict { plural: String, name: String },
+    #[error("{0}")]
+    Invalid(String),
+    #[error("stored object {key} is not valid JSON")]
+    Corrupt {
+        key: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("store")]
+    Store(#[from] shoal_store::Error),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A change to an object, as a watch delivers it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ObjectEvent {
+    /// ADDED, MODIFIED or DELETED.
+    pub kind: &'static str,
+    pub object: Value,
+    pub revision: u64,
+}
+
+/// The object layer over one store.
+#[derive(Clone)]
+pub struct Objects {
+    store: Store,
+}
+
+/// The current time as Kubernetes writes it (RFC 3339, seconds).
+pub fn now_rfc3339() -> String {
+    let ts = jiff::Timestamp::now();
+    ts.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+fn meta(obj: &Value) -> Option<&Map<String, Value>> {
+    obj.get("metadata")?.as_object()
+}
+
+fn meta_mut(obj: &mut Value) -> Result<&mut Map<String, Value>> {
+    let o = obj.as_object_mut().ok_or_else(|| Error::Invalid("object must be a JSON object".into()))?;
+    let m = o.entry("metadata").or_insert_with(|| json!({}));
+    if !m.is_object() {
+        *m = json!({});
+    }
+    Ok(m.as_object_mut().expect("just made an object"))
+}
+
+/// metadata.name, if set.
+pub fn name_of(obj: &Value) -> Option<&str> {
+    meta(obj)?.get("name")?.as_str()
+}
+
+/// metadata.namespace, if set.
+pub fn namespace_of(obj: &Value) -> Option<&str> {
+    meta(obj)?.get("namespace")?.as_str()
+}
+
+/// metadata.resourceVersion parsed as a revision.
+pub fn resource_version_of(obj: &Value) -> Option<u64> {
+    meta(obj)?.get("resourceVersion")?.as_str()?.parse().ok()
+}
+
+fn random_suffix() -> String {
+    const CHARS: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    (0..5).map(|_| CHARS[rand::random_range(0..CHARS.len())] as char).collect()
+}
+
+fn decode(key: &str, kv: &shoal_store::Kv) -> Result<Value> {
+    let mut v: Value =
+        serde_json::from_slice(&kv.value).map_err(|source| Error::Corrupt { key: key.to_string(), source })?;
+    if let Ok(m) = meta_mut(&mut v) {
+        m.insert("resourceVersion".into(), Value::String(kv.mod_revision.to_string()));
+    }
+    Ok(v)
+}
+
+fn encode(obj: &Value) -> Vec<u8> {
+    let mut v = obj.clone();
+    if let Some(m) = v.get_mut("metadata").and_then(|m| m.as_object_mut()) {
+        m.remove("resourceVersion");
+    }
+    serde_json::to_vec(&v).unwrap_or_default()
+}
+
+/// The parts of an object whose change bumps `generation`: everything but metadata and status.
+fn spec_part(obj: &Value) -> Value {
+    let mut v = obj.clone();
+    if let Some(o) = v.as_object_mut() {
+        o.remove("metadata");
+        o.remove("status");
+        o.remove("kind");
+        o.remove("apiVersion");
+    }
+    v
+}
+
+impl Objects {
+    pub fn new(store: Store) -> Self {
+        Objects { store }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// One object, from the local replica.
+    pub async fn get(&self, res: &Resource, ns: Option<&str>, name: &str) -> Result<Option<Value>> {
+        let key = res.key(ns, name);
+        match self.store.get(&key).await? {
+            Some(kv) => Ok(Some(decode(&key, &kv)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Like `get`, but a missing object is `NotFound`.
+    pub async fn must_get(&self, res: &Resource, ns: Option<&str>, name: &str) -> Result<Value> {
+        self.get(res, ns, name).await?.ok_or_else(|| Error::NotFound { kind: res.plural.clone(), name: name.into() })
+    }
+
+    /// Every object of a resource (in one namespace or all), with the list's revision.
+    pub async fn list(&self, res: &Resource, ns: Option<&str>) -> Result<(Vec<Value>, u64)> {
+        let prefix = res.prefix(ns);
+        let (kvs, rev) = self.store.range(&prefix).await?;
+        let mut out = Vec::with_capacity(kvs.len());
+        for kv in kvs {
+            out.push(decode(&kv.key, &kv)?);
+        }
+        Ok((out, rev))
+    }
+
+    /// Creates an object: fills apiVersion/kind, name from generateName, namespace, uid,
+    /// creationTimestamp and generation. Fails with `AlreadyExists` if the name is taken.
+    pub async fn create(&self, res: &Resource, ns: Option<&str>, mut obj: Value) -> Result<Value> {
+        for _ in 0..8 {
+            let m = meta_mut(&mut obj)?;
+            let name = match m.get("name").and_then(|n| n.as_str()).filter(|n| !n.is_empty()) {
+                Some(n) => n.to_string(),
+                None => match m.get("generateName").and_then(|n| n.as_str()) {
+                    Some(g) if !g.is_empty() => format!("{g}{}", random_suffix()),
+                    _ => return Err(Error::Invalid("metadata.name: Required value: name or generateName is required".into())),
+                },
+            };
+            m.insert("name".into(), json!(name));
+            if res.namespaced {
+                m.insert("namespace".into(), json!(ns.unwrap_or("default")));
+            } else {
+                m.remove("namespace");
+            }
+            m.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
+            m.insert("creationTimestamp".into(), json!(now_rfc3339()));
+            m.insert("generation".into(), json!(1));
+            m.remove("resourceVersion");
+            m.remove("deletionTimestamp");
+            if let Some(o) = obj.as_object_mut() {
+                o.insert("apiVersion".into(), json!(res.api_version()));
+                o.insert("kind".into(), json!(res.kind));
+            }
+            let key = res.key(if res.namespaced { Some(ns.unwrap_or("default")) } else { None }, &name);
+            let txn = Txn {
+                compares: vec![Compare::NotExists { key: key.clone() }],
+                success: vec![Op::Put { key: key.clone(), value: encode(&obj), lease: None }],
+                failure: vec![],
+            };
+            let r = self.store.txn(txn).await?;
+            if r.succeeded {
+                let m = meta_mut(&mut obj)?;
+                m.insert("resourceVersion".into(), json!(r.revision.to_string()));
+                return Ok(obj);
+            }
+            let generated = meta(&obj).and_then(|m| m.get("generateName")).is_some()
+                && meta(&obj).and_then(|m| m.get("name")).and_then(|n| n.as_str()).is_some_and(|n| {
+                    meta(&obj).and_then(|m| m.get("generateName")).and_then(|g| g.as_str()).is_some_and(|g| n.len() == g.len() + 5)
+                });
+            if !generated {
+                return Err(Error::AlreadyExists { kind: res.plural.clone(), name });
+            }
+            meta_mut(&mut obj)?.remove("name");
+        }
+        Err(Error::Invalid("could not generate a unique name".into()))
+    }
+
+    /// Replaces an object. If `obj` carries a resourceVersion, the write only succeeds if it
+    /// is still current (409 Conflict otherwise). Keeps uid and creationTimestamp, bumps
+    /// generation when the spec changed. `status_only` keeps the stored spec and metadata
+    /// and takes only `status` from `obj` (the status subresource); otherwise the stored
+    /// status is kept unless `keep_status` is false.
+    pub async fn update(&self, res: &Resource, ns: Option<&str>, obj: Value, mode: UpdateMode) -> Result<Value> {
+        let name = name_of(&obj).ok_or_else(|| Error::Invalid("metadata.name: Required value".into()))?.to_string();
+        let key = res.key(ns, &name);
+        let expected = resource_version_of(&obj);
+        let cur_kv = self.store.get(&key).await?.ok_or_else(|| Error::NotFound { kind: res.plural.clone(), name: name.clone() })?;
+        if let Some(rv) = expected {
+            if rv != cur_kv.mod_revision {
+                return Err(Error::Conflict { plural: res.plural.clone(), name });
+            }
+        }
+        let cur = decode(&key, &cur_kv)?;
+        let mut next = match mode {
+            UpdateMode::Status => {
+                let mut n = cur.clone();
+                if let (Some(o), Some(s)) = (n.as_object_mut(), obj.get("status")) {
+                    o.insert("status".into(), s.clone());
+                }
+                n
+            }
+            UpdateMode::Spec => {
+                let mut n = obj.clone();
+                if let (Some(o), Some(s)) = (n.as_object_mut(), cur.get("status")) {
+                    o.insert("status".into(), s.clone());
+                } else if let Some(o) = n.as_object_mut() {
+                    o.remove("status");
+                }
+                n
+            }
+            UpdateMode::All => obj.clone(),
+        };
+        {
+            let cm = meta(&cur).cloned().unwrap_or_default();
+            let nm = meta_mut(&mut next)?;
+            for k in ["uid", "creationTimestamp", "namespace", "deletionTimestamp", "generation"] {
+                match cm.get(k) {
+                    Some(v) => {
+                        nm.insert(k.into(), v.clone());
+                    }
+                    None => {
+                        nm.remove(k);
+                    }
+                }
+            }
+        }
+        if let Some(o) = next.as_object_mut() {
+            o.insert("apiVersion".into(), json!(res.api_version()));
+            o.insert("kind".into(), json!(res.kind));
+        }
+        if spec_part(&next) != spec_part(&cur) {
+            let g = meta(&cur).and_then(|m| m.get("generation")).and_then(|g| g.as_i64()).unwrap_or(1);
+            meta_mut(&mut next)?.insert("generation".into(), json!(g + 1));
+        }
+        let mut cur_cmp = cur.clone();
+        if let Ok(m) = meta_mut(&mut cur_cmp) {
+            m.remove("resourceVersion");
+        }
+        let mut next_cmp = next.clone();
+        meta_mut(&mut next_cmp)?.remove("resourceVersion");
+        if cur_cmp == next_cmp {
+            // Nothing changed: no write, no new revision (flash is precious).
+            return Ok(cur);
+        }
+        // A terminating object whose last finalizer went away is deleted now.
+        let terminating = meta(&next).and_then(|m| m.get("deletionTimestamp")).is_some();
+        let finalizers_left = meta(&next).and_then(|m| m.get("finalizers")).and_then(|f| f.as_array()).is_some_and(|f| !f.is_empty());
+        let op = if terminating && !finalizers_left {
+            Op::Delete { key: key.clone() }
+        } else {
+            Op::Put { key: key.clone(), value: encode(&next), lease: None }
+        };
+        let txn = Txn {
+            compares: vec![Compare::ModRevision { key: key.clone(), revision: cur_kv.mod_revision }],
+            success: vec![op],
+            failure: vec![],
+        };
+        let r = self.store.txn(txn).await?;
+        if !r.succeeded {
+            return Err(Error::Conflict { plural: res.plural.clone(), name });
+        }
+        meta_mut(&mut next)?.insert("resourceVersion".into(), json!(r.revision.to_string()));
+        Ok(next)
+    }
+
+    /// Reads, changes and writes an object, retrying on conflicts. `f` returns false to
+    /// leave the object as it is.
+    pub async fn modify<F>(&self, res: &Resource, ns: Option<&str>, name: &str, mode: UpdateMode, mut f: F) -> Result<Value>
+    where
+        F: FnMut(&mut Value) -> Result<bool>,
+    {
+        for _ in 0..16 {
+            let mut obj = self.must_get(res, ns, name).await?;
+            if !f(&mut obj)? {
+                return Ok(obj);
+            }
+            match self.update(res, ns, obj, mode).await {
+                Err(Error::Conflict { .. }) => continue,
+                other => return other,
+            }
+        }
+        Err(Error::Conflict { plural: res.plural.clone(), name: name.into() })
+    }
+
+    /// Deletes an object. With finalizers, sets deletionTimestamp and keeps it; returns the
+    /// object as it was last seen (terminating or gone). `precondition_uid`/`_rv` as in
+    /// Kubernetes' DeleteOptions.preconditions.
+    pub async fn delete(&self, res: &Resource, ns: Option<&str>, name: &str, pre: Preconditions) -> Result<Value> {
+        let key = res.key(ns, name);
+        for _ in 0..16 {
+            let kv = self.store.get(&key).await?.ok_or_else(|| Error::NotFound { kind: res.plural.clone(), name: name.into() })?;
+            let mut obj = decode(&key, &kv)?;
+            if let Some(uid) = &pre.uid {
+                if meta(&obj).and_then(|m| m.get("uid")).and_then(|u| u.as_str()) != Some(uid.as_str()) {
+                    return Err(Error::Conflict { plural: res.plural.clone(), name: name.into() });
+                }
+            }
+            if let Some(rv) = pre.resource_version {
+                if rv != kv.mod_revision {
+                    return Err(Error::Conflict { plural: res.plural.clone(), name: name.into() });
+                }
+            }
+            let has_finalizers =
+                meta(&obj).and_then(|m| m.get("finalizers")).and_then(|f| f.as_array()).is_some_and(|f| !f.is_empty());
+            let op = if has_finalizers {
+                if meta(&obj).and_then(|m| m.get("deletionTimestamp")).is_some() {
+                    return Ok(obj);
+                }
+                let m = meta_mut(&mut obj)?;
+                m.insert("deletionTimestamp".into(), json!(now_rfc3339()));
+                m.insert("deletionGracePeriodSeconds".into(), json!(0));
+                Op::Put { key: key.clone(), value: encode(&obj), lease: None }
+            } else {
+                Op::Delete { key: key.clone() }
+            };
+            let txn = Txn {
+                compares: vec![Compare::ModRevision { key: key.clone(), revision: kv.mod_revision }],
+                success: vec![op],
+                failure: vec![],
+            };
+            let r = self.store.txn(txn).await?;
+            if r.succeeded {
+                meta_mut(&mut obj)?.insert("resourceVersion".into(), json!(r.revision.to_string()));
+                return Ok(obj);
+            }
+        }
+        Err(Error::Conflict { plural: res.plural.clone(), name: name.into() })
+    }
+
+    /// Watches a resource (one namespace or all) after a revision (None: from now).
+    /// Delivers ADDED / MODIFIED / DELETED with the object as of the event.
+    pub async fn watch(
+        &self,
+        res: &Resource,
+        ns: Option<&str>,
+        after: Option<u64>,
+    ) -> Result<tokio::sync::mpsc::Receiver<Result<ObjectEvent>>> {
+        let mut inner = self.store.watch(&res.prefix(ns), after).await?;
+        let (tx, rx) = tokio::sync::mpsc::channel(256);
+        tokio::spawn(async move {
+            while let Some(ev) = inner.recv().await {
+                let out = match ev {
+                    Err(e) => Err(Error::Store(e)),
+                    Ok(ev) => {
+                        let kind = match (ev.kind, ev.prev.is_some()) {
+                            (EventKind::Delete, _) => "DELETED",
+                            (EventKind::Put, false) => "ADDED",
+                            (EventKind::Put, true) => "MODIFIED",
+                        };
+                        decode(&ev.kv.key, &ev.kv).map(|object| ObjectEvent { kind, object, revision: ev.revision })
+                    }
+                };
+                let stop = out.is_err();
+                if tx.send(out).await.is_err() || stop {
+                    return;
+                }
+            }
+        });
+        Ok(rx)
+    }
+}
+
+/// Which parts of an object an update replaces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpdateMode {
+    /// Everything but status (a PUT on the object).
+    Spec,
+    /// Only status (a PUT on the status subresource).
+    Status,
+    /// Everything (controllers writing both at once).
+    All,
+}
+
+/// Delete preconditions.
+#[derive(Debug, Clone, Default)]
+pub struct Preconditions {
+    pub uid: Option<String>,
+    pub resource_version: Option<u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resources::find;
+
+    #[tokio::test]
+    async fn create_get_update_delete() {
+        let objs = Objects::new(Store::in_memory());
+        let cms = find("", "configmaps").unwrap();
+        let created = objs
+            .create(&cms, Some("default"), json!({"metadata": {"name": "a"}, "data": {"x": "1"}}))
+            .await
+            .unwrap();
+        assert_eq!(created["kind"], "ConfigMap");
+        assert_eq!(created["metadata"]["generation"], 1);
+        let rv = resource_version_of(&created).unwrap();
+        assert!(matches!(
+            objs.create(&cms, Some("default"), json!({"metadata": {"name": "a"}})).await,
+            Err(Error::AlreadyExists { .. })
+        ));
+        let mut changed = created.clone();
+        changed["data"]["x"] = json!("2");
+        let updated = objs.update(&cms, Some("default"), changed.clone(), UpdateMode::Spec).await.unwrap();
+        assert_eq!(updated["metadata"]["generation"], 2);
+        assert!(resource_version_of(&updated).unwrap() > rv);
+        // A stale resourceVersion conflicts.
+        assert!(matches!(objs.update(&cms, Some("default"), changed, UpdateMode::Spec).await, Err(Error::Conflict { .. })));
+        objs.delete(&cms, Some("default"), "a", Preconditions::default()).await.unwrap();
+        assert!(objs.get(&cms, Some("default"), "a").await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn generate_name_and_finalizers() {
+        let objs = Objects::new(Store::in_memory());
+        let pods = find("", "pods").unwrap();
+        let p = objs
+            .create(&pods, Some("ns1"), json!({"metadata": {"generateName": "web-", "finalizers": ["x"]}, "spec": {}}))
+            .await
+            .unwrap();
+        let name = name_of(&p).unwrap().to_string();
+        assert!(name.starts_with("web-") && name.len() == 9);
+        let t = objs.delete(&pods, Some("ns1"), &name, Preconditions::default()).await.unwrap();
+        assert!(t["metadata"]["deletionTimestamp"].is_string());
+        objs.modify(&pods, Some("ns1"), &name, UpdateMode::All, |o| {
+            o["metadata"]["finalizers"] = json!([]);
+            Ok(true)
+        })
+        .await
+        .unwrap();
+        assert!(objs.get(&pods, Some("ns1"), &name).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn watch_sees_added_modified_deleted() {
+        let objs = Objects::new(Store::in_memory());
+        let cms = find("", "configmaps").unwrap();
+        let mut w = objs.watch(&cms, Some("default"), None).await.unwrap();
+        let c = objs.create(&cms, Some("default"), json!({"metadata": {"name": "a"}})).await.unwrap();
+        let mut c2 = c.clone();
+        c2["data"] = json!({"k": "v"});
+        objs.update(&cms, Some("default"), c2, UpdateMode::Spec).await.unwrap();
+        objs.delete(&cms, Some("default"), "a", Preconditions::default()).await.unwrap();
+        let kinds: Vec<&str> = [w.recv().await, w.recv().await, w.recv().await]
+            .into_iter()
+            .map(|e| e.unwrap().unwrap().kind)
+            .collect();
+        assert_eq!(kinds, ["ADDED", "MODIFIED", "DELETED"]);
+    }
+}
