@@ -1,1 +1,21 @@
-//! hil
+//! shoal-hil: rigs of real hosts, fault injection, the scenario suite and its reports.
+#![forbid(unsafe_code)]
+
+mod error;
+pub mod history;
+pub mod linearizability;
+mod proc;
+pub mod results;
+pub mod rig;
+pub mod scenarios;
+pub mod shoal;
+pub mod workload;
+
+pub use error::{Error, Result};
+pub use history::{Call, History, Operation, Outcome};
+pub use linearizability::{check, Verdict};
+pub use proc::wait_until;
+pub use rig::netns::{sweep_all, CLIENT};
+pub use rig::ssh::Arch;
+pub use rig::{ExecOutput, Launch, Netem, NetnsOptions, NetnsRig, Rig, RigInfo, SshHost, SshRig, SshRigFile, Topology};
+pub use scenarios::{ScenarioOptions, SCENARIOS};

@@ -1,1 +1,31 @@
-//! placeholder
+//! shoal-runtime: runs OCI runtime specs as containers with namespaces, pivot_root and cgroups,
+//! each supervised by a small shim process so the daemon can restart without stopping them.
+//!
+//! `unsafe` is confined to raw syscalls (`sys`), fd plumbing around fork/exec and ioctls; each
+//! block says why it is sound.
+
+mod caps;
+mod cgroups;
+mod error;
+mod init;
+mod logs;
+mod rootfs;
+mod runtime;
+mod sandbox;
+mod shim;
+mod spec;
+mod state;
+mod sys;
+
+pub use caps::{default_capabilities, default_linux_capabilities};
+pub use cgroups::{CgroupCall, CgroupDriver, FakeCgroups, LinuxCgroups, Stats};
+pub use error::{Error, Result};
+pub use runtime::{CreateOpts, ExecProcess, Runtime, RuntimeConfig, ShimCommand};
+pub use sandbox::Sandbox;
+pub use shim::shim_main;
+pub use spec::{default_spec, MASKED_PATHS, READONLY_PATHS};
+pub use state::{State, Status};
+
+/// Re-exported so callers build specs and signals with the same versions.
+pub use nix::sys::signal::Signal;
+pub use oci_spec;

@@ -4,12 +4,32 @@
 //! [`Store`] (a cheap, cloneable handle), [`Kv`], [`Txn`], [`Compare`], [`Op`],
 //! [`WatchEvent`] and [`Error`]. Keys are UTF-8 strings, values are bytes; every committed
 //! write bumps one cluster-wide revision, as etcd does.
+//!
+//! A cluster member opens its store with [`Store::open`] and a [`RaftTransport`] (the daemon's
+//! QUIC endpoint); peers' calls are served by [`Store::handle_rpc`].
 #![forbid(unsafe_code)]
 
+mod backup;
+mod codec;
 mod error;
+mod log_store;
 mod mem;
+mod network;
+mod node;
+mod raft_types;
+mod state_machine;
+mod store;
+mod tables;
+pub mod testing;
 mod types;
+mod voters;
+#[cfg(test)]
+mod storage_tests;
 
 pub use error::{Error, Result};
-pub use mem::Store;
-pub use types::{Compare, EventKind, Kv, Op, Txn, TxnResult, WatchEvent, WatchStream};
+pub use network::{service, RaftTransport, TransportError};
+pub use store::Store;
+pub use types::{
+    Compare, EventKind, Kv, MemberStatus, Op, Role, StoreConfig, StoreStatus, Txn, TxnResult, VoterChange, WatchEvent,
+    WatchStream,
+};

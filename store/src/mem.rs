@@ -1,6 +1,7 @@
-//! The store handle. This first backend keeps the state machine in memory and applies
-//! writes directly; the Raft/redb backend replaces the inside and keeps this surface.
-use std::collections::{BTreeMap, VecDeque};
+//! The in-memory backend behind `Store::in_memory()`: the same semantics as the replicated
+//! store (revisions, compare-and-swap, watch history, leases) for tests and tools, applied
+//! directly without Raft or a file. Leases here never expire on their own; revoke them.
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::{broadcast, mpsc};
@@ -18,20 +19,22 @@ struct State {
     revision: u64,
     data: BTreeMap<String, Kv>,
     history: VecDeque<WatchEvent>,
+    leases: BTreeMap<u64, u64>,
+    next_lease: u64,
 }
 
-/// A cloneable handle on the node's store.
+/// A cloneable handle on an in-memory store.
 #[derive(Clone)]
-pub struct Store {
+pub(crate) struct MemStore {
     state: Arc<Mutex<State>>,
     events: broadcast::Sender<WatchEvent>,
 }
 
-impl Store {
+impl MemStore {
     /// A store that lives in memory only, for tests and tools.
     pub fn in_memory() -> Self {
         let (events, _) = broadcast::channel(WATCH_BUFFER * 4);
-        Store { state: Arc::new(Mutex::new(State::default())), events }
+        MemStore { state: Arc::new(Mutex::new(State::default())), events }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -71,12 +74,58 @@ impl Store {
     pub async fn txn(&self, txn: Txn) -> Result<TxnResult> {
         let (result, events) = {
             let mut st = self.lock();
+            for op in txn.success.iter().chain(txn.failure.iter()) {
+                if let Op::Put { lease: Some(l), .. } = op {
+                    if !st.leases.contains_key(l) {
+                        return Err(Error::LeaseNotFound { lease: *l });
+                    }
+                }
+            }
             apply(&mut st, &txn)
         };
         for ev in events {
             let _ = self.events.send(ev);
         }
         Ok(result)
+    }
+
+    pub async fn lease_grant(&self, ttl: std::time::Duration) -> Result<u64> {
+        let mut st = self.lock();
+        st.next_lease += 1;
+        let id = st.next_lease;
+        st.leases.insert(id, u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX));
+        Ok(id)
+    }
+
+    pub async fn lease_keepalive(&self, lease: u64) -> Result<std::time::Duration> {
+        match self.lock().leases.get(&lease) {
+            Some(ttl) => Ok(std::time::Duration::from_millis(*ttl)),
+            None => Err(Error::LeaseNotFound { lease }),
+        }
+    }
+
+    pub async fn lease_revoke(&self, lease: u64) -> Result<u64> {
+        let (rev, events) = {
+            let mut st = self.lock();
+            if st.leases.remove(&lease).is_none() {
+                return Err(Error::LeaseNotFound { lease });
+            }
+            let keys: BTreeSet<String> =
+                st.data.values().filter(|kv| kv.lease == Some(lease)).map(|kv| kv.key.clone()).collect();
+            let txn = Txn::ops(keys.into_iter().map(|key| Op::Delete { key }).collect());
+            let (r, events) = apply(&mut st, &txn);
+            (r.revision, events)
+        };
+        for ev in events {
+            let _ = self.events.send(ev);
+        }
+        Ok(rev)
+    }
+
+    /// Every key with its record, and the revision (for backups).
+    pub(crate) fn dump(&self) -> (Vec<Kv>, Vec<(u64, u64)>, u64) {
+        let st = self.lock();
+        (st.data.values().cloned().collect(), st.leases.iter().map(|(k, v)| (*k, *v)).collect(), st.revision)
     }
 
     /// Watches every key under `prefix`. `after: Some(rev)` delivers every event with a

@@ -87,3 +87,88 @@ pub struct WatchEvent {
 /// `Some(Err(Compacted))` if the watcher fell so far behind that events were lost
 /// (the caller re-lists, as a Kubernetes client does on 410).
 pub type WatchStream = tokio::sync::mpsc::Receiver<crate::Result<WatchEvent>>;
+
+/// Settings of one node's replicated store.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// Directory that holds `store.redb`.
+    pub data_dir: std::path::PathBuf,
+    /// This node's Raft id (unique in the cluster, never reused).
+    pub node_id: u64,
+    /// The address peers reach this node at (handed to the transport as is).
+    pub addr: String,
+    /// Leader heartbeat interval in milliseconds.
+    pub heartbeat_ms: u64,
+    /// Election timeout range in milliseconds: a follower that hears nothing for a random time
+    /// in this range starts an election.
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    /// Build a snapshot (and purge the log before it) after this many applied entries.
+    pub snapshot_every: u64,
+    /// Log entries kept behind the last snapshot, so slightly lagging followers catch up
+    /// from the log rather than from a snapshot.
+    pub keep_logs_behind_snapshot: u64,
+    /// How long a write or read index keeps retrying while the leader changes.
+    pub request_timeout: std::time::Duration,
+    /// How long a voter may be unhealthy before `reconcile_voters` replaces it.
+    pub voter_grace: std::time::Duration,
+    /// Number of revisions the watch history keeps.
+    pub history_revisions: u64,
+}
+
+impl StoreConfig {
+    /// Defaults tuned for fast failover on small machines: a new leader within about a second.
+    pub fn new(data_dir: impl Into<std::path::PathBuf>, node_id: u64, addr: impl Into<String>) -> Self {
+        StoreConfig {
+            data_dir: data_dir.into(),
+            node_id,
+            addr: addr.into(),
+            heartbeat_ms: 120,
+            election_timeout_min_ms: 800,
+            election_timeout_max_ms: 1200,
+            snapshot_every: 5000,
+            keep_logs_behind_snapshot: 1000,
+            request_timeout: std::time::Duration::from_secs(10),
+            voter_grace: std::time::Duration::from_secs(30),
+            history_revisions: 10_000,
+        }
+    }
+}
+
+/// Whether a member votes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Voter,
+    Learner,
+}
+
+/// One member of the Raft group as this node sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberStatus {
+    pub node_id: u64,
+    pub addr: String,
+    pub role: Role,
+}
+
+/// This node's view of the store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreStatus {
+    pub node_id: u64,
+    pub leader: Option<u64>,
+    pub term: u64,
+    pub applied_index: u64,
+    pub revision: u64,
+    pub members: Vec<MemberStatus>,
+}
+
+/// A membership change `reconcile_voters` made.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum VoterChange {
+    /// A healthy learner became a voter.
+    Promote { node_id: u64 },
+    /// A voter that stayed unhealthy past the grace period was replaced by a healthy learner.
+    Replace { removed: u64, added: u64 },
+    /// A voter became a learner (too many voters, or dead with no replacement available).
+    Demote { node_id: u64 },
+}

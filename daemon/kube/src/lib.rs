@@ -8,6 +8,7 @@ pub mod objects;
 pub mod patch;
 pub mod protobuf;
 pub mod resources;
+pub mod selector;
 pub mod tables;
 pub mod validation;
 

@@ -103,6 +103,15 @@ fn encode(obj: &Value) -> Vec<u8> {
     serde_json::to_vec(&v).unwrap_or_default()
 }
 
+/// Whether deletion of the object waits on someone: `metadata.finalizers`, and for a
+/// Namespace also `spec.finalizers` (cleared by the namespace controller once it is empty).
+pub fn finalizers_pending(obj: &Value) -> bool {
+    let non_empty = |v: Option<&Value>| v.and_then(|f| f.as_array()).is_some_and(|f| !f.is_empty());
+    non_empty(meta(obj).and_then(|m| m.get("finalizers")))
+        || (obj.get("kind").and_then(|k| k.as_str()) == Some("Namespace")
+            && non_empty(obj.get("spec").and_then(|s| s.get("finalizers"))))
+}
+
 /// The parts of an object whose change bumps `generation`: everything but metadata and status.
 fn spec_part(obj: &Value) -> Value {
     let mut v = obj.clone();
@@ -151,7 +160,13 @@ impl Objects {
 
     /// Creates an object: fills apiVersion/kind, name from generateName, namespace, uid,
     /// creationTimestamp and generation. Fails with `AlreadyExists` if the name is taken.
-    pub async fn create(&self, res: &Resource, ns: Option<&str>, mut obj: Value) -> Result<Value> {
+    pub async fn create(&self, res: &Resource, ns: Option<&str>, obj: Value) -> Result<Value> {
+        self.create_with_uid(res, ns, obj, uuid::Uuid::new_v4().to_string()).await
+    }
+
+    /// Like `create`, with a uid chosen by the caller (the API derives labels from it, as a
+    /// Job's `controller-uid` selector).
+    pub async fn create_with_uid(&self, res: &Resource, ns: Option<&str>, mut obj: Value, uid: String) -> Result<Value> {
         for _ in 0..8 {
             let m = meta_mut(&mut obj)?;
             let name = match m.get("name").and_then(|n| n.as_str()).filter(|n| !n.is_empty()) {
@@ -167,7 +182,7 @@ impl Objects {
             } else {
                 m.remove("namespace");
             }
-            m.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
+            m.insert("uid".into(), json!(uid));
             m.insert("creationTimestamp".into(), json!(now_rfc3339()));
             m.insert("generation".into(), json!(1));
             m.remove("resourceVersion");
@@ -267,10 +282,10 @@ impl Objects {
             // Nothing changed: no write, no new revision (flash is precious).
             return Ok(cur);
         }
-        // A terminating object whose last finalizer went away is deleted now.
+        // A terminating object whose last finalizer went away is deleted now. (A terminating
+        // object that never had finalizers, as a Pod in graceful deletion, stays until deleted.)
         let terminating = meta(&next).and_then(|m| m.get("deletionTimestamp")).is_some();
-        let finalizers_left = meta(&next).and_then(|m| m.get("finalizers")).and_then(|f| f.as_array()).is_some_and(|f| !f.is_empty());
-        let op = if terminating && !finalizers_left {
+        let op = if terminating && finalizers_pending(&cur) && !finalizers_pending(&next) {
             Op::Delete { key: key.clone() }
         } else {
             Op::Put { key: key.clone(), value: encode(&next), lease: None }
@@ -325,15 +340,21 @@ impl Objects {
                     return Err(Error::Conflict { plural: res.plural.clone(), name: name.into() });
                 }
             }
-            let has_finalizers =
-                meta(&obj).and_then(|m| m.get("finalizers")).and_then(|f| f.as_array()).is_some_and(|f| !f.is_empty());
-            let op = if has_finalizers {
+            let op = if finalizers_pending(&obj) {
                 if meta(&obj).and_then(|m| m.get("deletionTimestamp")).is_some() {
                     return Ok(obj);
                 }
                 let m = meta_mut(&mut obj)?;
                 m.insert("deletionTimestamp".into(), json!(now_rfc3339()));
                 m.insert("deletionGracePeriodSeconds".into(), json!(0));
+                if res.kind == "Namespace" && res.group.is_empty() {
+                    if let Some(o) = obj.as_object_mut() {
+                        let st = o.entry("status").or_insert_with(|| json!({}));
+                        if let Some(st) = st.as_object_mut() {
+                            st.insert("phase".into(), json!("Terminating"));
+                        }
+                    }
+                }
                 Op::Put { key: key.clone(), value: encode(&obj), lease: None }
             } else {
                 Op::Delete { key: key.clone() }
@@ -341,6 +362,49 @@ impl Objects {
             let txn = Txn {
                 compares: vec![Compare::ModRevision { key: key.clone(), revision: kv.mod_revision }],
                 success: vec![op],
+                failure: vec![],
+            };
+            let r = self.store.txn(txn).await?;
+            if r.succeeded {
+                meta_mut(&mut obj)?.insert("resourceVersion".into(), json!(r.revision.to_string()));
+                return Ok(obj);
+            }
+        }
+        Err(Error::Conflict { plural: res.plural.clone(), name: name.into() })
+    }
+
+    /// Graceful deletion (a Pod bound to a node): sets deletionTimestamp to now + `grace_seconds`
+    /// and deletionGracePeriodSeconds, and keeps the object; whoever stops the workload then
+    /// calls `delete`, which removes a terminating object without finalizers. A second call
+    /// may only shorten the grace period.
+    pub async fn terminate(&self, res: &Resource, ns: Option<&str>, name: &str, grace_seconds: i64, pre: Preconditions) -> Result<Value> {
+        let key = res.key(ns, name);
+        for _ in 0..16 {
+            let kv = self.store.get(&key).await?.ok_or_else(|| Error::NotFound { kind: res.plural.clone(), name: name.into() })?;
+            let mut obj = decode(&key, &kv)?;
+            if let Some(uid) = &pre.uid {
+                if meta(&obj).and_then(|m| m.get("uid")).and_then(|u| u.as_str()) != Some(uid.as_str()) {
+                    return Err(Error::Conflict { plural: res.plural.clone(), name: name.into() });
+                }
+            }
+            if let Some(rv) = pre.resource_version {
+                if rv != kv.mod_revision {
+                    return Err(Error::Conflict { plural: res.plural.clone(), name: name.into() });
+                }
+            }
+            let current = meta(&obj).and_then(|m| m.get("deletionGracePeriodSeconds")).and_then(|g| g.as_i64());
+            if meta(&obj).and_then(|m| m.get("deletionTimestamp")).is_some() && current.is_some_and(|c| c <= grace_seconds) {
+                return Ok(obj);
+            }
+            let at = jiff::Timestamp::now()
+                .checked_add(jiff::SignedDuration::from_secs(grace_seconds.max(0)))
+                .unwrap_or_else(|_| jiff::Timestamp::now());
+            let m = meta_mut(&mut obj)?;
+            m.insert("deletionTimestamp".into(), json!(at.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()));
+            m.insert("deletionGracePeriodSeconds".into(), json!(grace_seconds.max(0)));
+            let txn = Txn {
+                compares: vec![Compare::ModRevision { key: key.clone(), revision: kv.mod_revision }],
+                success: vec![Op::Put { key: key.clone(), value: encode(&obj), lease: None }],
                 failure: vec![],
             };
             let r = self.store.txn(txn).await?;

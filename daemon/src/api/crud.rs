@@ -1,0 +1,621 @@
+//! The generic verbs every stored resource has: get, list, create, update, patch, delete and
+//! deletecollection, with admission (defaults and checks per kind) on the way in.
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use serde_json::{json, Value};
+use shoal_kube::selector::{FieldSelector, LabelSelector};
+use shoal_kube::{Preconditions, Resource, UpdateMode};
+
+use super::status::{ApiError, Cause};
+use super::table::{self, IncludeObject};
+use super::{crd, job, namespace, pod, secret, service, workloads, ApiState};
+
+/// One request on a resource, parsed.
+pub(crate) struct Ctx {
+    pub state: Arc<ApiState>,
+    pub res: Resource,
+    pub ns: Option<String>,
+    pub name: Option<String>,
+    pub sub: Option<String>,
+    pub query: HashMap<String, String>,
+    pub accept: String,
+    pub content_type: String,
+    pub body: Bytes,
+}
+
+/// The four patch types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PatchKind {
+    Json,
+    Merge,
+    Strategic,
+    Apply,
+}
+
+impl PatchKind {
+    pub fn from_content_type(ct: &str) -> Option<Self> {
+        match ct.split(';').next().unwrap_or_default().trim() {
+            "application/json-patch+json" => Some(PatchKind::Json),
+            "application/merge-patch+json" => Some(PatchKind::Merge),
+            "application/strategic-merge-patch+json" => Some(PatchKind::Strategic),
+            "application/apply-patch+yaml" | "application/apply-patch+json" => Some(PatchKind::Apply),
+            _ => None,
+        }
+    }
+}
+
+pub(crate) fn json_response(code: StatusCode, v: &Value) -> Response {
+    (code, [(header::CONTENT_TYPE, "application/json")], serde_json::to_vec(v).unwrap_or_default()).into_response()
+}
+
+fn yaml_to_json(body: &[u8]) -> Result<Value, ApiError> {
+    serde_norway::from_slice::<Value>(body).map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))
+}
+
+/// Decodes a request body by its content type.
+pub(crate) fn decode_body(content_type: &str, body: &[u8]) -> Result<Value, ApiError> {
+    let ct = content_type.split(';').next().unwrap_or_default().trim();
+    match ct {
+        "" | "application/json" | "*/*" => serde_json::from_slice(body)
+            .map_err(|e| ApiError::bad_request(format!("the body of the request was in an unknown format: {e}"))),
+        "application/yaml" | "application/x-yaml" | "text/yaml" | "application/apply-patch+yaml" => yaml_to_json(body),
+        "application/vnd.kubernetes.protobuf" => shoal_kube::protobuf::decode(body).map_err(|e| {
+            let code = e.http_code();
+            ApiError::new(code, if code == 415 { "UnsupportedMediaType" } else { "BadRequest" }, e.to_string())
+        }),
+        other => Err(ApiError::unsupported_media(other)),
+    }
+}
+
+/// Applies a patch body of `kind` to `doc` (an object of `group`/`obj_kind`).
+pub(crate) fn apply_patch(
+    kind: PatchKind,
+    doc: &Value,
+    body: &[u8],
+    group: &str,
+    obj_kind: &str,
+) -> Result<Value, ApiError> {
+    use shoal_kube::patch;
+    let r = match kind {
+        PatchKind::Json => patch::apply_json_patch(doc, body),
+        PatchKind::Merge => patch::apply_merge_patch(doc, body),
+        PatchKind::Strategic => patch::apply_strategic_merge_patch(doc, body, group, obj_kind),
+        PatchKind::Apply => {
+            let applied = yaml_to_json(body)?;
+            patch::server_side_apply(Some(doc.clone()), applied, group, obj_kind)
+        }
+    };
+    r.map_err(|e| ApiError::new(e.http_code(), e.reason(), e.to_string()))
+}
+
+impl Ctx {
+    pub fn name(&self) -> Result<&str, ApiError> {
+        self.name.as_deref().ok_or_else(ApiError::path_not_found)
+    }
+
+    pub fn ns(&self) -> Option<&str> {
+        self.ns.as_deref()
+    }
+
+    pub fn body_json(&self) -> Result<Value, ApiError> {
+        let v = decode_body(&self.content_type, &self.body)?;
+        if !v.is_object() {
+            return Err(ApiError::bad_request("the body of the request must be a JSON object"));
+        }
+        Ok(v)
+    }
+
+    pub fn dry_run(&self) -> bool {
+        self.query.get("dryRun").is_some_and(|d| d == "All")
+    }
+
+    pub fn flag(&self, key: &str) -> bool {
+        self.query.get(key).is_some_and(|v| v == "true" || v == "1")
+    }
+
+    pub async fn get_existing(&self, name: &str) -> Result<Value, ApiError> {
+        match self.state.objects.get(&self.res, self.ns(), name).await {
+            Ok(Some(mut o)) => {
+                set_type_meta(&self.res, &mut o);
+                Ok(o)
+            }
+            Ok(None) => Err(ApiError::not_found(&self.res, name)),
+            Err(e) => Err(ApiError::from_objects(e, &self.res, name)),
+        }
+    }
+
+    fn wants_table(&self) -> bool {
+        table::wants_table(&self.accept)
+    }
+
+    fn include(&self) -> IncludeObject {
+        table::parse_include(self.query.get("includeObject").map(|s| s.as_str()))
+    }
+
+    pub fn selectors(&self) -> Result<(LabelSelector, FieldSelector), ApiError> {
+        let l = LabelSelector::parse(self.query.get("labelSelector").map(|s| s.as_str()).unwrap_or(""))
+            .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        let f = FieldSelector::parse(self.query.get("fieldSelector").map(|s| s.as_str()).unwrap_or(""))
+            .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        Ok((l, f))
+    }
+}
+
+/// kind/apiVersion as served at the URL's version (custom resources pass through unconverted).
+pub(crate) fn set_type_meta(res: &Resource, obj: &mut Value) {
+    if let Some(o) = obj.as_object_mut() {
+        o.insert("apiVersion".into(), json!(res.api_version()));
+        o.insert("kind".into(), json!(res.kind));
+    }
+}
+
+fn list_kind(res: &Resource) -> String {
+    format!("{}List", res.kind)
+}
+
+/// Defaults and per-kind checks; `old` is the stored object on update. Validation is
+/// shoal-kube's (names, labels, the required fields of the built-in kinds); the checks kept
+/// here are the ones only the API knows (service ranges, CRD names).
+fn admit(res: &Resource, obj: &mut Value, old: Option<&Value>, uid: &str) -> Result<(), ApiError> {
+    let creating = old.is_none();
+    let local: Vec<Cause> = match (res.group.as_str(), res.kind.as_str()) {
+        ("", "Pod") => {
+            pod::admit(obj, creating);
+            vec![]
+        }
+        ("", "Service") => {
+            service::default(obj, old);
+            service::validate(obj)
+        }
+        ("", "Namespace") => {
+            namespace::admit(obj);
+            vec![]
+        }
+        ("", "Secret") => secret::admit(obj),
+        ("", "ReplicationController") => workloads::admit("ReplicationController", obj),
+        ("apps", k @ ("Deployment" | "ReplicaSet" | "DaemonSet" | "StatefulSet")) => {
+            workloads::admit(k, obj);
+            vec![]
+        }
+        ("batch", "Job") => match old {
+            None => {
+                job::admit_job(obj, uid, true);
+                vec![]
+            }
+            Some(old) => {
+                job::default_job_update(obj, old);
+                vec![]
+            }
+        },
+        ("batch", "CronJob") => {
+            job::admit_cronjob(obj);
+            vec![]
+        }
+        ("apiextensions.k8s.io", "CustomResourceDefinition") => crd::admit(obj),
+        _ => vec![],
+    };
+    if let Err(invalid) = shoal_kube::validation::validate(&res.group, &res.kind, obj) {
+        return Err(ApiError::from_invalid(&invalid));
+    }
+    if !local.is_empty() {
+        let name = obj["metadata"]["name"].as_str().unwrap_or_default().to_string();
+        return Err(ApiError::invalid(res, &name, local));
+    }
+    Ok(())
+}
+
+/// `?fieldValidation=Strict`: unknown fields of a built-in kind are a 400.
+fn check_strict(ctx: &Ctx, obj: &Value) -> Result<(), ApiError> {
+    if ctx.query.get("fieldValidation").map(|s| s.as_str()) != Some("Strict") {
+        return Ok(());
+    }
+    shoal_kube::validation::check_unknown_fields(&ctx.res.group, &ctx.res.version, &ctx.res.kind, obj)
+        .map_err(|e| ApiError::bad_request(e.message()))
+}
+
+fn check_type_meta(res: &Resource, obj: &Value) -> Result<(), ApiError> {
+    if let Some(av) = obj["apiVersion"].as_str() {
+        if av != res.api_version() {
+            return Err(ApiError::bad_request(format!(
+                "the API version in the data ({av}) does not match the expected API version ({})",
+                res.api_version()
+            )));
+        }
+    }
+    if let Some(k) = obj["kind"].as_str() {
+        if k != res.kind {
+            return Err(ApiError::bad_request(format!(
+                "the kind in the data ({k}) does not match the expected kind ({})",
+                res.kind
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn check_namespace(ctx: &Ctx, obj: &mut Value) -> Result<(), ApiError> {
+    if !ctx.res.namespaced {
+        return Ok(());
+    }
+    let url_ns = ctx.ns().unwrap_or("default");
+    match obj["metadata"]["namespace"].as_str() {
+        Some(n) if !n.is_empty() && n != url_ns => Err(ApiError::bad_request(
+            "the namespace of the provided object does not match the namespace sent on the request",
+        )),
+        _ => {
+            obj["metadata"]["namespace"] = json!(url_ns);
+            Ok(())
+        }
+    }
+}
+
+// ---- verbs ----
+
+pub(crate) async fn get(ctx: &Ctx) -> Result<Response, ApiError> {
+    let name = ctx.name()?;
+    let obj = ctx.get_existing(name).await?;
+    if ctx.wants_table() {
+        let cols = table::custom_columns(&ctx.state.objects, &ctx.res).await;
+        let t = table::table(&ctx.res, cols.as_deref(), std::slice::from_ref(&obj), ctx.include(), None);
+        return Ok(json_response(StatusCode::OK, &t));
+    }
+    Ok(json_response(StatusCode::OK, &obj))
+}
+
+/// Objects of the resource in scope that match the request's selectors, and the revision.
+pub(crate) async fn select(ctx: &Ctx) -> Result<(Vec<Value>, u64), ApiError> {
+    let (labels, fields) = ctx.selectors()?;
+    let (items, rev) =
+        ctx.state.objects.list(&ctx.res, ctx.ns()).await.map_err(|e| ApiError::from_objects(e, &ctx.res, ""))?;
+    let items = items
+        .into_iter()
+        .filter(|o| labels.matches_object(o) && fields.matches(o))
+        .map(|mut o| {
+            set_type_meta(&ctx.res, &mut o);
+            o
+        })
+        .collect();
+    Ok((items, rev))
+}
+
+pub(crate) async fn list(ctx: &Ctx) -> Result<Response, ApiError> {
+    let (items, rev) = select(ctx).await?;
+    if ctx.wants_table() {
+        let cols = table::custom_columns(&ctx.state.objects, &ctx.res).await;
+        let t = table::table(&ctx.res, cols.as_deref(), &items, ctx.include(), Some(rev.to_string()));
+        return Ok(json_response(StatusCode::OK, &t));
+    }
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({
+            "kind": list_kind(&ctx.res),
+            "apiVersion": ctx.res.api_version(),
+            "metadata": {"resourceVersion": rev.to_string()},
+            "items": items,
+        }),
+    ))
+}
+
+/// Creates `obj` (already decoded) and answers 201.
+pub(crate) async fn create_object(ctx: &Ctx, mut obj: Value) -> Result<Response, ApiError> {
+    check_type_meta(&ctx.res, &obj)?;
+    check_strict(ctx, &obj)?;
+    set_type_meta(&ctx.res, &mut obj);
+    if !obj["metadata"].is_object() {
+        obj["metadata"] = json!({});
+    }
+    check_namespace(ctx, &mut obj)?;
+    if let Some(m) = obj["metadata"].as_object_mut() {
+        for k in [
+            "uid",
+            "resourceVersion",
+            "creationTimestamp",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+            "generation",
+        ] {
+            m.remove(k);
+        }
+    }
+    let name = obj["metadata"]["name"].as_str().unwrap_or_default().to_string();
+    if name.is_empty() && obj["metadata"]["generateName"].as_str().is_none_or(|g| g.is_empty()) {
+        return Err(ApiError::invalid(&ctx.res, "", vec![Cause::required("metadata.name")]));
+    }
+    if ctx.res.namespaced {
+        namespace::check_open(&ctx.state.objects, ctx.ns().unwrap_or("default")).await?;
+    }
+    let uid = uuid::Uuid::new_v4().to_string();
+    admit(&ctx.res, &mut obj, None, &uid)?;
+    if ctx.dry_run() {
+        obj["metadata"]["uid"] = json!(uid);
+        obj["metadata"]["creationTimestamp"] = json!(shoal_kube::objects::now_rfc3339());
+        return Ok(json_response(StatusCode::CREATED, &obj));
+    }
+    let is_service = ctx.res.group.is_empty() && ctx.res.kind == "Service";
+    let claimed = if is_service { service::allocate(&ctx.state.objects, &mut obj, None).await? } else { vec![] };
+    match ctx.state.objects.create_with_uid(&ctx.res, ctx.ns(), obj, uid).await {
+        Ok(mut created) => {
+            set_type_meta(&ctx.res, &mut created);
+            Ok(json_response(StatusCode::CREATED, &created))
+        }
+        Err(e) => {
+            service::release(&ctx.state.objects, &claimed).await;
+            Err(ApiError::from_objects(e, &ctx.res, &name))
+        }
+    }
+}
+
+pub(crate) async fn create(ctx: &Ctx) -> Result<Response, ApiError> {
+    let obj = ctx.body_json()?;
+    create_object(ctx, obj).await
+}
+
+/// Writes `next` over `old` (both whole objects); `mode` picks spec or status.
+async fn write(ctx: &Ctx, name: &str, mut next: Value, old: &Value, mode: UpdateMode) -> Result<Value, ApiError> {
+    let is_service = ctx.res.group.is_empty() && ctx.res.kind == "Service";
+    let claimed = if is_service && mode != UpdateMode::Status {
+        service::allocate(&ctx.state.objects, &mut next, Some(old)).await?
+    } else {
+        vec![]
+    };
+    if ctx.dry_run() {
+        service::release(&ctx.state.objects, &claimed).await;
+        return Ok(next);
+    }
+    match ctx.state.objects.update(&ctx.res, ctx.ns(), next, mode).await {
+        Ok(mut o) => {
+            if is_service {
+                service::release(&ctx.state.objects, &service::dropped_keys(old, &o)).await;
+            }
+            set_type_meta(&ctx.res, &mut o);
+            Ok(o)
+        }
+        Err(e) => {
+            service::release(&ctx.state.objects, &claimed).await;
+            Err(ApiError::from_objects(e, &ctx.res, name))
+        }
+    }
+}
+
+fn mode_for(sub: Option<&str>) -> UpdateMode {
+    if sub == Some("status") {
+        UpdateMode::Status
+    } else {
+        UpdateMode::Spec
+    }
+}
+
+/// Admission for an update: the name and namespace stay, defaults and checks run on the
+/// new object (not for status writes).
+fn prepare_update(ctx: &Ctx, name: &str, obj: &mut Value, old: &Value) -> Result<(), ApiError> {
+    if obj["metadata"]["name"].as_str().is_some_and(|n| n != name) {
+        return Err(ApiError::bad_request(format!(
+            "the name of the object ({}) does not match the name on the URL ({name})",
+            obj["metadata"]["name"].as_str().unwrap_or_default()
+        )));
+    }
+    if !obj["metadata"].is_object() {
+        obj["metadata"] = json!({});
+    }
+    obj["metadata"]["name"] = json!(name);
+    check_namespace(ctx, obj)?;
+    if ctx.sub.as_deref() == Some("status") {
+        return Ok(());
+    }
+    check_strict(ctx, obj)?;
+    let uid = old["metadata"]["uid"].as_str().unwrap_or_default().to_string();
+    admit(&ctx.res, obj, Some(old), &uid)
+}
+
+pub(crate) async fn update(ctx: &Ctx) -> Result<Response, ApiError> {
+    let name = ctx.name()?;
+    let mut obj = ctx.body_json()?;
+    check_type_meta(&ctx.res, &obj)?;
+    let old = ctx.get_existing(name).await?;
+    prepare_update(ctx, name, &mut obj, &old)?;
+    let out = write(ctx, name, obj, &old, mode_for(ctx.sub.as_deref())).await?;
+    Ok(json_response(StatusCode::OK, &out))
+}
+
+pub(crate) async fn patch(ctx: &Ctx) -> Result<Response, ApiError> {
+    let name = ctx.name()?;
+    let kind = PatchKind::from_content_type(&ctx.content_type)
+        .ok_or_else(|| ApiError::unsupported_media(&ctx.content_type))?;
+    if kind == PatchKind::Strategic && !shoal_kube::patch::strategic_merge_supported(&ctx.res.group, &ctx.res.kind) {
+        return Err(ApiError::unsupported_media(&ctx.content_type));
+    }
+    for _ in 0..8 {
+        let old = match ctx.state.objects.get(&ctx.res, ctx.ns(), name).await {
+            Ok(Some(mut o)) => {
+                set_type_meta(&ctx.res, &mut o);
+                o
+            }
+            Ok(None) if kind == PatchKind::Apply && ctx.sub.is_none() => {
+                // Server-side apply of an object that does not exist creates it.
+                let mut obj = yaml_to_json(&ctx.body)?;
+                if !obj.is_object() {
+                    return Err(ApiError::bad_request("the applied configuration must be an object"));
+                }
+                if obj["metadata"]["name"].as_str().is_some_and(|n| n != name) {
+                    return Err(ApiError::bad_request("the name of the object does not match the name on the URL"));
+                }
+                obj["metadata"]["name"] = json!(name);
+                return create_object(ctx, obj).await;
+            }
+            Ok(None) => return Err(ApiError::not_found(&ctx.res, name)),
+            Err(e) => return Err(ApiError::from_objects(e, &ctx.res, name)),
+        };
+        let mut next = apply_patch(kind, &old, &ctx.body, &ctx.res.group, &ctx.res.kind)?;
+        let rv_from_patch = next["metadata"]["resourceVersion"] != old["metadata"]["resourceVersion"];
+        if !rv_from_patch {
+            next["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"].clone();
+        }
+        check_type_meta(&ctx.res, &next)?;
+        prepare_update(ctx, name, &mut next, &old)?;
+        match write(ctx, name, next, &old, mode_for(ctx.sub.as_deref())).await {
+            Ok(out) => return Ok(json_response(StatusCode::OK, &out)),
+            Err(e) if e.reason == "Conflict" && !rv_from_patch => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(ApiError::conflict(&ctx.res, name))
+}
+
+/// DeleteOptions from the body and the query.
+struct DeleteOpts {
+    propagation: Option<String>,
+    grace: Option<i64>,
+    pre: Preconditions,
+}
+
+fn delete_opts(ctx: &Ctx) -> Result<DeleteOpts, ApiError> {
+    let body = if ctx.body.iter().all(|b| b.is_ascii_whitespace()) {
+        json!({})
+    } else {
+        decode_body(&ctx.content_type, &ctx.body)?
+    };
+    let propagation = ctx
+        .query
+        .get("propagationPolicy")
+        .cloned()
+        .or_else(|| body["propagationPolicy"].as_str().map(String::from))
+        .or_else(|| {
+            match body["orphanDependents"].as_bool().or(ctx.query.get("orphanDependents").map(|o| o == "true")) {
+                Some(true) => Some("Orphan".into()),
+                Some(false) => Some("Background".into()),
+                None => None,
+            }
+        });
+    if let Some(p) = &propagation {
+        if !["Background", "Foreground", "Orphan"].contains(&p.as_str()) {
+            return Err(ApiError::bad_request(format!("propagationPolicy: Unsupported value: {p:?}")));
+        }
+    }
+    let grace = match ctx.query.get("gracePeriodSeconds") {
+        Some(g) => Some(
+            g.parse::<i64>().map_err(|_| ApiError::bad_request(format!("gracePeriodSeconds: invalid value {g:?}")))?,
+        ),
+        None => body["gracePeriodSeconds"].as_i64(),
+    };
+    let pre = Preconditions {
+        uid: body["preconditions"]["uid"].as_str().map(String::from),
+        resource_version: body["preconditions"]["resourceVersion"].as_str().and_then(|r| r.parse().ok()),
+    };
+    Ok(DeleteOpts { propagation, grace, pre })
+}
+
+/// Deletes one object as the options say; returns what the client is told.
+async fn delete_one(ctx: &Ctx, name: &str, opts: &DeleteOpts) -> Result<Value, ApiError> {
+    let objects = &ctx.state.objects;
+    let res = &ctx.res;
+    let old = ctx.get_existing(name).await?;
+    if res.group.is_empty() && res.kind == "Namespace" && ["default", "kube-system", "kube-public"].contains(&name) {
+        return Err(ApiError::forbidden(format!(
+            "namespaces \"{name}\" is forbidden: this namespace may not be deleted"
+        )));
+    }
+    if ctx.dry_run() {
+        return Ok(old);
+    }
+    let map = |e| ApiError::from_objects(e, res, name);
+    let bound_pod =
+        res.group.is_empty() && res.kind == "Pod" && old["spec"]["nodeName"].as_str().is_some_and(|n| !n.is_empty());
+    let finished_pod = matches!(old["status"]["phase"].as_str(), Some("Succeeded") | Some("Failed"));
+    let mut out = if bound_pod && !finished_pod && opts.grace != Some(0) {
+        let grace = opts.grace.or(old["spec"]["terminationGracePeriodSeconds"].as_i64()).unwrap_or(30);
+        objects.terminate(res, ctx.ns(), name, grace, opts.pre.clone()).await.map_err(map)?
+    } else {
+        let finalizer = match opts.propagation.as_deref() {
+            Some("Foreground") => Some("foregroundDeletion"),
+            Some("Orphan") => Some("orphan"),
+            _ => None,
+        };
+        if let Some(f) = finalizer {
+            objects
+                .modify(res, ctx.ns(), name, UpdateMode::All, |o| {
+                    if !o["metadata"]["finalizers"].is_array() {
+                        o["metadata"]["finalizers"] = json!([]);
+                    }
+                    let list = o["metadata"]["finalizers"].as_array_mut();
+                    match list {
+                        Some(l) if !l.iter().any(|x| x == f) => {
+                            l.push(json!(f));
+                            Ok(true)
+                        }
+                        _ => Ok(false),
+                    }
+                })
+                .await
+                .map_err(map)?;
+        }
+        objects.delete(res, ctx.ns(), name, opts.pre.clone()).await.map_err(map)?
+    };
+    set_type_meta(res, &mut out);
+    let gone = out["metadata"]["deletionTimestamp"].is_null();
+    if gone {
+        if res.group.is_empty() && res.kind == "Service" {
+            service::release(objects, &service::held_keys(&old)).await;
+        }
+        if res.group == "apiextensions.k8s.io" && res.kind == "CustomResourceDefinition" {
+            crd::delete_objects(objects, &old).await;
+        }
+    }
+    Ok(out)
+}
+
+pub(crate) async fn delete(ctx: &Ctx) -> Result<Response, ApiError> {
+    let name = ctx.name()?;
+    let opts = delete_opts(ctx)?;
+    let out = delete_one(ctx, name, &opts).await?;
+    Ok(json_response(StatusCode::OK, &out))
+}
+
+pub(crate) async fn delete_collection(ctx: &Ctx) -> Result<Response, ApiError> {
+    let opts = delete_opts(ctx)?;
+    let (items, rev) = select(ctx).await?;
+    let mut deleted = Vec::new();
+    for o in items {
+        let Some(name) = o["metadata"]["name"].as_str() else { continue };
+        match delete_one(ctx, name, &opts).await {
+            Ok(d) => deleted.push(d),
+            Err(e) if e.code == 404 => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({
+            "kind": list_kind(&ctx.res),
+            "apiVersion": ctx.res.api_version(),
+            "metadata": {"resourceVersion": rev.to_string()},
+            "items": deleted,
+        }),
+    ))
+}
+
+/// `metrics.k8s.io` until the node agent reports metrics: empty lists, 404 for one object.
+pub(crate) fn metrics(plural: &str, name: Option<&str>) -> Result<Response, ApiError> {
+    let kind = if plural == "nodes" { "NodeMetrics" } else { "PodMetrics" };
+    if let Some(n) = name {
+        return Err(ApiError::new(404, "NotFound", format!("{plural}.metrics.k8s.io \"{n}\" not found")));
+    }
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"kind": format!("{kind}List"), "apiVersion": "metrics.k8s.io/v1beta1", "metadata": {}, "items": []}),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patch_kinds() {
+        assert_eq!(PatchKind::from_content_type("application/merge-patch+json; charset=utf-8"), Some(PatchKind::Merge));
+        assert_eq!(PatchKind::from_content_type("application/json"), None);
+    }
+}

@@ -1,0 +1,213 @@
+//! The Kubernetes API server every node runs: HTTPS on :6443 (HTTP/2 and HTTP/1.1), client
+//! certificates from the cluster CA, discovery, OpenAPI v3, CRUD with patches, Tables, watch,
+//! and the pod streaming endpoints, over the object layer ([`shoal_kube::Objects`]).
+//!
+//! Files: `router` parses paths and dispatches, `crud` holds the generic verbs, `watch` the
+//! event streams, `discovery` and `openapi` what kubectl reads before it acts, `table` the
+//! server-side printing, `registry` the served resources (built-in and from CRDs), and one
+//! file per kind with behaviour of its own (`pod`, `service`, `namespace`, `secret`,
+//! `workloads`, `job`, `crd`, `scale`).
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use shoal_kube::Objects;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+mod crd;
+mod crud;
+mod discovery;
+mod job;
+mod kubeconfig;
+mod namespace;
+mod openapi;
+mod pod;
+mod registry;
+mod router;
+mod scale;
+mod secret;
+mod service;
+mod status;
+mod streams;
+mod table;
+mod tls;
+mod watch;
+mod workloads;
+
+pub use kubeconfig::kubeconfig;
+pub use streams::{ByteStream, LogOptions, PodStreams, StreamError};
+pub use tls::TlsMaterial;
+
+/// The Kubernetes version whose API is served (kubectl's dispatcher picks its binary by it).
+pub const KUBERNETES_VERSION: &str = "v1.33.0";
+
+/// Request bodies above this many bytes get 413 (kube-apiserver's limit is 3 MiB).
+pub const DEFAULT_MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
+
+/// Errors that stop the API server from starting or serving.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("parse {what} PEM")]
+    ParsePem {
+        what: &'static str,
+        #[source]
+        source: rustls::pki_types::pem::Error,
+    },
+    #[error("{what} PEM holds no certificate")]
+    EmptyPem { what: &'static str },
+    #[error("build TLS configuration")]
+    TlsConfig(#[source] rustls::Error),
+    #[error("build client certificate verifier: {0}")]
+    ClientVerifier(String),
+    #[error("bind API listener on {addr}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("read listener address")]
+    LocalAddr(#[source] std::io::Error),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What the API server needs.
+#[derive(Clone)]
+pub struct ApiConfig {
+    /// Where to listen (`0.0.0.0:6443` on a node; `127.0.0.1:0` in tests).
+    pub listen: SocketAddr,
+    pub tls: TlsMaterial,
+    pub objects: Objects,
+    /// This node's name (reported in logs and used for node-local answers).
+    pub node_name: String,
+    /// The node agent's log/exec/attach/port-forward provider; `None` answers 503.
+    pub streams: Option<Arc<dyn PodStreams>>,
+    /// Request bodies above this size get 413.
+    pub max_body_bytes: usize,
+}
+
+impl ApiConfig {
+    pub fn new(listen: SocketAddr, tls: TlsMaterial, objects: Objects, node_name: impl Into<String>) -> Self {
+        ApiConfig {
+            listen,
+            tls,
+            objects,
+            node_name: node_name.into(),
+            streams: None,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+        }
+    }
+}
+
+/// Shared by every request handler.
+pub(crate) struct ApiState {
+    pub objects: Objects,
+    pub node_name: String,
+    pub streams: Option<Arc<dyn PodStreams>>,
+    pub max_body_bytes: usize,
+    /// Cancelled when the server stops; open watches and log streams end with it.
+    pub shutdown: CancellationToken,
+}
+
+/// A bound, not yet serving, API server.
+pub struct Server {
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    cfg: ApiConfig,
+}
+
+impl Server {
+    /// Binds the listener and loads the TLS material.
+    pub async fn bind(cfg: ApiConfig) -> Result<Self> {
+        let tls = tls::server_config(&cfg.tls)?;
+        let listener =
+            TcpListener::bind(cfg.listen).await.map_err(|source| Error::Bind { addr: cfg.listen, source })?;
+        Ok(Server { listener, acceptor: TlsAcceptor::from(Arc::new(tls)), cfg })
+    }
+
+    /// The address actually bound (for `127.0.0.1:0`).
+    pub fn local_addr(&self) -> Result<SocketAddr> {
+        self.listener.local_addr().map_err(Error::LocalAddr)
+    }
+
+    /// Serves until `shutdown`; then stops accepting, lets open requests finish (watches and
+    /// log streams end at once) and returns.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<()> {
+        let state = Arc::new(ApiState {
+            objects: self.cfg.objects.clone(),
+            node_name: self.cfg.node_name.clone(),
+            streams: self.cfg.streams.clone(),
+            max_body_bytes: self.cfg.max_body_bytes,
+            shutdown: shutdown.child_token(),
+        });
+        let tracker = TaskTracker::new();
+        tracker.spawn(namespace::ensure_initial(state.objects.clone(), shutdown.clone()));
+        info!(addr = ?self.listener.local_addr().ok(), node = %state.node_name, "api server listening");
+        loop {
+            let (tcp, peer) = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                acc = self.listener.accept() => match acc {
+                    Ok(x) => x,
+                    Err(e) => {
+                        warn!(error = %e, "api accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let acceptor = self.acceptor.clone();
+            let state = state.clone();
+            let shutdown = shutdown.clone();
+            tracker.spawn(async move {
+                let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        debug!(%peer, error = %e, "api tls handshake failed");
+                        return;
+                    }
+                    Err(_) => return,
+                };
+                let authenticated = tls.get_ref().1.peer_certificates().is_some_and(|c| !c.is_empty());
+                let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let state = state.clone();
+                    async move {
+                        Ok::<_, Infallible>(
+                            router::dispatch(state, authenticated, req.map(axum::body::Body::new)).await,
+                        )
+                    }
+                });
+                let builder = auto::Builder::new(TokioExecutor::new());
+                let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), svc);
+                tokio::pin!(conn);
+                tokio::select! {
+                    r = conn.as_mut() => {
+                        if let Err(e) = r {
+                            debug!(%peer, error = %e, "api connection ended with an error");
+                        }
+                    }
+                    _ = shutdown.cancelled() => {
+                        conn.as_mut().graceful_shutdown();
+                        let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+                    }
+                }
+            });
+        }
+        state.shutdown.cancel();
+        tracker.close();
+        let _ = tokio::time::timeout(Duration::from_secs(10), tracker.wait()).await;
+        info!("api server stopped");
+        Ok(())
+    }
+}
+
+/// Binds and serves until `shutdown` (see [`Server`] to learn the bound port first).
+pub async fn serve(cfg: ApiConfig, shutdown: CancellationToken) -> Result<()> {
+    Server::bind(cfg).await?.run(shutdown).await
+}

@@ -1,0 +1,233 @@
+//! Parses request paths (which depend on the served resources, custom ones included) and
+//! dispatches to the verbs.
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::Query;
+use axum::http::{header, HeaderMap, Method, Request, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::Value;
+use tracing::debug;
+
+use super::crud::{self, json_response, Ctx, PatchKind};
+use super::status::ApiError;
+use super::{discovery, namespace, openapi, pod, registry, scale, watch, ApiState};
+
+fn header_str(h: &HeaderMap, name: header::HeaderName) -> String {
+    h.get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string()
+}
+
+fn ok(v: Value) -> Result<Response, ApiError> {
+    Ok(json_response(StatusCode::OK, &v))
+}
+
+/// Entry point of every request.
+pub(crate) async fn dispatch(state: Arc<ApiState>, authenticated: bool, req: Request<Body>) -> Response {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let result = if authenticated { route(state, req).await } else { Err(ApiError::unauthorized()) };
+    match result {
+        Ok(r) => {
+            debug!(%method, %path, code = r.status().as_u16(), "api request");
+            r
+        }
+        Err(e) => {
+            debug!(%method, %path, code = e.code, reason = e.reason, message = %e.message, "api request failed");
+            e.into_response()
+        }
+    }
+}
+
+async fn route(state: Arc<ApiState>, req: Request<Body>) -> Result<Response, ApiError> {
+    let path = req.uri().path().to_string();
+    let segs: Vec<String> = path.split('/').filter(|s| !s.is_empty()).map(String::from).collect();
+    let segs: Vec<&str> = segs.iter().map(|s| s.as_str()).collect();
+    let get = req.method() == Method::GET;
+    match segs.as_slice() {
+        ["version"] if get => ok(discovery::version()),
+        [h, ..] if get && ["healthz", "livez", "readyz"].contains(h) => {
+            Ok((StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], "ok").into_response())
+        }
+        ["api"] if get => ok(discovery::api_versions()),
+        ["apis"] if get => ok(discovery::api_group_list(&registry::all(&state.objects).await?)),
+        ["apis", g] if get => discovery::api_group(&registry::all(&state.objects).await?, g)
+            .map(ok)
+            .unwrap_or_else(|| Err(ApiError::path_not_found())),
+        ["openapi", "v3"] if get => ok(openapi::index(&registry::all(&state.objects).await?)),
+        ["openapi", "v3", "api", v] if get => openapi_doc(&state, "", v).await,
+        ["openapi", "v3", "apis", g, v] if get => openapi_doc(&state, g, v).await,
+        ["api", "v1", rest @ ..] => {
+            let rest: Vec<String> = rest.iter().map(|s| s.to_string()).collect();
+            resource(state, "", "v1", rest, req).await
+        }
+        ["apis", g, v, rest @ ..] => {
+            let (g, v) = (g.to_string(), v.to_string());
+            let rest: Vec<String> = rest.iter().map(|s| s.to_string()).collect();
+            resource(state, &g, &v, rest, req).await
+        }
+        _ => Err(ApiError::path_not_found()),
+    }
+}
+
+async fn openapi_doc(state: &ApiState, group: &str, version: &str) -> Result<Response, ApiError> {
+    let doc = openapi::document(&registry::all(&state.objects).await?, group, version)
+        .ok_or_else(ApiError::path_not_found)?;
+    ok(doc)
+}
+
+/// Most of an oversized body is still read (and dropped) before the 413, so that a client still
+/// sending gets the Status instead of a reset connection.
+const DRAIN_LIMIT: usize = 64 * 1024 * 1024;
+
+async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, ApiError> {
+    use http_body_util::BodyExt;
+    let mut body = body;
+    let mut buf = bytes::BytesMut::new();
+    let mut seen = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| ApiError::bad_request(format!("read request body: {e}")))?;
+        if let Ok(data) = frame.into_data() {
+            seen += data.len();
+            if seen > DRAIN_LIMIT {
+                break;
+            }
+            if seen <= limit {
+                buf.extend_from_slice(&data);
+            }
+        }
+    }
+    if seen > limit {
+        return Err(ApiError::too_large(limit));
+    }
+    Ok(buf.freeze())
+}
+
+/// Where in a resource URL a request points.
+struct Target {
+    ns: Option<String>,
+    plural: String,
+    name: Option<String>,
+    sub: Option<String>,
+}
+
+fn parse_target(rest: &[String]) -> Option<Target> {
+    let s: Vec<&str> = rest.iter().map(|s| s.as_str()).collect();
+    let t = |ns: Option<&str>, plural: &str, name: Option<&&str>, sub: Option<&&str>| Target {
+        ns: ns.map(String::from),
+        plural: plural.to_string(),
+        name: name.map(|n| n.to_string()),
+        sub: sub.map(|n| n.to_string()),
+    };
+    match s.as_slice() {
+        ["namespaces", ns, plural, more @ ..] if !["status", "finalize"].contains(plural) => {
+            Some(t(Some(ns), plural, more.first(), more.get(1)))
+        }
+        [plural, more @ ..] => Some(t(None, plural, more.first(), more.get(1))),
+        [] => None,
+    }
+}
+
+async fn resource(
+    state: Arc<ApiState>,
+    group: &str,
+    version: &str,
+    rest: Vec<String>,
+    req: Request<Body>,
+) -> Result<Response, ApiError> {
+    let method = req.method().clone();
+    if rest.is_empty() {
+        if method != Method::GET {
+            return Err(ApiError::method_not_allowed(
+                "the server does not allow this method on the requested resource",
+            ));
+        }
+        let all = registry::all(&state.objects).await?;
+        return discovery::resource_list(&all, group, version)
+            .map(ok)
+            .unwrap_or_else(|| Err(ApiError::path_not_found()));
+    }
+    let target = parse_target(&rest).ok_or_else(ApiError::path_not_found)?;
+    if group == discovery::METRICS_GROUP && version == discovery::METRICS_VERSION {
+        return crud::metrics(&target.plural, target.name.as_deref());
+    }
+    let res = registry::resolve(&state.objects, group, version, &target.plural)
+        .await?
+        .ok_or_else(ApiError::path_not_found)?;
+    if target.ns.is_some() && !res.namespaced {
+        return Err(ApiError::path_not_found());
+    }
+    if let Some(sub) = &target.sub {
+        if !res.subresources.contains(sub) {
+            return Err(ApiError::path_not_found());
+        }
+    }
+    let query: HashMap<String, String> =
+        Query::<HashMap<String, String>>::try_from_uri(req.uri()).map(|q| q.0).unwrap_or_default();
+    let accept = header_str(req.headers(), header::ACCEPT);
+    let content_type = header_str(req.headers(), header::CONTENT_TYPE);
+    let needs_body = matches!(method, Method::POST | Method::PUT | Method::PATCH | Method::DELETE);
+    let body = if needs_body { read_body(req.into_body(), state.max_body_bytes).await? } else { bytes::Bytes::new() };
+    let ctx = Ctx { state, res, ns: target.ns, name: target.name, sub: target.sub, query, accept, content_type, body };
+    let sub = ctx.sub.clone();
+    match (method.clone(), ctx.name.is_some(), sub.as_deref()) {
+        (Method::GET, false, None) if ctx.flag("watch") => watch::watch(ctx).await,
+        (Method::GET, false, None) => crud::list(&ctx).await,
+        (Method::POST, false, None) => crud::create(&ctx).await,
+        (Method::DELETE, false, None) => crud::delete_collection(&ctx).await,
+        (Method::GET, true, None | Some("status")) => crud::get(&ctx).await,
+        (Method::PUT, true, None | Some("status")) => crud::update(&ctx).await,
+        (Method::PATCH, true, None | Some("status")) => crud::patch(&ctx).await,
+        (Method::DELETE, true, None) => crud::delete(&ctx).await,
+        (Method::GET, true, Some("scale")) => ok(scale::get(&ctx).await?),
+        (Method::PUT, true, Some("scale")) => ok(scale::write(&ctx, None).await?),
+        (Method::PATCH, true, Some("scale")) => {
+            let kind = PatchKind::from_content_type(&ctx.content_type)
+                .ok_or_else(|| ApiError::unsupported_media(&ctx.content_type))?;
+            ok(scale::write(&ctx, Some(kind)).await?)
+        }
+        (Method::GET, true, Some("log")) => pod::logs(&ctx).await,
+        (Method::POST, true, Some("binding")) => Ok(json_response(StatusCode::CREATED, &pod::bind(&ctx).await?)),
+        (Method::POST, true, Some("eviction")) => crud::delete(&ctx).await,
+        (Method::PUT, true, Some("finalize")) => ok(namespace::finalize(&ctx).await?),
+        (_, true, Some("exec" | "attach" | "portforward")) => {
+            let name = ctx.name()?;
+            ctx.get_existing(name).await?;
+            Err(ApiError::unavailable(format!(
+                "node agent not available: {} is not served by this API server yet",
+                sub.as_deref().unwrap_or_default()
+            )))
+        }
+        _ => Err(ApiError::method_not_allowed(format!(
+            "the server does not allow this method on the requested resource ({method})"
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> Option<(Option<String>, String, Option<String>, Option<String>)> {
+        let rest: Vec<String> = s.split('/').filter(|x| !x.is_empty()).map(String::from).collect();
+        parse_target(&rest).map(|t| (t.ns, t.plural, t.name, t.sub))
+    }
+
+    #[test]
+    fn paths() {
+        assert_eq!(
+            p("namespaces/default/pods/web/log"),
+            Some((Some("default".into()), "pods".into(), Some("web".into()), Some("log".into())))
+        );
+        assert_eq!(p("namespaces/demo"), Some((None, "namespaces".into(), Some("demo".into()), None)));
+        assert_eq!(
+            p("namespaces/demo/finalize"),
+            Some((None, "namespaces".into(), Some("demo".into()), Some("finalize".into())))
+        );
+        assert_eq!(p("nodes"), Some((None, "nodes".into(), None, None)));
+        assert_eq!(
+            p("namespaces/default/deployments"),
+            Some((Some("default".into()), "deployments".into(), None, None))
+        );
+    }
+}

@@ -1,0 +1,60 @@
+//! TLS for the API: the node's serving certificate, and client certificates checked against
+//! the cluster CA (a connection without one is accepted, and every request on it gets 401).
+use std::sync::Arc;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{RootCertStore, ServerConfig};
+
+use super::{Error, Result};
+
+/// PEM material the API serves with.
+#[derive(Clone)]
+pub struct TlsMaterial {
+    /// Serving certificate chain (leaf first), with every node address in its SANs.
+    pub cert_pem: String,
+    pub key_pem: String,
+    /// CA whose client certificates are accepted (the cluster CA).
+    pub client_ca_pem: String,
+}
+
+impl std::fmt::Debug for TlsMaterial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsMaterial").finish_non_exhaustive()
+    }
+}
+
+fn certs(what: &'static str, pem: &str) -> Result<Vec<CertificateDer<'static>>> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|source| Error::ParsePem { what, source })?;
+    if certs.is_empty() {
+        return Err(Error::EmptyPem { what });
+    }
+    Ok(certs)
+}
+
+/// The rustls server configuration: TLS 1.2/1.3 with ring, ALPN h2 and http/1.1.
+pub(crate) fn server_config(m: &TlsMaterial) -> Result<ServerConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let chain = certs("serving certificate", &m.cert_pem)?;
+    let key = PrivateKeyDer::from_pem_slice(m.key_pem.as_bytes())
+        .map_err(|source| Error::ParsePem { what: "serving key", source })?;
+    let mut roots = RootCertStore::empty();
+    for ca in certs("client CA", &m.client_ca_pem)? {
+        roots.add(ca).map_err(Error::TlsConfig)?;
+    }
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| Error::ClientVerifier(e.to_string()))?;
+    let mut cfg = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(Error::TlsConfig)?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .map_err(Error::TlsConfig)?;
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(cfg)
+}

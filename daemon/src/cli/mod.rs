@@ -1,0 +1,267 @@
+//! Command-line interface. clap and anyhow live here and in main.rs only.
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+use shoal::config::{NodeConfig, DEFAULT_CONFIG, DEFAULT_DATA_DIR};
+use shoal::control::{self, Request};
+
+#[derive(Parser)]
+#[command(name = "shoal", version, about = "Kubernetes for fleets of small machines")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Args, Clone)]
+struct DataDir {
+    /// Data directory of the node.
+    #[arg(long, global = true, env = "SHOAL_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
+    data_dir: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Start this node: create a new cluster, join one, or rejoin with existing state.
+    Up(UpArgs),
+    /// Show this node's view of the cluster.
+    Status {
+        #[command(flatten)]
+        dir: DataDir,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the join token of the cluster.
+    Token {
+        #[command(flatten)]
+        dir: DataDir,
+    },
+    /// Write a consistent backup of the whole cluster state to FILE.
+    Backup {
+        file: PathBuf,
+        #[command(flatten)]
+        dir: DataDir,
+    },
+    /// Restore a backup onto a fresh data dir; `shoal up` there then starts a new one-node
+    /// cluster holding the restored state, which other nodes join.
+    Restore {
+        file: PathBuf,
+        #[command(flatten)]
+        dir: DataDir,
+        /// Name of the restored node (default: the host name); use the same with `shoal up`.
+        #[arg(long)]
+        name: Option<String>,
+        /// Address of the restored node (default: the address of the default route).
+        #[arg(long)]
+        advertise: Option<std::net::IpAddr>,
+    },
+    /// Print an admin kubeconfig for this cluster.
+    Kubeconfig {
+        #[command(flatten)]
+        dir: DataDir,
+        /// API server URL to put in the kubeconfig (default: this node's address, port 6443).
+        #[arg(long)]
+        server: Option<String>,
+    },
+    /// Read and write raw store keys through the local daemon (for tests and debugging).
+    #[command(hide = true)]
+    Kv {
+        #[command(flatten)]
+        dir: DataDir,
+        #[command(subcommand)]
+        op: KvOp,
+    },
+}
+
+#[derive(Subcommand)]
+enum KvOp {
+    Put { key: String, value: String },
+    Get {
+        key: String,
+        /// Confirm with the leader first.
+        #[arg(long)]
+        linearizable: bool,
+    },
+}
+
+#[derive(Args)]
+struct UpArgs {
+    /// Config file (default /etc/shoal/config.toml if present).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    #[arg(long, env = "SHOAL_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Node name (default: the host name).
+    #[arg(long)]
+    name: Option<String>,
+    /// Address the other nodes reach this one at.
+    #[arg(long)]
+    advertise: Option<std::net::IpAddr>,
+    /// Join the cluster of this node (HOST or HOST:PORT of its peer port, 7443).
+    #[arg(long)]
+    join: Option<String>,
+    /// Join token printed by the first node (`shoal token`).
+    #[arg(long, env = "SHOAL_TOKEN")]
+    token: Option<String>,
+}
+
+/// Runs the hidden shim subcommand if this process is a container shim.
+pub fn maybe_run_shim(_args: &[String]) -> Option<i32> {
+    None
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("SHOAL_LOG").unwrap_or_else(|_| EnvFilter::new("info,openraft=warn,chitchat=warn,quinn=warn"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).try_init();
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    // One crypto provider for every TLS user in the process (QUIC, the API, registries).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    match cli.cmd {
+        Cmd::Up(a) => up(a).await,
+        Cmd::Status { dir, json } => status(&dir.data_dir, json).await,
+        Cmd::Token { dir } => {
+            let v = control::call(&dir.data_dir, &Request::Token).await?;
+            println!("{}", v.as_str().unwrap_or_default());
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Backup { file, dir } => {
+            let path = absolute(&file)?;
+            let v = control::call(&dir.data_dir, &Request::Backup { path: path.clone() }).await?;
+            println!("backup written to {} (revision {})", path.display(), v["revision"]);
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Restore { file, dir, name, advertise } => {
+            let report = shoal::cluster::restore(&file, &dir.data_dir, name, advertise)
+                .with_context(|| format!("restoring {} into {}", file.display(), dir.data_dir.display()))?;
+            println!("{report}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Kubeconfig { dir, server } => {
+            let v = control::call(&dir.data_dir, &Request::Kubeconfig { server }).await?;
+            print!("{}", v.as_str().unwrap_or_default());
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Kv { dir, op } => {
+            let req = match op {
+                KvOp::Put { key, value } => Request::KvPut { key, value },
+                KvOp::Get { key, linearizable } => Request::KvGet { key, linearizable },
+            };
+            let v = control::call(&dir.data_dir, &req).await?;
+            match v {
+                serde_json::Value::Null => {
+                    eprintln!("not found");
+                    return Ok(ExitCode::from(1));
+                }
+                serde_json::Value::String(s) => println!("{s}"),
+                other => println!("{other}"),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn absolute(p: &Path) -> anyhow::Result<PathBuf> {
+    if p.is_absolute() {
+        return Ok(p.into());
+    }
+    Ok(std::env::current_dir().context("current directory")?.join(p))
+}
+
+async fn status(data_dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
+    let v = control::call(data_dir, &Request::Status).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("node:     {}", v["name"].as_str().unwrap_or("?"));
+    println!("leader:   {}", v["leader"].as_str().unwrap_or("<none>"));
+    println!("term:     {}", v["term"]);
+    println!("applied:  {}", v["applied_index"]);
+    println!();
+    println!("{:<20} {:<24} {:<8} {}", "MEMBER", "ADDRESS", "ROLE", "ALIVE");
+    for m in v["members"].as_array().into_iter().flatten() {
+        println!(
+            "{:<20} {:<24} {:<8} {}",
+            m["name"].as_str().unwrap_or("?"),
+            m["addr"].as_str().unwrap_or("?"),
+            m["role"].as_str().unwrap_or("?"),
+            m["alive"]
+        );
+    }
+    if let Some(vips) = v["load_balancer_ips"].as_array() {
+        if !vips.is_empty() {
+            println!();
+            println!("{:<18} {:<32} {}", "LOADBALANCER IP", "SERVICE", "ANNOUNCED BY");
+            for ip in vips {
+                println!(
+                    "{:<18} {:<32} {}",
+                    ip["ip"].as_str().unwrap_or("?"),
+                    ip["service"].as_str().unwrap_or("?"),
+                    ip["node"].as_str().unwrap_or("<none>")
+                );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn up(a: UpArgs) -> anyhow::Result<ExitCode> {
+    let (path, required) = match &a.config {
+        Some(p) => (p.clone(), true),
+        None => (PathBuf::from(DEFAULT_CONFIG), false),
+    };
+    let mut cfg = NodeConfig::load(&path, required)?;
+    if let Some(d) = a.data_dir {
+        cfg.data_dir = d;
+    }
+    if let Some(n) = a.name {
+        cfg.name = Some(n);
+    }
+    if let Some(ip) = a.advertise {
+        cfg.advertise = Some(ip);
+    }
+    if a.join.is_some() && a.token.is_none() {
+        bail!("--join needs --token (print it on a cluster node with `shoal token`)");
+    }
+    let join = a.join.map(|host| shoal::cluster::JoinTarget { host, token: a.token.unwrap_or_default() });
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let s = shutdown.clone();
+    tokio::spawn(async move {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(t) => t,
+            Err(_) => return,
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("shutting down");
+        s.cancel();
+    });
+    shoal::cluster::run(cfg, join, shutdown).await?;
+    Ok(ExitCode::SUCCESS)
+}

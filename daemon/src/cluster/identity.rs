@@ -1,0 +1,119 @@
+//! What a node keeps in its data dir besides the store: who it is, which cluster it belongs
+//! to, and the cluster's secrets (CA, join token). Written once when the node is created or
+//! joins; read on every start, so a restarted node rejoins with it whatever the flags say.
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use shoal_gossip::pki::ClusterSecrets;
+
+pub const IDENTITY_FILE: &str = "node.json";
+pub const SECRETS_FILE: &str = "secrets.json";
+pub const NODE_CERT: &str = "pki/node.crt";
+pub const NODE_KEY: &str = "pki/node.key";
+pub const CA_CERT: &str = "pki/ca.crt";
+
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    #[error("cannot read {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} is damaged ({message}); restore the data dir from a backup or remove it to join as a new node")]
+    Corrupt { path: PathBuf, message: String },
+    #[error("cannot write {path}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The node's identity, `node.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Identity {
+    pub name: String,
+    /// Raft node id.
+    pub node_id: u64,
+    /// Identifies the cluster (the CA's hash); gossip from other clusters is ignored.
+    pub cluster_id: String,
+    pub advertise: IpAddr,
+    pub gossip_port: u16,
+    pub peer_port: u16,
+    pub api_port: u16,
+    /// True once this node's Raft state was initialised or it was added to the cluster.
+    pub member: bool,
+}
+
+/// Everything read from the data dir.
+pub struct NodeState {
+    pub identity: Identity,
+    pub secrets: ClusterSecrets,
+    pub node_cert_pem: String,
+    pub node_key_pem: String,
+}
+
+fn read(path: &Path) -> Result<Option<String>, IdentityError> {
+    match std::fs::read_to_string(path) {
+        Ok(s) => Ok(Some(s)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(IdentityError::Read { path: path.into(), source }),
+    }
+}
+
+fn must_read(path: &Path) -> Result<String, IdentityError> {
+    read(path)?.ok_or_else(|| IdentityError::Corrupt { path: path.into(), message: "file is missing".into() })
+}
+
+/// Writes a file atomically (temp file, fsync, rename) with the given mode.
+pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), IdentityError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let err = |source| IdentityError::Write { path: path.into(), source };
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(err)?;
+    }
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&tmp).map_err(err)?;
+    f.write_all(data).map_err(err)?;
+    f.sync_all().map_err(err)?;
+    std::fs::rename(&tmp, path).map_err(err)?;
+    Ok(())
+}
+
+impl NodeState {
+    /// Reads the node state of a data dir; `None` for a fresh data dir.
+    pub fn load(dir: &Path) -> Result<Option<NodeState>, IdentityError> {
+        let id_path = dir.join(IDENTITY_FILE);
+        let Some(text) = read(&id_path)? else { return Ok(None) };
+        let identity: Identity = serde_json::from_str(&text)
+            .map_err(|e| IdentityError::Corrupt { path: id_path.clone(), message: e.to_string() })?;
+        let sec_path = dir.join(SECRETS_FILE);
+        let secrets: ClusterSecrets = serde_json::from_str(&must_read(&sec_path)?)
+            .map_err(|e| IdentityError::Corrupt { path: sec_path, message: e.to_string() })?;
+        Ok(Some(NodeState {
+            identity,
+            secrets,
+            node_cert_pem: must_read(&dir.join(NODE_CERT))?,
+            node_key_pem: must_read(&dir.join(NODE_KEY))?,
+        }))
+    }
+
+    /// Writes the node state (secrets and keys readable by root only).
+    pub fn save(&self, dir: &Path) -> Result<(), IdentityError> {
+        write_atomic(&dir.join(SECRETS_FILE), to_json(&self.secrets).as_bytes(), 0o600)?;
+        write_atomic(&dir.join(NODE_CERT), self.node_cert_pem.as_bytes(), 0o644)?;
+        write_atomic(&dir.join(NODE_KEY), self.node_key_pem.as_bytes(), 0o600)?;
+        write_atomic(&dir.join(CA_CERT), self.secrets.ca_cert_pem.as_bytes(), 0o644)?;
+        // The identity last: its presence means the rest is complete.
+        write_atomic(&dir.join(IDENTITY_FILE), to_json(&self.identity).as_bytes(), 0o644)?;
+        Ok(())
+    }
+}
+
+fn to_json<T: Serialize>(v: &T) -> String {
+    serde_json::to_string_pretty(v).unwrap_or_default()
+}

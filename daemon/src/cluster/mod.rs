@@ -1,0 +1,453 @@
+//! `shoal up`: the wiring of one node. Creates, joins or rejoins the cluster, then runs the
+//! peer transport, the replicated store, gossip membership, the control socket, the
+//! Kubernetes API and, on the Raft leader only, the controllers and the scheduler.
+pub mod identity;
+pub(crate) mod peers;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::future::BoxFuture;
+use serde_json::json;
+use shoal_gossip::membership::{Member, Membership, MembershipConfig};
+use shoal_gossip::pki::{ClusterSecrets, JoinToken};
+use shoal_gossip::transport::{JoinRequest, Transport};
+use shoal_store::{Store, StoreConfig};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::NodeConfig;
+use crate::control::{self, Request};
+use identity::{Identity, NodeState};
+pub use peers::NodeRecord;
+
+/// Where to join: the `--join` host (and optional port) and the token.
+#[derive(Debug, Clone)]
+pub struct JoinTarget {
+    pub host: String,
+    pub token: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("data dir {path}")]
+    DataDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Identity(#[from] identity::IdentityError),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("invalid join target {0:?}: use HOST or HOST:PORT")]
+    JoinTarget(String),
+    #[error("joining the cluster at {addr}")]
+    Join {
+        addr: SocketAddr,
+        #[source]
+        source: shoal_gossip::Error,
+    },
+    #[error("cluster certificates")]
+    Pki(#[source] shoal_gossip::Error),
+    #[error("peer transport on {addr}")]
+    Transport {
+        addr: SocketAddr,
+        #[source]
+        source: shoal_gossip::Error,
+    },
+    #[error("gossip membership")]
+    Membership(#[source] shoal_gossip::Error),
+    #[error("opening the store in {path}")]
+    Store {
+        path: PathBuf,
+        #[source]
+        source: shoal_store::Error,
+    },
+    #[error("control socket")]
+    Control(#[from] control::ControlError),
+    #[error("Kubernetes API")]
+    Api(#[source] crate::api::Error),
+}
+
+/// The host name, for the default node name.
+fn hostname() -> String {
+    nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).filter(|h| !h.is_empty()).unwrap_or_else(|| "shoal".into())
+}
+
+/// The address of the interface that holds the default route (no packet is sent).
+fn default_address() -> IpAddr {
+    let probe = || -> std::io::Result<IpAddr> {
+        let s = std::net::UdpSocket::bind("0.0.0.0:0")?;
+        s.connect("192.0.2.1:9")?;
+        Ok(s.local_addr()?.ip())
+    };
+    probe().unwrap_or(IpAddr::from([127, 0, 0, 1]))
+}
+
+/// Resolves `HOST` or `HOST:PORT` with a default port.
+fn resolve(host: &str, default_port: u16) -> Result<SocketAddr, ClusterError> {
+    use std::net::ToSocketAddrs;
+    let with_port = if host.parse::<SocketAddr>().is_ok() || (host.contains(':') && !host.contains("::") && host.matches(':').count() == 1) {
+        host.to_string()
+    } else if let Ok(ip) = host.parse::<IpAddr>() {
+        SocketAddr::new(ip, default_port).to_string()
+    } else {
+        format!("{host}:{default_port}")
+    };
+    with_port.to_socket_addrs().ok().and_then(|mut a| a.next()).ok_or_else(|| ClusterError::JoinTarget(host.into()))
+}
+
+/// Everything a running node holds.
+pub(crate) struct Node {
+    pub cfg: NodeConfig,
+    pub identity: Identity,
+    pub secrets: ClusterSecrets,
+    pub transport: Transport,
+    pub store: Store,
+    pub membership: Membership,
+    pub objects: shoal_kube::Objects,
+}
+
+/// Runs a node until `shutdown`.
+pub async fn run(cfg: NodeConfig, join: Option<JoinTarget>, shutdown: CancellationToken) -> Result<(), ClusterError> {
+    let dir = cfg.data_dir.clone();
+    std::fs::create_dir_all(&dir).map_err(|source| ClusterError::DataDir { path: dir.clone(), source })?;
+    let name = cfg.name.clone().unwrap_or_else(hostname);
+    let advertise = cfg.advertise.unwrap_or_else(default_address);
+
+    let (state, fresh_cluster, join_addr) = match (NodeState::load(&dir)?, join) {
+        (Some(st), join) => {
+            check_rejoin(&st, &cfg, join.as_ref())?;
+            tracing::info!(name = %st.identity.name, node_id = st.identity.node_id, "rejoining with existing state");
+            (st, false, None)
+        }
+        (None, None) => {
+            let st = new_cluster(&cfg, &name, advertise)?;
+            st.save(&dir)?;
+            let token = st.secrets.join_token().map_err(ClusterError::Pki)?;
+            println!("created a new cluster; join other nodes with:\n  shoal up --join {advertise} --token {token}");
+            (st, true, None)
+        }
+        (None, Some(j)) => {
+            let addr = resolve(&j.host, cfg.ports.peer)?;
+            let st = join_cluster(&cfg, &name, advertise, addr, &j.token).await?;
+            st.save(&dir)?;
+            tracing::info!(%addr, "joined the cluster");
+            (st, false, Some(addr))
+        }
+    };
+    let identity = state.identity.clone();
+    let peer_addr = SocketAddr::new(identity.advertise, identity.peer_port);
+
+    // Peer transport (QUIC, mutual TLS).
+    let tls = shoal_gossip::pki::NodeTls {
+        ca_cert_pem: state.secrets.ca_cert_pem.clone(),
+        cert_pem: state.node_cert_pem.clone(),
+        key_pem: state.node_key_pem.clone(),
+    };
+    let bind = SocketAddr::new(bind_ip(identity.advertise), identity.peer_port);
+    let transport =
+        Transport::bind(bind, tls).map_err(|source| ClusterError::Transport { addr: bind, source })?;
+
+    // The replicated store.
+    let store_cfg = StoreConfig {
+        voter_grace: cfg.store.voter_grace,
+        ..StoreConfig::new(dir.join("store"), identity.node_id, peer_addr.to_string())
+    };
+    let store = Store::open(store_cfg, peers::raft_transport(transport.clone()))
+        .await
+        .map_err(|source| ClusterError::Store { path: dir.join("store"), source })?;
+    peers::serve_store(&transport, &store);
+    if fresh_cluster {
+        store.initialize().await.map_err(|source| ClusterError::Store { path: dir.join("store"), source })?;
+    }
+    peers::serve_joins(&transport, state.secrets.clone(), store.clone(), cfg.ports.clone());
+
+    // Gossip.
+    let mut attrs = BTreeMap::new();
+    attrs.insert("node_id".to_string(), identity.node_id.to_string());
+    attrs.insert("peer_addr".to_string(), peer_addr.to_string());
+    attrs.insert("api_addr".to_string(), SocketAddr::new(identity.advertise, identity.api_port).to_string());
+    attrs.insert("arch".to_string(), std::env::consts::ARCH.to_string());
+    attrs.insert("ready".to_string(), "true".to_string());
+    let seeds = peers::gossip_seeds(&store, join_addr, identity.gossip_port).await;
+    let membership = Membership::start(
+        MembershipConfig {
+            gossip_interval: cfg.gossip.interval,
+            advertise_addr: Some(SocketAddr::new(identity.advertise, identity.gossip_port)),
+            seeds: seeds.iter().map(|s| s.to_string()).collect(),
+            ..MembershipConfig::new(
+                identity.name.clone(),
+                identity.cluster_id.clone(),
+                SocketAddr::new(bind_ip(identity.advertise), identity.gossip_port),
+            )
+        },
+        attrs,
+    )
+    .await
+    .map_err(ClusterError::Membership)?;
+
+    // A node that joined asks the cluster to add it (retried until it is in).
+    if let Some(addr) = join_addr {
+        peers::request_membership(&transport, addr, &identity).await;
+        let mut st = NodeState::load(&dir)?.ok_or_else(|| ClusterError::Conflict("node state vanished".into()))?;
+        st.identity.member = true;
+        st.save(&dir)?;
+    }
+
+    let objects = shoal_kube::Objects::new(store.clone());
+    let node = Arc::new(Node {
+        cfg: cfg.clone(),
+        identity: identity.clone(),
+        secrets: state.secrets.clone(),
+        transport: transport.clone(),
+        store: store.clone(),
+        membership,
+        objects,
+    });
+
+    let tasks = tokio_util::task::TaskTracker::new();
+    let control_stop = CancellationToken::new();
+    {
+        let n = node.clone();
+        let stop = control_stop.clone();
+        let d = dir.clone();
+        tasks.spawn(async move {
+            let handler: Arc<dyn control::Handler> = Arc::new(ControlHandler { node: n });
+            if let Err(e) = control::serve(&d, handler, stop).await {
+                tracing::error!(error = %e, "control socket stopped");
+            }
+        });
+    }
+    let work_stop = CancellationToken::new();
+    tasks.spawn(voter_loop(node.clone(), work_stop.clone()));
+    tasks.spawn(crate::wiring::run_services(node.clone(), work_stop.clone()));
+    tasks.close();
+    tracing::info!(name = %identity.name, addr = %peer_addr, "node up");
+
+    shutdown.cancelled().await;
+    // Stop in order: API and controllers, then the control socket, then the store; gossip last.
+    work_stop.cancel();
+    control_stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tasks.wait()).await;
+    if let Err(e) = node.store.shutdown().await {
+        tracing::warn!(error = %e, "store shutdown");
+    }
+    node.membership.shutdown().await;
+    transport.shutdown().await;
+    Ok(())
+}
+
+/// Listening address for an advertised one: the unspecified address of its family.
+fn bind_ip(advertise: IpAddr) -> IpAddr {
+    match advertise {
+        IpAddr::V4(_) => IpAddr::from([0, 0, 0, 0]),
+        IpAddr::V6(_) => IpAddr::from([0u16; 8]),
+    }
+}
+
+fn check_rejoin(st: &NodeState, cfg: &NodeConfig, join: Option<&JoinTarget>) -> Result<(), ClusterError> {
+    let id = &st.identity;
+    if let Some(n) = &cfg.name {
+        if n != &id.name {
+            return Err(ClusterError::Conflict(format!(
+                "this data dir belongs to node {:?}, not {:?}: drop --name or use another --data-dir",
+                id.name, n
+            )));
+        }
+    }
+    if let Some(a) = cfg.advertise {
+        if a != id.advertise {
+            return Err(ClusterError::Conflict(format!(
+                "this node was created with address {}, not {a}: the cluster knows it by its first address",
+                id.advertise
+            )));
+        }
+    }
+    if let Some(j) = join {
+        if let Ok(tok) = JoinToken::parse(&j.token) {
+            let ours = shoal_gossip::pki::ca_hash_hex(&st.secrets.ca_cert_pem).map_err(ClusterError::Pki)?;
+            if !ours.starts_with(&tok.ca_hash) {
+                return Err(ClusterError::Conflict(
+                    "this data dir belongs to another cluster than the --token's: remove the data dir to join the new one".into(),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn new_cluster(cfg: &NodeConfig, name: &str, advertise: IpAddr) -> Result<NodeState, ClusterError> {
+    let secrets = ClusterSecrets::generate("shoal").map_err(ClusterError::Pki)?;
+    let cert = secrets.issue_node_cert(name, &[advertise]).map_err(ClusterError::Pki)?;
+    let cluster_id = shoal_gossip::pki::ca_hash_hex(&secrets.ca_cert_pem).map_err(ClusterError::Pki)?;
+    Ok(NodeState {
+        identity: Identity {
+            name: name.into(),
+            node_id: new_node_id(),
+            cluster_id: cluster_id[..16.min(cluster_id.len())].to_string(),
+            advertise,
+            gossip_port: cfg.ports.gossip,
+            peer_port: cfg.ports.peer,
+            api_port: cfg.ports.api,
+            member: true,
+        },
+        secrets,
+        node_cert_pem: cert.cert_pem,
+        node_key_pem: cert.key_pem,
+    })
+}
+
+fn new_node_id() -> u64 {
+    // Never 0: some tools treat it as "no node".
+    rand::random::<u64>() | 1
+}
+
+async fn join_cluster(
+    cfg: &NodeConfig,
+    name: &str,
+    advertise: IpAddr,
+    addr: SocketAddr,
+    token: &str,
+) -> Result<NodeState, ClusterError> {
+    let req = JoinRequest { name: name.into(), ips: vec![advertise] };
+    let bundle = shoal_gossip::transport::join(addr, token, req).await.map_err(|source| ClusterError::Join { addr, source })?;
+    let cluster_id = shoal_gossip::pki::ca_hash_hex(&bundle.secrets.ca_cert_pem).map_err(ClusterError::Pki)?;
+    Ok(NodeState {
+        identity: Identity {
+            name: name.into(),
+            node_id: new_node_id(),
+            cluster_id: cluster_id[..16.min(cluster_id.len())].to_string(),
+            advertise,
+            gossip_port: cfg.ports.gossip,
+            peer_port: cfg.ports.peer,
+            api_port: cfg.ports.api,
+            member: false,
+        },
+        secrets: bundle.secrets,
+        node_cert_pem: bundle.node_cert_pem,
+        node_key_pem: bundle.node_key_pem,
+    })
+}
+
+/// Keeps the voters healthy: every second, tell the store which nodes gossip sees alive.
+async fn voter_loop(node: Arc<Node>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_millis(1000));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let members = node.membership.members();
+        let healthy: BTreeSet<u64> = members
+            .iter()
+            .filter(|m| m.alive)
+            .filter_map(|m| m.attrs.get("node_id").and_then(|s| s.parse().ok()))
+            .collect();
+        if let Err(e) = node.store.reconcile_voters(&healthy, Instant::now()).await {
+            tracing::debug!(error = %e, "voter reconcile");
+        }
+    }
+}
+
+struct ControlHandler {
+    node: Arc<Node>,
+}
+
+impl control::Handler for ControlHandler {
+    fn handle(&self, req: Request) -> BoxFuture<'_, Result<serde_json::Value, String>> {
+        Box::pin(async move {
+            let node = &self.node;
+            match req {
+                Request::Status => Ok(status_json(node).await),
+                Request::Token => node.secrets.join_token().map(serde_json::Value::String).map_err(|e| e.to_string()),
+                Request::Kubeconfig { server } => crate::wiring::kubeconfig(node, server).map(serde_json::Value::String),
+                Request::KvPut { key, value } => {
+                    let r = node.store.txn(shoal_store::Txn::put(key, value.into_bytes())).await.map_err(|e| e.to_string())?;
+                    Ok(json!({"revision": r.revision}))
+                }
+                Request::KvGet { key, linearizable } => {
+                    if linearizable {
+                        node.store.sync().await.map_err(|e| e.to_string())?;
+                    }
+                    match node.store.get(&key).await.map_err(|e| e.to_string())? {
+                        Some(kv) => Ok(serde_json::Value::String(String::from_utf8_lossy(&kv.value).into_owned())),
+                        None => Ok(serde_json::Value::Null),
+                    }
+                }
+                Request::Backup { path } => {
+                    let rev = node.store.backup(&path).await.map_err(|e| e.to_string())?;
+                    Ok(json!({"revision": rev}))
+                }
+            }
+        })
+    }
+}
+
+/// `shoal status --json`.
+pub(crate) async fn status_json(node: &Node) -> serde_json::Value {
+    let st = node.store.status();
+    let members = node.membership.members();
+    let by_id: BTreeMap<u64, &Member> = members
+        .iter()
+        .filter_map(|m| m.attrs.get("node_id").and_then(|s| s.parse().ok()).map(|id| (id, m)))
+        .collect();
+    let records = peers::node_records(&node.store).await;
+    let name_of = |id: u64| -> String {
+        by_id
+            .get(&id)
+            .map(|m| m.name.clone())
+            .or_else(|| records.get(&id).map(|r| r.name.clone()))
+            .unwrap_or_else(|| format!("node-{id:x}"))
+    };
+    let list: Vec<serde_json::Value> = st
+        .members
+        .iter()
+        .map(|m| {
+            json!({
+                "name": name_of(m.node_id),
+                "node_id": m.node_id,
+                "addr": m.addr,
+                "role": match m.role { shoal_store::Role::Voter => "voter", shoal_store::Role::Learner => "learner" },
+                "alive": m.node_id == node.identity.node_id || by_id.get(&m.node_id).is_some_and(|g| g.alive),
+            })
+        })
+        .collect();
+    json!({
+        "name": node.identity.name,
+        "node_id": node.identity.node_id,
+        "cluster_id": node.identity.cluster_id,
+        "leader": st.leader.map(name_of),
+        "term": st.term,
+        "applied_index": st.applied_index,
+        "revision": st.revision,
+        "members": list,
+        "load_balancer_ips": crate::wiring::lb_status(node).await,
+    })
+}
+
+/// `shoal restore FILE --data-dir DIR`: a fresh data dir holding the backup's state, as a
+/// new one-node cluster (new CA and token) named `name` at `advertise`; `shoal up` there
+/// starts it and other nodes join it, as after `etcdutl snapshot restore`.
+pub fn restore(file: &Path, dir: &Path, name: Option<String>, advertise: Option<IpAddr>) -> Result<String, ClusterError> {
+    if NodeState::load(dir)?.is_some() || dir.join("store").exists() {
+        return Err(ClusterError::Conflict(format!("{} is not empty: restore into a fresh data dir", dir.display())));
+    }
+    std::fs::create_dir_all(dir).map_err(|source| ClusterError::DataDir { path: dir.into(), source })?;
+    let cfg = NodeConfig { data_dir: dir.into(), ..NodeConfig::default() };
+    let name = name.unwrap_or_else(hostname);
+    let advertise = advertise.unwrap_or_else(default_address);
+    let st = new_cluster(&cfg, &name, advertise)?;
+    let addr = SocketAddr::new(advertise, cfg.ports.peer).to_string();
+    let rev = Store::restore(file, dir.join("store"), st.identity.node_id, &addr)
+        .map_err(|source| ClusterError::Store { path: dir.join("store"), source })?;
+    st.save(dir)?;
+    Ok(format!(
+        "restored revision {rev} into {} as node {name} ({advertise}); start it with `shoal up --data-dir {}`",
+        dir.display(),
+        dir.display()
+    ))
+}

@@ -1,0 +1,172 @@
+//! Glue between the peer transport (QUIC) and the store: Raft RPCs, joins, and the record
+//! of every node kept in the store under `/shoal/nodes/`.
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use serde::{Deserialize, Serialize};
+use shoal_gossip::transport::{PeerInfo, Transport};
+use shoal_store::{RaftTransport, Store, TransportError};
+
+use super::identity::Identity;
+use crate::config::Ports;
+
+/// Store prefix of node records.
+pub const NODES_PREFIX: &str = "/shoal/nodes/";
+/// Transport service a joining node calls to be added to the Raft group.
+const ADD_NODE: &str = "cluster/add-node";
+
+/// A node as the cluster remembers it, `/shoal/nodes/<name>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    pub name: String,
+    pub node_id: u64,
+    pub peer_addr: String,
+    pub gossip_addr: String,
+    pub api_addr: String,
+}
+
+impl NodeRecord {
+    pub fn of(id: &Identity) -> Self {
+        NodeRecord {
+            name: id.name.clone(),
+            node_id: id.node_id,
+            peer_addr: SocketAddr::new(id.advertise, id.peer_port).to_string(),
+            gossip_addr: SocketAddr::new(id.advertise, id.gossip_port).to_string(),
+            api_addr: SocketAddr::new(id.advertise, id.api_port).to_string(),
+        }
+    }
+}
+
+struct Quic(Transport);
+
+impl RaftTransport for Quic {
+    fn call(&self, addr: &str, service: &'static str, body: Vec<u8>) -> BoxFuture<'static, Result<Vec<u8>, TransportError>> {
+        let t = self.0.clone();
+        let addr = addr.to_string();
+        async move {
+            let sa: SocketAddr = addr.parse().map_err(|_| TransportError::Unreachable { addr: addr.clone(), reason: "not a socket address".into() })?;
+            t.call(sa, service, body).await.map_err(|e| peer_error(&addr, e))
+        }
+        .boxed()
+    }
+}
+
+fn peer_error(addr: &str, e: shoal_gossip::Error) -> TransportError {
+    use shoal_gossip::Error as G;
+    let addr = addr.to_string();
+    match e {
+        G::Connect { .. } | G::Handshake { .. } | G::ConnectTimeout { .. } => {
+            TransportError::Unreachable { addr, reason: e.to_string() }
+        }
+        G::Timeout { .. } => TransportError::Timeout { addr },
+        G::Remote { message, .. } => TransportError::Refused { addr, reason: message },
+        other => TransportError::Failed { addr, reason: other.to_string() },
+    }
+}
+
+/// The store's view of the transport.
+pub fn raft_transport(t: Transport) -> Arc<dyn RaftTransport> {
+    Arc::new(Quic(t))
+}
+
+/// Serves the store's RPCs (Raft, forwarded writes, read index) on the transport.
+pub fn serve_store(t: &Transport, store: &Store) {
+    for service in shoal_store::service::ALL {
+        let store = store.clone();
+        t.register(
+            service,
+            Arc::new(move |_peer: PeerInfo, body: Vec<u8>| {
+                let store = store.clone();
+                async move { store.handle_rpc(service, &body).await.map_err(|e| e.to_string()) }.boxed()
+            }),
+        );
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct AddNode {
+    record: NodeRecord,
+}
+
+/// Serves joins: the join handshake itself lives in the transport (token check, certificate);
+/// after it, the new node asks to be added to the Raft group with its record.
+pub fn serve_joins(t: &Transport, secrets: shoal_gossip::pki::ClusterSecrets, store: Store, _ports: Ports) {
+    t.enable_join(secrets, None);
+    t.register(
+        ADD_NODE,
+        Arc::new(move |peer: PeerInfo, body: Vec<u8>| {
+            let store = store.clone();
+            async move {
+                let req: AddNode = serde_json::from_slice(&body).map_err(|e| format!("bad add-node request: {e}"))?;
+                if peer.node_name != req.record.name {
+                    return Err(format!(
+                        "certificate is for {:?}, request is for {:?}",
+                        peer.node_name, req.record.name
+                    ));
+                }
+                store.add_learner(req.record.node_id, req.record.peer_addr.clone()).await.map_err(|e| e.to_string())?;
+                put_record(&store, &req.record).await.map_err(|e| e.to_string())?;
+                Ok(b"{}".to_vec())
+            }
+            .boxed()
+        }),
+    );
+}
+
+/// Writes a node's record if it is missing or changed.
+pub async fn put_record(store: &Store, rec: &NodeRecord) -> Result<(), shoal_store::Error> {
+    let key = format!("{NODES_PREFIX}{}", rec.name);
+    let value = serde_json::to_vec(rec).unwrap_or_default();
+    if store.get(&key).await?.is_some_and(|kv| kv.value == value) {
+        return Ok(());
+    }
+    store.txn(shoal_store::Txn::put(key, value)).await?;
+    Ok(())
+}
+
+/// Asks the node at `addr` to add this node to the cluster; retries until it is done.
+pub async fn request_membership(t: &Transport, addr: SocketAddr, id: &Identity) {
+    let body = serde_json::to_vec(&AddNode { record: NodeRecord::of(id) }).unwrap_or_default();
+    let mut wait = Duration::from_millis(200);
+    loop {
+        match t.call(addr, ADD_NODE, body.clone()).await {
+            Ok(_) => return,
+            Err(e) => {
+                tracing::warn!(%addr, error = %e, "asking to be added to the cluster; retrying");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// Every node record in the local replica, by node id.
+pub async fn node_records(store: &Store) -> BTreeMap<u64, NodeRecord> {
+    let Ok((kvs, _)) = store.range(NODES_PREFIX).await else { return BTreeMap::new() };
+    kvs.iter()
+        .filter_map(|kv| serde_json::from_slice::<NodeRecord>(&kv.value).ok())
+        .map(|r| (r.node_id, r))
+        .collect()
+}
+
+/// Gossip seeds: the node we join through, and every node the store remembers.
+pub async fn gossip_seeds(store: &Store, join: Option<SocketAddr>, gossip_port: u16) -> Vec<SocketAddr> {
+    let mut seeds: Vec<SocketAddr> = join.map(|a| SocketAddr::new(a.ip(), gossip_port)).into_iter().collect();
+    for rec in node_records(store).await.values() {
+        if let Ok(a) = rec.gossip_addr.parse() {
+            seeds.push(a);
+        }
+    }
+    for m in store.status().members {
+        if let Ok(a) = m.addr.parse::<SocketAddr>() {
+            seeds.push(SocketAddr::new(a.ip(), gossip_port));
+        }
+    }
+    seeds.sort();
+    seeds.dedup();
+    seeds
+}

@@ -1,0 +1,246 @@
+//! The node configuration: one versioned TOML file, every field with a default that works on
+//! a small board, each overridable by a flag of `shoal up`.
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+/// Default location of the config file, read if present.
+pub const DEFAULT_CONFIG: &str = "/etc/shoal/config.toml";
+/// Default data directory.
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/shoal";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config file {path}: version {version} is not supported (this shoal reads version 1)")]
+    Version { path: PathBuf, version: u32 },
+}
+
+/// Parses "250ms", "3s", "2m", "1h" (and a bare number of seconds).
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(i) => (&s[..i], &s[i..]),
+        None => (s, "s"),
+    };
+    let n: f64 = num.parse().ok()?;
+    if !n.is_finite() || n < 0.0 {
+        return None;
+    }
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return None,
+    };
+    Some(Duration::from_secs_f64(secs))
+}
+
+fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    parse_duration(&s).ok_or_else(|| serde::de::Error::custom(format!("invalid duration {s:?} (use e.g. 500ms, 3s, 2m)")))
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    /// Format version of this file; 1.
+    pub version: u32,
+    /// Node name; defaults to the host name.
+    pub name: Option<String>,
+    pub data_dir: PathBuf,
+    /// Address other nodes reach this one at; defaults to the address of the default route.
+    pub advertise: Option<IpAddr>,
+    pub ports: Ports,
+    pub gossip: GossipConfig,
+    pub store: StoreConfig,
+    pub node: NodeAgentConfig,
+    pub network: NetworkConfig,
+    pub lb: LbConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Ports {
+    pub gossip: u16,
+    pub peer: u16,
+    pub api: u16,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GossipConfig {
+    /// How often a node gossips; failure detection takes about 8 intervals.
+    #[serde(deserialize_with = "de_duration")]
+    pub interval: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// How long a voter may be dead before the leader replaces it.
+    #[serde(deserialize_with = "de_duration")]
+    pub voter_grace: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeAgentConfig {
+    /// Run the node agent (containers) on this node.
+    pub run_pods: bool,
+    /// Declared devices for hardware-in-the-loop benches: path and resource name.
+    pub devices: Vec<DeviceConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceConfig {
+    pub path: PathBuf,
+    pub resource: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NetworkConfig {
+    /// The cluster's pod network; each node gets a /24 of it.
+    pub pod_cidr: String,
+    /// ClusterIPs are allocated from here.
+    pub service_cidr: String,
+    /// The cluster DNS Service address.
+    pub dns_ip: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LbConfig {
+    /// A shoal-native default address pool (CIDR or `a-b` range), so a fresh cluster hands out
+    /// LoadBalancer IPs without any MetalLB YAML. Empty: none.
+    pub default_pool: Vec<String>,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            version: 1,
+            name: None,
+            data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+            advertise: None,
+            ports: Ports::default(),
+            gossip: GossipConfig::default(),
+            store: StoreConfig::default(),
+            node: NodeAgentConfig::default(),
+            network: NetworkConfig::default(),
+            lb: LbConfig::default(),
+        }
+    }
+}
+
+impl Default for Ports {
+    fn default() -> Self {
+        Ports { gossip: 7946, peer: 7443, api: 6443 }
+    }
+}
+
+impl Default for GossipConfig {
+    fn default() -> Self {
+        GossipConfig { interval: Duration::from_millis(250) }
+    }
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig { voter_grace: Duration::from_secs(30) }
+    }
+}
+
+impl Default for NodeAgentConfig {
+    fn default() -> Self {
+        NodeAgentConfig { run_pods: true, devices: Vec::new() }
+    }
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        NetworkConfig {
+            pod_cidr: "10.42.0.0/16".into(),
+            service_cidr: "10.43.0.0/16".into(),
+            dns_ip: "10.43.0.10".into(),
+        }
+    }
+}
+
+impl Default for LbConfig {
+    fn default() -> Self {
+        LbConfig { default_pool: Vec::new() }
+    }
+}
+
+impl NodeConfig {
+    /// Reads a config file. `required`: a missing file is an error (an explicit --config);
+    /// otherwise a missing file gives the defaults.
+    pub fn load(path: &Path, required: bool) -> Result<NodeConfig, ConfigError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => return Ok(NodeConfig::default()),
+            Err(source) => return Err(ConfigError::Read { path: path.into(), source }),
+        };
+        let cfg: NodeConfig =
+            toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.into(), message: e.to_string() })?;
+        if cfg.version != 1 {
+            return Err(ConfigError::Version { path: path.into(), version: cfg.version });
+        }
+        Ok(cfg)
+    }
+
+    /// A config for in-process tests: everything under `data_dir`, loopback ports given.
+    pub fn for_test(data_dir: &Path, name: &str) -> NodeConfig {
+        NodeConfig {
+            name: Some(name.into()),
+            data_dir: data_dir.into(),
+            advertise: Some(IpAddr::from([127, 0, 0, 1])),
+            node: NodeAgentConfig { run_pods: false, devices: Vec::new() },
+            ..NodeConfig::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_duration("3s"), Some(Duration::from_secs(3)));
+        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_duration("7"), Some(Duration::from_secs(7)));
+        assert_eq!(parse_duration("-1s"), None);
+        assert_eq!(parse_duration("3 parsecs"), None);
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, "version = 1\nbogus = 3\n").unwrap();
+        let err = NodeConfig::load(&p, true).unwrap_err().to_string();
+        assert!(err.contains("bogus"), "{err}");
+        std::fs::write(&p, "version = 1\n[store]\nvoter_grace = \"5s\"\n[ports]\napi = 16443\n").unwrap();
+        let c = NodeConfig::load(&p, true).unwrap();
+        assert_eq!(c.store.voter_grace, Duration::from_secs(5));
+        assert_eq!(c.ports.api, 16443);
+        assert_eq!(c.ports.gossip, 7946);
+        assert!(NodeConfig::load(&dir.path().join("missing.toml"), false).is_ok());
+        assert!(NodeConfig::load(&dir.path().join("missing.toml"), true).is_err());
+    }
+}

@@ -1,0 +1,757 @@
+//! The API server driven by the real kubectl (1.31 and 1.33 from the gcloud SDK next to
+//! /usr/bin/kubectl): each test starts a server on 127.0.0.1 with an in-memory store and
+//! fresh certificates, and a temporary HOME holding the kubeconfig.
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+};
+use std::sync::{Arc, Mutex};
+
+use futures::future::BoxFuture;
+use shoal::api::{kubeconfig, ApiConfig, ByteStream, LogOptions, PodStreams, Server, StreamError, TlsMaterial};
+use shoal_kube::Objects;
+use shoal_store::Store;
+use tokio::io::AsyncBufReadExt;
+use tokio_util::sync::CancellationToken;
+
+const MANIFESTS: &str = "/work/shared/manifests";
+
+struct Pki {
+    ca_pem: String,
+    server_cert: String,
+    server_key: String,
+    client_cert: String,
+    client_key: String,
+}
+
+fn pki() -> Pki {
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name.push(DnType::CommonName, "shoal-test-ca");
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca, &ca_key);
+
+    let server_key = KeyPair::generate().unwrap();
+    let mut srv = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
+    srv.distinguished_name.push(DnType::CommonName, "shoal-api");
+    srv.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let server_cert = srv.signed_by(&server_key, &issuer).unwrap();
+
+    let client_key = KeyPair::generate().unwrap();
+    let mut cl = CertificateParams::new(Vec::<String>::new()).unwrap();
+    cl.distinguished_name.push(DnType::CommonName, "admin");
+    cl.distinguished_name.push(DnType::OrganizationName, "system:masters");
+    cl.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let client_cert = cl.signed_by(&client_key, &issuer).unwrap();
+
+    Pki {
+        ca_pem: ca_cert.pem(),
+        server_cert: server_cert.pem(),
+        server_key: server_key.serialize_pem(),
+        client_cert: client_cert.pem(),
+        client_key: client_key.serialize_pem(),
+    }
+}
+
+fn kubectl_dir() -> PathBuf {
+    let real =
+        std::fs::canonicalize("/usr/bin/kubectl").expect("these tests need kubectl at /usr/bin/kubectl (gcloud SDK)");
+    real.parent().expect("kubectl has a parent directory").to_path_buf()
+}
+
+struct Out {
+    ok: bool,
+    stdout: String,
+    stderr: String,
+}
+
+/// One API server and a HOME with a kubeconfig for it; stopped and removed on drop.
+struct Api {
+    dir: tempfile::TempDir,
+    url: String,
+    shutdown: CancellationToken,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Api {
+    async fn start() -> Api {
+        Api::start_with(None).await
+    }
+
+    async fn start_with(streams: Option<Arc<dyn PodStreams>>) -> Api {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+        let pki = pki();
+        let tls = TlsMaterial {
+            cert_pem: pki.server_cert.clone(),
+            key_pem: pki.server_key.clone(),
+            client_ca_pem: pki.ca_pem.clone(),
+        };
+        let objects = Objects::new(Store::in_memory());
+        let mut cfg = ApiConfig::new("127.0.0.1:0".parse().unwrap(), tls, objects, "test-node");
+        cfg.streams = streams;
+        let server = Server::bind(cfg).await.unwrap();
+        let addr = server.local_addr().unwrap();
+        let url = format!("https://{addr}");
+        let shutdown = CancellationToken::new();
+        let s = shutdown.clone();
+        let task = tokio::spawn(async move {
+            server.run(s).await.unwrap();
+        });
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join(".kube")).unwrap();
+        let kc = kubeconfig(&url, &pki.ca_pem, &pki.client_cert, &pki.client_key);
+        std::fs::write(dir.path().join(".kube/config"), kc).unwrap();
+        std::fs::write(dir.path().join("ca.pem"), &pki.ca_pem).unwrap();
+        std::fs::write(dir.path().join("client.pem"), &pki.client_cert).unwrap();
+        std::fs::write(dir.path().join("client-key.pem"), &pki.client_key).unwrap();
+        // A second kubeconfig without a client certificate (a bearer token is not accepted).
+        let anon = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: {url}\n    insecure-skip-tls-verify: true\ncontexts:\n- name: c\n  context: {{cluster: c, user: u}}\ncurrent-context: c\nusers:\n- name: u\n  user: {{token: not-a-certificate}}\n"
+        );
+        std::fs::write(dir.path().join("anonymous.yaml"), anon).unwrap();
+        let api = Api { dir, url, shutdown, task: Some(task) };
+        // Wait until the initial namespaces exist.
+        for _ in 0..100 {
+            if api.run("1.33", &["get", "namespace", "default", "-o", "name"], None).await.ok {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        api
+    }
+
+    fn home(&self) -> &Path {
+        self.dir.path()
+    }
+
+    async fn run(&self, version: &str, args: &[&str], stdin: Option<&str>) -> Out {
+        let bin = kubectl_dir().join(format!("kubectl.{version}"));
+        let mut cmd = tokio::process::Command::new(&bin);
+        cmd.args(args)
+            .env_clear()
+            .env("HOME", self.home())
+            .env("KUBECONFIG", self.home().join(".kube/config"))
+            .env("PATH", "/usr/bin:/bin")
+            .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("run {}: {e}", bin.display()));
+        if let Some(input) = stdin {
+            use tokio::io::AsyncWriteExt;
+            let mut si = child.stdin.take().unwrap();
+            si.write_all(input.as_bytes()).await.unwrap();
+            drop(si);
+        }
+        let out = tokio::time::timeout(Duration::from_secs(120), child.wait_with_output())
+            .await
+            .unwrap_or_else(|_| panic!("kubectl {args:?} did not finish"))
+            .unwrap();
+        Out {
+            ok: out.status.success(),
+            stdout: String::from_utf8_lossy(&out.stdout).into(),
+            stderr: String::from_utf8_lossy(&out.stderr).into(),
+        }
+    }
+
+    async fn run_env(&self, version: &str, args: &[&str], env: &[(&str, &str)]) -> Out {
+        let bin = kubectl_dir().join(format!("kubectl.{version}"));
+        let mut cmd = tokio::process::Command::new(&bin);
+        cmd.args(args)
+            .env_clear()
+            .env("HOME", self.home())
+            .env("KUBECONFIG", self.home().join(".kube/config"))
+            .env("PATH", "/usr/bin:/bin")
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().await.unwrap();
+        Out {
+            ok: out.status.success(),
+            stdout: String::from_utf8_lossy(&out.stdout).into(),
+            stderr: String::from_utf8_lossy(&out.stderr).into(),
+        }
+    }
+
+    /// Runs kubectl 1.33 and returns stdout, failing the test with stderr if it failed.
+    async fn ok(&self, args: &[&str]) -> String {
+        self.ok_v("1.33", args).await
+    }
+
+    async fn ok_v(&self, version: &str, args: &[&str]) -> String {
+        let o = self.run(version, args, None).await;
+        assert!(o.ok, "kubectl.{version} {args:?} failed:\nstdout: {}\nstderr: {}", o.stdout, o.stderr);
+        o.stdout
+    }
+
+    async fn ok_stdin(&self, args: &[&str], input: &str) -> String {
+        let o = self.run("1.33", args, Some(input)).await;
+        assert!(o.ok, "kubectl {args:?} failed:\nstdout: {}\nstderr: {}", o.stdout, o.stderr);
+        o.stdout
+    }
+
+    /// One raw HTTPS request with the admin certificate: (status code, body).
+    async fn curl(&self, method: &str, path: &str, content_type: &str, body: Option<Vec<u8>>) -> (u16, String) {
+        let h = self.home();
+        let mut cmd = tokio::process::Command::new("curl");
+        cmd.args(["-s", "-o", "-", "-w", "\n%{http_code}", "-X", method])
+            .arg("--cacert")
+            .arg(h.join("ca.pem"))
+            .arg("--cert")
+            .arg(h.join("client.pem"))
+            .arg("--key")
+            .arg(h.join("client-key.pem"))
+            .args(["-H", &format!("Content-Type: {content_type}")])
+            .arg(format!("{}{path}", self.url))
+            .stdout(Stdio::piped())
+            .kill_on_drop(true);
+        if let Some(b) = body {
+            let f = h.join("body");
+            std::fs::write(&f, b).unwrap();
+            cmd.arg("--data-binary").arg(format!("@{}", f.display()));
+        }
+        let out = cmd.output().await.expect("these tests need curl");
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+        (code.trim().parse().unwrap_or(0), body.to_string())
+    }
+
+    async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(t) = self.task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(20), t).await;
+        }
+    }
+}
+
+impl Drop for Api {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovery_version_health_and_authentication() {
+    let api = Api::start().await;
+    let v = api.ok(&["version", "-o", "json"]).await;
+    let v: serde_json::Value = serde_json::from_str(&v).unwrap();
+    assert_eq!(v["serverVersion"]["minor"], "33");
+    assert_eq!(api.ok(&["get", "--raw", "/healthz"]).await, "ok");
+    assert_eq!(api.ok(&["get", "--raw", "/readyz"]).await, "ok");
+
+    let res = api.ok(&["api-resources"]).await;
+    for want in [
+        "deployments",
+        "deploy",
+        "apps/v1",
+        "customresourcedefinitions",
+        "horizontalpodautoscalers",
+        "poddisruptionbudgets",
+    ] {
+        assert!(res.contains(want), "api-resources lacks {want}:\n{res}");
+    }
+    let ns = api.ok(&["get", "namespaces", "-o", "name"]).await;
+    for want in ["namespace/default", "namespace/kube-system", "namespace/kube-public"] {
+        assert!(ns.contains(want), "{ns}");
+    }
+    let groups = api.ok(&["api-versions"]).await;
+    assert!(groups.contains("metrics.k8s.io/v1beta1"), "{groups}");
+
+    // Without a client certificate every request is refused with 401.
+    let anon = api.home().join("anonymous.yaml");
+    let o =
+        api.run("1.33", &["--kubeconfig", anon.to_str().unwrap(), "get", "--raw", "/api/v1/namespaces"], None).await;
+    assert!(!o.ok);
+    assert!(o.stderr.contains("Unauthorized"), "{}", o.stderr);
+    let _ = &api.url;
+    api.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_seed_manifest_applies_and_reapplies() {
+    let api = Api::start().await;
+    let out = api.ok(&["apply", "-f", MANIFESTS]).await;
+    assert!(out.contains("deployment.apps/nginx"), "{out}");
+    assert!(out.contains("service/backend-service created"), "{out}");
+    assert!(out.contains("ingress.networking.k8s.io"), "{out}");
+    assert!(out.contains("job.batch/throw-dice-job created"), "{out}");
+    // Two manifests define Deployment nginx; the second one applied (in file name order) changed
+    // the first one's CPU request: a strategic merge patch.
+    let cpu = api
+        .ok(&["get", "deploy", "nginx", "-o", "jsonpath={.spec.template.spec.containers[0].resources.requests.cpu}"])
+        .await;
+    assert_eq!(cpu, "100m");
+    let generation = api.ok(&["get", "deploy", "nginx", "-o", "jsonpath={.metadata.generation}"]).await;
+    assert_eq!(generation, "2");
+
+    // Re-applying everything unchanged changes nothing.
+    let again = api.ok(&["apply", "-f", MANIFESTS]).await;
+    assert!(again.contains("service/backend-service unchanged"), "{again}");
+
+    // Defaults that kubectl prints.
+    let svc = api.ok(&["get", "svc", "backend-service", "-o", "json"]).await;
+    let svc: serde_json::Value = serde_json::from_str(&svc).unwrap();
+    assert!(svc["spec"]["clusterIP"].as_str().unwrap().starts_with("10.43."), "{svc}");
+    let np = svc["spec"]["ports"][0]["nodePort"].as_i64().unwrap();
+    assert!((30000..=32767).contains(&np));
+    assert_eq!(svc["spec"]["sessionAffinity"], "None");
+    let pod = api.ok(&["get", "pod", "example", "-o", "yaml"]).await;
+    for want in [
+        "restartPolicy: Always",
+        "dnsPolicy: ClusterFirst",
+        "terminationGracePeriodSeconds: 30",
+        "imagePullPolicy: IfNotPresent",
+        "phase: Pending",
+    ] {
+        assert!(pod.contains(want), "pod lacks {want}:\n{pod}");
+    }
+    let job = api.ok(&["get", "job", "throw-dice-job", "-o", "jsonpath={.spec.selector.matchLabels}"]).await;
+    assert!(job.contains("batch.kubernetes.io/controller-uid"), "{job}");
+
+    // Listing: wide, all namespaces, labels, jsonpath over lists, get all.
+    let wide = api.ok(&["get", "svc", "-o", "wide"]).await;
+    assert!(wide.contains("backend-service") && wide.contains("external-service"), "{wide}");
+    let all_ns = api.ok(&["get", "deploy", "-A"]).await;
+    assert!(all_ns.contains("NAMESPACE") && all_ns.contains("default") && all_ns.contains("review"), "{all_ns}");
+    let names = api.ok(&["get", "rs", "-o", "jsonpath={.items[*].metadata.name}"]).await;
+    assert!(names.contains("node-web"), "{names}");
+    let all = api.ok(&["get", "all"]).await;
+    for want in ["pod/example", "service/review", "deployment.apps/nginx", "job.batch/throw-dice-job"] {
+        assert!(all.contains(want), "get all lacks {want}:\n{all}");
+    }
+    let by_label = api.ok(&["get", "deploy", "-l", "app in (nginx,other)", "-o", "name"]).await;
+    assert_eq!(by_label.trim(), "deployment.apps/nginx");
+
+    // A changed manifest re-applied from stdin: strategic merge with merge keys.
+    let changed = std::fs::read_to_string(format!("{MANIFESTS}/review-deployment.yaml"))
+        .unwrap()
+        .replace("value: 'development'", "value: 'production'")
+        .replace("replicas: 1", "replicas: 3");
+    let out = api.ok_stdin(&["apply", "-f", "-"], &changed).await;
+    assert!(out.contains("deployment.apps/review configured"), "{out}");
+    let env = api.ok(&["get", "deploy", "review", "-o", "jsonpath={.spec.replicas} {.spec.template.spec.containers[0].env[0].value} {.spec.template.spec.containers[0].env[9].valueFrom.fieldRef.fieldPath}"]).await;
+    assert_eq!(env, "3 production metadata.name");
+
+    // Server-side apply as an upsert.
+    let cm = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: ssa\ndata:\n  a: \"1\"\n";
+    let out = api.ok_stdin(&["apply", "--server-side", "-f", "-"], cm).await;
+    assert!(out.contains("serverside-applied"), "{out}");
+    let out = api.ok_stdin(&["apply", "--server-side", "-f", "-"], &cm.replace("\"1\"", "\"2\"")).await;
+    assert!(out.contains("serverside-applied"), "{out}");
+    assert_eq!(api.ok(&["get", "cm", "ssa", "-o", "jsonpath={.data.a}"]).await, "2");
+
+    let del = api.ok(&["delete", "-f", MANIFESTS, "--ignore-not-found"]).await;
+    assert!(del.contains("deleted"), "{del}");
+    let left = api.ok(&["get", "deploy,svc,pods,jobs,ing,rs", "-o", "name"]).await;
+    assert!(left.trim().is_empty(), "left after delete: {left}");
+    api.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn imperative_commands() {
+    let api = Api::start().await;
+    // kubectl 1.33 sends protobuf for these generators; 1.31 sends JSON.
+    api.ok(&["create", "namespace", "demo"]).await;
+    api.ok(&["create", "deployment", "web", "--image=nginx:1.25", "--replicas=2", "-n", "demo"]).await;
+    api.ok_v("1.31", &["create", "deployment", "old", "--image=nginx", "-n", "demo"]).await;
+    api.ok(&["create", "configmap", "cfg", "--from-literal=a=1", "-n", "demo"]).await;
+    api.ok(&["create", "secret", "generic", "pw", "--from-literal=pw=hunter2", "-n", "demo"]).await;
+    let pw = api.ok(&["get", "secret", "pw", "-n", "demo", "-o", "jsonpath={.data.pw}"]).await;
+    assert_eq!(pw, "aHVudGVyMg==");
+    let strategy = api
+        .ok(&[
+            "get",
+            "deploy",
+            "web",
+            "-n",
+            "demo",
+            "-o",
+            "jsonpath={.spec.strategy.rollingUpdate.maxSurge} {.spec.template.spec.containers[0].image}",
+        ])
+        .await;
+    assert_eq!(strategy, "25% nginx:1.25");
+
+    // A namespace must exist.
+    let o = api.run("1.33", &["create", "configmap", "x", "-n", "nowhere"], None).await;
+    assert!(!o.ok && o.stderr.contains("namespaces \"nowhere\" not found"), "{}", o.stderr);
+    // Names are validated with the causes kubectl prints.
+    let o = api.run("1.33", &["create", "configmap", "Bad_Name", "-n", "demo"], None).await;
+    assert!(!o.ok && o.stderr.contains("is invalid") && o.stderr.contains("metadata.name"), "{}", o.stderr);
+    let o = api.run("1.33", &["create", "configmap", "cfg", "-n", "demo"], None).await;
+    assert!(!o.ok && o.stderr.contains("already exists"), "{}", o.stderr);
+
+    api.ok(&["label", "deploy", "web", "tier=front", "-n", "demo"]).await;
+    api.ok(&["annotate", "deploy", "web", "note=hello", "-n", "demo"]).await;
+    let meta = api
+        .ok(&[
+            "get",
+            "deploy",
+            "web",
+            "-n",
+            "demo",
+            "-o",
+            "jsonpath={.metadata.labels.tier} {.metadata.annotations.note} {.metadata.generation}",
+        ])
+        .await;
+    assert_eq!(meta, "front hello 1");
+    let shown = api.ok(&["get", "deploy", "-n", "demo", "--show-labels"]).await;
+    assert!(shown.contains("tier=front"), "{shown}");
+
+    let out = api.ok(&["scale", "deploy", "web", "--replicas=5", "-n", "demo"]).await;
+    assert!(out.contains("scaled"), "{out}");
+    let r =
+        api.ok(&["get", "deploy", "web", "-n", "demo", "-o", "jsonpath={.spec.replicas} {.metadata.generation}"]).await;
+    assert_eq!(r, "5 2");
+    api.ok(&["scale", "deploy", "web", "--current-replicas=5", "--replicas=4", "-n", "demo"]).await;
+    let o =
+        api.run("1.33", &["scale", "deploy", "web", "--current-replicas=9", "--replicas=1", "-n", "demo"], None).await;
+    assert!(!o.ok, "a wrong --current-replicas must fail");
+
+    let out = api.ok(&["expose", "deploy", "web", "--port=80", "--target-port=8080", "-n", "demo"]).await;
+    assert!(out.contains("service/web exposed"), "{out}");
+    let svc = api
+        .ok(&[
+            "get",
+            "svc",
+            "web",
+            "-n",
+            "demo",
+            "-o",
+            "jsonpath={.spec.selector.app} {.spec.ports[0].targetPort} {.spec.type}",
+        ])
+        .await;
+    assert_eq!(svc, "web 8080 ClusterIP");
+    api.ok(&["run", "tmp", "--image=busybox:1.25", "-n", "demo", "--", "sleep", "60"]).await;
+    let desc = api.ok(&["describe", "pod", "tmp", "-n", "demo"]).await;
+    assert!(desc.contains("busybox:1.25") && desc.contains("Status:") && desc.contains("Pending"), "{desc}");
+    let desc = api.ok(&["describe", "svc", "web", "-n", "demo"]).await;
+    assert!(desc.contains("80/TCP"), "{desc}");
+    api.ok(&["describe", "deploy", "web", "-n", "demo"]).await;
+
+    // Logs need the node agent, which is not wired here.
+    let o = api.run("1.33", &["logs", "tmp", "-n", "demo"], None).await;
+    assert!(!o.ok && o.stderr.contains("node agent not available"), "{}", o.stderr);
+
+    api.ok(&["delete", "pod", "tmp", "-n", "demo"]).await;
+    api.ok(&["delete", "deploy", "web", "old", "-n", "demo"]).await;
+    api.ok(&["delete", "configmap", "--all", "-n", "demo"]).await;
+    let left = api.ok(&["get", "deploy,pods,cm", "-n", "demo", "-o", "name"]).await;
+    assert!(left.trim().is_empty(), "{left}");
+
+    // Deleting a namespace marks it Terminating until the namespace controller empties it.
+    api.ok(&["delete", "namespace", "demo", "--wait=false"]).await;
+    let phase = api.ok(&["get", "ns", "demo", "-o", "jsonpath={.status.phase}"]).await;
+    assert_eq!(phase, "Terminating");
+    let o = api.run("1.33", &["create", "configmap", "late", "-n", "demo"], None).await;
+    assert!(!o.ok && o.stderr.contains("being terminated"), "{}", o.stderr);
+    let o = api.run("1.33", &["delete", "namespace", "default"], None).await;
+    assert!(!o.ok && o.stderr.contains("may not be deleted"), "{}", o.stderr);
+    api.stop().await;
+}
+
+const METALLB: &str = r#"
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: ipaddresspools.metallb.io
+spec:
+  group: metallb.io
+  names:
+    kind: IPAddressPool
+    listKind: IPAddressPoolList
+    plural: ipaddresspools
+    singular: ipaddresspool
+  scope: Namespaced
+  versions:
+  - name: v1beta1
+    served: true
+    storage: true
+    schema:
+      openAPIV3Schema:
+        type: object
+        x-kubernetes-preserve-unknown-fields: true
+    subresources:
+      status: {}
+---
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: l2advertisements.metallb.io
+spec:
+  group: metallb.io
+  names:
+    kind: L2Advertisement
+    listKind: L2AdvertisementList
+    plural: l2advertisements
+    singular: l2advertisement
+  scope: Namespaced
+  versions:
+  - name: v1beta1
+    served: true
+    storage: true
+    schema:
+      openAPIV3Schema:
+        type: object
+        x-kubernetes-preserve-unknown-fields: true
+---
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: metallb-system
+"#;
+
+const POOLS: &str = r#"
+apiVersion: metallb.io/v1beta1
+kind: IPAddressPool
+metadata:
+  name: first-pool
+  namespace: metallb-system
+spec:
+  addresses:
+  - 192.168.1.240-192.168.1.250
+---
+apiVersion: metallb.io/v1beta1
+kind: L2Advertisement
+metadata:
+  name: example
+  namespace: metallb-system
+spec:
+  ipAddressPools:
+  - first-pool
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn custom_resources_are_served_once_defined() {
+    let api = Api::start().await;
+    let o = api.run("1.33", &["get", "ipaddresspools", "-A"], None).await;
+    assert!(!o.ok, "no such resource before the CRD exists");
+    api.ok_stdin(&["apply", "-f", "-"], METALLB).await;
+    let out = api.ok_stdin(&["apply", "-f", "-"], POOLS).await;
+    assert!(out.contains("ipaddresspool.metallb.io/first-pool created"), "{out}");
+    assert!(out.contains("l2advertisement.metallb.io/example created"), "{out}");
+    let addrs = api
+        .ok(&["get", "ipaddresspool", "first-pool", "-n", "metallb-system", "-o", "jsonpath={.spec.addresses[0]}"])
+        .await;
+    assert_eq!(addrs, "192.168.1.240-192.168.1.250");
+    let changed = POOLS.replace("192.168.1.240-192.168.1.250", "10.0.0.10-10.0.0.20");
+    let out = api.ok_stdin(&["apply", "-f", "-"], &changed).await;
+    assert!(out.contains("ipaddresspool.metallb.io/first-pool configured"), "{out}");
+    let addrs = api
+        .ok(&["get", "ipaddresspools", "-n", "metallb-system", "-o", "jsonpath={.items[0].spec.addresses[0]}"])
+        .await;
+    assert_eq!(addrs, "10.0.0.10-10.0.0.20");
+    let res = api.ok(&["api-resources", "--api-group=metallb.io"]).await;
+    assert!(res.contains("ipaddresspools") && res.contains("l2advertisements"), "{res}");
+    api.ok(&["delete", "crd", "ipaddresspools.metallb.io"]).await;
+    let o = api.run("1.33", &["get", "ipaddresspools", "-A"], None).await;
+    assert!(!o.ok, "the resource is gone with its CRD");
+    api.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_watch_streams_changes() {
+    let api = Api::start().await;
+    api.ok(&["create", "configmap", "before"]).await;
+    let bin = kubectl_dir().join("kubectl.1.33");
+    let mut child = tokio::process::Command::new(bin)
+        .args(["get", "configmaps", "--watch"])
+        .env_clear()
+        .env("HOME", api.home())
+        .env("KUBECONFIG", api.home().join(".kube/config"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    let mut created = false;
+    let found = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Ok(Some(l)) = lines.next_line().await {
+            seen.push(l.clone());
+            if l.starts_with("before") && !created {
+                created = true;
+                api.ok(&["create", "configmap", "during"]).await;
+            }
+            if l.starts_with("during") {
+                return true;
+            }
+        }
+        false
+    })
+    .await
+    .unwrap_or(false);
+    let _ = child.kill().await;
+    assert!(found, "watch output: {seen:?}");
+    api.stop().await;
+}
+
+/// A node agent double: every container logs two lines; records the options it was asked for.
+#[derive(Default)]
+struct FakeStreams {
+    asked: Mutex<Vec<LogOptions>>,
+}
+
+impl PodStreams for FakeStreams {
+    fn logs(&self, pod: &serde_json::Value, opts: LogOptions) -> BoxFuture<'static, Result<ByteStream, StreamError>> {
+        self.asked.lock().unwrap().push(opts.clone());
+        let name = pod["metadata"]["name"].as_str().unwrap_or_default().to_string();
+        Box::pin(async move {
+            let c = opts.container.unwrap_or_default();
+            let lines = vec![
+                Ok(bytes::Bytes::from(format!("{name}/{c} line 1\n"))),
+                Ok(bytes::Bytes::from(format!("{name}/{c} line 2\n"))),
+            ];
+            let s: ByteStream = Box::pin(futures::stream::iter(lines));
+            Ok(s)
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_come_from_the_node_agent() {
+    let fake = Arc::new(FakeStreams::default());
+    let api = Api::start_with(Some(fake.clone())).await;
+    api.ok(&["run", "web", "--image=nginx"]).await;
+    let out = api.ok(&["logs", "web"]).await;
+    assert_eq!(out, "web/web line 1\nweb/web line 2\n");
+    let out = api.ok(&["logs", "-f", "--tail=5", "--timestamps", "web"]).await;
+    assert!(out.contains("line 2"), "{out}");
+    let asked = fake.asked.lock().unwrap().clone();
+    assert!(asked.iter().any(|o| o.follow && o.tail_lines == Some(5) && o.timestamps), "{asked:?}");
+    let o = api.run("1.33", &["logs", "web", "-c", "nope"], None).await;
+    assert!(!o.ok && o.stderr.contains("container nope is not valid for pod web"), "{}", o.stderr);
+    let o = api.run("1.33", &["logs", "missing"], None).await;
+    assert!(!o.ok && o.stderr.contains("not found"), "{}", o.stderr);
+    api.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn older_kubectl_versions_work_too() {
+    let api = Api::start().await;
+    for v in ["1.31", "1.32"] {
+        let ns = format!("v{}", v.replace('.', "-"));
+        api.ok_v(v, &["create", "namespace", &ns]).await;
+        let out = api.ok_v(v, &["apply", "-n", &ns, "-f", MANIFESTS]).await;
+        assert!(out.contains("deployment.apps/review created"), "{v}: {out}");
+        let wide = api.ok_v(v, &["get", "deploy", "-n", &ns, "-o", "wide"]).await;
+        assert!(wide.contains("review") && wide.contains("nginx"), "{v}: {wide}");
+        api.ok_v(v, &["create", "deployment", "gen", "--image=nginx:1.25", "-n", &ns]).await;
+        api.ok_v(v, &["create", "configmap", "cm", "--from-literal=a=b", "-n", &ns]).await;
+        api.ok_v(v, &["scale", "deploy", "gen", "--replicas=3", "-n", &ns]).await;
+        let r = api.ok_v(v, &["get", "deploy", "gen", "-n", &ns, "-o", "jsonpath={.spec.replicas}"]).await;
+        assert_eq!(r, "3", "{v}");
+        api.ok_v(v, &["get", "all", "-n", &ns]).await;
+        // Deleting the Services releases their NodePorts (svc-nodeport asks for 30123).
+        api.ok_v(v, &["delete", "-n", &ns, "-f", MANIFESTS, "--ignore-not-found"]).await;
+        api.ok_v(v, &["delete", "namespace", &ns, "--wait=false"]).await;
+    }
+    api.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strict_field_validation_rejects_unknown_fields() {
+    let api = Api::start().await;
+    let bad = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: x\ndata:\n  a: b\nspecc:\n  z: 1\n";
+    let o = api.run("1.33", &["apply", "-f", "-"], Some(bad)).await;
+    assert!(!o.ok && o.stderr.contains("unknown field \"specc\""), "{}", o.stderr);
+    let o = api.run("1.33", &["get", "cm", "x"], None).await;
+    assert!(!o.ok, "nothing was written");
+    let out = api.ok_stdin(&["apply", "--validate=false", "-f", "-"], bad).await;
+    assert!(out.contains("configmap/x created"), "{out}");
+    let invalid = "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: d\nspec:\n  selector:\n    matchLabels: {app: a}\n  template:\n    metadata:\n      labels: {app: b}\n    spec:\n      containers:\n      - name: c\n        image: nginx\n";
+    let o = api.run("1.33", &["apply", "-f", "-"], Some(invalid)).await;
+    assert!(
+        !o.ok && o.stderr.contains("is invalid") && o.stderr.contains("spec.template.metadata.labels"),
+        "{}",
+        o.stderr
+    );
+    api.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_status_errors() {
+    let api = Api::start().await;
+    let status = |body: &str| -> serde_json::Value { serde_json::from_str(body).unwrap_or_default() };
+    let cms = "/api/v1/namespaces/default/configmaps";
+    // Malformed JSON: 400, nothing written.
+    let (code, body) = api.curl("POST", cms, "application/json", Some(b"{\"metadata\": {".to_vec())).await;
+    assert_eq!(code, 400, "{body}");
+    assert_eq!(status(&body)["reason"], "BadRequest");
+    // Oversized bodies: 413.
+    let big = format!("{{\"metadata\":{{\"name\":\"big\"}},\"data\":{{\"a\":\"{}\"}}}}", "x".repeat(4 * 1024 * 1024));
+    let (code, body) = api.curl("POST", cms, "application/json", Some(big.into_bytes())).await;
+    assert_eq!(code, 413, "{body}");
+    assert_eq!(status(&body)["reason"], "RequestEntityTooLarge");
+    // Unknown content type: 415; wrong kind: 400.
+    let (code, _) = api.curl("POST", cms, "text/csv", Some(b"a,b".to_vec())).await;
+    assert_eq!(code, 415);
+    let (code, body) = api
+        .curl(
+            "POST",
+            cms,
+            "application/json",
+            Some(br#"{"kind":"Secret","apiVersion":"v1","metadata":{"name":"s"}}"#.to_vec()),
+        )
+        .await;
+    assert_eq!(code, 400, "{body}");
+    // 404 with details; 409 on a stale resourceVersion; 422 with causes.
+    let (code, body) = api.curl("GET", &format!("{cms}/nope"), "application/json", None).await;
+    assert_eq!(code, 404);
+    assert_eq!(status(&body)["details"]["name"], "nope");
+    let (code, created) = api
+        .curl("POST", cms, "application/json", Some(br#"{"metadata":{"name":"c"},"data":{"a":"1"}}"#.to_vec()))
+        .await;
+    assert_eq!(code, 201, "{created}");
+    let created = status(&created);
+    assert_eq!(created["kind"], "ConfigMap");
+    let mut stale = created.clone();
+    stale["data"]["a"] = serde_json::json!("2");
+    let (code, _) =
+        api.curl("PUT", &format!("{cms}/c"), "application/json", Some(stale.to_string().into_bytes())).await;
+    assert_eq!(code, 200);
+    let (code, body) =
+        api.curl("PUT", &format!("{cms}/c"), "application/json", Some(stale.to_string().into_bytes())).await;
+    assert_eq!(code, 409, "{body}");
+    assert_eq!(status(&body)["reason"], "Conflict");
+    let (code, body) =
+        api.curl("POST", cms, "application/json", Some(br#"{"metadata":{"name":"UPPER"}}"#.to_vec())).await;
+    assert_eq!(code, 422, "{body}");
+    assert_eq!(status(&body)["details"]["causes"][0]["field"], "metadata.name");
+    // A JSON patch that does not apply: 422, object unchanged.
+    let (code, body) = api
+        .curl(
+            "PATCH",
+            &format!("{cms}/c"),
+            "application/json-patch+json",
+            Some(br#"[{"op":"test","path":"/data/a","value":"9"}]"#.to_vec()),
+        )
+        .await;
+    assert_eq!(code, 422, "{body}");
+    // Streaming endpoints without a node agent: 503.
+    api.ok(&["run", "p", "--image=busybox"]).await;
+    let (code, body) = api.curl("GET", "/api/v1/namespaces/default/pods/p/log", "application/json", None).await;
+    assert_eq!(code, 503, "{body}");
+    // Unknown paths: 404 Status.
+    let (code, body) = api.curl("GET", "/apis/nothing.example/v1/things", "application/json", None).await;
+    assert_eq!(code, 404);
+    assert_eq!(status(&body)["kind"], "Status");
+    // kubectl edit goes through a strategic merge patch.
+    let o = api.run_env("1.33", &["edit", "configmap", "c"], &[("EDITOR", "sed -i s/a:.*/a:\\ edited/")]).await;
+    assert!(o.ok, "{} {}", o.stdout, o.stderr);
+    assert_eq!(api.ok(&["get", "cm", "c", "-o", "jsonpath={.data.a}"]).await, "edited");
+    // top: the metrics API exists and has nothing yet.
+    let o = api.run("1.33", &["top", "pods"], None).await;
+    assert!(!o.stderr.contains("Metrics API not available"), "{}", o.stderr);
+    api.stop().await;
+}

@@ -1,0 +1,446 @@
+//! Cluster membership and failure detection over chitchat (UDP gossip).
+//!
+//! Every node gossips its attributes (addresses, arch, capacity, readiness, ...) as string
+//! key/values. Liveness is chitchat's phi detector plus a heartbeat-silence cap, damped against
+//! flapping links (see `damping` and docs/gossip.md). Gossip is unauthenticated: never put
+//! secrets in attributes.
+
+mod damping;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use chitchat::transport::{RecvOutcome, SendOutcome, Socket, UdpSocket};
+use chitchat::{Chitchat, ChitchatConfig, ChitchatEnvelope, ChitchatHandle, ChitchatId, FailureDetectorConfig};
+use tokio::sync::{watch, Notify};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use self::damping::{DampingConfig, NodeLiveness, Transition};
+use crate::error::{Error, Result};
+
+/// Default UDP port of gossip.
+pub const DEFAULT_GOSSIP_PORT: u16 = 7946;
+
+/// How a node takes part in gossip. `MembershipConfig::new` fills the defaults.
+#[derive(Debug, Clone)]
+pub struct MembershipConfig {
+    /// Unique in the cluster; a restarted node keeps its name and gets a new generation.
+    pub node_name: String,
+    /// Nodes only gossip with nodes of the same cluster id.
+    pub cluster_id: String,
+    /// Where the gossip socket binds (port 0 picks a free one).
+    pub gossip_addr: SocketAddr,
+    /// What peers use to reach this node; `None` means `gossip_addr`. A port of 0 is replaced
+    /// by the bound port. Must not be an unspecified IP (0.0.0.0) when peers are remote.
+    pub advertise_addr: Option<SocketAddr>,
+    /// "ip:port" or "host:port" of nodes already in the cluster (DNS names are re-resolved
+    /// every minute).
+    pub seeds: Vec<String>,
+    /// Distinguishes this run of the node from earlier ones; must grow across restarts.
+    /// `None` takes the current Unix time in milliseconds.
+    pub generation: Option<u64>,
+    /// One gossip round: every round the node gossips with up to 3 live nodes, maybe a dead
+    /// one and maybe a seed.
+    pub gossip_interval: Duration,
+    /// chitchat's phi threshold: a node is suspected once the silence since its last
+    /// heartbeat exceeds `phi_threshold` mean heartbeat intervals.
+    pub phi_threshold: f64,
+    /// The prior mean heartbeat interval (weight 5 samples) right after a node appears.
+    pub initial_interval: Duration,
+    /// Heartbeat intervals longer than this are left out of the mean.
+    pub max_interval: Duration,
+    /// Heartbeat samples kept per node.
+    pub sampling_window_size: usize,
+    /// A node whose heartbeat has not advanced for this long is dead, whatever phi says.
+    pub dead_after: Duration,
+    /// Base hold before a node that died is reported alive again (doubles per recent death).
+    pub revive_hold: Duration,
+    /// Upper bound of the revive hold.
+    pub revive_hold_max: Duration,
+    /// Deaths older than this no longer lengthen the revive hold.
+    pub flap_window: Duration,
+    /// A dead node's state is forgotten after this long.
+    pub dead_node_grace_period: Duration,
+    /// Deleted attributes are kept as tombstones this long.
+    pub marked_for_deletion_grace_period: Duration,
+}
+
+impl MembershipConfig {
+    pub fn new(node_name: impl Into<String>, cluster_id: impl Into<String>, gossip_addr: SocketAddr) -> Self {
+        Self {
+            node_name: node_name.into(),
+            cluster_id: cluster_id.into(),
+            gossip_addr,
+            advertise_addr: None,
+            seeds: Vec::new(),
+            generation: None,
+            gossip_interval: Duration::from_millis(250),
+            phi_threshold: 8.0,
+            initial_interval: Duration::from_millis(250),
+            max_interval: Duration::from_secs(2),
+            sampling_window_size: 1000,
+            dead_after: Duration::from_millis(2500),
+            revive_hold: Duration::from_secs(2),
+            revive_hold_max: Duration::from_secs(60),
+            flap_window: Duration::from_secs(600),
+            dead_node_grace_period: Duration::from_secs(3600),
+            marked_for_deletion_grace_period: Duration::from_secs(3600),
+        }
+    }
+
+    fn damping(&self) -> DampingConfig {
+        DampingConfig {
+            dead_after: self.dead_after,
+            revive_hold: self.revive_hold,
+            revive_hold_max: self.revive_hold_max,
+            flap_window: self.flap_window,
+        }
+    }
+}
+
+/// One node as this node sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    pub name: String,
+    pub gossip_addr: SocketAddr,
+    /// Current generation (changes when the node restarts).
+    pub generation: u64,
+    /// Damped liveness; the local node is always alive.
+    pub alive: bool,
+    pub attrs: BTreeMap<String, String>,
+}
+
+/// A running gossip participant.
+pub struct Membership {
+    chitchat: Arc<tokio::sync::Mutex<Chitchat>>,
+    self_id: ChitchatId,
+    members: watch::Receiver<Vec<Member>>,
+    changed: Arc<Notify>,
+    shutdown: CancellationToken,
+    handle: Mutex<Option<ChitchatHandle>>,
+    watcher: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Membership {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Membership").field("self", &self.self_id).finish()
+    }
+}
+
+impl Membership {
+    /// Binds the gossip socket and starts gossiping.
+    pub async fn start(cfg: MembershipConfig, initial_attrs: BTreeMap<String, String>) -> Result<Self> {
+        Self::start_with_loss(cfg, initial_attrs, Arc::new(LinkLoss::default())).await
+    }
+
+    pub(crate) async fn start_with_loss(
+        cfg: MembershipConfig,
+        initial_attrs: BTreeMap<String, String>,
+        loss: Arc<LinkLoss>,
+    ) -> Result<Self> {
+        let socket = UdpSocket::open(cfg.gossip_addr).await.map_err(|e| Error::BindGossip {
+            addr: cfg.gossip_addr,
+            source: std::io::Error::new(std::io::ErrorKind::AddrNotAvailable, format!("{e:#}")),
+        })?;
+        let bound = socket.local_addr().map_err(|e| Error::StartGossip(e.into()))?;
+        let mut advertise = cfg.advertise_addr.unwrap_or(cfg.gossip_addr);
+        if advertise.port() == 0 {
+            advertise.set_port(bound.port());
+        }
+        if advertise.ip().is_unspecified() {
+            warn!(advertise = %advertise, "gossip advertise address is unspecified: remote peers cannot reach this node");
+        }
+        let generation = cfg
+            .generation
+            .unwrap_or_else(|| SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0));
+        let self_id = ChitchatId::new(cfg.node_name.clone(), generation, advertise);
+        let chitchat_config = ChitchatConfig {
+            chitchat_id: self_id.clone(),
+            cluster_id: cfg.cluster_id.clone(),
+            gossip_interval: cfg.gossip_interval,
+            listen_addr: bound,
+            seed_nodes: cfg.seeds.clone(),
+            failure_detector_config: FailureDetectorConfig {
+                phi_threshold: cfg.phi_threshold,
+                sampling_window_size: cfg.sampling_window_size,
+                max_interval: cfg.max_interval,
+                initial_interval: cfg.initial_interval,
+                dead_node_grace_period: cfg.dead_node_grace_period,
+            },
+            marked_for_deletion_grace_period: cfg.marked_for_deletion_grace_period,
+            catchup_callback: None,
+            extra_liveness_predicate: None,
+            protocol_version: chitchat::ProtocolVersion::V0,
+        };
+        let transport = PreparedTransport { socket: Mutex::new(Some(Box::new(LossySocket { inner: socket, loss }))) };
+        let handle = chitchat::spawn_chitchat(chitchat_config, initial_attrs.into_iter().collect(), &transport)
+            .await
+            .map_err(|e| Error::StartGossip(e.into()))?;
+        let chitchat = handle.chitchat();
+        let (tx, rx) = watch::channel(Vec::new());
+        let changed = Arc::new(Notify::new());
+        let shutdown = CancellationToken::new();
+        let watcher = Watcher {
+            chitchat: chitchat.clone(),
+            self_id: self_id.clone(),
+            damping: cfg.damping(),
+            tick: (cfg.gossip_interval / 2).max(Duration::from_millis(20)),
+            nodes: HashMap::new(),
+            tx,
+            changed: changed.clone(),
+        };
+        watcher.refresh().await;
+        let watcher = tokio::spawn(watcher.run(shutdown.clone()));
+        info!(node = %cfg.node_name, generation, gossip = %bound, advertise = %advertise, "gossip started");
+        Ok(Self {
+            chitchat,
+            self_id,
+            members: rx,
+            changed,
+            shutdown,
+            handle: Mutex::new(Some(handle)),
+            watcher: Mutex::new(Some(watcher)),
+        })
+    }
+
+    /// The address peers gossip with this node on.
+    pub fn advertise_addr(&self) -> SocketAddr {
+        self.self_id.gossip_advertise_addr
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.self_id.generation_id
+    }
+
+    /// Sets one of this node's attributes; it spreads with the next gossip rounds.
+    pub async fn set_attr(&self, key: &str, value: &str) {
+        self.chitchat.lock().await.self_node_state().set(key, value);
+        self.changed.notify_one();
+    }
+
+    /// Removes one of this node's attributes.
+    pub async fn delete_attr(&self, key: &str) {
+        let mut chitchat = self.chitchat.lock().await;
+        let state = chitchat.self_node_state();
+        if state.get(key).is_some() {
+            state.delete(key);
+        }
+        drop(chitchat);
+        self.changed.notify_one();
+    }
+
+    /// Every known node, this one included, sorted by name.
+    pub fn members(&self) -> Vec<Member> {
+        self.members.borrow().clone()
+    }
+
+    /// Follows [`Self::members`]; a new value is published on every change.
+    pub fn subscribe(&self) -> watch::Receiver<Vec<Member>> {
+        self.members.clone()
+    }
+
+    /// Stops gossiping; peers then see this node go silent and mark it dead.
+    pub async fn shutdown(&self) {
+        self.shutdown.cancel();
+        let watcher = lock(&self.watcher).take();
+        if let Some(watcher) = watcher {
+            let _ = watcher.await;
+        }
+        let handle = lock(&self.handle).take();
+        if let Some(handle) = handle {
+            if let Err(error) = handle.shutdown().await {
+                warn!(error = %error, "gossip server stopped with an error");
+            }
+        }
+    }
+}
+
+impl Drop for Membership {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+        if let Some(handle) = lock(&self.handle).take() {
+            let _ = handle.initiate_shutdown();
+        }
+    }
+}
+
+struct Watcher {
+    chitchat: Arc<tokio::sync::Mutex<Chitchat>>,
+    self_id: ChitchatId,
+    damping: DampingConfig,
+    tick: Duration,
+    nodes: HashMap<String, NodeLiveness>,
+    tx: watch::Sender<Vec<Member>>,
+    changed: Arc<Notify>,
+}
+
+impl Watcher {
+    async fn run(mut self, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(self.tick);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tick.tick() => {}
+                _ = self.changed.notified() => {}
+            }
+            self.observe().await;
+        }
+    }
+
+    /// Publishes the current view without advancing liveness (used once at start).
+    async fn refresh(&self) {
+        let members = {
+            let chitchat = self.chitchat.lock().await;
+            self_member(&chitchat, &self.self_id).into_iter().collect::<Vec<_>>()
+        };
+        self.tx.send_replace(members);
+    }
+
+    async fn observe(&mut self) {
+        let now = Instant::now();
+        let chitchat = self.chitchat.lock().await;
+        let live: std::collections::HashSet<&ChitchatId> = chitchat.live_nodes().collect();
+        // The current incarnation of each node: the live generation, else the newest one.
+        let mut current: HashMap<&str, &ChitchatId> = HashMap::new();
+        for id in chitchat.node_states().keys() {
+            if id.node_id == self.self_id.node_id {
+                continue;
+            }
+            let better = match current.get(&*id.node_id) {
+                None => true,
+                Some(prev) => {
+                    let (id_live, prev_live) = (live.contains(id), live.contains(*prev));
+                    (id_live && !prev_live) || (id_live == prev_live && id.generation_id > prev.generation_id)
+                }
+            };
+            if better {
+                current.insert(&id.node_id, id);
+            }
+        }
+        let mut members: Vec<Member> = self_member(&chitchat, &self.self_id).into_iter().collect();
+        for (name, id) in &current {
+            let Some(state) = chitchat.node_state(id) else {
+                continue;
+            };
+            let heartbeat: u64 = state.heartbeat().into();
+            let liveness = self
+                .nodes
+                .entry(name.to_string())
+                .or_insert_with(|| NodeLiveness::new(now, id.generation_id, heartbeat));
+            match liveness.observe(&self.damping, now, id.generation_id, heartbeat, live.contains(*id)) {
+                Transition::Died => info!(node = %name, generation = id.generation_id, "node marked dead"),
+                Transition::Revived => info!(node = %name, generation = id.generation_id, "node marked alive"),
+                Transition::None => {}
+            }
+            members.push(Member {
+                name: name.to_string(),
+                gossip_addr: id.gossip_advertise_addr,
+                generation: id.generation_id,
+                alive: liveness.alive(),
+                attrs: state.key_values().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            });
+        }
+        let known: std::collections::HashSet<String> = current.keys().map(|name| name.to_string()).collect();
+        drop(chitchat);
+        self.nodes.retain(|name, _| known.contains(name));
+        members.sort_by(|a, b| a.name.cmp(&b.name));
+        self.tx.send_if_modified(|old| {
+            if *old == members {
+                false
+            } else {
+                debug!(members = members.len(), "membership changed");
+                *old = members;
+                true
+            }
+        });
+    }
+}
+
+fn self_member(chitchat: &Chitchat, self_id: &ChitchatId) -> Option<Member> {
+    let state = chitchat.node_state(self_id)?;
+    Some(Member {
+        name: self_id.node_id.to_string(),
+        gossip_addr: self_id.gossip_advertise_addr,
+        generation: self_id.generation_id,
+        alive: true,
+        attrs: state.key_values().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+    })
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Drops a share of gossip datagrams in both directions (per mille), to exercise damping.
+#[derive(Debug, Default)]
+pub(crate) struct LinkLoss {
+    per_mille: AtomicU64,
+}
+
+impl LinkLoss {
+    #[cfg(test)]
+    pub(crate) fn set(&self, per_mille: u64) {
+        self.per_mille.store(per_mille.min(1000), Ordering::Relaxed);
+    }
+
+    fn drop_now(&self) -> bool {
+        let p = self.per_mille.load(Ordering::Relaxed);
+        p > 0 && rand::random_range(0..1000) < p
+    }
+}
+
+/// Hands chitchat the socket bound before it started, so the advertised port is known.
+struct PreparedTransport {
+    socket: Mutex<Option<Box<dyn Socket>>>,
+}
+
+#[async_trait]
+impl chitchat::transport::Transport for PreparedTransport {
+    async fn open(&self, _listen_addr: SocketAddr) -> anyhow::Result<Box<dyn Socket>> {
+        lock(&self.socket).take().ok_or_else(|| anyhow::anyhow!("gossip socket already handed out"))
+    }
+}
+
+struct LossySocket {
+    inner: UdpSocket,
+    loss: Arc<LinkLoss>,
+}
+
+#[async_trait]
+impl Socket for LossySocket {
+    fn local_addr(&self) -> anyhow::Result<SocketAddr> {
+        self.inner.local_addr()
+    }
+
+    async fn send(&mut self, to: SocketAddr, envelope: ChitchatEnvelope) -> anyhow::Result<SendOutcome> {
+        if self.loss.drop_now() {
+            return Ok(SendOutcome { num_bytes_sent: 0 });
+        }
+        // A peer that is gone (ICMP unreachable, no route) is not a broken socket.
+        match self.inner.send(to, envelope).await {
+            Ok(outcome) => Ok(outcome),
+            Err(error) => {
+                debug!(peer = %to, error = %format!("{error:#}"), "gossip send failed");
+                Ok(SendOutcome { num_bytes_sent: 0 })
+            }
+        }
+    }
+
+    async fn recv(&mut self) -> anyhow::Result<RecvOutcome> {
+        loop {
+            let outcome = self.inner.recv().await?;
+            if !self.loss.drop_now() {
+                return Ok(outcome);
+            }
+        }
+    }
+}

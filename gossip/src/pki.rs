@@ -1,0 +1,436 @@
+//! The cluster CA, node and client certificates, and join tokens.
+//!
+//! Every certificate is ECDSA P-256, signed by one cluster CA that every node holds (peers are
+//! symmetric: any node can admit a new one). Certificates and keys travel as PEM strings.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType, SerialNumber,
+};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::RootCertStore;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+
+/// DNS name present in every node certificate; peers connect with it as the TLS server name,
+/// since node names need not resolve.
+pub const PEER_SERVER_NAME: &str = "shoal-peer";
+
+/// Prefix and version of join tokens.
+pub const TOKEN_PREFIX: &str = "shoal1";
+
+const CA_VALIDITY_DAYS: i64 = 100 * 365;
+const NODE_VALIDITY_DAYS: i64 = 10 * 365;
+const CLIENT_VALIDITY_DAYS: i64 = 10 * 365;
+/// Certificates start being valid an hour in the past, against small clock skews between nodes.
+const BACKDATE_HOURS: i64 = 1;
+const TOKEN_HASH_HEX_LEN: usize = 32;
+const TOKEN_SECRET_HEX_LEN: usize = 32;
+
+/// What a cluster's nodes share: the CA that signs every certificate and the join secret.
+/// The daemon keeps it in its data dir; it never travels over gossip.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterSecrets {
+    pub ca_cert_pem: String,
+    pub ca_key_pem: String,
+    /// 32 lowercase hex characters, the last part of the join token.
+    pub token_secret: String,
+}
+
+impl std::fmt::Debug for ClusterSecrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterSecrets")
+            .field("ca_cert_pem", &self.ca_cert_pem)
+            .field("ca_key_pem", &"<redacted>")
+            .field("token_secret", &"<redacted>")
+            .finish()
+    }
+}
+
+/// A certificate and its private key, PEM encoded.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IssuedCert {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for IssuedCert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IssuedCert").field("cert_pem", &self.cert_pem).field("key_pem", &"<redacted>").finish()
+    }
+}
+
+/// What a node needs to speak on the peer transport: the CA to trust and its own certificate.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeTls {
+    pub ca_cert_pem: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for NodeTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeTls")
+            .field("ca_cert_pem", &self.ca_cert_pem)
+            .field("cert_pem", &self.cert_pem)
+            .field("key_pem", &"<redacted>")
+            .finish()
+    }
+}
+
+impl ClusterSecrets {
+    /// Creates a new cluster CA (ECDSA P-256, valid for a century) and a random join secret.
+    pub fn generate(cluster_name: &str) -> Result<Self> {
+        let key = KeyPair::generate().map_err(Error::GenerateKey)?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name = DistinguishedName::new();
+        params.distinguished_name.push(DnType::CommonName, format!("shoal-ca@{cluster_name}"));
+        params.distinguished_name.push(DnType::OrganizationName, "shoal");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages =
+            vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        params.serial_number = Some(random_serial());
+        set_validity(&mut params, CA_VALIDITY_DAYS);
+        let cert = params
+            .self_signed(&key)
+            .map_err(|source| Error::SignCertificate { subject: "cluster CA".to_string(), source })?;
+        Ok(Self { ca_cert_pem: cert.pem(), ca_key_pem: key.serialize_pem(), token_secret: random_hex16() })
+    }
+
+    /// A new random join secret; the old token stops working once the new secrets are in use.
+    pub fn rotate_token(&mut self) {
+        self.token_secret = random_hex16();
+    }
+
+    /// `shoal1.<first 32 hex chars of sha256(CA cert DER)>.<secret>`.
+    pub fn join_token(&self) -> Result<String> {
+        Ok(format!("{TOKEN_PREFIX}.{}.{}", ca_hash_hex(&self.ca_cert_pem)?, self.token_secret))
+    }
+
+    /// Constant-time comparison of a presented secret with ours.
+    pub fn verify_token_secret(&self, presented: &str) -> bool {
+        constant_time_eq(self.token_secret.as_bytes(), presented.as_bytes())
+    }
+
+    /// A node certificate: CN = name; SANs = name (when it is a DNS name), "localhost",
+    /// [`PEER_SERVER_NAME`] and every given IP; usable as TLS server and client.
+    pub fn issue_node_cert(&self, name: &str, ips: &[IpAddr]) -> Result<IssuedCert> {
+        let mut params = CertificateParams::default();
+        params.distinguished_name = DistinguishedName::new();
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.distinguished_name.push(DnType::OrganizationName, "system:nodes");
+        let mut dns_names: Vec<String> = Vec::new();
+        if is_dns_name(name) {
+            dns_names.push(name.to_ascii_lowercase());
+        }
+        for fixed in ["localhost", PEER_SERVER_NAME] {
+            if !dns_names.iter().any(|n| n == fixed) {
+                dns_names.push(fixed.to_string());
+            }
+        }
+        for dns in dns_names {
+            let ia5 = dns.clone().try_into().map_err(|source| Error::InvalidCertificateField {
+                field: "dns name",
+                value: dns,
+                source,
+            })?;
+            params.subject_alt_names.push(SanType::DnsName(ia5));
+        }
+        let mut seen_ips: Vec<IpAddr> = Vec::new();
+        for ip in ips.iter().copied().chain([IpAddr::from([127, 0, 0, 1])]) {
+            if !seen_ips.contains(&ip) {
+                seen_ips.push(ip);
+                params.subject_alt_names.push(SanType::IpAddress(ip));
+            }
+        }
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        self.sign(params, name, NODE_VALIDITY_DAYS)
+    }
+
+    /// A client certificate (client auth only), e.g. CN=admin O=system:masters for kubectl.
+    pub fn issue_client_cert(&self, common_name: &str, organizations: &[&str]) -> Result<IssuedCert> {
+        let mut params = CertificateParams::default();
+        params.distinguished_name = DistinguishedName::new();
+        params.distinguished_name.push(DnType::CommonName, common_name);
+        for org in organizations {
+            params.distinguished_name.push(DnType::OrganizationName, *org);
+        }
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        self.sign(params, common_name, CLIENT_VALIDITY_DAYS)
+    }
+
+    /// Issues a node certificate and bundles it with the CA for the transport.
+    pub fn node_tls(&self, name: &str, ips: &[IpAddr]) -> Result<NodeTls> {
+        let issued = self.issue_node_cert(name, ips)?;
+        Ok(NodeTls { ca_cert_pem: self.ca_cert_pem.clone(), cert_pem: issued.cert_pem, key_pem: issued.key_pem })
+    }
+
+    fn sign(&self, mut params: CertificateParams, subject: &str, days: i64) -> Result<IssuedCert> {
+        let ca_key = KeyPair::from_pem(&self.ca_key_pem).map_err(Error::LoadKey)?;
+        let issuer = Issuer::from_ca_cert_pem(&self.ca_cert_pem, ca_key).map_err(Error::LoadCa)?;
+        let key = KeyPair::generate().map_err(Error::GenerateKey)?;
+        params.serial_number = Some(random_serial());
+        params.use_authority_key_identifier_extension = true;
+        set_validity(&mut params, days);
+        let cert = params
+            .signed_by(&key, &issuer)
+            .map_err(|source| Error::SignCertificate { subject: subject.to_string(), source })?;
+        Ok(IssuedCert { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
+    }
+}
+
+/// A parsed join token.
+#[derive(Clone, PartialEq, Eq)]
+pub struct JoinToken {
+    /// First 32 hex characters of sha256 over the CA certificate's DER.
+    pub ca_hash: String,
+    pub secret: String,
+}
+
+impl std::fmt::Debug for JoinToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JoinToken").field("ca_hash", &self.ca_hash).field("secret", &"<redacted>").finish()
+    }
+}
+
+impl JoinToken {
+    pub fn parse(token: &str) -> Result<Self> {
+        let mut parts = token.trim().split('.');
+        let (Some(prefix), Some(hash), Some(secret), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(Error::InvalidToken { reason: "expected shoal1.<ca hash>.<secret>" });
+        };
+        if prefix != TOKEN_PREFIX {
+            return Err(Error::InvalidToken { reason: "unknown token version (expected shoal1)" });
+        }
+        if hash.len() != TOKEN_HASH_HEX_LEN || !is_lower_hex(hash) {
+            return Err(Error::InvalidToken { reason: "CA hash must be 32 lowercase hex characters" });
+        }
+        if secret.len() != TOKEN_SECRET_HEX_LEN || !is_lower_hex(secret) {
+            return Err(Error::InvalidToken { reason: "secret must be 32 lowercase hex characters" });
+        }
+        Ok(Self { ca_hash: hash.to_string(), secret: secret.to_string() })
+    }
+
+    /// Whether a CA certificate (DER) is the one this token names.
+    pub fn matches_ca(&self, ca_der: &[u8]) -> bool {
+        let full = hex::encode(Sha256::digest(ca_der));
+        constant_time_eq(&full.as_bytes()[..TOKEN_HASH_HEX_LEN], self.ca_hash.as_bytes())
+    }
+}
+
+/// First 32 hex characters of sha256 over the DER of the first certificate in `ca_cert_pem`.
+pub fn ca_hash_hex(ca_cert_pem: &str) -> Result<String> {
+    let der = load_certs(ca_cert_pem, "CA certificate")?
+        .into_iter()
+        .next()
+        .ok_or(Error::EmptyPem { what: "CA certificate" })?;
+    let full = hex::encode(Sha256::digest(der.as_ref()));
+    Ok(full[..TOKEN_HASH_HEX_LEN].to_string())
+}
+
+/// Every certificate in a PEM string.
+pub fn load_certs(pem: &str, what: &'static str) -> Result<Vec<CertificateDer<'static>>> {
+    let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|source| Error::ParsePem { what, source })?;
+    if certs.is_empty() {
+        return Err(Error::EmptyPem { what });
+    }
+    Ok(certs)
+}
+
+/// The first private key (PKCS#8, SEC1 or PKCS#1) in a PEM string.
+pub fn load_private_key(pem: &str) -> Result<PrivateKeyDer<'static>> {
+    PrivateKeyDer::from_pem_slice(pem.as_bytes()).map_err(|source| match source {
+        rustls::pki_types::pem::Error::NoItemsFound => Error::EmptyPem { what: "private key" },
+        source => Error::ParsePem { what: "private key", source },
+    })
+}
+
+/// A root store holding the cluster CA.
+pub fn root_store(ca_cert_pem: &str) -> Result<Arc<RootCertStore>> {
+    let mut roots = RootCertStore::empty();
+    for cert in load_certs(ca_cert_pem, "CA certificate")? {
+        roots.add(cert).map_err(Error::TrustCa)?;
+    }
+    Ok(Arc::new(roots))
+}
+
+/// A rustls server config for TCP listeners (the Kubernetes API): TLS 1.2 and 1.3, the node
+/// certificate with the CA chain, client certificates from the CA verified when presented
+/// (requests without one reach the server, which decides; see [`common_name`]).
+pub fn https_server_config(tls: &NodeTls, alpn: &[&[u8]]) -> Result<rustls::ServerConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(root_store(&tls.ca_cert_pem)?, provider.clone())
+            .allow_unauthenticated()
+            .build()
+            .map_err(Error::BuildVerifier)?;
+    let mut chain = load_certs(&tls.cert_pem, "node certificate")?;
+    chain.extend(load_certs(&tls.ca_cert_pem, "CA certificate")?);
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(Error::BuildTls)?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, load_private_key(&tls.key_pem)?)
+        .map_err(Error::BuildTls)?;
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(config)
+}
+
+/// A rustls client config trusting only the cluster CA and presenting `cert_pem`/`key_pem`
+/// (e.g. the CLI with an admin certificate).
+pub fn client_config(ca_cert_pem: &str, cert_pem: &str, key_pem: &str) -> Result<rustls::ClientConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(Error::BuildTls)?
+        .with_root_certificates(root_store(ca_cert_pem)?)
+        .with_client_auth_cert(load_certs(cert_pem, "client certificate")?, load_private_key(key_pem)?)
+        .map_err(Error::BuildTls)
+}
+
+/// The subject common name of a DER certificate, if it has one.
+pub fn common_name(cert_der: &[u8]) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(cert_der).ok()?;
+    let cn = cert.subject().iter_common_name().next()?;
+    cn.as_str().ok().map(str::to_string)
+}
+
+/// The subject organizations of a DER certificate.
+pub fn organizations(cert_der: &[u8]) -> Vec<String> {
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(cert_der) else {
+        return Vec::new();
+    };
+    cert.subject().iter_organization().filter_map(|o| o.as_str().ok().map(str::to_string)).collect()
+}
+
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn is_lower_hex(s: &str) -> bool {
+    s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+fn is_dns_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
+
+fn random_hex16() -> String {
+    hex::encode(rand::random::<[u8; 16]>())
+}
+
+fn random_serial() -> SerialNumber {
+    let mut bytes = rand::random::<[u8; 16]>();
+    bytes[0] &= 0x7f;
+    bytes[0] |= 0x01;
+    SerialNumber::from_slice(&bytes)
+}
+
+fn set_validity(params: &mut CertificateParams, days: i64) {
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::hours(BACKDATE_HOURS);
+    params.not_after = now + time::Duration::days(days);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_round_trip_and_checks() {
+        let secrets = ClusterSecrets::generate("test").unwrap();
+        let token = secrets.join_token().unwrap();
+        let parsed = JoinToken::parse(&token).unwrap();
+        assert!(secrets.verify_token_secret(&parsed.secret));
+        let ca_der = load_certs(&secrets.ca_cert_pem, "ca").unwrap().remove(0);
+        assert!(parsed.matches_ca(ca_der.as_ref()));
+        let other = ClusterSecrets::generate("other").unwrap();
+        let other_der = load_certs(&other.ca_cert_pem, "ca").unwrap().remove(0);
+        assert!(!parsed.matches_ca(other_der.as_ref()));
+        assert!(!secrets.verify_token_secret(&other.token_secret));
+        assert!(!secrets.verify_token_secret(""));
+    }
+
+    #[test]
+    fn malformed_tokens_are_rejected() {
+        for bad in [
+            "",
+            "shoal1",
+            "shoal1.abc.def",
+            "shoal2.00000000000000000000000000000000.00000000000000000000000000000000",
+            "shoal1.0000000000000000000000000000000G.00000000000000000000000000000000",
+            "shoal1.00000000000000000000000000000000.00000000000000000000000000000000.x",
+        ] {
+            assert!(JoinToken::parse(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn node_and_client_certs_carry_their_names() {
+        let secrets = ClusterSecrets::generate("test").unwrap();
+        let node = secrets.issue_node_cert("node-a", &["10.0.0.5".parse().unwrap()]).unwrap();
+        let der = load_certs(&node.cert_pem, "node").unwrap().remove(0);
+        assert_eq!(common_name(der.as_ref()).as_deref(), Some("node-a"));
+        load_private_key(&node.key_pem).unwrap();
+        let (_, parsed) = x509_parser::parse_x509_certificate(der.as_ref()).unwrap();
+        let san = parsed.subject_alternative_name().unwrap().unwrap().value.general_names.clone();
+        let rendered = format!("{san:?}");
+        for want in ["node-a", "localhost", PEER_SERVER_NAME] {
+            assert!(rendered.contains(want), "{want} missing from {rendered}");
+        }
+
+        let client = secrets.issue_client_cert("admin", &["system:masters"]).unwrap();
+        let der = load_certs(&client.cert_pem, "client").unwrap().remove(0);
+        assert_eq!(common_name(der.as_ref()).as_deref(), Some("admin"));
+        assert_eq!(organizations(der.as_ref()), vec!["system:masters".to_string()]);
+    }
+
+    #[test]
+    fn tls_configs_build_from_issued_certificates() {
+        let secrets = ClusterSecrets::generate("test").unwrap();
+        let tls = secrets.node_tls("node-a", &[]).unwrap();
+        https_server_config(&tls, &[b"h2", b"http/1.1"]).unwrap();
+        let admin = secrets.issue_client_cert("admin", &["system:masters"]).unwrap();
+        client_config(&secrets.ca_cert_pem, &admin.cert_pem, &admin.key_pem).unwrap();
+        let wrong_key = secrets.issue_client_cert("other", &[]).unwrap().key_pem;
+        assert!(client_config(&secrets.ca_cert_pem, &admin.cert_pem, &wrong_key).is_err());
+    }
+
+    #[test]
+    fn secrets_survive_serde() {
+        let secrets = ClusterSecrets::generate("test").unwrap();
+        let json = serde_json::to_string(&secrets).unwrap();
+        let back: ClusterSecrets = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, secrets);
+        assert!(!format!("{secrets:?}").contains(&secrets.token_secret));
+    }
+
+    #[test]
+    fn garbage_pem_is_an_error() {
+        assert!(load_certs("not a pem", "x").is_err());
+        assert!(load_private_key("-----BEGIN PRIVATE KEY-----\n!!!\n-----END PRIVATE KEY-----\n").is_err());
+        assert!(root_store("").is_err());
+    }
+}

@@ -1,0 +1,159 @@
+//! Thin wrappers around the raw syscalls that neither std nor nix cover.
+
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+
+fn cvt(ret: libc::c_long) -> io::Result<libc::c_long> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+/// Forks with extra `CLONE_NEW*` flags: returns 0 in the child and the child's pid in the parent.
+///
+/// The caller must be single-threaded; the child may then use any function.
+pub(crate) fn clone_process(flags: libc::c_int) -> io::Result<libc::pid_t> {
+    let flags = (flags | libc::SIGCHLD) as libc::c_ulong;
+    // SAFETY: without CLONE_VM and with a null stack, clone behaves like fork: the child gets a
+    // copy-on-write copy of this single-threaded process, so no lock can be held by another thread.
+    let ret = unsafe { libc::syscall(libc::SYS_clone, flags, 0usize, 0usize, 0usize, 0usize) };
+    cvt(ret).map(|pid| pid as libc::pid_t)
+}
+
+/// prctl with integer arguments.
+pub(crate) fn prctl(option: libc::c_int, arg2: libc::c_ulong, arg3: libc::c_ulong) -> io::Result<()> {
+    // SAFETY: every option used by this crate takes plain integers, no pointers.
+    let ret = unsafe { libc::prctl(option, arg2, arg3, 0 as libc::c_ulong, 0 as libc::c_ulong) };
+    cvt(ret as libc::c_long).map(drop)
+}
+
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: libc::c_int,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+const CAP_VERSION_3: u32 = 0x2008_0522;
+
+/// Sets this thread's effective, permitted and inheritable capability sets (bit masks).
+pub(crate) fn capset(effective: u64, permitted: u64, inheritable: u64) -> io::Result<()> {
+    let mut header = CapHeader { version: CAP_VERSION_3, pid: 0 };
+    let data = [
+        CapData { effective: effective as u32, permitted: permitted as u32, inheritable: inheritable as u32 },
+        CapData {
+            effective: (effective >> 32) as u32,
+            permitted: (permitted >> 32) as u32,
+            inheritable: (inheritable >> 32) as u32,
+        },
+    ];
+    // SAFETY: header and data are valid repr(C) structs of the layout capset(2) expects for
+    // version 3 (two data elements); the kernel only reads them.
+    let ret = unsafe { libc::syscall(libc::SYS_capset, &mut header as *mut CapHeader, data.as_ptr()) };
+    cvt(ret).map(drop)
+}
+
+/// The highest capability number the running kernel knows.
+pub(crate) fn last_cap() -> u32 {
+    std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(40)
+}
+
+/// pivot_root(2).
+pub(crate) fn pivot_root(new_root: &std::ffi::CStr, put_old: &std::ffi::CStr) -> io::Result<()> {
+    // SAFETY: both pointers are valid NUL-terminated strings for the duration of the call.
+    let ret = unsafe { libc::syscall(libc::SYS_pivot_root, new_root.as_ptr(), put_old.as_ptr()) };
+    cvt(ret).map(drop)
+}
+
+/// Makes `fd` the controlling terminal of this session.
+pub(crate) fn set_controlling_tty(fd: RawFd) -> io::Result<()> {
+    // SAFETY: TIOCSCTTY takes an integer argument; fd is checked by the kernel.
+    let ret = unsafe { libc::ioctl(fd, libc::TIOCSCTTY as _, 0 as libc::c_int) };
+    cvt(ret as libc::c_long).map(drop)
+}
+
+/// Sets a terminal's window size.
+pub(crate) fn set_winsize(fd: BorrowedFd<'_>, rows: u16, cols: u16) -> io::Result<()> {
+    let ws = libc::winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
+    // SAFETY: TIOCSWINSZ reads one winsize struct that lives for the duration of the call.
+    let ret = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSWINSZ as _, &ws as *const libc::winsize) };
+    cvt(ret as libc::c_long).map(drop)
+}
+
+/// Dups `fd` onto `target` (clearing close-on-exec there).
+pub(crate) fn dup_onto(fd: RawFd, target: RawFd) -> io::Result<()> {
+    if fd == target {
+        // SAFETY: F_GETFD/F_SETFD on an fd number only changes its flags.
+        let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+        cvt(flags as libc::c_long)?;
+        // SAFETY: as above.
+        let ret = unsafe { libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) };
+        return cvt(ret as libc::c_long).map(drop);
+    }
+    // SAFETY: dup2 only manipulates the fd table; target is closed first if open.
+    let ret = unsafe { libc::dup2(fd, target) };
+    cvt(ret as libc::c_long).map(drop)
+}
+
+/// Leaves the process immediately without running destructors or atexit handlers (for forked
+/// children that must not flush state they share with their parent).
+pub(crate) fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit never returns and touches no memory of this process.
+    unsafe { libc::_exit(code) }
+}
+
+/// Resets every signal's disposition to default and unblocks all signals.
+pub(crate) fn reset_signals() {
+    for sig in 1..libc::SIGRTMAX() {
+        if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+            continue;
+        }
+        // SAFETY: SIG_DFL is always a valid disposition; errors for invalid numbers are ignored.
+        unsafe {
+            libc::signal(sig, libc::SIG_DFL);
+        }
+    }
+    let empty = nix::sys::signal::SigSet::empty();
+    let _ = nix::sys::signal::sigprocmask(nix::sys::signal::SigmaskHow::SIG_SETMASK, Some(&empty), None);
+}
+
+/// Ignores a signal.
+pub(crate) fn ignore_signal(sig: libc::c_int) {
+    // SAFETY: SIG_IGN is a valid disposition for every catchable signal.
+    unsafe {
+        libc::signal(sig, libc::SIG_IGN);
+    }
+}
+
+/// Marks every fd from `from` up close-on-exec, so the next program inherits only its stdio
+/// (whatever the process that started us leaked).
+pub(crate) fn cloexec_from(from: RawFd) {
+    let fds: Vec<RawFd> = match std::fs::read_dir("/proc/self/fd") {
+        Ok(dir) => dir
+            .filter_map(|e| e.ok())
+            .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse().ok()))
+            .collect(),
+        Err(_) => return,
+    };
+    for fd in fds.into_iter().filter(|fd| *fd >= from) {
+        // SAFETY: F_GETFD/F_SETFD only change an fd's flags; a stale number fails with EBADF.
+        unsafe {
+            let flags = libc::fcntl(fd, libc::F_GETFD);
+            if flags >= 0 {
+                libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
+            }
+        }
+    }
+}

@@ -1,0 +1,28 @@
+# Shared helpers of the scripts. Source it: `. "$(dirname "$0")/lib.sh"`.
+
+# ensure_packages PKG...: installs the Debian packages that are missing (apt-get update once).
+ensure_packages() {
+  local missing=()
+  for p in "$@"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  if [ "$(id -u)" != 0 ]; then
+    echo "missing packages: ${missing[*]} (run as root so they can be installed)" >&2
+    return 1
+  fi
+  if [ -z "${SHOAL_APT_UPDATED:-}" ]; then
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    export SHOAL_APT_UPDATED=1
+  fi
+  echo "installing: ${missing[*]}" >&2
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+# The packages every node and test rig needs.
+BASE_PACKAGES=(iproute2 nftables util-linux procps kmod busybox-static ca-certificates curl)
+
+# cargo_target: the target dir cargo uses.
+cargo_target() {
+  echo "${CARGO_TARGET_DIR:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/target}"
+}

@@ -1,0 +1,198 @@
+//! How stores talk to each other: a transport trait the daemon implements (over QUIC),
+//! the openraft network on top of it, and the messages of the store's own services.
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use openraft::error::{InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
+    VoteResponse,
+};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::codec::{decode, encode, MAX_RPC_BYTES};
+use crate::raft_types::{Command, CommandResponse, Node, NodeId, TypeConfig};
+
+/// Service names carried by [`RaftTransport::call`].
+pub mod service {
+    pub const APPEND: &str = "raft.append";
+    pub const VOTE: &str = "raft.vote";
+    pub const SNAPSHOT: &str = "raft.snapshot";
+    /// A write proposed to the leader (leader only).
+    pub const PROPOSE: &str = "store.propose";
+    /// A read index asked of the leader (leader only).
+    pub const READ_INDEX: &str = "store.read_index";
+    /// Add a learner; any node accepts it and forwards it to the leader.
+    pub const ADD_LEARNER: &str = "store.add_learner";
+    /// Add a learner (leader only).
+    pub const ADD_LEARNER_LEADER: &str = "store.add_learner_leader";
+    /// Refresh a lease's deadline (leader only).
+    pub const KEEPALIVE: &str = "store.lease_keepalive";
+
+    pub const ALL: [&str; 8] = [APPEND, VOTE, SNAPSHOT, PROPOSE, READ_INDEX, ADD_LEARNER, ADD_LEARNER_LEADER, KEEPALIVE];
+}
+
+/// A failed call to a peer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TransportError {
+    /// The request provably did not reach the peer (no connection).
+    #[error("peer {addr} unreachable: {reason}")]
+    Unreachable { addr: String, reason: String },
+    /// The call failed after the request may have been delivered.
+    #[error("call to {addr} failed: {reason}")]
+    Failed { addr: String, reason: String },
+    /// No answer within the transport's deadline.
+    #[error("call to {addr} timed out")]
+    Timeout { addr: String },
+    /// The peer's daemon refused the call (for example `Store::handle_rpc` returned an error).
+    #[error("peer {addr} refused the call: {reason}")]
+    Refused { addr: String, reason: String },
+}
+
+/// What the store needs from the node's peer transport: one request, one answer.
+/// The receiving side hands `(service, body)` to [`crate::Store::handle_rpc`] and returns its
+/// bytes (or, when it fails, an error the caller sees as [`TransportError::Refused`]).
+pub trait RaftTransport: Send + Sync + 'static {
+    fn call(&self, addr: &str, service: &'static str, body: Vec<u8>) -> BoxFuture<'static, Result<Vec<u8>, TransportError>>;
+}
+
+/// Leader hint in answers from a node that is not the leader.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct LeaderHint {
+    pub leader: Option<(NodeId, String)>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) enum ProposeReply {
+    Applied { response: CommandResponse, index: u64 },
+    NotLeader(LeaderHint),
+    Failed { reason: String },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct ProposeRequest {
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) enum ReadIndexReply {
+    Index(u64),
+    NotLeader(LeaderHint),
+    Failed { reason: String },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct AddLearnerRequest {
+    pub node_id: NodeId,
+    pub addr: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) enum AdminReply {
+    Done,
+    NotLeader(LeaderHint),
+    Failed { reason: String },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) enum KeepaliveReply {
+    Alive { ttl_ms: u64 },
+    NotFound,
+    NotLeader(LeaderHint),
+}
+
+/// Creates one [`PeerClient`] per target for openraft.
+pub(crate) struct Network {
+    pub transport: Arc<dyn RaftTransport>,
+}
+
+pub(crate) struct PeerClient {
+    transport: Arc<dyn RaftTransport>,
+    target: NodeId,
+    addr: String,
+}
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = PeerClient;
+
+    async fn new_client(&mut self, target: NodeId, node: &Node) -> PeerClient {
+        PeerClient { transport: self.transport.clone(), target, addr: node.addr.clone() }
+    }
+}
+
+impl PeerClient {
+    async fn rpc<Req, Resp, E>(
+        &self,
+        service: &'static str,
+        req: &Req,
+        ttl: Duration,
+    ) -> Result<Resp, RPCError<NodeId, Node, RaftError<NodeId, E>>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let body = encode("raft request", req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        self.rpc_bytes(service, body, ttl).await
+    }
+
+    async fn rpc_bytes<Resp, E>(
+        &self,
+        service: &'static str,
+        body: Vec<u8>,
+        ttl: Duration,
+    ) -> Result<Resp, RPCError<NodeId, Node, RaftError<NodeId, E>>>
+    where
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let call = self.transport.call(&self.addr, service, body);
+        let bytes = match tokio::time::timeout(ttl, call).await {
+            Ok(Ok(b)) => b,
+            Ok(Err(e @ TransportError::Unreachable { .. })) => return Err(RPCError::Unreachable(Unreachable::new(&e))),
+            Ok(Err(e)) => return Err(RPCError::Network(NetworkError::new(&e))),
+            Err(_) => {
+                let e = TransportError::Timeout { addr: self.addr.clone() };
+                return Err(RPCError::Network(NetworkError::new(&e)));
+            }
+        };
+        let res: Result<Resp, RaftError<NodeId, E>> =
+            decode("raft reply", &bytes).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        res.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for PeerClient {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId>>> {
+        let body = encode("raft request", &rpc).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        // Receivers refuse bodies over MAX_RPC_BYTES: ask openraft to send fewer entries.
+        if body.len() > MAX_RPC_BYTES / 2 && rpc.entries.len() > 1 {
+            let hint = (rpc.entries.len() as u64 / 2).max(1);
+            return Err(RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(hint)));
+        }
+        self.rpc_bytes(service::APPEND, body, option.hard_ttl()).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<InstallSnapshotResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId, InstallSnapshotError>>> {
+        self.rpc(service::SNAPSHOT, &rpc, option.hard_ttl()).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId>>> {
+        self.rpc(service::VOTE, &rpc, option.hard_ttl()).await
+    }
+}

@@ -1,0 +1,872 @@
+//! One node's replicated store: openraft over the redb log and state machine, writes
+//! forwarded to the leader, read index, leases expired by the leader, voter management.
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::{Duration, Instant};
+
+use openraft::error::{CheckIsLeaderError, ClientWriteError, InitializeError, RaftError};
+use openraft::{BasicNode, ChangeMembers, ServerState, SnapshotPolicy};
+use redb::{Database, ReadableDatabase, ReadableTable};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::sync::{broadcast, mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::codec::{decode, encode};
+use crate::log_store::LogStore;
+use crate::network::{
+    service, AddLearnerRequest, AdminReply, KeepaliveReply, LeaderHint, Network, ProposeReply, ProposeRequest,
+    RaftTransport, ReadIndexReply,
+};
+use crate::raft_types::{Command, CommandResponse, NodeId, Raft, RequestId};
+use crate::state_machine::{Applied, Notice, StateMachine};
+use crate::tables::{open_db, KvRecord, EVENTS, FILE_NAME, KV, LEASES};
+use crate::types::{Kv, MemberStatus, Role, StoreConfig, StoreStatus, VoterChange, WatchEvent, WatchStream};
+use crate::voters::{plan, HealthTracker};
+use crate::{Error, Result};
+
+const WATCH_BUFFER: usize = 1024;
+/// Largest transaction a client may propose.
+const MAX_TXN_BYTES: usize = 8 << 20;
+const RETRY_PAUSE: Duration = Duration::from_millis(50);
+const LEASE_TICK: Duration = Duration::from_millis(200);
+/// Group commit: transactions arriving while earlier batches are in flight are proposed as
+/// one log entry (one flash flush on each node), up to these bounds.
+const BATCH_MAX_COMMANDS: usize = 512;
+const BATCH_MAX_BYTES: usize = 4 << 20;
+const BATCHES_IN_FLIGHT: usize = 2;
+
+/// A transaction waiting for the batcher.
+struct Pending {
+    command: Command,
+    size: usize,
+    reply: tokio::sync::oneshot::Sender<Result<ProposeReply>>,
+}
+
+pub(crate) struct RaftNode {
+    pub cfg: StoreConfig,
+    raft: Raft,
+    transport: Arc<dyn RaftTransport>,
+    db: RwLock<Option<Arc<Database>>>,
+    db_weak: Weak<Database>,
+    notices: broadcast::Sender<Notice>,
+    applied: watch::Receiver<Applied>,
+    cancel: CancellationToken,
+    lease_deadlines: Mutex<HashMap<u64, Instant>>,
+    health: Mutex<HealthTracker>,
+    shut: AtomicBool,
+    batcher: mpsc::UnboundedSender<Pending>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+pub(crate) fn db_path(data_dir: &Path) -> std::path::PathBuf {
+    data_dir.join(FILE_NAME)
+}
+
+impl RaftNode {
+    pub(crate) async fn open(cfg: StoreConfig, transport: Arc<dyn RaftTransport>) -> Result<Arc<Self>> {
+        std::fs::create_dir_all(&cfg.data_dir).map_err(|e| Error::Io {
+            operation: "create data directory",
+            path: cfg.data_dir.display().to_string(),
+            source: e,
+        })?;
+        let path = db_path(&cfg.data_dir);
+        let db = {
+            let path = path.clone();
+            tokio::task::spawn_blocking(move || open_db(&path))
+                .await
+                .map_err(|e| Error::raft("open", e))??
+        };
+        let log = LogStore::open(db.clone())?;
+        let sm = StateMachine::open(db.clone(), cfg.history_revisions)?;
+        let notices = sm.shared.notices.clone();
+        let applied = sm.shared.applied.subscribe();
+        let config = openraft::Config {
+            cluster_name: "shoal".into(),
+            heartbeat_interval: cfg.heartbeat_ms,
+            election_timeout_min: cfg.election_timeout_min_ms,
+            election_timeout_max: cfg.election_timeout_max_ms,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(cfg.snapshot_every.max(1)),
+            max_in_snapshot_log_to_keep: cfg.keep_logs_behind_snapshot,
+            install_snapshot_timeout: 2000,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| Error::raft("configure", e))?;
+        let raft = Raft::new(cfg.node_id, Arc::new(config), Network { transport: transport.clone() }, log, sm)
+            .await
+            .map_err(|e| Error::raft("start", e))?;
+        let (batcher, batch_rx) = mpsc::unbounded_channel();
+        let cancel = CancellationToken::new();
+        tokio::spawn(batch_loop(raft.clone(), batch_rx, cancel.clone()));
+        let node = Arc::new(RaftNode {
+            batcher,
+            cfg,
+            raft,
+            transport,
+            db_weak: Arc::downgrade(&db),
+            db: RwLock::new(Some(db)),
+            notices,
+            applied,
+            cancel,
+            lease_deadlines: Mutex::new(HashMap::new()),
+            health: Mutex::new(HealthTracker::default()),
+            shut: AtomicBool::new(false),
+        });
+        tokio::spawn(lease_loop(Arc::downgrade(&node), node.cancel.clone()));
+        Ok(node)
+    }
+
+    fn db(&self) -> Result<Arc<Database>> {
+        self.db.read().unwrap_or_else(|p| p.into_inner()).clone().ok_or(Error::Shutdown)
+    }
+
+    fn check_open(&self) -> Result<()> {
+        if self.shut.load(Ordering::Acquire) {
+            return Err(Error::Shutdown);
+        }
+        Ok(())
+    }
+
+    // ----- reads from the local replica -----
+
+    pub(crate) fn revision(&self) -> u64 {
+        self.applied.borrow().revision
+    }
+
+    pub(crate) fn get(&self, key: &str) -> Result<Option<Kv>> {
+        let db = self.db()?;
+        let r = db.begin_read().map_err(|e| Error::db("read", e))?;
+        let t = r.open_table(KV).map_err(|e| Error::db("read", e))?;
+        match t.get(key).map_err(|e| Error::db("read", e))? {
+            Some(v) => Ok(Some(decode::<KvRecord>("object", v.value())?.into_kv(key.to_string()))),
+            None => Ok(None),
+        }
+    }
+
+    pub(crate) fn range(&self, prefix: &str) -> Result<(Vec<Kv>, u64)> {
+        let db = self.db()?;
+        let r = db.begin_read().map_err(|e| Error::db("read", e))?;
+        let revision = read_revision(&r)?;
+        let t = r.open_table(KV).map_err(|e| Error::db("read", e))?;
+        let mut out = Vec::new();
+        for item in t.range(prefix..).map_err(|e| Error::db("read", e))? {
+            let (k, v) = item.map_err(|e| Error::db("read", e))?;
+            let key = k.value();
+            if !key.starts_with(prefix) {
+                break;
+            }
+            out.push(decode::<KvRecord>("object", v.value())?.into_kv(key.to_string()));
+        }
+        Ok((out, revision))
+    }
+
+    // ----- leader tracking -----
+
+    fn leader(&self) -> Option<(NodeId, String)> {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        let id = m.current_leader?;
+        let addr = m.membership_config.membership().get_node(&id)?.addr.clone();
+        Some((id, addr))
+    }
+
+    fn is_leader(&self) -> bool {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        m.state == ServerState::Leader && m.current_leader == Some(self.cfg.node_id)
+    }
+
+    fn hint(&self) -> LeaderHint {
+        LeaderHint { leader: self.leader() }
+    }
+
+    async fn call<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        addr: &str,
+        svc: &'static str,
+        req: &Req,
+        deadline: Instant,
+    ) -> Result<Resp> {
+        let body = encode("request", req)?;
+        let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(10));
+        match tokio::time::timeout(left, self.transport.call(addr, svc, body)).await {
+            Ok(Ok(bytes)) => decode("reply", &bytes),
+            Ok(Err(e)) => Err(Error::Transport { addr: addr.to_string(), source: e }),
+            Err(_) => Err(Error::Transport {
+                addr: addr.to_string(),
+                source: crate::TransportError::Timeout { addr: addr.to_string() },
+            }),
+        }
+    }
+
+    async fn wait_applied(&self, index: u64, deadline: Instant) -> Result<()> {
+        let mut rx = self.applied.clone();
+        let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(10));
+        let res = tokio::time::timeout(left, async { rx.wait_for(|a| a.index >= index).await.map(|_| ()) }).await;
+        match res {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(Error::Shutdown),
+            Err(_) => Err(Error::NoLeader { reason: format!("local replica did not reach index {index} in time") }),
+        }
+    }
+
+    // ----- writes -----
+
+    pub(crate) async fn propose(&self, command: Command) -> Result<CommandResponse> {
+        self.check_open()?;
+        let deadline = Instant::now() + self.cfg.request_timeout;
+        let mut hint: Option<(NodeId, String)> = None;
+        let mut last_err = String::from("no leader known");
+        loop {
+            self.check_open()?;
+            let target = hint.take().or_else(|| self.leader());
+            match target {
+                Some((id, _)) if id == self.cfg.node_id => match self.write_local(command.clone(), deadline).await {
+                    Ok(ProposeReply::Applied { response, .. }) => return Ok(response),
+                    Ok(ProposeReply::NotLeader(h)) => {
+                        hint = h.leader.filter(|(l, _)| *l != self.cfg.node_id);
+                        last_err = "leadership changed".into();
+                    }
+                    Ok(ProposeReply::Failed { reason }) => last_err = reason,
+                    Err(e) => return Err(e),
+                },
+                Some((id, addr)) => {
+                    let req = ProposeRequest { command: command.clone() };
+                    match self.call::<_, ProposeReply>(&addr, service::PROPOSE, &req, deadline).await {
+                        Ok(ProposeReply::Applied { response, index }) => {
+                            self.wait_applied(index, deadline).await?;
+                            return Ok(response);
+                        }
+                        Ok(ProposeReply::NotLeader(h)) => {
+                            hint = h.leader.filter(|(l, _)| *l != id);
+                            last_err = format!("node {id} is no longer the leader");
+                        }
+                        Ok(ProposeReply::Failed { reason }) => last_err = reason,
+                        Err(e) => last_err = e.to_string(),
+                    }
+                }
+                None => {}
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::NoLeader { reason: last_err });
+            }
+            if hint.is_none() {
+                tokio::time::sleep(RETRY_PAUSE).await;
+            }
+        }
+    }
+
+    /// Runs a write on this node, which must be the leader.
+    async fn write_local(&self, command: Command, deadline: Instant) -> Result<ProposeReply> {
+        if !self.is_leader() {
+            return Ok(ProposeReply::NotLeader(self.hint()));
+        }
+        let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(100));
+        let timed_out = || ProposeReply::Failed { reason: "timed out waiting for a quorum".into() };
+        if let Command::Txn { txn, .. } = &command {
+            let size = txn_size(txn);
+            let (reply, rx) = tokio::sync::oneshot::channel();
+            self.batcher.send(Pending { command, size, reply }).map_err(|_| Error::Shutdown)?;
+            return match tokio::time::timeout(left, rx).await {
+                Ok(Ok(r)) => r,
+                Ok(Err(_)) => Err(Error::Shutdown),
+                Err(_) => Ok(timed_out()),
+            };
+        }
+        match tokio::time::timeout(left, client_write(&self.raft, command)).await {
+            Ok(r) => r,
+            Err(_) => Ok(timed_out()),
+        }
+    }
+
+    pub(crate) async fn txn(&self, txn: crate::Txn) -> Result<crate::TxnResult> {
+        let size = txn_size(&txn);
+        if size > MAX_TXN_BYTES {
+            return Err(Error::TooLarge { what: "transaction", size, limit: MAX_TXN_BYTES });
+        }
+        let request = RequestId::new(self.cfg.node_id);
+        match self.propose(Command::Txn { request, txn }).await? {
+            CommandResponse::Txn(r) => Ok(r),
+            CommandResponse::Failed(e) => Err(e.into()),
+            other => Err(Error::raft("txn", format!("unexpected answer {other:?}"))),
+        }
+    }
+
+    pub(crate) async fn lease_grant(&self, ttl: Duration) -> Result<u64> {
+        let request = RequestId::new(self.cfg.node_id);
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        match self.propose(Command::LeaseGrant { request, ttl_ms }).await? {
+            CommandResponse::LeaseGranted { lease, .. } => Ok(lease),
+            CommandResponse::Failed(e) => Err(e.into()),
+            other => Err(Error::raft("lease grant", format!("unexpected answer {other:?}"))),
+        }
+    }
+
+    pub(crate) async fn lease_revoke(&self, lease: u64) -> Result<u64> {
+        let request = RequestId::new(self.cfg.node_id);
+        match self.propose(Command::LeaseRevoke { request, lease }).await? {
+            CommandResponse::LeaseRevoked { revision } => Ok(revision),
+            CommandResponse::Failed(e) => Err(e.into()),
+            other => Err(Error::raft("lease revoke", format!("unexpected answer {other:?}"))),
+        }
+    }
+
+    fn lease_ttl(&self, lease: u64) -> Result<Option<u64>> {
+        let db = self.db()?;
+        let r = db.begin_read().map_err(|e| Error::db("read lease", e))?;
+        let t = r.open_table(LEASES).map_err(|e| Error::db("read lease", e))?;
+        Ok(t.get(lease).map_err(|e| Error::db("read lease", e))?.map(|v| v.value()))
+    }
+
+    fn keepalive_local(&self, lease: u64) -> Result<KeepaliveReply> {
+        if !self.is_leader() {
+            return Ok(KeepaliveReply::NotLeader(self.hint()));
+        }
+        match self.lease_ttl(lease)? {
+            Some(ttl_ms) => {
+                lock(&self.lease_deadlines).insert(lease, Instant::now() + Duration::from_millis(ttl_ms));
+                Ok(KeepaliveReply::Alive { ttl_ms })
+            }
+            None => Ok(KeepaliveReply::NotFound),
+        }
+    }
+
+    /// Refreshes a lease on the leader (no log write): its keys live another TTL.
+    pub(crate) async fn lease_keepalive(&self, lease: u64) -> Result<Duration> {
+        self.check_open()?;
+        let deadline = Instant::now() + self.cfg.request_timeout;
+        let mut last_err = String::from("no leader known");
+        loop {
+            let reply = match self.leader() {
+                Some((id, _)) if id == self.cfg.node_id => Some(self.keepalive_local(lease)?),
+                Some((_, addr)) => match self.call::<_, KeepaliveReply>(&addr, service::KEEPALIVE, &lease, deadline).await {
+                    Ok(r) => Some(r),
+                    Err(e) => {
+                        last_err = e.to_string();
+                        None
+                    }
+                },
+                None => None,
+            };
+            match reply {
+                Some(KeepaliveReply::Alive { ttl_ms }) => return Ok(Duration::from_millis(ttl_ms)),
+                Some(KeepaliveReply::NotFound) => return Err(Error::LeaseNotFound { lease }),
+                Some(KeepaliveReply::NotLeader(_)) | None => {}
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::NoLeader { reason: last_err });
+            }
+            tokio::time::sleep(RETRY_PAUSE).await;
+        }
+    }
+
+    // ----- linearizable reads -----
+
+    pub(crate) async fn sync(&self) -> Result<()> {
+        self.check_open()?;
+        let deadline = Instant::now() + self.cfg.request_timeout;
+        let mut last_err = String::from("no leader known");
+        loop {
+            match self.leader() {
+                Some((id, _)) if id == self.cfg.node_id => {
+                    let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(100));
+                    match tokio::time::timeout(left, self.raft.ensure_linearizable()).await {
+                        Ok(Ok(_)) => return Ok(()),
+                        Ok(Err(RaftError::Fatal(_))) => return Err(Error::Shutdown),
+                        Ok(Err(e)) => last_err = e.to_string(),
+                        Err(_) => last_err = "timed out confirming leadership".into(),
+                    }
+                }
+                Some((_, addr)) => {
+                    match self.call::<_, ReadIndexReply>(&addr, service::READ_INDEX, &(), deadline).await {
+                        Ok(ReadIndexReply::Index(i)) => return self.wait_applied(i, deadline).await,
+                        Ok(ReadIndexReply::NotLeader(_)) => last_err = "leadership changed".into(),
+                        Ok(ReadIndexReply::Failed { reason }) => last_err = reason,
+                        Err(e) => last_err = e.to_string(),
+                    }
+                }
+                None => {}
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::NoLeader { reason: last_err });
+            }
+            tokio::time::sleep(RETRY_PAUSE).await;
+        }
+    }
+
+    async fn read_index_local(&self) -> ReadIndexReply {
+        if !self.is_leader() {
+            return ReadIndexReply::NotLeader(self.hint());
+        }
+        let t = self.cfg.request_timeout;
+        match tokio::time::timeout(t, self.raft.get_read_log_id()).await {
+            Ok(Ok((read, _))) => ReadIndexReply::Index(read.map_or(0, |l| l.index)),
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_)))) => {
+                ReadIndexReply::NotLeader(self.hint())
+            }
+            Ok(Err(e)) => ReadIndexReply::Failed { reason: e.to_string() },
+            Err(_) => ReadIndexReply::Failed { reason: "timed out confirming leadership".into() },
+        }
+    }
+
+    // ----- membership -----
+
+    pub(crate) async fn initialize(&self) -> Result<()> {
+        let mut members = BTreeMap::new();
+        members.insert(self.cfg.node_id, BasicNode { addr: self.cfg.addr.clone() });
+        match self.raft.initialize(members).await {
+            Ok(()) => Ok(()),
+            Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Ok(()),
+            Err(e) => Err(Error::raft("initialize", e)),
+        }
+    }
+
+    pub(crate) async fn is_initialized(&self) -> Result<bool> {
+        self.raft.is_initialized().await.map_err(|_| Error::Shutdown)
+    }
+
+    async fn add_learner_local(&self, req: AddLearnerRequest) -> AdminReply {
+        if !self.is_leader() {
+            return AdminReply::NotLeader(self.hint());
+        }
+        {
+            let m = self.raft.metrics();
+            let m = m.borrow();
+            if m.membership_config.membership().get_node(&req.node_id).is_some_and(|n| n.addr == req.addr) {
+                return AdminReply::Done;
+            }
+        }
+        let t = self.cfg.request_timeout;
+        match tokio::time::timeout(t, self.raft.add_learner(req.node_id, BasicNode { addr: req.addr }, false)).await {
+            Ok(Ok(_)) => AdminReply::Done,
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => AdminReply::NotLeader(self.hint()),
+            Ok(Err(e)) => AdminReply::Failed { reason: e.to_string() },
+            Err(_) => AdminReply::Failed { reason: "timed out adding learner".into() },
+        }
+    }
+
+    pub(crate) async fn add_learner(&self, node_id: NodeId, addr: String) -> Result<()> {
+        self.check_open()?;
+        let deadline = Instant::now() + self.cfg.request_timeout;
+        let mut last_err = String::from("no leader known");
+        let req = AddLearnerRequest { node_id, addr };
+        loop {
+            let reply = match self.leader() {
+                Some((id, _)) if id == self.cfg.node_id => Some(self.add_learner_local(req.clone()).await),
+                Some((_, addr)) => {
+                    match self.call::<_, AdminReply>(&addr, service::ADD_LEARNER_LEADER, &req, deadline).await {
+                        Ok(r) => Some(r),
+                        Err(e) => {
+                            last_err = e.to_string();
+                            None
+                        }
+                    }
+                }
+                None => None,
+            };
+            match reply {
+                Some(AdminReply::Done) => return Ok(()),
+                Some(AdminReply::Failed { reason }) => last_err = reason,
+                Some(AdminReply::NotLeader(_)) | None => {}
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::NoLeader { reason: last_err });
+            }
+            tokio::time::sleep(RETRY_PAUSE).await;
+        }
+    }
+
+    /// Asks the node at `addr` (any member) to add this node as a learner.
+    pub(crate) async fn join_via(&self, addr: &str) -> Result<()> {
+        self.check_open()?;
+        let deadline = Instant::now() + self.cfg.request_timeout;
+        let req = AddLearnerRequest { node_id: self.cfg.node_id, addr: self.cfg.addr.clone() };
+        loop {
+            let err = match self.call::<_, AdminReply>(addr, service::ADD_LEARNER, &req, deadline).await {
+                Ok(AdminReply::Done) => return Ok(()),
+                Ok(AdminReply::Failed { reason }) => reason,
+                Ok(AdminReply::NotLeader(_)) => "no leader".into(),
+                Err(e) => e.to_string(),
+            };
+            if Instant::now() >= deadline {
+                return Err(Error::NoLeader { reason: err });
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    pub(crate) async fn reconcile_voters(&self, healthy: &BTreeSet<u64>, now: Instant) -> Result<Option<VoterChange>> {
+        self.check_open()?;
+        let (voters, learners, joint) = {
+            let m = self.raft.metrics();
+            let m = m.borrow();
+            let mem = m.membership_config.membership();
+            let voters: BTreeSet<u64> = mem.voter_ids().collect();
+            let learners: BTreeSet<u64> = mem.learner_ids().collect();
+            (voters, learners, mem.get_joint_config().len() > 1)
+        };
+        let members: BTreeSet<u64> = voters.union(&learners).copied().collect();
+        let change = {
+            let mut h = lock(&self.health);
+            h.observe(&members, healthy, now);
+            if !self.is_leader() || joint {
+                return Ok(None);
+            }
+            plan(self.cfg.node_id, &voters, &learners, healthy, &h, now, self.cfg.voter_grace)
+        };
+        let Some(change) = change else { return Ok(None) };
+        let changes = match &change {
+            VoterChange::Promote { node_id } => ChangeMembers::AddVoterIds([*node_id].into()),
+            VoterChange::Replace { removed, added } => {
+                let mut v = voters.clone();
+                v.remove(removed);
+                v.insert(*added);
+                ChangeMembers::ReplaceAllVoters(v)
+            }
+            VoterChange::Demote { node_id } => ChangeMembers::RemoveVoters([*node_id].into()),
+        };
+        tracing::info!(node = self.cfg.node_id, change = ?change, "changing voters");
+        match tokio::time::timeout(self.cfg.request_timeout, self.raft.change_membership(changes, true)).await {
+            Ok(Ok(_)) => Ok(Some(change)),
+            Ok(Err(e)) => Err(Error::raft("change voters", e)),
+            Err(_) => Err(Error::raft("change voters", "timed out")),
+        }
+    }
+
+    pub(crate) fn status(&self) -> StoreStatus {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        let mem = m.membership_config.membership();
+        let voters: BTreeSet<u64> = mem.voter_ids().collect();
+        let members = mem
+            .nodes()
+            .map(|(id, n)| MemberStatus {
+                node_id: *id,
+                addr: n.addr.clone(),
+                role: if voters.contains(id) { Role::Voter } else { Role::Learner },
+            })
+            .collect();
+        StoreStatus {
+            node_id: self.cfg.node_id,
+            leader: m.current_leader,
+            term: m.current_term,
+            applied_index: m.last_applied.map_or(0, |l| l.index),
+            revision: self.revision(),
+            members,
+        }
+    }
+
+    // ----- watch -----
+
+    pub(crate) fn watch(&self, prefix: &str, after: Option<u64>) -> Result<WatchStream> {
+        let (tx, rx) = mpsc::channel(WATCH_BUFFER);
+        let mut live = self.notices.subscribe();
+        let db = self.db()?;
+        let (backlog, mut last) = {
+            let r = db.begin_read().map_err(|e| Error::db("read history", e))?;
+            let revision = read_revision(&r)?;
+            let t = r.open_table(EVENTS).map_err(|e| Error::db("read history", e))?;
+            let oldest = match t.first().map_err(|e| Error::db("read history", e))? {
+                Some((k, _)) => k.value(),
+                None => revision + 1,
+            };
+            let after = after.unwrap_or(revision);
+            if after + 1 < oldest && after < revision {
+                return Err(Error::Compacted { requested: after, oldest });
+            }
+            let mut backlog = Vec::new();
+            for item in t.range(after.saturating_add(1)..).map_err(|e| Error::db("read history", e))? {
+                let (_, v) = item.map_err(|e| Error::db("read history", e))?;
+                let events: Vec<WatchEvent> = decode("events", v.value())?;
+                backlog.extend(events.into_iter().filter(|e| e.kv.key.starts_with(prefix)));
+            }
+            (backlog, after.max(revision))
+        };
+        drop(db);
+        let prefix = prefix.to_string();
+        let cancel = self.cancel.clone();
+        tokio::spawn(async move {
+            for ev in backlog {
+                if tx.send(Ok(ev)).await.is_err() {
+                    return;
+                }
+            }
+            loop {
+                let notice = tokio::select! {
+                    n = live.recv() => n,
+                    _ = cancel.cancelled() => return,
+                };
+                match notice {
+                    Ok(Notice::Events(events)) => {
+                        for ev in events.iter() {
+                            if ev.revision <= last || !ev.kv.key.starts_with(&prefix) {
+                                continue;
+                            }
+                            match tx.try_send(Ok(ev.clone())) {
+                                Ok(()) => {}
+                                Err(mpsc::error::TrySendError::Full(_)) => {
+                                    let _ = tx.try_send(Err(Error::Compacted { requested: last, oldest: last }));
+                                    return;
+                                }
+                                Err(mpsc::error::TrySendError::Closed(_)) => return,
+                            }
+                        }
+                        if let Some(ev) = events.last() {
+                            last = last.max(ev.revision);
+                        }
+                    }
+                    Ok(Notice::Reset { revision }) => {
+                        let _ = tx.send(Err(Error::Compacted { requested: last, oldest: revision + 1 })).await;
+                        return;
+                    }
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        let _ = tx.send(Err(Error::Compacted { requested: last, oldest: last })).await;
+                        return;
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
+        Ok(rx)
+    }
+
+    // ----- peers -----
+
+    pub(crate) async fn handle_rpc(&self, svc: &str, body: &[u8]) -> Result<Vec<u8>> {
+        self.check_open()?;
+        match svc {
+            service::APPEND => {
+                let req = decode("append entries request", body)?;
+                encode("reply", &self.raft.append_entries(req).await)
+            }
+            service::VOTE => {
+                let req = decode("vote request", body)?;
+                encode("reply", &self.raft.vote(req).await)
+            }
+            service::SNAPSHOT => {
+                let req = decode("install snapshot request", body)?;
+                encode("reply", &self.raft.install_snapshot(req).await)
+            }
+            service::PROPOSE => {
+                let req: ProposeRequest = decode("propose request", body)?;
+                if let Command::Batch(_) = req.command {
+                    return encode("reply", &ProposeReply::Failed { reason: "batches are formed by the leader".into() });
+                }
+                let deadline = Instant::now() + self.cfg.request_timeout;
+                encode("reply", &self.write_local(req.command, deadline).await?)
+            }
+            service::READ_INDEX => {
+                let () = decode("read index request", body)?;
+                encode("reply", &self.read_index_local().await)
+            }
+            service::ADD_LEARNER => {
+                let req: AddLearnerRequest = decode("add learner request", body)?;
+                let reply = match self.add_learner(req.node_id, req.addr).await {
+                    Ok(()) => AdminReply::Done,
+                    Err(e) => AdminReply::Failed { reason: e.to_string() },
+                };
+                encode("reply", &reply)
+            }
+            service::ADD_LEARNER_LEADER => {
+                let req: AddLearnerRequest = decode("add learner request", body)?;
+                encode("reply", &self.add_learner_local(req).await)
+            }
+            service::KEEPALIVE => {
+                let lease: u64 = decode("keepalive request", body)?;
+                encode("reply", &self.keepalive_local(lease)?)
+            }
+            other => Err(Error::UnknownService { service: other.to_string() }),
+        }
+    }
+
+    // ----- backup and shutdown -----
+
+    pub(crate) fn backup(&self, path: &Path) -> Result<u64> {
+        let db = self.db()?;
+        crate::backup::write_backup(&db, path)
+    }
+
+    pub(crate) async fn shutdown(&self) -> Result<()> {
+        if self.shut.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        self.cancel.cancel();
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!(error = %e, "raft shutdown failed");
+        }
+        self.db.write().unwrap_or_else(|p| p.into_inner()).take();
+        // Wait until the log writer and state machine have let go of the file, so it can be
+        // opened again at once.
+        for _ in 0..200 {
+            if self.db_weak.strong_count() == 0 {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        tracing::warn!(node = self.cfg.node_id, "store file still in use after shutdown");
+        Ok(())
+    }
+
+    // ----- leases -----
+
+    async fn expire_leases(&self) {
+        if !self.is_leader() {
+            lock(&self.lease_deadlines).clear();
+            return;
+        }
+        let leases: Vec<(u64, u64)> = match self.db().and_then(|db| {
+            let r = db.begin_read().map_err(|e| Error::db("read leases", e))?;
+            let t = r.open_table(LEASES).map_err(|e| Error::db("read leases", e))?;
+            let mut v = Vec::new();
+            for item in t.iter().map_err(|e| Error::db("read leases", e))? {
+                let (k, ttl) = item.map_err(|e| Error::db("read leases", e))?;
+                v.push((k.value(), ttl.value()));
+            }
+            Ok(v)
+        }) {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read leases");
+                return;
+            }
+        };
+        let now = Instant::now();
+        let expired: Vec<u64> = {
+            let mut d = lock(&self.lease_deadlines);
+            let live: BTreeSet<u64> = leases.iter().map(|(id, _)| *id).collect();
+            d.retain(|id, _| live.contains(id));
+            for (id, ttl) in &leases {
+                // A lease this leader has not seen yet gets a full TTL from now (as after an
+                // election in etcd).
+                d.entry(*id).or_insert(now + Duration::from_millis(*ttl));
+            }
+            d.iter().filter(|(_, at)| **at <= now).map(|(id, _)| *id).collect()
+        };
+        for lease in expired {
+            lock(&self.lease_deadlines).insert(lease, now + Duration::from_secs(1));
+            let request = RequestId::new(self.cfg.node_id);
+            let deadline = Instant::now() + Duration::from_secs(2);
+            match self.write_local(Command::LeaseRevoke { request, lease }, deadline).await {
+                Ok(ProposeReply::Applied { .. }) => {
+                    tracing::info!(lease, "lease expired");
+                    lock(&self.lease_deadlines).remove(&lease);
+                }
+                Ok(other) => tracing::debug!(lease, reply = ?other, "lease expiry not committed"),
+                Err(e) => tracing::debug!(lease, error = %e, "lease expiry failed"),
+            }
+        }
+    }
+}
+
+fn txn_size(txn: &crate::Txn) -> usize {
+    txn.success
+        .iter()
+        .chain(txn.failure.iter())
+        .map(|op| match op {
+            crate::Op::Put { key, value, .. } => key.len() + value.len(),
+            crate::Op::Delete { key } => key.len(),
+            crate::Op::DeletePrefix { prefix } => prefix.len(),
+        })
+        .sum::<usize>()
+        + txn.compares.len() * 16
+}
+
+async fn client_write(raft: &Raft, command: Command) -> Result<ProposeReply> {
+    match raft.client_write(command).await {
+        Ok(resp) => Ok(ProposeReply::Applied { response: resp.data, index: resp.log_id.index }),
+        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+            Ok(ProposeReply::NotLeader(LeaderHint { leader: f.leader_id.zip(f.leader_node.map(|n| n.addr)) }))
+        }
+        Err(RaftError::APIError(e)) => Ok(ProposeReply::Failed { reason: e.to_string() }),
+        Err(RaftError::Fatal(_)) => Err(Error::Shutdown),
+    }
+}
+
+/// Proposes queued transactions, several per log entry when they pile up.
+async fn batch_loop(raft: Raft, mut rx: mpsc::UnboundedReceiver<Pending>, cancel: CancellationToken) {
+    let permits = Arc::new(tokio::sync::Semaphore::new(BATCHES_IN_FLIGHT));
+    loop {
+        let permit = tokio::select! {
+            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+            _ = cancel.cancelled() => return,
+        };
+        let first = tokio::select! {
+            p = rx.recv() => match p { Some(p) => p, None => return },
+            _ = cancel.cancelled() => return,
+        };
+        let mut bytes = first.size;
+        let mut batch = vec![first];
+        while batch.len() < BATCH_MAX_COMMANDS && bytes < BATCH_MAX_BYTES {
+            match rx.try_recv() {
+                Ok(p) => {
+                    bytes += p.size;
+                    batch.push(p);
+                }
+                Err(_) => break,
+            }
+        }
+        let raft = raft.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            if batch.len() == 1 {
+                if let Some(p) = batch.pop() {
+                    let r = client_write(&raft, p.command).await;
+                    let _ = p.reply.send(r);
+                }
+                return;
+            }
+            let (commands, replies): (Vec<Command>, Vec<_>) = batch.into_iter().map(|p| (p.command, p.reply)).unzip();
+            let n = commands.len();
+            match client_write(&raft, Command::Batch(commands)).await {
+                Ok(ProposeReply::Applied { response: CommandResponse::Batch(answers), index }) if answers.len() == n => {
+                    for (reply, response) in replies.into_iter().zip(answers) {
+                        let _ = reply.send(Ok(ProposeReply::Applied { response, index }));
+                    }
+                }
+                Ok(ProposeReply::Applied { response, .. }) => {
+                    for reply in replies {
+                        let reason = format!("unexpected answer to a batch: {response:?}");
+                        let _ = reply.send(Ok(ProposeReply::Failed { reason }));
+                    }
+                }
+                Ok(other) => {
+                    for reply in replies {
+                        let _ = reply.send(Ok(other.clone()));
+                    }
+                }
+                Err(_) => {
+                    for reply in replies {
+                        let _ = reply.send(Err(Error::Shutdown));
+                    }
+                }
+            }
+        });
+    }
+}
+
+fn read_revision(r: &redb::ReadTransaction) -> Result<u64> {
+    let meta = r.open_table(crate::tables::SM_META).map_err(|e| Error::db("read", e))?;
+    match meta.get("revision").map_err(|e| Error::db("read", e))? {
+        Some(v) => decode("revision", v.value()),
+        None => Ok(0),
+    }
+}
+
+async fn lease_loop(node: Weak<RaftNode>, cancel: CancellationToken) {
+    let mut tick = tokio::time::interval(LEASE_TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = cancel.cancelled() => return,
+        }
+        let Some(node) = node.upgrade() else { return };
+        node.expire_leases().await;
+    }
+}

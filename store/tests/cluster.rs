@@ -1,0 +1,273 @@
+//! In-process clusters of 3 and 5 nodes over the in-memory transport.
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use shoal_store::testing::{addr_of, TestCluster};
+use shoal_store::{Error, Role, Txn, VoterChange};
+
+fn init_tracing() {
+    let _ = tracing_subscriber::fmt().with_env_filter("warn").with_test_writer().try_init();
+}
+
+type Acked = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
+
+const LONG: Duration = Duration::from_secs(15);
+
+async fn value(c: &TestCluster, id: u64, key: &str) -> Option<Vec<u8>> {
+    c.store(id).get(key).await.unwrap().map(|kv| kv.value)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_replicate_and_forward_writes() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let c = TestCluster::start(dir.path(), 3).await.unwrap();
+    let leader = c.wait_leader(LONG).await.unwrap();
+    let st = c.store(leader).status();
+    assert_eq!(st.members.iter().filter(|m| m.role == Role::Voter).count(), 3);
+    // Writes through every node, including followers (forwarded to the leader).
+    for id in 1..=3u64 {
+        let r = c.store(id).txn(Txn::put(format!("/via/{id}"), vec![id as u8])).await.unwrap();
+        assert!(r.succeeded);
+        // Read-your-writes on the node that wrote.
+        assert_eq!(value(&c, id, &format!("/via/{id}")).await, Some(vec![id as u8]));
+    }
+    for id in 1..=3u64 {
+        c.store(id).sync().await.unwrap();
+        let (items, rev) = c.store(id).range("/via/").await.unwrap();
+        assert_eq!(items.len(), 3, "node {id} sees every write after sync");
+        assert_eq!(rev, c.store(leader).revision());
+    }
+    // Watch on a follower sees writes made on another node.
+    let follower = (1..=3).find(|i| *i != leader).unwrap();
+    let mut w = c.store(follower).watch("/live/", None).await.unwrap();
+    c.store(leader).txn(Txn::put("/live/x", vec![1])).await.unwrap();
+    let ev = tokio::time::timeout(LONG, w.recv()).await.unwrap().unwrap().unwrap();
+    assert_eq!(ev.kv.key, "/live/x");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_leader_elects_a_new_one_and_writes_continue() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = TestCluster::start(dir.path(), 3).await.unwrap();
+    let old = c.wait_leader(LONG).await.unwrap();
+    c.store(old).txn(Txn::put("/before", vec![1])).await.unwrap();
+    c.stop(old).await.unwrap();
+    let killed = Instant::now();
+    let rest: Vec<u64> = c.running();
+    let new = c.wait_leader_among(&rest, LONG).await.unwrap();
+    assert_ne!(new, old);
+    c.store(new).txn(Txn::put("/first-after", vec![1])).await.unwrap();
+    eprintln!("failover_ms: {}", killed.elapsed().as_millis());
+    for id in &rest {
+        let r = c.store(*id).txn(Txn::put(format!("/after/{id}"), vec![2])).await.unwrap();
+        assert!(r.succeeded);
+    }
+    // The old leader comes back from its file and catches up.
+    c.launch(old).await.unwrap();
+    c.store(old).sync().await.unwrap();
+    assert_eq!(value(&c, old, "/before").await, Some(vec![1]));
+    for id in &rest {
+        assert_eq!(value(&c, old, &format!("/after/{id}")).await, Some(vec![2]));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitioned_leader_is_replaced_and_catches_up_after_heal() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let c = TestCluster::start(dir.path(), 3).await.unwrap();
+    let old = c.wait_leader(LONG).await.unwrap();
+    c.net.isolate(&addr_of(old), &c.addrs());
+    let majority: Vec<u64> = c.running().into_iter().filter(|i| *i != old).collect();
+    let deadline = Instant::now() + LONG;
+    let new = loop {
+        let l = c.store(majority[0]).status().leader;
+        if let Some(l) = l.filter(|l| *l != old) {
+            break l;
+        }
+        assert!(Instant::now() < deadline, "majority elected no leader");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    c.store(new).txn(Txn::put("/during", vec![7])).await.unwrap();
+    // The isolated old leader cannot confirm a read.
+    let old_store = c.store(old).clone();
+    let stale_read = tokio::spawn(async move { old_store.sync().await });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    c.net.heal_all();
+    // After healing, the old leader follows and catches up.
+    c.wait_leader(LONG).await.unwrap();
+    c.store(old).sync().await.unwrap();
+    assert_eq!(value(&c, old, "/during").await, Some(vec![7]));
+    // A read index asked during the partition either waited for the heal or failed; it never
+    // answered from the stale side without the write.
+    if let Ok(Ok(())) = stale_read.await {
+        assert_eq!(value(&c, old, "/during").await, Some(vec![7]));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_writes_survive_restarts() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = TestCluster::start(dir.path(), 3).await.unwrap();
+    let acked: Acked = Arc::default();
+    let stop_at = Instant::now() + Duration::from_secs(3);
+    let mut writers = Vec::new();
+    for w in 0..8u64 {
+        let s = c.store(1 + w % 3).clone();
+        let acked = acked.clone();
+        writers.push(tokio::spawn(async move {
+            let mut i = 0u32;
+            while Instant::now() < stop_at {
+                let key = format!("/acked/{w}/{i}");
+                let val = format!("{w}-{i}").into_bytes();
+                if let Ok(r) = s.txn(Txn::put(key.clone(), val.clone())).await {
+                    if r.succeeded {
+                        acked.lock().unwrap().push((key, val));
+                    }
+                }
+                i += 1;
+            }
+        }));
+    }
+    // Restart one follower while writes flow.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let leader = c.wait_leader(LONG).await.unwrap();
+    let victim = c.running().into_iter().find(|i| *i != leader).unwrap();
+    c.stop(victim).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    c.launch(victim).await.unwrap();
+    for w in writers {
+        w.await.unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    assert!(acked.len() > 10, "writers made progress");
+    // Restart every node from its file.
+    c.stop_all().await.unwrap();
+    for id in 1..=3 {
+        c.launch(id).await.unwrap();
+    }
+    c.wait_leader(LONG).await.unwrap();
+    for id in 1..=3 {
+        c.store(id).sync().await.unwrap();
+        for (k, v) in &acked {
+            assert_eq!(value(&c, id, k).await.as_ref(), Some(v), "node {id} lost acknowledged write {k}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lagging_node_catches_up_from_a_snapshot_and_the_log_stays_bounded() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = TestCluster::start_with(dir.path(), 3, |cfg| {
+        cfg.snapshot_every = 50;
+        cfg.keep_logs_behind_snapshot = 10;
+    })
+    .await
+    .unwrap();
+    let leader = c.wait_leader(LONG).await.unwrap();
+    let lagging = c.running().into_iter().find(|i| *i != leader).unwrap();
+    c.stop(lagging).await.unwrap();
+    for i in 0..400u32 {
+        c.store(leader).txn(Txn::put(format!("/s/{}", i % 40), i.to_le_bytes().to_vec())).await.unwrap();
+    }
+    let size_after_400 = std::fs::metadata(c.config(leader).data_dir.join("store.redb")).unwrap().len();
+    for i in 400..1200u32 {
+        c.store(leader).txn(Txn::put(format!("/s/{}", i % 40), i.to_le_bytes().to_vec())).await.unwrap();
+    }
+    let size_after_1200 = std::fs::metadata(c.config(leader).data_dir.join("store.redb")).unwrap().len();
+    assert!(
+        size_after_1200 <= size_after_400 * 2,
+        "file grew from {size_after_400} to {size_after_1200} bytes while the data stayed the same size"
+    );
+    c.launch(lagging).await.unwrap();
+    c.store(lagging).sync().await.unwrap();
+    let (items, rev) = c.store(lagging).range("/s/").await.unwrap();
+    assert_eq!(items.len(), 40);
+    assert_eq!(rev, c.store(leader).revision());
+    assert_eq!(value(&c, lagging, "/s/39").await, Some(1199u32.to_le_bytes().to_vec()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_nodes_survive_losing_two_voters_one_after_the_other() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = TestCluster::start_with(dir.path(), 5, |cfg| cfg.voter_grace = Duration::from_millis(500)).await.unwrap();
+    let leader = c.wait_leader(LONG).await.unwrap();
+    assert_eq!(c.store(leader).status().members.iter().filter(|m| m.role == Role::Voter).count(), 5);
+    c.store(leader).txn(Txn::put("/five", vec![5])).await.unwrap();
+
+    for round in 0..2 {
+        let leader = c.wait_leader(LONG).await.unwrap();
+        let victim = c.running().into_iter().find(|i| *i != leader).unwrap();
+        c.stop(victim).await.unwrap();
+        // Reconcile until the dead voter is gone from the voters.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let healthy: BTreeSet<u64> = c.running().into_iter().collect();
+            let mut changes: Vec<VoterChange> = Vec::new();
+            for id in c.running() {
+                if let Ok(Some(ch)) = c.store(id).reconcile_voters(&healthy, Instant::now()).await {
+                    changes.push(ch);
+                }
+            }
+            let l = c.wait_leader(LONG).await.unwrap();
+            let voters: BTreeSet<u64> = c
+                .store(l)
+                .status()
+                .members
+                .iter()
+                .filter(|m| m.role == Role::Voter)
+                .map(|m| m.node_id)
+                .collect();
+            if !voters.contains(&victim) && voters.len() == 3 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "round {round}: voters still {voters:?}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let l = c.wait_leader(LONG).await.unwrap();
+        c.store(l).txn(Txn::put(format!("/round/{round}"), vec![round])).await.unwrap();
+    }
+    for id in c.running() {
+        c.store(id).sync().await.unwrap();
+        assert_eq!(value(&c, id, "/five").await, Some(vec![5]));
+        assert_eq!(value(&c, id, "/round/1").await, Some(vec![1]));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_fail_cleanly_without_a_quorum() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = TestCluster::start_with(dir.path(), 3, |cfg| cfg.request_timeout = Duration::from_secs(2)).await.unwrap();
+    let leader = c.wait_leader(LONG).await.unwrap();
+    for id in c.running() {
+        if id != leader {
+            c.stop(id).await.unwrap();
+        }
+    }
+    let res = c.store(leader).txn(Txn::put("/noquorum", vec![1])).await;
+    assert!(matches!(res, Err(Error::NoLeader { .. })), "got {res:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_cluster_writes_nothing() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let c = TestCluster::start(dir.path(), 3).await.unwrap();
+    c.store(1).txn(Txn::put("/idle", vec![1])).await.unwrap();
+    for id in 1..=3 {
+        c.store(id).sync().await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let files: Vec<_> = (1..=3).map(|id| c.config(id).data_dir.join("store.redb")).collect();
+    let before: Vec<_> = files.iter().map(|f| std::fs::metadata(f).unwrap().modified().unwrap()).collect();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after: Vec<_> = files.iter().map(|f| std::fs::metadata(f).unwrap().modified().unwrap()).collect();
+    assert_eq!(before, after, "heartbeats must not write to any node's file");
+}
