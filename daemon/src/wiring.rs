@@ -1,6 +1,12 @@
 //! Starts the components of a running node and moves the leader-only ones with leadership.
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
+
+use crate::api::{ApiConfig, TlsMaterial};
+use crate::controllers::{ControllerConfig, ControllerManager, NodeHealth};
+use crate::scheduler::Scheduler;
 
 use tokio_util::sync::CancellationToken;
 
@@ -10,7 +16,9 @@ use crate::cluster::{Node, NodeRecord};
 pub(crate) async fn run_services(node: Arc<Node>, stop: CancellationToken) {
     let tasks = tokio_util::task::TaskTracker::new();
     tasks.spawn(register_self(node.clone(), stop.clone()));
-    tasks.spawn(leader_duties(node.clone(), stop.clone()));
+    let health = node_health(&node, &tasks, stop.clone());
+    tasks.spawn(leader_duties(node.clone(), health, stop.clone()));
+    tasks.spawn(api_server(node.clone(), stop.clone()));
     tasks.close();
     stop.cancelled().await;
     tasks.wait().await;
@@ -35,7 +43,7 @@ async fn register_self(node: Arc<Node>, stop: CancellationToken) {
 
 /// Runs the controllers and the scheduler while this node leads, and stops them within a
 /// poll interval of losing leadership.
-async fn leader_duties(node: Arc<Node>, stop: CancellationToken) {
+async fn leader_duties(node: Arc<Node>, health: NodeHealth, stop: CancellationToken) {
     let mut current: Option<CancellationToken> = None;
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     loop {
@@ -48,7 +56,7 @@ async fn leader_duties(node: Arc<Node>, stop: CancellationToken) {
             (true, false) => {
                 tracing::info!("became leader: starting controllers and scheduler");
                 let token = stop.child_token();
-                start_leader_components(&node, token.clone());
+                start_leader_components(&node, health.clone(), token.clone());
                 current = Some(token);
             }
             (false, true) => {
@@ -65,7 +73,57 @@ async fn leader_duties(node: Arc<Node>, stop: CancellationToken) {
     }
 }
 
-fn start_leader_components(_node: &Arc<Node>, _token: CancellationToken) {}
+fn start_leader_components(node: &Arc<Node>, health: NodeHealth, token: CancellationToken) {
+    let manager = ControllerManager::new(ControllerConfig::default());
+    tokio::spawn(manager.run(node.objects.clone(), health, token.clone()));
+    tokio::spawn(Scheduler::new().run(node.objects.clone(), token));
+}
+
+/// Liveness of every node by name, from gossip (never from the store: an idle cluster writes
+/// nothing).
+fn node_health(node: &Arc<Node>, tasks: &tokio_util::task::TaskTracker, stop: CancellationToken) -> NodeHealth {
+    let snapshot = |members: &[shoal_gossip::Member]| -> BTreeMap<String, bool> {
+        members.iter().map(|m| (m.name.clone(), m.alive)).collect()
+    };
+    let mut sub = node.membership.subscribe();
+    let (tx, rx) = tokio::sync::watch::channel(snapshot(&sub.borrow()));
+    tasks.spawn(async move {
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                changed = sub.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    let next = snapshot(&sub.borrow_and_update());
+                    tx.send_if_modified(|cur| {
+                        if *cur != next {
+                            *cur = next;
+                            true
+                        } else {
+                            false
+                        }
+                    });
+                }
+            }
+        }
+    });
+    rx
+}
+
+/// Serves the Kubernetes API on every node.
+async fn api_server(node: Arc<Node>, stop: CancellationToken) {
+    let listen = SocketAddr::new(IpAddr::from([0, 0, 0, 0]), node.identity.api_port);
+    let tls = TlsMaterial {
+        cert_pem: node.node_cert_pem.clone(),
+        key_pem: node.node_key_pem.clone(),
+        client_ca_pem: node.secrets.ca_cert_pem.clone(),
+    };
+    let cfg = ApiConfig::new(listen, tls, node.objects.clone(), node.identity.name.clone());
+    if let Err(e) = crate::api::serve(cfg, stop).await {
+        tracing::error!(error = %e, %listen, "Kubernetes API stopped");
+    }
+}
 
 /// An admin kubeconfig for this cluster (client certificate for user `admin`, group
 /// `system:masters`).

@@ -140,6 +140,7 @@ impl Api {
             .env("HOME", self.home())
             .env("KUBECONFIG", self.home().join(".kube/config"))
             .env("PATH", "/usr/bin:/bin")
+            .env("TMPDIR", self.home())
             .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -170,6 +171,7 @@ impl Api {
             .env("HOME", self.home())
             .env("KUBECONFIG", self.home().join(".kube/config"))
             .env("PATH", "/usr/bin:/bin")
+            .env("TMPDIR", self.home())
             .stdin(Stdio::null())
             .kill_on_drop(true);
         for (k, v) in env {
@@ -747,7 +749,7 @@ async fn bad_requests_get_status_errors() {
     assert_eq!(code, 404);
     assert_eq!(status(&body)["kind"], "Status");
     // kubectl edit goes through a strategic merge patch.
-    let o = api.run_env("1.33", &["edit", "configmap", "c"], &[("EDITOR", "sed -i s/a:.*/a:\\ edited/")]).await;
+    let o = api.run_env("1.33", &["edit", "configmap", "c"], &[("EDITOR", "sed -i 's/^  a: .*/  a: edited/'")]).await;
     assert!(o.ok, "{} {}", o.stdout, o.stderr);
     assert_eq!(api.ok(&["get", "cm", "c", "-o", "jsonpath={.data.a}"]).await, "edited");
     // top: the metrics API exists and has nothing yet.

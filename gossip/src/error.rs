@@ -107,6 +107,10 @@ pub enum Error {
         #[source]
         source: serde_json::Error,
     },
+    #[error("invalid membership config: {reason}")]
+    InvalidMembershipConfig { reason: &'static str },
+    #[error("invalid transport config: {reason}")]
+    InvalidTransportConfig { reason: &'static str },
     #[error("bind gossip socket on {addr}")]
     BindGossip {
         addr: SocketAddr,

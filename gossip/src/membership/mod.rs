@@ -96,6 +96,30 @@ impl MembershipConfig {
         }
     }
 
+    /// Rejects values chitchat cannot work with (it would panic or never see a node alive).
+    pub fn validate(&self) -> Result<()> {
+        let invalid = |reason| Err(Error::InvalidMembershipConfig { reason });
+        if self.node_name.is_empty() {
+            return invalid("node_name is empty");
+        }
+        if self.gossip_interval.is_zero() {
+            return invalid("gossip_interval must be positive");
+        }
+        if !(self.phi_threshold.is_finite() && self.phi_threshold > 0.0) {
+            return invalid("phi_threshold must be a positive number");
+        }
+        if self.initial_interval.is_zero() {
+            return invalid("initial_interval must be positive");
+        }
+        if self.sampling_window_size == 0 {
+            return invalid("sampling_window_size must be at least 1");
+        }
+        if self.dead_after < self.gossip_interval {
+            return invalid("dead_after must be at least one gossip_interval");
+        }
+        Ok(())
+    }
+
     fn damping(&self) -> DampingConfig {
         DampingConfig {
             dead_after: self.dead_after,
@@ -146,6 +170,7 @@ impl Membership {
         initial_attrs: BTreeMap<String, String>,
         loss: Arc<LinkLoss>,
     ) -> Result<Self> {
+        cfg.validate()?;
         let socket = UdpSocket::open(cfg.gossip_addr).await.map_err(|e| Error::BindGossip {
             addr: cfg.gossip_addr,
             source: std::io::Error::new(std::io::ErrorKind::AddrNotAvailable, format!("{e:#}")),

@@ -178,3 +178,17 @@ async fn a_lossy_link_does_not_flap() {
         m.shutdown().await;
     }
 }
+
+#[tokio::test]
+async fn unworkable_settings_are_refused() {
+    let base = MembershipConfig::new("node-a", "test-cluster", local(0));
+    let mut zero_interval = base.clone();
+    zero_interval.gossip_interval = Duration::ZERO;
+    let mut no_window = base.clone();
+    no_window.sampling_window_size = 0;
+    let mut bad_phi = base.clone();
+    bad_phi.phi_threshold = f64::NAN;
+    for cfg in [zero_interval, no_window, bad_phi] {
+        assert!(matches!(Membership::start(cfg, BTreeMap::new()).await, Err(Error::InvalidMembershipConfig { .. })));
+    }
+}

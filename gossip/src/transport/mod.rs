@@ -85,6 +85,22 @@ impl Default for TransportConfig {
     }
 }
 
+impl TransportConfig {
+    pub fn validate(&self) -> Result<()> {
+        let invalid = |reason| Err(Error::InvalidTransportConfig { reason });
+        if self.keep_alive.is_zero() || self.keep_alive >= self.idle_timeout {
+            return invalid("keep_alive must be positive and shorter than idle_timeout");
+        }
+        if self.call_timeout.is_zero() || self.connect_timeout.is_zero() {
+            return invalid("timeouts must be positive");
+        }
+        if self.max_frame < 1024 {
+            return invalid("max_frame must be at least 1024 bytes");
+        }
+        Ok(())
+    }
+}
+
 struct JoinService {
     secrets: ClusterSecrets,
     hook: Option<JoinHook>,
@@ -123,6 +139,7 @@ impl Transport {
     }
 
     pub fn bind_with(addr: SocketAddr, tls: NodeTls, cfg: TransportConfig) -> Result<Self> {
+        cfg.validate()?;
         let transport = tls::quic_transport_config(cfg.idle_timeout, cfg.keep_alive)?;
         let server_config = tls::server_config(&tls, transport.clone())?;
         let client_config = tls::peer_client_config(&tls, transport)?;

@@ -322,3 +322,81 @@ proptest! {
         }
     }
 }
+
+fn arb_container(patch: bool) -> impl Strategy<Value = Value> {
+    (
+        "[a-d]",
+        prop::option::of("[xyz]"),
+        prop::collection::vec(("[A-D]", prop::option::of("[0-9]")), 0..3),
+        prop::collection::vec(prop_oneof![Just(80), Just(443), Just(8080)], 0..3),
+        any::<bool>(),
+    )
+        .prop_map(move |(name, image, env, ports, delete)| {
+            let mut c = serde_json::Map::new();
+            c.insert("name".into(), json!(name));
+            if let Some(i) = image {
+                c.insert("image".into(), json!(i));
+            }
+            if !env.is_empty() {
+                let env: Vec<Value> = env
+                    .into_iter()
+                    .map(|(n, v)| match v {
+                        Some(v) => json!({"name": n, "value": v}),
+                        None => json!({"name": n}),
+                    })
+                    .collect();
+                c.insert("env".into(), Value::Array(env));
+            }
+            if !ports.is_empty() {
+                let ports: Vec<Value> = ports.into_iter().map(|p| json!({"containerPort": p})).collect();
+                c.insert("ports".into(), Value::Array(ports));
+            }
+            if patch && delete {
+                c.insert("$patch".into(), json!("delete"));
+            }
+            Value::Object(c)
+        })
+}
+
+fn dedup_by_name(list: Vec<Value>) -> Vec<Value> {
+    let mut seen = std::collections::BTreeSet::new();
+    list.into_iter()
+        .filter(|c| seen.insert(c["name"].as_str().unwrap_or("").to_string()))
+        .map(|mut c| {
+            for (field, key) in [("env", "name"), ("ports", "containerPort")] {
+                if let Some(Value::Array(items)) = c.get(field).cloned() {
+                    let mut seen = std::collections::BTreeSet::new();
+                    let items: Vec<Value> = items.into_iter().filter(|i| seen.insert(i[key].to_string())).collect();
+                    c[field] = Value::Array(items);
+                }
+            }
+            c
+        })
+        .collect()
+}
+
+proptest! {
+    /// Applying the same strategic merge patch twice changes nothing the second time.
+    #[test]
+    fn strategic_merge_is_idempotent(
+        live in prop::collection::vec(arb_container(false), 0..4),
+        patch in prop::collection::vec(arb_container(true), 0..4),
+        order in prop::option::of(prop::collection::vec("[a-d]", 0..4)),
+    ) {
+        let live = dedup_by_name(live);
+        let patch = dedup_by_name(patch);
+        let mut spec = serde_json::Map::new();
+        spec.insert("containers".into(), Value::Array(patch));
+        if let Some(order) = order {
+            let mut seen = std::collections::BTreeSet::new();
+            let order: Vec<Value> = order.into_iter().filter(|n| seen.insert(n.clone())).map(|n| json!({"name": n})).collect();
+            spec.insert("$setElementOrder/containers".into(), Value::Array(order));
+        }
+        let doc = json!({"spec": {"containers": live}});
+        let p = json!({"spec": Value::Object(spec)});
+        let once = strategic_merge(&doc, &p, "", "Pod").unwrap();
+        let twice = strategic_merge(&once, &p, "", "Pod").unwrap();
+        prop_assert_eq!(&once, &twice);
+        prop_assert!(!once.to_string().contains('$'));
+    }
+}
