@@ -4,7 +4,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::api::{ApiConfig, TlsMaterial};
+use crate::api::{ApiConfig, PodStreams, TlsMaterial};
+use crate::node::{AgentConfig, NodeAgent};
 use crate::controllers::{ControllerConfig, ControllerManager, NodeHealth};
 use crate::scheduler::Scheduler;
 
@@ -18,7 +19,11 @@ pub(crate) async fn run_services(node: Arc<Node>, stop: CancellationToken) {
     tasks.spawn(register_self(node.clone(), stop.clone()));
     let health = node_health(&node, &tasks, stop.clone());
     tasks.spawn(leader_duties(node.clone(), health, stop.clone()));
-    tasks.spawn(api_server(node.clone(), stop.clone()));
+    let streams = node.cfg.node.run_pods.then(|| NodeAgent::streams(&node.cfg.data_dir));
+    tasks.spawn(api_server(node.clone(), streams, stop.clone()));
+    if node.cfg.node.run_pods {
+        tasks.spawn(run_agent(node.clone(), stop.clone()));
+    }
     tasks.close();
     stop.cancelled().await;
     tasks.wait().await;
@@ -111,15 +116,44 @@ fn node_health(node: &Arc<Node>, tasks: &tokio_util::task::TaskTracker, stop: Ca
     rx
 }
 
+/// Runs the node agent (retrying its start until the cluster can hand out a pod subnet).
+async fn run_agent(node: Arc<Node>, stop: CancellationToken) {
+    let cfg = AgentConfig {
+        node_name: node.identity.name.clone(),
+        data_dir: node.cfg.data_dir.clone(),
+        address: node.identity.advertise,
+        objects: node.objects.clone(),
+        store: node.store.clone(),
+        pod_cidr: node.cfg.network.pod_cidr.clone(),
+        dns_ip: node.cfg.network.dns_ip.clone(),
+    };
+    // The pod CIDR claim needs a leader; wait for one rather than fail.
+    let mut wait = Duration::from_millis(200);
+    loop {
+        match NodeAgent::start(cfg.clone()).await {
+            Ok(agent) => return agent.run(stop).await,
+            Err(e) => {
+                tracing::warn!(error = %e, "node agent cannot start yet; retrying");
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(wait) => {}
+                }
+                wait = (wait * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
 /// Serves the Kubernetes API on every node.
-async fn api_server(node: Arc<Node>, stop: CancellationToken) {
+async fn api_server(node: Arc<Node>, streams: Option<Arc<dyn PodStreams>>, stop: CancellationToken) {
     let listen = SocketAddr::new(IpAddr::from([0, 0, 0, 0]), node.identity.api_port);
     let tls = TlsMaterial {
         cert_pem: node.node_cert_pem.clone(),
         key_pem: node.node_key_pem.clone(),
         client_ca_pem: node.secrets.ca_cert_pem.clone(),
     };
-    let cfg = ApiConfig::new(listen, tls, node.objects.clone(), node.identity.name.clone());
+    let mut cfg = ApiConfig::new(listen, tls, node.objects.clone(), node.identity.name.clone());
+    cfg.streams = streams;
     if let Err(e) = crate::api::serve(cfg, stop).await {
         tracing::error!(error = %e, %listen, "Kubernetes API stopped");
     }

@@ -11,7 +11,9 @@ use rcgen::{
 use std::sync::{Arc, Mutex};
 
 use futures::future::BoxFuture;
-use shoal::api::{kubeconfig, ApiConfig, ByteStream, LogOptions, PodStreams, Server, StreamError, TlsMaterial};
+use shoal::api::{
+    kubeconfig, ApiConfig, ByteStream, ExecIo, ExecOptions, LogOptions, PodStreams, Server, StreamError, TlsMaterial,
+};
 use shoal_kube::Objects;
 use shoal_store::Store;
 use tokio::io::AsyncBufReadExt;
@@ -66,6 +68,7 @@ fn kubectl_dir() -> PathBuf {
 
 struct Out {
     ok: bool,
+    code: Option<i32>,
     stdout: String,
     stderr: String,
 }
@@ -158,6 +161,7 @@ impl Api {
             .unwrap();
         Out {
             ok: out.status.success(),
+            code: out.status.code(),
             stdout: String::from_utf8_lossy(&out.stdout).into(),
             stderr: String::from_utf8_lossy(&out.stderr).into(),
         }
@@ -180,6 +184,7 @@ impl Api {
         let out = cmd.output().await.unwrap();
         Out {
             ok: out.status.success(),
+            code: out.status.code(),
             stdout: String::from_utf8_lossy(&out.stdout).into(),
             stderr: String::from_utf8_lossy(&out.stderr).into(),
         }
@@ -321,7 +326,10 @@ async fn every_seed_manifest_applies_and_reapplies() {
     assert!(job.contains("batch.kubernetes.io/controller-uid"), "{job}");
 
     // Listing: wide, all namespaces, labels, jsonpath over lists, get all.
+    let deploys = api.ok(&["get", "deploy"]).await;
+    assert!(deploys.contains("READY") && deploys.contains("UP-TO-DATE") && deploys.contains("AVAILABLE"), "{deploys}");
     let wide = api.ok(&["get", "svc", "-o", "wide"]).await;
+    assert!(wide.contains("CLUSTER-IP") && wide.contains("SELECTOR") && wide.contains("app=backend-app"), "{wide}");
     assert!(wide.contains("backend-service") && wide.contains("external-service"), "{wide}");
     let all_ns = api.ok(&["get", "deploy", "-A"]).await;
     assert!(all_ns.contains("NAMESPACE") && all_ns.contains("default") && all_ns.contains("review"), "{all_ns}");
@@ -618,6 +626,53 @@ impl PodStreams for FakeStreams {
             Ok(s)
         })
     }
+
+    /// `echo ARGS...` prints them; `cat` copies stdin; `fail N` prints to stderr and exits N.
+    fn exec(
+        &self,
+        _pod: &serde_json::Value,
+        opts: ExecOptions,
+        mut io: ExecIo,
+    ) -> BoxFuture<'static, Result<i32, StreamError>> {
+        Box::pin(async move {
+            let cmd = opts.command.clone();
+            match cmd.first().map(|s| s.as_str()) {
+                Some("echo") => {
+                    let _ = io.stdout.send(bytes::Bytes::from(format!("{}\n", cmd[1..].join(" ")))).await;
+                    Ok(0)
+                }
+                Some("cat") => {
+                    if let Some(mut stdin) = io.stdin.take() {
+                        while let Some(b) = stdin.recv().await {
+                            let _ = io.stdout.send(b).await;
+                        }
+                    }
+                    Ok(0)
+                }
+                Some("fail") => {
+                    let _ = io.stderr.send(bytes::Bytes::from_static(b"oops\n")).await;
+                    Ok(cmd.get(1).and_then(|c| c.parse().ok()).unwrap_or(1))
+                }
+                _ => Ok(127),
+            }
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_runs_through_the_node_agent() {
+    let api = Api::start_with(Some(Arc::new(FakeStreams::default()))).await;
+    api.ok(&["run", "web", "--image=nginx"]).await;
+    assert_eq!(api.ok(&["exec", "web", "--", "echo", "hi", "there"]).await, "hi there\n");
+    let o = api.run("1.33", &["exec", "-i", "web", "--", "cat"], Some("hello\nworld\n")).await;
+    assert!(o.ok, "{}", o.stderr);
+    assert_eq!(o.stdout, "hello\nworld\n");
+    let o = api.run("1.33", &["exec", "web", "--", "fail", "3"], None).await;
+    assert_eq!(o.code, Some(3), "{}", o.stderr);
+    assert!(o.stderr.contains("oops"), "{}", o.stderr);
+    let o = api.run("1.32", &["exec", "web", "-c", "nope", "--", "echo"], None).await;
+    assert!(!o.ok && o.stderr.contains("container nope is not valid"), "{}", o.stderr);
+    api.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -165,8 +165,12 @@ pub fn render_markdown(report: &Report) -> String {
     let mut md = String::new();
     md.push_str("# shoal hardware-in-the-loop report\n\n");
     md.push_str(&format!("- commit: `{}`\n- date: {}\n", report.commit, report.date));
-    let mut rigs: Vec<&RigInfo> = report.scenarios.iter().map(|s| &s.rig).collect();
-    rigs.dedup_by(|a, b| a.kind == b.kind && a.hosts.len() == b.hosts.len() && a.notes == b.notes);
+    let mut rigs: Vec<&RigInfo> = Vec::new();
+    for rig in report.scenarios.iter().map(|s| &s.rig) {
+        if !rigs.iter().any(|r| r.kind == rig.kind && r.hosts == rig.hosts && r.notes == rig.notes) {
+            rigs.push(rig);
+        }
+    }
     for rig in rigs {
         let hosts: Vec<String> = rig.hosts.iter().map(|h| format!("{} {} ({})", h.name, h.address, h.arch)).collect();
         md.push_str(&format!("- rig: {} `{}`: {}; hosts: {}\n", rig.kind, rig.name, rig.notes, hosts.join(", ")));

@@ -167,6 +167,8 @@ fn check_history(scenario: &str, ops: &[Operation], m: &mut Measured) -> Result<
             Verdict::Inconclusive { key } => inconclusive.push(key),
         }
     }
+    let lost = workload::lost_acked_writes(ops);
+    m.set("lost_acked_writes", lost as f64);
     let s = summarize(ops, 0, u64::MAX);
     m.set("operations", ops.len() as f64);
     m.set("acked_writes", s.acked_writes as f64);
@@ -314,6 +316,7 @@ pub fn leader_partitioned(rig: &dyn Rig, opts: &ScenarioOptions) -> Result<Measu
             if matches!(out, Outcome::Ok(_)) && Instant::now().duration_since(cut_at) > Duration::from_secs(1) {
                 isolated_acks += 1;
             }
+            std::thread::sleep(Duration::from_millis(200));
         }
         wait_until("an acknowledged write in the majority", CONVERGE_TIMEOUT, Duration::from_millis(50), || {
             first_ack_after(&history.operations(), cut_ns).is_some()
@@ -364,6 +367,7 @@ pub fn minority_partition(rig: &dyn Rig, opts: &ScenarioOptions) -> Result<Measu
             if matches!(out, Outcome::Ok(_)) {
                 minority_acks += 1;
             }
+            std::thread::sleep(Duration::from_millis(200));
         }
         let leader_index = shoal::status(rig, &leader).map(|s| s.applied_index).unwrap_or(0);
         let heal_at = Instant::now();

@@ -147,13 +147,15 @@ pub fn kv_put(rig: &dyn Rig, host: &str, key: &str, value: &str, timeout: Durati
     }
 }
 
-/// `shoal kv get KEY` through `host`: exit 0 with the value on stdout; nothing printed = no such key.
+/// `shoal kv get KEY` through `host`: exit 0 with the value on stdout; exit 1 with `not found` on
+/// stderr (or nothing printed) = no such key.
 pub fn kv_get(rig: &dyn Rig, host: &str, key: &str, timeout: Duration) -> Outcome {
     match run_shoal(rig, host, &["kv", "get", key], timeout) {
         Ok(out) if out.success() => {
             let value = out.stdout.strip_suffix('\n').unwrap_or(&out.stdout).to_string();
             Outcome::Ok((!value.is_empty()).then_some(value))
         }
+        Ok(out) if out.status == 1 && out.stderr.to_ascii_lowercase().contains("not found") => Outcome::Ok(None),
         Ok(_) => Outcome::Unknown,
         Err(_) => Outcome::Failed,
     }

@@ -111,9 +111,49 @@ impl<'scope> Workload<'scope> {
 pub fn final_reads(rig: &dyn Rig, hosts: &[String], keys: &[String], history: &History, timeout: Duration) {
     for (i, host) in hosts.iter().enumerate() {
         for key in keys {
-            history.record(1000 + i as u32, Call::Get { key: key.clone() }, |_| shoal::kv_get(rig, host, key, timeout));
+            history.record(FINAL_READ_CLIENT + i as u32, Call::Get { key: key.clone() }, |_| {
+                shoal::kv_get(rig, host, key, timeout)
+            });
         }
     }
+}
+
+/// Client ids of the final reads made by [`final_reads`] start here.
+pub const FINAL_READ_CLIENT: u32 = 1000;
+
+/// Acknowledged writes that the final reads show were lost: a final read of a key returns the
+/// value of a write that ended before an acknowledged write of the same key began (or no value
+/// at all after an acknowledged write). Values are unique per write.
+pub fn lost_acked_writes(ops: &[Operation]) -> usize {
+    let mut lost: Vec<(&str, &str)> = Vec::new();
+    for read in ops.iter().filter(|o| o.client >= FINAL_READ_CLIENT) {
+        let (Call::Get { key }, Outcome::Ok(value)) = (&read.call, &read.outcome) else { continue };
+        let writer_end = match value {
+            Some(v) => {
+                let writer =
+                    ops.iter().find(|o| matches!(&o.call, Call::Put { key: k, value: w } if k == key && w == v));
+                match writer {
+                    Some(w) if matches!(w.outcome, Outcome::Ok(_)) => Some(w.end_ns),
+                    // an unanswered write may have taken effect as late as the read itself
+                    Some(_) => Some(read.start_ns),
+                    None => continue,
+                }
+            }
+            None => None,
+        };
+        for w in ops {
+            if let (Call::Put { key: k, value: v }, Outcome::Ok(_)) = (&w.call, &w.outcome) {
+                if k == key
+                    && writer_end.is_none_or(|e| w.start_ns > e)
+                    && w.end_ns < read.start_ns
+                    && !lost.contains(&(k, v))
+                {
+                    lost.push((k, v));
+                }
+            }
+        }
+    }
+    lost.len()
 }
 
 /// Summary figures of the operations of a history.
@@ -201,5 +241,33 @@ mod tests {
         assert_eq!(first_ack_after(&ops, 15 * ms), Some(45.0));
         assert_eq!(first_ack_after(&ops, 50 * ms), None);
         assert_eq!(percentile(&[], 0.5), 0.0);
+    }
+
+    #[test]
+    fn lost_writes_are_counted() {
+        let put = |value: &str, start, end| Operation {
+            client: 0,
+            call: Call::Put { key: "k".into(), value: value.into() },
+            outcome: Outcome::Ok(None),
+            start_ns: start,
+            end_ns: end,
+        };
+        let read = |value: Option<&str>, start| Operation {
+            client: FINAL_READ_CLIENT,
+            call: Call::Get { key: "k".into() },
+            outcome: Outcome::Ok(value.map(str::to_string)),
+            start_ns: start,
+            end_ns: start + 1,
+        };
+        let ops = vec![put("a", 0, 10), put("b", 20, 30), put("c", 40, 50)];
+        let mut fine = ops.clone();
+        fine.push(read(Some("c"), 100));
+        assert_eq!(lost_acked_writes(&fine), 0);
+        let mut lost_two = ops.clone();
+        lost_two.push(read(Some("a"), 100));
+        assert_eq!(lost_acked_writes(&lost_two), 2);
+        let mut lost_all = ops;
+        lost_all.push(read(None, 100));
+        assert_eq!(lost_acked_writes(&lost_all), 3);
     }
 }

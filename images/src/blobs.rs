@@ -112,7 +112,7 @@ impl BlobStore {
     }
 
     pub(crate) fn list(&self) -> Result<Vec<String>> {
-        let rd = fs::read_dir(&self.dir).map_err(|source| Error::ReadIndex { path: self.dir.clone(), source })?;
+        let rd = fs::read_dir(&self.dir).map_err(|source| Error::ListDir { path: self.dir.clone(), source })?;
         let mut out = Vec::new();
         for e in rd.flatten() {
             let name = e.file_name().to_string_lossy().to_string();

@@ -44,6 +44,12 @@ pub enum Error {
         #[source]
         source: serde_json::Error,
     },
+    #[error("list {path}")]
+    ListDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("write image index {path}")]
     WriteIndex {
         path: PathBuf,

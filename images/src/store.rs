@@ -154,7 +154,7 @@ impl ImageStore {
     pub async fn import_dir(&self) -> Result<Vec<ImageRef>> {
         let dir = self.import_dir_path();
         let mut files: Vec<PathBuf> = fs::read_dir(&dir)
-            .map_err(|source| Error::ReadArchive { path: dir.clone(), source })?
+            .map_err(|source| Error::ListDir { path: dir.clone(), source })?
             .flatten()
             .map(|e| e.path())
             .filter(|p| p.is_file() && !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')))
@@ -534,7 +534,7 @@ impl Inner {
             }
         }
         let layers = self.dir.join("layers");
-        let rd = fs::read_dir(&layers).map_err(|source| Error::ReadIndex { path: layers.clone(), source })?;
+        let rd = fs::read_dir(&layers).map_err(|source| Error::ListDir { path: layers.clone(), source })?;
         for e in rd.flatten() {
             let name = e.file_name().to_string_lossy().to_string();
             if name == "empty" || keep_layers.contains(&format!("sha256:{name}")) {

@@ -559,4 +559,32 @@ mod tests {
         let r = unpack_layer(&FakeImageOs::default(), &bytes[..], &s.root, &limits);
         assert!(matches!(r, Err(Error::LayerLimit(_))));
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(200))]
+        /// Whatever mix of paths, symlinks and hard links a layer holds, unpacking either refuses
+        /// it or writes only inside the root.
+        #[test]
+        fn nothing_escapes_the_root(entries in proptest::collection::vec(
+            (0u8..4, proptest::sample::select(vec!["a", "b", "..", ".", "etc", "a/b", "../a", "/etc", "x/../..", ""]),
+             proptest::sample::select(vec!["a", "b", "..", "../..", "/", "/etc", "a/..", "b/c", "."])),
+            1..8,
+        )) {
+            let s = sandbox();
+            let before = outside(&s);
+            let mut layer = Layer::new();
+            for (kind, path, target) in entries {
+                let path = format!("{path}/f{kind}").trim_start_matches('/').to_string();
+                let path = if path.is_empty() { "f".to_string() } else { path };
+                layer = match kind {
+                    0 => layer.file(&path, b"data"),
+                    1 => layer.symlink(path.trim_end_matches("/f1"), target),
+                    2 => layer.hardlink(&path, target),
+                    _ => layer.dir(path.trim_end_matches("/f3")),
+                };
+            }
+            let _ = unpack(&s, &layer.bytes());
+            proptest::prop_assert_eq!(outside(&s), before);
+        }
+    }
 }

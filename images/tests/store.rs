@@ -241,3 +241,98 @@ async fn gc_keeps_images_and_in_use() {
     assert_eq!(report.blobs_removed, 3);
     assert!(store.get("a:1").unwrap().is_some());
 }
+
+#[tokio::test]
+async fn device_nodes_xattrs_ownership_and_hard_links() {
+    assert!(is_root(), "this test creates device nodes and must run as root");
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_ustar();
+    h.set_path("dev/null").unwrap();
+    h.set_entry_type(tar::EntryType::Char);
+    h.set_device_major(1).unwrap();
+    h.set_device_minor(3).unwrap();
+    h.set_mode(0o666);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_size(0);
+    h.set_cksum();
+    b.append(&h, &b""[..]).unwrap();
+    b.append_pax_extensions([("SCHILY.xattr.user.shoal", &b"yes"[..])]).unwrap();
+    let mut h = tar::Header::new_ustar();
+    h.set_path("srv/owned").unwrap();
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_mode(0o4750);
+    h.set_uid(1234);
+    h.set_gid(5678);
+    h.set_size(2);
+    h.set_cksum();
+    b.append(&h, &b"ok"[..]).unwrap();
+    let mut h = tar::Header::new_ustar();
+    h.set_path("srv/fifo").unwrap();
+    h.set_entry_type(tar::EntryType::Fifo);
+    h.set_mode(0o600);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_size(0);
+    h.set_cksum();
+    b.append(&h, &b""[..]).unwrap();
+    let mut h = tar::Header::new_ustar();
+    h.set_path("srv/link").unwrap();
+    h.set_link_name("srv/owned").unwrap();
+    h.set_entry_type(tar::EntryType::Link);
+    h.set_mode(0o644);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_size(0);
+    h.set_cksum();
+    b.append(&h, &b""[..]).unwrap();
+    let layer = b.into_inner().unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let tarball = dir.path().join("dev.tar");
+    oci_archive(&tarball, "dev:1", &Img { arch: "amd64", layers: vec![layer.clone()], cmd: vec![] });
+    let store = ImageStore::open(&dir.path().join("data"), amd64()).unwrap();
+    store.import(&tarball).await.unwrap();
+    let root = store.layer_dir(&common::digest(&layer)).unwrap();
+    let null = fs::symlink_metadata(root.join("dev/null")).unwrap();
+    assert!(null.file_type().is_char_device());
+    assert_eq!(null.rdev(), nix::sys::stat::makedev(1, 3));
+    let owned = fs::metadata(root.join("srv/owned")).unwrap();
+    assert_eq!((owned.uid(), owned.gid(), owned.mode() & 0o7777), (1234, 5678, 0o4750));
+    assert_eq!(fs::metadata(root.join("srv/link")).unwrap().ino(), owned.ino());
+    assert!(fs::symlink_metadata(root.join("srv/fifo")).unwrap().file_type().is_fifo());
+    let value = xattr::get(root.join("srv/owned"), "user.shoal").unwrap();
+    assert_eq!(value.as_deref(), Some(&b"yes"[..]));
+}
+
+#[tokio::test]
+async fn rootfs_mount_is_planned_through_the_os_trait() {
+    use shoal_images::{FakeImageOs, OsCall, UnpackLimits};
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    let tarball = dir.path().join("app.tar");
+    oci_archive(&tarball, "app:1", &image());
+    let os = Arc::new(FakeImageOs::default());
+    let store = ImageStore::open_with(&dir.path().join("data"), amd64(), os.clone(), UnpackLimits::default()).unwrap();
+    store.import(&tarball).await.unwrap();
+    let target = dir.path().join("rootfs");
+    let mount = store.prepare_rootfs("app", "c1", &target).unwrap_err();
+    assert!(matches!(mount, shoal_images::Error::ImageNotFound(_)));
+    let mount = store.prepare_rootfs("app:1", "c1", &target).unwrap();
+    let top = store.layer_dir(&common::digest(&top_layer())).unwrap();
+    let base = store.layer_dir(&common::digest(&base_layer())).unwrap();
+    assert_eq!(mount.lowerdirs, vec![top.clone(), base.clone()]);
+    let expected = format!(
+        "lowerdir={}:{},upperdir={},workdir={}",
+        top.display(),
+        base.display(),
+        mount.upperdir.display(),
+        mount.workdir.display()
+    );
+    assert!(os.calls().contains(&OsCall::MountOverlay { target: target.clone(), options: expected }));
+    assert!(store.prepare_rootfs("app:1", "../escape", &target).is_err());
+    store.remove_rootfs("c1", &target).unwrap();
+    assert!(os.calls().contains(&OsCall::Unmount { target: target.clone() }));
+    assert!(!mount.upperdir.exists());
+}

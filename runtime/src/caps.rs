@@ -55,16 +55,27 @@ pub(crate) fn number(cap: &Capability) -> Option<u32> {
 
 /// A capability set as a kernel bit mask.
 pub(crate) fn mask(set: Option<&Capabilities>) -> u64 {
-    set.map(|caps| caps.iter().filter_map(number).fold(0u64, |m, n| m | (1u64 << n)))
-        .unwrap_or(0)
+    set.map(|caps| caps.iter().filter_map(number).fold(0u64, |m, n| m | (1u64 << n))).unwrap_or(0)
 }
 
 /// The capabilities containerd gives a container that asks for nothing special.
 pub fn default_capabilities() -> Capabilities {
     use Capability::*;
     [
-        Chown, DacOverride, Fsetid, Fowner, Mknod, NetRaw, Setgid, Setuid, Setfcap, Setpcap, NetBindService,
-        SysChroot, Kill, AuditWrite,
+        Chown,
+        DacOverride,
+        Fsetid,
+        Fowner,
+        Mknod,
+        NetRaw,
+        Setgid,
+        Setuid,
+        Setfcap,
+        Setpcap,
+        NetBindService,
+        SysChroot,
+        Kill,
+        AuditWrite,
     ]
     .into_iter()
     .collect()

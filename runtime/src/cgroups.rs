@@ -6,7 +6,9 @@ use std::sync::Mutex;
 
 use cgroups_rs::manager::Manager;
 use cgroups_rs::{CgroupPid, FsManager};
-use oci_spec::runtime::{LinuxDeviceCgroup, LinuxDeviceCgroupBuilder, LinuxDeviceType, LinuxMemoryBuilder, LinuxResources};
+use oci_spec::runtime::{
+    LinuxDeviceCgroup, LinuxDeviceCgroupBuilder, LinuxDeviceType, LinuxMemoryBuilder, LinuxResources,
+};
 
 use crate::error::{Error, Result};
 
@@ -73,7 +75,7 @@ pub(crate) fn effective_resources(res: &LinuxResources) -> LinuxResources {
         d
     }));
     res.set_devices(Some(devices));
-    if let Some(mem) = res.memory().clone() {
+    if let Some(mem) = *res.memory() {
         if let (Some(limit), None) = (mem.limit(), mem.swap()) {
             if limit > 0 {
                 let mut b = LinuxMemoryBuilder::default().limit(limit).swap(limit);
@@ -258,7 +260,7 @@ impl FakeCgroups {
 impl CgroupDriver for FakeCgroups {
     fn create(&self, path: &str, resources: Option<&LinuxResources>, pid: u32) -> Result<()> {
         let res = resources.map(effective_resources);
-        let mem = res.as_ref().and_then(|r| r.memory().clone());
+        let mem = res.as_ref().and_then(|r| *r.memory());
         let mut g = self.lock();
         g.calls.push(CgroupCall::Create {
             path: path.into(),

@@ -241,7 +241,8 @@ pub(crate) fn finalize(process: &Process) -> io::Result<()> {
     sys::prctl(libc::PR_SET_KEEPCAPS, 0, 0).map_err(|e| ctx("reset keep capabilities", e))?;
     sys::capset(effective, permitted, inheritable).map_err(|e| ctx("capset", e))?;
     for cap in 0..=sys::last_cap() {
-        if ambient & (1u64 << cap) != 0 {
+        // As runc does, an ambient capability the inheritable set lacks is skipped, not fatal.
+        if ambient & inheritable & permitted & (1u64 << cap) != 0 {
             sys::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_RAISE as libc::c_ulong, cap as libc::c_ulong)
                 .map_err(|e| ctx(format!("raise ambient capability {cap}"), e))?;
         }
@@ -280,7 +281,8 @@ pub(crate) fn exec_child(process: &Process, tty: bool) -> ! {
         }
         let prepared = prepare(process)?;
         finalize(process)?;
-        sys::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0).map_err(|e| ctx("set parent death signal", e))?;
+        sys::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0)
+            .map_err(|e| ctx("set parent death signal", e))?;
         chdir_cwd(process)?;
         exec(prepared)
     })();

@@ -210,7 +210,10 @@ pub(crate) fn mount_one(rootfs: &Path, m: &Mount, new_netns: bool) -> io::Result
     let data = if opts.data.is_empty() { None } else { Some(opts.data.join(",")) };
     let bind = opts.bind || typ == "bind";
     if bind {
-        let source = m.source().clone().ok_or_else(|| io::Error::other(format!("bind mount {} without source", m.destination().display())))?;
+        let source = m
+            .source()
+            .clone()
+            .ok_or_else(|| io::Error::other(format!("bind mount {} without source", m.destination().display())))?;
         let meta = std::fs::metadata(&source).map_err(|e| ctx(format!("bind source {}", source.display()), e))?;
         if meta.is_dir() {
             ensure_dir(&dest)?;
@@ -263,11 +266,23 @@ pub(crate) fn mount_one(rootfs: &Path, m: &Mount, new_netns: bool) -> io::Result
 fn mount_cgroup(dest: &Path, flags: MsFlags) -> io::Result<()> {
     ensure_dir(dest)?;
     if is_v2(Path::new("/sys/fs/cgroup")) {
-        mount(Some("cgroup2"), dest, Some("cgroup2"), flags | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC, None::<&str>)
-            .map_err(|e| ctx(format!("mount cgroup2 on {}", dest.display()), errno(e)))
+        mount(
+            Some("cgroup2"),
+            dest,
+            Some("cgroup2"),
+            flags | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            None::<&str>,
+        )
+        .map_err(|e| ctx(format!("mount cgroup2 on {}", dest.display()), errno(e)))
     } else {
-        mount(Some("tmpfs"), dest, Some("tmpfs"), MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC, Some("mode=755"))
-            .map_err(|e| ctx(format!("mount tmpfs on {}", dest.display()), errno(e)))
+        mount(
+            Some("tmpfs"),
+            dest,
+            Some("tmpfs"),
+            MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            Some("mode=755"),
+        )
+        .map_err(|e| ctx(format!("mount tmpfs on {}", dest.display()), errno(e)))
     }
 }
 
@@ -365,7 +380,8 @@ pub(crate) fn setup(spec: &Spec, rootfs: &Path, new_netns: bool) -> io::Result<(
         Some("unbindable") | Some("runbindable") => MsFlags::MS_UNBINDABLE | MsFlags::MS_REC,
         _ => MsFlags::MS_SLAVE | MsFlags::MS_REC,
     };
-    mount(None::<&str>, "/", None::<&str>, propagation, None::<&str>).map_err(|e| ctx("set / propagation", errno(e)))?;
+    mount(None::<&str>, "/", None::<&str>, propagation, None::<&str>)
+        .map_err(|e| ctx("set / propagation", errno(e)))?;
     mount(Some(rootfs), rootfs, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
         .map_err(|e| ctx(format!("bind rootfs {}", rootfs.display()), errno(e)))?;
 
@@ -393,7 +409,11 @@ pub(crate) fn setup(spec: &Spec, rootfs: &Path, new_netns: bool) -> io::Result<(
             let _ = std::fs::remove_file(&path);
             mknod(&path, kind, mode, makedev(d.major() as u64, d.minor() as u64))
                 .map_err(|e| ctx(format!("mknod {}", path.display()), errno(e)))?;
-            let _ = nix::unistd::chown(&path, d.uid().map(nix::unistd::Uid::from_raw), d.gid().map(nix::unistd::Gid::from_raw));
+            let _ = nix::unistd::chown(
+                &path,
+                d.uid().map(nix::unistd::Uid::from_raw),
+                d.gid().map(nix::unistd::Gid::from_raw),
+            );
         }
     }
 
@@ -409,7 +429,8 @@ pub(crate) fn setup(spec: &Spec, rootfs: &Path, new_netns: bool) -> io::Result<(
     }
     if spec.root().as_ref().and_then(|r| r.readonly()).unwrap_or(false) {
         let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | locked_flags(Path::new("/"));
-        mount(None::<&str>, "/", None::<&str>, flags, None::<&str>).map_err(|e| ctx("remount / read-only", errno(e)))?;
+        mount(None::<&str>, "/", None::<&str>, flags, None::<&str>)
+            .map_err(|e| ctx("remount / read-only", errno(e)))?;
     }
     Ok(())
 }

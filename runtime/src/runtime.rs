@@ -154,9 +154,8 @@ impl Runtime {
         let mut spec = Spec::load(&spec_path).map_err(|source| Error::ReadSpec { path: spec_path.clone(), source })?;
         let root = spec.root().as_ref().ok_or_else(|| Error::InvalidSpec("no root".into()))?;
         let rootfs = if root.path().is_absolute() { root.path().clone() } else { bundle.join(root.path()) };
-        let rootfs = rootfs
-            .canonicalize()
-            .map_err(|e| Error::InvalidSpec(format!("rootfs {}: {e}", rootfs.display())))?;
+        let rootfs =
+            rootfs.canonicalize().map_err(|e| Error::InvalidSpec(format!("rootfs {}: {e}", rootfs.display())))?;
         if spec.process().is_none() {
             return Err(Error::InvalidSpec("no process".into()));
         }
@@ -313,9 +312,14 @@ impl Runtime {
     pub fn kill(&self, id: &str, signal: Signal) -> Result<()> {
         let st = self.state(id)?;
         if st.pid == 0 {
-            return Err(Error::WrongStatus { id: id.into(), status: st.status.to_string(), needed: "created or running" });
+            return Err(Error::WrongStatus {
+                id: id.into(),
+                status: st.status.to_string(),
+                needed: "created or running",
+            });
         }
-        nix::sys::signal::kill(Pid::from_raw(st.pid as i32), signal).map_err(|source| Error::Signal { id: id.into(), source })
+        nix::sys::signal::kill(Pid::from_raw(st.pid as i32), signal)
+            .map_err(|source| Error::Signal { id: id.into(), source })
     }
 
     /// Sends a signal to every process of the container (its cgroup).
@@ -363,10 +367,8 @@ impl Runtime {
         let mut pause = Duration::from_micros(100);
         loop {
             let st = state::load(&dir, &self.proc_root)?;
-            if st.status == Status::Stopped {
-                if st.exit_code.is_some() || !self.shim_alive(&dir)? {
-                    return Ok(Some(st));
-                }
+            if st.status == Status::Stopped && (st.exit_code.is_some() || !self.shim_alive(&dir)?) {
+                return Ok(Some(st));
             }
             let now = Instant::now();
             if now >= deadline {
@@ -548,7 +550,11 @@ mod tests {
             created_at: SystemTime::now(),
         };
         state::write_json(&cdir.join(state::CONTAINER_FILE), &c).unwrap();
-        state::write_json(&cdir.join(state::INIT_FILE), &InitFile { pid: 999_999_999, start_time: 1, shim_pid: 999_999_999, shim_start_time: 1 }).unwrap();
+        state::write_json(
+            &cdir.join(state::INIT_FILE),
+            &InitFile { pid: 999_999_999, start_time: 1, shim_pid: 999_999_999, shim_start_time: 1 },
+        )
+        .unwrap();
         state::write_json(
             &cdir.join(state::EXIT_FILE),
             &state::ExitFile { exit_code: 137, oom_killed: true, finished_at: SystemTime::now() },

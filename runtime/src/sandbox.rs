@@ -41,7 +41,9 @@ impl Sandbox {
             return Err(Error::InvalidId(id.to_string()));
         }
         let sb = Sandbox::at(id, root);
-        let err = |operation: &'static str| move |source: io::Error| Error::CreateSandbox { id: id.to_string(), operation, source };
+        let err = |operation: &'static str| {
+            move |source: io::Error| Error::CreateSandbox { id: id.to_string(), operation, source }
+        };
         std::fs::create_dir_all(root).map_err(err("create root"))?;
         std::fs::create_dir(&sb.dir).map_err(err("create directory"))?;
         for (name, _) in FILES {

@@ -147,7 +147,8 @@ fn ns_flag(t: LinuxNamespaceType) -> Option<CloneFlags> {
 }
 
 fn open_ro(path: &Path, flags: OFlag) -> io::Result<OwnedFd> {
-    nix::fcntl::open(path, flags | OFlag::O_CLOEXEC, Mode::empty()).map_err(|e| ctx(format!("open {}", path.display()), errno(e)))
+    nix::fcntl::open(path, flags | OFlag::O_CLOEXEC, Mode::empty())
+        .map_err(|e| ctx(format!("open {}", path.display()), errno(e)))
 }
 
 fn create_container(dir: &Path, c: &ContainerFile, cgroups: &dyn CgroupDriver) -> io::Result<Supervisor> {
@@ -164,7 +165,8 @@ fn create_container(dir: &Path, c: &ContainerFile, cgroups: &dyn CgroupDriver) -
             None => created |= flag,
             Some(p) if flag == CloneFlags::CLONE_NEWPID => {
                 let fd = open_ro(p, OFlag::O_RDONLY)?;
-                nix::sched::setns(&fd, flag).map_err(|e| ctx(format!("join pid namespace {}", p.display()), errno(e)))?;
+                nix::sched::setns(&fd, flag)
+                    .map_err(|e| ctx(format!("join pid namespace {}", p.display()), errno(e)))?;
             }
             Some(p) => join.push((flag, open_ro(p, OFlag::O_RDONLY)?)),
         }

@@ -112,9 +112,9 @@ pub(crate) fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
 
 pub(crate) fn read_json_opt<T: DeserializeOwned>(path: &Path) -> Result<Option<T>> {
     match std::fs::read(path) {
-        Ok(data) => serde_json::from_slice(&data)
-            .map(Some)
-            .map_err(|source| Error::DecodeState { path: path.into(), source }),
+        Ok(data) => {
+            serde_json::from_slice(&data).map(Some).map_err(|source| Error::DecodeState { path: path.into(), source })
+        }
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(source) => Err(Error::ReadState { path: path.into(), source }),
     }

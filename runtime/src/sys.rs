@@ -64,10 +64,7 @@ pub(crate) fn capset(effective: u64, permitted: u64, inheritable: u64) -> io::Re
 
 /// The highest capability number the running kernel knows.
 pub(crate) fn last_cap() -> u32 {
-    std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(40)
+    std::fs::read_to_string("/proc/sys/kernel/cap_last_cap").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(40)
 }
 
 /// pivot_root(2).
@@ -141,10 +138,9 @@ pub(crate) fn ignore_signal(sig: libc::c_int) {
 /// (whatever the process that started us leaked).
 pub(crate) fn cloexec_from(from: RawFd) {
     let fds: Vec<RawFd> = match std::fs::read_dir("/proc/self/fd") {
-        Ok(dir) => dir
-            .filter_map(|e| e.ok())
-            .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse().ok()))
-            .collect(),
+        Ok(dir) => {
+            dir.filter_map(|e| e.ok()).filter_map(|e| e.file_name().to_str().and_then(|s| s.parse().ok())).collect()
+        }
         Err(_) => return,
     };
     for fd in fds.into_iter().filter(|fd| *fd >= from) {

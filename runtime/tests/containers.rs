@@ -55,7 +55,8 @@ impl World {
                 let _ = std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet));
             }
         }
-        std::fs::write(rootfs.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534::/:/bin/sh\n").unwrap();
+        std::fs::write(rootfs.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534::/:/bin/sh\n")
+            .unwrap();
         let mut root = spec.root().clone().unwrap_or_default();
         root.set_path(PathBuf::from("rootfs"));
         spec.set_root(Some(root));
@@ -159,13 +160,14 @@ fn pid_namespace_hides_host_processes() {
 }
 
 #[test]
-fn proc_sys_is_read_only_and_mount_is_refused() {
+fn host_is_out_of_reach_proc_sys_read_only_mount_and_devices_refused() {
     let w = World::new("ro");
     let script = "echo x > /proc/sys/kernel/hostname && echo wrote-proc-sys; \
                   mount -t tmpfs none /tmp && echo mounted; \
                   echo 1 > /sys/kernel/profiling && echo wrote-sys; \
                   cat /proc/kcore | head -c 1 | wc -c; \
                   mknod /tmp/disk b $DISK && head -c 1 /tmp/disk && echo read-disk; \
+                  ls $STATE >/dev/null 2>&1 && echo sees-daemon-state; \
                   echo done";
     // The host's first block device, e.g. 254:0.
     let disk = std::fs::read_dir("/sys/block")
@@ -176,9 +178,11 @@ fn proc_sys_is_read_only_and_mount_is_refused() {
         .expect("a block device")
         .trim()
         .replace(':', " ");
+    // The runtime's state root stands for the daemon's data dir and socket.
+    let state = w.rt.config().root.clone();
     w.run("ro", &["sh", "-c", script], |s| {
         let mut p = s.process().clone().unwrap();
-        p.set_env(Some(vec!["PATH=/bin".into(), format!("DISK={disk}")]));
+        p.set_env(Some(vec!["PATH=/bin".into(), format!("DISK={disk}"), format!("STATE={}", state.display())]));
         s.set_process(Some(p));
     });
     assert_eq!(w.rt.wait("ro").unwrap().exit_code, Some(0));
@@ -237,7 +241,9 @@ fn containers_of_a_sandbox_share_net_ipc_and_uts() {
                 .clone()
                 .unwrap_or_default()
                 .into_iter()
-                .filter(|n| ![LinuxNamespaceType::Network, LinuxNamespaceType::Ipc, LinuxNamespaceType::Uts].contains(&n.typ()))
+                .filter(|n| {
+                    ![LinuxNamespaceType::Network, LinuxNamespaceType::Ipc, LinuxNamespaceType::Uts].contains(&n.typ())
+                })
                 .collect();
             ns.extend(sb.namespaces());
             linux.set_namespaces(Some(ns));
@@ -248,7 +254,11 @@ fn containers_of_a_sandbox_share_net_ipc_and_uts() {
     w.run("server", &["sh", "-c", "readlink /proc/self/ns/net; nc -l -p 9000"], join(Some("pod-a")));
     w.run(
         "client",
-        &["sh", "-c", "hostname; for i in $(seq 1 100); do echo hello | nc 127.0.0.1 9000 && exit 0; sleep 0.1; done; exit 1"],
+        &[
+            "sh",
+            "-c",
+            "hostname; for i in $(seq 1 100); do echo hello | nc 127.0.0.1 9000 && exit 0; sleep 0.1; done; exit 1",
+        ],
         join(None),
     );
     assert_eq!(w.rt.wait("client").unwrap().exit_code, Some(0));
@@ -284,7 +294,8 @@ fn stop_sends_term_then_kill_after_the_grace_period() {
 #[test]
 fn shim_outlives_the_daemon_and_state_is_readopted() {
     let w = World::new("adopt");
-    let spec = default_spec("rootfs", vec!["sh".into(), "-c".into(), "while true; do echo tick; sleep 0.05; done".into()]);
+    let spec =
+        default_spec("rootfs", vec!["sh".into(), "-c".into(), "while true; do echo tick; sleep 0.05; done".into()]);
     let bundle = w.bundle("ticker", spec);
     let root = w.rt.config().root.clone();
     std::fs::create_dir_all(&root).unwrap();
@@ -330,7 +341,11 @@ fn exec_runs_inside_the_container() {
         s.set_hostname(Some("inside".into()));
     });
     let process = ProcessBuilder::default()
-        .args(vec!["sh".to_string(), "-c".into(), "hostname; cat /proc/1/cmdline | tr '\\0' ' '; echo; id -u; exit 4".into()])
+        .args(vec![
+            "sh".to_string(),
+            "-c".into(),
+            "hostname; cat /proc/1/cmdline | tr '\\0' ' '; echo; id -u; exit 4".into(),
+        ])
         .env(vec!["PATH=/bin".to_string()])
         .cwd("/")
         .build()

@@ -39,8 +39,11 @@ pub(crate) fn write_file(path: &Path, data: &SnapshotData) -> Result<()> {
 
 pub(crate) fn read_file(path: &Path) -> Result<SnapshotData> {
     let invalid = |reason: &str| Error::InvalidBackup { path: path.display().to_string(), reason: reason.to_string() };
-    let bytes =
-        std::fs::read(path).map_err(|e| Error::Io { operation: "read backup", path: path.display().to_string(), source: e })?;
+    let bytes = std::fs::read(path).map_err(|e| Error::Io {
+        operation: "read backup",
+        path: path.display().to_string(),
+        source: e,
+    })?;
     if bytes.len() < MAGIC.len() + 32 || &bytes[..MAGIC.len()] != MAGIC {
         return Err(invalid("not a shoal store backup"));
     }

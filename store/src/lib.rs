@@ -18,13 +18,13 @@ mod network;
 mod node;
 mod raft_types;
 mod state_machine;
+#[cfg(test)]
+mod storage_tests;
 mod store;
 mod tables;
 pub mod testing;
 mod types;
 mod voters;
-#[cfg(test)]
-mod storage_tests;
 
 pub use error::{Error, Result};
 pub use network::{service, RaftTransport, TransportError};

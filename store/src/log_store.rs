@@ -101,14 +101,7 @@ fn load(db: &Database) -> crate::Result<(LogMem, ())> {
     };
     let last_log_id = last.or(last_purged);
     Ok((
-        LogMem {
-            pending: BTreeMap::new(),
-            last_log_id,
-            last_purged,
-            vote,
-            committed,
-            committed_written: committed,
-        },
+        LogMem { pending: BTreeMap::new(), last_log_id, last_purged, vote, committed, committed_written: committed },
         (),
     ))
 }

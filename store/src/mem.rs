@@ -140,12 +140,8 @@ impl MemStore {
             if after + 1 < oldest && after < st.revision {
                 return Err(Error::Compacted { requested: after, oldest });
             }
-            let backlog: Vec<WatchEvent> = st
-                .history
-                .iter()
-                .filter(|e| e.revision > after && e.kv.key.starts_with(prefix))
-                .cloned()
-                .collect();
+            let backlog: Vec<WatchEvent> =
+                st.history.iter().filter(|e| e.revision > after && e.kv.key.starts_with(prefix)).cloned().collect();
             (backlog, after.max(st.revision))
         };
         let prefix = prefix.to_string();
@@ -229,8 +225,12 @@ fn apply(st: &mut State, txn: &Txn) -> (TxnResult, Vec<WatchEvent>) {
                 }
             }
             Op::DeletePrefix { prefix } => {
-                let keys: Vec<String> =
-                    st.data.range(prefix.clone()..).take_while(|(k, _)| k.starts_with(prefix.as_str())).map(|(k, _)| k.clone()).collect();
+                let keys: Vec<String> = st
+                    .data
+                    .range(prefix.clone()..)
+                    .take_while(|(k, _)| k.starts_with(prefix.as_str()))
+                    .map(|(k, _)| k.clone())
+                    .collect();
                 for key in keys {
                     if let Some(prev) = st.data.remove(&key) {
                         let mut kv = prev.clone();

@@ -4,7 +4,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use openraft::error::{InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::error::{
+    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError, Unreachable,
+};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
@@ -32,7 +34,12 @@ pub mod service {
     /// Refresh a lease's deadline (leader only).
     pub const KEEPALIVE: &str = "store.lease_keepalive";
 
-    pub const ALL: [&str; 8] = [APPEND, VOTE, SNAPSHOT, PROPOSE, READ_INDEX, ADD_LEARNER, ADD_LEARNER_LEADER, KEEPALIVE];
+    /// Largest request body `Store::handle_rpc` accepts; a transport may refuse larger ones
+    /// before reading them.
+    pub const MAX_BODY_BYTES: usize = crate::codec::MAX_RPC_BYTES;
+
+    pub const ALL: [&str; 8] =
+        [APPEND, VOTE, SNAPSHOT, PROPOSE, READ_INDEX, ADD_LEARNER, ADD_LEARNER_LEADER, KEEPALIVE];
 }
 
 /// A failed call to a peer.
@@ -56,7 +63,12 @@ pub enum TransportError {
 /// The receiving side hands `(service, body)` to [`crate::Store::handle_rpc`] and returns its
 /// bytes (or, when it fails, an error the caller sees as [`TransportError::Refused`]).
 pub trait RaftTransport: Send + Sync + 'static {
-    fn call(&self, addr: &str, service: &'static str, body: Vec<u8>) -> BoxFuture<'static, Result<Vec<u8>, TransportError>>;
+    fn call(
+        &self,
+        addr: &str,
+        service: &'static str,
+        body: Vec<u8>,
+    ) -> BoxFuture<'static, Result<Vec<u8>, TransportError>>;
 }
 
 /// Leader hint in answers from a node that is not the leader.

@@ -30,6 +30,8 @@ use crate::{Error, Result};
 const WATCH_BUFFER: usize = 1024;
 /// Largest transaction a client may propose.
 const MAX_TXN_BYTES: usize = 8 << 20;
+/// Largest snapshot a node accepts from its leader.
+const MAX_SNAPSHOT_BYTES: usize = 1 << 30;
 const RETRY_PAUSE: Duration = Duration::from_millis(50);
 const LEASE_TICK: Duration = Duration::from_millis(200);
 /// Group commit: transactions arriving while earlier batches are in flight are proposed as
@@ -78,9 +80,7 @@ impl RaftNode {
         let path = db_path(&cfg.data_dir);
         let db = {
             let path = path.clone();
-            tokio::task::spawn_blocking(move || open_db(&path))
-                .await
-                .map_err(|e| Error::raft("open", e))??
+            tokio::task::spawn_blocking(move || open_db(&path)).await.map_err(|e| Error::raft("open", e))??
         };
         let log = LogStore::open(db.clone())?;
         let sm = StateMachine::open(db.clone(), cfg.history_revisions)?;
@@ -345,13 +345,15 @@ impl RaftNode {
         loop {
             let reply = match self.leader() {
                 Some((id, _)) if id == self.cfg.node_id => Some(self.keepalive_local(lease)?),
-                Some((_, addr)) => match self.call::<_, KeepaliveReply>(&addr, service::KEEPALIVE, &lease, deadline).await {
-                    Ok(r) => Some(r),
-                    Err(e) => {
-                        last_err = e.to_string();
-                        None
+                Some((_, addr)) => {
+                    match self.call::<_, KeepaliveReply>(&addr, service::KEEPALIVE, &lease, deadline).await {
+                        Ok(r) => Some(r),
+                        Err(e) => {
+                            last_err = e.to_string();
+                            None
+                        }
                     }
-                },
+                }
                 None => None,
             };
             match reply {
@@ -650,13 +652,23 @@ impl RaftNode {
                 encode("reply", &self.raft.vote(req).await)
             }
             service::SNAPSHOT => {
-                let req = decode("install snapshot request", body)?;
+                let req: openraft::raft::InstallSnapshotRequest<crate::raft_types::TypeConfig> =
+                    decode("install snapshot request", body)?;
+                // A chunk lands at its offset: refuse offsets that would make the receiver
+                // allocate more than any real snapshot needs.
+                let end = usize::try_from(req.offset).unwrap_or(usize::MAX).saturating_add(req.data.len());
+                if end > MAX_SNAPSHOT_BYTES {
+                    return Err(Error::TooLarge { what: "snapshot", size: end, limit: MAX_SNAPSHOT_BYTES });
+                }
                 encode("reply", &self.raft.install_snapshot(req).await)
             }
             service::PROPOSE => {
                 let req: ProposeRequest = decode("propose request", body)?;
                 if let Command::Batch(_) = req.command {
-                    return encode("reply", &ProposeReply::Failed { reason: "batches are formed by the leader".into() });
+                    return encode(
+                        "reply",
+                        &ProposeReply::Failed { reason: "batches are formed by the leader".into() },
+                    );
                 }
                 let deadline = Instant::now() + self.cfg.request_timeout;
                 encode("reply", &self.write_local(req.command, deadline).await?)
@@ -824,7 +836,9 @@ async fn batch_loop(raft: Raft, mut rx: mpsc::UnboundedReceiver<Pending>, cancel
             let (commands, replies): (Vec<Command>, Vec<_>) = batch.into_iter().map(|p| (p.command, p.reply)).unzip();
             let n = commands.len();
             match client_write(&raft, Command::Batch(commands)).await {
-                Ok(ProposeReply::Applied { response: CommandResponse::Batch(answers), index }) if answers.len() == n => {
+                Ok(ProposeReply::Applied { response: CommandResponse::Batch(answers), index })
+                    if answers.len() == n =>
+                {
                     for (reply, response) in replies.into_iter().zip(answers) {
                         let _ = reply.send(Ok(ProposeReply::Applied { response, index }));
                     }

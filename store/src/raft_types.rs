@@ -40,11 +40,20 @@ impl RequestId {
 /// replicated tables, so every replica reaches the same state.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
-    Txn { request: RequestId, txn: Txn },
+    Txn {
+        request: RequestId,
+        txn: Txn,
+    },
     /// Grants a lease; its id is the log index of this command.
-    LeaseGrant { request: RequestId, ttl_ms: u64 },
+    LeaseGrant {
+        request: RequestId,
+        ttl_ms: u64,
+    },
     /// Revokes a lease and deletes its keys (sent by a client, or by the leader on expiry).
-    LeaseRevoke { request: RequestId, lease: u64 },
+    LeaseRevoke {
+        request: RequestId,
+        lease: u64,
+    },
     /// Transactions the leader collected while the previous write was in flight: one log
     /// entry, one flush, applied in order (each at its own revision).
     Batch(Vec<Command>),
@@ -53,9 +62,9 @@ pub enum Command {
 impl Command {
     pub fn request(&self) -> Option<RequestId> {
         match self {
-            Command::Txn { request, .. } | Command::LeaseGrant { request, .. } | Command::LeaseRevoke { request, .. } => {
-                Some(*request)
-            }
+            Command::Txn { request, .. }
+            | Command::LeaseGrant { request, .. }
+            | Command::LeaseRevoke { request, .. } => Some(*request),
             Command::Batch(_) => None,
         }
     }
@@ -64,7 +73,9 @@ impl Command {
 /// Why a command applied as a no-op.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ApplyError {
-    LeaseNotFound { lease: u64 },
+    LeaseNotFound {
+        lease: u64,
+    },
     /// A batch inside a batch (never proposed by a correct leader).
     NestedBatch,
 }
@@ -76,8 +87,13 @@ pub enum CommandResponse {
     #[default]
     None,
     Txn(TxnResult),
-    LeaseGranted { lease: u64, revision: u64 },
-    LeaseRevoked { revision: u64 },
+    LeaseGranted {
+        lease: u64,
+        revision: u64,
+    },
+    LeaseRevoked {
+        revision: u64,
+    },
     Batch(Vec<CommandResponse>),
     Failed(ApplyError),
 }

@@ -27,7 +27,9 @@ const REQUESTS_KEPT: u64 = 20_000;
 pub(crate) enum Notice {
     Events(Arc<Vec<WatchEvent>>),
     /// The state was replaced by a snapshot: watchers re-list.
-    Reset { revision: u64 },
+    Reset {
+        revision: u64,
+    },
 }
 
 /// Progress of the local replica.
@@ -432,12 +434,7 @@ pub(crate) fn read_snapshot_data(db: &Database) -> Result<(SnapshotData, Option<
 }
 
 /// Replaces the whole replicated state with `data` (snapshot install and restore).
-pub(crate) fn write_snapshot_state(
-    db: &Database,
-    data: &SnapshotData,
-    meta: &SnapshotMeta,
-    blob: &[u8],
-) -> Result<()> {
+pub(crate) fn write_snapshot_state(db: &Database, data: &SnapshotData, meta: &SnapshotMeta, blob: &[u8]) -> Result<()> {
     let mut w = db.begin_write().map_err(db_err)?;
     w.set_durability(Durability::Immediate).map_err(db_err)?;
     w.delete_table(KV).map_err(db_err)?;
@@ -522,8 +519,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             return Ok(Vec::new());
         }
         let shared = self.shared.clone();
-        let (responses, events, applied) =
-            tokio::task::spawn_blocking(move || apply_batch(&shared, entries)).await.map_err(sm_err)?.map_err(sm_err)?;
+        let (responses, events, applied) = tokio::task::spawn_blocking(move || apply_batch(&shared, entries))
+            .await
+            .map_err(sm_err)?
+            .map_err(sm_err)?;
         if !events.is_empty() {
             let _ = self.shared.notices.send(Notice::Events(Arc::new(events)));
         }
@@ -539,7 +538,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok(Box::new(Cursor::new(Vec::new())))
     }
 
-    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Box<Cursor<Vec<u8>>>) -> Result<(), StorageError> {
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
         let blob = snapshot.into_inner();
         let data: SnapshotData = decode("snapshot", &blob).map_err(sm_err)?;
         let shared = self.shared.clone();

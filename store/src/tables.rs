@@ -42,7 +42,13 @@ pub(crate) struct KvRecord {
 
 impl KvRecord {
     pub fn into_kv(self, key: String) -> Kv {
-        Kv { key, value: self.value, create_revision: self.create_revision, mod_revision: self.mod_revision, lease: self.lease }
+        Kv {
+            key,
+            value: self.value,
+            create_revision: self.create_revision,
+            mod_revision: self.mod_revision,
+            lease: self.lease,
+        }
     }
 }
 

@@ -76,7 +76,12 @@ struct MemTransport {
 }
 
 impl RaftTransport for MemTransport {
-    fn call(&self, addr: &str, service: &'static str, body: Vec<u8>) -> BoxFuture<'static, Result<Vec<u8>, TransportError>> {
+    fn call(
+        &self,
+        addr: &str,
+        service: &'static str,
+        body: Vec<u8>,
+    ) -> BoxFuture<'static, Result<Vec<u8>, TransportError>> {
         let target = {
             let n = self.net.lock();
             if n.cut.contains(&(self.from.clone(), addr.to_string())) {

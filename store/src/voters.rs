@@ -95,7 +95,10 @@ mod tests {
         assert_eq!(run(&[1], &[2, 3], &[1, 2, 3], Duration::ZERO), Some(VoterChange::Promote { node_id: 2 }));
         assert_eq!(run(&[1, 2], &[3], &[1, 2, 3], Duration::ZERO), Some(VoterChange::Promote { node_id: 3 }));
         assert_eq!(run(&[1, 2, 3], &[4], &[1, 2, 3, 4], Duration::ZERO), None);
-        assert_eq!(run(&[1, 2, 3], &[4, 5], &[1, 2, 3, 4, 5], Duration::ZERO), Some(VoterChange::Promote { node_id: 4 }));
+        assert_eq!(
+            run(&[1, 2, 3], &[4, 5], &[1, 2, 3, 4, 5], Duration::ZERO),
+            Some(VoterChange::Promote { node_id: 4 })
+        );
         assert_eq!(run(&[1, 2], &[], &[1, 2], Duration::ZERO), None);
     }
 

@@ -196,7 +196,8 @@ async fn lagging_node_catches_up_from_a_snapshot_and_the_log_stays_bounded() {
 async fn five_nodes_survive_losing_two_voters_one_after_the_other() {
     init_tracing();
     let dir = tempfile::tempdir().unwrap();
-    let mut c = TestCluster::start_with(dir.path(), 5, |cfg| cfg.voter_grace = Duration::from_millis(500)).await.unwrap();
+    let mut c =
+        TestCluster::start_with(dir.path(), 5, |cfg| cfg.voter_grace = Duration::from_millis(500)).await.unwrap();
     let leader = c.wait_leader(LONG).await.unwrap();
     assert_eq!(c.store(leader).status().members.iter().filter(|m| m.role == Role::Voter).count(), 5);
     c.store(leader).txn(Txn::put("/five", vec![5])).await.unwrap();
@@ -216,14 +217,8 @@ async fn five_nodes_survive_losing_two_voters_one_after_the_other() {
                 }
             }
             let l = c.wait_leader(LONG).await.unwrap();
-            let voters: BTreeSet<u64> = c
-                .store(l)
-                .status()
-                .members
-                .iter()
-                .filter(|m| m.role == Role::Voter)
-                .map(|m| m.node_id)
-                .collect();
+            let voters: BTreeSet<u64> =
+                c.store(l).status().members.iter().filter(|m| m.role == Role::Voter).map(|m| m.node_id).collect();
             if !voters.contains(&victim) && voters.len() == 3 {
                 break;
             }
@@ -244,7 +239,8 @@ async fn five_nodes_survive_losing_two_voters_one_after_the_other() {
 async fn writes_fail_cleanly_without_a_quorum() {
     init_tracing();
     let dir = tempfile::tempdir().unwrap();
-    let mut c = TestCluster::start_with(dir.path(), 3, |cfg| cfg.request_timeout = Duration::from_secs(2)).await.unwrap();
+    let mut c =
+        TestCluster::start_with(dir.path(), 3, |cfg| cfg.request_timeout = Duration::from_secs(2)).await.unwrap();
     let leader = c.wait_leader(LONG).await.unwrap();
     for id in c.running() {
         if id != leader {
@@ -270,4 +266,64 @@ async fn an_idle_cluster_writes_nothing() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     let after: Vec<_> = files.iter().map(|f| std::fs::metadata(f).unwrap().modified().unwrap()).collect();
     assert_eq!(before, after, "heartbeats must not write to any node's file");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fourth_node_joins_through_a_follower_as_learner() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = TestCluster::start(dir.path(), 3).await.unwrap();
+    let leader = c.wait_leader(LONG).await.unwrap();
+    c.store(leader).txn(Txn::put("/before-join", vec![1])).await.unwrap();
+    let follower = c.running().into_iter().find(|i| *i != leader).unwrap();
+    let s4 = c.launch(4).await.unwrap();
+    s4.join_via(&addr_of(follower)).await.unwrap();
+    s4.sync().await.unwrap();
+    assert_eq!(value(&c, 4, "/before-join").await, Some(vec![1]));
+    let st = c.store(leader).status();
+    let m4 = st.members.iter().find(|m| m.node_id == 4).expect("node 4 is a member");
+    assert_eq!(m4.role, Role::Learner);
+    assert_eq!(m4.addr, addr_of(4));
+    // Writes through the learner are forwarded too.
+    s4.txn(Txn::put("/from-learner", vec![4])).await.unwrap();
+    c.store(leader).sync().await.unwrap();
+    assert_eq!(value(&c, leader, "/from-learner").await, Some(vec![4]));
+    // Joining again (a restart) changes nothing.
+    s4.join_via(&addr_of(leader)).await.unwrap();
+    assert_eq!(c.store(leader).status().members.len(), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_kept_alive_through_a_follower_survive_failover_and_expire_after() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = TestCluster::start(dir.path(), 3).await.unwrap();
+    let leader = c.wait_leader(LONG).await.unwrap();
+    let follower = c.running().into_iter().find(|i| *i != leader).unwrap();
+    let f = c.store(follower).clone();
+    let lease = f.lease_grant(Duration::from_millis(1500)).await.unwrap();
+    f.txn(Txn::ops(vec![shoal_store::Op::Put { key: "/lease/k".into(), value: vec![1], lease: Some(lease) }]))
+        .await
+        .unwrap();
+    // Kept alive for longer than its TTL, across a leader change.
+    for _ in 0..6 {
+        f.lease_keepalive(lease).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    c.stop(leader).await.unwrap();
+    let rest = c.running();
+    c.wait_leader_among(&rest, LONG).await.unwrap();
+    f.lease_keepalive(lease).await.unwrap();
+    assert_eq!(value(&c, follower, "/lease/k").await, Some(vec![1]));
+    // Left alone, it expires and its key is deleted everywhere.
+    let deadline = Instant::now() + LONG;
+    loop {
+        f.sync().await.unwrap();
+        if value(&c, follower, "/lease/k").await.is_none() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "lease never expired");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(matches!(f.lease_keepalive(lease).await, Err(Error::LeaseNotFound { .. })));
 }

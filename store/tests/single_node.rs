@@ -172,10 +172,7 @@ async fn backup_and_restore_into_a_new_cluster() {
     let last = bytes.len() - 1;
     bytes[last] ^= 0xff;
     std::fs::write(&backup, &bytes).unwrap();
-    assert!(matches!(
-        Store::restore(&backup, dir.path().join("again"), 8, "node-8"),
-        Err(Error::InvalidBackup { .. })
-    ));
+    assert!(matches!(Store::restore(&backup, dir.path().join("again"), 8, "node-8"), Err(Error::InvalidBackup { .. })));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -381,11 +381,15 @@ async fn write(ctx: &Ctx, name: &str, mut next: Value, old: &Value, mode: Update
     }
 }
 
-fn mode_for(sub: Option<&str>) -> UpdateMode {
+/// What a write replaces: the status subresource only status; the object everything but
+/// status, unless the resource has no status subresource (then status is ordinary content).
+fn mode_for(res: &Resource, sub: Option<&str>) -> UpdateMode {
     if sub == Some("status") {
         UpdateMode::Status
-    } else {
+    } else if res.subresources.iter().any(|s| s == "status") {
         UpdateMode::Spec
+    } else {
+        UpdateMode::All
     }
 }
 
@@ -417,7 +421,7 @@ pub(crate) async fn update(ctx: &Ctx) -> Result<Response, ApiError> {
     check_type_meta(&ctx.res, &obj)?;
     let old = ctx.get_existing(name).await?;
     prepare_update(ctx, name, &mut obj, &old)?;
-    let out = write(ctx, name, obj, &old, mode_for(ctx.sub.as_deref())).await?;
+    let out = write(ctx, name, obj, &old, mode_for(&ctx.res, ctx.sub.as_deref())).await?;
     Ok(json_response(StatusCode::OK, &out))
 }
 
@@ -456,7 +460,7 @@ pub(crate) async fn patch(ctx: &Ctx) -> Result<Response, ApiError> {
         }
         check_type_meta(&ctx.res, &next)?;
         prepare_update(ctx, name, &mut next, &old)?;
-        match write(ctx, name, next, &old, mode_for(ctx.sub.as_deref())).await {
+        match write(ctx, name, next, &old, mode_for(&ctx.res, ctx.sub.as_deref())).await {
             Ok(out) => return Ok(json_response(StatusCode::OK, &out)),
             Err(e) if e.reason == "Conflict" && !rv_from_patch => continue,
             Err(e) => return Err(e),

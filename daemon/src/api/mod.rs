@@ -6,7 +6,7 @@
 //! event streams, `discovery` and `openapi` what kubectl reads before it acts, `table` the
 //! server-side printing, `registry` the served resources (built-in and from CRDs), and one
 //! file per kind with behaviour of its own (`pod`, `service`, `namespace`, `secret`,
-//! `workloads`, `job`, `crd`, `scale`).
+//! `workloads`, `job`, `crd`, `scale`), `exec` the WebSocket exec/attach sessions.
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -24,6 +24,7 @@ use tracing::{debug, info, warn};
 mod crd;
 mod crud;
 mod discovery;
+mod exec;
 mod job;
 mod kubeconfig;
 mod namespace;
@@ -42,7 +43,7 @@ mod watch;
 mod workloads;
 
 pub use kubeconfig::kubeconfig;
-pub use streams::{ByteStream, LogOptions, PodStreams, StreamError};
+pub use streams::{ByteStream, ExecIo, ExecOptions, LogOptions, PodStreams, StreamError, TerminalSize};
 pub use tls::TlsMaterial;
 
 /// The Kubernetes version whose API is served (kubectl's dispatcher picks its binary by it).

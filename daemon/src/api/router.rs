@@ -12,7 +12,7 @@ use tracing::debug;
 
 use super::crud::{self, json_response, Ctx, PatchKind};
 use super::status::ApiError;
-use super::{discovery, namespace, openapi, pod, registry, scale, watch, ApiState};
+use super::{discovery, exec, namespace, openapi, pod, registry, scale, watch, ApiState};
 
 fn header_str(h: &HeaderMap, name: header::HeaderName) -> String {
     h.get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string()
@@ -162,6 +162,24 @@ async fn resource(
             return Err(ApiError::path_not_found());
         }
     }
+    if let (Some(sub @ ("exec" | "attach")), Some(name)) = (target.sub.as_deref(), target.name.as_deref()) {
+        let attach = sub == "attach";
+        let pod = state
+            .objects
+            .get(&res, target.ns.as_deref(), name)
+            .await
+            .map_err(|e| ApiError::from_objects(e, &res, name))?
+            .ok_or_else(|| ApiError::not_found(&res, name))?;
+        if let Some(phase @ ("Succeeded" | "Failed")) = pod["status"]["phase"].as_str() {
+            return Err(ApiError::bad_request(format!(
+                "cannot exec into a container in a completed pod; current phase is {phase}"
+            )));
+        }
+        let streams = state.streams.clone().ok_or_else(|| ApiError::unavailable("node agent not available"))?;
+        let opts = exec::options(req.uri(), &pod, attach)?;
+        let (parts, _) = req.into_parts();
+        return exec::serve(parts, streams, pod, opts, attach).await;
+    }
     let query: HashMap<String, String> =
         Query::<HashMap<String, String>>::try_from_uri(req.uri()).map(|q| q.0).unwrap_or_default();
     let accept = header_str(req.headers(), header::ACCEPT);
@@ -190,13 +208,10 @@ async fn resource(
         (Method::POST, true, Some("binding")) => Ok(json_response(StatusCode::CREATED, &pod::bind(&ctx).await?)),
         (Method::POST, true, Some("eviction")) => crud::delete(&ctx).await,
         (Method::PUT, true, Some("finalize")) => ok(namespace::finalize(&ctx).await?),
-        (_, true, Some("exec" | "attach" | "portforward")) => {
+        (_, true, Some("portforward")) => {
             let name = ctx.name()?;
             ctx.get_existing(name).await?;
-            Err(ApiError::unavailable(format!(
-                "node agent not available: {} is not served by this API server yet",
-                sub.as_deref().unwrap_or_default()
-            )))
+            Err(ApiError::unavailable("port-forward is not served by this API server yet"))
         }
         _ => Err(ApiError::method_not_allowed(format!(
             "the server does not allow this method on the requested resource ({method})"

@@ -35,8 +35,49 @@ pub enum StreamError {
     Unavailable(String),
 }
 
+/// `pods/exec` and `pods/attach` options, as kubectl sends them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExecOptions {
+    pub container: String,
+    /// The command to run (empty for attach).
+    pub command: Vec<String>,
+    pub stdin: bool,
+    pub stdout: bool,
+    pub stderr: bool,
+    pub tty: bool,
+}
+
+/// A terminal size sent by the client (`kubectl exec -t` on resize).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TerminalSize {
+    pub width: u16,
+    pub height: u16,
+}
+
+/// The streams of one exec/attach session. The implementation reads `stdin` (closed on EOF),
+/// writes `stdout`/`stderr` (with a TTY everything goes to `stdout`) and follows `resize`.
+pub struct ExecIo {
+    pub stdin: Option<tokio::sync::mpsc::Receiver<Bytes>>,
+    pub stdout: tokio::sync::mpsc::Sender<Bytes>,
+    pub stderr: tokio::sync::mpsc::Sender<Bytes>,
+    pub resize: tokio::sync::mpsc::Receiver<TerminalSize>,
+}
+
 /// Implemented by the node agent (locally, or by proxying to the node that runs the pod).
 /// `pod` is the Pod object as stored, so the implementation knows `spec.nodeName` and the uid.
 pub trait PodStreams: Send + Sync {
     fn logs(&self, pod: &Value, opts: LogOptions) -> BoxFuture<'static, Result<ByteStream, StreamError>>;
+
+    /// Runs `opts.command` in the container; resolves to its exit code once it has ended and
+    /// its output has been written.
+    fn exec(&self, pod: &Value, opts: ExecOptions, io: ExecIo) -> BoxFuture<'static, Result<i32, StreamError>> {
+        let _ = (pod, opts, io);
+        Box::pin(async { Err(StreamError::Unavailable("exec is not supported by this node agent".into())) })
+    }
+
+    /// Attaches to the container's main process; resolves when it ends (or stdin closes).
+    fn attach(&self, pod: &Value, opts: ExecOptions, io: ExecIo) -> BoxFuture<'static, Result<i32, StreamError>> {
+        let _ = (pod, opts, io);
+        Box::pin(async { Err(StreamError::Unavailable("attach is not supported by this node agent".into())) })
+    }
 }

@@ -1,4 +1,6 @@
 //! Command-line interface. clap and anyhow live here and in main.rs only.
+mod image;
+mod runtime;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -65,6 +67,21 @@ enum Cmd {
         #[arg(long)]
         server: Option<String>,
     },
+    /// Manage the images of this node.
+    Image {
+        #[command(flatten)]
+        dir: DataDir,
+        #[command(subcommand)]
+        cmd: image::ImageCmd,
+    },
+    /// Run one OCI bundle by hand, as runc does (for debugging and benchmarks).
+    Runtime {
+        /// State directory of the runtime.
+        #[arg(long, global = true, default_value = "/run/shoal/runtime")]
+        root: PathBuf,
+        #[command(subcommand)]
+        cmd: runtime::RuntimeCmd,
+    },
     /// Read and write raw store keys through the local daemon (for tests and debugging).
     #[command(hide = true)]
     Kv {
@@ -108,7 +125,10 @@ struct UpArgs {
 }
 
 /// Runs the hidden shim subcommand if this process is a container shim.
-pub fn maybe_run_shim(_args: &[String]) -> Option<i32> {
+pub fn maybe_run_shim(args: &[String]) -> Option<i32> {
+    if args.get(1).map(String::as_str) == Some("__shim") {
+        return Some(shoal_runtime::shim_main(args[2..].to_vec()));
+    }
     None
 }
 
@@ -164,6 +184,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let v = control::call(&dir.data_dir, &Request::Kubeconfig { server }).await?;
             print!("{}", v.as_str().unwrap_or_default());
             Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Image { dir, cmd } => {
+            image::run(cmd, &dir.data_dir).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Runtime { root, cmd } => {
+            let code = tokio::task::spawn_blocking(move || runtime::run(cmd, &root)).await??;
+            Ok(ExitCode::from(code.clamp(0, 255) as u8))
         }
         Cmd::Kv { dir, op } => {
             let req = match op {

@@ -106,12 +106,7 @@ pub fn run(cmd: RuntimeCmd, root: &Path) -> anyhow::Result<i32> {
         }
         RuntimeCmd::Kill { id, signal, all } => {
             let sig = parse_signal(&signal)?;
-            if all {
-                rt.kill_all(&id, sig)
-            } else {
-                rt.kill(&id, sig)
-            }
-            .with_context(|| format!("kill {id}"))?;
+            if all { rt.kill_all(&id, sig) } else { rt.kill(&id, sig) }.with_context(|| format!("kill {id}"))?;
             Ok(0)
         }
         RuntimeCmd::Stop { id, time } => {

@@ -49,9 +49,20 @@ impl RaftTransport for Quic {
         let addr = addr.to_string();
         async move {
             let sa: SocketAddr = addr.parse().map_err(|_| TransportError::Unreachable { addr: addr.clone(), reason: "not a socket address".into() })?;
-            t.call(sa, service, body).await.map_err(|e| peer_error(&addr, e))
+            t.call_with_timeout(sa, service, body, call_timeout(service)).await.map_err(|e| peer_error(&addr, e))
         }
         .boxed()
+    }
+}
+
+/// Raft messages to a dead peer must fail fast (a kill -9 leaves the QUIC connection open
+/// until its idle timeout), or elections and forwarded writes wait for nothing.
+fn call_timeout(service: &str) -> Duration {
+    use shoal_store::service;
+    match service {
+        s if s == service::PROPOSE || s == service::READ_INDEX => Duration::from_secs(2),
+        s if s == service::SNAPSHOT => Duration::from_secs(60),
+        _ => Duration::from_secs(3),
     }
 }
 

@@ -14,6 +14,8 @@ use super::util::{self, *};
 use super::{Context, Kinds, Result};
 
 const FOREGROUND: &str = "foregroundDeletion";
+/// The key of a full sweep over every covered object.
+const SWEEP: &str = "*";
 const ORPHAN: &str = "orphan";
 
 /// Kinds that take part in garbage collection (as owners or dependents).
@@ -68,11 +70,12 @@ fn gc_key(ev: &ObjectEvent) -> Vec<ObjKey> {
 pub(crate) fn spec(k: &Kinds) -> ControllerSpec {
     ControllerSpec {
         kind: "GarbageCollector",
-        // The resync lists pods; everything else is reached through events.
+        // The initial run and the resync sweep everything (key SWEEP); events target one object.
         primary: k.pods.clone(),
         watches: covered().into_iter().map(|res| Watch { res, map: Mapper::Custom(gc_key) }).collect(),
         on_health_change: false,
         workers: 2,
+        single_key: Some(SWEEP),
         reconcile: |key, ctx| -> ReconcileFuture { Box::pin(reconcile(key, ctx)) },
     }
 }
@@ -83,8 +86,7 @@ fn split_key(key: &ObjKey) -> Option<(Resource, String)> {
             let (plural, group) = rid.split_once('.')?;
             Some((resources::find(group, plural)?, name.to_string()))
         }
-        // Plain keys come from the resync of pods.
-        None => Some((resources::find("", "pods")?, key.name.clone())),
+        None => None,
     }
 }
 
@@ -130,6 +132,9 @@ async fn dependents(
 }
 
 pub(crate) async fn reconcile(key: ObjKey, ctx: Arc<Context>) -> Result<Action> {
+    if key.name == SWEEP {
+        return sweep(&ctx).await;
+    }
     let Some((res, name)) = split_key(&key) else { return Ok(Action::await_change()) };
     let ns = key.ns();
     let Some(obj) = util::get(&ctx.objects, &res, ns, &name).await? else {
@@ -171,6 +176,27 @@ pub(crate) async fn reconcile(key: ObjKey, ctx: Arc<Context>) -> Result<Action> 
     }
     collect_dependent(&ctx, &res, &obj).await?;
     Ok(Action::await_change())
+}
+
+/// Looks at every covered object: dependents whose owners are gone, owners stuck with a
+/// garbage-collector finalizer (for instance after the controllers were down).
+async fn sweep(ctx: &Arc<Context>) -> Result<Action> {
+    let mut finalizing = Vec::new();
+    for res in covered() {
+        for o in util::list(&ctx.objects, &res, None).await? {
+            if is_deleting(&o) && (has_finalizer(&o, FOREGROUND) || has_finalizer(&o, ORPHAN)) {
+                finalizing.push((res.clone(), o));
+            } else {
+                collect_dependent(ctx, &res, &o).await?;
+            }
+        }
+    }
+    let mut action = Action::await_change();
+    for (res, o) in finalizing {
+        let key = ObjKey::new(namespace_of(&o), &format!("{}/{}", res_id(&res), name_of(&o)));
+        action = action.min(Box::pin(reconcile(key, ctx.clone())).await?);
+    }
+    Ok(action)
 }
 
 /// Deletes `obj` if every owner it names is gone (or is being deleted in the foreground).

@@ -19,6 +19,7 @@ pub(crate) fn spec(k: &Kinds) -> ControllerSpec {
         watches: vec![Watch { res: k.namespaces.clone(), map: Mapper::Itself }],
         on_health_change: false,
         workers: 1,
+        single_key: None,
         reconcile: |key, ctx| -> ReconcileFuture { Box::pin(reconcile(key, ctx)) },
     }
 }

@@ -30,6 +30,7 @@ pub(crate) fn spec(k: &Kinds) -> ControllerSpec {
         ],
         on_health_change: false,
         workers: 2,
+        single_key: None,
         reconcile: |key, ctx| -> ReconcileFuture { Box::pin(reconcile(key, ctx)) },
     }
 }

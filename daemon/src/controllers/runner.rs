@@ -103,6 +103,9 @@ pub(crate) struct ControllerSpec {
     pub on_health_change: bool,
     /// Concurrent reconciles (of different keys).
     pub workers: usize,
+    /// A controller that works on everything at once has one key: the initial run, the resync
+    /// and health changes enqueue only this key instead of every primary object.
+    pub single_key: Option<&'static str>,
     pub reconcile: ReconcileFn,
 }
 
@@ -134,6 +137,7 @@ pub(crate) async fn run_controller(spec: ControllerSpec, ctx: Arc<Context>, shut
         let primary = spec.primary.clone();
         let ctx2 = ctx.clone();
         let stop = shutdown.child_token();
+        let single = spec.single_key;
         watchers.spawn(async move {
             loop {
                 tokio::select! {
@@ -142,13 +146,13 @@ pub(crate) async fn run_controller(spec: ControllerSpec, ctx: Arc<Context>, shut
                         if changed.is_err() {
                             return;
                         }
-                        enqueue_all(&ctx2, &primary, None, &tx, "health").await;
+                        enqueue_primaries(&ctx2, &primary, single, &tx, "health").await;
                     }
                 }
             }
         });
     }
-    enqueue_all(&ctx, &spec.primary, None, &tx, "initial").await;
+    enqueue_primaries(&ctx, &spec.primary, spec.single_key, &tx, "initial").await;
 
     let mut queue: VecDeque<(ObjKey, Reason)> = VecDeque::new();
     let mut queued: HashSet<ObjKey> = HashSet::new();
@@ -199,7 +203,7 @@ pub(crate) async fn run_controller(spec: ControllerSpec, ctx: Arc<Context>, shut
                 }
             }
             _ = resync.tick() => {
-                enqueue_all(&ctx, &spec.primary, None, &tx, "resync").await;
+                enqueue_primaries(&ctx, &spec.primary, spec.single_key, &tx, "resync").await;
             }
             Some(done) = runs.join_next(), if !runs.is_empty() => {
                 let Ok((key, result)) = done else { continue };
@@ -266,6 +270,21 @@ pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
         cur = c.source();
     }
     s
+}
+
+async fn enqueue_primaries(
+    ctx: &Context,
+    primary: &Resource,
+    single_key: Option<&'static str>,
+    tx: &mpsc::UnboundedSender<(ObjKey, Reason)>,
+    reason: Reason,
+) {
+    match single_key {
+        Some(k) => {
+            let _ = tx.send((ObjKey::new(None, k), reason));
+        }
+        None => enqueue_all(ctx, primary, None, tx, reason).await,
+    }
 }
 
 async fn enqueue_all(

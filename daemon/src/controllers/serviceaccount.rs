@@ -18,6 +18,7 @@ pub(crate) fn spec(k: &Kinds) -> ControllerSpec {
         ],
         on_health_change: false,
         workers: 1,
+        single_key: None,
         reconcile: |key, ctx| -> ReconcileFuture { Box::pin(reconcile(key, ctx)) },
     }
 }

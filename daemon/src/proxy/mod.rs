@@ -1,1 +1,220 @@
-//! proxy (being built).
+//! The Service data plane of one node: watches Services, EndpointSlices and Endpoints in the
+//! local replica and keeps one nftables table (`ip shoal-svc`) in step with them, replaced
+//! atomically, bursts of changes coalesced. Answers the healthCheckNodePort of
+//! externalTrafficPolicy Local Services.
+mod health;
+pub mod rules;
+#[cfg(test)]
+mod tests;
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use shoal_kube::{resources, Objects, Resource};
+use shoal_netlink::{LinuxNft, Nft};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+pub use rules::{ruleset, NodeInfo};
+
+/// How long a burst of changes may keep arriving before the table is rebuilt.
+const DEBOUNCE: Duration = Duration::from_millis(50);
+/// A full rebuild also happens this often, whatever the watches say.
+const RESYNC: Duration = Duration::from_secs(30);
+/// After a failed apply.
+const RETRY: Duration = Duration::from_secs(1);
+
+/// Errors of one sync.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("list {plural}")]
+    List {
+        plural: &'static str,
+        #[source]
+        source: shoal_kube::Error,
+    },
+    #[error("apply the service ruleset")]
+    Apply(#[source] shoal_netlink::Error),
+    #[error("apply task failed")]
+    Join(#[source] tokio::task::JoinError),
+}
+
+/// The node's Service proxy.
+pub struct Proxy {
+    objects: Objects,
+    node: NodeInfo,
+    node_ips: Vec<IpAddr>,
+    nft: Arc<dyn Nft>,
+    sysctl_root: Option<PathBuf>,
+    health: bool,
+}
+
+struct Kinds {
+    services: Resource,
+    slices: Resource,
+    endpoints: Resource,
+}
+
+fn kinds() -> Option<Kinds> {
+    Some(Kinds {
+        services: resources::find("", "services")?,
+        slices: resources::find("discovery.k8s.io", "endpointslices")?,
+        endpoints: resources::find("", "endpoints")?,
+    })
+}
+
+impl Proxy {
+    /// A proxy for `node_name`, applying rules with `nft` in the current network namespace.
+    pub fn new(objects: Objects, node_name: String, node_ips: Vec<IpAddr>) -> Proxy {
+        Proxy {
+            objects,
+            node: NodeInfo { name: node_name, pod_cidr: "10.42.0.0/16".into() },
+            node_ips,
+            nft: Arc::new(LinuxNft::new()),
+            sysctl_root: Some(PathBuf::from("/proc/sys")),
+            health: true,
+        }
+    }
+
+    /// Applies rulesets through `nft` instead (a netns-bound [`LinuxNft`], or a fake).
+    pub fn with_nft(mut self, nft: Arc<dyn Nft>) -> Proxy {
+        self.nft = nft;
+        self
+    }
+
+    /// The cluster pod CIDR (default 10.42.0.0/16).
+    pub fn with_pod_cidr(mut self, cidr: impl Into<String>) -> Proxy {
+        self.node.pod_cidr = cidr.into();
+        self
+    }
+
+    /// Where `net/bridge/bridge-nf-call-iptables` is set (None: leave sysctls alone).
+    pub fn with_sysctl_root(mut self, root: Option<PathBuf>) -> Proxy {
+        self.sysctl_root = root;
+        self
+    }
+
+    /// Whether to serve healthCheckNodePorts (default yes).
+    pub fn with_health_checks(mut self, on: bool) -> Proxy {
+        self.health = on;
+        self
+    }
+
+    /// Keeps the table in step with the replica until `shutdown`. The table stays in place
+    /// afterwards, so Services keep working while the daemon restarts.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let Some(k) = kinds() else {
+            tracing::error!("service resources missing from the resource table; proxy not started");
+            return;
+        };
+        if let Some(root) = &self.sysctl_root {
+            // Pods on one bridge answer each other directly; their replies must still pass
+            // conntrack to be un-DNATed.
+            let path = root.join("net/bridge/bridge-nf-call-iptables");
+            if let Err(e) = std::fs::write(&path, "1") {
+                tracing::warn!(path = %path.display(), error = %e, "cannot enable bridge netfilter; same-node pod to service traffic may fail");
+            }
+        }
+        let changed = Arc::new(Notify::new());
+        let watch_stop = shutdown.child_token();
+        for res in [&k.services, &k.slices, &k.endpoints] {
+            tokio::spawn(watch_loop(self.objects.clone(), res.clone(), changed.clone(), watch_stop.clone()));
+        }
+        let health = health::HealthServers::new(self.node_ips.clone());
+        let mut last: Option<String> = None;
+        let mut next_wait = Duration::ZERO;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = changed.notified() => {}
+                _ = tokio::time::sleep(next_wait) => {}
+            }
+            // Coalesce a burst of changes into one rebuild.
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(DEBOUNCE) => {}
+            }
+            let started = Instant::now();
+            match self.sync(&k, &mut last, &health).await {
+                Ok(applied) => {
+                    if applied {
+                        tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "service rules applied");
+                    }
+                    next_wait = RESYNC;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, source = ?std::error::Error::source(&e), "service rules not applied");
+                    last = None;
+                    next_wait = RETRY;
+                }
+            }
+        }
+        watch_stop.cancel();
+        health.stop_all();
+    }
+
+    /// Reads the replica and applies the table if it changed; returns whether it applied.
+    async fn sync(&self, k: &Kinds, last: &mut Option<String>, health: &health::HealthServers) -> Result<bool, ProxyError> {
+        let list = |res: &Resource, plural: &'static str| {
+            let objects = self.objects.clone();
+            let res = res.clone();
+            async move { objects.list(&res, None).await.map(|(v, _)| v).map_err(|source| ProxyError::List { plural, source }) }
+        };
+        let services: Vec<Value> = list(&k.services, "services").await?;
+        let slices: Vec<Value> = list(&k.slices, "endpointslices").await?;
+        let endpoints: Vec<Value> = list(&k.endpoints, "endpoints").await?;
+        let ports = rules::service_ports(&services, &slices, &endpoints);
+        if self.health {
+            health.update(rules::health_checks(&ports, &self.node.name));
+        }
+        let text = rules::render(&ports, &self.node);
+        if last.as_deref() == Some(text.as_str()) {
+            return Ok(false);
+        }
+        let nft = self.nft.clone();
+        let t = text.clone();
+        tokio::task::spawn_blocking(move || nft.apply(&t)).await.map_err(ProxyError::Join)?.map_err(ProxyError::Apply)?;
+        *last = Some(text);
+        Ok(true)
+    }
+
+    /// Builds and applies the table once from the replica (tests, benchmarks).
+    pub async fn sync_once(&self) -> Result<(), ProxyError> {
+        let Some(k) = kinds() else { return Ok(()) };
+        let health = health::HealthServers::new(Vec::new());
+        self.sync(&k, &mut None, &health).await.map(|_| ())
+    }
+}
+
+/// Signals `changed` on every event of one resource; rewatches after errors.
+async fn watch_loop(objects: Objects, res: Resource, changed: Arc<Notify>, stop: CancellationToken) {
+    loop {
+        match objects.watch(&res, None, None).await {
+            Ok(mut rx) => {
+                // Events between the last list and this watch are covered by a rebuild now.
+                changed.notify_one();
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        ev = rx.recv() => match ev {
+                            Some(Ok(_)) => changed.notify_one(),
+                            Some(Err(e)) => {
+                                tracing::debug!(resource = %res.plural, error = %e, "proxy watch ended");
+                                break;
+                            }
+                            None => break,
+                        }
+                    }
+                }
+            }
+            Err(e) => tracing::debug!(resource = %res.plural, error = %e, "proxy watch failed"),
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(RETRY) => {}
+        }
+    }
+}

@@ -170,7 +170,7 @@ fn pod_affinity_ok(snap: &Snapshot, pod: &Value, node: &Value) -> Result<(), Str
         }
     }
     // Existing pods' anti-affinity against this pod.
-    for o in &snap.bound {
+    for o in snap.anti_affinity.iter().filter_map(|i| snap.bound.get(*i)) {
         let o_ns = namespace_of(o).unwrap_or("default");
         for term in o["spec"]["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
             .as_array()

@@ -27,6 +27,8 @@ mod tests;
 
 const COMPONENT: &str = "default-scheduler";
 pub(crate) const SCHEDULER_NAME: &str = "default-scheduler";
+/// Binds written concurrently at most.
+const BIND_BATCH: usize = 64;
 /// Unschedulable pods are retried at least this often, even if nothing seems to change.
 const RETRY: Duration = Duration::from_secs(10);
 
@@ -57,8 +59,10 @@ impl Scheduler {
 
 /// Every pass schedules all pending pods; the one key is "*".
 fn all_key() -> ObjKey {
-    ObjKey::new(None, "*")
+    ObjKey::new(None, ALL)
 }
+
+const ALL: &str = "*";
 
 fn pod_event(ev: &ObjectEvent) -> Vec<ObjKey> {
     let p = &ev.object;
@@ -78,14 +82,14 @@ fn node_event(_ev: &ObjectEvent) -> Vec<ObjKey> {
 pub(crate) fn spec(ctx: &Context) -> ControllerSpec {
     ControllerSpec {
         kind: "Pod",
-        // Nodes as primary: the resync then schedules once per node, which is one pass.
-        primary: ctx.kinds.nodes.clone(),
+        primary: ctx.kinds.pods.clone(),
         watches: vec![
             Watch { res: ctx.kinds.pods.clone(), map: Mapper::Custom(pod_event) },
             Watch { res: ctx.kinds.nodes.clone(), map: Mapper::Custom(node_event) },
         ],
         on_health_change: false,
         workers: 1,
+        single_key: Some(ALL),
         reconcile: |_key, ctx| -> ReconcileFuture { Box::pin(schedule_pending(ctx)) },
     }
 }
@@ -106,11 +110,14 @@ pub(crate) struct Snapshot {
     pub usage: BTreeMap<String, NodeUse>,
     /// Bound, non-terminal pods.
     pub bound: Vec<Value>,
+    /// Indexes into `bound` of pods with required anti-affinity terms (checked against every
+    /// incoming pod, so kept apart from the rest).
+    pub anti_affinity: Vec<usize>,
 }
 
 impl Snapshot {
     pub(crate) fn new(nodes: Vec<Value>, pods: &[Value]) -> Snapshot {
-        let mut s = Snapshot { nodes, usage: BTreeMap::new(), bound: Vec::new() };
+        let mut s = Snapshot { nodes, usage: BTreeMap::new(), bound: Vec::new(), anti_affinity: Vec::new() };
         for p in pods {
             let Some(n) = p["spec"]["nodeName"].as_str().filter(|n| !n.is_empty()) else { continue };
             if matches!(pod_phase(p), "Succeeded" | "Failed") {
@@ -131,6 +138,9 @@ impl Snapshot {
         u.host_ports.extend(host_ports(pod));
         let mut p = pod.clone();
         p["spec"]["nodeName"] = json!(node);
+        if p["spec"]["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"].is_array() {
+            self.anti_affinity.push(self.bound.len());
+        }
         self.bound.push(p);
     }
 }
@@ -224,12 +234,16 @@ pub(crate) async fn schedule_pending(ctx: Arc<Context>) -> Result<Action> {
     });
     let mut snap = Snapshot::new(nodes, &pods);
     let mut any_unschedulable = false;
+    let mut binds: Vec<(Value, String)> = Vec::new();
     for pod in pending {
         match filter::feasible(&snap, &pod) {
             Ok(candidates) => {
                 let Some(node) = score::best(&snap, &pod, &candidates) else { continue };
-                if bind(&ctx, &pod, &node).await? {
-                    snap.add(&node, &pod);
+                // Counted as placed right away; a bind that loses its race is retried next pass.
+                snap.add(&node, &pod);
+                binds.push((pod, node));
+                if binds.len() >= BIND_BATCH {
+                    bind_all(&ctx, std::mem::take(&mut binds)).await?;
                 }
             }
             Err(reasons) => {
@@ -243,7 +257,17 @@ pub(crate) async fn schedule_pending(ctx: Arc<Context>) -> Result<Action> {
             }
         }
     }
+    bind_all(&ctx, binds).await?;
     Ok(if any_unschedulable { Action::requeue(RETRY) } else { Action::await_change() })
+}
+
+/// Binds a batch concurrently, so that the store can commit the writes together.
+async fn bind_all(ctx: &Context, binds: Vec<(Value, String)>) -> Result<()> {
+    let results = futures::future::join_all(binds.iter().map(|(pod, node)| bind(ctx, pod, node))).await;
+    for r in results {
+        r?;
+    }
+    Ok(())
 }
 
 /// Binds with the pod's resourceVersion as precondition; false if the pod changed meanwhile.

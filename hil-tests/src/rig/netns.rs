@@ -505,15 +505,18 @@ impl NetnsRig {
         if let Some(pid) = proc::pid_ns_init(&h.netns) {
             return Ok(pid);
         }
-        let child = Command::new("ip")
-            .args(["netns", "exec", &h.netns, "unshare", "--pid", "--fork", "--kill-child", "--mount-proc"])
+        // nsenter, not `ip netns exec`: the latter remounts /sys in a new mount namespace, which
+        // hides /sys/fs/cgroup from the node (and its containers would get no cgroups).
+        let net = format!("--net=/run/netns/{}", h.netns);
+        let child = Command::new("nsenter")
+            .args([net.as_str(), "unshare", "--pid", "--fork", "--kill-child", "--mount-proc"])
             .args(["bash", "-c", "trap '' TERM HUP INT; while :; do sleep 3600 & wait $!; done"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .process_group(0)
             .spawn()
-            .map_err(|source| Error::Spawn { program: "ip netns exec unshare".to_string(), source })?;
+            .map_err(|source| Error::Spawn { program: "nsenter unshare".to_string(), source })?;
         self.lock_children().push(child);
         let mut init = None;
         proc::wait_until(&format!("init of {}", h.name), Duration::from_secs(10), Duration::from_millis(20), || {

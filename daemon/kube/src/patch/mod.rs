@@ -92,6 +92,56 @@ fn ensure_object(v: Value) -> Result<Value> {
     }
 }
 
+/// The patch formats of `PATCH` requests, by `Content-Type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PatchType {
+    /// `application/json-patch+json`
+    Json,
+    /// `application/merge-patch+json`
+    Merge,
+    /// `application/strategic-merge-patch+json`
+    StrategicMerge,
+    /// `application/apply-patch+yaml` (server-side apply)
+    Apply,
+}
+
+impl PatchType {
+    /// The patch type of a `Content-Type` header value (parameters such as `charset` ignored);
+    /// None for anything else, which the API answers with 415.
+    pub fn from_content_type(content_type: &str) -> Option<Self> {
+        let essence = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        match essence.as_str() {
+            "application/json-patch+json" => Some(PatchType::Json),
+            "application/merge-patch+json" => Some(PatchType::Merge),
+            "application/strategic-merge-patch+json" => Some(PatchType::StrategicMerge),
+            "application/apply-patch+yaml" | "application/apply-patch+cbor" => Some(PatchType::Apply),
+            _ => None,
+        }
+    }
+}
+
+/// Decodes a server-side apply body: JSON (what kubectl sends) or YAML.
+pub fn decode_apply_body(body: &[u8]) -> Result<Value> {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(v) => ensure_object(v),
+        Err(json_err) => match serde_norway::from_slice::<Value>(body) {
+            Ok(v) => ensure_object(v),
+            Err(_) => Err(Error::DecodePatch(json_err)),
+        },
+    }
+}
+
+/// Applies a `PATCH` body of type `patch_type` to the live object. Server-side apply of an
+/// object that does not exist yet goes through [`server_side_apply`] with `None`.
+pub fn apply(patch_type: PatchType, live: &Value, body: &[u8], group: &str, kind: &str) -> Result<Value> {
+    match patch_type {
+        PatchType::Json => apply_json_patch(live, body),
+        PatchType::Merge => apply_merge_patch(live, body),
+        PatchType::StrategicMerge => apply_strategic_merge_patch(live, body, group, kind),
+        PatchType::Apply => server_side_apply(Some(live.clone()), decode_apply_body(body)?, group, kind),
+    }
+}
+
 /// Applies an RFC 6902 JSON patch (`application/json-patch+json`). All or nothing: on error the
 /// live object is untouched (it is only borrowed).
 pub fn apply_json_patch(doc: &Value, patch: &[u8]) -> Result<Value> {

@@ -188,6 +188,33 @@ fn merge_patch_like_kubectl_scale() {
 }
 
 #[test]
+fn patch_types_and_apply_bodies() {
+    assert_eq!(PatchType::from_content_type("application/strategic-merge-patch+json"), Some(PatchType::StrategicMerge));
+    assert_eq!(PatchType::from_content_type("application/merge-patch+json; charset=utf-8"), Some(PatchType::Merge));
+    assert_eq!(PatchType::from_content_type("application/apply-patch+yaml"), Some(PatchType::Apply));
+    assert_eq!(PatchType::from_content_type("application/json"), None);
+    let yaml = b"apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: c\ndata:\n  a: \"1\"\n";
+    assert_eq!(decode_apply_body(yaml).unwrap()["data"]["a"], "1");
+    assert_eq!(decode_apply_body(b"- 1\n").unwrap_err().http_code(), 422);
+    assert_eq!(decode_apply_body(b"{{{").unwrap_err().http_code(), 400);
+    let live = json!({"metadata": {"name": "c"}, "data": {"b": "2"}});
+    let out = apply(PatchType::Apply, &live, yaml, "", "ConfigMap").unwrap();
+    assert_eq!(out["data"], json!({"a": "1", "b": "2"}));
+    let out = apply(PatchType::Json, &live, br#"[{"op":"remove","path":"/data/b"}]"#, "", "ConfigMap").unwrap();
+    assert_eq!(out["data"], json!({}));
+}
+
+#[test]
+fn yaml_alias_bombs_are_refused() {
+    let mut y = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+    for i in 1..10 {
+        let p = i - 1;
+        y.push_str(&format!("a{i}: &a{i} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n"));
+    }
+    assert!(decode_apply_body(y.as_bytes()).is_err());
+}
+
+#[test]
 fn server_side_apply_upserts() {
     let applied = json!({"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"c"},"data":{"a":"1"}});
     let created = server_side_apply(None, applied.clone(), "", "ConfigMap").unwrap();
@@ -278,6 +305,7 @@ proptest! {
     #[test]
     fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
         let doc = deployment();
+        let _ = decode_apply_body(&bytes);
         let _ = apply_json_patch(&doc, &bytes);
         let _ = apply_merge_patch(&doc, &bytes);
         let _ = apply_strategic_merge_patch(&doc, &bytes, "apps", "Deployment");

@@ -26,7 +26,7 @@ fn kubectl_create_bodies_decode_to_the_json_kubectl_sends() {
         assert_eq!(got, want, "{stem}:\n got {got}\nwant {want}");
         checked += 1;
     }
-    assert!(checked >= 19, "only {checked} fixtures found in {}", dir.display());
+    assert!(checked >= 20, "only {checked} fixtures found in {}", dir.display());
 }
 
 fn varint(mut v: u64, out: &mut Vec<u8>) {
@@ -144,7 +144,7 @@ proptest! {
 
     #[test]
     fn mutated_fixtures_never_panic(idx in 0usize..4096, byte in any::<u8>(), cut in 0usize..4096) {
-        let pb = std::fs::read(fixture_dir().join("job-from-cronjob.1.33.pb")).unwrap();
+        let pb = std::fs::read(fixture_dir().join("job-from-cronjob-full.1.33.pb")).unwrap();
         let mut m = pb.clone();
         let i = idx % m.len();
         m[i] = byte;

@@ -1,0 +1,195 @@
+//! `pods/exec` and `pods/attach` over WebSocket with the `v5.channel.k8s.io` subprotocol: every
+//! binary message starts with a channel byte (0 stdin, 1 stdout, 2 stderr, 3 status as a
+//! `Status` object, 4 terminal resize, 255 close of a stream). The session ends with the status
+//! on channel 3 and a close frame.
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::response::Response;
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+
+use super::status::ApiError;
+use super::streams::{ExecIo, ExecOptions, PodStreams, StreamError, TerminalSize};
+
+const PROTOCOL: &str = "v5.channel.k8s.io";
+
+/// The query of an exec/attach request (`command` repeats).
+pub(crate) fn options(uri: &axum::http::Uri, pod: &Value, attach: bool) -> Result<ExecOptions, ApiError> {
+    let mut command = Vec::new();
+    let mut q: HashMap<String, String> = HashMap::new();
+    for (k, v) in uri.query().unwrap_or_default().split('&').filter_map(|kv| kv.split_once('=')) {
+        let v = percent_decode(v);
+        if k == "command" {
+            command.push(v);
+        } else {
+            q.insert(k.to_string(), v);
+        }
+    }
+    let flag = |k: &str| q.get(k).is_some_and(|v| v == "true" || v == "1");
+    let containers: Vec<String> = pod["spec"]["containers"]
+        .as_array()
+        .map(|cs| cs.iter().filter_map(|c| c["name"].as_str().map(String::from)).collect())
+        .unwrap_or_default();
+    let name = pod["metadata"]["name"].as_str().unwrap_or_default();
+    let container = match q.get("container") {
+        Some(c) if containers.contains(c) => c.clone(),
+        Some(c) => return Err(ApiError::bad_request(format!("container {c} is not valid for pod {name}"))),
+        None => {
+            containers.first().cloned().ok_or_else(|| ApiError::bad_request(format!("pod {name} has no containers")))?
+        }
+    };
+    if !attach && command.is_empty() {
+        return Err(ApiError::bad_request("you must specify at least 1 command"));
+    }
+    Ok(ExecOptions {
+        container,
+        command,
+        stdin: flag("stdin"),
+        stdout: flag("stdout"),
+        stderr: flag("stderr"),
+        tty: flag("tty"),
+    })
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                match u8::from_str_radix(std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("zz"), 16) {
+                    Ok(b) => {
+                        out.push(b);
+                        i += 2;
+                    }
+                    Err(_) => out.push(b'%'),
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn frame(channel: u8, data: &[u8]) -> Message {
+    let mut v = Vec::with_capacity(data.len() + 1);
+    v.push(channel);
+    v.extend_from_slice(data);
+    Message::Binary(Bytes::from(v))
+}
+
+fn exit_status(result: &Result<i32, StreamError>) -> Value {
+    match result {
+        Ok(0) => json!({"metadata": {}, "status": "Success"}),
+        Ok(code) => json!({
+            "metadata": {},
+            "status": "Failure",
+            "message": format!("command terminated with non-zero exit code: error executing command [...], exit code {code}"),
+            "reason": "NonZeroExitCode",
+            "details": {"causes": [{"reason": "ExitCode", "message": code.to_string()}]},
+        }),
+        Err(e) => json!({"metadata": {}, "status": "Failure", "message": e.to_string(), "reason": "InternalError"}),
+    }
+}
+
+/// Upgrades the request and runs the session.
+pub(crate) async fn serve(
+    mut parts: Parts,
+    streams: Arc<dyn PodStreams>,
+    pod: Value,
+    opts: ExecOptions,
+    attach: bool,
+) -> Result<Response, ApiError> {
+    let ws = WebSocketUpgrade::from_request_parts(&mut parts, &()).await.map_err(|_| {
+        ApiError::bad_request("Upgrade request required: exec and attach need a WebSocket (v5.channel.k8s.io)")
+    })?;
+    let ws = ws.protocols([PROTOCOL]);
+    if ws.selected_protocol().is_none() {
+        return Err(ApiError::bad_request(format!("unsupported streaming protocol; this server speaks {PROTOCOL}")));
+    }
+    Ok(ws.on_upgrade(move |socket| session(socket, streams, pod, opts, attach)))
+}
+
+async fn session(socket: WebSocket, streams: Arc<dyn PodStreams>, pod: Value, opts: ExecOptions, attach: bool) {
+    let (mut tx, mut rx) = socket.split();
+    let (stdin_tx, stdin_rx) = mpsc::channel::<Bytes>(16);
+    let (out_tx, mut out_rx) = mpsc::channel::<Bytes>(16);
+    let (err_tx, mut err_rx) = mpsc::channel::<Bytes>(16);
+    let (resize_tx, resize_rx) = mpsc::channel::<TerminalSize>(4);
+    let io = ExecIo { stdin: opts.stdin.then_some(stdin_rx), stdout: out_tx, stderr: err_tx, resize: resize_rx };
+    let run = if attach { streams.attach(&pod, opts, io) } else { streams.exec(&pod, opts, io) };
+    tokio::pin!(run);
+    let mut stdin_tx = Some(stdin_tx);
+    let result = loop {
+        tokio::select! {
+            r = &mut run => break r,
+            Some(b) = out_rx.recv() => {
+                if tx.send(frame(1, &b)).await.is_err() { return; }
+            }
+            Some(b) = err_rx.recv() => {
+                if tx.send(frame(2, &b)).await.is_err() { return; }
+            }
+            msg = rx.next() => match msg {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
+                Some(Ok(Message::Ping(p))) => { let _ = tx.send(Message::Pong(p)).await; }
+                Some(Ok(Message::Binary(b))) if !b.is_empty() => match b[0] {
+                    0 => {
+                        if let Some(s) = &stdin_tx {
+                            let _ = s.send(b.slice(1..)).await;
+                        }
+                    }
+                    4 => {
+                        let v: Value = serde_json::from_slice(&b[1..]).unwrap_or_default();
+                        let size = TerminalSize {
+                            width: v["Width"].as_u64().unwrap_or(80) as u16,
+                            height: v["Height"].as_u64().unwrap_or(24) as u16,
+                        };
+                        let _ = resize_tx.try_send(size);
+                    }
+                    255 if b.get(1) == Some(&0) => stdin_tx = None,
+                    _ => {}
+                },
+                Some(Ok(_)) => {}
+            },
+        }
+    };
+    // Whatever output is still queued goes out before the status.
+    while let Ok(b) = out_rx.try_recv() {
+        let _ = tx.send(frame(1, &b)).await;
+    }
+    while let Ok(b) = err_rx.try_recv() {
+        let _ = tx.send(frame(2, &b)).await;
+    }
+    let status = serde_json::to_vec(&exit_status(&result)).unwrap_or_default();
+    let _ = tx.send(frame(3, &status)).await;
+    // A normal closure (1000) is what client-go reads as the end of every stream.
+    let _ = tx.send(Message::Close(Some(CloseFrame { code: 1000, reason: "".into() }))).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_options() {
+        let pod = json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "a"}, {"name": "b"}]}});
+        let uri: axum::http::Uri =
+            "/x?command=sh&command=-c&command=echo%20hi+there&container=b&stdin=true&tty=true".parse().unwrap();
+        let o = options(&uri, &pod, false).unwrap();
+        assert_eq!(o.command, ["sh", "-c", "echo hi there"]);
+        assert_eq!(o.container, "b");
+        assert!(o.stdin && o.tty && !o.stdout);
+        let uri: axum::http::Uri = "/x?command=ls&container=zz".parse().unwrap();
+        assert_eq!(options(&uri, &pod, false).unwrap_err().code, 400);
+        assert_eq!(exit_status(&Ok(3))["details"]["causes"][0]["message"], "3");
+    }
+}

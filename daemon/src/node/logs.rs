@@ -1,0 +1,142 @@
+//! `pods/log` for the pods of this node, read from the shims' CRI log files
+//! (`<time> <stream> <P|F> <message>`): tail, timestamps, previous instance and follow.
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use serde_json::Value;
+
+use crate::api::{ByteStream, LogOptions, PodStreams, StreamError};
+
+pub(crate) struct LocalLogs {
+    pub log_dir: PathBuf,
+}
+
+/// Turns CRI log lines into what `kubectl logs` prints.
+pub fn render(text: &str, timestamps: bool) -> String {
+    let mut out = String::new();
+    for line in text.lines() {
+        let mut parts = line.splitn(4, ' ');
+        let (Some(ts), Some(_stream), Some(tag), msg) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+            continue;
+        };
+        if timestamps {
+            out.push_str(ts);
+            out.push(' ');
+        }
+        out.push_str(msg.unwrap_or(""));
+        if tag != "P" {
+            out.push('\n');
+        }
+    }
+    out
+}
+
+fn restart_files(dir: &Path) -> Vec<(u32, PathBuf)> {
+    let mut files: Vec<(u32, PathBuf)> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().to_string();
+            let n = name.strip_suffix(".log")?.parse().ok()?;
+            Some((n, e.path()))
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+impl PodStreams for LocalLogs {
+    fn logs(&self, pod: &Value, opts: LogOptions) -> BoxFuture<'static, Result<ByteStream, StreamError>> {
+        let m = &pod["metadata"];
+        let pod_name = m["name"].as_str().unwrap_or_default().to_string();
+        let container = opts
+            .container
+            .clone()
+            .or_else(|| pod["spec"]["containers"][0]["name"].as_str().map(String::from))
+            .unwrap_or_default();
+        let valid = pod["spec"]["containers"]
+            .as_array()
+            .into_iter()
+            .chain(pod["spec"]["initContainers"].as_array())
+            .flatten()
+            .any(|c| c["name"].as_str() == Some(container.as_str()));
+        let dir = self
+            .log_dir
+            .join(format!(
+                "{}_{}_{}",
+                m["namespace"].as_str().unwrap_or("default"),
+                pod_name,
+                m["uid"].as_str().unwrap_or("")
+            ))
+            .join(&container);
+        Box::pin(async move {
+            if !valid {
+                return Err(StreamError::ContainerNotFound { pod: pod_name, container });
+            }
+            let files = restart_files(&dir);
+            let pick = if opts.previous { files.len().checked_sub(2) } else { files.len().checked_sub(1) };
+            let Some(path) = pick.and_then(|i| files.get(i)).map(|(_, p)| p.clone()) else {
+                let reason = if opts.previous { "no previous instance" } else { "ContainerCreating" };
+                return Err(StreamError::NotStarted { pod: pod_name, container, reason: reason.into() });
+            };
+            let text = tokio::fs::read_to_string(&path).await.unwrap_or_default();
+            let mut rendered = render(&text, opts.timestamps);
+            if let Some(n) = opts.tail_lines.filter(|n| *n >= 0) {
+                let lines: Vec<&str> = rendered.lines().collect();
+                let start = lines.len().saturating_sub(n as usize);
+                rendered = lines[start..].iter().map(|l| format!("{l}\n")).collect();
+            }
+            if let Some(limit) = opts.limit_bytes.filter(|l| *l >= 0) {
+                rendered.truncate(limit as usize);
+            }
+            let first = futures::stream::once(async move { Ok(Bytes::from(rendered)) });
+            if !opts.follow || opts.previous {
+                return Ok(Box::pin(first) as ByteStream);
+            }
+            // Follow: poll the file for appended lines (the shim appends; rotation starts a new
+            // file, which ends this stream as kubectl expects on restart).
+            let offset = text.len() as u64;
+            let timestamps = opts.timestamps;
+            let rest = futures::stream::unfold((path, offset, String::new()), move |(path, mut offset, mut partial)| async move {
+                loop {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    let meta = tokio::fs::metadata(&path).await.ok()?;
+                    if meta.len() < offset {
+                        return None;
+                    }
+                    if meta.len() == offset {
+                        continue;
+                    }
+                    let bytes = tokio::fs::read(&path).await.ok()?;
+                    let new = String::from_utf8_lossy(&bytes[offset as usize..]).into_owned();
+                    offset = bytes.len() as u64;
+                    partial.push_str(&new);
+                    let cut = partial.rfind('\n').map(|i| i + 1).unwrap_or(0);
+                    let complete: String = partial.drain(..cut).collect();
+                    if complete.is_empty() {
+                        continue;
+                    }
+                    let out = render(&complete, timestamps);
+                    return Some((Ok(Bytes::from(out)), (path, offset, partial)));
+                }
+            });
+            Ok(Box::pin(futures::StreamExt::chain(first, rest)) as ByteStream)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cri_lines_render_like_kubectl() {
+        let text = "2024-01-01T00:00:00.000000001Z stdout F started\n2024-01-01T00:00:01Z stderr P par\n2024-01-01T00:00:01Z stderr F tial\n";
+        assert_eq!(render(text, false), "started\npartial\n");
+        assert!(render(text, true).starts_with("2024-01-01T00:00:00.000000001Z started\n"));
+        assert_eq!(render("garbage\n", false), "");
+    }
+}

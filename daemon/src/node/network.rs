@@ -1,0 +1,256 @@
+//! Pod networking of one node: the node bridge with the first address of the node's pod CIDR,
+//! a veth pair per pod (eth0 inside the pod's network namespace), routes to the other nodes'
+//! pod CIDRs, and masquerading of pod traffic that leaves the pod network.
+//!
+//! The node's /24 comes from the cluster pod CIDR through the store (`/shoal/podcidr/<node>`),
+//! so no two nodes ever hand out the same pod address; addresses inside the /24 are the
+//! node's own business.
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::process::Command;
+use std::sync::Mutex;
+
+use shoal_store::{Compare, Op, Store, Txn};
+
+/// Name of the node bridge.
+pub const BRIDGE: &str = "shoal0";
+/// Store prefix of node pod CIDRs.
+pub const PODCIDR_PREFIX: &str = "/shoal/podcidr/";
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    #[error("`{command}` failed: {stderr}")]
+    Command { command: String, stderr: String },
+    #[error("cannot run `{command}`")]
+    Spawn {
+        command: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("pod CIDR {0:?} is not an IPv4 /16")]
+    ClusterCidr(String),
+    #[error("no free /24 left in the pod CIDR")]
+    CidrExhausted,
+    #[error("no free pod address left on this node")]
+    AddressesExhausted,
+    #[error("store")]
+    Store(#[from] shoal_store::Error),
+}
+
+/// A node's pod subnet: 10.42.N.0/24, gateway .1, pods .2 to .254.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Subnet {
+    pub base: Ipv4Addr,
+}
+
+impl Subnet {
+    pub fn gateway(&self) -> Ipv4Addr {
+        let o = self.base.octets();
+        Ipv4Addr::new(o[0], o[1], o[2], 1)
+    }
+    pub fn host(&self, n: u8) -> Ipv4Addr {
+        let o = self.base.octets();
+        Ipv4Addr::new(o[0], o[1], o[2], n)
+    }
+    pub fn cidr(&self) -> String {
+        format!("{}/24", self.base)
+    }
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        ip.octets()[..3] == self.base.octets()[..3]
+    }
+}
+
+fn parse_cluster_cidr(cidr: &str) -> Result<[u8; 2], NetError> {
+    let (ip, len) = cidr.split_once('/').ok_or_else(|| NetError::ClusterCidr(cidr.into()))?;
+    let ip: Ipv4Addr = ip.parse().map_err(|_| NetError::ClusterCidr(cidr.into()))?;
+    if len != "16" {
+        return Err(NetError::ClusterCidr(cidr.into()));
+    }
+    let o = ip.octets();
+    Ok([o[0], o[1]])
+}
+
+/// Claims (or finds) this node's /24 of the cluster pod CIDR through the store.
+pub async fn claim_subnet(store: &Store, cluster_cidr: &str, node: &str) -> Result<Subnet, NetError> {
+    let [a, b] = parse_cluster_cidr(cluster_cidr)?;
+    let key = format!("{PODCIDR_PREFIX}{node}");
+    loop {
+        if let Some(kv) = store.get(&key).await? {
+            if let Some(base) = std::str::from_utf8(&kv.value).ok().and_then(|s| s.split('/').next()?.parse().ok()) {
+                return Ok(Subnet { base });
+            }
+        }
+        let (taken, _) = store.range(PODCIDR_PREFIX).await?;
+        let used: Vec<u8> = taken
+            .iter()
+            .filter_map(|kv| std::str::from_utf8(&kv.value).ok()?.split('/').next()?.parse::<Ipv4Addr>().ok())
+            .map(|ip| ip.octets()[2])
+            .collect();
+        let Some(third) = (0u8..=255).find(|n| !used.contains(n)) else { return Err(NetError::CidrExhausted) };
+        let subnet = Subnet { base: Ipv4Addr::new(a, b, third, 0) };
+        // The index key makes two nodes racing for the same /24 conflict.
+        let index = format!("/shoal/podcidr-index/{third}");
+        let txn = Txn {
+            compares: vec![Compare::NotExists { key: key.clone() }, Compare::NotExists { key: index.clone() }],
+            success: vec![
+                Op::Put { key: key.clone(), value: subnet.cidr().into_bytes(), lease: None },
+                Op::Put { key: index, value: node.as_bytes().to_vec(), lease: None },
+            ],
+            failure: vec![],
+        };
+        store.txn(txn).await?;
+    }
+}
+
+fn run(cmd: &str, args: &[&str]) -> Result<String, NetError> {
+    let command = format!("{cmd} {}", args.join(" "));
+    let out = Command::new(cmd).args(args).output().map_err(|source| NetError::Spawn { command: command.clone(), source })?;
+    if !out.status.success() {
+        return Err(NetError::Command { command, stderr: String::from_utf8_lossy(&out.stderr).trim().to_string() });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The node's pod network.
+pub struct PodNetwork {
+    pub subnet: Subnet,
+    used: Mutex<BTreeMap<u8, String>>,
+}
+
+impl PodNetwork {
+    /// Sets up the bridge, forwarding and masquerading for `subnet` (idempotent).
+    pub fn setup(subnet: Subnet, cluster_cidr: &str) -> Result<PodNetwork, NetError> {
+        if run("ip", &["link", "show", BRIDGE]).is_err() {
+            run("ip", &["link", "add", BRIDGE, "type", "bridge"])?;
+        }
+        let gw = format!("{}/24", subnet.gateway());
+        let addrs = run("ip", &["-4", "addr", "show", "dev", BRIDGE])?;
+        if !addrs.contains(&gw) {
+            run("ip", &["addr", "add", &gw, "dev", BRIDGE])?;
+        }
+        run("ip", &["link", "set", BRIDGE, "up"])?;
+        let _ = std::fs::write("/proc/sys/net/ipv4/ip_forward", "1");
+        // Pod traffic to anything outside the pod network leaves with the node's address.
+        let rules = format!(
+            "table ip shoal-nat\ndelete table ip shoal-nat\ntable ip shoal-nat {{\n  chain postrouting {{\n    type nat hook postrouting priority srcnat; policy accept;\n    ip saddr {} ip daddr != {} masquerade\n  }}\n}}\n",
+            subnet.cidr(),
+            cluster_cidr
+        );
+        nft_apply(&rules)?;
+        Ok(PodNetwork { subnet, used: Mutex::new(BTreeMap::new()) })
+    }
+
+    /// Marks an address as used (a pod found running at start).
+    pub fn reserve(&self, ip: Ipv4Addr, owner: &str) {
+        if self.subnet.contains(ip) {
+            self.used.lock().unwrap_or_else(|p| p.into_inner()).insert(ip.octets()[3], owner.to_string());
+        }
+    }
+
+    /// Connects a pod's network namespace: veth into the bridge, eth0 with a fresh address.
+    pub fn attach(&self, owner: &str, netns: &Path) -> Result<Ipv4Addr, NetError> {
+        let n = {
+            let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
+            let n = (2u8..=254).find(|n| !used.contains_key(n)).ok_or(NetError::AddressesExhausted)?;
+            used.insert(n, owner.to_string());
+            n
+        };
+        let ip = self.subnet.host(n);
+        let host_if = veth_name(owner);
+        let ns = netns.to_string_lossy().to_string();
+        let pid = std::process::id().to_string();
+        let net = format!("--net={ns}");
+        let inside = |args: &[&str]| -> Result<String, NetError> {
+            let mut full = vec![net.as_str(), "ip"];
+            full.extend_from_slice(args);
+            run("nsenter", &full)
+        };
+        let _ = run("ip", &["link", "del", &host_if]);
+        let result = (|| {
+            inside(&["link", "add", "eth0", "type", "veth", "peer", "name", &host_if, "netns", &pid])?;
+            run("ip", &["link", "set", &host_if, "master", BRIDGE, "up"])?;
+            inside(&["addr", "add", &format!("{ip}/24"), "dev", "eth0"])?;
+            inside(&["link", "set", "eth0", "up"])?;
+            inside(&["link", "set", "lo", "up"])?;
+            inside(&["route", "add", "default", "via", &self.subnet.gateway().to_string()])?;
+            Ok(ip)
+        })();
+        if result.is_err() {
+            self.release(ip);
+        }
+        result
+    }
+
+    /// Removes a pod's veth and frees its address.
+    pub fn detach(&self, owner: &str, ip: Option<Ipv4Addr>) {
+        let _ = run("ip", &["link", "del", &veth_name(owner)]);
+        if let Some(ip) = ip {
+            self.release(ip);
+        }
+    }
+
+    fn release(&self, ip: Ipv4Addr) {
+        if self.subnet.contains(ip) {
+            self.used.lock().unwrap_or_else(|p| p.into_inner()).remove(&ip.octets()[3]);
+        }
+    }
+
+    /// Routes every other node's pod subnet via that node's address (nodes on one L2 segment).
+    pub fn sync_routes(&self, routes: &BTreeMap<String, Ipv4Addr>) {
+        for (cidr, via) in routes {
+            if let Err(e) = run("ip", &["route", "replace", cidr, "via", &via.to_string()]) {
+                tracing::warn!(%cidr, %via, error = %e, "pod route");
+            }
+        }
+    }
+}
+
+/// Host-side veth name of a pod: stable, at most 15 bytes.
+pub fn veth_name(owner: &str) -> String {
+    use sha2::Digest;
+    let h = sha2::Sha256::digest(owner.as_bytes());
+    format!("veth{}", &hex::encode(h)[..10])
+}
+
+/// Applies an nftables ruleset atomically (`nft -f -`).
+pub fn nft_apply(rules: &str) -> Result<(), NetError> {
+    use std::io::Write;
+    let mut child = Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|source| NetError::Spawn { command: "nft -f -".into(), source })?;
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = stdin.write_all(rules.as_bytes());
+    }
+    let out = child.wait_with_output().map_err(|source| NetError::Spawn { command: "nft -f -".into(), source })?;
+    if !out.status.success() {
+        return Err(NetError::Command { command: "nft -f -".into(), stderr: String::from_utf8_lossy(&out.stderr).trim().into() });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn nodes_get_distinct_subnets() {
+        let store = Store::in_memory();
+        let a = claim_subnet(&store, "10.42.0.0/16", "n1").await.unwrap();
+        let b = claim_subnet(&store, "10.42.0.0/16", "n2").await.unwrap();
+        let a2 = claim_subnet(&store, "10.42.0.0/16", "n1").await.unwrap();
+        assert_ne!(a, b);
+        assert_eq!(a, a2);
+        assert_eq!(a.gateway(), Ipv4Addr::new(10, 42, 0, 1));
+        assert!(claim_subnet(&store, "10.42.0.0/8", "n3").await.is_err());
+    }
+
+    #[test]
+    fn veth_names_fit() {
+        assert!(veth_name("some-very-long-pod-uid-1234567890").len() <= 15);
+        assert_ne!(veth_name("a"), veth_name("b"));
+    }
+}

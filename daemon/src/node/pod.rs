@@ -1,0 +1,715 @@
+//! One Pod on this node: sandbox and network, pod files and volumes, init containers in
+//! order, app containers with their restart policy and back-off, graceful termination, and
+//! the status written back (only when it changed).
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use serde_json::{json, Value};
+use shoal_kube::{Preconditions, UpdateMode};
+use shoal_runtime::{CreateOpts, Sandbox, Status};
+use tokio::sync::Mutex;
+
+use super::spec::{self, ContainerInput};
+use super::{Agent, AgentError};
+
+/// First restart back-off; doubles per crash up to [`BACKOFF_MAX`], reset after 10 min running.
+const BACKOFF_BASE: Duration = Duration::from_secs(10);
+const BACKOFF_MAX: Duration = Duration::from_secs(300);
+const BACKOFF_RESET: Duration = Duration::from_secs(600);
+
+#[derive(Default)]
+pub(crate) struct Ctr {
+    pub id: String,
+    pub restarts: u32,
+    pub backoff: Duration,
+    pub retry_at: Option<Instant>,
+    pub last_terminated: Option<Value>,
+    pub image_id: String,
+    /// Why the container is not running yet (ErrImagePull, CreateContainerError, ...).
+    pub waiting: Option<(String, String)>,
+    pub done: bool,
+}
+
+#[derive(Default)]
+pub(crate) struct PodState {
+    pub sandbox: Option<Sandbox>,
+    pub ip: Option<Ipv4Addr>,
+    pub containers: BTreeMap<String, Ctr>,
+    pub init_failed: bool,
+    pub started_at: Option<String>,
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    jiff::Timestamp::try_from(t)
+        .map(|ts| ts.strftime("%Y-%m-%dT%H:%M:%SZ").to_string())
+        .unwrap_or_else(|_| shoal_kube::objects::now_rfc3339())
+}
+
+fn short(uid: &str) -> String {
+    uid.chars().filter(|c| c.is_ascii_alphanumeric()).take(12).collect()
+}
+
+/// Runtime id of a container of a pod.
+pub(crate) fn container_id(uid: &str, name: &str) -> String {
+    format!("{}-{}", short(uid), name)
+}
+
+impl Agent {
+    fn pod_dir(&self, uid: &str) -> PathBuf {
+        self.run_dir.join("pods").join(short(uid))
+    }
+
+    pub(crate) fn log_path(&self, pod: &Value, container: &str, restart: u32) -> PathBuf {
+        let m = &pod["metadata"];
+        self.log_dir
+            .join(format!(
+                "{}_{}_{}",
+                m["namespace"].as_str().unwrap_or("default"),
+                m["name"].as_str().unwrap_or("pod"),
+                m["uid"].as_str().unwrap_or("")
+            ))
+            .join(container)
+            .join(format!("{restart}.log"))
+    }
+
+    /// Re-adopts what survived a restart of the daemon: sandboxes, addresses and containers
+    /// of pods that are still bound here.
+    pub(crate) async fn adopt(&self) {
+        let Ok(pods) = self.my_pods().await else { return };
+        let sandboxes = self.run_dir.join("sandboxes");
+        for pod in pods {
+            let uid = pod["metadata"]["uid"].as_str().unwrap_or_default().to_string();
+            let mut st = PodState::default();
+            if let Some(sb) = Sandbox::open(&short(&uid), &sandboxes) {
+                st.sandbox = Some(sb);
+            }
+            if let Some(ip) = pod["status"]["podIP"].as_str().and_then(|s| s.parse().ok()) {
+                self.net.reserve(ip, &uid);
+                st.ip = Some(ip);
+            }
+            st.started_at = pod["status"]["startTime"].as_str().map(String::from);
+            for cs in pod["status"]["containerStatuses"].as_array().into_iter().flatten() {
+                let name = cs["name"].as_str().unwrap_or_default().to_string();
+                st.containers.insert(
+                    name.clone(),
+                    Ctr {
+                        id: container_id(&uid, &name),
+                        restarts: cs["restartCount"].as_u64().unwrap_or(0) as u32,
+                        image_id: cs["imageID"].as_str().unwrap_or_default().to_string(),
+                        last_terminated: cs["lastState"].get("terminated").cloned(),
+                        ..Ctr::default()
+                    },
+                );
+            }
+            if st.sandbox.is_some() {
+                tracing::info!(pod = %pod["metadata"]["name"], "re-adopted pod");
+                self.state.lock().await.insert(uid, Arc::new(Mutex::new(st)));
+            }
+        }
+    }
+
+    /// One pass over one pod: make it real, or tear it down when it is gone or terminating.
+    pub(crate) async fn sync_pod(self: &Arc<Self>, uid: &str, pod: Option<Value>) {
+        let entry = {
+            let mut map = self.state.lock().await;
+            map.entry(uid.to_string()).or_insert_with(|| Arc::new(Mutex::new(PodState::default()))).clone()
+        };
+        let mut st = entry.lock().await;
+        let terminating = pod.as_ref().is_none_or(|p| p["metadata"]["deletionTimestamp"].is_string());
+        if terminating {
+            let grace = pod
+                .as_ref()
+                .and_then(|p| p["metadata"]["deletionGracePeriodSeconds"].as_i64())
+                .unwrap_or(0)
+                .clamp(0, 3600) as u64;
+            self.teardown(uid, &mut st, Duration::from_secs(grace)).await;
+            if let Some(p) = &pod {
+                let ns = p["metadata"]["namespace"].as_str().unwrap_or("default");
+                let name = p["metadata"]["name"].as_str().unwrap_or_default();
+                let pre = Preconditions { uid: Some(uid.to_string()), resource_version: None };
+                if let Err(e) = self.cfg.objects.delete(&self.pods, Some(ns), name, pre).await {
+                    if !matches!(e, shoal_kube::Error::NotFound { .. }) {
+                        tracing::warn!(pod = name, error = %e, "final delete of pod");
+                        return;
+                    }
+                }
+            }
+            self.state.lock().await.remove(uid);
+            return;
+        }
+        let Some(pod) = pod else { return };
+        if let Err(e) = self.run_pod(uid, &pod, &mut st).await {
+            tracing::warn!(pod = %pod["metadata"]["name"], error = %e, "pod sync");
+        }
+        if let Err(e) = self.write_status(uid, &pod, &st).await {
+            tracing::debug!(pod = %pod["metadata"]["name"], error = %e, "pod status");
+        }
+    }
+
+    async fn run_pod(&self, uid: &str, pod: &Value, st: &mut PodState) -> Result<(), AgentError> {
+        let phase = pod["status"]["phase"].as_str().unwrap_or("");
+        if phase == "Succeeded" || phase == "Failed" {
+            // A finished pod keeps its status; its containers are gone already.
+            return Ok(());
+        }
+        if st.started_at.is_none() {
+            st.started_at = Some(shoal_kube::objects::now_rfc3339());
+        }
+        let host_network = pod["spec"]["hostNetwork"].as_bool() == Some(true);
+        if st.sandbox.is_none() {
+            let sandboxes = self.run_dir.join("sandboxes");
+            let id = short(uid);
+            let sb = match Sandbox::open(&id, &sandboxes) {
+                Some(sb) => sb,
+                None => tokio::task::spawn_blocking(move || Sandbox::create(&id, &sandboxes))
+                    .await
+                    .map_err(|e| AgentError::Pod(format!("sandbox task: {e}")))??,
+            };
+            st.sandbox = Some(sb);
+        }
+        if st.ip.is_none() && !host_network {
+            if let Some(sb) = &st.sandbox {
+                st.ip = Some(self.net.attach(uid, &sb.netns_path)?);
+            }
+        }
+        let dir = self.pod_dir(uid);
+        self.write_pod_files(pod, st, &dir).await?;
+
+        let restart_policy = pod["spec"]["restartPolicy"].as_str().unwrap_or("Always").to_string();
+        // Init containers, in order; each must succeed before the next starts.
+        for c in pod["spec"]["initContainers"].as_array().into_iter().flatten() {
+            let name = c["name"].as_str().unwrap_or_default().to_string();
+            let sidecar = c["restartPolicy"].as_str() == Some("Always");
+            let done = st.containers.get(&name).is_some_and(|x| x.done);
+            if done {
+                continue;
+            }
+            let state = self.ensure_container(uid, pod, c, st, if sidecar { "Always" } else { "OnFailure" }).await?;
+            if sidecar {
+                if state == Some(Status::Running) {
+                    continue;
+                }
+                return Ok(());
+            }
+            match st.containers.get(&name).and_then(|x| x.last_terminated.as_ref()).map(|t| t["exitCode"].as_i64()) {
+                Some(Some(0)) if state == Some(Status::Stopped) => {
+                    if let Some(x) = st.containers.get_mut(&name) {
+                        x.done = true;
+                    }
+                    continue;
+                }
+                Some(Some(_)) if restart_policy == "Never" && state == Some(Status::Stopped) => {
+                    st.init_failed = true;
+                    return Ok(());
+                }
+                _ => return Ok(()),
+            }
+        }
+        for c in pod["spec"]["containers"].as_array().into_iter().flatten() {
+            self.ensure_container(uid, pod, c, st, &restart_policy).await?;
+        }
+        Ok(())
+    }
+
+    /// Makes one container run (or stay finished) per the restart policy; returns its status.
+    async fn ensure_container(
+        &self,
+        uid: &str,
+        pod: &Value,
+        c: &Value,
+        st: &mut PodState,
+        restart_policy: &str,
+    ) -> Result<Option<Status>, AgentError> {
+        let name = c["name"].as_str().unwrap_or_default().to_string();
+        let id = container_id(uid, &name);
+        let ctr = st.containers.entry(name.clone()).or_insert_with(|| Ctr { id: id.clone(), ..Ctr::default() });
+        let current = self.runtime.state(&id).ok();
+        match current.as_ref().map(|s| s.status) {
+            Some(Status::Running) | Some(Status::Created) => {
+                if let Some(s) = &current {
+                    // A container that ran long enough forgets its back-off.
+                    if s.started_at.and_then(|t| t.elapsed().ok()).is_some_and(|d| d > BACKOFF_RESET) {
+                        ctr.backoff = Duration::ZERO;
+                    }
+                }
+                return Ok(current.map(|s| s.status));
+            }
+            Some(Status::Stopped) => {
+                let s = current.as_ref().expect("matched Some");
+                let code = s.exit_code.unwrap_or(-1);
+                let reason = if s.oom_killed {
+                    "OOMKilled"
+                } else if code == 0 {
+                    "Completed"
+                } else {
+                    "Error"
+                };
+                let term = json!({
+                    "exitCode": code,
+                    "reason": reason,
+                    "startedAt": s.started_at.map(rfc3339),
+                    "finishedAt": s.finished_at.map(rfc3339),
+                    "containerID": format!("shoal://{id}"),
+                });
+                let restart = match restart_policy {
+                    "Always" => true,
+                    "OnFailure" => code != 0,
+                    _ => false,
+                };
+                if ctr.last_terminated.as_ref() != Some(&term) {
+                    ctr.last_terminated = Some(term);
+                    if restart {
+                        ctr.backoff = if ctr.backoff.is_zero() { BACKOFF_BASE } else { (ctr.backoff * 2).min(BACKOFF_MAX) };
+                        ctr.retry_at = Some(Instant::now() + ctr.backoff);
+                        ctr.waiting = Some(("CrashLoopBackOff".into(), format!("back-off {}s restarting failed container={name}", ctr.backoff.as_secs())));
+                    }
+                }
+                if !restart {
+                    return Ok(Some(Status::Stopped));
+                }
+                if ctr.retry_at.is_some_and(|t| Instant::now() < t) {
+                    return Ok(Some(Status::Stopped));
+                }
+                self.remove_container(&id, uid).await;
+                ctr.restarts += 1;
+            }
+            None => {
+                if ctr.retry_at.is_some_and(|t| Instant::now() < t) {
+                    return Ok(None);
+                }
+            }
+        }
+        // Create and start.
+        let restarts = ctr.restarts;
+        match self.create_container(uid, pod, c, st_ip(st), st.sandbox.clone(), &id, restarts).await {
+            Ok(image_id) => {
+                let ctr = st.containers.get_mut(&name).expect("inserted above");
+                ctr.image_id = image_id;
+                ctr.waiting = None;
+                ctr.retry_at = None;
+                Ok(Some(Status::Running))
+            }
+            Err((reason, message)) => {
+                tracing::warn!(container = %name, %reason, %message, "container not started");
+                let ctr = st.containers.get_mut(&name).expect("inserted above");
+                ctr.waiting = Some((reason, message));
+                ctr.backoff = if ctr.backoff.is_zero() { BACKOFF_BASE } else { (ctr.backoff * 2).min(BACKOFF_MAX) };
+                ctr.retry_at = Some(Instant::now() + ctr.backoff.min(Duration::from_secs(20)));
+                Ok(None)
+            }
+        }
+    }
+
+    async fn remove_container(&self, id: &str, uid: &str) {
+        let _ = self.runtime.delete(id, true);
+        let rootfs = self.pod_dir(uid).join(id).join("rootfs");
+        let _ = self.images.remove_rootfs(id, &rootfs);
+    }
+
+    /// Pulls if needed, prepares the rootfs and bundle, creates and starts the container.
+    /// Returns the image id, or the waiting reason and message.
+    #[allow(clippy::too_many_arguments)]
+    async fn create_container(
+        &self,
+        uid: &str,
+        pod: &Value,
+        c: &Value,
+        ip: Option<Ipv4Addr>,
+        sandbox: Option<Sandbox>,
+        id: &str,
+        restarts: u32,
+    ) -> Result<String, (String, String)> {
+        let image = c["image"].as_str().unwrap_or_default();
+        let policy = c["imagePullPolicy"].as_str().unwrap_or("IfNotPresent");
+        let present = self.images.get(image).map_err(|e| ("InvalidImageName".to_string(), e.to_string()))?;
+        let info = match (present, policy) {
+            (Some(info), "IfNotPresent") | (Some(info), "Never") => info,
+            (None, "Never") => {
+                return Err(("ErrImageNeverPull".into(), format!("Container image \"{image}\" is not present with pull policy of Never")))
+            }
+            (present, _) => {
+                let regs = shoal_images::Registries::load(&self.cfg.data_dir.join("registries.toml")).unwrap_or_default();
+                let pull = self.images.pull(image, &regs, shoal_images::Auth::Anonymous);
+                // With a local copy, an unreachable registry must not hold the pod for long.
+                let limit = if present.is_some() { Duration::from_secs(3) } else { Duration::from_secs(300) };
+                let pulled = match tokio::time::timeout(limit, pull).await {
+                    Ok(r) => r.map_err(|e| chain(&e)),
+                    Err(_) => Err(format!("no answer from the registry within {}s", limit.as_secs())),
+                };
+                match pulled {
+                    Ok(info) => info,
+                    Err(e) => match present {
+                        // Offline fleets: a failed pull of an image we hold still runs it.
+                        Some(info) => {
+                            tracing::info!(%image, error = %e, "pull failed; using the local image");
+                            info
+                        }
+                        None => return Err(("ErrImagePull".into(), format!("failed to pull image \"{image}\": {e}"))),
+                    },
+                }
+            }
+        };
+        let bundle = self.pod_dir(uid).join(id);
+        let rootfs = bundle.join("rootfs");
+        let _ = std::fs::create_dir_all(&rootfs);
+        let _ = self.runtime.delete(id, true);
+        let _ = self.images.remove_rootfs(id, &rootfs);
+        self.images.prepare_rootfs(image, id, &rootfs).map_err(|e| ("CreateContainerError".to_string(), e.to_string()))?;
+        let (uid_n, gid_n) = match c["securityContext"]["runAsUser"].as_u64() {
+            Some(u) => (u as u32, c["securityContext"]["runAsGroup"].as_u64().unwrap_or(0) as u32),
+            None => spec::resolve_user(&info.config.user, &rootfs),
+        };
+        let env = super::env::container_env(pod, c, ip, &self.cfg).await;
+        let dir = self.pod_dir(uid);
+        let mut mounts = vec![
+            (dir.join("hosts").to_string_lossy().to_string(), "/etc/hosts".to_string(), false),
+            (dir.join("hostname").to_string_lossy().to_string(), "/etc/hostname".to_string(), false),
+            (dir.join("resolv.conf").to_string_lossy().to_string(), "/etc/resolv.conf".to_string(), false),
+        ];
+        mounts.extend(volume_mounts(pod, c, &dir));
+        let empty = PathBuf::new();
+        let sb = sandbox.as_ref();
+        let input = ContainerInput {
+            pod,
+            container: c,
+            image: &info.config,
+            rootfs: &rootfs,
+            netns: sb.map(|s| s.netns_path.as_path()).unwrap_or(&empty),
+            ipcns: sb.map(|s| s.ipc_ns_path.as_path()).unwrap_or(&empty),
+            utsns: sb.map(|s| s.uts_ns_path.as_path()).unwrap_or(&empty),
+            env,
+            mounts,
+            cgroups_path: format!("/shoal-{}/pod{}/{}", self.cfg.node_name, short(uid), c["name"].as_str().unwrap_or("c")),
+            uid: uid_n,
+            gid: gid_n,
+        };
+        let spec_json = spec::build(&input);
+        let body = serde_json::to_vec_pretty(&spec_json).unwrap_or_default();
+        std::fs::write(bundle.join("config.json"), body).map_err(|e| ("CreateContainerError".to_string(), e.to_string()))?;
+        let opts = CreateOpts {
+            log_path: Some(self.log_path(pod, c["name"].as_str().unwrap_or("c"), restarts)),
+            ..CreateOpts::default()
+        };
+        if let Some(p) = opts.log_path.as_ref().and_then(|p| p.parent()) {
+            let _ = std::fs::create_dir_all(p);
+        }
+        self.runtime.create(id, &bundle, &opts).map_err(|e| ("CreateContainerError".to_string(), chain(&e)))?;
+        self.runtime.start(id).map_err(|e| ("RunContainerError".to_string(), chain(&e)))?;
+        Ok(format!("{}@{}", info.names.first().cloned().unwrap_or_else(|| image.to_string()), info.digest))
+    }
+
+    /// /etc/hosts, /etc/hostname, /etc/resolv.conf and emptyDir/configMap/secret volumes.
+    async fn write_pod_files(&self, pod: &Value, st: &PodState, dir: &Path) -> Result<(), AgentError> {
+        let io = |e: std::io::Error| AgentError::Pod(format!("writing pod files in {}: {e}", dir.display()));
+        std::fs::create_dir_all(dir).map_err(io)?;
+        let name = pod["metadata"]["name"].as_str().unwrap_or("pod");
+        let ns = pod["metadata"]["namespace"].as_str().unwrap_or("default");
+        let ip = st.ip.map(|i| i.to_string()).unwrap_or_else(|| self.cfg.address.to_string());
+        let hosts = format!(
+            "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{ip}\t{name}\n"
+        );
+        write_if_changed(&dir.join("hosts"), hosts.as_bytes()).map_err(io)?;
+        write_if_changed(&dir.join("hostname"), format!("{name}\n").as_bytes()).map_err(io)?;
+        let resolv = format!(
+            "search {ns}.svc.cluster.local svc.cluster.local cluster.local\nnameserver {}\noptions ndots:5\n",
+            self.cfg.dns_ip
+        );
+        write_if_changed(&dir.join("resolv.conf"), resolv.as_bytes()).map_err(io)?;
+        for v in pod["spec"]["volumes"].as_array().into_iter().flatten() {
+            let vname = v["name"].as_str().unwrap_or_default();
+            if vname.is_empty() || vname.contains('/') || vname.starts_with('.') {
+                continue;
+            }
+            let vdir = dir.join("volumes").join(vname);
+            std::fs::create_dir_all(&vdir).map_err(io)?;
+            let (kind, key) = if v.get("configMap").is_some() {
+                ("configmaps", v["configMap"]["name"].as_str())
+            } else if v.get("secret").is_some() {
+                ("secrets", v["secret"]["secretName"].as_str())
+            } else {
+                continue;
+            };
+            let Some(obj_name) = key else { continue };
+            let res = super::res(kind);
+            if let Ok(Some(obj)) = self.cfg.objects.get(&res, Some(ns), obj_name).await {
+                for (k, val) in obj["data"].as_object().into_iter().flatten() {
+                    if k.contains('/') || k.starts_with("..") {
+                        continue;
+                    }
+                    let bytes = match (kind, val.as_str()) {
+                        ("secrets", Some(b64)) => {
+                            use base64::Engine;
+                            base64::engine::general_purpose::STANDARD.decode(b64).unwrap_or_default()
+                        }
+                        (_, Some(s)) => s.as_bytes().to_vec(),
+                        _ => continue,
+                    };
+                    write_if_changed(&vdir.join(k), &bytes).map_err(io)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops every container (SIGTERM, grace, SIGKILL), removes them, the network and the
+    /// sandbox.
+    pub(crate) async fn teardown(&self, uid: &str, st: &mut PodState, grace: Duration) {
+        let ids: Vec<String> = st.containers.values().map(|c| c.id.clone()).collect();
+        let mut handles = Vec::new();
+        for id in ids {
+            let rt_stop = {
+                let id = id.clone();
+                let grace = grace.max(Duration::from_millis(100));
+                let root = self.runtime.config().clone();
+                tokio::task::spawn_blocking(move || {
+                    let rt = shoal_runtime::Runtime::new(root);
+                    let _ = rt.stop(&id, grace);
+                })
+            };
+            handles.push((id, rt_stop));
+        }
+        for (id, h) in handles {
+            let _ = h.await;
+            self.remove_container(&id, uid).await;
+        }
+        self.net.detach(uid, st.ip.take());
+        if let Some(sb) = st.sandbox.take() {
+            let _ = sb.remove();
+        }
+        let _ = std::fs::remove_dir_all(self.pod_dir(uid));
+        st.containers.clear();
+    }
+
+    /// Computes the pod status and writes it if it differs from the stored one.
+    async fn write_status(&self, uid: &str, pod: &Value, st: &PodState) -> Result<(), AgentError> {
+        let status = self.compute_status(uid, pod, st);
+        let old = &pod["status"];
+        let comparable = |s: &Value| {
+            let mut s = s.clone();
+            if let Some(conds) = s["conditions"].as_array_mut() {
+                for c in conds {
+                    if let Some(o) = c.as_object_mut() {
+                        o.remove("lastTransitionTime");
+                        o.remove("lastProbeTime");
+                    }
+                }
+            }
+            s
+        };
+        if comparable(old) == comparable(&status) {
+            return Ok(());
+        }
+        let ns = pod["metadata"]["namespace"].as_str().unwrap_or("default");
+        let name = pod["metadata"]["name"].as_str().unwrap_or_default();
+        let mut next = pod.clone();
+        next["status"] = status;
+        if let Some(m) = next["metadata"].as_object_mut() {
+            m.remove("resourceVersion");
+        }
+        self.cfg.objects.update(&self.pods, Some(ns), next, UpdateMode::Status).await?;
+        Ok(())
+    }
+
+    fn compute_status(&self, _uid: &str, pod: &Value, st: &PodState) -> Value {
+        let now = shoal_kube::objects::now_rfc3339();
+        let old_conds = pod["status"]["conditions"].as_array().cloned().unwrap_or_default();
+        let since = |ty: &str, status: &str| -> String {
+            old_conds
+                .iter()
+                .find(|c| c["type"] == ty && c["status"] == status)
+                .and_then(|c| c["lastTransitionTime"].as_str().map(String::from))
+                .unwrap_or_else(|| now.clone())
+        };
+        let statuses = |list: &Value| -> Vec<Value> {
+            list.as_array()
+                .into_iter()
+                .flatten()
+                .map(|c| {
+                    let name = c["name"].as_str().unwrap_or_default();
+                    let ctr = st.containers.get(name);
+                    let rt = ctr.and_then(|x| self.runtime.state(&x.id).ok());
+                    let mut state = json!({"waiting": {"reason": "ContainerCreating"}});
+                    let mut ready = false;
+                    let mut started = false;
+                    match rt.as_ref().map(|s| s.status) {
+                        Some(Status::Running) => {
+                            state = json!({"running": {"startedAt": rt.as_ref().and_then(|s| s.started_at).map(rfc3339)}});
+                            ready = true;
+                            started = true;
+                        }
+                        Some(Status::Stopped) => {
+                            if let Some(t) = ctr.and_then(|x| x.last_terminated.clone()) {
+                                state = json!({"terminated": t});
+                            }
+                        }
+                        _ => {}
+                    }
+                    if let Some((reason, message)) = ctr.and_then(|x| x.waiting.clone()) {
+                        if !started {
+                            state = json!({"waiting": {"reason": reason, "message": message}});
+                        }
+                    }
+                    let mut s = json!({
+                        "name": name,
+                        "image": c["image"],
+                        "imageID": ctr.map(|x| x.image_id.clone()).unwrap_or_default(),
+                        "ready": ready,
+                        "started": started,
+                        "restartCount": ctr.map(|x| x.restarts).unwrap_or(0),
+                        "state": state,
+                        "lastState": {},
+                    });
+                    if let Some(x) = ctr {
+                        if !x.id.is_empty() && rt.is_some() {
+                            s["containerID"] = json!(format!("shoal://{}", x.id));
+                        }
+                        if x.restarts > 0 {
+                            if let Some(t) = &x.last_terminated {
+                                s["lastState"] = json!({"terminated": t});
+                            }
+                        }
+                    }
+                    s
+                })
+                .collect()
+        };
+        let app = statuses(&pod["spec"]["containers"]);
+        let init = statuses(&pod["spec"]["initContainers"]);
+        let restart_policy = pod["spec"]["restartPolicy"].as_str().unwrap_or("Always");
+        let all_ready = !app.is_empty() && app.iter().all(|s| s["ready"] == true);
+        let terminated: Vec<&Value> = app.iter().filter_map(|s| s["state"].get("terminated")).collect();
+        let all_terminated = !app.is_empty() && terminated.len() == app.len();
+        let initialized = pod["spec"]["initContainers"]
+            .as_array()
+            .is_none_or(|l| l.iter().all(|c| st.containers.get(c["name"].as_str().unwrap_or_default()).is_some_and(|x| x.done) || c["restartPolicy"] == "Always"));
+        let phase = if st.init_failed {
+            "Failed"
+        } else if all_terminated && restart_policy != "Always" {
+            let failed = terminated.iter().any(|t| t["exitCode"].as_i64() != Some(0));
+            if failed && restart_policy == "OnFailure" {
+                "Running"
+            } else if failed {
+                "Failed"
+            } else {
+                "Succeeded"
+            }
+        } else if app.iter().any(|s| s["state"].get("running").is_some() || s["state"].get("terminated").is_some()) {
+            "Running"
+        } else {
+            "Pending"
+        };
+        let b = |v: bool| if v { "True" } else { "False" };
+        let finished = phase == "Succeeded" || phase == "Failed";
+        let ready = all_ready && !finished;
+        let mut conditions = vec![
+            json!({"type": "PodReadyToStartContainers", "status": b(st.sandbox.is_some()), "lastTransitionTime": since("PodReadyToStartContainers", b(st.sandbox.is_some()))}),
+            json!({"type": "Initialized", "status": b(initialized), "lastTransitionTime": since("Initialized", b(initialized))}),
+            json!({"type": "Ready", "status": b(ready), "lastTransitionTime": since("Ready", b(ready))}),
+            json!({"type": "ContainersReady", "status": b(ready), "lastTransitionTime": since("ContainersReady", b(ready))}),
+            json!({"type": "PodScheduled", "status": "True", "lastTransitionTime": since("PodScheduled", "True")}),
+        ];
+        if !ready {
+            for c in conditions.iter_mut().filter(|c| c["type"] == "Ready" || c["type"] == "ContainersReady") {
+                c["reason"] = json!(if finished { "PodCompleted" } else { "ContainersNotReady" });
+            }
+        }
+        let mut status = json!({
+            "phase": phase,
+            "conditions": conditions,
+            "hostIP": self.cfg.address.to_string(),
+            "hostIPs": [{"ip": self.cfg.address.to_string()}],
+            "startTime": st.started_at,
+            "containerStatuses": app,
+            "qosClass": qos_class(pod),
+        });
+        let pod_ip = st.ip.map(|i| i.to_string()).or_else(|| {
+            (pod["spec"]["hostNetwork"].as_bool() == Some(true)).then(|| self.cfg.address.to_string())
+        });
+        if let Some(ip) = pod_ip {
+            status["podIP"] = json!(ip);
+            status["podIPs"] = json!([{"ip": ip}]);
+        }
+        if !init.is_empty() {
+            status["initContainerStatuses"] = json!(init);
+        }
+        status
+    }
+}
+
+/// An error with its sources, for the messages users read in `kubectl describe`.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        cur = s.source();
+    }
+    out
+}
+
+fn st_ip(st: &PodState) -> Option<Ipv4Addr> {
+    st.ip
+}
+
+/// The pod's QoS class, as Kubernetes derives it from requests and limits.
+pub(crate) fn qos_class(pod: &Value) -> &'static str {
+    let containers: Vec<&Value> = pod["spec"]["containers"].as_array().into_iter().flatten().collect();
+    let any = containers.iter().any(|c| {
+        c["resources"]["requests"].as_object().is_some_and(|m| !m.is_empty())
+            || c["resources"]["limits"].as_object().is_some_and(|m| !m.is_empty())
+    });
+    if !any {
+        return "BestEffort";
+    }
+    let guaranteed = containers.iter().all(|c| {
+        let l = &c["resources"]["limits"];
+        let r = &c["resources"]["requests"];
+        ["cpu", "memory"].iter().all(|k| l[k].is_string() && (r[k].is_null() || r[k] == l[k]))
+    });
+    if guaranteed {
+        "Guaranteed"
+    } else {
+        "Burstable"
+    }
+}
+
+fn volume_mounts(pod: &Value, c: &Value, dir: &Path) -> Vec<(String, String, bool)> {
+    let volumes: BTreeMap<&str, &Value> = pod["spec"]["volumes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| Some((v["name"].as_str()?, v)))
+        .collect();
+    let mut out = Vec::new();
+    for m in c["volumeMounts"].as_array().into_iter().flatten() {
+        let (Some(name), Some(path)) = (m["name"].as_str(), m["mountPath"].as_str()) else { continue };
+        let Some(v) = volumes.get(name) else { continue };
+        if name.contains('/') || name.starts_with('.') {
+            continue;
+        }
+        let ro = m["readOnly"].as_bool().unwrap_or(false);
+        let mut src = if let Some(hp) = v["hostPath"]["path"].as_str() {
+            PathBuf::from(hp)
+        } else {
+            dir.join("volumes").join(name)
+        };
+        if let Some(sub) = m["subPath"].as_str().filter(|s| !s.is_empty() && !s.split('/').any(|p| p == "..")) {
+            src = src.join(sub.trim_start_matches('/'));
+            let _ = std::fs::create_dir_all(&src);
+        }
+        let ro = ro || v.get("configMap").is_some() || v.get("secret").is_some();
+        out.push((src.to_string_lossy().to_string(), path.to_string(), ro));
+    }
+    out
+}
+
+fn write_if_changed(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    if std::fs::read(path).ok().as_deref() == Some(data) {
+        return Ok(());
+    }
+    std::fs::write(path, data)
+}

@@ -1,0 +1,232 @@
+//! A Pod's container as an OCI runtime spec: the process (command, args, env, cwd, user) from
+//! the container and its image, the pod sandbox's namespaces, the pod's files and volumes as
+//! mounts, and requests/limits as cgroup settings.
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde_json::{json, Value};
+
+/// What a container is started from besides its Pod.
+pub struct ContainerInput<'a> {
+    pub pod: &'a Value,
+    pub container: &'a Value,
+    pub image: &'a shoal_images::ImageConfig,
+    pub rootfs: &'a Path,
+    pub netns: &'a Path,
+    pub ipcns: &'a Path,
+    pub utsns: &'a Path,
+    /// Environment resolved from the pod (env, envFrom, fieldRefs, Service links).
+    pub env: Vec<String>,
+    /// (source on the host, destination, read-only).
+    pub mounts: Vec<(String, String, bool)>,
+    pub cgroups_path: String,
+    /// The user from the image, resolved against the rootfs' /etc/passwd.
+    pub uid: u32,
+    pub gid: u32,
+}
+
+fn strings(v: &Value) -> Vec<String> {
+    v.as_array().map(|a| a.iter().filter_map(|s| s.as_str().map(String::from)).collect()).unwrap_or_default()
+}
+
+/// The process arguments as Kubernetes computes them from command/args and the image's
+/// ENTRYPOINT/CMD.
+pub fn process_args(container: &Value, image: &shoal_images::ImageConfig) -> Vec<String> {
+    let command = strings(&container["command"]);
+    let args = strings(&container["args"]);
+    match (command.is_empty(), args.is_empty()) {
+        (false, _) => command.into_iter().chain(args).collect(),
+        (true, false) => image.entrypoint.iter().cloned().chain(args).collect(),
+        (true, true) => image.entrypoint.iter().chain(image.cmd.iter()).cloned().collect(),
+    }
+}
+
+/// Parses a Kubernetes quantity of CPU into millicores.
+pub fn cpu_millis(q: &str) -> Option<u64> {
+    if let Some(m) = q.strip_suffix('m') {
+        return m.parse().ok();
+    }
+    q.parse::<f64>().ok().filter(|v| v.is_finite() && *v >= 0.0).map(|v| (v * 1000.0).round() as u64)
+}
+
+/// Parses a Kubernetes quantity of bytes.
+pub fn bytes(q: &str) -> Option<u64> {
+    const SUFFIXES: [(&str, f64); 12] = [
+        ("Ki", 1024.0),
+        ("Mi", 1048576.0),
+        ("Gi", 1073741824.0),
+        ("Ti", 1099511627776.0),
+        ("Pi", 1125899906842624.0),
+        ("Ei", 1152921504606846976.0),
+        ("k", 1e3),
+        ("M", 1e6),
+        ("G", 1e9),
+        ("T", 1e12),
+        ("P", 1e15),
+        ("E", 1e18),
+    ];
+    for (s, mult) in SUFFIXES {
+        if let Some(n) = q.strip_suffix(s) {
+            return n.parse::<f64>().ok().filter(|v| v.is_finite() && *v >= 0.0).map(|v| (v * mult) as u64);
+        }
+    }
+    if let Some(m) = q.strip_suffix('m') {
+        return m.parse::<f64>().ok().filter(|v| v.is_finite() && *v >= 0.0).map(|v| (v / 1000.0) as u64);
+    }
+    q.parse::<f64>().ok().filter(|v| v.is_finite() && *v >= 0.0).map(|v| v as u64)
+}
+
+/// The `linux.resources` of a container, as the kubelet sets them on cgroup v1.
+pub fn resources(container: &Value) -> Value {
+    let res = &container["resources"];
+    let req_cpu = res["requests"]["cpu"].as_str().and_then(cpu_millis);
+    let lim_cpu = res["limits"]["cpu"].as_str().and_then(cpu_millis);
+    let lim_mem = res["limits"]["memory"].as_str().and_then(bytes);
+    // Requests default to limits when only limits are set.
+    let shares = req_cpu.or(lim_cpu).map(|m| (m * 1024 / 1000).max(2)).unwrap_or(2);
+    let mut cpu = json!({"shares": shares});
+    if let Some(l) = lim_cpu {
+        cpu["quota"] = json!((l * 100).max(1000));
+        cpu["period"] = json!(100_000);
+    }
+    let mut out = json!({"cpu": cpu, "pids": {"limit": 4096}});
+    if let Some(m) = lim_mem {
+        out["memory"] = json!({"limit": m});
+    }
+    out
+}
+
+/// Builds the OCI spec (config.json) of a container.
+pub fn build(input: &ContainerInput<'_>) -> Value {
+    let base = shoal_runtime::default_spec(input.rootfs, Vec::new());
+    let mut spec = serde_json::to_value(&base).unwrap_or_else(|_| json!({}));
+    let c = input.container;
+    let args = process_args(c, input.image);
+    let cwd = c["workingDir"]
+        .as_str()
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .or_else(|| Some(input.image.working_dir.clone()).filter(|s| !s.is_empty()))
+        .unwrap_or_else(|| "/".into());
+    let mut env: BTreeMap<String, String> = BTreeMap::new();
+    let mut order: Vec<String> = Vec::new();
+    for e in input.image.env.iter().chain(input.env.iter()) {
+        let (k, v) = e.split_once('=').unwrap_or((e.as_str(), ""));
+        if env.insert(k.to_string(), v.to_string()).is_none() {
+            order.push(k.to_string());
+        }
+    }
+    if !env.contains_key("PATH") {
+        env.insert("PATH".into(), "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
+        order.insert(0, "PATH".into());
+    }
+    let env: Vec<String> = order.iter().map(|k| format!("{k}={}", env[k])).collect();
+    let pod_name = input.pod["metadata"]["name"].as_str().unwrap_or("pod");
+    spec["hostname"] = json!(pod_name);
+    spec["process"]["args"] = json!(args);
+    spec["process"]["env"] = json!(env);
+    spec["process"]["cwd"] = json!(cwd);
+    spec["process"]["user"] = json!({"uid": input.uid, "gid": input.gid});
+    spec["process"]["terminal"] = json!(c["tty"].as_bool().unwrap_or(false));
+    if c["securityContext"]["privileged"].as_bool() == Some(true) {
+        spec["linux"]["maskedPaths"] = json!([]);
+        spec["linux"]["readonlyPaths"] = json!([]);
+    }
+    spec["root"] = json!({"path": input.rootfs, "readonly": c["securityContext"]["readOnlyRootFilesystem"].as_bool().unwrap_or(false)});
+    let host_network = input.pod["spec"]["hostNetwork"].as_bool() == Some(true);
+    let host_pid = input.pod["spec"]["hostPID"].as_bool() == Some(true);
+    let mut namespaces = vec![json!({"type": "mount"}), json!({"type": "ipc", "path": input.ipcns})];
+    if !host_pid {
+        namespaces.push(json!({"type": "pid"}));
+    }
+    if !host_network {
+        namespaces.push(json!({"type": "network", "path": input.netns}));
+        namespaces.push(json!({"type": "uts", "path": input.utsns}));
+    }
+    spec["linux"]["namespaces"] = json!(namespaces);
+    spec["linux"]["resources"] = resources(c);
+    spec["linux"]["cgroupsPath"] = json!(input.cgroups_path);
+    let mut mounts = spec["mounts"].as_array().cloned().unwrap_or_default();
+    for (src, dst, ro) in &input.mounts {
+        let mut opts = vec!["rbind", "rprivate"];
+        if *ro {
+            opts.push("ro");
+        }
+        mounts.retain(|m| m["destination"].as_str() != Some(dst.as_str()));
+        mounts.push(json!({"destination": dst, "type": "bind", "source": src, "options": opts}));
+    }
+    spec["mounts"] = json!(mounts);
+    spec
+}
+
+/// Resolves an image `USER` (`name`, `uid`, `name:group`, `uid:gid`) against the rootfs.
+pub fn resolve_user(user: &str, rootfs: &Path) -> (u32, u32) {
+    if user.is_empty() {
+        return (0, 0);
+    }
+    let (u, g) = user.split_once(':').map(|(u, g)| (u, Some(g))).unwrap_or((user, None));
+    let passwd = std::fs::read_to_string(rootfs.join("etc/passwd")).unwrap_or_default();
+    let group = std::fs::read_to_string(rootfs.join("etc/group")).unwrap_or_default();
+    let lookup = |file: &str, name: &str, field: usize| -> Option<(u32, u32)> {
+        file.lines().find_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            (f.first() == Some(&name) && f.len() > field)
+                .then(|| Some((f[2].parse().ok()?, f.get(3).and_then(|g| g.parse().ok()).unwrap_or(0))))
+                .flatten()
+        })
+    };
+    let (uid, mut gid) = match u.parse::<u32>() {
+        Ok(n) => (n, lookup_gid_of_uid(&passwd, n).unwrap_or(0)),
+        Err(_) => lookup(&passwd, u, 3).unwrap_or((0, 0)),
+    };
+    if let Some(g) = g {
+        gid = g.parse().ok().or_else(|| lookup(&group, g, 2).map(|(id, _)| id)).unwrap_or(gid);
+    }
+    (uid, gid)
+}
+
+fn lookup_gid_of_uid(passwd: &str, uid: u32) -> Option<u32> {
+    passwd.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        (f.len() > 3 && f[2].parse::<u32>().ok() == Some(uid)).then(|| f[3].parse().ok()).flatten()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn image(entry: &[&str], cmd: &[&str]) -> shoal_images::ImageConfig {
+        shoal_images::ImageConfig {
+            entrypoint: entry.iter().map(|s| s.to_string()).collect(),
+            cmd: cmd.iter().map(|s| s.to_string()).collect(),
+            env: vec![],
+            working_dir: String::new(),
+            user: String::new(),
+            exposed_ports: vec![],
+            stop_signal: None,
+        }
+    }
+
+    #[test]
+    fn args_follow_kubernetes_rules() {
+        let img = image(&["/docker-entrypoint.sh"], &["nginx", "-g", "daemon off;"]);
+        assert_eq!(process_args(&json!({}), &img), ["/docker-entrypoint.sh", "nginx", "-g", "daemon off;"]);
+        assert_eq!(process_args(&json!({"args": ["x"]}), &img), ["/docker-entrypoint.sh", "x"]);
+        assert_eq!(process_args(&json!({"command": ["sh", "-c"], "args": ["echo"]}), &img), ["sh", "-c", "echo"]);
+        assert_eq!(process_args(&json!({"command": ["sleep"]}), &img), ["sleep"]);
+    }
+
+    #[test]
+    fn quantities() {
+        assert_eq!(cpu_millis("250m"), Some(250));
+        assert_eq!(cpu_millis("1.5"), Some(1500));
+        assert_eq!(bytes("512Mi"), Some(512 * 1024 * 1024));
+        assert_eq!(bytes("1G"), Some(1_000_000_000));
+        assert_eq!(bytes("junk"), None);
+        let r = resources(&json!({"resources": {"requests": {"cpu": "100m"}, "limits": {"cpu": "250m", "memory": "768Mi"}}}));
+        assert_eq!(r["cpu"]["shares"], 102);
+        assert_eq!(r["cpu"]["quota"], 25000);
+        assert_eq!(r["memory"]["limit"], 768 * 1024 * 1024);
+    }
+}

@@ -1,0 +1,302 @@
+//! Links, addresses, routes and neighbours.
+use std::future::Future;
+use std::net::IpAddr;
+use std::os::fd::AsRawFd;
+use std::path::Path;
+
+use futures::TryStreamExt;
+use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags, AddressMessage};
+
+use rtnetlink::packet_route::neighbour::NeighbourState;
+use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder};
+
+use crate::{Error, Result};
+
+/// An address on a link, with its prefix length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Address {
+    pub addr: IpAddr,
+    pub prefix: u8,
+}
+
+/// A route: `dst/prefix` via a gateway and/or out of a link.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Route {
+    pub dst: IpAddr,
+    pub prefix: u8,
+    pub via: Option<IpAddr>,
+    pub dev: Option<String>,
+}
+
+/// The network operations a node needs. [`LinuxNet`] talks rtnetlink; [`crate::FakeNet`]
+/// records the calls for tests.
+pub trait Net: Send + Sync {
+    /// Creates the bridge if missing and sets it up; returns its index.
+    fn ensure_bridge(&self, name: &str) -> impl Future<Output = Result<u32>> + Send;
+    /// Creates a veth pair, moves `peer` into the network namespace at `netns`, attaches
+    /// `host` to `bridge` (when given) and sets it up.
+    fn create_veth(&self, host: &str, peer: &str, netns: &Path, bridge: Option<&str>)
+        -> impl Future<Output = Result<()>> + Send;
+    /// Deletes a link (deleting one end of a veth pair deletes both).
+    fn delete_link(&self, name: &str) -> impl Future<Output = Result<()>> + Send;
+    /// Sets a link up or down.
+    fn set_link_up(&self, name: &str, up: bool) -> impl Future<Output = Result<()>> + Send;
+    /// Adds an address. IPv6 addresses skip duplicate address detection, so a moved VIP is
+    /// usable at once. An address already present is not an error.
+    fn add_address(&self, link: &str, addr: Address) -> impl Future<Output = Result<()>> + Send;
+    /// Removes an address; one that is absent is not an error.
+    fn del_address(&self, link: &str, addr: IpAddr) -> impl Future<Output = Result<()>> + Send;
+    /// The addresses of a link.
+    fn list_addresses(&self, link: &str) -> impl Future<Output = Result<Vec<Address>>> + Send;
+    /// Adds or replaces a route.
+    fn replace_route(&self, route: &Route) -> impl Future<Output = Result<()>> + Send;
+    /// Deletes a route; one that is absent is not an error.
+    fn del_route(&self, route: &Route) -> impl Future<Output = Result<()>> + Send;
+    /// Adds or replaces a permanent neighbour entry.
+    fn replace_neighbour(&self, link: &str, ip: IpAddr, mac: [u8; 6]) -> impl Future<Output = Result<()>> + Send;
+}
+
+/// [`Net`] over an rtnetlink socket of the network namespace it was created in.
+#[derive(Clone)]
+pub struct LinuxNet {
+    handle: Handle,
+}
+
+fn errno(e: &rtnetlink::Error) -> Option<i32> {
+    match e {
+        rtnetlink::Error::NetlinkError(m) => Some(-m.raw_code()),
+        _ => None,
+    }
+}
+
+impl LinuxNet {
+    /// Opens a connection in the current network namespace; needs a tokio runtime.
+    pub fn new() -> Result<LinuxNet> {
+        let (conn, handle, _) = rtnetlink::new_connection().map_err(Error::Connect)?;
+        tokio::spawn(conn);
+        Ok(LinuxNet { handle })
+    }
+
+    /// The index of a link, `None` when it does not exist.
+    pub async fn link_index(&self, name: &str) -> Result<Option<u32>> {
+        let mut links = self.handle.link().get().match_name(name.to_string()).execute();
+        match links.try_next().await {
+            Ok(Some(msg)) => Ok(Some(msg.header.index)),
+            Ok(None) => Ok(None),
+            Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(None),
+            Err(source) => Err(Error::GetLink { name: name.into(), source }),
+        }
+    }
+
+    async fn must_index(&self, name: &str) -> Result<u32> {
+        self.link_index(name).await?.ok_or_else(|| Error::LinkNotFound(name.into()))
+    }
+
+    async fn find_address(&self, link: &str, index: u32, addr: IpAddr) -> Result<Option<AddressMessage>> {
+        let mut msgs = self.handle.address().get().set_link_index_filter(index).execute();
+        loop {
+            match msgs.try_next().await {
+                Ok(Some(m)) => {
+                    if address_of(&m) == Some(addr) {
+                        return Ok(Some(m));
+                    }
+                }
+                Ok(None) => return Ok(None),
+                Err(source) => return Err(Error::ListAddresses { link: link.into(), source }),
+            }
+        }
+    }
+
+    fn route_message(route: &Route, index: Option<u32>) -> Result<rtnetlink::packet_route::route::RouteMessage> {
+        let invalid = |reason: String| Error::InvalidRoute { dst: route.dst, prefix: route.prefix, reason };
+        let mut b = RouteMessageBuilder::<IpAddr>::new().destination_prefix(route.dst, route.prefix).map_err(|e| invalid(e.to_string()))?;
+        if let Some(via) = route.via {
+            b = b.gateway(via).map_err(|e| invalid(e.to_string()))?;
+        }
+        if let Some(i) = index {
+            b = b.output_interface(i);
+        }
+        Ok(b.build())
+    }
+}
+
+fn address_of(m: &AddressMessage) -> Option<IpAddr> {
+    // IPv4 point-to-point links carry the peer in Address and our own in Local.
+    let local = m.attributes.iter().find_map(|a| match a {
+        AddressAttribute::Local(ip) => Some(*ip),
+        _ => None,
+    });
+    local.or_else(|| {
+        m.attributes.iter().find_map(|a| match a {
+            AddressAttribute::Address(ip) => Some(*ip),
+            _ => None,
+        })
+    })
+}
+
+impl Net for LinuxNet {
+    async fn ensure_bridge(&self, name: &str) -> Result<u32> {
+        if self.link_index(name).await?.is_none() {
+            let r = self.handle.link().add(LinkBridge::new(name).build()).execute().await;
+            match r {
+                Ok(()) => {}
+                Err(e) if errno(&e) == Some(libc::EEXIST) => {}
+                Err(source) => return Err(Error::CreateBridge { name: name.into(), source }),
+            }
+        }
+        let index = self.must_index(name).await?;
+        self.handle
+            .link()
+            .set(LinkUnspec::new_with_index(index).up().build())
+            .execute()
+            .await
+            .map_err(|source| Error::SetLink { name: name.into(), source })?;
+        Ok(index)
+    }
+
+    async fn create_veth(&self, host: &str, peer: &str, netns: &Path, bridge: Option<&str>) -> Result<()> {
+        let ns = std::fs::File::open(netns).map_err(|source| Error::OpenNetns { path: netns.into(), source })?;
+        self.handle.link().add(LinkVeth::new(host, peer).build()).execute().await.map_err(|source| {
+            Error::CreateVeth { host: host.into(), peer: peer.into(), source }
+        })?;
+        let peer_index = self.must_index(peer).await?;
+        self.handle
+            .link()
+            .set(LinkUnspec::new_with_index(peer_index).setns_by_fd(ns.as_raw_fd()).build())
+            .execute()
+            .await
+            .map_err(|source| Error::MoveLink { name: peer.into(), source })?;
+        let host_index = self.must_index(host).await?;
+        let mut msg = LinkUnspec::new_with_index(host_index).up();
+        if let Some(br) = bridge {
+            msg = msg.controller(self.must_index(br).await?);
+        }
+        self.handle
+            .link()
+            .set(msg.build())
+            .execute()
+            .await
+            .map_err(|source| Error::SetLink { name: host.into(), source })
+    }
+
+    async fn delete_link(&self, name: &str) -> Result<()> {
+        let Some(index) = self.link_index(name).await? else { return Ok(()) };
+        match self.handle.link().del(index).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(()),
+            Err(source) => Err(Error::DeleteLink { name: name.into(), source }),
+        }
+    }
+
+    async fn set_link_up(&self, name: &str, up: bool) -> Result<()> {
+        let index = self.must_index(name).await?;
+        let msg = LinkUnspec::new_with_index(index);
+        let msg = if up { msg.up() } else { msg.down() };
+        self.handle.link().set(msg.build()).execute().await.map_err(|source| Error::SetLink { name: name.into(), source })
+    }
+
+    async fn add_address(&self, link: &str, addr: Address) -> Result<()> {
+        let index = self.must_index(link).await?;
+        let mut req = self.handle.address().add(index, addr.addr, addr.prefix);
+        if addr.addr.is_ipv6() {
+            req.message_mut().attributes.push(AddressAttribute::Flags(AddressFlags::Nodad));
+        }
+        match req.execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if errno(&e) == Some(libc::EEXIST) => Ok(()),
+            Err(source) => Err(Error::AddAddress { link: link.into(), addr: addr.addr, prefix: addr.prefix, source }),
+        }
+    }
+
+    async fn del_address(&self, link: &str, addr: IpAddr) -> Result<()> {
+        let Some(index) = self.link_index(link).await? else { return Ok(()) };
+        let Some(msg) = self.find_address(link, index, addr).await? else { return Ok(()) };
+        match self.handle.address().del(msg).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if errno(&e) == Some(libc::EADDRNOTAVAIL) => Ok(()),
+            Err(source) => Err(Error::DeleteAddress { link: link.into(), addr, source }),
+        }
+    }
+
+    async fn list_addresses(&self, link: &str) -> Result<Vec<Address>> {
+        let index = self.must_index(link).await?;
+        let msgs: Vec<AddressMessage> = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|source| Error::ListAddresses { link: link.into(), source })?;
+        let mut out: Vec<Address> = msgs
+            .iter()
+            .filter(|m| m.header.index == index)
+            .filter_map(|m| address_of(m).map(|addr| Address { addr, prefix: m.header.prefix_len }))
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
+    async fn replace_route(&self, route: &Route) -> Result<()> {
+        let index = match &route.dev {
+            Some(d) => Some(self.must_index(d).await?),
+            None => None,
+        };
+        let msg = Self::route_message(route, index)?;
+        self.handle.route().add(msg).replace().execute().await.map_err(|source| Error::ReplaceRoute {
+            dst: route.dst,
+            prefix: route.prefix,
+            source,
+        })
+    }
+
+    async fn del_route(&self, route: &Route) -> Result<()> {
+        let index = match &route.dev {
+            Some(d) => match self.link_index(d).await? {
+                Some(i) => Some(i),
+                None => return Ok(()),
+            },
+            None => None,
+        };
+        let msg = Self::route_message(route, index)?;
+        match self.handle.route().del(msg).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if errno(&e) == Some(libc::ESRCH) => Ok(()),
+            Err(source) => Err(Error::DeleteRoute { dst: route.dst, prefix: route.prefix, source }),
+        }
+    }
+
+    async fn replace_neighbour(&self, link: &str, ip: IpAddr, mac: [u8; 6]) -> Result<()> {
+        let index = self.must_index(link).await?;
+        self.handle
+            .neighbours()
+            .add(index, ip)
+            .link_layer_address(&mac)
+            .state(NeighbourState::Permanent)
+            .replace()
+            .execute()
+            .await
+            .map_err(|source| Error::ReplaceNeighbour { link: link.into(), ip, source })
+    }
+}
+
+/// The hardware address of a link, from `sys_class_net/<link>/address` (`/sys/class/net`).
+pub(crate) fn read_mac(sys_class_net: &Path, link: &str) -> Result<[u8; 6]> {
+    let text = std::fs::read_to_string(sys_class_net.join(link).join("address"))
+        .map_err(|source| Error::ReadMac { link: link.into(), source })?;
+    parse_mac(text.trim()).ok_or_else(|| Error::ReadMac {
+        link: link.into(),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidData, format!("not a MAC address: {}", text.trim())),
+    })
+}
+
+pub(crate) fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let mut out = [0u8; 6];
+    let mut parts = s.split(':');
+    for b in out.iter_mut() {
+        *b = u8::from_str_radix(parts.next()?, 16).ok()?;
+    }
+    parts.next().is_none().then_some(out)
+}
+
