@@ -79,9 +79,21 @@ async fn leader_duties(node: Arc<Node>, health: NodeHealth, stop: CancellationTo
 }
 
 fn start_leader_components(node: &Arc<Node>, health: NodeHealth, token: CancellationToken) {
-    let manager = ControllerManager::new(ControllerConfig::default());
-    tokio::spawn(manager.run(node.objects.clone(), health, token.clone()));
-    tokio::spawn(Scheduler::new().run(node.objects.clone(), token));
+    let node = node.clone();
+    tokio::spawn(async move {
+        // The controllers count what exists before they create: a new leader first applies
+        // everything committed before it took over.
+        while let Err(e) = node.store.sync().await {
+            tracing::debug!(error = %e, "waiting for the replica to catch up before starting controllers");
+            tokio::select! {
+                _ = token.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            }
+        }
+        let manager = ControllerManager::new(ControllerConfig::default());
+        tokio::spawn(manager.run(node.objects.clone(), health, token.clone()));
+        tokio::spawn(Scheduler::new().run(node.objects.clone(), token));
+    });
 }
 
 /// Liveness of every node by name, from gossip (never from the store: an idle cluster writes

@@ -3,6 +3,8 @@
 
 mod error;
 pub mod history;
+pub mod kube;
+pub mod load;
 pub mod linearizability;
 mod proc;
 pub mod results;

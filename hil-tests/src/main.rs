@@ -28,6 +28,11 @@ enum Command {
     },
     /// Run a scenario (or `all`) on fresh rigs and record what it measured.
     Run(RunArgs),
+    /// Load generators for the benchmarks of bench/ (figures as `name: value` lines).
+    Load {
+        #[command(subcommand)]
+        command: LoadCommand,
+    },
     /// Write report.md and report.json from the recorded results.
     Report {
         /// Results dir (default: $SHOAL_HIL_OUT, else target/hil).
@@ -78,6 +83,120 @@ enum RigCommand {
         #[arg(trailing_var_arg = true, required = true)]
         command: Vec<String>,
     },
+}
+
+#[derive(Subcommand)]
+enum LoadCommand {
+    /// Store writes through shoal's control sockets (`--socket DATA_DIR/shoal.sock`) or etcd (`--etcd HOST:PORT`).
+    Kv {
+        #[arg(long)]
+        socket: Vec<PathBuf>,
+        #[arg(long)]
+        etcd: Vec<String>,
+        #[arg(long, default_value_t = 1)]
+        writers: usize,
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        duration: Duration,
+        #[arg(long, default_value_t = 256)]
+        value_size: usize,
+        /// Prefix of the printed names.
+        #[arg(long, default_value = "kv")]
+        name: String,
+    },
+    /// Create/get/list/patch/watch ConfigMaps through the API, then fill up to `--fill` objects.
+    Api {
+        #[arg(long)]
+        kubeconfig: PathBuf,
+        #[arg(long)]
+        server: Option<String>,
+        #[arg(long, default_value_t = 1000)]
+        count: usize,
+        #[arg(long, default_value_t = 8)]
+        clients: usize,
+        #[arg(long, default_value_t = 0)]
+        fill: usize,
+    },
+    /// Create pods and time each until a watch shows it Running.
+    Pods {
+        #[arg(long)]
+        kubeconfig: PathBuf,
+        #[arg(long)]
+        server: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        count: usize,
+        #[arg(long, default_value_t = 8)]
+        clients: usize,
+        #[arg(long, default_value = "nginx")]
+        image: String,
+        /// Pin every pod to this node (nodeSelector kubernetes.io/hostname).
+        #[arg(long)]
+        node: Option<String>,
+        #[arg(long, default_value = "bench-pods")]
+        namespace: String,
+        #[arg(long, default_value = "podstart")]
+        name: String,
+        /// Delete the namespace afterwards.
+        #[arg(long)]
+        cleanup: bool,
+    },
+    /// Pending pods on simulated nodes (Node objects without agents): how fast they are bound.
+    Scheduler {
+        #[arg(long)]
+        kubeconfig: PathBuf,
+        #[arg(long)]
+        server: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        nodes: usize,
+        #[arg(long, default_value_t = 1000)]
+        pods: usize,
+        #[arg(long, default_value_t = 8)]
+        clients: usize,
+    },
+}
+
+fn kube_config(path: &std::path::Path, server: Option<String>) -> anyhow::Result<shoal_hil::kube::KubeConfig> {
+    let cfg = shoal_hil::kube::KubeConfig::load(path)?;
+    Ok(match server {
+        Some(s) => cfg.with_server(&s),
+        None => cfg,
+    })
+}
+
+fn load(command: LoadCommand) -> anyhow::Result<ExitCode> {
+    use shoal_hil::load;
+    match command {
+        LoadCommand::Kv { socket, etcd, writers, duration, value_size, name } => {
+            let mut targets: Vec<load::KvTarget> = socket.into_iter().map(load::KvTarget::Shoal).collect();
+            targets.extend(etcd.into_iter().map(load::KvTarget::Etcd));
+            if targets.is_empty() {
+                bail!("give --socket or --etcd");
+            }
+            let st = load::kv_load(&targets, writers.max(1), duration, value_size);
+            println!("{name}_writes_per_s: {:.1}", st.per_s());
+            println!("{name}_p50_ms: {:.2}", st.pct(0.5));
+            println!("{name}_p99_ms: {:.2}", st.pct(0.99));
+            println!("{name}_errors: {}", st.errors);
+        }
+        LoadCommand::Api { kubeconfig, server, count, clients, fill } => {
+            load::api_bench(&kube_config(&kubeconfig, server)?, count, clients.max(1), fill)?;
+        }
+        LoadCommand::Pods { kubeconfig, server, count, clients, image, node, namespace, name, cleanup } => {
+            let cfg = kube_config(&kubeconfig, server)?;
+            let st = load::pod_start(&cfg, &namespace, count, clients.max(1), &image, node.as_deref())?;
+            println!("{name}_pods_running: {}", st.ms.len());
+            println!("{name}_pods_not_running: {}", st.errors);
+            println!("{name}_all_running_s: {:.2}", st.elapsed.as_secs_f64());
+            println!("{name}_p50_ms: {:.1}", st.pct(0.5));
+            println!("{name}_p99_ms: {:.1}", st.pct(0.99));
+            if cleanup {
+                load::delete_namespace(&cfg, &namespace, Duration::from_secs(120))?;
+            }
+        }
+        LoadCommand::Scheduler { kubeconfig, server, nodes, pods, clients } => {
+            load::scheduler_bench(&kube_config(&kubeconfig, server)?, nodes, pods, clients.max(1))?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 #[derive(clap::Args)]
@@ -156,6 +275,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Rig { command } => rig(command),
         Command::Run(args) => run_scenarios(args),
+        Command::Load { command } => load(command),
         Command::Report { out } => {
             let out = out.unwrap_or_else(default_out_dir);
             let (md, json) = write_report(&out)?;

@@ -265,7 +265,7 @@ impl Runtime {
                 return Err(start_err(io::Error::other("the container init did not take the start signal")));
             }
             std::thread::sleep(pause);
-            pause = (pause * 2).min(Duration::from_millis(5));
+            pause = (pause * 2).min(Duration::from_millis(1));
         }
         drop(fifo);
         state::write_json(&dir.join(state::STARTED_FILE), &state::StartedFile { started_at: SystemTime::now() })?;
@@ -363,7 +363,8 @@ impl Runtime {
     /// Like `wait`, giving up after `timeout` with `None`.
     pub fn wait_timeout(&self, id: &str, timeout: Duration) -> Result<Option<State>> {
         let dir = self.existing_dir(id)?;
-        let deadline = Instant::now() + timeout;
+        let begin = Instant::now();
+        let deadline = begin + timeout;
         let mut pause = Duration::from_micros(100);
         loop {
             let st = state::load(&dir, &self.proc_root)?;
@@ -375,7 +376,9 @@ impl Runtime {
                 return Ok(None);
             }
             std::thread::sleep(pause.min(deadline - now));
-            pause = (pause * 2).min(Duration::from_millis(20));
+            // Short polls first: most waits end within a few milliseconds.
+            let cap = if now.duration_since(begin) < Duration::from_millis(200) { 1 } else { 20 };
+            pause = (pause * 2).min(Duration::from_millis(cap));
         }
     }
 

@@ -884,3 +884,28 @@ async fn lease_loop(node: Weak<RaftNode>, cancel: CancellationToken) {
         node.expire_leases().await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use openraft::raft::InstallSnapshotRequest;
+
+    use crate::raft_types::{SnapshotMeta, TypeConfig, Vote};
+    use crate::testing::TestCluster;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_snapshot_chunk_at_a_huge_offset_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = TestCluster::start(dir.path(), 1).await.unwrap();
+        let req: InstallSnapshotRequest<TypeConfig> = InstallSnapshotRequest {
+            vote: Vote::new(99, 2),
+            meta: SnapshotMeta::default(),
+            offset: u64::MAX / 2,
+            data: vec![1, 2, 3],
+            done: false,
+        };
+        let body = crate::codec::encode("test", &req).unwrap();
+        let res = c.store(1).handle_rpc(super::service::SNAPSHOT, &body).await;
+        assert!(matches!(res, Err(crate::Error::TooLarge { .. })), "got {res:?}");
+        c.store(1).txn(crate::Txn::put("/ok", vec![1])).await.unwrap();
+    }
+}

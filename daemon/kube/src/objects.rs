@@ -166,14 +166,24 @@ impl Objects {
 
     /// Like `create`, with a uid chosen by the caller (the API derives labels from it, as a
     /// Job's `controller-uid` selector).
-    pub async fn create_with_uid(&self, res: &Resource, ns: Option<&str>, mut obj: Value, uid: String) -> Result<Value> {
+    pub async fn create_with_uid(
+        &self,
+        res: &Resource,
+        ns: Option<&str>,
+        mut obj: Value,
+        uid: String,
+    ) -> Result<Value> {
         for _ in 0..8 {
             let m = meta_mut(&mut obj)?;
             let name = match m.get("name").and_then(|n| n.as_str()).filter(|n| !n.is_empty()) {
                 Some(n) => n.to_string(),
                 None => match m.get("generateName").and_then(|n| n.as_str()) {
                     Some(g) if !g.is_empty() => format!("{g}{}", random_suffix()),
-                    _ => return Err(Error::Invalid("metadata.name: Required value: name or generateName is required".into())),
+                    _ => {
+                        return Err(Error::Invalid(
+                            "metadata.name: Required value: name or generateName is required".into(),
+                        ))
+                    }
                 },
             };
             m.insert("name".into(), json!(name));
@@ -205,7 +215,10 @@ impl Objects {
             }
             let generated = meta(&obj).and_then(|m| m.get("generateName")).is_some()
                 && meta(&obj).and_then(|m| m.get("name")).and_then(|n| n.as_str()).is_some_and(|n| {
-                    meta(&obj).and_then(|m| m.get("generateName")).and_then(|g| g.as_str()).is_some_and(|g| n.len() == g.len() + 5)
+                    meta(&obj)
+                        .and_then(|m| m.get("generateName"))
+                        .and_then(|g| g.as_str())
+                        .is_some_and(|g| n.len() == g.len() + 5)
                 });
             if !generated {
                 return Err(Error::AlreadyExists { kind: res.plural.clone(), name });
@@ -224,7 +237,11 @@ impl Objects {
         let name = name_of(&obj).ok_or_else(|| Error::Invalid("metadata.name: Required value".into()))?.to_string();
         let key = res.key(ns, &name);
         let expected = resource_version_of(&obj);
-        let cur_kv = self.store.get(&key).await?.ok_or_else(|| Error::NotFound { kind: res.plural.clone(), name: name.clone() })?;
+        let cur_kv = self
+            .store
+            .get(&key)
+            .await?
+            .ok_or_else(|| Error::NotFound { kind: res.plural.clone(), name: name.clone() })?;
         if let Some(rv) = expected {
             if rv != cur_kv.mod_revision {
                 return Err(Error::Conflict { plural: res.plural.clone(), name });
@@ -305,7 +322,14 @@ impl Objects {
 
     /// Reads, changes and writes an object, retrying on conflicts. `f` returns false to
     /// leave the object as it is.
-    pub async fn modify<F>(&self, res: &Resource, ns: Option<&str>, name: &str, mode: UpdateMode, mut f: F) -> Result<Value>
+    pub async fn modify<F>(
+        &self,
+        res: &Resource,
+        ns: Option<&str>,
+        name: &str,
+        mode: UpdateMode,
+        mut f: F,
+    ) -> Result<Value>
     where
         F: FnMut(&mut Value) -> Result<bool>,
     {
@@ -328,7 +352,11 @@ impl Objects {
     pub async fn delete(&self, res: &Resource, ns: Option<&str>, name: &str, pre: Preconditions) -> Result<Value> {
         let key = res.key(ns, name);
         for _ in 0..16 {
-            let kv = self.store.get(&key).await?.ok_or_else(|| Error::NotFound { kind: res.plural.clone(), name: name.into() })?;
+            let kv = self
+                .store
+                .get(&key)
+                .await?
+                .ok_or_else(|| Error::NotFound { kind: res.plural.clone(), name: name.into() })?;
             let mut obj = decode(&key, &kv)?;
             if let Some(uid) = &pre.uid {
                 if meta(&obj).and_then(|m| m.get("uid")).and_then(|u| u.as_str()) != Some(uid.as_str()) {
@@ -377,10 +405,21 @@ impl Objects {
     /// and deletionGracePeriodSeconds, and keeps the object; whoever stops the workload then
     /// calls `delete`, which removes a terminating object without finalizers. A second call
     /// may only shorten the grace period.
-    pub async fn terminate(&self, res: &Resource, ns: Option<&str>, name: &str, grace_seconds: i64, pre: Preconditions) -> Result<Value> {
+    pub async fn terminate(
+        &self,
+        res: &Resource,
+        ns: Option<&str>,
+        name: &str,
+        grace_seconds: i64,
+        pre: Preconditions,
+    ) -> Result<Value> {
         let key = res.key(ns, name);
         for _ in 0..16 {
-            let kv = self.store.get(&key).await?.ok_or_else(|| Error::NotFound { kind: res.plural.clone(), name: name.into() })?;
+            let kv = self
+                .store
+                .get(&key)
+                .await?
+                .ok_or_else(|| Error::NotFound { kind: res.plural.clone(), name: name.into() })?;
             let mut obj = decode(&key, &kv)?;
             if let Some(uid) = &pre.uid {
                 if meta(&obj).and_then(|m| m.get("uid")).and_then(|u| u.as_str()) != Some(uid.as_str()) {
@@ -393,7 +432,9 @@ impl Objects {
                 }
             }
             let current = meta(&obj).and_then(|m| m.get("deletionGracePeriodSeconds")).and_then(|g| g.as_i64());
-            if meta(&obj).and_then(|m| m.get("deletionTimestamp")).is_some() && current.is_some_and(|c| c <= grace_seconds) {
+            if meta(&obj).and_then(|m| m.get("deletionTimestamp")).is_some()
+                && current.is_some_and(|c| c <= grace_seconds)
+            {
                 return Ok(obj);
             }
             let at = jiff::Timestamp::now()
@@ -476,10 +517,8 @@ mod tests {
     async fn create_get_update_delete() {
         let objs = Objects::new(Store::in_memory());
         let cms = find("", "configmaps").unwrap();
-        let created = objs
-            .create(&cms, Some("default"), json!({"metadata": {"name": "a"}, "data": {"x": "1"}}))
-            .await
-            .unwrap();
+        let created =
+            objs.create(&cms, Some("default"), json!({"metadata": {"name": "a"}, "data": {"x": "1"}})).await.unwrap();
         assert_eq!(created["kind"], "ConfigMap");
         assert_eq!(created["metadata"]["generation"], 1);
         let rv = resource_version_of(&created).unwrap();
@@ -493,7 +532,10 @@ mod tests {
         assert_eq!(updated["metadata"]["generation"], 2);
         assert!(resource_version_of(&updated).unwrap() > rv);
         // A stale resourceVersion conflicts.
-        assert!(matches!(objs.update(&cms, Some("default"), changed, UpdateMode::Spec).await, Err(Error::Conflict { .. })));
+        assert!(matches!(
+            objs.update(&cms, Some("default"), changed, UpdateMode::Spec).await,
+            Err(Error::Conflict { .. })
+        ));
         objs.delete(&cms, Some("default"), "a", Preconditions::default()).await.unwrap();
         assert!(objs.get(&cms, Some("default"), "a").await.unwrap().is_none());
     }
@@ -529,10 +571,8 @@ mod tests {
         c2["data"] = json!({"k": "v"});
         objs.update(&cms, Some("default"), c2, UpdateMode::Spec).await.unwrap();
         objs.delete(&cms, Some("default"), "a", Preconditions::default()).await.unwrap();
-        let kinds: Vec<&str> = [w.recv().await, w.recv().await, w.recv().await]
-            .into_iter()
-            .map(|e| e.unwrap().unwrap().kind)
-            .collect();
+        let kinds: Vec<&str> =
+            [w.recv().await, w.recv().await, w.recv().await].into_iter().map(|e| e.unwrap().unwrap().kind).collect();
         assert_eq!(kinds, ["ADDED", "MODIFIED", "DELETED"]);
     }
 }

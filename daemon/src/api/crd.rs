@@ -33,7 +33,7 @@ pub(crate) fn admit(obj: &mut Value) -> Vec<Cause> {
     }
     let name = obj["metadata"]["name"].as_str().unwrap_or_default();
     if !plural.is_empty() && !group.is_empty() && name != format!("{plural}.{group}") {
-        causes.push(Cause::invalid("metadata.name", name, &format!("must be spec.names.plural+\".\"+spec.group")));
+        causes.push(Cause::invalid("metadata.name", name, "must be spec.names.plural+\".\"+spec.group"));
     }
     if causes.is_empty() {
         let mut names = spec["names"].clone();

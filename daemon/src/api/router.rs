@@ -223,7 +223,9 @@ async fn resource(
 mod tests {
     use super::*;
 
-    fn p(s: &str) -> Option<(Option<String>, String, Option<String>, Option<String>)> {
+    type Parsed = (Option<String>, String, Option<String>, Option<String>);
+
+    fn p(s: &str) -> Option<Parsed> {
         let rest: Vec<String> = s.split('/').filter(|x| !x.is_empty()).map(String::from).collect();
         parse_target(&rest).map(|t| (t.ns, t.plural, t.name, t.sub))
     }

@@ -2,9 +2,11 @@
 //! writes back the status kubectl shows. It reads the local replica (no cache of its own),
 //! re-adopts running containers after a restart, and writes status only when it changes.
 mod env;
+mod events;
 pub mod logs;
 pub mod network;
 mod pod;
+mod probes;
 pub mod spec;
 
 use std::collections::{BTreeMap, HashMap};
@@ -58,6 +60,7 @@ pub(crate) struct Agent {
     pub nodes: Resource,
     pub run_dir: PathBuf,
     pub log_dir: PathBuf,
+    pub events: events::Recorder,
     /// Per pod uid: what the agent knows of it.
     pub state: Mutex<HashMap<String, Arc<Mutex<PodState>>>>,
 }
@@ -101,7 +104,9 @@ impl NodeAgent {
             .await
             .map_err(|e| AgentError::Pod(format!("network setup task: {e}")))??;
         let log_dir = cfg.data_dir.join("pods");
+        let events = events::Recorder::new(cfg.objects.clone(), cfg.node_name.clone());
         let agent = Agent {
+            events,
             cfg,
             images,
             runtime,
@@ -126,13 +131,12 @@ impl NodeAgent {
         if let Err(e) = register_node(&agent).await {
             tracing::error!(error = %e, "registering the Node object");
         }
-        // Air-gapped fleets: every tarball dropped in <data-dir>/images/import/ is imported.
-        match agent.images.import_dir().await {
-            Ok(refs) if !refs.is_empty() => tracing::info!(count = refs.len(), "imported images from the import dir"),
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "importing images from the import dir"),
-        }
+        // Air-gapped fleets: every tarball dropped in <data-dir>/images/import/ is imported, at
+        // start and whenever a new one appears.
+        let mut imported = HashMap::new();
+        agent.import_new_tarballs(&mut imported).await;
         agent.adopt().await;
+        let mut import_tick = tokio::time::interval(Duration::from_secs(10));
         let mut watch = agent.cfg.objects.watch(&agent.pods, None, None).await.ok();
         let mut tick = tokio::time::interval(Duration::from_millis(1000));
         let mut routes_tick = tokio::time::interval(Duration::from_secs(5));
@@ -143,6 +147,7 @@ impl NodeAgent {
                 _ = shutdown.cancelled() => break,
                 _ = tick.tick() => {}
                 _ = routes_tick.tick() => { agent.sync_routes().await; continue; }
+                _ = import_tick.tick() => { agent.import_new_tarballs(&mut imported).await; continue; }
                 ev = async { match watch.as_mut() { Some(w) => w.recv().await, None => std::future::pending().await } } => {
                     match ev {
                         Some(Ok(_)) => {}
@@ -188,6 +193,29 @@ impl Agent {
     async fn my_pods(&self) -> Result<Vec<Value>, AgentError> {
         let (pods, _) = self.cfg.objects.list(&self.pods, None).await?;
         Ok(pods.into_iter().filter(|p| p["spec"]["nodeName"].as_str() == Some(self.cfg.node_name.as_str())).collect())
+    }
+
+    /// Imports the tarballs of the import dir that are new or changed since the last look.
+    async fn import_new_tarballs(&self, seen: &mut HashMap<PathBuf, (u64, std::time::SystemTime)>) {
+        let dir = self.images.import_dir_path();
+        let Ok(entries) = std::fs::read_dir(&dir) else { return };
+        let mut files: Vec<(PathBuf, (u64, std::time::SystemTime))> = entries
+            .flatten()
+            .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+            .filter_map(|e| {
+                let m = e.metadata().ok().filter(|m| m.is_file())?;
+                Some((e.path(), (m.len(), m.modified().ok()?)))
+            })
+            .filter(|(p, stamp)| seen.get(p) != Some(stamp))
+            .collect();
+        files.sort();
+        for (path, stamp) in files {
+            match self.images.import(&path).await {
+                Ok(refs) => tracing::info!(file = %path.display(), images = refs.len(), "imported image tarball"),
+                Err(e) => tracing::warn!(file = %path.display(), error = %e, "cannot import image tarball"),
+            }
+            seen.insert(path, stamp);
+        }
     }
 
     /// Routes to every other node's pod subnet.

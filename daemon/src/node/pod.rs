@@ -12,6 +12,8 @@ use shoal_kube::{Preconditions, UpdateMode};
 use shoal_runtime::{CreateOpts, Sandbox, Status};
 use tokio::sync::Mutex;
 
+use super::events::Type;
+use super::probes::{self, ContainerProbes, ProbeSet};
 use super::spec::{self, ContainerInput};
 use super::{Agent, AgentError};
 
@@ -31,6 +33,11 @@ pub(crate) struct Ctr {
     /// Why the container is not running yet (ErrImagePull, CreateContainerError, ...).
     pub waiting: Option<(String, String)>,
     pub done: bool,
+    /// Probe state of the running instance, keyed by its start time.
+    pub probes: ProbeSet,
+    pub instance: Option<SystemTime>,
+    /// Why the agent killed the running instance (a failed liveness or startup probe).
+    pub kill_reason: Option<String>,
 }
 
 #[derive(Default)]
@@ -100,6 +107,13 @@ impl Agent {
                         restarts: cs["restartCount"].as_u64().unwrap_or(0) as u32,
                         image_id: cs["imageID"].as_str().unwrap_or_default().to_string(),
                         last_terminated: cs["lastState"].get("terminated").cloned(),
+                        probes: ProbeSet {
+                            started: cs["started"].as_bool().unwrap_or(false),
+                            ready: cs["ready"].as_bool().unwrap_or(false),
+                            initialized: true,
+                            ..ProbeSet::default()
+                        },
+                        instance: self.runtime.state(&container_id(&uid, &name)).ok().and_then(|s| s.started_at),
                         ..Ctr::default()
                     },
                 );
@@ -211,7 +225,122 @@ impl Agent {
         for c in pod["spec"]["containers"].as_array().into_iter().flatten() {
             self.ensure_container(uid, pod, c, st, &restart_policy).await?;
         }
+        for c in pod["spec"]["containers"].as_array().into_iter().flatten() {
+            self.run_probes(pod, c, st).await;
+        }
         Ok(())
+    }
+
+    /// Runs the probes of a running container that are due, and kills it when its liveness
+    /// or startup probe has failed often enough (the restart policy then restarts it).
+    async fn run_probes(&self, pod: &Value, c: &Value, st: &mut PodState) {
+        let name = c["name"].as_str().unwrap_or_default().to_string();
+        let pod_ip = st.ip.map(std::net::IpAddr::V4).unwrap_or(self.cfg.address);
+        let Some(ctr) = st.containers.get_mut(&name) else { return };
+        let Ok(rt) = self.runtime.state(&ctr.id) else { return };
+        if rt.status != Status::Running {
+            return;
+        }
+        let started = rt.started_at.unwrap_or_else(SystemTime::now);
+        if ctr.instance != Some(started) {
+            ctr.instance = Some(started);
+            ctr.probes = ProbeSet::default();
+        }
+        let spec = ContainerProbes::of(c);
+        spec.init(&mut ctr.probes);
+        let due = spec.due(&ctr.probes, started, SystemTime::now(), Instant::now());
+        let id = ctr.id.clone();
+        for kind in due {
+            let Some(probe) = spec.probe(kind).cloned() else { continue };
+            let result = self.check(&id, &probe, pod_ip).await;
+            if let Err(msg) = &result {
+                tracing::debug!(container = %name, probe = kind.name(), error = %msg, "probe failed");
+                self.events.emit(pod, Some(&name), Type::Warning, "Unhealthy", &format!("{} probe failed: {msg}", kind.name()));
+            }
+            let Some(ctr) = st.containers.get_mut(&name) else { return };
+            if let probes::Action::Restart(why) = spec.apply(&mut ctr.probes, kind, result.is_ok(), Instant::now()) {
+                let msg = format!("Container {name} {why}");
+                tracing::info!(container = %name, reason = %why, "killing container");
+                self.events.emit(pod, Some(&name), Type::Normal, "Killing", &msg);
+                ctr.kill_reason = Some(msg);
+                ctr.probes.ready = false;
+                let grace = pod["spec"]["terminationGracePeriodSeconds"].as_u64().unwrap_or(30).min(300);
+                let cfg = self.runtime.config().clone();
+                let id = id.clone();
+                let _ = tokio::task::spawn_blocking(move || {
+                    let _ = shoal_runtime::Runtime::new(cfg).stop(&id, Duration::from_secs(grace.max(1)));
+                })
+                .await;
+                return;
+            }
+        }
+    }
+
+    /// Runs one probe once: Ok, or why it failed.
+    async fn check(&self, id: &str, probe: &probes::Probe, pod_ip: std::net::IpAddr) -> Result<(), String> {
+        match &probe.handler {
+            probes::Handler::Exec(cmd) => self.exec_probe(id, cmd.clone(), probe.timeout).await,
+            probes::Handler::Http { host, port, path, headers, https: false } => {
+                probes::check_http(host, pod_ip, *port, path, headers, probe.timeout).await
+            }
+            probes::Handler::Http { host, port, https: true, .. } | probes::Handler::Tcp { host, port } => {
+                probes::check_tcp(host, pod_ip, *port, probe.timeout).await
+            }
+            probes::Handler::Grpc { port } => probes::check_tcp(&None, pod_ip, *port, probe.timeout).await,
+        }
+    }
+
+    /// Runs a command in the container; success is exit code 0 within the timeout.
+    async fn exec_probe(&self, id: &str, cmd: Vec<String>, timeout: Duration) -> Result<(), String> {
+        let cfg = self.runtime.config().clone();
+        let id = id.to_string();
+        let run = tokio::task::spawn_blocking(move || -> Result<(), String> {
+            use std::io::Read;
+            let rt = shoal_runtime::Runtime::new(cfg);
+            let spec = rt.spec(&id).map_err(|e| chain(&e))?;
+            let mut process = spec.process().clone().unwrap_or_default();
+            process.set_args(Some(cmd.clone()));
+            process.set_terminal(Some(false));
+            let mut p = rt.exec(&id, &process, false).map_err(|e| chain(&e))?;
+            p.stdin = None;
+            // Drain the output so a chatty command never blocks on a full pipe.
+            let readers: Vec<_> = [p.stdout.take().map(|s| Box::new(s) as Box<dyn Read + Send>), p.stderr.take().map(|s| Box::new(s) as Box<dyn Read + Send>)]
+                .into_iter()
+                .flatten()
+                .map(|mut r| {
+                    std::thread::spawn(move || {
+                        let mut buf = Vec::new();
+                        let _ = r.by_ref().take(64 * 1024).read_to_end(&mut buf);
+                        let _ = std::io::copy(&mut r, &mut std::io::sink());
+                        buf
+                    })
+                })
+                .collect();
+            let deadline = Instant::now() + timeout;
+            let code = loop {
+                match p.try_wait() {
+                    Ok(Some(code)) => break code,
+                    Ok(None) if Instant::now() >= deadline => {
+                        let _ = p.kill(shoal_runtime::Signal::SIGKILL);
+                        let _ = p.wait();
+                        return Err(format!("command {cmd:?} timed out after {}s", timeout.as_secs()));
+                    }
+                    Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+                    Err(e) => return Err(format!("waiting for command {cmd:?}: {e}")),
+                }
+            };
+            let out: Vec<u8> = readers.into_iter().filter_map(|h| h.join().ok()).flatten().collect();
+            if code == 0 {
+                return Ok(());
+            }
+            let text = String::from_utf8_lossy(&out).trim().to_string();
+            if text.is_empty() {
+                Err(format!("command {cmd:?} exited with {code}"))
+            } else {
+                Err(text)
+            }
+        });
+        run.await.map_err(|e| format!("probe task: {e}"))?
     }
 
     /// Makes one container run (or stay finished) per the restart policy; returns its status.
@@ -247,16 +376,19 @@ impl Agent {
                 } else {
                     "Error"
                 };
-                let term = json!({
+                let mut term = json!({
                     "exitCode": code,
                     "reason": reason,
                     "startedAt": s.started_at.map(rfc3339),
                     "finishedAt": s.finished_at.map(rfc3339),
                     "containerID": format!("shoal://{id}"),
                 });
+                if let Some(why) = &ctr.kill_reason {
+                    term["message"] = json!(why);
+                }
                 let restart = match restart_policy {
                     "Always" => true,
-                    "OnFailure" => code != 0,
+                    "OnFailure" => code != 0 || ctr.kill_reason.is_some(),
                     _ => false,
                 };
                 if ctr.last_terminated.as_ref() != Some(&term) {
@@ -265,6 +397,7 @@ impl Agent {
                         ctr.backoff = if ctr.backoff.is_zero() { BACKOFF_BASE } else { (ctr.backoff * 2).min(BACKOFF_MAX) };
                         ctr.retry_at = Some(Instant::now() + ctr.backoff);
                         ctr.waiting = Some(("CrashLoopBackOff".into(), format!("back-off {}s restarting failed container={name}", ctr.backoff.as_secs())));
+                        self.events.emit(pod, Some(&name), Type::Warning, "BackOff", &format!("Back-off restarting failed container {name} in pod {}", pod_ref(pod)));
                     }
                 }
                 if !restart {
@@ -290,10 +423,16 @@ impl Agent {
                 ctr.image_id = image_id;
                 ctr.waiting = None;
                 ctr.retry_at = None;
+                ctr.kill_reason = None;
+                ctr.probes = ProbeSet::default();
+                ctr.instance = None;
+                self.events.emit(pod, Some(&name), Type::Normal, "Created", &format!("Created container: {name}"));
+                self.events.emit(pod, Some(&name), Type::Normal, "Started", &format!("Started container {name}"));
                 Ok(Some(Status::Running))
             }
             Err((reason, message)) => {
                 tracing::warn!(container = %name, %reason, %message, "container not started");
+                self.events.emit(pod, Some(&name), Type::Warning, "Failed", &format!("Error: {reason}: {message}"));
                 let ctr = st.containers.get_mut(&name).expect("inserted above");
                 ctr.waiting = Some((reason, message));
                 ctr.backoff = if ctr.backoff.is_zero() { BACKOFF_BASE } else { (ctr.backoff * 2).min(BACKOFF_MAX) };
@@ -326,7 +465,10 @@ impl Agent {
         let policy = c["imagePullPolicy"].as_str().unwrap_or("IfNotPresent");
         let present = self.images.get(image).map_err(|e| ("InvalidImageName".to_string(), e.to_string()))?;
         let info = match (present, policy) {
-            (Some(info), "IfNotPresent") | (Some(info), "Never") => info,
+            (Some(info), "IfNotPresent") | (Some(info), "Never") => {
+                self.events.emit(pod, c["name"].as_str(), Type::Normal, "Pulled", &format!("Container image \"{image}\" already present on machine"));
+                info
+            }
             (None, "Never") => {
                 return Err(("ErrImageNeverPull".into(), format!("Container image \"{image}\" is not present with pull policy of Never")))
             }
@@ -340,14 +482,20 @@ impl Agent {
                     Err(_) => Err(format!("no answer from the registry within {}s", limit.as_secs())),
                 };
                 match pulled {
-                    Ok(info) => info,
+                    Ok(info) => {
+                        self.events.emit(pod, c["name"].as_str(), Type::Normal, "Pulled", &format!("Successfully pulled image \"{image}\""));
+                        info
+                    }
                     Err(e) => match present {
                         // Offline fleets: a failed pull of an image we hold still runs it.
                         Some(info) => {
                             tracing::info!(%image, error = %e, "pull failed; using the local image");
                             info
                         }
-                        None => return Err(("ErrImagePull".into(), format!("failed to pull image \"{image}\": {e}"))),
+                        None => {
+                            self.events.emit(pod, c["name"].as_str(), Type::Warning, "Failed", &format!("Failed to pull image \"{image}\": {e}"));
+                            return Err(("ErrImagePull".into(), format!("failed to pull image \"{image}\": {e}")));
+                        }
                     },
                 }
             }
@@ -537,8 +685,15 @@ impl Agent {
                     match rt.as_ref().map(|s| s.status) {
                         Some(Status::Running) => {
                             state = json!({"running": {"startedAt": rt.as_ref().and_then(|s| s.started_at).map(rfc3339)}});
-                            ready = true;
-                            started = true;
+                            // Without probes a running container is started and ready.
+                            let mut probes = ctr.map(|x| x.probes.clone()).unwrap_or_default();
+                            let same_instance = ctr.is_some_and(|x| x.instance.is_none() || x.instance == rt.as_ref().and_then(|s| s.started_at));
+                            if !same_instance {
+                                probes = ProbeSet::default();
+                            }
+                            ContainerProbes::of(c).init(&mut probes);
+                            ready = probes.ready && probes.started;
+                            started = probes.started;
                         }
                         Some(Status::Stopped) => {
                             if let Some(t) = ctr.and_then(|x| x.last_terminated.clone()) {
@@ -649,6 +804,11 @@ fn chain(e: &dyn std::error::Error) -> String {
         cur = s.source();
     }
     out
+}
+
+/// `namespace/name` of a pod, for messages.
+fn pod_ref(pod: &Value) -> String {
+    format!("{}_{}", pod["metadata"]["name"].as_str().unwrap_or_default(), pod["metadata"]["namespace"].as_str().unwrap_or("default"))
 }
 
 fn st_ip(st: &PodState) -> Option<Ipv4Addr> {

@@ -24,6 +24,12 @@ fn slice(svc: &str, port_name: &str, port: u16, eps: &[(&str, &str, bool)]) -> V
     })
 }
 
+fn chain_body<'a>(text: &'a str, chain: &str) -> &'a str {
+    let start = text.find(&format!("chain {chain} {{\n")).unwrap_or_else(|| panic!("no chain {chain}"));
+    let body = &text[start..];
+    &body[..body.find("\n  }\n").unwrap_or(body.len())]
+}
+
 fn web() -> Value {
     svc("web", json!({"clusterIP": "10.43.0.10", "selector": {"app": "web"}, "ports": [{"name": "http", "port": 80, "targetPort": "http"}]}))
 }
@@ -130,7 +136,7 @@ fn external_traffic_policy_local_uses_local_endpoints_without_snat() {
                  "selector": {"a": "b"}, "ports": [{"port": 80, "nodePort": 30080}]}});
     let sl = slice("etp", "", 8080, &[("10.42.1.5", "n1", true), ("10.42.2.5", "n2", true)]);
     let text = ruleset(&[s.clone()], &[sl.clone()], &[], &node());
-    let ext = text.split("chain ext-default-etp-80-tcp {").nth(1).unwrap().split('}').next().unwrap();
+    let ext = chain_body(&text, "ext-default-etp-80-tcp");
     assert!(!ext.contains("jump mark-masq\n    goto"), "external clients keep their source address");
     assert!(ext.contains("ip saddr 10.42.0.0/16 goto svc-default-etp-80-tcp"));
     assert!(ext.contains("numgen inc mod 1 vmap { 0 : goto ep-default-etp-80-tcp-10-42-1-5-8080 }"));
@@ -142,7 +148,7 @@ fn external_traffic_policy_local_uses_local_endpoints_without_snat() {
     let other = NodeInfo { name: "n3".into(), pod_cidr: "10.42.0.0/16".into() };
     let sl = slice("etp", "", 8080, &[("10.42.2.5", "n2", true)]);
     let text = ruleset(&[s], &[sl], &[], &other);
-    let ext = text.split("chain ext-default-etp-80-tcp {").nth(1).unwrap().split('}').next().unwrap();
+    let ext = chain_body(&text, "ext-default-etp-80-tcp");
     assert!(ext.trim_end().ends_with("drop"));
 }
 
@@ -168,4 +174,243 @@ fn the_ruleset_is_deterministic() {
     let a = slice("web", "http", 8080, &[("10.42.2.5", "n2", true), ("10.42.1.5", "n1", true)]);
     let b = slice("web", "http", 8080, &[("10.42.1.5", "n1", true), ("10.42.2.5", "n2", true)]);
     assert_eq!(ruleset(&[web()], &[a], &[], &node()), ruleset(&[web()], &[b], &[], &node()));
+}
+
+/// Root tests: a node namespace with the bridge and the proxy's table, pod namespaces with
+/// tiny TCP servers that answer their own name, and clients in a pod namespace and on the node.
+mod root {
+    use std::io::{Read, Write};
+    use std::net::{SocketAddr, TcpListener, TcpStream};
+    use std::process::Command;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use serde_json::{json, Value};
+    use shoal_kube::{resources, Objects};
+    use shoal_netlink::LinuxNft;
+    use shoal_store::Store;
+    use tokio_util::sync::CancellationToken;
+
+    use crate::proxy::Proxy;
+
+    fn sh(args: &[&str]) {
+        let out = Command::new(args[0]).args(&args[1..]).output().unwrap_or_else(|e| panic!("run {args:?}: {e}"));
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// Network namespaces that are deleted when the test ends, even by a panic.
+    struct Lab {
+        names: Vec<String>,
+        stop: Arc<AtomicBool>,
+    }
+
+    impl Drop for Lab {
+        fn drop(&mut self) {
+            self.stop.store(true, Ordering::SeqCst);
+            for n in &self.names {
+                let _ = Command::new("ip").args(["netns", "del", n]).output();
+            }
+        }
+    }
+
+    fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let path = format!("/run/netns/{ns}");
+        std::thread::spawn(move || {
+            let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).unwrap_or_else(|e| panic!("setns: {e}"));
+            f()
+        })
+        .join()
+        .unwrap_or_else(|_| panic!("thread in {ns} panicked"))
+    }
+
+    fn serve(lab: &Lab, ns: &str, answer: &'static str) {
+        let stop = lab.stop.clone();
+        let ns = ns.to_string();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            in_netns(&ns, move || {
+                let l = TcpListener::bind("0.0.0.0:8080").unwrap_or_else(|e| panic!("bind: {e}"));
+                l.set_nonblocking(true).unwrap_or_else(|e| panic!("nonblocking: {e}"));
+                let _ = tx.send(());
+                while !stop.load(Ordering::SeqCst) {
+                    match l.accept() {
+                        Ok((mut c, _)) => {
+                            let _ = c.write_all(answer.as_bytes());
+                        }
+                        Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                    }
+                }
+            })
+        });
+        rx.recv_timeout(Duration::from_secs(10)).unwrap_or_else(|e| panic!("server in pod did not start: {e}"));
+    }
+
+    /// What a client in `ns` reads from `addr`, or the error.
+    async fn fetch(ns: &str, addr: &str) -> Result<String, String> {
+        let ns = ns.to_string();
+        let addr: SocketAddr = addr.parse().map_err(|e| format!("{e}"))?;
+        tokio::task::spawn_blocking(move || {
+            in_netns(&ns, move || {
+                let mut c = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|e| e.to_string())?;
+                c.set_read_timeout(Some(Duration::from_secs(2))).map_err(|e| e.to_string())?;
+                let mut s = String::new();
+                c.read_to_string(&mut s).map_err(|e| e.to_string())?;
+                Ok(s)
+            })
+        })
+        .await
+        .map_err(|e| e.to_string())?
+    }
+
+    /// Retries until the rules are live (the proxy applies them asynchronously).
+    async fn fetch_eventually(ns: &str, addr: &str) -> String {
+        let mut last = String::new();
+        for _ in 0..100 {
+            match fetch(ns, addr).await {
+                Ok(s) if !s.is_empty() => return s,
+                Ok(_) => last = "empty answer".into(),
+                Err(e) => last = e,
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("{addr} never answered from {ns}: {last}");
+    }
+
+    /// node: bridge shoal0 10.42.1.1/24; pod1 10.42.1.5 and pod2 10.42.1.6 serve; client 10.42.1.7.
+    fn lab(tag: &str) -> Lab {
+        for tool in ["ip", "nft"] {
+            assert!(Command::new(tool).arg("-V").output().is_ok(), "this test needs `{tool}` and root");
+        }
+        let p = format!("sp{}{tag}", std::process::id() % 100000);
+        let names: Vec<String> = ["node", "pod1", "pod2", "cli"].iter().map(|n| format!("{p}-{n}")).collect();
+        let lab = Lab { names: names.clone(), stop: Arc::new(AtomicBool::new(false)) };
+        for n in &names {
+            sh(&["ip", "netns", "add", n]);
+        }
+        let node = &names[0];
+        let x = |args: &[&str]| {
+            let mut v = vec!["ip", "netns", "exec", node.as_str()];
+            v.extend_from_slice(args);
+            sh(&v);
+        };
+        x(&["ip", "link", "set", "lo", "up"]);
+        x(&["ip", "link", "add", "shoal0", "type", "bridge"]);
+        x(&["ip", "addr", "add", "10.42.1.1/24", "dev", "shoal0"]);
+        x(&["ip", "link", "set", "shoal0", "up"]);
+        x(&["ip", "route", "add", "10.43.0.0/16", "dev", "shoal0"]);
+        x(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+        // Same-bridge replies must pass conntrack (the proxy sets this on a real node).
+        let _ = Command::new("modprobe").arg("br_netfilter").output();
+        x(&["sysctl", "-qw", "net.bridge.bridge-nf-call-iptables=1"]);
+        for (i, (pod, ip)) in [(&names[1], "10.42.1.5"), (&names[2], "10.42.1.6"), (&names[3], "10.42.1.7")].into_iter().enumerate() {
+            let host = format!("{p}v{i}");
+            sh(&["ip", "link", "add", &host, "netns", node, "type", "veth", "peer", "name", "eth0", "netns", pod]);
+            x(&["ip", "link", "set", &host, "master", "shoal0", "up"]);
+            let y = |args: &[&str]| {
+                let mut v = vec!["ip", "netns", "exec", pod.as_str()];
+                v.extend_from_slice(args);
+                sh(&v);
+            };
+            y(&["ip", "link", "set", "lo", "up"]);
+            y(&["ip", "addr", "add", &format!("{ip}/24"), "dev", "eth0"]);
+            y(&["ip", "link", "set", "eth0", "up"]);
+            y(&["ip", "route", "add", "default", "via", "10.42.1.1"]);
+        }
+        serve(&lab, &names[1], "pod1");
+        serve(&lab, &names[2], "pod2");
+        lab
+    }
+
+    async fn start(lab: &Lab, objects: &Objects) -> CancellationToken {
+        let proxy = Proxy::new(objects.clone(), "n1".into(), vec!["10.42.1.1".parse().unwrap_or_else(|e| panic!("{e}"))])
+            .with_nft(Arc::new(LinuxNft::in_netns(format!("/run/netns/{}", lab.names[0]))))
+            .with_sysctl_root(None)
+            .with_health_checks(false);
+        let stop = CancellationToken::new();
+        tokio::spawn(proxy.run(stop.clone()));
+        stop
+    }
+
+    async fn put(objects: &Objects, plural: &str, obj: Value) {
+        let group = if plural == "endpointslices" { "discovery.k8s.io" } else { "" };
+        let res = resources::find(group, plural).unwrap_or_else(|| panic!("no resource {plural}"));
+        objects.create(&res, Some("default"), obj).await.unwrap_or_else(|e| panic!("create {plural}: {e}"));
+    }
+
+    fn web(extra: Value) -> Value {
+        let mut spec = json!({"type": "NodePort", "clusterIP": "10.43.0.10", "selector": {"app": "web"},
+            "ports": [{"name": "http", "port": 80, "targetPort": "http", "nodePort": 30080}]});
+        if let (Some(s), Some(e)) = (spec.as_object_mut(), extra.as_object()) {
+            s.extend(e.clone());
+        }
+        json!({"metadata": {"name": "web"}, "spec": spec})
+    }
+
+    fn slice() -> Value {
+        json!({"metadata": {"name": "web-1", "labels": {"kubernetes.io/service-name": "web"}},
+            "addressType": "IPv4", "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+            "endpoints": [
+                {"addresses": ["10.42.1.5"], "nodeName": "n1", "conditions": {"ready": true}},
+                {"addresses": ["10.42.1.6"], "nodeName": "n1", "conditions": {"ready": true}}]})
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn cluster_ip_and_node_port_reach_both_pods() {
+        let lab = lab("a");
+        let objects = Objects::new(Store::in_memory());
+        put(&objects, "services", web(json!({}))).await;
+        put(&objects, "endpointslices", slice()).await;
+        let stop = start(&lab, &objects).await;
+        let cli = lab.names[3].clone();
+        let node = lab.names[0].clone();
+        let first = fetch_eventually(&cli, "10.43.0.10:80").await;
+        let mut seen = std::collections::BTreeSet::from([first]);
+        for _ in 0..6 {
+            seen.insert(fetch(&cli, "10.43.0.10:80").await.unwrap_or_else(|e| panic!("cluster ip from pod: {e}")));
+        }
+        assert_eq!(seen, ["pod1".to_string(), "pod2".to_string()].into(), "round robin over both pods");
+        // A host process on the node, through the ClusterIP and the NodePort.
+        let a = fetch(&node, "10.43.0.10:80").await.unwrap_or_else(|e| panic!("cluster ip from node: {e}"));
+        assert!(a == "pod1" || a == "pod2");
+        let b = fetch(&cli, "10.42.1.1:30080").await.unwrap_or_else(|e| panic!("node port from pod: {e}"));
+        assert!(b == "pod1" || b == "pod2");
+        // Hairpin: a pod reaching its own Service.
+        for _ in 0..4 {
+            let h = fetch(&lab.names[1], "10.43.0.10:80").await.unwrap_or_else(|e| panic!("hairpin: {e}"));
+            assert!(h == "pod1" || h == "pod2");
+        }
+        // The endpoints go away: the Service refuses at once.
+        let res = resources::find("discovery.k8s.io", "endpointslices").unwrap_or_else(|| panic!("no slices"));
+        objects.delete(&res, Some("default"), "web-1", Default::default()).await.unwrap_or_else(|e| panic!("{e}"));
+        let mut refused = false;
+        for _ in 0..100 {
+            if let Err(e) = fetch(&cli, "10.43.0.10:80").await {
+                refused = e.contains("refused");
+                if refused {
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(refused, "a Service without endpoints refuses connections");
+        stop.cancel();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn client_ip_affinity_keeps_one_pod() {
+        let lab = lab("b");
+        let objects = Objects::new(Store::in_memory());
+        let affinity = json!({"sessionAffinity": "ClientIP", "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 300}}});
+        put(&objects, "services", web(affinity)).await;
+        put(&objects, "endpointslices", slice()).await;
+        let stop = start(&lab, &objects).await;
+        let cli = lab.names[3].clone();
+        let first = fetch_eventually(&cli, "10.43.0.10:80").await;
+        for _ in 0..8 {
+            assert_eq!(fetch(&cli, "10.43.0.10:80").await.unwrap_or_else(|e| panic!("{e}")), first);
+        }
+        stop.cancel();
+    }
 }

@@ -1,0 +1,185 @@
+//! Events the node agent reports about Pods (Pulled, Created, Started, Killing, BackOff,
+//! Unhealthy, Failed), as the kubelet does: the same reason and message about the same
+//! container bumps `count` and `lastTimestamp` of one Event instead of writing a new one.
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use serde_json::{json, Value};
+use shoal_kube::{Objects, Resource, UpdateMode};
+
+/// Normal or Warning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Type {
+    Normal,
+    Warning,
+}
+
+impl Type {
+    fn as_str(self) -> &'static str {
+        match self {
+            Type::Normal => "Normal",
+            Type::Warning => "Warning",
+        }
+    }
+}
+
+/// Writes Events in the background; a failed write is logged and dropped.
+#[derive(Clone)]
+pub(crate) struct Recorder {
+    objects: Objects,
+    events: Resource,
+    node: String,
+    /// Event name → count, for the events this agent wrote (no read before a bump).
+    seen: Arc<Mutex<HashMap<String, i64>>>,
+}
+
+fn fnv32a(data: &[u8]) -> u32 {
+    data.iter().fold(0x811c_9dc5u32, |h, b| (h ^ u32::from(*b)).wrapping_mul(0x0100_0193))
+}
+
+/// The Event's name: `<pod>.<hash of what makes it the same event>`.
+pub(crate) fn event_name(pod: &Value, field_path: &str, type_: Type, reason: &str, message: &str) -> String {
+    let uid = pod["metadata"]["uid"].as_str().unwrap_or_default();
+    let key = format!("{uid}/{field_path}/{}/{reason}/{message}", type_.as_str());
+    format!("{}.{:08x}", pod["metadata"]["name"].as_str().unwrap_or("pod"), fnv32a(key.as_bytes()))
+}
+
+/// The Event object for a first occurrence.
+pub(crate) fn event_object(
+    pod: &Value,
+    node: &str,
+    container: Option<&str>,
+    type_: Type,
+    reason: &str,
+    message: &str,
+    now: &str,
+) -> Value {
+    let field_path = container.map(|c| field_path(pod, c)).unwrap_or_default();
+    let ns = pod["metadata"]["namespace"].as_str().unwrap_or("default");
+    let mut involved = json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "name": pod["metadata"]["name"],
+        "namespace": ns,
+        "uid": pod["metadata"]["uid"],
+        "resourceVersion": pod["metadata"]["resourceVersion"],
+    });
+    if !field_path.is_empty() {
+        involved["fieldPath"] = json!(field_path);
+    }
+    json!({
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"name": event_name(pod, &field_path, type_, reason, message), "namespace": ns},
+        "involvedObject": involved,
+        "reason": reason,
+        "message": message,
+        "type": type_.as_str(),
+        "count": 1,
+        "firstTimestamp": now,
+        "lastTimestamp": now,
+        "source": {"component": "kubelet", "host": node},
+        "reportingComponent": "kubelet",
+        "reportingInstance": node,
+    })
+}
+
+/// `spec.containers{name}` or `spec.initContainers{name}`.
+fn field_path(pod: &Value, container: &str) -> String {
+    let init = pod["spec"]["initContainers"]
+        .as_array()
+        .is_some_and(|l| l.iter().any(|c| c["name"].as_str() == Some(container)));
+    if init {
+        format!("spec.initContainers{{{container}}}")
+    } else {
+        format!("spec.containers{{{container}}}")
+    }
+}
+
+impl Recorder {
+    pub(crate) fn new(objects: Objects, node: String) -> Recorder {
+        Recorder { objects, events: super::res("events"), node, seen: Arc::new(Mutex::new(HashMap::new())) }
+    }
+
+    /// Records an event about a pod (and one of its containers) without waiting for the write.
+    pub(crate) fn emit(&self, pod: &Value, container: Option<&str>, type_: Type, reason: &str, message: &str) {
+        let now = shoal_kube::objects::now_rfc3339();
+        let ev = event_object(pod, &self.node, container, type_, reason, message, &now);
+        let this = self.clone();
+        let reason = reason.to_string();
+        tokio::spawn(async move { this.write(ev, &now, &reason).await });
+    }
+
+    async fn write(&self, ev: Value, now: &str, reason: &str) {
+        let name = ev["metadata"]["name"].as_str().unwrap_or_default().to_string();
+        let ns = ev["metadata"]["namespace"].as_str().unwrap_or("default").to_string();
+        let known = self.seen.lock().map(|m| m.contains_key(&name)).unwrap_or(false);
+        if !known {
+            match self.objects.create(&self.events, Some(&ns), ev).await {
+                Ok(_) => {
+                    if let Ok(mut m) = self.seen.lock() {
+                        if m.len() > 4096 {
+                            m.clear();
+                        }
+                        m.insert(name, 1);
+                    }
+                    return;
+                }
+                Err(shoal_kube::Error::AlreadyExists { .. }) => {}
+                Err(error) => {
+                    tracing::debug!(%error, reason, "event not recorded");
+                    return;
+                }
+            }
+        }
+        let bumped = self
+            .objects
+            .modify(&self.events, Some(&ns), &name, UpdateMode::All, |e| {
+                let count = e["count"].as_i64().unwrap_or(1);
+                e["count"] = json!(count + 1);
+                e["lastTimestamp"] = json!(now);
+                Ok(true)
+            })
+            .await;
+        match bumped {
+            Ok(_) => {
+                if let Ok(mut m) = self.seen.lock() {
+                    *m.entry(name).or_insert(1) += 1;
+                }
+            }
+            Err(error) => {
+                // Gone (expired or deleted): forget it so the next one is created afresh.
+                if let Ok(mut m) = self.seen.lock() {
+                    m.remove(&name);
+                }
+                tracing::debug!(%error, reason, "event not bumped");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_name_the_pod_and_container() {
+        let pod = json!({
+            "metadata": {"name": "web-1", "namespace": "shop", "uid": "u1", "resourceVersion": "7"},
+            "spec": {"containers": [{"name": "nginx"}], "initContainers": [{"name": "setup"}]},
+        });
+        let ev = event_object(&pod, "n1", Some("nginx"), Type::Normal, "Pulled", "Container image \"nginx\" already present on machine", "2026-01-01T00:00:00Z");
+        assert_eq!(ev["involvedObject"]["kind"], "Pod");
+        assert_eq!(ev["involvedObject"]["fieldPath"], "spec.containers{nginx}");
+        assert_eq!(ev["source"], json!({"component": "kubelet", "host": "n1"}));
+        assert_eq!(ev["reportingComponent"], "kubelet");
+        assert_eq!(ev["metadata"]["namespace"], "shop");
+        assert!(ev["metadata"]["name"].as_str().is_some_and(|n| n.starts_with("web-1.")));
+        let init = event_object(&pod, "n1", Some("setup"), Type::Normal, "Started", "Started container setup", "t");
+        assert_eq!(init["involvedObject"]["fieldPath"], "spec.initContainers{setup}");
+        let other = event_object(&pod, "n1", Some("nginx"), Type::Warning, "BackOff", "x", "t");
+        assert_ne!(ev["metadata"]["name"], other["metadata"]["name"]);
+        let again = event_object(&pod, "n1", Some("nginx"), Type::Normal, "Pulled", "Container image \"nginx\" already present on machine", "later");
+        assert_eq!(ev["metadata"]["name"], again["metadata"]["name"], "the same event is deduplicated");
+    }
+}
