@@ -10,7 +10,7 @@ if [ "$(id -u)" != 0 ]; then
   echo "scripts/test.sh runs root tests (namespaces, cgroups, nftables): run it as root" >&2
   exit 1
 fi
-ensure_packages "${BASE_PACKAGES[@]}" runc skopeo docker-registry iptables
+ensure_packages "${BASE_PACKAGES[@]}" runc skopeo docker-registry openssl
 command -v cargo >/dev/null || { echo "cargo not found: install the Rust toolchain (rustup)" >&2; exit 1; }
 
 echo "== build"

@@ -4,9 +4,11 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::api::{ApiConfig, PodStreams, TlsMaterial};
+use crate::api::{ApiConfig, MetricsSource, PodStreams, TlsMaterial};
 use crate::node::{AgentConfig, NodeAgent};
 use crate::controllers::{ControllerConfig, ControllerManager, NodeHealth};
+use crate::lb::{GossipView, LbAllocator, LbAnnouncer, LinuxAnnouncer};
+use crate::proxy::Proxy;
 use crate::scheduler::Scheduler;
 
 use tokio_util::sync::CancellationToken;
@@ -19,10 +21,30 @@ pub(crate) async fn run_services(node: Arc<Node>, stop: CancellationToken) {
     tasks.spawn(register_self(node.clone(), stop.clone()));
     let health = node_health(&node, &tasks, stop.clone());
     tasks.spawn(leader_duties(node.clone(), health, stop.clone()));
-    let streams = node.cfg.node.run_pods.then(|| NodeAgent::streams(&node.cfg.data_dir));
-    tasks.spawn(api_server(node.clone(), streams, stop.clone()));
+    // Logs and exec of any pod through any node: served locally or proxied over QUIC.
+    crate::node::register_streams(&node.transport, &node.cfg.data_dir, &node.identity.name);
+    let streams = Some(crate::node::streams(
+        Some(node.transport.clone()),
+        node.store.clone(),
+        &node.cfg.data_dir,
+        &node.identity.name,
+    ));
+    let metrics = crate::node::metrics(
+        Some(node.transport.clone()),
+        node.objects.clone(),
+        node.store.clone(),
+        &node.identity.name,
+        node.cfg.node.run_pods,
+    );
+    crate::node::register_metrics(&node.transport, metrics.clone());
+    tasks.spawn(metrics.clone().run(stop.clone()));
+    let _ = node.metrics.set(metrics.clone());
+    tasks.spawn(api_server(node.clone(), streams, Some(metrics.clone() as Arc<dyn MetricsSource>), stop.clone()));
     if node.cfg.node.run_pods {
         tasks.spawn(run_agent(node.clone(), stop.clone()));
+        tasks.spawn(run_proxy(node.clone(), stop.clone()));
+        tasks.spawn(run_dns(node.clone(), stop.clone()));
+        tasks.spawn(run_announcer(node.clone(), stop.clone()));
     }
     tasks.close();
     stop.cancelled().await;
@@ -90,9 +112,18 @@ fn start_leader_components(node: &Arc<Node>, health: NodeHealth, token: Cancella
                 _ = tokio::time::sleep(Duration::from_millis(200)) => {}
             }
         }
-        let manager = ControllerManager::new(ControllerConfig::default());
+        let mut manager = ControllerManager::new(ControllerConfig::default());
+        if let Some(m) = node.metrics.get() {
+            manager = manager.with_metrics(m.clone() as Arc<dyn crate::controllers::PodMetrics>);
+        }
         tokio::spawn(manager.run(node.objects.clone(), health, token.clone()));
-        tokio::spawn(Scheduler::new().run(node.objects.clone(), token));
+        tokio::spawn(Scheduler::new().run(node.objects.clone(), token.clone()));
+        let allocator = LbAllocator::new(node.objects.clone(), node.cfg.lb.default_pool.clone());
+        tokio::spawn(async move {
+            if let Err(e) = allocator.run(token).await {
+                tracing::error!(error = %e, "LoadBalancer allocator stopped");
+            }
+        });
     });
 }
 
@@ -143,7 +174,7 @@ async fn run_agent(node: Arc<Node>, stop: CancellationToken) {
     let mut wait = Duration::from_millis(200);
     loop {
         match NodeAgent::start(cfg.clone()).await {
-            Ok(agent) => return agent.run(stop).await,
+            Ok(agent) => return agent.with_devices(node.cfg.node.devices.clone()).run(stop).await,
             Err(e) => {
                 tracing::warn!(error = %e, "node agent cannot start yet; retrying");
                 tokio::select! {
@@ -156,8 +187,75 @@ async fn run_agent(node: Arc<Node>, stop: CancellationToken) {
     }
 }
 
+/// The Service data plane (nftables) of this node.
+async fn run_proxy(node: Arc<Node>, stop: CancellationToken) {
+    let proxy = Proxy::new(node.objects.clone(), node.identity.name.clone(), vec![node.identity.advertise])
+        .with_pod_cidr(node.cfg.network.pod_cidr.clone());
+    proxy.run(stop).await;
+}
+
+/// Cluster DNS: served on this node's pod gateway address, reached by pods at the DNS Service
+/// IP through a DNAT rule.
+async fn run_dns(node: Arc<Node>, stop: CancellationToken) {
+    let subnet = loop {
+        match crate::node::network::claim_subnet(&node.store, &node.cfg.network.pod_cidr, &node.identity.name).await {
+            Ok(s) => break s,
+            Err(e) => {
+                tracing::debug!(error = %e, "waiting for this node's pod subnet");
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        }
+    };
+    let listen = SocketAddr::new(IpAddr::V4(subnet.gateway()), 53);
+    if let Ok(service_ip) = node.cfg.network.dns_ip.parse::<IpAddr>() {
+        let rules = crate::dns::dnat_rules(service_ip, listen).join("\n    ");
+        let table = format!(
+            "table ip shoal-dns\ndelete table ip shoal-dns\ntable ip shoal-dns {{\n  chain prerouting {{\n    type nat hook prerouting priority dstnat - 10; policy accept;\n    {rules}\n  }}\n  chain output {{\n    type nat hook output priority dstnat - 10; policy accept;\n    {rules}\n  }}\n}}\n"
+        );
+        if let Err(e) = shoal_netlink::nft::apply(&table) {
+            tracing::warn!(error = %e, "cluster DNS redirect rules");
+        }
+    }
+    let upstreams = crate::dns::system_upstreams().await;
+    if let Err(e) = crate::dns::Dns::new(node.objects.clone(), vec![listen], upstreams).run(stop).await {
+        tracing::error!(error = %e, "cluster DNS stopped");
+    }
+}
+
+/// Announces the LoadBalancer IPs this node wins (ARP / NDP), withdrawing them without quorum.
+async fn run_announcer(node: Arc<Node>, stop: CancellationToken) {
+    let net = match shoal_netlink::LinuxNet::new() {
+        Ok(n) => Arc::new(n),
+        Err(e) => {
+            tracing::error!(error = %e, "LoadBalancer announcer cannot reach netlink");
+            return;
+        }
+    };
+    let view = GossipView { members: node.membership.subscribe(), store: node.store.clone() };
+    let announcer = LbAnnouncer::new(node.identity.name.clone(), net, Arc::new(LinuxAnnouncer), view)
+        .with_node_ip(node.identity.advertise);
+    let _ = node.lb_announced.set(announcer.announced());
+    if let Err(e) = announcer.run(node.objects.clone(), stop).await {
+        tracing::error!(error = %e, "LoadBalancer announcer stopped");
+    }
+}
+
+impl MetricsSource for crate::node::metrics::ClusterMetrics {
+    fn to_json(&self, plural: &str, namespace: Option<&str>, name: Option<&str>) -> Option<serde_json::Value> {
+        crate::node::metrics::ClusterMetrics::to_json(self, plural, namespace, name)
+    }
+}
+
 /// Serves the Kubernetes API on every node.
-async fn api_server(node: Arc<Node>, streams: Option<Arc<dyn PodStreams>>, stop: CancellationToken) {
+async fn api_server(
+    node: Arc<Node>,
+    streams: Option<Arc<dyn PodStreams>>,
+    metrics: Option<Arc<dyn MetricsSource>>,
+    stop: CancellationToken,
+) {
     let listen = SocketAddr::new(IpAddr::from([0, 0, 0, 0]), node.identity.api_port);
     let tls = TlsMaterial {
         cert_pem: node.node_cert_pem.clone(),
@@ -166,6 +264,7 @@ async fn api_server(node: Arc<Node>, streams: Option<Arc<dyn PodStreams>>, stop:
     };
     let mut cfg = ApiConfig::new(listen, tls, node.objects.clone(), node.identity.name.clone());
     cfg.streams = streams;
+    cfg.metrics = metrics;
     if let Err(e) = crate::api::serve(cfg, stop).await {
         tracing::error!(error = %e, %listen, "Kubernetes API stopped");
     }
@@ -179,7 +278,13 @@ pub(crate) fn kubeconfig(node: &Node, server: Option<String>) -> Result<String, 
     Ok(crate::api::kubeconfig(&server, &node.secrets.ca_cert_pem, &cert.cert_pem, &cert.key_pem))
 }
 
-/// Which node announces each LoadBalancer IP (empty until the load balancer runs).
-pub(crate) async fn lb_status(_node: &Node) -> serde_json::Value {
-    serde_json::Value::Array(Vec::new())
+/// Which node announces each LoadBalancer IP, as this node sees it.
+pub(crate) async fn lb_status(node: &Node) -> serde_json::Value {
+    let Some(rx) = node.lb_announced.get() else { return serde_json::Value::Array(Vec::new()) };
+    let list: Vec<serde_json::Value> = rx
+        .borrow()
+        .iter()
+        .map(|a| serde_json::json!({"ip": a.ip.to_string(), "service": a.service, "node": a.node}))
+        .collect();
+    serde_json::Value::Array(list)
 }

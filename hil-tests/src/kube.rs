@@ -18,9 +18,9 @@ pub struct KubeConfig {
 }
 
 fn field(text: &str, name: &str) -> Option<String> {
-    text.lines()
-        .map(str::trim)
-        .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(':')).map(|v| v.trim().trim_matches('"').to_string()))
+    text.lines().map(str::trim).find_map(|l| {
+        l.strip_prefix(name).and_then(|r| r.strip_prefix(':')).map(|v| v.trim().trim_matches('"').to_string())
+    })
 }
 
 impl KubeConfig {
@@ -41,8 +41,9 @@ impl KubeConfig {
         }
         let chain: Vec<CertificateDer<'static>> =
             rustls_pemfile::certs(&mut &cert[..]).collect::<Result<_, _>>().context("client certificate")?;
-        let key: PrivateKeyDer<'static> =
-            rustls_pemfile::private_key(&mut &key[..]).context("client key")?.ok_or_else(|| anyhow!("no client key"))?;
+        let key: PrivateKeyDer<'static> = rustls_pemfile::private_key(&mut &key[..])
+            .context("client key")?
+            .ok_or_else(|| anyhow!("no client key"))?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let tls = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
@@ -70,7 +71,8 @@ impl KubeConfig {
             .with_context(|| format!("resolve {hostport}"))?
             .next()
             .ok_or_else(|| anyhow!("no address for {hostport}"))?;
-        let tcp = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).with_context(|| format!("connect {hostport}"))?;
+        let tcp =
+            TcpStream::connect_timeout(&addr, Duration::from_secs(5)).with_context(|| format!("connect {hostport}"))?;
         tcp.set_nodelay(true).ok();
         tcp.set_read_timeout(Some(Duration::from_secs(60))).ok();
         let name = ServerName::try_from(host.clone()).map_err(|e| anyhow!("server name {host}: {e}"))?;
@@ -135,7 +137,11 @@ impl<S: Read + Write> Http<S> {
         if self.io.read_line(&mut line).context("read status")? == 0 {
             bail!("connection closed");
         }
-        let status: u16 = line.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or_else(|| anyhow!("bad status line {line:?}"))?;
+        let status: u16 = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| anyhow!("bad status line {line:?}"))?;
         let (mut len, mut chunked) = (None, false);
         loop {
             line.clear();

@@ -11,6 +11,7 @@ pub mod results;
 pub mod rig;
 pub mod scenarios;
 pub mod shoal;
+pub mod walkthrough;
 pub mod workload;
 
 pub use error::{Error, Result};

@@ -178,7 +178,12 @@ fn parallel(
 }
 
 /// Keeps a client usable after a failed request by reconnecting.
-fn retry(cfg: &KubeConfig, c: &mut crate::kube::Client, st: &mut Stats, f: impl Fn(&mut crate::kube::Client) -> anyhow::Result<()>) {
+fn retry(
+    cfg: &KubeConfig,
+    c: &mut crate::kube::Client,
+    st: &mut Stats,
+    f: impl Fn(&mut crate::kube::Client) -> anyhow::Result<()>,
+) {
     if timed(st, || f(c)).is_err() {
         if let Ok(n) = cfg.connect() {
             *c = n;
@@ -188,7 +193,8 @@ fn retry(cfg: &KubeConfig, c: &mut crate::kube::Client, st: &mut Stats, f: impl 
 
 fn ensure_namespace(cfg: &KubeConfig, ns: &str) -> anyhow::Result<()> {
     let mut c = cfg.connect()?;
-    let r = c.post("/api/v1/namespaces", &json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}))?;
+    let r =
+        c.post("/api/v1/namespaces", &json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}))?;
     if r.status != 409 {
         r.ok()?;
     }
@@ -201,8 +207,11 @@ pub fn api_bench(cfg: &KubeConfig, count: usize, clients: usize, fill: usize) ->
     ensure_namespace(cfg, ns)?;
     let base = format!("/api/v1/namespaces/{ns}/configmaps");
     let cm = |i: usize| json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": format!("cm-{i}"), "labels": {"bench": "api"}}, "data": {"k": "v".repeat(200)}});
-    let create = parallel(cfg, clients, count, |c, i, st| retry(cfg, c, st, |c| c.post(&base, &cm(i))?.ok().map(|_| ())))?;
-    let get = parallel(cfg, clients, count, |c, i, st| retry(cfg, c, st, |c| c.get(&format!("{base}/cm-{i}"))?.ok().map(|_| ())))?;
+    let create =
+        parallel(cfg, clients, count, |c, i, st| retry(cfg, c, st, |c| c.post(&base, &cm(i))?.ok().map(|_| ())))?;
+    let get = parallel(cfg, clients, count, |c, i, st| {
+        retry(cfg, c, st, |c| c.get(&format!("{base}/cm-{i}"))?.ok().map(|_| ()))
+    })?;
     let mut list_items = 0;
     let list = parallel(cfg, 1, 10, |c, _, st| {
         retry(cfg, c, st, |c| {
@@ -217,7 +226,8 @@ pub fn api_bench(cfg: &KubeConfig, count: usize, clients: usize, fill: usize) ->
         retry(cfg, c, st, |c| c.merge_patch(&format!("{base}/cm-{i}"), &json!({"data": {"p": "1"}}))?.ok().map(|_| ()))
     })?;
     // Watch delivery: one patch at a time, time from sending it until the watch shows it.
-    let rv = cfg.connect()?.get(&base)?.ok()?.json()?["metadata"]["resourceVersion"].as_str().unwrap_or("0").to_string();
+    let rv =
+        cfg.connect()?.get(&base)?.ok()?.json()?["metadata"]["resourceVersion"].as_str().unwrap_or("0").to_string();
     let mut watch = cfg.connect()?.watch(&format!("{base}?watch=true&resourceVersion={rv}"))?;
     let mut c = cfg.connect()?;
     let mut wd = Stats::default();
@@ -229,7 +239,8 @@ pub fn api_bench(cfg: &KubeConfig, count: usize, clients: usize, fill: usize) ->
         c.merge_patch(&format!("{base}/{name}"), &json!({"data": {"w": format!("{i}")}}))?.ok()?;
         loop {
             let Some(ev) = watch.next_event()? else { bail!("watch ended") };
-            if ev["object"]["metadata"]["name"] == name.as_str() && ev["object"]["data"]["w"] == format!("{i}").as_str() {
+            if ev["object"]["metadata"]["name"] == name.as_str() && ev["object"]["data"]["w"] == format!("{i}").as_str()
+            {
                 wd.ms.push(t.elapsed().as_secs_f64() * 1000.0);
                 break;
             }
@@ -243,7 +254,9 @@ pub fn api_bench(cfg: &KubeConfig, count: usize, clients: usize, fill: usize) ->
     patch.print("api_patch");
     wd.print("api_watch_delivery");
     if fill > count {
-        let fillst = parallel(cfg, clients, fill - count, |c, i, st| retry(cfg, c, st, |c| c.post(&base, &cm(count + i))?.ok().map(|_| ())))?;
+        let fillst = parallel(cfg, clients, fill - count, |c, i, st| {
+            retry(cfg, c, st, |c| c.post(&base, &cm(count + i))?.ok().map(|_| ()))
+        })?;
         println!("api_fill_objects: {}", fillst.ms.len() + count);
         fillst.print("api_fill_create");
     }
@@ -271,10 +284,18 @@ pub fn delete_namespace(cfg: &KubeConfig, ns: &str, wait: Duration) -> anyhow::R
 
 /// Creates `count` pods (optionally pinned to `node` through nodeSelector) and times each from
 /// its create request until a watch shows it Running.
-pub fn pod_start(cfg: &KubeConfig, ns: &str, count: usize, clients: usize, image: &str, node: Option<&str>) -> anyhow::Result<Stats> {
+pub fn pod_start(
+    cfg: &KubeConfig,
+    ns: &str,
+    count: usize,
+    clients: usize,
+    image: &str,
+    node: Option<&str>,
+) -> anyhow::Result<Stats> {
     ensure_namespace(cfg, ns)?;
     let base = format!("/api/v1/namespaces/{ns}/pods");
-    let rv = cfg.connect()?.get(&base)?.ok()?.json()?["metadata"]["resourceVersion"].as_str().unwrap_or("0").to_string();
+    let rv =
+        cfg.connect()?.get(&base)?.ok()?.json()?["metadata"]["resourceVersion"].as_str().unwrap_or("0").to_string();
     let mut watch = cfg.connect()?.watch(&format!("{base}?watch=true&resourceVersion={rv}"))?;
     let sent: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
     let running: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
@@ -315,7 +336,8 @@ pub fn pod_start(cfg: &KubeConfig, ns: &str, count: usize, clients: usize, image
     }
     done.store(true, std::sync::atomic::Ordering::Relaxed);
     let all_running = start.elapsed();
-    let (sent, running) = (sent.lock().map(|s| s.clone()).unwrap_or_default(), running.lock().map(|s| s.clone()).unwrap_or_default());
+    let (sent, running) =
+        (sent.lock().map(|s| s.clone()).unwrap_or_default(), running.lock().map(|s| s.clone()).unwrap_or_default());
     let mut st = Stats { elapsed: all_running, ..Default::default() };
     for (name, t) in &sent {
         match running.get(name) {
@@ -327,31 +349,39 @@ pub fn pod_start(cfg: &KubeConfig, ns: &str, count: usize, clients: usize, image
     Ok(st)
 }
 
-/// Registers `nodes` Node objects without agents, creates `pods` pending pods and counts how
-/// fast they get bound. Prints a timeline and the rate.
+/// Registers `nodes` Node objects without agents, creates `pods` pods that select a label no
+/// node has yet (so they stay pending), then labels the nodes and counts how fast the pending
+/// pods get bound (from a watch). Prints a timeline and the rate.
 pub fn scheduler_bench(cfg: &KubeConfig, nodes: usize, pods: usize, clients: usize) -> anyhow::Result<()> {
     let ns = "bench-sched";
     ensure_namespace(cfg, ns)?;
     let nodes_made = parallel(cfg, clients, nodes, |c, i, st| {
         let node = json!({"apiVersion": "v1", "kind": "Node",
-            "metadata": {"name": format!("sim-{i}"), "labels": {"kubernetes.io/hostname": format!("sim-{i}"), "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64", "shoal.dev/simulated": "true"}},
+            "metadata": {"name": format!("sim-{i}"), "labels": {"kubernetes.io/hostname": format!("sim-{i}"), "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64"}},
             "status": {"capacity": {"cpu": "64", "memory": "256Gi", "pods": "110"}, "allocatable": {"cpu": "64", "memory": "256Gi", "pods": "110"},
                 "conditions": [{"type": "Ready", "status": "True", "reason": "Simulated"}]}});
         retry(cfg, c, st, |c| {
             let r = c.post("/api/v1/nodes", &node)?;
-            if r.status == 409 { Ok(()) } else { r.ok().map(|_| ()) }
+            if r.status == 409 {
+                Ok(())
+            } else {
+                r.ok().map(|_| ())
+            }
         })
     })?;
     println!("sched_sim_nodes: {}", nodes_made.ms.len());
     let base = format!("/api/v1/namespaces/{ns}/pods");
-    let rv = cfg.connect()?.get(&base)?.ok()?.json()?["metadata"]["resourceVersion"].as_str().unwrap_or("0").to_string();
+    let rv =
+        cfg.connect()?.get(&base)?.ok()?.json()?["metadata"]["resourceVersion"].as_str().unwrap_or("0").to_string();
     let mut watch = cfg.connect()?.watch(&format!("{base}?watch=true&resourceVersion={rv}"))?;
     let bound: Arc<Mutex<HashMap<String, (Instant, String)>>> = Arc::default();
     {
         let bound = bound.clone();
         std::thread::spawn(move || loop {
             let Ok(Some(ev)) = watch.next_event() else { break };
-            if let (Some(name), Some(node)) = (ev["object"]["metadata"]["name"].as_str(), ev["object"]["spec"]["nodeName"].as_str()) {
+            if let (Some(name), Some(node)) =
+                (ev["object"]["metadata"]["name"].as_str(), ev["object"]["spec"]["nodeName"].as_str())
+            {
                 if let Ok(mut b) = bound.lock() {
                     b.entry(name.to_string()).or_insert_with(|| (Instant::now(), node.to_string()));
                     if b.len() >= pods {
@@ -361,14 +391,29 @@ pub fn scheduler_bench(cfg: &KubeConfig, nodes: usize, pods: usize, clients: usi
             }
         });
     }
-    let start = Instant::now();
+    let t_create = Instant::now();
     let created = parallel(cfg, clients, pods, |c, i, st| {
         let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": format!("s-{i}")},
             "spec": {"nodeSelector": {"shoal.dev/simulated": "true"}, "containers": [{"name": "c", "image": "busybox:1.25", "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}}}]}});
         retry(cfg, c, st, |c| c.post(&base, &pod)?.ok().map(|_| ()))
     })?;
-    let created_at = start.elapsed();
-    println!("sched_pods_created: {} in {:.2} s", created.ms.len(), created_at.as_secs_f64());
+    println!("sched_pods_created: {}", created.ms.len());
+    println!("sched_pods_create_s: {:.2}", t_create.elapsed().as_secs_f64());
+    let early = bound.lock().map(|b| b.len()).unwrap_or(0);
+    println!("sched_bound_before_nodes_labelled: {early}");
+    // The pods select `shoal.dev/simulated=true`, which no node has yet: all are pending. Label
+    // the simulated nodes now and time how fast the pending pods get bound.
+    let start = Instant::now();
+    parallel(cfg, clients, nodes, |c, i, st| {
+        retry(cfg, c, st, |c| {
+            c.merge_patch(
+                &format!("/api/v1/nodes/sim-{i}"),
+                &json!({"metadata": {"labels": {"shoal.dev/simulated": "true"}}}),
+            )?
+            .ok()
+            .map(|_| ())
+        })
+    })?;
     let deadline = Duration::from_secs(120);
     let mut last = 0;
     while start.elapsed() < deadline {
@@ -382,7 +427,7 @@ pub fn scheduler_bench(cfg: &KubeConfig, nodes: usize, pods: usize, clients: usi
         std::thread::sleep(Duration::from_millis(200));
     }
     let b = bound.lock().map(|b| b.clone()).unwrap_or_default();
-    let mut times: Vec<f64> = b.values().map(|(t, _)| t.duration_since(start).as_secs_f64()).collect();
+    let mut times: Vec<f64> = b.values().map(|(t, _)| t.saturating_duration_since(start).as_secs_f64()).collect();
     times.sort_by(|a, b| a.total_cmp(b));
     let nodes_used = b.values().map(|(_, n)| n.clone()).collect::<std::collections::HashSet<_>>().len();
     for q in [0.25, 0.5, 0.75, 1.0] {

@@ -75,6 +75,18 @@ enum RigCommand {
         #[arg(long, default_value = "/tmp/shoal-rig")]
         dir: PathBuf,
     },
+    /// Power a host off: SIGKILL to its pid namespace's init, every process of it at once.
+    PowerOff {
+        host: String,
+        #[arg(long, default_value = "/tmp/shoal-rig")]
+        dir: PathBuf,
+    },
+    /// Power a host back on and start its shoal with the flags it was launched with.
+    Restart {
+        host: String,
+        #[arg(long, default_value = "/tmp/shoal-rig")]
+        dir: PathBuf,
+    },
     /// Run a command on a host of the rig: `shoal-hil rig exec n1 -- ip addr`.
     Exec {
         host: String,
@@ -373,6 +385,14 @@ fn rig(command: RigCommand) -> anyhow::Result<ExitCode> {
                 };
                 println!("{h} {} {}: {line}", rig.address(&h)?, if running { "running" } else { "stopped" });
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        RigCommand::PowerOff { host, dir } => {
+            NetnsRig::open(&dir)?.power_off(&host)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        RigCommand::Restart { host, dir } => {
+            NetnsRig::open(&dir)?.restart(&host)?;
             Ok(ExitCode::SUCCESS)
         }
         RigCommand::Exec { host, dir, command } => {

@@ -237,6 +237,11 @@ impl<'a> Cluster<'a> {
         if !hosts.contains(&leader) || statuses.iter().any(|s| s.leader.as_deref() != Some(leader.as_str())) {
             return None;
         }
+        // Converged means fault tolerant too: as many voters as the cluster keeps.
+        let want = if hosts.len() >= 5 { 5 } else { hosts.len().min(3) };
+        if statuses.first()?.voters().len() < want {
+            return None;
+        }
         Some((leader, statuses))
     }
 

@@ -35,8 +35,13 @@ pub trait Net: Send + Sync {
     fn ensure_bridge(&self, name: &str) -> impl Future<Output = Result<u32>> + Send;
     /// Creates a veth pair, moves `peer` into the network namespace at `netns`, attaches
     /// `host` to `bridge` (when given) and sets it up.
-    fn create_veth(&self, host: &str, peer: &str, netns: &Path, bridge: Option<&str>)
-        -> impl Future<Output = Result<()>> + Send;
+    fn create_veth(
+        &self,
+        host: &str,
+        peer: &str,
+        netns: &Path,
+        bridge: Option<&str>,
+    ) -> impl Future<Output = Result<()>> + Send;
     /// Deletes a link (deleting one end of a veth pair deletes both).
     fn delete_link(&self, name: &str) -> impl Future<Output = Result<()>> + Send;
     /// Sets a link up or down.
@@ -109,7 +114,9 @@ impl LinuxNet {
 
     fn route_message(route: &Route, index: Option<u32>) -> Result<rtnetlink::packet_route::route::RouteMessage> {
         let invalid = |reason: String| Error::InvalidRoute { dst: route.dst, prefix: route.prefix, reason };
-        let mut b = RouteMessageBuilder::<IpAddr>::new().destination_prefix(route.dst, route.prefix).map_err(|e| invalid(e.to_string()))?;
+        let mut b = RouteMessageBuilder::<IpAddr>::new()
+            .destination_prefix(route.dst, route.prefix)
+            .map_err(|e| invalid(e.to_string()))?;
         if let Some(via) = route.via {
             b = b.gateway(via).map_err(|e| invalid(e.to_string()))?;
         }
@@ -156,9 +163,12 @@ impl Net for LinuxNet {
 
     async fn create_veth(&self, host: &str, peer: &str, netns: &Path, bridge: Option<&str>) -> Result<()> {
         let ns = std::fs::File::open(netns).map_err(|source| Error::OpenNetns { path: netns.into(), source })?;
-        self.handle.link().add(LinkVeth::new(host, peer).build()).execute().await.map_err(|source| {
-            Error::CreateVeth { host: host.into(), peer: peer.into(), source }
-        })?;
+        self.handle
+            .link()
+            .add(LinkVeth::new(host, peer).build())
+            .execute()
+            .await
+            .map_err(|source| Error::CreateVeth { host: host.into(), peer: peer.into(), source })?;
         let peer_index = self.must_index(peer).await?;
         self.handle
             .link()
@@ -192,7 +202,12 @@ impl Net for LinuxNet {
         let index = self.must_index(name).await?;
         let msg = LinkUnspec::new_with_index(index);
         let msg = if up { msg.up() } else { msg.down() };
-        self.handle.link().set(msg.build()).execute().await.map_err(|source| Error::SetLink { name: name.into(), source })
+        self.handle
+            .link()
+            .set(msg.build())
+            .execute()
+            .await
+            .map_err(|source| Error::SetLink { name: name.into(), source })
     }
 
     async fn add_address(&self, link: &str, addr: Address) -> Result<()> {
@@ -299,4 +314,3 @@ pub(crate) fn parse_mac(s: &str) -> Option<[u8; 6]> {
     }
     parts.next().is_none().then_some(out)
 }
-

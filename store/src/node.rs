@@ -94,6 +94,9 @@ impl RaftNode {
             snapshot_policy: SnapshotPolicy::LogsSinceLast(cfg.snapshot_every.max(1)),
             max_in_snapshot_log_to_keep: cfg.keep_logs_behind_snapshot,
             install_snapshot_timeout: 2000,
+            // openraft times an AppendEntries out after one heartbeat interval: small batches
+            // keep a catching-up follower within it on a slow board.
+            max_payload_entries: 64,
             ..Default::default()
         }
         .validate()
@@ -524,7 +527,19 @@ impl RaftNode {
         };
         let Some(change) = change else { return Ok(None) };
         let changes = match &change {
-            VoterChange::Promote { node_id } => ChangeMembers::AddVoterIds([*node_id].into()),
+            VoterChange::Promote { node_id } => {
+                // Promote every healthy learner needed at once: one joint change from 1 to 3
+                // voters never leaves the group at 2 voters, where losing either stops it.
+                let want = if members.len() >= 5 { 5 } else { 3 };
+                let mut ids: BTreeSet<u64> = [*node_id].into();
+                for id in learners.iter().filter(|id| healthy.contains(id)) {
+                    if voters.len() + ids.len() >= want {
+                        break;
+                    }
+                    ids.insert(*id);
+                }
+                ChangeMembers::AddVoterIds(ids)
+            }
             VoterChange::Replace { removed, added } => {
                 let mut v = voters.clone();
                 v.remove(removed);

@@ -92,6 +92,14 @@ pub struct ApiConfig {
     pub streams: Option<Arc<dyn PodStreams>>,
     /// Request bodies above this size get 413.
     pub max_body_bytes: usize,
+    /// Where `metrics.k8s.io` reads usage; `None` serves empty lists.
+    pub metrics: Option<Arc<dyn MetricsSource>>,
+}
+
+/// Pod and node usage for `metrics.k8s.io` (`kubectl top`), from the node agents.
+pub trait MetricsSource: Send + Sync {
+    /// A PodMetricsList / NodeMetricsList (or one object when `name` is given); None: not found.
+    fn to_json(&self, plural: &str, namespace: Option<&str>, name: Option<&str>) -> Option<serde_json::Value>;
 }
 
 impl ApiConfig {
@@ -103,6 +111,7 @@ impl ApiConfig {
             node_name: node_name.into(),
             streams: None,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            metrics: None,
         }
     }
 }
@@ -113,6 +122,7 @@ pub(crate) struct ApiState {
     pub node_name: String,
     pub streams: Option<Arc<dyn PodStreams>>,
     pub max_body_bytes: usize,
+    pub metrics: Option<Arc<dyn MetricsSource>>,
     /// Cancelled when the server stops; open watches and log streams end with it.
     pub shutdown: CancellationToken,
 }
@@ -146,6 +156,7 @@ impl Server {
             node_name: self.cfg.node_name.clone(),
             streams: self.cfg.streams.clone(),
             max_body_bytes: self.cfg.max_body_bytes,
+            metrics: self.cfg.metrics.clone(),
             shutdown: shutdown.child_token(),
         });
         let tracker = TaskTracker::new();

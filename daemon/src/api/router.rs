@@ -149,6 +149,16 @@ async fn resource(
     }
     let target = parse_target(&rest).ok_or_else(ApiError::path_not_found)?;
     if group == discovery::METRICS_GROUP && version == discovery::METRICS_VERSION {
+        if let Some(m) = &state.metrics {
+            return match m.to_json(&target.plural, target.ns.as_deref(), target.name.as_deref()) {
+                Some(v) => Ok(crud::json_response(StatusCode::OK, &v)),
+                None => Err(ApiError::new(
+                    404,
+                    "NotFound",
+                    format!("{}.metrics.k8s.io \"{}\" not found", target.plural, target.name.as_deref().unwrap_or_default()),
+                )),
+            };
+        }
         return crud::metrics(&target.plural, target.name.as_deref());
     }
     let res = registry::resolve(&state.objects, group, version, &target.plural)

@@ -97,9 +97,9 @@ enum KvOp {
     Put { key: String, value: String },
     Get {
         key: String,
-        /// Confirm with the leader first.
+        /// Read the local replica without confirming with the leader (may be stale).
         #[arg(long)]
-        linearizable: bool,
+        local: bool,
     },
 }
 
@@ -196,7 +196,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Kv { dir, op } => {
             let req = match op {
                 KvOp::Put { key, value } => Request::KvPut { key, value },
-                KvOp::Get { key, linearizable } => Request::KvGet { key, linearizable },
+                KvOp::Get { key, local } => Request::KvGet { key, linearizable: !local },
             };
             let v = control::call(&dir.data_dir, &req).await?;
             match v {

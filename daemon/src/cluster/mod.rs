@@ -111,6 +111,10 @@ pub(crate) struct Node {
     pub store: Store,
     pub membership: Membership,
     pub objects: shoal_kube::Objects,
+    /// Which node announces each LoadBalancer IP (set once the announcer runs).
+    pub lb_announced: std::sync::OnceLock<tokio::sync::watch::Receiver<Vec<crate::lb::Announcement>>>,
+    /// Pod and node usage gathered from every node agent.
+    pub metrics: std::sync::OnceLock<Arc<crate::node::metrics::ClusterMetrics>>,
 }
 
 /// Runs a node until `shutdown`.
@@ -211,6 +215,8 @@ pub async fn run(cfg: NodeConfig, join: Option<JoinTarget>, shutdown: Cancellati
         store: store.clone(),
         membership,
         objects,
+        lb_announced: std::sync::OnceLock::new(),
+        metrics: std::sync::OnceLock::new(),
     });
 
     let tasks = tokio_util::task::TaskTracker::new();
@@ -352,7 +358,7 @@ async fn voter_loop(node: Arc<Node>, stop: CancellationToken) {
             .filter_map(|m| m.attrs.get("node_id").and_then(|s| s.parse().ok()))
             .collect();
         if let Err(e) = node.store.reconcile_voters(&healthy, Instant::now()).await {
-            tracing::debug!(error = %e, "voter reconcile");
+            tracing::warn!(error = %e, "voter reconcile");
         }
     }
 }

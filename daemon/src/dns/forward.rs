@@ -106,7 +106,7 @@ impl Forwarder {
             if let (Some(k), Ok(m)) = (key, Message::from_vec(&answer)) {
                 let ttl = match m.metadata.response_code {
                     ResponseCode::NoError if !m.answers.is_empty() => {
-                        m.answers.iter().map(|r| r.ttl()).min().unwrap_or(0).min(MAX_TTL)
+                        m.answers.iter().map(|r| r.ttl).min().unwrap_or(0).min(MAX_TTL)
                     }
                     ResponseCode::NoError | ResponseCode::NXDomain => NEGATIVE_TTL,
                     _ => 0,

@@ -53,21 +53,52 @@ impl Dns {
         Dns { objects, listen, upstreams }
     }
 
-    /// Binds every listen address, then serves until `shutdown`. Binding errors are returned
-    /// at once.
+    /// Serves until `shutdown`. An address that cannot be bound yet (the pod bridge's gateway
+    /// before the node agent has created it) is retried every second.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), DnsError> {
-        let server = Arc::new(Server { zone: Zone::new(self.objects), forwarder: forward::Forwarder::new(self.upstreams) });
+        let server =
+            Arc::new(Server { zone: Zone::new(self.objects), forwarder: forward::Forwarder::new(self.upstreams) });
         let mut tasks = tokio::task::JoinSet::new();
-        for addr in &self.listen {
-            let udp = UdpSocket::bind(addr).await.map_err(|source| DnsError::Bind { addr: *addr, source })?;
-            let tcp = TcpListener::bind(addr).await.map_err(|source| DnsError::Bind { addr: *addr, source })?;
-            tracing::info!(%addr, "dns listening");
-            tasks.spawn(serve_udp(Arc::clone(&server), Arc::new(udp), shutdown.clone()));
-            tasks.spawn(serve_tcp(Arc::clone(&server), tcp, shutdown.clone()));
+        for addr in self.listen {
+            tasks.spawn(listen(Arc::clone(&server), addr, shutdown.clone()));
         }
         shutdown.cancelled().await;
         tasks.shutdown().await;
         Ok(())
+    }
+}
+
+async fn bind(addr: SocketAddr) -> Result<(UdpSocket, TcpListener), DnsError> {
+    let udp = UdpSocket::bind(addr).await.map_err(|source| DnsError::Bind { addr, source })?;
+    let tcp = TcpListener::bind(addr).await.map_err(|source| DnsError::Bind { addr, source })?;
+    Ok((udp, tcp))
+}
+
+async fn listen(server: Arc<Server>, addr: SocketAddr, shutdown: CancellationToken) {
+    let mut warned = false;
+    let (udp, tcp) = loop {
+        match bind(addr).await {
+            Ok(s) => break s,
+            Err(error) => {
+                if !warned {
+                    tracing::warn!(%error, "dns address not bindable yet; retrying");
+                    warned = true;
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                }
+            }
+        }
+    };
+    tracing::info!(%addr, "dns listening");
+    tokio::join!(serve_udp(Arc::clone(&server), Arc::new(udp), shutdown.clone()), serve_tcp(server, tcp, shutdown));
+}
+
+impl Dns {
+    /// The addresses this server answers on.
+    pub fn listen_addrs(&self) -> &[SocketAddr] {
+        &self.listen
     }
 }
 
@@ -132,6 +163,16 @@ async fn serve_tcp_conn(server: Arc<Server>, mut stream: TcpStream) {
             return;
         }
     }
+}
+
+/// nftables `nat` rules (for a prerouting and an output chain) that send the DNS Service IP's
+/// port 53 to where this node's server listens, e.g. `10.43.0.10` to `10.42.N.1:53`.
+pub fn dnat_rules(service_ip: std::net::IpAddr, listen: SocketAddr) -> Vec<String> {
+    let (fam, to) = match listen {
+        SocketAddr::V4(a) => ("ip", a.to_string()),
+        SocketAddr::V6(a) => ("ip6", format!("[{}]:{}", a.ip(), a.port())),
+    };
+    ["udp", "tcp"].iter().map(|proto| format!("{fam} daddr {service_ip} {proto} dport 53 dnat {fam} to {to}")).collect()
 }
 
 fn qtype(t: RecordType) -> Qtype {

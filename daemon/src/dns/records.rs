@@ -103,13 +103,15 @@ fn addr_rec(name: &str, ip: IpAddr) -> Rec {
 }
 
 fn wanted(q: Qtype, r: &Rec) -> bool {
-    match (q, r) {
-        (Qtype::Any, _) => true,
-        (_, Rec::Cname(..)) => true,
-        (Qtype::A, Rec::A(..)) | (Qtype::Aaaa, Rec::Aaaa(..)) | (Qtype::Srv, Rec::Srv { .. }) => true,
-        (Qtype::Ptr, Rec::Ptr(..)) => true,
-        _ => false,
-    }
+    matches!(
+        (q, r),
+        (Qtype::Any, _)
+            | (_, Rec::Cname(..))
+            | (Qtype::A, Rec::A(..))
+            | (Qtype::Aaaa, Rec::Aaaa(..))
+            | (Qtype::Srv, Rec::Srv { .. })
+            | (Qtype::Ptr, Rec::Ptr(..))
+    )
 }
 
 /// `1.2.3.4` as `1-2-3-4`, the pod name form.
@@ -179,8 +181,7 @@ impl Zone {
 
     /// Ready addresses of a Service's Endpoints (notReady ones too when it publishes them).
     async fn endpoint_addresses(&self, svc: &Value, ns: &str, name: &str) -> Result<Vec<Value>, DnsError> {
-        let Some(ep) = self.objects.get(&self.endpoints, Some(ns), name).await.map_err(DnsError::ReadReplica)?
-        else {
+        let Some(ep) = self.objects.get(&self.endpoints, Some(ns), name).await.map_err(DnsError::ReadReplica)? else {
             return Ok(Vec::new());
         };
         let publish = svc["spec"]["publishNotReadyAddresses"].as_bool() == Some(true);
@@ -279,7 +280,8 @@ impl Zone {
         let (svcs, _) = self.objects.list(&self.services, None).await.map_err(DnsError::ReadReplica)?;
         for s in &svcs {
             if ips_of(s).contains(&ip) {
-                let (Some(n), Some(ns)) = (shoal_kube::objects::name_of(s), shoal_kube::objects::namespace_of(s)) else {
+                let (Some(n), Some(ns)) = (shoal_kube::objects::name_of(s), shoal_kube::objects::namespace_of(s))
+                else {
                     continue;
                 };
                 return Ok(Answer::Records(vec![Rec::Ptr(name.to_string(), format!("{n}.{ns}.svc.{DOMAIN}"))]));
@@ -326,13 +328,20 @@ pub(crate) mod tests {
         create(&svcs, json!({"metadata": {"name": "svc-node"}, "spec": {"type": "ClusterIP", "clusterIP": "10.43.0.20", "clusterIPs": ["10.43.0.20"], "ports": [{"name": "http", "port": 80, "protocol": "TCP", "targetPort": 8080}]}})).await.unwrap();
         create(&svcs, json!({"metadata": {"name": "external-service"}, "spec": {"type": "ExternalName", "externalName": "google.com"}})).await.unwrap();
         create(&svcs, json!({"metadata": {"name": "web"}, "spec": {"clusterIP": "None", "ports": [{"name": "http", "port": 80}]}})).await.unwrap();
-        create(&eps, json!({"metadata": {"name": "web"}, "subsets": [{"addresses": [
+        create(
+            &eps,
+            json!({"metadata": {"name": "web"}, "subsets": [{"addresses": [
             {"ip": "10.42.1.5", "hostname": "web-0"},
             {"ip": "10.42.2.7", "hostname": "web-1"}],
             "notReadyAddresses": [{"ip": "10.42.3.9", "hostname": "web-2"}],
-            "ports": [{"name": "http", "port": 80}]}]})).await.unwrap();
+            "ports": [{"name": "http", "port": 80}]}]}),
+        )
+        .await
+        .unwrap();
         create(&pods, json!({"metadata": {"name": "web-0"}, "spec": {"hostname": "web-0", "subdomain": "web"}, "status": {"podIP": "10.42.1.5"}})).await.unwrap();
-        create(&pods, json!({"metadata": {"name": "lonely"}, "spec": {}, "status": {"podIP": "10.42.1.6"}})).await.unwrap();
+        create(&pods, json!({"metadata": {"name": "lonely"}, "spec": {}, "status": {"podIP": "10.42.1.6"}}))
+            .await
+            .unwrap();
         objects
     }
 
@@ -362,7 +371,10 @@ pub(crate) mod tests {
     async fn external_name_is_a_cname() {
         let z = Zone::new(seeded().await);
         let n = "external-service.default.svc.cluster.local";
-        assert_eq!(z.answer(n, Qtype::A).await.unwrap(), Answer::Records(vec![Rec::Cname(n.into(), "google.com".into())]));
+        assert_eq!(
+            z.answer(n, Qtype::A).await.unwrap(),
+            Answer::Records(vec![Rec::Cname(n.into(), "google.com".into())])
+        );
     }
 
     #[tokio::test]
@@ -381,11 +393,18 @@ pub(crate) mod tests {
         let z = Zone::new(seeded().await);
         let n = "_http._tcp.svc-node.default.svc.cluster.local";
         let Answer::Records(rs) = z.answer(n, Qtype::Srv).await.unwrap() else { panic!("no records") };
-        assert_eq!(rs, vec![Rec::Srv { name: n.into(), port: 80, target: "svc-node.default.svc.cluster.local".into() }]);
+        assert_eq!(
+            rs,
+            vec![Rec::Srv { name: n.into(), port: 80, target: "svc-node.default.svc.cluster.local".into() }]
+        );
         let h = "_http._tcp.web.default.svc.cluster.local";
         let Answer::Records(rs) = z.answer(h, Qtype::Srv).await.unwrap() else { panic!("no records") };
         assert_eq!(rs.len(), 2);
-        assert!(rs.contains(&Rec::Srv { name: h.into(), port: 80, target: "web-0.web.default.svc.cluster.local".into() }));
+        assert!(rs.contains(&Rec::Srv {
+            name: h.into(),
+            port: 80,
+            target: "web-0.web.default.svc.cluster.local".into()
+        }));
         assert_eq!(
             z.answer("_grpc._tcp.svc-node.default.svc.cluster.local", Qtype::Srv).await.unwrap(),
             Answer::NoSuchName

@@ -43,25 +43,25 @@ async fn resolve(server: SocketAddr, name: &str, t: RecordType) -> Message {
 async fn start() -> (SocketAddr, CancellationToken) {
     let objects = seeded().await;
     let shutdown = CancellationToken::new();
-    for _ in 0..20 {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-        // An upstream nobody answers on: forwarding fails fast and visibly.
-        let dns = Dns::new(objects.clone(), vec![addr], vec!["127.0.0.1:9".parse().unwrap()]);
-        let stop = shutdown.clone();
-        let task = tokio::spawn(dns.run(stop));
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        if !task.is_finished() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    // An upstream nobody answers on: forwarding fails fast and visibly.
+    let dns = Dns::new(objects, vec![addr], vec!["127.0.0.1:9".parse().unwrap()]);
+    tokio::spawn(dns.run(shutdown.clone()));
+    // Listening once a TCP connection is accepted.
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
             return (addr, shutdown);
         }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    panic!("no free port for the dns server");
+    panic!("dns server did not start on {addr}");
 }
 
 fn addresses(m: &Message) -> Vec<String> {
     m.answers
         .iter()
-        .filter_map(|r| match r.data() {
+        .filter_map(|r| match &r.data {
             RData::A(a) => Some(a.0.to_string()),
             _ => None,
         })
@@ -83,7 +83,7 @@ async fn pods_resolve_services_by_short_and_full_names() {
 async fn external_name_answers_with_its_cname() {
     let (server, shutdown) = start().await;
     let m = resolve(server, "external-service", RecordType::A).await;
-    let cname = m.answers.iter().find_map(|r| match r.data() {
+    let cname = m.answers.iter().find_map(|r| match &r.data {
         RData::CNAME(c) => Some(c.0.to_ascii()),
         _ => None,
     });
@@ -118,4 +118,16 @@ async fn names_outside_the_cluster_fail_without_an_upstream() {
     let m = ask(server, "example.com.", RecordType::A).await;
     assert_eq!(m.metadata.response_code, ResponseCode::ServFail);
     shutdown.cancel();
+}
+
+#[test]
+fn dns_service_ip_is_sent_to_the_node_server() {
+    let rules = super::dnat_rules("10.43.0.10".parse().unwrap(), "10.42.1.1:53".parse().unwrap());
+    assert_eq!(
+        rules,
+        vec![
+            "ip daddr 10.43.0.10 udp dport 53 dnat ip to 10.42.1.1:53".to_string(),
+            "ip daddr 10.43.0.10 tcp dport 53 dnat ip to 10.42.1.1:53".to_string(),
+        ]
+    );
 }

@@ -26,7 +26,12 @@ fn field_ref(pod: &Value, path: &str, ip: Option<Ipv4Addr>, cfg: &AgentConfig) -
                 let field = p.trim_start_matches("metadata.");
                 m[field]
                     .as_object()
-                    .map(|o| o.iter().map(|(k, v)| format!("{k}=\"{}\"", v.as_str().unwrap_or_default())).collect::<Vec<_>>().join("\n"))
+                    .map(|o| {
+                        o.iter()
+                            .map(|(k, v)| format!("{k}=\"{}\"", v.as_str().unwrap_or_default()))
+                            .collect::<Vec<_>>()
+                            .join("\n")
+                    })
                     .unwrap_or_default()
             } else {
                 return None;
@@ -39,9 +44,9 @@ fn resource_field(c: &Value, resource: &str) -> String {
     let (section, name) = resource.split_once('.').unwrap_or(("limits", resource));
     let v = c["resources"][section][name].as_str().unwrap_or_default();
     match name {
-        "cpu" => super::spec::cpu_millis(v).map(|m| m.div_ceil(1000).max(1).to_string()).unwrap_or_else(|| {
-            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).to_string()
-        }),
+        "cpu" => super::spec::cpu_millis(v)
+            .map(|m| m.div_ceil(1000).max(1).to_string())
+            .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).to_string()),
         "memory" | "ephemeral-storage" => super::spec::bytes(v).map(|b| b.to_string()).unwrap_or_default(),
         _ => v.to_string(),
     }
@@ -49,7 +54,10 @@ fn resource_field(c: &Value, resource: &str) -> String {
 
 fn decode_secret(v: &str) -> String {
     use base64::Engine;
-    base64::engine::general_purpose::STANDARD.decode(v).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default()
+    base64::engine::general_purpose::STANDARD
+        .decode(v)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default()
 }
 
 /// `KEY=value` entries for a container, in the order Kubernetes applies them.

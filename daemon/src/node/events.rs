@@ -3,9 +3,14 @@
 //! container bumps `count` and `lastTimestamp` of one Event instead of writing a new one.
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use shoal_kube::{Objects, Resource, UpdateMode};
+
+/// A repeated event is written at most this often; repeats in between are added to its count
+/// at the next write.
+const BUMP_INTERVAL: Duration = Duration::from_secs(30);
 
 /// Normal or Warning.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,8 +34,8 @@ pub(crate) struct Recorder {
     objects: Objects,
     events: Resource,
     node: String,
-    /// Event name → count, for the events this agent wrote (no read before a bump).
-    seen: Arc<Mutex<HashMap<String, i64>>>,
+    /// Event name → when it was last written and the repeats not written yet.
+    seen: Arc<Mutex<HashMap<String, (Instant, i64)>>>,
 }
 
 fn fnv32a(data: &[u8]) -> u32 {
@@ -113,15 +118,32 @@ impl Recorder {
     async fn write(&self, ev: Value, now: &str, reason: &str) {
         let name = ev["metadata"]["name"].as_str().unwrap_or_default().to_string();
         let ns = ev["metadata"]["namespace"].as_str().unwrap_or("default").to_string();
-        let known = self.seen.lock().map(|m| m.contains_key(&name)).unwrap_or(false);
-        if !known {
+        // How many occurrences this write adds, or None while the event is written recently.
+        let bump = match self.seen.lock() {
+            Ok(mut m) => match m.get_mut(&name) {
+                None => Some(0),
+                Some((at, pending)) if at.elapsed() < BUMP_INTERVAL => {
+                    *pending += 1;
+                    None
+                }
+                Some((at, pending)) => {
+                    let n = *pending + 1;
+                    *pending = 0;
+                    *at = Instant::now();
+                    Some(n)
+                }
+            },
+            Err(_) => Some(0),
+        };
+        let Some(add) = bump else { return };
+        if add == 0 {
             match self.objects.create(&self.events, Some(&ns), ev).await {
                 Ok(_) => {
                     if let Ok(mut m) = self.seen.lock() {
                         if m.len() > 4096 {
                             m.clear();
                         }
-                        m.insert(name, 1);
+                        m.insert(name, (Instant::now(), 0));
                     }
                     return;
                 }
@@ -136,7 +158,7 @@ impl Recorder {
             .objects
             .modify(&self.events, Some(&ns), &name, UpdateMode::All, |e| {
                 let count = e["count"].as_i64().unwrap_or(1);
-                e["count"] = json!(count + 1);
+                e["count"] = json!(count + add.max(1));
                 e["lastTimestamp"] = json!(now);
                 Ok(true)
             })
@@ -144,7 +166,7 @@ impl Recorder {
         match bumped {
             Ok(_) => {
                 if let Ok(mut m) = self.seen.lock() {
-                    *m.entry(name).or_insert(1) += 1;
+                    m.entry(name).or_insert((Instant::now(), 0));
                 }
             }
             Err(error) => {
@@ -168,7 +190,15 @@ mod tests {
             "metadata": {"name": "web-1", "namespace": "shop", "uid": "u1", "resourceVersion": "7"},
             "spec": {"containers": [{"name": "nginx"}], "initContainers": [{"name": "setup"}]},
         });
-        let ev = event_object(&pod, "n1", Some("nginx"), Type::Normal, "Pulled", "Container image \"nginx\" already present on machine", "2026-01-01T00:00:00Z");
+        let ev = event_object(
+            &pod,
+            "n1",
+            Some("nginx"),
+            Type::Normal,
+            "Pulled",
+            "Container image \"nginx\" already present on machine",
+            "2026-01-01T00:00:00Z",
+        );
         assert_eq!(ev["involvedObject"]["kind"], "Pod");
         assert_eq!(ev["involvedObject"]["fieldPath"], "spec.containers{nginx}");
         assert_eq!(ev["source"], json!({"component": "kubelet", "host": "n1"}));
@@ -179,7 +209,15 @@ mod tests {
         assert_eq!(init["involvedObject"]["fieldPath"], "spec.initContainers{setup}");
         let other = event_object(&pod, "n1", Some("nginx"), Type::Warning, "BackOff", "x", "t");
         assert_ne!(ev["metadata"]["name"], other["metadata"]["name"]);
-        let again = event_object(&pod, "n1", Some("nginx"), Type::Normal, "Pulled", "Container image \"nginx\" already present on machine", "later");
+        let again = event_object(
+            &pod,
+            "n1",
+            Some("nginx"),
+            Type::Normal,
+            "Pulled",
+            "Container image \"nginx\" already present on machine",
+            "later",
+        );
         assert_eq!(ev["metadata"]["name"], again["metadata"]["name"], "the same event is deduplicated");
     }
 }

@@ -100,29 +100,32 @@ impl PodStreams for LocalLogs {
             // file, which ends this stream as kubectl expects on restart).
             let offset = text.len() as u64;
             let timestamps = opts.timestamps;
-            let rest = futures::stream::unfold((path, offset, String::new()), move |(path, mut offset, mut partial)| async move {
-                loop {
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    let meta = tokio::fs::metadata(&path).await.ok()?;
-                    if meta.len() < offset {
-                        return None;
+            let rest = futures::stream::unfold(
+                (path, offset, String::new()),
+                move |(path, mut offset, mut partial)| async move {
+                    loop {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        let meta = tokio::fs::metadata(&path).await.ok()?;
+                        if meta.len() < offset {
+                            return None;
+                        }
+                        if meta.len() == offset {
+                            continue;
+                        }
+                        let bytes = tokio::fs::read(&path).await.ok()?;
+                        let new = String::from_utf8_lossy(&bytes[offset as usize..]).into_owned();
+                        offset = bytes.len() as u64;
+                        partial.push_str(&new);
+                        let cut = partial.rfind('\n').map(|i| i + 1).unwrap_or(0);
+                        let complete: String = partial.drain(..cut).collect();
+                        if complete.is_empty() {
+                            continue;
+                        }
+                        let out = render(&complete, timestamps);
+                        return Some((Ok(Bytes::from(out)), (path, offset, partial)));
                     }
-                    if meta.len() == offset {
-                        continue;
-                    }
-                    let bytes = tokio::fs::read(&path).await.ok()?;
-                    let new = String::from_utf8_lossy(&bytes[offset as usize..]).into_owned();
-                    offset = bytes.len() as u64;
-                    partial.push_str(&new);
-                    let cut = partial.rfind('\n').map(|i| i + 1).unwrap_or(0);
-                    let complete: String = partial.drain(..cut).collect();
-                    if complete.is_empty() {
-                        continue;
-                    }
-                    let out = render(&complete, timestamps);
-                    return Some((Ok(Bytes::from(out)), (path, offset, partial)));
-                }
-            });
+                },
+            );
             Ok(Box::pin(futures::StreamExt::chain(first, rest)) as ByteStream)
         })
     }

@@ -4,10 +4,12 @@
 mod env;
 mod events;
 pub mod logs;
+pub mod metrics;
 pub mod network;
 mod pod;
 mod probes;
 pub mod spec;
+mod streams;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr};
@@ -61,6 +63,10 @@ pub(crate) struct Agent {
     pub run_dir: PathBuf,
     pub log_dir: PathBuf,
     pub events: events::Recorder,
+    /// Devices declared for hardware-in-the-loop benches.
+    pub devices: Vec<crate::config::DeviceConfig>,
+    /// Device path → uid of the pod that holds it.
+    pub device_owners: std::sync::Mutex<HashMap<PathBuf, String>>,
     /// Per pod uid: what the agent knows of it.
     pub state: Mutex<HashMap<String, Arc<Mutex<PodState>>>>,
 }
@@ -83,6 +89,51 @@ fn unreachable_resource(plural: &str) -> Resource {
     }
 }
 
+/// The runtime settings of a node's agent (state under /run/shoal/<node>).
+pub(crate) fn runtime_config(node_name: &str) -> shoal_runtime::RuntimeConfig {
+    shoal_runtime::RuntimeConfig {
+        root: PathBuf::from("/run/shoal").join(node_name).join("runtime"),
+        cgroup_parent: format!("shoal-{node_name}"),
+        ..shoal_runtime::RuntimeConfig::default()
+    }
+}
+
+/// Serves `pods/log` and `pods/exec` for every pod of the cluster: this node's pods itself,
+/// the others by proxying to the node that runs them over the peer transport (which must
+/// have [`register_streams`] done on every node). Without a transport, only local pods.
+pub fn streams(
+    transport: Option<shoal_gossip::Transport>,
+    store: Store,
+    data_dir: &std::path::Path,
+    node_name: &str,
+) -> Arc<dyn crate::api::PodStreams> {
+    Arc::new(streams::node_streams(transport, store, data_dir, node_name))
+}
+
+/// Serves this node's pod streams to the peers (service `pod-streams` on the transport).
+pub fn register_streams(transport: &shoal_gossip::Transport, data_dir: &std::path::Path, node_name: &str) {
+    streams::register(transport, data_dir, node_name)
+}
+
+/// Usage of every pod and node of the cluster (metrics.k8s.io, the HPA's `PodMetrics`).
+/// Run it with `ClusterMetrics::run(shutdown)` on every node; pass `run_pods` = whether this
+/// node runs containers. Peers' samples arrive over the transport once
+/// [`register_metrics`] is done on every node.
+pub fn metrics(
+    transport: Option<shoal_gossip::Transport>,
+    objects: Objects,
+    store: Store,
+    node_name: &str,
+    run_pods: bool,
+) -> Arc<metrics::ClusterMetrics> {
+    Arc::new(metrics::ClusterMetrics::new(transport, objects, store, node_name, run_pods))
+}
+
+/// Answers the peers' metrics requests (service `pod-metrics` on the transport).
+pub fn register_metrics(transport: &shoal_gossip::Transport, metrics: Arc<metrics::ClusterMetrics>) {
+    metrics::register(transport, metrics)
+}
+
 /// The node agent.
 pub struct NodeAgent {
     agent: Arc<Agent>,
@@ -93,11 +144,7 @@ impl NodeAgent {
     pub async fn start(cfg: AgentConfig) -> Result<NodeAgent, AgentError> {
         let images = shoal_images::ImageStore::open(&cfg.data_dir, shoal_images::Platform::host())?;
         let run_dir = PathBuf::from("/run/shoal").join(&cfg.node_name);
-        let runtime = shoal_runtime::Runtime::new(shoal_runtime::RuntimeConfig {
-            root: run_dir.join("runtime"),
-            cgroup_parent: format!("shoal-{}", cfg.node_name),
-            ..shoal_runtime::RuntimeConfig::default()
-        });
+        let runtime = shoal_runtime::Runtime::new(runtime_config(&cfg.node_name));
         let subnet = network::claim_subnet(&cfg.store, &cfg.pod_cidr, &cfg.node_name).await?;
         let pod_cidr = cfg.pod_cidr.clone();
         let net = tokio::task::spawn_blocking(move || PodNetwork::setup(subnet, &pod_cidr))
@@ -107,6 +154,8 @@ impl NodeAgent {
         let events = events::Recorder::new(cfg.objects.clone(), cfg.node_name.clone());
         let agent = Agent {
             events,
+            devices: Vec::new(),
+            device_owners: std::sync::Mutex::new(HashMap::new()),
             cfg,
             images,
             runtime,
@@ -120,9 +169,20 @@ impl NodeAgent {
         Ok(NodeAgent { agent: Arc::new(agent) })
     }
 
-    /// Serves `pods/log` for the pods of this node (usable before the agent has started).
+    /// Serves `pods/log` for the pods of this node only (usable before the agent has
+    /// started). [`streams`] serves logs and exec for every pod of the cluster.
     pub fn streams(data_dir: &std::path::Path) -> Arc<dyn crate::api::PodStreams> {
         Arc::new(logs::LocalLogs { log_dir: data_dir.join("pods") })
+    }
+
+    /// Declares the node's devices (config `[node] devices`): advertised as extended resources,
+    /// and handed to the pods that request them. Call before [`NodeAgent::run`].
+    pub fn with_devices(mut self, devices: Vec<crate::config::DeviceConfig>) -> NodeAgent {
+        match Arc::get_mut(&mut self.agent) {
+            Some(a) => a.devices = devices,
+            None => tracing::warn!("devices declared after the agent started; ignored"),
+        }
+        self
     }
 
     /// Runs until `shutdown`. Containers keep running when it stops (their shims own them).
@@ -134,12 +194,16 @@ impl NodeAgent {
         // Air-gapped fleets: every tarball dropped in <data-dir>/images/import/ is imported, at
         // start and whenever a new one appears.
         let mut imported = HashMap::new();
-        agent.import_new_tarballs(&mut imported).await;
+        if agent.import_new_tarballs(&mut imported).await {
+            agent.refresh_node().await;
+        }
         agent.adopt().await;
         let mut import_tick = tokio::time::interval(Duration::from_secs(10));
         let mut watch = agent.cfg.objects.watch(&agent.pods, None, None).await.ok();
         let mut tick = tokio::time::interval(Duration::from_millis(1000));
         let mut routes_tick = tokio::time::interval(Duration::from_secs(5));
+        let mut node_tick = tokio::time::interval(Duration::from_secs(30));
+        node_tick.tick().await;
         let workers = tokio_util::task::TaskTracker::new();
         let mut running: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
         loop {
@@ -147,7 +211,13 @@ impl NodeAgent {
                 _ = shutdown.cancelled() => break,
                 _ = tick.tick() => {}
                 _ = routes_tick.tick() => { agent.sync_routes().await; continue; }
-                _ = import_tick.tick() => { agent.import_new_tarballs(&mut imported).await; continue; }
+                _ = node_tick.tick() => { agent.refresh_node().await; continue; }
+                _ = import_tick.tick() => {
+                    if agent.import_new_tarballs(&mut imported).await {
+                        agent.refresh_node().await;
+                    }
+                    continue;
+                }
                 ev = async { match watch.as_mut() { Some(w) => w.recv().await, None => std::future::pending().await } } => {
                     match ev {
                         Some(Ok(_)) => {}
@@ -195,10 +265,19 @@ impl Agent {
         Ok(pods.into_iter().filter(|p| p["spec"]["nodeName"].as_str() == Some(self.cfg.node_name.as_str())).collect())
     }
 
-    /// Imports the tarballs of the import dir that are new or changed since the last look.
-    async fn import_new_tarballs(&self, seen: &mut HashMap<PathBuf, (u64, std::time::SystemTime)>) {
+    /// Rewrites the Node object if its status changed (images, devices, capacity).
+    async fn refresh_node(&self) {
+        if let Err(e) = register_node(self).await {
+            tracing::warn!(error = %e, "refreshing the Node object");
+        }
+    }
+
+    /// Imports the tarballs of the import dir that are new or changed since the last look;
+    /// says whether any image was imported.
+    async fn import_new_tarballs(&self, seen: &mut HashMap<PathBuf, (u64, std::time::SystemTime)>) -> bool {
+        let mut any = false;
         let dir = self.images.import_dir_path();
-        let Ok(entries) = std::fs::read_dir(&dir) else { return };
+        let Ok(entries) = std::fs::read_dir(&dir) else { return false };
         let mut files: Vec<(PathBuf, (u64, std::time::SystemTime))> = entries
             .flatten()
             .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
@@ -211,11 +290,15 @@ impl Agent {
         files.sort();
         for (path, stamp) in files {
             match self.images.import(&path).await {
-                Ok(refs) => tracing::info!(file = %path.display(), images = refs.len(), "imported image tarball"),
+                Ok(refs) => {
+                    any |= !refs.is_empty();
+                    tracing::info!(file = %path.display(), images = refs.len(), "imported image tarball")
+                }
                 Err(e) => tracing::warn!(file = %path.display(), error = %e, "cannot import image tarball"),
             }
             seen.insert(path, stamp);
         }
+        any
     }
 
     /// Routes to every other node's pod subnet.
@@ -245,13 +328,63 @@ impl Agent {
     }
 }
 
+/// What the node reserves for itself and the daemon: not allocatable to pods.
+const RESERVED_CPU_MILLIS: u64 = 100;
+const RESERVED_MEMORY_KIB: u64 = 256 * 1024;
+/// The kubelet reports at most this many images (largest first).
+const MAX_NODE_IMAGES: usize = 50;
+
+/// Declared devices per extended resource name.
+fn device_counts(devices: &[crate::config::DeviceConfig]) -> BTreeMap<String, usize> {
+    let mut out = BTreeMap::new();
+    for d in devices {
+        *out.entry(d.resource.clone()).or_insert(0) += 1;
+    }
+    out
+}
+
+/// Capacity and allocatable (capacity minus the node's reserve) of a node.
+fn capacity(cpus: usize, mem_kib: u64, devices: &BTreeMap<String, usize>) -> (Value, Value) {
+    let mut capacity = json!({
+        "cpu": cpus.to_string(),
+        "memory": format!("{mem_kib}Ki"),
+        "pods": "110",
+        "ephemeral-storage": "10Gi",
+    });
+    let cpu_millis = (cpus as u64 * 1000).saturating_sub(RESERVED_CPU_MILLIS).max(cpus.min(1) as u64 * 100);
+    // Small boards keep at least half their memory for pods.
+    let mem = mem_kib.saturating_sub(RESERVED_MEMORY_KIB.min(mem_kib / 2));
+    let mut allocatable = json!({
+        "cpu": format!("{cpu_millis}m"),
+        "memory": format!("{mem}Ki"),
+        "pods": "110",
+        "ephemeral-storage": "9Gi",
+    });
+    for (resource, n) in devices {
+        capacity[resource] = json!(n.to_string());
+        allocatable[resource] = json!(n.to_string());
+    }
+    (capacity, allocatable)
+}
+
+/// `status.images`: names and sizes, largest first, as the scheduler's image locality reads.
+fn node_images(mut images: Vec<(Vec<String>, u64)>) -> Value {
+    images.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    images.truncate(MAX_NODE_IMAGES);
+    Value::Array(images.into_iter().map(|(names, size)| json!({"names": names, "sizeBytes": size})).collect())
+}
+
 /// Creates or refreshes this node's Node object (only written when something changed).
 async fn register_node(agent: &Agent) -> Result<(), AgentError> {
     let name = agent.cfg.node_name.clone();
     let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let mem_kib = std::fs::read_to_string("/proc/meminfo")
         .ok()
-        .and_then(|m| m.lines().find(|l| l.starts_with("MemTotal:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok()))
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
         .unwrap_or(0);
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string();
     let os_image = std::fs::read_to_string("/etc/os-release")
@@ -264,15 +397,20 @@ async fn register_node(agent: &Agent) -> Result<(), AgentError> {
         "arm" => "arm",
         other => other,
     };
-    let capacity = json!({
-        "cpu": cpus.to_string(),
-        "memory": format!("{mem_kib}Ki"),
-        "pods": "110",
-        "ephemeral-storage": "10Gi",
-    });
+    let images: Vec<(Vec<String>, u64)> = agent
+        .images
+        .list()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|i| !i.names.is_empty())
+        .map(|i| (i.names, i.size))
+        .collect();
+    let devices = device_counts(&agent.devices);
+    let (capacity, allocatable) = capacity(cpus, mem_kib, &devices);
     let status = json!({
         "capacity": capacity,
-        "allocatable": capacity,
+        "allocatable": allocatable,
+        "images": node_images(images),
         "addresses": [
             {"type": "InternalIP", "address": agent.cfg.address.to_string()},
             {"type": "Hostname", "address": name},
@@ -343,4 +481,34 @@ async fn register_node(agent: &Agent) -> Result<(), AgentError> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allocatable_keeps_a_reserve_and_devices_are_resources() {
+        let devs = vec![
+            crate::config::DeviceConfig { path: "/dev/ttyUSB0".into(), resource: "devices.shoal.dev/serial".into() },
+            crate::config::DeviceConfig { path: "/dev/ttyUSB1".into(), resource: "devices.shoal.dev/serial".into() },
+            crate::config::DeviceConfig { path: "/dev/can0".into(), resource: "devices.shoal.dev/can".into() },
+        ];
+        let (cap, alloc) = capacity(4, 8 * 1024 * 1024, &device_counts(&devs));
+        assert_eq!(cap["cpu"], "4");
+        assert_eq!(alloc["cpu"], "3900m");
+        assert_eq!(alloc["memory"], format!("{}Ki", 8 * 1024 * 1024 - 256 * 1024));
+        assert_eq!(cap["devices.shoal.dev/serial"], "2");
+        assert_eq!(alloc["devices.shoal.dev/can"], "1");
+        let (_, small) = capacity(1, 256 * 1024, &BTreeMap::new());
+        assert_eq!(small["memory"], format!("{}Ki", 128 * 1024));
+    }
+
+    #[test]
+    fn images_are_listed_largest_first() {
+        let imgs = node_images(vec![(vec!["busybox".into()], 10), (vec!["nginx".into()], 100)]);
+        assert_eq!(imgs[0]["names"][0], "nginx");
+        assert_eq!(imgs[0]["sizeBytes"], 100);
+        assert_eq!(imgs.as_array().map(Vec::len), Some(2));
+    }
 }

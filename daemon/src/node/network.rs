@@ -105,7 +105,8 @@ pub async fn claim_subnet(store: &Store, cluster_cidr: &str, node: &str) -> Resu
 
 fn run(cmd: &str, args: &[&str]) -> Result<String, NetError> {
     let command = format!("{cmd} {}", args.join(" "));
-    let out = Command::new(cmd).args(args).output().map_err(|source| NetError::Spawn { command: command.clone(), source })?;
+    let out =
+        Command::new(cmd).args(args).output().map_err(|source| NetError::Spawn { command: command.clone(), source })?;
     if !out.status.success() {
         return Err(NetError::Command { command, stderr: String::from_utf8_lossy(&out.stderr).trim().to_string() });
     }
@@ -170,6 +171,8 @@ impl PodNetwork {
         let result = (|| {
             inside(&["link", "add", "eth0", "type", "veth", "peer", "name", &host_if, "netns", &pid])?;
             run("ip", &["link", "set", &host_if, "master", BRIDGE, "up"])?;
+            // Hairpin: a pod reaching its own Service through the ClusterIP is sent back to it.
+            run("ip", &["link", "set", &host_if, "type", "bridge_slave", "hairpin", "on"])?;
             inside(&["addr", "add", &format!("{ip}/24"), "dev", "eth0"])?;
             inside(&["link", "set", "eth0", "up"])?;
             inside(&["link", "set", "lo", "up"])?;
@@ -227,7 +230,10 @@ pub fn nft_apply(rules: &str) -> Result<(), NetError> {
     }
     let out = child.wait_with_output().map_err(|source| NetError::Spawn { command: "nft -f -".into(), source })?;
     if !out.status.success() {
-        return Err(NetError::Command { command: "nft -f -".into(), stderr: String::from_utf8_lossy(&out.stderr).trim().into() });
+        return Err(NetError::Command {
+            command: "nft -f -".into(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().into(),
+        });
     }
     Ok(())
 }

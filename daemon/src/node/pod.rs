@@ -119,6 +119,10 @@ impl Agent {
                 );
             }
             if st.sandbox.is_some() {
+                // Devices go back to the pods that ran with them.
+                for c in pod["spec"]["containers"].as_array().into_iter().flatten() {
+                    let _ = self.claim_devices(&uid, c);
+                }
                 tracing::info!(pod = %pod["metadata"]["name"], "re-adopted pod");
                 self.state.lock().await.insert(uid, Arc::new(Mutex::new(st)));
             }
@@ -139,7 +143,14 @@ impl Agent {
                 .and_then(|p| p["metadata"]["deletionGracePeriodSeconds"].as_i64())
                 .unwrap_or(0)
                 .clamp(0, 3600) as u64;
-            self.teardown(uid, &mut st, Duration::from_secs(grace)).await;
+            if let Some(p) = &pod {
+                for (name, c) in &st.containers {
+                    if self.runtime.state(&c.id).is_ok_and(|s| s.status == Status::Running) {
+                        self.events.emit(p, Some(name), Type::Normal, "Killing", &format!("Stopping container {name}"));
+                    }
+                }
+            }
+            self.teardown(uid, &mut st, Duration::from_secs(grace), pod.as_ref()).await;
             if let Some(p) = &pod {
                 let ns = p["metadata"]["namespace"].as_str().unwrap_or("default");
                 let name = p["metadata"]["name"].as_str().unwrap_or_default();
@@ -255,7 +266,13 @@ impl Agent {
             let result = self.check(&id, &probe, pod_ip).await;
             if let Err(msg) = &result {
                 tracing::debug!(container = %name, probe = kind.name(), error = %msg, "probe failed");
-                self.events.emit(pod, Some(&name), Type::Warning, "Unhealthy", &format!("{} probe failed: {msg}", kind.name()));
+                self.events.emit(
+                    pod,
+                    Some(&name),
+                    Type::Warning,
+                    "Unhealthy",
+                    &format!("{} probe failed: {msg}", kind.name()),
+                );
             }
             let Some(ctr) = st.containers.get_mut(&name) else { return };
             if let probes::Action::Restart(why) = spec.apply(&mut ctr.probes, kind, result.is_ok(), Instant::now()) {
@@ -264,13 +281,11 @@ impl Agent {
                 self.events.emit(pod, Some(&name), Type::Normal, "Killing", &msg);
                 ctr.kill_reason = Some(msg);
                 ctr.probes.ready = false;
-                let grace = pod["spec"]["terminationGracePeriodSeconds"].as_u64().unwrap_or(30).min(300);
-                let cfg = self.runtime.config().clone();
-                let id = id.clone();
-                let _ = tokio::task::spawn_blocking(move || {
-                    let _ = shoal_runtime::Runtime::new(cfg).stop(&id, Duration::from_secs(grace.max(1)));
-                })
-                .await;
+                let grace =
+                    Duration::from_secs(pod["spec"]["terminationGracePeriodSeconds"].as_u64().unwrap_or(30).min(300));
+                let started = Instant::now();
+                let _ = self.run_hook(pod, c, &id, st.ip, "preStop", grace).await;
+                self.stop_container(&id, grace.saturating_sub(started.elapsed())).await;
                 return;
             }
         }
@@ -278,16 +293,68 @@ impl Agent {
 
     /// Runs one probe once: Ok, or why it failed.
     async fn check(&self, id: &str, probe: &probes::Probe, pod_ip: std::net::IpAddr) -> Result<(), String> {
-        match &probe.handler {
-            probes::Handler::Exec(cmd) => self.exec_probe(id, cmd.clone(), probe.timeout).await,
+        self.run_handler(id, &probe.handler, pod_ip, probe.timeout).await
+    }
+
+    /// Runs a probe's or hook's action once, within `timeout`.
+    async fn run_handler(
+        &self,
+        id: &str,
+        handler: &probes::Handler,
+        pod_ip: std::net::IpAddr,
+        timeout: Duration,
+    ) -> Result<(), String> {
+        match handler {
+            probes::Handler::Exec(cmd) => self.exec_probe(id, cmd.clone(), timeout).await,
             probes::Handler::Http { host, port, path, headers, https: false } => {
-                probes::check_http(host, pod_ip, *port, path, headers, probe.timeout).await
+                probes::check_http(host, pod_ip, *port, path, headers, timeout).await
             }
             probes::Handler::Http { host, port, https: true, .. } | probes::Handler::Tcp { host, port } => {
-                probes::check_tcp(host, pod_ip, *port, probe.timeout).await
+                probes::check_tcp(host, pod_ip, *port, timeout).await
             }
-            probes::Handler::Grpc { port } => probes::check_tcp(&None, pod_ip, *port, probe.timeout).await,
+            probes::Handler::Grpc { port } => probes::check_tcp(&None, pod_ip, *port, timeout).await,
+            probes::Handler::Sleep(d) => {
+                tokio::time::sleep((*d).min(timeout)).await;
+                Ok(())
+            }
         }
+    }
+
+    /// Runs a lifecycle hook of a container if it has one; Err is the hook's failure.
+    async fn run_hook(
+        &self,
+        pod: &Value,
+        c: &Value,
+        id: &str,
+        pod_ip: Option<Ipv4Addr>,
+        which: &str,
+        timeout: Duration,
+    ) -> Result<(), String> {
+        let Some(h) = probes::hook(c, which) else { return Ok(()) };
+        let ip = pod_ip.map(std::net::IpAddr::V4).unwrap_or(self.cfg.address);
+        let r = self.run_handler(id, &h, ip, timeout).await;
+        if let Err(e) = &r {
+            let name = c["name"].as_str().unwrap_or_default();
+            let reason = if which == "preStop" { "FailedPreStopHook" } else { "FailedPostStartHook" };
+            self.events.emit(
+                pod,
+                Some(name),
+                Type::Warning,
+                reason,
+                &format!("{which} hook for container {name} failed: {e}"),
+            );
+        }
+        r
+    }
+
+    /// SIGTERM (the image's stop signal), then SIGKILL after `grace`.
+    async fn stop_container(&self, id: &str, grace: Duration) {
+        let cfg = self.runtime.config().clone();
+        let id = id.to_string();
+        let _ = tokio::task::spawn_blocking(move || {
+            let _ = shoal_runtime::Runtime::new(cfg).stop(&id, grace.max(Duration::from_millis(100)));
+        })
+        .await;
     }
 
     /// Runs a command in the container; success is exit code 0 within the timeout.
@@ -304,18 +371,21 @@ impl Agent {
             let mut p = rt.exec(&id, &process, false).map_err(|e| chain(&e))?;
             p.stdin = None;
             // Drain the output so a chatty command never blocks on a full pipe.
-            let readers: Vec<_> = [p.stdout.take().map(|s| Box::new(s) as Box<dyn Read + Send>), p.stderr.take().map(|s| Box::new(s) as Box<dyn Read + Send>)]
-                .into_iter()
-                .flatten()
-                .map(|mut r| {
-                    std::thread::spawn(move || {
-                        let mut buf = Vec::new();
-                        let _ = r.by_ref().take(64 * 1024).read_to_end(&mut buf);
-                        let _ = std::io::copy(&mut r, &mut std::io::sink());
-                        buf
-                    })
+            let readers: Vec<_> = [
+                p.stdout.take().map(|s| Box::new(s) as Box<dyn Read + Send>),
+                p.stderr.take().map(|s| Box::new(s) as Box<dyn Read + Send>),
+            ]
+            .into_iter()
+            .flatten()
+            .map(|mut r| {
+                std::thread::spawn(move || {
+                    let mut buf = Vec::new();
+                    let _ = r.by_ref().take(64 * 1024).read_to_end(&mut buf);
+                    let _ = std::io::copy(&mut r, &mut std::io::sink());
+                    buf
                 })
-                .collect();
+            })
+            .collect();
             let deadline = Instant::now() + timeout;
             let code = loop {
                 match p.try_wait() {
@@ -394,10 +464,20 @@ impl Agent {
                 if ctr.last_terminated.as_ref() != Some(&term) {
                     ctr.last_terminated = Some(term);
                     if restart {
-                        ctr.backoff = if ctr.backoff.is_zero() { BACKOFF_BASE } else { (ctr.backoff * 2).min(BACKOFF_MAX) };
+                        ctr.backoff =
+                            if ctr.backoff.is_zero() { BACKOFF_BASE } else { (ctr.backoff * 2).min(BACKOFF_MAX) };
                         ctr.retry_at = Some(Instant::now() + ctr.backoff);
-                        ctr.waiting = Some(("CrashLoopBackOff".into(), format!("back-off {}s restarting failed container={name}", ctr.backoff.as_secs())));
-                        self.events.emit(pod, Some(&name), Type::Warning, "BackOff", &format!("Back-off restarting failed container {name} in pod {}", pod_ref(pod)));
+                        ctr.waiting = Some((
+                            "CrashLoopBackOff".into(),
+                            format!("back-off {}s restarting failed container={name}", ctr.backoff.as_secs()),
+                        ));
+                        self.events.emit(
+                            pod,
+                            Some(&name),
+                            Type::Warning,
+                            "BackOff",
+                            &format!("Back-off restarting failed container {name} in pod {}", pod_ref(pod)),
+                        );
                     }
                 }
                 if !restart {
@@ -428,6 +508,15 @@ impl Agent {
                 ctr.instance = None;
                 self.events.emit(pod, Some(&name), Type::Normal, "Created", &format!("Created container: {name}"));
                 self.events.emit(pod, Some(&name), Type::Normal, "Started", &format!("Started container {name}"));
+                if self.run_hook(pod, c, &id, st.ip, "postStart", Duration::from_secs(30)).await.is_err() {
+                    // As the kubelet: a failed postStart hook kills the container.
+                    let msg = format!("Container {name} failed post-start hook, will be restarted");
+                    self.events.emit(pod, Some(&name), Type::Normal, "Killing", &msg);
+                    if let Some(ctr) = st.containers.get_mut(&name) {
+                        ctr.kill_reason = Some(msg);
+                    }
+                    self.stop_container(&id, Duration::from_secs(2)).await;
+                }
                 Ok(Some(Status::Running))
             }
             Err((reason, message)) => {
@@ -440,6 +529,43 @@ impl Agent {
                 Ok(None)
             }
         }
+    }
+
+    /// The declared devices this container requests (limits or requests of their resource
+    /// names), held by this pod until it is torn down.
+    fn claim_devices(&self, uid: &str, c: &Value) -> Result<Vec<PathBuf>, (String, String)> {
+        let mut out = Vec::new();
+        let Ok(mut owners) = self.device_owners.lock() else { return Ok(out) };
+        let resources: std::collections::BTreeSet<&str> = self.devices.iter().map(|d| d.resource.as_str()).collect();
+        for resource in resources {
+            let want = c["resources"]["limits"][resource]
+                .as_str()
+                .or_else(|| c["resources"]["requests"][resource].as_str())
+                .and_then(|q| q.parse::<usize>().ok())
+                .or_else(|| c["resources"]["limits"][resource].as_u64().map(|n| n as usize))
+                .unwrap_or(0);
+            if want == 0 {
+                continue;
+            }
+            let mine: Vec<PathBuf> = self
+                .devices
+                .iter()
+                .filter(|d| d.resource == resource && owners.get(&d.path).is_none_or(|o| o == uid))
+                .map(|d| d.path.clone())
+                .take(want)
+                .collect();
+            if mine.len() < want {
+                return Err((
+                    "CreateContainerError".into(),
+                    format!("{want} {resource} requested, {} free on this node", mine.len()),
+                ));
+            }
+            for p in &mine {
+                owners.insert(p.clone(), uid.to_string());
+            }
+            out.extend(mine);
+        }
+        Ok(out)
     }
 
     async fn remove_container(&self, id: &str, uid: &str) {
@@ -466,14 +592,24 @@ impl Agent {
         let present = self.images.get(image).map_err(|e| ("InvalidImageName".to_string(), e.to_string()))?;
         let info = match (present, policy) {
             (Some(info), "IfNotPresent") | (Some(info), "Never") => {
-                self.events.emit(pod, c["name"].as_str(), Type::Normal, "Pulled", &format!("Container image \"{image}\" already present on machine"));
+                self.events.emit(
+                    pod,
+                    c["name"].as_str(),
+                    Type::Normal,
+                    "Pulled",
+                    &format!("Container image \"{image}\" already present on machine"),
+                );
                 info
             }
             (None, "Never") => {
-                return Err(("ErrImageNeverPull".into(), format!("Container image \"{image}\" is not present with pull policy of Never")))
+                return Err((
+                    "ErrImageNeverPull".into(),
+                    format!("Container image \"{image}\" is not present with pull policy of Never"),
+                ))
             }
             (present, _) => {
-                let regs = shoal_images::Registries::load(&self.cfg.data_dir.join("registries.toml")).unwrap_or_default();
+                let regs =
+                    shoal_images::Registries::load(&self.cfg.data_dir.join("registries.toml")).unwrap_or_default();
                 let pull = self.images.pull(image, &regs, shoal_images::Auth::Anonymous);
                 // With a local copy, an unreachable registry must not hold the pod for long.
                 let limit = if present.is_some() { Duration::from_secs(3) } else { Duration::from_secs(300) };
@@ -483,17 +619,36 @@ impl Agent {
                 };
                 match pulled {
                     Ok(info) => {
-                        self.events.emit(pod, c["name"].as_str(), Type::Normal, "Pulled", &format!("Successfully pulled image \"{image}\""));
+                        self.events.emit(
+                            pod,
+                            c["name"].as_str(),
+                            Type::Normal,
+                            "Pulled",
+                            &format!("Successfully pulled image \"{image}\""),
+                        );
                         info
                     }
                     Err(e) => match present {
                         // Offline fleets: a failed pull of an image we hold still runs it.
                         Some(info) => {
                             tracing::info!(%image, error = %e, "pull failed; using the local image");
+                            self.events.emit(
+                                pod,
+                                c["name"].as_str(),
+                                Type::Normal,
+                                "Pulled",
+                                &format!("Container image \"{image}\" already present on machine"),
+                            );
                             info
                         }
                         None => {
-                            self.events.emit(pod, c["name"].as_str(), Type::Warning, "Failed", &format!("Failed to pull image \"{image}\": {e}"));
+                            self.events.emit(
+                                pod,
+                                c["name"].as_str(),
+                                Type::Warning,
+                                "Failed",
+                                &format!("Failed to pull image \"{image}\": {e}"),
+                            );
                             return Err(("ErrImagePull".into(), format!("failed to pull image \"{image}\": {e}")));
                         }
                     },
@@ -505,7 +660,9 @@ impl Agent {
         let _ = std::fs::create_dir_all(&rootfs);
         let _ = self.runtime.delete(id, true);
         let _ = self.images.remove_rootfs(id, &rootfs);
-        self.images.prepare_rootfs(image, id, &rootfs).map_err(|e| ("CreateContainerError".to_string(), e.to_string()))?;
+        self.images
+            .prepare_rootfs(image, id, &rootfs)
+            .map_err(|e| ("CreateContainerError".to_string(), e.to_string()))?;
         let (uid_n, gid_n) = match c["securityContext"]["runAsUser"].as_u64() {
             Some(u) => (u as u32, c["securityContext"]["runAsGroup"].as_u64().unwrap_or(0) as u32),
             None => spec::resolve_user(&info.config.user, &rootfs),
@@ -530,13 +687,23 @@ impl Agent {
             utsns: sb.map(|s| s.uts_ns_path.as_path()).unwrap_or(&empty),
             env,
             mounts,
-            cgroups_path: format!("/shoal-{}/pod{}/{}", self.cfg.node_name, short(uid), c["name"].as_str().unwrap_or("c")),
+            cgroups_path: format!(
+                "/shoal-{}/pod{}/{}",
+                self.cfg.node_name,
+                short(uid),
+                c["name"].as_str().unwrap_or("c")
+            ),
             uid: uid_n,
             gid: gid_n,
         };
-        let spec_json = spec::build(&input);
+        let mut spec_json = spec::build(&input);
+        for dev in self.claim_devices(uid, c)? {
+            spec::add_device(&mut spec_json, &dev)
+                .map_err(|e| ("CreateContainerError".to_string(), format!("device {}: {e}", dev.display())))?;
+        }
         let body = serde_json::to_vec_pretty(&spec_json).unwrap_or_default();
-        std::fs::write(bundle.join("config.json"), body).map_err(|e| ("CreateContainerError".to_string(), e.to_string()))?;
+        std::fs::write(bundle.join("config.json"), body)
+            .map_err(|e| ("CreateContainerError".to_string(), e.to_string()))?;
         let opts = CreateOpts {
             log_path: Some(self.log_path(pod, c["name"].as_str().unwrap_or("c"), restarts)),
             ..CreateOpts::default()
@@ -556,9 +723,7 @@ impl Agent {
         let name = pod["metadata"]["name"].as_str().unwrap_or("pod");
         let ns = pod["metadata"]["namespace"].as_str().unwrap_or("default");
         let ip = st.ip.map(|i| i.to_string()).unwrap_or_else(|| self.cfg.address.to_string());
-        let hosts = format!(
-            "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{ip}\t{name}\n"
-        );
+        let hosts = format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{ip}\t{name}\n");
         write_if_changed(&dir.join("hosts"), hosts.as_bytes()).map_err(io)?;
         write_if_changed(&dir.join("hostname"), format!("{name}\n").as_bytes()).map_err(io)?;
         let resolv = format!(
@@ -573,6 +738,11 @@ impl Agent {
             }
             let vdir = dir.join("volumes").join(vname);
             std::fs::create_dir_all(&vdir).map_err(io)?;
+            if v["emptyDir"]["medium"].as_str() == Some("Memory") {
+                let size = v["emptyDir"]["sizeLimit"].as_str().and_then(spec::bytes);
+                mount_tmpfs(&vdir, size).map_err(io)?;
+                continue;
+            }
             let (kind, key) = if v.get("configMap").is_some() {
                 ("configmaps", v["configMap"]["name"].as_str())
             } else if v.get("secret").is_some() {
@@ -604,7 +774,19 @@ impl Agent {
 
     /// Stops every container (SIGTERM, grace, SIGKILL), removes them, the network and the
     /// sandbox.
-    pub(crate) async fn teardown(&self, uid: &str, st: &mut PodState, grace: Duration) {
+    pub(crate) async fn teardown(&self, uid: &str, st: &mut PodState, grace: Duration, pod: Option<&Value>) {
+        let started = Instant::now();
+        // preStop hooks first, all containers at once, within the grace period.
+        if let Some(pod) = pod {
+            let hooks = pod["spec"]["containers"].as_array().into_iter().flatten().filter_map(|c| {
+                let ctr = st.containers.get(c["name"].as_str()?)?;
+                let running = self.runtime.state(&ctr.id).is_ok_and(|s| s.status == Status::Running);
+                (running && probes::hook(c, "preStop").is_some())
+                    .then(|| self.run_hook(pod, c, &ctr.id, st.ip, "preStop", grace))
+            });
+            let _ = futures::future::join_all(hooks).await;
+        }
+        let grace = grace.saturating_sub(started.elapsed());
         let ids: Vec<String> = st.containers.values().map(|c| c.id.clone()).collect();
         let mut handles = Vec::new();
         for id in ids {
@@ -627,8 +809,12 @@ impl Agent {
         if let Some(sb) = st.sandbox.take() {
             let _ = sb.remove();
         }
+        unmount_volumes(&self.pod_dir(uid).join("volumes"));
         let _ = std::fs::remove_dir_all(self.pod_dir(uid));
         st.containers.clear();
+        if let Ok(mut owners) = self.device_owners.lock() {
+            owners.retain(|_, o| o != uid);
+        }
     }
 
     /// Computes the pod status and writes it if it differs from the stored one.
@@ -651,7 +837,6 @@ impl Agent {
             return Ok(());
         }
         let ns = pod["metadata"]["namespace"].as_str().unwrap_or("default");
-        let name = pod["metadata"]["name"].as_str().unwrap_or_default();
         let mut next = pod.clone();
         next["status"] = status;
         if let Some(m) = next["metadata"].as_object_mut() {
@@ -684,10 +869,13 @@ impl Agent {
                     let mut started = false;
                     match rt.as_ref().map(|s| s.status) {
                         Some(Status::Running) => {
-                            state = json!({"running": {"startedAt": rt.as_ref().and_then(|s| s.started_at).map(rfc3339)}});
+                            state =
+                                json!({"running": {"startedAt": rt.as_ref().and_then(|s| s.started_at).map(rfc3339)}});
                             // Without probes a running container is started and ready.
                             let mut probes = ctr.map(|x| x.probes.clone()).unwrap_or_default();
-                            let same_instance = ctr.is_some_and(|x| x.instance.is_none() || x.instance == rt.as_ref().and_then(|s| s.started_at));
+                            let same_instance = ctr.is_some_and(|x| {
+                                x.instance.is_none() || x.instance == rt.as_ref().and_then(|s| s.started_at)
+                            });
                             if !same_instance {
                                 probes = ProbeSet::default();
                             }
@@ -737,9 +925,12 @@ impl Agent {
         let all_ready = !app.is_empty() && app.iter().all(|s| s["ready"] == true);
         let terminated: Vec<&Value> = app.iter().filter_map(|s| s["state"].get("terminated")).collect();
         let all_terminated = !app.is_empty() && terminated.len() == app.len();
-        let initialized = pod["spec"]["initContainers"]
-            .as_array()
-            .is_none_or(|l| l.iter().all(|c| st.containers.get(c["name"].as_str().unwrap_or_default()).is_some_and(|x| x.done) || c["restartPolicy"] == "Always"));
+        let initialized = pod["spec"]["initContainers"].as_array().is_none_or(|l| {
+            l.iter().all(|c| {
+                st.containers.get(c["name"].as_str().unwrap_or_default()).is_some_and(|x| x.done)
+                    || c["restartPolicy"] == "Always"
+            })
+        });
         let phase = if st.init_failed {
             "Failed"
         } else if all_terminated && restart_policy != "Always" {
@@ -780,9 +971,10 @@ impl Agent {
             "containerStatuses": app,
             "qosClass": qos_class(pod),
         });
-        let pod_ip = st.ip.map(|i| i.to_string()).or_else(|| {
-            (pod["spec"]["hostNetwork"].as_bool() == Some(true)).then(|| self.cfg.address.to_string())
-        });
+        let pod_ip = st
+            .ip
+            .map(|i| i.to_string())
+            .or_else(|| (pod["spec"]["hostNetwork"].as_bool() == Some(true)).then(|| self.cfg.address.to_string()));
         if let Some(ip) = pod_ip {
             status["podIP"] = json!(ip);
             status["podIPs"] = json!([{"ip": ip}]);
@@ -795,7 +987,7 @@ impl Agent {
 }
 
 /// An error with its sources, for the messages users read in `kubectl describe`.
-fn chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
     let mut cur = e.source();
     while let Some(s) = cur {
@@ -806,9 +998,13 @@ fn chain(e: &dyn std::error::Error) -> String {
     out
 }
 
-/// `namespace/name` of a pod, for messages.
+/// `name_namespace` of a pod, as the kubelet names it in messages.
 fn pod_ref(pod: &Value) -> String {
-    format!("{}_{}", pod["metadata"]["name"].as_str().unwrap_or_default(), pod["metadata"]["namespace"].as_str().unwrap_or("default"))
+    format!(
+        "{}_{}",
+        pod["metadata"]["name"].as_str().unwrap_or_default(),
+        pod["metadata"]["namespace"].as_str().unwrap_or("default")
+    )
 }
 
 fn st_ip(st: &PodState) -> Option<Ipv4Addr> {
@@ -865,6 +1061,41 @@ fn volume_mounts(pod: &Value, c: &Value, dir: &Path) -> Vec<(String, String, boo
         out.push((src.to_string_lossy().to_string(), path.to_string(), ro));
     }
     out
+}
+
+/// Whether `path` is a mount point (its device differs from its parent's).
+fn is_mount_point(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(path), path.parent().map(std::fs::metadata)) {
+        (Ok(m), Some(Ok(p))) => m.dev() != p.dev(),
+        _ => false,
+    }
+}
+
+/// An emptyDir with `medium: Memory`: a tmpfs (of `sizeLimit` bytes when set), mounted once.
+fn mount_tmpfs(dir: &Path, size: Option<u64>) -> std::io::Result<()> {
+    if is_mount_point(dir) {
+        return Ok(());
+    }
+    let mut data = String::from("mode=1777");
+    if let Some(bytes) = size.filter(|b| *b > 0) {
+        data.push_str(&format!(",size={bytes}"));
+    }
+    use nix::mount::MsFlags;
+    nix::mount::mount(Some("tmpfs"), dir, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some(data.as_str()))
+        .map_err(std::io::Error::from)
+}
+
+/// Unmounts the tmpfs volumes of a pod before its directory is removed.
+fn unmount_volumes(volumes: &Path) {
+    for e in std::fs::read_dir(volumes).into_iter().flatten().flatten() {
+        let p = e.path();
+        if is_mount_point(&p) {
+            if let Err(err) = nix::mount::umount2(&p, nix::mount::MntFlags::MNT_DETACH) {
+                tracing::warn!(path = %p.display(), error = %err, "unmounting a memory volume");
+            }
+        }
+    }
 }
 
 fn write_if_changed(path: &Path, data: &[u8]) -> std::io::Result<()> {

@@ -13,10 +13,23 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 pub(crate) enum Handler {
     Exec(Vec<String>),
     /// HTTP GET; HTTPS endpoints are checked by connecting only (no TLS handshake).
-    Http { host: Option<String>, port: u16, path: String, headers: Vec<(String, String)>, https: bool },
-    Tcp { host: Option<String>, port: u16 },
+    Http {
+        host: Option<String>,
+        port: u16,
+        path: String,
+        headers: Vec<(String, String)>,
+        https: bool,
+    },
+    Tcp {
+        host: Option<String>,
+        port: u16,
+    },
     /// gRPC health; checked by connecting to the port.
-    Grpc { port: u16 },
+    Grpc {
+        port: u16,
+    },
+    /// A lifecycle hook's `sleep`.
+    Sleep(Duration),
 }
 
 /// One probe of a container with its timing fields (Kubernetes defaults applied).
@@ -55,6 +68,32 @@ impl Probe {
     /// Reads `container[field]` (`startupProbe`, `livenessProbe`, `readinessProbe`).
     pub(crate) fn parse(container: &Value, field: &str) -> Option<Probe> {
         let p = container.get(field).filter(|p| p.is_object())?;
+        let handler = parse_handler(p, container)?;
+        let success_threshold = p["successThreshold"].as_u64().unwrap_or(1).max(1) as u32;
+        Some(Probe {
+            handler,
+            initial_delay: secs(&p["initialDelaySeconds"], 0, 0),
+            period: secs(&p["periodSeconds"], 10, 1),
+            timeout: secs(&p["timeoutSeconds"], 1, 1),
+            // Liveness and startup probes must have 1; Kubernetes validation enforces it.
+            success_threshold: if field == "readinessProbe" { success_threshold } else { 1 },
+            failure_threshold: p["failureThreshold"].as_u64().unwrap_or(3).max(1) as u32,
+        })
+    }
+}
+
+/// A lifecycle hook of a container (`postStart`, `preStop`).
+pub(crate) fn hook(container: &Value, which: &str) -> Option<Handler> {
+    let h = container["lifecycle"].get(which).filter(|h| h.is_object())?;
+    if let Some(n) = h["sleep"]["seconds"].as_u64() {
+        return Some(Handler::Sleep(Duration::from_secs(n)));
+    }
+    parse_handler(h, container)
+}
+
+/// The action of a probe or hook.
+fn parse_handler(p: &Value, container: &Value) -> Option<Handler> {
+    {
         let handler = if let Some(cmd) = p["exec"]["command"].as_array() {
             Handler::Exec(cmd.iter().filter_map(|s| s.as_str().map(String::from)).collect())
         } else if p["httpGet"].is_object() {
@@ -67,7 +106,9 @@ impl Probe {
                     .as_array()
                     .into_iter()
                     .flatten()
-                    .filter_map(|x| Some((x["name"].as_str()?.to_string(), x["value"].as_str().unwrap_or("").to_string())))
+                    .filter_map(|x| {
+                        Some((x["name"].as_str()?.to_string(), x["value"].as_str().unwrap_or("").to_string()))
+                    })
                     .collect(),
                 https: h["scheme"].as_str() == Some("HTTPS"),
             }
@@ -82,16 +123,7 @@ impl Probe {
         } else {
             return None;
         };
-        let success_threshold = p["successThreshold"].as_u64().unwrap_or(1).max(1) as u32;
-        Some(Probe {
-            handler,
-            initial_delay: secs(&p["initialDelaySeconds"], 0, 0),
-            period: secs(&p["periodSeconds"], 10, 1),
-            timeout: secs(&p["timeoutSeconds"], 1, 1),
-            // Liveness and startup probes must have 1; Kubernetes validation enforces it.
-            success_threshold: if field == "readinessProbe" { success_threshold } else { 1 },
-            failure_threshold: p["failureThreshold"].as_u64().unwrap_or(3).max(1) as u32,
-        })
+        Some(handler)
     }
 }
 
@@ -284,7 +316,12 @@ fn target(host: &Option<String>, pod_ip: IpAddr, port: u16) -> Result<SocketAddr
 }
 
 /// TCP connect within the timeout.
-pub(crate) async fn check_tcp(host: &Option<String>, pod_ip: IpAddr, port: u16, timeout: Duration) -> Result<(), String> {
+pub(crate) async fn check_tcp(
+    host: &Option<String>,
+    pod_ip: IpAddr,
+    port: u16,
+    timeout: Duration,
+) -> Result<(), String> {
     let addr = target(host, pod_ip, port)?;
     match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr)).await {
         Ok(Ok(_)) => Ok(()),
@@ -305,7 +342,9 @@ pub(crate) async fn check_http(
     let addr = target(host, pod_ip, port)?;
     let url = format!("http://{addr}{path}");
     let run = async {
-        let mut s = tokio::net::TcpStream::connect(addr).await.map_err(|e| format!("Get \"{url}\": dial tcp {addr}: connect: {e}"))?;
+        let mut s = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("Get \"{url}\": dial tcp {addr}: connect: {e}"))?;
         let mut req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: kube-probe/1.33\r\nAccept: */*\r\nConnection: close\r\n");
         for (k, v) in headers {
             if !k.contains(['\r', '\n', ':']) && !v.contains(['\r', '\n']) {
@@ -333,7 +372,9 @@ pub(crate) async fn check_http(
     };
     match tokio::time::timeout(timeout, run).await {
         Ok(r) => r,
-        Err(_) => Err(format!("Get \"{url}\": context deadline exceeded (Client.Timeout exceeded while awaiting headers)")),
+        Err(_) => {
+            Err(format!("Get \"{url}\": context deadline exceeded (Client.Timeout exceeded while awaiting headers)"))
+        }
     }
 }
 
@@ -362,7 +403,10 @@ mod tests {
         });
         let p = ContainerProbes::of(&c);
         let l = p.liveness.expect("liveness");
-        assert_eq!(l.handler, Handler::Http { host: None, port: 8080, path: "/healthz".into(), headers: vec![], https: false });
+        assert_eq!(
+            l.handler,
+            Handler::Http { host: None, port: 8080, path: "/healthz".into(), headers: vec![], https: false }
+        );
         assert_eq!((l.period, l.timeout, l.failure_threshold), (Duration::from_secs(3), Duration::from_secs(1), 3));
         let r = p.readiness.expect("readiness");
         assert_eq!(r.handler, Handler::Tcp { host: None, port: 80 });
@@ -371,6 +415,10 @@ mod tests {
         assert_eq!(s.handler, Handler::Exec(vec!["cat".into(), "/tmp/ok".into()]));
         assert_eq!(s.initial_delay, Duration::from_secs(5));
         assert!(Probe::parse(&json!({"livenessProbe": {"httpGet": {"port": "nope"}}}), "livenessProbe").is_none());
+        let hooks = json!({"lifecycle": {"preStop": {"exec": {"command": ["nginx", "-s", "quit"]}}, "postStart": {"sleep": {"seconds": 2}}}});
+        assert_eq!(hook(&hooks, "preStop"), Some(Handler::Exec(vec!["nginx".into(), "-s".into(), "quit".into()])));
+        assert_eq!(hook(&hooks, "postStart"), Some(Handler::Sleep(Duration::from_secs(2))));
+        assert_eq!(hook(&json!({}), "preStop"), None);
     }
 
     #[test]
@@ -384,7 +432,8 @@ mod tests {
 
     #[test]
     fn readiness_follows_thresholds() {
-        let c = json!({"readinessProbe": {"exec": {"command": ["true"]}, "successThreshold": 2, "failureThreshold": 2}});
+        let c =
+            json!({"readinessProbe": {"exec": {"command": ["true"]}, "successThreshold": 2, "failureThreshold": 2}});
         let p = ContainerProbes::of(&c);
         let mut set = ProbeSet::default();
         p.init(&mut set);
@@ -435,7 +484,10 @@ mod tests {
         assert_eq!(p.due(&set, started, started + Duration::from_secs(10), t), vec![Kind::Liveness]);
         p.apply(&mut set, Kind::Liveness, true, t);
         assert!(p.due(&set, started, started + Duration::from_secs(12), t + Duration::from_secs(2)).is_empty());
-        assert_eq!(p.due(&set, started, started + Duration::from_secs(15), t + Duration::from_secs(5)), vec![Kind::Liveness]);
+        assert_eq!(
+            p.due(&set, started, started + Duration::from_secs(15), t + Duration::from_secs(5)),
+            vec![Kind::Liveness]
+        );
     }
 
     #[test]

@@ -159,6 +159,42 @@ pub fn build(input: &ContainerInput<'_>) -> Value {
     spec
 }
 
+/// Linux major and minor numbers of a device number (glibc's `gnu_dev_major/minor`).
+pub fn dev_major_minor(rdev: u64) -> (i64, i64) {
+    let major = ((rdev >> 8) & 0xfff) | ((rdev >> 32) & !0xfff);
+    let minor = (rdev & 0xff) | ((rdev >> 12) & !0xff);
+    (major as i64, minor as i64)
+}
+
+/// Gives the container a host device node at the same path: the node in its /dev
+/// (`linux.devices`) and the device cgroup rule that allows it.
+pub fn add_device(spec: &mut Value, path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let meta = std::fs::metadata(path)?;
+    let kind = if meta.file_type().is_char_device() {
+        "c"
+    } else if meta.file_type().is_block_device() {
+        "b"
+    } else {
+        return Err(std::io::Error::other(format!("{} is not a device node", path.display())));
+    };
+    let (major, minor) = dev_major_minor(meta.rdev());
+    let node = json!({
+        "path": path, "type": kind, "major": major, "minor": minor,
+        "fileMode": meta.mode() & 0o7777, "uid": meta.uid(), "gid": meta.gid(),
+    });
+    let rule = json!({"allow": true, "type": kind, "major": major, "minor": minor, "access": "rwm"});
+    match spec["linux"]["devices"].as_array_mut() {
+        Some(list) => list.push(node),
+        None => spec["linux"]["devices"] = json!([node]),
+    }
+    match spec["linux"]["resources"]["devices"].as_array_mut() {
+        Some(list) => list.push(rule),
+        None => spec["linux"]["resources"]["devices"] = json!([rule]),
+    }
+    Ok(())
+}
+
 /// Resolves an image `USER` (`name`, `uid`, `name:group`, `uid:gid`) against the rootfs.
 pub fn resolve_user(user: &str, rootfs: &Path) -> (u32, u32) {
     if user.is_empty() {
@@ -218,13 +254,30 @@ mod tests {
     }
 
     #[test]
+    fn devices_become_nodes_and_cgroup_rules() {
+        assert_eq!(dev_major_minor(0x0403), (4, 3));
+        assert_eq!(dev_major_minor((188 << 8) | 1), (188, 1));
+        let mut spec = json!({"linux": {"resources": {}}});
+        add_device(&mut spec, Path::new("/dev/null")).expect("/dev/null is a device");
+        assert_eq!(spec["linux"]["devices"][0]["path"], "/dev/null");
+        assert_eq!(spec["linux"]["devices"][0]["major"], 1);
+        assert_eq!(
+            spec["linux"]["resources"]["devices"][0],
+            json!({"allow": true, "type": "c", "major": 1, "minor": 3, "access": "rwm"})
+        );
+        assert!(add_device(&mut spec, Path::new("/etc/hostname")).is_err());
+    }
+
+    #[test]
     fn quantities() {
         assert_eq!(cpu_millis("250m"), Some(250));
         assert_eq!(cpu_millis("1.5"), Some(1500));
         assert_eq!(bytes("512Mi"), Some(512 * 1024 * 1024));
         assert_eq!(bytes("1G"), Some(1_000_000_000));
         assert_eq!(bytes("junk"), None);
-        let r = resources(&json!({"resources": {"requests": {"cpu": "100m"}, "limits": {"cpu": "250m", "memory": "768Mi"}}}));
+        let r = resources(
+            &json!({"resources": {"requests": {"cpu": "100m"}, "limits": {"cpu": "250m", "memory": "768Mi"}}}),
+        );
         assert_eq!(r["cpu"]["shares"], 102);
         assert_eq!(r["cpu"]["quota"], 25000);
         assert_eq!(r["memory"]["limit"], 768 * 1024 * 1024);

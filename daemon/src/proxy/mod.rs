@@ -157,11 +157,18 @@ impl Proxy {
     }
 
     /// Reads the replica and applies the table if it changed; returns whether it applied.
-    async fn sync(&self, k: &Kinds, last: &mut Option<String>, health: &health::HealthServers) -> Result<bool, ProxyError> {
+    async fn sync(
+        &self,
+        k: &Kinds,
+        last: &mut Option<String>,
+        health: &health::HealthServers,
+    ) -> Result<bool, ProxyError> {
         let list = |res: &Resource, plural: &'static str| {
             let objects = self.objects.clone();
             let res = res.clone();
-            async move { objects.list(&res, None).await.map(|(v, _)| v).map_err(|source| ProxyError::List { plural, source }) }
+            async move {
+                objects.list(&res, None).await.map(|(v, _)| v).map_err(|source| ProxyError::List { plural, source })
+            }
         };
         let services: Vec<Value> = list(&k.services, "services").await?;
         let slices: Vec<Value> = list(&k.slices, "endpointslices").await?;
@@ -176,7 +183,10 @@ impl Proxy {
         }
         let nft = self.nft.clone();
         let t = text.clone();
-        tokio::task::spawn_blocking(move || nft.apply(&t)).await.map_err(ProxyError::Join)?.map_err(ProxyError::Apply)?;
+        tokio::task::spawn_blocking(move || nft.apply(&t))
+            .await
+            .map_err(ProxyError::Join)?
+            .map_err(ProxyError::Apply)?;
         *last = Some(text);
         Ok(true)
     }

@@ -250,11 +250,8 @@ fn pick_rules(sp: &ServicePort, eps: &[&Endpoint], suffix: &str, empty: &str) ->
             rules.push(format!("ip saddr @aff-{tag} goto ep-{tag}"));
         }
     }
-    let arms: Vec<String> = eps
-        .iter()
-        .enumerate()
-        .map(|(i, e)| format!("{i} : goto ep-{suffix}-{}-{}", ip_tag(&e.ip), e.port))
-        .collect();
+    let arms: Vec<String> =
+        eps.iter().enumerate().map(|(i, e)| format!("{i} : goto ep-{suffix}-{}-{}", ip_tag(&e.ip), e.port)).collect();
     rules.push(format!("numgen inc mod {} vmap {{ {} }}", eps.len(), arms.join(", ")));
     rules
 }
@@ -328,7 +325,10 @@ pub(crate) fn render(ports: &[ServicePort], node: &NodeInfo) -> String {
             let tag = format!("{suffix}-{}-{}", ip_tag(&e.ip), e.port);
             let mut rules = vec![format!("ip saddr {} jump mark-masq", e.ip)];
             if let Some(timeout) = sp.affinity_timeout {
-                sets.push((format!("aff-{tag}"), format!("type ipv4_addr; flags dynamic,timeout; timeout {timeout}s;")));
+                sets.push((
+                    format!("aff-{tag}"),
+                    format!("type ipv4_addr; flags dynamic,timeout; timeout {timeout}s;"),
+                ));
                 rules.push(format!("update @aff-{tag} {{ ip saddr }}"));
             }
             rules.push(format!("meta l4proto {proto} dnat to {}:{}", e.ip, e.port));
@@ -339,12 +339,12 @@ pub(crate) fn render(ports: &[ServicePort], node: &NodeInfo) -> String {
     for (name, body) in &sets {
         t.set("set", name, body);
     }
-    let nat = |hook| Hook { kind: "nat", hook, priority: "dstnat" };
+    let nat = |hook| Hook { kind: "nat", hook, priority: "-100" };
     t.base_chain("prerouting", nat("prerouting"), &["jump services"]);
     t.base_chain("output", nat("output"), &["jump services"]);
     t.base_chain(
         "postrouting",
-        Hook { kind: "nat", hook: "postrouting", priority: "srcnat" },
+        Hook { kind: "nat", hook: "postrouting", priority: "100" },
         &[format!("meta mark & {MASQ_MARK} == {MASQ_MARK} masquerade")],
     );
     t.chain("mark-masq", &[format!("meta mark set meta mark | {MASQ_MARK}")]);
@@ -369,17 +369,14 @@ pub(crate) fn render(ports: &[ServicePort], node: &NodeInfo) -> String {
         filter.push(format!("ip daddr . meta l4proto . th dport vmap {{ {} }}", reject_arms.join(", ")));
     }
     if !reject_nodeports.is_empty() {
-        filter.push(format!(
-            "fib daddr type local meta l4proto . th dport vmap {{ {} }}",
-            reject_nodeports.join(", ")
-        ));
+        filter.push(format!("fib daddr type local meta l4proto . th dport vmap {{ {} }}", reject_nodeports.join(", ")));
     }
     t.chain("reject-svc", &["meta l4proto tcp reject with tcp reset", "reject"]);
     t.chain("no-endpoints", &filter);
     for hook in ["input", "forward", "output"] {
         t.base_chain(
             &format!("filter-{hook}"),
-            Hook { kind: "filter", hook, priority: "filter - 1" },
+            Hook { kind: "filter", hook, priority: "-1" },
             &["ct state new jump no-endpoints"],
         );
     }

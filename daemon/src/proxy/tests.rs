@@ -31,12 +31,16 @@ fn chain_body<'a>(text: &'a str, chain: &str) -> &'a str {
 }
 
 fn web() -> Value {
-    svc("web", json!({"clusterIP": "10.43.0.10", "selector": {"app": "web"}, "ports": [{"name": "http", "port": 80, "targetPort": "http"}]}))
+    svc(
+        "web",
+        json!({"clusterIP": "10.43.0.10", "selector": {"app": "web"}, "ports": [{"name": "http", "port": 80, "targetPort": "http"}]}),
+    )
 }
 
 #[test]
 fn cluster_ip_dnats_round_robin_to_ready_endpoints_only() {
-    let s = slice("web", "http", 8080, &[("10.42.1.5", "n1", true), ("10.42.2.5", "n2", true), ("10.42.3.5", "n3", false)]);
+    let s =
+        slice("web", "http", 8080, &[("10.42.1.5", "n1", true), ("10.42.2.5", "n2", true), ("10.42.3.5", "n3", false)]);
     let text = ruleset(&[web()], &[s], &[], &node());
     assert!(text.starts_with("table ip shoal-svc\ndelete table ip shoal-svc\n"));
     assert!(text.contains("10.43.0.10 . tcp . 80 : goto svc-default-web-http-tcp"));
@@ -93,7 +97,8 @@ fn node_port_lb_and_external_ips_use_the_external_chain() {
                            {"name": "dns", "port": 53, "nodePort": 30053, "protocol": "UDP"}]},
         "status": {"loadBalancer": {"ingress": [{"ip": "192.168.1.240"}]}}});
     let mut sl = slice("lb", "web", 8080, &[("10.42.2.7", "n2", true)]);
-    sl["ports"] = json!([{"name": "web", "port": 8080, "protocol": "TCP"}, {"name": "dns", "port": 5353, "protocol": "UDP"}]);
+    sl["ports"] =
+        json!([{"name": "web", "port": 8080, "protocol": "TCP"}, {"name": "dns", "port": 5353, "protocol": "UDP"}]);
     let text = ruleset(&[s], &[sl], &[], &node());
     assert!(text.contains("tcp . 30123 : goto ext-default-lb-web-tcp"));
     assert!(text.contains("udp . 30053 : goto ext-default-lb-dns-udp"));
@@ -105,7 +110,10 @@ fn node_port_lb_and_external_ips_use_the_external_chain() {
 
 #[test]
 fn sctp_is_supported() {
-    let s = svc("s", json!({"clusterIP": "10.43.0.40", "selector": {"a": "b"}, "ports": [{"port": 9, "protocol": "SCTP"}]}));
+    let s = svc(
+        "s",
+        json!({"clusterIP": "10.43.0.40", "selector": {"a": "b"}, "ports": [{"port": 9, "protocol": "SCTP"}]}),
+    );
     let mut sl = slice("s", "", 9, &[("10.42.1.9", "n1", true)]);
     sl["ports"][0]["protocol"] = json!("SCTP");
     let text = ruleset(&[s], &[sl], &[], &node());
@@ -115,8 +123,11 @@ fn sctp_is_supported() {
 
 #[test]
 fn client_ip_affinity_keeps_a_dynamic_set_per_endpoint() {
-    let s = svc("web", json!({"clusterIP": "10.43.0.10", "selector": {"app": "web"}, "sessionAffinity": "ClientIP",
-        "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 600}}, "ports": [{"name": "http", "port": 80}]}));
+    let s = svc(
+        "web",
+        json!({"clusterIP": "10.43.0.10", "selector": {"app": "web"}, "sessionAffinity": "ClientIP",
+        "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 600}}, "ports": [{"name": "http", "port": 80}]}),
+    );
     let sl = slice("web", "http", 8080, &[("10.42.1.5", "n1", true), ("10.42.2.5", "n2", true)]);
     let text = ruleset(&[s], &[sl], &[], &node());
     let tag = "default-web-http-tcp-10-42-1-5-8080";
@@ -154,7 +165,10 @@ fn external_traffic_policy_local_uses_local_endpoints_without_snat() {
 
 #[test]
 fn internal_traffic_policy_local_keeps_cluster_traffic_on_the_node() {
-    let s = svc("itp", json!({"clusterIP": "10.43.0.60", "internalTrafficPolicy": "Local", "selector": {"a": "b"}, "ports": [{"port": 80}]}));
+    let s = svc(
+        "itp",
+        json!({"clusterIP": "10.43.0.60", "internalTrafficPolicy": "Local", "selector": {"a": "b"}, "ports": [{"port": 80}]}),
+    );
     let sl = slice("itp", "", 8080, &[("10.42.1.5", "n1", true), ("10.42.2.5", "n2", true)]);
     let text = ruleset(&[s], &[sl], &[], &node());
     assert!(text.contains("10.42.1.5"));
@@ -304,10 +318,14 @@ mod root {
         // Same-bridge replies must pass conntrack (the proxy sets this on a real node).
         let _ = Command::new("modprobe").arg("br_netfilter").output();
         x(&["sysctl", "-qw", "net.bridge.bridge-nf-call-iptables=1"]);
-        for (i, (pod, ip)) in [(&names[1], "10.42.1.5"), (&names[2], "10.42.1.6"), (&names[3], "10.42.1.7")].into_iter().enumerate() {
+        for (i, (pod, ip)) in
+            [(&names[1], "10.42.1.5"), (&names[2], "10.42.1.6"), (&names[3], "10.42.1.7")].into_iter().enumerate()
+        {
             let host = format!("{p}v{i}");
             sh(&["ip", "link", "add", &host, "netns", node, "type", "veth", "peer", "name", "eth0", "netns", pod]);
             x(&["ip", "link", "set", &host, "master", "shoal0", "up"]);
+            // A pod reaching itself through a Service comes back out of its own bridge port.
+            x(&["ip", "link", "set", &host, "type", "bridge_slave", "hairpin", "on"]);
             let y = |args: &[&str]| {
                 let mut v = vec!["ip", "netns", "exec", pod.as_str()];
                 v.extend_from_slice(args);
@@ -324,10 +342,15 @@ mod root {
     }
 
     async fn start(lab: &Lab, objects: &Objects) -> CancellationToken {
-        let proxy = Proxy::new(objects.clone(), "n1".into(), vec!["10.42.1.1".parse().unwrap_or_else(|e| panic!("{e}"))])
-            .with_nft(Arc::new(LinuxNft::in_netns(format!("/run/netns/{}", lab.names[0]))))
-            .with_sysctl_root(None)
-            .with_health_checks(false);
+        let make = || {
+            Proxy::new(objects.clone(), "n1".into(), vec!["10.42.1.1".parse().unwrap_or_else(|e| panic!("{e}"))])
+                .with_nft(Arc::new(LinuxNft::in_netns(format!("/run/netns/{}", lab.names[0]))))
+                .with_sysctl_root(None)
+                .with_health_checks(false)
+        };
+        // nft accepts the table built from these objects.
+        make().sync_once().await.unwrap_or_else(|e| panic!("apply: {e}: {:?}", std::error::Error::source(&e)));
+        let proxy = make();
         let stop = CancellationToken::new();
         tokio::spawn(proxy.run(stop.clone()));
         stop
@@ -402,7 +425,8 @@ mod root {
     async fn client_ip_affinity_keeps_one_pod() {
         let lab = lab("b");
         let objects = Objects::new(Store::in_memory());
-        let affinity = json!({"sessionAffinity": "ClientIP", "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 300}}});
+        let affinity =
+            json!({"sessionAffinity": "ClientIP", "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 300}}});
         put(&objects, "services", web(affinity)).await;
         put(&objects, "endpointslices", slice()).await;
         let stop = start(&lab, &objects).await;
@@ -412,5 +436,44 @@ mod root {
             assert_eq!(fetch(&cli, "10.43.0.10:80").await.unwrap_or_else(|e| panic!("{e}")), first);
         }
         stop.cancel();
+    }
+
+    /// `bench/proxy-sync.sh`: time from a change to the rules being live with 1,000 Services
+    /// (list from the replica, build, `nft -f -`), plus the debounce the running proxy adds.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "benchmark; run with bench/proxy-sync.sh"]
+    async fn bench_sync_1000_services() {
+        let p = format!("spb{}", std::process::id() % 100000);
+        sh(&["ip", "netns", "add", &p]);
+        let lab = Lab { names: vec![p.clone()], stop: Arc::new(AtomicBool::new(false)) };
+        let objects = Objects::new(Store::in_memory());
+        for i in 0..1000u32 {
+            let ip = format!("10.43.{}.{}", i / 250, i % 250 + 1);
+            let svc = json!({"metadata": {"name": format!("s{i}")}, "spec": {"type": "NodePort", "clusterIP": ip,
+                "selector": {"app": format!("a{i}")}, "ports": [{"port": 80, "nodePort": 30000 + i}]}});
+            put(&objects, "services", svc).await;
+            let eps: Vec<Value> = (0..3)
+                .map(|j| json!({"addresses": [format!("10.42.{j}.{}", i % 250 + 2)], "nodeName": format!("n{j}"), "conditions": {"ready": true}}))
+                .collect();
+            let sl = json!({"metadata": {"name": format!("s{i}-x"), "labels": {"kubernetes.io/service-name": format!("s{i}")}},
+                "addressType": "IPv4", "ports": [{"port": 8080, "protocol": "TCP"}], "endpoints": eps});
+            put(&objects, "endpointslices", sl).await;
+        }
+        let proxy = Proxy::new(objects.clone(), "n1".into(), vec![])
+            .with_nft(Arc::new(LinuxNft::in_netns(format!("/run/netns/{p}"))))
+            .with_sysctl_root(None)
+            .with_health_checks(false);
+        proxy.sync_once().await.unwrap_or_else(|e| panic!("first sync: {e}"));
+        let mut samples = Vec::new();
+        for _ in 0..5 {
+            let t = std::time::Instant::now();
+            proxy.sync_once().await.unwrap_or_else(|e| panic!("sync: {e}"));
+            samples.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+        samples.sort_by(|a, b| a.total_cmp(b));
+        let median = samples[samples.len() / 2];
+        println!("proxy_sync_ms_1000_services: {:.0}", median + super::super::DEBOUNCE.as_secs_f64() * 1000.0);
+        println!("proxy_sync_build_apply_ms_1000_services: {median:.0}");
+        drop(lab);
     }
 }

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Idle cost: 3 nodes doing nothing for IDLE_SECS (default 300): RSS per node and the bytes each
+# daemon wrote to storage (/proc/PID/io write_bytes) after the first minute.
+#
+#   bench/idle.sh
+#   IDLE_SECS=90 bench/idle.sh
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+IDLE_SECS=${IDLE_SECS:-300}
+WARMUP=${WARMUP:-60}
+(( IDLE_SECS > WARMUP )) || WARMUP=$((IDLE_SECS / 2))
+work=$(mktemp -d /tmp/shoal-bench-idle.XXXXXX)
+cleanup() { rig_down "$work/rig"; rm -rf "$work"; }
+trap cleanup EXIT
+build
+rig_up "$work/rig" 3
+declare -A pid w0
+for h in n1 n2 n3; do pid[$h]=$(daemon_pid "$work/rig" "$h"); done
+log "pids: ${pid[*]}; warming up ${WARMUP}s"
+sleep "$WARMUP"
+for h in n1 n2 n3; do w0[$h]=$(write_bytes "${pid[$h]}"); done
+sleep $((IDLE_SECS - WARMUP))
+max_rss=0 max_w=0 total_w=0
+for h in n1 n2 n3; do
+  r=$(rss_kib "${pid[$h]}")
+  w=$(( $(write_bytes "${pid[$h]}") - ${w0[$h]} ))
+  echo "idle_rss_mib_$h: $(awk -v r="$r" 'BEGIN {printf "%.1f", r / 1024}')"
+  echo "idle_bytes_written_$h: $w"
+  (( r > max_rss )) && max_rss=$r
+  (( w > max_w )) && max_w=$w
+  total_w=$((total_w + w))
+done
+echo "idle_secs: $IDLE_SECS"
+echo "idle_bytes_written_after_1min_total: $total_w"
+echo "idle_rss_mib_max: $(awk -v r="$max_rss" 'BEGIN {printf "%.1f", r / 1024}')"
+echo "idle_bytes_written_after_1min: $max_w"
