@@ -48,7 +48,8 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
 
 fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let s = String::deserialize(d)?;
-    parse_duration(&s).ok_or_else(|| serde::de::Error::custom(format!("invalid duration {s:?} (use e.g. 500ms, 3s, 2m)")))
+    parse_duration(&s)
+        .ok_or_else(|| serde::de::Error::custom(format!("invalid duration {s:?} (use e.g. 500ms, 3s, 2m)")))
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -61,7 +61,11 @@ pub trait Handler: Send + Sync + 'static {
 }
 
 /// Serves the control socket until `shutdown`.
-pub async fn serve(data_dir: &Path, handler: Arc<dyn Handler>, shutdown: CancellationToken) -> Result<(), ControlError> {
+pub async fn serve(
+    data_dir: &Path,
+    handler: Arc<dyn Handler>,
+    shutdown: CancellationToken,
+) -> Result<(), ControlError> {
     let path = data_dir.join(SOCKET);
     let _ = std::fs::remove_file(&path);
     let listener = UnixListener::bind(&path).map_err(|source| ControlError::Bind { path: path.clone(), source })?;

@@ -5,9 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::api::{ApiConfig, MetricsSource, PodStreams, TlsMaterial};
-use crate::node::{AgentConfig, NodeAgent};
 use crate::controllers::{ControllerConfig, ControllerManager, NodeHealth};
 use crate::lb::{GossipView, LbAllocator, LbAnnouncer, LinuxAnnouncer};
+use crate::node::{AgentConfig, NodeAgent};
 use crate::proxy::Proxy;
 use crate::scheduler::Scheduler;
 
@@ -213,7 +213,7 @@ async fn run_dns(node: Arc<Node>, stop: CancellationToken) {
     if let Ok(service_ip) = node.cfg.network.dns_ip.parse::<IpAddr>() {
         let rules = crate::dns::dnat_rules(service_ip, listen).join("\n    ");
         let table = format!(
-            "table ip shoal-dns\ndelete table ip shoal-dns\ntable ip shoal-dns {{\n  chain prerouting {{\n    type nat hook prerouting priority dstnat - 10; policy accept;\n    {rules}\n  }}\n  chain output {{\n    type nat hook output priority dstnat - 10; policy accept;\n    {rules}\n  }}\n}}\n"
+            "table ip shoal-dns\ndelete table ip shoal-dns\ntable ip shoal-dns {{\n  chain prerouting {{\n    type nat hook prerouting priority -110; policy accept;\n    {rules}\n  }}\n  chain output {{\n    type nat hook output priority -110; policy accept;\n    {rules}\n  }}\n}}\n"
         );
         if let Err(e) = shoal_netlink::nft::apply(&table) {
             tracing::warn!(error = %e, "cluster DNS redirect rules");

@@ -4,8 +4,8 @@
 mod error;
 pub mod history;
 pub mod kube;
-pub mod load;
 pub mod linearizability;
+pub mod load;
 mod proc;
 pub mod results;
 pub mod rig;

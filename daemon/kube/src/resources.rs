@@ -80,7 +80,16 @@ fn res(
 pub fn builtin() -> Vec<Resource> {
     vec![
         res("", "v1", "Namespace", "namespaces", false, &["ns"], false, &["status", "finalize"]),
-        res("", "v1", "Pod", "pods", true, &["po"], true, &["status", "log", "exec", "attach", "portforward", "binding", "eviction"]),
+        res(
+            "",
+            "v1",
+            "Pod",
+            "pods",
+            true,
+            &["po"],
+            true,
+            &["status", "log", "exec", "attach", "portforward", "binding", "eviction"],
+        ),
         res("", "v1", "Service", "services", true, &["svc"], true, &["status", "proxy"]),
         res("", "v1", "Endpoints", "endpoints", true, &["ep"], false, &[]),
         res("", "v1", "ConfigMap", "configmaps", true, &["cm"], false, &[]),
@@ -102,9 +111,27 @@ pub fn builtin() -> Vec<Resource> {
         res("networking.k8s.io", "v1", "IngressClass", "ingressclasses", false, &[], false, &[]),
         res("discovery.k8s.io", "v1", "EndpointSlice", "endpointslices", true, &[], false, &[]),
         res("coordination.k8s.io", "v1", "Lease", "leases", true, &[], false, &[]),
-        res("autoscaling", "v2", "HorizontalPodAutoscaler", "horizontalpodautoscalers", true, &["hpa"], true, &["status"]),
+        res(
+            "autoscaling",
+            "v2",
+            "HorizontalPodAutoscaler",
+            "horizontalpodautoscalers",
+            true,
+            &["hpa"],
+            true,
+            &["status"],
+        ),
         res("policy", "v1", "PodDisruptionBudget", "poddisruptionbudgets", true, &["pdb"], false, &["status"]),
-        res("apiextensions.k8s.io", "v1", "CustomResourceDefinition", "customresourcedefinitions", false, &["crd", "crds"], false, &["status"]),
+        res(
+            "apiextensions.k8s.io",
+            "v1",
+            "CustomResourceDefinition",
+            "customresourcedefinitions",
+            false,
+            &["crd", "crds"],
+            false,
+            &["status"],
+        ),
     ]
 }
 

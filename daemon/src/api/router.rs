@@ -155,7 +155,11 @@ async fn resource(
                 None => Err(ApiError::new(
                     404,
                     "NotFound",
-                    format!("{}.metrics.k8s.io \"{}\" not found", target.plural, target.name.as_deref().unwrap_or_default()),
+                    format!(
+                        "{}.metrics.k8s.io \"{}\" not found",
+                        target.plural,
+                        target.name.as_deref().unwrap_or_default()
+                    ),
                 )),
             };
         }

@@ -94,7 +94,10 @@ enum Cmd {
 
 #[derive(Subcommand)]
 enum KvOp {
-    Put { key: String, value: String },
+    Put {
+        key: String,
+        value: String,
+    },
     Get {
         key: String,
         /// Read the local replica without confirming with the leader (may be stale).
@@ -153,8 +156,13 @@ pub fn main() -> ExitCode {
 
 fn init_tracing() {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("SHOAL_LOG").unwrap_or_else(|_| EnvFilter::new("info,openraft=warn,chitchat=warn,quinn=warn"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).try_init();
+    let filter = EnvFilter::try_from_env("SHOAL_LOG")
+        .unwrap_or_else(|_| EnvFilter::new("info,openraft=warn,chitchat=warn,quinn=warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {

@@ -74,7 +74,11 @@ pub enum ClusterError {
 
 /// The host name, for the default node name.
 fn hostname() -> String {
-    nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).filter(|h| !h.is_empty()).unwrap_or_else(|| "shoal".into())
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "shoal".into())
 }
 
 /// The address of the interface that holds the default route (no packet is sent).
@@ -90,7 +94,9 @@ fn default_address() -> IpAddr {
 /// Resolves `HOST` or `HOST:PORT` with a default port.
 fn resolve(host: &str, default_port: u16) -> Result<SocketAddr, ClusterError> {
     use std::net::ToSocketAddrs;
-    let with_port = if host.parse::<SocketAddr>().is_ok() || (host.contains(':') && !host.contains("::") && host.matches(':').count() == 1) {
+    let with_port = if host.parse::<SocketAddr>().is_ok()
+        || (host.contains(':') && !host.contains("::") && host.matches(':').count() == 1)
+    {
         host.to_string()
     } else if let Ok(ip) = host.parse::<IpAddr>() {
         SocketAddr::new(ip, default_port).to_string()
@@ -155,8 +161,7 @@ pub async fn run(cfg: NodeConfig, join: Option<JoinTarget>, shutdown: Cancellati
         key_pem: state.node_key_pem.clone(),
     };
     let bind = SocketAddr::new(bind_ip(identity.advertise), identity.peer_port);
-    let transport =
-        Transport::bind(bind, tls).map_err(|source| ClusterError::Transport { addr: bind, source })?;
+    let transport = Transport::bind(bind, tls).map_err(|source| ClusterError::Transport { addr: bind, source })?;
 
     // The replicated store.
     let store_cfg = StoreConfig {
@@ -324,7 +329,8 @@ async fn join_cluster(
     token: &str,
 ) -> Result<NodeState, ClusterError> {
     let req = JoinRequest { name: name.into(), ips: vec![advertise] };
-    let bundle = shoal_gossip::transport::join(addr, token, req).await.map_err(|source| ClusterError::Join { addr, source })?;
+    let bundle =
+        shoal_gossip::transport::join(addr, token, req).await.map_err(|source| ClusterError::Join { addr, source })?;
     let cluster_id = shoal_gossip::pki::ca_hash_hex(&bundle.secrets.ca_cert_pem).map_err(ClusterError::Pki)?;
     Ok(NodeState {
         identity: Identity {
@@ -374,9 +380,15 @@ impl control::Handler for ControlHandler {
             match req {
                 Request::Status => Ok(status_json(node).await),
                 Request::Token => node.secrets.join_token().map(serde_json::Value::String).map_err(|e| e.to_string()),
-                Request::Kubeconfig { server } => crate::wiring::kubeconfig(node, server).map(serde_json::Value::String),
+                Request::Kubeconfig { server } => {
+                    crate::wiring::kubeconfig(node, server).map(serde_json::Value::String)
+                }
                 Request::KvPut { key, value } => {
-                    let r = node.store.txn(shoal_store::Txn::put(key, value.into_bytes())).await.map_err(|e| e.to_string())?;
+                    let r = node
+                        .store
+                        .txn(shoal_store::Txn::put(key, value.into_bytes()))
+                        .await
+                        .map_err(|e| e.to_string())?;
                     Ok(json!({"revision": r.revision}))
                 }
                 Request::KvGet { key, linearizable } => {
@@ -401,10 +413,8 @@ impl control::Handler for ControlHandler {
 pub(crate) async fn status_json(node: &Node) -> serde_json::Value {
     let st = node.store.status();
     let members = node.membership.members();
-    let by_id: BTreeMap<u64, &Member> = members
-        .iter()
-        .filter_map(|m| m.attrs.get("node_id").and_then(|s| s.parse().ok()).map(|id| (id, m)))
-        .collect();
+    let by_id: BTreeMap<u64, &Member> =
+        members.iter().filter_map(|m| m.attrs.get("node_id").and_then(|s| s.parse().ok()).map(|id| (id, m))).collect();
     let records = peers::node_records(&node.store).await;
     let name_of = |id: u64| -> String {
         by_id
@@ -442,7 +452,12 @@ pub(crate) async fn status_json(node: &Node) -> serde_json::Value {
 /// `shoal restore FILE --data-dir DIR`: a fresh data dir holding the backup's state, as a
 /// new one-node cluster (new CA and token) named `name` at `advertise`; `shoal up` there
 /// starts it and other nodes join it, as after `etcdutl snapshot restore`.
-pub fn restore(file: &Path, dir: &Path, name: Option<String>, advertise: Option<IpAddr>) -> Result<String, ClusterError> {
+pub fn restore(
+    file: &Path,
+    dir: &Path,
+    name: Option<String>,
+    advertise: Option<IpAddr>,
+) -> Result<String, ClusterError> {
     if NodeState::load(dir)?.is_some() || dir.join("store").exists() {
         return Err(ClusterError::Conflict(format!("{} is not empty: restore into a fresh data dir", dir.display())));
     }

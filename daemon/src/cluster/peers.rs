@@ -44,11 +44,19 @@ impl NodeRecord {
 struct Quic(Transport);
 
 impl RaftTransport for Quic {
-    fn call(&self, addr: &str, service: &'static str, body: Vec<u8>) -> BoxFuture<'static, Result<Vec<u8>, TransportError>> {
+    fn call(
+        &self,
+        addr: &str,
+        service: &'static str,
+        body: Vec<u8>,
+    ) -> BoxFuture<'static, Result<Vec<u8>, TransportError>> {
         let t = self.0.clone();
         let addr = addr.to_string();
         async move {
-            let sa: SocketAddr = addr.parse().map_err(|_| TransportError::Unreachable { addr: addr.clone(), reason: "not a socket address".into() })?;
+            let sa: SocketAddr = addr.parse().map_err(|_| TransportError::Unreachable {
+                addr: addr.clone(),
+                reason: "not a socket address".into(),
+            })?;
             t.call_with_timeout(sa, service, body, call_timeout(service)).await.map_err(|e| peer_error(&addr, e))
         }
         .boxed()
@@ -158,10 +166,7 @@ pub async fn request_membership(t: &Transport, addr: SocketAddr, id: &Identity) 
 /// Every node record in the local replica, by node id.
 pub async fn node_records(store: &Store) -> BTreeMap<u64, NodeRecord> {
     let Ok((kvs, _)) = store.range(NODES_PREFIX).await else { return BTreeMap::new() };
-    kvs.iter()
-        .filter_map(|kv| serde_json::from_slice::<NodeRecord>(&kv.value).ok())
-        .map(|r| (r.node_id, r))
-        .collect()
+    kvs.iter().filter_map(|kv| serde_json::from_slice::<NodeRecord>(&kv.value).ok()).map(|r| (r.node_id, r)).collect()
 }
 
 /// Gossip seeds: the node we join through, and every node the store remembers.
