@@ -121,7 +121,7 @@ pub struct NetworkConfig {
     pub dns_ip: String,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LbConfig {
     /// A shoal-native default address pool (CIDR or `a-b` range), so a fresh cluster hands out
@@ -177,12 +177,6 @@ impl Default for NetworkConfig {
             service_cidr: "10.43.0.0/16".into(),
             dns_ip: "10.43.0.10".into(),
         }
-    }
-}
-
-impl Default for LbConfig {
-    fn default() -> Self {
-        LbConfig { default_pool: Vec::new() }
     }
 }
 

@@ -257,22 +257,17 @@ pub fn run(t: &Target) -> Vec<Step> {
                 if done.is_ok() {
                     return Ok(());
                 }
-                let st = t.kubectl(&[
-                    "get",
-                    "job",
-                    "throw-dice-job",
-                    "-o",
-                    "jsonpath={.status.succeeded} {.status.failed} {.status.conditions[*].type}",
-                ])?;
+                let job = t.kubectl(&["get", "job", "throw-dice-job", "-o", "json"])?;
+                let job: serde_json::Value = serde_json::from_str(&job).map_err(|e| format!("job -o json: {e}"))?;
+                let st = &job["status"];
+                let (ok, failed) = (st["succeeded"].as_u64().unwrap_or(0), st["failed"].as_u64().unwrap_or(0));
+                let job_failed = st["conditions"]
+                    .as_array()
+                    .is_some_and(|c| c.iter().any(|c| c["type"] == "Failed" && c["status"] == "True"));
                 let pods = t.kubectl(&["get", "pods", "-l", "job-name=throw-dice-job", "--no-headers"])?;
-                let mut f = st.split_whitespace();
-                let (ok, failed): (u32, u32) = (
-                    f.next().and_then(|x| x.parse().ok()).unwrap_or(0),
-                    f.next().and_then(|x| x.parse().ok()).unwrap_or(0),
-                );
                 let npods = pods.lines().filter(|l| !l.trim().is_empty()).count();
-                if st.contains("Failed") || failed == 0 || (npods as u32) <= 3 {
-                    return Err(format!("no completion and no visible retries: status {st:?}, pods:\n{pods}"));
+                if job_failed || failed == 0 || npods <= 3 {
+                    return Err(format!("no completion and no visible retries: status {st}, pods:\n{pods}"));
                 }
                 eprintln!("walkthrough: NOTE throw-dice-job not 3/3 within 150 s (succeeded {ok}, failed {failed}, {npods} pods): retries visible, the dice were unlucky");
                 Ok(())

@@ -238,7 +238,7 @@ async fn status(data_dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
     println!("term:     {}", v["term"]);
     println!("applied:  {}", v["applied_index"]);
     println!();
-    println!("{:<20} {:<24} {:<8} {}", "MEMBER", "ADDRESS", "ROLE", "ALIVE");
+    println!("{:<20} {:<24} {:<8} ALIVE", "MEMBER", "ADDRESS", "ROLE");
     for m in v["members"].as_array().into_iter().flatten() {
         println!(
             "{:<20} {:<24} {:<8} {}",
@@ -251,7 +251,7 @@ async fn status(data_dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
     if let Some(vips) = v["load_balancer_ips"].as_array() {
         if !vips.is_empty() {
             println!();
-            println!("{:<18} {:<32} {}", "LOADBALANCER IP", "SERVICE", "ANNOUNCED BY");
+            println!("{:<18} {:<32} ANNOUNCED BY", "LOADBALANCER IP", "SERVICE");
             for ip in vips {
                 println!(
                     "{:<18} {:<32} {}",

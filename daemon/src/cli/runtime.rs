@@ -138,7 +138,7 @@ pub fn run(cmd: RuntimeCmd, root: &Path) -> anyhow::Result<i32> {
                 let v: Vec<_> = list.iter().map(|st| state_json(&rt, st)).collect();
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
-                println!("{:<24} {:<8} {:<10} {:<6} {}", "ID", "PID", "STATUS", "EXIT", "BUNDLE");
+                println!("{:<24} {:<8} {:<10} {:<6} BUNDLE", "ID", "PID", "STATUS", "EXIT");
                 for st in list {
                     let exit = st.exit_code.map(|c| c.to_string()).unwrap_or_default();
                     println!("{:<24} {:<8} {:<10} {:<6} {}", st.id, st.pid, st.status, exit, st.bundle.display());

@@ -48,23 +48,23 @@ pub enum ClusterError {
     Join {
         addr: SocketAddr,
         #[source]
-        source: shoal_gossip::Error,
+        source: Box<shoal_gossip::Error>,
     },
     #[error("cluster certificates")]
-    Pki(#[source] shoal_gossip::Error),
+    Pki(#[source] Box<shoal_gossip::Error>),
     #[error("peer transport on {addr}")]
     Transport {
         addr: SocketAddr,
         #[source]
-        source: shoal_gossip::Error,
+        source: Box<shoal_gossip::Error>,
     },
     #[error("gossip membership")]
-    Membership(#[source] shoal_gossip::Error),
+    Membership(#[source] Box<shoal_gossip::Error>),
     #[error("opening the store in {path}")]
     Store {
         path: PathBuf,
         #[source]
-        source: shoal_store::Error,
+        source: Box<shoal_store::Error>,
     },
     #[error("control socket")]
     Control(#[from] control::ControlError),
@@ -139,7 +139,7 @@ pub async fn run(cfg: NodeConfig, join: Option<JoinTarget>, shutdown: Cancellati
         (None, None) => {
             let st = new_cluster(&cfg, &name, advertise)?;
             st.save(&dir)?;
-            let token = st.secrets.join_token().map_err(ClusterError::Pki)?;
+            let token = st.secrets.join_token().map_err(|e| ClusterError::Pki(Box::new(e)))?;
             println!("created a new cluster; join other nodes with:\n  shoal up --join {advertise} --token {token}");
             (st, true, None)
         }
@@ -161,7 +161,8 @@ pub async fn run(cfg: NodeConfig, join: Option<JoinTarget>, shutdown: Cancellati
         key_pem: state.node_key_pem.clone(),
     };
     let bind = SocketAddr::new(bind_ip(identity.advertise), identity.peer_port);
-    let transport = Transport::bind(bind, tls).map_err(|source| ClusterError::Transport { addr: bind, source })?;
+    let transport = Transport::bind(bind, tls)
+        .map_err(|source| ClusterError::Transport { addr: bind, source: Box::new(source) })?;
 
     // The replicated store.
     let store_cfg = StoreConfig {
@@ -170,10 +171,13 @@ pub async fn run(cfg: NodeConfig, join: Option<JoinTarget>, shutdown: Cancellati
     };
     let store = Store::open(store_cfg, peers::raft_transport(transport.clone()))
         .await
-        .map_err(|source| ClusterError::Store { path: dir.join("store"), source })?;
+        .map_err(|source| ClusterError::Store { path: dir.join("store"), source: Box::new(source) })?;
     peers::serve_store(&transport, &store);
     if fresh_cluster {
-        store.initialize().await.map_err(|source| ClusterError::Store { path: dir.join("store"), source })?;
+        store
+            .initialize()
+            .await
+            .map_err(|source| ClusterError::Store { path: dir.join("store"), source: Box::new(source) })?;
     }
     peers::serve_joins(&transport, state.secrets.clone(), store.clone(), cfg.ports.clone());
 
@@ -199,7 +203,7 @@ pub async fn run(cfg: NodeConfig, join: Option<JoinTarget>, shutdown: Cancellati
         attrs,
     )
     .await
-    .map_err(ClusterError::Membership)?;
+    .map_err(|e| ClusterError::Membership(Box::new(e)))?;
 
     // A node that joined asks the cluster to add it (retried until it is in).
     if let Some(addr) = join_addr {
@@ -284,7 +288,8 @@ fn check_rejoin(st: &NodeState, cfg: &NodeConfig, join: Option<&JoinTarget>) -> 
     }
     if let Some(j) = join {
         if let Ok(tok) = JoinToken::parse(&j.token) {
-            let ours = shoal_gossip::pki::ca_hash_hex(&st.secrets.ca_cert_pem).map_err(ClusterError::Pki)?;
+            let ours =
+                shoal_gossip::pki::ca_hash_hex(&st.secrets.ca_cert_pem).map_err(|e| ClusterError::Pki(Box::new(e)))?;
             if !ours.starts_with(&tok.ca_hash) {
                 return Err(ClusterError::Conflict(
                     "this data dir belongs to another cluster than the --token's: remove the data dir to join the new one".into(),
@@ -296,29 +301,9 @@ fn check_rejoin(st: &NodeState, cfg: &NodeConfig, join: Option<&JoinTarget>) -> 
 }
 
 fn new_cluster(cfg: &NodeConfig, name: &str, advertise: IpAddr) -> Result<NodeState, ClusterError> {
-    let secrets = ClusterSecrets::generate("shoal").map_err(ClusterError::Pki)?;
-    let cert = secrets.issue_node_cert(name, &[advertise]).map_err(ClusterError::Pki)?;
-    let cluster_id = shoal_gossip::pki::ca_hash_hex(&secrets.ca_cert_pem).map_err(ClusterError::Pki)?;
-    Ok(NodeState {
-        identity: Identity {
-            name: name.into(),
-            node_id: new_node_id(),
-            cluster_id: cluster_id[..16.min(cluster_id.len())].to_string(),
-            advertise,
-            gossip_port: cfg.ports.gossip,
-            peer_port: cfg.ports.peer,
-            api_port: cfg.ports.api,
-            member: true,
-        },
-        secrets,
-        node_cert_pem: cert.cert_pem,
-        node_key_pem: cert.key_pem,
-    })
-}
-
-fn new_node_id() -> u64 {
-    // Never 0: some tools treat it as "no node".
-    rand::random::<u64>() | 1
+    let secrets = ClusterSecrets::generate("shoal").map_err(|e| ClusterError::Pki(Box::new(e)))?;
+    let cert = secrets.issue_node_cert(name, &[advertise]).map_err(|e| ClusterError::Pki(Box::new(e)))?;
+    node_state(cfg, name, advertise, secrets, cert.cert_pem, cert.key_pem, true)
 }
 
 async fn join_cluster(
@@ -329,23 +314,39 @@ async fn join_cluster(
     token: &str,
 ) -> Result<NodeState, ClusterError> {
     let req = JoinRequest { name: name.into(), ips: vec![advertise] };
-    let bundle =
-        shoal_gossip::transport::join(addr, token, req).await.map_err(|source| ClusterError::Join { addr, source })?;
-    let cluster_id = shoal_gossip::pki::ca_hash_hex(&bundle.secrets.ca_cert_pem).map_err(ClusterError::Pki)?;
+    let bundle = shoal_gossip::transport::join(addr, token, req)
+        .await
+        .map_err(|source| ClusterError::Join { addr, source: Box::new(source) })?;
+    node_state(cfg, name, advertise, bundle.secrets, bundle.node_cert_pem, bundle.node_key_pem, false)
+}
+
+/// A node's state with a fresh Raft id; the cluster id is derived from the CA.
+fn node_state(
+    cfg: &NodeConfig,
+    name: &str,
+    advertise: IpAddr,
+    secrets: ClusterSecrets,
+    node_cert_pem: String,
+    node_key_pem: String,
+    member: bool,
+) -> Result<NodeState, ClusterError> {
+    let cluster_id =
+        shoal_gossip::pki::ca_hash_hex(&secrets.ca_cert_pem).map_err(|e| ClusterError::Pki(Box::new(e)))?;
     Ok(NodeState {
         identity: Identity {
             name: name.into(),
-            node_id: new_node_id(),
+            // Never 0: some tools treat it as "no node".
+            node_id: rand::random::<u64>() | 1,
             cluster_id: cluster_id[..16.min(cluster_id.len())].to_string(),
             advertise,
             gossip_port: cfg.ports.gossip,
             peer_port: cfg.ports.peer,
             api_port: cfg.ports.api,
-            member: false,
+            member,
         },
-        secrets: bundle.secrets,
-        node_cert_pem: bundle.node_cert_pem,
-        node_key_pem: bundle.node_key_pem,
+        secrets,
+        node_cert_pem,
+        node_key_pem,
     })
 }
 
@@ -468,7 +469,7 @@ pub fn restore(
     let st = new_cluster(&cfg, &name, advertise)?;
     let addr = SocketAddr::new(advertise, cfg.ports.peer).to_string();
     let rev = Store::restore(file, dir.join("store"), st.identity.node_id, &addr)
-        .map_err(|source| ClusterError::Store { path: dir.join("store"), source })?;
+        .map_err(|source| ClusterError::Store { path: dir.join("store"), source: Box::new(source) })?;
     st.save(dir)?;
     Ok(format!(
         "restored revision {rev} into {} as node {name} ({advertise}); start it with `shoal up --data-dir {}`",

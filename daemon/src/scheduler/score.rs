@@ -13,7 +13,9 @@ use crate::controllers::util::*;
 pub(crate) fn best(snap: &Snapshot, pod: &Value, candidates: &[String]) -> Option<String> {
     let spreads = spread_domains(snap, pod);
     let mut scored: Vec<(i64, &String)> = candidates.iter().map(|n| (total(snap, pod, n, &spreads), n)).collect();
-    scored.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(b.1)));
+    // Equal scores go to the node with fewer pods, so identical nodes fill evenly.
+    let pods = |n: &str| snap.usage.get(n).map(|u| u.pods).unwrap_or(0);
+    scored.sort_by(|a, b| b.0.cmp(&a.0).then(pods(a.1).cmp(&pods(b.1))).then(a.1.cmp(b.1)));
     scored.first().map(|(_, n)| (*n).clone())
 }
 
