@@ -402,6 +402,8 @@ impl control::Handler for ControlHandler {
                     }
                 }
                 Request::Backup { path } => {
+                    // Every write acknowledged anywhere before the backup is in it.
+                    node.store.sync().await.map_err(|e| e.to_string())?;
                     let rev = node.store.backup(&path).await.map_err(|e| e.to_string())?;
                     Ok(json!({"revision": rev}))
                 }
