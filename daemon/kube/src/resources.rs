@@ -140,6 +140,23 @@ pub fn find(group: &str, plural: &str) -> Option<Resource> {
     builtin().into_iter().find(|r| r.group == group && r.plural == plural)
 }
 
+/// A built-in resource by group and plural, or, for a name the table does not know, a plain
+/// namespaced `v1` resource of that plural (keys and lists still work for it). For callers
+/// that pass literal names.
+pub fn lookup(group: &str, plural: &str) -> Resource {
+    find(group, plural).unwrap_or_else(|| Resource {
+        group: group.into(),
+        version: "v1".into(),
+        kind: String::new(),
+        plural: plural.into(),
+        singular: String::new(),
+        namespaced: true,
+        short_names: vec![],
+        categories: vec![],
+        subresources: vec![],
+    })
+}
+
 /// Finds a built-in resource by group and kind.
 pub fn find_kind(group: &str, kind: &str) -> Option<Resource> {
     builtin().into_iter().find(|r| r.group == group && r.kind == kind)

@@ -22,17 +22,7 @@ pub(crate) fn crd_resource() -> Resource {
 
 /// A built-in resource by name; `find` panics nowhere, so callers pass literals they know.
 pub(crate) fn builtin(group: &str, plural: &str) -> Resource {
-    resources::find(group, plural).unwrap_or_else(|| Resource {
-        group: group.into(),
-        version: "v1".into(),
-        kind: String::new(),
-        plural: plural.into(),
-        singular: String::new(),
-        namespaced: true,
-        short_names: vec![],
-        categories: vec![],
-        subresources: vec![],
-    })
+    resources::lookup(group, plural)
 }
 
 /// The resources one CRD defines (one per served version).

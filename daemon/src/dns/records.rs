@@ -47,17 +47,7 @@ pub(crate) enum Qtype {
 }
 
 fn res(plural: &str) -> Resource {
-    resources::find("", plural).unwrap_or_else(|| Resource {
-        group: String::new(),
-        version: "v1".into(),
-        kind: String::new(),
-        plural: plural.into(),
-        singular: String::new(),
-        namespaced: true,
-        short_names: vec![],
-        categories: vec![],
-        subresources: vec![],
-    })
+    resources::lookup("", plural)
 }
 
 /// Reads the replica to answer cluster names.

@@ -42,17 +42,7 @@ impl LbError {
 
 /// A core (group "") resource by plural.
 pub(crate) fn core(plural: &str) -> Resource {
-    resources::find("", plural).unwrap_or_else(|| Resource {
-        group: String::new(),
-        version: "v1".into(),
-        kind: String::new(),
-        plural: plural.into(),
-        singular: String::new(),
-        namespaced: true,
-        short_names: vec![],
-        categories: vec![],
-        subresources: vec![],
-    })
+    resources::lookup("", plural)
 }
 
 fn metallb(kind: &str, plural: &str) -> Resource {

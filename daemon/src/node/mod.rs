@@ -72,21 +72,7 @@ pub(crate) struct Agent {
 }
 
 pub(crate) fn res(plural: &str) -> Resource {
-    shoal_kube::resources::find("", plural).unwrap_or_else(|| unreachable_resource(plural))
-}
-
-fn unreachable_resource(plural: &str) -> Resource {
-    Resource {
-        group: String::new(),
-        version: "v1".into(),
-        kind: plural.into(),
-        plural: plural.into(),
-        singular: plural.into(),
-        namespaced: true,
-        short_names: vec![],
-        categories: vec![],
-        subresources: vec![],
-    }
+    shoal_kube::resources::lookup("", plural)
 }
 
 /// The runtime settings of a node's agent (state under /run/shoal/<node>).
