@@ -387,18 +387,26 @@ impl Objects {
             } else {
                 Op::Delete { key: key.clone() }
             };
-            let txn = Txn {
-                compares: vec![Compare::ModRevision { key: key.clone(), revision: kv.mod_revision }],
-                success: vec![op],
-                failure: vec![],
-            };
-            let r = self.store.txn(txn).await?;
-            if r.succeeded {
-                meta_mut(&mut obj)?.insert("resourceVersion".into(), json!(r.revision.to_string()));
+            if self.write_if_unchanged(&key, kv.mod_revision, op, &mut obj).await? {
                 return Ok(obj);
             }
         }
         Err(Error::Conflict { plural: res.plural.clone(), name: name.into() })
+    }
+
+    /// Applies `op` only if `key` is still at `revision`; on success sets `obj`'s
+    /// resourceVersion to the new revision. False: someone wrote first.
+    async fn write_if_unchanged(&self, key: &str, revision: u64, op: Op, obj: &mut Value) -> Result<bool> {
+        let txn = Txn {
+            compares: vec![Compare::ModRevision { key: key.to_string(), revision }],
+            success: vec![op],
+            failure: vec![],
+        };
+        let r = self.store.txn(txn).await?;
+        if r.succeeded {
+            meta_mut(obj)?.insert("resourceVersion".into(), json!(r.revision.to_string()));
+        }
+        Ok(r.succeeded)
     }
 
     /// Graceful deletion (a Pod bound to a node): sets deletionTimestamp to now + `grace_seconds`
@@ -443,14 +451,8 @@ impl Objects {
             let m = meta_mut(&mut obj)?;
             m.insert("deletionTimestamp".into(), json!(at.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()));
             m.insert("deletionGracePeriodSeconds".into(), json!(grace_seconds.max(0)));
-            let txn = Txn {
-                compares: vec![Compare::ModRevision { key: key.clone(), revision: kv.mod_revision }],
-                success: vec![Op::Put { key: key.clone(), value: encode(&obj), lease: None }],
-                failure: vec![],
-            };
-            let r = self.store.txn(txn).await?;
-            if r.succeeded {
-                meta_mut(&mut obj)?.insert("resourceVersion".into(), json!(r.revision.to_string()));
+            let op = Op::Put { key: key.clone(), value: encode(&obj), lease: None };
+            if self.write_if_unchanged(&key, kv.mod_revision, op, &mut obj).await? {
                 return Ok(obj);
             }
         }
