@@ -92,6 +92,10 @@ pub struct StoreConfig {
     /// How long a voter may be dead before the leader replaces it.
     #[serde(deserialize_with = "de_duration")]
     pub voter_grace: Duration,
+    /// How long a learner may be dead before the leader drops it from the Raft group (it is
+    /// added back when it returns).
+    #[serde(deserialize_with = "de_duration")]
+    pub learner_grace: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -160,7 +164,7 @@ impl Default for GossipConfig {
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        StoreConfig { voter_grace: Duration::from_secs(30) }
+        StoreConfig { voter_grace: Duration::from_secs(30), learner_grace: Duration::from_secs(600) }
     }
 }
 

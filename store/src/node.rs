@@ -24,6 +24,7 @@ use crate::raft_types::{Command, CommandResponse, NodeId, Raft, RequestId};
 use crate::state_machine::{Applied, Notice, StateMachine};
 use crate::tables::{open_db, KvRecord, EVENTS, FILE_NAME, KV, LEASES};
 use crate::types::{Kv, MemberStatus, Role, StoreConfig, StoreStatus, VoterChange, WatchEvent, WatchStream};
+use crate::voters::Grace;
 use crate::voters::{plan, HealthTracker};
 use crate::{Error, Result};
 
@@ -523,7 +524,15 @@ impl RaftNode {
             if !self.is_leader() || joint {
                 return Ok(None);
             }
-            plan(self.cfg.node_id, &voters, &learners, healthy, &h, now, self.cfg.voter_grace)
+            plan(
+                self.cfg.node_id,
+                &voters,
+                &learners,
+                healthy,
+                &h,
+                now,
+                Grace { voter: self.cfg.voter_grace, learner: self.cfg.learner_grace },
+            )
         };
         let Some(change) = change else { return Ok(None) };
         let changes = match &change {
@@ -547,6 +556,7 @@ impl RaftNode {
                 ChangeMembers::ReplaceAllVoters(v)
             }
             VoterChange::Demote { node_id } => ChangeMembers::RemoveVoters([*node_id].into()),
+            VoterChange::RemoveLearner { node_id } => ChangeMembers::RemoveNodes([*node_id].into()),
         };
         tracing::info!(node = self.cfg.node_id, change = ?change, "changing voters");
         match tokio::time::timeout(self.cfg.request_timeout, self.raft.change_membership(changes, true)).await {

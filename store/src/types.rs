@@ -113,6 +113,9 @@ pub struct StoreConfig {
     pub request_timeout: std::time::Duration,
     /// How long a voter may be unhealthy before `reconcile_voters` replaces it.
     pub voter_grace: std::time::Duration,
+    /// How long a learner may be unhealthy before `reconcile_voters` removes it from the group,
+    /// so the leader stops replicating to a node that is gone.
+    pub learner_grace: std::time::Duration,
     /// Number of revisions the watch history keeps.
     pub history_revisions: u64,
 }
@@ -132,6 +135,7 @@ impl StoreConfig {
             keep_logs_behind_snapshot: 1000,
             request_timeout: std::time::Duration::from_secs(10),
             voter_grace: std::time::Duration::from_secs(30),
+            learner_grace: std::time::Duration::from_secs(600),
             history_revisions: 10_000,
         }
     }
@@ -173,4 +177,7 @@ pub enum VoterChange {
     Replace { removed: u64, added: u64 },
     /// A voter became a learner (too many voters, or dead with no replacement available).
     Demote { node_id: u64 },
+    /// A learner that stayed unhealthy past the learner grace period left the group; it is
+    /// added back as a learner when it returns (see [`crate::Store::add_learner`]).
+    RemoveLearner { node_id: u64 },
 }

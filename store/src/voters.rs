@@ -29,6 +29,13 @@ impl HealthTracker {
     }
 }
 
+/// How long members may stay unhealthy before the leader acts on them.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Grace {
+    pub voter: Duration,
+    pub learner: Duration,
+}
+
 /// The one change to make now, if any. `leader` is never demoted or replaced.
 pub(crate) fn plan(
     leader: u64,
@@ -37,10 +44,10 @@ pub(crate) fn plan(
     healthy: &BTreeSet<u64>,
     tracker: &HealthTracker,
     now: Instant,
-    grace: Duration,
+    grace: Grace,
 ) -> Option<VoterChange> {
     let is_healthy = |id: &u64| *id == leader || healthy.contains(id);
-    let is_dead = |id: &u64| *id != leader && tracker.dead(*id, now, grace);
+    let is_dead = |id: &u64| *id != leader && tracker.dead(*id, now, grace.voter);
     // Members counted as present: healthy, or unhealthy for less than the grace period.
     let present = voters.iter().chain(learners.iter()).filter(|id| !is_dead(id)).count();
     let target = if present >= 5 {
@@ -71,6 +78,11 @@ pub(crate) fn plan(
             return Some(VoterChange::Demote { node_id });
         }
     }
+    // A learner gone for good: stop replicating to it.
+    if let Some(node_id) = learners.iter().find(|id| **id != leader && tracker.dead(**id, now, grace.learner)).copied()
+    {
+        return Some(VoterChange::RemoveLearner { node_id });
+    }
     None
 }
 
@@ -87,7 +99,8 @@ mod tests {
         let mut t = HealthTracker::default();
         let members: BTreeSet<u64> = voters.iter().chain(learners).copied().collect();
         t.observe(&members, &set(healthy), start);
-        plan(1, &set(voters), &set(learners), &set(healthy), &t, start + unhealthy_for, Duration::from_secs(30))
+        let grace = Grace { voter: Duration::from_secs(30), learner: Duration::from_secs(600) };
+        plan(1, &set(voters), &set(learners), &set(healthy), &t, start + unhealthy_for, grace)
     }
 
     #[test]
@@ -122,5 +135,19 @@ mod tests {
     #[test]
     fn never_touches_the_leader() {
         assert_eq!(run(&[1, 2, 3], &[], &[2, 3], Duration::from_secs(600)), None);
+    }
+
+    #[test]
+    fn removes_a_learner_only_after_the_learner_grace() {
+        assert_eq!(run(&[1, 2, 3], &[4], &[1, 2, 3], Duration::from_secs(599)), None);
+        assert_eq!(
+            run(&[1, 2, 3], &[4], &[1, 2, 3], Duration::from_secs(600)),
+            Some(VoterChange::RemoveLearner { node_id: 4 })
+        );
+        // A voter to replace comes first.
+        assert_eq!(
+            run(&[1, 2, 3], &[4, 5], &[1, 2, 5], Duration::from_secs(600)),
+            Some(VoterChange::Replace { removed: 3, added: 5 })
+        );
     }
 }

@@ -329,3 +329,47 @@ async fn leases_kept_alive_through_a_follower_survive_failover_and_expire_after(
     }
     assert!(matches!(f.lease_keepalive(lease).await, Err(Error::LeaseNotFound { .. })));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_learner_is_dropped_and_can_be_added_back() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = TestCluster::start_with(dir.path(), 4, |cfg| {
+        cfg.voter_grace = Duration::from_secs(60);
+        cfg.learner_grace = Duration::from_millis(500);
+    })
+    .await
+    .unwrap();
+    let leader = c.wait_leader(LONG).await.unwrap();
+    let learner = c
+        .store(leader)
+        .status()
+        .members
+        .iter()
+        .find(|m| m.role == Role::Learner)
+        .map(|m| m.node_id)
+        .expect("4 nodes: 3 voters and a learner");
+    c.stop(learner).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let healthy: BTreeSet<u64> = c.running().into_iter().collect();
+        let l = c.wait_leader(LONG).await.unwrap();
+        let _ = c.store(l).reconcile_voters(&healthy, Instant::now()).await;
+        if c.store(l).status().members.iter().all(|m| m.node_id != learner) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "learner {learner} still a member");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Writes go on without it; when it returns and is added back, it catches up.
+    let l = c.wait_leader(LONG).await.unwrap();
+    c.store(l).txn(Txn::put("/while-away", vec![7])).await.unwrap();
+    c.launch(learner).await.unwrap();
+    c.store(l).add_learner(learner, addr_of(learner)).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while value(&c, learner, "/while-away").await != Some(vec![7]) {
+        assert!(Instant::now() < deadline, "returning learner never caught up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(c.store(l).status().members.iter().any(|m| m.node_id == learner && m.role == Role::Learner));
+}

@@ -118,3 +118,32 @@ impl NodeState {
 fn to_json<T: Serialize>(v: &T) -> String {
     serde_json::to_string_pretty(v).unwrap_or_default()
 }
+
+/// File holding the last gossip generation this node used.
+pub const GENERATION_FILE: &str = "gossip-generation";
+
+/// The gossip generation for this start: the wall clock in milliseconds, but always above the
+/// last one used, so a node whose clock was stepped back still restarts as a newer incarnation
+/// (peers ignore gossip from a generation older than the one they know).
+pub fn next_generation(dir: &Path, now_ms: u64) -> Result<u64, IdentityError> {
+    let path = dir.join(GENERATION_FILE);
+    let last = read(&path)?.and_then(|s| s.trim().parse::<u64>().ok()).unwrap_or(0);
+    let next = now_ms.max(last.saturating_add(1));
+    write_atomic(&path, next.to_string().as_bytes(), 0o644)?;
+    Ok(next)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generation_grows_even_when_the_clock_goes_back() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(next_generation(dir.path(), 5_000).unwrap(), 5_000);
+        assert_eq!(next_generation(dir.path(), 1_000).unwrap(), 5_001);
+        assert_eq!(next_generation(dir.path(), 9_000).unwrap(), 9_000);
+        std::fs::write(dir.path().join(GENERATION_FILE), "garbage").unwrap();
+        assert_eq!(next_generation(dir.path(), 7).unwrap(), 7);
+    }
+}

@@ -167,6 +167,7 @@ pub async fn run(cfg: NodeConfig, join: Option<JoinTarget>, shutdown: Cancellati
     // The replicated store.
     let store_cfg = StoreConfig {
         voter_grace: cfg.store.voter_grace,
+        learner_grace: cfg.store.learner_grace,
         ..StoreConfig::new(dir.join("store"), identity.node_id, peer_addr.to_string())
     };
     let store = Store::open(store_cfg, peers::raft_transport(transport.clone()))
@@ -193,6 +194,7 @@ pub async fn run(cfg: NodeConfig, join: Option<JoinTarget>, shutdown: Cancellati
         MembershipConfig {
             gossip_interval: cfg.gossip.interval,
             advertise_addr: Some(SocketAddr::new(identity.advertise, identity.gossip_port)),
+            generation: Some(identity::next_generation(&dir, wall_clock_ms())?),
             seeds: seeds.iter().map(|s| s.to_string()).collect(),
             ..MembershipConfig::new(
                 identity.name.clone(),
@@ -258,6 +260,10 @@ pub async fn run(cfg: NodeConfig, join: Option<JoinTarget>, shutdown: Cancellati
     node.membership.shutdown().await;
     transport.shutdown().await;
     Ok(())
+}
+
+fn wall_clock_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Listening address for an advertised one: the unspecified address of its family.
@@ -366,6 +372,29 @@ async fn voter_loop(node: Arc<Node>, stop: CancellationToken) {
             .collect();
         if let Err(e) = node.store.reconcile_voters(&healthy, Instant::now()).await {
             tracing::warn!(error = %e, "voter reconcile");
+        }
+        readmit_returning(&node, &healthy).await;
+    }
+}
+
+/// On the leader: a node the cluster knows (it has a record) that is alive again but no longer
+/// in the Raft group, because it was dropped as a dead learner, is added back as a learner.
+/// The address comes from the record in the store, never from gossip.
+async fn readmit_returning(node: &Node, healthy: &BTreeSet<u64>) {
+    let st = node.store.status();
+    if st.leader != Some(node.identity.node_id) {
+        return;
+    }
+    let members: BTreeSet<u64> = st.members.iter().map(|m| m.node_id).collect();
+    if healthy.iter().all(|id| members.contains(id)) {
+        return;
+    }
+    let records = peers::node_records(&node.store).await;
+    for id in healthy.iter().filter(|id| !members.contains(id)) {
+        let Some(rec) = records.get(id) else { continue };
+        tracing::info!(node = %rec.name, node_id = id, "a dropped node is back; adding it as a learner");
+        if let Err(e) = node.store.add_learner(*id, rec.peer_addr.clone()).await {
+            tracing::warn!(node = %rec.name, error = %e, "re-adding a returning node");
         }
     }
 }

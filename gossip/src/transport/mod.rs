@@ -25,6 +25,7 @@ use crate::error::{Error, Result};
 use crate::pki::{common_name, organizations, ClusterSecrets, NodeTls, PEER_SERVER_NAME};
 
 pub use join::{join, JoinBundle, JoinRequest};
+pub use tls::skew_tolerant_client_verifier;
 
 /// Default UDP port of the peer endpoint.
 pub const DEFAULT_PEER_PORT: u16 = 7443;

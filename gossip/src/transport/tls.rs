@@ -6,8 +6,9 @@ use std::time::Duration;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::WebPkiClientVerifier;
-use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme};
 
 use crate::error::{Error, Result};
 use crate::pki::{load_certs, load_private_key, root_store, JoinToken, NodeTls};
@@ -40,6 +41,7 @@ pub(crate) fn server_config(tls: &NodeTls, transport: Arc<quinn::TransportConfig
         .allow_unauthenticated()
         .build()
         .map_err(Error::BuildVerifier)?;
+    let client_verifier = skew_tolerant_client_verifier(client_verifier);
     let mut chain = load_certs(&tls.cert_pem, "node certificate")?;
     chain.extend(load_certs(&tls.ca_cert_pem, "CA certificate")?);
     let key = load_private_key(&tls.key_pem)?;
@@ -69,7 +71,8 @@ pub(crate) fn peer_client_config(tls: &NodeTls, transport: Arc<quinn::TransportC
     let mut client = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(Error::BuildTls)?
-        .with_webpki_verifier(verifier)
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(SkewTolerantServer(verifier)))
         .with_client_auth_cert(chain, key)
         .map_err(Error::BuildTls)?;
     client.alpn_protocols = vec![PEER_ALPN.to_vec()];
@@ -125,7 +128,7 @@ impl ServerCertVerifier for PinnedCaVerifier {
             rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
                 .build()
                 .map_err(|e| rustls::Error::General(format!("build verifier for pinned CA: {e}")))?;
-        verifier.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+        verifier.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, check_time(end_entity, now))
     }
 
     fn verify_tls12_signature(
@@ -148,5 +151,143 @@ impl ServerCertVerifier for PinnedCaVerifier {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.provider.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// The time a peer's certificate is checked against: the clock, or the certificate's own
+/// notBefore when the clock is behind it. Boards without a battery-backed clock boot in the
+/// past until NTP steps them, and a clock stepped back must not cut a node off its cluster;
+/// expiry (notAfter) is still checked against the clock. Every certificate comes from the
+/// cluster's own CA, so an early notBefore proves nothing an attacker could use.
+pub(crate) fn check_time(end_entity: &CertificateDer<'_>, now: UnixTime) -> UnixTime {
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(end_entity.as_ref()) else {
+        return now;
+    };
+    match u64::try_from(cert.validity().not_before.timestamp()) {
+        Ok(nb) if nb > now.as_secs() => UnixTime::since_unix_epoch(Duration::from_secs(nb)),
+        _ => now,
+    }
+}
+
+/// Wraps a client-certificate verifier so that a clock behind a certificate's notBefore does
+/// not refuse it (see [`check_time`]). The Kubernetes API uses it as well.
+pub fn skew_tolerant_client_verifier(inner: Arc<dyn ClientCertVerifier>) -> Arc<dyn ClientCertVerifier> {
+    Arc::new(SkewTolerantClient(inner))
+}
+
+#[derive(Debug)]
+struct SkewTolerantClient(Arc<dyn ClientCertVerifier>);
+
+impl ClientCertVerifier for SkewTolerantClient {
+    fn offer_client_auth(&self) -> bool {
+        self.0.offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.0.client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.0.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> std::result::Result<ClientCertVerified, rustls::Error> {
+        self.0.verify_client_cert(end_entity, intermediates, check_time(end_entity, now))
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+}
+
+#[derive(Debug)]
+struct SkewTolerantServer(Arc<rustls::client::WebPkiServerVerifier>);
+
+impl ServerCertVerifier for SkewTolerantServer {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> std::result::Result<ServerCertVerified, rustls::Error> {
+        self.0.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, check_time(end_entity, now))
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cert_from(not_before: time::OffsetDateTime) -> CertificateDer<'static> {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["n1".to_string()]).unwrap();
+        params.not_before = not_before;
+        params.not_after = not_before + time::Duration::days(30);
+        params.self_signed(&key).unwrap().der().clone()
+    }
+
+    #[test]
+    fn a_clock_behind_the_certificate_is_moved_up_to_its_not_before() {
+        let now = time::OffsetDateTime::now_utc();
+        let future = cert_from(now + time::Duration::days(3));
+        let checked = check_time(&future, UnixTime::now());
+        let nb = u64::try_from((now + time::Duration::days(3)).unix_timestamp()).unwrap();
+        assert_eq!(checked.as_secs(), nb);
+    }
+
+    #[test]
+    fn a_clock_past_not_before_is_kept_and_garbage_changes_nothing() {
+        let now = time::OffsetDateTime::now_utc();
+        let past = cert_from(now - time::Duration::hours(1));
+        let t = UnixTime::now();
+        assert_eq!(check_time(&past, t), t);
+        assert_eq!(check_time(&CertificateDer::from(vec![0x30, 0x03, 0x01, 0x02]), t), t);
     }
 }
