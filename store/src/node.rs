@@ -180,6 +180,14 @@ impl RaftNode {
         Some((id, addr))
     }
 
+    /// Returns once a leader other than `id` is known.
+    async fn leader_moved_from(&self, id: NodeId) {
+        let mut rx = self.raft.metrics();
+        if rx.wait_for(|m| m.current_leader.is_some_and(|l| l != id)).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+
     fn is_leader(&self) -> bool {
         let m = self.raft.metrics();
         let m = m.borrow();
@@ -242,7 +250,17 @@ impl RaftNode {
                 },
                 Some((id, addr)) => {
                     let req = ProposeRequest { command: command.clone() };
-                    match self.call::<_, ProposeReply>(&addr, service::PROPOSE, &req, deadline).await {
+                    // A leader that died mid-call never answers: once another leader is known,
+                    // send the write there (the request id makes a double apply impossible).
+                    let reply = tokio::select! {
+                        r = self.call::<_, ProposeReply>(&addr, service::PROPOSE, &req, deadline) => r,
+                        () = self.leader_moved_from(id) => {
+                            hint = self.leader();
+                            last_err = format!("node {id} is no longer the leader");
+                            continue;
+                        }
+                    };
+                    match reply {
                         Ok(ProposeReply::Applied { response, index }) => {
                             self.wait_applied(index, deadline).await?;
                             return Ok(response);

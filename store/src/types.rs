@@ -121,16 +121,18 @@ pub struct StoreConfig {
 }
 
 impl StoreConfig {
-    /// Defaults tuned for fast failover on small machines: heartbeat 100 ms, election timeout
-    /// 400-600 ms, so a new leader is elected 1.0-1.2 s after the old one dies.
+    /// Defaults tuned for fast failover on small machines: heartbeat 200 ms (openraft gives an
+    /// AppendEntries call one heartbeat to finish, and a loaded 2-core board needs that much),
+    /// election timeout 500-800 ms, so a new leader is elected 1.3-1.6 s after the old one
+    /// last sent a heartbeat (the followers first wait out its lease, the maximum).
     pub fn new(data_dir: impl Into<std::path::PathBuf>, node_id: u64, addr: impl Into<String>) -> Self {
         StoreConfig {
             data_dir: data_dir.into(),
             node_id,
             addr: addr.into(),
             heartbeat_ms: 200,
-            election_timeout_min_ms: 700,
-            election_timeout_max_ms: 1000,
+            election_timeout_min_ms: 500,
+            election_timeout_max_ms: 800,
             snapshot_every: 5000,
             keep_logs_behind_snapshot: 1000,
             request_timeout: std::time::Duration::from_secs(10),
