@@ -230,6 +230,9 @@ async fn fetch_from(
         let err = &err;
         async move {
             crate::blobs::parse_digest(&d.digest)?;
+            if crate::peers::fetch_from_sources(inner, &d.digest, d.size).await? {
+                return Ok(());
+            }
             let desc = OciDescriptor {
                 media_type: d.media_type.clone(),
                 digest: d.digest.clone(),

@@ -4,7 +4,7 @@ use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use nix::fcntl::{Flock, FlockArg};
 
@@ -12,6 +12,7 @@ use crate::blobs::{parse_digest, BlobStore};
 use crate::error::{Error, Result};
 use crate::model::{ImageInfo, ImageRecord, IndexFile, LayerRecord, RawImageConfig, RawManifest};
 use crate::os::{ImageOs, LinuxImageOs};
+use crate::peers::{BlobSource, BlobStream};
 use crate::platform::Platform;
 use crate::reference::{ImageName, ImageRef};
 use crate::registry::{Auth, Registries};
@@ -49,7 +50,7 @@ pub struct GcReport {
 /// The node's images, under `<data_dir>/images/`. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct ImageStore {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
 #[derive(Debug)]
@@ -59,6 +60,14 @@ pub(crate) struct Inner {
     pub(crate) os: Arc<dyn ImageOs>,
     pub(crate) platform: Platform,
     pub(crate) limits: UnpackLimits,
+    /// Asked for blobs before the registry (the node's peers).
+    pub(crate) sources: RwLock<Vec<Arc<dyn BlobSource>>>,
+}
+
+impl Inner {
+    pub(crate) fn blob_sources(&self) -> Vec<Arc<dyn BlobSource>> {
+        self.sources.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
 }
 
 fn create_dir(path: &Path) -> Result<()> {
@@ -88,7 +97,42 @@ impl ImageStore {
                 let _ = fs::remove_file(e.path());
             }
         }
-        Ok(Self { inner: Arc::new(Inner { dir, blobs, os, platform, limits }) })
+        Ok(Self { inner: Arc::new(Inner { dir, blobs, os, platform, limits, sources: RwLock::new(Vec::new()) }) })
+    }
+
+    /// Sets where pulls look for blobs before the registry, in order (the node's peers). Every
+    /// blob is verified against its digest whichever source sends it.
+    pub fn set_blob_sources(&self, sources: Vec<Arc<dyn BlobSource>>) {
+        *self.inner.sources.write().unwrap_or_else(|p| p.into_inner()) = sources;
+    }
+
+    /// The bytes of a blob this store holds, for a peer that asks; `None` when it is not here.
+    /// A malformed digest is an error.
+    pub async fn read_blob(&self, digest: &str) -> Result<Option<BlobStream>> {
+        parse_digest(digest)?;
+        if !self.inner.blobs.exists(digest) {
+            return Ok(None);
+        }
+        let path = self.inner.blobs.path(digest)?;
+        let file = match tokio::fs::File::open(&path).await {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => return Err(Error::ReadBlob { digest: digest.to_string(), source }),
+        };
+        let stream = futures::stream::unfold(Some(file), |file| async move {
+            use tokio::io::AsyncReadExt;
+            let mut file = file?;
+            let mut buf = vec![0u8; 64 * 1024];
+            match file.read(&mut buf).await {
+                Ok(0) => None,
+                Ok(n) => {
+                    buf.truncate(n);
+                    Some((Ok(bytes::Bytes::from(buf)), Some(file)))
+                }
+                Err(e) => Some((Err(e), None)),
+            }
+        });
+        Ok(Some(Box::pin(stream)))
     }
 
     /// The node platform images are resolved for.

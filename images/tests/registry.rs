@@ -7,6 +7,8 @@ mod reg;
 
 use std::collections::HashSet;
 use std::fs;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use common::{oci_archive, oci_multiarch_archive, Img, Layer};
 use reg::Registry;
@@ -221,4 +223,74 @@ async fn https_with_own_ca_or_without_verification() {
     let store = ImageStore::open(&dir.path().join("data2"), Platform::new("linux", "amd64", None)).unwrap();
     let skip = Registries::default().with(&registry.addr, RegistryConfig { skip_verify: true, ..Default::default() });
     assert_eq!(store.pull(&reference, &skip, Auth::Anonymous).await.unwrap().digest, md);
+}
+
+/// Counts what a wrapped source served.
+#[derive(Debug)]
+struct Counting(Arc<dyn shoal_images::BlobSource>, AtomicUsize);
+
+impl shoal_images::BlobSource for Counting {
+    fn open<'a>(
+        &'a self,
+        digest: &'a str,
+        size: u64,
+    ) -> futures::future::BoxFuture<'a, shoal_images::Result<Option<shoal_images::BlobStream>>> {
+        Box::pin(async move {
+            let s = self.0.open(digest, size).await?;
+            if s.is_some() {
+                self.1.fetch_add(1, Ordering::SeqCst);
+            }
+            Ok(s)
+        })
+    }
+}
+
+/// Sends the same wrong bytes for every blob.
+#[derive(Debug)]
+struct Liar;
+
+impl shoal_images::BlobSource for Liar {
+    fn open<'a>(
+        &'a self,
+        _digest: &'a str,
+        _size: u64,
+    ) -> futures::future::BoxFuture<'a, shoal_images::Result<Option<shoal_images::BlobStream>>> {
+        Box::pin(async {
+            let s: shoal_images::BlobStream =
+                Box::pin(futures::stream::iter([Ok(bytes::Bytes::from_static(b"not the layer"))]));
+            Ok(Some(s))
+        })
+    }
+}
+
+#[tokio::test]
+async fn blobs_come_from_a_peer_first_and_lies_fall_back_to_the_registry() {
+    init();
+    let registry = Registry::start(false);
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("app.tar");
+    let md = oci_archive(&archive, "app:1", &app());
+    registry.push(&archive, "team/app:1", None);
+    let reference = format!("{}/team/app:1", registry.addr);
+    let platform = Platform::new("linux", "amd64", None);
+
+    let peer = ImageStore::open(&dir.path().join("peer"), platform.clone()).unwrap();
+    peer.pull(&reference, &insecure(&registry.addr), Auth::Anonymous).await.unwrap();
+
+    // The config and both layers come from the peer; the manifest from the registry.
+    let node = ImageStore::open(&dir.path().join("node"), platform.clone()).unwrap();
+    let counting = Arc::new(Counting(Arc::new(shoal_images::StoreBlobSource::new(peer.clone())), AtomicUsize::new(0)));
+    node.set_blob_sources(vec![counting.clone()]);
+    let info = node.pull(&reference, &insecure(&registry.addr), Auth::Anonymous).await.unwrap();
+    assert_eq!(info.digest, md);
+    assert_eq!(counting.1.load(Ordering::SeqCst), 3);
+    let layers: Vec<_> = fs::read_dir(node.dir().join("layers")).unwrap().flatten().collect();
+    assert_eq!(layers.len(), 2);
+
+    // A peer that sends wrong bytes is ignored: the registry serves, the digests hold.
+    let other = ImageStore::open(&dir.path().join("other"), platform).unwrap();
+    other.set_blob_sources(vec![Arc::new(Liar)]);
+    let info = other.pull(&reference, &insecure(&registry.addr), Auth::Anonymous).await.unwrap();
+    assert_eq!(info.digest, md);
+    assert_eq!(other.get(&reference).unwrap().unwrap().config.cmd, vec!["/bin/sh"]);
 }

@@ -10,6 +10,7 @@ use oci_spec::runtime::{
     LinuxDeviceCgroup, LinuxDeviceCgroupBuilder, LinuxDeviceType, LinuxMemoryBuilder, LinuxResources,
 };
 
+use crate::cgroup2::Cgroup2;
 use crate::error::{Error, Result};
 
 /// Usage figures of one container, for metrics.
@@ -152,8 +153,11 @@ impl CgroupDriver for LinuxCgroups {
         m.add_proc(CgroupPid { pid: pid as u64 }).map_err(|e| cg_err(path, "add process", e))?;
         let mut res = effective_resources(&resources.cloned().unwrap_or_default());
         if m.v2() {
-            // cgroup v2 filters devices with eBPF programs, which this runtime does not load.
+            // cgroup v2 has no devices controller: the filter is an eBPF program on the cgroup.
+            let devices = res.devices().clone().unwrap_or_default();
             res.set_devices(None);
+            m.set(&res).map_err(|e| cg_err(path, "apply resources", e))?;
+            return Cgroup2::new(&self.root).set_device_rules(path, &devices);
         }
         m.set(&res).map_err(|e| cg_err(path, "apply resources", e))
     }

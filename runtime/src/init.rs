@@ -14,9 +14,9 @@ use nix::sched::CloneFlags;
 use nix::sys::resource::{setrlimit, Resource};
 use nix::sys::stat::Mode;
 use nix::unistd::{Gid, Uid};
-use oci_spec::runtime::{PosixRlimitType, Process, Spec};
+use oci_spec::runtime::{LinuxSeccomp, PosixRlimitType, Process, Spec};
 
-use crate::{caps, rootfs, sys};
+use crate::{caps, rootfs, seccomp, sys};
 
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
@@ -110,8 +110,8 @@ fn init_inner(cfg: &InitConfig<'_>) -> io::Result<Infallible> {
     if let Some(adj) = process.oom_score_adj() {
         std::fs::write("/proc/self/oom_score_adj", adj.to_string()).map_err(|e| ctx("set oom_score_adj", e))?;
     }
-    let prepared = prepare(process)?;
-    finalize(process)?;
+    let prepared = prepare(process, spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()))?;
+    finalize(process, &prepared)?;
     chdir_cwd(process)?;
 
     nix::unistd::write(&cfg.status, b"ready\n").map_err(|e| ctx("report ready", errno(e)))?;
@@ -123,15 +123,21 @@ fn init_inner(cfg: &InitConfig<'_>) -> io::Result<Infallible> {
     exec(prepared)
 }
 
-/// A resolved program with its arguments and environment.
+/// A resolved program with its arguments, environment and seccomp filter.
 pub(crate) struct Prepared {
     path: CString,
     args: Vec<CString>,
     env: Vec<CString>,
+    seccomp: Option<seccomp::Filter>,
+    /// Install the filter before dropping privileges (it needs CAP_SYS_ADMIN without
+    /// no_new_privs) rather than right before execve.
+    seccomp_early: bool,
 }
 
-/// Resolves the program and applies limits; runs while still privileged.
-pub(crate) fn prepare(process: &Process) -> io::Result<Prepared> {
+/// Resolves the program, compiles the seccomp profile and applies limits; runs while still
+/// privileged.
+pub(crate) fn prepare(process: &Process, profile: Option<&LinuxSeccomp>) -> io::Result<Prepared> {
+    let seccomp = profile.map(seccomp::compile).transpose().map_err(|e| ctx("compile seccomp profile", e))?;
     apply_rlimits(process)?;
     let args = process.args().as_deref().unwrap_or(&[]);
     let prog = args.first().ok_or_else(|| io::Error::other("the process has no args"))?;
@@ -150,6 +156,8 @@ pub(crate) fn prepare(process: &Process) -> io::Result<Prepared> {
         path: CString::new(resolved.as_os_str().as_bytes()).map_err(io::Error::other)?,
         args: args.iter().map(|a| cs(a)).collect::<io::Result<_>>()?,
         env: env.iter().map(|e| cs(e)).collect::<io::Result<_>>()?,
+        seccomp,
+        seccomp_early: !process.no_new_privileges().unwrap_or(false),
     })
 }
 
@@ -209,7 +217,10 @@ fn apply_rlimits(process: &Process) -> io::Result<()> {
 }
 
 /// Switches to the process's user and groups and sets its capabilities and no_new_privs.
-pub(crate) fn finalize(process: &Process) -> io::Result<()> {
+pub(crate) fn finalize(process: &Process, prepared: &Prepared) -> io::Result<()> {
+    if let (Some(filter), true) = (&prepared.seccomp, prepared.seccomp_early) {
+        filter.install().map_err(|e| ctx("install seccomp filter", e))?;
+    }
     let c = process.capabilities().as_ref();
     let bounding = caps::mask(c.and_then(|c| c.bounding().as_ref()));
     let effective = caps::mask(c.and_then(|c| c.effective().as_ref()));
@@ -265,6 +276,9 @@ pub(crate) fn chdir_cwd(process: &Process) -> io::Result<()> {
 pub(crate) fn exec(p: Prepared) -> io::Result<Infallible> {
     sys::reset_signals();
     sys::cloexec_from(3);
+    if let (Some(filter), false) = (&p.seccomp, p.seccomp_early) {
+        filter.install().map_err(|e| ctx("install seccomp filter", e))?;
+    }
     let e = nix::unistd::execve(&p.path, &p.args, &p.env).map_err(errno);
     match e {
         Ok(never) => match never {},
@@ -273,14 +287,14 @@ pub(crate) fn exec(p: Prepared) -> io::Result<Infallible> {
 }
 
 /// The child side of `exec`: already in the container's namespaces and cgroup.
-pub(crate) fn exec_child(process: &Process, tty: bool) -> ! {
+pub(crate) fn exec_child(process: &Process, seccomp: Option<&LinuxSeccomp>, tty: bool) -> ! {
     let res = (|| -> io::Result<Infallible> {
         nix::unistd::setsid().map_err(|e| ctx("setsid", errno(e)))?;
         if tty {
             sys::set_controlling_tty(0).map_err(|e| ctx("set controlling terminal", e))?;
         }
-        let prepared = prepare(process)?;
-        finalize(process)?;
+        let prepared = prepare(process, seccomp)?;
+        finalize(process, &prepared)?;
         sys::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0)
             .map_err(|e| ctx("set parent death signal", e))?;
         chdir_cwd(process)?;

@@ -5,6 +5,7 @@
 //! block says why it is sound.
 
 mod caps;
+mod cgroup2;
 mod cgroups;
 mod error;
 mod init;
@@ -12,16 +13,19 @@ mod logs;
 mod rootfs;
 mod runtime;
 mod sandbox;
+mod seccomp;
 mod shim;
 mod spec;
 mod state;
 mod sys;
 
 pub use caps::{default_capabilities, default_linux_capabilities};
+pub use cgroup2::{find_cgroup2_mount, Cgroup2};
 pub use cgroups::{CgroupCall, CgroupDriver, FakeCgroups, LinuxCgroups, Stats};
 pub use error::{Error, Result};
 pub use runtime::{CreateOpts, ExecProcess, Runtime, RuntimeConfig, ShimCommand};
 pub use sandbox::Sandbox;
+pub use seccomp::{native_arch, runtime_default_profile, set_runtime_default};
 pub use shim::shim_main;
 pub use spec::{default_spec, MASKED_PATHS, READONLY_PATHS};
 pub use state::{State, Status};

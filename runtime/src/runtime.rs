@@ -159,6 +159,9 @@ impl Runtime {
         if spec.process().is_none() {
             return Err(Error::InvalidSpec("no process".into()));
         }
+        if let Some(profile) = spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()) {
+            crate::seccomp::compile(profile).map_err(|e| Error::InvalidSpec(format!("seccomp: {e}")))?;
+        }
         let mut root = root.clone();
         root.set_path(rootfs.clone());
         spec.set_root(Some(root));

@@ -421,6 +421,9 @@ fn exec_enter(dir: &Path, process_json: &str, tty: bool) -> io::Result<i32> {
         return Err(io::Error::other(format!("container {} is not running", c.id)));
     }
     let process: Process = serde_json::from_str(process_json).map_err(|e| ctx("decode process", e))?;
+    // The container's seccomp profile binds every process that enters it.
+    let spec = Spec::load(dir.join(state::SPEC_FILE)).map_err(|e| ctx("load spec", e))?;
+    let seccomp = spec.linux().as_ref().and_then(|l| l.seccomp().clone());
     LinuxCgroups::new().add_process(&c.cgroup_path, std::process::id()).map_err(|e| ctx("join cgroup", e))?;
     let mut fds = Vec::new();
     for (name, flag) in EXEC_NAMESPACES {
@@ -438,7 +441,7 @@ fn exec_enter(dir: &Path, process_json: &str, tty: bool) -> io::Result<i32> {
     drop(fds);
     let pid = sys::clone_process(0).map_err(|e| ctx("fork", e))?;
     if pid == 0 {
-        init::exec_child(&process, tty);
+        init::exec_child(&process, seccomp.as_ref(), tty);
     }
     let pid = Pid::from_raw(pid);
     // Killing this helper kills the process too (its parent-death signal).

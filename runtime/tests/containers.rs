@@ -381,3 +381,54 @@ fn exec_runs_inside_the_container() {
     assert!(String::from_utf8_lossy(&buf).contains("has-a-tty"));
     w.rt.stop("target", Duration::from_millis(10)).unwrap();
 }
+
+#[test]
+fn runtime_default_seccomp_refuses_blocked_syscalls_and_runs_a_normal_workload() {
+    let w = World::new("seccomp");
+    let probe = "unshare -U true && echo unshared; linux32 true && echo personality";
+    // Without a profile the same container may create a user namespace: the filter is what
+    // refuses it below, not the capabilities.
+    w.run("open", &["sh", "-c", probe], |_| {});
+    assert_eq!(w.rt.wait("open").unwrap().exit_code, Some(0));
+    assert_eq!(w.output("open", "stdout"), vec!["unshared", "personality"], "{:?}", w.output("open", "stderr"));
+
+    let workload = "unshare -U true && echo unshared; linux32 true && echo personality; \
+                    echo abc | tr a-c x-z; (sleep 0.05; echo child) & wait; ls /bin/busybox; \
+                    head -c 4 /dev/urandom | wc -c; echo done";
+    w.run("confined", &["sh", "-c", workload], shoal_runtime::set_runtime_default);
+    assert_eq!(w.rt.wait("confined").unwrap().exit_code, Some(0));
+    assert_eq!(
+        w.output("confined", "stdout"),
+        vec!["personality", "xyz", "child", "/bin/busybox", "4", "done"],
+        "{:?}",
+        w.output("confined", "stderr")
+    );
+    let err = w.output("confined", "stderr").join("\n");
+    assert!(err.contains("unshare") && err.contains("Operation not permitted"), "{err}");
+
+    // Without no_new_privs the filter goes in before the privileges are dropped.
+    w.run("privs", &["sh", "-c", "unshare -U true && echo unshared; echo done"], |s| {
+        shoal_runtime::set_runtime_default(s);
+        let mut p = s.process().clone().unwrap();
+        p.set_no_new_privileges(Some(false));
+        s.set_process(Some(p));
+    });
+    assert_eq!(w.rt.wait("privs").unwrap().exit_code, Some(0));
+    assert_eq!(w.output("privs", "stdout"), vec!["done"], "{:?}", w.output("privs", "stderr"));
+
+    // A process exec'd into the container is bound by the same profile.
+    w.run("target", &["sleep", "1000"], shoal_runtime::set_runtime_default);
+    let process = ProcessBuilder::default()
+        .args(vec!["sh".to_string(), "-c".into(), "unshare -U true && echo unshared; echo in".into()])
+        .env(vec!["PATH=/bin".to_string()])
+        .cwd("/")
+        .no_new_privileges(true)
+        .build()
+        .unwrap();
+    let mut p = w.rt.exec("target", &process, false).expect("exec");
+    let mut out = String::new();
+    p.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    assert_eq!(p.wait().unwrap(), 0);
+    assert_eq!(out.trim(), "in");
+    w.rt.stop("target", Duration::from_millis(10)).unwrap();
+}
