@@ -12,7 +12,8 @@ use std::sync::{Arc, Mutex};
 
 use futures::future::BoxFuture;
 use shoal::api::{
-    kubeconfig, ApiConfig, ByteStream, ExecIo, ExecOptions, LogOptions, PodStreams, Server, StreamError, TlsMaterial,
+    kubeconfig, ApiConfig, ByteStream, ExecIo, ExecOptions, LogOptions, PodStreams, PortConnection, Server,
+    StreamError, TlsMaterial,
 };
 use shoal_kube::Objects;
 use shoal_store::Store;
@@ -228,6 +229,27 @@ impl Api {
             cmd.arg("--data-binary").arg(format!("@{}", f.display()));
         }
         let out = cmd.output().await.expect("these tests need curl");
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+        (code.trim().parse().unwrap_or(0), body.to_string())
+    }
+
+    /// A GET with the given Accept header: (status code, body).
+    async fn curl_accept(&self, path: &str, accept: &str) -> (u16, String) {
+        let h = self.home();
+        let out = tokio::process::Command::new("curl")
+            .args(["-s", "-o", "-", "-w", "\n%{http_code}"])
+            .arg("--cacert")
+            .arg(h.join("ca.pem"))
+            .arg("--cert")
+            .arg(h.join("client.pem"))
+            .arg("--key")
+            .arg(h.join("client-key.pem"))
+            .args(["-H", &format!("Accept: {accept}")])
+            .arg(format!("{}{path}", self.url))
+            .output()
+            .await
+            .expect("these tests need curl");
         let text = String::from_utf8_lossy(&out.stdout).to_string();
         let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
         (code.trim().parse().unwrap_or(0), body.to_string())
@@ -610,6 +632,8 @@ async fn get_watch_streams_changes() {
 #[derive(Default)]
 struct FakeStreams {
     asked: Mutex<Vec<LogOptions>>,
+    /// Where port-forward connects (every port of every pod); port 81 is always refused.
+    forward_to: Mutex<Option<std::net::SocketAddr>>,
 }
 
 impl PodStreams for FakeStreams {
@@ -657,6 +681,176 @@ impl PodStreams for FakeStreams {
             }
         })
     }
+
+    fn port_forward(
+        &self,
+        pod: &serde_json::Value,
+        port: u16,
+    ) -> BoxFuture<'static, Result<PortConnection, StreamError>> {
+        let target = *self.forward_to.lock().unwrap();
+        let name = pod["metadata"]["name"].as_str().unwrap_or_default().to_string();
+        Box::pin(async move {
+            let refused = || StreamError::ConnectPort { pod: name.clone(), port, reason: "connection refused".into() };
+            let addr = target.filter(|_| port != 81).ok_or_else(refused)?;
+            let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|_| refused())?;
+            let (read, write) = tcp.into_split();
+            Ok(PortConnection { read: Box::new(read), write: Box::new(write) })
+        })
+    }
+}
+
+/// A TCP server that answers each connection with `pong:` and everything it received, once
+/// the client has half-closed.
+async fn pong_server() -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                if tcp.read_to_end(&mut got).await.is_ok() {
+                    let _ = tcp.write_all(b"pong:").await;
+                    let _ = tcp.write_all(&got).await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Sends `data` through a forwarded local port and returns the answer.
+async fn through(local: u16, data: &[u8]) -> Vec<u8> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", local)).await.unwrap();
+    tcp.write_all(data).await.unwrap();
+    tcp.shutdown().await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(60), tcp.read_to_end(&mut out)).await.unwrap().unwrap();
+    out
+}
+
+/// Starts `kubectl port-forward` and returns it with the local port it listens on.
+async fn port_forward(api: &Api, version: &str, env: &[(&str, &str)], args: &[&str]) -> (tokio::process::Child, u16) {
+    let bin = kubectl_dir().join(format!("kubectl.{version}"));
+    let mut cmd = tokio::process::Command::new(&bin);
+    cmd.arg("port-forward")
+        .args(args)
+        .env_clear()
+        .env("HOME", api.home())
+        .env("KUBECONFIG", api.home().join(".kube/config"))
+        .env("PATH", "/usr/bin:/bin")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line()).await;
+    let line = match line {
+        Ok(Ok(Some(l))) => l,
+        other => {
+            let _ = child.kill().await;
+            let out = child.wait_with_output().await.unwrap();
+            panic!("port-forward printed no address ({other:?}): {}", String::from_utf8_lossy(&out.stderr));
+        }
+    };
+    // "Forwarding from 127.0.0.1:41234 -> 80"
+    let port = line
+        .split_whitespace()
+        .nth(2)
+        .and_then(|a| a.rsplit(':').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected port-forward output: {line}"));
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, port)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explain_discovery_and_paging() {
+    let api = Api::start().await;
+    for v in ["1.31", "1.33"] {
+        let out = api.ok_v(v, &["explain", "deployment.spec"]).await;
+        assert!(out.contains("KIND:") && out.contains("Deployment"), "{v}: {out}");
+        assert!(out.contains("DeploymentSpec is the specification of the desired behavior"), "{v}: {out}");
+        assert!(out.contains("replicas") && out.contains("<integer>"), "{v}: {out}");
+        let out = api.ok_v(v, &["explain", "pods.spec.containers.ports"]).await;
+        assert!(out.contains("containerPort") && out.contains("-required-"), "{v}: {out}");
+    }
+    // Aggregated discovery: one document for /apis, served with its media type.
+    let (code, body) = api
+        .curl_accept("/apis", "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,application/json")
+        .await;
+    assert_eq!(code, 200, "{body}");
+    let list: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(list["kind"], "APIGroupDiscoveryList");
+    let out = api.ok(&["api-resources", "--api-group=apps"]).await;
+    assert!(out.contains("deployments") && out.contains("deploy"), "{out}");
+    // Lists in pages: kubectl follows the continue tokens.
+    for i in 0..7 {
+        api.ok(&["create", "configmap", &format!("page-{i}")]).await;
+    }
+    let out = api.ok(&["get", "configmaps", "--chunk-size=2", "-o", "name"]).await;
+    let pages: Vec<&str> = out.lines().filter(|l| l.starts_with("configmap/page-")).collect();
+    assert_eq!(pages.len(), 7, "{out}");
+    let (code, body) = api.curl("GET", "/api/v1/namespaces/default/configmaps?limit=3", "application/json", None).await;
+    assert_eq!(code, 200);
+    let first: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(first["items"].as_array().unwrap().len(), 3);
+    let token = first["metadata"]["continue"].as_str().unwrap().to_string();
+    let (code, body) = api
+        .curl(
+            "GET",
+            &format!("/api/v1/namespaces/default/configmaps?limit=3&continue={token}"),
+            "application/json",
+            None,
+        )
+        .await;
+    assert_eq!(code, 200, "{body}");
+    let second: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_ne!(first["items"][0]["metadata"]["name"], second["items"][0]["metadata"]["name"]);
+    let (code, _) =
+        api.curl("GET", "/api/v1/namespaces/default/configmaps?limit=3&continue=bogus", "application/json", None).await;
+    assert_eq!(code, 400);
+    api.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn port_forward_relays_connections_to_the_pod() {
+    let fake = Arc::new(FakeStreams::default());
+    *fake.forward_to.lock().unwrap() = Some(pong_server().await);
+    let api = Api::start_with(Some(fake.clone())).await;
+    api.ok(&["run", "web", "--image=nginx", "--port=80"]).await;
+    // kubectl refuses to forward to a pod that is not Running.
+    let o = api.run("1.33", &["port-forward", "web", ":80"], None).await;
+    assert!(!o.ok && o.stderr.contains("pod is not running"), "{}", o.stderr);
+    api.ok(&["patch", "pod", "web", "--subresource=status", "--type=merge", "-p", r#"{"status":{"phase":"Running"}}"#])
+        .await;
+    // WebSocket (1.31 and 1.33) and the SPDY upgrade kubectl falls back to.
+    let cases: [(&str, &[(&str, &str)]); 3] =
+        [("1.33", &[]), ("1.31", &[]), ("1.33", &[("KUBECTL_PORT_FORWARD_WEBSOCKETS", "false")])];
+    for (version, env) in cases {
+        let (mut child, local) = port_forward(&api, version, env, &["pod/web", ":80"]).await;
+        assert_eq!(through(local, b"hello").await, b"pong:hello", "kubectl {version} {env:?}");
+        assert_eq!(through(local, b"again").await, b"pong:again", "kubectl {version} {env:?}");
+        // More than any flow-control window, in both directions.
+        let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        let back = through(local, &big).await;
+        assert_eq!(back.len(), big.len() + 5, "kubectl {version} {env:?}");
+        assert!(back[5..] == big[..], "kubectl {version} {env:?}: bytes differ");
+        let _ = child.kill().await;
+    }
+    // A refused port: the connection closes and kubectl reports the error.
+    let (mut child, local) = port_forward(&api, "1.33", &[], &["pod/web", ":81"]).await;
+    assert_eq!(through(local, b"x").await, b"");
+    let _ = child.kill().await;
+    let out = child.wait_with_output().await.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("error forwarding port 81 to pod web: connection refused"), "{stderr}");
+    api.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -672,6 +866,11 @@ async fn exec_runs_through_the_node_agent() {
     assert!(o.stderr.contains("oops"), "{}", o.stderr);
     let o = api.run("1.32", &["exec", "web", "-c", "nope", "--", "echo"], None).await;
     assert!(!o.ok && o.stderr.contains("container nope is not valid"), "{}", o.stderr);
+    // attach follows the output; attaching stdin is refused by name.
+    let out = api.ok(&["attach", "web"]).await;
+    assert!(out.contains("web/web line 2"), "{out}");
+    let o = api.run("1.33", &["attach", "-i", "web"], Some("x\n")).await;
+    assert!(!o.ok && o.stderr.contains("attaching to the stdin of a container is not supported"), "{}", o.stderr);
     api.stop().await;
 }
 

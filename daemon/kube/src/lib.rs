@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod objects;
+pub mod openapi;
 pub mod patch;
 pub mod protobuf;
 pub mod resources;

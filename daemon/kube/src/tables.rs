@@ -341,6 +341,20 @@ fn printer_for(group: &str, kind: &str) -> (Vec<Col>, Printer) {
         ("networking.k8s.io", "IngressClass") => {
             (vec![name_col(), s("Controller"), s("Parameters"), age_col()], ingress_class)
         }
+        ("scheduling.k8s.io", "PriorityClass") => {
+            (vec![name_col(), s("Value"), s("Global-Default"), age_col(), s("PreemptionPolicy")], priority_class)
+        }
+        ("storage.k8s.io", "StorageClass") => (
+            vec![
+                name_col(),
+                s("Provisioner"),
+                s("ReclaimPolicy"),
+                s("VolumeBindingMode"),
+                s("AllowVolumeExpansion"),
+                age_col(),
+            ],
+            storage_class,
+        ),
         ("", "PersistentVolume") => (
             vec![
                 name_col(),
@@ -1186,6 +1200,34 @@ fn ingress(o: &Value, now: Timestamp) -> Cells {
         json!(hosts),
         json!(load_balancer_addresses(o, "/status/loadBalancer/ingress")),
         json!(ports),
+        json!(age(o, now)),
+    ]
+    .into()
+}
+
+fn priority_class(o: &Value, now: Timestamp) -> Cells {
+    let value = o.get("value").and_then(Value::as_i64).unwrap_or(0);
+    let global = o.get("globalDefault").and_then(Value::as_bool).unwrap_or(false);
+    let policy = o.get("preemptionPolicy").and_then(Value::as_str).unwrap_or("PreemptLowerPriority");
+    vec![json!(name(o)), json!(value), json!(global), json!(age(o, now)), json!(policy)].into()
+}
+
+fn storage_class(o: &Value, now: Timestamp) -> Cells {
+    let mut name_cell = name(o).to_string();
+    if o.pointer("/metadata/annotations/storageclass.kubernetes.io~1is-default-class").and_then(Value::as_str)
+        == Some("true")
+    {
+        name_cell.push_str(" (default)");
+    }
+    let reclaim = o.get("reclaimPolicy").and_then(Value::as_str).unwrap_or("Delete");
+    let mode = o.get("volumeBindingMode").and_then(Value::as_str).unwrap_or("Immediate");
+    let expand = o.get("allowVolumeExpansion").and_then(Value::as_bool).unwrap_or(false);
+    vec![
+        json!(name_cell),
+        json!(str_at(o, "/provisioner")),
+        json!(reclaim),
+        json!(mode),
+        json!(expand),
         json!(age(o, now)),
     ]
     .into()

@@ -763,7 +763,9 @@ pub fn strict_supported(group: &str, version: &str, kind: &str) -> bool {
 }
 
 fn strict_check(group: &str, version: &str, kind: &str, obj: &Value) -> Option<Result<Vec<String>, StrictError>> {
-    use k8s_openapi::api::{apps, autoscaling, batch, coordination, core, discovery, networking, policy};
+    use k8s_openapi::api::{
+        apps, autoscaling, batch, coordination, core, discovery, networking, policy, scheduling, storage,
+    };
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1 as apiext;
     macro_rules! check {
         ($t:ty) => {
@@ -791,6 +793,8 @@ fn strict_check(group: &str, version: &str, kind: &str, obj: &Value) -> Option<R
         ("batch", "v1", "CronJob") => check!(batch::v1::CronJob),
         ("networking.k8s.io", "v1", "Ingress") => check!(networking::v1::Ingress),
         ("networking.k8s.io", "v1", "IngressClass") => check!(networking::v1::IngressClass),
+        ("scheduling.k8s.io", "v1", "PriorityClass") => check!(scheduling::v1::PriorityClass),
+        ("storage.k8s.io", "v1", "StorageClass") => check!(storage::v1::StorageClass),
         ("discovery.k8s.io", "v1", "EndpointSlice") => check!(discovery::v1::EndpointSlice),
         ("coordination.k8s.io", "v1", "Lease") => check!(coordination::v1::Lease),
         ("autoscaling", "v1", "Scale") => check!(autoscaling::v1::Scale),

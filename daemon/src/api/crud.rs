@@ -12,7 +12,7 @@ use shoal_kube::{Preconditions, Resource, UpdateMode};
 
 use super::status::{ApiError, Cause};
 use super::table::{self, IncludeObject};
-use super::{crd, job, namespace, pod, secret, service, workloads, ApiState};
+use super::{crd, job, namespace, paging, pod, secret, service, workloads, ApiState};
 
 /// One request on a resource, parsed.
 pub(crate) struct Ctx {
@@ -283,10 +283,34 @@ pub(crate) async fn select(ctx: &Ctx) -> Result<(Vec<Value>, u64), ApiError> {
 }
 
 pub(crate) async fn list(ctx: &Ctx) -> Result<Response, ApiError> {
+    let token = match ctx.query.get("continue").filter(|c| !c.is_empty()) {
+        Some(c) => Some(paging::decode(c)?),
+        None => None,
+    };
+    if let Some(t) = &token {
+        // A token outlives its revision only while the store still retains that revision.
+        match ctx.state.objects.watch(&ctx.res, ctx.ns(), Some(t.rv)).await {
+            Ok(_) => {}
+            Err(shoal_kube::Error::Store(shoal_store::Error::Compacted { .. })) => return Err(paging::expired()),
+            Err(e) => return Err(ApiError::from_objects(e, &ctx.res, "")),
+        }
+    }
+    let limit = match ctx.query.get("limit").filter(|l| !l.is_empty()) {
+        Some(l) => Some(l.parse::<usize>().map_err(|_| ApiError::bad_request(format!("invalid limit {l:?}")))?),
+        None => None,
+    };
     let (items, rev) = select(ctx).await?;
+    let page = paging::page(items, rev, limit, token.as_ref());
+    let rev = token.as_ref().map_or(rev, |t| t.rv).to_string();
+    let mut meta = json!({"resourceVersion": rev});
+    if let Some(next) = &page.next {
+        meta["continue"] = json!(next);
+        meta["remainingItemCount"] = json!(page.remaining);
+    }
     if ctx.wants_table() {
         let cols = table::custom_columns(&ctx.state.objects, &ctx.res).await;
-        let t = table::table(&ctx.res, cols.as_deref(), &items, ctx.include(), Some(rev.to_string()));
+        let mut t = table::table(&ctx.res, cols.as_deref(), &page.items, ctx.include(), Some(rev));
+        t["metadata"] = meta;
         return Ok(json_response(StatusCode::OK, &t));
     }
     Ok(json_response(
@@ -294,8 +318,8 @@ pub(crate) async fn list(ctx: &Ctx) -> Result<Response, ApiError> {
         &json!({
             "kind": list_kind(&ctx.res),
             "apiVersion": ctx.res.api_version(),
-            "metadata": {"resourceVersion": rev.to_string()},
-            "items": items,
+            "metadata": meta,
+            "items": page.items,
         }),
     ))
 }

@@ -1,6 +1,6 @@
-//! Legacy discovery (`/api`, `/api/v1`, `/apis`, `/apis/<g>`, `/apis/<g>/<v>`) and `/version`.
-//! Aggregated discovery is not served: kubectl falls back to these documents when the reply's
-//! content type is plain JSON.
+//! Discovery and `/version`: the aggregated documents (`APIGroupDiscoveryList` for `/api` and
+//! `/apis`, one round trip for kubectl) when the client asks for them, and the legacy ones
+//! (`/api`, `/api/v1`, `/apis`, `/apis/<g>`, `/apis/<g>/<v>`) otherwise.
 use serde_json::{json, Value};
 use shoal_kube::Resource;
 
@@ -145,6 +145,98 @@ pub(crate) fn resource_list(resources: &[Resource], group: &str, version: &str) 
     Some(json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": out}))
 }
 
+/// The aggregated discovery media type the client accepts first ("v2" or "v2beta1"), if any.
+pub(crate) fn aggregated_version(accept: &str) -> Option<&'static str> {
+    accept.split(',').find_map(|media| {
+        let params: Vec<&str> = media.split(';').map(|p| p.trim()).collect();
+        let has = |p: &str| params.contains(&p);
+        if params.first() != Some(&"application/json")
+            || !has("g=apidiscovery.k8s.io")
+            || !has("as=APIGroupDiscoveryList")
+        {
+            return None;
+        }
+        if has("v=v2") {
+            Some("v2")
+        } else if has("v=v2beta1") {
+            Some("v2beta1")
+        } else {
+            None
+        }
+    })
+}
+
+/// The content type of an aggregated discovery reply (client-go decides by it).
+pub(crate) fn aggregated_content_type(version: &str) -> String {
+    format!("application/json;g=apidiscovery.k8s.io;v={version};as=APIGroupDiscoveryList")
+}
+
+/// One version of a group in the aggregated form, built from its legacy resource list.
+fn discovery_version(list: &Value, version: &str) -> Value {
+    let entries = list["resources"].as_array().cloned().unwrap_or_default();
+    let kind_of = |e: &Value| {
+        json!({
+            "group": e["group"].as_str().unwrap_or_default(),
+            "version": e["version"].as_str().unwrap_or_default(),
+            "kind": e["kind"],
+        })
+    };
+    let mut resources: Vec<Value> = Vec::new();
+    for e in entries.iter().filter(|e| !e["name"].as_str().unwrap_or_default().contains('/')) {
+        let name = e["name"].as_str().unwrap_or_default();
+        let singular = match e["singularName"].as_str() {
+            Some(s) if !s.is_empty() => s.to_string(),
+            _ => e["kind"].as_str().unwrap_or_default().to_ascii_lowercase(),
+        };
+        let mut r = json!({
+            "resource": name,
+            "responseKind": kind_of(e),
+            "scope": if e["namespaced"].as_bool().unwrap_or(false) { "Namespaced" } else { "Cluster" },
+            "singularResource": singular,
+            "verbs": e["verbs"],
+        });
+        for k in ["shortNames", "categories"] {
+            if e.get(k).is_some() {
+                r[k] = e[k].clone();
+            }
+        }
+        let subs: Vec<Value> = entries
+            .iter()
+            .filter_map(|s| {
+                let (parent, sub) = s["name"].as_str()?.split_once('/')?;
+                (parent == name).then(|| json!({"subresource": sub, "responseKind": kind_of(s), "verbs": s["verbs"]}))
+            })
+            .collect();
+        if !subs.is_empty() {
+            r["subresources"] = Value::Array(subs);
+        }
+        resources.push(r);
+    }
+    json!({"version": version, "resources": resources, "freshness": "Current"})
+}
+
+/// `/api` (`core`) or `/apis` (every other group) as an `APIGroupDiscoveryList`.
+pub(crate) fn aggregated(resources: &[Resource], core: bool, api_version: &str) -> Value {
+    let groups: Vec<(String, Vec<String>)> =
+        if core { vec![(String::new(), vec!["v1".to_string()])] } else { groups(resources) };
+    let items: Vec<Value> = groups
+        .iter()
+        .map(|(g, vs)| {
+            let versions: Vec<Value> = vs
+                .iter()
+                .filter_map(|v| resource_list(resources, g, v).map(|list| discovery_version(&list, v)))
+                .collect();
+            json!({"metadata": {"name": g, "creationTimestamp": null}, "versions": versions})
+        })
+        .collect();
+    json!({
+        "kind": "APIGroupDiscoveryList",
+        "apiVersion": format!("apidiscovery.k8s.io/{api_version}"),
+        "metadata": {},
+        "items": items,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -164,5 +256,36 @@ mod tests {
         let groups = api_group_list(&all);
         assert!(groups["groups"].as_array().unwrap().iter().any(|g| g["name"] == "metrics.k8s.io"));
         assert_eq!(version()["minor"], "33");
+    }
+
+    #[test]
+    fn aggregated_discovery_carries_what_legacy_does() {
+        let accept = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList,application/json";
+        assert_eq!(aggregated_version(accept), Some("v2"));
+        assert_eq!(aggregated_version("application/json"), None);
+        let all = shoal_kube::resources::builtin();
+        let apis = aggregated(&all, false, "v2");
+        let items = apis["items"].as_array().unwrap();
+        let apps = items.iter().find(|i| i["metadata"]["name"] == "apps").unwrap();
+        let deploy = apps["versions"][0]["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["resource"] == "deployments")
+            .unwrap();
+        assert_eq!(deploy["scope"], "Namespaced");
+        assert_eq!(deploy["categories"], json!(["all"]));
+        let scale = deploy["subresources"].as_array().unwrap().iter().find(|s| s["subresource"] == "scale").unwrap();
+        assert_eq!(scale["responseKind"], json!({"group": "autoscaling", "version": "v1", "kind": "Scale"}));
+        assert!(items.iter().any(|i| i["metadata"]["name"] == "metrics.k8s.io"));
+        let core = aggregated(&all, true, "v2");
+        let pods = core["items"][0]["versions"][0]["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["resource"] == "pods")
+            .unwrap();
+        assert_eq!(pods["shortNames"], json!(["po"]));
+        assert!(pods["subresources"].as_array().unwrap().iter().any(|s| s["subresource"] == "portforward"));
     }
 }

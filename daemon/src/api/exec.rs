@@ -173,6 +173,16 @@ async fn session(socket: WebSocket, streams: Arc<dyn PodStreams>, pod: Value, op
     let _ = tx.send(frame(3, &status)).await;
     // A normal closure (1000) is what client-go reads as the end of every stream.
     let _ = tx.send(Message::Close(Some(CloseFrame { code: 1000, reason: "".into() }))).await;
+    // Finish the closing handshake: dropping the connection with client data unread would reset
+    // it, and the client could lose the status above.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async {
+        while let Some(Ok(m)) = rx.next().await {
+            if matches!(m, Message::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 #[cfg(test)]

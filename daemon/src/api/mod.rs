@@ -6,7 +6,8 @@
 //! event streams, `discovery` and `openapi` what kubectl reads before it acts, `table` the
 //! server-side printing, `registry` the served resources (built-in and from CRDs), and one
 //! file per kind with behaviour of its own (`pod`, `service`, `namespace`, `secret`,
-//! `workloads`, `job`, `crd`, `scale`), `exec` the WebSocket exec/attach sessions.
+//! `workloads`, `job`, `crd`, `scale`), `exec` the WebSocket exec/attach sessions, `portforward` and `spdy` the
+//! port-forward sessions.
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -29,21 +30,25 @@ mod job;
 mod kubeconfig;
 mod namespace;
 mod openapi;
+mod paging;
 mod pod;
+mod portforward;
 mod registry;
 mod router;
 mod scale;
 mod secret;
 mod service;
+mod spdy;
 mod status;
 mod streams;
 mod table;
 mod tls;
+pub mod tokens;
 mod watch;
 mod workloads;
 
 pub use kubeconfig::kubeconfig;
-pub use streams::{ByteStream, ExecIo, ExecOptions, LogOptions, PodStreams, StreamError, TerminalSize};
+pub use streams::{ByteStream, ExecIo, ExecOptions, LogOptions, PodStreams, PortConnection, StreamError, TerminalSize};
 pub use tls::TlsMaterial;
 
 /// The Kubernetes version whose API is served (kubectl's dispatcher picks its binary by it).
@@ -217,6 +222,15 @@ impl Server {
         info!("api server stopped");
         Ok(())
     }
+}
+
+/// Creates a Service owned by the cluster itself (defaulted, its ClusterIP claimed like any
+/// other); the error is the message a client would have seen.
+pub(crate) async fn create_system_service(
+    objects: &Objects,
+    obj: serde_json::Value,
+) -> Result<serde_json::Value, String> {
+    service::create_system(objects, obj).await.map_err(|e| e.message)
 }
 
 /// Binds and serves until `shutdown` (see [`Server`] to learn the bound port first).

@@ -1,8 +1,16 @@
-//! A minimal OpenAPI v3: one document per served group/version whose PATCH operations carry
+//! OpenAPI v3: one document per served group/version. Its PATCH operations carry
 //! `x-kubernetes-group-version-kind` and the `fieldValidation` query parameter, which is what
-//! kubectl checks before it relies on server-side validation (`--validate=strict`). Schemas
-//! are not published, so kubectl computes strategic merge patches from its built-in types and
-//! `kubectl explain` has nothing to show.
+//! kubectl checks before it relies on server-side validation (`--validate=strict`); its
+//! `components.schemas` hold the schemas of the built-in kinds of the group/version and of
+//! everything they reference (what `kubectl explain` walks). Custom resources have no schema
+//! here yet.
+//!
+//! Strategic merge patch is not listed among the PATCH content types: the schemas lack the
+//! merge-key annotations, and without the claim kubectl computes strategic merge patches from
+//! its compiled-in types, with the merge keys of k8s.io/api.
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 use shoal_kube::Resource;
@@ -34,11 +42,7 @@ fn operation(r: &Resource, action: &str, params: &[&str]) -> Value {
     });
     if action == "patch" {
         let mut content = Map::new();
-        let mut types =
-            vec!["application/apply-patch+yaml", "application/json-patch+json", "application/merge-patch+json"];
-        if !r.group.contains('.') || r.group.ends_with(".k8s.io") {
-            types.push("application/strategic-merge-patch+json");
-        }
+        let types = ["application/apply-patch+yaml", "application/json-patch+json", "application/merge-patch+json"];
         for t in types {
             content.insert(t.into(), json!({"schema": {"type": "object"}}));
         }
@@ -54,6 +58,9 @@ pub(crate) fn document(resources: &[Resource], group: &str, version: &str) -> Op
         return None;
     }
     let mut paths = Map::new();
+    let kinds: Vec<&str> =
+        mine.iter().filter_map(|r| shoal_kube::openapi::kind_schema(&r.group, &r.version, &r.kind)).collect();
+    let schemas = shoal_kube::openapi::closure(kinds);
     for r in mine {
         let base = format!("/{}", gv_path(r));
         let coll = if r.namespaced {
@@ -93,12 +100,37 @@ pub(crate) fn document(resources: &[Resource], group: &str, version: &str) -> Op
         "openapi": "3.0.0",
         "info": {"title": "Kubernetes", "version": super::KUBERNETES_VERSION},
         "paths": paths,
-        "components": {"schemas": {}},
+        "components": {"schemas": schemas},
     }))
 }
 
 fn hash(doc: &Value) -> String {
     hex::encode_upper(Sha256::digest(doc.to_string().as_bytes()))
+}
+
+type Cached = (String, Arc<Value>, String);
+
+/// The document of one group/version and its hash, built once per set of served resources
+/// (the schemas make them large; kubectl fetches the index on every apply).
+pub(crate) fn cached(resources: &[Resource], group: &str, version: &str) -> Option<(Arc<Value>, String)> {
+    static CACHE: OnceLock<Mutex<HashMap<String, Cached>>> = OnceLock::new();
+    let mine: Vec<&Resource> = resources.iter().filter(|r| r.group == group && r.version == version).collect();
+    let signature = format!("{mine:?}");
+    let gv = format!("{group}/{version}");
+    let cache = CACHE.get_or_init(Default::default);
+    if let Ok(c) = cache.lock() {
+        if let Some((sig, doc, h)) = c.get(&gv) {
+            if *sig == signature {
+                return Some((doc.clone(), h.clone()));
+            }
+        }
+    }
+    let doc = Arc::new(document(resources, group, version)?);
+    let h = hash(&doc);
+    if let Ok(mut c) = cache.lock() {
+        c.insert(gv, (signature, doc.clone(), h.clone()));
+    }
+    Some((doc, h))
 }
 
 /// `/openapi/v3`: every group/version with the URL (and content hash) of its document.
@@ -109,8 +141,8 @@ pub(crate) fn index(resources: &[Resource]) -> Value {
         if paths.contains_key(&p) {
             continue;
         }
-        if let Some(doc) = document(resources, &r.group, &r.version) {
-            paths.insert(p.clone(), json!({"serverRelativeURL": format!("/openapi/v3/{p}?hash={}", hash(&doc))}));
+        if let Some((_, h)) = cached(resources, &r.group, &r.version) {
+            paths.insert(p.clone(), json!({"serverRelativeURL": format!("/openapi/v3/{p}?hash={h}")}));
         }
     }
     json!({"paths": paths})
@@ -136,5 +168,8 @@ mod tests {
             .unwrap()
             .iter()
             .any(|p| p["name"] == "fieldValidation" && p["in"] == "query"));
+        let spec = &doc["components"]["schemas"]["io.k8s.api.apps.v1.DeploymentSpec"];
+        assert_eq!(spec["properties"]["paused"]["type"], "boolean");
+        assert!(doc["components"]["schemas"]["io.k8s.api.core.v1.PodSpec"].is_object());
     }
 }

@@ -12,7 +12,7 @@ use tracing::debug;
 
 use super::crud::{self, json_response, Ctx, PatchKind};
 use super::status::ApiError;
-use super::{discovery, exec, namespace, openapi, pod, registry, scale, watch, ApiState};
+use super::{discovery, exec, namespace, openapi, pod, portforward, registry, scale, watch, ApiState};
 
 fn header_str(h: &HeaderMap, name: header::HeaderName) -> String {
     h.get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string()
@@ -26,6 +26,7 @@ fn ok(v: Value) -> Result<Response, ApiError> {
 pub(crate) async fn dispatch(state: Arc<ApiState>, authenticated: bool, req: Request<Body>) -> Response {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
+    let authenticated = authenticated || super::tokens::authenticate(&state.objects, req.headers()).await;
     let result = if authenticated { route(state, req).await } else { Err(ApiError::unauthorized()) };
     match result {
         Ok(r) => {
@@ -49,8 +50,23 @@ async fn route(state: Arc<ApiState>, req: Request<Body>) -> Result<Response, Api
         [h, ..] if get && ["healthz", "livez", "readyz"].contains(h) => {
             Ok((StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], "ok").into_response())
         }
-        ["api"] if get => ok(discovery::api_versions()),
-        ["apis"] if get => ok(discovery::api_group_list(&registry::all(&state.objects).await?)),
+        ["api" | "apis"] if get => {
+            let core = segs[0] == "api";
+            let all = registry::all(&state.objects).await?;
+            match discovery::aggregated_version(&header_str(req.headers(), header::ACCEPT)) {
+                Some(v) => Ok((
+                    StatusCode::OK,
+                    [
+                        (header::CONTENT_TYPE, discovery::aggregated_content_type(v)),
+                        (header::VARY, "Accept".to_string()),
+                    ],
+                    discovery::aggregated(&all, core, v).to_string(),
+                )
+                    .into_response()),
+                None if core => ok(discovery::api_versions()),
+                None => ok(discovery::api_group_list(&all)),
+            }
+        }
         ["apis", g] if get => discovery::api_group(&registry::all(&state.objects).await?, g)
             .map(ok)
             .unwrap_or_else(|| Err(ApiError::path_not_found())),
@@ -71,9 +87,9 @@ async fn route(state: Arc<ApiState>, req: Request<Body>) -> Result<Response, Api
 }
 
 async fn openapi_doc(state: &ApiState, group: &str, version: &str) -> Result<Response, ApiError> {
-    let doc = openapi::document(&registry::all(&state.objects).await?, group, version)
-        .ok_or_else(ApiError::path_not_found)?;
-    ok(doc)
+    let (doc, _) =
+        openapi::cached(&registry::all(&state.objects).await?, group, version).ok_or_else(ApiError::path_not_found)?;
+    Ok(json_response(StatusCode::OK, &doc))
 }
 
 /// Most of an oversized body is still read (and dropped) before the 413, so that a client still
@@ -194,6 +210,26 @@ async fn resource(
         let (parts, _) = req.into_parts();
         return exec::serve(parts, streams, pod, opts, attach).await;
     }
+    if let (Some("portforward"), Some(name)) = (target.sub.as_deref(), target.name.as_deref()) {
+        if !matches!(method, Method::GET | Method::POST) {
+            return Err(ApiError::method_not_allowed(format!(
+                "the server does not allow this method on the requested resource ({method})"
+            )));
+        }
+        let pod = state
+            .objects
+            .get(&res, target.ns.as_deref(), name)
+            .await
+            .map_err(|e| ApiError::from_objects(e, &res, name))?
+            .ok_or_else(|| ApiError::not_found(&res, name))?;
+        if let Some(phase @ ("Succeeded" | "Failed")) = pod["status"]["phase"].as_str() {
+            return Err(ApiError::bad_request(format!(
+                "cannot forward ports of a completed pod; current phase is {phase}"
+            )));
+        }
+        let streams = state.streams.clone().ok_or_else(|| ApiError::unavailable("node agent not available"))?;
+        return portforward::serve(req, streams, pod, state.shutdown.clone()).await;
+    }
     let query: HashMap<String, String> =
         Query::<HashMap<String, String>>::try_from_uri(req.uri()).map(|q| q.0).unwrap_or_default();
     let accept = header_str(req.headers(), header::ACCEPT);
@@ -222,11 +258,6 @@ async fn resource(
         (Method::POST, true, Some("binding")) => Ok(json_response(StatusCode::CREATED, &pod::bind(&ctx).await?)),
         (Method::POST, true, Some("eviction")) => crud::delete(&ctx).await,
         (Method::PUT, true, Some("finalize")) => ok(namespace::finalize(&ctx).await?),
-        (_, true, Some("portforward")) => {
-            let name = ctx.name()?;
-            ctx.get_existing(name).await?;
-            Err(ApiError::unavailable("port-forward is not served by this API server yet"))
-        }
         _ => Err(ApiError::method_not_allowed(format!(
             "the server does not allow this method on the requested resource ({method})"
         ))),

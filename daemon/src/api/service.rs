@@ -202,6 +202,27 @@ pub(crate) async fn release(objects: &Objects, keys: &[String]) {
     }
 }
 
+/// Creates a Service the cluster itself owns (the `kubernetes` Service): defaulted and with its
+/// addresses claimed exactly as a Service created through the API.
+pub(crate) async fn create_system(objects: &Objects, mut obj: Value) -> Result<Value, ApiError> {
+    let res = super::registry::builtin("", "services");
+    let ns = obj["metadata"]["namespace"].as_str().unwrap_or("default").to_string();
+    let name = obj["metadata"]["name"].as_str().unwrap_or_default().to_string();
+    default(&mut obj, None);
+    let causes = validate(&obj);
+    if !causes.is_empty() {
+        return Err(ApiError::invalid(&res, &name, causes));
+    }
+    let claimed = allocate(objects, &mut obj, None).await?;
+    match objects.create(&res, Some(&ns), obj).await {
+        Ok(created) => Ok(created),
+        Err(e) => {
+            release(objects, &claimed).await;
+            Err(ApiError::from_objects(e, &res, &name))
+        }
+    }
+}
+
 /// The allocation keys a stored Service holds.
 pub(crate) fn held_keys(obj: &Value) -> Vec<String> {
     let mut keys = Vec::new();

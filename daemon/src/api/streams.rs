@@ -33,6 +33,16 @@ pub enum StreamError {
     /// 503: the node that runs the pod cannot be reached.
     #[error("node agent not available: {0}")]
     Unavailable(String),
+    /// The port of the pod refused the connection (reported on the port-forward error stream).
+    #[error("error forwarding port {port} to pod {pod}: {reason}")]
+    ConnectPort { pod: String, port: u16, reason: String },
+}
+
+/// Both directions of a connection to a port of a pod (`pods/portforward`). Shutting down
+/// `write` half-closes the connection; `read` ends when the pod side closes.
+pub struct PortConnection {
+    pub read: Box<dyn tokio::io::AsyncRead + Send + Unpin>,
+    pub write: Box<dyn tokio::io::AsyncWrite + Send + Unpin>,
 }
 
 /// `pods/exec` and `pods/attach` options, as kubectl sends them.
@@ -76,8 +86,47 @@ pub trait PodStreams: Send + Sync {
     }
 
     /// Attaches to the container's main process; resolves when it ends (or stdin closes).
+    ///
+    /// The default attaches to the output only: it follows the container's log from now on
+    /// (stdout and stderr both arrive on `stdout`). Writing to the process' stdin needs the
+    /// runtime to keep it open, which the default cannot do: a request with `stdin` is refused.
     fn attach(&self, pod: &Value, opts: ExecOptions, io: ExecIo) -> BoxFuture<'static, Result<i32, StreamError>> {
-        let _ = (pod, opts, io);
-        Box::pin(async { Err(StreamError::Unavailable("attach is not supported by this node agent".into())) })
+        if opts.stdin {
+            return Box::pin(async {
+                Err(StreamError::Unavailable(
+                    "attaching to the stdin of a container is not supported by this node agent; \
+                     attach without -i to follow its output"
+                        .into(),
+                ))
+            });
+        }
+        let logs = LogOptions {
+            container: Some(opts.container.clone()),
+            follow: true,
+            tail_lines: Some(0),
+            ..LogOptions::default()
+        };
+        let stream = self.logs(pod, logs);
+        Box::pin(async move {
+            use futures::StreamExt;
+            let mut stream = stream.await?;
+            while let Some(chunk) = stream.next().await {
+                match chunk {
+                    Ok(b) => {
+                        if io.stdout.send(b).await.is_err() {
+                            break;
+                        }
+                    }
+                    Err(e) => return Err(StreamError::Unavailable(format!("reading the container output: {e}"))),
+                }
+            }
+            Ok(0)
+        })
+    }
+
+    /// Connects to `port` of the pod (on the node that runs it).
+    fn port_forward(&self, pod: &Value, port: u16) -> BoxFuture<'static, Result<PortConnection, StreamError>> {
+        let _ = (pod, port);
+        Box::pin(async { Err(StreamError::Unavailable("port-forward is not supported by this node agent".into())) })
     }
 }
