@@ -1,8 +1,10 @@
 //! CronJob: creates a Job named `<cronjob>-<scheduled unix minutes>` at each scheduled time
 //! (deterministic, so a new leader never starts a run twice). Standard 5-field schedules and the
 //! @-macros, `timeZone` (and `CRON_TZ=`/`TZ=` prefixes), concurrencyPolicy Allow/Forbid/Replace,
-//! startingDeadlineSeconds, suspend and the history limits. After downtime only the most recent
-//! missed run is started, and none if more than 100 were missed (as Kubernetes does).
+//! startingDeadlineSeconds, suspend and the history limits. After downtime (of the whole
+//! cluster: `status.lastScheduleTime` is in the store) only the most recent missed run is
+//! started, if it is still within startingDeadlineSeconds; more than 100 missed runs also raise a
+//! `TooManyMissedTimes` warning, as Kubernetes' controller does.
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -173,6 +175,48 @@ impl Schedule {
     }
 }
 
+/// How many scheduled times lie in (`earliest`, `now`] (counted up to 101) and the latest one.
+pub(crate) fn missed_runs(
+    schedule: &Schedule,
+    earliest: jiff::Timestamp,
+    now: jiff::Timestamp,
+) -> (u32, Option<jiff::Timestamp>) {
+    let mut missed = 0;
+    let mut latest = None;
+    let mut t = earliest;
+    while let Some(n) = schedule.next_after(t) {
+        if n > now {
+            return (missed, latest);
+        }
+        missed += 1;
+        latest = Some(n);
+        t = n;
+        if missed > 100 {
+            break;
+        }
+    }
+    // Many missed: find the latest without walking through all of them, from ever wider
+    // windows before `now`.
+    for days in [0i64, 1, 32, 367, 2930] {
+        let window =
+            if days == 0 { jiff::SignedDuration::from_hours(1) } else { jiff::SignedDuration::from_hours(24 * days) };
+        let from = now.checked_sub(window).unwrap_or(t).max(t);
+        let mut x = from;
+        let mut last = None;
+        while let Some(n) = schedule.next_after(x) {
+            if n > now {
+                break;
+            }
+            last = Some(n);
+            x = n;
+        }
+        if last.is_some() {
+            return (missed, last);
+        }
+    }
+    (missed, latest)
+}
+
 fn job_finished(job: &Value) -> Option<(&str, Option<jiff::Timestamp>)> {
     job["status"]["conditions"].as_array()?.iter().find_map(|c| {
         let t = c["type"].as_str()?;
@@ -253,20 +297,7 @@ pub(crate) async fn reconcile(key: ObjKey, ctx: Arc<Context>) -> Result<Action> 
             earliest = floor;
         }
     }
-    let mut missed = 0;
-    let mut latest: Option<jiff::Timestamp> = None;
-    let mut t = earliest;
-    while let Some(n) = schedule.next_after(t) {
-        if n > now_t {
-            break;
-        }
-        missed += 1;
-        latest = Some(n);
-        t = n;
-        if missed > 100 {
-            break;
-        }
-    }
+    let (missed, latest) = missed_runs(&schedule, earliest, now_t);
     let next = schedule.next_after(now_t);
     let requeue =
         next.map(|n| Action::requeue(elapsed(now_t, n) + Duration::from_millis(100))).unwrap_or(Action::await_change());
@@ -280,12 +311,9 @@ pub(crate) async fn reconcile(key: ObjKey, ctx: Arc<Context>) -> Result<Action> 
                 COMPONENT,
                 &cj,
                 "TooManyMissedTimes",
-                "too many missed start times: > 100. Set or decrease .spec.startingDeadlineSeconds or check clock skew",
+                "too many missed start times. Set or decrease .spec.startingDeadlineSeconds or check clock skew",
             )
             .await;
-        status.insert("lastScheduleTime".into(), json!(fmt_time(scheduled)));
-        write(&ctx, &cj, status, &active).await?;
-        return Ok(requeue);
     }
     if let Some(sds) = deadline {
         if elapsed(scheduled, now_t) > Duration::from_secs(sds.max(0) as u64) {
@@ -370,6 +398,22 @@ mod tests {
         assert_eq!(s.next_after(ts("2026-03-01T00:00:00Z")), Some(ts("2027-01-01T00:00:00Z")));
         assert!(Schedule::parse("61 * * * *", None).is_none());
         assert!(Schedule::parse("* * *", None).is_none());
+    }
+
+    #[test]
+    fn many_missed_runs_start_the_latest() {
+        let s = Schedule::parse("*/5 * * * *", None).unwrap();
+        // Down for three days: 864 runs missed; the latest is the one to start.
+        let (n, latest) = missed_runs(&s, ts("2026-01-01T00:00:00Z"), ts("2026-01-04T10:03:00Z"));
+        assert!(n > 100);
+        assert_eq!(latest, Some(ts("2026-01-04T10:00:00Z")));
+        let (n, latest) = missed_runs(&s, ts("2026-01-04T09:50:00Z"), ts("2026-01-04T10:03:00Z"));
+        assert_eq!((n, latest), (2, Some(ts("2026-01-04T10:00:00Z"))));
+        // A yearly schedule missed for 150 years still finds its last run.
+        let s = Schedule::parse("@yearly", None).unwrap();
+        let (n, latest) = missed_runs(&s, ts("1900-06-01T00:00:00Z"), ts("2050-06-01T00:00:00Z"));
+        assert!(n > 100);
+        assert_eq!(latest, Some(ts("2050-01-01T00:00:00Z")));
     }
 
     #[test]

@@ -2,6 +2,17 @@
 //! `parallelism`; a work queue (no `completions`: done when one pod succeeded and none is left
 //! running). Failed pods are kept (as `kubectl get pods` shows them) and counted against
 //! `backoffLimit`; a replacement waits 10 s, doubling per consecutive failure, capped at 6 min.
+//!
+//! `podFailurePolicy` decides per failed pod, first matching rule wins: `FailJob` fails the Job
+//! (reason `PodFailurePolicy`), `Ignore` neither counts the failure against `backoffLimit` nor in
+//! `status.failed`, `Count` counts it, `FailIndex` gives up on the pod's index (Indexed Jobs with
+//! `backoffLimitPerIndex`). Rules match container exit codes (`onExitCodes`, non-zero codes of
+//! terminated containers) or pod conditions (`onPodConditions`, e.g. `DisruptionTarget` of an
+//! evicted or preempted pod). With `backoffLimitPerIndex` each index has its own failure budget:
+//! a failed index is not retried, the Job goes on with the others and ends `Failed` (reason
+//! `FailedIndexes`) once every index has succeeded or failed, or at once when more than
+//! `maxFailedIndexes` failed. `podReplacementPolicy: Failed` creates a replacement only once the
+//! old pod has fully terminated; `status.terminating` counts pods still shutting down.
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -49,8 +60,89 @@ fn finished_at(pod: &Value) -> Option<jiff::Timestamp> {
     })
 }
 
+/// What the Job's podFailurePolicy says about one failed pod.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum FailureVerdict {
+    Count,
+    Ignore,
+    FailIndex,
+    /// The message of the Job's Failed condition.
+    FailJob(String),
+}
+
+/// Terminated, non-zero exit codes of a pod's containers (init containers included).
+fn exit_codes(pod: &Value) -> impl Iterator<Item = (&str, i64)> {
+    ["initContainerStatuses", "containerStatuses"]
+        .into_iter()
+        .flat_map(move |k| pod["status"][k].as_array().into_iter().flatten())
+        .filter_map(|c| Some((c["name"].as_str().unwrap_or(""), c["state"]["terminated"]["exitCode"].as_i64()?)))
+        .filter(|(_, code)| *code != 0)
+}
+
+/// Applies the rules of `spec.podFailurePolicy` to a failed pod, as Kubernetes does.
+pub(crate) fn judge_failure(job: &Value, pod: &Value) -> FailureVerdict {
+    let Some(rules) = job["spec"]["podFailurePolicy"]["rules"].as_array() else { return FailureVerdict::Count };
+    let pod_ref = format!("{}/{}", namespace_of(pod).unwrap_or("default"), name_of(pod));
+    for (i, rule) in rules.iter().enumerate() {
+        let action = rule["action"].as_str().unwrap_or("");
+        let mut matched: Option<String> = None;
+        let codes = &rule["onExitCodes"];
+        if codes.is_object() {
+            let values: Vec<i64> = codes["values"].as_array().into_iter().flatten().filter_map(Value::as_i64).collect();
+            let container = codes["containerName"].as_str();
+            let not_in = codes["operator"].as_str() == Some("NotIn");
+            if let Some((name, code)) = exit_codes(pod)
+                .filter(|(name, _)| container.is_none_or(|c| c == *name))
+                .find(|(_, code)| values.contains(code) != not_in)
+            {
+                matched = Some(format!(
+                    "Container {name} for pod {pod_ref} failed with exit code {code} matching {action} rule at index {i}"
+                ));
+            }
+        }
+        if matched.is_none() {
+            for pc in rule["onPodConditions"].as_array().into_iter().flatten() {
+                let t = pc["type"].as_str().unwrap_or("");
+                let want = pc["status"].as_str().unwrap_or("True");
+                if pod_condition(pod, t).is_some_and(|c| c["status"].as_str() == Some(want)) {
+                    matched = Some(format!("Pod {pod_ref} has condition {t} matching {action} rule at index {i}"));
+                    break;
+                }
+            }
+        }
+        let Some(msg) = matched else { continue };
+        return match action {
+            "FailJob" => FailureVerdict::FailJob(msg),
+            "Ignore" => FailureVerdict::Ignore,
+            "FailIndex" => FailureVerdict::FailIndex,
+            _ => FailureVerdict::Count,
+        };
+    }
+    FailureVerdict::Count
+}
+
 fn pod_index(pod: &Value) -> Option<i64> {
     pod["metadata"]["annotations"][INDEX_ANNOTATION].as_str()?.parse().ok()
+}
+
+/// The indexes of "1,3-5".
+fn parse_indexes(s: &str) -> BTreeSet<i64> {
+    let mut out = BTreeSet::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        match part.split_once('-') {
+            Some((a, b)) => {
+                if let (Ok(a), Ok(b)) = (a.parse::<i64>(), b.parse::<i64>()) {
+                    out.extend(a..=b.min(a + 100_000));
+                }
+            }
+            None => {
+                if let Ok(i) = part.parse() {
+                    out.insert(i);
+                }
+            }
+        }
+    }
+    out
 }
 
 /// "1,3-5" from a set of indexes.
@@ -83,7 +175,17 @@ pub(crate) async fn reconcile(key: ObjKey, ctx: Arc<Context>) -> Result<Action> 
         util::list(&ctx.objects, &k.pods, key.ns()).await?.into_iter().filter(|p| controlled_by(p, &uid)).collect();
     let active: Vec<&Value> = pods.iter().filter(|p| pod_is_active(p)).collect();
     let succeeded_pods: Vec<&Value> = pods.iter().filter(|p| pod_phase(p) == "Succeeded").collect();
-    let failed_pods: Vec<&Value> = pods.iter().filter(|p| pod_phase(p) == "Failed").collect();
+    let terminating = pods.iter().filter(|p| is_deleting(p) && !matches!(pod_phase(p), "Succeeded" | "Failed")).count();
+    let mut failed_pods: Vec<&Value> = pods.iter().filter(|p| pod_phase(p) == "Failed").collect();
+    failed_pods.sort_by_key(|p| (finished_at(p), name_of(p).to_string()));
+    // podFailurePolicy: ignored failures are not counted at all.
+    let verdicts: Vec<FailureVerdict> = failed_pods.iter().map(|p| judge_failure(&job, p)).collect();
+    let fail_job = verdicts.iter().find_map(|v| match v {
+        FailureVerdict::FailJob(m) => Some(m.clone()),
+        _ => None,
+    });
+    let failed_pods: Vec<&Value> =
+        failed_pods.into_iter().zip(&verdicts).filter(|(_, v)| **v != FailureVerdict::Ignore).map(|(p, _)| p).collect();
     // Counts never go down, even if finished pods are removed by hand.
     let succeeded = (succeeded_pods.len() as i64).max(job["status"]["succeeded"].as_i64().unwrap_or(0));
     let failed = (failed_pods.len() as i64).max(job["status"]["failed"].as_i64().unwrap_or(0));
@@ -119,14 +221,55 @@ pub(crate) async fn reconcile(key: ObjKey, ctx: Arc<Context>) -> Result<Action> 
     let start = start.unwrap_or(now_t);
 
     let succeeded_indexes: BTreeSet<i64> = succeeded_pods.iter().filter_map(|p| pod_index(p)).collect();
+    // Indexes given up on (backoffLimitPerIndex): too many failures, or a FailIndex rule.
+    let per_index = job["spec"]["backoffLimitPerIndex"].as_i64().filter(|_| indexed);
+    let mut failed_indexes: BTreeSet<i64> = BTreeSet::new();
+    if let Some(limit) = per_index {
+        let mut per: std::collections::BTreeMap<i64, i64> = Default::default();
+        for (p, v) in pods.iter().filter(|p| pod_phase(p) == "Failed").zip(&verdicts) {
+            let Some(i) = pod_index(p) else { continue };
+            if succeeded_indexes.contains(&i) {
+                continue;
+            }
+            match v {
+                FailureVerdict::Ignore => {}
+                FailureVerdict::FailIndex => {
+                    failed_indexes.insert(i);
+                }
+                _ => *per.entry(i).or_insert(0) += 1,
+            }
+        }
+        failed_indexes.extend(per.into_iter().filter(|(_, n)| *n > limit).map(|(i, _)| i));
+        if let Some(prev) = job["status"]["failedIndexes"].as_str() {
+            failed_indexes.extend(parse_indexes(prev).into_iter().filter(|i| !succeeded_indexes.contains(i)));
+        }
+    }
     let mut failure: Option<(&str, String)> = None;
     let complete = match completions {
-        Some(c) if indexed => succeeded_indexes.len() as i64 >= c,
+        Some(c) if indexed => {
+            succeeded_indexes.len() as i64 >= c
+                || (!failed_indexes.is_empty() && (succeeded_indexes.len() + failed_indexes.len()) as i64 >= c)
+        }
         Some(c) => succeeded >= c,
         None => succeeded > 0 && active.is_empty(),
     };
-    if !complete {
-        if failed > backoff_limit {
+    // All indexes done, some of them failed: the Job failed.
+    let complete = if complete && !failed_indexes.is_empty() {
+        failure = Some(("FailedIndexes", "Job has failed indexes".into()));
+        false
+    } else {
+        complete
+    };
+    if !complete && failure.is_none() {
+        let max_failed_indexes = job["spec"]["maxFailedIndexes"].as_i64();
+        if let Some(msg) = fail_job {
+            failure = Some(("PodFailurePolicy", msg));
+        } else if max_failed_indexes.is_some_and(|m| failed_indexes.len() as i64 > m) {
+            failure = Some((
+                "MaxFailedIndexesExceeded",
+                "Job has exceeded the specified maximal number of failed indexes".into(),
+            ));
+        } else if per_index.is_none() && failed > backoff_limit {
             failure = Some(("BackoffLimitExceeded", "Job has reached the specified backoff limit".into()));
         } else if let Some(ads) = job["spec"]["activeDeadlineSeconds"].as_u64() {
             if !suspended && elapsed(start, now_t) >= Duration::from_secs(ads) {
@@ -147,11 +290,14 @@ pub(crate) async fn reconcile(key: ObjKey, ctx: Arc<Context>) -> Result<Action> 
         let wanted = match completions {
             None if succeeded > 0 => 0,
             None => parallelism,
-            Some(c) if indexed => parallelism.min(c - succeeded_indexes.len() as i64),
+            Some(c) if indexed => parallelism.min(c - (succeeded_indexes.len() + failed_indexes.len()) as i64),
             Some(c) => parallelism.min(c - succeeded),
         }
         .max(0);
-        let missing = wanted - active.len() as i64;
+        // podReplacementPolicy Failed: a pod still shutting down holds its slot.
+        let holding =
+            if job["spec"]["podReplacementPolicy"].as_str() == Some("Failed") { terminating as i64 } else { 0 };
+        let missing = wanted - active.len() as i64 - holding;
         if missing > 0 {
             // Back-off after failures: counted since the last success.
             let last_success = succeeded_pods.iter().filter_map(|p| finished_at(p)).max();
@@ -172,8 +318,9 @@ pub(crate) async fn reconcile(key: ObjKey, ctx: Arc<Context>) -> Result<Action> 
                 action = Action::requeue(wait + Duration::from_millis(20));
             } else {
                 let active_indexes: BTreeSet<i64> = active.iter().filter_map(|p| pod_index(p)).collect();
-                let mut free_indexes = (0..completions.unwrap_or(0))
-                    .filter(|i| !succeeded_indexes.contains(i) && !active_indexes.contains(i));
+                let mut free_indexes = (0..completions.unwrap_or(0)).filter(|i| {
+                    !succeeded_indexes.contains(i) && !active_indexes.contains(i) && !failed_indexes.contains(i)
+                });
                 for _ in 0..missing {
                     let mut pod = pod_from_template(&job["spec"]["template"], &job, &format!("{}-", key.name));
                     let labels = &mut pod["metadata"]["labels"];
@@ -264,6 +411,12 @@ pub(crate) async fn reconcile(key: ObjKey, ctx: Arc<Context>) -> Result<Action> 
     if indexed {
         status.insert("completedIndexes".into(), json!(format_indexes(&succeeded_indexes)));
     }
+    if per_index.is_some() {
+        status.insert("failedIndexes".into(), json!(format_indexes(&failed_indexes)));
+    }
+    if job["spec"]["podReplacementPolicy"].is_string() {
+        status.insert("terminating".into(), json!(terminating));
+    }
     if !conds.is_empty() {
         status.insert("conditions".into(), Value::Array(conds));
     }
@@ -279,5 +432,45 @@ mod tests {
     fn indexes_are_ranges() {
         let s: BTreeSet<i64> = [0, 1, 2, 4, 6, 7].into_iter().collect();
         assert_eq!(format_indexes(&s), "0-2,4,6-7");
+    }
+}
+
+#[cfg(test)]
+mod policy_tests {
+    use serde_json::json;
+
+    use super::{judge_failure, parse_indexes, FailureVerdict};
+
+    #[test]
+    fn rules_match_exit_codes_and_conditions_in_order() {
+        let job = json!({"spec": {"podFailurePolicy": {"rules": [
+            {"action": "FailJob", "onExitCodes": {"containerName": "main", "operator": "In", "values": [42]}},
+            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+            {"action": "FailIndex", "onExitCodes": {"operator": "NotIn", "values": [1, 2]}},
+        ]}}});
+        let failed = |code: i64, name: &str, conds: serde_json::Value| {
+            json!({"metadata": {"name": "p", "namespace": "ns"}, "status": {"phase": "Failed", "conditions": conds,
+                "containerStatuses": [{"name": name, "state": {"terminated": {"exitCode": code}}}]}})
+        };
+        assert_eq!(
+            judge_failure(&job, &failed(42, "main", json!([]))),
+            FailureVerdict::FailJob(
+                "Container main for pod ns/p failed with exit code 42 matching FailJob rule at index 0".into()
+            )
+        );
+        // Another container with 42: the FailJob rule names "main" only; NotIn [1,2] matches.
+        assert_eq!(judge_failure(&job, &failed(42, "side", json!([]))), FailureVerdict::FailIndex);
+        let evicted = failed(137, "main", json!([{"type": "DisruptionTarget", "status": "True"}]));
+        assert_eq!(judge_failure(&job, &evicted), FailureVerdict::Ignore);
+        assert_eq!(judge_failure(&job, &failed(1, "main", json!([]))), FailureVerdict::Count);
+        // Exit code 0 never matches, not even NotIn.
+        assert_eq!(judge_failure(&job, &failed(0, "main", json!([]))), FailureVerdict::Count);
+        assert_eq!(judge_failure(&json!({"spec": {}}), &failed(42, "main", json!([]))), FailureVerdict::Count);
+    }
+
+    #[test]
+    fn indexes_parse_back() {
+        assert_eq!(parse_indexes("0-2,4,6-7").into_iter().collect::<Vec<_>>(), vec![0, 1, 2, 4, 6, 7]);
+        assert!(parse_indexes("").is_empty());
     }
 }

@@ -16,6 +16,7 @@ use std::time::Duration;
 use shoal_kube::{resources, Objects, Resource};
 use tokio_util::sync::CancellationToken;
 
+pub(crate) mod apiservice;
 pub(crate) mod cronjob;
 pub(crate) mod daemonset;
 pub(crate) mod deployment;
@@ -33,6 +34,7 @@ pub(crate) mod runner;
 pub(crate) mod serviceaccount;
 pub(crate) mod statefulset;
 pub(crate) mod util;
+pub(crate) mod volumes;
 
 #[cfg(test)]
 pub(crate) mod tests;
@@ -233,6 +235,8 @@ impl ControllerManager {
             nodelifecycle::spec(&ctx.kinds),
             pdb::spec(&ctx.kinds),
             hpa::spec(&ctx.kinds),
+            volumes::spec(&ctx.kinds),
+            apiservice::spec(&ctx.kinds),
         ];
         let tracker = tokio_util::task::TaskTracker::new();
         for spec in specs {

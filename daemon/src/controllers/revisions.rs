@@ -9,7 +9,7 @@ use super::util::{self, *};
 use super::{Context, Result};
 
 /// The template a revision records.
-fn recorded_template(cr: &Value) -> Value {
+pub(crate) fn recorded_template(cr: &Value) -> Value {
     let mut t = cr["data"]["spec"]["template"].clone();
     if let Some(o) = t.as_object_mut() {
         o.remove("$patch");

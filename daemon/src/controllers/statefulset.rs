@@ -78,6 +78,18 @@ pub(crate) async fn reconcile(key: ObjKey, ctx: Arc<Context>) -> Result<Action> 
     pods.retain(|_, p| pod_phase(p) != "Failed");
 
     let healthy = |p: &Value| pod_is_ready(p) && !is_deleting(p);
+    // Under a partitioned RollingUpdate, ordinals below the partition are (re)created from the
+    // current revision, as Kubernetes does; the others from the update revision.
+    let strategy = sts["spec"]["updateStrategy"]["type"].as_str().unwrap_or("RollingUpdate");
+    let partition = sts["spec"]["updateStrategy"]["rollingUpdate"]["partition"].as_i64().unwrap_or(0);
+    let mut current: Option<(String, Value)> = None;
+    if let Some(rev) = sts["status"]["currentRevision"].as_str().filter(|r| *r != update_revision && partition > 0) {
+        if strategy == "RollingUpdate" {
+            if let Some(cr) = util::get(&ctx.objects, &k.controllerrevisions, key.ns(), rev).await? {
+                current = Some((rev.to_string(), super::revisions::recorded_template(&cr)));
+            }
+        }
+    }
     // Create missing ordinals.
     for i in 0..replicas {
         if pods.contains_key(&i) {
@@ -88,6 +100,10 @@ pub(crate) async fn reconcile(key: ObjKey, ctx: Arc<Context>) -> Result<Action> 
         }
         let pod_name = format!("{name}-{i}");
         ensure_claims(&ctx, &sts, i).await?;
+        let (template, revision) = match &current {
+            Some((rev, t)) if i < partition => (t, rev),
+            _ => (template, &update_revision),
+        };
         let mut pod = pod_from_template(template, &sts, "");
         if let Some(m) = pod["metadata"].as_object_mut() {
             m.remove("generateName");
@@ -98,7 +114,7 @@ pub(crate) async fn reconcile(key: ObjKey, ctx: Arc<Context>) -> Result<Action> 
         }
         pod["metadata"]["labels"][POD_NAME_LABEL] = json!(pod_name);
         pod["metadata"]["labels"][POD_INDEX_LABEL] = json!(i.to_string());
-        pod["metadata"]["labels"][REVISION_LABEL] = json!(update_revision);
+        pod["metadata"]["labels"][REVISION_LABEL] = json!(revision);
         pod["spec"]["hostname"] = json!(pod_name);
         if let Some(svc) = sts["spec"]["serviceName"].as_str().filter(|s| !s.is_empty()) {
             pod["spec"]["subdomain"] = json!(svc);
@@ -159,9 +175,7 @@ pub(crate) async fn reconcile(key: ObjKey, ctx: Arc<Context>) -> Result<Action> 
     }
 
     // Rolling update from the highest ordinal down to the partition, one at a time.
-    let strategy = sts["spec"]["updateStrategy"]["type"].as_str().unwrap_or("RollingUpdate");
     if strategy == "RollingUpdate" {
-        let partition = sts["spec"]["updateStrategy"]["rollingUpdate"]["partition"].as_i64().unwrap_or(0);
         let all_ready = pods.len() as i64 == replicas && pods.values().all(healthy);
         if all_ready {
             if let Some((_, p)) = pods.iter().rev().find(|(i, p)| {

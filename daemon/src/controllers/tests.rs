@@ -974,6 +974,18 @@ async fn statefulset_rolling_update_respects_partition() {
     .await;
     let s = c.get("apps", "statefulsets", "db").await.unwrap();
     assert_ne!(s["status"]["currentRevision"], s["status"]["updateRevision"]);
+    // db-0, below the partition, deleted by hand comes back at the current revision.
+    let db0 = c.get("", "pods", "db-0").await.unwrap();
+    c.objects.delete(&res("", "pods"), Some("default"), "db-0", Preconditions::default()).await.unwrap();
+    eventually("db-0 back at db:1", || async {
+        c.get("", "pods", "db-0").await.is_some_and(|p| {
+            p["metadata"]["uid"] != db0["metadata"]["uid"]
+                && pod_phase(&p) == "Running"
+                && p["spec"]["containers"][0]["image"] == "db:1"
+                && p["metadata"]["labels"]["controller-revision-hash"] == s["status"]["currentRevision"]
+        })
+    })
+    .await;
     c.stop().await;
 }
 
@@ -1093,5 +1105,82 @@ async fn a_settled_cluster_writes_nothing() {
         }
     }
     assert_eq!(quiet_rounds, 4, "the store kept changing");
+    c.stop().await;
+}
+
+fn job_condition(j: &Value, type_: &str) -> Option<Value> {
+    j["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == type_ && c["status"] == "True").cloned()
+}
+
+#[tokio::test]
+async fn pod_failure_policy_fail_job_stops_at_the_first_matching_exit_code() {
+    let agent = Agent::Dice { fail: 100, seen: Arc::new(AtomicUsize::new(0)) };
+    let c = Cluster::start(&["n1"], fast(), agent).await;
+    let mut job = yaml(JOB_PARALLEL);
+    job["spec"]["parallelism"] = json!(1);
+    job["spec"]["podFailurePolicy"] = json!({"rules": [
+        {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+        {"action": "FailJob", "onExitCodes": {"operator": "In", "values": [1, 42]}},
+    ]});
+    c.objects.create(&res("batch", "jobs"), Some("default"), job).await.unwrap();
+    eventually("job failed by its policy", || async {
+        let j = c.get("batch", "jobs", "throw-dice-job").await.unwrap();
+        job_condition(&j, "Failed").is_some_and(|c| c["reason"] == "PodFailurePolicy")
+    })
+    .await;
+    let j = c.get("batch", "jobs", "throw-dice-job").await.unwrap();
+    assert_eq!(j["status"]["failed"], 1, "no retry after FailJob although backoffLimit is 25");
+    let msg = job_condition(&j, "Failed").unwrap()["message"].as_str().unwrap().to_string();
+    assert!(
+        msg.starts_with("Container c for pod default/throw-dice-job-")
+            && msg.ends_with("failed with exit code 1 matching FailJob rule at index 1"),
+        "{msg}"
+    );
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn pod_failure_policy_ignore_does_not_count_against_the_backoff_limit() {
+    let agent = Agent::Dice { fail: 3, seen: Arc::new(AtomicUsize::new(0)) };
+    let c = Cluster::start(&["n1"], fast(), agent).await;
+    let mut job = yaml(JOB_PARALLEL);
+    job["spec"]["backoffLimit"] = json!(0);
+    job["spec"]["podFailurePolicy"] = json!({"rules": [
+        {"action": "Ignore", "onExitCodes": {"containerName": "c", "operator": "In", "values": [1]}},
+    ]});
+    c.objects.create(&res("batch", "jobs"), Some("default"), job).await.unwrap();
+    eventually("job complete", || async {
+        let j = c.get("batch", "jobs", "throw-dice-job").await.unwrap();
+        job_condition(&j, "Complete").is_some()
+    })
+    .await;
+    let j = c.get("batch", "jobs", "throw-dice-job").await.unwrap();
+    assert_eq!(j["status"]["succeeded"], 3);
+    assert!(j["status"]["failed"].is_null(), "ignored failures are not counted: {}", j["status"]);
+    assert_eq!(c.pods().await.iter().filter(|p| pod_phase(p) == "Failed").count(), 3);
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn backoff_limit_per_index_gives_up_on_failed_indexes_only() {
+    let agent = Agent::Dice { fail: 1, seen: Arc::new(AtomicUsize::new(0)) };
+    let c = Cluster::start(&["n1"], fast(), agent).await;
+    let mut job = yaml(JOB_PARALLEL);
+    job["spec"]["completionMode"] = json!("Indexed");
+    job["spec"]["parallelism"] = json!(1);
+    job["spec"]["backoffLimitPerIndex"] = json!(0);
+    job["spec"]["podReplacementPolicy"] = json!("Failed");
+    c.objects.create(&res("batch", "jobs"), Some("default"), job).await.unwrap();
+    eventually("job failed with one failed index", || async {
+        let j = c.get("batch", "jobs", "throw-dice-job").await.unwrap();
+        job_condition(&j, "Failed").is_some_and(|c| c["reason"] == "FailedIndexes")
+    })
+    .await;
+    let j = c.get("batch", "jobs", "throw-dice-job").await.unwrap();
+    // The first pod (index 0) failed and was not retried; the other indexes ran to success.
+    assert_eq!(j["status"]["failedIndexes"], "0");
+    assert_eq!(j["status"]["completedIndexes"], "1-2");
+    assert_eq!(j["status"]["terminating"], 0);
+    assert_eq!(c.pods().await.len(), 3);
     c.stop().await;
 }

@@ -1,8 +1,10 @@
 //! The node agent: runs the Pods bound to this node with the runtime and images crates, and
 //! writes back the status kubectl shows. It reads the local replica (no cache of its own),
 //! re-adopts running containers after a restart, and writes status only when it changes.
+pub mod blobs;
 mod env;
 mod events;
+pub mod eviction;
 pub mod logs;
 pub mod metrics;
 pub mod network;
@@ -10,6 +12,8 @@ mod pod;
 mod probes;
 pub mod spec;
 mod streams;
+pub mod token;
+mod volumes;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr};
@@ -69,6 +73,16 @@ pub(crate) struct Agent {
     pub device_owners: std::sync::Mutex<HashMap<PathBuf, String>>,
     /// Per pod uid: what the agent knows of it.
     pub state: Mutex<HashMap<String, Arc<Mutex<PodState>>>>,
+    /// Signs the pods' ServiceAccount tokens (the cluster CA key); None where the data dir
+    /// holds no cluster secrets, and then pods get no token.
+    pub signer: Option<token::Signer>,
+    /// The cluster CA certificate, the `ca.crt` of the ServiceAccount volume.
+    pub ca_crt: Option<String>,
+    /// Node-pressure eviction: thresholds, where the signals come from, and the pressure
+    /// seen (with the conditions it holds).
+    pub eviction: eviction::EvictionConfig,
+    pub node_stats: Arc<dyn eviction::NodeStats>,
+    pub pressure: std::sync::Mutex<(eviction::Pressure, Vec<eviction::Resource>)>,
 }
 
 pub(crate) fn res(plural: &str) -> Resource {
@@ -128,9 +142,16 @@ pub struct NodeAgent {
 impl NodeAgent {
     /// Prepares images, the runtime and the pod network of this node.
     pub async fn start(cfg: AgentConfig) -> Result<NodeAgent, AgentError> {
+        NodeAgent::start_with_shim(cfg, shoal_runtime::ShimCommand::default()).await
+    }
+
+    /// Like [`NodeAgent::start`], with the command that runs the container shims (the
+    /// default re-executes the running binary, which a test binary cannot serve).
+    pub async fn start_with_shim(cfg: AgentConfig, shim: shoal_runtime::ShimCommand) -> Result<NodeAgent, AgentError> {
         let images = shoal_images::ImageStore::open(&cfg.data_dir, shoal_images::Platform::host())?;
         let run_dir = PathBuf::from("/run/shoal").join(&cfg.node_name);
-        let runtime = shoal_runtime::Runtime::new(runtime_config(&cfg.node_name));
+        let runtime =
+            shoal_runtime::Runtime::new(shoal_runtime::RuntimeConfig { shim, ..runtime_config(&cfg.node_name) });
         let subnet = network::claim_subnet(&cfg.store, &cfg.pod_cidr, &cfg.node_name).await?;
         let pod_cidr = cfg.pod_cidr.clone();
         let net = tokio::task::spawn_blocking(move || PodNetwork::setup(subnet, &pod_cidr))
@@ -138,7 +159,17 @@ impl NodeAgent {
             .map_err(|e| AgentError::Pod(format!("network setup task: {e}")))??;
         let log_dir = cfg.data_dir.join("pods");
         let events = events::Recorder::new(cfg.objects.clone(), cfg.node_name.clone());
+        let (signer, ca_crt) = load_token_key(&cfg.data_dir);
+        let node_stats: Arc<dyn eviction::NodeStats> = Arc::new(eviction::LinuxNodeStats {
+            meminfo: PathBuf::from("/proc/meminfo"),
+            data_dir: cfg.data_dir.clone(),
+        });
         let agent = Agent {
+            signer,
+            ca_crt,
+            eviction: eviction::EvictionConfig::default(),
+            node_stats,
+            pressure: std::sync::Mutex::new(Default::default()),
             events,
             devices: Vec::new(),
             device_owners: std::sync::Mutex::new(HashMap::new()),
@@ -161,6 +192,11 @@ impl NodeAgent {
         Arc::new(logs::LocalLogs { log_dir: data_dir.join("pods") })
     }
 
+    /// This node's image store.
+    pub fn images(&self) -> shoal_images::ImageStore {
+        self.agent.images.clone()
+    }
+
     /// Declares the node's devices (config `[node] devices`): advertised as extended resources,
     /// and handed to the pods that request them. Call before [`NodeAgent::run`].
     pub fn with_devices(mut self, devices: Vec<crate::config::DeviceConfig>) -> NodeAgent {
@@ -171,12 +207,33 @@ impl NodeAgent {
         self
     }
 
+    /// Sets the hard eviction thresholds and, for tests, where the node's memory and disk
+    /// signals come from (default: /proc/meminfo and the data dir's filesystem). Call before
+    /// [`NodeAgent::run`].
+    pub fn with_eviction(
+        mut self,
+        config: eviction::EvictionConfig,
+        stats: Option<Arc<dyn eviction::NodeStats>>,
+    ) -> NodeAgent {
+        match Arc::get_mut(&mut self.agent) {
+            Some(a) => {
+                a.eviction = config;
+                if let Some(s) = stats {
+                    a.node_stats = s;
+                }
+            }
+            None => tracing::warn!("eviction settings given after the agent started; ignored"),
+        }
+        self
+    }
+
     /// Runs until `shutdown`. Containers keep running when it stops (their shims own them).
     pub async fn run(self, shutdown: CancellationToken) {
         let agent = self.agent;
         if let Err(e) = register_node(&agent).await {
             tracing::error!(error = %e, "registering the Node object");
         }
+        publish_root_ca(&agent).await;
         // Air-gapped fleets: every tarball dropped in <data-dir>/images/import/ is imported, at
         // start and whenever a new one appears.
         let mut imported = HashMap::new();
@@ -190,6 +247,7 @@ impl NodeAgent {
         let mut routes_tick = tokio::time::interval(Duration::from_secs(5));
         let mut node_tick = tokio::time::interval(Duration::from_secs(30));
         node_tick.tick().await;
+        let mut eviction_tick = tokio::time::interval(agent.eviction.interval.max(Duration::from_millis(100)));
         let workers = tokio_util::task::TaskTracker::new();
         let mut running: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
         loop {
@@ -197,7 +255,12 @@ impl NodeAgent {
                 _ = shutdown.cancelled() => break,
                 _ = tick.tick() => {}
                 _ = routes_tick.tick() => { agent.sync_routes().await; continue; }
-                _ = node_tick.tick() => { agent.refresh_node().await; continue; }
+                _ = node_tick.tick() => {
+                    agent.refresh_node().await;
+                    agent.clean_storage().await;
+                    continue;
+                }
+                _ = eviction_tick.tick() => { agent.check_pressure().await; continue; }
                 _ = import_tick.tick() => {
                     if agent.import_new_tarballs(&mut imported).await {
                         agent.refresh_node().await;
@@ -258,6 +321,113 @@ impl Agent {
         }
     }
 
+    /// Reads the node's signals; reports pressure changes on the Node and, while a signal is
+    /// below its threshold, evicts the first pod in eviction order.
+    async fn check_pressure(self: &Arc<Self>) {
+        let stats = self.node_stats.clone();
+        let Ok(signals) = tokio::task::spawn_blocking(move || stats.signals()).await else { return };
+        let under = eviction::under(&self.eviction, &signals);
+        let changed = match self.pressure.lock() {
+            Ok(mut p) => {
+                let active = p.0.observe(&self.eviction, std::time::Instant::now(), &under);
+                let changed = active != p.1;
+                p.1 = active;
+                changed
+            }
+            Err(_) => false,
+        };
+        if changed {
+            tracing::warn!(signals = ?signals, under = ?under, "node pressure changed");
+            self.refresh_node().await;
+        }
+        let Some(&(resource, observed, threshold)) = under.first() else { return };
+        let Ok(pods) = self.my_pods().await else { return };
+        let mut usage = HashMap::new();
+        for p in &pods {
+            let uid = p["metadata"]["uid"].as_str().unwrap_or_default();
+            let used: u64 = p["spec"]["containers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|c| self.runtime.stats(&pod::container_id(uid, c["name"].as_str()?)).ok())
+                .map(|s| s.memory_usage_bytes)
+                .sum();
+            usage.insert(uid.to_string(), used);
+        }
+        if let Some(victim) = eviction::rank(&pods, &usage, resource).first() {
+            self.evict(victim, resource, observed, threshold).await;
+        }
+    }
+
+    /// Stops a pod at once and marks it Failed, reason Evicted (the Pod object stays, as
+    /// upstream; its controller replaces it).
+    async fn evict(self: &Arc<Self>, pod: &Value, resource: eviction::Resource, observed: u64, threshold: u64) {
+        let uid = pod["metadata"]["uid"].as_str().unwrap_or_default().to_string();
+        let name = pod["metadata"]["name"].as_str().unwrap_or_default().to_string();
+        let ns = pod["metadata"]["namespace"].as_str().unwrap_or("default").to_string();
+        let entry = {
+            let mut map = self.state.lock().await;
+            map.entry(uid.clone()).or_insert_with(|| Arc::new(Mutex::new(PodState::default()))).clone()
+        };
+        let mut st = entry.lock().await;
+        if st.evicted {
+            return;
+        }
+        st.evicted = true;
+        let now = shoal_kube::objects::now_rfc3339();
+        let status = eviction::evicted_status(&pod["status"], resource, observed, threshold, &now);
+        let message = status["message"].as_str().unwrap_or_default().to_string();
+        tracing::warn!(pod = %name, namespace = %ns, %message, "evicting pod");
+        self.events.emit(pod, None, events::Type::Warning, "Evicted", &message);
+        self.teardown(&uid, &mut st, Duration::ZERO, None).await;
+        let res = self
+            .cfg
+            .objects
+            .modify(&self.pods, Some(&ns), &name, UpdateMode::Status, |p| {
+                if p["metadata"]["uid"].as_str() != Some(uid.as_str()) {
+                    return Ok(false);
+                }
+                p["status"] = eviction::evicted_status(&p["status"], resource, observed, threshold, &now);
+                Ok(true)
+            })
+            .await;
+        if let Err(e) = res {
+            tracing::warn!(pod = %name, error = %e, "writing the evicted pod's status");
+        }
+    }
+
+    /// Removes the directories of this node's provisioned volumes whose PersistentVolume is
+    /// gone (reclaimPolicy Delete).
+    async fn clean_storage(&self) {
+        let dir = self.cfg.data_dir.join("storage");
+        let Ok(entries) = std::fs::read_dir(&dir) else { return };
+        // Only against a replica that holds every acknowledged write (confirmed with the
+        // leader first), never a lagging or blank one: a volume seen missing here is gone.
+        if self.cfg.store.sync().await.is_err() {
+            return;
+        }
+        let Ok((pvs, revision)) = self.cfg.objects.list(&res("persistentvolumes"), None).await else { return };
+        if revision == 0 {
+            return;
+        }
+        let live: std::collections::HashSet<String> =
+            pvs.iter().filter_map(|p| p["metadata"]["name"].as_str().map(String::from)).collect();
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            // A directory made in the last minute may belong to a volume still being bound.
+            let young = e
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t.elapsed().unwrap_or_default() < Duration::from_secs(60));
+            if name.starts_with("pvc-") && !live.contains(&name) && !young {
+                match std::fs::remove_dir_all(e.path()) {
+                    Ok(()) => tracing::info!(volume = %name, "removed the directory of a deleted volume"),
+                    Err(err) => tracing::warn!(volume = %name, error = %err, "removing a deleted volume's directory"),
+                }
+            }
+        }
+    }
+
     /// Imports the tarballs of the import dir that are new or changed since the last look;
     /// says whether any image was imported.
     async fn import_new_tarballs(&self, seen: &mut HashMap<PathBuf, (u64, std::time::SystemTime)>) -> bool {
@@ -314,6 +484,164 @@ impl Agent {
     }
 }
 
+/// The cluster CA key and certificate from the data dir's `secrets.json`, to sign and
+/// publish ServiceAccount tokens.
+fn load_token_key(data_dir: &std::path::Path) -> (Option<token::Signer>, Option<String>) {
+    let path = data_dir.join(crate::cluster::identity::SECRETS_FILE);
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        tracing::info!(path = %path.display(), "no cluster secrets; pods get no service account token");
+        return (None, None);
+    };
+    let secrets: shoal_gossip::pki::ClusterSecrets = match serde_json::from_str(&text) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "cluster secrets unreadable; pods get no token");
+            return (None, None);
+        }
+    };
+    match token::Signer::from_pem(&secrets.ca_key_pem) {
+        Ok(s) => (Some(s), Some(secrets.ca_cert_pem)),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot sign service account tokens");
+            (None, Some(secrets.ca_cert_pem))
+        }
+    }
+}
+
+/// Publishes the cluster CA certificate as kube-system's `kube-root-ca.crt` (what bearer
+/// tokens are verified against); written only when missing or different.
+async fn publish_root_ca(agent: &Agent) {
+    let Some(ca) = &agent.ca_crt else { return };
+    let cms = res("configmaps");
+    let name = volumes::ROOT_CA_CONFIGMAP;
+    let res = match agent.cfg.objects.get(&cms, Some("kube-system"), name).await {
+        Ok(Some(cm)) if cm["data"]["ca.crt"].as_str() == Some(ca.as_str()) => return,
+        Ok(Some(_)) => {
+            agent
+                .cfg
+                .objects
+                .modify(&cms, Some("kube-system"), name, UpdateMode::All, |cm| {
+                    cm["data"] = json!({"ca.crt": ca});
+                    Ok(true)
+                })
+                .await
+        }
+        Ok(None) => {
+            let cm = json!({"metadata": {"name": name, "namespace": "kube-system"}, "data": {"ca.crt": ca}});
+            match agent.cfg.objects.create(&cms, Some("kube-system"), cm).await {
+                Err(shoal_kube::Error::AlreadyExists { .. }) => return,
+                r => r,
+            }
+        }
+        Err(e) => Err(e),
+    };
+    if let Err(e) = res {
+        tracing::warn!(error = %e, "publishing the cluster CA certificate");
+    }
+}
+
+/// The node's allocatable cpu (millicores) and memory (bytes), for resourceFieldRefs of
+/// limits a container does not set.
+pub(crate) fn node_allocatable() -> (u64, u64) {
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let (_, alloc) = capacity(cpus, mem_total_kib(), &BTreeMap::new());
+    let cpu = alloc["cpu"].as_str().and_then(spec::cpu_millis).unwrap_or(1000);
+    let mem = alloc["memory"].as_str().and_then(spec::bytes).unwrap_or(0);
+    (cpu, mem)
+}
+
+fn mem_total_kib() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// How often the node's own status write refreshes `lastHeartbeatTime` when nothing else
+/// changes (the kubelet's node status report frequency). Liveness itself rides on gossip.
+pub const HEARTBEAT_WRITE: Duration = Duration::from_secs(300);
+
+/// The node conditions this agent reports, from the pressure it sees.
+fn node_conditions(pressure: &[eviction::Resource]) -> Vec<Value> {
+    let has = |r| pressure.contains(&r);
+    let cond = |ty: &str, on: bool, yes: (&str, &str), no: (&str, &str)| {
+        let (reason, message) = if on { yes } else { no };
+        json!({"type": ty, "status": if on { "True" } else { "False" }, "reason": reason, "message": message})
+    };
+    vec![
+        cond(
+            "MemoryPressure",
+            has(eviction::Resource::Memory),
+            ("KubeletHasInsufficientMemory", "kubelet has insufficient memory available"),
+            ("KubeletHasSufficientMemory", "kubelet has sufficient memory available"),
+        ),
+        cond(
+            "DiskPressure",
+            has(eviction::Resource::Disk),
+            ("KubeletHasDiskPressure", "kubelet has disk pressure"),
+            ("KubeletHasNoDiskPressure", "kubelet has no disk pressure"),
+        ),
+        cond(
+            "PIDPressure",
+            false,
+            ("KubeletHasInsufficientPID", "kubelet has insufficient PID available"),
+            ("KubeletHasSufficientPID", "kubelet has sufficient PID available"),
+        ),
+        cond("Ready", true, ("KubeletReady", "shoal node agent is ready"), ("KubeletNotReady", "")),
+    ]
+}
+
+/// Merges the agent's conditions into the stored ones: a condition keeps its
+/// `lastTransitionTime` while its status holds, and its `lastHeartbeatTime` until that is
+/// older than [`HEARTBEAT_WRITE`]; one the node lifecycle controller marked Unknown (the node
+/// was unreachable) is left to it.
+fn merge_conditions(old: &Value, new: &[Value], now: jiff::Timestamp) -> Value {
+    let now_s = now.strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
+    let find = |ty: &Value| old.as_array().and_then(|cs| cs.iter().find(|c| c["type"] == *ty)).cloned();
+    let out = new
+        .iter()
+        .map(|c| {
+            let prev = find(&c["type"]);
+            if let Some(p) = prev.as_ref().filter(|p| p["reason"] == "NodeStatusUnknown") {
+                return p.clone();
+            }
+            let mut c = c.clone();
+            let same = prev.as_ref().is_some_and(|p| p["status"] == c["status"]);
+            let transition = prev.as_ref().filter(|_| same).and_then(|p| p["lastTransitionTime"].as_str());
+            c["lastTransitionTime"] = json!(transition.unwrap_or(&now_s));
+            let beat = prev.as_ref().filter(|_| same).and_then(|p| p["lastHeartbeatTime"].as_str()).filter(|t| {
+                t.parse::<jiff::Timestamp>().is_ok_and(|t| now.duration_since(t).unsigned_abs() < HEARTBEAT_WRITE)
+            });
+            c["lastHeartbeatTime"] = json!(beat.unwrap_or(&now_s));
+            c
+        })
+        .collect();
+    Value::Array(out)
+}
+
+/// The node's taints with the pressure taints (NoSchedule) set for the resources under
+/// pressure and removed for the others; other taints are left alone.
+fn pressure_taints(old: &Value, pressure: &[eviction::Resource]) -> Value {
+    let ours = [eviction::Resource::Memory, eviction::Resource::Disk];
+    let mut ts: Vec<Value> = old
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|t| !ours.iter().any(|r| t["key"] == r.taint() && !pressure.contains(r)))
+        .cloned()
+        .collect();
+    for r in pressure {
+        if !ts.iter().any(|t| t["key"] == r.taint()) {
+            ts.push(json!({"key": r.taint(), "effect": "NoSchedule"}));
+        }
+    }
+    Value::Array(ts)
+}
+
 /// What the node reserves for itself and the daemon: not allocatable to pods.
 const RESERVED_CPU_MILLIS: u64 = 100;
 const RESERVED_MEMORY_KIB: u64 = 256 * 1024;
@@ -364,14 +692,7 @@ fn node_images(mut images: Vec<(Vec<String>, u64)>) -> Value {
 async fn register_node(agent: &Agent) -> Result<(), AgentError> {
     let name = agent.cfg.node_name.clone();
     let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    let mem_kib = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|m| {
-            m.lines()
-                .find(|l| l.starts_with("MemTotal:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-        })
-        .unwrap_or(0);
+    let mem_kib = mem_total_kib();
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string();
     let os_image = std::fs::read_to_string("/etc/os-release")
         .ok()
@@ -413,15 +734,12 @@ async fn register_node(agent: &Agent) -> Result<(), AgentError> {
             "systemUUID": "",
             "bootID": "",
         },
-        "conditions": [{
-            "type": "Ready",
-            "status": "True",
-            "reason": "KubeletReady",
-            "message": "shoal node agent is ready",
-            "lastHeartbeatTime": shoal_kube::objects::now_rfc3339(),
-            "lastTransitionTime": shoal_kube::objects::now_rfc3339(),
-        }],
     });
+    let now = jiff::Timestamp::now();
+    let pressure = agent.pressure.lock().map(|p| p.1.clone()).unwrap_or_default();
+    let conditions = node_conditions(&pressure);
+    let storage_dir = agent.cfg.data_dir.join("storage").to_string_lossy().into_owned();
+    let annotations = json!({crate::controllers::volumes::STORAGE_DIR_ANNOTATION: storage_dir});
     let labels = json!({
         "kubernetes.io/arch": arch,
         "kubernetes.io/os": "linux",
@@ -432,9 +750,11 @@ async fn register_node(agent: &Agent) -> Result<(), AgentError> {
     let pod_cidr = agent.net.subnet.cidr();
     match agent.cfg.objects.get(&agent.nodes, None, &name).await? {
         None => {
+            let mut status = status;
+            status["conditions"] = merge_conditions(&Value::Null, &conditions, now);
             let node = json!({
-                "metadata": {"name": name, "labels": labels},
-                "spec": {"podCIDR": pod_cidr, "podCIDRs": [pod_cidr]},
+                "metadata": {"name": name, "labels": labels, "annotations": annotations},
+                "spec": {"podCIDR": pod_cidr, "podCIDRs": [pod_cidr], "taints": pressure_taints(&json!([]), &pressure)},
                 "status": status,
             });
             agent.cfg.objects.create(&agent.nodes, None, node).await?;
@@ -454,12 +774,26 @@ async fn register_node(agent: &Agent) -> Result<(), AgentError> {
                     }
                     n["spec"]["podCIDR"] = json!(pod_cidr);
                     n["spec"]["podCIDRs"] = json!([pod_cidr]);
-                    // Keep the conditions' times unless readiness changes: no write at all on
-                    // a plain restart.
-                    let mut st = status.clone();
-                    if n["status"]["conditions"][0]["status"] == "True" {
-                        st["conditions"] = n["status"]["conditions"].clone();
+                    for (k, v) in annotations.as_object().into_iter().flatten() {
+                        if n["metadata"]["annotations"][k] != *v {
+                            if !n["metadata"]["annotations"].is_object() {
+                                n["metadata"]["annotations"] = json!({});
+                            }
+                            n["metadata"]["annotations"][k] = v.clone();
+                        }
                     }
+                    let taints = pressure_taints(&n["spec"]["taints"], &pressure);
+                    if taints.as_array().is_some_and(|t| t.is_empty()) {
+                        if let Some(spec) = n["spec"].as_object_mut() {
+                            spec.remove("taints");
+                        }
+                    } else {
+                        n["spec"]["taints"] = taints;
+                    }
+                    // Condition times are kept unless a status changes or the heartbeat is
+                    // due: no write at all on a plain restart or refresh.
+                    let mut st = status.clone();
+                    st["conditions"] = merge_conditions(&n["status"]["conditions"], &conditions, now);
                     n["status"] = st;
                     Ok(*n != before)
                 })
@@ -488,6 +822,41 @@ mod tests {
         assert_eq!(alloc["devices.shoal.dev/can"], "1");
         let (_, small) = capacity(1, 256 * 1024, &BTreeMap::new());
         assert_eq!(small["memory"], format!("{}Ki", 128 * 1024));
+    }
+
+    #[test]
+    fn heartbeat_is_written_every_five_minutes_and_transitions_at_once() {
+        let t0: jiff::Timestamp = "2026-01-01T00:00:00Z".parse().expect("time");
+        let first = merge_conditions(&Value::Null, &node_conditions(&[]), t0);
+        let ready = |c: &Value| c.as_array().and_then(|cs| cs.iter().find(|c| c["type"] == "Ready").cloned());
+        assert_eq!(ready(&first).map(|c| c["lastHeartbeatTime"].clone()), Some(json!("2026-01-01T00:00:00Z")));
+        // A minute later nothing changes, so nothing would be written.
+        let later = merge_conditions(&first, &node_conditions(&[]), t0 + jiff::SignedDuration::from_secs(60));
+        assert_eq!(later, first);
+        // After five minutes the heartbeat moves, the transition time does not.
+        let t5 = t0 + jiff::SignedDuration::from_secs(301);
+        let beat = merge_conditions(&first, &node_conditions(&[]), t5);
+        let r = ready(&beat).expect("ready");
+        assert_eq!(r["lastHeartbeatTime"], "2026-01-01T00:05:01Z");
+        assert_eq!(r["lastTransitionTime"], "2026-01-01T00:00:00Z");
+        // Pressure flips MemoryPressure at once; an Unknown set by the lifecycle controller stays.
+        let t1 = t0 + jiff::SignedDuration::from_secs(10);
+        let p = merge_conditions(&first, &node_conditions(&[eviction::Resource::Memory]), t1);
+        let mem = p.as_array().and_then(|cs| cs.iter().find(|c| c["type"] == "MemoryPressure").cloned());
+        assert_eq!(mem.as_ref().map(|c| c["status"].clone()), Some(json!("True")));
+        assert_eq!(mem.map(|c| c["lastTransitionTime"].clone()), Some(json!("2026-01-01T00:00:10Z")));
+        let unknown = json!([{"type": "Ready", "status": "Unknown", "reason": "NodeStatusUnknown"}]);
+        let kept = merge_conditions(&unknown, &node_conditions(&[]), t1);
+        assert_eq!(ready(&kept).map(|c| c["status"].clone()), Some(json!("Unknown")));
+    }
+
+    #[test]
+    fn pressure_taints_come_and_go_and_leave_others() {
+        let other = json!([{"key": "dedicated", "value": "bench", "effect": "NoSchedule"}]);
+        let on = pressure_taints(&other, &[eviction::Resource::Disk]);
+        assert_eq!(on.as_array().map(Vec::len), Some(2));
+        assert_eq!(on[1]["key"], "node.kubernetes.io/disk-pressure");
+        assert_eq!(pressure_taints(&on, &[]), other);
     }
 
     #[test]

@@ -15,7 +15,7 @@ use tokio::sync::Mutex;
 use super::events::Type;
 use super::probes::{self, ContainerProbes, ProbeSet};
 use super::spec::{self, ContainerInput};
-use super::{Agent, AgentError};
+use super::{token, volumes, Agent, AgentError};
 
 /// First restart back-off; doubles per crash up to [`BACKOFF_MAX`], reset after 10 min running.
 const BACKOFF_BASE: Duration = Duration::from_secs(10);
@@ -47,6 +47,8 @@ pub(crate) struct PodState {
     pub containers: BTreeMap<String, Ctr>,
     pub init_failed: bool,
     pub started_at: Option<String>,
+    /// Evicted under node pressure: its containers are gone and its status says so.
+    pub evicted: bool,
 }
 
 fn rfc3339(t: SystemTime) -> String {
@@ -176,13 +178,14 @@ impl Agent {
 
     async fn run_pod(&self, uid: &str, pod: &Value, st: &mut PodState) -> Result<(), AgentError> {
         let phase = pod["status"]["phase"].as_str().unwrap_or("");
-        if phase == "Succeeded" || phase == "Failed" {
+        if phase == "Succeeded" || phase == "Failed" || st.evicted {
             // A finished pod keeps its status; its containers are gone already.
             return Ok(());
         }
         if st.started_at.is_none() {
             st.started_at = Some(shoal_kube::objects::now_rfc3339());
         }
+        let pod = &self.effective_pod(pod).await;
         let host_network = pod["spec"]["hostNetwork"].as_bool() == Some(true);
         if st.sandbox.is_none() {
             let sandboxes = self.run_dir.join("sandboxes");
@@ -716,7 +719,9 @@ impl Agent {
         Ok(format!("{}@{}", info.names.first().cloned().unwrap_or_else(|| image.to_string()), info.digest))
     }
 
-    /// /etc/hosts, /etc/hostname, /etc/resolv.conf and emptyDir/configMap/secret volumes.
+    /// /etc/hosts, /etc/hostname, /etc/resolv.conf and the volumes: emptyDir, the ones the agent
+    /// fills (configMap, secret, downwardAPI, projected, rewritten in place when their sources
+    /// change) and persistentVolumeClaims (a link to the bound volume's directory).
     async fn write_pod_files(&self, pod: &Value, st: &PodState, dir: &Path) -> Result<(), AgentError> {
         let io = |e: std::io::Error| AgentError::Pod(format!("writing pod files in {}: {e}", dir.display()));
         std::fs::create_dir_all(dir).map_err(io)?;
@@ -731,45 +736,150 @@ impl Agent {
             self.cfg.dns_ip
         );
         write_if_changed(&dir.join("resolv.conf"), resolv.as_bytes()).map_err(io)?;
-        for v in pod["spec"]["volumes"].as_array().into_iter().flatten() {
+        let vols: Vec<Value> = pod["spec"]["volumes"].as_array().cloned().unwrap_or_default();
+        let (cm_names, secret_names) = volumes::referenced(&vols);
+        let mut configmaps = BTreeMap::new();
+        for n in cm_names {
+            if let Ok(Some(o)) = self.cfg.objects.get(&super::res("configmaps"), Some(ns), &n).await {
+                configmaps.insert(n, o);
+            }
+        }
+        let mut secrets = BTreeMap::new();
+        for n in secret_names {
+            if let Ok(Some(o)) = self.cfg.objects.get(&super::res("secrets"), Some(ns), &n).await {
+                secrets.insert(n, o);
+            }
+        }
+        let binding =
+            if vols.iter().any(volumes::wants_token) { self.token_binding(pod).await } else { Default::default() };
+        let (node_cpu_millis, node_memory_bytes) = super::node_allocatable();
+        for v in &vols {
             let vname = v["name"].as_str().unwrap_or_default();
             if vname.is_empty() || vname.contains('/') || vname.starts_with('.') {
                 continue;
             }
             let vdir = dir.join("volumes").join(vname);
+            if let Some(claim) = v["persistentVolumeClaim"]["claimName"].as_str() {
+                if let Err(msg) = self.link_claim(ns, claim, &vdir).await {
+                    self.events.emit(pod, None, Type::Warning, "FailedMount", &msg);
+                    return Err(AgentError::Pod(msg));
+                }
+                continue;
+            }
             std::fs::create_dir_all(&vdir).map_err(io)?;
             if v["emptyDir"]["medium"].as_str() == Some("Memory") {
                 let size = v["emptyDir"]["sizeLimit"].as_str().and_then(spec::bytes);
                 mount_tmpfs(&vdir, size).map_err(io)?;
                 continue;
             }
-            let (kind, key) = if v.get("configMap").is_some() {
-                ("configmaps", v["configMap"]["name"].as_str())
-            } else if v.get("secret").is_some() {
-                ("secrets", v["secret"]["secretName"].as_str())
-            } else {
-                continue;
-            };
-            let Some(obj_name) = key else { continue };
-            let res = super::res(kind);
-            if let Ok(Some(obj)) = self.cfg.objects.get(&res, Some(ns), obj_name).await {
-                for (k, val) in obj["data"].as_object().into_iter().flatten() {
-                    if k.contains('/') || k.starts_with("..") {
-                        continue;
+            let mint = |r: &volumes::TokenRequest<'_>| -> Result<String, String> {
+                let signer = self.signer.as_ref().ok_or("this node holds no cluster CA key")?;
+                let now = jiff::Timestamp::now().as_second();
+                if let Ok(old) = std::fs::read_to_string(vdir.join(r.path)) {
+                    if token::still_fresh(&old, &r.audiences, &binding, now) {
+                        return Ok(old);
                     }
-                    let bytes = match (kind, val.as_str()) {
-                        ("secrets", Some(b64)) => {
-                            use base64::Engine;
-                            base64::engine::general_purpose::STANDARD.decode(b64).unwrap_or_default()
-                        }
-                        (_, Some(s)) => s.as_bytes().to_vec(),
-                        _ => continue,
-                    };
-                    write_if_changed(&vdir.join(k), &bytes).map_err(io)?;
+                }
+                signer.sign(&token::claims(&binding, &r.audiences, now, r.expiration_secs)).map_err(|e| e.to_string())
+            };
+            let src = volumes::Sources {
+                configmaps: &configmaps,
+                secrets: &secrets,
+                token: &mint,
+                ca_crt: self.ca_crt.as_deref(),
+                node_cpu_millis,
+                node_memory_bytes,
+            };
+            match volumes::files(pod, v, &src) {
+                None => {}
+                Some(Ok(files)) => {
+                    volumes::write(&vdir, &files).map_err(io)?;
+                }
+                Some(Err(e)) => {
+                    let msg = format!("MountVolume.SetUp failed for volume \"{vname}\" : {e}");
+                    self.events.emit(pod, None, Type::Warning, "FailedMount", &msg);
+                    return Err(AgentError::Pod(msg));
                 }
             }
         }
         Ok(())
+    }
+
+    /// Points a claim's volume directory at the node-local directory of its bound volume.
+    async fn link_claim(&self, ns: &str, claim: &str, vdir: &Path) -> Result<(), String> {
+        let pvc = self
+            .cfg
+            .objects
+            .get(&super::res("persistentvolumeclaims"), Some(ns), claim)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("persistentvolumeclaim \"{claim}\" not found"))?;
+        let pv_name = pvc["spec"]["volumeName"].as_str().filter(|v| !v.is_empty());
+        let Some(pv_name) = pv_name.filter(|_| pvc["status"]["phase"] == "Bound") else {
+            return Err(format!("persistentvolumeclaim \"{claim}\" is not bound yet"));
+        };
+        let pv = self
+            .cfg
+            .objects
+            .get(&super::res("persistentvolumes"), None, pv_name)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("persistentvolume \"{pv_name}\" not found"))?;
+        let node = self.cfg.objects.get(&self.nodes, None, &self.cfg.node_name).await.ok().flatten();
+        if let Some(node) = &node {
+            if !crate::controllers::volumes::pv_fits_node(&pv, node) {
+                return Err(format!("persistentvolume \"{pv_name}\" is bound to another node"));
+            }
+        }
+        let path = crate::controllers::volumes::host_path(&pv)
+            .ok_or_else(|| format!("persistentvolume \"{pv_name}\" has no local or hostPath source"))?;
+        let path = PathBuf::from(path);
+        if crate::controllers::volumes::is_provisioned_here(&pv)
+            || pv["spec"]["hostPath"]["type"] == "DirectoryOrCreate"
+        {
+            std::fs::create_dir_all(&path).map_err(|e| format!("creating {}: {e}", path.display()))?;
+        } else if !path.is_dir() {
+            return Err(format!("path {} of persistentvolume \"{pv_name}\" does not exist", path.display()));
+        }
+        if std::fs::read_link(vdir).ok().as_deref() == Some(path.as_path()) {
+            return Ok(());
+        }
+        if let Some(parent) = vdir.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| e.to_string())?;
+        }
+        let _ = std::fs::remove_file(vdir);
+        let _ = std::fs::remove_dir(vdir);
+        std::os::unix::fs::symlink(&path, vdir).map_err(|e| format!("linking {}: {e}", vdir.display()))
+    }
+
+    /// The pod as this node runs it: with the ServiceAccount token volume injected (unless
+    /// the pod or its ServiceAccount opts out, or this node cannot sign tokens).
+    pub(crate) async fn effective_pod(&self, pod: &Value) -> Value {
+        if self.signer.is_none() {
+            return pod.clone();
+        }
+        let ns = pod["metadata"]["namespace"].as_str().unwrap_or("default");
+        let sa_name = pod["spec"]["serviceAccountName"].as_str().filter(|s| !s.is_empty()).unwrap_or("default");
+        let sa = self.cfg.objects.get(&super::res("serviceaccounts"), Some(ns), sa_name).await.ok().flatten();
+        volumes::with_service_account_volume(pod, volumes::automount(pod, sa.as_ref()))
+    }
+
+    /// Who the pod's tokens speak for: its ServiceAccount (with uid), the pod and this node.
+    async fn token_binding(&self, pod: &Value) -> token::Binding {
+        let ns = pod["metadata"]["namespace"].as_str().unwrap_or("default");
+        let sa_name = pod["spec"]["serviceAccountName"].as_str().filter(|s| !s.is_empty()).unwrap_or("default");
+        let sa = self.cfg.objects.get(&super::res("serviceaccounts"), Some(ns), sa_name).await.ok().flatten();
+        let node = self.cfg.objects.get(&self.nodes, None, &self.cfg.node_name).await.ok().flatten();
+        let s = |v: &Value| v.as_str().unwrap_or_default().to_string();
+        token::Binding {
+            namespace: ns.to_string(),
+            service_account: sa_name.to_string(),
+            service_account_uid: sa.map(|a| s(&a["metadata"]["uid"])).unwrap_or_default(),
+            pod_name: s(&pod["metadata"]["name"]),
+            pod_uid: s(&pod["metadata"]["uid"]),
+            node_name: self.cfg.node_name.clone(),
+            node_uid: node.map(|n| s(&n["metadata"]["uid"])).unwrap_or_default(),
+        }
     }
 
     /// Stops every container (SIGTERM, grace, SIGKILL), removes them, the network and the
@@ -819,6 +929,9 @@ impl Agent {
 
     /// Computes the pod status and writes it if it differs from the stored one.
     async fn write_status(&self, uid: &str, pod: &Value, st: &PodState) -> Result<(), AgentError> {
+        if st.evicted || pod["status"]["reason"] == "Evicted" {
+            return Ok(());
+        }
         let status = self.compute_status(uid, pod, st);
         let old = &pod["status"];
         let comparable = |s: &Value| {
@@ -1057,7 +1170,9 @@ fn volume_mounts(pod: &Value, c: &Value, dir: &Path) -> Vec<(String, String, boo
             src = src.join(sub.trim_start_matches('/'));
             let _ = std::fs::create_dir_all(&src);
         }
-        let ro = ro || v.get("configMap").is_some() || v.get("secret").is_some();
+        let ro = ro
+            || ["configMap", "secret", "projected", "downwardAPI"].iter().any(|k| v.get(*k).is_some())
+            || v["persistentVolumeClaim"]["readOnly"].as_bool() == Some(true);
         out.push((src.to_string_lossy().to_string(), path.to_string(), ro));
     }
     out
@@ -1090,6 +1205,10 @@ fn mount_tmpfs(dir: &Path, size: Option<u64>) -> std::io::Result<()> {
 fn unmount_volumes(volumes: &Path) {
     for e in std::fs::read_dir(volumes).into_iter().flatten().flatten() {
         let p = e.path();
+        // A claim's volume is a link to its directory on the node: nothing mounted there.
+        if e.file_type().is_ok_and(|t| t.is_symlink()) {
+            continue;
+        }
         if is_mount_point(&p) {
             if let Err(err) = nix::mount::umount2(&p, nix::mount::MntFlags::MNT_DETACH) {
                 tracing::warn!(path = %p.display(), error = %err, "unmounting a memory volume");

@@ -98,7 +98,16 @@ pub fn resources(container: &Value) -> Value {
 
 /// Builds the OCI spec (config.json) of a container.
 pub fn build(input: &ContainerInput<'_>) -> Value {
-    let base = shoal_runtime::default_spec(input.rootfs, Vec::new());
+    let mut base = shoal_runtime::default_spec(input.rootfs, Vec::new());
+    // seccompProfile RuntimeDefault gets containerd's default profile; no profile or
+    // Unconfined runs unconfined, as a kubelet with SeccompDefault off does.
+    let profile = |v: &Value| v["securityContext"]["seccompProfile"]["type"].as_str().map(String::from);
+    let privileged = input.container["securityContext"]["privileged"].as_bool() == Some(true);
+    if !privileged
+        && profile(input.container).or_else(|| profile(&input.pod["spec"])).as_deref() == Some("RuntimeDefault")
+    {
+        shoal_runtime::set_runtime_default(&mut base);
+    }
     let mut spec = serde_json::to_value(&base).unwrap_or_else(|_| json!({}));
     let c = input.container;
     let args = process_args(c, input.image);

@@ -1,4 +1,4 @@
-//! `pods/log` and `pods/exec` for any pod of the cluster: served locally for the pods of this
+//! `pods/log`, `pods/exec` and `pods/portforward` for any pod of the cluster: served locally for the pods of this
 //! node, and proxied over the peer QUIC transport (service [`SERVICE`]) to the node that runs
 //! the pod otherwise.
 //!
@@ -7,6 +7,9 @@
 //! [`TAG_OPEN`] frame (`null` or a JSON [`WireError`]), then sends output frames
 //! ([`TAG_STDOUT`], [`TAG_STDERR`]) and, for exec, one [`TAG_EXIT`] frame with the exit code.
 //! The opener sends [`TAG_STDIN`], [`TAG_STDIN_EOF`] and [`TAG_RESIZE`] frames.
+//!
+//! A port-forward stream carries no frames after the open answer: both directions are the
+//! bytes of the TCP connection to the pod's port, and finishing a direction half-closes it.
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,7 +23,7 @@ use shoal_store::Store;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
-use crate::api::{ByteStream, ExecIo, ExecOptions, LogOptions, PodStreams, StreamError, TerminalSize};
+use crate::api::{ByteStream, ExecIo, ExecOptions, LogOptions, PodStreams, PortConnection, StreamError, TerminalSize};
 
 /// The transport service that serves pod streams to peers.
 pub const SERVICE: &str = "pod-streams";
@@ -39,6 +42,7 @@ const MAX_FRAME: usize = 1 << 20;
 enum Request {
     Logs { pod: Value, opts: WireLogOptions },
     Exec { pod: Value, opts: WireExecOptions },
+    PortForward { pod: Value, port: u16 },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -123,6 +127,7 @@ enum WireError {
     ContainerNotFound { pod: String, container: String },
     NotStarted { pod: String, container: String, reason: String },
     Unavailable { message: String },
+    ConnectPort { pod: String, port: u16, reason: String },
 }
 
 impl From<StreamError> for WireError {
@@ -131,6 +136,7 @@ impl From<StreamError> for WireError {
             StreamError::ContainerNotFound { pod, container } => WireError::ContainerNotFound { pod, container },
             StreamError::NotStarted { pod, container, reason } => WireError::NotStarted { pod, container, reason },
             StreamError::Unavailable(message) => WireError::Unavailable { message },
+            StreamError::ConnectPort { pod, port, reason } => WireError::ConnectPort { pod, port, reason },
         }
     }
 }
@@ -141,6 +147,7 @@ impl From<WireError> for StreamError {
             WireError::ContainerNotFound { pod, container } => StreamError::ContainerNotFound { pod, container },
             WireError::NotStarted { pod, container, reason } => StreamError::NotStarted { pod, container, reason },
             WireError::Unavailable { message } => StreamError::Unavailable(message),
+            WireError::ConnectPort { pod, port, reason } => StreamError::ConnectPort { pod, port, reason },
         }
     }
 }
@@ -288,6 +295,40 @@ impl PodStreams for Local {
             exec_local(cfg, id, name, opts, io).await
         })
     }
+
+    fn port_forward(&self, pod: &Value, port: u16) -> BoxFuture<'static, Result<PortConnection, StreamError>> {
+        connect_pod_port(pod, port)
+    }
+}
+
+/// Connects to `port` on the pod's IP: the node reaches every pod of its own through the
+/// node bridge. A server in the pod that listens on 127.0.0.1 only is not reachable this way.
+fn connect_pod_port(pod: &Value, port: u16) -> BoxFuture<'static, Result<PortConnection, StreamError>> {
+    let name = pod_name(pod);
+    let ip = pod["status"]["podIP"].as_str().and_then(|ip| ip.parse::<std::net::IpAddr>().ok());
+    Box::pin(async move {
+        let ip = ip.ok_or_else(|| StreamError::NotStarted {
+            pod: name.clone(),
+            container: String::new(),
+            reason: "the pod has no IP address yet".into(),
+        })?;
+        let addr = std::net::SocketAddr::new(ip, port);
+        let tcp = tokio::time::timeout(Duration::from_secs(10), tokio::net::TcpStream::connect(addr))
+            .await
+            .map_err(|_| StreamError::ConnectPort {
+                pod: name.clone(),
+                port,
+                reason: format!("dial tcp {addr}: timeout"),
+            })?
+            .map_err(|e| StreamError::ConnectPort {
+                pod: name.clone(),
+                port,
+                reason: format!("dial tcp {addr}: {e}"),
+            })?;
+        let _ = tcp.set_nodelay(true);
+        let (read, write) = tcp.into_split();
+        Ok(PortConnection { read: Box::new(read), write: Box::new(write) })
+    })
 }
 
 /// Runs a command in a local container and pumps its stdio through `io`.
@@ -525,6 +566,23 @@ impl PodStreams for NodeStreams {
             result
         })
     }
+
+    fn port_forward(&self, pod: &Value, port: u16) -> BoxFuture<'static, Result<PortConnection, StreamError>> {
+        let node = match self.remote(pod) {
+            Ok(None) => return self.local.port_forward(pod, port),
+            Ok(Some(n)) => n.to_string(),
+            Err(e) => return Box::pin(async move { Err(e) }),
+        };
+        let Some(transport) = self.transport.clone() else {
+            return Box::pin(async move { Err(StreamError::Unavailable(format!("pod runs on node {node}"))) });
+        };
+        let peers = self.peers.clone();
+        let req = Request::PortForward { pod: pod.clone(), port };
+        Box::pin(async move {
+            let (write, read) = open_remote(&transport, &peers, &node, &req).await?;
+            Ok(PortConnection { read, write })
+        })
+    }
 }
 
 /// Registers the [`SERVICE`] on the transport: peers (nodes only) open streams of the pods
@@ -569,7 +627,7 @@ async fn serve(
         }
     };
     let pod = match &req {
-        Request::Logs { pod, .. } | Request::Exec { pod, .. } => pod,
+        Request::Logs { pod, .. } | Request::Exec { pod, .. } | Request::PortForward { pod, .. } => pod,
     };
     if pod["spec"]["nodeName"].as_str() != Some(me) {
         let err = WireError::Unavailable { message: format!("pod {} does not run on node {me}", pod_name(pod)) };
@@ -577,6 +635,25 @@ async fn serve(
         return send.shutdown().await;
     }
     match req {
+        Request::PortForward { pod, port } => match local.port_forward(&pod, port).await {
+            Err(e) => {
+                write_frame(&mut send, TAG_OPEN, &serde_json::to_vec(&Some(WireError::from(e)))?).await?;
+                send.shutdown().await
+            }
+            Ok(PortConnection { mut read, mut write }) => {
+                write_frame(&mut send, TAG_OPEN, b"null").await?;
+                let up = async {
+                    tokio::io::copy(&mut recv, &mut write).await?;
+                    write.shutdown().await
+                };
+                let down = async {
+                    tokio::io::copy(&mut read, &mut send).await?;
+                    send.shutdown().await
+                };
+                // The first failure (a reset on either side) ends both directions.
+                tokio::try_join!(up, down).map(|_| ())
+            }
+        },
         Request::Logs { pod, opts } => match local.logs(&pod, opts.into()).await {
             Err(e) => {
                 write_frame(&mut send, TAG_OPEN, &serde_json::to_vec(&Some(WireError::from(e)))?).await?;
@@ -696,6 +773,11 @@ mod tests {
                 Ok(7)
             })
         }
+
+        /// Connects to `status.podIP:port`, as a node does (tests put 127.0.0.1 there).
+        fn port_forward(&self, pod: &Value, port: u16) -> BoxFuture<'static, Result<PortConnection, StreamError>> {
+            connect_pod_port(pod, port)
+        }
     }
 
     #[tokio::test]
@@ -743,6 +825,29 @@ mod tests {
         assert_eq!(run.await.expect("join").expect("exec"), 7);
         assert_eq!(out_rx.recv().await, Some(Bytes::from("ping")));
         assert_eq!(err_rx.recv().await, Some(Bytes::from("cat")));
+
+        // Port-forward: bytes both ways through n2, which connects to the pod's IP and port.
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("listen");
+        let port = listener.local_addr().expect("addr").port();
+        let server = tokio::spawn(async move {
+            let (mut tcp, _) = listener.accept().await.expect("accept");
+            let mut got = Vec::new();
+            tcp.read_to_end(&mut got).await.expect("read");
+            tcp.write_all(b"pong:").await.expect("write");
+            tcp.write_all(&got).await.expect("write");
+        });
+        let mut running = pod.clone();
+        running["status"]["podIP"] = serde_json::json!("127.0.0.1");
+        let PortConnection { mut read, mut write } = streams.port_forward(&running, port).await.expect("forward");
+        write.write_all(b"ping").await.expect("send");
+        write.shutdown().await.expect("half-close");
+        let mut back = Vec::new();
+        read.read_to_end(&mut back).await.expect("answer");
+        assert_eq!(back, b"pong:ping");
+        server.await.expect("server");
+        let refused = streams.port_forward(&running, 1).await.err().expect("nothing listens on port 1");
+        assert!(matches!(refused, StreamError::ConnectPort { port: 1, .. }), "{refused}");
 
         let elsewhere =
             serde_json::json!({"metadata": {"name": "q"}, "spec": {"nodeName": "n9", "containers": [{"name": "c"}]}});

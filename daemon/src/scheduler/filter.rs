@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{json, Value};
 
+use super::score::normalise_image;
 use super::{host_ports, pod_requests, Snapshot};
 use crate::controllers::util::*;
 
@@ -49,6 +50,12 @@ pub(crate) fn check(snap: &Snapshot, pod: &Value, node: &Value) -> Result<(), Ve
     if !node_affinity_matches(pod, node) {
         return Err(vec!["node(s) didn't match Pod's node affinity/selector".into()]);
     }
+    if !image_platforms_ok(snap, pod, node) {
+        return Err(vec![IMAGE_PLATFORM_MISMATCH.into()]);
+    }
+    if pod["spec"]["volumes"].as_array().is_some_and(|vs| vs.iter().any(|v| v["persistentVolumeClaim"].is_object())) {
+        crate::controllers::volumes::volumes_fit(pod, node, &snap.pvcs, &snap.pvs).map_err(|r| vec![r])?;
+    }
     let empty = Default::default();
     let used = snap.usage.get(name).unwrap_or(&empty);
     let mut insufficient = Vec::new();
@@ -90,6 +97,42 @@ pub(crate) fn check(snap: &Snapshot, pod: &Value, node: &Value) -> Result<(), Ve
         return Err(vec!["node(s) didn't match pod topology spread constraints".into()]);
     }
     Ok(())
+}
+
+/// Why a node whose platform none of a pod's images offers is filtered out.
+pub(crate) const IMAGE_PLATFORM_MISMATCH: &str = "node(s) didn't match the platform of the pod's images";
+
+/// `os/arch` of a node from its well-known labels (os defaults to linux); None if the node does
+/// not say its architecture.
+fn node_platform(node: &Value) -> Option<String> {
+    let labels = labels_of(node);
+    let arch = labels["kubernetes.io/arch"].as_str().filter(|a| !a.is_empty())?;
+    let os = labels["kubernetes.io/os"].as_str().filter(|o| !o.is_empty()).unwrap_or("linux");
+    Some(format!("{os}/{arch}"))
+}
+
+/// Does every image of the pod offer the node's platform? Only images whose platforms some node
+/// reported are judged; an image no node holds yet passes (the node's pull then tells).
+fn image_platforms_ok(snap: &Snapshot, pod: &Value, node: &Value) -> bool {
+    if snap.image_platforms.is_empty() {
+        return true;
+    }
+    let Some(want) = node_platform(node) else { return true };
+    pod_images(pod).all(|img| match snap.image_platforms.get(&normalise_image(img)) {
+        None => true,
+        // "linux/arm/v7" offers "linux/arm": the variant is not a node label.
+        Some(offered) => {
+            offered.iter().any(|p| *p == want || p.strip_prefix(want.as_str()).is_some_and(|v| v.starts_with('/')))
+        }
+    })
+}
+
+/// Images of a pod's containers and init containers.
+pub(crate) fn pod_images(pod: &Value) -> impl Iterator<Item = &str> {
+    ["initContainers", "containers"]
+        .into_iter()
+        .flat_map(move |k| pod["spec"][k].as_array().into_iter().flatten())
+        .filter_map(|c| c["image"].as_str())
 }
 
 fn untolerated_taint(pod: &Value, node: &Value) -> Option<String> {

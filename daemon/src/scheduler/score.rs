@@ -185,7 +185,7 @@ fn image_locality(pod: &Value, node: &Value) -> i64 {
 }
 
 /// "nginx" and "docker.io/library/nginx:latest" are the same image.
-fn normalise_image(s: &str) -> String {
+pub(crate) fn normalise_image(s: &str) -> String {
     let s = s.split('@').next().unwrap_or(s);
     let last = s.rsplit('/').next().unwrap_or(s);
     let mut s = s.to_string();

@@ -7,7 +7,8 @@ use shoal_kube::{Objects, UpdateMode};
 use shoal_store::Store;
 use tokio_util::sync::CancellationToken;
 
-use super::{filter, score, unschedulable_message, Scheduler, Snapshot};
+use super::preempt::{self, Priorities};
+use super::{filter, image_platforms_annotation, score, unschedulable_message, Scheduler, Snapshot};
 use crate::controllers::tests::{add_node, eventually, res};
 use crate::controllers::util::name_of;
 
@@ -209,4 +210,203 @@ async fn unschedulable_pod_gets_condition_and_is_retried_when_a_node_joins() {
     .await;
     stop.cancel();
     h.await.unwrap();
+}
+
+fn with_arch(mut n: Value, arch: &str) -> Value {
+    n["metadata"]["labels"]["kubernetes.io/arch"] = json!(arch);
+    n
+}
+
+fn with_platforms(mut n: Value, image: &str, platforms: &[&str]) -> Value {
+    let names = [image.to_string()];
+    let ps: Vec<String> = platforms.iter().map(|p| p.to_string()).collect();
+    n["metadata"]["annotations"] =
+        json!({super::IMAGE_PLATFORMS_ANNOTATION: image_platforms_annotation([(&names[..], &ps[..])])});
+    n
+}
+
+#[test]
+fn image_platform_must_match_the_node_architecture() {
+    let amd =
+        with_platforms(with_arch(node("amd", "4", json!({}), json!([])), "amd64"), "nginx:1.27", &["linux/amd64"]);
+    let arm = with_arch(node("arm", "4", json!({}), json!([])), "arm64");
+    let armv7 = with_arch(node("armv7", "4", json!({}), json!([])), "arm");
+    let snap = Snapshot::new(vec![amd.clone(), arm.clone(), armv7.clone()], &[]);
+
+    // The only node holding nginx:1.27 says it is amd64-only: the arm nodes cannot run it.
+    let mut p = pod("p", "100m");
+    p["spec"]["containers"][0]["image"] = json!("docker.io/library/nginx:1.27");
+    assert_eq!(filter::feasible(&snap, &p).unwrap(), vec!["amd".to_string()]);
+    let mut on_arm = p.clone();
+    on_arm["spec"]["nodeSelector"] = json!({"kubernetes.io/arch": "arm64"});
+    let msg = unschedulable_message(3, &filter::feasible(&snap, &on_arm).unwrap_err());
+    assert!(msg.contains("1 node(s) didn't match the platform of the pod's images"), "{msg}");
+
+    // An image no node reports is not judged.
+    let mut other = pod("o", "100m");
+    other["spec"]["containers"][0]["image"] = json!("busybox");
+    assert_eq!(filter::feasible(&snap, &other).unwrap().len(), 3);
+
+    // A multi-arch index offers every listed platform; a variant still matches its arch.
+    let amd = with_platforms(amd, "nginx:1.27", &["linux/amd64", "linux/arm64", "linux/arm/v7"]);
+    let snap = Snapshot::new(vec![amd, arm, armv7], &[]);
+    assert_eq!(filter::feasible(&snap, &p).unwrap().len(), 3);
+}
+
+fn prio_pod(name: &str, cpu: &str, priority: i64) -> Value {
+    let mut p = pod(name, cpu);
+    p["metadata"]["uid"] = json!(format!("uid-{name}"));
+    p["spec"]["priority"] = json!(priority);
+    p
+}
+
+#[test]
+fn preemption_picks_the_cheapest_victims() {
+    let nodes = vec![node("n1", "1", json!({}), json!([])), node("n2", "1", json!({}), json!([]))];
+    let prio = Priorities::new(&[]);
+    let existing = vec![
+        bound(prio_pod("low-a", "600m", 10), "n1"),
+        bound(prio_pod("low-b", "300m", 5), "n1"),
+        bound(prio_pod("mid", "900m", 50), "n2"),
+    ];
+    let mut snap = Snapshot::new(nodes.clone(), &existing);
+    let high = prio_pod("high", "500m", 100);
+    assert!(filter::feasible(&snap, &high).is_err());
+    // n1 needs one victim of priority 10 (low-b can stay? no: 600m+300m+500m > 1, removing
+    // low-a leaves 300m+500m), n2 one of priority 50: n1 wins, low-a goes, low-b is reprieved.
+    let plan = preempt::plan(&mut snap, &high, &prio, &[]).unwrap();
+    assert_eq!(plan.node, "n1");
+    let victims: Vec<&str> = plan.victims.iter().map(name_of).collect();
+    assert_eq!(victims, vec!["low-a"]);
+    // The snapshot is left as it was.
+    assert_eq!(snap.bound.len(), 3);
+    assert!(filter::feasible(&snap, &high).is_err());
+
+    // A PodDisruptionBudget that allows no disruption of low-a sends the preemption to n2.
+    let pdb = json!({"metadata": {"name": "keep", "namespace": "default"},
+        "spec": {"selector": {"matchLabels": {"app": "web"}}, "minAvailable": 3},
+        "status": {"disruptionsAllowed": 0}});
+    let plan = preempt::plan(&mut snap, &high, &prio, std::slice::from_ref(&pdb)).unwrap();
+    assert_eq!(plan.pdb_violations, 1, "every victim is covered by the budget");
+    // Both nodes violate once; then the lower top priority wins.
+    assert_eq!(plan.node, "n1");
+
+    // Nothing of lower priority anywhere: no victims, and kubectl's words for it.
+    let equal = prio_pod("eq", "500m", 5);
+    let why = preempt::plan(&mut snap, &equal, &prio, &[]).unwrap_err();
+    assert_eq!(
+        preempt::message(2, &why),
+        "preemption: 0/2 nodes are available: 2 No preemption victims found for incoming pod."
+    );
+    // A node selector no node matches cannot be helped by preemption.
+    let mut picky = prio_pod("picky", "100m", 100);
+    picky["spec"]["nodeSelector"] = json!({"disk": "ssd"});
+    let why = preempt::plan(&mut snap, &picky, &prio, &[]).unwrap_err();
+    assert_eq!(why.get(preempt::NOT_HELPFUL), Some(&2));
+}
+
+#[test]
+fn priority_comes_from_the_pod_or_its_class() {
+    let classes = vec![
+        json!({"metadata": {"name": "high"}, "value": 1000}),
+        json!({"metadata": {"name": "polite"}, "value": 2000, "preemptionPolicy": "Never"}),
+        json!({"metadata": {"name": "base"}, "value": 7, "globalDefault": true}),
+    ];
+    let prio = Priorities::new(&classes);
+    let mut p = pod("p", "1m");
+    assert_eq!(prio.of(&p), 7);
+    p["spec"]["priorityClassName"] = json!("high");
+    assert_eq!(prio.of(&p), 1000);
+    p["spec"]["priority"] = json!(5);
+    assert_eq!(prio.of(&p), 5, "spec.priority, as admission set it, wins");
+    p["spec"]["priorityClassName"] = json!("polite");
+    assert!(!prio.may_preempt(&p));
+    p["spec"]["priorityClassName"] = json!("system-node-critical");
+    p["spec"]["priority"] = Value::Null;
+    assert_eq!(prio.of(&p), preempt::SYSTEM_NODE_CRITICAL);
+}
+
+#[tokio::test]
+async fn high_priority_pod_preempts_and_is_bound_after_the_victim_is_gone() {
+    let objects = Objects::new(Store::in_memory());
+    add_node(&objects, "small", "1", "4Gi").await;
+    let pods = res("", "pods");
+    let mut low = pod("low", "800m");
+    low["spec"]["nodeName"] = json!("small");
+    low["spec"]["priority"] = json!(0);
+    low["spec"]["terminationGracePeriodSeconds"] = json!(5);
+    low["status"]["phase"] = json!("Running");
+    objects.create(&pods, Some("default"), low).await.unwrap();
+    let mut polite = pod("polite", "500m");
+    polite["spec"]["priority"] = json!(1000);
+    polite["spec"]["preemptionPolicy"] = json!("Never");
+    objects.create(&pods, Some("default"), polite).await.unwrap();
+
+    let stop = CancellationToken::new();
+    let h = tokio::spawn(Scheduler::new().run(objects.clone(), stop.clone()));
+    eventually("the polite pod waits without preempting", || async {
+        let p = objects.get(&pods, Some("default"), "polite").await.unwrap().unwrap();
+        p["status"]["conditions"].as_array().is_some_and(|cs| {
+            cs.iter().any(|c| {
+                c["type"] == "PodScheduled"
+                    && c["message"].as_str().is_some_and(|m| {
+                        m == "0/1 nodes are available: 1 Insufficient cpu. preemption: not eligible due to preemptionPolicy=Never."
+                    })
+            })
+        })
+    })
+    .await;
+    let low = objects.get(&pods, Some("default"), "low").await.unwrap().unwrap();
+    assert!(low["metadata"]["deletionTimestamp"].is_null());
+    objects.delete(&pods, Some("default"), "polite", Default::default()).await.unwrap();
+
+    let mut high = pod("high", "500m");
+    high["spec"]["priority"] = json!(1000);
+    objects.create(&pods, Some("default"), high).await.unwrap();
+    eventually("victim terminating, preemptor nominated", || async {
+        let low = objects.get(&pods, Some("default"), "low").await.unwrap().unwrap();
+        let high = objects.get(&pods, Some("default"), "high").await.unwrap().unwrap();
+        low["metadata"]["deletionTimestamp"].is_string()
+            && low["metadata"]["deletionGracePeriodSeconds"] == 5
+            && low["status"]["conditions"].as_array().is_some_and(|cs| {
+                cs.iter().any(|c| c["type"] == "DisruptionTarget" && c["reason"] == "PreemptionByScheduler")
+            })
+            && high["status"]["nominatedNodeName"] == "small"
+            && high["spec"]["nodeName"].is_null()
+    })
+    .await;
+    let events = objects.list(&res("", "events"), Some("default")).await.unwrap().0;
+    assert!(events.iter().any(|e| e["reason"] == "Preempted" && e["involvedObject"]["name"] == "low"));
+    // A lower-priority newcomer does not take the room being freed.
+    let mut sneaky = pod("sneaky", "600m");
+    sneaky["spec"]["priority"] = json!(1);
+    objects.create(&pods, Some("default"), sneaky).await.unwrap();
+    // The node agent finishes the graceful deletion.
+    objects.delete(&pods, Some("default"), "low", Default::default()).await.unwrap();
+    eventually("preemptor bound", || async {
+        let high = objects.get(&pods, Some("default"), "high").await.unwrap().unwrap();
+        high["spec"]["nodeName"] == "small" && high["status"]["nominatedNodeName"].is_null()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let sneaky = objects.get(&pods, Some("default"), "sneaky").await.unwrap().unwrap();
+    assert!(sneaky["spec"]["nodeName"].is_null(), "the newcomer found no room");
+    stop.cancel();
+    h.await.unwrap();
+}
+
+#[test]
+fn claims_must_exist_and_their_volumes_fit_the_node() {
+    let nodes = vec![node("n1", "4", json!({}), json!([])), node("n2", "4", json!({}), json!([]))];
+    let mut p = pod("db", "100m");
+    p["spec"]["volumes"] = json!([{"name": "data", "persistentVolumeClaim": {"claimName": "data-db"}}]);
+    let snap = Snapshot::new(nodes.clone(), &[]);
+    let msg = unschedulable_message(2, &filter::feasible(&snap, &p).unwrap_err());
+    assert!(msg.starts_with("0/2 nodes are available: 2 persistentvolumeclaim \"data-db\" not found."), "{msg}");
+    // A claim bound to a volume on n2 keeps the pod there.
+    let mut snap = Snapshot::new(nodes, &[]);
+    snap.pvcs = vec![json!({"metadata": {"name": "data-db", "namespace": "default"}, "spec": {"volumeName": "pv-1"}})];
+    snap.pvs = vec![json!({"metadata": {"name": "pv-1"}, "spec": {"nodeAffinity": {"required": {"nodeSelectorTerms": [
+        {"matchExpressions": [{"key": "kubernetes.io/hostname", "operator": "In", "values": ["n2"]}]}]}}}})];
+    assert_eq!(filter::feasible(&snap, &p).unwrap(), vec!["n2".to_string()]);
 }

@@ -1,0 +1,399 @@
+//! Node-pressure eviction, as the kubelet does it: the node's free memory and the free space
+//! of the filesystem holding the data dir are watched against hard thresholds (kubelet's
+//! defaults: `memory.available<100Mi`, `nodefs.available<10%`, the latter at most 2 GiB
+//! unless set explicitly, so a big disk that is mostly full of other data does not evict). Under pressure the node
+//! reports `MemoryPressure` / `DiskPressure` and, one pod per pass, evicts pods: BestEffort
+//! first, then Burstable pods using more than they requested, then by priority and usage;
+//! Guaranteed pods and critical pods last or never. An evicted pod ends `Failed` with reason
+//! `Evicted`, as upstream. A condition clears only after the signal has stayed fine for the
+//! transition period, so a node at the edge does not flap (nor write its status each time).
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// A threshold: an absolute amount of bytes, or a percentage of the capacity.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Quantity {
+    Bytes(u64),
+    Percent(f64),
+    /// A percentage, but never more than this many bytes (the default disk threshold: a
+    /// large, mostly full disk is not short of space for pods).
+    PercentAtMost(f64, u64),
+}
+
+impl Quantity {
+    fn bytes_of(self, capacity: u64) -> u64 {
+        match self {
+            Quantity::Bytes(b) => b,
+            Quantity::Percent(p) => (capacity as f64 * p / 100.0) as u64,
+            Quantity::PercentAtMost(p, max) => ((capacity as f64 * p / 100.0) as u64).min(max),
+        }
+    }
+
+    /// `100Mi`, `1G`, `10%`.
+    pub fn parse(s: &str) -> Option<Quantity> {
+        match s.trim().strip_suffix('%') {
+            Some(p) => p.trim().parse::<f64>().ok().filter(|p| (0.0..=100.0).contains(p)).map(Quantity::Percent),
+            None => super::spec::bytes(s.trim()).map(Quantity::Bytes),
+        }
+    }
+}
+
+/// Hard eviction thresholds and how often they are checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EvictionConfig {
+    /// Evict when the node's available memory falls below this.
+    pub memory_available: Quantity,
+    /// Evict when the free space of the data dir's filesystem falls below this.
+    pub nodefs_available: Quantity,
+    /// How long a signal must stay above its threshold before the pressure condition clears.
+    pub transition_period: Duration,
+    /// How often the signals are read (and at most one pod evicted).
+    pub interval: Duration,
+}
+
+impl Default for EvictionConfig {
+    fn default() -> Self {
+        EvictionConfig {
+            memory_available: Quantity::Bytes(100 * 1024 * 1024),
+            nodefs_available: Quantity::PercentAtMost(10.0, 2 << 30),
+            transition_period: Duration::from_secs(300),
+            interval: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum EvictionError {
+    #[error("unknown eviction signal {0:?} (memory.available or nodefs.available)")]
+    Signal(String),
+    #[error("invalid eviction threshold {0:?}")]
+    Threshold(String),
+}
+
+impl EvictionConfig {
+    /// Reads kubelet-style hard thresholds, `memory.available<200Mi,nodefs.available<5%`, over
+    /// the defaults.
+    pub fn parse(spec: &str) -> Result<EvictionConfig, EvictionError> {
+        let mut cfg = EvictionConfig::default();
+        for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (signal, value) = part.split_once('<').ok_or_else(|| EvictionError::Threshold(part.into()))?;
+            let q = Quantity::parse(value).ok_or_else(|| EvictionError::Threshold(part.into()))?;
+            match signal.trim() {
+                "memory.available" => cfg.memory_available = q,
+                "nodefs.available" => cfg.nodefs_available = q,
+                s => return Err(EvictionError::Signal(s.into())),
+            }
+        }
+        Ok(cfg)
+    }
+}
+
+/// One reading of the node's signals (bytes).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Signals {
+    pub memory_available: Option<u64>,
+    pub memory_capacity: Option<u64>,
+    pub nodefs_available: Option<u64>,
+    pub nodefs_capacity: Option<u64>,
+}
+
+/// Where the signals come from: `/proc/meminfo` and statvfs of the data dir, or a test's fake.
+pub trait NodeStats: Send + Sync {
+    fn signals(&self) -> Signals;
+}
+
+/// The node's signals from the kernel.
+pub struct LinuxNodeStats {
+    pub meminfo: PathBuf,
+    pub data_dir: PathBuf,
+}
+
+fn meminfo_kib(text: &str, key: &str) -> Option<u64> {
+    text.lines().find(|l| l.starts_with(key))?.split_whitespace().nth(1)?.parse().ok()
+}
+
+impl NodeStats for LinuxNodeStats {
+    // statvfs counts are 32-bit on some targets (32-bit ARM boards).
+    #[allow(clippy::unnecessary_cast)]
+    fn signals(&self) -> Signals {
+        let mem = std::fs::read_to_string(&self.meminfo).unwrap_or_default();
+        let fs = nix::sys::statvfs::statvfs(&self.data_dir).ok();
+        Signals {
+            memory_available: meminfo_kib(&mem, "MemAvailable:").map(|k| k * 1024),
+            memory_capacity: meminfo_kib(&mem, "MemTotal:").map(|k| k * 1024),
+            nodefs_available: fs.as_ref().map(|s| s.blocks_available() as u64 * s.fragment_size() as u64),
+            nodefs_capacity: fs.as_ref().map(|s| s.blocks() as u64 * s.fragment_size() as u64),
+        }
+    }
+}
+
+/// A fake source of signals for tests: set what the next reading returns.
+#[derive(Default)]
+pub struct FakeNodeStats {
+    pub current: std::sync::Mutex<Signals>,
+}
+
+impl FakeNodeStats {
+    pub fn set(&self, s: Signals) {
+        if let Ok(mut c) = self.current.lock() {
+            *c = s;
+        }
+    }
+}
+
+impl NodeStats for FakeNodeStats {
+    fn signals(&self) -> Signals {
+        self.current.lock().map(|c| *c).unwrap_or_default()
+    }
+}
+
+/// The resource a node is short of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Resource {
+    Memory,
+    Disk,
+}
+
+impl Resource {
+    /// The Node condition that reports it.
+    pub fn condition(self) -> &'static str {
+        match self {
+            Resource::Memory => "MemoryPressure",
+            Resource::Disk => "DiskPressure",
+        }
+    }
+
+    /// The taint that keeps new pods away while it lasts.
+    pub fn taint(self) -> &'static str {
+        match self {
+            Resource::Memory => "node.kubernetes.io/memory-pressure",
+            Resource::Disk => "node.kubernetes.io/disk-pressure",
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Resource::Memory => "memory",
+            Resource::Disk => "ephemeral-storage",
+        }
+    }
+}
+
+/// The pressure conditions of the node, with the transition period applied.
+#[derive(Debug, Default)]
+pub struct Pressure {
+    /// Resource → when its signal was last seen below the threshold.
+    last_under: HashMap<Resource, Instant>,
+}
+
+/// Which signals are below their threshold in this reading (with the observed and threshold
+/// bytes, for the messages).
+pub fn under(cfg: &EvictionConfig, s: &Signals) -> Vec<(Resource, u64, u64)> {
+    let mut out = Vec::new();
+    if let Some(avail) = s.memory_available {
+        let t = cfg.memory_available.bytes_of(s.memory_capacity.unwrap_or(0));
+        if avail < t {
+            out.push((Resource::Memory, avail, t));
+        }
+    }
+    if let Some(avail) = s.nodefs_available {
+        let t = cfg.nodefs_available.bytes_of(s.nodefs_capacity.unwrap_or(0));
+        if avail < t {
+            out.push((Resource::Disk, avail, t));
+        }
+    }
+    out
+}
+
+impl Pressure {
+    /// Records a reading; says which conditions hold now (a resource stays under pressure for
+    /// `transition_period` after its signal recovered).
+    pub fn observe(&mut self, cfg: &EvictionConfig, now: Instant, under_now: &[(Resource, u64, u64)]) -> Vec<Resource> {
+        for (r, _, _) in under_now {
+            self.last_under.insert(*r, now);
+        }
+        self.last_under.retain(|_, at| now.saturating_duration_since(*at) < cfg.transition_period);
+        let mut out: Vec<Resource> = self.last_under.keys().copied().collect();
+        out.sort_by_key(|r| r.condition());
+        out
+    }
+}
+
+/// Pods at or above this priority (system-node-critical and system-cluster-critical) are
+/// never evicted.
+const CRITICAL_PRIORITY: i64 = 2_000_000_000;
+
+fn requested_memory(pod: &Value) -> u64 {
+    pod["spec"]["containers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| {
+            c["resources"]["requests"]["memory"]
+                .as_str()
+                .or(c["resources"]["limits"]["memory"].as_str())
+                .and_then(super::spec::bytes)
+        })
+        .sum()
+}
+
+/// The order pods are evicted in for a resource, first victim first: BestEffort, then pods
+/// using more than they requested, then lower priority, then the most usage above the
+/// request. `usage` is each pod's memory (by uid). Critical and finished pods are left out.
+pub fn rank<'a>(pods: &'a [Value], usage: &HashMap<String, u64>, resource: Resource) -> Vec<&'a Value> {
+    type Key = (u8, bool, i64, i128);
+    let mut list: Vec<(&Value, Key)> = pods
+        .iter()
+        .filter(|p| !matches!(p["status"]["phase"].as_str(), Some("Succeeded" | "Failed")))
+        .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+        .filter(|p| p["spec"]["priority"].as_i64().unwrap_or(0) < CRITICAL_PRIORITY)
+        .map(|p| {
+            let qos = match super::pod::qos_class(p) {
+                "BestEffort" => 0,
+                "Burstable" => 1,
+                _ => 2,
+            };
+            let used = usage.get(p["metadata"]["uid"].as_str().unwrap_or_default()).copied().unwrap_or(0);
+            let req = if resource == Resource::Memory { requested_memory(p) } else { 0 };
+            let above = used as i128 - req as i128;
+            (p, (qos, above <= 0, p["spec"]["priority"].as_i64().unwrap_or(0), -above))
+        })
+        .collect();
+    list.sort_by_key(|(_, k)| *k);
+    list.into_iter().map(|(p, _)| p).collect()
+}
+
+/// The status of an evicted pod, from its last status: Failed, reason Evicted, containers
+/// terminated, and the DisruptionTarget condition.
+pub fn evicted_status(old: &Value, resource: Resource, observed: u64, threshold: u64, now: &str) -> Value {
+    let message = format!(
+        "The node was low on resource: {}. Threshold quantity: {threshold}, available: {}Ki.",
+        resource.name(),
+        observed / 1024
+    );
+    let mut st = old.clone();
+    st["phase"] = "Failed".into();
+    st["reason"] = "Evicted".into();
+    st["message"] = message.into();
+    for list in ["containerStatuses", "initContainerStatuses"] {
+        for cs in st.get_mut(list).and_then(Value::as_array_mut).into_iter().flatten() {
+            if cs["state"].get("terminated").is_none() {
+                let started = cs["state"]["running"]["startedAt"].clone();
+                cs["state"] = serde_json::json!({"terminated": {
+                    "exitCode": 137, "reason": "ContainerStatusUnknown", "startedAt": started, "finishedAt": now,
+                    "message": "The container could not be located when the pod was terminated",
+                }});
+            }
+            cs["ready"] = false.into();
+            cs["started"] = false.into();
+        }
+    }
+    let mut conds: Vec<Value> = st["conditions"].as_array().cloned().unwrap_or_default();
+    for c in conds.iter_mut() {
+        if c["type"] == "Ready" || c["type"] == "ContainersReady" {
+            c["status"] = "False".into();
+            c["reason"] = "PodFailed".into();
+            c["lastTransitionTime"] = now.into();
+        }
+    }
+    conds.retain(|c| c["type"] != "DisruptionTarget");
+    conds.push(serde_json::json!({
+        "type": "DisruptionTarget", "status": "True", "reason": "TerminationByKubelet",
+        "message": st["message"], "lastTransitionTime": now,
+    }));
+    st["conditions"] = Value::Array(conds);
+    st
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn pod(name: &str, uid: &str, resources: Value, priority: i64) -> Value {
+        json!({"metadata": {"name": name, "uid": uid}, "spec": {"priority": priority,
+            "containers": [{"name": "c", "resources": resources}]}, "status": {"phase": "Running"}})
+    }
+
+    #[test]
+    fn thresholds_parse_like_the_kubelet() {
+        let c = EvictionConfig::parse("memory.available<200Mi, nodefs.available<5%").expect("parse");
+        assert_eq!(c.memory_available, Quantity::Bytes(200 * 1024 * 1024));
+        assert_eq!(c.nodefs_available, Quantity::Percent(5.0));
+        assert_eq!(EvictionConfig::parse("").expect("empty"), EvictionConfig::default());
+        assert!(EvictionConfig::parse("pid.available<10").is_err());
+        assert!(EvictionConfig::parse("memory.available>1Gi").is_err());
+    }
+
+    #[test]
+    fn fake_signals_drive_pressure_with_a_transition_period() {
+        let cfg = EvictionConfig::default();
+        let stats = FakeNodeStats::default();
+        let gib = 1u64 << 30;
+        stats.set(Signals {
+            memory_available: Some(2 * gib),
+            memory_capacity: Some(4 * gib),
+            nodefs_available: Some(50 * gib),
+            nodefs_capacity: Some(100 * gib),
+        });
+        let mut p = Pressure::default();
+        let t0 = Instant::now();
+        assert!(p.observe(&cfg, t0, &under(&cfg, &stats.signals())).is_empty());
+        // A 1 TB disk with 5 GiB free is not under pressure by default (at most 2 GiB).
+        let big = Signals { nodefs_available: Some(5 * gib), nodefs_capacity: Some(1000 * gib), ..stats.signals() };
+        assert!(under(&cfg, &big).is_empty());
+        // 50 MiB left: memory pressure; 1 GiB of 100 left: disk pressure (below 10 %, at most 2 GiB).
+        stats.set(Signals { memory_available: Some(50 << 20), nodefs_available: Some(gib), ..stats.signals() });
+        let now = under(&cfg, &stats.signals());
+        assert_eq!(now[0], (Resource::Memory, 50 << 20, 100 << 20));
+        assert_eq!(p.observe(&cfg, t0, &now), vec![Resource::Disk, Resource::Memory]);
+        stats.set(Signals { memory_available: Some(2 * gib), nodefs_available: Some(50 * gib), ..stats.signals() });
+        let fine = under(&cfg, &stats.signals());
+        assert!(fine.is_empty());
+        assert_eq!(p.observe(&cfg, t0 + Duration::from_secs(60), &fine).len(), 2, "held for the transition period");
+        assert!(p.observe(&cfg, t0 + Duration::from_secs(301), &fine).is_empty());
+    }
+
+    #[test]
+    fn best_effort_goes_first_and_critical_never() {
+        let guaranteed = pod(
+            "g",
+            "g",
+            json!({"limits": {"memory": "64Mi", "cpu": "100m"}, "requests": {"memory": "64Mi", "cpu": "100m"}}),
+            0,
+        );
+        let burstable_over = pod("b1", "b1", json!({"requests": {"memory": "10Mi"}}), 0);
+        let burstable_under = pod("b2", "b2", json!({"requests": {"memory": "500Mi"}}), 0);
+        let best_effort_low = pod("be1", "be1", json!({}), 0);
+        let best_effort_big = pod("be2", "be2", json!({}), 0);
+        let critical = pod("dns", "crit", json!({}), 2_000_001_000);
+        let pods = vec![guaranteed, burstable_under, critical, burstable_over, best_effort_low, best_effort_big];
+        let usage: HashMap<String, u64> =
+            [("g", 60u64 << 20), ("b1", 100 << 20), ("b2", 100 << 20), ("be1", 1 << 20), ("be2", 300 << 20)]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect();
+        let order: Vec<&str> = rank(&pods, &usage, Resource::Memory)
+            .iter()
+            .map(|p| p["metadata"]["name"].as_str().unwrap_or(""))
+            .collect();
+        assert_eq!(order, ["be2", "be1", "b1", "b2", "g"]);
+    }
+
+    #[test]
+    fn evicted_pods_are_failed_with_reason_evicted() {
+        let old = json!({"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}],
+            "containerStatuses": [{"name": "c", "ready": true, "state": {"running": {"startedAt": "t0"}}}]});
+        let st = evicted_status(&old, Resource::Memory, 50 << 20, 100 << 20, "t1");
+        assert_eq!(st["phase"], "Failed");
+        assert_eq!(st["reason"], "Evicted");
+        assert!(st["message"].as_str().is_some_and(|m| m.starts_with("The node was low on resource: memory.")));
+        assert_eq!(st["containerStatuses"][0]["state"]["terminated"]["exitCode"], 137);
+        assert_eq!(st["conditions"][0]["status"], "False");
+        assert_eq!(st["conditions"][1]["type"], "DisruptionTarget");
+        assert!(st.get("initContainerStatuses").is_none());
+    }
+}

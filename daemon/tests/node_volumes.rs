@@ -1,0 +1,400 @@
+//! The node agent with real containers (root): downwardAPI and projected volumes, the
+//! ServiceAccount token mount, a node-local PersistentVolumeClaim provisioned on first use,
+//! a ConfigMap change reaching a running container, and node-pressure eviction driven by a
+//! fake memory signal. Each test re-runs itself in a fresh network namespace (the agent
+//! makes its bridge and veths there), with an in-memory store, the busybox test image from
+//! out/images, and the controllers in the same process.
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use shoal::node::eviction::{EvictionConfig, NodeStats, Signals};
+use shoal::node::{AgentConfig, NodeAgent};
+use shoal_kube::{resources, Objects, Preconditions};
+use shoal_store::Store;
+use tokio_util::sync::CancellationToken;
+
+const INNER: &str = "SHOAL_NODE_TEST_INNER";
+const IMAGES: &str = "/work/main/out/images";
+
+/// Runs `name` of this binary again inside `unshare --net`; true when we are the inner run.
+fn in_own_netns(name: &str) -> bool {
+    if std::env::var_os(INNER).is_some() {
+        return true;
+    }
+    let exe = std::env::current_exe().expect("test binary path");
+    let status = std::process::Command::new("unshare")
+        .args(["--net", "--"])
+        .arg(exe)
+        .args(["--exact", name, "--nocapture", "--test-threads=1"])
+        .env(INNER, "1")
+        .status()
+        .expect("unshare (util-linux) must be installed; the test needs root");
+    cleanup(name);
+    assert!(status.success(), "inner run of {name} failed");
+    false
+}
+
+/// The node name each test uses.
+fn node_name(test: &str) -> String {
+    format!("nodetest-{}", &test[..test.len().min(12)]).trim_end_matches('_').replace('_', "-")
+}
+
+/// Whatever a failed inner run left: processes in the node's cgroups, the cgroups, and the
+/// runtime state under /run/shoal.
+fn cleanup(test: &str) {
+    let name = node_name(test);
+    let mut dirs = Vec::new();
+    for hierarchy in std::fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten() {
+        let root = hierarchy.path().join(format!("shoal-{name}"));
+        let mut stack = vec![root];
+        while let Some(d) = stack.pop() {
+            if !d.is_dir() {
+                continue;
+            }
+            for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+                if e.path().is_dir() {
+                    stack.push(e.path());
+                }
+            }
+            dirs.push(d);
+        }
+    }
+    for d in &dirs {
+        for pid in std::fs::read_to_string(d.join("cgroup.procs")).unwrap_or_default().lines() {
+            if let Ok(pid) = pid.trim().parse::<i32>() {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+            }
+        }
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    // Mounts left under the node's state: sandbox namespaces and container root filesystems
+    // (whose data dir, named in the overlay options, goes too).
+    let run = format!("/run/shoal/{name}/");
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    let mut points: Vec<(String, Option<PathBuf>)> = mounts
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let point = f.get(1).filter(|p| p.starts_with(&run))?.to_string();
+            let data = f.get(3).and_then(|o| o.split(',').find_map(|x| x.strip_prefix("upperdir=")));
+            Some((point, data.and_then(|d| d.split("/images/").next()).map(PathBuf::from)))
+        })
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.0.len()));
+    for (point, data) in points {
+        let _ = nix::mount::umount2(point.as_str(), nix::mount::MntFlags::MNT_DETACH);
+        if let Some(d) = data.filter(|d| d.starts_with(std::env::temp_dir())) {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+    dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
+    for d in dirs {
+        let _ = std::fs::remove_dir(d);
+    }
+    let _ = std::fs::remove_dir_all(PathBuf::from("/run/shoal").join(&name));
+}
+
+fn res(plural: &str) -> shoal_kube::Resource {
+    resources::lookup("", plural)
+}
+
+struct Node {
+    objects: Objects,
+    data: tempfile::TempDir,
+    name: String,
+    stop: CancellationToken,
+    tasks: tokio::task::JoinSet<()>,
+    secrets: shoal_gossip::pki::ClusterSecrets,
+}
+
+async fn start_node(name: &str, stats: Option<Arc<dyn NodeStats>>) -> Node {
+    let lo = std::process::Command::new("ip").args(["link", "set", "lo", "up"]).status().expect("ip");
+    assert!(lo.success());
+    let data = tempfile::tempdir().expect("tempdir");
+    let secrets = shoal_gossip::pki::ClusterSecrets::generate("test").expect("cluster secrets");
+    std::fs::write(data.path().join("secrets.json"), serde_json::to_vec(&secrets).expect("json")).expect("secrets");
+    let import = data.path().join("images/import");
+    std::fs::create_dir_all(&import).expect("import dir");
+    std::fs::copy(Path::new(IMAGES).join("busybox_1.25.tar"), import.join("busybox_1.25.tar"))
+        .expect("the busybox test image (out/images/busybox_1.25.tar)");
+    let store = Store::in_memory();
+    let objects = Objects::new(store.clone());
+    for ns in ["default", "kube-system"] {
+        objects.create(&res("namespaces"), None, json!({"metadata": {"name": ns}})).await.expect("namespace");
+    }
+    objects
+        .create(&res("serviceaccounts"), Some("default"), json!({"metadata": {"name": "default"}}))
+        .await
+        .expect("service account");
+    let cfg = AgentConfig {
+        node_name: name.to_string(),
+        data_dir: data.path().to_path_buf(),
+        address: "10.99.0.1".parse().expect("ip"),
+        objects: objects.clone(),
+        store,
+        pod_cidr: "10.98.0.0/16".into(),
+        dns_ip: "10.43.0.10".into(),
+    };
+    let stop = CancellationToken::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    let shim = shoal_runtime::ShimCommand { program: env!("CARGO_BIN_EXE_shoal").into(), args: vec!["__shim".into()] };
+    let mut agent = NodeAgent::start_with_shim(cfg, shim).await.expect("agent start");
+    let eviction = EvictionConfig { interval: Duration::from_millis(300), ..EvictionConfig::default() };
+    agent = agent.with_eviction(eviction, stats);
+    tasks.spawn(agent.run(stop.clone()));
+    let (_health_tx, health) = tokio::sync::watch::channel(BTreeMap::new());
+    let manager = shoal::controllers::ControllerManager::default();
+    let (o, s) = (objects.clone(), stop.clone());
+    tasks.spawn(async move {
+        let _keep = _health_tx;
+        manager.run(o, health, s).await
+    });
+    Node { objects, data, name: name.to_string(), stop, tasks, secrets }
+}
+
+impl Node {
+    async fn pod(&self, name: &str) -> Option<Value> {
+        self.objects.get(&res("pods"), Some("default"), name).await.expect("get pod")
+    }
+
+    async fn wait_pod(&self, name: &str, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
+        for _ in 0..1200 {
+            if let Some(p) = self.pod(name).await.filter(|p| ok(p)) {
+                return p;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("pod {name} never became {what}: {:#}", self.pod(name).await.unwrap_or_default());
+    }
+
+    async fn wait_pod_free<F, Fut>(&self, f: F) -> Value
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Option<Value>>,
+    {
+        for _ in 0..600 {
+            if let Some(v) = f().await {
+                return v;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("the node never reported MemoryPressure");
+    }
+
+    fn log(&self, pod: &Value, container: &str) -> String {
+        let m = &pod["metadata"];
+        let dir = self.data.path().join("pods").join(format!(
+            "default_{}_{}",
+            m["name"].as_str().unwrap_or_default(),
+            m["uid"].as_str().unwrap_or_default()
+        ));
+        std::fs::read_to_string(dir.join(container).join("0.log")).unwrap_or_default()
+    }
+
+    async fn wait_log(&self, name: &str, container: &str, needle: &str) -> String {
+        for _ in 0..600 {
+            let pod = self.pod(name).await.unwrap_or_default();
+            let log = self.log(&pod, container);
+            if log.contains(needle) {
+                return log;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let pod = self.pod(name).await.unwrap_or_default();
+        panic!("log of {name} never showed {needle:?}:\n{}", self.log(&pod, container));
+    }
+
+    /// Deletes every pod, waits for the agent to remove their containers, and stops.
+    async fn finish(mut self) {
+        let (pods, _) = self.objects.list(&res("pods"), None).await.expect("list");
+        for p in pods {
+            let name = p["metadata"]["name"].as_str().unwrap_or_default().to_string();
+            let _ = self.objects.delete(&res("pods"), Some("default"), &name, Preconditions::default()).await;
+        }
+        let runtime_root = PathBuf::from("/run/shoal").join(&self.name).join("runtime");
+        for _ in 0..300 {
+            let left = std::fs::read_dir(&runtime_root).map(|d| d.count()).unwrap_or(0);
+            if left == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        self.stop.cancel();
+        while self.tasks.join_next().await.is_some() {}
+        let _ = std::fs::remove_dir_all(PathBuf::from("/run/shoal").join(&self.name));
+        for root in ["/sys/fs/cgroup", "/sys/fs/cgroup/memory", "/sys/fs/cgroup/cpu,cpuacct", "/sys/fs/cgroup/pids"] {
+            let _ = std::fs::remove_dir(Path::new(root).join(format!("shoal-{}", self.name)));
+        }
+    }
+}
+
+fn busybox(name: &str, script: &str) -> Value {
+    json!({"name": name, "image": "busybox:1.25", "imagePullPolicy": "Never", "command": ["sh", "-c", script]})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn volumes_token_and_local_claims_reach_the_container() {
+    if !in_own_netns("volumes_token_and_local_claims_reach_the_container") {
+        return;
+    }
+    // Plenty of memory and disk, whatever this machine has.
+    let stats = Arc::new(Scripted { low_readings: AtomicU32::new(0), fine: FINE, low: FINE });
+    let node =
+        start_node(&node_name("volumes_token_and_local_claims_reach_the_container"), Some(stats as Arc<dyn NodeStats>))
+            .await;
+    let o = &node.objects;
+    o.create(&res("configmaps"), Some("default"), json!({"metadata": {"name": "cfg"}, "data": {"greeting": "hello"}}))
+        .await
+        .expect("configmap");
+    o.create(&res("secrets"), Some("default"), json!({"metadata": {"name": "pw"}, "data": {"pass": "aHVudGVyMg=="}}))
+        .await
+        .expect("secret");
+    o.create(
+        &res("persistentvolumeclaims"),
+        Some("default"),
+        json!({"metadata": {"name": "data"}, "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}),
+    )
+    .await
+    .expect("pvc");
+    let sa = "/var/run/secrets/kubernetes.io/serviceaccount";
+    let script = format!(
+        "cat /info/labels; echo; echo ns=$(cat {sa}/namespace); echo token=$(cat {sa}/token); \
+         echo pass=$(cat /all/pass); echo mem=$(cat /all/mem); echo ca=$(head -1 {sa}/ca.crt); \
+         echo kept > /data/file; \
+         while true; do echo greeting=$(cat /all/conf/greeting); sleep 1; done"
+    );
+    let mut c = busybox("app", &script);
+    c["resources"] = json!({"limits": {"memory": "64Mi"}});
+    c["volumeMounts"] = json!([
+        {"name": "info", "mountPath": "/info"},
+        {"name": "all", "mountPath": "/all"},
+        {"name": "data", "mountPath": "/data"},
+    ]);
+    let pod = json!({
+        "metadata": {"name": "vols", "labels": {"app": "vols", "tier": "test"}},
+        "spec": {"nodeName": node.name, "restartPolicy": "Always", "containers": [c], "volumes": [
+            {"name": "info", "downwardAPI": {"items": [{"path": "labels", "fieldRef": {"fieldPath": "metadata.labels"}}]}},
+            {"name": "all", "projected": {"sources": [
+                {"configMap": {"name": "cfg", "items": [{"key": "greeting", "path": "conf/greeting"}]}},
+                {"secret": {"name": "pw"}},
+                {"downwardAPI": {"items": [{"path": "mem", "resourceFieldRef": {"containerName": "app", "resource": "limits.memory", "divisor": "1Mi"}}]}},
+            ]}},
+            {"name": "data", "persistentVolumeClaim": {"claimName": "data"}},
+        ]},
+    });
+    o.create(&res("pods"), Some("default"), pod).await.expect("pod");
+    let running = node.wait_pod("vols", "Running", |p| p["status"]["phase"] == "Running").await;
+    let log = node.wait_log("vols", "app", "greeting=hello").await;
+    assert!(log.contains(r#"app="vols""#) && log.contains(r#"tier="test""#), "labels file: {log}");
+    assert!(log.contains("ns=default"), "{log}");
+    assert!(log.contains("pass=hunter2"), "{log}");
+    assert!(log.contains("mem=64"), "{log}");
+    assert!(log.contains("ca=-----BEGIN CERTIFICATE-----"), "{log}");
+    // The token is a JWT of this cluster, bound to this pod.
+    let token = log.split("token=").nth(1).and_then(|r| r.split_whitespace().next()).unwrap_or_default();
+    let now = jiff::Timestamp::now().as_second();
+    let user = shoal::api::tokens::verify(token, &node.secrets.ca_cert_pem, now).expect("a valid token");
+    assert_eq!(user.username, "system:serviceaccount:default:default");
+    assert_eq!(user.pod.map(|p| p.1), running["metadata"]["uid"].as_str().map(String::from));
+    // The claim was bound to a volume provisioned on this node, in its data dir.
+    let pvc = o.get(&res("persistentvolumeclaims"), Some("default"), "data").await.expect("get").expect("pvc");
+    assert_eq!(pvc["status"]["phase"], "Bound");
+    let pv_name = pvc["spec"]["volumeName"].as_str().expect("volumeName").to_string();
+    let file = node.data.path().join("storage").join(&pv_name).join("file");
+    for _ in 0..100 {
+        if file.exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(std::fs::read_to_string(&file).expect("file written through the claim"), "kept\n");
+    // A ConfigMap change reaches the running container without a restart.
+    o.modify(&res("configmaps"), Some("default"), "cfg", shoal_kube::UpdateMode::All, |cm| {
+        cm["data"]["greeting"] = json!("bonjour");
+        Ok(true)
+    })
+    .await
+    .expect("update configmap");
+    node.wait_log("vols", "app", "greeting=bonjour").await;
+    let pod = node.pod("vols").await.expect("pod");
+    assert_eq!(pod["status"]["containerStatuses"][0]["restartCount"], 0);
+    node.finish().await;
+}
+
+const GIB: u64 = 1 << 30;
+const FINE: Signals = Signals {
+    memory_available: Some(4 * GIB),
+    memory_capacity: Some(8 * GIB),
+    nodefs_available: Some(50 * GIB),
+    nodefs_capacity: Some(100 * GIB),
+};
+
+/// A memory signal that reads low for a given number of readings, then fine again: each low
+/// reading lets the agent evict one pod.
+struct Scripted {
+    low_readings: AtomicU32,
+    fine: Signals,
+    low: Signals,
+}
+
+impl NodeStats for Scripted {
+    fn signals(&self) -> Signals {
+        match self.low_readings.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)) {
+            Ok(_) => self.low,
+            Err(_) => self.fine,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_pressure_evicts_best_effort_pods_first() {
+    if !in_own_netns("memory_pressure_evicts_best_effort_pods_first") {
+        return;
+    }
+    let fine = FINE;
+    let stats = Arc::new(Scripted {
+        low_readings: AtomicU32::new(0),
+        fine,
+        low: Signals { memory_available: Some(50 << 20), ..fine },
+    });
+    let node = start_node(
+        &node_name("memory_pressure_evicts_best_effort_pods_first"),
+        Some(stats.clone() as Arc<dyn NodeStats>),
+    )
+    .await;
+    let o = &node.objects;
+    let mut guaranteed = busybox("app", "sleep 3600");
+    guaranteed["resources"] = json!({"limits": {"memory": "32Mi", "cpu": "100m"}});
+    for (name, c) in [("guaranteed", guaranteed), ("besteffort", busybox("app", "sleep 3600"))] {
+        let pod = json!({"metadata": {"name": name}, "spec": {"nodeName": node.name, "containers": [c]}});
+        o.create(&res("pods"), Some("default"), pod).await.expect("pod");
+    }
+    for name in ["guaranteed", "besteffort"] {
+        node.wait_pod(name, "Running", |p| p["status"]["phase"] == "Running").await;
+    }
+    // One low reading: one pod goes, and it is the BestEffort one.
+    stats.low_readings.store(1, Ordering::SeqCst);
+    let evicted = node.wait_pod("besteffort", "Failed", |p| p["status"]["phase"] == "Failed").await;
+    assert_eq!(evicted["status"]["reason"], "Evicted");
+    assert!(evicted["status"]["message"].as_str().is_some_and(|m| m.contains("low on resource: memory")));
+    let kept = node.pod("guaranteed").await.expect("pod");
+    assert_eq!(kept["status"]["phase"], "Running");
+    let nodeobj = node
+        .wait_pod_free(|| async {
+            let n = o.get(&res("nodes"), None, &node.name).await.ok().flatten()?;
+            let cond = n["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == "MemoryPressure")?.clone();
+            (cond["status"] == "True").then_some(n)
+        })
+        .await;
+    assert!(nodeobj["spec"]["taints"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|t| t["key"] == "node.kubernetes.io/memory-pressure"));
+    node.finish().await;
+}
