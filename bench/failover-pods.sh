@@ -9,7 +9,9 @@ set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 RUNS=${RUNS:-5}
 IMAGE=${IMAGE:-nginx}
-work=$(mktemp -d /tmp/shoal-bench-fopods.XXXXXX)
+# The rig's data dirs on a tmpfs: a nearly full disk here must not put the nodes under DiskPressure.
+export SHOAL_HIL_TMPFS_MB=${SHOAL_HIL_TMPFS_MB:-3072}
+work=$(mktemp -d "${TMPDIR:-/tmp}/shoal-bench-fopods.XXXXXX")
 cleanup() { rig_down "$work/rig"; rm -rf "$work"; }
 trap cleanup EXIT
 build

@@ -4,6 +4,7 @@
 #
 #   bench/idle.sh
 #   IDLE_SECS=90 bench/idle.sh
+#   PROFILE=release bench/idle.sh   # what a board runs; debug builds inflate RSS with their binary
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 IDLE_SECS=${IDLE_SECS:-300}
@@ -20,9 +21,11 @@ log "pids: ${pid[*]}; warming up ${WARMUP}s"
 sleep "$WARMUP"
 for h in n1 n2 n3; do w0[$h]=$(write_bytes "${pid[$h]}"); done
 sleep $((IDLE_SECS - WARMUP))
-max_rss=0 max_w=0 total_w=0
+max_rss=0 max_w=0 total_w=0 max_anon=0
 for h in n1 n2 n3; do
   r=$(rss_kib "${pid[$h]}")
+  a=$(anon_kib "${pid[$h]}")
+  (( a > max_anon )) && max_anon=$a
   w=$(( $(write_bytes "${pid[$h]}") - ${w0[$h]} ))
   echo "idle_rss_mib_$h: $(awk -v r="$r" 'BEGIN {printf "%.1f", r / 1024}')"
   echo "idle_bytes_written_$h: $w"
@@ -31,6 +34,9 @@ for h in n1 n2 n3; do
   total_w=$((total_w + w))
 done
 echo "idle_secs: $IDLE_SECS"
+echo "shoal_profile: $PROFILE"
+# RSS counts the pages of the binary that were touched; a debug build maps far more of them.
+echo "idle_rss_anon_mib_max: $(awk -v r="$max_anon" 'BEGIN {printf "%.1f", r / 1024}')"
 echo "idle_bytes_written_after_1min_total: $total_w"
 echo "idle_rss_mib_max: $(awk -v r="$max_rss" 'BEGIN {printf "%.1f", r / 1024}')"
 echo "idle_bytes_written_after_1min: $max_w"

@@ -50,6 +50,9 @@ daemon_pid() {
 # rss_kib PID: resident set size in KiB.
 rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
 
+# anon_kib PID: anonymous resident memory in KiB (heap and stacks, without the mapped binary).
+anon_kib() { awk '/^RssAnon:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
+
 # write_bytes PID: bytes the process caused to be written to storage.
 write_bytes() { awk '/^write_bytes:/ {print $2}' "/proc/$1/io" 2>/dev/null || echo 0; }
 

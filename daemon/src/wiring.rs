@@ -174,7 +174,10 @@ async fn run_agent(node: Arc<Node>, stop: CancellationToken) {
     let mut wait = Duration::from_millis(200);
     loop {
         match NodeAgent::start(cfg.clone()).await {
-            Ok(agent) => return agent.with_devices(node.cfg.node.devices.clone()).run(stop).await,
+            Ok(agent) => {
+                share_image_blobs(&node, agent.images());
+                return agent.with_devices(node.cfg.node.devices.clone()).run(stop).await;
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "node agent cannot start yet; retrying");
                 tokio::select! {
@@ -185,6 +188,22 @@ async fn run_agent(node: Arc<Node>, stop: CancellationToken) {
             }
         }
     }
+}
+
+/// Serves this node's image blobs to its peers and asks the live peers first when pulling.
+fn share_image_blobs(node: &Arc<Node>, images: shoal_images::ImageStore) {
+    use crate::node::blobs::{self, QuicPeers};
+    blobs::serve(&node.transport, images.clone());
+    let n = node.clone();
+    let peers: blobs::PeerList = Arc::new(move || {
+        n.membership
+            .members()
+            .iter()
+            .filter(|m| m.alive && m.name != n.identity.name)
+            .filter_map(|m| m.attrs.get("peer_addr").and_then(|a| a.parse().ok()))
+            .collect()
+    });
+    images.set_blob_sources(vec![Arc::new(QuicPeers { transport: node.transport.clone(), peers })]);
 }
 
 /// The Service data plane (nftables) of this node.

@@ -56,9 +56,58 @@ fn if_index(sys_class_net: &Path, link: &str) -> std::io::Result<u32> {
     text.trim().parse().map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "ifindex"))
 }
 
-/// Announces `ip` on `link`: gratuitous ARP for IPv4, unsolicited NA for IPv6.
+/// Announces `ip` on `link` of the calling thread's network namespace: gratuitous ARP for
+/// IPv4, unsolicited NA for IPv6.
 pub fn announce(link: &str, ip: IpAddr) -> Result<()> {
-    announce_with(Path::new("/sys/class/net"), link, ip)
+    let (index, mac) = link_info(link).map_err(|source| match ip {
+        IpAddr::V4(_) => Error::SendArp { link: link.into(), ip, source },
+        IpAddr::V6(_) => Error::SendNeighbourAdvert { link: link.into(), ip, source },
+    })?;
+    match ip {
+        IpAddr::V4(v4) => send_gratuitous_arp(index, link, mac, v4),
+        IpAddr::V6(v6) => send_neighbour_advert(index, link, mac, v6),
+    }
+}
+
+/// The index and hardware address of `link`, asked of the kernel through a socket of the
+/// calling thread's network namespace. `/sys/class/net` is not used: it shows the namespace
+/// that mounted sysfs, which is not this one inside a container or a test rig.
+pub fn link_info(link: &str) -> std::io::Result<(u32, [u8; 6])> {
+    let name = std::ffi::CString::new(link)
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "link name contains a NUL byte"))?;
+    if name.as_bytes_with_nul().len() > libc::IFNAMSIZ {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "link name too long"));
+    }
+    // SAFETY: `name` is a valid NUL-terminated string that outlives the call.
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    if index == 0 {
+        return Err(last_err());
+    }
+    // SAFETY: socket(2) with constant arguments; the result is checked before being owned.
+    let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if raw < 0 {
+        return Err(last_err());
+    }
+    // SAFETY: `raw` is a fresh, valid descriptor that nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    // SAFETY: ifreq is plain old data; all-zero is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(name.as_bytes()) {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: SIOCGIFHWADDR reads the name from and writes the address into `req`, a live
+    // ifreq of the size the kernel expects.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), libc::SIOCGIFHWADDR as _, &mut req as *mut libc::ifreq) };
+    if r < 0 {
+        return Err(last_err());
+    }
+    // SAFETY: after a successful SIOCGIFHWADDR the union holds `ifru_hwaddr`.
+    let hw = unsafe { req.ifr_ifru.ifru_hwaddr };
+    let mut mac = [0u8; 6];
+    for (dst, src) in mac.iter_mut().zip(hw.sa_data.iter()) {
+        *dst = *src as u8;
+    }
+    Ok((index, mac))
 }
 
 /// [`announce`] reading the link's MAC under `sys_class_net`.
@@ -114,6 +163,85 @@ pub fn send_gratuitous_arp(index: u32, link: &str, mac: [u8; 6], ip: Ipv4Addr) -
         }
     }
     Ok(())
+}
+
+/// Asks the link who answers for `ip` before taking it (an RFC 5227 probe: ARP request from
+/// 0.0.0.0) and listens for `wait`; returns the MAC of another host that answered, if any.
+/// IPv6 addresses are not probed (None).
+pub fn probe(link: &str, ip: IpAddr, wait: std::time::Duration) -> Result<Option<[u8; 6]>> {
+    let IpAddr::V4(v4) = ip else { return Ok(None) };
+    let err = |source| Error::ProbeArp { link: link.into(), ip, source };
+    let (index, mac) = link_info(link).map_err(err)?;
+    // SAFETY: socket(2) with constant arguments; the result is checked before being owned.
+    let raw =
+        unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, i32::from(ETH_P_ARP.to_be())) };
+    if raw < 0 {
+        return Err(err(last_err()));
+    }
+    // SAFETY: `raw` is a fresh, valid descriptor that nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    // SAFETY: sockaddr_ll is plain old data; all-zero is a valid value.
+    let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    sll.sll_family = libc::AF_PACKET as u16;
+    sll.sll_protocol = ETH_P_ARP.to_be();
+    sll.sll_ifindex = index as i32;
+    sll.sll_halen = 6;
+    sll.sll_addr[..6].copy_from_slice(&BROADCAST);
+    let len = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+    // SAFETY: the address points to a live sockaddr_ll of the size passed.
+    if unsafe { libc::bind(fd.as_raw_fd(), (&sll as *const libc::sockaddr_ll).cast(), len) } < 0 {
+        return Err(err(last_err()));
+    }
+    let mut frame = arp_frame(mac, v4, ArpOp::Request);
+    frame[28..32].copy_from_slice(&[0; 4]); // sender IP 0.0.0.0: a probe, no cache takes it in
+                                            // SAFETY: the buffer and the address point to live stack values of the lengths passed.
+    let n = unsafe {
+        libc::sendto(
+            fd.as_raw_fd(),
+            frame.as_ptr().cast(),
+            frame.len(),
+            0,
+            (&sll as *const libc::sockaddr_ll).cast(),
+            len,
+        )
+    };
+    if n < 0 {
+        return Err(err(last_err()));
+    }
+    let end = std::time::Instant::now() + wait;
+    let mut buf = [0u8; 128];
+    loop {
+        let left = end.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Ok(None);
+        }
+        let mut pfd = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        let ms = i32::try_from(left.as_millis().max(1)).unwrap_or(i32::MAX);
+        // SAFETY: `pfd` is a live pollfd and the count passed is 1.
+        let r = unsafe { libc::poll(&mut pfd, 1, ms) };
+        if r < 0 {
+            let e = last_err();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(err(e));
+        }
+        if r == 0 {
+            return Ok(None);
+        }
+        // SAFETY: the buffer is live and its length is passed.
+        let got = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+        if got < 0 {
+            continue;
+        }
+        let f = &buf[..got as usize];
+        // an ARP reply (or another host's probe / announcement) from someone else claiming `ip`
+        if f.len() >= 42 && f[12..14] == ETH_P_ARP.to_be_bytes() && f[28..32] == v4.octets() && f[22..28] != mac {
+            let mut other = [0u8; 6];
+            other.copy_from_slice(&f[22..28]);
+            return Ok(Some(other));
+        }
+    }
 }
 
 fn set_int_opt(fd: &OwnedFd, level: i32, name: i32, value: i32) -> std::io::Result<()> {

@@ -12,6 +12,8 @@ pub enum Error {
         #[source]
         source: rtnetlink::Error,
     },
+    #[error("list links")]
+    ListLinks(#[source] rtnetlink::Error),
     #[error("link {0} does not exist")]
     LinkNotFound(String),
     #[error("create bridge {name}")]
@@ -107,6 +109,13 @@ pub enum Error {
     },
     #[error("send gratuitous ARP for {ip} on {link}")]
     SendArp {
+        link: String,
+        ip: IpAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("probe for other holders of {ip} on {link}")]
+    ProbeArp {
         link: String,
         ip: IpAddr,
         #[source]

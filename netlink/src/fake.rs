@@ -122,6 +122,10 @@ impl Net for FakeNet {
         Ok(())
     }
 
+    async fn list_links(&self) -> Result<Vec<String>> {
+        Ok(self.lock().links.keys().cloned().collect())
+    }
+
     async fn list_addresses(&self, link: &str) -> Result<Vec<Address>> {
         self.need(link)?;
         Ok(self.lock().links.get(link).cloned().unwrap_or_default())

@@ -42,6 +42,8 @@ pub trait Net: Send + Sync {
         netns: &Path,
         bridge: Option<&str>,
     ) -> impl Future<Output = Result<()>> + Send;
+    /// The names of every link of the namespace.
+    fn list_links(&self) -> impl Future<Output = Result<Vec<String>>> + Send;
     /// Deletes a link (deleting one end of a veth pair deletes both).
     fn delete_link(&self, name: &str) -> impl Future<Output = Result<()>> + Send;
     /// Sets a link up or down.
@@ -187,6 +189,22 @@ impl Net for LinuxNet {
             .execute()
             .await
             .map_err(|source| Error::SetLink { name: host.into(), source })
+    }
+
+    async fn list_links(&self) -> Result<Vec<String>> {
+        let msgs: Vec<rtnetlink::packet_route::link::LinkMessage> =
+            self.handle.link().get().execute().try_collect().await.map_err(Error::ListLinks)?;
+        let mut names: Vec<String> = msgs
+            .iter()
+            .filter_map(|m| {
+                m.attributes.iter().find_map(|a| match a {
+                    rtnetlink::packet_route::link::LinkAttribute::IfName(n) => Some(n.clone()),
+                    _ => None,
+                })
+            })
+            .collect();
+        names.sort();
+        Ok(names)
     }
 
     async fn delete_link(&self, name: &str) -> Result<()> {

@@ -5,7 +5,6 @@
 //! partition no IP is answered from both sides.
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -37,12 +36,23 @@ const REFRESH: Duration = Duration::from_secs(60);
 /// How often the election is evaluated.
 const TICK: Duration = Duration::from_millis(200);
 const COMPONENT: &str = "shoal-lb-speaker";
+/// How long a node listens for another host answering for an IP before it takes it.
+pub const PROBE_WAIT: Duration = Duration::from_millis(150);
+/// How long a node defers to another host that keeps answering for an IP it won (after a
+/// partition heals, until the old holder sees this node alive again); then it takes the IP.
+const CONTEST_LIMIT: Duration = Duration::from_secs(15);
 
 /// Sends the announcements that move an IP to this node.
 pub trait Announcer: Send + Sync + 'static {
     /// One gratuitous ARP (IPv4) or unsolicited neighbour advertisement (IPv6) out of `link`.
     #[allow(clippy::result_large_err)]
     fn announce(&self, link: &str, ip: IpAddr) -> Result<(), shoal_netlink::Error>;
+    /// The MAC of another host that still answers for `ip` on `link`, asked before this node
+    /// takes the IP (blocks up to [`PROBE_WAIT`]). None: nobody else answers.
+    #[allow(clippy::result_large_err)]
+    fn probe(&self, _link: &str, _ip: IpAddr) -> Result<Option<[u8; 6]>, shoal_netlink::Error> {
+        Ok(None)
+    }
 }
 
 /// [`Announcer`] over raw sockets (shoal-netlink).
@@ -52,17 +62,27 @@ impl Announcer for LinuxAnnouncer {
     fn announce(&self, link: &str, ip: IpAddr) -> Result<(), shoal_netlink::Error> {
         shoal_netlink::announce::announce(link, ip)
     }
+
+    fn probe(&self, link: &str, ip: IpAddr) -> Result<Option<[u8; 6]>, shoal_netlink::Error> {
+        shoal_netlink::announce::probe(link, ip, PROBE_WAIT)
+    }
 }
 
 /// [`Announcer`] that records what it was asked to send.
 #[derive(Default)]
 pub struct FakeAnnouncer {
     sent: Mutex<Vec<(String, IpAddr)>>,
+    answered_by: Mutex<Option<[u8; 6]>>,
 }
 
 impl FakeAnnouncer {
     pub fn sent(&self) -> Vec<(String, IpAddr)> {
         self.sent.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Makes probes find another host answering with `mac` (None: nobody).
+    pub fn set_answered_by(&self, mac: Option<[u8; 6]>) {
+        *self.answered_by.lock().unwrap_or_else(|p| p.into_inner()) = mac;
     }
 }
 
@@ -70,6 +90,10 @@ impl Announcer for FakeAnnouncer {
     fn announce(&self, link: &str, ip: IpAddr) -> Result<(), shoal_netlink::Error> {
         self.sent.lock().unwrap_or_else(|p| p.into_inner()).push((link.to_string(), ip));
         Ok(())
+    }
+
+    fn probe(&self, _link: &str, _ip: IpAddr) -> Result<Option<[u8; 6]>, shoal_netlink::Error> {
+        Ok(*self.answered_by.lock().unwrap_or_else(|p| p.into_inner()))
     }
 }
 
@@ -223,7 +247,6 @@ pub struct LbAnnouncer<N: Net + 'static, A: Announcer, V: ClusterView> {
     view: V,
     link: Option<String>,
     node_ip: Option<IpAddr>,
-    sys_class_net: PathBuf,
     state: watch::Sender<Vec<Announcement>>,
 }
 
@@ -242,7 +265,6 @@ impl<N: Net + 'static, A: Announcer, V: ClusterView> LbAnnouncer<N, A, V> {
             view,
             link: None,
             node_ip: None,
-            sys_class_net: PathBuf::from("/sys/class/net"),
             state: watch::channel(Vec::new()).0,
         }
     }
@@ -259,12 +281,6 @@ impl<N: Net + 'static, A: Announcer, V: ClusterView> LbAnnouncer<N, A, V> {
         self
     }
 
-    /// Where link names are listed (tests point it at a tempdir).
-    pub fn with_sys_class_net(mut self, path: impl Into<PathBuf>) -> Self {
-        self.sys_class_net = path.into();
-        self
-    }
-
     /// Which node announces each IP, as this node sees it; updated on every change.
     pub fn announced(&self) -> watch::Receiver<Vec<Announcement>> {
         self.state.subscribe()
@@ -277,11 +293,15 @@ impl<N: Net + 'static, A: Announcer, V: ClusterView> LbAnnouncer<N, A, V> {
         let ip = self
             .node_ip
             .or_else(|| self.view.members().iter().find(|m| m.name == self.node).map(|m| m.gossip_addr.ip()))?;
-        let mut names: Vec<String> = std::fs::read_dir(&self.sys_class_net)
-            .ok()?
-            .filter_map(|e| e.ok()?.file_name().into_string().ok())
-            .collect();
-        names.sort();
+        // Links come from netlink: /sys/class/net shows the namespace that mounted sysfs,
+        // which need not be the node's.
+        let names = match self.net.list_links().await {
+            Ok(n) => n,
+            Err(error) => {
+                tracing::warn!(%error, "cannot list links for loadbalancer ips");
+                return None;
+            }
+        };
         for n in names {
             if let Ok(addrs) = self.net.list_addresses(&n).await {
                 if addrs.iter().any(|a| a.addr == ip) {
@@ -341,6 +361,7 @@ impl<N: Net + 'static, A: Announcer, V: ClusterView> LbAnnouncer<N, A, V> {
         let mut active = false;
         let mut last_refresh = Instant::now();
         let mut stale_checked = false;
+        let mut contested: BTreeMap<IpAddr, Instant> = BTreeMap::new();
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -426,7 +447,26 @@ impl<N: Net + 'static, A: Announcer, V: ClusterView> LbAnnouncer<N, A, V> {
                 }
             }
             let new: Vec<IpAddr> = desired.iter().filter(|ip| !held.contains_key(ip)).copied().collect();
+            contested.retain(|ip, _| new.contains(ip));
             for ip in &new {
+                // The node that held the IP may not have seen this one come back yet (after a
+                // partition heals): while another host answers for it, wait.
+                let (garp, l, probed) = (Arc::clone(&self.garp), link.clone(), *ip);
+                match tokio::task::spawn_blocking(move || garp.probe(&l, probed).map_err(Box::new)).await {
+                    Ok(Ok(Some(mac))) => {
+                        let other = mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
+                        let since = *contested.entry(*ip).or_insert(now);
+                        if now.duration_since(since) < CONTEST_LIMIT {
+                            tracing::info!(%ip, other, "another host still answers for the ip; waiting for it to let go");
+                            continue;
+                        }
+                        tracing::warn!(%ip, other, "another host keeps answering for the ip; taking it anyway");
+                    }
+                    Ok(Ok(None)) => {}
+                    Ok(Err(error)) => tracing::warn!(%error, %ip, "probe before announcing failed"),
+                    Err(error) => tracing::warn!(%error, %ip, "probe task failed"),
+                }
+                contested.remove(ip);
                 if let Err(error) = self.net.add_address(&link, Address { addr: *ip, prefix: host_prefix(*ip) }).await {
                     tracing::warn!(%error, %ip, "add loadbalancer ip failed");
                     continue;

@@ -37,7 +37,7 @@ pub enum ProxyError {
         source: shoal_kube::Error,
     },
     #[error("apply the service ruleset")]
-    Apply(#[source] shoal_netlink::Error),
+    Apply(#[source] Box<shoal_netlink::Error>),
     #[error("apply task failed")]
     Join(#[source] tokio::task::JoinError),
 }
@@ -56,6 +56,7 @@ struct Kinds {
     services: Resource,
     slices: Resource,
     endpoints: Resource,
+    nodes: Resource,
 }
 
 fn kinds() -> Option<Kinds> {
@@ -63,6 +64,7 @@ fn kinds() -> Option<Kinds> {
         services: resources::find("", "services")?,
         slices: resources::find("discovery.k8s.io", "endpointslices")?,
         endpoints: resources::find("", "endpoints")?,
+        nodes: resources::find("", "nodes")?,
     })
 }
 
@@ -120,7 +122,7 @@ impl Proxy {
         }
         let changed = Arc::new(Notify::new());
         let watch_stop = shutdown.child_token();
-        for res in [&k.services, &k.slices, &k.endpoints] {
+        for res in [&k.services, &k.slices, &k.endpoints, &k.nodes] {
             tokio::spawn(watch_loop(self.objects.clone(), res.clone(), changed.clone(), watch_stop.clone()));
         }
         let health = health::HealthServers::new(self.node_ips.clone());
@@ -173,7 +175,9 @@ impl Proxy {
         let services: Vec<Value> = list(&k.services, "services").await?;
         let slices: Vec<Value> = list(&k.slices, "endpointslices").await?;
         let endpoints: Vec<Value> = list(&k.endpoints, "endpoints").await?;
-        let ports = rules::service_ports(&services, &slices, &endpoints);
+        let nodes: Vec<Value> = list(&k.nodes, "nodes").await?;
+        let mut ports = rules::service_ports(&services, &slices, &endpoints);
+        rules::without_unready(&mut ports, &rules::unready_nodes(&nodes, &self.node.name));
         if self.health {
             health.update(rules::health_checks(&ports, &self.node.name));
         }
@@ -183,7 +187,7 @@ impl Proxy {
         }
         let nft = self.nft.clone();
         let t = text.clone();
-        tokio::task::spawn_blocking(move || nft.apply(&t))
+        tokio::task::spawn_blocking(move || nft.apply(&t).map_err(Box::new))
             .await
             .map_err(ProxyError::Join)?
             .map_err(ProxyError::Apply)?;

@@ -152,6 +152,36 @@ fn index_endpoints(endpoints: &[Value], idx: &mut EndpointIndex) {
     }
 }
 
+/// Nodes whose `Ready` condition is not `True` (a dead or cut-off node), except `me`: this
+/// node's own endpoints are served locally whatever the cluster thinks of it.
+pub(crate) fn unready_nodes(nodes: &[Value], me: &str) -> BTreeSet<String> {
+    nodes
+        .iter()
+        .filter(|n| {
+            let ready = n["status"]["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|c| c["type"] == "Ready")
+                .map(|c| c["status"] == "True");
+            ready == Some(false)
+        })
+        .filter_map(|n| n["metadata"]["name"].as_str().map(str::to_string))
+        .filter(|n| n != me)
+        .collect()
+}
+
+/// Drops the endpoints on `unready` nodes: a node that stopped answering takes no new
+/// connections, without waiting for its pods to be evicted.
+pub(crate) fn without_unready(ports: &mut [ServicePort], unready: &BTreeSet<String>) {
+    if unready.is_empty() {
+        return;
+    }
+    for p in ports {
+        p.endpoints.retain(|e| e.node.as_ref().is_none_or(|n| !unready.contains(n)));
+    }
+}
+
 /// Every Service port that gets rules, with its ready endpoints. ExternalName and headless
 /// Services have none (DNS serves them).
 pub(crate) fn service_ports(services: &[Value], slices: &[Value], endpoints: &[Value]) -> Vec<ServicePort> {
@@ -193,7 +223,7 @@ pub(crate) fn service_ports(services: &[Value], slices: &[Value], endpoints: &[V
                 .unwrap_or(10800)
         });
         let has_selector = spec["selector"].as_object().is_some_and(|m| !m.is_empty());
-        let health_check_node_port = if etp_local && ty == "LoadBalancer" || etp_local && ty == "NodePort" {
+        let health_check_node_port = if etp_local && (ty == "LoadBalancer" || ty == "NodePort") {
             port_of(&spec["healthCheckNodePort"])
         } else {
             None

@@ -56,6 +56,23 @@ fn cluster_ip_dnats_round_robin_to_ready_endpoints_only() {
 }
 
 #[test]
+fn endpoints_on_an_unready_node_take_no_new_connections() {
+    use super::rules::{render, unready_nodes, without_unready};
+    let s =
+        slice("web", "http", 8080, &[("10.42.1.5", "n1", true), ("10.42.2.5", "n2", true), ("10.42.3.5", "n3", true)]);
+    let node_obj = |name: &str, ready: &str| json!({"metadata": {"name": name}, "status": {"conditions": [{"type": "Ready", "status": ready}]}});
+    // n3 died; n1, this node, is seen NotReady by a stale replica but serves its own pods.
+    let nodes = [node_obj("n1", "Unknown"), node_obj("n2", "True"), node_obj("n3", "Unknown")];
+    let unready = unready_nodes(&nodes, "n1");
+    assert_eq!(unready.iter().map(String::as_str).collect::<Vec<_>>(), ["n3"]);
+    let mut ports = service_ports(&[web()], &[s], &[]);
+    without_unready(&mut ports, &unready);
+    let text = render(&ports, &node());
+    assert!(text.contains("10.42.1.5") && text.contains("10.42.2.5"));
+    assert!(!text.contains("10.42.3.5"), "the dead node's endpoint must get no traffic");
+}
+
+#[test]
 fn terminating_endpoints_take_no_new_connections() {
     let mut s = slice("web", "http", 8080, &[("10.42.1.5", "n1", true), ("10.42.2.5", "n2", true)]);
     s["endpoints"][1]["conditions"] = json!({"ready": false, "serving": true, "terminating": true});
@@ -146,14 +163,14 @@ fn external_traffic_policy_local_uses_local_endpoints_without_snat() {
         "spec": {"type": "NodePort", "clusterIP": "10.43.0.50", "externalTrafficPolicy": "Local", "healthCheckNodePort": 32000,
                  "selector": {"a": "b"}, "ports": [{"port": 80, "nodePort": 30080}]}});
     let sl = slice("etp", "", 8080, &[("10.42.1.5", "n1", true), ("10.42.2.5", "n2", true)]);
-    let text = ruleset(&[s.clone()], &[sl.clone()], &[], &node());
+    let text = ruleset(std::slice::from_ref(&s), std::slice::from_ref(&sl), &[], &node());
     let ext = chain_body(&text, "ext-default-etp-80-tcp");
     assert!(!ext.contains("jump mark-masq\n    goto"), "external clients keep their source address");
     assert!(ext.contains("ip saddr 10.42.0.0/16 goto svc-default-etp-80-tcp"));
     assert!(ext.contains("numgen inc mod 1 vmap { 0 : goto ep-default-etp-80-tcp-10-42-1-5-8080 }"));
-    let hc = health_checks(&service_ports(&[s.clone()], &[sl.clone()], &[]), "n1");
+    let hc = health_checks(&service_ports(std::slice::from_ref(&s), std::slice::from_ref(&sl), &[]), "n1");
     assert_eq!(hc.get(&32000), Some(&("default".to_string(), "etp".to_string(), 1)));
-    let hc3 = health_checks(&service_ports(&[s.clone()], &[sl], &[]), "n3");
+    let hc3 = health_checks(&service_ports(std::slice::from_ref(&s), &[sl], &[]), "n3");
     assert_eq!(hc3.get(&32000).map(|h| h.2), Some(0));
     // On a node without local endpoints external traffic is dropped, not sent elsewhere.
     let other = NodeInfo { name: "n3".into(), pod_cidr: "10.42.0.0/16".into() };

@@ -209,3 +209,27 @@ async fn a_node_cut_off_from_the_quorum_withdraws() {
     eventually("the ip is back", async || holds(&n).await).await;
     shutdown.cancel();
 }
+
+#[tokio::test]
+async fn a_winner_waits_while_another_host_still_answers() {
+    let objects = seeded().await;
+    let shutdown = CancellationToken::new();
+    let winner = elect(vip(), ["n1", "n2", "n3"]).unwrap();
+    let net = Arc::new(FakeNet::with_links(&["eth0"]));
+    let garp = Arc::new(FakeAnnouncer::default());
+    // The node that held the ip during a partition has not let it go yet.
+    garp.set_answered_by(Some([2, 0, 0, 0, 0, 9]));
+    let a =
+        LbAnnouncer::new(winner, Arc::clone(&net), Arc::clone(&garp), View::new(&[true, true, true])).with_link("eth0");
+    tokio::spawn(a.run(objects.clone(), shutdown.clone()));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let holds_now = net.list_addresses("eth0").await.unwrap().iter().any(|a| a.addr == vip());
+    assert!(!holds_now, "the winner took the ip while another host answered for it");
+    assert!(garp.sent().is_empty(), "no announcement while another host answers");
+    garp.set_answered_by(None);
+    eventually("the ip is taken once nobody else answers", async || {
+        net.list_addresses("eth0").await.unwrap().iter().any(|a| a.addr == vip())
+    })
+    .await;
+    shutdown.cancel();
+}
