@@ -26,3 +26,17 @@ BASE_PACKAGES=(iproute2 nftables util-linux procps kmod busybox-static ca-certif
 cargo_target() {
   echo "${CARGO_TARGET_DIR:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/target}"
 }
+
+# cross_env ARCH: exports the C compiler, linker and runner cargo needs for ARCH-unknown-linux-musl
+# (static binaries; aarch64 ones run here under qemu-aarch64-static).
+cross_env() {
+  case "$1" in
+    x86_64) export CC_x86_64_unknown_linux_musl=musl-gcc ;;
+    aarch64)
+      export CC_aarch64_unknown_linux_musl=aarch64-linux-gnu-gcc
+      export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER=aarch64-linux-gnu-gcc
+      export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_RUNNER=qemu-aarch64-static
+      ;;
+    *) echo "unknown arch $1 (x86_64 or aarch64)" >&2; return 1 ;;
+  esac
+}

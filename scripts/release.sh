@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Builds static release binaries of shoal for x86_64 and aarch64 (musl) into out/release/.
+# Builds static release binaries of shoal for x86_64 and aarch64 (musl) into out/release/:
+# shoal-x86_64, shoal-aarch64 and SHA256SUMS. Each binary is checked to be static and to run
+# (`--version`; the aarch64 one under qemu-aarch64-static).
 # Usage: ./scripts/release.sh [x86_64|aarch64]...   (default: both)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -7,20 +9,33 @@ cd "$(dirname "$0")/.."
 
 arches=("$@")
 [ ${#arches[@]} -eq 0 ] && arches=(x86_64 aarch64)
-ensure_packages musl-tools gcc-aarch64-linux-gnu
+for arch in "${arches[@]}"; do
+  case "$arch" in
+    x86_64) ensure_packages musl-tools ;;
+    aarch64) ensure_packages gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user-static ;;
+    *) echo "unknown arch $arch (x86_64 or aarch64)" >&2; exit 1 ;;
+  esac
+done
+command -v rustup >/dev/null || { echo "rustup not found: it installs the musl targets" >&2; exit 1; }
 mkdir -p out/release
+# symbols stripped: a board gets a smaller binary; backtraces still name the crate functions
+export CARGO_PROFILE_RELEASE_STRIP=symbols
 for arch in "${arches[@]}"; do
   target="$arch-unknown-linux-musl"
   rustup target list --installed | grep -qx "$target" || rustup target add "$target"
-  case "$arch" in
-    x86_64) export CC_x86_64_unknown_linux_musl=musl-gcc ;;
-    aarch64)
-      export CC_aarch64_unknown_linux_musl=aarch64-linux-gnu-gcc
-      export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER=aarch64-linux-gnu-gcc
-      ;;
-    *) echo "unknown arch $arch (x86_64 or aarch64)" >&2; exit 1 ;;
-  esac
+  cross_env "$arch"
   cargo build --release --locked -p shoal --target "$target"
-  cp "$(cargo_target)/$target/release/shoal" "out/release/shoal-$arch"
-  echo "out/release/shoal-$arch"
+  out="out/release/shoal-$arch"
+  cp "$(cargo_target)/$target/release/shoal" "$out"
+  if readelf -lW "$out" | grep -q 'Requesting program interpreter'; then
+    echo "$out is dynamically linked; a release binary must be static" >&2
+    exit 1
+  fi
+  case "$arch" in
+    x86_64) version=$("$out" --version) ;;
+    aarch64) version=$(qemu-aarch64-static "$out" --version) ;;
+  esac
+  echo "$out: $version, $(du -h "$out" | cut -f1)"
 done
+(cd out/release && sha256sum shoal-* > SHA256SUMS)
+echo "out/release/SHA256SUMS"

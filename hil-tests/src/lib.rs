@@ -1,6 +1,7 @@
 //! shoal-hil: rigs of real hosts, fault injection, the scenario suite and its reports.
 #![forbid(unsafe_code)]
 
+pub mod clock;
 mod error;
 pub mod history;
 pub mod kube;
@@ -10,6 +11,7 @@ mod proc;
 pub mod results;
 pub mod rig;
 pub mod scenarios;
+pub mod services;
 pub mod shoal;
 pub mod walkthrough;
 pub mod workload;

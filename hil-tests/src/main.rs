@@ -409,8 +409,8 @@ fn rig(command: RigCommand) -> anyhow::Result<ExitCode> {
 fn run_scenarios(args: RunArgs) -> anyhow::Result<ExitCode> {
     let names: Vec<String> = if args.scenario == "all" {
         SCENARIOS.iter().map(|s| s.to_string()).collect()
-    } else if SCENARIOS.contains(&args.scenario.as_str()) {
-        vec![args.scenario.clone()]
+    } else if SCENARIOS.contains(&scenarios::canonical(&args.scenario).as_str()) {
+        vec![scenarios::canonical(&args.scenario)]
     } else {
         bail!("unknown scenario {} (known: {}, all)", args.scenario, SCENARIOS.join(", "));
     };
@@ -435,12 +435,24 @@ fn run_scenarios(args: RunArgs) -> anyhow::Result<ExitCode> {
             (Some(rig), _) => {
                 rig.down()?;
                 let rec = scenarios::run_recorded(name, rig, &opts);
+                if !rec.passed {
+                    for h in rig.hosts() {
+                        eprintln!("--- last lines of shoal on {h} ---");
+                        eprintln!("{}", rig.log_tail(&h, 20).unwrap_or_else(|e| format!("no log: {e}")));
+                    }
+                }
                 rig.down()?;
                 rec
             }
             (None, Some(bin)) => {
                 let dir = args.dir.join(name);
-                let rig = NetnsRig::up(NetnsOptions::new(&dir, scenarios::hosts_needed(name, &opts), bin))?;
+                let mut rig_opts = NetnsOptions::new(&dir, scenarios::hosts_needed(name, &opts), bin);
+                rig_opts.client = scenarios::needs_client(name);
+                if rig_opts.client {
+                    // pods need a node without DiskPressure, whatever this machine's disk holds
+                    rig_opts.tmpfs_mb = rig_opts.tmpfs_mb.or(Some(3072));
+                }
+                let rig = NetnsRig::up(rig_opts)?;
                 let rec = scenarios::run_recorded(name, &rig, &opts);
                 if !rec.passed {
                     print_logs(&rig);

@@ -26,6 +26,9 @@ pub const SCENARIOS: &[&str] = &[
     "join-and-replace",
     "packet-loss",
     "rolling-upgrade",
+    "clock-jump",
+    "lb-failover",
+    "pods-back",
 ];
 
 /// Knobs of the suite.
@@ -79,6 +82,16 @@ pub fn hosts_needed(scenario: &str, opts: &ScenarioOptions) -> usize {
     }
 }
 
+/// Whether a scenario needs the rig's client host (it drives kubectl and curl from there).
+pub fn needs_client(scenario: &str) -> bool {
+    matches!(canonical(scenario).as_str(), "lb-failover" | "pods-back")
+}
+
+/// A scenario name as listed in [`SCENARIOS`] (`lb_failover` is `lb-failover`).
+pub fn canonical(scenario: &str) -> String {
+    scenario.replace('_', "-")
+}
+
 /// What a scenario hands back: figures and notes.
 #[derive(Clone, Debug, Default)]
 pub struct Measured {
@@ -102,7 +115,7 @@ fn failed(scenario: &str, reason: impl Into<String>) -> Error {
 /// Runs one scenario by name.
 pub fn run(scenario: &str, rig: &dyn Rig, opts: &ScenarioOptions) -> Result<Measured> {
     info!(scenario, "scenario starts");
-    match scenario {
+    match canonical(scenario).as_str() {
         "cluster-forms" => cluster_forms(rig, opts),
         "leader-killed" => leader_killed(rig, opts),
         "leader-partitioned" => leader_partitioned(rig, opts),
@@ -111,6 +124,9 @@ pub fn run(scenario: &str, rig: &dyn Rig, opts: &ScenarioOptions) -> Result<Meas
         "join-and-replace" => join_and_replace(rig, opts),
         "packet-loss" => packet_loss(rig, opts),
         "rolling-upgrade" => rolling_upgrade(rig, opts),
+        "clock-jump" => crate::clock::clock_jump(rig, opts),
+        "lb-failover" => crate::services::lb_failover(rig, opts),
+        "pods-back" => crate::services::pods_back(rig, opts),
         other => Err(Error::UnknownScenario(other.to_string(), SCENARIOS.join(", "))),
     }
 }
@@ -189,7 +205,7 @@ fn check_history(scenario: &str, ops: &[Operation], m: &mut Measured) -> Result<
 }
 
 /// Waits until every host answers kv reads, then reads every register through each and checks.
-fn finish(
+pub(crate) fn finish(
     scenario: &str,
     rig: &dyn Rig,
     hosts: &[String],

@@ -209,7 +209,7 @@ impl<'a> Cluster<'a> {
             join: Some(self.rig.address(first)?.to_string()),
             token: Some(self.token.clone()),
             config: self.config.clone(),
-            extra_args: Vec::new(),
+            ..Launch::default()
         })
     }
 

@@ -31,7 +31,13 @@ fn scenario(name: &str) {
     }
     opts.upgrade_binary = std::env::var_os("SHOAL_UPGRADE_BIN").map(PathBuf::from);
     let dir = PathBuf::from("/tmp/shoal-hil-tests").join(name);
-    let rig = NetnsRig::up(NetnsOptions::new(&dir, scenarios::hosts_needed(name, &opts), bin)).expect("rig up");
+    let mut rig_opts = NetnsOptions::new(&dir, scenarios::hosts_needed(name, &opts), bin);
+    rig_opts.client = scenarios::needs_client(name);
+    if rig_opts.client {
+        // pods need a node without DiskPressure, whatever this machine's disk holds
+        rig_opts.tmpfs_mb = rig_opts.tmpfs_mb.or(Some(3072));
+    }
+    let rig = NetnsRig::up(rig_opts).expect("rig up");
     let record = scenarios::run_recorded(name, &rig, &opts);
     if !record.passed {
         for h in rig.hosts() {
@@ -91,4 +97,19 @@ fn packet_loss_on_one_link() {
 #[test]
 fn rolling_upgrade_under_writes() {
     scenario("rolling-upgrade");
+}
+
+#[test]
+fn clock_jumps_and_skewed_clocks() {
+    scenario("clock-jump");
+}
+
+#[test]
+fn lb_failover() {
+    scenario("lb-failover");
+}
+
+#[test]
+fn pods_back() {
+    scenario("pods-back");
 }

@@ -173,7 +173,8 @@ fn locked_flags(path: &Path) -> MsFlags {
             (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
             (FsFlags::ST_NOATIME, MsFlags::MS_NOATIME),
             (FsFlags::ST_NODIRATIME, MsFlags::MS_NODIRATIME),
-            (FsFlags::ST_RELATIME, MsFlags::MS_RELATIME),
+            // ST_RELATIME (0x1000); nix names it on glibc only.
+            (FsFlags::from_bits_retain(0x1000), MsFlags::MS_RELATIME),
         ] {
             if f.contains(a) {
                 out |= b;

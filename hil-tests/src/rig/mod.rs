@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::Result;
 
 pub use netns::{NetnsOptions, NetnsRig, Topology};
-pub use ssh::{SshHost, SshRig, SshRigFile};
+pub use ssh::{Launcher, SshHost, SshRig, SshRigFile};
 
 /// What a command run on a host printed and how it ended.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -46,6 +46,9 @@ pub struct Launch {
     pub config: Option<String>,
     /// Extra arguments appended after the standard ones.
     pub extra_args: Vec<String>,
+    /// Extra environment variables for the daemon (for instance a faked clock).
+    #[serde(default)]
+    pub env: Vec<(String, String)>,
 }
 
 /// A network impairment applied to the link between a host and its switch, both directions.

@@ -64,6 +64,10 @@ pub struct NetnsOptions {
     /// Give this machine an address (`10.77.0.250`) on the rig's first bridge, so kubectl and
     /// curl reach the hosts. Only one rig with host access can be up at a time.
     pub host_access: bool,
+    /// Put the rig dir (data dirs, images, logs) on a tmpfs of this many MiB, so the fill level
+    /// of this machine's disk (a node's DiskPressure) does not decide what the rig can run.
+    /// Default: `$SHOAL_HIL_TMPFS_MB`, else none.
+    pub tmpfs_mb: Option<u64>,
 }
 
 impl NetnsOptions {
@@ -77,6 +81,7 @@ impl NetnsOptions {
             shoal_bin: shoal_bin.into(),
             daemon_override: None,
             host_access: false,
+            tmpfs_mb: std::env::var("SHOAL_HIL_TMPFS_MB").ok().and_then(|v| v.parse().ok()).filter(|v| *v > 0),
         }
     }
 }
@@ -195,6 +200,17 @@ fn remove_stale(dir: &Path, id: &str) {
         let _ = ip(&["link", "del", &link], "delete access link");
     }
     let _ = fs::remove_file(state_path(dir));
+    if is_mountpoint(dir) {
+        let _ = proc::output("umount", &proc::args(&["-l", &dir.to_string_lossy()]));
+    }
+}
+
+/// Whether `dir` is a mount point (a rig dir on its own tmpfs).
+fn is_mountpoint(dir: &Path) -> bool {
+    let want = dir.to_string_lossy();
+    fs::read_to_string("/proc/self/mountinfo")
+        .map(|t| t.lines().any(|l| l.split_whitespace().nth(4) == Some(want.as_ref())))
+        .unwrap_or(false)
 }
 
 /// Removes every rig namespace (`shoal-XXXXXX-*`) on this machine, whatever dir it came from.
@@ -228,6 +244,14 @@ impl NetnsRig {
         let id = rig_id(&dir);
         remove_stale(&dir, &id);
         fs::create_dir_all(&dir).map_err(io("create dir", &dir))?;
+        if let Some(mb) = opts.tmpfs_mb {
+            let size = format!("size={mb}m");
+            proc::checked(
+                "mount rig tmpfs",
+                "mount",
+                &proc::args(&["-t", "tmpfs", "-o", &size, "shoal-hil", &dir.to_string_lossy()]),
+            )?;
+        }
         let ns = |suffix: &str| format!("shoal-{id}-{suffix}");
         let mut state = State {
             id: id.clone(),
@@ -345,6 +369,11 @@ impl NetnsRig {
 
     /// Starts `argv` as the daemon of `host`, inside its namespaces (powering it on if needed).
     pub fn spawn(&self, host: &str, argv: &[String]) -> Result<()> {
+        self.spawn_with_env(host, argv, &[])
+    }
+
+    /// [`NetnsRig::spawn`] with extra environment variables for the daemon.
+    pub fn spawn_with_env(&self, host: &str, argv: &[String], env: &[(String, String)]) -> Result<()> {
         let h = self.host(host)?;
         let init = self.power_on(&h)?;
         let log = self.log_path(host);
@@ -356,6 +385,7 @@ impl NetnsRig {
         let mut cmd = Command::new("nsenter");
         cmd.args(["-t", &init.to_string(), "-n", "-p", "-m", "--"])
             .args(argv)
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(file)
             .stderr(err)
@@ -505,6 +535,8 @@ impl NetnsRig {
         if let Some(pid) = proc::pid_ns_init(&h.netns) {
             return Ok(pid);
         }
+        // a host powered off had its link taken down; a fresh host's link is up already
+        ip(&["-n", &h.netns, "link", "set", "eth0", "up"], "set link up")?;
         // nsenter, not `ip netns exec`: the latter remounts /sys in a new mount namespace, which
         // hides /sys/fs/cgroup from the node (and its containers would get no cgroups).
         let net = format!("--net=/run/netns/{}", h.netns);
@@ -643,7 +675,7 @@ impl Rig for NetnsRig {
                 argv
             }
         };
-        self.spawn(host, &argv)
+        self.spawn_with_env(host, &argv, &launch.env)
     }
 
     fn restart(&self, host: &str) -> Result<()> {
@@ -678,6 +710,13 @@ impl Rig for NetnsRig {
         proc::wait_until(&format!("power off of {host}"), Duration::from_secs(10), Duration::from_millis(10), || {
             proc::pids_in_netns(&h.netns).iter().all(|&p| !proc::alive(p))
         })?;
+        // A powered-off machine is gone from the wire: its kernel must not keep answering ARP,
+        // forwarding or resetting connections, and the addresses it held at run time (a
+        // LoadBalancer IP) do not survive the reboot.
+        ip(&["-n", &h.netns, "link", "set", "eth0", "down"], "set link down")?;
+        for addr in run_time_addresses(&h) {
+            let _ = ip(&["-n", &h.netns, "addr", "del", &addr, "dev", "eth0"], "delete address");
+        }
         self.reap();
         self.update(host, |s| s.launcher_pid = None)
     }
@@ -840,6 +879,23 @@ impl Rig for NetnsRig {
         info!(id = %st.id, "rig down");
         Ok(())
     }
+}
+
+/// Addresses (`ip/prefix`) on a host's `eth0` other than the one the rig gave it.
+fn run_time_addresses(h: &HostState) -> Vec<String> {
+    let Ok(out) = proc::output("ip", &proc::args(&["-n", &h.netns, "-o", "addr", "show", "dev", "eth0"])) else {
+        return Vec::new();
+    };
+    let own = format!("{}/{}", h.address, h.prefix);
+    out.stdout
+        .lines()
+        .filter_map(|l| {
+            let mut words = l.split_whitespace();
+            words.find(|w| *w == "inet" || *w == "inet6")?;
+            words.next().map(str::to_string)
+        })
+        .filter(|a| *a != own && !a.starts_with("fe80:"))
+        .collect()
 }
 
 /// The nft script that drops all traffic to and from `addresses`.

@@ -1,0 +1,606 @@
+//! Scenarios with workloads on the cluster, driven with the real `kubectl` run on the rig's
+//! client host (so they need no address on this machine): a LoadBalancer IP moving away from a
+//! node that loses power, and a Deployment's pods coming back after a node dies.
+//!
+//! They need a netns rig with a client host (`needs_client`), `kubectl` and `curl` on this
+//! machine, and the test images in `out/images` (`./scripts/images.sh`).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tracing::info;
+
+use crate::error::{Error, Result};
+use crate::proc::wait_until;
+use crate::rig::Rig;
+use crate::scenarios::{Measured, ScenarioOptions};
+use crate::shoal::{self, ms, Cluster, CONVERGE_TIMEOUT};
+
+/// The MetalLB address pool the LoadBalancer scenario applies (10.77.0.250 is this machine's
+/// address on rigs with host access, 10.77.0.200 the client).
+pub const LB_POOL: &str = "10.77.0.240-10.77.0.249";
+
+/// The MetalLB CRDs as a user applies them before any pool (schemas kept open).
+const METALLB_CRDS: &str = r#"apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: ipaddresspools.metallb.io
+spec:
+  group: metallb.io
+  names:
+    kind: IPAddressPool
+    listKind: IPAddressPoolList
+    plural: ipaddresspools
+    singular: ipaddresspool
+  scope: Namespaced
+  versions:
+  - name: v1beta1
+    served: true
+    storage: true
+    subresources:
+      status: {}
+    schema:
+      openAPIV3Schema:
+        type: object
+        x-kubernetes-preserve-unknown-fields: true
+---
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: l2advertisements.metallb.io
+spec:
+  group: metallb.io
+  names:
+    kind: L2Advertisement
+    listKind: L2AdvertisementList
+    plural: l2advertisements
+    singular: l2advertisement
+  scope: Namespaced
+  versions:
+  - name: v1beta1
+    served: true
+    storage: true
+    subresources:
+      status: {}
+    schema:
+      openAPIV3Schema:
+        type: object
+        x-kubernetes-preserve-unknown-fields: true
+"#;
+
+fn metallb_config() -> String {
+    format!(
+        r#"apiVersion: v1
+kind: Namespace
+metadata:
+  name: metallb-system
+---
+apiVersion: metallb.io/v1beta1
+kind: IPAddressPool
+metadata:
+  name: hil-pool
+  namespace: metallb-system
+spec:
+  addresses:
+  - {LB_POOL}
+---
+apiVersion: metallb.io/v1beta1
+kind: L2Advertisement
+metadata:
+  name: hil-l2
+  namespace: metallb-system
+spec:
+  ipAddressPools:
+  - hil-pool
+"#
+    )
+}
+
+const LB_APP: &str = r#"apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: lb-web
+spec:
+  replicas: 3
+  selector:
+    matchLabels: {app: lb-web}
+  template:
+    metadata:
+      labels: {app: lb-web}
+    spec:
+      containers:
+      - name: node-web
+        image: whatwant/node-web:1.0
+        ports:
+        - containerPort: 8080
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: lb-web
+spec:
+  type: LoadBalancer
+  selector: {app: lb-web}
+  ports:
+  - port: 80
+    targetPort: 8080
+"#;
+
+const PODS_BACK_REPLICAS: usize = 6;
+
+const PODS_BACK_APP: &str = r#"apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: pods-back
+spec:
+  replicas: 6
+  selector:
+    matchLabels: {app: pods-back}
+  template:
+    metadata:
+      labels: {app: pods-back}
+    spec:
+      containers:
+      - name: web
+        image: nginx
+        imagePullPolicy: IfNotPresent
+        resources:
+          requests: {cpu: 10m, memory: 16Mi}
+"#;
+
+/// The client's poller: one HTTP request to the IP every 50 ms, `epoch_ms ok|fail` per line,
+/// until the stop file exists.
+const POLLER: &str = r#"vip=$1 out=$2 stop=$3
+while [ ! -e "$stop" ]; do
+  t=$(date +%s%3N)
+  if curl -s -o /dev/null --connect-timeout 0.3 -m 0.5 "http://$vip/"; then echo "$t ok"; else echo "$t fail"; fi >>"$out"
+  sleep 0.05
+done
+"#;
+
+fn failed(scenario: &str, reason: impl Into<String>) -> Error {
+    Error::ScenarioFailed { scenario: scenario.to_string(), reason: reason.into() }
+}
+
+fn set(m: &mut Measured, name: &str, value: f64) {
+    m.figures.insert(name.to_string(), value);
+}
+
+fn epoch_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// A scratch dir on this machine, seen by every host of a netns rig; removed when dropped.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(scenario: &str) -> Result<Scratch> {
+        let dir = std::env::temp_dir().join(format!("shoal-hil-{scenario}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).map_err(|source| Error::Io { op: "create dir", path: dir.clone(), source })?;
+        Ok(Scratch(dir))
+    }
+
+    fn write(&self, name: &str, text: &str) -> Result<PathBuf> {
+        let path = self.0.join(name);
+        std::fs::write(&path, text).map_err(|source| Error::Io { op: "write", path: path.clone(), source })?;
+        Ok(path)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// `kubectl` run on the client host against one node's API.
+struct Kubectl<'a> {
+    rig: &'a dyn Rig,
+    client: String,
+    kubeconfig: PathBuf,
+}
+
+impl Kubectl<'_> {
+    /// `kubectl ARGS` against `host`'s API server; stdout, or what went wrong.
+    fn on(&self, host: &str, args: &[&str]) -> std::result::Result<String, String> {
+        let addr = self.rig.address(host).map_err(|e| e.to_string())?;
+        let server = format!("https://{addr}:6443");
+        let kc = self.kubeconfig.display().to_string();
+        let mut cmd = vec!["kubectl", "--kubeconfig", &kc, "--server", &server, "--request-timeout=10s"];
+        cmd.extend_from_slice(args);
+        let out = self.rig.exec_timeout(&self.client, &cmd, Duration::from_secs(30)).map_err(|e| e.to_string())?;
+        if out.success() {
+            Ok(out.stdout)
+        } else {
+            Err(format!("`kubectl {}` on {host}: {}{}", args.join(" "), out.stderr.trim(), out.stdout.trim()))
+        }
+    }
+
+    /// Applies a file through `host`, retrying while the API does not know its kinds yet.
+    fn apply(&self, host: &str, file: &Path, timeout: Duration) -> Result<()> {
+        let path = file.display().to_string();
+        let mut last = String::new();
+        wait_until(&format!("kubectl apply -f {path}"), timeout, Duration::from_millis(500), || {
+            match self.on(host, &["apply", "-f", &path]) {
+                Ok(_) => true,
+                Err(e) => {
+                    last = e;
+                    false
+                }
+            }
+        })
+        .map_err(|e| Error::ScenarioFailed { scenario: "kubectl".into(), reason: format!("{e}: {last}") })?;
+        Ok(())
+    }
+}
+
+/// A 3-node cluster with the test images in every node's import dir and a kubeconfig for the
+/// client host.
+fn cluster_with_kubectl<'a>(
+    rig: &'a dyn Rig,
+    opts: &ScenarioOptions,
+    scenario: &str,
+    scratch: &Scratch,
+) -> Result<(Vec<String>, Kubectl<'a>)> {
+    let client = rig.client().ok_or_else(|| failed(scenario, "needs a rig with a client host"))?;
+    let hosts = rig.hosts();
+    if hosts.len() < opts.nodes {
+        return Err(failed(scenario, format!("needs {} hosts, the rig has {}", opts.nodes, hosts.len())));
+    }
+    let hosts = hosts[..opts.nodes].to_vec();
+    let cluster = Cluster::form(rig, &hosts, None)?;
+    cluster.wait_converged(CONVERGE_TIMEOUT)?;
+    let images = shoal::workspace_root().join("out/images");
+    let tars: Vec<PathBuf> = std::fs::read_dir(&images)
+        .map(|d| {
+            d.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == "tar")).collect()
+        })
+        .unwrap_or_default();
+    if tars.is_empty() {
+        return Err(failed(scenario, format!("no test images in {} (run ./scripts/images.sh)", images.display())));
+    }
+    for h in &hosts {
+        let import = rig.data_dir(h)?.join("images/import");
+        std::fs::create_dir_all(&import).map_err(|source| Error::Io {
+            op: "create dir",
+            path: import.clone(),
+            source,
+        })?;
+        for t in &tars {
+            if let Some(name) = t.file_name() {
+                let to = import.join(name);
+                std::fs::copy(t, &to).map_err(|source| Error::Io { op: "copy image", path: to.clone(), source })?;
+            }
+        }
+    }
+    let server = format!("https://{}:6443", rig.address(&hosts[0])?);
+    let kubeconfig = scratch.write("kubeconfig", &shoal::kubeconfig(rig, &hosts[0], Some(&server))?)?;
+    Ok((hosts, Kubectl { rig, client, kubeconfig }))
+}
+
+/// The hosts whose `eth0` holds `ip`.
+fn holders(rig: &dyn Rig, hosts: &[String], ip: &str) -> Vec<String> {
+    hosts
+        .iter()
+        .filter(|h| {
+            rig.exec_timeout(h, &["ip", "-o", "addr", "show", "to", &format!("{ip}/32")], Duration::from_secs(5))
+                .is_ok_and(|o| o.success() && !o.stdout.trim().is_empty())
+        })
+        .cloned()
+        .collect()
+}
+
+/// The MAC address of `host`'s `eth0`.
+fn mac_of(rig: &dyn Rig, host: &str) -> Option<String> {
+    let out = rig.exec_timeout(host, &["ip", "-o", "link", "show", "eth0"], Duration::from_secs(5)).ok()?;
+    let words: Vec<&str> = out.stdout.split_whitespace().collect();
+    words.iter().position(|w| *w == "link/ether").and_then(|i| words.get(i + 1)).map(|s| s.to_ascii_lowercase())
+}
+
+/// The MAC the client's neighbour table holds for `ip`, if any.
+fn client_neighbour(rig: &dyn Rig, client: &str, ip: &str) -> Option<String> {
+    let out = rig.exec_timeout(client, &["ip", "neigh", "show", ip], Duration::from_secs(5)).ok()?;
+    let words: Vec<&str> = out.stdout.split_whitespace().collect();
+    words.iter().position(|w| *w == "lladdr").and_then(|i| words.get(i + 1)).map(|s| s.to_ascii_lowercase())
+}
+
+fn client_answers(rig: &dyn Rig, client: &str, ip: &str) -> bool {
+    rig.exec_timeout(
+        client,
+        &["curl", "-s", "-o", "/dev/null", "-m", "2", "-w", "%{http_code}", &format!("http://{ip}/")],
+        Duration::from_secs(5),
+    )
+    .is_ok_and(|o| o.stdout.trim() == "200")
+}
+
+/// One poll of the client: when it started and whether it was answered.
+#[derive(Debug, Clone, Copy)]
+struct Poll {
+    at_ms: u64,
+    ok: bool,
+}
+
+fn read_polls(path: &Path) -> Vec<Poll> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let (t, r) = l.split_once(' ')?;
+            Some(Poll { at_ms: t.parse().ok()?, ok: r == "ok" })
+        })
+        .collect()
+}
+
+/// What the client saw after the kill at `kill_ms`.
+#[derive(Debug, Default, PartialEq)]
+pub struct Outage {
+    /// From the kill to the first answer after the first failure; 0 when nothing failed.
+    pub back_ms: Option<u64>,
+    /// From the kill to the last failure seen (answers are continuous after it).
+    pub last_failure_ms: Option<u64>,
+    pub failures: usize,
+    pub polls: usize,
+}
+
+fn outage(polls: &[Poll], kill_ms: u64) -> Outage {
+    let after: Vec<&Poll> = polls.iter().filter(|p| p.at_ms >= kill_ms).collect();
+    let first_fail = after.iter().position(|p| !p.ok);
+    let back_ms = match first_fail {
+        None => Some(0),
+        Some(i) => after[i..].iter().find(|p| p.ok).map(|p| p.at_ms - kill_ms),
+    };
+    Outage {
+        back_ms,
+        last_failure_ms: after.iter().rev().find(|p| !p.ok).map(|p| p.at_ms - kill_ms),
+        failures: after.iter().filter(|p| !p.ok).count(),
+        polls: after.len(),
+    }
+}
+
+/// LoadBalancer IP failover: MetalLB's CRDs, an `IPAddressPool` and an `L2Advertisement`
+/// applied with kubectl, a Deployment behind a Service of type LoadBalancer; the client host
+/// requests the IP every 50 ms; the node announcing it loses power. Measures the time until
+/// the client gets answers again (`vip_failover_ms`). Fails when the IP never answers again,
+/// ends up on two nodes, or the client's neighbour entry does not follow it to the new node.
+pub fn lb_failover(rig: &dyn Rig, opts: &ScenarioOptions) -> Result<Measured> {
+    let name = "lb-failover";
+    let scratch = Scratch::new(name)?;
+    let (hosts, k) = cluster_with_kubectl(rig, opts, name, &scratch)?;
+    let mut m = Measured::default();
+    let first = hosts[0].clone();
+    k.apply(&first, &scratch.write("metallb-crds.yaml", METALLB_CRDS)?, CONVERGE_TIMEOUT)?;
+    k.apply(&first, &scratch.write("metallb-config.yaml", &metallb_config())?, CONVERGE_TIMEOUT)?;
+    k.apply(&first, &scratch.write("lb-web.yaml", LB_APP)?, CONVERGE_TIMEOUT)?;
+    let t_svc = Instant::now();
+    let mut vip = String::new();
+    wait_until("an ingress IP for service lb-web", Duration::from_secs(120), Duration::from_millis(500), || {
+        vip = k
+            .on(&first, &["get", "svc", "lb-web", "-o", "jsonpath={.status.loadBalancer.ingress[0].ip}"])
+            .unwrap_or_default()
+            .trim()
+            .to_string();
+        !vip.is_empty()
+    })
+    .map_err(|e| failed(name, format!("{e}: the Service never got a LoadBalancer IP")))?;
+    set(&mut m, "ip_assigned_ms", ms(t_svc, Instant::now()));
+    info!(vip, "service lb-web has its loadbalancer ip");
+    // The image import dir is rescanned every 10 s; then 3 pods start.
+    wait_until("3 ready lb-web pods", Duration::from_secs(240), Duration::from_secs(1), || {
+        k.on(&first, &["get", "deploy", "lb-web", "-o", "jsonpath={.status.readyReplicas}"])
+            .is_ok_and(|s| s.trim() == "3")
+    })
+    .map_err(|e| failed(name, e.to_string()))?;
+    let mut holder = Vec::new();
+    wait_until(
+        &format!("{vip} held by one node and answering the client"),
+        Duration::from_secs(120),
+        Duration::from_millis(500),
+        || {
+            holder = holders(rig, &hosts, &vip);
+            holder.len() == 1 && client_answers(rig, &k.client, &vip)
+        },
+    )
+    .map_err(|e| failed(name, format!("{e}: holders {holder:?}")))?;
+    set(&mut m, "vip_serving_ms", ms(t_svc, Instant::now()));
+    let victim = holder[0].clone();
+    let survivors: Vec<String> = hosts.iter().filter(|h| **h != victim).cloned().collect();
+    let old_mac = mac_of(rig, &victim).unwrap_or_default();
+    if let Ok(events) =
+        k.on(&first, &["get", "events", "--field-selector", "involvedObject.name=lb-web", "--no-headers"])
+    {
+        if events.contains("nodeAssigned") {
+            m.notes.push(format!("the Service's events name the announcing node ({victim})"));
+        }
+    }
+
+    let poller = scratch.write("poll.sh", POLLER)?;
+    let polls = scratch.0.join("polls");
+    let stop = scratch.0.join("stop");
+    let (poller_s, polls_s, stop_s) =
+        (poller.display().to_string(), polls.display().to_string(), stop.display().to_string());
+    let client = k.client.clone();
+    let mut kill_ms = 0;
+    let mut moved: Option<(String, f64)> = None;
+    std::thread::scope(|s| -> Result<()> {
+        let poll = s.spawn(|| {
+            rig.exec_timeout(&client, &["bash", &poller_s, &vip, &polls_s, &stop_s], Duration::from_secs(300))
+        });
+        let stop_poller = || {
+            let _ = std::fs::write(&stop, b"");
+        };
+        std::thread::sleep(Duration::from_secs(2));
+        kill_ms = epoch_ms();
+        let kill_at = Instant::now();
+        if let Err(e) = rig.power_off(&victim) {
+            stop_poller();
+            return Err(e);
+        }
+        info!(victim, vip, "announcing node powered off");
+        let deadline = Instant::now() + Duration::from_secs(90);
+        while Instant::now() < deadline {
+            if moved.is_none() {
+                if let Some(h) = holders(rig, &survivors, &vip).first() {
+                    moved = Some((h.clone(), ms(kill_at, Instant::now())));
+                }
+            }
+            let o = outage(&read_polls(&polls), kill_ms);
+            let answered_since = read_polls(&polls).iter().filter(|p| p.at_ms > kill_ms + 3000 && p.ok).count();
+            if moved.is_some() && (o.back_ms.is_some_and(|b| b > 0) || o.failures == 0 && answered_since >= 20) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        // keep polling a while: requests to endpoints on the dead node fail until they are removed
+        std::thread::sleep(Duration::from_secs(15));
+        stop_poller();
+        let _ = poll.join();
+        Ok(())
+    })?;
+    let o = outage(&read_polls(&polls), kill_ms);
+    set(&mut m, "polls_after_kill", o.polls as f64);
+    set(&mut m, "failed_polls_after_kill", o.failures as f64);
+    if let Some(last) = o.last_failure_ms {
+        set(&mut m, "vip_last_failure_ms", last as f64);
+    }
+    let Some((new_holder, moved_ms)) = moved else {
+        return Err(failed(name, format!("{vip} did not move off {victim} within 90 s")));
+    };
+    set(&mut m, "vip_moved_ms", moved_ms);
+    let Some(back) = o.back_ms else {
+        return Err(failed(
+            name,
+            format!("{vip} did not answer the client again within 90 s of powering off {victim}"),
+        ));
+    };
+    set(&mut m, "vip_failover_ms", back as f64);
+    m.notes.push(format!("{vip} announced by {victim}, then by {new_holder} after the power-off"));
+    let now_held = holders(rig, &survivors, &vip);
+    if now_held.len() != 1 {
+        return Err(failed(name, format!("{vip} is on {now_held:?} after the failover")));
+    }
+    let new_mac = mac_of(rig, &new_holder).unwrap_or_default();
+    let seen = client_neighbour(rig, &k.client, &vip).unwrap_or_default();
+    if seen != new_mac || new_mac == old_mac {
+        return Err(failed(
+            name,
+            format!("the client resolves {vip} to {seen:?}; {new_holder} has {new_mac:?} ({victim} had {old_mac:?})"),
+        ));
+    }
+    m.notes.push(format!("the client's neighbour entry for {vip} moved from {old_mac} to {new_mac}"));
+    Ok(m)
+}
+
+/// Pods back after a node dies: a Deployment of 6 pods spread over 3 nodes; the node (not the
+/// first) running the most of them loses power; measures the time until 6 pods are Running
+/// on the survivors as kubectl sees it (`pods_back_s`).
+pub fn pods_back(rig: &dyn Rig, opts: &ScenarioOptions) -> Result<Measured> {
+    let name = "pods-back";
+    let scratch = Scratch::new(name)?;
+    let (hosts, k) = cluster_with_kubectl(rig, opts, name, &scratch)?;
+    let mut m = Measured::default();
+    let first = hosts[0].clone();
+    k.apply(&first, &scratch.write("pods-back.yaml", PODS_BACK_APP)?, CONVERGE_TIMEOUT)?;
+    let placement = |via: &str| -> Vec<(String, String, bool)> {
+        k.on(
+            via,
+            &[
+                "get",
+                "pods",
+                "-l",
+                "app=pods-back",
+                "-o",
+                "jsonpath={range .items[*]}{.status.phase} {.spec.nodeName} {.metadata.deletionTimestamp}{\"\\n\"}{end}",
+            ],
+        )
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            Some((w.first()?.to_string(), w.get(1).unwrap_or(&"").to_string(), w.len() > 2))
+        })
+        .collect()
+    };
+    let running_except = |pods: &[(String, String, bool)], dead: &str| {
+        pods.iter().filter(|(phase, node, deleting)| phase == "Running" && node != dead && !deleting).count()
+    };
+    let t0 = Instant::now();
+    let mut pods = Vec::new();
+    wait_until("6 pods-back pods Running", Duration::from_secs(240), Duration::from_secs(1), || {
+        pods = placement(&first);
+        running_except(&pods, "") >= PODS_BACK_REPLICAS
+    })
+    .map_err(|e| failed(name, format!("{e}: {pods:?}")))?;
+    set(&mut m, "all_running_s", t0.elapsed().as_secs_f64());
+    let mut per_node: BTreeMap<String, usize> = BTreeMap::new();
+    for (_, node, _) in &pods {
+        *per_node.entry(node.clone()).or_default() += 1;
+    }
+    m.notes.push(format!("pods per node before: {per_node:?}"));
+    let victim = per_node
+        .iter()
+        .filter(|(n, _)| **n != first && hosts.contains(n))
+        .max_by_key(|(_, c)| **c)
+        .map(|(n, _)| n.clone())
+        .ok_or_else(|| failed(name, format!("no pods on a node other than {first}: {per_node:?}")))?;
+    let on_victim = per_node.get(&victim).copied().unwrap_or(0);
+    set(&mut m, "pods_on_dead_node", on_victim as f64);
+    let kill_at = Instant::now();
+    rig.power_off(&victim)?;
+    info!(victim, on_victim, "node powered off");
+    let mut not_ready: Option<f64> = None;
+    wait_until(
+        &format!("6 pods Running without {victim}"),
+        Duration::from_secs(240),
+        Duration::from_millis(250),
+        || {
+            if not_ready.is_none()
+                && k.on(&first, &["get", "node", &victim, "--no-headers"]).is_ok_and(|o| o.contains("NotReady"))
+            {
+                not_ready = Some(kill_at.elapsed().as_secs_f64());
+            }
+            pods = placement(&first);
+            running_except(&pods, &victim) >= PODS_BACK_REPLICAS
+        },
+    )
+    .map_err(|e| failed(name, format!("{e}: {pods:?}")))?;
+    set(&mut m, "pods_back_s", kill_at.elapsed().as_secs_f64());
+    if let Some(s) = not_ready {
+        set(&mut m, "node_not_ready_s", s);
+    }
+    m.notes.push(format!("powered off {victim} with {on_victim} pods; default unreachable toleration applies"));
+    Ok(m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn polls(v: &[(u64, bool)]) -> Vec<Poll> {
+        v.iter().map(|&(at_ms, ok)| Poll { at_ms, ok }).collect()
+    }
+
+    #[test]
+    fn outage_is_first_answer_after_first_failure() {
+        let p = polls(&[
+            (900, true),
+            (1000, true),
+            (1100, false),
+            (1700, false),
+            (2300, true),
+            (2400, false),
+            (3000, true),
+        ]);
+        let o = outage(&p, 1000);
+        assert_eq!(o.back_ms, Some(1300));
+        assert_eq!(o.last_failure_ms, Some(1400));
+        assert_eq!(o.failures, 3);
+        assert_eq!(o.polls, 6);
+    }
+
+    #[test]
+    fn no_failure_is_zero_and_no_answer_is_none() {
+        assert_eq!(outage(&polls(&[(1000, true), (1100, true)]), 1000).back_ms, Some(0));
+        assert_eq!(outage(&polls(&[(1000, true), (1100, false)]), 1050).back_ms, None);
+    }
+}
