@@ -195,7 +195,7 @@ impl Bench {
             ));
             if with_power_commands {
                 text.push_str(&format!(
-                    "power_off_command = \"ip netns pids {ns} | xargs -r kill -9\"\n\
+                    "power_off_command = \"for i in 1 2 3 4 5; do ip netns pids {ns} | xargs -r kill -9 2>/dev/null; done; true\"\n\
                      power_on_command = \"sh {d}/{b}/power-on.sh\"\n",
                     ns = Self::netns(b)
                 ));
