@@ -56,7 +56,6 @@ fn fake_clock_env(rig: &dyn Rig, host: &str, lib: &std::path::Path) -> Result<Ve
         ("FAKETIME_TIMESTAMP_FILE".into(), file.to_string_lossy().into_owned()),
         ("FAKETIME_CACHE_DURATION".into(), "1".into()),
         ("FAKETIME_DONT_FAKE_MONOTONIC".into(), "1".into()),
-        ("FAKETIME_DONT_RESET".into(), "1".into()),
     ])
 }
 
@@ -71,6 +70,32 @@ fn failed(reason: impl Into<String>) -> Error {
 /// Passes when the cluster forms, keeps one leader, loses no acknowledged write and stays
 /// linearizable.
 pub fn clock_jump(rig: &dyn Rig, opts: &ScenarioOptions) -> Result<Measured> {
+    remove_stale_faketime_segments();
+    let result = run(rig, opts);
+    // libfaketime leaves a shared-memory segment per process in /dev/shm: stop the daemons,
+    // then remove the segments of processes that are gone.
+    for h in rig.hosts().iter().take(3) {
+        let _ = rig.stop(h, Duration::from_secs(10));
+    }
+    remove_stale_faketime_segments();
+    result
+}
+
+/// Removes libfaketime's `/dev/shm` segments whose process is gone.
+fn remove_stale_faketime_segments() {
+    let Ok(entries) = std::fs::read_dir("/dev/shm") else { return };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let pid = name.strip_prefix("faketime_shm_").or_else(|| name.strip_prefix("sem.faketime_sem_"));
+        if let Some(pid) = pid.filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit())) {
+            if !std::path::Path::new("/proc").join(pid).exists() {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+}
+
+fn run(rig: &dyn Rig, opts: &ScenarioOptions) -> Result<Measured> {
     let lib = libfaketime().ok_or_else(|| failed("libfaketime is not installed (Debian package `faketime`)"))?;
     let hosts = rig.hosts();
     if hosts.len() < 3 {
