@@ -127,14 +127,13 @@ fn last_err() -> std::io::Error {
     std::io::Error::last_os_error()
 }
 
-/// Sends out of the link with index `index` a gratuitous ARP reply and request for `ip` from `mac` out of `link`.
-pub fn send_gratuitous_arp(index: u32, link: &str, mac: [u8; 6], ip: Ipv4Addr) -> Result<()> {
-    let err = |source| Error::SendArp { link: link.into(), ip: IpAddr::V4(ip), source };
-    // SAFETY: socket(2) with constant arguments; the returned descriptor is checked below
-    // before being owned.
-    let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(ETH_P_ARP.to_be())) };
+/// A raw ARP socket and the broadcast address on the link with index `index`.
+fn arp_socket(index: u32) -> std::io::Result<(OwnedFd, libc::sockaddr_ll)> {
+    // SAFETY: socket(2) with constant arguments; the result is checked before being owned.
+    let raw =
+        unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, i32::from(ETH_P_ARP.to_be())) };
     if raw < 0 {
-        return Err(err(last_err()));
+        return Err(last_err());
     }
     // SAFETY: `raw` is a fresh, valid descriptor that nothing else owns.
     let fd = unsafe { OwnedFd::from_raw_fd(raw) };
@@ -145,6 +144,13 @@ pub fn send_gratuitous_arp(index: u32, link: &str, mac: [u8; 6], ip: Ipv4Addr) -
     sll.sll_ifindex = index as i32;
     sll.sll_halen = 6;
     sll.sll_addr[..6].copy_from_slice(&BROADCAST);
+    Ok((fd, sll))
+}
+
+/// Sends out of the link with index `index` a gratuitous ARP reply and request for `ip` from `mac` out of `link`.
+pub fn send_gratuitous_arp(index: u32, link: &str, mac: [u8; 6], ip: Ipv4Addr) -> Result<()> {
+    let err = |source| Error::SendArp { link: link.into(), ip: IpAddr::V4(ip), source };
+    let (fd, sll) = arp_socket(index).map_err(err)?;
     for op in [ArpOp::Reply, ArpOp::Request] {
         let frame = arp_frame(mac, ip, op);
         // SAFETY: the buffer and the address point to live stack values of the lengths passed.
@@ -172,21 +178,7 @@ pub fn probe(link: &str, ip: IpAddr, wait: std::time::Duration) -> Result<Option
     let IpAddr::V4(v4) = ip else { return Ok(None) };
     let err = |source| Error::ProbeArp { link: link.into(), ip, source };
     let (index, mac) = link_info(link).map_err(err)?;
-    // SAFETY: socket(2) with constant arguments; the result is checked before being owned.
-    let raw =
-        unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, i32::from(ETH_P_ARP.to_be())) };
-    if raw < 0 {
-        return Err(err(last_err()));
-    }
-    // SAFETY: `raw` is a fresh, valid descriptor that nothing else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-    // SAFETY: sockaddr_ll is plain old data; all-zero is a valid value.
-    let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-    sll.sll_family = libc::AF_PACKET as u16;
-    sll.sll_protocol = ETH_P_ARP.to_be();
-    sll.sll_ifindex = index as i32;
-    sll.sll_halen = 6;
-    sll.sll_addr[..6].copy_from_slice(&BROADCAST);
+    let (fd, sll) = arp_socket(index).map_err(err)?;
     let len = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
     // SAFETY: the address points to a live sockaddr_ll of the size passed.
     if unsafe { libc::bind(fd.as_raw_fd(), (&sll as *const libc::sockaddr_ll).cast(), len) } < 0 {
