@@ -4,7 +4,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::api::{ApiConfig, MetricsSource, PodStreams, TlsMaterial};
+use crate::api::{ApiConfig, MetricsSource, NodeHeartbeats, PodStreams, TlsMaterial};
 use crate::controllers::{ControllerConfig, ControllerManager, NodeHealth};
 use crate::lb::{GossipView, LbAllocator, LbAnnouncer, LinuxAnnouncer};
 use crate::node::{AgentConfig, NodeAgent};
@@ -268,6 +268,16 @@ impl MetricsSource for crate::node::metrics::ClusterMetrics {
     }
 }
 
+/// Node heartbeats for the API, from this node's gossip view.
+struct GossipHeartbeats(Arc<Node>);
+
+impl NodeHeartbeats for GossipHeartbeats {
+    fn last_heard(&self, node: &str) -> Option<std::time::SystemTime> {
+        let alive = self.0.membership.members().iter().any(|m| m.name == node && m.alive);
+        alive.then(|| self.0.membership.last_heard(node)).flatten()
+    }
+}
+
 /// Serves the Kubernetes API on every node.
 async fn api_server(
     node: Arc<Node>,
@@ -284,6 +294,7 @@ async fn api_server(
     let mut cfg = ApiConfig::new(listen, tls, node.objects.clone(), node.identity.name.clone());
     cfg.streams = streams;
     cfg.metrics = metrics;
+    cfg.heartbeats = Some(Arc::new(GossipHeartbeats(node.clone())));
     if let Err(e) = crate::api::serve(cfg, stop).await {
         tracing::error!(error = %e, %listen, "Kubernetes API stopped");
     }

@@ -257,7 +257,8 @@ fn check_namespace(ctx: &Ctx, obj: &mut Value) -> Result<(), ApiError> {
 
 pub(crate) async fn get(ctx: &Ctx) -> Result<Response, ApiError> {
     let name = ctx.name()?;
-    let obj = ctx.get_existing(name).await?;
+    let mut obj = ctx.get_existing(name).await?;
+    super::node::live_heartbeat(ctx.state.heartbeats.as_deref(), &ctx.res, &mut obj);
     if ctx.wants_table() {
         let cols = table::custom_columns(&ctx.state.objects, &ctx.res).await;
         let t = table::table(&ctx.res, cols.as_deref(), std::slice::from_ref(&obj), ctx.include(), None);
@@ -299,7 +300,10 @@ pub(crate) async fn list(ctx: &Ctx) -> Result<Response, ApiError> {
         Some(l) => Some(l.parse::<usize>().map_err(|_| ApiError::bad_request(format!("invalid limit {l:?}")))?),
         None => None,
     };
-    let (items, rev) = select(ctx).await?;
+    let (mut items, rev) = select(ctx).await?;
+    for o in &mut items {
+        super::node::live_heartbeat(ctx.state.heartbeats.as_deref(), &ctx.res, o);
+    }
     let page = paging::page(items, rev, limit, token.as_ref());
     let rev = token.as_ref().map_or(rev, |t| t.rv).to_string();
     let mut meta = json!({"resourceVersion": rev});

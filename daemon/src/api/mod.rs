@@ -29,6 +29,7 @@ mod exec;
 mod job;
 mod kubeconfig;
 mod namespace;
+mod node;
 mod openapi;
 mod paging;
 mod pod;
@@ -48,6 +49,7 @@ mod watch;
 mod workloads;
 
 pub use kubeconfig::kubeconfig;
+pub use node::NodeHeartbeats;
 pub use streams::{ByteStream, ExecIo, ExecOptions, LogOptions, PodStreams, PortConnection, StreamError, TerminalSize};
 pub use tls::TlsMaterial;
 
@@ -99,6 +101,8 @@ pub struct ApiConfig {
     pub max_body_bytes: usize,
     /// Where `metrics.k8s.io` reads usage; `None` serves empty lists.
     pub metrics: Option<Arc<dyn MetricsSource>>,
+    /// Live node heartbeats (gossip) shown in Node conditions; `None` shows the stored ones.
+    pub heartbeats: Option<Arc<dyn NodeHeartbeats>>,
 }
 
 /// Pod and node usage for `metrics.k8s.io` (`kubectl top`), from the node agents.
@@ -117,6 +121,7 @@ impl ApiConfig {
             streams: None,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             metrics: None,
+            heartbeats: None,
         }
     }
 }
@@ -128,6 +133,7 @@ pub(crate) struct ApiState {
     pub streams: Option<Arc<dyn PodStreams>>,
     pub max_body_bytes: usize,
     pub metrics: Option<Arc<dyn MetricsSource>>,
+    pub heartbeats: Option<Arc<dyn NodeHeartbeats>>,
     /// Cancelled when the server stops; open watches and log streams end with it.
     pub shutdown: CancellationToken,
 }
@@ -162,6 +168,7 @@ impl Server {
             streams: self.cfg.streams.clone(),
             max_body_bytes: self.cfg.max_body_bytes,
             metrics: self.cfg.metrics.clone(),
+            heartbeats: self.cfg.heartbeats.clone(),
             shutdown: shutdown.child_token(),
         });
         let tracker = TaskTracker::new();

@@ -54,6 +54,11 @@ impl NodeLiveness {
         self.reported_alive
     }
 
+    /// When the node's heartbeat last advanced (or its generation changed).
+    pub(crate) fn heartbeat_changed_at(&self) -> Instant {
+        self.heartbeat_changed_at
+    }
+
     /// How long raw liveness must now hold before a dead node is reported alive again.
     pub(crate) fn current_hold(&self, cfg: &DampingConfig) -> Duration {
         if !self.ever_alive || self.deaths.is_empty() {

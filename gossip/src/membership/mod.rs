@@ -147,6 +147,7 @@ pub struct Membership {
     chitchat: Arc<tokio::sync::Mutex<Chitchat>>,
     self_id: ChitchatId,
     members: watch::Receiver<Vec<Member>>,
+    heard: Heard,
     changed: Arc<Notify>,
     shutdown: CancellationToken,
     handle: Mutex<Option<ChitchatHandle>>,
@@ -212,6 +213,7 @@ impl Membership {
         let chitchat = handle.chitchat();
         let (tx, rx) = watch::channel(Vec::new());
         let changed = Arc::new(Notify::new());
+        let heard = Heard::default();
         let shutdown = CancellationToken::new();
         let watcher = Watcher {
             chitchat: chitchat.clone(),
@@ -220,6 +222,7 @@ impl Membership {
             tick: (cfg.gossip_interval / 2).max(Duration::from_millis(20)),
             nodes: HashMap::new(),
             tx,
+            heard: heard.clone(),
             changed: changed.clone(),
         };
         watcher.refresh().await;
@@ -229,6 +232,7 @@ impl Membership {
             chitchat,
             self_id,
             members: rx,
+            heard,
             changed,
             shutdown,
             handle: Mutex::new(Some(handle)),
@@ -267,6 +271,16 @@ impl Membership {
         self.members.borrow().clone()
     }
 
+    /// When this node last heard a fresh heartbeat of `name` (wall clock; now for this node).
+    /// Kept apart from [`Self::members`], whose subscribers wake only when liveness or
+    /// attributes change, not on every heartbeat.
+    pub fn last_heard(&self, name: &str) -> Option<SystemTime> {
+        if *name == *self.self_id.node_id {
+            return Some(SystemTime::now());
+        }
+        lock(&self.heard.0).get(name).copied()
+    }
+
     /// Follows [`Self::members`]; a new value is published on every change.
     pub fn subscribe(&self) -> watch::Receiver<Vec<Member>> {
         self.members.clone()
@@ -297,6 +311,10 @@ impl Drop for Membership {
     }
 }
 
+/// Per node, the wall-clock time its heartbeat last advanced.
+#[derive(Debug, Clone, Default)]
+struct Heard(Arc<Mutex<HashMap<String, SystemTime>>>);
+
 struct Watcher {
     chitchat: Arc<tokio::sync::Mutex<Chitchat>>,
     self_id: ChitchatId,
@@ -304,6 +322,7 @@ struct Watcher {
     tick: Duration,
     nodes: HashMap<String, NodeLiveness>,
     tx: watch::Sender<Vec<Member>>,
+    heard: Heard,
     changed: Arc<Notify>,
 }
 
@@ -361,7 +380,11 @@ impl Watcher {
                 .nodes
                 .entry(name.to_string())
                 .or_insert_with(|| NodeLiveness::new(now, id.generation_id, heartbeat));
-            match liveness.observe(&self.damping, now, id.generation_id, heartbeat, live.contains(*id)) {
+            let transition = liveness.observe(&self.damping, now, id.generation_id, heartbeat, live.contains(*id));
+            if liveness.heartbeat_changed_at() == now {
+                lock(&self.heard.0).insert(name.to_string(), SystemTime::now());
+            }
+            match transition {
                 Transition::Died => info!(node = %name, generation = id.generation_id, "node marked dead"),
                 Transition::Revived => info!(node = %name, generation = id.generation_id, "node marked alive"),
                 Transition::None => {}
@@ -377,6 +400,7 @@ impl Watcher {
         let known: std::collections::HashSet<String> = current.keys().map(|name| name.to_string()).collect();
         drop(chitchat);
         self.nodes.retain(|name, _| known.contains(name));
+        lock(&self.heard.0).retain(|name, _| known.contains(name));
         members.sort_by(|a, b| a.name.cmp(&b.name));
         self.tx.send_if_modified(|old| {
             if *old == members {

@@ -192,3 +192,24 @@ async fn unworkable_settings_are_refused() {
         assert!(matches!(Membership::start(cfg, BTreeMap::new()).await, Err(Error::InvalidMembershipConfig { .. })));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn last_heard_follows_heartbeats_and_stops_with_the_node() {
+    init_tracing();
+    let a = start("hb-a", 0, &[], Arc::default()).await;
+    let b = start("hb-b", 0, &[a.advertise_addr()], Arc::default()).await;
+    let both = vec!["hb-a".to_string(), "hb-b".to_string()];
+    assert!(eventually(Duration::from_secs(20), || alive_names(&a) == both).await.is_some());
+    let age = |m: &Membership, n: &str| m.last_heard(n).and_then(|t| SystemTime::now().duration_since(t).ok());
+    assert!(age(&a, "hb-a").is_some_and(|d| d < Duration::from_millis(100)), "a node hears itself now");
+    assert!(age(&a, "hb-b").is_some_and(|d| d < Duration::from_secs(3)), "heartbeat of a live peer is fresh");
+    assert_eq!(a.last_heard("nobody"), None);
+
+    b.shutdown().await;
+    assert!(eventually(Duration::from_secs(30), || alive_names(&a) == vec!["hb-a".to_string()]).await.is_some());
+    let last = a.last_heard("hb-b").expect("a dead peer keeps its last heartbeat time");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(a.last_heard("hb-b"), Some(last), "no heartbeat arrives from a stopped node");
+    assert!(age(&a, "hb-b").is_some_and(|d| d >= Duration::from_secs(1)));
+    a.shutdown().await;
+}
