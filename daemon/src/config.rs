@@ -105,6 +105,17 @@ pub struct NodeAgentConfig {
     pub run_pods: bool,
     /// Declared devices for hardware-in-the-loop benches: path and resource name.
     pub devices: Vec<DeviceConfig>,
+    /// Hard eviction thresholds, as the kubelet's `--eviction-hard`:
+    /// `"memory.available<200Mi,nodefs.available<5%,pid.available<1000"`; signals not named keep
+    /// their defaults (`memory.available<100Mi`, `nodefs.available<10%` at most 2 GiB,
+    /// `pid.available<5%`).
+    #[serde(deserialize_with = "de_eviction")]
+    pub eviction_hard: crate::node::eviction::EvictionConfig,
+}
+
+fn de_eviction<'de, D: Deserializer<'de>>(d: D) -> Result<crate::node::eviction::EvictionConfig, D::Error> {
+    let s = String::deserialize(d)?;
+    crate::node::eviction::EvictionConfig::parse(&s).map_err(|e| serde::de::Error::custom(e.to_string()))
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -170,7 +181,7 @@ impl Default for StoreConfig {
 
 impl Default for NodeAgentConfig {
     fn default() -> Self {
-        NodeAgentConfig { run_pods: true, devices: Vec::new() }
+        NodeAgentConfig { run_pods: true, devices: Vec::new(), eviction_hard: Default::default() }
     }
 }
 
@@ -207,7 +218,7 @@ impl NodeConfig {
             name: Some(name.into()),
             data_dir: data_dir.into(),
             advertise: Some(IpAddr::from([127, 0, 0, 1])),
-            node: NodeAgentConfig { run_pods: false, devices: Vec::new() },
+            node: NodeAgentConfig { run_pods: false, ..NodeAgentConfig::default() },
             ..NodeConfig::default()
         }
     }
@@ -225,6 +236,22 @@ mod tests {
         assert_eq!(parse_duration("7"), Some(Duration::from_secs(7)));
         assert_eq!(parse_duration("-1s"), None);
         assert_eq!(parse_duration("3 parsecs"), None);
+    }
+
+    #[test]
+    fn eviction_thresholds_come_from_the_node_section() {
+        use crate::node::eviction::Quantity;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, "version = 1\n[node]\neviction_hard = \"memory.available<200Mi,pid.available<1000\"\n")
+            .unwrap();
+        let c = NodeConfig::load(&p, true).unwrap();
+        assert_eq!(c.node.eviction_hard.memory_available, Quantity::Bytes(200 << 20));
+        assert_eq!(c.node.eviction_hard.pid_available, Quantity::Bytes(1000));
+        assert_eq!(c.node.eviction_hard.nodefs_available, Quantity::PercentAtMost(10.0, 2 << 30), "default kept");
+        std::fs::write(&p, "version = 1\n[node]\neviction_hard = \"memory.free<1Gi\"\n").unwrap();
+        let err = NodeConfig::load(&p, true).unwrap_err().to_string();
+        assert!(err.contains("unknown eviction signal \"memory.free\""), "{err}");
     }
 
     #[test]

@@ -176,7 +176,11 @@ async fn run_agent(node: Arc<Node>, stop: CancellationToken) {
         match NodeAgent::start(cfg.clone()).await {
             Ok(agent) => {
                 share_image_blobs(&node, agent.images());
-                return agent.with_devices(node.cfg.node.devices.clone()).run(stop).await;
+                return agent
+                    .with_devices(node.cfg.node.devices.clone())
+                    .with_eviction(node.cfg.node.eviction_hard.clone(), None)
+                    .run(stop)
+                    .await;
             }
             Err(e) => {
                 tracing::warn!(error = %e, "node agent cannot start yet; retrying");

@@ -332,6 +332,8 @@ const FINE: Signals = Signals {
     memory_capacity: Some(8 * GIB),
     nodefs_available: Some(50 * GIB),
     nodefs_capacity: Some(100 * GIB),
+    pid_available: Some(30_000),
+    pid_capacity: Some(32_768),
 };
 
 /// A memory signal that reads low for a given number of readings, then fine again: each low

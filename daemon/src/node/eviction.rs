@@ -1,10 +1,12 @@
-//! Node-pressure eviction, as the kubelet does it: the node's free memory and the free space
-//! of the filesystem holding the data dir are watched against hard thresholds (kubelet's
-//! defaults: `memory.available<100Mi`, `nodefs.available<10%`, the latter at most 2 GiB
-//! unless set explicitly, so a big disk that is mostly full of other data does not evict). Under pressure the node
-//! reports `MemoryPressure` / `DiskPressure` and, one pod per pass, evicts pods: BestEffort
-//! first, then Burstable pods using more than they requested, then by priority and usage;
-//! Guaranteed pods and critical pods last or never. An evicted pod ends `Failed` with reason
+//! Node-pressure eviction, as the kubelet does it: the node's free memory, the free space of
+//! the filesystem holding the data dir and the free process ids are watched against hard
+//! thresholds (kubelet's defaults: `memory.available<100Mi`, `nodefs.available<10%`, the latter
+//! at most 2 GiB unless set explicitly, so a big disk that is mostly full of other data does not
+//! evict; and `pid.available<5%` of `kernel.pid_max`, which the kubelet leaves unset). Under
+//! pressure the node reports `MemoryPressure` / `DiskPressure` / `PIDPressure` and, one pod per
+//! pass, evicts pods: for memory and disk BestEffort first, then Burstable pods using more than
+//! they requested, then by priority and usage; for process ids by priority, then by the number
+//! of processes. Guaranteed pods and critical pods last or never. An evicted pod ends `Failed` with reason
 //! `Evicted`, as upstream. A condition clears only after the signal has stayed fine for the
 //! transition period, so a node at the edge does not flap (nor write its status each time).
 use std::collections::HashMap;
@@ -48,6 +50,9 @@ pub struct EvictionConfig {
     pub memory_available: Quantity,
     /// Evict when the free space of the data dir's filesystem falls below this.
     pub nodefs_available: Quantity,
+    /// Evict when the free process ids (`kernel.pid_max` minus the tasks running) fall below
+    /// this (a count, or a percentage of `kernel.pid_max`).
+    pub pid_available: Quantity,
     /// How long a signal must stay above its threshold before the pressure condition clears.
     pub transition_period: Duration,
     /// How often the signals are read (and at most one pod evicted).
@@ -59,6 +64,7 @@ impl Default for EvictionConfig {
         EvictionConfig {
             memory_available: Quantity::Bytes(100 * 1024 * 1024),
             nodefs_available: Quantity::PercentAtMost(10.0, 2 << 30),
+            pid_available: Quantity::Percent(5.0),
             transition_period: Duration::from_secs(300),
             interval: Duration::from_secs(10),
         }
@@ -67,7 +73,7 @@ impl Default for EvictionConfig {
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum EvictionError {
-    #[error("unknown eviction signal {0:?} (memory.available or nodefs.available)")]
+    #[error("unknown eviction signal {0:?} (memory.available, nodefs.available or pid.available)")]
     Signal(String),
     #[error("invalid eviction threshold {0:?}")]
     Threshold(String),
@@ -75,7 +81,7 @@ pub enum EvictionError {
 
 impl EvictionConfig {
     /// Reads kubelet-style hard thresholds, `memory.available<200Mi,nodefs.available<5%`, over
-    /// the defaults.
+    /// the defaults (`pid.available<1000`: a count of process ids).
     pub fn parse(spec: &str) -> Result<EvictionConfig, EvictionError> {
         let mut cfg = EvictionConfig::default();
         for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
@@ -84,6 +90,16 @@ impl EvictionConfig {
             match signal.trim() {
                 "memory.available" => cfg.memory_available = q,
                 "nodefs.available" => cfg.nodefs_available = q,
+                "pid.available" => {
+                    // A bare number counts process ids, not bytes: `1k` would be odd, `1Ki` wrong.
+                    let q = match value.trim().strip_suffix('%') {
+                        Some(_) => q,
+                        None => Quantity::Bytes(
+                            value.trim().parse::<u64>().map_err(|_| EvictionError::Threshold(part.into()))?,
+                        ),
+                    };
+                    cfg.pid_available = q;
+                }
                 s => return Err(EvictionError::Signal(s.into())),
             }
         }
@@ -91,13 +107,15 @@ impl EvictionConfig {
     }
 }
 
-/// One reading of the node's signals (bytes).
+/// One reading of the node's signals (bytes; process ids for `pid_*`).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Signals {
     pub memory_available: Option<u64>,
     pub memory_capacity: Option<u64>,
     pub nodefs_available: Option<u64>,
     pub nodefs_capacity: Option<u64>,
+    pub pid_available: Option<u64>,
+    pub pid_capacity: Option<u64>,
 }
 
 /// Where the signals come from: `/proc/meminfo` and statvfs of the data dir, or a test's fake.
@@ -105,10 +123,17 @@ pub trait NodeStats: Send + Sync {
     fn signals(&self) -> Signals;
 }
 
-/// The node's signals from the kernel.
+/// The node's signals from the kernel: `meminfo`, statvfs of `data_dir`, and `proc` for
+/// `sys/kernel/pid_max` and the task count of `loadavg` (as the kubelet reads them).
 pub struct LinuxNodeStats {
     pub meminfo: PathBuf,
     pub data_dir: PathBuf,
+    pub proc: PathBuf,
+}
+
+/// The number of tasks (processes and threads) from `/proc/loadavg`: `0.00 0.01 0.05 1/123 456`.
+fn loadavg_tasks(text: &str) -> Option<u64> {
+    text.split_whitespace().nth(3)?.split_once('/')?.1.parse().ok()
 }
 
 fn meminfo_kib(text: &str, key: &str) -> Option<u64> {
@@ -121,11 +146,16 @@ impl NodeStats for LinuxNodeStats {
     fn signals(&self) -> Signals {
         let mem = std::fs::read_to_string(&self.meminfo).unwrap_or_default();
         let fs = nix::sys::statvfs::statvfs(&self.data_dir).ok();
+        let read = |p: &str| std::fs::read_to_string(self.proc.join(p)).ok();
+        let pid_max = read("sys/kernel/pid_max").and_then(|s| s.trim().parse::<u64>().ok());
+        let tasks = read("loadavg").as_deref().and_then(loadavg_tasks);
         Signals {
             memory_available: meminfo_kib(&mem, "MemAvailable:").map(|k| k * 1024),
             memory_capacity: meminfo_kib(&mem, "MemTotal:").map(|k| k * 1024),
             nodefs_available: fs.as_ref().map(|s| s.blocks_available() as u64 * s.fragment_size() as u64),
             nodefs_capacity: fs.as_ref().map(|s| s.blocks() as u64 * s.fragment_size() as u64),
+            pid_available: pid_max.zip(tasks).map(|(max, used)| max.saturating_sub(used)),
+            pid_capacity: pid_max,
         }
     }
 }
@@ -155,6 +185,7 @@ impl NodeStats for FakeNodeStats {
 pub enum Resource {
     Memory,
     Disk,
+    Pids,
 }
 
 impl Resource {
@@ -163,6 +194,7 @@ impl Resource {
         match self {
             Resource::Memory => "MemoryPressure",
             Resource::Disk => "DiskPressure",
+            Resource::Pids => "PIDPressure",
         }
     }
 
@@ -171,6 +203,7 @@ impl Resource {
         match self {
             Resource::Memory => "node.kubernetes.io/memory-pressure",
             Resource::Disk => "node.kubernetes.io/disk-pressure",
+            Resource::Pids => "node.kubernetes.io/pid-pressure",
         }
     }
 
@@ -178,6 +211,15 @@ impl Resource {
         match self {
             Resource::Memory => "memory",
             Resource::Disk => "ephemeral-storage",
+            Resource::Pids => "pids",
+        }
+    }
+
+    /// How an observed amount reads in the eviction message.
+    fn amount(self, n: u64) -> String {
+        match self {
+            Resource::Pids => n.to_string(),
+            _ => format!("{}Ki", n / 1024),
         }
     }
 }
@@ -203,6 +245,12 @@ pub fn under(cfg: &EvictionConfig, s: &Signals) -> Vec<(Resource, u64, u64)> {
         let t = cfg.nodefs_available.bytes_of(s.nodefs_capacity.unwrap_or(0));
         if avail < t {
             out.push((Resource::Disk, avail, t));
+        }
+    }
+    if let Some(avail) = s.pid_available {
+        let t = cfg.pid_available.bytes_of(s.pid_capacity.unwrap_or(0));
+        if avail < t {
+            out.push((Resource::Pids, avail, t));
         }
     }
     out
@@ -242,7 +290,8 @@ fn requested_memory(pod: &Value) -> u64 {
 
 /// The order pods are evicted in for a resource, first victim first: BestEffort, then pods
 /// using more than they requested, then lower priority, then the most usage above the
-/// request. `usage` is each pod's memory (by uid). Critical and finished pods are left out.
+/// request; for process ids (nothing requests them) lower priority, then the most processes.
+/// `usage` is each pod's memory, or processes, by uid. Critical and finished pods are left out.
 pub fn rank<'a>(pods: &'a [Value], usage: &HashMap<String, u64>, resource: Resource) -> Vec<&'a Value> {
     type Key = (u8, bool, i64, i128);
     let mut list: Vec<(&Value, Key)> = pods
@@ -251,9 +300,10 @@ pub fn rank<'a>(pods: &'a [Value], usage: &HashMap<String, u64>, resource: Resou
         .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
         .filter(|p| p["spec"]["priority"].as_i64().unwrap_or(0) < CRITICAL_PRIORITY)
         .map(|p| {
-            let qos = match super::pod::qos_class(p) {
-                "BestEffort" => 0,
-                "Burstable" => 1,
+            let qos = match (resource, super::pod::qos_class(p)) {
+                (Resource::Pids, _) => 0,
+                (_, "BestEffort") => 0,
+                (_, "Burstable") => 1,
                 _ => 2,
             };
             let used = usage.get(p["metadata"]["uid"].as_str().unwrap_or_default()).copied().unwrap_or(0);
@@ -270,9 +320,9 @@ pub fn rank<'a>(pods: &'a [Value], usage: &HashMap<String, u64>, resource: Resou
 /// terminated, and the DisruptionTarget condition.
 pub fn evicted_status(old: &Value, resource: Resource, observed: u64, threshold: u64, now: &str) -> Value {
     let message = format!(
-        "The node was low on resource: {}. Threshold quantity: {threshold}, available: {}Ki.",
+        "The node was low on resource: {}. Threshold quantity: {threshold}, available: {}.",
         resource.name(),
-        observed / 1024
+        resource.amount(observed)
     );
     let mut st = old.clone();
     st["phase"] = "Failed".into();
@@ -324,7 +374,11 @@ mod tests {
         assert_eq!(c.memory_available, Quantity::Bytes(200 * 1024 * 1024));
         assert_eq!(c.nodefs_available, Quantity::Percent(5.0));
         assert_eq!(EvictionConfig::parse("").expect("empty"), EvictionConfig::default());
-        assert!(EvictionConfig::parse("pid.available<10").is_err());
+        let p = EvictionConfig::parse("pid.available<1000").expect("pids");
+        assert_eq!(p.pid_available, Quantity::Bytes(1000), "a count of process ids");
+        assert_eq!(EvictionConfig::parse("pid.available<2%").expect("pids").pid_available, Quantity::Percent(2.0));
+        assert!(EvictionConfig::parse("pid.available<1Ki").is_err());
+        assert!(EvictionConfig::parse("imagefs.available<10%").is_err());
         assert!(EvictionConfig::parse("memory.available>1Gi").is_err());
     }
 
@@ -338,6 +392,7 @@ mod tests {
             memory_capacity: Some(4 * gib),
             nodefs_available: Some(50 * gib),
             nodefs_capacity: Some(100 * gib),
+            ..Default::default()
         });
         let mut p = Pressure::default();
         let t0 = Instant::now();
@@ -355,6 +410,40 @@ mod tests {
         assert!(fine.is_empty());
         assert_eq!(p.observe(&cfg, t0 + Duration::from_secs(60), &fine).len(), 2, "held for the transition period");
         assert!(p.observe(&cfg, t0 + Duration::from_secs(301), &fine).is_empty());
+    }
+
+    #[test]
+    fn few_free_process_ids_are_pid_pressure() {
+        assert_eq!(loadavg_tasks("0.52 0.58 0.59 3/467 12345\n"), Some(467));
+        assert_eq!(loadavg_tasks("garbage"), None);
+        let cfg = EvictionConfig::default();
+        let fine = Signals { pid_available: Some(30_000), pid_capacity: Some(32_768), ..Default::default() };
+        assert!(under(&cfg, &fine).is_empty());
+        // A Raspberry Pi's pid_max of 32768 with 32000 tasks: 768 free, under 5 % (1638).
+        let short = Signals { pid_available: Some(768), pid_capacity: Some(32_768), ..Default::default() };
+        assert_eq!(under(&cfg, &short), vec![(Resource::Pids, 768, 1638)]);
+        let st = evicted_status(&json!({"phase": "Running"}), Resource::Pids, 768, 1638, "t");
+        assert_eq!(st["message"], "The node was low on resource: pids. Threshold quantity: 1638, available: 768.");
+        assert_eq!(Resource::Pids.condition(), "PIDPressure");
+        assert_eq!(Resource::Pids.taint(), "node.kubernetes.io/pid-pressure");
+    }
+
+    #[test]
+    fn pid_pressure_evicts_by_priority_then_process_count() {
+        let guaranteed = pod(
+            "g",
+            "g",
+            json!({"limits": {"memory": "64Mi", "cpu": "100m"}, "requests": {"memory": "64Mi", "cpu": "100m"}}),
+            0,
+        );
+        let best_effort = pod("be", "be", json!({}), 0);
+        let important = pod("imp", "imp", json!({}), 1000);
+        let pods = vec![best_effort, important, guaranteed];
+        let usage: HashMap<String, u64> =
+            [("g", 900u64), ("be", 3), ("imp", 5000)].into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+        let order: Vec<&str> =
+            rank(&pods, &usage, Resource::Pids).iter().map(|p| p["metadata"]["name"].as_str().unwrap_or("")).collect();
+        assert_eq!(order, ["g", "be", "imp"], "the fork bomb of the lower priority goes first, QoS aside");
     }
 
     #[test]

@@ -163,6 +163,7 @@ impl NodeAgent {
         let node_stats: Arc<dyn eviction::NodeStats> = Arc::new(eviction::LinuxNodeStats {
             meminfo: PathBuf::from("/proc/meminfo"),
             data_dir: cfg.data_dir.clone(),
+            proc: PathBuf::from("/proc"),
         });
         let agent = Agent {
             signer,
@@ -350,7 +351,7 @@ impl Agent {
                 .into_iter()
                 .flatten()
                 .filter_map(|c| self.runtime.stats(&pod::container_id(uid, c["name"].as_str()?)).ok())
-                .map(|s| s.memory_usage_bytes)
+                .map(|s| if resource == eviction::Resource::Pids { s.pids } else { s.memory_usage_bytes })
                 .sum();
             usage.insert(uid.to_string(), used);
         }
@@ -587,7 +588,7 @@ fn node_conditions(pressure: &[eviction::Resource]) -> Vec<Value> {
         ),
         cond(
             "PIDPressure",
-            false,
+            has(eviction::Resource::Pids),
             ("KubeletHasInsufficientPID", "kubelet has insufficient PID available"),
             ("KubeletHasSufficientPID", "kubelet has sufficient PID available"),
         ),
@@ -626,7 +627,7 @@ fn merge_conditions(old: &Value, new: &[Value], now: jiff::Timestamp) -> Value {
 /// The node's taints with the pressure taints (NoSchedule) set for the resources under
 /// pressure and removed for the others; other taints are left alone.
 fn pressure_taints(old: &Value, pressure: &[eviction::Resource]) -> Value {
-    let ours = [eviction::Resource::Memory, eviction::Resource::Disk];
+    let ours = [eviction::Resource::Memory, eviction::Resource::Disk, eviction::Resource::Pids];
     let mut ts: Vec<Value> = old
         .as_array()
         .into_iter()
