@@ -33,6 +33,7 @@ pub(crate) mod revisions;
 pub(crate) mod runner;
 pub(crate) mod serviceaccount;
 pub(crate) mod statefulset;
+pub(crate) mod storageclass;
 pub(crate) mod util;
 pub(crate) mod volumes;
 
@@ -237,6 +238,7 @@ impl ControllerManager {
             hpa::spec(&ctx.kinds),
             volumes::spec(&ctx.kinds),
             apiservice::spec(&ctx.kinds),
+            storageclass::spec(&ctx.kinds),
         ];
         let tracker = tokio_util::task::TaskTracker::new();
         for spec in specs {
