@@ -21,6 +21,8 @@ use crate::unpack::decompress;
 pub(crate) struct Found {
     pub manifest_digest: String,
     pub names: Vec<String>,
+    /// The platforms of the index the manifest was chosen from (empty: not from an index).
+    pub offered: Vec<Platform>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -163,7 +165,7 @@ pub(crate) fn read_archive(blobs: &BlobStore, path: &Path, want: &Platform) -> R
             for t in e.repo_tags.unwrap_or_default() {
                 names.push(normalize(&t)?);
             }
-            out.push(Found { manifest_digest, names });
+            out.push(Found { manifest_digest, names, offered: Vec::new() });
         }
         return Ok(out);
     }
@@ -175,7 +177,10 @@ pub(crate) fn read_archive(blobs: &BlobStore, path: &Path, want: &Platform) -> R
         let mut skipped = Vec::new();
         for entry in index.manifests.unwrap_or_default() {
             let names = names_of(&entry)?;
-            let Some(manifest_digest) = resolve_entry(blobs, &entry, want, &mut skipped, 0)? else { continue };
+            let mut offered = Vec::new();
+            let Some(manifest_digest) = resolve_entry(blobs, &entry, want, &mut skipped, &mut offered, 0)? else {
+                continue;
+            };
             match out.iter_mut().find(|f| f.manifest_digest == manifest_digest) {
                 Some(f) => {
                     for n in names {
@@ -184,7 +189,7 @@ pub(crate) fn read_archive(blobs: &BlobStore, path: &Path, want: &Platform) -> R
                         }
                     }
                 }
-                None => out.push(Found { manifest_digest, names }),
+                None => out.push(Found { manifest_digest, names, offered }),
             }
         }
         if out.is_empty() && !skipped.is_empty() {
@@ -205,12 +210,14 @@ fn names_of(entry: &Descriptor) -> Result<Vec<String>> {
     })
 }
 
-/// Follows an index entry down to the image manifest for `want`.
+/// Follows an index entry down to the image manifest for `want`; `offered` gets the platforms
+/// of the innermost index on the way.
 fn resolve_entry(
     blobs: &BlobStore,
     entry: &Descriptor,
     want: &Platform,
     skipped: &mut Vec<String>,
+    offered: &mut Vec<Platform>,
     depth: u32,
 ) -> Result<Option<String>> {
     if depth > 4 {
@@ -233,7 +240,10 @@ fn resolve_entry(
         children.iter().enumerate().filter_map(|(i, c)| c.platform.as_ref().map(|p| (i, p))).collect();
     let choice = platform::choose(want, with_platform.iter().map(|(i, p)| (*i, *p)));
     match choice {
-        Some(i) => resolve_entry(blobs, &children[i], want, skipped, depth + 1),
+        Some(i) => {
+            *offered = with_platform.iter().map(|(_, p)| (*p).clone()).collect();
+            resolve_entry(blobs, &children[i], want, skipped, offered, depth + 1)
+        }
         None => {
             skipped.extend(with_platform.iter().map(|(_, p)| p.to_string()));
             Ok(None)

@@ -132,6 +132,9 @@ pub struct ImageInfo {
     /// Bytes of the manifest's layer blobs (compressed, as transferred).
     pub size: u64,
     pub platform: Platform,
+    /// Every platform the image offers: those of the index it came from, or just `platform`
+    /// for a single-manifest image (what a scheduler checks a node's architecture against).
+    pub platforms: Vec<Platform>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -148,6 +151,10 @@ pub(crate) struct ImageRecord {
     pub config_digest: String,
     pub config: ImageConfig,
     pub platform: Platform,
+    /// The platforms of the index the manifest was chosen from; empty when it was not (or for
+    /// records written before this field existed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub offered: Vec<Platform>,
     pub layers: Vec<LayerRecord>,
     pub size: u64,
 }
@@ -160,6 +167,7 @@ impl ImageRecord {
             config: self.config.clone(),
             size: self.size,
             platform: self.platform.clone(),
+            platforms: if self.offered.is_empty() { vec![self.platform.clone()] } else { self.offered.clone() },
         }
     }
 }

@@ -146,9 +146,16 @@ fn pull_err(name: &ImageName, host: &str) -> impl Fn(oci_client::errors::OciDist
     move |source| Error::Pull { reference: reference.clone(), registry: registry.clone(), source }
 }
 
+/// What a pull fetched: the image manifest for the store's platform, and the platforms of the
+/// index it was chosen from (empty when the reference named a single manifest).
+pub(crate) struct Fetched {
+    pub manifest_digest: String,
+    pub offered: Vec<platform::Platform>,
+}
+
 /// Fetches the manifest, config and layers of `name` for the store's platform into the blob
-/// store, trying mirrors first; returns the image manifest digest.
-pub(crate) async fn fetch(inner: &Inner, name: &ImageName, registries: &Registries, auth: &Auth) -> Result<String> {
+/// store, trying mirrors first.
+pub(crate) async fn fetch(inner: &Inner, name: &ImageName, registries: &Registries, auth: &Auth) -> Result<Fetched> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let mut last = None;
     for host in registries.endpoints(&name.registry) {
@@ -169,7 +176,7 @@ async fn fetch_from(
     registries: &Registries,
     auth: &Auth,
     host: &str,
-) -> Result<String> {
+) -> Result<Fetched> {
     let settings = registries.get(host);
     let err = pull_err(name, host);
     let mut extra_root_certificates = Vec::new();
@@ -199,6 +206,7 @@ async fn fetch_from(
     let (bytes, _) = client.pull_manifest_raw(&reference, &registry_auth, MANIFEST_TYPES).await.map_err(&err)?;
     let mut digest = store_manifest(inner, &bytes, name.digest.as_deref())?;
     let mut manifest = parse_manifest(&bytes, &digest)?;
+    let mut offered = Vec::new();
     if manifest.is_index() {
         let children = manifest.manifests.clone().unwrap_or_default();
         let candidates: Vec<(usize, &platform::Platform)> =
@@ -210,6 +218,7 @@ async fn fetch_from(
                 available: available.join(", "),
             });
         };
+        offered = candidates.iter().map(|(_, p)| (*p).clone()).collect();
         let child = children[i].digest.clone();
         let child_ref = Reference::with_digest(host.to_string(), repo.clone(), child.clone());
         let (bytes, _) = client.pull_manifest_raw(&child_ref, &registry_auth, MANIFEST_TYPES).await.map_err(&err)?;
@@ -248,7 +257,7 @@ async fn fetch_from(
     .buffer_unordered(PARALLEL_BLOBS)
     .try_collect::<Vec<()>>()
     .await?;
-    Ok(digest)
+    Ok(Fetched { manifest_digest: digest, offered })
 }
 
 fn store_manifest(inner: &Inner, bytes: &[u8], expected: Option<&str>) -> Result<String> {

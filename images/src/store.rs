@@ -172,12 +172,14 @@ impl ImageStore {
         let name = ImageName::parse(reference)?;
         let inner = self.inner.clone();
         let guard = tokio::task::spawn_blocking(move || inner.ingest_lock(false)).await.map_err(join_err)??;
-        let manifest_digest = crate::registry::fetch(&self.inner, &name, registries, &auth).await?;
+        let fetched = crate::registry::fetch(&self.inner, &name, registries, &auth).await?;
         let inner = self.inner.clone();
         let stored_name = name.to_string();
-        let info = tokio::task::spawn_blocking(move || inner.register(&manifest_digest, vec![stored_name]))
-            .await
-            .map_err(join_err)??;
+        let info = tokio::task::spawn_blocking(move || {
+            inner.register(&fetched.manifest_digest, vec![stored_name], fetched.offered)
+        })
+        .await
+        .map_err(join_err)??;
         drop(guard);
         Ok(info)
     }
@@ -390,8 +392,14 @@ impl Inner {
     }
 
     /// Checks an image manifest already in the blob store, unpacks its layers and records it
-    /// under `names` (which move away from any other image that had them).
-    pub(crate) fn register(&self, manifest_digest: &str, names: Vec<String>) -> Result<ImageInfo> {
+    /// under `names` (which move away from any other image that had them). `offered`: the
+    /// platforms of the index the manifest was chosen from (empty: it was not).
+    pub(crate) fn register(
+        &self,
+        manifest_digest: &str,
+        names: Vec<String>,
+        offered: Vec<Platform>,
+    ) -> Result<ImageInfo> {
         let manifest: RawManifest = self.parse_json(manifest_digest, "manifest")?;
         if manifest.is_index() {
             return Err(Error::UnsupportedMediaType(manifest.media_type.unwrap_or_default()));
@@ -423,6 +431,7 @@ impl Inner {
             config_digest: config_desc.digest.clone(),
             config: config.config.clone().unwrap_or_default().into(),
             platform,
+            offered,
             size: records.iter().map(|l| l.size).sum(),
             layers: records,
         };
@@ -456,7 +465,7 @@ impl Inner {
         let found = crate::import::read_archive(&self.blobs, path, &self.platform)?;
         let mut refs = Vec::new();
         for image in found {
-            let info = self.register(&image.manifest_digest, image.names.clone())?;
+            let info = self.register(&image.manifest_digest, image.names.clone(), image.offered.clone())?;
             if image.names.is_empty() {
                 refs.push(ImageRef { name: None, digest: info.digest.clone() });
             }

@@ -92,6 +92,7 @@ async fn pull_multiarch_index_for_node_platform() {
         let info = store.pull(&reference, &insecure(&registry.addr), Auth::Anonymous).await.unwrap();
         assert_eq!(info.digest, digests[i]);
         assert_eq!(info.platform.architecture, imgs[i].arch);
+        assert_eq!(info.platforms.len(), 3, "the index's platforms: {:?}", info.platforms);
     }
     let store = ImageStore::open(&dir.path().join("riscv"), Platform::new("linux", "riscv64", None)).unwrap();
     let err = store.pull(&reference, &insecure(&registry.addr), Auth::Anonymous).await.unwrap_err();

@@ -124,7 +124,10 @@ async fn multiarch_layout_resolves_to_node_platform() {
     let store = ImageStore::open(&dir.path().join("arm"), Platform::new("linux", "arm64", Some("v8"))).unwrap();
     let refs = store.import(&tarball).await.unwrap();
     assert_eq!(refs[0].digest, digests[1]);
-    assert_eq!(store.get("multi:1").unwrap().unwrap().config.cmd, vec!["arm"]);
+    let info = store.get("multi:1").unwrap().unwrap();
+    assert_eq!(info.config.cmd, vec!["arm"]);
+    let offered: Vec<String> = info.platforms.iter().map(|p| p.to_string()).collect();
+    assert_eq!(offered, ["linux/amd64", "linux/arm64"], "every platform of the index is recorded");
     let store = ImageStore::open(&dir.path().join("riscv"), Platform::new("linux", "riscv64", None)).unwrap();
     assert!(store.import(&tarball).await.is_err());
 }

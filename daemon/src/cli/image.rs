@@ -146,6 +146,7 @@ mod tests {
             config: ImageConfig::default(),
             size,
             platform: Platform::host(),
+            platforms: vec![Platform::host()],
         };
         let t = table(&[
             info(&["docker.io/library/nginx:latest", "docker.io/whatwant/node-web:1.0"], 1_234_567),

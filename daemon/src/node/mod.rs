@@ -705,14 +705,14 @@ async fn register_node(agent: &Agent) -> Result<(), AgentError> {
         "arm" => "arm",
         other => other,
     };
-    let images: Vec<(Vec<String>, u64)> = agent
-        .images
-        .list()
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|i| !i.names.is_empty())
-        .map(|i| (i.names, i.size))
-        .collect();
+    let held: Vec<shoal_images::ImageInfo> =
+        agent.images.list().unwrap_or_default().into_iter().filter(|i| !i.names.is_empty()).collect();
+    // What each image offers, so the scheduler keeps pods off nodes of an architecture the
+    // image is not built for.
+    let offered: Vec<(Vec<String>, Vec<String>)> =
+        held.iter().map(|i| (i.names.clone(), i.platforms.iter().map(|p| p.to_string()).collect())).collect();
+    let image_platforms = crate::scheduler::image_platforms_annotation(offered.iter().map(|(n, p)| (&n[..], &p[..])));
+    let images: Vec<(Vec<String>, u64)> = held.into_iter().map(|i| (i.names, i.size)).collect();
     let devices = device_counts(&agent.devices);
     let (capacity, allocatable) = capacity(cpus, mem_kib, &devices);
     let status = json!({
@@ -740,7 +740,10 @@ async fn register_node(agent: &Agent) -> Result<(), AgentError> {
     let pressure = agent.pressure.lock().map(|p| p.1.clone()).unwrap_or_default();
     let conditions = node_conditions(&pressure);
     let storage_dir = agent.cfg.data_dir.join("storage").to_string_lossy().into_owned();
-    let annotations = json!({crate::controllers::volumes::STORAGE_DIR_ANNOTATION: storage_dir});
+    let annotations = json!({
+        crate::controllers::volumes::STORAGE_DIR_ANNOTATION: storage_dir,
+        crate::scheduler::IMAGE_PLATFORMS_ANNOTATION: image_platforms,
+    });
     let labels = json!({
         "kubernetes.io/arch": arch,
         "kubernetes.io/os": "linux",
