@@ -102,7 +102,7 @@ pub(crate) async fn reconcile(key: ObjKey, ctx: Arc<Context>) -> Result<Action> 
             continue;
         }
         if pod_phase(&p) == "Failed" {
-            util::delete_uid(&ctx.objects, &k.pods, key.ns(), name_of(&p), uid_of(&p)).await?;
+            util::delete_pod(&ctx.objects, &k.pods, &p).await?;
             continue;
         }
         if let Some(n) = target_node(&p) {
@@ -153,7 +153,7 @@ pub(crate) async fn reconcile(key: ObjKey, ctx: Arc<Context>) -> Result<Action> 
             let mut pods = pods;
             pods.sort_by(|a, b| super::replicaset::deletion_order(b, a));
             for extra in pods.drain(1..) {
-                util::delete_uid(&ctx.objects, &k.pods, key.ns(), name_of(&extra), uid_of(&extra)).await?;
+                util::delete_pod(&ctx.objects, &k.pods, &extra).await?;
             }
             let p = &pods[0];
             if pod_is_ready(p) {
@@ -172,7 +172,7 @@ pub(crate) async fn reconcile(key: ObjKey, ctx: Arc<Context>) -> Result<Action> 
                 misscheduled += 1;
             }
             for p in pods {
-                util::delete_uid(&ctx.objects, &k.pods, key.ns(), name_of(&p), uid_of(&p)).await?;
+                util::delete_pod(&ctx.objects, &k.pods, &p).await?;
                 ctx.events.normal(COMPONENT, &ds, "SuccessfulDelete", &format!("Deleted pod: {}", name_of(&p))).await;
             }
         }
@@ -180,7 +180,7 @@ pub(crate) async fn reconcile(key: ObjKey, ctx: Arc<Context>) -> Result<Action> 
     // Pods for nodes that no longer exist.
     for (_, pods) in by_node {
         for p in pods {
-            util::delete_uid(&ctx.objects, &k.pods, key.ns(), name_of(&p), uid_of(&p)).await?;
+            util::delete_pod(&ctx.objects, &k.pods, &p).await?;
         }
     }
     if ds["spec"]["updateStrategy"]["type"].as_str().unwrap_or("RollingUpdate") == "RollingUpdate" {
@@ -197,7 +197,7 @@ pub(crate) async fn reconcile(key: ObjKey, ctx: Arc<Context>) -> Result<Action> 
                 }
                 budget -= 1;
             }
-            util::delete_uid(&ctx.objects, &k.pods, key.ns(), name_of(&p), uid_of(&p)).await?;
+            util::delete_pod(&ctx.objects, &k.pods, &p).await?;
         }
     }
     let status = json!({

@@ -282,7 +282,7 @@ pub(crate) async fn reconcile(key: ObjKey, ctx: Arc<Context>) -> Result<Action> 
     if complete || failure.is_some() || suspended {
         // Stop whatever still runs.
         for p in &active {
-            util::delete_uid(&ctx.objects, &k.pods, key.ns(), name_of(p), uid_of(p)).await?;
+            util::delete_pod(&ctx.objects, &k.pods, p).await?;
             ctx.events.normal(COMPONENT, &job, "SuccessfulDelete", &format!("Deleted pod: {}", name_of(p))).await;
         }
     } else {
@@ -359,7 +359,7 @@ pub(crate) async fn reconcile(key: ObjKey, ctx: Arc<Context>) -> Result<Action> 
             let mut extra: Vec<&Value> = active.clone();
             extra.sort_by(|a, b| super::replicaset::deletion_order(a, b));
             for p in extra.into_iter().take((-missing) as usize) {
-                util::delete_uid(&ctx.objects, &k.pods, key.ns(), name_of(p), uid_of(p)).await?;
+                util::delete_pod(&ctx.objects, &k.pods, p).await?;
             }
         }
         if let Some(ads) = job["spec"]["activeDeadlineSeconds"].as_u64() {

@@ -108,7 +108,7 @@ pub(crate) async fn reconcile(key: ObjKey, ctx: Arc<Context>) -> Result<Action> 
         let n = (active.len() - want).min(BURST);
         let doomed: Vec<Value> = active.drain(..n).collect();
         for p in doomed {
-            util::delete_uid(&ctx.objects, &k.pods, key.ns(), name_of(&p), uid_of(&p)).await?;
+            util::delete_pod(&ctx.objects, &k.pods, &p).await?;
             ctx.events.normal(COMPONENT, &rs, "SuccessfulDelete", &format!("Deleted pod: {}", name_of(&p))).await;
         }
     }

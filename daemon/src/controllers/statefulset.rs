@@ -72,7 +72,7 @@ pub(crate) async fn reconcile(key: ObjKey, ctx: Arc<Context>) -> Result<Action> 
     // Failed pods are replaced.
     for (_, p) in pods.iter() {
         if pod_phase(p) == "Failed" && !is_deleting(p) {
-            util::delete_uid(&ctx.objects, &k.pods, key.ns(), name_of(p), uid_of(p)).await?;
+            util::delete_pod(&ctx.objects, &k.pods, p).await?;
         }
     }
     pods.retain(|_, p| pod_phase(p) != "Failed");
@@ -158,7 +158,7 @@ pub(crate) async fn reconcile(key: ObjKey, ctx: Arc<Context>) -> Result<Action> 
             break;
         }
         if !is_deleting(&p) {
-            util::delete_uid(&ctx.objects, &k.pods, key.ns(), name_of(&p), uid_of(&p)).await?;
+            util::delete_pod(&ctx.objects, &k.pods, &p).await?;
             ctx.events
                 .normal(
                     COMPONENT,
@@ -181,7 +181,7 @@ pub(crate) async fn reconcile(key: ObjKey, ctx: Arc<Context>) -> Result<Action> 
             if let Some((_, p)) = pods.iter().rev().find(|(i, p)| {
                 **i >= partition && p["metadata"]["labels"][REVISION_LABEL].as_str() != Some(update_revision.as_str())
             }) {
-                util::delete_uid(&ctx.objects, &k.pods, key.ns(), name_of(p), uid_of(p)).await?;
+                util::delete_pod(&ctx.objects, &k.pods, p).await?;
             }
         }
     }

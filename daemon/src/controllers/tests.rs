@@ -190,6 +190,15 @@ async fn node_agent(objects: Objects, agent: Agent, stop: CancellationToken) {
         let Ok((list, _)) = objects.list(&pods, None).await else { continue };
         for p in list {
             let bound = p["spec"]["nodeName"].as_str().is_some_and(|n| !n.is_empty());
+            if bound && super::util::is_deleting(&p) {
+                // Graceful deletion: the agent stops the containers, then removes the pod.
+                let pre = shoal_kube::Preconditions {
+                    uid: Some(super::util::uid_of(&p).to_string()),
+                    resource_version: None,
+                };
+                let _ = objects.delete(&pods, p["metadata"]["namespace"].as_str(), name_of(&p), pre).await;
+                continue;
+            }
             if !bound || pod_phase(&p) != "Pending" || !pod_is_active(&p) {
                 continue;
             }
@@ -1183,4 +1192,47 @@ async fn backoff_limit_per_index_gives_up_on_failed_indexes_only() {
     assert_eq!(j["status"]["terminating"], 0);
     assert_eq!(c.pods().await.len(), 3);
     c.stop().await;
+}
+
+#[tokio::test]
+async fn controllers_delete_running_pods_gracefully_and_others_at_once() {
+    let objects = Objects::new(shoal_store::Store::in_memory());
+    let pods = res("", "pods");
+    let pod = |name: &str, node: Option<&str>, phase: &str, grace: Option<i64>| {
+        let mut p = json!({"metadata": {"name": name, "namespace": "default"},
+            "spec": {"containers": [{"name": "c", "image": "nginx"}]}, "status": {"phase": phase}});
+        if let Some(n) = node {
+            p["spec"]["nodeName"] = json!(n);
+        }
+        if let Some(g) = grace {
+            p["spec"]["terminationGracePeriodSeconds"] = json!(g);
+        }
+        p
+    };
+    for p in [
+        pod("running", Some("n1"), "Running", None),
+        pod("quick", Some("n1"), "Running", Some(5)),
+        pod("pending", None, "Pending", None),
+        pod("done", Some("n1"), "Succeeded", None),
+    ] {
+        let created = objects.create(&pods, Some("default"), p).await.unwrap();
+        super::util::delete_pod(&objects, &pods, &created).await.unwrap();
+    }
+    let get = |n: &'static str| {
+        let objects = objects.clone();
+        let pods = pods.clone();
+        async move { objects.get(&pods, Some("default"), n).await.unwrap() }
+    };
+    let running = get("running").await.expect("a running pod waits for its node agent");
+    assert!(running["metadata"]["deletionTimestamp"].is_string());
+    assert_eq!(running["metadata"]["deletionGracePeriodSeconds"], 30);
+    assert_eq!(get("quick").await.expect("terminating")["metadata"]["deletionGracePeriodSeconds"], 5);
+    assert!(get("pending").await.is_none(), "an unscheduled pod goes at once");
+    assert!(get("done").await.is_none(), "a finished pod goes at once");
+    // Deleting again changes nothing.
+    super::util::delete_pod(&objects, &pods, &running).await.unwrap();
+    assert_eq!(
+        get("running").await.unwrap()["metadata"]["deletionTimestamp"],
+        running["metadata"]["deletionTimestamp"]
+    );
 }

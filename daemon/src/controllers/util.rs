@@ -53,6 +53,27 @@ pub(crate) async fn delete_uid(
     }
 }
 
+/// Deletes a pod as `kubectl delete pod` does: a pod running on a node is terminated
+/// gracefully (deletionTimestamp set, its node agent runs preStop hooks, sends SIGTERM, waits up to
+/// `terminationGracePeriodSeconds` (30 s default) and then removes the object); a pending or
+/// finished pod is removed at once. Only while the pod still has its uid.
+pub(crate) async fn delete_pod(objects: &Objects, res: &Resource, pod: &Value) -> Result<()> {
+    let (ns, name, uid) = (namespace_of(pod), name_of(pod), uid_of(pod));
+    let bound = pod["spec"]["nodeName"].as_str().is_some_and(|n| !n.is_empty());
+    if !bound || matches!(pod_phase(pod), "Succeeded" | "Failed") {
+        return delete_uid(objects, res, ns, name, uid).await;
+    }
+    if is_deleting(pod) {
+        return Ok(());
+    }
+    let grace = pod["spec"]["terminationGracePeriodSeconds"].as_i64().unwrap_or(30).max(0);
+    let pre = Preconditions { uid: Some(uid.to_string()), resource_version: None };
+    match objects.terminate(res, ns, name, grace, pre).await {
+        Ok(_) | Err(shoal_kube::Error::NotFound { .. }) | Err(shoal_kube::Error::Conflict { .. }) => Ok(()),
+        Err(e) => Err(write_err(res, name)(e)),
+    }
+}
+
 /// Read-modify-write with conflict retries; `f` returns false to leave the object alone.
 /// A missing object is `Ok(None)`.
 pub(crate) async fn modify<F>(
