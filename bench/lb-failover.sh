@@ -103,7 +103,7 @@ samples="$work/samples"
 for r in $(seq 1 "$RUNS"); do
   wait_serving 120 || { log "run $r: the IP does not answer with one holder; skipped"; continue; }
   victim=$(holder)
-  survivor=$(for h in n1 n2 n3; do [[ $h != "$victim" ]] && echo "$h"; done | head -1)
+  survivor=$(for h in n1 n2 n3; do if [[ $h != "$victim" ]]; then echo "$h"; fi; done | head -1)
   server="https://10.77.0.${survivor#n}:6443"
   polls="$work/poll-$r"
   : >"$polls"
@@ -171,7 +171,7 @@ PY
 
 wait_serving 120 || log "partition run: the IP does not answer with one holder before the cut"
 victim=$(holder)
-others=$(for h in n1 n2 n3; do [[ $h != "$victim" ]] && echo "10.77.0.${h#n}"; done | paste -sd, -)
+others=$(for h in n1 n2 n3; do if [[ $h != "$victim" ]]; then echo "10.77.0.${h#n}"; fi; done | paste -sd, -)
 probe_s=$((PARTITION_S + 15))
 on client "$py" "$work/arpprobe.py" eth0 "$vip" 10.77.0.200 "$probe_s" "$work/arp" &
 prober=$!

@@ -2,7 +2,8 @@
 //!
 //! A table is replaced atomically with `table F N; delete table F N; table F N { ... }` in one
 //! transaction: the kernel swaps the old table for the new one, so packets never see a moment
-//! without rules.
+//! without rules. A table that an earlier transaction wrote can instead be updated in place, in
+//! one transaction too, which keeps the elements of its dynamic sets ([`Table::update_text`]).
 use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
@@ -114,12 +115,30 @@ impl Nft for FakeNft {
     }
 }
 
-/// Text of one nftables table, written as a whole and replaced atomically.
-#[derive(Debug, Clone)]
+/// Text of one nftables table, written as a whole and applied in one transaction: either replacing
+/// the table ([`Table::replace_text`]) or turning the table an earlier [`Table`] applied into this
+/// one while keeping its sets' elements ([`Table::update_text`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Table {
     family: String,
     name: String,
-    items: Vec<String>,
+    items: Vec<Item>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum ItemKind {
+    Chain,
+    /// A set or map, with the keyword (`set`, `map`) and its body.
+    Set {
+        body: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Item {
+    name: String,
+    kind: ItemKind,
+    text: String,
 }
 
 /// The hook a base chain attaches to.
@@ -133,6 +152,20 @@ pub struct Hook<'a> {
     pub priority: &'a str,
 }
 
+fn chain_text<S: AsRef<str>>(name: &str, header: Option<String>, rules: &[S]) -> String {
+    let mut s = format!("  chain {name} {{\n");
+    if let Some(h) = header {
+        s.push_str(&h);
+    }
+    for r in rules {
+        s.push_str("    ");
+        s.push_str(r.as_ref());
+        s.push('\n');
+    }
+    s.push_str("  }\n");
+    s
+}
+
 impl Table {
     /// A table of `family` (`ip`, `ip6`, `inet`) named `name`.
     pub fn new(family: &str, name: &str) -> Table {
@@ -141,36 +174,23 @@ impl Table {
 
     /// A base chain with policy accept.
     pub fn base_chain<S: AsRef<str>>(&mut self, name: &str, hook: Hook<'_>, rules: &[S]) -> &mut Table {
-        let mut s = format!(
-            "  chain {name} {{\n    type {} hook {} priority {}; policy accept;\n",
-            hook.kind, hook.hook, hook.priority
-        );
-        for r in rules {
-            s.push_str("    ");
-            s.push_str(r.as_ref());
-            s.push('\n');
-        }
-        s.push_str("  }\n");
-        self.items.push(s);
+        let header = format!("    type {} hook {} priority {}; policy accept;\n", hook.kind, hook.hook, hook.priority);
+        let text = chain_text(name, Some(header), rules);
+        self.items.push(Item { name: name.into(), kind: ItemKind::Chain, text });
         self
     }
 
     /// A regular chain, reached by jump/goto.
     pub fn chain<S: AsRef<str>>(&mut self, name: &str, rules: &[S]) -> &mut Table {
-        let mut s = format!("  chain {name} {{\n");
-        for r in rules {
-            s.push_str("    ");
-            s.push_str(r.as_ref());
-            s.push('\n');
-        }
-        s.push_str("  }\n");
-        self.items.push(s);
+        let text = chain_text(name, None, rules);
+        self.items.push(Item { name: name.into(), kind: ItemKind::Chain, text });
         self
     }
 
     /// A set or map; `body` is what goes between its braces (`type ...; flags ...;`).
     pub fn set(&mut self, keyword: &str, name: &str, body: &str) -> &mut Table {
-        self.items.push(format!("  {keyword} {name} {{\n    {body}\n  }}\n"));
+        let text = format!("  {keyword} {name} {{\n    {body}\n  }}\n");
+        self.items.push(Item { name: name.into(), kind: ItemKind::Set { body: format!("{keyword} {body}") }, text });
         self
     }
 
@@ -178,7 +198,7 @@ impl Table {
     pub fn definition(&self) -> String {
         let mut s = format!("table {} {} {{\n", self.family, self.name);
         for i in &self.items {
-            s.push_str(i);
+            s.push_str(&i.text);
         }
         s.push_str("}\n");
         s
@@ -187,6 +207,51 @@ impl Table {
     /// A transaction that replaces the table (creating it if missing) in one step.
     pub fn replace_text(&self) -> String {
         format!("{}\n{}", delete_text(&self.family, &self.name), self.definition())
+    }
+
+    /// A transaction that turns `applied`, the table as an earlier transaction left it, into this
+    /// one without replacing the table: every chain of `applied` is flushed, this table's sets and
+    /// chains are declared (those that exist are kept) and filled, and the chains and sets this
+    /// table no longer has are deleted. The elements of a set that both have with the same
+    /// definition survive, so dynamic sets (ClientIP affinity) keep their entries; a set whose
+    /// definition changed starts empty. All in one transaction, as atomic as a replace.
+    ///
+    /// It is only right when the table in the kernel is still `applied`: after a failed apply, or
+    /// at start, use [`Table::replace_text`].
+    pub fn update_text(&self, applied: &Table) -> String {
+        if applied.family != self.family || applied.name != self.name {
+            return self.replace_text();
+        }
+        let (f, n) = (&self.family, &self.name);
+        let mut s = String::new();
+        for i in applied.items.iter().filter(|i| i.kind == ItemKind::Chain) {
+            s.push_str(&format!("flush chain {f} {n} {}\n", i.name));
+        }
+        let now: std::collections::BTreeMap<&str, &ItemKind> =
+            self.items.iter().map(|i| (i.name.as_str(), &i.kind)).collect();
+        let mut stale_sets = Vec::new();
+        let mut stale_chains = Vec::new();
+        for i in &applied.items {
+            match (&i.kind, now.get(i.name.as_str())) {
+                (ItemKind::Set { .. }, Some(k)) if *k == &i.kind => {}
+                (ItemKind::Set { .. }, Some(ItemKind::Set { .. })) => {
+                    // Changed definition: delete before redeclaring (its rules are flushed).
+                    s.push_str(&format!("delete set {f} {n} {}\n", i.name));
+                }
+                (ItemKind::Set { .. }, _) => stale_sets.push(i.name.as_str()),
+                (ItemKind::Chain, Some(ItemKind::Chain)) => {}
+                (ItemKind::Chain, _) => stale_chains.push(i.name.as_str()),
+            }
+        }
+        s.push_str(&self.definition());
+        // Chains before sets: a stale chain's (flushed) rules may have used a stale set.
+        for c in stale_chains {
+            s.push_str(&format!("delete chain {f} {n} {c}\n"));
+        }
+        for set in stale_sets {
+            s.push_str(&format!("delete set {f} {n} {set}\n"));
+        }
+        s
     }
 }
 
@@ -210,6 +275,30 @@ mod tests {
         assert!(text.contains("    type nat hook prerouting priority dstnat; policy accept;\n    jump svc\n"));
         assert!(text.contains("  set aff {\n    type ipv4_addr; flags dynamic,timeout; timeout 10800s;\n  }\n"));
         assert!(text.ends_with("}\n"));
+    }
+
+    #[test]
+    fn update_text_flushes_redeclares_and_deletes_only_what_went() {
+        let aff = "type ipv4_addr; flags dynamic,timeout; timeout 10800s;";
+        let mut old = Table::new("ip", "t");
+        old.set("set", "aff-a", aff)
+            .set("set", "aff-b", aff)
+            .set("set", "aff-c", aff)
+            .chain("a", &["accept"])
+            .chain("b", &["drop"]);
+        let mut new = Table::new("ip", "t");
+        new.set("set", "aff-a", aff)
+            .set("set", "aff-c", "type ipv4_addr; flags dynamic,timeout; timeout 5s;")
+            .chain("a", &["drop"]);
+        let text = new.update_text(&old);
+        assert!(
+            text.starts_with("flush chain ip t a\nflush chain ip t b\ndelete set ip t aff-c\ntable ip t {\n"),
+            "{text}"
+        );
+        assert!(text.ends_with("}\ndelete chain ip t b\ndelete set ip t aff-b\n"), "{text}");
+        assert!(!text.contains("delete table") && !text.contains("delete set ip t aff-a"));
+        // Another table altogether is replaced.
+        assert_eq!(Table::new("ip", "u").update_text(&old), Table::new("ip", "u").replace_text());
     }
 
     #[test]

@@ -385,3 +385,68 @@ fn probe_finds_the_host_still_answering_for_an_ip() {
     let found = in_ns(&pair.a, move || announce::probe("va", vip, wait).expect("probe"));
     assert_eq!(found, None, "nobody answers once the holder let go");
 }
+
+/// What `nft list table ip T` prints inside `ns`.
+fn nft_list(ns: &str, table: &str) -> String {
+    let out = Command::new("ip").args(["netns", "exec", ns, "nft", "list", "table", "ip", table]).output().unwrap();
+    assert!(out.status.success(), "nft list: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+#[test]
+fn table_update_keeps_dynamic_set_elements_and_drops_stale_chains() {
+    use shoal_netlink::nft::{Hook, LinuxNft, Nft, Table};
+    let pair = Pair::new();
+    let nft = LinuxNft::in_netns(Pair::path(&pair.a));
+    let aff = "type ipv4_addr; flags dynamic,timeout; timeout 600s;";
+    let build = |services: &[&str]| {
+        let mut t = Table::new("ip", "shoal-nl-test");
+        for s in services {
+            t.set("set", &format!("aff-{s}"), aff);
+        }
+        let arms: Vec<String> =
+            services.iter().enumerate().map(|(i, s)| format!("10.43.0.{} . tcp . 80 : goto svc-{s}", i + 1)).collect();
+        let pre = if arms.is_empty() {
+            Vec::new()
+        } else {
+            vec![format!("ip daddr . meta l4proto . th dport vmap {{ {} }}", arms.join(", "))]
+        };
+        t.base_chain("prerouting", Hook { kind: "nat", hook: "prerouting", priority: "-100" }, &pre);
+        for s in services {
+            t.chain(
+                &format!("svc-{s}"),
+                &[format!("ip saddr @aff-{s} accept"), format!("update @aff-{s} {{ ip saddr }}")],
+            );
+        }
+        t
+    };
+    let first = build(&["a", "b"]);
+    nft.apply(&first.replace_text()).unwrap();
+    let add = Command::new("ip")
+        .args(["netns", "exec", &pair.a, "nft", "add", "element", "ip", "shoal-nl-test", "aff-a", "{ 10.99.0.7 }"])
+        .status()
+        .unwrap();
+    assert!(add.success());
+
+    // b goes, c comes, a stays: a's affinity entry survives, b's chain and set are gone.
+    let second = build(&["a", "c"]);
+    nft.apply(&second.update_text(&first)).unwrap();
+    let listed = nft_list(&pair.a, "shoal-nl-test");
+    assert!(listed.contains("10.99.0.7"), "affinity entry lost:\n{listed}");
+    assert!(listed.contains("chain svc-c") && listed.contains("set aff-c"), "{listed}");
+    assert!(!listed.contains("svc-b") && !listed.contains("aff-b"), "stale items left:\n{listed}");
+    assert_eq!(listed.matches("update @aff-a").count(), 1, "rules doubled:\n{listed}");
+
+    // A changed set definition starts empty; every service removed leaves only the base chain.
+    let mut third = Table::new("ip", "shoal-nl-test");
+    third.set("set", "aff-a", "type ipv4_addr; flags dynamic,timeout; timeout 60s;");
+    third.base_chain(
+        "prerouting",
+        Hook { kind: "nat", hook: "prerouting", priority: "-100" },
+        &["ip saddr @aff-a accept"],
+    );
+    nft.apply(&third.update_text(&second)).unwrap();
+    let listed = nft_list(&pair.a, "shoal-nl-test");
+    assert!(!listed.contains("10.99.0.7") && listed.contains("timeout 1m"), "{listed}");
+    assert!(!listed.contains("svc-"), "{listed}");
+}

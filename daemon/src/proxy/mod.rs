@@ -1,6 +1,8 @@
 //! The Service data plane of one node: watches Services, EndpointSlices and Endpoints in the
-//! local replica and keeps one nftables table (`ip shoal-svc`) in step with them, replaced
-//! atomically, bursts of changes coalesced. Answers the healthCheckNodePort of
+//! local replica and keeps one nftables table (`ip shoal-svc`) in step with them, bursts of
+//! changes coalesced. Each change is one nft transaction: the first after start (or after a
+//! failed apply) replaces the table, later ones update it in place (chains flushed and refilled,
+//! stale ones deleted), which keeps the ClientIP affinity sets' entries. Answers the healthCheckNodePort of
 //! externalTrafficPolicy Local Services.
 mod health;
 pub mod rules;
@@ -14,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use shoal_kube::{resources, Objects, Resource};
+use shoal_netlink::nft::Table;
 use shoal_netlink::{LinuxNft, Nft};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -126,7 +129,8 @@ impl Proxy {
             tokio::spawn(watch_loop(self.objects.clone(), res.clone(), changed.clone(), watch_stop.clone()));
         }
         let health = health::HealthServers::new(self.node_ips.clone());
-        let mut last: Option<String> = None;
+        // The table as the last successful apply left it; None: replace it whole next time.
+        let mut last: Option<Table> = None;
         let mut next_wait = Duration::ZERO;
         loop {
             tokio::select! {
@@ -162,7 +166,7 @@ impl Proxy {
     async fn sync(
         &self,
         k: &Kinds,
-        last: &mut Option<String>,
+        last: &mut Option<Table>,
         health: &health::HealthServers,
     ) -> Result<bool, ProxyError> {
         let list = |res: &Resource, plural: &'static str| {
@@ -181,17 +185,24 @@ impl Proxy {
         if self.health {
             health.update(rules::health_checks(&ports, &self.node.name));
         }
-        let text = rules::render(&ports, &self.node);
-        if last.as_deref() == Some(text.as_str()) {
+        let table = rules::render(&ports, &self.node);
+        if last.as_ref() == Some(&table) {
             return Ok(false);
         }
+        // In place when the kernel still holds what we applied last, so ClientIP affinity
+        // entries survive endpoint changes; whole otherwise (at start, after a failure).
+        let text = match last.as_ref() {
+            Some(prev) => table.update_text(prev),
+            None => table.replace_text(),
+        };
         let nft = self.nft.clone();
-        let t = text.clone();
-        tokio::task::spawn_blocking(move || nft.apply(&t).map_err(Box::new))
+        // Until this apply succeeds the kernel's table is unknown.
+        *last = None;
+        tokio::task::spawn_blocking(move || nft.apply(&text).map_err(Box::new))
             .await
             .map_err(ProxyError::Join)?
             .map_err(ProxyError::Apply)?;
-        *last = Some(text);
+        *last = Some(table);
         Ok(true)
     }
 

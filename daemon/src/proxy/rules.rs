@@ -261,7 +261,7 @@ pub(crate) fn service_ports(services: &[Value], slices: &[Value], endpoints: &[V
 
 /// The nft transaction that replaces the node's Service table.
 pub fn ruleset(services: &[Value], slices: &[Value], endpoints: &[Value], node: &NodeInfo) -> String {
-    render(&service_ports(services, slices, endpoints), node)
+    render(&service_ports(services, slices, endpoints), node).replace_text()
 }
 
 fn ip_tag(ip: &Ipv4Addr) -> String {
@@ -286,7 +286,7 @@ fn pick_rules(sp: &ServicePort, eps: &[&Endpoint], suffix: &str, empty: &str) ->
     rules
 }
 
-pub(crate) fn render(ports: &[ServicePort], node: &NodeInfo) -> String {
+pub(crate) fn render(ports: &[ServicePort], node: &NodeInfo) -> Table {
     let mut t = Table::new(TABLE_FAMILY, TABLE_NAME);
     let mut service_arms = Vec::new();
     let mut nodeport_arms = Vec::new();
@@ -410,7 +410,7 @@ pub(crate) fn render(ports: &[ServicePort], node: &NodeInfo) -> String {
             &["ct state new jump no-endpoints"],
         );
     }
-    t.replace_text()
+    t
 }
 
 /// Health-check ports of externalTrafficPolicy Local Services: port → (namespace, name,

@@ -67,7 +67,7 @@ fn endpoints_on_an_unready_node_take_no_new_connections() {
     assert_eq!(unready.iter().map(String::as_str).collect::<Vec<_>>(), ["n3"]);
     let mut ports = service_ports(&[web()], &[s], &[]);
     without_unready(&mut ports, &unready);
-    let text = render(&ports, &node());
+    let text = render(&ports, &node()).replace_text();
     assert!(text.contains("10.42.1.5") && text.contains("10.42.2.5"));
     assert!(!text.contains("10.42.3.5"), "the dead node's endpoint must get no traffic");
 }
@@ -367,10 +367,29 @@ mod root {
         };
         // nft accepts the table built from these objects.
         make().sync_once().await.unwrap_or_else(|e| panic!("apply: {e}: {:?}", std::error::Error::source(&e)));
+        let before = table_handle(&lab.names[0]);
         let proxy = make();
         let stop = CancellationToken::new();
         tokio::spawn(proxy.run(stop.clone()));
+        // The running proxy's first apply replaces the table (a new handle): wait for it, so the
+        // test's traffic meets the table the proxy goes on updating.
+        for _ in 0..100 {
+            if table_handle(&lab.names[0]) != before {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         stop
+    }
+
+    /// The kernel's handle of table `ip shoal-svc` in `ns` (a replace gives a new one).
+    fn table_handle(ns: &str) -> String {
+        let out = Command::new("ip")
+            .args(["netns", "exec", ns, "nft", "-a", "list", "table", "ip", "shoal-svc"])
+            .output()
+            .unwrap_or_else(|e| panic!("nft list: {e}"));
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        text.lines().next().and_then(|l| l.split("# handle ").nth(1)).unwrap_or_default().trim().to_string()
     }
 
     async fn put(objects: &Objects, plural: &str, obj: Value) {
@@ -449,6 +468,30 @@ mod root {
         let stop = start(&lab, &objects).await;
         let cli = lab.names[3].clone();
         let first = fetch_eventually(&cli, "10.43.0.10:80").await;
+        for _ in 0..8 {
+            assert_eq!(fetch(&cli, "10.43.0.10:80").await.unwrap_or_else(|e| panic!("{e}")), first);
+        }
+        // Another Service changes the table; the client's affinity entry stays and so does its pod.
+        let other = json!({"metadata": {"name": "other"}, "spec": {"clusterIP": "10.43.0.11", "selector": {"app": "other"},
+            "ports": [{"port": 80}]}});
+        put(&objects, "services", other).await;
+        let list = || {
+            let out = Command::new("ip")
+                .args(["netns", "exec", &lab.names[0], "nft", "list", "table", "ip", "shoal-svc"])
+                .output()
+                .unwrap_or_else(|e| panic!("nft list: {e}"));
+            String::from_utf8_lossy(&out.stdout).to_string()
+        };
+        let mut table = list();
+        for _ in 0..100 {
+            if table.contains("10.43.0.11") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            table = list();
+        }
+        assert!(table.contains("10.43.0.11"), "the new Service never reached the table");
+        assert!(table.contains("10.42.1.7 expires"), "the client's affinity entry was lost:\n{table}");
         for _ in 0..8 {
             assert_eq!(fetch(&cli, "10.43.0.10:80").await.unwrap_or_else(|e| panic!("{e}")), first);
         }
