@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Service data plane overhead: one nginx pod behind a Service of type LoadBalancer on a 3-node
 # rig; wrk on the client host against the pod directly, through its ClusterIP, its NodePort and
-# its LoadBalancer IP, one after the other in the same run. The client reaches the pod IP and
+# its LoadBalancer IP, one after the other in the same run, ROUNDS times over (the four paths
+# interleaved, so a slow moment of this machine does not land on one path); the median round
+# of each path counts. The client reaches the pod IP and
 # the ClusterIP through a route via the pod's node (as a router in front of the cluster would);
 # the NodePort on the pod's node; the LoadBalancer IP wherever it is announced.
 #
-#   bench/dataplane.sh                   # DURATION=10s CONNECTIONS=16 THREADS=2
+#   bench/dataplane.sh                   # DURATION=10s CONNECTIONS=16 THREADS=2 ROUNDS=3
 #
 # Prints, per path, <path>_rps and <path>_p99_ms, and clusterip_ratio, nodeport_ratio,
 # loadbalancer_ratio (requests/s relative to direct).
@@ -14,6 +16,7 @@ source "$(dirname "$0")/lib.sh"
 DURATION=${DURATION:-10s}
 CONNECTIONS=${CONNECTIONS:-16}
 THREADS=${THREADS:-2}
+ROUNDS=${ROUNDS:-3}
 POOL=${POOL:-10.77.0.240-10.77.0.249}
 # The rig's data dirs on a tmpfs: a nearly full disk here must not put the nodes under DiskPressure.
 export SHOAL_HIL_TMPFS_MB=${SHOAL_HIL_TMPFS_MB:-3072}
@@ -85,7 +88,7 @@ log "pod $pod_ip on $node, clusterIP $cluster_ip, nodePort $node_ip:$node_port, 
 on client ip route replace "$pod_ip/32" via "$node_ip" >&2
 on client ip route replace "$cluster_ip/32" via "$node_ip" >&2
 
-# bench NAME URL: wrk from the client; prints NAME_rps and NAME_p99_ms, keeps rps in $work/NAME.
+# bench NAME URL: one wrk run from the client; appends "rps p99_ms" to $work/NAME.
 bench() {
   local name=$1 url=$2 out rps p99
   for _ in $(seq 1 60); do on client curl -s -o /dev/null -m 1 "$url" && break; sleep 0.5; done
@@ -93,15 +96,22 @@ bench() {
   rps=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
   p99=$(awk '$1 == "99%" {v = $2; if (v ~ /us$/) {sub(/us$/, "", v); v /= 1000} else if (v ~ /ms$/) {sub(/ms$/, "", v)} else if (v ~ /s$/) {sub(/s$/, "", v); v *= 1000}; print v}' <<<"$out")
   grep -q "Non-2xx\|Socket errors" <<<"$out" && log "$name: $(grep -E 'Non-2xx|Socket errors' <<<"$out")"
-  echo "${name}_rps: ${rps:-0}"
-  echo "${name}_p99_ms: ${p99:-nan}"
-  echo "${rps:-0}" >"$work/$name"
+  log "round $round: $name ${rps:-0} req/s, p99 ${p99:-nan} ms"
+  echo "${rps:-0} ${p99:-nan}" >>"$work/$name"
 }
-bench direct "http://$pod_ip/"
-bench clusterip "http://$cluster_ip/"
-bench nodeport "http://$node_ip:$node_port/"
-bench loadbalancer "http://$lb_ip/"
+paths=(direct clusterip nodeport loadbalancer)
+declare -A urls=([direct]="http://$pod_ip/" [clusterip]="http://$cluster_ip/"
+  [nodeport]="http://$node_ip:$node_port/" [loadbalancer]="http://$lb_ip/")
+for round in $(seq 1 "$ROUNDS"); do
+  for p in "${paths[@]}"; do bench "$p" "${urls[$p]}"; done
+done
+# median COLUMN FILE
+median() { awk -v c="$1" '{print $c}' "$2" | sort -g | awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)]}'; }
+for p in "${paths[@]}"; do
+  echo "${p}_rps: $(median 1 "$work/$p")"
+  echo "${p}_p99_ms: $(median 2 "$work/$p")"
+done
 for p in clusterip nodeport loadbalancer; do
-  awk -v a="$(cat "$work/$p")" -v d="$(cat "$work/direct")" -v n="$p" \
+  awk -v a="$(median 1 "$work/$p")" -v d="$(median 1 "$work/direct")" -v n="$p" \
     'BEGIN { if (d > 0) printf "%s_ratio: %.3f\n", n, a / d; else printf "%s_ratio: nan\n", n }'
 done

@@ -303,9 +303,8 @@ pub(crate) fn render(ports: &[ServicePort], node: &NodeInfo) -> Table {
         let local = sp.local_endpoints(&node.name);
         let cluster_eps = if sp.itp_local { local.clone() } else { all.clone() };
 
-        // Cluster chain.
-        let mut svc_rules = vec![format!("ip saddr != {cidr} jump mark-masq")];
-        svc_rules.extend(pick_rules(sp, &cluster_eps, &suffix, "drop"));
+        // Cluster chain. Whether to masquerade is the endpoint chain's choice (below).
+        let svc_rules = pick_rules(sp, &cluster_eps, &suffix, "drop");
         chains.push((format!("svc-{suffix}"), svc_rules));
         for ip in &sp.cluster_ips {
             if cluster_eps.is_empty() {
@@ -353,7 +352,16 @@ pub(crate) fn render(ports: &[ServicePort], node: &NodeInfo) -> Table {
         }
         for e in used {
             let tag = format!("{suffix}-{}-{}", ip_tag(&e.ip), e.port);
+            // A pod reaching itself through the Service (hairpin) is masqueraded, and so is a
+            // client outside the pod CIDR when the endpoint is on another node: the reply would
+            // go back from that node without passing this one's conntrack. A local endpoint's
+            // reply passes this node anyway, so its outside clients keep their address and are
+            // spared the SNAT. (The external chain of externalTrafficPolicy Cluster masquerades
+            // all its traffic before it gets here, as kube-proxy does.)
             let mut rules = vec![format!("ip saddr {} jump mark-masq", e.ip)];
+            if e.node.as_deref() != Some(node.name.as_str()) {
+                rules.push(format!("ip saddr != {cidr} jump mark-masq"));
+            }
             if let Some(timeout) = sp.affinity_timeout {
                 sets.push((
                     format!("aff-{tag}"),

@@ -49,8 +49,13 @@ fn cluster_ip_dnats_round_robin_to_ready_endpoints_only() {
     ));
     assert!(text.contains("meta l4proto tcp dnat to 10.42.1.5:8080"));
     assert!(!text.contains("10.42.3.5"), "not-ready endpoint must get no traffic");
-    // Outside the pod CIDR is masqueraded; a pod reaching itself (hairpin) too.
-    assert!(text.contains("ip saddr != 10.42.0.0/16 jump mark-masq"));
+    // Outside the pod CIDR is masqueraded on the way to another node's endpoint, not to a local
+    // one; a pod reaching itself (hairpin) is.
+    let local = chain_body(&text, "ep-default-web-http-tcp-10-42-1-5-8080");
+    let remote = chain_body(&text, "ep-default-web-http-tcp-10-42-2-5-8080");
+    assert!(!local.contains("ip saddr != 10.42.0.0/16 jump mark-masq"), "{local}");
+    assert!(remote.contains("ip saddr != 10.42.0.0/16 jump mark-masq"), "{remote}");
+    assert!(!chain_body(&text, "svc-default-web-http-tcp").contains("mark-masq"));
     assert!(text.contains("ip saddr 10.42.1.5 jump mark-masq"));
     assert!(text.contains("meta mark & 0x00004000 == 0x00004000 masquerade"));
 }
