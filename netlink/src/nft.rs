@@ -210,11 +210,12 @@ impl Table {
     }
 
     /// A transaction that turns `applied`, the table as an earlier transaction left it, into this
-    /// one without replacing the table: every chain of `applied` is flushed, this table's sets and
-    /// chains are declared (those that exist are kept) and filled, and the chains and sets this
-    /// table no longer has are deleted. The elements of a set that both have with the same
-    /// definition survive, so dynamic sets (ClientIP affinity) keep their entries; a set whose
-    /// definition changed starts empty. All in one transaction, as atomic as a replace.
+    /// one without replacing the table. Only what changed is written: a chain whose rules changed
+    /// is flushed and refilled, a new chain or set is declared, a set whose definition changed is
+    /// deleted and declared again (empty), and chains and sets this table no longer has are
+    /// deleted. Everything else is left as it is, so a dynamic set (ClientIP affinity) keeps its
+    /// entries and a change to one Service costs a few lines, not the whole table. All in one
+    /// transaction, as atomic as a replace.
     ///
     /// It is only right when the table in the kernel is still `applied`: after a failed apply, or
     /// at start, use [`Table::replace_text`].
@@ -223,35 +224,66 @@ impl Table {
             return self.replace_text();
         }
         let (f, n) = (&self.family, &self.name);
-        let mut s = String::new();
-        for i in applied.items.iter().filter(|i| i.kind == ItemKind::Chain) {
-            s.push_str(&format!("flush chain {f} {n} {}\n", i.name));
-        }
-        let now: std::collections::BTreeMap<&str, &ItemKind> =
-            self.items.iter().map(|i| (i.name.as_str(), &i.kind)).collect();
-        let mut stale_sets = Vec::new();
-        let mut stale_chains = Vec::new();
-        for i in &applied.items {
-            match (&i.kind, now.get(i.name.as_str())) {
-                (ItemKind::Set { .. }, Some(k)) if *k == &i.kind => {}
-                (ItemKind::Set { .. }, Some(ItemKind::Set { .. })) => {
-                    // Changed definition: delete before redeclaring (its rules are flushed).
-                    s.push_str(&format!("delete set {f} {n} {}\n", i.name));
+        let before: std::collections::HashMap<&str, &Item> =
+            applied.items.iter().map(|i| (i.name.as_str(), i)).collect();
+        let now: std::collections::HashSet<&str> = self.items.iter().map(|i| i.name.as_str()).collect();
+        // Sets that exist with another definition are deleted and declared again; every chain
+        // that uses one is rewritten with it (a set in use cannot be deleted).
+        let recreated: Vec<&Item> = self
+            .items
+            .iter()
+            .filter(|i| i.kind != ItemKind::Chain && before.get(i.name.as_str()).is_some_and(|old| old != i))
+            .collect();
+        let uses_recreated = |chain: &Item| recreated.iter().any(|set| uses_set(&chain.text, &set.name));
+        let mut flush = String::new();
+        let mut block = String::new();
+        for i in &self.items {
+            match before.get(i.name.as_str()) {
+                Some(old) if old == &i && !(i.kind == ItemKind::Chain && uses_recreated(i)) => continue,
+                Some(old) if old.kind == ItemKind::Chain && i.kind == ItemKind::Chain => {
+                    flush.push_str(&format!("flush chain {f} {n} {}\n", i.name));
                 }
-                (ItemKind::Set { .. }, _) => stale_sets.push(i.name.as_str()),
-                (ItemKind::Chain, Some(ItemKind::Chain)) => {}
-                (ItemKind::Chain, _) => stale_chains.push(i.name.as_str()),
+                _ => {}
             }
+            block.push_str(&i.text);
         }
-        s.push_str(&self.definition());
-        // Chains before sets: a stale chain's (flushed) rules may have used a stale set.
-        for c in stale_chains {
-            s.push_str(&format!("delete chain {f} {n} {c}\n"));
+        // Chains that go are emptied first: their rules may jump to each other or use a set
+        // that goes too.
+        let stale: Vec<&Item> = applied.items.iter().filter(|i| !now.contains(i.name.as_str())).collect();
+        for i in stale.iter().filter(|i| i.kind == ItemKind::Chain) {
+            flush.push_str(&format!("flush chain {f} {n} {}\n", i.name));
         }
-        for set in stale_sets {
-            s.push_str(&format!("delete set {f} {n} {set}\n"));
+        let mut s = flush;
+        for i in &recreated {
+            s.push_str(&format!("delete {} {f} {n} {}\n", i.keyword(), i.name));
+        }
+        if !block.is_empty() {
+            s.push_str(&format!("table {f} {n} {{\n{block}}}\n"));
+        }
+        for i in stale.iter().filter(|i| i.kind == ItemKind::Chain) {
+            s.push_str(&format!("delete chain {f} {n} {}\n", i.name));
+        }
+        for i in stale.iter().filter(|i| i.kind != ItemKind::Chain) {
+            s.push_str(&format!("delete {} {f} {n} {}\n", i.keyword(), i.name));
         }
         s
+    }
+}
+
+/// Whether nft rule text refers to the set `@name` (not to a longer name starting with it).
+fn uses_set(text: &str, name: &str) -> bool {
+    let needle = format!("@{name}");
+    text.match_indices(&needle).any(|(at, _)| {
+        text[at + needle.len()..].chars().next().is_none_or(|c| !(c.is_ascii_alphanumeric() || c == '-' || c == '_'))
+    })
+}
+
+impl Item {
+    fn keyword(&self) -> &str {
+        match &self.kind {
+            ItemKind::Chain => "chain",
+            ItemKind::Set { body } => body.split(' ').next().unwrap_or("set"),
+        }
     }
 }
 
@@ -278,26 +310,35 @@ mod tests {
     }
 
     #[test]
-    fn update_text_flushes_redeclares_and_deletes_only_what_went() {
+    fn update_text_writes_only_what_changed() {
         let aff = "type ipv4_addr; flags dynamic,timeout; timeout 10800s;";
         let mut old = Table::new("ip", "t");
         old.set("set", "aff-a", aff)
             .set("set", "aff-b", aff)
             .set("set", "aff-c", aff)
             .chain("a", &["accept"])
-            .chain("b", &["drop"]);
+            .chain("b", &["drop"])
+            .chain("c", &["ip saddr @aff-c accept"])
+            .chain("d", &["ip saddr @aff-cc accept"])
+            .chain("same", &["counter"]);
         let mut new = Table::new("ip", "t");
         new.set("set", "aff-a", aff)
             .set("set", "aff-c", "type ipv4_addr; flags dynamic,timeout; timeout 5s;")
-            .chain("a", &["drop"]);
+            .chain("a", &["drop"])
+            .chain("c", &["ip saddr @aff-c accept"])
+            .chain("d", &["ip saddr @aff-cc accept"])
+            .chain("same", &["counter"])
+            .chain("e", &["accept"]);
         let text = new.update_text(&old);
-        assert!(
-            text.starts_with("flush chain ip t a\nflush chain ip t b\ndelete set ip t aff-c\ntable ip t {\n"),
-            "{text}"
-        );
-        assert!(text.ends_with("}\ndelete chain ip t b\ndelete set ip t aff-b\n"), "{text}");
-        assert!(!text.contains("delete table") && !text.contains("delete set ip t aff-a"));
-        // Another table altogether is replaced.
+        // a changed, c uses the recreated aff-c, b went; d (aff-cc is another set), same and
+        // aff-a are left alone.
+        let expected = "flush chain ip t a\nflush chain ip t c\nflush chain ip t b\ndelete set ip t aff-c\n\
+            table ip t {\n  set aff-c {\n    type ipv4_addr; flags dynamic,timeout; timeout 5s;\n  }\n\
+            \x20 chain a {\n    drop\n  }\n  chain c {\n    ip saddr @aff-c accept\n  }\n  chain e {\n    accept\n  }\n}\n\
+            delete chain ip t b\ndelete set ip t aff-b\n";
+        assert_eq!(text, expected);
+        // Nothing changed: nothing to write. Another table altogether is replaced.
+        assert_eq!(new.update_text(&new), "");
         assert_eq!(Table::new("ip", "u").update_text(&old), Table::new("ip", "u").replace_text());
     }
 

@@ -449,4 +449,18 @@ fn table_update_keeps_dynamic_set_elements_and_drops_stale_chains() {
     let listed = nft_list(&pair.a, "shoal-nl-test");
     assert!(!listed.contains("10.99.0.7") && listed.contains("timeout 1m"), "{listed}");
     assert!(!listed.contains("svc-"), "{listed}");
+
+    // Only the set's timeout changes: the unchanged chain that uses it is rewritten with it.
+    let mut fourth = Table::new("ip", "shoal-nl-test");
+    fourth.set("set", "aff-a", "type ipv4_addr; flags dynamic,timeout; timeout 30s;");
+    fourth.base_chain(
+        "prerouting",
+        Hook { kind: "nat", hook: "prerouting", priority: "-100" },
+        &["ip saddr @aff-a accept"],
+    );
+    nft.apply(&fourth.update_text(&third)).unwrap();
+    let listed = nft_list(&pair.a, "shoal-nl-test");
+    assert!(listed.contains("timeout 30s") && listed.contains("ip saddr @aff-a accept"), "{listed}");
+    // And no change at all is an empty transaction.
+    assert_eq!(fourth.update_text(&fourth), "");
 }

@@ -1,8 +1,9 @@
 //! The Service data plane of one node: watches Services, EndpointSlices and Endpoints in the
 //! local replica and keeps one nftables table (`ip shoal-svc`) in step with them, bursts of
 //! changes coalesced. Each change is one nft transaction: the first after start (or after a
-//! failed apply) replaces the table, later ones update it in place (chains flushed and refilled,
-//! stale ones deleted), which keeps the ClientIP affinity sets' entries. Answers the healthCheckNodePort of
+//! failed apply) replaces the table, later ones update it in place (only the chains and sets
+//! that changed are rewritten, stale ones deleted), which keeps the ClientIP affinity sets'
+//! entries and makes a change to one Service cheap however many there are. Answers the healthCheckNodePort of
 //! externalTrafficPolicy Local Services.
 mod health;
 pub mod rules;
