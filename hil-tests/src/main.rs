@@ -448,6 +448,7 @@ fn run_scenarios(args: RunArgs) -> anyhow::Result<ExitCode> {
                 let dir = args.dir.join(name);
                 let mut rig_opts = NetnsOptions::new(&dir, scenarios::hosts_needed(name, &opts), bin);
                 rig_opts.client = scenarios::needs_client(name);
+                rig_opts.topology = scenarios::topology(name);
                 if rig_opts.client {
                     // pods need a node without DiskPressure, whatever this machine's disk holds
                     rig_opts.tmpfs_mb = rig_opts.tmpfs_mb.or(Some(3072));

@@ -29,6 +29,7 @@ pub const SCENARIOS: &[&str] = &[
     "clock-jump",
     "lb-failover",
     "pods-back",
+    "routed-pods",
 ];
 
 /// Knobs of the suite.
@@ -84,7 +85,16 @@ pub fn hosts_needed(scenario: &str, opts: &ScenarioOptions) -> usize {
 
 /// Whether a scenario needs the rig's client host (it drives kubectl and curl from there).
 pub fn needs_client(scenario: &str) -> bool {
-    matches!(canonical(scenario).as_str(), "lb-failover" | "pods-back")
+    matches!(canonical(scenario).as_str(), "lb-failover" | "pods-back" | "routed-pods")
+}
+
+/// The rig topology a scenario needs (two subnets with a router between them for `routed-pods`).
+pub fn topology(scenario: &str) -> crate::rig::Topology {
+    if canonical(scenario) == "routed-pods" {
+        crate::rig::Topology::Routed
+    } else {
+        crate::rig::Topology::Flat
+    }
 }
 
 /// A scenario name as listed in [`SCENARIOS`] (`lb_failover` is `lb-failover`).
@@ -127,6 +137,7 @@ pub fn run(scenario: &str, rig: &dyn Rig, opts: &ScenarioOptions) -> Result<Meas
         "clock-jump" => crate::clock::clock_jump(rig, opts),
         "lb-failover" => crate::services::lb_failover(rig, opts),
         "pods-back" => crate::services::pods_back(rig, opts),
+        "routed-pods" => crate::services::routed_pods(rig, opts),
         other => Err(Error::UnknownScenario(other.to_string(), SCENARIOS.join(", "))),
     }
 }

@@ -572,6 +572,144 @@ pub fn pods_back(rig: &dyn Rig, opts: &ScenarioOptions) -> Result<Measured> {
     Ok(m)
 }
 
+/// One web pod per node, spread by hostname.
+const ROUTED_PODS_APP: &str = r#"apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: routed-pods
+spec:
+  replicas: 3
+  selector:
+    matchLabels: {app: routed-pods}
+  template:
+    metadata:
+      labels: {app: routed-pods}
+    spec:
+      topologySpreadConstraints:
+      - maxSkew: 1
+        topologyKey: kubernetes.io/hostname
+        whenUnsatisfiable: DoNotSchedule
+        labelSelector:
+          matchLabels: {app: routed-pods}
+      containers:
+      - name: web
+        image: nginx
+        imagePullPolicy: IfNotPresent
+        resources:
+          requests: {cpu: 10m, memory: 16Mi}
+"#;
+
+/// The first three octets of an IPv4 address: hosts with the same prefix share a /24 segment.
+fn segment(ip: std::net::IpAddr) -> String {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            let o = v4.octets();
+            format!("{}.{}.{}", o[0], o[1], o[2])
+        }
+        std::net::IpAddr::V6(v6) => v6.to_string(),
+    }
+}
+
+/// Pod-to-pod traffic between nodes on two subnets with a router between them (the netns rig's
+/// routed topology): one web pod per node; every pod fetches every other pod's page by pod IP.
+/// Nodes on one segment route to each other's pod CIDR directly; across the router the traffic
+/// goes over VXLAN. Records `pod_pairs_ok`, `pod_pairs_vxlan` (pairs whose nodes sit on
+/// different segments) and `pod_to_pod_ready_s` (from the pods Running to every pair answering).
+pub fn routed_pods(rig: &dyn Rig, opts: &ScenarioOptions) -> Result<Measured> {
+    let name = "routed-pods";
+    let scratch = Scratch::new(name)?;
+    let (hosts, k) = cluster_with_kubectl(rig, opts, name, &scratch)?;
+    let segments: BTreeMap<String, String> =
+        hosts.iter().map(|h| Ok((h.clone(), segment(rig.address(h)?)))).collect::<Result<_>>()?;
+    if segments.values().collect::<std::collections::BTreeSet<_>>().len() < 2 {
+        return Err(failed(name, format!("every node is on one segment ({segments:?}): run it on a routed rig")));
+    }
+    let mut m = Measured::default();
+    let first = hosts[0].clone();
+    k.apply(&first, &scratch.write("routed-pods.yaml", ROUTED_PODS_APP)?, CONVERGE_TIMEOUT)?;
+    // (pod, node, pod IP) of the Running pods.
+    type Pod = (String, String, String);
+    let running = || -> Vec<Pod> {
+        k.on(
+            &first,
+            &[
+                "get",
+                "pods",
+                "-l",
+                "app=routed-pods",
+                "-o",
+                "jsonpath={range .items[*]}{.metadata.name} {.spec.nodeName} {.status.podIP} {.status.phase}{\"\\n\"}{end}",
+            ],
+        )
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            (w.len() == 4 && w[3] == "Running").then(|| (w[0].to_string(), w[1].to_string(), w[2].to_string()))
+        })
+        .collect()
+    };
+    let mut pods = Vec::new();
+    wait_until("a routed-pods pod Running on every node", Duration::from_secs(240), Duration::from_secs(1), || {
+        pods = running();
+        pods.iter().map(|p| &p.1).collect::<std::collections::BTreeSet<_>>().len() >= hosts.len()
+    })
+    .map_err(|e| failed(name, format!("{e}: {pods:?}")))?;
+    m.notes.push(format!("pods: {pods:?}; segments: {segments:?}"));
+    let fetch = |from: &str, ip: &str| {
+        // busybox wget's own -T crashes (Debian's 1.35): the timeout applet bounds it instead.
+        k.on(&first, &["exec", from, "--", "timeout", "5", "wget", "-q", "-O", "-", &format!("http://{ip}/")])
+            .is_ok_and(|page| page.contains("Welcome to nginx"))
+    };
+    let pairs: Vec<(&Pod, &Pod)> =
+        pods.iter().flat_map(|a| pods.iter().filter(move |b| b.1 != a.1).map(move |b| (a, b))).collect();
+    let started = Instant::now();
+    let mut failing: Vec<String> = Vec::new();
+    // Routes follow the node records within a few seconds of the pods starting.
+    wait_until("every pod reaches every other node's pod", Duration::from_secs(60), Duration::from_secs(1), || {
+        failing = pairs
+            .iter()
+            .filter(|(a, b)| !fetch(&a.0, &b.2))
+            .map(|(a, b)| format!("{} on {} -> {} on {}", a.0, a.1, b.2, b.1))
+            .collect();
+        failing.is_empty()
+    })
+    .map_err(|e| failed(name, format!("{e}: {failing:?}")))?;
+    set(&mut m, "pod_to_pod_ready_s", started.elapsed().as_secs_f64());
+    set(&mut m, "pod_pairs_ok", pairs.len() as f64);
+    let across = pairs.iter().filter(|(a, b)| segments.get(&a.1) != segments.get(&b.1)).count();
+    set(&mut m, "pod_pairs_vxlan", across as f64);
+    // The nodes behind the router really use the VXLAN device.
+    let vxlan_routes = hosts
+        .iter()
+        .filter(|h| {
+            rig.exec_timeout(h, &["ip", "route", "show", "dev", "shoal.vxlan"], Duration::from_secs(5))
+                .is_ok_and(|o| o.success() && !o.stdout.trim().is_empty())
+        })
+        .count();
+    if across > 0 && vxlan_routes == 0 {
+        return Err(failed(name, "pods on different segments answered but no node routes over shoal.vxlan"));
+    }
+    set(&mut m, "nodes_with_vxlan_routes", vxlan_routes as f64);
+    // Full-size packets cross the tunnel too (pods keep MTU 1500, the tunnel has 1450): 300 KB
+    // from a pod behind the router.
+    if let Some((a, b)) = pairs.iter().find(|(a, b)| segments.get(&a.1) != segments.get(&b.1)) {
+        k.on(
+            &first,
+            &["exec", &b.0, "--", "sh", "-c", "head -c 300000 /dev/zero | tr '\\0' a >/usr/share/nginx/html/big"],
+        )
+        .map_err(|e| failed(name, e))?;
+        let url = format!("http://{}/big", b.2);
+        let got = k
+            .on(&first, &["exec", &a.0, "--", "sh", "-c", &format!("timeout 20 wget -q -O - {url} | wc -c")])
+            .map_err(|e| failed(name, e))?;
+        if got.trim() != "300000" {
+            return Err(failed(name, format!("{} fetched {} bytes of 300000 from {url}", a.0, got.trim())));
+        }
+    }
+    Ok(m)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

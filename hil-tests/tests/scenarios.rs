@@ -33,6 +33,7 @@ fn scenario(name: &str) {
     let dir = PathBuf::from("/tmp/shoal-hil-tests").join(name);
     let mut rig_opts = NetnsOptions::new(&dir, scenarios::hosts_needed(name, &opts), bin);
     rig_opts.client = scenarios::needs_client(name);
+    rig_opts.topology = scenarios::topology(name);
     if rig_opts.client {
         // pods need a node without DiskPressure, whatever this machine's disk holds
         rig_opts.tmpfs_mb = rig_opts.tmpfs_mb.or(Some(3072));
@@ -112,4 +113,9 @@ fn lb_failover() {
 #[test]
 fn pods_back() {
     scenario("pods-back");
+}
+
+#[test]
+fn routed_pods() {
+    scenario("routed-pods");
 }

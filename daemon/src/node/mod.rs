@@ -480,8 +480,10 @@ impl Agent {
                 routes.insert(cidr, *via);
             }
         }
-        let net = &self.net;
-        net.sync_routes(&routes);
+        let me = addr_of.get(&self.cfg.node_name).copied();
+        let subnet = self.net.subnet;
+        // `ip` and `bridge` run here: off the async threads.
+        let _ = tokio::task::spawn_blocking(move || network::sync_routes(subnet, &routes, me)).await;
     }
 }
 

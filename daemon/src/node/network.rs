@@ -2,6 +2,13 @@
 //! a veth pair per pod (eth0 inside the pod's network namespace), routes to the other nodes'
 //! pod CIDRs, and masquerading of pod traffic that leaves the pod network.
 //!
+//! A peer on the same L2 segment (its address is on-link here) is the next hop for its pod CIDR
+//! directly. A peer behind a router is reached through VXLAN (`shoal.vxlan`, VNI 4242, UDP
+//! 4789, MTU 1450): each node gives its VXLAN device the network address of its own /24
+//! (10.42.N.0/32, as flannel does), routes a remote /24 via that remote address over the device,
+//! and floods the device's ARP to every VXLAN peer (an all-zero forwarding entry per peer); the
+//! answers teach the device where each remote MAC lives.
+//!
 //! The node's /24 comes from the cluster pod CIDR through the store (`/shoal/podcidr/<node>`),
 //! so no two nodes ever hand out the same pod address; addresses inside the /24 are the
 //! node's own business.
@@ -15,6 +22,12 @@ use shoal_store::{Compare, Op, Store, Txn};
 
 /// Name of the node bridge.
 pub const BRIDGE: &str = "shoal0";
+/// Name of the VXLAN device for peers behind a router.
+pub const VXLAN: &str = "shoal.vxlan";
+const VXLAN_VNI: &str = "4242";
+const VXLAN_PORT: &str = "4789";
+/// 1500 less the 50 bytes of VXLAN over IPv4.
+const VXLAN_MTU: &str = "1450";
 /// Store prefix of node pod CIDRs.
 pub const PODCIDR_PREFIX: &str = "/shoal/podcidr/";
 
@@ -198,15 +211,62 @@ impl PodNetwork {
             self.used.lock().unwrap_or_else(|p| p.into_inner()).remove(&ip.octets()[3]);
         }
     }
+}
 
-    /// Routes every other node's pod subnet via that node's address (nodes on one L2 segment).
-    pub fn sync_routes(&self, routes: &BTreeMap<String, Ipv4Addr>) {
-        for (cidr, via) in routes {
-            if let Err(e) = run("ip", &["route", "replace", cidr, "via", &via.to_string()]) {
-                tracing::warn!(%cidr, %via, error = %e, "pod route");
-            }
+/// Routes every other node's pod subnet (`routes`: CIDR → node address) from the node whose pod
+/// subnet is `subnet`: via that node's address when it is on-link here, over VXLAN when a router
+/// is in between. `me` is this node's own address, the VXLAN tunnel's source (without it, routed
+/// peers stay unreachable and a warning says so).
+pub fn sync_routes(subnet: Subnet, routes: &BTreeMap<String, Ipv4Addr>, me: Option<Ipv4Addr>) {
+    for (cidr, via) in routes {
+        let result = match on_link(*via) {
+            Ok(true) => run("ip", &["route", "replace", cidr, "via", &via.to_string()]).map(drop),
+            Ok(false) => match me {
+                Some(me) => vxlan_route(subnet, cidr, *via, me),
+                None => {
+                    tracing::warn!(%cidr, %via, "peer is behind a router and this node's own address is unknown: no VXLAN route");
+                    continue;
+                }
+            },
+            Err(e) => Err(e),
+        };
+        if let Err(e) = result {
+            tracing::warn!(%cidr, %via, error = %e, "pod route");
         }
     }
+}
+
+/// Routes `cidr` (a peer's /24) over VXLAN to the peer at `peer`.
+fn vxlan_route(subnet: Subnet, cidr: &str, peer: Ipv4Addr, me: Ipv4Addr) -> Result<(), NetError> {
+    let vtep = cidr.split('/').next().unwrap_or(cidr).to_string();
+    if vtep.parse::<Ipv4Addr>().is_err() {
+        return Err(NetError::Command { command: format!("route {cidr}"), stderr: "not an IPv4 CIDR".into() });
+    }
+    if run("ip", &["link", "show", VXLAN]).is_err() {
+        run(
+            "ip",
+            &["link", "add", VXLAN, "type", "vxlan", "id", VXLAN_VNI, "dstport", VXLAN_PORT, "local", &me.to_string()],
+        )?;
+        run("ip", &["link", "set", VXLAN, "mtu", VXLAN_MTU])?;
+    }
+    let own = format!("{}/32", subnet.host(0));
+    if !run("ip", &["-4", "addr", "show", "dev", VXLAN])?.contains(&own) {
+        run("ip", &["addr", "add", &own, "dev", VXLAN])?;
+    }
+    run("ip", &["link", "set", VXLAN, "up"])?;
+    let peer = peer.to_string();
+    let fdb = run("bridge", &["fdb", "show", "dev", VXLAN])?;
+    if !fdb.lines().any(|l| l.starts_with("00:00:00:00:00:00") && l.split_whitespace().any(|w| w == peer)) {
+        run("bridge", &["fdb", "append", "00:00:00:00:00:00", "dev", VXLAN, "dst", &peer])?;
+    }
+    run("ip", &["route", "replace", cidr, "via", &vtep, "dev", VXLAN, "onlink"])?;
+    Ok(())
+}
+
+/// Whether `ip` is on-link here: the kernel's route to it has no gateway.
+fn on_link(ip: Ipv4Addr) -> Result<bool, NetError> {
+    let out = run("ip", &["-o", "route", "get", &ip.to_string()])?;
+    Ok(!out.split_whitespace().any(|w| w == "via"))
 }
 
 /// Host-side veth name of a pod: stable, at most 15 bytes.
