@@ -57,7 +57,7 @@ fn rfc3339(t: SystemTime) -> String {
         .unwrap_or_else(|_| shoal_kube::objects::now_rfc3339())
 }
 
-fn short(uid: &str) -> String {
+pub(crate) fn short(uid: &str) -> String {
     uid.chars().filter(|c| c.is_ascii_alphanumeric()).take(12).collect()
 }
 

@@ -10,7 +10,7 @@
 //!
 //! A port-forward stream carries no frames after the open answer: both directions are the
 //! bytes of the TCP connection to the pod's port, and finishing a direction half-closes it.
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -247,6 +247,8 @@ async fn open_remote(
 pub(crate) struct Local {
     logs: super::logs::LocalLogs,
     runtime: shoal_runtime::RuntimeConfig,
+    /// Where the pods' namespace files live (`/run/shoal/NODE/sandboxes/ID/net`).
+    sandboxes: PathBuf,
 }
 
 impl Local {
@@ -254,6 +256,7 @@ impl Local {
         Local {
             logs: super::logs::LocalLogs { log_dir: data_dir.join("pods") },
             runtime: super::runtime_config(node_name),
+            sandboxes: PathBuf::from("/run/shoal").join(node_name).join("sandboxes"),
         }
     }
 }
@@ -297,37 +300,68 @@ impl PodStreams for Local {
     }
 
     fn port_forward(&self, pod: &Value, port: u16) -> BoxFuture<'static, Result<PortConnection, StreamError>> {
-        connect_pod_port(pod, port)
+        let uid = pod["metadata"]["uid"].as_str().unwrap_or_default();
+        let netns = self.sandboxes.join(super::pod::short(uid)).join("net");
+        connect_pod_port(pod, port, netns)
     }
 }
 
-/// Connects to `port` on the pod's IP: the node reaches every pod of its own through the
-/// node bridge. A server in the pod that listens on 127.0.0.1 only is not reachable this way.
-fn connect_pod_port(pod: &Value, port: u16) -> BoxFuture<'static, Result<PortConnection, StreamError>> {
+/// Connects to `port` as a process of the pod would reach it, as the kubelet's runtimes do:
+/// `localhost:port` inside the pod's network namespace (`netns`), so a server that listens on
+/// 127.0.0.1 only is reachable too. A pod without its own namespace here (host network) is
+/// reached on its IP.
+fn connect_pod_port(pod: &Value, port: u16, netns: PathBuf) -> BoxFuture<'static, Result<PortConnection, StreamError>> {
     let name = pod_name(pod);
     let ip = pod["status"]["podIP"].as_str().and_then(|ip| ip.parse::<std::net::IpAddr>().ok());
+    let host_network = pod["spec"]["hostNetwork"].as_bool() == Some(true);
     Box::pin(async move {
-        let ip = ip.ok_or_else(|| StreamError::NotStarted {
+        let fail = |addr: String, reason: String| StreamError::ConnectPort {
             pod: name.clone(),
-            container: String::new(),
-            reason: "the pod has no IP address yet".into(),
-        })?;
-        let addr = std::net::SocketAddr::new(ip, port);
-        let tcp = tokio::time::timeout(Duration::from_secs(10), tokio::net::TcpStream::connect(addr))
-            .await
-            .map_err(|_| StreamError::ConnectPort {
+            port,
+            reason: format!("dial tcp {addr}: {reason}"),
+        };
+        let tcp = if !host_network && netns.exists() {
+            let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+            let std_tcp = tokio::task::spawn_blocking(move || connect_in_netns(&netns, addr))
+                .await
+                .map_err(|e| fail(addr.to_string(), e.to_string()))?
+                .map_err(|e| fail(addr.to_string(), e))?;
+            tokio::net::TcpStream::from_std(std_tcp).map_err(|e| fail(addr.to_string(), e.to_string()))?
+        } else {
+            let ip = ip.ok_or_else(|| StreamError::NotStarted {
                 pod: name.clone(),
-                port,
-                reason: format!("dial tcp {addr}: timeout"),
-            })?
-            .map_err(|e| StreamError::ConnectPort {
-                pod: name.clone(),
-                port,
-                reason: format!("dial tcp {addr}: {e}"),
+                container: String::new(),
+                reason: "the pod has no IP address yet".into(),
             })?;
+            let addr = std::net::SocketAddr::new(ip, port);
+            tokio::time::timeout(Duration::from_secs(10), tokio::net::TcpStream::connect(addr))
+                .await
+                .map_err(|_| fail(addr.to_string(), "timeout".into()))?
+                .map_err(|e| fail(addr.to_string(), e.to_string()))?
+        };
         let _ = tcp.set_nodelay(true);
         let (read, write) = tcp.into_split();
         Ok(PortConnection { read: Box::new(read), write: Box::new(write) })
+    })
+}
+
+/// A TCP connection to `addr` made from inside the network namespace at `netns`: a fresh thread
+/// enters it (setns applies to the calling thread only), connects, and ends; the socket stays in
+/// that namespace.
+fn connect_in_netns(netns: &Path, addr: std::net::SocketAddr) -> Result<std::net::TcpStream, String> {
+    let ns = std::fs::File::open(netns).map_err(|e| format!("open {}: {e}", netns.display()))?;
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
+                    .map_err(|e| format!("enter the pod's network namespace: {e}"))?;
+                let tcp =
+                    std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(10)).map_err(|e| e.to_string())?;
+                tcp.set_nonblocking(true).map_err(|e| e.to_string())?;
+                Ok(tcp)
+            })
+            .join()
+            .map_err(|_| "the connecting thread panicked".to_string())?
     })
 }
 
@@ -774,9 +808,10 @@ mod tests {
             })
         }
 
-        /// Connects to `status.podIP:port`, as a node does (tests put 127.0.0.1 there).
+        /// Connects to `status.podIP:port`, as a node does for a pod without a network
+        /// namespace of its own (tests put 127.0.0.1 there).
         fn port_forward(&self, pod: &Value, port: u16) -> BoxFuture<'static, Result<PortConnection, StreamError>> {
-            connect_pod_port(pod, port)
+            connect_pod_port(pod, port, PathBuf::from("/nonexistent/net"))
         }
     }
 
@@ -854,6 +889,54 @@ mod tests {
         assert!(matches!(streams.logs(&elsewhere, LogOptions::default()).await, Err(StreamError::Unavailable(_))));
         a.shutdown().await;
         b.shutdown().await;
+    }
+
+    mod root {
+        use super::*;
+        use std::io::{Read, Write};
+
+        /// A server on 127.0.0.1 only, inside a pod's network namespace, is reached by
+        /// port-forward (as with the kubelet), though nothing outside the namespace can reach it.
+        #[tokio::test]
+        async fn port_forward_reaches_a_server_on_the_pods_loopback() {
+            assert!(nix::unistd::geteuid().is_root(), "this test creates a network namespace: run it as root");
+            let ns = format!("shoal-pf-{}", std::process::id());
+            let ok = |args: &[&str]| std::process::Command::new("ip").args(args).status().is_ok_and(|s| s.success());
+            assert!(ok(&["netns", "add", &ns]), "ip netns add");
+            struct Gone(String);
+            impl Drop for Gone {
+                fn drop(&mut self) {
+                    let _ = std::process::Command::new("ip").args(["netns", "del", &self.0]).status();
+                }
+            }
+            let _gone = Gone(ns.clone());
+            assert!(ok(&["-n", &ns, "link", "set", "lo", "up"]));
+            let path = PathBuf::from("/run/netns").join(&ns);
+            let (tx, rx) = std::sync::mpsc::channel();
+            let server_ns = path.clone();
+            let server = std::thread::spawn(move || {
+                let f = std::fs::File::open(&server_ns).expect("open netns");
+                nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+                let l = std::net::TcpListener::bind("127.0.0.1:0").expect("listen");
+                tx.send(l.local_addr().expect("addr").port()).expect("port");
+                let (mut c, _) = l.accept().expect("accept");
+                let mut buf = [0u8; 4];
+                c.read_exact(&mut buf).expect("read");
+                c.write_all(b"pong").expect("write");
+            });
+            let port = rx.recv().expect("port");
+            // The pod's IP is elsewhere: only the namespace route can work.
+            let pod = serde_json::json!({"metadata": {"name": "p", "uid": "u"}, "status": {"podIP": "192.0.2.1"}});
+            let PortConnection { mut read, mut write } =
+                connect_pod_port(&pod, port, path.clone()).await.expect("forward into the namespace");
+            write.write_all(b"ping").await.expect("send");
+            let mut back = [0u8; 4];
+            read.read_exact(&mut back).await.expect("answer");
+            assert_eq!(&back, b"pong");
+            server.join().expect("server");
+            let refused = connect_pod_port(&pod, 1, path).await.err().expect("nothing listens on port 1");
+            assert!(matches!(refused, StreamError::ConnectPort { port: 1, .. }), "{refused}");
+        }
     }
 
     #[test]
