@@ -8,7 +8,7 @@ use futures::TryStreamExt;
 use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags, AddressMessage};
 
 use rtnetlink::packet_route::neighbour::NeighbourState;
-use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder};
+use rtnetlink::{Handle, LinkBridge, LinkBridgePort, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
 use crate::{Error, Result};
 
@@ -82,6 +82,67 @@ impl LinuxNet {
         let (conn, handle, _) = rtnetlink::new_connection().map_err(Error::Connect)?;
         tokio::spawn(conn);
         Ok(LinuxNet { handle })
+    }
+
+    /// Opens a connection in the network namespace at `netns` (a pod's, say): the socket is
+    /// made on a thread that enters the namespace and stays bound to it, wherever it is used
+    /// from. Needs a tokio runtime.
+    pub fn in_netns(netns: &Path) -> Result<LinuxNet> {
+        let ns = std::fs::File::open(netns).map_err(|source| Error::OpenNetns { path: netns.into(), source })?;
+        // The socket registers with the caller's runtime as it is made.
+        let rt = tokio::runtime::Handle::current();
+        let made = std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    let _rt = rt.enter();
+                    nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
+                        .map_err(|e| Error::Connect(std::io::Error::from(e)))?;
+                    rtnetlink::new_connection().map_err(Error::Connect)
+                })
+                .join()
+        });
+        let (conn, handle, _) = made.map_err(|_| Error::Connect(std::io::Error::other("netns thread panicked")))??;
+        tokio::spawn(conn);
+        Ok(LinuxNet { handle })
+    }
+
+    /// Connects the network namespace at `netns` to this one: a veth pair whose end `host`
+    /// stays here (attached to `bridge`, hairpin on, up) and whose other end is moved into
+    /// `netns` and named `inside` there (so `inside` may be a name taken here, such as `eth0`).
+    pub async fn attach_veth(&self, host: &str, inside: &str, netns: &Path, bridge: &str) -> Result<()> {
+        let ns = std::fs::File::open(netns).map_err(|source| Error::OpenNetns { path: netns.into(), source })?;
+        // A scratch name for the far end while it is still here.
+        let scratch: String = format!("p{}", host.chars().rev().take(13).collect::<String>());
+        self.handle
+            .link()
+            .add(LinkVeth::new(host, &scratch).build())
+            .execute()
+            .await
+            .map_err(|source| Error::CreateVeth { host: host.into(), peer: scratch.clone(), source })?;
+        let peer_index = self.must_index(&scratch).await?;
+        // Moved and renamed in one message, as `ip link set P netns N name eth0`.
+        self.handle
+            .link()
+            .set(LinkUnspec::new_with_index(peer_index).setns_by_fd(ns.as_raw_fd()).name(inside).build())
+            .execute()
+            .await
+            .map_err(|source| Error::MoveLink { name: scratch.clone(), source })?;
+        let host_index = self.must_index(host).await?;
+        let bridge_index = self.must_index(bridge).await?;
+        self.handle
+            .link()
+            .set(LinkUnspec::new_with_index(host_index).controller(bridge_index).up().build())
+            .execute()
+            .await
+            .map_err(|source| Error::SetLink { name: host.into(), source })?;
+        // Hairpin: a pod reaching its own Service is sent back out of its own port. Bridge
+        // port options go in RTM_NEWLINK, as `ip link set H type bridge_slave hairpin on`.
+        self.handle
+            .link()
+            .set_port(LinkBridgePort::new(host_index).hairpin(true).build())
+            .execute()
+            .await
+            .map_err(|source| Error::SetLink { name: host.into(), source })
     }
 
     /// The index of a link, `None` when it does not exist.

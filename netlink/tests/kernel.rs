@@ -464,3 +464,35 @@ fn table_update_keeps_dynamic_set_elements_and_drops_stale_chains() {
     // And no change at all is an empty transaction.
     assert_eq!(fourth.update_text(&fourth), "");
 }
+
+#[test]
+fn a_pod_namespace_is_attached_to_the_bridge_and_configured_from_outside() {
+    use shoal_netlink::Route;
+    let pair = Pair::new();
+    let b_path = Pair::path(&pair.b);
+    with_net(&pair.a, move |net| async move {
+        net.ensure_bridge("brp").await.expect("bridge");
+        net.add_address("brp", Address { addr: "10.98.0.1".parse().unwrap(), prefix: 24 }).await.expect("gateway");
+        // eth0 is taken in neither namespace here, but the far end is created under a scratch
+        // name and renamed on the move anyway.
+        net.attach_veth("vethpodtest", "eth0", &b_path, "brp").await.expect("attach");
+        let pod = LinuxNet::in_netns(&b_path).expect("connection inside the pod namespace");
+        pod.add_address("eth0", Address { addr: "10.98.0.2".parse().unwrap(), prefix: 24 }).await.expect("address");
+        pod.set_link_up("eth0", true).await.expect("up");
+        let default =
+            Route { dst: "0.0.0.0".parse().unwrap(), prefix: 0, via: Some("10.98.0.1".parse().unwrap()), dev: None };
+        pod.replace_route(&default).await.expect("default route");
+    });
+    let host = must_ip(&["-n", &pair.a, "-d", "-o", "link", "show", "vethpodtest"]);
+    assert!(host.contains("master brp") && host.contains("hairpin on"), "{host}");
+    assert!(flags(&pair.a, "vethpodtest").iter().any(|f| f == "UP"));
+    let addrs = must_ip(&["-n", &pair.b, "-o", "addr", "show", "dev", "eth0"]);
+    assert!(addrs.contains("10.98.0.2/24"), "{addrs}");
+    let routes = must_ip(&["-n", &pair.b, "route", "show", "default"]);
+    assert!(routes.contains("via 10.98.0.1 dev eth0"), "{routes}");
+    let ping = Command::new("ip")
+        .args(["netns", "exec", &pair.b, "busybox", "ping", "-c", "1", "-W", "2", "10.98.0.1"])
+        .output()
+        .expect("ping");
+    assert!(ping.status.success(), "the pod reaches its gateway: {}", String::from_utf8_lossy(&ping.stdout));
+}

@@ -15,8 +15,15 @@ pub trait NodeHeartbeats: Send + Sync {
 /// Moves the `lastHeartbeatTime` of a Node's known conditions up to the live heartbeat. A
 /// condition the node lifecycle controller set to Unknown (the node is unreachable) keeps its
 /// stored time, as does every condition of a node gossip does not hold alive.
+///
+/// A node's Lease (`kube-node-lease/<node>`, held by the node) shows the live heartbeat as its
+/// `spec.renewTime` the same way.
 pub(crate) fn live_heartbeat(beats: Option<&dyn NodeHeartbeats>, res: &Resource, obj: &mut Value) {
     let Some(beats) = beats else { return };
+    if res.group == "coordination.k8s.io" && res.plural == "leases" {
+        live_lease(beats, obj);
+        return;
+    }
     if !(res.group.is_empty() && res.plural == "nodes") {
         return;
     }
@@ -32,6 +39,21 @@ pub(crate) fn live_heartbeat(beats: Option<&dyn NodeHeartbeats>, res: &Resource,
         if stored.is_none_or(|t| t < heard) {
             c["lastHeartbeatTime"] = json!(heard.strftime("%Y-%m-%dT%H:%M:%SZ").to_string());
         }
+    }
+}
+
+fn live_lease(beats: &dyn NodeHeartbeats, lease: &mut Value) {
+    if lease["metadata"]["namespace"] != crate::node::lease::NAMESPACE {
+        return;
+    }
+    let Some(node) = lease["metadata"]["name"].as_str() else { return };
+    if lease["spec"]["holderIdentity"].as_str() != Some(node) {
+        return;
+    }
+    let Some(heard) = beats.last_heard(node).and_then(|t| jiff::Timestamp::try_from(t).ok()) else { return };
+    let stored = lease["spec"]["renewTime"].as_str().and_then(|t| t.parse::<jiff::Timestamp>().ok());
+    if stored.is_none_or(|t| t < heard) {
+        lease["spec"]["renewTime"] = json!(crate::node::lease::micro_time(heard));
     }
 }
 
@@ -82,5 +104,28 @@ mod tests {
         assert_eq!(cm, node());
         live_heartbeat(None, &nodes(), &mut n);
         assert_eq!(n, node());
+    }
+
+    #[test]
+    fn a_live_nodes_lease_is_renewed_as_read() {
+        let leases = shoal_kube::resources::lookup("coordination.k8s.io", "leases");
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let lease = |ns: &str, holder: &str| {
+            json!({"metadata": {"name": "n1", "namespace": ns}, "spec": {"holderIdentity": holder,
+                "renewTime": "2026-01-01T00:00:00.000000Z"}})
+        };
+        let mut l = lease("kube-node-lease", "n1");
+        live_heartbeat(Some(&Beats(Some(t))), &leases, &mut l);
+        assert_eq!(l["spec"]["renewTime"], "2027-01-15T08:00:00.000000Z");
+        // Other namespaces, other holders and dead nodes keep what is stored.
+        for (mut l, beat) in [
+            (lease("default", "n1"), Some(t)),
+            (lease("kube-node-lease", "someone"), Some(t)),
+            (lease("kube-node-lease", "n1"), None),
+        ] {
+            let before = l.clone();
+            live_heartbeat(Some(&Beats(beat)), &leases, &mut l);
+            assert_eq!(l, before);
+        }
     }
 }

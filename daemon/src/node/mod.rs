@@ -5,6 +5,7 @@ pub mod blobs;
 mod env;
 mod events;
 pub mod eviction;
+pub mod lease;
 pub mod logs;
 pub mod metrics;
 pub mod network;
@@ -754,7 +755,7 @@ async fn register_node(agent: &Agent) -> Result<(), AgentError> {
         "beta.kubernetes.io/os": "linux",
     });
     let pod_cidr = agent.net.subnet.cidr();
-    match agent.cfg.objects.get(&agent.nodes, None, &name).await? {
+    let stored = match agent.cfg.objects.get(&agent.nodes, None, &name).await? {
         None => {
             let mut status = status;
             status["conditions"] = merge_conditions(&Value::Null, &conditions, now);
@@ -763,7 +764,7 @@ async fn register_node(agent: &Agent) -> Result<(), AgentError> {
                 "spec": {"podCIDR": pod_cidr, "podCIDRs": [pod_cidr], "taints": pressure_taints(&json!([]), &pressure)},
                 "status": status,
             });
-            agent.cfg.objects.create(&agent.nodes, None, node).await?;
+            agent.cfg.objects.create(&agent.nodes, None, node).await?
         }
         Some(_) => {
             agent
@@ -803,8 +804,12 @@ async fn register_node(agent: &Agent) -> Result<(), AgentError> {
                     n["status"] = st;
                     Ok(*n != before)
                 })
-                .await?;
+                .await?
         }
+    };
+    let uid = stored["metadata"]["uid"].as_str().unwrap_or_default();
+    if let Err(e) = lease::keep(&agent.cfg.objects, &name, uid, HEARTBEAT_WRITE).await {
+        tracing::warn!(error = %e, "node lease not written");
     }
     Ok(())
 }

@@ -18,6 +18,7 @@ use std::path::Path;
 use std::process::Command;
 use std::sync::Mutex;
 
+use shoal_netlink::{Address, LinuxNet, Net, Route};
 use shoal_store::{Compare, Op, Store, Txn};
 
 /// Name of the node bridge.
@@ -49,6 +50,14 @@ pub enum NetError {
     AddressesExhausted,
     #[error("store")]
     Store(#[from] shoal_store::Error),
+    #[error("netlink")]
+    Netlink(#[source] Box<shoal_netlink::Error>),
+}
+
+impl From<shoal_netlink::Error> for NetError {
+    fn from(e: shoal_netlink::Error) -> NetError {
+        NetError::Netlink(Box::new(e))
+    }
 }
 
 /// A node's pod subnet: 10.42.N.0/24, gateway .1, pods .2 to .254.
@@ -162,8 +171,9 @@ impl PodNetwork {
         }
     }
 
-    /// Connects a pod's network namespace: veth into the bridge, eth0 with a fresh address.
-    pub fn attach(&self, owner: &str, netns: &Path) -> Result<Ipv4Addr, NetError> {
+    /// Connects a pod's network namespace: veth into the bridge, eth0 with a fresh address and
+    /// the default route via the bridge. Over rtnetlink, in this namespace and the pod's.
+    pub async fn attach(&self, owner: &str, netns: &Path) -> Result<Ipv4Addr, NetError> {
         let n = {
             let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
             let n = (2u8..=254).find(|n| !used.contains_key(n)).ok_or(NetError::AddressesExhausted)?;
@@ -171,36 +181,39 @@ impl PodNetwork {
             n
         };
         let ip = self.subnet.host(n);
-        let host_if = veth_name(owner);
-        let ns = netns.to_string_lossy().to_string();
-        let pid = std::process::id().to_string();
-        let net = format!("--net={ns}");
-        let inside = |args: &[&str]| -> Result<String, NetError> {
-            let mut full = vec![net.as_str(), "ip"];
-            full.extend_from_slice(args);
-            run("nsenter", &full)
-        };
-        let _ = run("ip", &["link", "del", &host_if]);
-        let result = (|| {
-            inside(&["link", "add", "eth0", "type", "veth", "peer", "name", &host_if, "netns", &pid])?;
-            run("ip", &["link", "set", &host_if, "master", BRIDGE, "up"])?;
-            // Hairpin: a pod reaching its own Service through the ClusterIP is sent back to it.
-            run("ip", &["link", "set", &host_if, "type", "bridge_slave", "hairpin", "on"])?;
-            inside(&["addr", "add", &format!("{ip}/24"), "dev", "eth0"])?;
-            inside(&["link", "set", "eth0", "up"])?;
-            inside(&["link", "set", "lo", "up"])?;
-            inside(&["route", "add", "default", "via", &self.subnet.gateway().to_string()])?;
-            Ok(ip)
-        })();
+        let result = self.connect(&veth_name(owner), ip, netns).await;
         if result.is_err() {
             self.release(ip);
         }
-        result
+        result.map(|()| ip)
+    }
+
+    async fn connect(&self, host_if: &str, ip: Ipv4Addr, netns: &Path) -> Result<(), NetError> {
+        let host = LinuxNet::new()?;
+        // A veth left by a pod worker that died halfway.
+        host.delete_link(host_if).await?;
+        host.attach_veth(host_if, "eth0", netns, BRIDGE).await?;
+        let pod = LinuxNet::in_netns(netns)?;
+        pod.add_address("eth0", Address { addr: ip.into(), prefix: 24 }).await?;
+        pod.set_link_up("eth0", true).await?;
+        pod.set_link_up("lo", true).await?;
+        let default =
+            Route { dst: Ipv4Addr::UNSPECIFIED.into(), prefix: 0, via: Some(self.subnet.gateway().into()), dev: None };
+        pod.replace_route(&default).await?;
+        Ok(())
     }
 
     /// Removes a pod's veth and frees its address.
-    pub fn detach(&self, owner: &str, ip: Option<Ipv4Addr>) {
-        let _ = run("ip", &["link", "del", &veth_name(owner)]);
+    pub async fn detach(&self, owner: &str, ip: Option<Ipv4Addr>) {
+        let host_if = veth_name(owner);
+        match LinuxNet::new() {
+            Ok(net) => {
+                if let Err(e) = net.delete_link(&host_if).await {
+                    tracing::warn!(link = %host_if, error = %e, "pod veth not removed");
+                }
+            }
+            Err(e) => tracing::warn!(link = %host_if, error = %e, "pod veth not removed"),
+        }
         if let Some(ip) = ip {
             self.release(ip);
         }

@@ -200,7 +200,7 @@ impl Agent {
         }
         if st.ip.is_none() && !host_network {
             if let Some(sb) = &st.sandbox {
-                st.ip = Some(self.net.attach(uid, &sb.netns_path)?);
+                st.ip = Some(self.net.attach(uid, &sb.netns_path).await?);
             }
         }
         let dir = self.pod_dir(uid);
@@ -915,7 +915,7 @@ impl Agent {
             let _ = h.await;
             self.remove_container(&id, uid).await;
         }
-        self.net.detach(uid, st.ip.take());
+        self.net.detach(uid, st.ip.take()).await;
         if let Some(sb) = st.sandbox.take() {
             let _ = sb.remove();
         }
