@@ -30,6 +30,7 @@ pub const SCENARIOS: &[&str] = &[
     "lb-failover",
     "pods-back",
     "routed-pods",
+    "services",
 ];
 
 /// Knobs of the suite.
@@ -85,7 +86,7 @@ pub fn hosts_needed(scenario: &str, opts: &ScenarioOptions) -> usize {
 
 /// Whether a scenario needs the rig's client host (it drives kubectl and curl from there).
 pub fn needs_client(scenario: &str) -> bool {
-    matches!(canonical(scenario).as_str(), "lb-failover" | "pods-back" | "routed-pods")
+    matches!(canonical(scenario).as_str(), "lb-failover" | "pods-back" | "routed-pods" | "services")
 }
 
 /// The rig topology a scenario needs (two subnets with a router between them for `routed-pods`).
@@ -138,6 +139,7 @@ pub fn run(scenario: &str, rig: &dyn Rig, opts: &ScenarioOptions) -> Result<Meas
         "lb-failover" => crate::services::lb_failover(rig, opts),
         "pods-back" => crate::services::pods_back(rig, opts),
         "routed-pods" => crate::services::routed_pods(rig, opts),
+        "services" => crate::services::services(rig, opts),
         other => Err(Error::UnknownScenario(other.to_string(), SCENARIOS.join(", "))),
     }
 }

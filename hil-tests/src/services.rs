@@ -572,6 +572,251 @@ pub fn pods_back(rig: &dyn Rig, opts: &ScenarioOptions) -> Result<Measured> {
     Ok(m)
 }
 
+/// The seeds' manifests: `SHOAL_MANIFESTS`, else `/work/shared/manifests`.
+fn seed_manifests() -> PathBuf {
+    std::env::var_os("SHOAL_MANIFESTS").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/work/shared/manifests"))
+}
+
+/// The distinct `You've hit <pod>` answers of `n` requests to `url` made from pod `from`.
+fn hits_from_pod(
+    k: &Kubectl<'_>,
+    via: &str,
+    from: &str,
+    url: &str,
+    n: usize,
+) -> std::result::Result<Vec<String>, String> {
+    let script = format!("for i in $(seq 1 {n}); do timeout 5 wget -q -O - {url}; done");
+    let out = k.on(via, &["exec", from, "--", "sh", "-c", &script])?;
+    let mut hits: Vec<String> = out.lines().filter(|l| l.starts_with("You've hit ")).map(str::to_string).collect();
+    if hits.len() < n {
+        return Err(format!("{} of {n} requests to {url} from {from} answered: {out}", hits.len()));
+    }
+    hits.sort();
+    hits.dedup();
+    Ok(hits)
+}
+
+/// The Services acceptance of the seeds, with real kubectl on a 3-node rig and a client host:
+/// rs-node-web behind each Service manifest of `../shared/manifests`. ClusterIP round-robins
+/// over pods on every node; ClientIP affinity keeps one pod; the named targetPort works;
+/// NodePort 30123 answers on every node address; the selector-less Service routes to the
+/// Endpoints written by hand; `nslookup external-service` gives the CNAME; a LoadBalancer
+/// Service gets a pool IP the client reaches; externalTrafficPolicy Local keeps the client's
+/// source address (Cluster does not); pods resolve `svc-node`, `svc-node.default` and
+/// `svc-node.default.svc.cluster.local`.
+pub fn services(rig: &dyn Rig, opts: &ScenarioOptions) -> Result<Measured> {
+    let name = "services";
+    let scratch = Scratch::new(name)?;
+    let (hosts, k) = cluster_with_kubectl(rig, opts, name, &scratch)?;
+    let dir = seed_manifests();
+    if !dir.is_dir() {
+        return Err(failed(name, format!("no manifests at {} (set SHOAL_MANIFESTS)", dir.display())));
+    }
+    let seed = |file: &str| dir.join(file);
+    let mut m = Measured::default();
+    let first = hosts[0].clone();
+    let step = |what: &str, r: std::result::Result<(), String>| r.map_err(|e| failed(name, format!("{what}: {e}")));
+    let pods = |label: &str| -> Vec<(String, String, String)> {
+        k.on(
+            &first,
+            &["get", "pods", "-l", label, "-o",
+              "jsonpath={range .items[*]}{.metadata.name} {.spec.nodeName} {.status.phase} {.metadata.deletionTimestamp}{\"\\n\"}{end}"],
+        )
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            (w.len() == 3 && w[2] == "Running").then(|| (w[0].to_string(), w[1].to_string(), w[2].to_string()))
+        })
+        .collect()
+    };
+    let three_running = |what: &str| -> Result<Vec<(String, String, String)>> {
+        let mut p = Vec::new();
+        wait_until(what, Duration::from_secs(240), Duration::from_secs(1), || {
+            p = pods("app=node-web");
+            p.len() == 3
+        })
+        .map_err(|e| failed(name, format!("{e}: {p:?}")))?;
+        Ok(p)
+    };
+
+    // ClusterIP, round robin across pods and nodes; the DNS names of the Service.
+    k.apply(&first, &seed("rs-node-web.yaml"), CONVERGE_TIMEOUT)?;
+    k.apply(&first, &seed("svc-none-node-web.yaml"), CONVERGE_TIMEOUT)?;
+    let web = three_running("3 rs-node-web pods Running")?;
+    let nodes: std::collections::BTreeSet<&String> = web.iter().map(|p| &p.1).collect();
+    m.notes.push(format!("rs-node-web pods: {web:?}"));
+    let client_pod = web[0].0.clone();
+    let mut seen = Vec::new();
+    wait_until("svc-node answers round robin from a pod", Duration::from_secs(60), Duration::from_secs(1), || {
+        seen = hits_from_pod(&k, &first, &client_pod, "http://svc-node/", 12).unwrap_or_default();
+        seen.len() == 3
+    })
+    .map_err(|e| failed(name, format!("{e}: saw {seen:?}")))?;
+    set(&mut m, "clusterip_distinct_pods", seen.len() as f64);
+    set(&mut m, "clusterip_nodes", nodes.len() as f64);
+    for dns in ["svc-node", "svc-node.default", "svc-node.default.svc.cluster.local"] {
+        step(
+            &format!("{dns} from a pod"),
+            hits_from_pod(&k, &first, &client_pod, &format!("http://{dns}/"), 1).map(drop),
+        )?;
+    }
+
+    // ClientIP affinity: one pod for one client.
+    k.apply(&first, &seed("svc-clientip-node-web.yaml"), CONVERGE_TIMEOUT)?;
+    wait_until("svc-node keeps one pod per client", Duration::from_secs(30), Duration::from_secs(1), || {
+        seen = hits_from_pod(&k, &first, &client_pod, "http://svc-node/", 8).unwrap_or_default();
+        seen.len() == 1
+    })
+    .map_err(|e| failed(name, format!("{e}: saw {seen:?}")))?;
+    set(&mut m, "clientip_distinct_pods", seen.len() as f64);
+
+    // NodePort 30123 on every node address, from the client host.
+    k.apply(&first, &seed("svc-nodeport.yaml"), CONVERGE_TIMEOUT)?;
+    let mut answered = 0;
+    for h in &hosts {
+        let url = format!("http://{}:30123/", rig.address(h)?);
+        let ok = wait_until(
+            &format!("NodePort {url} from the client"),
+            Duration::from_secs(30),
+            Duration::from_millis(500),
+            || {
+                rig.exec_timeout(&k.client, &["curl", "-s", "-m", "3", &url], Duration::from_secs(10))
+                    .is_ok_and(|o| o.stdout.starts_with("You've hit "))
+            },
+        );
+        ok.map_err(|e| failed(name, e.to_string()))?;
+        answered += 1;
+    }
+    set(&mut m, "nodeport_addresses_answering", answered as f64);
+
+    // The named targetPort: pods whose port is named node-http.
+    k.on(&first, &["delete", "rs", "rs-node-web", "--wait=true"]).map_err(|e| failed(name, e))?;
+    // Their pods are deleted gracefully: wait until none of them is counted any more.
+    wait_until("the first rs-node-web pods going", Duration::from_secs(60), Duration::from_secs(1), || {
+        pods("app=node-web").is_empty()
+    })
+    .map_err(|e| failed(name, e.to_string()))?;
+    k.apply(&first, &seed("rs-node-web-ports-name.yaml"), CONVERGE_TIMEOUT)?;
+    k.apply(&first, &seed("svc-clientip-node-web-ports-name.yaml"), CONVERGE_TIMEOUT)?;
+    let named = three_running("3 rs-node-web pods with the named port Running")?;
+    let client_pod = named[0].0.clone();
+    wait_until("svc-node through targetPort node-http", Duration::from_secs(60), Duration::from_secs(1), || {
+        hits_from_pod(&k, &first, &client_pod, "http://svc-node/", 2).is_ok()
+    })
+    .map_err(|e| failed(name, e.to_string()))?;
+
+    // A Service without selector routes to the Endpoints written by hand.
+    k.apply(&first, &seed("svc-no-selector.yaml"), CONVERGE_TIMEOUT)?;
+    wait_until(
+        "rules to 11.11.11.11 and 22.22.22.22 on every node",
+        Duration::from_secs(30),
+        Duration::from_secs(1),
+        || {
+            hosts.iter().all(|h| {
+                rig.exec_timeout(h, &["nft", "list", "table", "ip", "shoal-svc"], Duration::from_secs(5)).is_ok_and(
+                    |o| o.stdout.contains("dnat to 11.11.11.11:80") && o.stdout.contains("dnat to 22.22.22.22:80"),
+                )
+            })
+        },
+    )
+    .map_err(|e| failed(name, e.to_string()))?;
+
+    // ExternalName: the CNAME.
+    k.on(&first, &["delete", "svc", "external-service"]).map_err(|e| failed(name, e))?;
+    k.apply(&first, &seed("external-name.yaml"), CONVERGE_TIMEOUT)?;
+    let mut answer = String::new();
+    wait_until("nslookup external-service gives the CNAME", Duration::from_secs(30), Duration::from_secs(1), || {
+        // nslookup exits non-zero when google.com itself does not resolve (no internet here).
+        answer = k
+            .on(&first, &["exec", &client_pod, "--", "sh", "-c", "nslookup external-service 2>&1; true"])
+            .unwrap_or_default();
+        answer.contains("google.com")
+    })
+    .map_err(|e| failed(name, format!("{e}: {answer}")))?;
+
+    // LoadBalancer: an IP from the pool, reached by the client host.
+    k.apply(&first, &scratch.write("metallb-crds.yaml", METALLB_CRDS)?, CONVERGE_TIMEOUT)?;
+    k.apply(&first, &scratch.write("metallb-config.yaml", &metallb_config())?, CONVERGE_TIMEOUT)?;
+    k.apply(&first, &seed("svc-loadbalancer.yaml"), CONVERGE_TIMEOUT)?;
+    let mut vip = String::new();
+    wait_until("an ingress IP for svc-loadbalancer", Duration::from_secs(60), Duration::from_millis(500), || {
+        vip = k
+            .on(&first, &["get", "svc", "svc-loadbalancer", "-o", "jsonpath={.status.loadBalancer.ingress[0].ip}"])
+            .unwrap_or_default()
+            .trim()
+            .to_string();
+        !vip.is_empty()
+    })
+    .map_err(|e| failed(name, e.to_string()))?;
+    wait_until(&format!("the client reaches {vip}"), Duration::from_secs(60), Duration::from_millis(500), || {
+        client_answers(rig, &k.client, &vip)
+    })
+    .map_err(|e| failed(name, e.to_string()))?;
+    m.notes.push(format!("svc-loadbalancer got {vip}"));
+
+    // Source address as the pod sees it: Cluster masquerades, Local keeps the client's.
+    let client_ip = rig.address(&k.client)?.to_string();
+    let mut cluster_peer = None;
+    wait_until("a pod sees the client's connection", Duration::from_secs(30), Duration::from_secs(1), || {
+        cluster_peer = peer_seen_by_pods(rig, &k, &first, &named, &vip).ok().flatten();
+        cluster_peer.is_some()
+    })
+    .map_err(|e| failed(name, e.to_string()))?;
+    if cluster_peer.as_deref() == Some(client_ip.as_str()) {
+        return Err(failed(name, "externalTrafficPolicy Cluster: the pod saw the client's own address"));
+    }
+    m.notes.push(format!("with externalTrafficPolicy Cluster the pod saw {cluster_peer:?}"));
+    k.apply(&first, &seed("svc-externaltrafficpolicy.yaml"), CONVERGE_TIMEOUT)?;
+    let mut local_peer = None;
+    wait_until(
+        "externalTrafficPolicy Local keeps the client's address",
+        Duration::from_secs(60),
+        Duration::from_secs(2),
+        || {
+            local_peer = peer_seen_by_pods(rig, &k, &first, &named, &vip).ok().flatten();
+            local_peer.as_deref() == Some(client_ip.as_str())
+        },
+    )
+    .map_err(|e| failed(name, format!("{e}: the pod saw {local_peer:?}, the client is {client_ip}")))?;
+    set(&mut m, "etp_local_source_preserved", 1.0);
+    Ok(m)
+}
+
+/// The peer address a node-web pod sees on a connection the client host holds open to
+/// `vip:80` (busybox `netstat` in each pod, while `nc` on the client waits).
+fn peer_seen_by_pods(
+    rig: &dyn Rig,
+    k: &Kubectl<'_>,
+    via: &str,
+    pods: &[(String, String, String)],
+    vip: &str,
+) -> Result<Option<String>> {
+    let client = k.client.clone();
+    let target = vip.to_string();
+    std::thread::scope(|scope| {
+        let holder = scope.spawn(|| {
+            // bash's /dev/tcp: a connection that sends nothing, so the pod's handler waits.
+            let cmd = format!("exec 3<>/dev/tcp/{target}/80; sleep 4");
+            let _ = rig.exec_timeout(&client, &["bash", "-c", &cmd], Duration::from_secs(10));
+        });
+        std::thread::sleep(Duration::from_millis(1500));
+        let mut peer = None;
+        for (pod, _, _) in pods {
+            let out = k.on(via, &["exec", pod, "--", "netstat", "-tn"]).unwrap_or_default();
+            for l in out.lines().filter(|l| l.contains("ESTABLISHED")) {
+                let w: Vec<&str> = l.split_whitespace().collect();
+                if w.len() >= 5 && w[3].ends_with(":8080") {
+                    // A server on `::` shows IPv4 peers as `::ffff:a.b.c.d`.
+                    peer = w[4].rsplit_once(':').map(|(ip, _)| ip.trim_start_matches("::ffff:").to_string());
+                }
+            }
+        }
+        let _ = holder.join();
+        Ok(peer)
+    })
+}
+
 /// One web pod per node, spread by hostname.
 const ROUTED_PODS_APP: &str = r#"apiVersion: apps/v1
 kind: Deployment

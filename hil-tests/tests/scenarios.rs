@@ -119,3 +119,8 @@ fn pods_back() {
 fn routed_pods() {
     scenario("routed-pods");
 }
+
+#[test]
+fn services_acceptance() {
+    scenario("services");
+}
