@@ -902,7 +902,6 @@ async fn indexed_job_runs_each_index_once_and_ttl_removes_it() {
     let mut job = yaml(JOB_PARALLEL);
     job["spec"]["completionMode"] = json!("Indexed");
     job["spec"]["parallelism"] = json!(2);
-    job["spec"]["ttlSecondsAfterFinished"] = json!(1);
     c.objects.create(&res("batch", "jobs"), Some("default"), job).await.unwrap();
     eventually("indexes 0-2 completed", || async {
         c.get("batch", "jobs", "throw-dice-job").await.is_some_and(|j| j["status"]["completedIndexes"] == "0-2")
@@ -915,7 +914,16 @@ async fn indexed_job_runs_each_index_once_and_ttl_removes_it() {
         .collect();
     idx.sort();
     assert_eq!(idx, ["0", "1", "2"]);
-    // ttlSecondsAfterFinished: the job and (through the garbage collector) its pods go.
+    // ttlSecondsAfterFinished, set on the finished job (set from the start, a slow machine
+    // could see the job gone before it saw it complete): the job and, through the garbage
+    // collector, its pods go.
+    c.objects
+        .modify(&res("batch", "jobs"), Some("default"), "throw-dice-job", UpdateMode::Spec, |j| {
+            j["spec"]["ttlSecondsAfterFinished"] = json!(1);
+            Ok(true)
+        })
+        .await
+        .unwrap();
     eventually("job and pods gone", || async {
         c.get("batch", "jobs", "throw-dice-job").await.is_none() && c.pods().await.is_empty()
     })
