@@ -194,6 +194,9 @@ impl Drop for Scratch {
     }
 }
 
+/// (name, node, pod IP) of a pod.
+type Pod = (String, String, String);
+
 /// `kubectl` run on the client host against one node's API.
 struct Kubectl<'a> {
     rig: &'a dyn Rig,
@@ -215,6 +218,40 @@ impl Kubectl<'_> {
         } else {
             Err(format!("`kubectl {}` on {host}: {}{}", args.join(" "), out.stderr.trim(), out.stdout.trim()))
         }
+    }
+
+    /// Applies MetalLB's CRDs and the rig's pool and L2Advertisement through `host`.
+    fn apply_metallb(&self, host: &str, scratch: &Scratch) -> Result<()> {
+        self.apply(host, &scratch.write("metallb-crds.yaml", METALLB_CRDS)?, CONVERGE_TIMEOUT)?;
+        self.apply(host, &scratch.write("metallb-config.yaml", &metallb_config())?, CONVERGE_TIMEOUT)
+    }
+
+    /// Waits until Service `svc` has a LoadBalancer ingress IP; returns it.
+    fn ingress_ip(&self, host: &str, svc: &str, timeout: Duration) -> std::result::Result<String, String> {
+        let mut vip = String::new();
+        wait_until(&format!("an ingress IP for service {svc}"), timeout, Duration::from_millis(500), || {
+            vip = self
+                .on(host, &["get", "svc", svc, "-o", "jsonpath={.status.loadBalancer.ingress[0].ip}"])
+                .unwrap_or_default()
+                .trim()
+                .to_string();
+            !vip.is_empty()
+        })
+        .map_err(|e| e.to_string())?;
+        Ok(vip)
+    }
+
+    /// (name, node, pod IP) of the Running pods matching `label` that are not being deleted.
+    fn running_pods(&self, host: &str, label: &str) -> Vec<Pod> {
+        let fmt = "jsonpath={range .items[*]}{.metadata.name} {.spec.nodeName} {.status.podIP} {.status.phase} {.metadata.deletionTimestamp}{\"\\n\"}{end}";
+        self.on(host, &["get", "pods", "-l", label, "-o", fmt])
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| {
+                let w: Vec<&str> = l.split_whitespace().collect();
+                (w.len() == 4 && w[3] == "Running").then(|| (w[0].to_string(), w[1].to_string(), w[2].to_string()))
+            })
+            .collect()
     }
 
     /// Applies a file through `host`, retrying while the API does not know its kinds yet.
@@ -369,20 +406,12 @@ pub fn lb_failover(rig: &dyn Rig, opts: &ScenarioOptions) -> Result<Measured> {
     let (hosts, k) = cluster_with_kubectl(rig, opts, name, &scratch)?;
     let mut m = Measured::default();
     let first = hosts[0].clone();
-    k.apply(&first, &scratch.write("metallb-crds.yaml", METALLB_CRDS)?, CONVERGE_TIMEOUT)?;
-    k.apply(&first, &scratch.write("metallb-config.yaml", &metallb_config())?, CONVERGE_TIMEOUT)?;
+    k.apply_metallb(&first, &scratch)?;
     k.apply(&first, &scratch.write("lb-web.yaml", LB_APP)?, CONVERGE_TIMEOUT)?;
     let t_svc = Instant::now();
-    let mut vip = String::new();
-    wait_until("an ingress IP for service lb-web", Duration::from_secs(120), Duration::from_millis(500), || {
-        vip = k
-            .on(&first, &["get", "svc", "lb-web", "-o", "jsonpath={.status.loadBalancer.ingress[0].ip}"])
-            .unwrap_or_default()
-            .trim()
-            .to_string();
-        !vip.is_empty()
-    })
-    .map_err(|e| failed(name, format!("{e}: the Service never got a LoadBalancer IP")))?;
+    let vip = k
+        .ingress_ip(&first, "lb-web", Duration::from_secs(120))
+        .map_err(|e| failed(name, format!("{e}: the Service never got a LoadBalancer IP")))?;
     set(&mut m, "ip_assigned_ms", ms(t_svc, Instant::now()));
     info!(vip, "service lb-web has its loadbalancer ip");
     // The image import dir is rescanned every 10 s; then 3 pods start.
@@ -616,21 +645,8 @@ pub fn services(rig: &dyn Rig, opts: &ScenarioOptions) -> Result<Measured> {
     let mut m = Measured::default();
     let first = hosts[0].clone();
     let step = |what: &str, r: std::result::Result<(), String>| r.map_err(|e| failed(name, format!("{what}: {e}")));
-    let pods = |label: &str| -> Vec<(String, String, String)> {
-        k.on(
-            &first,
-            &["get", "pods", "-l", label, "-o",
-              "jsonpath={range .items[*]}{.metadata.name} {.spec.nodeName} {.status.phase} {.metadata.deletionTimestamp}{\"\\n\"}{end}"],
-        )
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| {
-            let w: Vec<&str> = l.split_whitespace().collect();
-            (w.len() == 3 && w[2] == "Running").then(|| (w[0].to_string(), w[1].to_string(), w[2].to_string()))
-        })
-        .collect()
-    };
-    let three_running = |what: &str| -> Result<Vec<(String, String, String)>> {
+    let pods = |label: &str| k.running_pods(&first, label);
+    let three_running = |what: &str| -> Result<Vec<Pod>> {
         let mut p = Vec::new();
         wait_until(what, Duration::from_secs(240), Duration::from_secs(1), || {
             p = pods("app=node-web");
@@ -736,19 +752,9 @@ pub fn services(rig: &dyn Rig, opts: &ScenarioOptions) -> Result<Measured> {
     .map_err(|e| failed(name, format!("{e}: {answer}")))?;
 
     // LoadBalancer: an IP from the pool, reached by the client host.
-    k.apply(&first, &scratch.write("metallb-crds.yaml", METALLB_CRDS)?, CONVERGE_TIMEOUT)?;
-    k.apply(&first, &scratch.write("metallb-config.yaml", &metallb_config())?, CONVERGE_TIMEOUT)?;
+    k.apply_metallb(&first, &scratch)?;
     k.apply(&first, &seed("svc-loadbalancer.yaml"), CONVERGE_TIMEOUT)?;
-    let mut vip = String::new();
-    wait_until("an ingress IP for svc-loadbalancer", Duration::from_secs(60), Duration::from_millis(500), || {
-        vip = k
-            .on(&first, &["get", "svc", "svc-loadbalancer", "-o", "jsonpath={.status.loadBalancer.ingress[0].ip}"])
-            .unwrap_or_default()
-            .trim()
-            .to_string();
-        !vip.is_empty()
-    })
-    .map_err(|e| failed(name, e.to_string()))?;
+    let vip = k.ingress_ip(&first, "svc-loadbalancer", Duration::from_secs(60)).map_err(|e| failed(name, e))?;
     wait_until(&format!("the client reaches {vip}"), Duration::from_secs(60), Duration::from_millis(500), || {
         client_answers(rig, &k.client, &vip)
     })
@@ -785,13 +791,7 @@ pub fn services(rig: &dyn Rig, opts: &ScenarioOptions) -> Result<Measured> {
 
 /// The peer address a node-web pod sees on a connection the client host holds open to
 /// `vip:80` (busybox `netstat` in each pod, while `nc` on the client waits).
-fn peer_seen_by_pods(
-    rig: &dyn Rig,
-    k: &Kubectl<'_>,
-    via: &str,
-    pods: &[(String, String, String)],
-    vip: &str,
-) -> Result<Option<String>> {
+fn peer_seen_by_pods(rig: &dyn Rig, k: &Kubectl<'_>, via: &str, pods: &[Pod], vip: &str) -> Result<Option<String>> {
     let client = k.client.clone();
     let target = vip.to_string();
     std::thread::scope(|scope| {
@@ -872,28 +872,7 @@ pub fn routed_pods(rig: &dyn Rig, opts: &ScenarioOptions) -> Result<Measured> {
     let mut m = Measured::default();
     let first = hosts[0].clone();
     k.apply(&first, &scratch.write("routed-pods.yaml", ROUTED_PODS_APP)?, CONVERGE_TIMEOUT)?;
-    // (pod, node, pod IP) of the Running pods.
-    type Pod = (String, String, String);
-    let running = || -> Vec<Pod> {
-        k.on(
-            &first,
-            &[
-                "get",
-                "pods",
-                "-l",
-                "app=routed-pods",
-                "-o",
-                "jsonpath={range .items[*]}{.metadata.name} {.spec.nodeName} {.status.podIP} {.status.phase}{\"\\n\"}{end}",
-            ],
-        )
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| {
-            let w: Vec<&str> = l.split_whitespace().collect();
-            (w.len() == 4 && w[3] == "Running").then(|| (w[0].to_string(), w[1].to_string(), w[2].to_string()))
-        })
-        .collect()
-    };
+    let running = || k.running_pods(&first, "app=routed-pods");
     let mut pods = Vec::new();
     wait_until("a routed-pods pod Running on every node", Duration::from_secs(240), Duration::from_secs(1), || {
         pods = running();

@@ -35,6 +35,12 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error("enter network namespace {path}")]
+    EnterNetns {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("move link {name} into network namespace")]
     MoveLink {
         name: String,

@@ -13,5 +13,5 @@ pub mod nft;
 
 pub use error::{Error, Result};
 pub use fake::{FakeNet, NetCall};
-pub use net::{Address, LinuxNet, Net, Route};
+pub use net::{run_in_netns, Address, LinuxNet, Net, Route};
 pub use nft::{FakeNft, LinuxNft, Nft};

@@ -88,20 +88,13 @@ impl LinuxNet {
     /// made on a thread that enters the namespace and stays bound to it, wherever it is used
     /// from. Needs a tokio runtime.
     pub fn in_netns(netns: &Path) -> Result<LinuxNet> {
-        let ns = std::fs::File::open(netns).map_err(|source| Error::OpenNetns { path: netns.into(), source })?;
         // The socket registers with the caller's runtime as it is made.
         let rt = tokio::runtime::Handle::current();
-        let made = std::thread::scope(|scope| {
-            scope
-                .spawn(|| {
-                    let _rt = rt.enter();
-                    nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
-                        .map_err(|e| Error::Connect(std::io::Error::from(e)))?;
-                    rtnetlink::new_connection().map_err(Error::Connect)
-                })
-                .join()
-        });
-        let (conn, handle, _) = made.map_err(|_| Error::Connect(std::io::Error::other("netns thread panicked")))??;
+        let (conn, handle, _) = run_in_netns(netns, || {
+            let _rt = rt.enter();
+            rtnetlink::new_connection()
+        })?
+        .map_err(Error::Connect)?;
         tokio::spawn(conn);
         Ok(LinuxNet { handle })
     }
@@ -188,6 +181,27 @@ impl LinuxNet {
         }
         Ok(b.build())
     }
+}
+
+/// Runs `f` on a fresh thread that has entered the network namespace at `netns` (setns applies
+/// to the calling thread only): sockets it makes stay in that namespace wherever they are used.
+pub fn run_in_netns<T: Send>(netns: &Path, f: impl FnOnce() -> T + Send) -> Result<T> {
+    let ns = std::fs::File::open(netns).map_err(|source| Error::OpenNetns { path: netns.into(), source })?;
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
+                    .map_err(|e| Error::EnterNetns { path: netns.into(), source: e.into() })?;
+                Ok(f())
+            })
+            .join()
+            .unwrap_or_else(|_| {
+                Err(Error::EnterNetns {
+                    path: netns.into(),
+                    source: std::io::Error::other("namespace thread panicked"),
+                })
+            })
+    })
 }
 
 fn address_of(m: &AddressMessage) -> Option<IpAddr> {

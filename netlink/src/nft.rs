@@ -125,20 +125,19 @@ pub struct Table {
     items: Vec<Item>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum ItemKind {
-    Chain,
-    /// A set or map, with the keyword (`set`, `map`) and its body.
-    Set {
-        body: String,
-    },
-}
-
+/// A chain, set or map of the table, with its whole text.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Item {
     name: String,
-    kind: ItemKind,
+    /// `chain`, `set` or `map`: what `delete KEYWORD F N NAME` takes.
+    keyword: String,
     text: String,
+}
+
+impl Item {
+    fn is_chain(&self) -> bool {
+        self.keyword == "chain"
+    }
 }
 
 /// The hook a base chain attaches to.
@@ -176,21 +175,21 @@ impl Table {
     pub fn base_chain<S: AsRef<str>>(&mut self, name: &str, hook: Hook<'_>, rules: &[S]) -> &mut Table {
         let header = format!("    type {} hook {} priority {}; policy accept;\n", hook.kind, hook.hook, hook.priority);
         let text = chain_text(name, Some(header), rules);
-        self.items.push(Item { name: name.into(), kind: ItemKind::Chain, text });
+        self.items.push(Item { name: name.into(), keyword: "chain".into(), text });
         self
     }
 
     /// A regular chain, reached by jump/goto.
     pub fn chain<S: AsRef<str>>(&mut self, name: &str, rules: &[S]) -> &mut Table {
         let text = chain_text(name, None, rules);
-        self.items.push(Item { name: name.into(), kind: ItemKind::Chain, text });
+        self.items.push(Item { name: name.into(), keyword: "chain".into(), text });
         self
     }
 
     /// A set or map; `body` is what goes between its braces (`type ...; flags ...;`).
     pub fn set(&mut self, keyword: &str, name: &str, body: &str) -> &mut Table {
         let text = format!("  {keyword} {name} {{\n    {body}\n  }}\n");
-        self.items.push(Item { name: name.into(), kind: ItemKind::Set { body: format!("{keyword} {body}") }, text });
+        self.items.push(Item { name: name.into(), keyword: keyword.into(), text });
         self
     }
 
@@ -232,15 +231,15 @@ impl Table {
         let recreated: Vec<&Item> = self
             .items
             .iter()
-            .filter(|i| i.kind != ItemKind::Chain && before.get(i.name.as_str()).is_some_and(|old| old != i))
+            .filter(|i| !i.is_chain() && before.get(i.name.as_str()).is_some_and(|old| old != i))
             .collect();
         let uses_recreated = |chain: &Item| recreated.iter().any(|set| uses_set(&chain.text, &set.name));
         let mut flush = String::new();
         let mut block = String::new();
         for i in &self.items {
             match before.get(i.name.as_str()) {
-                Some(old) if old == &i && !(i.kind == ItemKind::Chain && uses_recreated(i)) => continue,
-                Some(old) if old.kind == ItemKind::Chain && i.kind == ItemKind::Chain => {
+                Some(old) if old == &i && !(i.is_chain() && uses_recreated(i)) => continue,
+                Some(old) if old.is_chain() && i.is_chain() => {
                     flush.push_str(&format!("flush chain {f} {n} {}\n", i.name));
                 }
                 _ => {}
@@ -250,21 +249,21 @@ impl Table {
         // Chains that go are emptied first: their rules may jump to each other or use a set
         // that goes too.
         let stale: Vec<&Item> = applied.items.iter().filter(|i| !now.contains(i.name.as_str())).collect();
-        for i in stale.iter().filter(|i| i.kind == ItemKind::Chain) {
+        for i in stale.iter().filter(|i| i.is_chain()) {
             flush.push_str(&format!("flush chain {f} {n} {}\n", i.name));
         }
         let mut s = flush;
         for i in &recreated {
-            s.push_str(&format!("delete {} {f} {n} {}\n", i.keyword(), i.name));
+            s.push_str(&format!("delete {} {f} {n} {}\n", i.keyword, i.name));
         }
         if !block.is_empty() {
             s.push_str(&format!("table {f} {n} {{\n{block}}}\n"));
         }
-        for i in stale.iter().filter(|i| i.kind == ItemKind::Chain) {
+        for i in stale.iter().filter(|i| i.is_chain()) {
             s.push_str(&format!("delete chain {f} {n} {}\n", i.name));
         }
-        for i in stale.iter().filter(|i| i.kind != ItemKind::Chain) {
-            s.push_str(&format!("delete {} {f} {n} {}\n", i.keyword(), i.name));
+        for i in stale.iter().filter(|i| !i.is_chain()) {
+            s.push_str(&format!("delete {} {f} {n} {}\n", i.keyword, i.name));
         }
         s
     }
@@ -276,15 +275,6 @@ fn uses_set(text: &str, name: &str) -> bool {
     text.match_indices(&needle).any(|(at, _)| {
         text[at + needle.len()..].chars().next().is_none_or(|c| !(c.is_ascii_alphanumeric() || c == '-' || c == '_'))
     })
-}
-
-impl Item {
-    fn keyword(&self) -> &str {
-        match &self.kind {
-            ItemKind::Chain => "chain",
-            ItemKind::Set { body } => body.split(' ').next().unwrap_or("set"),
-        }
-    }
 }
 
 /// A transaction that removes a table whether or not it exists.

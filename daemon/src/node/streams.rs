@@ -345,24 +345,16 @@ fn connect_pod_port(pod: &Value, port: u16, netns: PathBuf) -> BoxFuture<'static
     })
 }
 
-/// A TCP connection to `addr` made from inside the network namespace at `netns`: a fresh thread
-/// enters it (setns applies to the calling thread only), connects, and ends; the socket stays in
-/// that namespace.
+/// A TCP connection to `addr` made from inside the network namespace at `netns`; the socket
+/// stays in that namespace.
 fn connect_in_netns(netns: &Path, addr: std::net::SocketAddr) -> Result<std::net::TcpStream, String> {
-    let ns = std::fs::File::open(netns).map_err(|e| format!("open {}: {e}", netns.display()))?;
-    std::thread::scope(|scope| {
-        scope
-            .spawn(|| {
-                nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
-                    .map_err(|e| format!("enter the pod's network namespace: {e}"))?;
-                let tcp =
-                    std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(10)).map_err(|e| e.to_string())?;
-                tcp.set_nonblocking(true).map_err(|e| e.to_string())?;
-                Ok(tcp)
-            })
-            .join()
-            .map_err(|_| "the connecting thread panicked".to_string())?
+    shoal_netlink::run_in_netns(netns, || {
+        let tcp = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(10))?;
+        tcp.set_nonblocking(true)?;
+        Ok::<_, std::io::Error>(tcp)
     })
+    .map_err(|e| format!("{e}: {}", std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_default()))?
+    .map_err(|e| e.to_string())
 }
 
 /// Runs a command in a local container and pumps its stdio through `io`.
