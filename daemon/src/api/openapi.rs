@@ -2,8 +2,9 @@
 //! `x-kubernetes-group-version-kind` and the `fieldValidation` query parameter, which is what
 //! kubectl checks before it relies on server-side validation (`--validate=strict`); its
 //! `components.schemas` hold the schemas of the built-in kinds of the group/version and of
-//! everything they reference (what `kubectl explain` walks). Custom resources have no schema
-//! here yet.
+//! everything they reference (what `kubectl explain` walks). A custom kind's schema is its CRD's
+//! `openAPIV3Schema` for that version, named and completed as upstream does (the group reversed:
+//! `io.metallb.v1beta1.IPAddressPool`, with `apiVersion`, `kind` and `metadata` added).
 //!
 //! Strategic merge patch is not listed among the PATCH content types: the schemas lack the
 //! merge-key annotations, and without the claim kubectl computes strategic merge patches from
@@ -51,8 +52,65 @@ fn operation(r: &Resource, action: &str, params: &[&str]) -> Value {
     op
 }
 
-/// The document of one group/version.
-pub(crate) fn document(resources: &[Resource], group: &str, version: &str) -> Option<Value> {
+const OBJECT_META: &str = "io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta";
+
+/// The schema name upstream gives a custom kind: the group's labels reversed, then version and
+/// kind.
+fn custom_schema_name(group: &str, version: &str, kind: &str) -> String {
+    let mut parts: Vec<&str> = group.split('.').rev().collect();
+    parts.push(version);
+    parts.push(kind);
+    parts.join(".")
+}
+
+/// The schemas of the custom kinds that `crds` define at one group/version: each served
+/// version's `openAPIV3Schema`, tagged with its group/version/kind and given the `apiVersion`,
+/// `kind` and `metadata` properties every object has. Empty for built-in group/versions.
+pub(crate) fn custom_schemas(crds: &[Value], group: &str, version: &str) -> Map<String, Value> {
+    let mut out = Map::new();
+    let builtin = shoal_kube::openapi::schemas();
+    let string_property = |name: &str| -> Value {
+        builtin
+            .get("io.k8s.api.core.v1.ConfigMap")
+            .map(|s| s["properties"][name].clone())
+            .filter(|p| p.is_object())
+            .unwrap_or_else(|| json!({"type": "string"}))
+    };
+    for crd in crds {
+        let spec = &crd["spec"];
+        let (Some(g), Some(kind)) = (spec["group"].as_str(), spec["names"]["kind"].as_str()) else { continue };
+        if g != group {
+            continue;
+        }
+        let versions = spec["versions"].as_array().into_iter().flatten();
+        let Some(v) = versions.filter(|v| v["served"].as_bool() != Some(false)).find(|v| v["name"] == version) else {
+            continue;
+        };
+        let mut schema = match &v["schema"]["openAPIV3Schema"] {
+            Value::Object(m) => m.clone(),
+            _ => Map::from_iter([("type".to_string(), json!("object"))]),
+        };
+        let props = schema.entry("properties").or_insert_with(|| json!({}));
+        if let Value::Object(props) = props {
+            props.insert("apiVersion".into(), string_property("apiVersion"));
+            props.insert("kind".into(), string_property("kind"));
+            props.insert(
+                "metadata".into(),
+                json!({"allOf": [{"$ref": format!("#/components/schemas/{OBJECT_META}")}],
+                       "description": "Standard object's metadata. More info: https://git.k8s.io/community/contributors/devel/sig-architecture/api-conventions.md#metadata"}),
+            );
+        }
+        schema.insert(
+            "x-kubernetes-group-version-kind".into(),
+            json!([{"group": group, "version": version, "kind": kind}]),
+        );
+        out.insert(custom_schema_name(group, version, kind), Value::Object(schema));
+    }
+    out
+}
+
+/// The document of one group/version; `crds` supply the schemas of custom kinds.
+pub(crate) fn document(resources: &[Resource], crds: &[Value], group: &str, version: &str) -> Option<Value> {
     let mine: Vec<&Resource> = resources.iter().filter(|r| r.group == group && r.version == version).collect();
     if mine.is_empty() {
         return None;
@@ -60,7 +118,12 @@ pub(crate) fn document(resources: &[Resource], group: &str, version: &str) -> Op
     let mut paths = Map::new();
     let kinds: Vec<&str> =
         mine.iter().filter_map(|r| shoal_kube::openapi::kind_schema(&r.group, &r.version, &r.kind)).collect();
-    let schemas = shoal_kube::openapi::closure(kinds);
+    let mut schemas = shoal_kube::openapi::closure(kinds);
+    let custom = custom_schemas(crds, group, version);
+    if !custom.is_empty() {
+        schemas.extend(shoal_kube::openapi::closure([OBJECT_META]));
+        schemas.extend(custom);
+    }
     for r in mine {
         let base = format!("/{}", gv_path(r));
         let coll = if r.namespaced {
@@ -111,11 +174,16 @@ fn hash(doc: &Value) -> String {
 type Cached = (String, Arc<Value>, String);
 
 /// The document of one group/version and its hash, built once per set of served resources
-/// (the schemas make them large; kubectl fetches the index on every apply).
-pub(crate) fn cached(resources: &[Resource], group: &str, version: &str) -> Option<(Arc<Value>, String)> {
+/// and custom schemas (the schemas make them large; kubectl fetches the index on every apply).
+pub(crate) fn cached(
+    resources: &[Resource],
+    crds: &[Value],
+    group: &str,
+    version: &str,
+) -> Option<(Arc<Value>, String)> {
     static CACHE: OnceLock<Mutex<HashMap<String, Cached>>> = OnceLock::new();
     let mine: Vec<&Resource> = resources.iter().filter(|r| r.group == group && r.version == version).collect();
-    let signature = format!("{mine:?}");
+    let signature = format!("{mine:?}{}", Value::Object(custom_schemas(crds, group, version)));
     let gv = format!("{group}/{version}");
     let cache = CACHE.get_or_init(Default::default);
     if let Ok(c) = cache.lock() {
@@ -125,7 +193,7 @@ pub(crate) fn cached(resources: &[Resource], group: &str, version: &str) -> Opti
             }
         }
     }
-    let doc = Arc::new(document(resources, group, version)?);
+    let doc = Arc::new(document(resources, crds, group, version)?);
     let h = hash(&doc);
     if let Ok(mut c) = cache.lock() {
         c.insert(gv, (signature, doc.clone(), h.clone()));
@@ -134,14 +202,14 @@ pub(crate) fn cached(resources: &[Resource], group: &str, version: &str) -> Opti
 }
 
 /// `/openapi/v3`: every group/version with the URL (and content hash) of its document.
-pub(crate) fn index(resources: &[Resource]) -> Value {
+pub(crate) fn index(resources: &[Resource], crds: &[Value]) -> Value {
     let mut paths = Map::new();
     for r in resources {
         let p = gv_path(r);
         if paths.contains_key(&p) {
             continue;
         }
-        if let Some((_, h)) = cached(resources, &r.group, &r.version) {
+        if let Some((_, h)) = cached(resources, crds, &r.group, &r.version) {
             paths.insert(p.clone(), json!({"serverRelativeURL": format!("/openapi/v3/{p}?hash={h}")}));
         }
     }
@@ -155,12 +223,12 @@ mod tests {
     #[test]
     fn patch_operations_carry_gvk_and_field_validation() {
         let all = shoal_kube::resources::builtin();
-        let idx = index(&all);
+        let idx = index(&all, &[]);
         assert!(idx["paths"]["apis/apps/v1"]["serverRelativeURL"]
             .as_str()
             .unwrap()
             .starts_with("/openapi/v3/apis/apps/v1?hash="));
-        let doc = document(&all, "apps", "v1").unwrap();
+        let doc = document(&all, &[], "apps", "v1").unwrap();
         let patch = &doc["paths"]["/apis/apps/v1/namespaces/{namespace}/deployments/{name}"]["patch"];
         assert_eq!(patch["x-kubernetes-group-version-kind"]["kind"], "Deployment");
         assert!(patch["parameters"]
@@ -171,5 +239,27 @@ mod tests {
         let spec = &doc["components"]["schemas"]["io.k8s.api.apps.v1.DeploymentSpec"];
         assert_eq!(spec["properties"]["paused"]["type"], "boolean");
         assert!(doc["components"]["schemas"]["io.k8s.api.core.v1.PodSpec"].is_object());
+    }
+
+    #[test]
+    fn a_custom_kind_gets_its_crd_schema() {
+        let crd = json!({"spec": {"group": "metallb.io", "names": {"kind": "IPAddressPool", "plural": "ipaddresspools"},
+            "scope": "Namespaced", "versions": [{"name": "v1beta1", "served": true, "storage": true,
+            "schema": {"openAPIV3Schema": {"type": "object", "description": "A pool.",
+                "properties": {"spec": {"type": "object", "properties": {"addresses": {"type": "array", "items": {"type": "string"}}}}}}}}]}});
+        let mut all = shoal_kube::resources::builtin();
+        all.extend(super::super::registry::crd_resources(&crd));
+        let doc = document(&all, std::slice::from_ref(&crd), "metallb.io", "v1beta1").unwrap();
+        let s = &doc["components"]["schemas"]["io.metallb.v1beta1.IPAddressPool"];
+        assert_eq!(s["x-kubernetes-group-version-kind"][0]["kind"], "IPAddressPool");
+        assert_eq!(s["properties"]["spec"]["properties"]["addresses"]["type"], "array");
+        assert!(s["properties"]["metadata"]["allOf"][0]["$ref"].as_str().unwrap().ends_with("meta.v1.ObjectMeta"));
+        assert!(doc["components"]["schemas"][OBJECT_META].is_object());
+        assert!(custom_schemas(&[crd], "apps", "v1").is_empty());
+        // The hash changes with the schema, so kubectl's cache of the document is refreshed.
+        let (_, h1) = cached(&all, &[], "metallb.io", "v1beta1").unwrap();
+        let crd2 = json!({"spec": {"group": "metallb.io", "names": {"kind": "IPAddressPool"}, "versions": [{"name": "v1beta1"}]}});
+        let (_, h2) = cached(&all, &[crd2], "metallb.io", "v1beta1").unwrap();
+        assert_ne!(h1, h2);
     }
 }

@@ -65,18 +65,28 @@ pub(crate) fn crd_resources(crd: &Value) -> Vec<Resource> {
     out
 }
 
-/// Every CRD-defined resource currently in the store.
-pub(crate) async fn custom(objects: &Objects) -> Result<Vec<Resource>, ApiError> {
+/// Every CustomResourceDefinition in the store that is not being deleted.
+pub(crate) async fn crds(objects: &Objects) -> Result<Vec<Value>, ApiError> {
     let crd = crd_resource();
     let (crds, _) = objects.list(&crd, None).await.map_err(|e| ApiError::from_objects(e, &crd, ""))?;
-    Ok(crds.iter().filter(|c| c["metadata"]["deletionTimestamp"].is_null()).flat_map(crd_resources).collect())
+    Ok(crds.into_iter().filter(|c| c["metadata"]["deletionTimestamp"].is_null()).collect())
+}
+
+/// Every CRD-defined resource currently in the store.
+pub(crate) async fn custom(objects: &Objects) -> Result<Vec<Resource>, ApiError> {
+    Ok(crds(objects).await?.iter().flat_map(crd_resources).collect())
+}
+
+/// Every served resource: built-in first, then those `crds` define.
+pub(crate) fn with_custom(crds: &[Value]) -> Vec<Resource> {
+    let mut out = resources::builtin();
+    out.extend(crds.iter().flat_map(crd_resources));
+    out
 }
 
 /// Every served resource: built-in first, then custom.
 pub(crate) async fn all(objects: &Objects) -> Result<Vec<Resource>, ApiError> {
-    let mut out = resources::builtin();
-    out.extend(custom(objects).await?);
-    Ok(out)
+    Ok(with_custom(&crds(objects).await?))
 }
 
 /// The resource a URL names, if it is served at that version.

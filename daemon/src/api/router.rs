@@ -70,7 +70,10 @@ async fn route(state: Arc<ApiState>, req: Request<Body>) -> Result<Response, Api
         ["apis", g] if get => discovery::api_group(&registry::all(&state.objects).await?, g)
             .map(ok)
             .unwrap_or_else(|| Err(ApiError::path_not_found())),
-        ["openapi", "v3"] if get => ok(openapi::index(&registry::all(&state.objects).await?)),
+        ["openapi", "v3"] if get => {
+            let crds = registry::crds(&state.objects).await?;
+            ok(openapi::index(&registry::with_custom(&crds), &crds))
+        }
         ["openapi", "v3", "api", v] if get => openapi_doc(&state, "", v).await,
         ["openapi", "v3", "apis", g, v] if get => openapi_doc(&state, g, v).await,
         ["api", "v1", rest @ ..] => {
@@ -87,8 +90,9 @@ async fn route(state: Arc<ApiState>, req: Request<Body>) -> Result<Response, Api
 }
 
 async fn openapi_doc(state: &ApiState, group: &str, version: &str) -> Result<Response, ApiError> {
+    let crds = registry::crds(&state.objects).await?;
     let (doc, _) =
-        openapi::cached(&registry::all(&state.objects).await?, group, version).ok_or_else(ApiError::path_not_found)?;
+        openapi::cached(&registry::with_custom(&crds), &crds, group, version).ok_or_else(ApiError::path_not_found)?;
     Ok(json_response(StatusCode::OK, &doc))
 }
 
