@@ -1,11 +1,14 @@
 //! The seeds' kubectl walkthrough, run with the real `kubectl` against a rig: every manifest of
 //! the seeds applies, the nginx Deployment rolls out, back and scales, the Job completes, the
-//! ReplicaSet heals, logs show, and the everyday kubectl commands print what users expect.
-//! Each step is checked on its own so one failure does not hide the others.
+//! ReplicaSet heals, logs show, and the everyday kubectl commands print what users expect; then
+//! the research note's whole kubectl table once with each of kubectl 1.31, 1.32 and 1.33, each
+//! against another node (`versions`). Each step is checked on its own so one failure does not hide the others.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
+
+mod versions;
 
 /// What one step of the walkthrough saw.
 #[derive(Debug, Clone)]
@@ -57,15 +60,8 @@ impl Target {
     }
 
     /// Polls `f` until it returns Ok or `timeout` passes; the last error otherwise.
-    fn wait(&self, what: &str, timeout: Duration, mut f: impl FnMut() -> StepResult) -> StepResult {
-        let start = Instant::now();
-        loop {
-            match f() {
-                Ok(()) => return Ok(()),
-                Err(e) if start.elapsed() > timeout => return Err(format!("{what} within {timeout:?}: {e}")),
-                Err(_) => std::thread::sleep(Duration::from_millis(500)),
-            }
-        }
+    fn wait(&self, what: &str, timeout: Duration, f: impl FnMut() -> StepResult) -> StepResult {
+        wait_result(timeout, f).map_err(|e| format!("{what} {e}"))
     }
 
     fn pods_running(&self, selector: &str, n: usize) -> StepResult {
@@ -101,6 +97,21 @@ impl Target {
     }
 }
 
+/// Polls `f` until it returns Ok (its value) or `timeout` passes (the last error).
+fn wait_result<T>(
+    timeout: Duration,
+    mut f: impl FnMut() -> std::result::Result<T, String>,
+) -> std::result::Result<T, String> {
+    let start = Instant::now();
+    loop {
+        match f() {
+            Ok(v) => return Ok(v),
+            Err(e) if start.elapsed() > timeout => return Err(format!("within {timeout:?}: {e}")),
+            Err(_) => std::thread::sleep(Duration::from_millis(500)),
+        }
+    }
+}
+
 fn contains(out: &str, want: &str) -> StepResult {
     if out.contains(want) {
         Ok(())
@@ -129,6 +140,9 @@ pub const STEPS: &[&str] = &[
     "expose",
     "run",
     "api-resources",
+    "kubectl-1.31-on-node-1",
+    "kubectl-1.32-on-node-2",
+    "kubectl-1.33-on-node-3",
 ];
 
 /// Runs the walkthrough; one result per entry of `STEPS`.
@@ -362,6 +376,9 @@ pub fn run(t: &Target) -> Vec<Step> {
                 }
                 Ok(())
             })(),
+            "kubectl-1.31-on-node-1" => versions::table(t, "1.31", 0),
+            "kubectl-1.32-on-node-2" => versions::table(t, "1.32", 1),
+            "kubectl-1.33-on-node-3" => versions::table(t, "1.33", 2),
             other => Err(format!("unknown step {other}")),
         };
         let step = Step { name, failure: r.err(), took: start.elapsed() };
