@@ -16,6 +16,24 @@ pub enum Error {
     ListLinks(#[source] rtnetlink::Error),
     #[error("link {0} does not exist")]
     LinkNotFound(String),
+    #[error("create link {name}")]
+    CreateLink {
+        name: String,
+        #[source]
+        source: rtnetlink::Error,
+    },
+    #[error("look up the route to {dst}")]
+    GetRoute {
+        dst: IpAddr,
+        #[source]
+        source: rtnetlink::Error,
+    },
+    #[error("list the neighbours of {link}")]
+    ListNeighbours {
+        link: String,
+        #[source]
+        source: rtnetlink::Error,
+    },
     #[error("create bridge {name}")]
     CreateBridge {
         name: String,

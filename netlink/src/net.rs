@@ -7,8 +7,9 @@ use std::path::Path;
 use futures::TryStreamExt;
 use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags, AddressMessage};
 
-use rtnetlink::packet_route::neighbour::NeighbourState;
-use rtnetlink::{Handle, LinkBridge, LinkBridgePort, LinkUnspec, LinkVeth, RouteMessageBuilder};
+use rtnetlink::packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourState};
+use rtnetlink::packet_route::route::{RouteAttribute, RouteFlags};
+use rtnetlink::{Handle, LinkBridge, LinkBridgePort, LinkUnspec, LinkVeth, LinkVxlan, RouteMessageBuilder};
 
 use crate::{Error, Result};
 
@@ -138,6 +139,141 @@ impl LinuxNet {
             .map_err(|source| Error::SetLink { name: host.into(), source })
     }
 
+    /// The gateway the kernel routes `dst` through: `None` when `dst` is on-link (as
+    /// `ip route get DST` without `via`).
+    pub async fn gateway_to(&self, dst: IpAddr) -> Result<Option<IpAddr>> {
+        let prefix = if dst.is_ipv4() { 32 } else { 128 };
+        let invalid = |reason: String| Error::InvalidRoute { dst, prefix, reason };
+        let msg = RouteMessageBuilder::<IpAddr>::new()
+            .destination_prefix(dst, prefix)
+            .map_err(|e| invalid(e.to_string()))?
+            .build();
+        let mut replies = self.handle.route().get(msg).execute();
+        let first = replies.try_next().await.map_err(|source| Error::GetRoute { dst, source })?;
+        let route = first.ok_or_else(|| invalid("no route".into()))?;
+        Ok(route.attributes.iter().find_map(|a| match a {
+            RouteAttribute::Gateway(g) => route_ip(g),
+            _ => None,
+        }))
+    }
+
+    /// Creates the VXLAN device `name` if missing (VNI `vni`, UDP `port`, tunnels from `local`,
+    /// MTU `mtu`), then sets it up; returns its index. An existing device is left as it is.
+    pub async fn ensure_vxlan(
+        &self,
+        name: &str,
+        vni: u32,
+        port: u16,
+        local: std::net::Ipv4Addr,
+        mtu: u32,
+    ) -> Result<u32> {
+        if self.link_index(name).await?.is_none() {
+            let msg = LinkVxlan::new(name, vni).port(port).local(local).mtu(mtu).build();
+            match self.handle.link().add(msg).execute().await {
+                Ok(()) => {}
+                Err(e) if errno(&e) == Some(libc::EEXIST) => {}
+                Err(source) => return Err(Error::CreateLink { name: name.into(), source }),
+            }
+        }
+        let index = self.must_index(name).await?;
+        self.handle
+            .link()
+            .set(LinkUnspec::new_with_index(index).up().build())
+            .execute()
+            .await
+            .map_err(|source| Error::SetLink { name: name.into(), source })?;
+        Ok(index)
+    }
+
+    /// The remote addresses that the all-zero (flooding) forwarding entries of a VXLAN device
+    /// point at (`bridge fdb show dev LINK` lines `00:00:00:00:00:00 dst IP`).
+    pub async fn flood_entries(&self, link: &str) -> Result<Vec<IpAddr>> {
+        let index = self.must_index(link).await?;
+        let req = self.handle.neighbours().get().set_address_family(rtnetlink::packet_route::AddressFamily::Bridge);
+        let msgs: Vec<rtnetlink::packet_route::neighbour::NeighbourMessage> =
+            req.execute().try_collect().await.map_err(|source| Error::ListNeighbours { link: link.into(), source })?;
+        let mut out: Vec<IpAddr> = msgs
+            .iter()
+            .filter(|m| m.header.ifindex == index)
+            .filter(|m| {
+                m.attributes
+                    .iter()
+                    .any(|a| matches!(a, NeighbourAttribute::LinkLayerAddress(l) if l.iter().all(|b| *b == 0)))
+            })
+            .filter_map(|m| {
+                m.attributes.iter().find_map(|a| match a {
+                    NeighbourAttribute::Destination(NeighbourAddress::Inet(v4)) => Some(IpAddr::V4(*v4)),
+                    NeighbourAttribute::Destination(NeighbourAddress::Inet6(v6)) => Some(IpAddr::V6(*v6)),
+                    // Bridge-family replies carry the address as bare bytes.
+                    NeighbourAttribute::Destination(NeighbourAddress::Other(b)) => match b.len() {
+                        4 => <[u8; 4]>::try_from(b.as_slice()).ok().map(IpAddr::from),
+                        16 => <[u8; 16]>::try_from(b.as_slice()).ok().map(IpAddr::from),
+                        _ => None,
+                    },
+                    _ => None,
+                })
+            })
+            .collect();
+        out.sort();
+        out.dedup();
+        Ok(out)
+    }
+
+    /// Adds an all-zero forwarding entry to `dst` on a VXLAN device, beside those there
+    /// already (`bridge fdb append 00:00:00:00:00:00 dev LINK dst DST`): broadcast and unknown
+    /// destinations are flooded to `dst` too.
+    pub async fn append_flood_entry(&self, link: &str, dst: IpAddr) -> Result<()> {
+        use rtnetlink::packet_core::{
+            NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_REQUEST,
+        };
+        use rtnetlink::packet_route::RouteNetlinkMessage;
+        let index = self.must_index(link).await?;
+        let msg = flood_entry(index, dst);
+        let mut req = NetlinkMessage::from(RouteNetlinkMessage::NewNeighbour(msg));
+        req.header.flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_APPEND;
+        let fail = |source| Error::ReplaceNeighbour { link: link.into(), ip: dst, source };
+        let mut handle = self.handle.clone();
+        let mut replies = handle.request(req).map_err(fail)?;
+        while let Some(reply) = futures::StreamExt::next(&mut replies).await {
+            if let NetlinkPayload::Error(e) = reply.payload {
+                if e.code.is_some() && -e.raw_code() != libc::EEXIST {
+                    return Err(fail(rtnetlink::Error::NetlinkError(e)));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes the all-zero forwarding entry to `dst` from a VXLAN device (`bridge fdb del
+    /// 00:00:00:00:00:00 dev LINK dst DST`); one that is absent, or a missing device, is not an
+    /// error.
+    pub async fn del_flood_entry(&self, link: &str, dst: IpAddr) -> Result<()> {
+        let Some(index) = self.link_index(link).await? else { return Ok(()) };
+        match self.handle.neighbours().del(flood_entry(index, dst)).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if errno(&e) == Some(libc::ENOENT) => Ok(()),
+            Err(source) => Err(Error::ReplaceNeighbour { link: link.into(), ip: dst, source }),
+        }
+    }
+
+    /// Adds or replaces a route whose gateway is taken as on-link on `route.dev` even though
+    /// no address of the link covers it (`ip route replace ... onlink`), as VXLAN routes need.
+    pub async fn replace_route_onlink(&self, route: &Route) -> Result<()> {
+        let dev = route.dev.as_deref().ok_or_else(|| Error::InvalidRoute {
+            dst: route.dst,
+            prefix: route.prefix,
+            reason: "an on-link route needs a link".into(),
+        })?;
+        let index = self.must_index(dev).await?;
+        let mut msg = Self::route_message(route, Some(index))?;
+        msg.header.flags |= RouteFlags::Onlink;
+        self.handle.route().add(msg).replace().execute().await.map_err(|source| Error::ReplaceRoute {
+            dst: route.dst,
+            prefix: route.prefix,
+            source,
+        })
+    }
+
     /// The index of a link, `None` when it does not exist.
     pub async fn link_index(&self, name: &str) -> Result<Option<u32>> {
         let mut links = self.handle.link().get().match_name(name.to_string()).execute();
@@ -202,6 +338,30 @@ pub fn run_in_netns<T: Send>(netns: &Path, f: impl FnOnce() -> T + Send) -> Resu
                 })
             })
     })
+}
+
+/// The all-zero forwarding entry of a VXLAN device (link `index`) that floods to `dst`.
+fn flood_entry(index: u32, dst: IpAddr) -> rtnetlink::packet_route::neighbour::NeighbourMessage {
+    let mut msg = rtnetlink::packet_route::neighbour::NeighbourMessage::default();
+    msg.header.family = rtnetlink::packet_route::AddressFamily::Bridge;
+    msg.header.ifindex = index;
+    msg.header.state = NeighbourState::Permanent;
+    msg.header.flags = NeighbourFlags::Own;
+    msg.attributes.push(NeighbourAttribute::LinkLayerAddress(vec![0; 6]));
+    msg.attributes.push(NeighbourAttribute::Destination(match dst {
+        IpAddr::V4(v4) => NeighbourAddress::Inet(v4),
+        IpAddr::V6(v6) => NeighbourAddress::Inet6(v6),
+    }));
+    msg
+}
+
+fn route_ip(a: &rtnetlink::packet_route::route::RouteAddress) -> Option<IpAddr> {
+    use rtnetlink::packet_route::route::RouteAddress;
+    match a {
+        RouteAddress::Inet(v4) => Some(IpAddr::V4(*v4)),
+        RouteAddress::Inet6(v6) => Some(IpAddr::V6(*v6)),
+        _ => None,
+    }
 }
 
 fn address_of(m: &AddressMessage) -> Option<IpAddr> {

@@ -274,6 +274,65 @@ fn routes_and_neighbours_are_what_ip_shows() {
 }
 
 #[test]
+fn the_gateway_to_an_address_is_what_ip_route_get_says() {
+    let pair = Pair::new();
+    must_ip(&["-n", &pair.a, "route", "add", "10.97.0.0/16", "via", "10.99.0.2"]);
+    let (near, far) = with_net(&pair.a, |net| async move {
+        let near = net.gateway_to("10.99.0.2".parse().unwrap()).await.expect("on-link");
+        let far = net.gateway_to("10.97.3.4".parse().unwrap()).await.expect("routed");
+        (near, far)
+    });
+    assert_eq!(near, None);
+    assert_eq!(far, Some("10.99.0.2".parse().unwrap()));
+    let missing = with_net(&pair.a, |net| async move { net.gateway_to("192.0.2.1".parse().unwrap()).await });
+    assert!(missing.is_err(), "no route at all is an error: {missing:?}");
+}
+
+#[test]
+fn a_vxlan_device_floods_to_its_peers_and_routes_onlink() {
+    let pair = Pair::new();
+    let peers: [IpAddr; 2] = ["10.99.0.2".parse().unwrap(), "10.99.0.3".parse().unwrap()];
+    let route = Route {
+        dst: "10.42.7.0".parse().unwrap(),
+        prefix: 24,
+        via: Some("10.42.7.0".parse().unwrap()),
+        dev: Some("vx".into()),
+    };
+    let r = route.clone();
+    let listed = with_net(&pair.a, move |net| async move {
+        let local = Ipv4Addr::new(10, 99, 0, 1);
+        let index = net.ensure_vxlan("vx", 4242, 4789, local, 1450).await.expect("vxlan");
+        assert_eq!(net.ensure_vxlan("vx", 4242, 4789, local, 1450).await.expect("again"), index);
+        for p in peers {
+            net.append_flood_entry("vx", p).await.expect("flood entry");
+        }
+        net.append_flood_entry("vx", peers[0]).await.expect("an entry already there is fine");
+        net.replace_route_onlink(&r).await.expect("onlink route");
+        net.flood_entries("vx").await.expect("list")
+    });
+    assert_eq!(listed, peers.to_vec());
+    let link = must_ip(&["-d", "-n", &pair.a, "link", "show", "vx"]);
+    for want in ["mtu 1450", "vxlan id 4242", "local 10.99.0.1", "dstport 4789"] {
+        assert!(link.contains(want), "{want} not in {link}");
+    }
+    assert!(flags(&pair.a, "vx").iter().any(|f| f == "UP"), "{link}");
+    let fdb = Command::new("bridge").args(["-n", &pair.a, "fdb", "show", "dev", "vx"]).output().expect("bridge");
+    let fdb = String::from_utf8_lossy(&fdb.stdout).to_string();
+    for p in peers {
+        assert!(fdb.contains(&format!("00:00:00:00:00:00 dst {p}")), "{fdb}");
+    }
+    let shown = must_ip(&["-n", &pair.a, "route", "show", "10.42.7.0/24"]);
+    assert!(shown.contains("via 10.42.7.0 dev vx") && shown.contains(" onlink"), "{shown}");
+
+    with_net(&pair.a, move |net| async move {
+        net.del_flood_entry("vx", peers[0]).await.expect("del");
+        net.del_flood_entry("vx", peers[0]).await.expect("deleting an absent entry is fine");
+        net.del_flood_entry("nosuchdev", peers[0]).await.expect("a missing device is fine");
+        assert_eq!(net.flood_entries("vx").await.expect("list"), vec![peers[1]]);
+    });
+}
+
+#[test]
 fn gratuitous_arp_moves_the_peers_neighbour_entry() {
     let pair = Pair::new();
     let vip = Ipv4Addr::new(10, 99, 0, 240);

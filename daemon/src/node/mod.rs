@@ -84,7 +84,13 @@ pub(crate) struct Agent {
     pub eviction: eviction::EvictionConfig,
     pub node_stats: Arc<dyn eviction::NodeStats>,
     pub pressure: std::sync::Mutex<(eviction::Pressure, Vec<eviction::Resource>)>,
+    /// The pod routes last applied and when; unchanged routes are re-applied once a minute
+    /// (in case something else removed them), not on every pass.
+    pub routes: Mutex<(network::Routes, Option<std::time::Instant>)>,
 }
+
+/// How often unchanged pod routes are applied again.
+const ROUTES_REFRESH: Duration = Duration::from_secs(60);
 
 pub(crate) fn res(plural: &str) -> Resource {
     shoal_kube::resources::lookup("", plural)
@@ -155,9 +161,7 @@ impl NodeAgent {
             shoal_runtime::Runtime::new(shoal_runtime::RuntimeConfig { shim, ..runtime_config(&cfg.node_name) });
         let subnet = network::claim_subnet(&cfg.store, &cfg.pod_cidr, &cfg.node_name).await?;
         let pod_cidr = cfg.pod_cidr.clone();
-        let net = tokio::task::spawn_blocking(move || PodNetwork::setup(subnet, &pod_cidr))
-            .await
-            .map_err(|e| AgentError::Pod(format!("network setup task: {e}")))??;
+        let net = PodNetwork::setup(subnet, &pod_cidr).await?;
         let log_dir = cfg.data_dir.join("pods");
         let events = events::Recorder::new(cfg.objects.clone(), cfg.node_name.clone());
         let (signer, ca_crt) = load_token_key(&cfg.data_dir);
@@ -184,6 +188,7 @@ impl NodeAgent {
             run_dir,
             log_dir,
             state: Mutex::new(HashMap::new()),
+            routes: Mutex::new(Default::default()),
         };
         Ok(NodeAgent { agent: Arc::new(agent) })
     }
@@ -253,9 +258,14 @@ impl NodeAgent {
         let workers = tokio_util::task::TaskTracker::new();
         let mut running: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
         loop {
-            tokio::select! {
+            // A tick resyncs every pod of this node (level-triggered: container exits, probe
+            // results, back-off timers); a watch event syncs only the pods it names, and only
+            // those bound here, so a start storm elsewhere in the cluster costs this node no
+            // listing and no resyncs.
+            let mut changed: HashMap<String, Value> = HashMap::new();
+            let full = tokio::select! {
                 _ = shutdown.cancelled() => break,
-                _ = tick.tick() => {}
+                _ = tick.tick() => true,
                 _ = routes_tick.tick() => { agent.sync_routes().await; continue; }
                 _ = node_tick.tick() => {
                     agent.refresh_node().await;
@@ -270,13 +280,33 @@ impl NodeAgent {
                     continue;
                 }
                 ev = async { match watch.as_mut() { Some(w) => w.recv().await, None => std::future::pending().await } } => {
-                    match ev {
-                        Some(Ok(_)) => {}
-                        _ => { watch = agent.cfg.objects.watch(&agent.pods, None, None).await.ok(); }
+                    let mut full = false;
+                    let mut next = Some(ev);
+                    // Every event already queued is taken in this one pass.
+                    while let Some(ev) = next.take() {
+                        match ev {
+                            Some(Ok(ev)) => full |= agent.note_event(ev, &mut changed),
+                            _ => {
+                                watch = agent.cfg.objects.watch(&agent.pods, None, None).await.ok();
+                                full = true;
+                                break;
+                            }
+                        }
+                        next = watch.as_mut().and_then(|w| w.try_recv().ok()).map(Some);
+                    }
+                    full
+                }
+            };
+            running.retain(|_, h| !h.is_finished());
+            if !full {
+                for (uid, pod) in changed {
+                    if let std::collections::hash_map::Entry::Vacant(slot) = running.entry(uid) {
+                        let (a, u) = (agent.clone(), slot.key().clone());
+                        slot.insert(workers.spawn(async move { a.sync_pod(&u, Some(pod)).await }));
                     }
                 }
+                continue;
             }
-            running.retain(|_, h| !h.is_finished());
             let mine = match agent.my_pods().await {
                 Ok(p) => p,
                 Err(e) => {
@@ -311,6 +341,25 @@ impl NodeAgent {
 }
 
 impl Agent {
+    /// Notes one pod watch event for the next pass: a pod bound to this node goes into
+    /// `changed` (the newest version wins). True when the pass must look at every pod: a pod
+    /// was deleted (its teardown is found by the full pass, which also sees force deletes).
+    fn note_event(&self, ev: shoal_kube::objects::ObjectEvent, changed: &mut HashMap<String, Value>) -> bool {
+        if ev.kind == "DELETED" {
+            return true;
+        }
+        if ev.object["spec"]["nodeName"].as_str() != Some(self.cfg.node_name.as_str()) {
+            return false;
+        }
+        match ev.object["metadata"]["uid"].as_str() {
+            Some(uid) => {
+                changed.insert(uid.to_string(), ev.object);
+                false
+            }
+            None => true,
+        }
+    }
+
     async fn my_pods(&self) -> Result<Vec<Value>, AgentError> {
         let (pods, _) = self.cfg.objects.list(&self.pods, None).await?;
         Ok(pods.into_iter().filter(|p| p["spec"]["nodeName"].as_str() == Some(self.cfg.node_name.as_str())).collect())
@@ -481,10 +530,15 @@ impl Agent {
                 routes.insert(cidr, *via);
             }
         }
-        let me = addr_of.get(&self.cfg.node_name).copied();
-        let subnet = self.net.subnet;
-        // `ip` and `bridge` run here: off the async threads.
-        let _ = tokio::task::spawn_blocking(move || network::sync_routes(subnet, &routes, me)).await;
+        let want = network::Routes { peers: routes, me: addr_of.get(&self.cfg.node_name).copied() };
+        let mut last = self.routes.lock().await;
+        let fresh = last.1.is_some_and(|at| at.elapsed() < ROUTES_REFRESH);
+        if last.0 == want && fresh {
+            return;
+        }
+        let ok = network::sync_routes(self.net.subnet, &last.0, &want).await;
+        // A failed pass is retried on the next tick.
+        *last = (want, ok.then(std::time::Instant::now));
     }
 }
 

@@ -25,10 +25,10 @@ use shoal_store::{Compare, Op, Store, Txn};
 pub const BRIDGE: &str = "shoal0";
 /// Name of the VXLAN device for peers behind a router.
 pub const VXLAN: &str = "shoal.vxlan";
-const VXLAN_VNI: &str = "4242";
-const VXLAN_PORT: &str = "4789";
+const VXLAN_VNI: u32 = 4242;
+const VXLAN_PORT: u16 = 4789;
 /// 1500 less the 50 bytes of VXLAN over IPv4.
-const VXLAN_MTU: &str = "1450";
+const VXLAN_MTU: u32 = 1450;
 /// Store prefix of node pod CIDRs.
 pub const PODCIDR_PREFIX: &str = "/shoal/podcidr/";
 
@@ -125,16 +125,6 @@ pub async fn claim_subnet(store: &Store, cluster_cidr: &str, node: &str) -> Resu
     }
 }
 
-fn run(cmd: &str, args: &[&str]) -> Result<String, NetError> {
-    let command = format!("{cmd} {}", args.join(" "));
-    let out =
-        Command::new(cmd).args(args).output().map_err(|source| NetError::Spawn { command: command.clone(), source })?;
-    if !out.status.success() {
-        return Err(NetError::Command { command, stderr: String::from_utf8_lossy(&out.stderr).trim().to_string() });
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
 /// The node's pod network.
 pub struct PodNetwork {
     pub subnet: Subnet,
@@ -142,17 +132,12 @@ pub struct PodNetwork {
 }
 
 impl PodNetwork {
-    /// Sets up the bridge, forwarding and masquerading for `subnet` (idempotent).
-    pub fn setup(subnet: Subnet, cluster_cidr: &str) -> Result<PodNetwork, NetError> {
-        if run("ip", &["link", "show", BRIDGE]).is_err() {
-            run("ip", &["link", "add", BRIDGE, "type", "bridge"])?;
-        }
-        let gw = format!("{}/24", subnet.gateway());
-        let addrs = run("ip", &["-4", "addr", "show", "dev", BRIDGE])?;
-        if !addrs.contains(&gw) {
-            run("ip", &["addr", "add", &gw, "dev", BRIDGE])?;
-        }
-        run("ip", &["link", "set", BRIDGE, "up"])?;
+    /// Sets up the bridge (over rtnetlink), forwarding and masquerading for `subnet`
+    /// (idempotent).
+    pub async fn setup(subnet: Subnet, cluster_cidr: &str) -> Result<PodNetwork, NetError> {
+        let net = LinuxNet::new()?;
+        net.ensure_bridge(BRIDGE).await?;
+        net.add_address(BRIDGE, Address { addr: subnet.gateway().into(), prefix: 24 }).await?;
         let _ = std::fs::write("/proc/sys/net/ipv4/ip_forward", "1");
         // Pod traffic to anything outside the pod network leaves with the node's address.
         let rules = format!(
@@ -160,7 +145,9 @@ impl PodNetwork {
             subnet.cidr(),
             cluster_cidr
         );
-        nft_apply(&rules)?;
+        tokio::task::spawn_blocking(move || nft_apply(&rules))
+            .await
+            .map_err(|e| NetError::Command { command: "nft -f -".into(), stderr: e.to_string() })??;
         Ok(PodNetwork { subnet, used: Mutex::new(BTreeMap::new()) })
     }
 
@@ -226,18 +213,43 @@ impl PodNetwork {
     }
 }
 
-/// Routes every other node's pod subnet (`routes`: CIDR → node address) from the node whose pod
-/// subnet is `subnet`: via that node's address when it is on-link here, over VXLAN when a router
-/// is in between. `me` is this node's own address, the VXLAN tunnel's source (without it, routed
-/// peers stay unreachable and a warning says so).
-pub fn sync_routes(subnet: Subnet, routes: &BTreeMap<String, Ipv4Addr>, me: Option<Ipv4Addr>) {
-    for (cidr, via) in routes {
-        let result = match on_link(*via) {
-            Ok(true) => run("ip", &["route", "replace", cidr, "via", &via.to_string()]).map(drop),
-            Ok(false) => match me {
-                Some(me) => vxlan_route(subnet, cidr, *via, me),
+/// What [`sync_routes`] last applied: each peer's /24 (CIDR → peer address) and this node's
+/// own address.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Routes {
+    pub peers: BTreeMap<String, Ipv4Addr>,
+    pub me: Option<Ipv4Addr>,
+}
+
+/// Routes every other node's pod subnet (`want.peers`: CIDR → node address) from the node
+/// whose pod subnet is `subnet`, over rtnetlink: via that node's address when it is on-link
+/// here, over VXLAN when a router is in between. `want.me` is this node's own address, the VXLAN
+/// tunnel's source (without it, routed peers stay unreachable and a warning says so). The
+/// routes of peers in `before` but no longer in `want` (departed nodes) are removed. Returns
+/// false when a route could not be set (the caller retries).
+pub async fn sync_routes(subnet: Subnet, before: &Routes, want: &Routes) -> bool {
+    let net = match LinuxNet::new() {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!(error = %e, "pod routes: no rtnetlink connection");
+            return false;
+        }
+    };
+    let mut ok = true;
+    for (cidr, via) in &want.peers {
+        let result = match net.gateway_to((*via).into()).await.map_err(NetError::from) {
+            Ok(None) => match parse_cidr(cidr) {
+                Ok((dst, prefix)) => net
+                    .replace_route(&Route { dst: dst.into(), prefix, via: Some((*via).into()), dev: None })
+                    .await
+                    .map_err(NetError::from),
+                Err(e) => Err(e),
+            },
+            Ok(Some(_)) => match want.me {
+                Some(me) => vxlan_route(&net, subnet, cidr, *via, me).await,
                 None => {
                     tracing::warn!(%cidr, %via, "peer is behind a router and this node's own address is unknown: no VXLAN route");
+                    ok = false;
                     continue;
                 }
             },
@@ -245,41 +257,48 @@ pub fn sync_routes(subnet: Subnet, routes: &BTreeMap<String, Ipv4Addr>, me: Opti
         };
         if let Err(e) = result {
             tracing::warn!(%cidr, %via, error = %e, "pod route");
+            ok = false;
         }
     }
+    for (cidr, via) in before.peers.iter().filter(|(c, _)| !want.peers.contains_key(*c)) {
+        let Ok((dst, prefix)) = parse_cidr(cidr) else { continue };
+        let route = Route { dst: dst.into(), prefix, via: None, dev: None };
+        let removed = async {
+            net.del_route(&route).await?;
+            // A flooding entry to the node's address, if it was a VXLAN peer, and if no
+            // other /24 still lives there.
+            if !want.peers.values().any(|v| v == via) {
+                net.del_flood_entry(VXLAN, (*via).into()).await?;
+            }
+            Ok::<(), shoal_netlink::Error>(())
+        };
+        match removed.await {
+            Ok(()) => tracing::info!(%cidr, %via, "route of a departed node removed"),
+            Err(e) => tracing::warn!(%cidr, %via, error = %e, "route of a departed node not removed"),
+        }
+    }
+    ok
+}
+
+fn parse_cidr(cidr: &str) -> Result<(Ipv4Addr, u8), NetError> {
+    let bad = || NetError::Command { command: format!("route {cidr}"), stderr: "not an IPv4 CIDR".into() };
+    let (ip, len) = cidr.split_once('/').ok_or_else(bad)?;
+    let ip: Ipv4Addr = ip.parse().map_err(|_| bad())?;
+    let len: u8 = len.parse().ok().filter(|l| *l <= 32).ok_or_else(bad)?;
+    Ok((ip, len))
 }
 
 /// Routes `cidr` (a peer's /24) over VXLAN to the peer at `peer`.
-fn vxlan_route(subnet: Subnet, cidr: &str, peer: Ipv4Addr, me: Ipv4Addr) -> Result<(), NetError> {
-    let vtep = cidr.split('/').next().unwrap_or(cidr).to_string();
-    if vtep.parse::<Ipv4Addr>().is_err() {
-        return Err(NetError::Command { command: format!("route {cidr}"), stderr: "not an IPv4 CIDR".into() });
+async fn vxlan_route(net: &LinuxNet, subnet: Subnet, cidr: &str, peer: Ipv4Addr, me: Ipv4Addr) -> Result<(), NetError> {
+    let (vtep, prefix) = parse_cidr(cidr)?;
+    net.ensure_vxlan(VXLAN, VXLAN_VNI, VXLAN_PORT, me, VXLAN_MTU).await?;
+    net.add_address(VXLAN, Address { addr: subnet.host(0).into(), prefix: 32 }).await?;
+    if !net.flood_entries(VXLAN).await?.contains(&peer.into()) {
+        net.append_flood_entry(VXLAN, peer.into()).await?;
     }
-    if run("ip", &["link", "show", VXLAN]).is_err() {
-        run(
-            "ip",
-            &["link", "add", VXLAN, "type", "vxlan", "id", VXLAN_VNI, "dstport", VXLAN_PORT, "local", &me.to_string()],
-        )?;
-        run("ip", &["link", "set", VXLAN, "mtu", VXLAN_MTU])?;
-    }
-    let own = format!("{}/32", subnet.host(0));
-    if !run("ip", &["-4", "addr", "show", "dev", VXLAN])?.contains(&own) {
-        run("ip", &["addr", "add", &own, "dev", VXLAN])?;
-    }
-    run("ip", &["link", "set", VXLAN, "up"])?;
-    let peer = peer.to_string();
-    let fdb = run("bridge", &["fdb", "show", "dev", VXLAN])?;
-    if !fdb.lines().any(|l| l.starts_with("00:00:00:00:00:00") && l.split_whitespace().any(|w| w == peer)) {
-        run("bridge", &["fdb", "append", "00:00:00:00:00:00", "dev", VXLAN, "dst", &peer])?;
-    }
-    run("ip", &["route", "replace", cidr, "via", &vtep, "dev", VXLAN, "onlink"])?;
+    let route = Route { dst: vtep.into(), prefix, via: Some(vtep.into()), dev: Some(VXLAN.into()) };
+    net.replace_route_onlink(&route).await?;
     Ok(())
-}
-
-/// Whether `ip` is on-link here: the kernel's route to it has no gateway.
-fn on_link(ip: Ipv4Addr) -> Result<bool, NetError> {
-    let out = run("ip", &["-o", "route", "get", &ip.to_string()])?;
-    Ok(!out.split_whitespace().any(|w| w == "via"))
 }
 
 /// Host-side veth name of a pod: stable, at most 15 bytes.
