@@ -1,5 +1,6 @@
 //! The research note's kubectl table, once per supported kubectl (1.31, 1.32, 1.33), each version
-//! against a different node: apply, create, get in every output format, `get -w`, describe,
+//! against a different node: apply (client- and server-side), create, get in every output
+//! format, `get -w`, `get --raw /healthz`, describe,
 //! scale, every rollout verb, label, annotate, edit through EDITOR, expose, run, `logs -f`,
 //! `exec -i` and `exec -it` (under a pseudo-terminal from `script`), port-forward, top,
 //! api-resources, explain (a built-in kind and a custom one) and delete with each cascade.
@@ -197,6 +198,12 @@ fn table_steps(k: &Versioned) -> StepResult {
         contains(&all, want)?;
     }
     contains(&k.run(&["describe", "deployment", "nginx"])?, "Replicas:")?;
+    let pod = k.run(&["get", "pods", "-l", "app=nginx", "-o", "jsonpath={.items[0].metadata.name}"])?;
+    contains(&k.run(&["describe", "pod", pod.trim()])?, "Events:")?;
+    contains(&k.run(&["get", "--raw", "/healthz"])?, "ok")?;
+    let ssa = r#"{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "ssa"}, "data": {"k": "v"}}"#;
+    let applied = k.run_with(&["apply", "--server-side", "-f", "-"], &[], Some(ssa))?;
+    contains(&applied, "configmap/ssa serverside-applied")?;
 
     // scale and the rollout verbs
     k.expect(&["scale", "deployment", "nginx", "--replicas=3"], "deployment.apps/nginx scaled")?;
