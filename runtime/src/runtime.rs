@@ -446,27 +446,66 @@ impl Runtime {
         let json = serde_json::to_string(process).map_err(|e| exec_err(io::Error::other(e)))?;
         let mut cmd = Command::new(&self.config.shim.program);
         cmd.args(&self.config.shim.args).arg("exec").arg(&dir).arg(json).arg(if tty { "1" } else { "0" });
-        let mut pty = None;
-        if tty {
-            let p = nix::pty::openpty(None, None).map_err(|e| exec_err(io::Error::from(e)))?;
-            let slave: OwnedFd = p.slave;
-            cmd.stdin(Stdio::from(slave.try_clone().map_err(exec_err)?))
-                .stdout(Stdio::from(slave.try_clone().map_err(exec_err)?))
-                .stderr(Stdio::from(slave));
-            let _ = nix::fcntl::fcntl(&p.master, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC));
-            pty = Some(File::from(p.master));
-        } else {
+        if !tty {
             cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+            let mut child = cmd.spawn().map_err(exec_err)?;
+            return Ok(ExecProcess {
+                stdin: child.stdin.take(),
+                stdout: child.stdout.take(),
+                stderr: child.stderr.take(),
+                pty: None,
+                child,
+            });
         }
+        // The terminal is opened by the shim inside the container (its devpts), which sends the
+        // master end back over this socket.
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair().map_err(exec_err)?;
+        cmd.stdin(Stdio::from(OwnedFd::from(theirs))).stdout(Stdio::null()).stderr(Stdio::piped());
         let mut child = cmd.spawn().map_err(exec_err)?;
-        Ok(ExecProcess {
-            stdin: child.stdin.take(),
-            stdout: child.stdout.take(),
-            stderr: child.stderr.take(),
-            pty,
-            child,
-        })
+        drop(cmd);
+        let master = match receive_fd(&ours, Duration::from_secs(10)) {
+            Ok(fd) => fd,
+            Err(e) => {
+                let _ = child.kill();
+                let mut why = String::new();
+                if let Some(mut err) = child.stderr.take() {
+                    let _ = err.read_to_string(&mut why);
+                }
+                let _ = child.wait();
+                let why = if why.trim().is_empty() { e.to_string() } else { why.trim().to_string() };
+                return Err(exec_err(io::Error::other(why)));
+            }
+        };
+        // From here the helper's messages go to the terminal.
+        drop(child.stderr.take());
+        Ok(ExecProcess { stdin: None, stdout: None, stderr: None, pty: Some(File::from(master)), child })
     }
+}
+
+/// Receives one file descriptor sent with SCM_RIGHTS on `sock`, within `timeout`.
+fn receive_fd(sock: &std::os::unix::net::UnixStream, timeout: Duration) -> io::Result<OwnedFd> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags, UnixAddr};
+    use std::os::fd::FromRawFd;
+    sock.set_read_timeout(Some(timeout))?;
+    let mut byte = [0u8; 1];
+    let mut iov = [io::IoSliceMut::new(&mut byte)];
+    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+    let msg = recvmsg::<UnixAddr>(sock.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)
+        .map_err(io::Error::from)?;
+    for c in msg.cmsgs().map_err(io::Error::from)? {
+        if let ControlMessageOwned::ScmRights(fds) = c {
+            let mut owned: Vec<OwnedFd> = fds
+                .into_iter()
+                // SAFETY: SCM_RIGHTS just installed these descriptors in this process; nothing
+                // else owns them.
+                .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) })
+                .collect();
+            if let Some(fd) = owned.pop() {
+                return Ok(fd);
+            }
+        }
+    }
+    Err(io::Error::other("the exec helper ended before it sent the terminal"))
 }
 
 /// A process started by `exec`. Without a tty its stdio are pipes; with one, `pty` is the

@@ -404,6 +404,28 @@ const EXEC_NAMESPACES: &[(&str, CloneFlags)] = &[
     ("mnt", CloneFlags::CLONE_NEWNS),
 ];
 
+/// For `exec` with a terminal, in the container's mount namespace: opens a pseudo-terminal on
+/// the container's own devpts (so the process's `ttyname()` names a /dev/pts entry it can see,
+/// as under runc), sends the master end to the runtime over the socket on fd 0 (SCM_RIGHTS) and
+/// puts the slave end on fds 0 to 2, for this helper's messages and the process it forks.
+fn hand_over_terminal() -> io::Result<()> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags, UnixAddr};
+    let master = nix::pty::posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)
+        .map_err(|e| ctx("open the container's /dev/ptmx", errno(e)))?;
+    nix::pty::grantpt(&master).map_err(|e| ctx("grantpt", errno(e)))?;
+    nix::pty::unlockpt(&master).map_err(|e| ctx("unlockpt", errno(e)))?;
+    let name = nix::pty::ptsname_r(&master).map_err(|e| ctx("ptsname", errno(e)))?;
+    let slave = open_ro(Path::new(&name), OFlag::O_RDWR | OFlag::O_NOCTTY)?;
+    let fds = [master.as_raw_fd()];
+    sendmsg::<UnixAddr>(0, &[io::IoSlice::new(b"t")], &[ControlMessage::ScmRights(&fds)], MsgFlags::empty(), None)
+        .map_err(|e| ctx("send the terminal to the runtime", errno(e)))?;
+    drop(master);
+    for target in 0..3 {
+        sys::dup_onto(slave.as_raw_fd(), target)?;
+    }
+    Ok(())
+}
+
 fn exec_main(dir: &Path, process_json: &str, tty: bool) -> i32 {
     match exec_enter(dir, process_json, tty) {
         Ok(code) => code,
@@ -439,6 +461,9 @@ fn exec_enter(dir: &Path, process_json: &str, tty: bool) -> io::Result<i32> {
         nix::sched::setns(fd, *flag).map_err(|e| ctx(format!("join {name} namespace"), errno(e)))?;
     }
     drop(fds);
+    if tty {
+        hand_over_terminal()?;
+    }
     let pid = sys::clone_process(0).map_err(|e| ctx("fork", e))?;
     if pid == 0 {
         init::exec_child(&process, seccomp.as_ref(), tty);

@@ -359,7 +359,7 @@ fn exec_runs_inside_the_container() {
     assert_eq!(out.lines().collect::<Vec<_>>(), vec!["inside", "sleep 1000 ", "0"]);
 
     let tty = ProcessBuilder::default()
-        .args(vec!["sh".to_string(), "-c".into(), "test -t 0 && echo has-a-tty".into()])
+        .args(vec!["sh".to_string(), "-c".into(), "test -t 0 && echo has-a-tty; tty".into()])
         .cwd("/")
         .build()
         .unwrap();
@@ -373,12 +373,16 @@ fn exec_runs_inside_the_container() {
             Ok(0) | Err(_) => break,
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
         }
-        if String::from_utf8_lossy(&buf).contains("has-a-tty") {
+        let t = String::from_utf8_lossy(&buf);
+        if t.contains("/dev/pts/") || t.contains("not a tty") {
             break;
         }
     }
     assert_eq!(p.wait().unwrap(), 0);
-    assert!(String::from_utf8_lossy(&buf).contains("has-a-tty"));
+    let text = String::from_utf8_lossy(&buf).to_string();
+    assert!(text.contains("has-a-tty"), "{text}");
+    // The terminal is the container's own (its devpts), so ttyname() finds it.
+    assert!(text.contains("/dev/pts/") && !text.contains("not a tty"), "{text}");
     w.rt.stop("target", Duration::from_millis(10)).unwrap();
 }
 

@@ -297,11 +297,10 @@ fn table_steps(k: &Versioned) -> StepResult {
 }
 
 /// `kubectl exec -it` under a pseudo-terminal (`script` gives kubectl one): the shell in the
-/// container has a terminal on stdin and stdout. (It is the node's pty: `tty`, which asks
-/// ttyname(), finds no such /dev/pts entry in the container and says "not a tty".)
+/// container has a terminal on stdin and stdout, one of the container's own /dev/pts.
 fn exec_tty(k: &Versioned) -> StepResult {
-    let cmd =
-        k.command(&["exec", "-it", "shell", "--", "sh", "-c", "[ -t 0 ] && [ -t 1 ] && echo tty-yes; echo tty-done"]);
+    let probe = "[ -t 0 ] && [ -t 1 ] && echo tty-yes; tty; echo tty-done";
+    let cmd = k.command(&["exec", "-it", "shell", "--", "sh", "-c", probe]);
     let line: Vec<String> =
         std::iter::once(cmd.get_program()).chain(cmd.get_args()).map(|a| shell_quote(&a.to_string_lossy())).collect();
     let out = Command::new("timeout")
@@ -310,7 +309,7 @@ fn exec_tty(k: &Versioned) -> StepResult {
         .output()
         .map_err(|e| format!("cannot run script: {e}"))?;
     let text = String::from_utf8_lossy(&out.stdout).to_string();
-    if text.contains("tty-yes") && text.contains("tty-done") {
+    if text.contains("tty-yes") && text.contains("/dev/pts/") && text.contains("tty-done") {
         Ok(())
     } else {
         Err(format!("kubectl exec -it under a pty printed:\n{text}{}", String::from_utf8_lossy(&out.stderr)))
