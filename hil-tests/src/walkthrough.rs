@@ -42,17 +42,7 @@ impl Target {
             cmd.arg("--server").arg(s);
         }
         let out = cmd.args(args).output().map_err(|e| format!("cannot run kubectl: {e}"))?;
-        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-        if out.status.success() {
-            Ok(stdout)
-        } else {
-            Err(format!(
-                "`kubectl {}` failed: {}{}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr).trim(),
-                stdout.trim()
-            ))
-        }
+        stdout_or_failure(&format!("`kubectl {}`", args.join(" ")), &out)
     }
 
     fn manifest(&self, name: &str) -> String {
@@ -94,6 +84,17 @@ impl Target {
         } else {
             Err(format!("replicaset {name}: spec/ready {out:?}, want {n}/{n}"))
         }
+    }
+}
+
+/// What a finished command printed on stdout, or, when it failed, `what` with its stderr and
+/// stdout.
+fn stdout_or_failure(what: &str, out: &std::process::Output) -> std::result::Result<String, String> {
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    if out.status.success() {
+        Ok(stdout)
+    } else {
+        Err(format!("{what} failed: {}{}", String::from_utf8_lossy(&out.stderr).trim(), stdout.trim()))
     }
 }
 

@@ -167,12 +167,23 @@ impl LinuxNet {
         local: std::net::Ipv4Addr,
         mtu: u32,
     ) -> Result<u32> {
+        let msg = LinkVxlan::new(name, vni).port(port).local(local).mtu(mtu).build();
+        self.ensure_link_up(name, msg, |name, source| Error::CreateLink { name, source }).await
+    }
+
+    /// Creates the link `name` from `msg` if it is missing (one created meanwhile is fine),
+    /// then sets it up; returns its index.
+    async fn ensure_link_up(
+        &self,
+        name: &str,
+        msg: rtnetlink::packet_route::link::LinkMessage,
+        create_error: fn(String, rtnetlink::Error) -> Error,
+    ) -> Result<u32> {
         if self.link_index(name).await?.is_none() {
-            let msg = LinkVxlan::new(name, vni).port(port).local(local).mtu(mtu).build();
             match self.handle.link().add(msg).execute().await {
                 Ok(()) => {}
                 Err(e) if errno(&e) == Some(libc::EEXIST) => {}
-                Err(source) => return Err(Error::CreateLink { name: name.into(), source }),
+                Err(source) => return Err(create_error(name.into(), source)),
             }
         }
         let index = self.must_index(name).await?;
@@ -202,14 +213,7 @@ impl LinuxNet {
             })
             .filter_map(|m| {
                 m.attributes.iter().find_map(|a| match a {
-                    NeighbourAttribute::Destination(NeighbourAddress::Inet(v4)) => Some(IpAddr::V4(*v4)),
-                    NeighbourAttribute::Destination(NeighbourAddress::Inet6(v6)) => Some(IpAddr::V6(*v6)),
-                    // Bridge-family replies carry the address as bare bytes.
-                    NeighbourAttribute::Destination(NeighbourAddress::Other(b)) => match b.len() {
-                        4 => <[u8; 4]>::try_from(b.as_slice()).ok().map(IpAddr::from),
-                        16 => <[u8; 16]>::try_from(b.as_slice()).ok().map(IpAddr::from),
-                        _ => None,
-                    },
+                    NeighbourAttribute::Destination(d) => neighbour_ip(d),
                     _ => None,
                 })
             })
@@ -235,9 +239,13 @@ impl LinuxNet {
         let mut handle = self.handle.clone();
         let mut replies = handle.request(req).map_err(fail)?;
         while let Some(reply) = futures::StreamExt::next(&mut replies).await {
+            // An ack is an error message without a code; an identical entry is fine.
             if let NetlinkPayload::Error(e) = reply.payload {
-                if e.code.is_some() && -e.raw_code() != libc::EEXIST {
-                    return Err(fail(rtnetlink::Error::NetlinkError(e)));
+                if e.code.is_some() {
+                    let e = rtnetlink::Error::NetlinkError(e);
+                    if errno(&e) != Some(libc::EEXIST) {
+                        return Err(fail(e));
+                    }
                 }
             }
         }
@@ -355,6 +363,20 @@ fn flood_entry(index: u32, dst: IpAddr) -> rtnetlink::packet_route::neighbour::N
     msg
 }
 
+fn neighbour_ip(a: &NeighbourAddress) -> Option<IpAddr> {
+    match a {
+        NeighbourAddress::Inet(v4) => Some(IpAddr::V4(*v4)),
+        NeighbourAddress::Inet6(v6) => Some(IpAddr::V6(*v6)),
+        // Bridge-family replies carry the address as bare bytes.
+        NeighbourAddress::Other(b) => match b.len() {
+            4 => <[u8; 4]>::try_from(b.as_slice()).ok().map(IpAddr::from),
+            16 => <[u8; 16]>::try_from(b.as_slice()).ok().map(IpAddr::from),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
 fn route_ip(a: &rtnetlink::packet_route::route::RouteAddress) -> Option<IpAddr> {
     use rtnetlink::packet_route::route::RouteAddress;
     match a {
@@ -380,22 +402,8 @@ fn address_of(m: &AddressMessage) -> Option<IpAddr> {
 
 impl Net for LinuxNet {
     async fn ensure_bridge(&self, name: &str) -> Result<u32> {
-        if self.link_index(name).await?.is_none() {
-            let r = self.handle.link().add(LinkBridge::new(name).build()).execute().await;
-            match r {
-                Ok(()) => {}
-                Err(e) if errno(&e) == Some(libc::EEXIST) => {}
-                Err(source) => return Err(Error::CreateBridge { name: name.into(), source }),
-            }
-        }
-        let index = self.must_index(name).await?;
-        self.handle
-            .link()
-            .set(LinkUnspec::new_with_index(index).up().build())
-            .execute()
+        self.ensure_link_up(name, LinkBridge::new(name).build(), |name, source| Error::CreateBridge { name, source })
             .await
-            .map_err(|source| Error::SetLink { name: name.into(), source })?;
-        Ok(index)
     }
 
     async fn create_veth(&self, host: &str, peer: &str, netns: &Path, bridge: Option<&str>) -> Result<()> {

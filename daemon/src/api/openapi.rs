@@ -109,8 +109,14 @@ pub(crate) fn custom_schemas(crds: &[Value], group: &str, version: &str) -> Map<
     out
 }
 
-/// The document of one group/version; `crds` supply the schemas of custom kinds.
-pub(crate) fn document(resources: &[Resource], crds: &[Value], group: &str, version: &str) -> Option<Value> {
+/// The document of one group/version; `custom` holds the schemas of its custom kinds (from
+/// [`custom_schemas`]).
+pub(crate) fn document(
+    resources: &[Resource],
+    custom: Map<String, Value>,
+    group: &str,
+    version: &str,
+) -> Option<Value> {
     let mine: Vec<&Resource> = resources.iter().filter(|r| r.group == group && r.version == version).collect();
     if mine.is_empty() {
         return None;
@@ -119,7 +125,6 @@ pub(crate) fn document(resources: &[Resource], crds: &[Value], group: &str, vers
     let kinds: Vec<&str> =
         mine.iter().filter_map(|r| shoal_kube::openapi::kind_schema(&r.group, &r.version, &r.kind)).collect();
     let mut schemas = shoal_kube::openapi::closure(kinds);
-    let custom = custom_schemas(crds, group, version);
     if !custom.is_empty() {
         schemas.extend(shoal_kube::openapi::closure([OBJECT_META]));
         schemas.extend(custom);
@@ -183,7 +188,8 @@ pub(crate) fn cached(
 ) -> Option<(Arc<Value>, String)> {
     static CACHE: OnceLock<Mutex<HashMap<String, Cached>>> = OnceLock::new();
     let mine: Vec<&Resource> = resources.iter().filter(|r| r.group == group && r.version == version).collect();
-    let signature = format!("{mine:?}{}", Value::Object(custom_schemas(crds, group, version)));
+    let custom = custom_schemas(crds, group, version);
+    let signature = format!("{mine:?}{}", Value::Object(custom.clone()));
     let gv = format!("{group}/{version}");
     let cache = CACHE.get_or_init(Default::default);
     if let Ok(c) = cache.lock() {
@@ -193,7 +199,7 @@ pub(crate) fn cached(
             }
         }
     }
-    let doc = Arc::new(document(resources, crds, group, version)?);
+    let doc = Arc::new(document(resources, custom, group, version)?);
     let h = hash(&doc);
     if let Ok(mut c) = cache.lock() {
         c.insert(gv, (signature, doc.clone(), h.clone()));
@@ -228,7 +234,7 @@ mod tests {
             .as_str()
             .unwrap()
             .starts_with("/openapi/v3/apis/apps/v1?hash="));
-        let doc = document(&all, &[], "apps", "v1").unwrap();
+        let doc = document(&all, Map::new(), "apps", "v1").unwrap();
         let patch = &doc["paths"]["/apis/apps/v1/namespaces/{namespace}/deployments/{name}"]["patch"];
         assert_eq!(patch["x-kubernetes-group-version-kind"]["kind"], "Deployment");
         assert!(patch["parameters"]
@@ -249,7 +255,8 @@ mod tests {
                 "properties": {"spec": {"type": "object", "properties": {"addresses": {"type": "array", "items": {"type": "string"}}}}}}}}]}});
         let mut all = shoal_kube::resources::builtin();
         all.extend(super::super::registry::crd_resources(&crd));
-        let doc = document(&all, std::slice::from_ref(&crd), "metallb.io", "v1beta1").unwrap();
+        let custom = custom_schemas(std::slice::from_ref(&crd), "metallb.io", "v1beta1");
+        let doc = document(&all, custom, "metallb.io", "v1beta1").unwrap();
         let s = &doc["components"]["schemas"]["io.metallb.v1beta1.IPAddressPool"];
         assert_eq!(s["x-kubernetes-group-version-kind"][0]["kind"], "IPAddressPool");
         assert_eq!(s["properties"]["spec"]["properties"]["addresses"]["type"], "array");

@@ -257,6 +257,14 @@ impl NodeAgent {
         let mut eviction_tick = tokio::time::interval(agent.eviction.interval.max(Duration::from_millis(100)));
         let workers = tokio_util::task::TaskTracker::new();
         let mut running: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
+        // One pod worker at a time per uid: a pod whose worker still runs is left to a later
+        // pass.
+        let spawn_sync = |running: &mut HashMap<String, tokio::task::JoinHandle<()>>, uid: String, pod| {
+            if let std::collections::hash_map::Entry::Vacant(slot) = running.entry(uid) {
+                let (a, u) = (agent.clone(), slot.key().clone());
+                slot.insert(workers.spawn(async move { a.sync_pod(&u, pod).await }));
+            }
+        };
         loop {
             // A tick resyncs every pod of this node (level-triggered: container exits, probe
             // results, back-off timers); a watch event syncs only the pods it names, and only
@@ -300,10 +308,7 @@ impl NodeAgent {
             running.retain(|_, h| !h.is_finished());
             if !full {
                 for (uid, pod) in changed {
-                    if let std::collections::hash_map::Entry::Vacant(slot) = running.entry(uid) {
-                        let (a, u) = (agent.clone(), slot.key().clone());
-                        slot.insert(workers.spawn(async move { a.sync_pod(&u, Some(pod)).await }));
-                    }
+                    spawn_sync(&mut running, uid, Some(pod));
                 }
                 continue;
             }
@@ -318,20 +323,13 @@ impl NodeAgent {
             for pod in mine {
                 let uid = pod["metadata"]["uid"].as_str().unwrap_or_default().to_string();
                 seen.insert(uid.clone());
-                if running.contains_key(&uid) {
-                    continue;
-                }
-                let a = agent.clone();
-                let u = uid.clone();
-                running.insert(uid, workers.spawn(async move { a.sync_pod(&u, Some(pod)).await }));
+                spawn_sync(&mut running, uid, Some(pod));
             }
             // Pods that vanished from the store (force-deleted) are torn down.
             let known: Vec<String> = agent.state.lock().await.keys().cloned().collect();
             for uid in known {
-                if !seen.contains(&uid) && !running.contains_key(&uid) {
-                    let a = agent.clone();
-                    let u = uid.clone();
-                    running.insert(uid, workers.spawn(async move { a.sync_pod(&u, None).await }));
+                if !seen.contains(&uid) {
+                    spawn_sync(&mut running, uid, None);
                 }
             }
         }

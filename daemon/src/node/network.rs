@@ -293,9 +293,8 @@ async fn vxlan_route(net: &LinuxNet, subnet: Subnet, cidr: &str, peer: Ipv4Addr,
     let (vtep, prefix) = parse_cidr(cidr)?;
     net.ensure_vxlan(VXLAN, VXLAN_VNI, VXLAN_PORT, me, VXLAN_MTU).await?;
     net.add_address(VXLAN, Address { addr: subnet.host(0).into(), prefix: 32 }).await?;
-    if !net.flood_entries(VXLAN).await?.contains(&peer.into()) {
-        net.append_flood_entry(VXLAN, peer.into()).await?;
-    }
+    // Appending an entry already there is a no-op.
+    net.append_flood_entry(VXLAN, peer.into()).await?;
     let route = Route { dst: vtep.into(), prefix, via: Some(vtep.into()), dev: Some(VXLAN.into()) };
     net.replace_route_onlink(&route).await?;
     Ok(())

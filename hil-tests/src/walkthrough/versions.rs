@@ -61,17 +61,7 @@ impl Versioned<'_> {
             let _ = w.write_all(stdin.unwrap_or("").as_bytes());
         }
         let out = child.wait_with_output().map_err(|e| format!("{}: {e}", self.describe(args)))?;
-        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-        if out.status.success() {
-            Ok(stdout)
-        } else {
-            Err(format!(
-                "{} failed: {}{}",
-                self.describe(args),
-                String::from_utf8_lossy(&out.stderr).trim(),
-                stdout.trim()
-            ))
-        }
+        super::stdout_or_failure(&self.describe(args), &out)
     }
 
     fn run(&self, args: &[&str]) -> std::result::Result<String, String> {
