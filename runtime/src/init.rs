@@ -32,7 +32,8 @@ pub(crate) struct InitConfig<'a> {
     pub fifo: OwnedFd,
     /// Descriptors to install as 0, 1, 2.
     pub stdio: [RawFd; 3],
-    pub terminal: bool,
+    /// With a terminal: the socket the master end of the container's pty goes back over.
+    pub console: Option<OwnedFd>,
     /// Namespaces to join, opened by the shim before the clone.
     pub join: Vec<(CloneFlags, OwnedFd)>,
     /// Namespaces the clone created.
@@ -71,11 +72,10 @@ fn init_inner(cfg: &InitConfig<'_>) -> io::Result<Infallible> {
         nix::sched::setns(fd, *flag).map_err(|e| ctx(format!("join namespace {flag:?}"), errno(e)))?;
     }
     nix::unistd::setsid().map_err(|e| ctx("setsid", errno(e)))?;
-    for (i, fd) in cfg.stdio.iter().enumerate() {
-        sys::dup_onto(*fd, i as RawFd).map_err(|e| ctx("install stdio", e))?;
-    }
-    if cfg.terminal {
-        sys::set_controlling_tty(0).map_err(|e| ctx("set controlling terminal", e))?;
+    if cfg.console.is_none() {
+        for (i, fd) in cfg.stdio.iter().enumerate() {
+            sys::dup_onto(*fd, i as RawFd).map_err(|e| ctx("install stdio", e))?;
+        }
     }
 
     let spec = cfg.spec;
@@ -86,6 +86,11 @@ fn init_inner(cfg: &InitConfig<'_>) -> io::Result<Infallible> {
         return Err(io::Error::other("the spec must ask for a mount namespace"));
     }
     rootfs::setup(spec, cfg.rootfs, cfg.created.contains(CloneFlags::CLONE_NEWNET))?;
+    if let Some(console) = &cfg.console {
+        // The rootfs is in place: the pty comes from the container's own /dev/pts.
+        sys::hand_over_terminal(console.as_raw_fd()).map_err(|e| ctx("terminal", e))?;
+        sys::set_controlling_tty(0).map_err(|e| ctx("set controlling terminal", e))?;
+    }
 
     if has_ns(oci_spec::runtime::LinuxNamespaceType::Uts) {
         if let Some(h) = spec.hostname() {

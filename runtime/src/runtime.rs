@@ -463,7 +463,7 @@ impl Runtime {
         cmd.stdin(Stdio::from(OwnedFd::from(theirs))).stdout(Stdio::null()).stderr(Stdio::piped());
         let mut child = cmd.spawn().map_err(exec_err)?;
         drop(cmd);
-        let master = match receive_fd(&ours, Duration::from_secs(10)) {
+        let master = match crate::sys::receive_fd(&ours, Duration::from_secs(10), "the exec helper") {
             Ok(fd) => fd,
             Err(e) => {
                 let _ = child.kill();
@@ -480,32 +480,6 @@ impl Runtime {
         drop(child.stderr.take());
         Ok(ExecProcess { stdin: None, stdout: None, stderr: None, pty: Some(File::from(master)), child })
     }
-}
-
-/// Receives one file descriptor sent with SCM_RIGHTS on `sock`, within `timeout`.
-fn receive_fd(sock: &std::os::unix::net::UnixStream, timeout: Duration) -> io::Result<OwnedFd> {
-    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags, UnixAddr};
-    use std::os::fd::FromRawFd;
-    sock.set_read_timeout(Some(timeout))?;
-    let mut byte = [0u8; 1];
-    let mut iov = [io::IoSliceMut::new(&mut byte)];
-    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
-    let msg = recvmsg::<UnixAddr>(sock.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)
-        .map_err(io::Error::from)?;
-    for c in msg.cmsgs().map_err(io::Error::from)? {
-        if let ControlMessageOwned::ScmRights(fds) = c {
-            let mut owned: Vec<OwnedFd> = fds
-                .into_iter()
-                // SAFETY: SCM_RIGHTS just installed these descriptors in this process; nothing
-                // else owns them.
-                .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) })
-                .collect();
-            if let Some(fd) = owned.pop() {
-                return Ok(fd);
-            }
-        }
-    }
-    Err(io::Error::other("the exec helper ended before it sent the terminal"))
 }
 
 /// A process started by `exec`. Without a tty its stdio are pipes; with one, `pty` is the

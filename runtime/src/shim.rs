@@ -175,14 +175,13 @@ fn create_container(dir: &Path, c: &ContainerFile, cgroups: &dyn CgroupDriver) -
     // stdio: a terminal, the shim's own (for `shoal runtime run`), or pipes into the log.
     let mut streams = Vec::new();
     let mut keep: Vec<OwnedFd> = Vec::new();
+    // With a terminal, the init opens it on the container's devpts once the rootfs is set up
+    // and sends the master end back over `console`.
+    let mut console = None;
     let stdio: [RawFd; 3] = if terminal {
-        let pty = nix::pty::openpty(None, None).map_err(|e| ctx("open pty", errno(e)))?;
-        let s = pty.slave.as_raw_fd();
-        set_cloexec(&pty.master);
-        set_cloexec(&pty.slave);
-        streams.push((pty.master, Stream::Stdout));
-        keep.push(pty.slave);
-        [s, s, s]
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair().map_err(|e| ctx("socketpair", e))?;
+        console = Some((ours, OwnedFd::from(theirs)));
+        [0, 1, 2]
     } else if c.inherit_stdio {
         [0, 1, 2]
     } else {
@@ -220,7 +219,7 @@ fn create_container(dir: &Path, c: &ContainerFile, cgroups: &dyn CgroupDriver) -
             status: status_w,
             fifo,
             stdio,
-            terminal,
+            console: console.take().map(|(_, theirs)| theirs),
             join,
             created,
         });
@@ -228,6 +227,7 @@ fn create_container(dir: &Path, c: &ContainerFile, cgroups: &dyn CgroupDriver) -
     drop(go_r);
     drop(status_w);
     drop(keep);
+    let console = console.map(|(ours, _)| ours);
     drop(fifo);
     let pid = Pid::from_raw(pid);
     let fail = |e: io::Error| -> io::Error {
@@ -265,6 +265,12 @@ fn create_container(dir: &Path, c: &ContainerFile, cgroups: &dyn CgroupDriver) -
     if msg != "ready" {
         let reason = msg.strip_prefix("error ").unwrap_or(if msg.is_empty() { "container init died" } else { &msg });
         return Err(fail(io::Error::other(reason.to_string())));
+    }
+    if let Some(sock) = &console {
+        match sys::receive_fd(sock, Duration::from_secs(10), "the container init") {
+            Ok(master) => streams.push((master, Stream::Stdout)),
+            Err(e) => return Err(fail(ctx("terminal", e))),
+        }
     }
     let proc_root = Path::new("/proc");
     let init = InitFile {
@@ -404,28 +410,6 @@ const EXEC_NAMESPACES: &[(&str, CloneFlags)] = &[
     ("mnt", CloneFlags::CLONE_NEWNS),
 ];
 
-/// For `exec` with a terminal, in the container's mount namespace: opens a pseudo-terminal on
-/// the container's own devpts (so the process's `ttyname()` names a /dev/pts entry it can see,
-/// as under runc), sends the master end to the runtime over the socket on fd 0 (SCM_RIGHTS) and
-/// puts the slave end on fds 0 to 2, for this helper's messages and the process it forks.
-fn hand_over_terminal() -> io::Result<()> {
-    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags, UnixAddr};
-    let master = nix::pty::posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)
-        .map_err(|e| ctx("open the container's /dev/ptmx", errno(e)))?;
-    nix::pty::grantpt(&master).map_err(|e| ctx("grantpt", errno(e)))?;
-    nix::pty::unlockpt(&master).map_err(|e| ctx("unlockpt", errno(e)))?;
-    let name = nix::pty::ptsname_r(&master).map_err(|e| ctx("ptsname", errno(e)))?;
-    let slave = open_ro(Path::new(&name), OFlag::O_RDWR | OFlag::O_NOCTTY)?;
-    let fds = [master.as_raw_fd()];
-    sendmsg::<UnixAddr>(0, &[io::IoSlice::new(b"t")], &[ControlMessage::ScmRights(&fds)], MsgFlags::empty(), None)
-        .map_err(|e| ctx("send the terminal to the runtime", errno(e)))?;
-    drop(master);
-    for target in 0..3 {
-        sys::dup_onto(slave.as_raw_fd(), target)?;
-    }
-    Ok(())
-}
-
 fn exec_main(dir: &Path, process_json: &str, tty: bool) -> i32 {
     match exec_enter(dir, process_json, tty) {
         Ok(code) => code,
@@ -462,7 +446,9 @@ fn exec_enter(dir: &Path, process_json: &str, tty: bool) -> io::Result<i32> {
     }
     drop(fds);
     if tty {
-        hand_over_terminal()?;
+        // In the container's mount namespace: the terminal is on its devpts; the runtime
+        // waits for the master end on fd 0.
+        sys::hand_over_terminal(0).map_err(|e| ctx("terminal", e))?;
     }
     let pid = sys::clone_process(0).map_err(|e| ctx("fork", e))?;
     if pid == 0 {

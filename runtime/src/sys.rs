@@ -153,3 +153,63 @@ pub(crate) fn cloexec_from(from: RawFd) {
         }
     }
 }
+
+/// Opens a pseudo-terminal on the devpts this process sees at /dev/ptmx (inside a container,
+/// the container's own, so `ttyname()` names a /dev/pts entry it can see, as under runc),
+/// sends the master end over the unix socket `sock` (SCM_RIGHTS) and installs the slave end as
+/// fds 0 to 2. The caller then makes fd 0 its controlling terminal.
+pub(crate) fn hand_over_terminal(sock: RawFd) -> io::Result<()> {
+    use nix::fcntl::OFlag;
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags, UnixAddr};
+    let err = |what: &str, e: nix::Error| io::Error::other(format!("{what}: {}", io::Error::from(e)));
+    let master = nix::pty::posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)
+        .map_err(|e| err("open /dev/ptmx", e))?;
+    nix::pty::grantpt(&master).map_err(|e| err("grantpt", e))?;
+    nix::pty::unlockpt(&master).map_err(|e| err("unlockpt", e))?;
+    let name = nix::pty::ptsname_r(&master).map_err(|e| err("ptsname", e))?;
+    let slave = nix::fcntl::open(
+        name.as_str(),
+        OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(|e| err(&format!("open {name}"), e))?;
+    let fds = [master.as_raw_fd()];
+    sendmsg::<UnixAddr>(sock, &[io::IoSlice::new(b"t")], &[ControlMessage::ScmRights(&fds)], MsgFlags::empty(), None)
+        .map_err(|e| err("send the terminal", e))?;
+    drop(master);
+    for target in 0..3 {
+        dup_onto(slave.as_raw_fd(), target)?;
+    }
+    Ok(())
+}
+
+/// Receives one file descriptor sent with SCM_RIGHTS on `sock`, within `timeout`; `who` names
+/// the sender in the error when it went away first.
+pub(crate) fn receive_fd(
+    sock: &std::os::unix::net::UnixStream,
+    timeout: std::time::Duration,
+    who: &str,
+) -> io::Result<std::os::fd::OwnedFd> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags, UnixAddr};
+    use std::os::fd::{FromRawFd, OwnedFd};
+    sock.set_read_timeout(Some(timeout))?;
+    let mut byte = [0u8; 1];
+    let mut iov = [io::IoSliceMut::new(&mut byte)];
+    let mut space = nix::cmsg_space!([RawFd; 1]);
+    let msg = recvmsg::<UnixAddr>(sock.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)
+        .map_err(io::Error::from)?;
+    for c in msg.cmsgs().map_err(io::Error::from)? {
+        if let ControlMessageOwned::ScmRights(fds) = c {
+            let mut owned: Vec<OwnedFd> = fds
+                .into_iter()
+                // SAFETY: SCM_RIGHTS just installed these descriptors in this process; nothing
+                // else owns them.
+                .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) })
+                .collect();
+            if let Some(fd) = owned.pop() {
+                return Ok(fd);
+            }
+        }
+    }
+    Err(io::Error::other(format!("{who} ended before it sent the terminal")))
+}

@@ -143,6 +143,23 @@ fn echo_runs_and_its_exit_code_is_reported() {
 }
 
 #[test]
+fn a_terminal_container_gets_a_pty_of_its_own_devpts() {
+    let w = World::new("tty");
+    w.run("tty", &["sh", "-c", "test -t 0 && test -t 1 && echo has-a-tty; tty"], |spec| {
+        let mut p = spec.process().clone().expect("process");
+        p.set_terminal(Some(true));
+        spec.set_process(Some(p));
+    });
+    assert_eq!(w.rt.wait("tty").expect("wait").exit_code, Some(0));
+    // A terminal merges the streams; its output is logged as stdout (carriage returns and all).
+    let out: Vec<String> = w.output("tty", "stdout").iter().map(|l| l.trim_end_matches('\r').to_string()).collect();
+    assert!(out.iter().any(|l| l == "has-a-tty"), "{out:?}");
+    // The pty is on the container's devpts, so ttyname() resolves it there.
+    assert!(out.iter().any(|l| l.starts_with("/dev/pts/")), "{out:?}");
+    w.rt.delete("tty", false).expect("delete");
+}
+
+#[test]
 fn a_missing_program_fails_create() {
     let w = World::new("missing");
     let bundle = w.bundle("missing", default_spec("rootfs", vec!["no-such-program".into()]));
