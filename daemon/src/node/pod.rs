@@ -572,9 +572,14 @@ impl Agent {
     }
 
     async fn remove_container(&self, id: &str, uid: &str) {
-        let _ = self.runtime.delete(id, true);
-        let rootfs = self.pod_dir(uid).join(id).join("rootfs");
-        let _ = self.images.remove_rootfs(id, &rootfs);
+        let (images, runtime, id) = (self.images.clone(), self.runtime.config().clone(), id.to_string());
+        let rootfs = self.pod_dir(uid).join(&id).join("rootfs");
+        // Unmounting and removing a writable layer block: off the async workers.
+        let _ = tokio::task::spawn_blocking(move || {
+            let _ = shoal_runtime::Runtime::new(runtime).delete(&id, true);
+            let _ = images.remove_rootfs(&id, &rootfs);
+        })
+        .await;
     }
 
     /// Pulls if needed, prepares the rootfs and bundle, creates and starts the container.
@@ -658,18 +663,6 @@ impl Agent {
                 }
             }
         };
-        let bundle = self.pod_dir(uid).join(id);
-        let rootfs = bundle.join("rootfs");
-        let _ = std::fs::create_dir_all(&rootfs);
-        let _ = self.runtime.delete(id, true);
-        let _ = self.images.remove_rootfs(id, &rootfs);
-        self.images
-            .prepare_rootfs(image, id, &rootfs)
-            .map_err(|e| ("CreateContainerError".to_string(), e.to_string()))?;
-        let (uid_n, gid_n) = match c["securityContext"]["runAsUser"].as_u64() {
-            Some(u) => (u as u32, c["securityContext"]["runAsGroup"].as_u64().unwrap_or(0) as u32),
-            None => spec::resolve_user(&info.config.user, &rootfs),
-        };
         let env = super::env::container_env(pod, c, ip, &self.cfg).await;
         let dir = self.pod_dir(uid);
         let mut mounts = vec![
@@ -678,44 +671,64 @@ impl Agent {
             (dir.join("resolv.conf").to_string_lossy().to_string(), "/etc/resolv.conf".to_string(), false),
         ];
         mounts.extend(volume_mounts(pod, c, &dir));
-        let empty = PathBuf::new();
-        let sb = sandbox.as_ref();
-        let input = ContainerInput {
-            pod,
-            container: c,
-            image: &info.config,
-            rootfs: &rootfs,
-            netns: sb.map(|s| s.netns_path.as_path()).unwrap_or(&empty),
-            ipcns: sb.map(|s| s.ipc_ns_path.as_path()).unwrap_or(&empty),
-            utsns: sb.map(|s| s.uts_ns_path.as_path()).unwrap_or(&empty),
-            env,
-            mounts,
-            cgroups_path: format!(
-                "/shoal-{}/pod{}/{}",
-                self.cfg.node_name,
-                short(uid),
-                c["name"].as_str().unwrap_or("c")
-            ),
-            uid: uid_n,
-            gid: gid_n,
-        };
-        let mut spec_json = spec::build(&input);
-        for dev in self.claim_devices(uid, c)? {
-            spec::add_device(&mut spec_json, &dev)
-                .map_err(|e| ("CreateContainerError".to_string(), format!("device {}: {e}", dev.display())))?;
-        }
-        let body = serde_json::to_vec_pretty(&spec_json).unwrap_or_default();
-        std::fs::write(bundle.join("config.json"), body)
-            .map_err(|e| ("CreateContainerError".to_string(), e.to_string()))?;
-        let opts = CreateOpts {
-            log_path: Some(self.log_path(pod, c["name"].as_str().unwrap_or("c"), restarts)),
-            ..CreateOpts::default()
-        };
-        if let Some(p) = opts.log_path.as_ref().and_then(|p| p.parent()) {
-            let _ = std::fs::create_dir_all(p);
-        }
-        self.runtime.create(id, &bundle, &opts).map_err(|e| ("CreateContainerError".to_string(), chain(&e)))?;
-        self.runtime.start(id).map_err(|e| ("RunContainerError".to_string(), chain(&e)))?;
+        let devices = self.claim_devices(uid, c)?;
+        let cgroups_path =
+            format!("/shoal-{}/pod{}/{}", self.cfg.node_name, short(uid), c["name"].as_str().unwrap_or("c"));
+        let log_path = self.log_path(pod, c["name"].as_str().unwrap_or("c"), restarts);
+        // The rootfs mount, the bundle and the shim's create and start block on the kernel and
+        // on the container's init: on the blocking pool, so a burst of pod starts never holds
+        // the async workers (the API, Raft and the watches share them).
+        let (images, runtime) = (self.images.clone(), self.runtime.config().clone());
+        let (pod_v, c_v, image_ref, id_s, config) =
+            (pod.clone(), c.clone(), image.to_string(), id.to_string(), info.config.clone());
+        let bundle = dir.join(id);
+        tokio::task::spawn_blocking(move || {
+            let (pod, c, image, id) = (&pod_v, &c_v, image_ref.as_str(), id_s.as_str());
+            let rt = shoal_runtime::Runtime::new(runtime);
+            let rootfs = bundle.join("rootfs");
+            let _ = std::fs::create_dir_all(&rootfs);
+            let _ = rt.delete(id, true);
+            let _ = images.remove_rootfs(id, &rootfs);
+            images
+                .prepare_rootfs(image, id, &rootfs)
+                .map_err(|e| ("CreateContainerError".to_string(), e.to_string()))?;
+            let (uid_n, gid_n) = match c["securityContext"]["runAsUser"].as_u64() {
+                Some(u) => (u as u32, c["securityContext"]["runAsGroup"].as_u64().unwrap_or(0) as u32),
+                None => spec::resolve_user(&config.user, &rootfs),
+            };
+            let empty = PathBuf::new();
+            let sb = sandbox.as_ref();
+            let input = ContainerInput {
+                pod,
+                container: c,
+                image: &config,
+                rootfs: &rootfs,
+                netns: sb.map(|s| s.netns_path.as_path()).unwrap_or(&empty),
+                ipcns: sb.map(|s| s.ipc_ns_path.as_path()).unwrap_or(&empty),
+                utsns: sb.map(|s| s.uts_ns_path.as_path()).unwrap_or(&empty),
+                env,
+                mounts,
+                cgroups_path,
+                uid: uid_n,
+                gid: gid_n,
+            };
+            let mut spec_json = spec::build(&input);
+            for dev in devices {
+                spec::add_device(&mut spec_json, &dev)
+                    .map_err(|e| ("CreateContainerError".to_string(), format!("device {}: {e}", dev.display())))?;
+            }
+            let body = serde_json::to_vec_pretty(&spec_json).unwrap_or_default();
+            std::fs::write(bundle.join("config.json"), body)
+                .map_err(|e| ("CreateContainerError".to_string(), e.to_string()))?;
+            if let Some(p) = log_path.parent() {
+                let _ = std::fs::create_dir_all(p);
+            }
+            let opts = CreateOpts { log_path: Some(log_path), ..CreateOpts::default() };
+            rt.create(id, &bundle, &opts).map_err(|e| ("CreateContainerError".to_string(), chain(&e)))?;
+            rt.start(id).map_err(|e| ("RunContainerError".to_string(), chain(&e)))
+        })
+        .await
+        .map_err(|e| ("CreateContainerError".to_string(), format!("container task: {e}")))??;
         Ok(format!("{}@{}", info.names.first().cloned().unwrap_or_else(|| image.to_string()), info.digest))
     }
 
