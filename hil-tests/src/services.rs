@@ -915,8 +915,14 @@ pub fn routed_pods(rig: &dyn Rig, opts: &ScenarioOptions) -> Result<Measured> {
         return Err(failed(name, "pods on different segments answered but no node routes over shoal.vxlan"));
     }
     set(&mut m, "nodes_with_vxlan_routes", vxlan_routes as f64);
-    // Full-size packets cross the tunnel too (pods keep MTU 1500, the tunnel has 1450): 300 KB
-    // from a pod behind the router.
+    // Pods get the tunnel's MTU, so no packet of theirs is too big for it.
+    for (pod, node, _) in &pods {
+        let mtu = k.on(&first, &["exec", pod, "--", "cat", "/sys/class/net/eth0/mtu"]).map_err(|e| failed(name, e))?;
+        if mtu.trim() != "1450" {
+            return Err(failed(name, format!("{pod} on {node} has MTU {} on eth0, not 1450", mtu.trim())));
+        }
+    }
+    // Full-size packets cross the tunnel too: 300 KB from a pod behind the router.
     if let Some((a, b)) = pairs.iter().find(|(a, b)| segments.get(&a.1) != segments.get(&b.1)) {
         k.on(
             &first,
@@ -931,6 +937,32 @@ pub fn routed_pods(rig: &dyn Rig, opts: &ScenarioOptions) -> Result<Measured> {
             return Err(failed(name, format!("{} fetched {} bytes of 300000 from {url}", a.0, got.trim())));
         }
     }
+    // A node that left while this one's daemon was down: its route and VXLAN entry (planted
+    // here by hand) are gone after the restart.
+    let last = hosts.last().cloned().unwrap_or_default();
+    rig.stop(&last, Duration::from_secs(10))?;
+    let plant = |cmd: &[&str]| rig.exec_timeout(&last, cmd, Duration::from_secs(5)).is_ok_and(|o| o.success());
+    if !plant(&["ip", "route", "replace", "10.42.250.0/24", "dev", "shoal0"]) {
+        return Err(failed(name, "could not plant a stale pod route"));
+    }
+    let vxlan = plant(&["bridge", "fdb", "append", "00:00:00:00:00:00", "dev", "shoal.vxlan", "dst", "10.99.99.99"]);
+    rig.restart(&last)?;
+    let started = Instant::now();
+    let shows = |cmd: &[&str], needle: &str| {
+        rig.exec_timeout(&last, cmd, Duration::from_secs(5)).is_ok_and(|o| o.stdout.contains(needle))
+    };
+    wait_until(
+        "the departed node's route and VXLAN entry swept",
+        Duration::from_secs(60),
+        Duration::from_secs(1),
+        || {
+            let route = shows(&["ip", "route", "show"], "10.42.250.0/24");
+            let entry = vxlan && shows(&["bridge", "fdb", "show", "dev", "shoal.vxlan"], "10.99.99.99");
+            !route && !entry
+        },
+    )
+    .map_err(|e| failed(name, e.to_string()))?;
+    set(&mut m, "stale_routes_swept_s", started.elapsed().as_secs_f64());
     Ok(m)
 }
 

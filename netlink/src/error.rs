@@ -22,6 +22,8 @@ pub enum Error {
         #[source]
         source: rtnetlink::Error,
     },
+    #[error("list routes")]
+    ListRoutes(#[source] rtnetlink::Error),
     #[error("look up the route to {dst}")]
     GetRoute {
         dst: IpAddr,

@@ -103,13 +103,14 @@ impl LinuxNet {
     /// Connects the network namespace at `netns` to this one: a veth pair whose end `host`
     /// stays here (attached to `bridge`, hairpin on, up) and whose other end is moved into
     /// `netns` and named `inside` there (so `inside` may be a name taken here, such as `eth0`).
-    pub async fn attach_veth(&self, host: &str, inside: &str, netns: &Path, bridge: &str) -> Result<()> {
+    /// Both ends get `mtu`.
+    pub async fn attach_veth(&self, host: &str, inside: &str, netns: &Path, bridge: &str, mtu: u32) -> Result<()> {
         let ns = std::fs::File::open(netns).map_err(|source| Error::OpenNetns { path: netns.into(), source })?;
         // A scratch name for the far end while it is still here.
         let scratch: String = format!("p{}", host.chars().rev().take(13).collect::<String>());
         self.handle
             .link()
-            .add(LinkVeth::new(host, &scratch).build())
+            .add(LinkVeth::new(host, &scratch).mtu(mtu).build())
             .execute()
             .await
             .map_err(|source| Error::CreateVeth { host: host.into(), peer: scratch.clone(), source })?;
@@ -117,7 +118,7 @@ impl LinuxNet {
         // Moved and renamed in one message, as `ip link set P netns N name eth0`.
         self.handle
             .link()
-            .set(LinkUnspec::new_with_index(peer_index).setns_by_fd(ns.as_raw_fd()).name(inside).build())
+            .set(LinkUnspec::new_with_index(peer_index).setns_by_fd(ns.as_raw_fd()).name(inside).mtu(mtu).build())
             .execute()
             .await
             .map_err(|source| Error::MoveLink { name: scratch.clone(), source })?;
@@ -155,6 +156,35 @@ impl LinuxNet {
             RouteAttribute::Gateway(g) => route_ip(g),
             _ => None,
         }))
+    }
+
+    /// The IPv4 routes of the main table (`ip -4 route show table main`): destination, prefix
+    /// and gateway; `dev` is left empty.
+    pub async fn ipv4_routes(&self) -> Result<Vec<Route>> {
+        use rtnetlink::packet_route::route::RouteHeader;
+        let msg = RouteMessageBuilder::<std::net::Ipv4Addr>::new().build();
+        let msgs: Vec<rtnetlink::packet_route::route::RouteMessage> =
+            self.handle.route().get(msg).execute().try_collect().await.map_err(Error::ListRoutes)?;
+        Ok(msgs
+            .iter()
+            .filter(|m| m.header.table == RouteHeader::RT_TABLE_MAIN)
+            .map(|m| {
+                let mut r = Route {
+                    dst: IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+                    prefix: m.header.destination_prefix_length,
+                    via: None,
+                    dev: None,
+                };
+                for a in &m.attributes {
+                    match a {
+                        RouteAttribute::Destination(d) => r.dst = route_ip(d).unwrap_or(r.dst),
+                        RouteAttribute::Gateway(g) => r.via = route_ip(g),
+                        _ => {}
+                    }
+                }
+                r
+            })
+            .collect())
     }
 
     /// Creates the VXLAN device `name` if missing (VNI `vni`, UDP `port`, tunnels from `local`,
@@ -535,7 +565,15 @@ impl Net for LinuxNet {
             },
             None => None,
         };
-        let msg = Self::route_message(route, index)?;
+        let mut msg = Self::route_message(route, index)?;
+        // Any scope, protocol and type match, as `ip route del` asks: a link-scope route, or
+        // one another tool added, goes too.
+        {
+            use rtnetlink::packet_route::route::{RouteProtocol, RouteScope, RouteType};
+            msg.header.scope = RouteScope::NoWhere;
+            msg.header.protocol = RouteProtocol::Unspec;
+            msg.header.kind = RouteType::Unspec;
+        }
         match self.handle.route().del(msg).execute().await {
             Ok(()) => Ok(()),
             Err(e) if errno(&e) == Some(libc::ESRCH) => Ok(()),

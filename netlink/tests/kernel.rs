@@ -265,6 +265,15 @@ fn routes_and_neighbours_are_what_ip_shows() {
     });
     assert_eq!(must_ip(&["-n", &pair.a, "route", "show", "10.98.0.0/24"]).trim(), "");
 
+    // One that `ip` added (protocol boot, link scope) goes as `ip route del` would take it,
+    // named by its destination alone.
+    must_ip(&["-n", &pair.a, "route", "add", "10.98.1.0/24", "dev", "va"]);
+    with_net(&pair.a, move |net| async move {
+        let r = Route { dst: "10.98.1.0".parse().unwrap(), prefix: 24, via: None, dev: None };
+        net.del_route(&r).await.expect("delete")
+    });
+    assert_eq!(must_ip(&["-n", &pair.a, "route", "show", "10.98.1.0/24"]).trim(), "");
+
     let mac = [0x02, 0, 0, 0, 0, 0x07];
     with_net(&pair.a, move |net| async move {
         net.replace_neighbour("va", "10.99.0.7".parse().unwrap(), mac).await.expect("neighbour")
@@ -308,6 +317,11 @@ fn a_vxlan_device_floods_to_its_peers_and_routes_onlink() {
         }
         net.append_flood_entry("vx", peers[0]).await.expect("an entry already there is fine");
         net.replace_route_onlink(&r).await.expect("onlink route");
+        let routes = net.ipv4_routes().await.expect("route dump");
+        assert!(
+            routes.iter().any(|x| x.dst == r.dst && x.prefix == 24 && x.via == r.via),
+            "the dump shows the VXLAN route: {routes:?}"
+        );
         net.flood_entries("vx").await.expect("list")
     });
     assert_eq!(listed, peers.to_vec());
@@ -534,7 +548,7 @@ fn a_pod_namespace_is_attached_to_the_bridge_and_configured_from_outside() {
         net.add_address("brp", Address { addr: "10.98.0.1".parse().unwrap(), prefix: 24 }).await.expect("gateway");
         // eth0 is taken in neither namespace here, but the far end is created under a scratch
         // name and renamed on the move anyway.
-        net.attach_veth("vethpodtest", "eth0", &b_path, "brp").await.expect("attach");
+        net.attach_veth("vethpodtest", "eth0", &b_path, "brp", 1450).await.expect("attach");
         let pod = LinuxNet::in_netns(&b_path).expect("connection inside the pod namespace");
         pod.add_address("eth0", Address { addr: "10.98.0.2".parse().unwrap(), prefix: 24 }).await.expect("address");
         pod.set_link_up("eth0", true).await.expect("up");
@@ -545,6 +559,9 @@ fn a_pod_namespace_is_attached_to_the_bridge_and_configured_from_outside() {
     let host = must_ip(&["-n", &pair.a, "-d", "-o", "link", "show", "vethpodtest"]);
     assert!(host.contains("master brp") && host.contains("hairpin on"), "{host}");
     assert!(flags(&pair.a, "vethpodtest").iter().any(|f| f == "UP"));
+    assert!(host.contains("mtu 1450"), "{host}");
+    let inside = must_ip(&["-n", &pair.b, "-o", "link", "show", "eth0"]);
+    assert!(inside.contains("mtu 1450"), "{inside}");
     let addrs = must_ip(&["-n", &pair.b, "-o", "addr", "show", "dev", "eth0"]);
     assert!(addrs.contains("10.98.0.2/24"), "{addrs}");
     let routes = must_ip(&["-n", &pair.b, "route", "show", "default"]);

@@ -534,7 +534,7 @@ impl Agent {
         if last.0 == want && fresh {
             return;
         }
-        let ok = network::sync_routes(self.net.subnet, &last.0, &want).await;
+        let ok = network::sync_routes(self.net.subnet, self.net.cluster, &want).await;
         // A failed pass is retried on the next tick.
         *last = (want, ok.then(std::time::Instant::now));
     }

@@ -13,7 +13,7 @@
 //! so no two nodes ever hand out the same pod address; addresses inside the /24 are the
 //! node's own business.
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
 use std::process::Command;
 use std::sync::Mutex;
@@ -128,6 +128,8 @@ pub async fn claim_subnet(store: &Store, cluster_cidr: &str, node: &str) -> Resu
 /// The node's pod network.
 pub struct PodNetwork {
     pub subnet: Subnet,
+    /// The first two octets of the cluster's /16 pod CIDR.
+    pub cluster: [u8; 2],
     used: Mutex<BTreeMap<u8, String>>,
 }
 
@@ -135,6 +137,7 @@ impl PodNetwork {
     /// Sets up the bridge (over rtnetlink), forwarding and masquerading for `subnet`
     /// (idempotent).
     pub async fn setup(subnet: Subnet, cluster_cidr: &str) -> Result<PodNetwork, NetError> {
+        let cluster = parse_cluster_cidr(cluster_cidr)?;
         let net = LinuxNet::new()?;
         net.ensure_bridge(BRIDGE).await?;
         net.add_address(BRIDGE, Address { addr: subnet.gateway().into(), prefix: 24 }).await?;
@@ -148,7 +151,7 @@ impl PodNetwork {
         tokio::task::spawn_blocking(move || nft_apply(&rules))
             .await
             .map_err(|e| NetError::Command { command: "nft -f -".into(), stderr: e.to_string() })??;
-        Ok(PodNetwork { subnet, used: Mutex::new(BTreeMap::new()) })
+        Ok(PodNetwork { subnet, cluster, used: Mutex::new(BTreeMap::new()) })
     }
 
     /// Marks an address as used (a pod found running at start).
@@ -179,7 +182,9 @@ impl PodNetwork {
         let host = LinuxNet::new()?;
         // A veth left by a pod worker that died halfway.
         host.delete_link(host_if).await?;
-        host.attach_veth(host_if, "eth0", netns, BRIDGE).await?;
+        // Pods get the VXLAN device's MTU whether or not their traffic crosses it (as
+        // flannel does): a pod cannot know which peers sit behind a router.
+        host.attach_veth(host_if, "eth0", netns, BRIDGE, VXLAN_MTU).await?;
         let pod = LinuxNet::in_netns(netns)?;
         pod.add_address("eth0", Address { addr: ip.into(), prefix: 24 }).await?;
         pod.set_link_up("eth0", true).await?;
@@ -213,8 +218,8 @@ impl PodNetwork {
     }
 }
 
-/// What [`sync_routes`] last applied: each peer's /24 (CIDR → peer address) and this node's
-/// own address.
+/// What [`sync_routes`] applies: each peer's /24 (CIDR → peer address) and this node's own
+/// address.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Routes {
     pub peers: BTreeMap<String, Ipv4Addr>,
@@ -224,10 +229,12 @@ pub struct Routes {
 /// Routes every other node's pod subnet (`want.peers`: CIDR → node address) from the node
 /// whose pod subnet is `subnet`, over rtnetlink: via that node's address when it is on-link
 /// here, over VXLAN when a router is in between. `want.me` is this node's own address, the VXLAN
-/// tunnel's source (without it, routed peers stay unreachable and a warning says so). The
-/// routes of peers in `before` but no longer in `want` (departed nodes) are removed. Returns
-/// false when a route could not be set (the caller retries).
-pub async fn sync_routes(subnet: Subnet, before: &Routes, want: &Routes) -> bool {
+/// tunnel's source (without it, routed peers stay unreachable and a warning says so). Then the
+/// kernel's own tables are swept: a /24 route inside the cluster CIDR `cluster` (its first two
+/// octets) that is neither this node's nor wanted, and a VXLAN flooding entry to an address no
+/// peer has, belong to a node that left (also while this daemon was down) and are removed.
+/// Returns false when a route could not be set or swept (the caller retries).
+pub async fn sync_routes(subnet: Subnet, cluster: [u8; 2], want: &Routes) -> bool {
     let net = match LinuxNet::new() {
         Ok(n) => n,
         Err(e) => {
@@ -260,24 +267,44 @@ pub async fn sync_routes(subnet: Subnet, before: &Routes, want: &Routes) -> bool
             ok = false;
         }
     }
-    for (cidr, via) in before.peers.iter().filter(|(c, _)| !want.peers.contains_key(*c)) {
-        let Ok((dst, prefix)) = parse_cidr(cidr) else { continue };
-        let route = Route { dst: dst.into(), prefix, via: None, dev: None };
-        let removed = async {
-            net.del_route(&route).await?;
-            // A flooding entry to the node's address, if it was a VXLAN peer, and if no
-            // other /24 still lives there.
-            if !want.peers.values().any(|v| v == via) {
-                net.del_flood_entry(VXLAN, (*via).into()).await?;
-            }
-            Ok::<(), shoal_netlink::Error>(())
-        };
-        match removed.await {
-            Ok(()) => tracing::info!(%cidr, %via, "route of a departed node removed"),
-            Err(e) => tracing::warn!(%cidr, %via, error = %e, "route of a departed node not removed"),
-        }
+    if let Err(e) = sweep_departed(&net, subnet, cluster, want).await {
+        tracing::warn!(error = %e, "routes of departed nodes not swept");
+        ok = false;
     }
     ok
+}
+
+/// The sweep of [`sync_routes`]: removes the pod routes and VXLAN flooding entries of nodes
+/// that are not in `want`.
+async fn sweep_departed(net: &LinuxNet, subnet: Subnet, cluster: [u8; 2], want: &Routes) -> Result<(), NetError> {
+    let wanted: Vec<(Ipv4Addr, u8)> = want.peers.keys().filter_map(|c| parse_cidr(c).ok()).collect();
+    for r in departed_routes(&net.ipv4_routes().await?, subnet, cluster, &wanted) {
+        net.del_route(&r).await?;
+        tracing::info!(cidr = %format!("{}/{}", r.dst, r.prefix), "route of a departed node removed");
+    }
+    if net.link_index(VXLAN).await?.is_some() {
+        for peer in net.flood_entries(VXLAN).await? {
+            if !want.peers.values().any(|v| IpAddr::V4(*v) == peer) {
+                net.del_flood_entry(VXLAN, peer).await?;
+                tracing::info!(%peer, "VXLAN entry of a departed node removed");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Of the kernel's `routes`, the pod routes of departed nodes: /24s inside the cluster's /16
+/// that are neither `subnet` (this node's, on the bridge) nor `wanted`.
+fn departed_routes(routes: &[Route], subnet: Subnet, cluster: [u8; 2], wanted: &[(Ipv4Addr, u8)]) -> Vec<Route> {
+    routes
+        .iter()
+        .filter_map(|r| match r.dst {
+            IpAddr::V4(dst) if r.prefix == 24 && dst.octets()[..2] == cluster => Some((dst, r)),
+            _ => None,
+        })
+        .filter(|(dst, _)| *dst != subnet.base && !wanted.contains(&(*dst, 24)))
+        .map(|(dst, r)| Route { dst: dst.into(), prefix: r.prefix, via: None, dev: None })
+        .collect()
 }
 
 fn parse_cidr(cidr: &str) -> Result<(Ipv4Addr, u8), NetError> {
@@ -343,6 +370,23 @@ mod tests {
         assert_eq!(a, a2);
         assert_eq!(a.gateway(), Ipv4Addr::new(10, 42, 0, 1));
         assert!(claim_subnet(&store, "10.42.0.0/8", "n3").await.is_err());
+    }
+
+    #[test]
+    fn only_pod_routes_of_departed_nodes_are_swept() {
+        let r = |dst: &str, prefix: u8| Route { dst: dst.parse().unwrap(), prefix, via: None, dev: None };
+        let kernel = [
+            r("0.0.0.0", 0),
+            r("10.42.0.0", 24), // this node's own subnet (the bridge)
+            r("10.42.1.0", 24), // a live peer
+            r("10.42.2.0", 24), // a node that left
+            r("10.42.9.9", 32), // not a pod /24
+            r("10.43.2.0", 24), // outside the cluster CIDR
+            r("192.168.1.0", 24),
+        ];
+        let me = Subnet { base: Ipv4Addr::new(10, 42, 0, 0) };
+        let gone = departed_routes(&kernel, me, [10, 42], &[(Ipv4Addr::new(10, 42, 1, 0), 24)]);
+        assert_eq!(gone, vec![r("10.42.2.0", 24)]);
     }
 
     #[test]
