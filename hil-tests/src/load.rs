@@ -282,8 +282,19 @@ pub fn delete_namespace(cfg: &KubeConfig, ns: &str, wait: Duration) -> anyhow::R
     Ok(())
 }
 
+/// What [`pod_start`] measured: each pod from its create request until a watch shows it
+/// Running (`total`), split at the first watch event that shows it bound to a node: create to
+/// bound (`scheduled`) and bound to Running (`on_node`).
+pub struct PodStart {
+    pub total: Stats,
+    pub scheduled: Stats,
+    pub on_node: Stats,
+}
+
 /// Creates `count` pods (optionally pinned to `node` through nodeSelector) and times each from
-/// its create request until a watch shows it Running.
+/// its create request until a watch shows it Running. With a `rate` (pods per second) the
+/// creates are paced, as a latency SLO is measured; without, they go as fast as `clients`
+/// connections send them (a burst, which measures throughput as much as latency).
 pub fn pod_start(
     cfg: &KubeConfig,
     ns: &str,
@@ -291,7 +302,8 @@ pub fn pod_start(
     clients: usize,
     image: &str,
     node: Option<&str>,
-) -> anyhow::Result<Stats> {
+    rate: Option<f64>,
+) -> anyhow::Result<PodStart> {
     ensure_namespace(cfg, ns)?;
     let base = format!("/api/v1/namespaces/{ns}/pods");
     let rv =
@@ -299,15 +311,23 @@ pub fn pod_start(
     let mut watch = cfg.connect()?.watch(&format!("{base}?watch=true&resourceVersion={rv}"))?;
     let sent: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
     let running: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let bound: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
     let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let watcher = {
-        let (running, done) = (running.clone(), done.clone());
+        let (running, bound, done) = (running.clone(), bound.clone(), done.clone());
         std::thread::spawn(move || {
             while !done.load(std::sync::atomic::Ordering::Relaxed) {
                 let Ok(Some(ev)) = watch.next_event() else { break };
+                let Some(name) = ev["object"]["metadata"]["name"].as_str() else { continue };
+                let now = Instant::now();
+                if ev["object"]["spec"]["nodeName"].is_string() {
+                    if let Ok(mut b) = bound.lock() {
+                        b.entry(name.to_string()).or_insert(now);
+                    }
+                }
                 if ev["object"]["status"]["phase"] == "Running" {
-                    if let (Some(name), Ok(mut r)) = (ev["object"]["metadata"]["name"].as_str(), running.lock()) {
-                        r.entry(name.to_string()).or_insert_with(Instant::now);
+                    if let Ok(mut r) = running.lock() {
+                        r.entry(name.to_string()).or_insert(now);
                         if r.len() >= count {
                             break;
                         }
@@ -318,6 +338,10 @@ pub fn pod_start(
     };
     let start = Instant::now();
     let created = parallel(cfg, clients, count, |c, i, st| {
+        if let Some(r) = rate.filter(|r| *r > 0.0) {
+            let due = start + Duration::from_secs_f64(i as f64 / r);
+            std::thread::sleep(due.saturating_duration_since(Instant::now()));
+        }
         let name = format!("p-{i}");
         let mut spec = json!({"containers": [{"name": "c", "image": image, "imagePullPolicy": "IfNotPresent"}]});
         if let Some(n) = node {
@@ -336,17 +360,29 @@ pub fn pod_start(
     }
     done.store(true, std::sync::atomic::Ordering::Relaxed);
     let all_running = start.elapsed();
-    let (sent, running) =
-        (sent.lock().map(|s| s.clone()).unwrap_or_default(), running.lock().map(|s| s.clone()).unwrap_or_default());
-    let mut st = Stats { elapsed: all_running, ..Default::default() };
+    let copy = |m: &Arc<Mutex<HashMap<String, Instant>>>| m.lock().map(|s| s.clone()).unwrap_or_default();
+    let (sent, running, bound) = (copy(&sent), copy(&running), copy(&bound));
+    let ms = |a: Instant, b: Instant| b.saturating_duration_since(a).as_secs_f64() * 1000.0;
+    let mut out = PodStart {
+        total: Stats { elapsed: all_running, ..Default::default() },
+        scheduled: Stats { elapsed: all_running, ..Default::default() },
+        on_node: Stats { elapsed: all_running, ..Default::default() },
+    };
     for (name, t) in &sent {
         match running.get(name) {
-            Some(r) => st.ms.push(r.saturating_duration_since(*t).as_secs_f64() * 1000.0),
-            None => st.errors += 1,
+            Some(r) => {
+                out.total.ms.push(ms(*t, *r));
+                // A pod seen Running was bound by then, even when the watch folded the two
+                // changes into one event.
+                let b = bound.get(name).copied().unwrap_or(*r).min(*r);
+                out.scheduled.ms.push(ms(*t, b));
+                out.on_node.ms.push(ms(b, *r));
+            }
+            None => out.total.errors += 1,
         }
     }
     drop(watcher);
-    Ok(st)
+    Ok(out)
 }
 
 /// Registers `nodes` Node objects without agents, creates `pods` pods that select a label no

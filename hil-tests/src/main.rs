@@ -147,6 +147,9 @@ enum LoadCommand {
         namespace: String,
         #[arg(long, default_value = "podstart")]
         name: String,
+        /// Pods created per second (paced); without it they are sent as fast as the clients go.
+        #[arg(long)]
+        rate: Option<f64>,
         /// Delete the namespace afterwards.
         #[arg(long)]
         cleanup: bool,
@@ -192,12 +195,17 @@ fn load(command: LoadCommand) -> anyhow::Result<ExitCode> {
         LoadCommand::Api { kubeconfig, server, count, clients, fill } => {
             load::api_bench(&kube_config(&kubeconfig, server)?, count, clients.max(1), fill)?;
         }
-        LoadCommand::Pods { kubeconfig, server, count, clients, image, node, namespace, name, cleanup } => {
+        LoadCommand::Pods { kubeconfig, server, count, clients, image, node, namespace, name, rate, cleanup } => {
             let cfg = kube_config(&kubeconfig, server)?;
-            let st = load::pod_start(&cfg, &namespace, count, clients.max(1), &image, node.as_deref())?;
+            let run = load::pod_start(&cfg, &namespace, count, clients.max(1), &image, node.as_deref(), rate)?;
+            let st = &run.total;
             println!("{name}_pods_running: {}", st.ms.len());
             println!("{name}_pods_not_running: {}", st.errors);
             println!("{name}_all_running_s: {:.2}", st.elapsed.as_secs_f64());
+            for (part, s) in [("scheduled", &run.scheduled), ("on_node", &run.on_node)] {
+                println!("{name}_{part}_p50_ms: {:.1}", s.pct(0.5));
+                println!("{name}_{part}_p99_ms: {:.1}", s.pct(0.99));
+            }
             println!("{name}_p50_ms: {:.1}", st.pct(0.5));
             println!("{name}_p99_ms: {:.1}", st.pct(0.99));
             if cleanup {
