@@ -4,6 +4,7 @@
 //! `unsafe` is confined to raw syscalls (`sys`), fd plumbing around fork/exec and ioctls; each
 //! block says why it is sound.
 
+pub mod attach;
 mod caps;
 mod cgroup2;
 mod cgroups;
@@ -23,6 +24,7 @@ pub use caps::{default_capabilities, default_linux_capabilities};
 pub use cgroup2::{find_cgroup2_mount, Cgroup2};
 pub use cgroups::{CgroupCall, CgroupDriver, FakeCgroups, LinuxCgroups, Stats};
 pub use error::{Error, Result};
+pub use logs::Stream;
 pub use runtime::{CreateOpts, ExecProcess, Runtime, RuntimeConfig, ShimCommand};
 pub use sandbox::Sandbox;
 pub use seccomp::{native_arch, runtime_default_profile, set_runtime_default};

@@ -11,7 +11,7 @@ const MAX_LINE: usize = 16 * 1024;
 
 /// Which stream a record came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Stream {
+pub enum Stream {
     Stdout,
     Stderr,
 }

@@ -74,11 +74,23 @@ pub struct CreateOpts {
     /// Give the container the caller's stdin/stdout/stderr instead of logging (for
     /// `shoal runtime run`).
     pub inherit_stdio: bool,
+    /// Give the container a stdin that attached clients write to (a Pod container's
+    /// `stdin: true`); without it, stdin is /dev/null.
+    pub open_stdin: bool,
+    /// Close that stdin once the first attached client's input ends (`stdinOnce`).
+    pub stdin_once: bool,
 }
 
 impl Default for CreateOpts {
     fn default() -> Self {
-        CreateOpts { log_path: None, log_max_size: 10 << 20, log_max_files: 5, inherit_stdio: false }
+        CreateOpts {
+            log_path: None,
+            log_max_size: 10 << 20,
+            log_max_files: 5,
+            inherit_stdio: false,
+            open_stdin: false,
+            stdin_once: false,
+        }
     }
 }
 
@@ -184,6 +196,8 @@ impl Runtime {
             log_max_size: opts.log_max_size,
             log_max_files: opts.log_max_files,
             inherit_stdio: opts.inherit_stdio,
+            open_stdin: opts.open_stdin,
+            stdin_once: opts.stdin_once,
             created_at: SystemTime::now(),
         };
         state::write_json(&dir.join(state::CONTAINER_FILE), &container)?;
@@ -242,6 +256,13 @@ impl Runtime {
         let _ = child.wait();
         read.map_err(spawn_err)?;
         Ok(String::from_utf8_lossy(&report).into_owned())
+    }
+
+    /// Attaches to a running container's main process: its live output, and its stdin when it
+    /// was created with `open_stdin` (see [`crate::attach`]).
+    pub fn attach(&self, id: &str) -> Result<crate::attach::Attach> {
+        let dir = self.existing_dir(id)?;
+        crate::attach::Attach::connect(&dir).map_err(|source| Error::Exec { id: id.to_string(), source })
     }
 
     /// Lets a created container run its process.
@@ -566,6 +587,8 @@ mod tests {
             log_max_size: 1,
             log_max_files: 1,
             inherit_stdio: false,
+            open_stdin: false,
+            stdin_once: false,
             created_at: SystemTime::now(),
         };
         state::write_json(&cdir.join(state::CONTAINER_FILE), &c).unwrap();

@@ -21,6 +21,7 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use oci_spec::runtime::{LinuxNamespaceType, Process, Spec};
 
+use crate::attach;
 use crate::cgroups::{CgroupDriver, LinuxCgroups};
 use crate::init::{self, InitConfig};
 use crate::logs::{CriLog, Stream};
@@ -97,12 +98,20 @@ fn create_main(dir: &Path) -> i32 {
         }
     }
     let cgroups = LinuxCgroups::new();
-    let sup = match create_container(dir, &container, &cgroups) {
+    let mut sup = match create_container(dir, &container, &cgroups) {
         Ok(s) => s,
         Err(e) => {
             report_line(report, &format!("error {e}"));
             return 1;
         }
+    };
+    // Listening before the report: a client may attach as soon as create returns.
+    let clients = match sup.input.take().filter(|_| !container.inherit_stdio) {
+        Some(input) => attach::serve(dir, input).unwrap_or_else(|e| {
+            let _ = writeln!(io::stderr(), "attach socket: {e}");
+            attach::Clients::default()
+        }),
+        None => attach::Clients::default(),
     };
     report_line(report, &format!("ok {}", sup.pid));
     if !container.inherit_stdio {
@@ -112,7 +121,7 @@ fn create_main(dir: &Path) -> i32 {
             }
         }
     }
-    match supervise(dir, &container, &cgroups, sup) {
+    match supervise(dir, &container, &cgroups, sup, &clients) {
         Ok(()) => 0,
         Err(e) => {
             let _ = writeln!(io::stderr(), "shim {}: {e}", container.id);
@@ -131,6 +140,8 @@ struct Supervisor {
     pid: Pid,
     sigfd: SignalFd,
     streams: Vec<(OwnedFd, Stream)>,
+    /// Where attached clients' input goes.
+    input: Option<attach::Input>,
 }
 
 fn ns_flag(t: LinuxNamespaceType) -> Option<CloneFlags> {
@@ -178,6 +189,7 @@ fn create_container(dir: &Path, c: &ContainerFile, cgroups: &dyn CgroupDriver) -
     // With a terminal, the init opens it on the container's devpts once the rootfs is set up
     // and sends the master end back over `console`.
     let mut console = None;
+    let mut stdin_w: Option<OwnedFd> = None;
     let stdio: [RawFd; 3] = if terminal {
         let (ours, theirs) = std::os::unix::net::UnixStream::pair().map_err(|e| ctx("socketpair", e))?;
         console = Some((ours, OwnedFd::from(theirs)));
@@ -185,13 +197,20 @@ fn create_container(dir: &Path, c: &ContainerFile, cgroups: &dyn CgroupDriver) -
     } else if c.inherit_stdio {
         [0, 1, 2]
     } else {
-        let null = open_ro(Path::new("/dev/null"), OFlag::O_RDWR)?;
+        // stdin: a pipe whose write end the attach server keeps, or /dev/null.
+        let input = if c.open_stdin {
+            let (in_r, in_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| ctx("pipe", errno(e)))?;
+            stdin_w = Some(in_w);
+            in_r
+        } else {
+            open_ro(Path::new("/dev/null"), OFlag::O_RDWR)?
+        };
         let (out_r, out_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| ctx("pipe", errno(e)))?;
         let (err_r, err_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| ctx("pipe", errno(e)))?;
-        let fds = [null.as_raw_fd(), out_w.as_raw_fd(), err_w.as_raw_fd()];
+        let fds = [input.as_raw_fd(), out_w.as_raw_fd(), err_w.as_raw_fd()];
         streams.push((out_r, Stream::Stdout));
         streams.push((err_r, Stream::Stderr));
-        keep.extend([null, out_w, err_w]);
+        keep.extend([input, out_w, err_w]);
         fds
     };
 
@@ -266,12 +285,20 @@ fn create_container(dir: &Path, c: &ContainerFile, cgroups: &dyn CgroupDriver) -
         let reason = msg.strip_prefix("error ").unwrap_or(if msg.is_empty() { "container init died" } else { &msg });
         return Err(fail(io::Error::other(reason.to_string())));
     }
+    let mut terminal_fd = None;
     if let Some(sock) = &console {
         match sys::receive_fd(sock, Duration::from_secs(10), "the container init") {
-            Ok(master) => streams.push((master, Stream::Stdout)),
+            Ok(master) => {
+                terminal_fd = master.try_clone().ok();
+                if c.open_stdin {
+                    stdin_w = master.try_clone().ok();
+                }
+                streams.push((master, Stream::Stdout));
+            }
             Err(e) => return Err(fail(ctx("terminal", e))),
         }
     }
+    let input = attach::Input { stdin: stdin_w, terminal: terminal_fd, stdin_once: c.stdin_once };
     let proc_root = Path::new("/proc");
     let init = InitFile {
         pid: pid.as_raw() as u32,
@@ -282,7 +309,7 @@ fn create_container(dir: &Path, c: &ContainerFile, cgroups: &dyn CgroupDriver) -
     if let Err(e) = state::write_json(&dir.join(state::INIT_FILE), &init) {
         return Err(fail(ctx("record init", e)));
     }
-    Ok(Supervisor { pid, sigfd, streams })
+    Ok(Supervisor { pid, sigfd, streams, input: Some(input) })
 }
 
 fn set_cloexec(fd: impl AsFd) {
@@ -315,7 +342,13 @@ fn exit_code(status: WaitStatus) -> Option<i32> {
     }
 }
 
-fn supervise(dir: &Path, c: &ContainerFile, cgroups: &dyn CgroupDriver, sup: Supervisor) -> io::Result<()> {
+fn supervise(
+    dir: &Path,
+    c: &ContainerFile,
+    cgroups: &dyn CgroupDriver,
+    sup: Supervisor,
+    clients: &attach::Clients,
+) -> io::Result<()> {
     let mut log = match (&c.log_path, c.inherit_stdio) {
         (Some(p), false) => match CriLog::open(p, c.log_max_size, c.log_max_files) {
             Ok(l) => Some(l),
@@ -362,6 +395,7 @@ fn supervise(dir: &Path, c: &ContainerFile, cgroups: &dyn CgroupDriver, sup: Sup
             match nix::unistd::read(fd, &mut buf) {
                 Ok(0) | Err(nix::Error::EIO) => streams[i] = None,
                 Ok(n) => {
+                    clients.send(*stream, &buf[..n]);
                     if let Some(l) = log.as_mut() {
                         if let Err(e) = l.write(*stream, &buf[..n]) {
                             let _ = writeln!(io::stderr(), "write log: {e}");

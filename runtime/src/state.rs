@@ -70,6 +70,12 @@ pub(crate) struct ContainerFile {
     pub log_max_size: u64,
     pub log_max_files: u32,
     pub inherit_stdio: bool,
+    /// Keep the container's stdin open for attached clients (a pipe, or the terminal).
+    #[serde(default)]
+    pub open_stdin: bool,
+    /// Close that stdin once the first attached client's input ends.
+    #[serde(default)]
+    pub stdin_once: bool,
     pub created_at: SystemTime,
 }
 

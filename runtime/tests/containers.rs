@@ -160,6 +160,42 @@ fn a_terminal_container_gets_a_pty_of_its_own_devpts() {
 }
 
 #[test]
+fn attach_writes_stdin_reads_live_output_and_stdin_once_closes_it() {
+    let w = World::new("attach");
+    let spec = default_spec(
+        "rootfs",
+        vec!["sh".into(), "-c".into(), "echo ready; read a; echo got-$a; cat; echo done".into()],
+    );
+    let bundle = w.bundle("attach", spec);
+    let opts = CreateOpts { open_stdin: true, stdin_once: true, ..w.opts("attach") };
+    w.rt.create("attach", &bundle, &opts).expect("create");
+    let mut a = w.rt.attach("attach").expect("attach before start");
+    w.rt.start("attach").expect("start");
+    let mut out = String::new();
+    let mut read_until = |a: &mut shoal_runtime::attach::Attach, want: &str| {
+        while !out.contains(want) {
+            match a.read_output().expect("read") {
+                Some((_, b)) => out.push_str(&String::from_utf8_lossy(&b)),
+                None => panic!("attach ended before {want:?}: {out:?}"),
+            }
+        }
+    };
+    read_until(&mut a, "ready");
+    a.write_stdin(b"hello\n").expect("stdin");
+    read_until(&mut a, "got-hello");
+    a.write_stdin(b"through cat\n").expect("stdin");
+    read_until(&mut a, "through cat");
+    // The client's input ends: with stdin_once the container sees EOF and cat returns.
+    a.close_stdin().expect("close");
+    read_until(&mut a, "done");
+    assert_eq!(w.rt.wait("attach").expect("wait").exit_code, Some(0));
+    assert!(a.read_output().expect("read").is_none(), "the shim ends the session with the container");
+    // The log got the same output.
+    assert_eq!(w.output("attach", "stdout"), vec!["ready", "got-hello", "through cat", "done"]);
+    w.rt.delete("attach", false).expect("delete");
+}
+
+#[test]
 fn a_missing_program_fails_create() {
     let w = World::new("missing");
     let bundle = w.bundle("missing", default_spec("rootfs", vec!["no-such-program".into()]));
