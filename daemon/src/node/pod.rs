@@ -723,7 +723,12 @@ impl Agent {
             if let Some(p) = log_path.parent() {
                 let _ = std::fs::create_dir_all(p);
             }
-            let opts = CreateOpts { log_path: Some(log_path), ..CreateOpts::default() };
+            let opts = CreateOpts {
+                log_path: Some(log_path),
+                open_stdin: c["stdin"].as_bool() == Some(true),
+                stdin_once: c["stdinOnce"].as_bool() == Some(true),
+                ..CreateOpts::default()
+            };
             rt.create(id, &bundle, &opts).map_err(|e| ("CreateContainerError".to_string(), chain(&e)))?;
             rt.start(id).map_err(|e| ("RunContainerError".to_string(), chain(&e)))
         })

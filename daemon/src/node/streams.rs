@@ -42,6 +42,7 @@ const MAX_FRAME: usize = 1 << 20;
 enum Request {
     Logs { pod: Value, opts: WireLogOptions },
     Exec { pod: Value, opts: WireExecOptions },
+    Attach { pod: Value, opts: WireExecOptions },
     PortForward { pod: Value, port: u16 },
 }
 
@@ -299,6 +300,32 @@ impl PodStreams for Local {
         })
     }
 
+    fn attach(&self, pod: &Value, opts: ExecOptions, io: ExecIo) -> BoxFuture<'static, Result<i32, StreamError>> {
+        let cfg = self.runtime.clone();
+        let id = container_of(pod, &opts.container);
+        let name = pod_name(pod);
+        let container = if opts.container.is_empty() {
+            pod["spec"]["containers"][0]["name"].as_str().unwrap_or_default().to_string()
+        } else {
+            opts.container.clone()
+        };
+        let has_stdin = pod["spec"]["containers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| c["name"].as_str() == Some(container.as_str()) && c["stdin"].as_bool() == Some(true));
+        Box::pin(async move {
+            let id = id?;
+            if opts.stdin && !has_stdin {
+                return Err(StreamError::Unavailable(format!(
+                    "container {container} of pod {name} was not created with stdin: true, so it takes no input; \
+                     attach without -i to follow its output"
+                )));
+            }
+            attach_local(cfg, id, name, opts, io).await
+        })
+    }
+
     fn port_forward(&self, pod: &Value, port: u16) -> BoxFuture<'static, Result<PortConnection, StreamError>> {
         let uid = pod["metadata"]["uid"].as_str().unwrap_or_default();
         let netns = self.sandboxes.join(super::pod::short(uid)).join("net");
@@ -471,6 +498,78 @@ async fn exec_local(
     Ok(code)
 }
 
+/// Attaches to a local container's main process through its shim: live output, and input
+/// when the client sends it. Ends when the container does (or the client goes away).
+async fn attach_local(
+    cfg: shoal_runtime::RuntimeConfig,
+    id: String,
+    pod: String,
+    opts: ExecOptions,
+    io: ExecIo,
+) -> Result<i32, StreamError> {
+    use shoal_runtime::attach::Attach;
+    let ExecIo { stdin, stdout, stderr, mut resize } = io;
+    let container = opts.container.clone();
+    let conn = tokio::task::spawn_blocking(move || {
+        let rt = shoal_runtime::Runtime::new(cfg);
+        let state = rt.state(&id).map_err(|_| StreamError::NotStarted {
+            pod: pod.clone(),
+            container: container.clone(),
+            reason: "ContainerCreating".into(),
+        })?;
+        if state.status != shoal_runtime::Status::Running {
+            return Err(StreamError::NotStarted { pod, container, reason: format!("container is {}", state.status) });
+        }
+        rt.attach(&id).map_err(|e| StreamError::Unavailable(super::pod::chain(&e)))
+    })
+    .await
+    .map_err(|e| StreamError::Unavailable(format!("attach task: {e}")))??;
+    let clone = |a: &Attach| a.try_clone().map_err(|e| StreamError::Unavailable(format!("attach socket: {e}")));
+    /// Shuts the connection down when the session ends, however it ends, so the blocking
+    /// reader returns.
+    struct Hangup(Attach);
+    impl Drop for Hangup {
+        fn drop(&mut self) {
+            self.0.shutdown();
+        }
+    }
+    let _hangup = Hangup(clone(&conn)?);
+    let mut reader = clone(&conn)?;
+    let writer = Arc::new(std::sync::Mutex::new(conn));
+    let tty = opts.tty;
+    let output = tokio::task::spawn_blocking(move || {
+        while let Ok(Some((stream, b))) = reader.read_output() {
+            let tx = if stream == shoal_runtime::Stream::Stderr && !tty { &stderr } else { &stdout };
+            if tx.blocking_send(Bytes::from(b)).is_err() {
+                break;
+            }
+        }
+    });
+    if let (true, Some(mut rx)) = (opts.stdin, stdin) {
+        let w = writer.clone();
+        std::thread::spawn(move || {
+            while let Some(b) = rx.blocking_recv() {
+                if w.lock().map_or(true, |mut a| a.write_stdin(&b).is_err()) {
+                    return;
+                }
+            }
+            if let Ok(mut a) = w.lock() {
+                let _ = a.close_stdin();
+            }
+        });
+    }
+    let resizer = tokio::spawn(async move {
+        while let Some(TerminalSize { width, height }) = resize.recv().await {
+            if let Ok(mut a) = writer.lock() {
+                let _ = a.resize(height, width);
+            }
+        }
+    });
+    let _ = output.await;
+    resizer.abort();
+    Ok(0)
+}
+
 /// Serves pod streams: this node's pods locally, the others through the node that runs them.
 pub(crate) fn node_streams(
     transport: Option<Transport>,
@@ -487,59 +586,14 @@ pub(crate) fn node_streams(
 }
 
 impl NodeStreams {
-    /// The node that must serve `pod`, or `None` for this one.
-    fn remote<'a>(&self, pod: &'a Value) -> Result<Option<&'a str>, StreamError> {
-        match pod["spec"]["nodeName"].as_str() {
-            None | Some("") => Err(StreamError::NotStarted {
-                pod: pod_name(pod),
-                container: String::new(),
-                reason: "the pod is not scheduled yet".into(),
-            }),
-            Some(n) if n == self.node_name => Ok(None),
-            Some(n) => Ok(Some(n)),
-        }
-    }
-}
-
-impl PodStreams for NodeStreams {
-    fn logs(&self, pod: &Value, opts: LogOptions) -> BoxFuture<'static, Result<ByteStream, StreamError>> {
-        let node = match self.remote(pod) {
-            Ok(None) => return self.local.logs(pod, opts),
-            Ok(Some(n)) => n.to_string(),
-            Err(e) => return Box::pin(async move { Err(e) }),
-        };
+    /// An exec or attach session (`req`) with the node that runs the pod: `io` is pumped over
+    /// the stream; resolves to the exit code the node reports.
+    fn remote_session(&self, node: &str, req: Request, io: ExecIo) -> BoxFuture<'static, Result<i32, StreamError>> {
+        let node = node.to_string();
         let Some(transport) = self.transport.clone() else {
             return Box::pin(async move { Err(StreamError::Unavailable(format!("pod runs on node {node}"))) });
         };
         let peers = self.peers.clone();
-        let req = Request::Logs { pod: pod.clone(), opts: (&opts).into() };
-        Box::pin(async move {
-            let (send, recv) = open_remote(&transport, &peers, &node, &req).await?;
-            let stream = futures::stream::unfold((recv, send), |(mut recv, send)| async move {
-                loop {
-                    match read_frame(&mut recv).await {
-                        Ok(Some((TAG_STDOUT, b))) => return Some((Ok(Bytes::from(b)), (recv, send))),
-                        Ok(Some(_)) => continue,
-                        Ok(None) => return None,
-                        Err(e) => return Some((Err(e), (recv, send))),
-                    }
-                }
-            });
-            Ok(Box::pin(stream) as ByteStream)
-        })
-    }
-
-    fn exec(&self, pod: &Value, opts: ExecOptions, io: ExecIo) -> BoxFuture<'static, Result<i32, StreamError>> {
-        let node = match self.remote(pod) {
-            Ok(None) => return self.local.exec(pod, opts, io),
-            Ok(Some(n)) => n.to_string(),
-            Err(e) => return Box::pin(async move { Err(e) }),
-        };
-        let Some(transport) = self.transport.clone() else {
-            return Box::pin(async move { Err(StreamError::Unavailable(format!("pod runs on node {node}"))) });
-        };
-        let peers = self.peers.clone();
-        let req = Request::Exec { pod: pod.clone(), opts: (&opts).into() };
         Box::pin(async move {
             let (mut send, mut recv) = open_remote(&transport, &peers, &node, &req).await?;
             let ExecIo { stdin, stdout, stderr, mut resize } = io;
@@ -591,6 +645,64 @@ impl PodStreams for NodeStreams {
             up.abort();
             result
         })
+    }
+
+    /// The node that must serve `pod`, or `None` for this one.
+    fn remote<'a>(&self, pod: &'a Value) -> Result<Option<&'a str>, StreamError> {
+        match pod["spec"]["nodeName"].as_str() {
+            None | Some("") => Err(StreamError::NotStarted {
+                pod: pod_name(pod),
+                container: String::new(),
+                reason: "the pod is not scheduled yet".into(),
+            }),
+            Some(n) if n == self.node_name => Ok(None),
+            Some(n) => Ok(Some(n)),
+        }
+    }
+}
+
+impl PodStreams for NodeStreams {
+    fn logs(&self, pod: &Value, opts: LogOptions) -> BoxFuture<'static, Result<ByteStream, StreamError>> {
+        let node = match self.remote(pod) {
+            Ok(None) => return self.local.logs(pod, opts),
+            Ok(Some(n)) => n.to_string(),
+            Err(e) => return Box::pin(async move { Err(e) }),
+        };
+        let Some(transport) = self.transport.clone() else {
+            return Box::pin(async move { Err(StreamError::Unavailable(format!("pod runs on node {node}"))) });
+        };
+        let peers = self.peers.clone();
+        let req = Request::Logs { pod: pod.clone(), opts: (&opts).into() };
+        Box::pin(async move {
+            let (send, recv) = open_remote(&transport, &peers, &node, &req).await?;
+            let stream = futures::stream::unfold((recv, send), |(mut recv, send)| async move {
+                loop {
+                    match read_frame(&mut recv).await {
+                        Ok(Some((TAG_STDOUT, b))) => return Some((Ok(Bytes::from(b)), (recv, send))),
+                        Ok(Some(_)) => continue,
+                        Ok(None) => return None,
+                        Err(e) => return Some((Err(e), (recv, send))),
+                    }
+                }
+            });
+            Ok(Box::pin(stream) as ByteStream)
+        })
+    }
+
+    fn exec(&self, pod: &Value, opts: ExecOptions, io: ExecIo) -> BoxFuture<'static, Result<i32, StreamError>> {
+        match self.remote(pod) {
+            Ok(None) => self.local.exec(pod, opts, io),
+            Ok(Some(n)) => self.remote_session(n, Request::Exec { pod: pod.clone(), opts: (&opts).into() }, io),
+            Err(e) => Box::pin(async move { Err(e) }),
+        }
+    }
+
+    fn attach(&self, pod: &Value, opts: ExecOptions, io: ExecIo) -> BoxFuture<'static, Result<i32, StreamError>> {
+        match self.remote(pod) {
+            Ok(None) => self.local.attach(pod, opts, io),
+            Ok(Some(n)) => self.remote_session(n, Request::Attach { pod: pod.clone(), opts: (&opts).into() }, io),
+            Err(e) => Box::pin(async move { Err(e) }),
+        }
     }
 
     fn port_forward(&self, pod: &Value, port: u16) -> BoxFuture<'static, Result<PortConnection, StreamError>> {
@@ -653,7 +765,10 @@ async fn serve(
         }
     };
     let pod = match &req {
-        Request::Logs { pod, .. } | Request::Exec { pod, .. } | Request::PortForward { pod, .. } => pod,
+        Request::Logs { pod, .. }
+        | Request::Exec { pod, .. }
+        | Request::Attach { pod, .. }
+        | Request::PortForward { pod, .. } => pod,
     };
     if pod["spec"]["nodeName"].as_str() != Some(me) {
         let err = WireError::Unavailable { message: format!("pod {} does not run on node {me}", pod_name(pod)) };
@@ -694,58 +809,70 @@ async fn serve(
                 send.shutdown().await
             }
         },
-        Request::Exec { pod, opts } => {
-            let (in_tx, in_rx) = mpsc::channel::<Bytes>(16);
-            let (out_tx, mut out_rx) = mpsc::channel::<Bytes>(16);
-            let (err_tx, mut err_rx) = mpsc::channel::<Bytes>(16);
-            let (rs_tx, rs_rx) = mpsc::channel::<TerminalSize>(4);
-            let want_stdin = opts.stdin;
-            let io = ExecIo { stdin: want_stdin.then_some(in_rx), stdout: out_tx, stderr: err_tx, resize: rs_rx };
-            write_frame(&mut send, TAG_OPEN, b"null").await?;
-            // Opener → process.
-            let inbound = tokio::spawn(async move {
-                let mut in_tx = Some(in_tx);
-                while let Ok(Some((tag, body))) = read_frame(&mut recv).await {
-                    match tag {
-                        TAG_STDIN => {
-                            if let Some(tx) = &in_tx {
-                                let _ = tx.send(Bytes::from(body)).await;
-                            }
-                        }
-                        TAG_STDIN_EOF => in_tx = None,
-                        TAG_RESIZE => {
-                            let v: Value = serde_json::from_slice(&body).unwrap_or_default();
-                            let size = TerminalSize {
-                                width: v["width"].as_u64().unwrap_or(80) as u16,
-                                height: v["height"].as_u64().unwrap_or(24) as u16,
-                            };
-                            let _ = rs_tx.send(size).await;
-                        }
-                        _ => {}
+        Request::Exec { pod, opts } => serve_session(local, pod, opts, false, send, recv).await,
+        Request::Attach { pod, opts } => serve_session(local, pod, opts, true, send, recv).await,
+    }
+}
+
+/// Serves an exec (or, with `attach`, an attach) session opened by a peer: its stdin and resize
+/// frames in, the output frames and one exit frame out.
+async fn serve_session(
+    local: Arc<dyn PodStreams>,
+    pod: Value,
+    opts: WireExecOptions,
+    attach: bool,
+    mut send: Writer,
+    mut recv: Reader,
+) -> std::io::Result<()> {
+    let (in_tx, in_rx) = mpsc::channel::<Bytes>(16);
+    let (out_tx, mut out_rx) = mpsc::channel::<Bytes>(16);
+    let (err_tx, mut err_rx) = mpsc::channel::<Bytes>(16);
+    let (rs_tx, rs_rx) = mpsc::channel::<TerminalSize>(4);
+    let want_stdin = opts.stdin;
+    let io = ExecIo { stdin: want_stdin.then_some(in_rx), stdout: out_tx, stderr: err_tx, resize: rs_rx };
+    write_frame(&mut send, TAG_OPEN, b"null").await?;
+    // Opener → process.
+    let inbound = tokio::spawn(async move {
+        let mut in_tx = Some(in_tx);
+        while let Ok(Some((tag, body))) = read_frame(&mut recv).await {
+            match tag {
+                TAG_STDIN => {
+                    if let Some(tx) = &in_tx {
+                        let _ = tx.send(Bytes::from(body)).await;
                     }
                 }
-            });
-            let mut run = local.exec(&pod, opts.into(), io);
-            let result = loop {
-                tokio::select! {
-                    Some(b) = out_rx.recv() => write_frame(&mut send, TAG_STDOUT, &b).await?,
-                    Some(b) = err_rx.recv() => write_frame(&mut send, TAG_STDERR, &b).await?,
-                    r = &mut run => break r,
+                TAG_STDIN_EOF => in_tx = None,
+                TAG_RESIZE => {
+                    let v: Value = serde_json::from_slice(&body).unwrap_or_default();
+                    let size = TerminalSize {
+                        width: v["width"].as_u64().unwrap_or(80) as u16,
+                        height: v["height"].as_u64().unwrap_or(24) as u16,
+                    };
+                    let _ = rs_tx.send(size).await;
                 }
-            };
-            // What the process wrote before it ended.
-            while let Some(b) = out_rx.recv().await {
-                write_frame(&mut send, TAG_STDOUT, &b).await?;
+                _ => {}
             }
-            while let Some(b) = err_rx.recv().await {
-                write_frame(&mut send, TAG_STDERR, &b).await?;
-            }
-            inbound.abort();
-            let exit: Result<i32, WireError> = result.map_err(WireError::from);
-            write_frame(&mut send, TAG_EXIT, &serde_json::to_vec(&exit)?).await?;
-            send.shutdown().await
         }
+    });
+    let mut run = if attach { local.attach(&pod, opts.into(), io) } else { local.exec(&pod, opts.into(), io) };
+    let result = loop {
+        tokio::select! {
+            Some(b) = out_rx.recv() => write_frame(&mut send, TAG_STDOUT, &b).await?,
+            Some(b) = err_rx.recv() => write_frame(&mut send, TAG_STDERR, &b).await?,
+            r = &mut run => break r,
+        }
+    };
+    // What the process wrote before it ended.
+    while let Some(b) = out_rx.recv().await {
+        write_frame(&mut send, TAG_STDOUT, &b).await?;
     }
+    while let Some(b) = err_rx.recv().await {
+        write_frame(&mut send, TAG_STDERR, &b).await?;
+    }
+    inbound.abort();
+    let exit: Result<i32, WireError> = result.map_err(WireError::from);
+    write_frame(&mut send, TAG_EXIT, &serde_json::to_vec(&exit)?).await?;
+    send.shutdown().await
 }
 
 #[cfg(test)]

@@ -2,7 +2,8 @@
 //! against a different node: apply (client- and server-side), create, get in every output
 //! format, `get -w`, `get --raw /healthz`, describe,
 //! scale, every rollout verb, label, annotate, edit through EDITOR, expose, run, `logs -f`,
-//! `exec -i` and `exec -it` (under a pseudo-terminal from `script`), port-forward, top,
+//! `exec -i` and `exec -it` (under a pseudo-terminal from `script`), `run -i` and `run -it`
+//! (attached to the container's stdin), port-forward, top,
 //! api-resources, explain (a built-in kind and a custom one) and delete with each cascade.
 //! Each version works in a namespace of its own, which it deletes at the end.
 
@@ -235,6 +236,15 @@ fn table_steps(k: &Versioned) -> StepResult {
     let piped = k.run_with(&["exec", "-i", "shell", "--", "cat"], &[], Some("through stdin\n"))?;
     contains(&piped, "through stdin")?;
     exec_tty(k)?;
+    // run -i and run -it attach to the container's own stdin (stdin: true; -t adds a terminal).
+    let read = "read a; echo got-$a";
+    let got = k.run_with(
+        &["run", "-i", "--rm", "--restart=Never", "reader", "--image=busybox:1.25", "--", "sh", "-c", read],
+        &[],
+        Some("hello\n"),
+    )?;
+    contains(&got, "got-hello")?;
+    run_tty(k)?;
     let watch = k.stream(&["get", "pods", "-w"])?;
     watch.wait_for(Duration::from_secs(20), |t| t.contains("shell "))?;
     k.run(&["label", "pod", "shell", "watched=yes"])?;
@@ -303,6 +313,47 @@ fn exec_tty(k: &Versioned) -> StepResult {
         Ok(())
     } else {
         Err(format!("kubectl exec -it under a pty printed:\n{text}{}", String::from_utf8_lossy(&out.stderr)))
+    }
+}
+
+/// `kubectl run -it --rm` under a pseudo-terminal: kubectl attaches to the new container's
+/// terminal, its input reaches the shell, and the pod goes once the shell ends.
+fn run_tty(k: &Versioned) -> StepResult {
+    let probe = "read a; [ -t 0 ] && [ -t 1 ] && echo tty-yes; tty; echo got-$a";
+    let args = ["run", "-it", "--rm", "--restart=Never", "term", "--image=busybox:1.25", "--", "sh", "-c", probe];
+    let cmd = k.command(&args);
+    let line: Vec<String> =
+        std::iter::once(cmd.get_program()).chain(cmd.get_args()).map(|a| shell_quote(&a.to_string_lossy())).collect();
+    let mut child = Command::new("timeout")
+        .args(["90", "script", "-qec", &line.join(" "), "/dev/null"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run script: {e}"))?;
+    // Typed ahead: the terminal holds it until kubectl has attached and reads it. Stdin stays
+    // open until kubectl is done (script ends the session at its input's end).
+    let mut stdin = child.stdin.take();
+    if let Some(w) = stdin.as_mut() {
+        let _ = w.write_all(b"hello\r");
+    }
+    let mut stdout = child.stdout.take().ok_or("no stdout")?;
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stdout.read_to_string(&mut text);
+        text
+    });
+    let status = child.wait().map_err(|e| format!("script: {e}"))?;
+    drop(stdin);
+    let text = reader.join().unwrap_or_default();
+    if text.contains("tty-yes") && text.contains("/dev/pts/") && text.contains("got-hello") {
+        Ok(())
+    } else {
+        let mut err = String::new();
+        if let Some(mut e) = child.stderr.take() {
+            let _ = e.read_to_string(&mut err);
+        }
+        Err(format!("{} under a pty ({status}) printed:\n{text}{err}", k.describe(&args)))
     }
 }
 
