@@ -101,35 +101,28 @@ impl LinuxNet {
     }
 
     /// Connects the network namespace at `netns` to this one: a veth pair whose end `host`
-    /// stays here (attached to `bridge`, hairpin on, up) and whose other end is moved into
-    /// `netns` and named `inside` there (so `inside` may be a name taken here, such as `eth0`).
-    /// Both ends get `mtu`.
+    /// stays here (attached to `bridge`, hairpin on, up) and whose other end is created in
+    /// `netns`, named `inside` there (so `inside` may be a name taken here, such as `eth0`).
+    /// Both ends get `mtu`. The far end is made in its namespace by the one request that makes
+    /// the pair: moving a link between namespaces afterwards costs the kernel a network-wide
+    /// synchronisation under the rtnl lock (tens of milliseconds, serialising pod starts).
     pub async fn attach_veth(&self, host: &str, inside: &str, netns: &Path, bridge: &str, mtu: u32) -> Result<()> {
+        use rtnetlink::packet_route::link::{InfoData, InfoVeth};
         let ns = std::fs::File::open(netns).map_err(|source| Error::OpenNetns { path: netns.into(), source })?;
-        // A scratch name for the far end while it is still here.
-        let scratch: String = format!("p{}", host.chars().rev().take(13).collect::<String>());
-        self.handle
-            .link()
-            .add(LinkVeth::new(host, &scratch).mtu(mtu).build())
-            .execute()
-            .await
-            .map_err(|source| Error::CreateVeth { host: host.into(), peer: scratch.clone(), source })?;
-        let peer_index = self.must_index(&scratch).await?;
-        // Moved and renamed in one message, as `ip link set P netns N name eth0`.
-        self.handle
-            .link()
-            .set(LinkUnspec::new_with_index(peer_index).setns_by_fd(ns.as_raw_fd()).name(inside).mtu(mtu).build())
-            .execute()
-            .await
-            .map_err(|source| Error::MoveLink { name: scratch.clone(), source })?;
-        let host_index = self.must_index(host).await?;
         let bridge_index = self.must_index(bridge).await?;
-        self.handle
-            .link()
-            .set(LinkUnspec::new_with_index(host_index).controller(bridge_index).up().build())
-            .execute()
-            .await
-            .map_err(|source| Error::SetLink { name: host.into(), source })?;
+        let peer = LinkUnspec::new_with_name(inside).setns_by_fd(ns.as_raw_fd()).mtu(mtu).build();
+        let pair = LinkVeth::new(host, inside)
+            .mtu(mtu)
+            .controller(bridge_index)
+            .up()
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
+            .build();
+        self.handle.link().add(pair).execute().await.map_err(|source| Error::CreateVeth {
+            host: host.into(),
+            peer: inside.into(),
+            source,
+        })?;
+        let host_index = self.must_index(host).await?;
         // Hairpin: a pod reaching its own Service is sent back out of its own port. Bridge
         // port options go in RTM_NEWLINK, as `ip link set H type bridge_slave hairpin on`.
         self.handle

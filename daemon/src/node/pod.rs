@@ -184,6 +184,7 @@ impl Agent {
         }
         if st.started_at.is_none() {
             st.started_at = Some(shoal_kube::objects::now_rfc3339());
+            tracing::debug!(pod = %pod_ref(pod), "pod start: first sync");
         }
         let pod = &self.effective_pod(pod).await;
         let host_network = pod["spec"]["hostNetwork"].as_bool() == Some(true);
@@ -197,10 +198,12 @@ impl Agent {
                     .map_err(|e| AgentError::Pod(format!("sandbox task: {e}")))??,
             };
             st.sandbox = Some(sb);
+            tracing::debug!(pod = %pod_ref(pod), "pod start: sandbox ready");
         }
         if st.ip.is_none() && !host_network {
             if let Some(sb) = &st.sandbox {
                 st.ip = Some(self.net.attach(uid, &sb.netns_path).await?);
+                tracing::debug!(pod = %pod_ref(pod), "pod start: network attached");
             }
         }
         let dir = self.pod_dir(uid);
@@ -502,6 +505,7 @@ impl Agent {
         let restarts = ctr.restarts;
         match self.create_container(uid, pod, c, st_ip(st), st.sandbox.clone(), &id, restarts).await {
             Ok(image_id) => {
+                tracing::debug!(pod = %pod_ref(pod), container = %name, "pod start: container started");
                 let ctr = st.containers.get_mut(&name).expect("inserted above");
                 ctr.image_id = image_id;
                 ctr.waiting = None;
@@ -968,12 +972,14 @@ impl Agent {
             return Ok(());
         }
         let ns = pod["metadata"]["namespace"].as_str().unwrap_or("default");
+        let status_phase = status["phase"].as_str().unwrap_or_default().to_string();
         let mut next = pod.clone();
         next["status"] = status;
         if let Some(m) = next["metadata"].as_object_mut() {
             m.remove("resourceVersion");
         }
         self.cfg.objects.update(&self.pods, Some(ns), next, UpdateMode::Status).await?;
+        tracing::debug!(pod = %pod_ref(pod), phase = %status_phase, "pod status written");
         Ok(())
     }
 

@@ -329,6 +329,7 @@ async fn priority_classes(ctx: &Context) -> Result<Vec<Value>> {
 /// One scheduling pass over every pending pod.
 pub(crate) async fn schedule_pending(ctx: Arc<Context>) -> Result<Action> {
     let k = &ctx.kinds;
+    let started = std::time::Instant::now();
     let nodes = util::list(&ctx.objects, &k.nodes, None).await?;
     let pods = util::list(&ctx.objects, &k.pods, None).await?;
     let mut pending: Vec<Value> = pods.iter().filter(|p| is_pending(p)).cloned().collect();
@@ -405,8 +406,10 @@ pub(crate) async fn schedule_pending(ctx: Arc<Context>) -> Result<Action> {
             mark_all_unschedulable(&ctx, std::mem::take(&mut unschedulable)).await?;
         }
     }
+    let planned_ms = started.elapsed().as_millis();
     bind_all(&ctx, binds).await?;
     mark_all_unschedulable(&ctx, unschedulable).await?;
+    tracing::debug!(pods = pods.len(), planned_ms, pass_ms = started.elapsed().as_millis(), "scheduler pass");
     Ok(if any_unschedulable { Action::requeue(RETRY) } else { Action::await_change() })
 }
 
