@@ -153,31 +153,55 @@ pub(crate) struct Input {
     pub stdin_once: bool,
 }
 
-/// Starts the shim's attach server for the container whose state dir is `dir`: a thread that
-/// accepts clients on [`SOCKET`], and one per client that applies its input. Returns the
-/// clients for the output.
-pub(crate) fn serve(dir: &Path, input: Input) -> io::Result<Clients> {
-    let (_dir, path) = short_path(dir)?;
-    let _ = std::fs::remove_file(&path);
-    let listener = UnixListener::bind(&path)?;
-    let clients = Clients::default();
-    let accepted = clients.clone();
-    let terminal = input.terminal;
-    let stdin_once = input.stdin_once;
-    let stdin: Arc<Mutex<Option<File>>> = Arc::new(Mutex::new(input.stdin.map(File::from)));
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(conn) = conn else { continue };
+/// The shim's attach server: the listening socket, polled by the shim's main loop (no thread
+/// runs until a client connects), the attached clients and where their input goes.
+pub(crate) struct Server {
+    listener: UnixListener,
+    pub(crate) clients: Clients,
+    stdin: Arc<Mutex<Option<File>>>,
+    terminal: Option<OwnedFd>,
+    stdin_once: bool,
+}
+
+impl Server {
+    /// Listens on [`SOCKET`] in the container's state dir `dir`.
+    pub(crate) fn bind(dir: &Path, input: Input) -> io::Result<Server> {
+        let (_dir, path) = short_path(dir)?;
+        let _ = std::fs::remove_file(&path);
+        let listener = UnixListener::bind(&path)?;
+        listener.set_nonblocking(true)?;
+        Ok(Server {
+            listener,
+            clients: Clients::default(),
+            stdin: Arc::new(Mutex::new(input.stdin.map(File::from))),
+            terminal: input.terminal,
+            stdin_once: input.stdin_once,
+        })
+    }
+
+    /// The listening socket, for poll.
+    pub(crate) fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        self.listener.as_fd()
+    }
+
+    /// Takes the clients waiting on the socket: each gets the output from now on, and a thread
+    /// that applies its input until it ends.
+    pub(crate) fn accept(&self) {
+        while let Ok((conn, _)) = self.listener.accept() {
+            if conn.set_nonblocking(false).is_err() {
+                continue;
+            }
             let Ok(out) = conn.try_clone() else { continue };
-            if let Ok(mut c) = accepted.0.lock() {
+            if let Ok(mut c) = self.clients.0.lock() {
                 c.push(out);
             }
-            let stdin = stdin.clone();
-            let terminal = terminal.as_ref().and_then(|t| t.try_clone().ok());
-            std::thread::spawn(move || client_input(conn, &stdin, terminal, stdin_once));
+            let stdin = self.stdin.clone();
+            let terminal = self.terminal.as_ref().and_then(|t| t.try_clone().ok());
+            let once = self.stdin_once;
+            std::thread::spawn(move || client_input(conn, &stdin, terminal, once));
         }
-    });
-    Ok(clients)
+    }
 }
 
 /// Applies one client's input until it ends.

@@ -106,12 +106,15 @@ fn create_main(dir: &Path) -> i32 {
         }
     };
     // Listening before the report: a client may attach as soon as create returns.
-    let clients = match sup.input.take().filter(|_| !container.inherit_stdio) {
-        Some(input) => attach::serve(dir, input).unwrap_or_else(|e| {
-            let _ = writeln!(io::stderr(), "attach socket: {e}");
-            attach::Clients::default()
-        }),
-        None => attach::Clients::default(),
+    let server = match sup.input.take().filter(|_| !container.inherit_stdio) {
+        Some(input) => match attach::Server::bind(dir, input) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                let _ = writeln!(io::stderr(), "attach socket: {e}");
+                None
+            }
+        },
+        None => None,
     };
     report_line(report, &format!("ok {}", sup.pid));
     if !container.inherit_stdio {
@@ -121,7 +124,7 @@ fn create_main(dir: &Path) -> i32 {
             }
         }
     }
-    match supervise(dir, &container, &cgroups, sup, &clients) {
+    match supervise(dir, &container, &cgroups, sup, server.as_ref()) {
         Ok(()) => 0,
         Err(e) => {
             let _ = writeln!(io::stderr(), "shim {}: {e}", container.id);
@@ -347,7 +350,7 @@ fn supervise(
     c: &ContainerFile,
     cgroups: &dyn CgroupDriver,
     sup: Supervisor,
-    clients: &attach::Clients,
+    server: Option<&attach::Server>,
 ) -> io::Result<()> {
     let mut log = match (&c.log_path, c.inherit_stdio) {
         (Some(p), false) => match CriLog::open(p, c.log_max_size, c.log_max_files) {
@@ -371,8 +374,12 @@ fn supervise(
             Some(d) => PollTimeout::try_from(d.saturating_duration_since(Instant::now())).unwrap_or(PollTimeout::ZERO),
             None => PollTimeout::NONE,
         };
-        let (readable, sig_ready) = {
+        let (readable, sig_ready, attach_ready) = {
             let mut fds = vec![PollFd::new(sup.sigfd.as_fd(), PollFlags::POLLIN)];
+            if let Some(s) = server {
+                fds.push(PollFd::new(s.fd(), PollFlags::POLLIN));
+            }
+            let first_stream = fds.len();
             let mut idx = Vec::new();
             for (i, s) in streams.iter().enumerate() {
                 if let Some((fd, _)) = s {
@@ -387,15 +394,22 @@ fn supervise(
             }
             let ready = |f: &PollFd| f.revents().is_some_and(|r| !r.is_empty());
             let sig_ready = ready(&fds[0]);
-            let readable: Vec<usize> = fds[1..].iter().zip(idx).filter(|(f, _)| ready(f)).map(|(_, i)| i).collect();
-            (readable, sig_ready)
+            let attach_ready = server.is_some() && ready(&fds[1]);
+            let readable: Vec<usize> =
+                fds[first_stream..].iter().zip(idx).filter(|(f, _)| ready(f)).map(|(_, i)| i).collect();
+            (readable, sig_ready, attach_ready)
         };
+        if let (true, Some(s)) = (attach_ready, server) {
+            s.accept();
+        }
         for i in readable {
             let Some((fd, stream)) = streams[i].as_ref() else { continue };
             match nix::unistd::read(fd, &mut buf) {
                 Ok(0) | Err(nix::Error::EIO) => streams[i] = None,
                 Ok(n) => {
-                    clients.send(*stream, &buf[..n]);
+                    if let Some(s) = server {
+                        s.clients.send(*stream, &buf[..n]);
+                    }
                     if let Some(l) = log.as_mut() {
                         if let Err(e) = l.write(*stream, &buf[..n]) {
                             let _ = writeln!(io::stderr(), "write log: {e}");
