@@ -499,7 +499,9 @@ async fn bind(ctx: &Context, pod: &Value, node: &str) -> Result<bool> {
         Ok(bound) => {
             tracing::info!(ns = namespace_of(pod).unwrap_or(""), pod = %name_of(pod), node, "pod bound");
             let msg = format!("Successfully assigned {}/{} to {node}", namespace_of(pod).unwrap_or(""), name_of(pod));
-            ctx.events.normal(COMPONENT, &bound, "Scheduled", &msg).await;
+            // In the background: the next pass need not wait for the Event's write.
+            let events = ctx.events.clone();
+            tokio::spawn(async move { events.normal(COMPONENT, &bound, "Scheduled", &msg).await });
             Ok(true)
         }
         Err(shoal_kube::Error::Conflict { .. }) | Err(shoal_kube::Error::NotFound { .. }) => Ok(false),
