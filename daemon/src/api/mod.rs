@@ -50,7 +50,9 @@ mod workloads;
 
 pub use kubeconfig::kubeconfig;
 pub use node::NodeHeartbeats;
-pub use streams::{ByteStream, ExecIo, ExecOptions, LogOptions, PodStreams, PortConnection, StreamError, TerminalSize};
+pub use streams::{
+    follow_output, ByteStream, ExecIo, ExecOptions, LogOptions, PodStreams, PortConnection, StreamError, TerminalSize,
+};
 pub use tls::TlsMaterial;
 
 /// The Kubernetes version whose API is served (kubectl's dispatcher picks its binary by it).

@@ -73,6 +73,38 @@ pub struct ExecIo {
     pub resize: tokio::sync::mpsc::Receiver<TerminalSize>,
 }
 
+/// Attaches to the output only, by following the container's log from now on (stdout and
+/// stderr both arrive on `io.stdout`).
+pub fn follow_output<S: PodStreams + ?Sized>(
+    streams: &S,
+    pod: &Value,
+    container: &str,
+    io: ExecIo,
+) -> BoxFuture<'static, Result<i32, StreamError>> {
+    let logs = LogOptions {
+        container: Some(container.to_string()),
+        follow: true,
+        tail_lines: Some(0),
+        ..LogOptions::default()
+    };
+    let stream = streams.logs(pod, logs);
+    Box::pin(async move {
+        use futures::StreamExt;
+        let mut stream = stream.await?;
+        while let Some(chunk) = stream.next().await {
+            match chunk {
+                Ok(b) => {
+                    if io.stdout.send(b).await.is_err() {
+                        break;
+                    }
+                }
+                Err(e) => return Err(StreamError::Unavailable(format!("reading the container output: {e}"))),
+            }
+        }
+        Ok(0)
+    })
+}
+
 /// Implemented by the node agent (locally, or by proxying to the node that runs the pod).
 /// `pod` is the Pod object as stored, so the implementation knows `spec.nodeName` and the uid.
 pub trait PodStreams: Send + Sync {
@@ -100,28 +132,7 @@ pub trait PodStreams: Send + Sync {
                 ))
             });
         }
-        let logs = LogOptions {
-            container: Some(opts.container.clone()),
-            follow: true,
-            tail_lines: Some(0),
-            ..LogOptions::default()
-        };
-        let stream = self.logs(pod, logs);
-        Box::pin(async move {
-            use futures::StreamExt;
-            let mut stream = stream.await?;
-            while let Some(chunk) = stream.next().await {
-                match chunk {
-                    Ok(b) => {
-                        if io.stdout.send(b).await.is_err() {
-                            break;
-                        }
-                    }
-                    Err(e) => return Err(StreamError::Unavailable(format!("reading the container output: {e}"))),
-                }
-            }
-            Ok(0)
-        })
+        follow_output(self, pod, &opts.container, io)
     }
 
     /// Connects to `port` of the pod (on the node that runs it).

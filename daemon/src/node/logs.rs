@@ -9,6 +9,7 @@ use serde_json::Value;
 
 use crate::api::{ByteStream, LogOptions, PodStreams, StreamError};
 
+#[derive(Clone)]
 pub(crate) struct LocalLogs {
     pub log_dir: PathBuf,
 }

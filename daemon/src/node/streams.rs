@@ -23,7 +23,9 @@ use shoal_store::Store;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
-use crate::api::{ByteStream, ExecIo, ExecOptions, LogOptions, PodStreams, PortConnection, StreamError, TerminalSize};
+use crate::api::{
+    follow_output, ByteStream, ExecIo, ExecOptions, LogOptions, PodStreams, PortConnection, StreamError, TerminalSize,
+};
 
 /// The transport service that serves pod streams to peers.
 pub const SERVICE: &str = "pod-streams";
@@ -314,6 +316,8 @@ impl PodStreams for Local {
             .into_iter()
             .flatten()
             .any(|c| c["name"].as_str() == Some(container.as_str()) && c["stdin"].as_bool() == Some(true));
+        let logs = self.logs.clone();
+        let pod = pod.clone();
         Box::pin(async move {
             let id = id?;
             if opts.stdin && !has_stdin {
@@ -322,7 +326,12 @@ impl PodStreams for Local {
                      attach without -i to follow its output"
                 )));
             }
-            attach_local(cfg, id, name, opts, io).await
+            match attach_local(cfg, id, name, opts, io).await {
+                Attached::Done(r) => r,
+                // A container started before its shim had an attach socket (an upgrade): its
+                // output can still be followed in the log.
+                Attached::NoSocket(io) => follow_output(&logs, &pod, &container, io).await,
+            }
         })
     }
 
@@ -498,6 +507,13 @@ async fn exec_local(
     Ok(code)
 }
 
+/// How [`attach_local`] ended: with the session's result, or at once because the container's
+/// shim has no attach socket (`io` handed back untouched).
+enum Attached {
+    Done(Result<i32, StreamError>),
+    NoSocket(ExecIo),
+}
+
 /// Attaches to a local container's main process through its shim: live output, and input
 /// when the client sends it. Ends when the container does (or the client goes away).
 async fn attach_local(
@@ -506,11 +522,10 @@ async fn attach_local(
     pod: String,
     opts: ExecOptions,
     io: ExecIo,
-) -> Result<i32, StreamError> {
-    use shoal_runtime::attach::Attach;
-    let ExecIo { stdin, stdout, stderr, mut resize } = io;
+) -> Attached {
     let container = opts.container.clone();
-    let conn = tokio::task::spawn_blocking(move || {
+    let want_stdin = opts.stdin;
+    let connected = tokio::task::spawn_blocking(move || {
         let rt = shoal_runtime::Runtime::new(cfg);
         let state = rt.state(&id).map_err(|_| StreamError::NotStarted {
             pod: pod.clone(),
@@ -520,10 +535,38 @@ async fn attach_local(
         if state.status != shoal_runtime::Status::Running {
             return Err(StreamError::NotStarted { pod, container, reason: format!("container is {}", state.status) });
         }
-        rt.attach(&id).map_err(|e| StreamError::Unavailable(super::pod::chain(&e)))
+        match rt.attach(&id) {
+            Ok(a) => Ok(Some(a)),
+            Err(shoal_runtime::Error::Exec { source, .. })
+                if !want_stdin
+                    && matches!(
+                        source.kind(),
+                        std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+                    ) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(StreamError::Unavailable(super::pod::chain(&e))),
+        }
     })
     .await
-    .map_err(|e| StreamError::Unavailable(format!("attach task: {e}")))??;
+    .map_err(|e| StreamError::Unavailable(format!("attach task: {e}")));
+    let conn = match connected {
+        Ok(Ok(Some(conn))) => conn,
+        Ok(Ok(None)) => return Attached::NoSocket(io),
+        Ok(Err(e)) | Err(e) => return Attached::Done(Err(e)),
+    };
+    Attached::Done(attach_session(conn, opts, io).await)
+}
+
+/// Pumps `io` through an attach connection until the container ends it.
+async fn attach_session(
+    conn: shoal_runtime::attach::Attach,
+    opts: ExecOptions,
+    io: ExecIo,
+) -> Result<i32, StreamError> {
+    use shoal_runtime::attach::Attach;
+    let ExecIo { stdin, stdout, stderr, mut resize } = io;
     let clone = |a: &Attach| a.try_clone().map_err(|e| StreamError::Unavailable(format!("attach socket: {e}")));
     /// Shuts the connection down when the session ends, however it ends, so the blocking
     /// reader returns.
