@@ -3,8 +3,8 @@
 //! The shim listens on [`SOCKET`] in the container's state dir. Frames go both ways as
 //! `tag: u8, len: u16 (big endian), payload`:
 //! - shim → client: [`TAG_STDOUT`] and [`TAG_STDERR`], the live output as the log gets it (with a
-//!   terminal, everything is stdout). A client that cannot keep up is dropped: neither the
-//!   container nor its log ever waits for an attached client.
+//!   terminal, everything is stdout). A client that cannot keep up is disconnected: neither
+//!   the container nor its log ever waits for an attached client.
 //! - client → shim: [`TAG_STDIN`] (only for a container created with `open_stdin`),
 //!   [`TAG_RESIZE`] (rows, columns: two u16) and [`TAG_CLOSE_STDIN`] (the client's input ended;
 //!   with `stdin_once` the container's stdin is closed then, for good).
@@ -127,7 +127,15 @@ impl Clients {
         }
         let tag = if stream == Stream::Stderr { TAG_STDERR } else { TAG_STDOUT };
         let bytes = frame(tag, data);
-        clients.retain(|c| send_all_nonblocking(c, &bytes));
+        clients.retain(|c| {
+            let sent = send_all_nonblocking(c, &bytes);
+            if !sent {
+                // Ended both ways, so the client sees the end (not half a frame and silence)
+                // and its input thread returns.
+                let _ = c.shutdown(std::net::Shutdown::Both);
+            }
+            sent
+        });
     }
 }
 

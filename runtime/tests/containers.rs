@@ -196,6 +196,34 @@ fn attach_writes_stdin_reads_live_output_and_stdin_once_closes_it() {
 }
 
 #[test]
+fn an_attached_client_that_does_not_read_is_disconnected_and_never_holds_the_container() {
+    let w = World::new("slowattach");
+    let script = "i=0; while [ $i -lt 20000 ]; do echo line-$i-aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa; i=$((i+1)); done; echo end";
+    let spec = default_spec("rootfs", vec!["sh".into(), "-c".into(), script.into()]);
+    let bundle = w.bundle("slowattach", spec);
+    w.rt.create("slowattach", &bundle, &w.opts("slowattach")).expect("create");
+    let mut a = w.rt.attach("slowattach").expect("attach");
+    w.rt.start("slowattach").expect("start");
+    // 1.8 MB of output while the client reads none of it: the container is not held up.
+    let started = Instant::now();
+    assert_eq!(w.rt.wait("slowattach").expect("wait").exit_code, Some(0));
+    assert!(started.elapsed() < Duration::from_secs(30));
+    assert_eq!(w.output("slowattach", "stdout").last().map(String::as_str), Some("end"));
+    // The client, dropped, reads what was buffered and then the end: no hang.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut got = 0usize;
+        while let Ok(Some((_, b))) = a.read_output() {
+            got += b.len();
+        }
+        let _ = tx.send(got);
+    });
+    let got = rx.recv_timeout(Duration::from_secs(10)).expect("the dropped client's reads end");
+    assert!(got < 1_800_000, "the client was disconnected before the end ({got} bytes)");
+    w.rt.delete("slowattach", false).expect("delete");
+}
+
+#[test]
 fn a_missing_program_fails_create() {
     let w = World::new("missing");
     let bundle = w.bundle("missing", default_spec("rootfs", vec!["no-such-program".into()]));
@@ -304,7 +332,14 @@ fn containers_of_a_sandbox_share_net_ipc_and_uts() {
             spec.set_hostname(hostname);
         }
     };
-    w.run("server", &["sh", "-c", "readlink /proc/self/ns/net; nc -l -p 9000"], join(Some("pod-a")));
+    // The server's stdin stays open (busybox nc may end at the end of its stdin before the
+    // client's data arrives).
+    let mut spec =
+        default_spec("rootfs", ["sh", "-c", "readlink /proc/self/ns/net; nc -l -p 9000"].map(String::from).to_vec());
+    join(Some("pod-a"))(&mut spec);
+    let bundle = w.bundle("server", spec);
+    w.rt.create("server", &bundle, &CreateOpts { open_stdin: true, ..w.opts("server") }).expect("create");
+    w.rt.start("server").expect("start");
     w.run(
         "client",
         &[
