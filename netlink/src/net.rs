@@ -107,21 +107,8 @@ impl LinuxNet {
     /// the pair: moving a link between namespaces afterwards costs the kernel a network-wide
     /// synchronisation under the rtnl lock (tens of milliseconds, serialising pod starts).
     pub async fn attach_veth(&self, host: &str, inside: &str, netns: &Path, bridge: &str, mtu: u32) -> Result<()> {
-        use rtnetlink::packet_route::link::{InfoData, InfoVeth};
-        let ns = std::fs::File::open(netns).map_err(|source| Error::OpenNetns { path: netns.into(), source })?;
         let bridge_index = self.must_index(bridge).await?;
-        let peer = LinkUnspec::new_with_name(inside).setns_by_fd(ns.as_raw_fd()).mtu(mtu).build();
-        let pair = LinkVeth::new(host, inside)
-            .mtu(mtu)
-            .controller(bridge_index)
-            .up()
-            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
-            .build();
-        self.handle.link().add(pair).execute().await.map_err(|source| Error::CreateVeth {
-            host: host.into(),
-            peer: inside.into(),
-            source,
-        })?;
+        self.add_veth_into(host, inside, netns, Some(bridge_index), Some(mtu)).await?;
         let host_index = self.must_index(host).await?;
         // Hairpin: a pod reaching its own Service is sent back out of its own port. Bridge
         // port options go in RTM_NEWLINK, as `ip link set H type bridge_slave hairpin on`.
@@ -131,6 +118,36 @@ impl LinuxNet {
             .execute()
             .await
             .map_err(|source| Error::SetLink { name: host.into(), source })
+    }
+
+    /// Makes a veth pair whose end `host` stays here, up (on the bridge with index `bridge`, if
+    /// given), and whose end `inside` is created in the namespace at `netns`, in one request
+    /// (never moved there afterwards, see [`LinuxNet::attach_veth`]).
+    async fn add_veth_into(
+        &self,
+        host: &str,
+        inside: &str,
+        netns: &Path,
+        bridge: Option<u32>,
+        mtu: Option<u32>,
+    ) -> Result<()> {
+        use rtnetlink::packet_route::link::{InfoData, InfoVeth};
+        let ns = std::fs::File::open(netns).map_err(|source| Error::OpenNetns { path: netns.into(), source })?;
+        let mut peer = LinkUnspec::new_with_name(inside).setns_by_fd(ns.as_raw_fd());
+        let mut pair = LinkVeth::new(host, inside).up();
+        if let Some(m) = mtu {
+            peer = peer.mtu(m);
+            pair = pair.mtu(m);
+        }
+        if let Some(b) = bridge {
+            pair = pair.controller(b);
+        }
+        let pair = pair.set_info_data(InfoData::Veth(InfoVeth::Peer(peer.build()))).build();
+        self.handle.link().add(pair).execute().await.map_err(|source| Error::CreateVeth {
+            host: host.into(),
+            peer: inside.into(),
+            source,
+        })
     }
 
     /// The gateway the kernel routes `dst` through: `None` when `dst` is on-link (as
@@ -430,31 +447,11 @@ impl Net for LinuxNet {
     }
 
     async fn create_veth(&self, host: &str, peer: &str, netns: &Path, bridge: Option<&str>) -> Result<()> {
-        let ns = std::fs::File::open(netns).map_err(|source| Error::OpenNetns { path: netns.into(), source })?;
-        self.handle
-            .link()
-            .add(LinkVeth::new(host, peer).build())
-            .execute()
-            .await
-            .map_err(|source| Error::CreateVeth { host: host.into(), peer: peer.into(), source })?;
-        let peer_index = self.must_index(peer).await?;
-        self.handle
-            .link()
-            .set(LinkUnspec::new_with_index(peer_index).setns_by_fd(ns.as_raw_fd()).build())
-            .execute()
-            .await
-            .map_err(|source| Error::MoveLink { name: peer.into(), source })?;
-        let host_index = self.must_index(host).await?;
-        let mut msg = LinkUnspec::new_with_index(host_index).up();
-        if let Some(br) = bridge {
-            msg = msg.controller(self.must_index(br).await?);
-        }
-        self.handle
-            .link()
-            .set(msg.build())
-            .execute()
-            .await
-            .map_err(|source| Error::SetLink { name: host.into(), source })
+        let bridge = match bridge {
+            Some(b) => Some(self.must_index(b).await?),
+            None => None,
+        };
+        self.add_veth_into(host, peer, netns, bridge, None).await
     }
 
     async fn list_links(&self) -> Result<Vec<String>> {

@@ -268,13 +268,18 @@ fn pod_name(pod: &Value) -> String {
     pod["metadata"]["name"].as_str().unwrap_or_default().to_string()
 }
 
-/// The runtime id of the named container (the first one when `container` is empty).
-fn container_of(pod: &Value, container: &str) -> Result<String, StreamError> {
-    let name = if container.is_empty() {
+/// The container a request names: `container`, or the pod's first when it is empty.
+fn container_name(pod: &Value, container: &str) -> String {
+    if container.is_empty() {
         pod["spec"]["containers"][0]["name"].as_str().unwrap_or_default().to_string()
     } else {
         container.to_string()
-    };
+    }
+}
+
+/// The runtime id of the named container (the first one when `container` is empty).
+fn container_of(pod: &Value, container: &str) -> Result<String, StreamError> {
+    let name = container_name(pod, container);
     let known = pod["spec"]["containers"]
         .as_array()
         .into_iter()
@@ -306,11 +311,7 @@ impl PodStreams for Local {
         let cfg = self.runtime.clone();
         let id = container_of(pod, &opts.container);
         let name = pod_name(pod);
-        let container = if opts.container.is_empty() {
-            pod["spec"]["containers"][0]["name"].as_str().unwrap_or_default().to_string()
-        } else {
-            opts.container.clone()
-        };
+        let container = container_name(pod, &opts.container);
         let has_stdin = pod["spec"]["containers"]
             .as_array()
             .into_iter()
@@ -393,6 +394,18 @@ fn connect_in_netns(netns: &Path, addr: std::net::SocketAddr) -> Result<std::net
     .map_err(|e| e.to_string())
 }
 
+/// Ok when the container `id` (`container` of `pod`) is running; otherwise why not, as the
+/// kubelet reports it.
+fn must_be_running(rt: &shoal_runtime::Runtime, id: &str, pod: String, container: String) -> Result<(), StreamError> {
+    match rt.state(id) {
+        Err(_) => Err(StreamError::NotStarted { pod, container, reason: "ContainerCreating".into() }),
+        Ok(st) if st.status != shoal_runtime::Status::Running => {
+            Err(StreamError::NotStarted { pod, container, reason: format!("container is {}", st.status) })
+        }
+        Ok(_) => Ok(()),
+    }
+}
+
 /// Runs a command in a local container and pumps its stdio through `io`.
 async fn exec_local(
     cfg: shoal_runtime::RuntimeConfig,
@@ -407,14 +420,7 @@ async fn exec_local(
     let tty = opts.tty;
     let started = tokio::task::spawn_blocking(move || {
         let rt = shoal_runtime::Runtime::new(cfg);
-        let state = rt.state(&id).map_err(|_| StreamError::NotStarted {
-            pod: pod.clone(),
-            container: container.clone(),
-            reason: "ContainerCreating".into(),
-        })?;
-        if state.status != shoal_runtime::Status::Running {
-            return Err(StreamError::NotStarted { pod, container, reason: format!("container is {}", state.status) });
-        }
+        must_be_running(&rt, &id, pod, container)?;
         let spec = rt.spec(&id).map_err(|e| StreamError::Unavailable(e.to_string()))?;
         let mut process = spec.process().clone().unwrap_or_default();
         process.set_args(Some(opts.command.clone()));
@@ -527,14 +533,7 @@ async fn attach_local(
     let want_stdin = opts.stdin;
     let connected = tokio::task::spawn_blocking(move || {
         let rt = shoal_runtime::Runtime::new(cfg);
-        let state = rt.state(&id).map_err(|_| StreamError::NotStarted {
-            pod: pod.clone(),
-            container: container.clone(),
-            reason: "ContainerCreating".into(),
-        })?;
-        if state.status != shoal_runtime::Status::Running {
-            return Err(StreamError::NotStarted { pod, container, reason: format!("container is {}", state.status) });
-        }
+        must_be_running(&rt, &id, pod, container)?;
         match rt.attach(&id) {
             Ok(a) => Ok(Some(a)),
             Err(shoal_runtime::Error::Exec { source, .. })
