@@ -392,8 +392,15 @@ impl Runtime {
         let mut pause = Duration::from_micros(100);
         loop {
             let st = state::load(&dir, &self.proc_root)?;
-            if st.status == Status::Stopped && (st.exit_code.is_some() || !self.shim_alive(&dir)?) {
-                return Ok(Some(st));
+            if st.status == Status::Stopped {
+                if st.exit_code.is_some() {
+                    return Ok(Some(st));
+                }
+                if !self.shim_alive(&dir)? {
+                    // The shim may have written the exit file and ended since `st` was read:
+                    // read again now that nothing can change any more.
+                    return Ok(Some(state::load(&dir, &self.proc_root)?));
+                }
             }
             let now = Instant::now();
             if now >= deadline {
