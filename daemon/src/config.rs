@@ -68,6 +68,17 @@ pub struct NodeConfig {
     pub node: NodeAgentConfig,
     pub network: NetworkConfig,
     pub lb: LbConfig,
+    pub api: ApiSection,
+}
+
+/// The `[api]` section.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiSection {
+    /// An extra plain-HTTP listener serving only `GET /metrics`, for scrapers on a trusted
+    /// network (e.g. `"0.0.0.0:9100"`). Off by default: `/metrics` is then served on the API
+    /// port to authenticated clients only.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -157,6 +168,7 @@ impl Default for NodeConfig {
             node: NodeAgentConfig::default(),
             network: NetworkConfig::default(),
             lb: LbConfig::default(),
+            api: ApiSection::default(),
         }
     }
 }

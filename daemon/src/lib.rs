@@ -12,6 +12,7 @@ pub mod control;
 pub mod controllers;
 pub mod dns;
 pub mod lb;
+pub mod metrics;
 pub mod node;
 pub mod proxy;
 pub mod scheduler;

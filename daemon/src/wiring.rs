@@ -39,7 +39,17 @@ pub(crate) async fn run_services(node: Arc<Node>, stop: CancellationToken) {
     crate::node::register_metrics(&node.transport, metrics.clone());
     tasks.spawn(metrics.clone().run(stop.clone()));
     let _ = node.metrics.set(metrics.clone());
-    tasks.spawn(api_server(node.clone(), streams, Some(metrics.clone() as Arc<dyn MetricsSource>), stop.clone()));
+    let exporter = exporter(&node, &tasks, stop.clone());
+    if let Some(addr) = node.cfg.api.metrics_listen {
+        tasks.spawn(crate::metrics::plain::run(addr, exporter.clone(), stop.clone()));
+    }
+    tasks.spawn(api_server(
+        node.clone(),
+        streams,
+        Some(metrics.clone() as Arc<dyn MetricsSource>),
+        exporter,
+        stop.clone(),
+    ));
     if node.cfg.node.run_pods {
         tasks.spawn(run_agent(node.clone(), stop.clone()));
         tasks.spawn(run_proxy(node.clone(), stop.clone()));
@@ -49,6 +59,18 @@ pub(crate) async fn run_services(node: Arc<Node>, stop: CancellationToken) {
     tasks.close();
     stop.cancelled().await;
     tasks.wait().await;
+}
+
+/// The node's `/metrics`: the process-wide families and this node's scrape-time values.
+fn exporter(
+    node: &Arc<Node>,
+    tasks: &tokio_util::task::TaskTracker,
+    stop: CancellationToken,
+) -> Arc<crate::metrics::Exporter> {
+    let leaders = Arc::new(crate::metrics::store::LeaderTracker::default());
+    tasks.spawn(leaders.clone().run(node.store.clone(), stop));
+    let collector = crate::metrics::node::NodeCollector { node: node.clone(), leaders };
+    Arc::new(crate::metrics::Exporter::new(Some(Box::new(collector))))
 }
 
 /// Writes this node's record into the store once (retrying until a leader takes it).
@@ -287,6 +309,7 @@ async fn api_server(
     node: Arc<Node>,
     streams: Option<Arc<dyn PodStreams>>,
     metrics: Option<Arc<dyn MetricsSource>>,
+    exporter: Arc<crate::metrics::Exporter>,
     stop: CancellationToken,
 ) {
     let listen = SocketAddr::new(IpAddr::from([0, 0, 0, 0]), node.identity.api_port);
@@ -298,6 +321,7 @@ async fn api_server(
     let mut cfg = ApiConfig::new(listen, tls, node.objects.clone(), node.identity.name.clone());
     cfg.streams = streams;
     cfg.metrics = metrics;
+    cfg.exporter = exporter;
     cfg.heartbeats = Some(Arc::new(GossipHeartbeats(node.clone())));
     if let Err(e) = crate::api::serve(cfg, stop).await {
         tracing::error!(error = %e, %listen, "Kubernetes API stopped");

@@ -105,6 +105,8 @@ pub struct ApiConfig {
     pub metrics: Option<Arc<dyn MetricsSource>>,
     /// Live node heartbeats (gossip) shown in Node conditions; `None` shows the stored ones.
     pub heartbeats: Option<Arc<dyn NodeHeartbeats>>,
+    /// What `/metrics` serves (the process-wide families unless a node sets its own).
+    pub exporter: Arc<crate::metrics::Exporter>,
 }
 
 /// Pod and node usage for `metrics.k8s.io` (`kubectl top`), from the node agents.
@@ -124,6 +126,7 @@ impl ApiConfig {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             metrics: None,
             heartbeats: None,
+            exporter: Arc::new(crate::metrics::Exporter::default()),
         }
     }
 }
@@ -136,6 +139,7 @@ pub(crate) struct ApiState {
     pub max_body_bytes: usize,
     pub metrics: Option<Arc<dyn MetricsSource>>,
     pub heartbeats: Option<Arc<dyn NodeHeartbeats>>,
+    pub exporter: Arc<crate::metrics::Exporter>,
     /// Cancelled when the server stops; open watches and log streams end with it.
     pub shutdown: CancellationToken,
 }
@@ -171,6 +175,7 @@ impl Server {
             max_body_bytes: self.cfg.max_body_bytes,
             metrics: self.cfg.metrics.clone(),
             heartbeats: self.cfg.heartbeats.clone(),
+            exporter: self.cfg.exporter.clone(),
             shutdown: shutdown.child_token(),
         });
         let tracker = TaskTracker::new();
@@ -204,9 +209,10 @@ impl Server {
                 let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                     let state = state.clone();
                     async move {
-                        Ok::<_, Infallible>(
-                            router::dispatch(state, authenticated, req.map(axum::body::Body::new)).await,
-                        )
+                        let info = crate::metrics::apiserver::RequestInfo::of(req.method(), req.uri(), req.headers());
+                        let pending = crate::metrics::apiserver::start(info);
+                        let resp = router::dispatch(state, authenticated, req.map(axum::body::Body::new)).await;
+                        Ok::<_, Infallible>(pending.finish(resp))
                     }
                 });
                 let builder = auto::Builder::new(TokioExecutor::new());

@@ -35,7 +35,14 @@ pub(crate) async fn dispatch(state: Arc<ApiState>, authenticated: bool, req: Req
         }
         Err(e) => {
             debug!(%method, %path, code = e.code, reason = e.reason, message = %e.message, "api request failed");
-            e.into_response()
+            // Counted without resource labels: an unknown path or an unauthenticated client
+            // must not add series.
+            let unrouted = e.code == 401 || e.message == ApiError::path_not_found().message;
+            let mut r = e.into_response();
+            if unrouted {
+                r.extensions_mut().insert(crate::metrics::apiserver::Unrouted);
+            }
+            r
         }
     }
 }
@@ -47,6 +54,10 @@ async fn route(state: Arc<ApiState>, req: Request<Body>) -> Result<Response, Api
     let get = req.method() == Method::GET;
     match segs.as_slice() {
         ["version"] if get => ok(discovery::version()),
+        ["metrics"] if get => {
+            Ok((StatusCode::OK, [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], state.exporter.render())
+                .into_response())
+        }
         [h, ..] if get && ["healthz", "livez", "readyz"].contains(h) => {
             Ok((StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], "ok").into_response())
         }

@@ -47,6 +47,17 @@ pub(crate) struct NodeUsage {
     pub memory_bytes: u64,
 }
 
+/// Cumulative usage of one running container of this node at the last sample (for the
+/// cAdvisor-named Prometheus metrics).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ContainerSample {
+    pub namespace: String,
+    pub pod: String,
+    pub container: String,
+    pub cpu_usage_ns: u64,
+    pub memory_bytes: u64,
+}
+
 /// What a node reports to its peers.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct Report {
@@ -81,6 +92,8 @@ pub struct ClusterMetrics {
     runtime: Option<shoal_runtime::Runtime>,
     counters: std::sync::Mutex<Counters>,
     local: RwLock<Report>,
+    /// This node's containers at the last sample.
+    samples: RwLock<Vec<ContainerSample>>,
     /// Node name → its last report and when it arrived.
     remote: RwLock<BTreeMap<String, (Report, Instant)>>,
 }
@@ -102,6 +115,7 @@ impl ClusterMetrics {
             runtime: run_pods.then(|| shoal_runtime::Runtime::new(super::runtime_config(node_name))),
             counters: std::sync::Mutex::new(Counters::default()),
             local: RwLock::new(Report::default()),
+            samples: RwLock::new(Vec::new()),
             remote: RwLock::new(BTreeMap::new()),
         }
     }
@@ -126,6 +140,7 @@ impl ClusterMetrics {
         let now_str = shoal_kube::objects::now_rfc3339();
         let node = self.sample_node(&now_str);
         let mut pods = Vec::new();
+        let mut samples = Vec::new();
         if let Some(rt) = &self.runtime {
             let pod_res = super::res("pods");
             let list = self.objects.list(&pod_res, None).await.map(|(p, _)| p).unwrap_or_default();
@@ -139,6 +154,13 @@ impl ClusterMetrics {
                     let name = c["name"].as_str().unwrap_or_default();
                     let id = super::pod::container_id(uid, name);
                     let Ok(stats) = rt.stats(&id) else { continue };
+                    samples.push(ContainerSample {
+                        namespace: pod["metadata"]["namespace"].as_str().unwrap_or("default").to_string(),
+                        pod: pod["metadata"]["name"].as_str().unwrap_or_default().to_string(),
+                        container: name.to_string(),
+                        cpu_usage_ns: stats.cpu_usage_ns,
+                        memory_bytes: stats.memory_usage_bytes,
+                    });
                     let now = Instant::now();
                     if let Some((prev, at)) = counters.containers.get(&id) {
                         let elapsed = now.saturating_duration_since(*at);
@@ -166,6 +188,14 @@ impl ClusterMetrics {
         if let Ok(mut l) = self.local.write() {
             *l = Report { node, pods };
         }
+        if let Ok(mut s) = self.samples.write() {
+            *s = samples;
+        }
+    }
+
+    /// This node's running containers at the last sample.
+    pub(crate) fn container_samples(&self) -> Vec<ContainerSample> {
+        self.samples.read().map(|s| s.clone()).unwrap_or_default()
     }
 
     /// Node usage from /proc/stat and /proc/meminfo.

@@ -979,6 +979,9 @@ impl Agent {
             m.remove("resourceVersion");
         }
         self.cfg.objects.update(&self.pods, Some(ns), next, UpdateMode::Status).await?;
+        if status_phase == "Running" && matches!(old["phase"].as_str(), None | Some("Pending")) {
+            crate::metrics::kubelet::pod_started(pod["metadata"]["creationTimestamp"].as_str());
+        }
         tracing::debug!(pod = %pod_ref(pod), phase = %status_phase, "pod status written");
         Ok(())
     }

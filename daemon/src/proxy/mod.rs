@@ -170,6 +170,7 @@ impl Proxy {
         last: &mut Option<Table>,
         health: &health::HealthServers,
     ) -> Result<bool, ProxyError> {
+        let started = std::time::Instant::now();
         let list = |res: &Resource, plural: &'static str| {
             let objects = self.objects.clone();
             let res = res.clone();
@@ -204,6 +205,7 @@ impl Proxy {
             .map_err(ProxyError::Join)?
             .map_err(ProxyError::Apply)?;
         *last = Some(table);
+        crate::metrics::proxy::synced(started.elapsed(), ports.len());
         Ok(true)
     }
 

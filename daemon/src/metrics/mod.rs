@@ -1,0 +1,87 @@
+//! Prometheus metrics: `/metrics` on every node's API port (and on the opt-in plain listener),
+//! with the upstream names where upstream has the metric, so existing dashboards work.
+//!
+//! Counters and histograms fed from the code paths that count (requests, pod starts, rule syncs)
+//! live in one process-wide set ([`global`]); what is cheap to read at scrape time (Raft status,
+//! gossip members, announced IPs, container usage) is read then by a per-node collector
+//! ([`node::NodeCollector`]). Files: `apiserver`, `kubelet`, `store` (Raft), `gossip`, `lb`,
+//! `proxy`, one per family group, and `node` gathering the per-node ones.
+use std::sync::{Arc, OnceLock};
+
+use prometheus_client::registry::Registry;
+
+pub(crate) mod apiserver;
+pub(crate) mod gossip;
+pub(crate) mod kubelet;
+pub(crate) mod lb;
+pub(crate) mod node;
+pub(crate) mod plain;
+pub(crate) mod proxy;
+pub(crate) mod store;
+
+/// The content type of [`Exporter::render`] (Prometheus negotiates OpenMetrics).
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// The process-wide metrics fed by the code paths.
+pub(crate) struct Global {
+    pub api: apiserver::ApiMetrics,
+    pub kubelet: kubelet::KubeletMetrics,
+    pub proxy: proxy::ProxyMetrics,
+}
+
+/// The process-wide metrics (created at first use).
+pub(crate) fn global() -> &'static Global {
+    static G: OnceLock<Global> = OnceLock::new();
+    G.get_or_init(|| Global {
+        api: apiserver::ApiMetrics::default(),
+        kubelet: kubelet::KubeletMetrics::default(),
+        proxy: proxy::ProxyMetrics::default(),
+    })
+}
+
+/// What `/metrics` serves: the process-wide families and, on a node, its own collector.
+pub struct Exporter {
+    registry: Registry,
+}
+
+impl std::fmt::Debug for Exporter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Exporter")
+    }
+}
+
+impl Default for Exporter {
+    fn default() -> Self {
+        Exporter::new(None)
+    }
+}
+
+impl Exporter {
+    /// The process-wide families, plus `collector` (a node's scrape-time values) if given.
+    pub(crate) fn new(collector: Option<Box<dyn prometheus_client::collector::Collector>>) -> Exporter {
+        let mut registry = Registry::default();
+        let g = global();
+        g.api.register(&mut registry);
+        g.kubelet.register(&mut registry);
+        g.proxy.register(&mut registry);
+        if let Some(c) = collector {
+            registry.register_collector(c);
+        }
+        Exporter { registry }
+    }
+
+    /// The OpenMetrics text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(16 * 1024);
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            tracing::warn!(error = %e, "metrics encoding failed");
+        }
+        out
+    }
+}
+
+/// A shared exporter for the API server.
+pub type SharedExporter = Arc<Exporter>;
+
+#[cfg(test)]
+mod tests;

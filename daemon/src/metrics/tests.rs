@@ -1,0 +1,232 @@
+use axum::body::Body;
+use axum::http::{HeaderMap, Method, Request, Response, StatusCode, Uri};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::DescriptorEncoder;
+use prometheus_client::registry::Registry;
+
+use super::apiserver::{self, RequestInfo, Unrouted};
+use super::*;
+
+fn info(method: Method, uri: &str) -> RequestInfo {
+    RequestInfo::of(&method, &uri.parse::<Uri>().unwrap(), &HeaderMap::new())
+}
+
+fn answered(method: Method, uri: &str, code: u16, unrouted: bool) {
+    let pending = apiserver::start(info(method, uri));
+    let mut resp = Response::builder().status(code).body(Body::empty()).unwrap();
+    if unrouted {
+        resp.extensions_mut().insert(Unrouted);
+    }
+    drop(pending.finish(resp));
+}
+
+/// The line of `text` for `series` (name and labels exactly), as its value.
+fn value(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[test]
+fn requests_are_classified_as_upstream_does() {
+    let i = info(Method::GET, "/api/v1/namespaces/default/pods");
+    assert_eq!(
+        (i.verb, i.group.as_str(), i.version.as_str(), i.resource.as_str(), i.scope),
+        ("LIST", "", "v1", "pods", "namespace")
+    );
+    let i = info(Method::GET, "/apis/apps/v1/deployments?watch=true&resourceVersion=5");
+    assert_eq!((i.verb, i.group.as_str(), i.scope, i.long_running), ("WATCH", "apps", "cluster", true));
+    let i = info(Method::GET, "/api/v1/nodes/n1");
+    assert_eq!((i.verb, i.scope, i.long_running), ("GET", "resource", false));
+    let i = info(Method::POST, "/api/v1/namespaces/d/pods/web/exec?command=sh");
+    assert_eq!((i.verb, i.subresource.as_str(), i.long_running, i.mutating), ("CONNECT", "exec", true, false));
+    let i = info(Method::PUT, "/api/v1/namespaces/d/pods/web/status");
+    assert_eq!((i.verb, i.subresource.as_str(), i.mutating), ("PUT", "status", true));
+    let i = info(Method::GET, "/api/v1/namespaces/d/pods/web/log?follow=true");
+    assert!(i.long_running);
+    let i = info(Method::PUT, "/api/v1/namespaces/demo/finalize");
+    assert_eq!((i.resource.as_str(), i.subresource.as_str(), i.scope), ("namespaces", "finalize", "resource"));
+    let mut h = HeaderMap::new();
+    h.insert("content-type", "application/apply-patch+yaml".parse().unwrap());
+    let i = RequestInfo::of(&Method::PATCH, &"/api/v1/namespaces/d/configmaps/c".parse().unwrap(), &h);
+    assert_eq!(i.verb, "APPLY");
+    let i = info(Method::GET, "/healthz/etcd");
+    assert_eq!((i.verb, i.subresource.as_str(), i.scope), ("GET", "/healthz", ""));
+    let i = info(Method::from_bytes(b"BREW").unwrap(), "/openapi/v3");
+    assert_eq!((i.verb, i.subresource.as_str()), ("other", ""), "an unknown method adds no series");
+}
+
+#[test]
+fn exposition_has_upstream_names_labels_and_buckets() {
+    answered(Method::GET, "/apis/example.com/v1/namespaces/x/widgets", 200, false);
+    answered(Method::GET, "/apis/example.com/v1/namespaces/x/widgets", 200, false);
+    answered(Method::POST, "/apis/example.com/v1/namespaces/x/widgets", 409, false);
+    let text = Exporter::default().render();
+    let list = r#"apiserver_request_total{verb="LIST",group="example.com",version="v1",resource="widgets",subresource="",scope="namespace",component="apiserver",code="200"}"#;
+    assert_eq!(value(&text, list), Some(2.0), "{text}");
+    let post = r#"apiserver_request_total{verb="POST",group="example.com",version="v1",resource="widgets",subresource="",scope="namespace",component="apiserver",code="409"}"#;
+    assert_eq!(value(&text, post), Some(1.0), "{text}");
+    assert!(text.contains("# TYPE apiserver_request_duration_seconds histogram"), "{text}");
+    let bucket = r#"apiserver_request_duration_seconds_bucket{le="60.0",verb="LIST",group="example.com",version="v1",resource="widgets",subresource="",scope="namespace",component="apiserver"}"#;
+    assert!(text.lines().any(|l| l.starts_with(bucket) || l.contains(r#"le="60.0""#)), "{text}");
+    assert!(text.contains(r#"apiserver_current_inflight_requests{request_kind="readOnly"} 0"#), "{text}");
+    assert!(text.contains(r#"apiserver_current_inflight_requests{request_kind="mutating"} 0"#), "{text}");
+    assert!(text.contains("# TYPE kubelet_pod_start_duration_seconds histogram"), "{text}");
+    assert!(text.ends_with("# EOF\n"), "OpenMetrics ends with EOF");
+}
+
+#[test]
+fn inflight_and_longrunning_follow_the_request_and_the_body() {
+    let series = r#"apiserver_longrunning_requests{verb="WATCH",group="",version="v1",resource="gadgets",subresource="",scope="cluster",component="apiserver"}"#;
+    let pending = apiserver::start(info(Method::GET, "/api/v1/gadgets?watch=1"));
+    let resp = pending.finish(Response::builder().status(200).body(Body::from("stream")).unwrap());
+    assert_eq!(value(&Exporter::default().render(), series), Some(1.0));
+    drop(resp);
+    assert_eq!(value(&Exporter::default().render(), series), Some(0.0), "the watch ended with its body");
+
+    let inflight = r#"apiserver_current_inflight_requests{request_kind="mutating"}"#;
+    let pending = apiserver::start(info(Method::DELETE, "/api/v1/namespaces/a/gizmos/b"));
+    assert_eq!(value(&Exporter::default().render(), inflight), Some(1.0));
+    drop(pending);
+    assert_eq!(value(&Exporter::default().render(), inflight), Some(0.0), "a dropped request is no longer in flight");
+}
+
+/// Attack: a client sending requests to made-up paths (or without credentials) must not grow
+/// the number of series.
+#[test]
+fn unknown_paths_add_no_series() {
+    answered(Method::GET, "/api/v1/warmup-unknown", 404, true);
+    let before = Exporter::default().render().lines().count();
+    for i in 0..200 {
+        answered(Method::GET, &format!("/apis/made-up-{i}/v1/things-{i}"), 404, true);
+        answered(Method::GET, &format!("/random/{i}"), 401, true);
+        answered(Method::POST, &format!("/apis/g{i}/v1"), 405, false);
+    }
+    let text = Exporter::default().render();
+    assert!(!text.contains("made-up") && !text.contains("random") && !text.contains("g7"), "{text}");
+    assert!(text.lines().count() <= before + 3 * 30, "series grew: {} -> {}", before, text.lines().count());
+}
+
+#[test]
+fn leader_changes_count_each_new_leader_once() {
+    let t = store::LeaderTracker::default();
+    t.observe(None);
+    assert_eq!(t.changes(), 0);
+    t.observe(Some(1));
+    t.observe(Some(1));
+    assert_eq!(t.changes(), 1);
+    t.observe(None);
+    t.observe(Some(2));
+    assert_eq!(t.changes(), 2, "a leader lost then a new one is one change");
+    t.observe(Some(3));
+    assert_eq!(t.changes(), 3);
+}
+
+#[derive(Debug)]
+struct Samples(Vec<crate::node::metrics::ContainerSample>);
+
+impl Collector for Samples {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        kubelet::encode(&self.0, &mut encoder)
+    }
+}
+
+#[test]
+fn container_usage_has_cadvisor_names_and_labels() {
+    use crate::node::metrics::ContainerSample;
+    let s = |pod: &str, c: &str, ns: u64, mem: u64| ContainerSample {
+        namespace: "shop".into(),
+        pod: pod.into(),
+        container: c.into(),
+        cpu_usage_ns: ns,
+        memory_bytes: mem,
+    };
+    let mut r = Registry::default();
+    r.register_collector(Box::new(Samples(vec![
+        s("web", "nginx", 1_500_000_000, 4096),
+        s("web", "sidecar", 0, 1),
+        s("db", "pg", 0, 2),
+    ])));
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &r).unwrap();
+    assert_eq!(value(&text, "kubelet_running_pods"), Some(2.0), "{text}");
+    assert_eq!(value(&text, "kubelet_running_containers"), Some(3.0), "{text}");
+    assert!(text.contains("# TYPE container_cpu_usage_seconds counter"), "{text}");
+    assert_eq!(
+        value(&text, r#"container_cpu_usage_seconds_total{container="nginx",pod="web",namespace="shop"}"#),
+        Some(1.5),
+        "{text}"
+    );
+    assert_eq!(
+        value(&text, r#"container_memory_working_set_bytes{container="nginx",pod="web",namespace="shop"}"#),
+        Some(4096.0),
+        "{text}"
+    );
+}
+
+#[test]
+fn raft_and_gossip_values() {
+    use shoal_store::{MemberStatus, Role, StoreStatus};
+    #[derive(Debug)]
+    struct C;
+    impl Collector for C {
+        fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+            let st = StoreStatus {
+                node_id: 2,
+                leader: Some(2),
+                term: 7,
+                applied_index: 42,
+                revision: 40,
+                members: vec![
+                    MemberStatus { node_id: 1, addr: "a".into(), role: Role::Voter },
+                    MemberStatus { node_id: 2, addr: "b".into(), role: Role::Voter },
+                    MemberStatus { node_id: 3, addr: "c".into(), role: Role::Learner },
+                ],
+            };
+            store::encode(&st, 3, &mut e)?;
+            let m = |name: &str, alive: bool| shoal_gossip::Member {
+                name: name.into(),
+                gossip_addr: "127.0.0.1:1".parse().unwrap(),
+                generation: 1,
+                alive,
+                attrs: Default::default(),
+            };
+            gossip::encode(&[m("a", true), m("b", false), m("c", true)], &mut e)
+        }
+    }
+    let mut r = Registry::default();
+    r.register_collector(Box::new(C));
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &r).unwrap();
+    for (series, v) in [
+        ("shoal_raft_term", 7.0),
+        ("shoal_raft_applied_index", 42.0),
+        ("shoal_raft_is_leader", 1.0),
+        ("shoal_raft_leader_changes_total", 3.0),
+        (r#"shoal_raft_members{role="voter"}"#, 2.0),
+        (r#"shoal_raft_members{role="learner"}"#, 1.0),
+        ("shoal_gossip_members_alive", 2.0),
+        ("shoal_gossip_members", 3.0),
+    ] {
+        assert_eq!(value(&text, series), Some(v), "{series} in {text}");
+    }
+}
+
+/// Attack: the plain listener serves /metrics and nothing of the API.
+#[test]
+fn plain_listener_serves_metrics_only() {
+    let ex = Exporter::default();
+    let req = |m: Method, p: &str| Request::builder().method(m).uri(p).body(()).unwrap();
+    let r = plain::answer(&ex, &req(Method::GET, "/metrics"));
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()["content-type"], CONTENT_TYPE);
+    for p in ["/api/v1/secrets", "/api/v1/namespaces/kube-system/secrets", "/metrics/../api", "/", "/ui/", "/version"] {
+        assert_eq!(plain::answer(&ex, &req(Method::GET, p)).status(), StatusCode::NOT_FOUND, "{p}");
+    }
+    assert_eq!(plain::answer(&ex, &req(Method::POST, "/metrics")).status(), StatusCode::METHOD_NOT_ALLOWED);
+}
+
+#[test]
+fn proc_parsing() {
+    assert_eq!(node::rss_bytes("Name:\tshoal\nVmRSS:\t   20480 kB\n"), Some(20480 * 1024));
+    assert_eq!(node::write_bytes("rchar: 1\nwrite_bytes: 8192\ncancelled_write_bytes: 0\n"), Some(8192));
+    assert_eq!(node::write_bytes("garbage"), None);
+}
