@@ -72,9 +72,13 @@ pub struct NodeConfig {
 }
 
 /// The `[api]` section.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ApiSection {
+    /// Events are deleted this long after they are created (kube-apiserver's `--event-ttl`);
+    /// `"0s"` keeps them for ever.
+    #[serde(deserialize_with = "de_duration")]
+    pub event_ttl: Duration,
     /// An extra plain-HTTP listener serving only `GET /metrics`, for scrapers on a trusted
     /// network (e.g. `"0.0.0.0:9100"`). Off by default: `/metrics` is then served on the API
     /// port to authenticated clients only.
@@ -170,6 +174,12 @@ impl Default for NodeConfig {
             lb: LbConfig::default(),
             api: ApiSection::default(),
         }
+    }
+}
+
+impl Default for ApiSection {
+    fn default() -> Self {
+        ApiSection { event_ttl: crate::api::DEFAULT_EVENT_TTL, metrics_listen: None }
     }
 }
 
@@ -278,6 +288,14 @@ mod tests {
         assert_eq!(c.store.voter_grace, Duration::from_secs(5));
         assert_eq!(c.ports.api, 16443);
         assert_eq!(c.ports.gossip, 7946);
+        assert_eq!(c.api.event_ttl, Duration::from_secs(3600), "events expire after 1 h by default");
+        assert_eq!(c.api.metrics_listen, None, "the plain metrics listener is off by default");
+        std::fs::write(&p, "version = 1\n[api]\nevent_ttl = \"10m\"\nmetrics_listen = \"0.0.0.0:9100\"\n").unwrap();
+        let c = NodeConfig::load(&p, true).unwrap();
+        assert_eq!(c.api.event_ttl, Duration::from_secs(600));
+        assert_eq!(c.api.metrics_listen, Some("0.0.0.0:9100".parse().unwrap()));
+        std::fs::write(&p, "version = 1\n[api]\nmetrics_listen = \"everywhere\"\n").unwrap();
+        assert!(NodeConfig::load(&p, true).is_err());
         assert!(NodeConfig::load(&dir.path().join("missing.toml"), false).is_ok());
         assert!(NodeConfig::load(&dir.path().join("missing.toml"), true).is_err());
     }

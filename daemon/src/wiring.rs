@@ -322,6 +322,7 @@ async fn api_server(
     cfg.streams = streams;
     cfg.metrics = metrics;
     cfg.exporter = exporter;
+    cfg.event_ttl = None; // the node's objects carry [api] event_ttl (0s: none)
     cfg.heartbeats = Some(Arc::new(GossipHeartbeats(node.clone())));
     if let Err(e) = crate::api::serve(cfg, stop).await {
         tracing::error!(error = %e, %listen, "Kubernetes API stopped");

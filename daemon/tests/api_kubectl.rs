@@ -1011,3 +1011,48 @@ async fn bad_requests_get_status_errors() {
     assert!(!o.stderr.contains("Metrics API not available"), "{}", o.stderr);
     api.stop().await;
 }
+
+/// The value of the series `series` (name and labels exactly) in a Prometheus exposition.
+fn series_value(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_kubectl_requests_for_authenticated_clients_only() {
+    let api = Api::start().await;
+    api.ok(&["create", "configmap", "obs-a", "--from-literal=a=b"]).await;
+    api.ok(&["get", "configmaps"]).await;
+    api.ok(&["get", "configmaps"]).await;
+    let _ = api.run("1.33", &["get", "--raw", "/apis/nope.example/v1/things"], None).await;
+    let text = api.ok(&["get", "--raw", "/metrics"]).await;
+    let series = |verb: &str, scope: &str, code: u16| {
+        format!(
+            r#"apiserver_request_total{{verb="{verb}",group="",version="v1",resource="configmaps",subresource="",scope="{scope}",component="apiserver",code="{code}"}}"#
+        )
+    };
+    assert_eq!(series_value(&text, &series("POST", "namespace", 201)), Some(1.0), "{text}");
+    assert!(series_value(&text, &series("LIST", "namespace", 200)).unwrap_or(0.0) >= 2.0, "{text}");
+    assert!(text.contains("# TYPE apiserver_request_duration_seconds histogram"), "{text}");
+    assert!(text.contains(r#"apiserver_current_inflight_requests{request_kind="readOnly"}"#), "{text}");
+    assert!(!text.contains("nope.example"), "a made-up path adds no series:\n{text}");
+
+    // Without a client certificate /metrics is refused, like the rest of the API.
+    let anon = api.home().join("anonymous.yaml");
+    let o = api.run("1.33", &["--kubeconfig", anon.to_str().unwrap(), "get", "--raw", "/metrics"], None).await;
+    assert!(!o.ok, "{}", o.stdout);
+    assert!(o.stderr.contains("Unauthorized"), "{}", o.stderr);
+    assert!(!o.stdout.contains("apiserver_request_total"));
+    api.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_created_with_kubectl_show_in_kubectl_events() {
+    let api = Api::start().await;
+    let ev = "apiVersion: v1\nkind: Event\nmetadata: {name: obs-ev, namespace: default}\ninvolvedObject: {kind: Pod, name: p, namespace: default}\nreason: Started\nmessage: started\ntype: Normal\n";
+    api.ok_stdin(&["create", "-f", "-"], ev).await;
+    let listed = api.ok(&["get", "events", "-o", "name"]).await;
+    assert!(listed.contains("obs-ev"), "{listed}");
+    let shown = api.ok(&["events"]).await;
+    assert!(shown.contains("started"), "kubectl events shows it:\n{shown}");
+    api.stop().await;
+}

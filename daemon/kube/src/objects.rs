@@ -45,6 +45,22 @@ pub struct ObjectEvent {
 #[derive(Clone)]
 pub struct Objects {
     store: Store,
+    /// Events expire: each is attached to a store lease shared by the events of a window.
+    events: Option<std::sync::Arc<EventLeases>>,
+}
+
+/// One store lease for the Events created within a window of `ttl / 6`, living `ttl` plus that
+/// window: an Event lives between `ttl` and `ttl * 7 / 6`, and a busy cluster grants at most six
+/// leases per `ttl` (an idle one none: nothing is written).
+pub struct EventLeases {
+    ttl: std::time::Duration,
+    current: tokio::sync::Mutex<Option<(u64, std::time::Instant)>>,
+}
+
+impl EventLeases {
+    fn window(&self) -> std::time::Duration {
+        self.ttl / 6
+    }
 }
 
 /// The current time as Kubernetes writes it (RFC 3339, seconds).
@@ -126,7 +142,40 @@ fn spec_part(obj: &Value) -> Value {
 
 impl Objects {
     pub fn new(store: Store) -> Self {
-        Objects { store }
+        Objects { store, events: None }
+    }
+
+    /// Events (core/v1 and events.k8s.io/v1) written through this layer expire after `ttl`
+    /// (kube-apiserver's `--event-ttl`, 1 h by default).
+    pub fn with_event_ttl(mut self, ttl: std::time::Duration) -> Self {
+        self.events = Some(std::sync::Arc::new(EventLeases { ttl, current: tokio::sync::Mutex::new(None) }));
+        self
+    }
+
+    /// The event TTL, if events expire.
+    pub fn event_ttl(&self) -> Option<std::time::Duration> {
+        self.events.as_ref().map(|e| e.ttl)
+    }
+
+    /// The lease a new object of `res` is attached to (Events only).
+    async fn lease_for(&self, res: &Resource) -> Result<Option<u64>> {
+        let Some(ev) = self.events.as_ref().filter(|_| res.kind == "Event") else { return Ok(None) };
+        let mut cur = ev.current.lock().await;
+        if let Some((id, at)) = *cur {
+            if at.elapsed() < ev.window() {
+                return Ok(Some(id));
+            }
+        }
+        let id = self.store.lease_grant(ev.ttl + ev.window()).await?;
+        *cur = Some((id, std::time::Instant::now()));
+        Ok(Some(id))
+    }
+
+    /// Forgets the cached event lease (it was not found: revoked or from before a restore).
+    async fn forget_lease(&self) {
+        if let Some(ev) = &self.events {
+            *ev.current.lock().await = None;
+        }
     }
 
     pub fn store(&self) -> &Store {
@@ -204,10 +253,16 @@ impl Objects {
             let key = res.key(if res.namespaced { Some(ns.unwrap_or("default")) } else { None }, &name);
             let txn = Txn {
                 compares: vec![Compare::NotExists { key: key.clone() }],
-                success: vec![Op::Put { key: key.clone(), value: encode(&obj), lease: None }],
+                success: vec![Op::Put { key: key.clone(), value: encode(&obj), lease: self.lease_for(res).await? }],
                 failure: vec![],
             };
-            let r = self.store.txn(txn).await?;
+            let r = match self.store.txn(txn).await {
+                Err(e @ shoal_store::Error::LeaseNotFound { .. }) => {
+                    self.forget_lease().await;
+                    return Err(e.into());
+                }
+                r => r?,
+            };
             if r.succeeded {
                 let m = meta_mut(&mut obj)?;
                 m.insert("resourceVersion".into(), json!(r.revision.to_string()));
@@ -305,7 +360,7 @@ impl Objects {
         let op = if terminating && finalizers_pending(&cur) && !finalizers_pending(&next) {
             Op::Delete { key: key.clone() }
         } else {
-            Op::Put { key: key.clone(), value: encode(&next), lease: None }
+            Op::Put { key: key.clone(), value: encode(&next), lease: cur_kv.lease }
         };
         let txn = Txn {
             compares: vec![Compare::ModRevision { key: key.clone(), revision: cur_kv.mod_revision }],
@@ -383,7 +438,7 @@ impl Objects {
                         }
                     }
                 }
-                Op::Put { key: key.clone(), value: encode(&obj), lease: None }
+                Op::Put { key: key.clone(), value: encode(&obj), lease: kv.lease }
             } else {
                 Op::Delete { key: key.clone() }
             };
@@ -451,7 +506,7 @@ impl Objects {
             let m = meta_mut(&mut obj)?;
             m.insert("deletionTimestamp".into(), json!(at.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()));
             m.insert("deletionGracePeriodSeconds".into(), json!(grace_seconds.max(0)));
-            let op = Op::Put { key: key.clone(), value: encode(&obj), lease: None };
+            let op = Op::Put { key: key.clone(), value: encode(&obj), lease: kv.lease };
             if self.write_if_unchanged(&key, kv.mod_revision, op, &mut obj).await? {
                 return Ok(obj);
             }
@@ -514,6 +569,43 @@ pub struct Preconditions {
 mod tests {
     use super::*;
     use crate::resources::find;
+
+    #[tokio::test]
+    async fn events_are_attached_to_a_shared_lease_and_go_with_it() {
+        let objs = Objects::new(Store::in_memory()).with_event_ttl(std::time::Duration::from_secs(3600));
+        let events = find("", "events").unwrap();
+        let cms = find("", "configmaps").unwrap();
+        let ev = |n: &str| json!({"metadata": {"name": n}, "reason": "Started", "involvedObject": {"kind": "Pod", "name": "p"}});
+        objs.create(&events, Some("default"), ev("e1")).await.unwrap();
+        let e2 = objs.create(&events, Some("default"), ev("e2")).await.unwrap();
+        objs.create(&cms, Some("default"), json!({"metadata": {"name": "c"}})).await.unwrap();
+        let lease = |key: String| {
+            let objs = objs.clone();
+            async move { objs.store().get(&key).await.unwrap().unwrap().lease }
+        };
+        let l1 = lease(events.key(Some("default"), "e1")).await;
+        assert!(l1.is_some(), "an Event has a lease");
+        assert_eq!(lease(events.key(Some("default"), "e2")).await, l1, "events of one window share it");
+        assert_eq!(lease(cms.key(Some("default"), "c")).await, None, "other kinds have none");
+        // An update (kubectl's count bump) keeps the lease.
+        let mut next = e2.clone();
+        next["count"] = json!(2);
+        objs.update(&events, Some("default"), next, UpdateMode::Spec).await.unwrap();
+        assert_eq!(lease(events.key(Some("default"), "e2")).await, l1, "an update keeps the lease");
+        // When the lease expires the events go; the ConfigMap stays.
+        objs.store().lease_revoke(l1.unwrap()).await.unwrap();
+        assert!(objs.get(&events, Some("default"), "e1").await.unwrap().is_none());
+        assert!(objs.get(&events, Some("default"), "e2").await.unwrap().is_none());
+        assert!(objs.get(&cms, Some("default"), "c").await.unwrap().is_some());
+        // A new event after that gets a new lease (the revoked one is forgotten on failure).
+        let r = objs.create(&events, Some("default"), ev("e3")).await;
+        if r.is_err() {
+            objs.create(&events, Some("default"), ev("e3")).await.unwrap();
+        }
+        assert!(objs.get(&events, Some("default"), "e3").await.unwrap().is_some());
+        let l3 = lease(events.key(Some("default"), "e3")).await;
+        assert!(l3.is_some() && l3 != l1);
+    }
 
     #[tokio::test]
     async fn create_get_update_delete() {

@@ -58,6 +58,9 @@ pub use tls::TlsMaterial;
 /// The Kubernetes version whose API is served (kubectl's dispatcher picks its binary by it).
 pub const KUBERNETES_VERSION: &str = "v1.33.0";
 
+/// How long Events live unless configured otherwise (kube-apiserver's `--event-ttl` default).
+pub const DEFAULT_EVENT_TTL: Duration = Duration::from_secs(3600);
+
 /// Request bodies above this many bytes get 413 (kube-apiserver's limit is 3 MiB).
 pub const DEFAULT_MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
 
@@ -107,6 +110,9 @@ pub struct ApiConfig {
     pub heartbeats: Option<Arc<dyn NodeHeartbeats>>,
     /// What `/metrics` serves (the process-wide families unless a node sets its own).
     pub exporter: Arc<crate::metrics::Exporter>,
+    /// Events expire this long after their creation, unless `objects` already has a TTL
+    /// (a node sets it from `[api] event_ttl`); None: never.
+    pub event_ttl: Option<Duration>,
 }
 
 /// Pod and node usage for `metrics.k8s.io` (`kubectl top`), from the node agents.
@@ -127,6 +133,7 @@ impl ApiConfig {
             metrics: None,
             heartbeats: None,
             exporter: Arc::new(crate::metrics::Exporter::default()),
+            event_ttl: Some(DEFAULT_EVENT_TTL),
         }
     }
 }
@@ -153,7 +160,10 @@ pub struct Server {
 
 impl Server {
     /// Binds the listener and loads the TLS material.
-    pub async fn bind(cfg: ApiConfig) -> Result<Self> {
+    pub async fn bind(mut cfg: ApiConfig) -> Result<Self> {
+        if let (None, Some(ttl)) = (cfg.objects.event_ttl(), cfg.event_ttl) {
+            cfg.objects = cfg.objects.clone().with_event_ttl(ttl);
+        }
         let tls = tls::server_config(&cfg.tls)?;
         let listener =
             TcpListener::bind(cfg.listen).await.map_err(|source| Error::Bind { addr: cfg.listen, source })?;

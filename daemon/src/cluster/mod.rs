@@ -215,7 +215,10 @@ pub async fn run(cfg: NodeConfig, join: Option<JoinTarget>, shutdown: Cancellati
         st.save(&dir)?;
     }
 
-    let objects = shoal_kube::Objects::new(store.clone());
+    let mut objects = shoal_kube::Objects::new(store.clone());
+    if !cfg.api.event_ttl.is_zero() {
+        objects = objects.with_event_ttl(cfg.api.event_ttl);
+    }
     let node = Arc::new(Node {
         cfg: cfg.clone(),
         identity: identity.clone(),
