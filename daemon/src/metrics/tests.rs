@@ -230,3 +230,26 @@ fn proc_parsing() {
     assert_eq!(node::write_bytes("rchar: 1\nwrite_bytes: 8192\ncancelled_write_bytes: 0\n"), Some(8192));
     assert_eq!(node::write_bytes("garbage"), None);
 }
+
+/// The cost of the instrumentation per request (start, finish, and a scrape per 1000
+/// requests): `cargo nextest run -p shoal --lib --run-ignored only -E 'test(/instrumentation_cost/)' --no-capture`.
+#[test]
+#[ignore = "a measurement, not a check"]
+fn instrumentation_cost() {
+    let uris = ["/api/v1/namespaces/default/pods", "/apis/apps/v1/namespaces/default/deployments/web", "/api/v1/nodes"];
+    let n = 200_000u32;
+    let ex = Exporter::default();
+    let started = std::time::Instant::now();
+    for i in 0..n {
+        let uri = uris[i as usize % uris.len()];
+        let pending = apiserver::start(info(Method::GET, uri));
+        drop(pending.finish(Response::builder().status(200).body(Body::empty()).unwrap()));
+        if i % 1000 == 0 {
+            std::hint::black_box(ex.render());
+        }
+    }
+    let per = started.elapsed() / n;
+    let render = std::time::Instant::now();
+    let text = ex.render();
+    println!("per request: {per:?}; one scrape: {:?} for {} bytes", render.elapsed(), text.len());
+}
