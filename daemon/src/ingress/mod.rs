@@ -10,6 +10,7 @@ pub(crate) mod status;
 pub(crate) mod table;
 #[cfg(test)]
 mod tests;
+pub(crate) mod tls;
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
@@ -36,6 +37,7 @@ struct Kinds {
     services: Resource,
     slices: Resource,
     nodes: Resource,
+    secrets: Resource,
 }
 
 fn kinds() -> Option<Kinds> {
@@ -45,6 +47,7 @@ fn kinds() -> Option<Kinds> {
         services: resources::find("", "services")?,
         slices: resources::find("discovery.k8s.io", "endpointslices")?,
         nodes: resources::find("", "nodes")?,
+        secrets: resources::find("", "secrets")?,
     })
 }
 
@@ -84,7 +87,30 @@ impl Ingress {
         };
         tracing::info!(%addr, classes = ?self.cfg.classes, "ingress listening");
         let router = proxy::Router::new();
-        let server = tokio::spawn(router.clone().serve(listener, stop.clone()));
+        let server = tokio::spawn(router.clone().serve(listener, None, stop.clone()));
+        let certs = match tls::Resolver::new() {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, source = ?std::error::Error::source(&e), "ingress tls cannot start; ingress not started");
+                return;
+            }
+        };
+        let https = SocketAddr::new(self.listen, self.cfg.https_port);
+        let tls_server = match (certs.server_config(), tokio::net::TcpListener::bind(https).await) {
+            (Ok(cfg), Ok(l)) => {
+                tracing::info!(addr = %https, "ingress listening for https");
+                let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+                Some(tokio::spawn(router.clone().serve(l, Some(acceptor), stop.clone())))
+            }
+            (Err(e), _) => {
+                tracing::error!(error = %e, "ingress tls configuration; https not served");
+                None
+            }
+            (_, Err(e)) => {
+                tracing::error!(addr = %https, error = %e, "ingress cannot listen for https; https not served");
+                None
+            }
+        };
         let objects = self.objects.clone();
         let (node, ip, http, https) = (self.node.clone(), self.node_ip, self.cfg.http_port, self.cfg.https_port);
         let ensure_stop = stop.clone();
@@ -104,7 +130,7 @@ impl Ingress {
         });
         let changed = Arc::new(Notify::new());
         let watch_stop = stop.child_token();
-        for res in [&k.ingresses, &k.classes, &k.services, &k.slices, &k.nodes] {
+        for res in [&k.ingresses, &k.classes, &k.services, &k.slices, &k.nodes, &k.secrets] {
             tokio::spawn(watch_loop(self.objects.clone(), res.clone(), changed.clone(), watch_stop.clone()));
         }
         let classes = Classes { extra: self.cfg.classes.clone() };
@@ -121,7 +147,7 @@ impl Ingress {
                 _ = tokio::time::sleep(DEBOUNCE) => {}
             }
             let started = Instant::now();
-            match self.sync(&k, &classes, &router, &mut reported).await {
+            match self.sync(&k, &classes, &router, &certs, &mut reported).await {
                 Ok(()) => {
                     tracing::debug!(elapsed_us = started.elapsed().as_micros() as u64, "ingress table rebuilt");
                     next_wait = RESYNC;
@@ -134,6 +160,9 @@ impl Ingress {
         }
         watch_stop.cancel();
         let _ = server.await;
+        if let Some(t) = tls_server {
+            let _ = t.await;
+        }
     }
 
     async fn sync(
@@ -141,6 +170,7 @@ impl Ingress {
         k: &Kinds,
         classes: &Classes,
         router: &proxy::Router,
+        certs: &tls::Resolver,
         reported: &mut BTreeSet<Warning>,
     ) -> Result<(), shoal_kube::Error> {
         let list = |res: &Resource| {
@@ -155,9 +185,25 @@ impl Ingress {
             slices: list(&k.slices).await?,
         };
         let nodes: Vec<Value> = list(&k.nodes).await?;
-        let (table, warnings) = table::build(&snap, classes);
+        let secrets: Vec<Value> = list(&k.secrets).await?;
+        let (table, mut warnings) = table::build(&snap, classes);
         let served = table.served.clone();
+        let served_objs: Vec<&Value> = snap
+            .ingresses
+            .iter()
+            .filter(|i| {
+                let key = (
+                    i["metadata"]["namespace"].as_str().unwrap_or("").to_string(),
+                    i["metadata"]["name"].as_str().unwrap_or("").to_string(),
+                );
+                served.contains(&key)
+            })
+            .collect();
+        let (tls_certs, tls_warnings) = tls::certificates(&served_objs, &secrets);
+        warnings.extend(tls_warnings);
+        tracing::debug!(ingresses = served.len(), certificates = tls_certs.len(), "ingress table built");
         router.set_table(table);
+        certs.set(tls_certs);
         if !status::is_reporter(&nodes, &self.node) {
             return Ok(());
         }

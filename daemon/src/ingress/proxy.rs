@@ -18,6 +18,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -87,8 +88,14 @@ impl Router {
             .clone()
     }
 
-    /// Serves HTTP on `listener` until `stop`; open requests are given 5 s to finish.
-    pub(crate) async fn serve(self: Arc<Self>, listener: TcpListener, stop: CancellationToken) {
+    /// Serves HTTP (or HTTPS with `tls`) on `listener` until `stop`; open requests are given
+    /// 5 s to finish.
+    pub(crate) async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        tls: Option<TlsAcceptor>,
+        stop: CancellationToken,
+    ) {
         let tracker = TaskTracker::new();
         loop {
             let (tcp, peer) = tokio::select! {
@@ -105,29 +112,46 @@ impl Router {
             let _ = tcp.set_nodelay(true);
             let router = self.clone();
             let stop = stop.clone();
+            let tls = tls.clone();
             tracker.spawn(async move {
-                let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                    let router = router.clone();
-                    async move { Ok::<_, Infallible>(router.handle(req, peer, "http").await) }
-                });
-                let builder = auto::Builder::new(TokioExecutor::new());
-                let conn = builder.serve_connection(TokioIo::new(tcp), svc);
-                tokio::pin!(conn);
-                tokio::select! {
-                    r = conn.as_mut() => {
-                        if let Err(e) = r {
-                            tracing::debug!(%peer, error = %e, "ingress connection ended with an error");
-                        }
-                    }
-                    _ = stop.cancelled() => {
-                        conn.as_mut().graceful_shutdown();
-                        let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
-                    }
+                match tls {
+                    None => router.connection(TokioIo::new(tcp), peer, "http", stop).await,
+                    Some(acceptor) => match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                        Ok(Ok(s)) => router.connection(TokioIo::new(s), peer, "https", stop).await,
+                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "ingress tls handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "ingress tls handshake timed out"),
+                    },
                 }
             });
         }
         tracker.close();
         let _ = tokio::time::timeout(Duration::from_secs(6), tracker.wait()).await;
+    }
+
+    /// Serves one connection (HTTP/1.1, or HTTP/2 by preface or ALPN).
+    async fn connection<I>(self: Arc<Self>, io: I, peer: SocketAddr, scheme: &'static str, stop: CancellationToken)
+    where
+        I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    {
+        let router = self;
+        let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+            let router = router.clone();
+            async move { Ok::<_, Infallible>(router.handle(req, peer, scheme).await) }
+        });
+        let builder = auto::Builder::new(TokioExecutor::new());
+        let conn = builder.serve_connection(io, svc);
+        tokio::pin!(conn);
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(%peer, error = %e, "ingress connection ended with an error");
+                }
+            }
+            _ = stop.cancelled() => {
+                conn.as_mut().graceful_shutdown();
+                let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+            }
+        }
     }
 
     /// Answers one request.

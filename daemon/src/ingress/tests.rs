@@ -399,7 +399,7 @@ async fn router(snap: &Snapshot) -> (SocketAddr, Arc<super::proxy::Router>, toki
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     let stop = tokio_util::sync::CancellationToken::new();
-    tokio::spawn(r.clone().serve(l, stop.clone()));
+    tokio::spawn(r.clone().serve(l, None, stop.clone()));
     (addr, r, stop)
 }
 
@@ -545,4 +545,109 @@ async fn redirects_allow_list_and_body_size() {
     let (code, _, _) = get(addr, "x.test", "/", "Content-Length: 9\r\n").await;
     assert_eq!(code, 413);
     stop.cancel();
+}
+
+/// A CA and a leaf certificate for `host` signed by it, as a kubernetes.io/tls Secret.
+fn tls_secret(name: &str, host: &str, issuer: &rcgen::Issuer<'_, rcgen::KeyPair>) -> Value {
+    use base64::Engine;
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec![host.to_string()]).unwrap().signed_by(&key, issuer).unwrap();
+    let b64 = |s: String| base64::engine::general_purpose::STANDARD.encode(s);
+    json!({"metadata": {"namespace": "default", "name": name}, "type": "kubernetes.io/tls",
+           "data": {"tls.crt": b64(cert.pem()), "tls.key": b64(key.serialize_pem())}})
+}
+
+fn test_ca() -> (String, rcgen::Issuer<'static, rcgen::KeyPair>) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let cert = params.self_signed(&key).unwrap();
+    let pem = cert.pem();
+    (pem.clone(), rcgen::Issuer::from_ca_cert_pem(&pem, key).unwrap())
+}
+
+/// An HTTPS GET with SNI `host`, trusting only `ca_pem`; the status and body, or the error.
+async fn https_get(addr: SocketAddr, host: &str, ca_pem: &str) -> Result<(u16, String), String> {
+    use rustls::pki_types::pem::PemObject;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let name = rustls::pki_types::ServerName::try_from(host.to_string()).unwrap();
+    let mut s = tokio_rustls::TlsConnector::from(Arc::new(cfg)).connect(name, tcp).await.map_err(|e| e.to_string())?;
+    s.write_all(format!("GET /x HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out).await;
+    let text = String::from_utf8_lossy(&out).to_string();
+    let code = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    Ok((code, text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()))
+}
+
+#[tokio::test]
+async fn https_picks_the_certificate_by_sni_and_reloads_it() {
+    let b = backend("echo").await;
+    let (ca_pem, issuer) = test_ca();
+    let mut ing = ingress("t", "1", json!({}), "a.test", vec![path("/", "Prefix", "s", 80)]);
+    ing["spec"]["rules"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"host": "b.test", "http": {"paths": [path("/", "Prefix", "s", 80)]}}));
+    ing["spec"]["tls"] = json!([{"hosts": ["a.test"], "secretName": "a"}, {"hosts": ["b.test"], "secretName": "b"}]);
+    let mut snap = snap_with(&[b], json!({}), vec![]);
+    snap.ingresses = vec![ing.clone()];
+    let secrets = vec![tls_secret("a", "a.test", &issuer), tls_secret("b", "b.test", &issuer)];
+    let r = super::proxy::Router::new();
+    let (table, _) = build(&snap, &classes());
+    let plain_redirects = table.hosts.server("a.test").tls;
+    r.set_table(table);
+    let certs = super::tls::Resolver::new().unwrap();
+    let (c, w) = super::tls::certificates(&[&ing], &secrets);
+    assert!(w.is_empty(), "{w:?}");
+    assert_eq!(c.len(), 2);
+    certs.set(c);
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(certs.server_config().unwrap()));
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(r.clone().serve(l, Some(acceptor), stop.clone()));
+    // Each name gets its own certificate (the client checks the name against it).
+    for host in ["a.test", "b.test"] {
+        let (code, body) = https_get(addr, host, &ca_pem).await.unwrap_or_else(|e| panic!("{host}: {e}"));
+        assert_eq!(code, 200, "{body}");
+        assert!(body.starts_with("echo /x"), "{body}");
+    }
+    // A name no Secret covers gets the self-signed default, which the client does not trust.
+    let err = https_get(addr, "c.test", &ca_pem).await.unwrap_err();
+    assert!(err.contains("certificate"), "{err}");
+    assert!(plain_redirects, "a host in spec.tls is redirected from plain HTTP");
+    // The Secret changes to a certificate of another CA: the next handshake uses it.
+    let (ca2_pem, issuer2) = test_ca();
+    let (c, _) = super::tls::certificates(&[&ing], &[tls_secret("a", "a.test", &issuer2)]);
+    certs.set(c);
+    assert!(https_get(addr, "a.test", &ca2_pem).await.is_ok());
+    assert!(https_get(addr, "a.test", &ca_pem).await.is_err());
+    stop.cancel();
+}
+
+#[test]
+fn missing_and_invalid_tls_secrets_are_warnings() {
+    let mut ing = ingress("t", "1", json!({}), "a.test", vec![path("/", "Prefix", "s", 80)]);
+    ing["spec"]["tls"] =
+        json!([{"hosts": ["a.test"], "secretName": "gone"}, {"hosts": ["b.test"], "secretName": "bad"}]);
+    let bad = json!({"metadata": {"namespace": "default", "name": "bad"}, "type": "kubernetes.io/tls",
+                     "data": {"tls.crt": "bm90IGEgY2VydA==", "tls.key": "bm90IGEga2V5"}});
+    let (c, w) = super::tls::certificates(&[&ing], &[bad]);
+    assert_eq!(c.len(), 0);
+    let mut r: Vec<&str> = w.iter().map(|w| w.reason.as_str()).collect();
+    r.sort();
+    assert_eq!(r, ["InvalidSecret", "MissingSecret"], "{w:?}");
 }
