@@ -3,7 +3,8 @@
 //! Services, each backed by a node-web Deployment whose pods answer `You've hit <pod>` (the pod
 //! name says which Service answered). Every path must reach the Service ingress-nginx's
 //! location order picks, through each node's address and through the ingress VIP, with curl
-//! from the client host; the Ingress shows the VIP in its status.
+//! from the client host; the Ingress shows the VIP in its status. Then HTTPS: two hosts with a
+//! certificate each (SNI, HTTP/2 by ALPN, `curl --resolve`) and their plain-HTTP redirect.
 
 use std::time::Duration;
 
@@ -172,5 +173,112 @@ pub fn ingress(rig: &dyn Rig, opts: &ScenarioOptions) -> Result<Measured> {
     }
     set(&mut m, "ingress_paths_checked", checked as f64);
     set(&mut m, "ingress_addresses", addrs.len() as f64);
+    tls(rig, &k, &first, &scratch, &addrs)?;
+    set(&mut m, "ingress_tls_hosts", 2.0);
     Ok(m)
+}
+
+/// An Ingress without a class (so `shoal`, the default) with `spec.tls` for two hosts, each
+/// with its own self-signed certificate: curl --resolve with each certificate as its only CA
+/// gets the backend over HTTP/2 through every address (so each name got its own certificate),
+/// and plain HTTP to those hosts is redirected with 308.
+fn tls(rig: &dyn Rig, k: &crate::services::Kubectl<'_>, via: &str, scratch: &Scratch, addrs: &[String]) -> Result<()> {
+    let name = "ingress";
+    let mut yaml =
+        String::from("apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata:\n  name: tls-check\nspec:\n  tls:\n");
+    let hosts = ["a.tour.xyz", "b.tour.xyz"];
+    for h in hosts {
+        let dir = scratch.write(&format!("{h}.keep"), "")?;
+        let (crt, key) = (dir.with_extension("crt"), dir.with_extension("key"));
+        let out = std::process::Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&crt)
+            .args(["-subj", &format!("/CN={h}"), "-addext", &format!("subjectAltName=DNS:{h}")])
+            .output()
+            .map_err(|e| failed(name, format!("openssl: {e}")))?;
+        if !out.status.success() {
+            return Err(failed(name, format!("openssl: {}", String::from_utf8_lossy(&out.stderr))));
+        }
+        let secret = format!("{}-tls", &h[..1]);
+        k.on(
+            via,
+            &[
+                "create",
+                "secret",
+                "tls",
+                &secret,
+                &format!("--cert={}", crt.display()),
+                &format!("--key={}", key.display()),
+            ],
+        )
+        .map_err(|e| failed(name, e))?;
+        yaml.push_str(&format!("  - hosts: [{h}]\n    secretName: {secret}\n"));
+    }
+    yaml.push_str("  rules:\n");
+    for h in hosts {
+        yaml.push_str(&format!(
+            "  - host: {h}\n    http:\n      paths:\n      - path: /\n        pathType: Prefix\n        backend:\n          service:\n            name: client\n            port: {{number: 3000}}\n"
+        ));
+    }
+    k.apply(via, &scratch.write("tls-check.yaml", &yaml)?, CONVERGE_TIMEOUT)?;
+    for addr in addrs {
+        for h in hosts {
+            let ca = scratch.0.join(format!("{h}.crt")).display().to_string();
+            let resolve = format!("{h}:443:{addr}");
+            let url = format!("https://{h}/tls");
+            let mut got = String::new();
+            wait_until(&format!("https://{h} via {addr}"), Duration::from_secs(60), Duration::from_millis(500), || {
+                got = rig
+                    .exec_timeout(
+                        &k.client,
+                        &[
+                            "curl",
+                            "-s",
+                            "-m",
+                            "3",
+                            "--http2",
+                            "--cacert",
+                            &ca,
+                            "--resolve",
+                            &resolve,
+                            "-w",
+                            " %{http_version}",
+                            &url,
+                        ],
+                        Duration::from_secs(10),
+                    )
+                    .map(|o| o.stdout)
+                    .unwrap_or_default();
+                got.starts_with("You've hit client-") && got.trim_end().ends_with(" 2")
+            })
+            .map_err(|e| failed(name, format!("{e}: got {got:?}")))?;
+            let redirect = rig
+                .exec_timeout(
+                    &k.client,
+                    &[
+                        "curl",
+                        "-s",
+                        "-m",
+                        "3",
+                        "-o",
+                        "/dev/null",
+                        "-H",
+                        &format!("Host: {h}"),
+                        "-w",
+                        "%{http_code} %{redirect_url}",
+                        &format!("http://{addr}/x?y=1"),
+                    ],
+                    Duration::from_secs(10),
+                )
+                .map(|o| o.stdout)
+                .unwrap_or_default();
+            if redirect.trim() != format!("308 https://{h}/x?y=1") {
+                return Err(failed(name, format!("http://{h} via {addr}: want a 308 to https, got {redirect:?}")));
+            }
+        }
+    }
+    Ok(())
 }

@@ -172,7 +172,7 @@ fn epoch_ms() -> u64 {
 }
 
 /// A scratch dir on this machine, seen by every host of a netns rig; removed when dropped.
-pub(crate) struct Scratch(PathBuf);
+pub(crate) struct Scratch(pub(crate) PathBuf);
 
 impl Scratch {
     pub(crate) fn new(scenario: &str) -> Result<Scratch> {
