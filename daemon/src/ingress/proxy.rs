@@ -253,6 +253,9 @@ impl Router {
         set(&mut headers, "x-real-ip", &peer.ip().to_string());
         set(&mut headers, "x-forwarded-proto", scheme);
         set(&mut headers, "x-forwarded-host", &host);
+        if !headers.contains_key("x-request-id") {
+            set(&mut headers, "x-request-id", &uuid::Uuid::new_v4().simple().to_string());
+        }
         if !headers.contains_key(header::HOST) && !host.is_empty() {
             set(&mut headers, "host", &host);
         }
@@ -282,6 +285,7 @@ impl Router {
                     return Response::from_parts(rp, rb.boxed());
                 }
                 Ok(Err(e)) if e.is_connect() => {
+                    upstream.eject(ep);
                     tracing::debug!(endpoint = %ep, upstream = %upstream.name, error = %e, "ingress endpoint refused; trying the next");
                     last_err = format!("no endpoint of {} accepted a connection (last: {ep})", upstream.name);
                 }

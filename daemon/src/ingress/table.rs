@@ -3,8 +3,9 @@
 //! path another Ingress claimed first) becomes a warning and the rest is still served.
 use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
@@ -35,6 +36,15 @@ pub(crate) struct Warning {
     pub(crate) message: String,
 }
 
+/// How long an endpoint that refused a connection is tried only after the others.
+pub(crate) const EJECT_FOR: Duration = Duration::from_secs(10);
+
+/// Milliseconds since the first call (a clock for ejection deadlines).
+fn now_ms() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
+}
+
 /// The ready endpoints of one Service port, taken round robin.
 #[derive(Debug)]
 pub(crate) struct Upstream {
@@ -42,18 +52,40 @@ pub(crate) struct Upstream {
     pub(crate) name: String,
     pub(crate) endpoints: Vec<SocketAddr>,
     next: AtomicUsize,
+    /// Per endpoint: until when (`now_ms`) it is ejected; 0: not ejected.
+    ejected: Vec<AtomicU64>,
 }
 
 impl Upstream {
     pub(crate) fn new(name: String, endpoints: Vec<SocketAddr>) -> Upstream {
-        Upstream { name, endpoints, next: AtomicUsize::new(0) }
+        let ejected = endpoints.iter().map(|_| AtomicU64::new(0)).collect();
+        Upstream { name, endpoints, next: AtomicUsize::new(0), ejected }
     }
 
-    /// The endpoints in the order to try them for one request: round robin start.
-    pub(crate) fn order(&self) -> impl Iterator<Item = SocketAddr> + '_ {
+    /// The endpoints in the order to try them for one request: round robin from the next
+    /// start, endpoints that refused a connection lately after all the others.
+    pub(crate) fn order(&self) -> Vec<SocketAddr> {
         let n = self.endpoints.len();
         let start = if n == 0 { 0 } else { self.next.fetch_add(1, Ordering::Relaxed) % n };
-        (0..n).map(move |i| self.endpoints[(start + i) % n])
+        let now = now_ms();
+        let (mut ok, mut out) = (Vec::with_capacity(n), Vec::new());
+        for i in 0..n {
+            let j = (start + i) % n;
+            if self.ejected[j].load(Ordering::Relaxed) > now {
+                out.push(self.endpoints[j]);
+            } else {
+                ok.push(self.endpoints[j]);
+            }
+        }
+        ok.extend(out);
+        ok
+    }
+
+    /// `ep` refused a connection: try it last for [`EJECT_FOR`].
+    pub(crate) fn eject(&self, ep: SocketAddr) {
+        if let Some(i) = self.endpoints.iter().position(|e| *e == ep) {
+            self.ejected[i].store(now_ms() + EJECT_FOR.as_millis() as u64, Ordering::Relaxed);
+        }
     }
 }
 

@@ -366,7 +366,7 @@ proptest! {
     }
 }
 
-/// A backend answering with its name, the path it saw and the X-Forwarded-For it got.
+/// A backend answering with its name, the path, X-Forwarded-For, Host and X-Request-ID it got.
 async fn backend(name: &'static str) -> SocketAddr {
     use http_body_util::Full;
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -376,11 +376,14 @@ async fn backend(name: &'static str) -> SocketAddr {
             let Ok((tcp, _)) = l.accept().await else { return };
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| async move {
+                    let rid = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
                     let xff =
                         req.headers().get("x-forwarded-for").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
                     let host = req.headers().get("host").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
-                    let body =
-                        format!("{name} {} {xff} {host}", req.uri().path_and_query().map(|p| p.as_str()).unwrap_or(""));
+                    let body = format!(
+                        "{name} {} {xff} {host} {rid}",
+                        req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("")
+                    );
                     Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(bytes::Bytes::from(body))))
                 });
                 let _ = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
@@ -447,7 +450,11 @@ async fn router_forwards_rewrites_and_answers_errors_itself() {
     let (addr, _r, stop) = router(&snap).await;
     let (code, _, body) = get(addr, "x.test", "/app/hello?q=1", "X-Forwarded-For: 1.2.3.4\r\n").await;
     assert_eq!(code, 200, "{body}");
-    assert_eq!(body, "echo /hello?q=1 1.2.3.4, 127.0.0.1 x.test");
+    let (head, rid) = body.rsplit_once(' ').unwrap();
+    assert_eq!(head, "echo /hello?q=1 1.2.3.4, 127.0.0.1 x.test");
+    assert_eq!(rid.len(), 32, "a generated X-Request-ID: {rid}");
+    let (_, _, body) = get(addr, "x.test", "/app/", "X-Request-ID: mine\r\n").await;
+    assert!(body.ends_with(" mine"), "a client's X-Request-ID is kept: {body}");
     let (code, _, body) = get(addr, "x.test", "/none", "").await;
     assert_eq!(code, 503);
     assert!(body.contains("default/empty:80 has no ready endpoints"), "{body}");
@@ -470,6 +477,12 @@ async fn a_refused_endpoint_is_skipped_and_all_refused_is_502() {
         let (code, _, body) = get(addr, "x.test", "/", "").await;
         assert_eq!(code, 200, "{body}");
         assert!(body.starts_with("live"), "{body}");
+    }
+    // The refused endpoint is now tried last, whatever the round robin says.
+    let t = r.table();
+    let Backend::Service(u) = &t.hosts.server("x.test").find("/").unwrap().route.backend else { panic!("no upstream") };
+    for _ in 0..4 {
+        assert_eq!(u.order(), vec![b, dead]);
     }
     r.set_table(build(&snap_with(&[dead], json!({}), vec![path("/", "Prefix", "s", 80)]), &classes()).0);
     let (code, _, body) = get(addr, "x.test", "/", "").await;
