@@ -69,6 +69,7 @@ pub struct NodeConfig {
     pub network: NetworkConfig,
     pub lb: LbConfig,
     pub api: ApiSection,
+    pub ingress: IngressConfig,
 }
 
 /// The `[api]` section.
@@ -159,6 +160,26 @@ pub struct LbConfig {
     pub default_pool: Vec<String>,
 }
 
+/// The built-in Ingress controller (see docs/ingress.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngressConfig {
+    /// Run the router on this node (nodes that run pods only).
+    pub enabled: bool,
+    /// Ingress class names served besides `shoal` (so manifests written for ingress-nginx work).
+    pub classes: Vec<String>,
+    /// Port of the router's plain HTTP listener on the node.
+    pub http_port: u16,
+    /// Port HTTPS is published on (the ingress Service's `https` port targets it).
+    pub https_port: u16,
+}
+
+impl Default for IngressConfig {
+    fn default() -> Self {
+        IngressConfig { enabled: true, classes: vec!["nginx".into()], http_port: 80, https_port: 443 }
+    }
+}
+
 impl Default for NodeConfig {
     fn default() -> Self {
         NodeConfig {
@@ -173,6 +194,7 @@ impl Default for NodeConfig {
             network: NetworkConfig::default(),
             lb: LbConfig::default(),
             api: ApiSection::default(),
+            ingress: IngressConfig::default(),
         }
     }
 }
@@ -297,6 +319,13 @@ mod tests {
         std::fs::write(&p, "version = 1\n[api]\nmetrics_listen = \"everywhere\"\n").unwrap();
         assert!(NodeConfig::load(&p, true).is_err());
         assert!(NodeConfig::load(&dir.path().join("missing.toml"), false).is_ok());
+        assert_eq!(c.ingress.classes, vec!["nginx".to_string()]);
+        std::fs::write(&p, "version = 1\n[ingress]\nclasses = []\nhttp_port = 8080\n").unwrap();
+        let c = NodeConfig::load(&p, true).unwrap();
+        assert!(c.ingress.classes.is_empty() && c.ingress.enabled);
+        assert_eq!(c.ingress.http_port, 8080);
+        std::fs::write(&p, "version = 1\n[ingress]\nport = 8080\n").unwrap();
+        assert!(NodeConfig::load(&p, true).is_err());
         assert!(NodeConfig::load(&dir.path().join("missing.toml"), true).is_err());
     }
 }

@@ -11,6 +11,7 @@ pub mod config;
 pub mod control;
 pub mod controllers;
 pub mod dns;
+pub mod ingress;
 pub mod lb;
 pub mod metrics;
 pub mod node;

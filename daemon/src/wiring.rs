@@ -55,6 +55,9 @@ pub(crate) async fn run_services(node: Arc<Node>, stop: CancellationToken) {
         tasks.spawn(run_proxy(node.clone(), stop.clone()));
         tasks.spawn(run_dns(node.clone(), stop.clone()));
         tasks.spawn(run_announcer(node.clone(), stop.clone()));
+        if node.cfg.ingress.enabled {
+            tasks.spawn(run_ingress(node.clone(), stop.clone()));
+        }
     }
     tasks.close();
     stop.cancelled().await;
@@ -237,6 +240,18 @@ async fn run_proxy(node: Arc<Node>, stop: CancellationToken) {
     let proxy = Proxy::new(node.objects.clone(), node.identity.name.clone(), vec![node.identity.advertise])
         .with_pod_cidr(node.cfg.network.pod_cidr.clone());
     proxy.run(stop).await;
+}
+
+/// The built-in Ingress controller of this node (docs/ingress.md).
+async fn run_ingress(node: Arc<Node>, stop: CancellationToken) {
+    crate::ingress::Ingress::new(
+        node.objects.clone(),
+        node.identity.name.clone(),
+        node.identity.advertise,
+        node.cfg.ingress.clone(),
+    )
+    .run(stop)
+    .await;
 }
 
 /// Cluster DNS: served on this node's pod gateway address, reached by pods at the DNS Service

@@ -4,6 +4,7 @@
 pub mod clock;
 mod error;
 pub mod history;
+pub mod ingress;
 pub mod kube;
 pub mod linearizability;
 pub mod load;

@@ -31,6 +31,7 @@ pub const SCENARIOS: &[&str] = &[
     "pods-back",
     "routed-pods",
     "services",
+    "ingress",
 ];
 
 /// Knobs of the suite.
@@ -86,7 +87,7 @@ pub fn hosts_needed(scenario: &str, opts: &ScenarioOptions) -> usize {
 
 /// Whether a scenario needs the rig's client host (it drives kubectl and curl from there).
 pub fn needs_client(scenario: &str) -> bool {
-    matches!(canonical(scenario).as_str(), "lb-failover" | "pods-back" | "routed-pods" | "services")
+    matches!(canonical(scenario).as_str(), "lb-failover" | "pods-back" | "routed-pods" | "services" | "ingress")
 }
 
 /// The rig topology a scenario needs (two subnets with a router between them for `routed-pods`).
@@ -140,6 +141,7 @@ pub fn run(scenario: &str, rig: &dyn Rig, opts: &ScenarioOptions) -> Result<Meas
         "pods-back" => crate::services::pods_back(rig, opts),
         "routed-pods" => crate::services::routed_pods(rig, opts),
         "services" => crate::services::services(rig, opts),
+        "ingress" => crate::ingress::ingress(rig, opts),
         other => Err(Error::UnknownScenario(other.to_string(), SCENARIOS.join(", "))),
     }
 }

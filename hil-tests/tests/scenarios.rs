@@ -124,3 +124,8 @@ fn routed_pods() {
 fn services_acceptance() {
     scenario("services");
 }
+
+#[test]
+fn ingress_walkthrough() {
+    scenario("ingress");
+}
