@@ -196,6 +196,7 @@ pub async fn run(cfg: NodeConfig, join: Option<JoinTarget>, shutdown: Cancellati
             advertise_addr: Some(SocketAddr::new(identity.advertise, identity.gossip_port)),
             generation: Some(identity::next_generation(&dir, wall_clock_ms())?),
             seeds: seeds.iter().map(|s| s.to_string()).collect(),
+            keyring: state.secrets.gossip.clone(),
             ..MembershipConfig::new(
                 identity.name.clone(),
                 identity.cluster_id.clone(),
@@ -478,6 +479,24 @@ pub(crate) async fn status_json(node: &Node) -> serde_json::Value {
         "revision": st.revision,
         "members": list,
         "load_balancer_ips": crate::wiring::lb_status(node).await,
+        "gossip": gossip_status(node),
+    })
+}
+
+/// The gossip key in use and the datagrams refused (`shoal status --json`, `shoal gossip-key status`).
+pub(crate) fn gossip_status(node: &Node) -> serde_json::Value {
+    let sealer = node.membership.sealer();
+    let ring = sealer.keyring();
+    let stats = sealer.stats();
+    json!({
+        "sealed": ring.is_sealed(),
+        "primary_key": ring.primary,
+        "key_ids": ring.key_ids(),
+        "accept_plaintext": ring.accept_plaintext,
+        "epoch": ring.epoch,
+        "datagrams_accepted": stats.accepted,
+        "datagrams_dropped": stats.dropped,
+        "datagrams_dropped_plaintext": stats.dropped_plaintext,
     })
 }
 
