@@ -1,6 +1,7 @@
 //! `shoal up`: the wiring of one node. Creates, joins or rejoins the cluster, then runs the
 //! peer transport, the replicated store, gossip membership, the control socket, the
 //! Kubernetes API and, on the Raft leader only, the controllers and the scheduler.
+pub(crate) mod gossip_keys;
 pub mod identity;
 pub(crate) mod peers;
 
@@ -121,6 +122,10 @@ pub(crate) struct Node {
     pub lb_announced: std::sync::OnceLock<tokio::sync::watch::Receiver<Vec<crate::lb::Announcement>>>,
     /// Pod and node usage gathered from every node agent.
     pub metrics: std::sync::OnceLock<Arc<crate::node::metrics::ClusterMetrics>>,
+    /// Held while the gossip keyring is changed and saved.
+    pub gossip_keys_lock: tokio::sync::Mutex<()>,
+    /// One gossip key rotation at a time from this node.
+    pub rotation_lock: tokio::sync::Mutex<()>,
 }
 
 /// Runs a node until `shutdown`.
@@ -229,7 +234,10 @@ pub async fn run(cfg: NodeConfig, join: Option<JoinTarget>, shutdown: Cancellati
         objects,
         lb_announced: std::sync::OnceLock::new(),
         metrics: std::sync::OnceLock::new(),
+        gossip_keys_lock: tokio::sync::Mutex::new(()),
+        rotation_lock: tokio::sync::Mutex::new(()),
     });
+    gossip_keys::serve(&node);
 
     let tasks = tokio_util::task::TaskTracker::new();
     let control_stop = CancellationToken::new();
@@ -246,6 +254,7 @@ pub async fn run(cfg: NodeConfig, join: Option<JoinTarget>, shutdown: Cancellati
     }
     let work_stop = CancellationToken::new();
     tasks.spawn(voter_loop(node.clone(), work_stop.clone()));
+    tasks.spawn(gossip_keys::sync_loop(node.clone(), work_stop.clone()));
     tasks.spawn(crate::wiring::run_services(node.clone(), work_stop.clone()));
     tasks.close();
     tracing::info!(name = %identity.name, addr = %peer_addr, "node up");
@@ -410,6 +419,10 @@ impl control::Handler for ControlHandler {
             let node = &self.node;
             match req {
                 Request::Status => Ok(status_json(node).await),
+                Request::GossipKeyRotate => {
+                    gossip_keys::rotate(node, (node.cfg.gossip.interval * 8).max(Duration::from_secs(2))).await
+                }
+                Request::GossipKeyStatus => Ok(gossip_keys::status(node).await),
                 Request::Token => node.secrets.join_token().map(serde_json::Value::String).map_err(|e| e.to_string()),
                 Request::Kubeconfig { server } => {
                     crate::wiring::kubeconfig(node, server).map(serde_json::Value::String)
@@ -497,6 +510,12 @@ pub(crate) fn gossip_status(node: &Node) -> serde_json::Value {
         "datagrams_accepted": stats.accepted,
         "datagrams_dropped": stats.dropped,
         "datagrams_dropped_plaintext": stats.dropped_plaintext,
+        "members": node
+            .membership
+            .members()
+            .iter()
+            .map(|m| json!({"name": m.name, "alive": m.alive, "generation": m.generation}))
+            .collect::<Vec<_>>(),
     })
 }
 
