@@ -172,16 +172,16 @@ fn epoch_ms() -> u64 {
 }
 
 /// A scratch dir on this machine, seen by every host of a netns rig; removed when dropped.
-struct Scratch(PathBuf);
+pub(crate) struct Scratch(PathBuf);
 
 impl Scratch {
-    fn new(scenario: &str) -> Result<Scratch> {
+    pub(crate) fn new(scenario: &str) -> Result<Scratch> {
         let dir = std::env::temp_dir().join(format!("shoal-hil-{scenario}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).map_err(|source| Error::Io { op: "create dir", path: dir.clone(), source })?;
         Ok(Scratch(dir))
     }
 
-    fn write(&self, name: &str, text: &str) -> Result<PathBuf> {
+    pub(crate) fn write(&self, name: &str, text: &str) -> Result<PathBuf> {
         let path = self.0.join(name);
         std::fs::write(&path, text).map_err(|source| Error::Io { op: "write", path: path.clone(), source })?;
         Ok(path)
@@ -198,7 +198,7 @@ impl Drop for Scratch {
 type Pod = (String, String, String);
 
 /// `kubectl` run on the client host against one node's API.
-struct Kubectl<'a> {
+pub(crate) struct Kubectl<'a> {
     rig: &'a dyn Rig,
     client: String,
     kubeconfig: PathBuf,
@@ -242,7 +242,7 @@ impl Kubectl<'_> {
     }
 
     /// (name, node, pod IP) of the Running pods matching `label` that are not being deleted.
-    fn running_pods(&self, host: &str, label: &str) -> Vec<Pod> {
+    pub(crate) fn running_pods(&self, host: &str, label: &str) -> Vec<Pod> {
         let fmt = "jsonpath={range .items[*]}{.metadata.name} {.spec.nodeName} {.status.podIP} {.status.phase} {.metadata.deletionTimestamp}{\"\\n\"}{end}";
         self.on(host, &["get", "pods", "-l", label, "-o", fmt])
             .unwrap_or_default()
@@ -255,7 +255,7 @@ impl Kubectl<'_> {
     }
 
     /// Applies a file through `host`, retrying while the API does not know its kinds yet.
-    fn apply(&self, host: &str, file: &Path, timeout: Duration) -> Result<()> {
+    pub(crate) fn apply(&self, host: &str, file: &Path, timeout: Duration) -> Result<()> {
         let path = file.display().to_string();
         let mut last = String::new();
         wait_until(&format!("kubectl apply -f {path}"), timeout, Duration::from_millis(500), || {
@@ -274,7 +274,7 @@ impl Kubectl<'_> {
 
 /// A 3-node cluster with the test images in every node's import dir and a kubeconfig for the
 /// client host.
-fn cluster_with_kubectl<'a>(
+pub(crate) fn cluster_with_kubectl<'a>(
     rig: &'a dyn Rig,
     opts: &ScenarioOptions,
     scenario: &str,
