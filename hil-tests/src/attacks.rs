@@ -4,7 +4,8 @@
 //! heartbeat then wins over the real one), and a flood of Syn datagrams of the right cluster,
 //! plaintext, sealed with a wrong key, with an unknown key id, or random. The cluster must not notice: no node changes liveness, no fake
 //! member appears, no pod is evicted, and every node counted the dropped datagrams. Then a
-//! gossip key rotation runs, with no liveness flap either.
+//! gossip key rotation runs, with no liveness flap either. Last, the modes of a node's files
+//! that hold secrets.
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
@@ -335,7 +336,66 @@ pub fn attacks(rig: &dyn Rig, opts: &ScenarioOptions) -> Result<Measured> {
     if after != pods {
         return Err(failed(format!("pods changed during the rotation: {pods:?} -> {after:?}")));
     }
+    file_modes(rig, &first, &scratch)?;
     Ok(m)
+}
+
+fn mode_of(path: &std::path::Path) -> Option<u32> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).ok().map(|m| m.permissions().mode() & 0o777)
+}
+
+/// The files of a node that hold secrets are root only: the data dir 0700, the secrets, the
+/// node key and every store file 0600, a kubeconfig written with `--out` and a backup 0600.
+fn file_modes(rig: &dyn Rig, host: &str, scratch: &Scratch) -> Result<()> {
+    let data = rig.data_dir(host)?;
+    let mut wrong = Vec::new();
+    let mut expect = |path: std::path::PathBuf, want: u32| match mode_of(&path) {
+        Some(got) if got == want => {}
+        got => wrong.push(format!(
+            "{} is {}, not {want:o}",
+            path.display(),
+            got.map_or("missing".to_string(), |m| format!("{m:o}"))
+        )),
+    };
+    expect(data.clone(), 0o700);
+    expect(data.join("secrets.json"), 0o600);
+    expect(data.join("pki/node.key"), 0o600);
+    let store = data.join("store");
+    let mut stack = vec![store];
+    while let Some(dir) = stack.pop() {
+        for entry in
+            std::fs::read_dir(&dir).map_err(|source| Error::Io { op: "read dir", path: dir.clone(), source })?
+        {
+            let Ok(entry) = entry else { continue };
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                expect(path, 0o600);
+            }
+        }
+    }
+    let kubeconfig = scratch.write("kubeconfig-out", "")?;
+    let kc = kubeconfig.display().to_string();
+    let out = shoal::run_shoal(rig, host, &["kubeconfig", "--out", &kc], shoal::CLI_TIMEOUT)?;
+    if !out.success() {
+        return Err(failed(format!("shoal kubeconfig --out: {}", out.stderr.trim())));
+    }
+    expect(kubeconfig, 0o600);
+    let backup = scratch.write("backup", "")?;
+    let _ = std::fs::remove_file(&backup);
+    let b = backup.display().to_string();
+    let out = shoal::run_shoal(rig, host, &["backup", &b], Duration::from_secs(30))?;
+    if !out.success() {
+        return Err(failed(format!("shoal backup: {}", out.stderr.trim())));
+    }
+    expect(backup, 0o600);
+    if wrong.is_empty() {
+        Ok(())
+    } else {
+        Err(failed(format!("file modes: {}", wrong.join("; "))))
+    }
 }
 
 /// The forger's report, for `shoal-hil forge-gossip`.

@@ -77,6 +77,9 @@ enum Cmd {
         /// API server URL to put in the kubeconfig (default: this node's address, port 6443).
         #[arg(long)]
         server: Option<String>,
+        /// Write it to FILE (mode 0600) instead of printing it.
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// Manage the images of this node.
     Image {
@@ -208,9 +211,16 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::GossipKey { dir, op, json } => gossip_key(&dir.data_dir, op, json).await,
-        Cmd::Kubeconfig { dir, server } => {
+        Cmd::Kubeconfig { dir, server, out } => {
             let v = control::call(&dir.data_dir, &Request::Kubeconfig { server }).await?;
-            print!("{}", v.as_str().unwrap_or_default());
+            let text = v.as_str().unwrap_or_default();
+            match out {
+                Some(path) => {
+                    write_private(&path, text.as_bytes()).with_context(|| format!("writing {}", path.display()))?;
+                    eprintln!("kubeconfig written to {} (mode 0600)", path.display());
+                }
+                None => print!("{text}"),
+            }
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Image { dir, cmd } => {
@@ -238,6 +248,16 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Writes a file readable by its owner only (it holds a private key), also when it existed.
+fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    f.write_all(data)?;
+    f.sync_all()
 }
 
 fn absolute(p: &Path) -> anyhow::Result<PathBuf> {

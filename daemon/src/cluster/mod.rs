@@ -132,6 +132,7 @@ pub(crate) struct Node {
 pub async fn run(cfg: NodeConfig, join: Option<JoinTarget>, shutdown: CancellationToken) -> Result<(), ClusterError> {
     let dir = cfg.data_dir.clone();
     std::fs::create_dir_all(&dir).map_err(|source| ClusterError::DataDir { path: dir.clone(), source })?;
+    identity::restrict_data_dir(&dir).map_err(|source| ClusterError::DataDir { path: dir.clone(), source })?;
     let name = cfg.name.clone().unwrap_or_else(hostname);
     let advertise = cfg.advertise.unwrap_or_else(default_address);
 
@@ -178,6 +179,9 @@ pub async fn run(cfg: NodeConfig, join: Option<JoinTarget>, shutdown: Cancellati
     let store = Store::open(store_cfg, peers::raft_transport(transport.clone()))
         .await
         .map_err(|source| ClusterError::Store { path: dir.join("store"), source: Box::new(source) })?;
+    // The store holds every Secret: root only, whatever the umask was when it was created.
+    identity::restrict_files(&dir.join("store"), 0o600)
+        .map_err(|source| ClusterError::DataDir { path: dir.join("store"), source })?;
     peers::serve_store(&transport, &store);
     if fresh_cluster {
         store
@@ -448,6 +452,8 @@ impl control::Handler for ControlHandler {
                     // Every write acknowledged anywhere before the backup is in it.
                     node.store.sync().await.map_err(|e| e.to_string())?;
                     let rev = node.store.backup(&path).await.map_err(|e| e.to_string())?;
+                    // A backup holds every Secret of the cluster.
+                    identity::restrict_files(&path, 0o600).map_err(|e| format!("{}: {e}", path.display()))?;
                     Ok(json!({"revision": rev}))
                 }
             }
@@ -532,6 +538,7 @@ pub fn restore(
         return Err(ClusterError::Conflict(format!("{} is not empty: restore into a fresh data dir", dir.display())));
     }
     std::fs::create_dir_all(dir).map_err(|source| ClusterError::DataDir { path: dir.into(), source })?;
+    identity::restrict_data_dir(dir).map_err(|source| ClusterError::DataDir { path: dir.into(), source })?;
     let cfg = NodeConfig { data_dir: dir.into(), ..NodeConfig::default() };
     let name = name.unwrap_or_else(hostname);
     let advertise = advertise.unwrap_or_else(default_address);
