@@ -24,6 +24,8 @@ pub enum Request {
     KvPut { key: String, value: String },
     KvGet { key: String, linearizable: bool },
     Backup { path: PathBuf },
+    GossipKeyRotate,
+    GossipKeyStatus,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

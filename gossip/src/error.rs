@@ -119,6 +119,8 @@ pub enum Error {
     },
     #[error("start gossip")]
     StartGossip(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("invalid gossip keyring: {reason}")]
+    InvalidGossipKeyring { reason: String },
     #[error("resolve seed {seed}")]
     ResolveSeed {
         seed: String,

@@ -41,6 +41,10 @@ pub struct ClusterSecrets {
     pub ca_key_pem: String,
     /// 32 lowercase hex characters, the last part of the join token.
     pub token_secret: String,
+    /// The gossip keys. Absent from data dirs written before gossip keys existed: such a
+    /// cluster gossips in plaintext until `shoal gossip-key rotate` gives it a key.
+    #[serde(default)]
+    pub gossip: crate::seal::GossipKeyring,
 }
 
 impl std::fmt::Debug for ClusterSecrets {
@@ -49,6 +53,7 @@ impl std::fmt::Debug for ClusterSecrets {
             .field("ca_cert_pem", &self.ca_cert_pem)
             .field("ca_key_pem", &"<redacted>")
             .field("token_secret", &"<redacted>")
+            .field("gossip_keys", &self.gossip.key_ids())
             .finish()
     }
 }
@@ -100,7 +105,12 @@ impl ClusterSecrets {
         let cert = params
             .self_signed(&key)
             .map_err(|source| Error::SignCertificate { subject: "cluster CA".to_string(), source })?;
-        Ok(Self { ca_cert_pem: cert.pem(), ca_key_pem: key.serialize_pem(), token_secret: random_hex16() })
+        Ok(Self {
+            ca_cert_pem: cert.pem(),
+            ca_key_pem: key.serialize_pem(),
+            token_secret: random_hex16(),
+            gossip: crate::seal::GossipKeyring::generate(),
+        })
     }
 
     /// A new random join secret; the old token stops working once the new secrets are in use.

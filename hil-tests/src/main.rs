@@ -33,6 +33,23 @@ enum Command {
         #[command(subcommand)]
         command: LoadCommand,
     },
+    /// Forge gossip datagrams at nodes (the `attacks` scenario runs it on the client host).
+    #[command(hide = true)]
+    ForgeGossip {
+        /// Gossip addresses of the nodes, comma separated.
+        #[arg(long, value_delimiter = ',')]
+        targets: Vec<std::net::SocketAddr>,
+        #[arg(long)]
+        cluster_id: String,
+        /// A real node to impersonate.
+        #[arg(long)]
+        victim: String,
+        /// Datagrams per second.
+        #[arg(long, default_value_t = 100)]
+        rate: u32,
+        #[arg(long, default_value_t = 30)]
+        secs: u64,
+    },
     /// Write report.md and report.json from the recorded results.
     Report {
         /// Results dir (default: $SHOAL_HIL_OUT, else target/hil).
@@ -296,6 +313,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Rig { command } => rig(command),
         Command::Run(args) => run_scenarios(args),
         Command::Load { command } => load(command),
+        Command::ForgeGossip { targets, cluster_id, victim, rate, secs } => {
+            let report = shoal_hil::attacks::forge_gossip(&targets, &cluster_id, &victim, rate, secs)?;
+            shoal_hil::attacks::print_report(&report);
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Report { out } => {
             let out = out.unwrap_or_else(default_out_dir);
             let (md, json) = write_report(&out)?;
@@ -429,6 +451,7 @@ fn run_scenarios(args: RunArgs) -> anyhow::Result<ExitCode> {
         partition_duration: args.partition_duration,
         voter_grace: args.voter_grace,
         upgrade_binary: args.upgrade_binary.clone(),
+        hil_bin: std::env::current_exe().ok(),
         ..ScenarioOptions::default()
     };
     let out = args.out.clone().unwrap_or_else(default_out_dir);

@@ -32,6 +32,7 @@ pub const SCENARIOS: &[&str] = &[
     "routed-pods",
     "services",
     "ingress",
+    "attacks",
 ];
 
 /// Knobs of the suite.
@@ -48,6 +49,8 @@ pub struct ScenarioOptions {
     pub voter_grace: Duration,
     /// The binary rolled out by `rolling-upgrade` (default: the one already running).
     pub upgrade_binary: Option<PathBuf>,
+    /// The shoal-hil binary, run on the client host by `attacks` to forge datagrams.
+    pub hil_bin: Option<PathBuf>,
     pub workload: WorkloadOptions,
 }
 
@@ -60,6 +63,7 @@ impl Default for ScenarioOptions {
             partition_duration: Duration::from_secs(10),
             voter_grace: Duration::from_secs(5),
             upgrade_binary: None,
+            hil_bin: None,
             workload: WorkloadOptions::default(),
         }
     }
@@ -87,7 +91,7 @@ pub fn hosts_needed(scenario: &str, opts: &ScenarioOptions) -> usize {
 
 /// Whether a scenario needs the rig's client host (it drives kubectl and curl from there).
 pub fn needs_client(scenario: &str) -> bool {
-    matches!(canonical(scenario).as_str(), "lb-failover" | "pods-back" | "routed-pods" | "services" | "ingress")
+    matches!(canonical(scenario).as_str(), "lb-failover" | "pods-back" | "routed-pods" | "services" | "ingress" | "attacks")
 }
 
 /// The rig topology a scenario needs (two subnets with a router between them for `routed-pods`).
@@ -112,10 +116,10 @@ pub struct Measured {
 }
 
 impl Measured {
-    fn set(&mut self, name: &str, value: f64) {
+    pub(crate) fn set(&mut self, name: &str, value: f64) {
         self.figures.insert(name.to_string(), value);
     }
-    fn note(&mut self, note: impl Into<String>) {
+    pub(crate) fn note(&mut self, note: impl Into<String>) {
         self.notes.push(note.into());
     }
 }
@@ -142,6 +146,7 @@ pub fn run(scenario: &str, rig: &dyn Rig, opts: &ScenarioOptions) -> Result<Meas
         "routed-pods" => crate::services::routed_pods(rig, opts),
         "services" => crate::services::services(rig, opts),
         "ingress" => crate::ingress::ingress(rig, opts),
+        "attacks" => crate::attacks::attacks(rig, opts),
         other => Err(Error::UnknownScenario(other.to_string(), SCENARIOS.join(", "))),
     }
 }

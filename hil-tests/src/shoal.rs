@@ -86,7 +86,7 @@ pub const CLI_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Runs `shoal SUBCOMMAND... --data-dir DIR ARGS...` on `host`; `args` starts with the subcommand
 /// words (one word, or two for `kv put` / `kv get`), then the rest.
-fn run_shoal(rig: &dyn Rig, host: &str, args: &[&str], timeout: Duration) -> Result<crate::rig::ExecOutput> {
+pub(crate) fn run_shoal(rig: &dyn Rig, host: &str, args: &[&str], timeout: Duration) -> Result<crate::rig::ExecOutput> {
     let bin = rig.shoal_path(host)?.to_string_lossy().into_owned();
     let data_dir = rig.data_dir(host)?.to_string_lossy().into_owned();
     let words = if args.first() == Some(&"kv") { 2 } else { 1 }.min(args.len());

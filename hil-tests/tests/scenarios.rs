@@ -30,6 +30,7 @@ fn scenario(name: &str) {
         opts.loss_duration = std::time::Duration::from_secs(d);
     }
     opts.upgrade_binary = std::env::var_os("SHOAL_UPGRADE_BIN").map(PathBuf::from);
+    opts.hil_bin = Some(PathBuf::from(env!("CARGO_BIN_EXE_shoal-hil")));
     let dir = PathBuf::from("/tmp/shoal-hil-tests").join(name);
     let mut rig_opts = NetnsOptions::new(&dir, scenarios::hosts_needed(name, &opts), bin);
     rig_opts.client = scenarios::needs_client(name);
@@ -128,4 +129,10 @@ fn services_acceptance() {
 #[test]
 fn ingress_walkthrough() {
     scenario("ingress");
+}
+
+/// Forged gossip from a LAN host changes nothing; a gossip key rotation flaps no one.
+#[test]
+fn attacks() {
+    scenario("attacks");
 }

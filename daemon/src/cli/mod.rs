@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
+use serde_json::json;
 use shoal::config::{NodeConfig, DEFAULT_CONFIG, DEFAULT_DATA_DIR};
 use shoal::control::{self, Request};
 
@@ -59,6 +60,16 @@ enum Cmd {
         #[arg(long)]
         advertise: Option<std::net::IpAddr>,
     },
+    /// Show or rotate the key that authenticates and encrypts gossip.
+    GossipKey {
+        #[command(flatten)]
+        dir: DataDir,
+        #[command(subcommand)]
+        op: GossipKeyOp,
+        /// Print JSON.
+        #[arg(long, global = true)]
+        json: bool,
+    },
     /// Print an admin kubeconfig for this cluster.
     Kubeconfig {
         #[command(flatten)]
@@ -66,6 +77,9 @@ enum Cmd {
         /// API server URL to put in the kubeconfig (default: this node's address, port 6443).
         #[arg(long)]
         server: Option<String>,
+        /// Write it to FILE (mode 0600) instead of printing it.
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// Manage the images of this node.
     Image {
@@ -90,6 +104,14 @@ enum Cmd {
         #[command(subcommand)]
         op: KvOp,
     },
+}
+
+#[derive(Subcommand)]
+enum GossipKeyOp {
+    /// Key ids in use on every node, and the datagrams each refused.
+    Status,
+    /// Install a new key on every node, switch senders to it, then retire the old ones.
+    Rotate,
 }
 
 #[derive(Subcommand)]
@@ -188,9 +210,17 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("{report}");
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Kubeconfig { dir, server } => {
+        Cmd::GossipKey { dir, op, json } => gossip_key(&dir.data_dir, op, json).await,
+        Cmd::Kubeconfig { dir, server, out } => {
             let v = control::call(&dir.data_dir, &Request::Kubeconfig { server }).await?;
-            print!("{}", v.as_str().unwrap_or_default());
+            let text = v.as_str().unwrap_or_default();
+            match out {
+                Some(path) => {
+                    write_private(&path, text.as_bytes()).with_context(|| format!("writing {}", path.display()))?;
+                    eprintln!("kubeconfig written to {} (mode 0600)", path.display());
+                }
+                None => print!("{text}"),
+            }
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Image { dir, cmd } => {
@@ -220,11 +250,71 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// Writes a file readable by its owner only (it holds a private key), also when it existed.
+fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    f.write_all(data)?;
+    f.sync_all()
+}
+
 fn absolute(p: &Path) -> anyhow::Result<PathBuf> {
     if p.is_absolute() {
         return Ok(p.into());
     }
     Ok(std::env::current_dir().context("current directory")?.join(p))
+}
+
+async fn gossip_key(data_dir: &Path, op: GossipKeyOp, json: bool) -> anyhow::Result<ExitCode> {
+    let rotate = matches!(op, GossipKeyOp::Rotate);
+    let req = if rotate { Request::GossipKeyRotate } else { Request::GossipKeyStatus };
+    let v = control::call(data_dir, &req).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if rotate {
+        let retired: Vec<String> = v["retired"].as_array().into_iter().flatten().map(|id| id.to_string()).collect();
+        println!(
+            "gossip key {} in use on every node; retired: {}",
+            v["key"],
+            if retired.is_empty() { "plaintext".to_string() } else { retired.join(", ") }
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("{:<20} {:<8} {:<8} {:<10} {:>10} {:>10}", "NODE", "PRIMARY", "KEYS", "PLAINTEXT", "ACCEPTED", "DROPPED");
+    let mut all_same = true;
+    let mut first: Option<serde_json::Value> = None;
+    for n in v["nodes"].as_array().into_iter().flatten() {
+        if let Some(e) = n["error"].as_str() {
+            println!("{:<20} unreachable: {e}", n["name"].as_str().unwrap_or("?"));
+            all_same = false;
+            continue;
+        }
+        let keys: Vec<String> = n["key_ids"].as_array().into_iter().flatten().map(|id| id.to_string()).collect();
+        println!(
+            "{:<20} {:<8} {:<8} {:<10} {:>10} {:>10}",
+            n["name"].as_str().unwrap_or("?"),
+            n["primary_key"].as_u64().map_or("none".to_string(), |k| k.to_string()),
+            if keys.is_empty() { "-".to_string() } else { keys.join(",") },
+            if n["accept_plaintext"].as_bool() == Some(true) { "accepted" } else { "refused" },
+            n["datagrams_accepted"],
+            n["datagrams_dropped"],
+        );
+        let state = json!([n["primary_key"], n["key_ids"], n["accept_plaintext"]]);
+        match &first {
+            None => first = Some(state),
+            Some(f) if *f != state => all_same = false,
+            Some(_) => {}
+        }
+    }
+    if first.as_ref().is_some_and(|f| f[0].is_null()) {
+        println!("\ngossip is NOT encrypted: run `shoal gossip-key rotate` once every node runs this version");
+    }
+    // 2: the nodes do not all hold the same keys (a rotation is under way or a node is down).
+    Ok(if all_same { ExitCode::SUCCESS } else { ExitCode::from(2) })
 }
 
 async fn status(data_dir: &Path, json: bool) -> anyhow::Result<ExitCode> {

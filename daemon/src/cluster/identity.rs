@@ -119,6 +119,32 @@ fn to_json<T: Serialize>(v: &T) -> String {
     serde_json::to_string_pretty(v).unwrap_or_default()
 }
 
+/// Makes the data dir readable by root only (0700): it holds the cluster CA, the gossip key
+/// and the store.
+pub fn restrict_data_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+}
+
+/// Gives `path` (a file, or every file below a directory) the given mode; directories get 0700.
+pub fn restrict_files(path: &Path, mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    if meta.is_dir() {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))?;
+        for entry in std::fs::read_dir(path)? {
+            restrict_files(&entry?.path(), mode)?;
+        }
+    } else if meta.is_file() {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    }
+    Ok(())
+}
+
 /// File holding the last gossip generation this node used.
 pub const GENERATION_FILE: &str = "gossip-generation";
 
@@ -136,6 +162,64 @@ pub fn next_generation(dir: &Path, now_ms: u64) -> Result<u64, IdentityError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn mode(p: &Path) -> u32 {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn data_dir_store_and_secrets_are_root_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir_all(data.join("store/snapshots")).unwrap();
+        std::fs::write(data.join("store/store.redb"), b"x").unwrap();
+        std::fs::write(data.join("store/snapshots/1"), b"x").unwrap();
+        restrict_data_dir(&data).unwrap();
+        restrict_files(&data.join("store"), 0o600).unwrap();
+        let secrets = ClusterSecrets::generate("test").unwrap();
+        let cert = secrets.issue_node_cert("n1", &[]).unwrap();
+        let state = NodeState {
+            identity: Identity {
+                name: "n1".into(),
+                node_id: 1,
+                cluster_id: "c".into(),
+                advertise: "127.0.0.1".parse().unwrap(),
+                gossip_port: 1,
+                peer_port: 2,
+                api_port: 3,
+                member: true,
+            },
+            secrets,
+            node_cert_pem: cert.cert_pem,
+            node_key_pem: cert.key_pem,
+        };
+        state.save(&data).unwrap();
+        assert_eq!(mode(&data), 0o700);
+        assert_eq!(mode(&data.join("store")), 0o700);
+        assert_eq!(mode(&data.join("store/store.redb")), 0o600);
+        assert_eq!(mode(&data.join("store/snapshots/1")), 0o600);
+        assert_eq!(mode(&data.join(SECRETS_FILE)), 0o600);
+        assert_eq!(mode(&data.join(NODE_KEY)), 0o600);
+        // The keyring is saved with the secrets and read back.
+        let back = NodeState::load(&data).unwrap().unwrap();
+        assert!(back.secrets.gossip.is_sealed());
+        assert_eq!(back.secrets.gossip, state.secrets.gossip);
+        // A missing path is not an error.
+        restrict_files(&data.join("nothing-here"), 0o600).unwrap();
+    }
+
+    #[test]
+    fn secrets_without_a_gossip_keyring_load_as_plaintext() {
+        let dir = tempfile::tempdir().unwrap();
+        let secrets = ClusterSecrets::generate("test").unwrap();
+        let mut v = serde_json::to_value(&secrets).unwrap();
+        v.as_object_mut().unwrap().remove("gossip");
+        let old: ClusterSecrets = serde_json::from_value(v).unwrap();
+        assert!(!old.gossip.is_sealed());
+        assert!(old.gossip.accept_plaintext && old.gossip.primary.is_none());
+        drop(dir);
+    }
 
     #[test]
     fn generation_grows_even_when_the_clock_goes_back() {

@@ -1,6 +1,7 @@
 //! `shoal up`: the wiring of one node. Creates, joins or rejoins the cluster, then runs the
 //! peer transport, the replicated store, gossip membership, the control socket, the
 //! Kubernetes API and, on the Raft leader only, the controllers and the scheduler.
+pub(crate) mod gossip_keys;
 pub mod identity;
 pub(crate) mod peers;
 
@@ -121,12 +122,17 @@ pub(crate) struct Node {
     pub lb_announced: std::sync::OnceLock<tokio::sync::watch::Receiver<Vec<crate::lb::Announcement>>>,
     /// Pod and node usage gathered from every node agent.
     pub metrics: std::sync::OnceLock<Arc<crate::node::metrics::ClusterMetrics>>,
+    /// Held while the gossip keyring is changed and saved.
+    pub gossip_keys_lock: tokio::sync::Mutex<()>,
+    /// One gossip key rotation at a time from this node.
+    pub rotation_lock: tokio::sync::Mutex<()>,
 }
 
 /// Runs a node until `shutdown`.
 pub async fn run(cfg: NodeConfig, join: Option<JoinTarget>, shutdown: CancellationToken) -> Result<(), ClusterError> {
     let dir = cfg.data_dir.clone();
     std::fs::create_dir_all(&dir).map_err(|source| ClusterError::DataDir { path: dir.clone(), source })?;
+    identity::restrict_data_dir(&dir).map_err(|source| ClusterError::DataDir { path: dir.clone(), source })?;
     let name = cfg.name.clone().unwrap_or_else(hostname);
     let advertise = cfg.advertise.unwrap_or_else(default_address);
 
@@ -173,6 +179,9 @@ pub async fn run(cfg: NodeConfig, join: Option<JoinTarget>, shutdown: Cancellati
     let store = Store::open(store_cfg, peers::raft_transport(transport.clone()))
         .await
         .map_err(|source| ClusterError::Store { path: dir.join("store"), source: Box::new(source) })?;
+    // The store holds every Secret: root only, whatever the umask was when it was created.
+    identity::restrict_files(&dir.join("store"), 0o600)
+        .map_err(|source| ClusterError::DataDir { path: dir.join("store"), source })?;
     peers::serve_store(&transport, &store);
     if fresh_cluster {
         store
@@ -196,6 +205,7 @@ pub async fn run(cfg: NodeConfig, join: Option<JoinTarget>, shutdown: Cancellati
             advertise_addr: Some(SocketAddr::new(identity.advertise, identity.gossip_port)),
             generation: Some(identity::next_generation(&dir, wall_clock_ms())?),
             seeds: seeds.iter().map(|s| s.to_string()).collect(),
+            keyring: state.secrets.gossip.clone(),
             ..MembershipConfig::new(
                 identity.name.clone(),
                 identity.cluster_id.clone(),
@@ -231,7 +241,10 @@ pub async fn run(cfg: NodeConfig, join: Option<JoinTarget>, shutdown: Cancellati
         objects,
         lb_announced: std::sync::OnceLock::new(),
         metrics: std::sync::OnceLock::new(),
+        gossip_keys_lock: tokio::sync::Mutex::new(()),
+        rotation_lock: tokio::sync::Mutex::new(()),
     });
+    gossip_keys::serve(&node);
 
     let tasks = tokio_util::task::TaskTracker::new();
     let control_stop = CancellationToken::new();
@@ -248,6 +261,7 @@ pub async fn run(cfg: NodeConfig, join: Option<JoinTarget>, shutdown: Cancellati
     }
     let work_stop = CancellationToken::new();
     tasks.spawn(voter_loop(node.clone(), work_stop.clone()));
+    tasks.spawn(gossip_keys::sync_loop(node.clone(), work_stop.clone()));
     tasks.spawn(crate::wiring::run_services(node.clone(), work_stop.clone()));
     tasks.close();
     tracing::info!(name = %identity.name, addr = %peer_addr, "node up");
@@ -412,6 +426,10 @@ impl control::Handler for ControlHandler {
             let node = &self.node;
             match req {
                 Request::Status => Ok(status_json(node).await),
+                Request::GossipKeyRotate => {
+                    gossip_keys::rotate(node, (node.cfg.gossip.interval * 8).max(Duration::from_secs(2))).await
+                }
+                Request::GossipKeyStatus => Ok(gossip_keys::status(node).await),
                 Request::Token => node.secrets.join_token().map(serde_json::Value::String).map_err(|e| e.to_string()),
                 Request::Kubeconfig { server } => {
                     crate::wiring::kubeconfig(node, server).map(serde_json::Value::String)
@@ -437,6 +455,8 @@ impl control::Handler for ControlHandler {
                     // Every write acknowledged anywhere before the backup is in it.
                     node.store.sync().await.map_err(|e| e.to_string())?;
                     let rev = node.store.backup(&path).await.map_err(|e| e.to_string())?;
+                    // A backup holds every Secret of the cluster.
+                    identity::restrict_files(&path, 0o600).map_err(|e| format!("{}: {e}", path.display()))?;
                     Ok(json!({"revision": rev}))
                 }
             }
@@ -481,6 +501,30 @@ pub(crate) async fn status_json(node: &Node) -> serde_json::Value {
         "revision": st.revision,
         "members": list,
         "load_balancer_ips": crate::wiring::lb_status(node).await,
+        "gossip": gossip_status(node),
+    })
+}
+
+/// The gossip key in use and the datagrams refused (`shoal status --json`, `shoal gossip-key status`).
+pub(crate) fn gossip_status(node: &Node) -> serde_json::Value {
+    let sealer = node.membership.sealer();
+    let ring = sealer.keyring();
+    let stats = sealer.stats();
+    json!({
+        "sealed": ring.is_sealed(),
+        "primary_key": ring.primary,
+        "key_ids": ring.key_ids(),
+        "accept_plaintext": ring.accept_plaintext,
+        "epoch": ring.epoch,
+        "datagrams_accepted": stats.accepted,
+        "datagrams_dropped": stats.dropped,
+        "datagrams_dropped_plaintext": stats.dropped_plaintext,
+        "members": node
+            .membership
+            .members()
+            .iter()
+            .map(|m| json!({"name": m.name, "alive": m.alive, "generation": m.generation}))
+            .collect::<Vec<_>>(),
     })
 }
 
@@ -497,6 +541,7 @@ pub fn restore(
         return Err(ClusterError::Conflict(format!("{} is not empty: restore into a fresh data dir", dir.display())));
     }
     std::fs::create_dir_all(dir).map_err(|source| ClusterError::DataDir { path: dir.into(), source })?;
+    identity::restrict_data_dir(dir).map_err(|source| ClusterError::DataDir { path: dir.into(), source })?;
     let cfg = NodeConfig { data_dir: dir.into(), ..NodeConfig::default() };
     let name = name.unwrap_or_else(hostname);
     let advertise = advertise.unwrap_or_else(default_address);

@@ -2,12 +2,14 @@
 //!
 //! Every node gossips its attributes (addresses, arch, capacity, readiness, ...) as string
 //! key/values. Liveness is chitchat's phi detector plus a heartbeat-silence cap, damped against
-//! flapping links (see `damping` and docs/gossip.md). Gossip is unauthenticated: never put
-//! secrets in attributes.
+//! flapping links (see `damping` and docs/gossip.md). Every datagram is sealed with the
+//! cluster gossip key (see `crate::seal`); attributes are still readable by every member, so
+//! never put secrets in them.
 
 mod damping;
 #[cfg(test)]
 mod tests;
+pub mod wire;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -16,8 +18,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use chitchat::transport::{RecvOutcome, SendOutcome, Socket, UdpSocket};
-use chitchat::{Chitchat, ChitchatConfig, ChitchatEnvelope, ChitchatHandle, ChitchatId, FailureDetectorConfig};
+use chitchat::transport::Socket;
+use chitchat::{Chitchat, ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig};
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -25,6 +27,7 @@ use tracing::{debug, info, warn};
 
 use self::damping::{DampingConfig, NodeLiveness, Transition};
 use crate::error::{Error, Result};
+use crate::seal::{GossipKeyring, Sealer};
 
 /// Default UDP port of gossip.
 pub const DEFAULT_GOSSIP_PORT: u16 = 7946;
@@ -71,6 +74,9 @@ pub struct MembershipConfig {
     pub dead_node_grace_period: Duration,
     /// Deleted attributes are kept as tombstones this long.
     pub marked_for_deletion_grace_period: Duration,
+    /// The gossip keys. `MembershipConfig::new` leaves plaintext (the keyring of a cluster
+    /// without a key); the daemon always passes the cluster's keyring.
+    pub keyring: GossipKeyring,
 }
 
 impl MembershipConfig {
@@ -93,6 +99,7 @@ impl MembershipConfig {
             flap_window: Duration::from_secs(600),
             dead_node_grace_period: Duration::from_secs(3600),
             marked_for_deletion_grace_period: Duration::from_secs(3600),
+            keyring: GossipKeyring::default(),
         }
     }
 
@@ -116,6 +123,9 @@ impl MembershipConfig {
         }
         if self.dead_after < self.gossip_interval {
             return invalid("dead_after must be at least one gossip_interval");
+        }
+        if let Err(reason) = self.keyring.validate() {
+            return Err(Error::InvalidGossipKeyring { reason });
         }
         Ok(())
     }
@@ -152,6 +162,7 @@ pub struct Membership {
     shutdown: CancellationToken,
     handle: Mutex<Option<ChitchatHandle>>,
     watcher: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    sealer: Sealer,
 }
 
 impl std::fmt::Debug for Membership {
@@ -172,11 +183,13 @@ impl Membership {
         loss: Arc<LinkLoss>,
     ) -> Result<Self> {
         cfg.validate()?;
-        let socket = UdpSocket::open(cfg.gossip_addr).await.map_err(|e| Error::BindGossip {
-            addr: cfg.gossip_addr,
-            source: std::io::Error::new(std::io::ErrorKind::AddrNotAvailable, format!("{e:#}")),
-        })?;
+        let socket = tokio::net::UdpSocket::bind(cfg.gossip_addr)
+            .await
+            .map_err(|source| Error::BindGossip { addr: cfg.gossip_addr, source })?;
         let bound = socket.local_addr().map_err(|e| Error::StartGossip(e.into()))?;
+        let sealer = Sealer::new(cfg.keyring.clone()).map_err(|reason| Error::InvalidGossipKeyring { reason })?;
+        let socket =
+            wire::SealedSocket::new(socket, sealer.clone(), loss).await.map_err(|e| Error::StartGossip(e.into()))?;
         let mut advertise = cfg.advertise_addr.unwrap_or(cfg.gossip_addr);
         if advertise.port() == 0 {
             advertise.set_port(bound.port());
@@ -206,7 +219,7 @@ impl Membership {
             extra_liveness_predicate: None,
             protocol_version: chitchat::ProtocolVersion::V0,
         };
-        let transport = PreparedTransport { socket: Mutex::new(Some(Box::new(LossySocket { inner: socket, loss }))) };
+        let transport = PreparedTransport { socket: Mutex::new(Some(Box::new(socket))) };
         let handle = chitchat::spawn_chitchat(chitchat_config, initial_attrs.into_iter().collect(), &transport)
             .await
             .map_err(|e| Error::StartGossip(e.into()))?;
@@ -227,7 +240,12 @@ impl Membership {
         };
         watcher.refresh().await;
         let watcher = tokio::spawn(watcher.run(shutdown.clone()));
-        info!(node = %cfg.node_name, generation, gossip = %bound, advertise = %advertise, "gossip started");
+        let keyring = sealer.keyring();
+        if keyring.is_sealed() {
+            info!(node = %cfg.node_name, generation, gossip = %bound, advertise = %advertise, key = ?keyring.primary, "gossip started");
+        } else {
+            warn!(node = %cfg.node_name, generation, gossip = %bound, advertise = %advertise, "gossip started without a gossip key: any host of the network can forge membership; run `shoal gossip-key rotate` once every node runs this version");
+        }
         Ok(Self {
             chitchat,
             self_id,
@@ -237,7 +255,14 @@ impl Membership {
             shutdown,
             handle: Mutex::new(Some(handle)),
             watcher: Mutex::new(Some(watcher)),
+            sealer,
         })
+    }
+
+    /// The gossip keyring in use and the counters of refused datagrams; setting a new keyring
+    /// on it takes effect with the next datagram.
+    pub fn sealer(&self) -> &Sealer {
+        &self.sealer
     }
 
     /// The address peers gossip with this node on.
@@ -456,40 +481,5 @@ struct PreparedTransport {
 impl chitchat::transport::Transport for PreparedTransport {
     async fn open(&self, _listen_addr: SocketAddr) -> anyhow::Result<Box<dyn Socket>> {
         lock(&self.socket).take().ok_or_else(|| anyhow::anyhow!("gossip socket already handed out"))
-    }
-}
-
-struct LossySocket {
-    inner: UdpSocket,
-    loss: Arc<LinkLoss>,
-}
-
-#[async_trait]
-impl Socket for LossySocket {
-    fn local_addr(&self) -> anyhow::Result<SocketAddr> {
-        self.inner.local_addr()
-    }
-
-    async fn send(&mut self, to: SocketAddr, envelope: ChitchatEnvelope) -> anyhow::Result<SendOutcome> {
-        if self.loss.drop_now() {
-            return Ok(SendOutcome { num_bytes_sent: 0 });
-        }
-        // A peer that is gone (ICMP unreachable, no route) is not a broken socket.
-        match self.inner.send(to, envelope).await {
-            Ok(outcome) => Ok(outcome),
-            Err(error) => {
-                debug!(peer = %to, error = %format!("{error:#}"), "gossip send failed");
-                Ok(SendOutcome { num_bytes_sent: 0 })
-            }
-        }
-    }
-
-    async fn recv(&mut self) -> anyhow::Result<RecvOutcome> {
-        loop {
-            let outcome = self.inner.recv().await?;
-            if !self.loss.drop_now() {
-                return Ok(outcome);
-            }
-        }
     }
 }

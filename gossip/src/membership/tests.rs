@@ -213,3 +213,59 @@ async fn last_heard_follows_heartbeats_and_stops_with_the_node() {
     assert!(age(&a, "hb-b").is_some_and(|d| d >= Duration::from_secs(1)));
     a.shutdown().await;
 }
+
+async fn start_keyed(name: &str, seeds: &[SocketAddr], keyring: &crate::seal::GossipKeyring) -> Membership {
+    let mut cfg = MembershipConfig::new(name, "test-cluster", local(0));
+    cfg.seeds = seeds.iter().map(|s| s.to_string()).collect();
+    cfg.keyring = keyring.clone();
+    Membership::start(cfg, BTreeMap::new()).await.unwrap()
+}
+
+/// Nodes sharing the gossip key see each other; a node with another key and a plaintext node
+/// pointed at them never appear, and their datagrams are counted as dropped. A rotation run
+/// step by step on the live nodes changes no one's liveness.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_nodes_holding_the_gossip_key_are_members_and_rotation_does_not_flap() {
+    init_tracing();
+    let ring = crate::seal::GossipKeyring::generate();
+    let a = start_keyed("node-a", &[], &ring).await;
+    let seed = a.advertise_addr();
+    let b = start_keyed("node-b", &[seed], &ring).await;
+    let stranger = start_keyed("stranger", &[seed], &crate::seal::GossipKeyring::generate()).await;
+    let plaintext = start_keyed("plaintext", &[seed], &crate::seal::GossipKeyring::default()).await;
+    let both = vec!["node-a".to_string(), "node-b".to_string()];
+    let took = eventually(Duration::from_secs(20), || alive_names(&a) == both && alive_names(&b) == both).await;
+    assert!(took.is_some(), "keyed nodes never saw each other: {:?}", a.members());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for m in [&a, &b] {
+        let names: Vec<String> = m.members().into_iter().map(|m| m.name).collect();
+        assert_eq!(names, both, "no stranger is a member");
+    }
+    let stats = a.sealer().stats();
+    assert!(stats.dropped > 0 && stats.dropped_plaintext > 0, "the strangers' datagrams were counted: {stats:?}");
+
+    // Rotation, each step applied to one node then the other, with gossip running.
+    let (mut died, mut seen) = (0, a.subscribe());
+    let installed = ring.with_new_key();
+    let new_id = *installed.key_ids().last().unwrap();
+    for step in [installed.clone(), installed.with_primary(new_id), installed.with_primary(new_id).retired()] {
+        a.sealer().set_keyring(step.clone()).unwrap();
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        b.sealer().set_keyring(step).unwrap();
+        let until = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < until {
+            if tokio::time::timeout(Duration::from_millis(200), seen.changed()).await.is_ok()
+                && seen.borrow().iter().any(|m| !m.alive && m.name == "node-b")
+            {
+                died += 1;
+            }
+        }
+    }
+    assert_eq!(died, 0, "node-b was marked dead during the rotation");
+    assert_eq!(alive_names(&a), both);
+    assert_eq!(a.sealer().keyring().key_ids(), vec![new_id]);
+    stranger.shutdown().await;
+    plaintext.shutdown().await;
+    a.shutdown().await;
+    b.shutdown().await;
+}

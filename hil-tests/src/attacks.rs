@@ -1,0 +1,407 @@
+//! The `attacks` scenario, its gossip part: a host of the LAN (the rig's client host) forges
+//! chitchat datagrams at the nodes' gossip ports, with chitchat's own serialization: real
+//! chitchat speakers posing as fake members and as a real node with a huge generation (its
+//! heartbeat then wins over the real one), and a flood of Syn datagrams of the right cluster,
+//! plaintext, sealed with a wrong key, with an unknown key id, or random. The cluster must not notice: no node changes liveness, no fake
+//! member appears, no pod is evicted, and every node counted the dropped datagrams. Then a
+//! gossip key rotation runs, with no liveness flap either. Last, the modes of a node's files
+//! that hold secrets.
+//!
+//! Against a shoal without the gossip key (commit 109a5b2) the scenario fails within seconds
+//! of the attack: the other nodes see the impersonated node dead.
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use chitchat::transport::UdpTransport;
+use chitchat::{
+    spawn_chitchat, ChitchatConfig, ChitchatEnvelope, ChitchatId, ChitchatMessage, FailureDetectorConfig,
+    ProtocolVersion,
+};
+use serde::Serialize;
+use shoal_gossip::membership::wire::EnvelopeCodec;
+use shoal_gossip::seal::{GossipKeyring, Sealer};
+
+use crate::rig::Rig;
+use crate::scenarios::{Measured, ScenarioOptions};
+use crate::services::{cluster_with_kubectl, Scratch};
+use crate::shoal::{self, CONVERGE_TIMEOUT};
+use crate::{Error, Result};
+
+/// Datagrams the forger sent, by kind.
+#[derive(Debug, Default, Serialize)]
+pub struct ForgeReport {
+    pub plaintext: u64,
+    pub wrong_key: u64,
+    pub unknown_key_id: u64,
+    pub garbage: u64,
+    pub secs: f64,
+}
+
+/// Sends forged gossip to `targets` at `rate` datagrams per second for `secs` seconds, and runs
+/// real chitchat speakers (`ghost-1`, `ghost-2` and `victim` with a newer generation) seeded
+/// with the targets. Runs on the attacking host (`shoal-hil forge-gossip`).
+pub fn forge_gossip(
+    targets: &[SocketAddr],
+    cluster_id: &str,
+    victim: &str,
+    rate: u32,
+    secs: u64,
+) -> anyhow::Result<ForgeReport> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(forge(targets, cluster_id, victim, rate.max(1), secs))
+}
+
+async fn forge(
+    targets: &[SocketAddr],
+    cluster_id: &str,
+    victim: &str,
+    rate: u32,
+    secs: u64,
+) -> anyhow::Result<ForgeReport> {
+    anyhow::ensure!(!targets.is_empty(), "no targets");
+    let me = local_ip_towards(targets[0])?;
+    let seeds: Vec<String> = targets.iter().map(|t| t.to_string()).collect();
+    let mut speakers = Vec::new();
+    for (i, name) in ["ghost-1", "ghost-2", victim].iter().enumerate() {
+        let port = 17946 + i as u16;
+        let generation = if *name == victim { u64::MAX / 2 } else { 1 };
+        let id = ChitchatId::new(name.to_string(), generation, SocketAddr::new(me, port));
+        let config = ChitchatConfig {
+            chitchat_id: id,
+            cluster_id: cluster_id.to_string(),
+            gossip_interval: Duration::from_millis(50),
+            listen_addr: SocketAddr::new(IpAddr::from([0, 0, 0, 0]), port),
+            seed_nodes: seeds.clone(),
+            failure_detector_config: FailureDetectorConfig::default(),
+            marked_for_deletion_grace_period: Duration::from_secs(3600),
+            catchup_callback: None,
+            extra_liveness_predicate: None,
+            protocol_version: ProtocolVersion::V0,
+        };
+        let attrs = vec![
+            ("node_id".to_string(), "12345".to_string()),
+            ("ready".to_string(), "true".to_string()),
+            ("peer_addr".to_string(), format!("{me}:7443")),
+        ];
+        speakers.push(spawn_chitchat(config, attrs, &UdpTransport).await?);
+    }
+
+    let mut codec = EnvelopeCodec::new().await?;
+    let wrong_key = Sealer::new(GossipKeyring::generate()).map_err(anyhow::Error::msg)?;
+    let unknown_ring = GossipKeyring::generate().with_new_key();
+    let unknown_id = Sealer::new(unknown_ring.with_primary(2)).map_err(anyhow::Error::msg)?;
+    let socket = tokio::net::UdpSocket::bind(SocketAddr::new(IpAddr::from([0, 0, 0, 0]), 0)).await?;
+    let mut report = ForgeReport::default();
+    let start = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate)));
+    let mut n: u64 = 0;
+    while start.elapsed() < Duration::from_secs(secs) {
+        tick.tick().await;
+        let target = targets[(n as usize) % targets.len()];
+        // A Syn of the right cluster: on a cluster without a key every node answers it with
+        // its whole state (a SynAck), to anyone.
+        let syn = ChitchatEnvelope {
+            version: ProtocolVersion::V0,
+            message: ChitchatMessage::Syn { cluster_id: cluster_id.to_string(), digest: Default::default() },
+        };
+        let plain = codec.encode(syn).await?;
+        let datagram = match n % 5 {
+            0 | 1 => {
+                report.plaintext += 1;
+                plain
+            }
+            2 => {
+                report.wrong_key += 1;
+                wrong_key.seal(&plain)
+            }
+            3 => {
+                report.unknown_key_id += 1;
+                unknown_id.seal(&plain)
+            }
+            _ => {
+                report.garbage += 1;
+                let mut g = vec![0xC5, 1];
+                g.extend((0..64).map(|_| rand::random::<u8>()));
+                g
+            }
+        };
+        let _ = socket.send_to(&datagram, target).await;
+        n += 1;
+    }
+    report.secs = start.elapsed().as_secs_f64();
+    for s in speakers {
+        let _ = s.shutdown().await;
+    }
+    Ok(report)
+}
+
+/// The address this host uses towards `target` (no packet is sent).
+fn local_ip_towards(target: SocketAddr) -> anyhow::Result<IpAddr> {
+    let s = std::net::UdpSocket::bind("0.0.0.0:0")?;
+    s.connect(target)?;
+    Ok(s.local_addr()?.ip())
+}
+
+fn failed(reason: impl Into<String>) -> Error {
+    Error::ScenarioFailed { scenario: "attacks".to_string(), reason: reason.into() }
+}
+
+/// A gossip member as one node sees it: name, generation, alive.
+type GossipMember = (String, u64, bool);
+
+/// What one node says about gossip: its members, the datagrams it dropped, its whole status.
+fn gossip_view(rig: &dyn Rig, host: &str) -> Option<(Vec<GossipMember>, u64, serde_json::Value)> {
+    let out = shoal::run_shoal(rig, host, &["status", "--json"], shoal::CLI_TIMEOUT).ok()?;
+    if !out.success() {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).ok()?;
+    let raft_alive: Vec<GossipMember> = v["members"]
+        .as_array()?
+        .iter()
+        .map(|m| (m["name"].as_str().unwrap_or("?").to_string(), 0, m["alive"].as_bool().unwrap_or(false)))
+        .collect();
+    let gossip = &v["gossip"];
+    let mut members: Vec<GossipMember> = gossip["members"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|m| {
+                    (
+                        m["name"].as_str().unwrap_or("?").to_string(),
+                        m["generation"].as_u64().unwrap_or(0),
+                        m["alive"].as_bool().unwrap_or(false),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    // A binary without gossip keys reports no gossip members: its Raft members' liveness stands in.
+    if members.is_empty() {
+        members = raft_alive;
+    }
+    Some((members, gossip["datagrams_dropped"].as_u64().unwrap_or(0), v.clone()))
+}
+
+const ATTACK_APP: &str = r#"apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: attacked
+spec:
+  replicas: 3
+  selector:
+    matchLabels: {app: attacked}
+  template:
+    metadata:
+      labels: {app: attacked}
+    spec:
+      containers:
+      - name: web
+        image: nginx
+        imagePullPolicy: IfNotPresent
+        resources:
+          requests: {cpu: 10m, memory: 16Mi}
+"#;
+
+/// The gossip part of `attacks` (see the module doc).
+pub fn attacks(rig: &dyn Rig, opts: &ScenarioOptions) -> Result<Measured> {
+    let name = "attacks";
+    let scratch = Scratch::new(name)?;
+    let (hosts, k) = cluster_with_kubectl(rig, opts, name, &scratch)?;
+    let client = rig.client().ok_or_else(|| failed("needs a rig with a client host"))?;
+    let forger = opts.hil_bin.clone().ok_or_else(|| failed("needs the shoal-hil binary to forge datagrams"))?;
+    let mut m = Measured::default();
+    let first = hosts[0].clone();
+    let victim = hosts[1].clone();
+
+    k.apply(&first, &scratch.write("attacked.yaml", ATTACK_APP)?, CONVERGE_TIMEOUT)?;
+    let mut pods: BTreeSet<String> = BTreeSet::new();
+    crate::wait_until("3 attacked pods running", Duration::from_secs(120), Duration::from_secs(1), || {
+        pods = k.running_pods(&first, "app=attacked").into_iter().map(|p| p.0).collect();
+        pods.len() == 3
+    })?;
+
+    // The view before: who is a member, at which generation.
+    let mut before = Vec::new();
+    let mut dropped_before = Vec::new();
+    let mut cluster_id = String::new();
+    for h in &hosts {
+        let (members, dropped, v) = gossip_view(rig, h).ok_or_else(|| failed(format!("no status from {h}")))?;
+        cluster_id = v["cluster_id"].as_str().unwrap_or_default().to_string();
+        before.push(members);
+        dropped_before.push(dropped);
+    }
+    let names: BTreeSet<String> = before[0].iter().map(|(n, _, _)| n.clone()).collect();
+    let expected: BTreeSet<String> = hosts.iter().cloned().collect();
+    if names != expected || before[0].iter().any(|(_, _, alive)| !alive) {
+        return Err(failed(format!("before the attack {first} sees {:?}", before[0])));
+    }
+
+    let mut targets = Vec::new();
+    for h in &hosts {
+        targets.push(format!("{}:7946", rig.address(h)?));
+    }
+    let secs = 30u64;
+    let forger_s = forger.display().to_string();
+    let targets_s = targets.join(",");
+    let argv = [
+        forger_s.as_str(),
+        "forge-gossip",
+        "--targets",
+        &targets_s,
+        "--cluster-id",
+        &cluster_id,
+        "--victim",
+        &victim,
+        "--rate",
+        "100",
+        "--secs",
+        "30",
+    ];
+    let mut changes: Vec<String> = Vec::new();
+    let forged = std::thread::scope(|s| {
+        let attack = s.spawn(|| rig.exec_timeout(&client, &argv, Duration::from_secs(secs + 30)));
+        let until = Instant::now() + Duration::from_secs(secs + 2);
+        while Instant::now() < until {
+            for (i, h) in hosts.iter().enumerate() {
+                if let Some((members, _, _)) = gossip_view(rig, h) {
+                    if members != before[i] {
+                        changes.push(format!("{h} sees {members:?} (before: {:?})", before[i]));
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        attack.join()
+    });
+    let out = match forged {
+        Ok(Ok(out)) => out,
+        Ok(Err(e)) => return Err(failed(format!("forger: {e}"))),
+        Err(_) => return Err(failed("forger thread panicked")),
+    };
+    if !out.success() {
+        return Err(failed(format!("forger failed: {}{}", out.stderr.trim(), out.stdout.trim())));
+    }
+    m.note(format!("forged: {}", out.stdout.trim()));
+    if !changes.is_empty() {
+        changes.truncate(5);
+        return Err(failed(format!("the forged gossip changed the membership: {}", changes.join("; "))));
+    }
+    let after: BTreeSet<String> = k.running_pods(&first, "app=attacked").into_iter().map(|p| p.0).collect();
+    if after != pods {
+        return Err(failed(format!("pods changed under attack: {pods:?} -> {after:?}")));
+    }
+    for (i, h) in hosts.iter().enumerate() {
+        let (_, dropped, _) = gossip_view(rig, h).ok_or_else(|| failed(format!("no status from {h}")))?;
+        let rose = dropped.saturating_sub(dropped_before[i]);
+        m.set(&format!("dropped_{h}"), rose as f64);
+        if rose < 100 {
+            return Err(failed(format!("{h} counted only {rose} dropped datagrams")));
+        }
+    }
+
+    // A rotation under watch: no flap, every node ends on the new key alone.
+    let rotate = std::thread::scope(|s| {
+        let r = s.spawn(|| shoal::run_shoal(rig, &hosts[2], &["gossip-key", "rotate"], Duration::from_secs(60)));
+        while !r.is_finished() {
+            for (i, h) in hosts.iter().enumerate() {
+                if let Some((members, _, _)) = gossip_view(rig, h) {
+                    if members != before[i] {
+                        changes.push(format!("{h} sees {members:?} during the rotation"));
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        r.join()
+    });
+    match rotate {
+        Ok(Ok(out)) if out.success() => m.note(format!("rotate: {}", out.stdout.trim())),
+        Ok(Ok(out)) => return Err(failed(format!("gossip-key rotate failed: {}", out.stderr.trim()))),
+        Ok(Err(e)) => return Err(failed(format!("gossip-key rotate: {e}"))),
+        Err(_) => return Err(failed("rotate thread panicked")),
+    }
+    if !changes.is_empty() {
+        changes.truncate(5);
+        return Err(failed(format!("the rotation changed the membership: {}", changes.join("; "))));
+    }
+    let mut keys = BTreeSet::new();
+    for h in &hosts {
+        let (_, _, v) = gossip_view(rig, h).ok_or_else(|| failed(format!("no status from {h}")))?;
+        keys.insert(format!("{} {}", v["gossip"]["primary_key"], v["gossip"]["key_ids"]));
+    }
+    if keys.len() != 1 || !keys.iter().all(|k| k.starts_with("2 [2]")) {
+        return Err(failed(format!("after the rotation the nodes hold {keys:?}, not key 2 alone")));
+    }
+    let after: BTreeSet<String> = k.running_pods(&first, "app=attacked").into_iter().map(|p| p.0).collect();
+    if after != pods {
+        return Err(failed(format!("pods changed during the rotation: {pods:?} -> {after:?}")));
+    }
+    file_modes(rig, &first, &scratch)?;
+    Ok(m)
+}
+
+fn mode_of(path: &std::path::Path) -> Option<u32> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).ok().map(|m| m.permissions().mode() & 0o777)
+}
+
+/// The files of a node that hold secrets are root only: the data dir 0700, the secrets, the
+/// node key and every store file 0600, a kubeconfig written with `--out` and a backup 0600.
+fn file_modes(rig: &dyn Rig, host: &str, scratch: &Scratch) -> Result<()> {
+    let data = rig.data_dir(host)?;
+    let mut wrong = Vec::new();
+    let mut expect = |path: std::path::PathBuf, want: u32| match mode_of(&path) {
+        Some(got) if got == want => {}
+        got => wrong.push(format!(
+            "{} is {}, not {want:o}",
+            path.display(),
+            got.map_or("missing".to_string(), |m| format!("{m:o}"))
+        )),
+    };
+    expect(data.clone(), 0o700);
+    expect(data.join("secrets.json"), 0o600);
+    expect(data.join("pki/node.key"), 0o600);
+    let store = data.join("store");
+    let mut stack = vec![store];
+    while let Some(dir) = stack.pop() {
+        for entry in
+            std::fs::read_dir(&dir).map_err(|source| Error::Io { op: "read dir", path: dir.clone(), source })?
+        {
+            let Ok(entry) = entry else { continue };
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                expect(path, 0o600);
+            }
+        }
+    }
+    let kubeconfig = scratch.write("kubeconfig-out", "")?;
+    let kc = kubeconfig.display().to_string();
+    let out = shoal::run_shoal(rig, host, &["kubeconfig", "--out", &kc], shoal::CLI_TIMEOUT)?;
+    if !out.success() {
+        return Err(failed(format!("shoal kubeconfig --out: {}", out.stderr.trim())));
+    }
+    expect(kubeconfig, 0o600);
+    let backup = scratch.write("backup", "")?;
+    let _ = std::fs::remove_file(&backup);
+    let b = backup.display().to_string();
+    let out = shoal::run_shoal(rig, host, &["backup", &b], Duration::from_secs(30))?;
+    if !out.success() {
+        return Err(failed(format!("shoal backup: {}", out.stderr.trim())));
+    }
+    expect(backup, 0o600);
+    if wrong.is_empty() {
+        Ok(())
+    } else {
+        Err(failed(format!("file modes: {}", wrong.join("; "))))
+    }
+}
+
+/// The forger's report, for `shoal-hil forge-gossip`.
+pub fn print_report(report: &ForgeReport) {
+    println!("{}", serde_json::to_string(report).unwrap_or_default());
+}
