@@ -284,6 +284,7 @@ pub(crate) async fn select(ctx: &Ctx) -> Result<(Vec<Value>, u64), ApiError> {
 }
 
 pub(crate) async fn list(ctx: &Ctx) -> Result<Response, ApiError> {
+    super::list_options::check_list(&ctx.query)?;
     let token = match ctx.query.get("continue").filter(|c| !c.is_empty()) {
         Some(c) => Some(paging::decode(c)?),
         None => None,

@@ -28,6 +28,7 @@ mod discovery;
 mod exec;
 mod job;
 mod kubeconfig;
+mod list_options;
 mod namespace;
 mod node;
 mod openapi;
