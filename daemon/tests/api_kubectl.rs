@@ -1144,3 +1144,64 @@ async fn bad_requests_get_status_errors() {
     assert!(!o.stderr.contains("Metrics API not available"), "{}", o.stderr);
     api.stop().await;
 }
+
+/// Metadata-only responses, with the Accept headers client-go's metadata client sends: a list,
+/// a get and a watch answer with the objects' metadata alone; a mismatched kind is a 406.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metadata_only_responses() {
+    const LIST: &str = "application/vnd.kubernetes.protobuf;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json";
+    const ONE: &str = "application/vnd.kubernetes.protobuf;as=PartialObjectMetadata;g=meta.k8s.io;v=v1,application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1,application/json";
+    let api = Api::start().await;
+    api.ok(&["create", "configmap", "meta", "--from-literal=secretish=value"]).await;
+    api.ok(&["label", "configmap", "meta", "tier=web"]).await;
+    let (code, body) = api.curl_accept("/api/v1/namespaces/default/configmaps?labelSelector=tier%3Dweb", LIST).await;
+    assert_eq!(code, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["kind"], "PartialObjectMetadataList");
+    assert_eq!(v["apiVersion"], "meta.k8s.io/v1");
+    assert!(v["metadata"]["resourceVersion"].is_string(), "{body}");
+    assert_eq!(v["items"][0]["kind"], "PartialObjectMetadata");
+    assert_eq!(v["items"][0]["metadata"]["labels"]["tier"], "web");
+    assert!(!body.contains("secretish"), "the data came back: {body}");
+    let (code, body) = api.curl_accept("/api/v1/namespaces/default/configmaps/meta", ONE).await;
+    assert_eq!(code, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["kind"], "PartialObjectMetadata");
+    assert_eq!(v["metadata"]["name"], "meta");
+    assert!(v["data"].is_null(), "{body}");
+    let (code, body) = api
+        .curl_accept("/api/v1/namespaces/default/configmaps?watch=true&resourceVersion=0&timeoutSeconds=1", ONE)
+        .await;
+    assert_eq!(code, 200, "{body}");
+    let ev: serde_json::Value = serde_json::from_str(body.lines().next().unwrap_or("")).unwrap();
+    assert_eq!(ev["type"], "ADDED");
+    assert_eq!(ev["object"]["kind"], "PartialObjectMetadata");
+    assert!(!body.contains("secretish"), "{body}");
+    // A list asked for as one object and the other way round: 406 as upstream.
+    let (code, body) = api.curl_accept("/api/v1/namespaces/default/configmaps", ONE).await;
+    assert_eq!(code, 406, "{body}");
+    assert!(body.contains("NotAcceptable"), "{body}");
+    let (code, _) = api.curl_accept("/api/v1/namespaces/default/configmaps/meta", LIST).await;
+    assert_eq!(code, 406);
+    api.stop().await;
+}
+
+/// `--dry-run=server` (dryRun=All) on every write: the answer comes as if stored, nothing is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_dry_run_stores_nothing() {
+    let api = Api::start().await;
+    let out = api.ok(&["create", "configmap", "ghost", "--from-literal=a=b", "--dry-run=server"]).await;
+    assert!(out.contains("configmap/ghost created (server dry run)"), "{out}");
+    let o = api.run("1.33", &["get", "configmap", "ghost"], None).await;
+    assert!(!o.ok && o.stderr.contains("not found"), "{}", o.stderr);
+    api.ok(&["create", "deployment", "web", "--image=nginx", "--replicas=2"]).await;
+    let out = api.ok(&["scale", "deployment", "web", "--replicas=5", "--dry-run=server"]).await;
+    assert!(out.contains("deployment.apps/web scaled (server dry run)"), "{out}");
+    let out = api.ok(&["label", "deployment", "web", "tier=web", "--dry-run=server"]).await;
+    assert!(out.contains("labeled (server dry run)"), "{out}");
+    let out = api.ok(&["delete", "deployment", "web", "--dry-run=server"]).await;
+    assert!(out.contains("deleted (server dry run)"), "{out}");
+    let got = api.ok(&["get", "deployment", "web", "-o", "jsonpath={.spec.replicas} {.metadata.labels.tier}"]).await;
+    assert_eq!(got.trim(), "2", "a dry run changed the deployment");
+    api.stop().await;
+}

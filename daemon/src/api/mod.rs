@@ -29,6 +29,7 @@ mod exec;
 mod job;
 mod kubeconfig;
 mod list_options;
+mod metadata;
 mod namespace;
 mod node;
 mod openapi;

@@ -19,9 +19,9 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
 use super::crud::{select, set_type_meta, Ctx};
-use super::list_options;
 use super::status::ApiError;
 use super::table;
+use super::{list_options, metadata};
 
 /// Default stream length when the client names none (kube-apiserver picks 30-60 minutes).
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1800);
@@ -46,7 +46,8 @@ pub(crate) async fn watch(ctx: Ctx) -> Result<Response, ApiError> {
         ),
         None => DEFAULT_TIMEOUT,
     };
-    let as_table = table::wants_table(&ctx.accept);
+    let partial = metadata::for_object(&ctx.accept)?;
+    let as_table = !partial && table::wants_table(&ctx.accept);
     let include = table::parse_include(ctx.query.get("includeObject").map(|s| s.as_str()));
     let columns = if as_table { table::custom_columns(&ctx.state.objects, &ctx.res).await } else { None };
     let bookmarks = ctx.flag("allowWatchBookmarks");
@@ -60,7 +61,9 @@ pub(crate) async fn watch(ctx: Ctx) -> Result<Response, ApiError> {
     let res = ctx.res.clone();
     let encode = move |kind: &str, mut obj: Value| -> Bytes {
         set_type_meta(&res, &mut obj);
-        if as_table {
+        if partial {
+            line(kind, metadata::object(&obj))
+        } else if as_table {
             line(kind, table::table(&res, columns.as_deref(), std::slice::from_ref(&obj), include, None))
         } else {
             line(kind, obj)
@@ -94,7 +97,7 @@ pub(crate) async fn watch(ctx: Ctx) -> Result<Response, ApiError> {
                 "resourceVersion": start.to_string(),
                 "annotations": {INITIAL_EVENTS_END: "true"},
             }});
-            if tx.send(line("BOOKMARK", obj)).await.is_err() {
+            if tx.send(line("BOOKMARK", if partial { metadata::object(&obj) } else { obj })).await.is_err() {
                 return;
             }
         }
@@ -110,7 +113,7 @@ pub(crate) async fn watch(ctx: Ctx) -> Result<Response, ApiError> {
                 _ = tx.closed() => break,
                 _ = tick.tick(), if bookmarks => {
                     let obj = json!({"kind": bookmark_kind, "apiVersion": api_version, "metadata": {"resourceVersion": last.to_string()}});
-                    if tx.send(line("BOOKMARK", obj)).await.is_err() {
+                    if tx.send(line("BOOKMARK", if partial { metadata::object(&obj) } else { obj })).await.is_err() {
                         break;
                     }
                 }
