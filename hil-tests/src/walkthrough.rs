@@ -2,7 +2,7 @@
 //! the seeds applies, the nginx Deployment rolls out, back and scales, the Job completes, the
 //! ReplicaSet heals, logs show, and the everyday kubectl commands print what users expect; then
 //! the research note's whole kubectl table once with each of kubectl 1.31, 1.32 and 1.33, each
-//! against another node (`versions`). Each step is checked on its own so one failure does not hide the others.
+//! against another node, and with kubectl 1.37 (from PyPI) against node 1 (`versions`). Each step is checked on its own so one failure does not hide the others.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -144,6 +144,7 @@ pub const STEPS: &[&str] = &[
     "kubectl-1.31-on-node-1",
     "kubectl-1.32-on-node-2",
     "kubectl-1.33-on-node-3",
+    "kubectl-1.37-on-node-1",
 ];
 
 /// Runs the walkthrough; one result per entry of `STEPS`.
@@ -380,6 +381,7 @@ pub fn run(t: &Target) -> Vec<Step> {
             "kubectl-1.31-on-node-1" => versions::table(t, "1.31", 0),
             "kubectl-1.32-on-node-2" => versions::table(t, "1.32", 1),
             "kubectl-1.33-on-node-3" => versions::table(t, "1.33", 2),
+            "kubectl-1.37-on-node-1" => versions::table(t, "1.37", 0),
             other => Err(format!("unknown step {other}")),
         };
         let step = Step { name, failure: r.err(), took: start.elapsed() };

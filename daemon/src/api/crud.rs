@@ -257,8 +257,12 @@ fn check_namespace(ctx: &Ctx, obj: &mut Value) -> Result<(), ApiError> {
 
 pub(crate) async fn get(ctx: &Ctx) -> Result<Response, ApiError> {
     let name = ctx.name()?;
+    let partial = super::metadata::for_object(&ctx.accept)?;
     let mut obj = ctx.get_existing(name).await?;
     super::node::live_heartbeat(ctx.state.heartbeats.as_deref(), &ctx.res, &mut obj);
+    if partial {
+        return Ok(json_response(StatusCode::OK, &super::metadata::object(&obj)));
+    }
     if ctx.wants_table() {
         let cols = table::custom_columns(&ctx.state.objects, &ctx.res).await;
         let t = table::table(&ctx.res, cols.as_deref(), std::slice::from_ref(&obj), ctx.include(), None);
@@ -284,6 +288,8 @@ pub(crate) async fn select(ctx: &Ctx) -> Result<(Vec<Value>, u64), ApiError> {
 }
 
 pub(crate) async fn list(ctx: &Ctx) -> Result<Response, ApiError> {
+    super::list_options::check_list(&ctx.query)?;
+    let partial = super::metadata::for_list(&ctx.accept)?;
     let token = match ctx.query.get("continue").filter(|c| !c.is_empty()) {
         Some(c) => Some(paging::decode(c)?),
         None => None,
@@ -310,6 +316,9 @@ pub(crate) async fn list(ctx: &Ctx) -> Result<Response, ApiError> {
     if let Some(next) = &page.next {
         meta["continue"] = json!(next);
         meta["remainingItemCount"] = json!(page.remaining);
+    }
+    if partial {
+        return Ok(json_response(StatusCode::OK, &super::metadata::list(&page.items, meta)));
     }
     if ctx.wants_table() {
         let cols = table::custom_columns(&ctx.state.objects, &ctx.res).await;
@@ -502,6 +511,8 @@ struct DeleteOpts {
     propagation: Option<String>,
     grace: Option<i64>,
     pre: Preconditions,
+    /// `dryRun: ["All"]` in the DeleteOptions body (where kubectl puts it) or `?dryRun=All`.
+    dry_run: bool,
 }
 
 fn delete_opts(ctx: &Ctx) -> Result<DeleteOpts, ApiError> {
@@ -537,7 +548,8 @@ fn delete_opts(ctx: &Ctx) -> Result<DeleteOpts, ApiError> {
         uid: body["preconditions"]["uid"].as_str().map(String::from),
         resource_version: body["preconditions"]["resourceVersion"].as_str().and_then(|r| r.parse().ok()),
     };
-    Ok(DeleteOpts { propagation, grace, pre })
+    let dry_run = ctx.dry_run() || body["dryRun"].as_array().is_some_and(|d| d.iter().any(|x| x == "All"));
+    Ok(DeleteOpts { propagation, grace, pre, dry_run })
 }
 
 /// Deletes one object as the options say; returns what the client is told.
@@ -550,7 +562,7 @@ async fn delete_one(ctx: &Ctx, name: &str, opts: &DeleteOpts) -> Result<Value, A
             "namespaces \"{name}\" is forbidden: this namespace may not be deleted"
         )));
     }
-    if ctx.dry_run() {
+    if opts.dry_run {
         return Ok(old);
     }
     let map = |e| ApiError::from_objects(e, res, name);

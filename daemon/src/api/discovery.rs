@@ -13,7 +13,7 @@ pub(crate) const METRICS_VERSION: &str = "v1beta1";
 const VERBS: [&str; 8] = ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"];
 
 pub(crate) fn version() -> Value {
-    let minor = KUBERNETES_VERSION.trim_start_matches('v').split('.').nth(1).unwrap_or("33");
+    let minor = KUBERNETES_VERSION.trim_start_matches('v').split('.').nth(1).unwrap_or("36");
     json!({
         "major": "1",
         "minor": minor,
@@ -255,7 +255,7 @@ mod tests {
         assert_eq!(pods["shortNames"], json!(["po"]));
         let groups = api_group_list(&all);
         assert!(groups["groups"].as_array().unwrap().iter().any(|g| g["name"] == "metrics.k8s.io"));
-        assert_eq!(version()["minor"], "33");
+        assert_eq!(version()["minor"], "36");
     }
 
     #[test]

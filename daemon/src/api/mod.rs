@@ -28,6 +28,8 @@ mod discovery;
 mod exec;
 mod job;
 mod kubeconfig;
+mod list_options;
+mod metadata;
 mod namespace;
 mod node;
 mod openapi;
@@ -55,8 +57,12 @@ pub use streams::{
 };
 pub use tls::TlsMaterial;
 
-/// The Kubernetes version whose API is served (kubectl's dispatcher picks its binary by it).
-pub const KUBERNETES_VERSION: &str = "v1.33.0";
+/// The Kubernetes version reported by `/version`. kubectl supports one minor version of skew
+/// either way, so 1.36 keeps kubectl 1.35 to 1.37 free of the skew warning. The gcloud SDK's
+/// kubectl dispatcher, which picks `kubectl.1.XX` by this version, runs its own built-in
+/// client (1.32) for servers newer than the newest binary it ships (1.33); every version still
+/// works, older ones print the skew warning on `kubectl version`.
+pub const KUBERNETES_VERSION: &str = "v1.36.0";
 
 /// How long Events live unless configured otherwise (kube-apiserver's `--event-ttl` default).
 pub const DEFAULT_EVENT_TTL: Duration = Duration::from_secs(3600);
@@ -189,7 +195,11 @@ impl Server {
             shutdown: shutdown.child_token(),
         });
         let tracker = TaskTracker::new();
-        tracker.spawn(namespace::ensure_initial(state.objects.clone(), shutdown.clone()));
+        let (objects, stop) = (state.objects.clone(), shutdown.clone());
+        tracker.spawn(async move {
+            namespace::ensure_initial(objects.clone(), stop.clone()).await;
+            crd::ensure_builtin(objects, stop).await;
+        });
         info!(addr = ?self.listener.local_addr().ok(), node = %state.node_name, "api server listening");
         loop {
             let (tcp, peer) = tokio::select! {

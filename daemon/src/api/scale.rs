@@ -69,6 +69,10 @@ pub(crate) async fn write(ctx: &Ctx, patch: Option<PatchKind>) -> Result<Value, 
         }
         let mut next = cur.clone();
         next["spec"]["replicas"] = json!(replicas);
+        if ctx.dry_run() {
+            // dryRun=All: the answer as if stored, nothing written.
+            return Ok(scale_of(&next));
+        }
         match ctx.state.objects.update(&ctx.res, ctx.ns.as_deref(), next, UpdateMode::Spec).await {
             Ok(obj) => return Ok(scale_of(&obj)),
             Err(shoal_kube::Error::Conflict { .. }) if rv.is_none() || patch.is_some() => continue,

