@@ -1187,6 +1187,9 @@ async fn events_created_with_kubectl_show_in_kubectl_events() {
     assert!(listed.contains("obs-ev"), "{listed}");
     let shown = api.ok(&["events"]).await;
     assert!(shown.contains("started"), "kubectl events shows it:\n{shown}");
+    api.stop().await;
+}
+
 /// Metadata-only responses, with the Accept headers client-go's metadata client sends: a list,
 /// a get and a watch answer with the objects' metadata alone; a mismatched kind is a 406.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
