@@ -41,6 +41,7 @@ mod secret;
 mod service;
 mod spdy;
 mod status;
+#[path = "../streams/mod.rs"]
 mod streams;
 mod table;
 mod tls;

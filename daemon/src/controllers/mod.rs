@@ -21,6 +21,7 @@ pub(crate) mod cronjob;
 pub(crate) mod daemonset;
 pub(crate) mod deployment;
 pub(crate) mod endpoints;
+#[path = "../reconcile/events.rs"]
 pub(crate) mod events;
 pub(crate) mod gc;
 pub(crate) mod hpa;
@@ -30,10 +31,12 @@ pub(crate) mod nodelifecycle;
 pub(crate) mod pdb;
 pub(crate) mod replicaset;
 pub(crate) mod revisions;
+#[path = "../reconcile/runner.rs"]
 pub(crate) mod runner;
 pub(crate) mod serviceaccount;
 pub(crate) mod statefulset;
 pub(crate) mod storageclass;
+#[path = "../reconcile/util.rs"]
 pub(crate) mod util;
 pub(crate) mod volumes;
 
