@@ -41,19 +41,17 @@ mod secret;
 mod service;
 mod spdy;
 mod status;
-#[path = "../streams/mod.rs"]
-mod streams;
 mod table;
 mod tls;
 pub mod tokens;
 mod watch;
 mod workloads;
 
-pub use kubeconfig::kubeconfig;
-pub use node::NodeHeartbeats;
-pub use streams::{
+pub use crate::streams::{
     follow_output, ByteStream, ExecIo, ExecOptions, LogOptions, PodStreams, PortConnection, StreamError, TerminalSize,
 };
+pub use kubeconfig::kubeconfig;
+pub use node::NodeHeartbeats;
 pub use tls::TlsMaterial;
 
 /// The Kubernetes version whose API is served (kubectl's dispatcher picks its binary by it).

@@ -12,10 +12,10 @@ use shoal_kube::{Preconditions, UpdateMode};
 use shoal_runtime::{CreateOpts, Sandbox, Status};
 use tokio::sync::Mutex;
 
-use super::events::Type;
 use super::probes::{self, ContainerProbes, ProbeSet};
 use super::spec::{self, ContainerInput};
 use super::{token, volumes, Agent, AgentError};
+use crate::reconcile::events::Type;
 
 /// First restart back-off; doubles per crash up to [`BACKOFF_MAX`], reset after 10 min running.
 const BACKOFF_BASE: Duration = Duration::from_secs(10);
@@ -169,7 +169,7 @@ impl Agent {
         }
         let Some(pod) = pod else { return };
         if let Err(e) = self.run_pod(uid, &pod, &mut st).await {
-            tracing::warn!(pod = %pod["metadata"]["name"], error = %e, "pod sync");
+            tracing::warn!(pod = %pod["metadata"]["name"], error = %chain(&e), "pod sync");
         }
         if let Err(e) = self.write_status(uid, &pod, &st).await {
             tracing::debug!(pod = %pod["metadata"]["name"], error = %e, "pod status");
@@ -849,15 +849,14 @@ impl Agent {
             .ok_or_else(|| format!("persistentvolume \"{pv_name}\" not found"))?;
         let node = self.cfg.objects.get(&self.nodes, None, &self.cfg.node_name).await.ok().flatten();
         if let Some(node) = &node {
-            if !crate::controllers::volumes::pv_fits_node(&pv, node) {
+            if !crate::reconcile::volumes::pv_fits_node(&pv, node) {
                 return Err(format!("persistentvolume \"{pv_name}\" is bound to another node"));
             }
         }
-        let path = crate::controllers::volumes::host_path(&pv)
+        let path = crate::reconcile::volumes::host_path(&pv)
             .ok_or_else(|| format!("persistentvolume \"{pv_name}\" has no local or hostPath source"))?;
         let path = PathBuf::from(path);
-        if crate::controllers::volumes::is_provisioned_here(&pv)
-            || pv["spec"]["hostPath"]["type"] == "DirectoryOrCreate"
+        if crate::reconcile::volumes::is_provisioned_here(&pv) || pv["spec"]["hostPath"]["type"] == "DirectoryOrCreate"
         {
             std::fs::create_dir_all(&path).map_err(|e| format!("creating {}: {e}", path.display()))?;
         } else if !path.is_dir() {
@@ -1124,16 +1123,7 @@ impl Agent {
 }
 
 /// An error with its sources, for the messages users read in `kubectl describe`.
-pub(crate) fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        cur = s.source();
-    }
-    out
-}
+pub(crate) use crate::reconcile::runner::error_chain as chain;
 
 /// `name_namespace` of a pod, as the kubelet names it in messages.
 fn pod_ref(pod: &Value) -> String {

@@ -22,9 +22,9 @@ use serde_json::{json, Value};
 use shoal_kube::{ObjectEvent, Objects, UpdateMode};
 use tokio_util::sync::CancellationToken;
 
-use crate::controllers::runner::{self, Action, ControllerSpec, Mapper, ObjKey, ReconcileFuture, Watch};
-use crate::controllers::util::{self, *};
-use crate::controllers::{Context, ControllerConfig, Result};
+use crate::reconcile::runner::{self, Action, ControllerSpec, Mapper, ObjKey, ReconcileFuture, Watch};
+use crate::reconcile::util::{self, *};
+use crate::reconcile::{Context, ControllerConfig, Result};
 
 pub(crate) mod filter;
 pub(crate) mod preempt;
@@ -339,7 +339,7 @@ pub(crate) async fn schedule_pending(ctx: Arc<Context>) -> Result<Action> {
     let prio = preempt::Priorities::new(&priority_classes(&ctx).await?);
     pending.sort_by_key(|p| (-prio.of(p), parse_time(&p["metadata"]["creationTimestamp"]), name_of(p).to_string()));
     let mut snap = Snapshot::new(nodes, &pods);
-    if pending.iter().any(|p| !crate::controllers::volumes::claim_names(p).is_empty()) {
+    if pending.iter().any(|p| !crate::reconcile::volumes::claim_names(p).is_empty()) {
         snap.pvcs = util::list(&ctx.objects, &k.pvcs, None).await?;
         if let Some(pvs) = shoal_kube::resources::find("", "persistentvolumes") {
             snap.pvs = util::list(&ctx.objects, &pvs, None).await?;

@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 
 use super::filter::{spread_counts, term_selects, topology};
 use super::{pod_requests, Snapshot};
-use crate::controllers::util::*;
+use crate::reconcile::util::*;
 
 /// The best of `candidates`; ties go to the node name that sorts first.
 pub(crate) fn best(snap: &Snapshot, pod: &Value, candidates: &[String]) -> Option<String> {
