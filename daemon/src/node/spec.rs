@@ -42,12 +42,7 @@ pub fn process_args(container: &Value, image: &shoal_images::ImageConfig) -> Vec
 }
 
 /// Parses a Kubernetes quantity of CPU into millicores.
-pub fn cpu_millis(q: &str) -> Option<u64> {
-    if let Some(m) = q.strip_suffix('m') {
-        return m.parse().ok();
-    }
-    q.parse::<f64>().ok().filter(|v| v.is_finite() && *v >= 0.0).map(|v| (v * 1000.0).round() as u64)
-}
+pub use shoal_kube::quantity::millis as cpu_millis;
 
 /// Parses a Kubernetes quantity of bytes.
 pub use shoal_kube::quantity::bytes;
