@@ -40,6 +40,9 @@ pub enum AgentError {
     Network(#[from] network::NetError),
     #[error("objects")]
     Objects(#[from] shoal_kube::Error),
+    /// A volume could not be set up (a FailedMount event says so already).
+    #[error("MountVolume.SetUp failed for volume \"{volume}\" : {message}")]
+    Mount { volume: String, message: String },
     #[error("{0}")]
     Pod(String),
 }
@@ -868,6 +871,27 @@ async fn register_node(agent: &Agent) -> Result<(), AgentError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failed_pod_sync_tells_the_whole_cause() {
+        let io = std::io::Error::other("no space left on device");
+        let e = AgentError::Runtime(shoal_runtime::Error::Cgroup {
+            path: "/shoal-n1/podabc".into(),
+            operation: "create",
+            source: Box::new(io),
+        });
+        let (reason, message) = pod::sync_failure_event(&e, false).expect("an event");
+        assert_eq!(reason, "FailedCreatePodSandBox");
+        assert_eq!(
+            message,
+            "Failed to create pod sandbox: runtime: cgroup /shoal-n1/podabc: create: no space left on device"
+        );
+        let (reason, _) = pod::sync_failure_event(&e, true).expect("an event");
+        assert_eq!(reason, "FailedSync");
+        let mount = AgentError::Mount { volume: "cfg".into(), message: "configmap \"x\" not found".into() };
+        assert_eq!(pod::sync_failure_event(&mount, true), None, "FailedMount said it already");
+        assert_eq!(mount.to_string(), "MountVolume.SetUp failed for volume \"cfg\" : configmap \"x\" not found");
+    }
 
     #[test]
     fn allocatable_keeps_a_reserve_and_devices_are_resources() {
