@@ -14,6 +14,16 @@ use std::path::{Path, PathBuf};
 const NEVER: &[(&str, &str)] =
     &[("node", "api"), ("node", "controllers"), ("controllers", "node"), ("scheduler", "node"), ("lb", "controllers")];
 
+/// What the modules below the API may use of the daemon (DESIGN.md's "may use" column; the
+/// crates below them are not listed).
+const MAY_USE: &[(&str, &[&str])] = &[
+    ("node", &["reconcile", "streams", "members", "config"]),
+    ("scheduler", &["reconcile"]),
+    ("lb", &["reconcile"]),
+    ("proxy", &["reconcile"]),
+    ("dns", &["reconcile"]),
+];
+
 /// Modules that may use no other module of the daemon (only `shoal_kube` and the other crates).
 const LEAVES: &[&str] = &["config", "members", "reconcile", "streams"];
 
@@ -285,6 +295,10 @@ fn module_violations(arrows: &[Arrow]) -> Vec<String> {
             bad.push(format!("{}  ({from} is a leaf: it may use shoal_kube, not other daemon modules)", show(a)));
         } else if TOP.contains(&to) && !TOP.contains(&from) {
             bad.push(format!("{}  ({to} is the top: nothing below it may use it)", show(a)));
+        } else if let Some((_, may)) = MAY_USE.iter().find(|(m, _)| *m == from) {
+            if !may.contains(&to) {
+                bad.push(format!("{}  (DESIGN.md: {from} may use {} only)", show(a), may.join(", ")));
+            }
         }
     }
     let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
@@ -330,6 +344,9 @@ fn the_scan_sees_every_form_of_arrow() {
     let bad = module_violations(&arrows);
     assert!(bad.iter().any(|b| b.contains("daemon/src/node/pod.rs:1: node -> api")), "{bad:?}");
     assert!(bad.iter().any(|b| b.starts_with("cycle between daemon modules")), "{bad:?}");
+    let sideways = [Arrow { from: "node".into(), to: "scheduler".into(), file: f.clone(), line: 3 }];
+    let bad = module_violations(&sideways);
+    assert!(bad.iter().any(|b| b.contains("node -> scheduler  (DESIGN.md: node may use")), "{bad:?}");
 }
 
 fn metadata() -> serde_json::Value {

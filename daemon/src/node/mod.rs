@@ -768,7 +768,8 @@ async fn register_node(agent: &Agent) -> Result<(), AgentError> {
     // image is not built for.
     let offered: Vec<(Vec<String>, Vec<String>)> =
         held.iter().map(|i| (i.names.clone(), i.platforms.iter().map(|p| p.to_string()).collect())).collect();
-    let image_platforms = crate::scheduler::image_platforms_annotation(offered.iter().map(|(n, p)| (&n[..], &p[..])));
+    let image_platforms =
+        crate::reconcile::images::image_platforms_annotation(offered.iter().map(|(n, p)| (&n[..], &p[..])));
     let images: Vec<(Vec<String>, u64)> = held.into_iter().map(|i| (i.names, i.size)).collect();
     let devices = device_counts(&agent.devices);
     let (capacity, allocatable) = capacity(cpus, mem_kib, &devices);
@@ -799,7 +800,7 @@ async fn register_node(agent: &Agent) -> Result<(), AgentError> {
     let storage_dir = agent.cfg.data_dir.join("storage").to_string_lossy().into_owned();
     let annotations = json!({
         crate::reconcile::volumes::STORAGE_DIR_ANNOTATION: storage_dir,
-        crate::scheduler::IMAGE_PLATFORMS_ANNOTATION: image_platforms,
+        crate::reconcile::images::IMAGE_PLATFORMS_ANNOTATION: image_platforms,
     });
     let labels = json!({
         "kubernetes.io/arch": arch,

@@ -10,6 +10,7 @@ use std::time::Duration;
 use shoal_kube::{resources, Objects, Resource};
 
 pub(crate) mod events;
+pub mod images;
 pub(crate) mod runner;
 #[cfg(test)]
 pub(crate) mod testing;

@@ -112,20 +112,7 @@ pub(crate) struct NodeUse {
     pub host_ports: Vec<(String, String, i64)>,
 }
 
-/// Node annotation: a JSON object from image name to the platforms (`os/arch[/variant]`) that
-/// image offers, e.g. `{"docker.io/library/nginx:latest": ["linux/amd64", "linux/arm64"]}`.
-pub const IMAGE_PLATFORMS_ANNOTATION: &str = "shoal.dev/image-platforms";
-
-/// The value of [`IMAGE_PLATFORMS_ANNOTATION`] for a node's images: (names, platforms) each.
-pub fn image_platforms_annotation<'a>(images: impl IntoIterator<Item = (&'a [String], &'a [String])>) -> String {
-    let mut m: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    for (names, platforms) in images {
-        for n in names {
-            m.entry(score::normalise_image(n)).or_default().extend(platforms.iter().cloned());
-        }
-    }
-    serde_json::to_string(&m).unwrap_or_else(|_| "{}".into())
-}
+pub use crate::reconcile::images::{image_platforms_annotation, IMAGE_PLATFORMS_ANNOTATION};
 
 /// The cluster as one pass sees it.
 pub(crate) struct Snapshot {

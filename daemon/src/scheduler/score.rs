@@ -184,19 +184,4 @@ fn image_locality(pod: &Value, node: &Value) -> i64 {
     }
 }
 
-/// "nginx" and "docker.io/library/nginx:latest" are the same image.
-pub(crate) fn normalise_image(s: &str) -> String {
-    let s = s.split('@').next().unwrap_or(s);
-    let last = s.rsplit('/').next().unwrap_or(s);
-    let mut s = s.to_string();
-    if !last.contains(':') {
-        s.push_str(":latest");
-    }
-    let first = s.split('/').next().unwrap_or("");
-    if !s.contains('/') {
-        s = format!("docker.io/library/{s}");
-    } else if !(first.contains('.') || first.contains(':') || first == "localhost") {
-        s = format!("docker.io/{s}");
-    }
-    s
-}
+pub(crate) use crate::reconcile::images::normalise_image;
