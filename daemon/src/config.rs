@@ -10,6 +10,8 @@ use serde::{Deserialize, Deserializer};
 pub const DEFAULT_CONFIG: &str = "/etc/shoal/config.toml";
 /// Default data directory.
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/shoal";
+/// The cluster secrets (CA key and certificate) in the data dir.
+pub const SECRETS_FILE: &str = "secrets.json";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -126,12 +128,12 @@ pub struct NodeAgentConfig {
     /// their defaults (`memory.available<100Mi`, `nodefs.available<10%` at most 2 GiB,
     /// `pid.available<5%`).
     #[serde(deserialize_with = "de_eviction")]
-    pub eviction_hard: crate::node::eviction::EvictionConfig,
+    pub eviction_hard: EvictionConfig,
 }
 
-fn de_eviction<'de, D: Deserializer<'de>>(d: D) -> Result<crate::node::eviction::EvictionConfig, D::Error> {
+fn de_eviction<'de, D: Deserializer<'de>>(d: D) -> Result<EvictionConfig, D::Error> {
     let s = String::deserialize(d)?;
-    crate::node::eviction::EvictionConfig::parse(&s).map_err(|e| serde::de::Error::custom(e.to_string()))
+    EvictionConfig::parse(&s).map_err(|e| serde::de::Error::custom(e.to_string()))
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -268,6 +270,100 @@ impl NodeConfig {
     }
 }
 
+// ---------------------------------------------------------------- eviction thresholds
+
+/// A threshold: an absolute amount of bytes, or a percentage of the capacity.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Quantity {
+    Bytes(u64),
+    Percent(f64),
+    /// A percentage, but never more than this many bytes (the default disk threshold: a
+    /// large, mostly full disk is not short of space for pods).
+    PercentAtMost(f64, u64),
+}
+
+impl Quantity {
+    pub(crate) fn bytes_of(self, capacity: u64) -> u64 {
+        match self {
+            Quantity::Bytes(b) => b,
+            Quantity::Percent(p) => (capacity as f64 * p / 100.0) as u64,
+            Quantity::PercentAtMost(p, max) => ((capacity as f64 * p / 100.0) as u64).min(max),
+        }
+    }
+
+    /// `100Mi`, `1G`, `10%`.
+    pub fn parse(s: &str) -> Option<Quantity> {
+        match s.trim().strip_suffix('%') {
+            Some(p) => p.trim().parse::<f64>().ok().filter(|p| (0.0..=100.0).contains(p)).map(Quantity::Percent),
+            None => shoal_kube::quantity::bytes(s.trim()).map(Quantity::Bytes),
+        }
+    }
+}
+
+/// Hard eviction thresholds and how often they are checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EvictionConfig {
+    /// Evict when the node's available memory falls below this.
+    pub memory_available: Quantity,
+    /// Evict when the free space of the data dir's filesystem falls below this.
+    pub nodefs_available: Quantity,
+    /// Evict when the free process ids (`kernel.pid_max` minus the tasks running) fall below
+    /// this (a count, or a percentage of `kernel.pid_max`).
+    pub pid_available: Quantity,
+    /// How long a signal must stay above its threshold before the pressure condition clears.
+    pub transition_period: Duration,
+    /// How often the signals are read (and at most one pod evicted).
+    pub interval: Duration,
+}
+
+impl Default for EvictionConfig {
+    fn default() -> Self {
+        EvictionConfig {
+            memory_available: Quantity::Bytes(100 * 1024 * 1024),
+            nodefs_available: Quantity::PercentAtMost(10.0, 2 << 30),
+            pid_available: Quantity::Percent(5.0),
+            transition_period: Duration::from_secs(300),
+            interval: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum EvictionError {
+    #[error("unknown eviction signal {0:?} (memory.available, nodefs.available or pid.available)")]
+    Signal(String),
+    #[error("invalid eviction threshold {0:?}")]
+    Threshold(String),
+}
+
+impl EvictionConfig {
+    /// Reads kubelet-style hard thresholds, `memory.available<200Mi,nodefs.available<5%`, over
+    /// the defaults (`pid.available<1000`: a count of process ids).
+    pub fn parse(spec: &str) -> Result<EvictionConfig, EvictionError> {
+        let mut cfg = EvictionConfig::default();
+        for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (signal, value) = part.split_once('<').ok_or_else(|| EvictionError::Threshold(part.into()))?;
+            let q = Quantity::parse(value).ok_or_else(|| EvictionError::Threshold(part.into()))?;
+            match signal.trim() {
+                "memory.available" => cfg.memory_available = q,
+                "nodefs.available" => cfg.nodefs_available = q,
+                "pid.available" => {
+                    // A bare number counts process ids, not bytes: `1k` would be odd, `1Ki` wrong.
+                    let q = match value.trim().strip_suffix('%') {
+                        Some(_) => q,
+                        None => Quantity::Bytes(
+                            value.trim().parse::<u64>().map_err(|_| EvictionError::Threshold(part.into()))?,
+                        ),
+                    };
+                    cfg.pid_available = q;
+                }
+                s => return Err(EvictionError::Signal(s.into())),
+            }
+        }
+        Ok(cfg)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -284,7 +380,7 @@ mod tests {
 
     #[test]
     fn eviction_thresholds_come_from_the_node_section() {
-        use crate::node::eviction::Quantity;
+        use super::Quantity;
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("c.toml");
         std::fs::write(&p, "version = 1\n[node]\neviction_hard = \"memory.available<200Mi,pid.available<1000\"\n")

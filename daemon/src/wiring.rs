@@ -4,12 +4,13 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::api::{ApiConfig, MetricsSource, NodeHeartbeats, PodStreams, TlsMaterial};
+use crate::api::{ApiConfig, MetricsSource, NodeHeartbeats, TlsMaterial};
 use crate::controllers::{ControllerConfig, ControllerManager, NodeHealth};
 use crate::lb::{GossipView, LbAllocator, LbAnnouncer, LinuxAnnouncer};
 use crate::node::{AgentConfig, NodeAgent};
 use crate::proxy::Proxy;
 use crate::scheduler::Scheduler;
+use crate::streams::PodStreams;
 
 use tokio_util::sync::CancellationToken;
 

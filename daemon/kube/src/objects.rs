@@ -69,6 +69,14 @@ pub fn now_rfc3339() -> String {
     ts.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 
+/// Namespace of the nodes' Leases (`coordination.k8s.io/v1`), as the kubelet keeps them.
+pub const NODE_LEASE_NAMESPACE: &str = "kube-node-lease";
+
+/// Kubernetes MicroTime (a Lease's `spec.renewTime`): RFC 3339 with microseconds.
+pub fn micro_time(t: jiff::Timestamp) -> String {
+    t.strftime("%Y-%m-%dT%H:%M:%S.%6fZ").to_string()
+}
+
 fn meta(obj: &Value) -> Option<&Map<String, Value>> {
     obj.get("metadata")?.as_object()
 }

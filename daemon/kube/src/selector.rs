@@ -26,6 +26,32 @@ struct Requirement {
     values: Vec<String>,
 }
 
+impl Requirement {
+    /// Whether the value of the requirement's key (None: the label is missing) satisfies it.
+    fn matches_value(&self, v: Option<&str>) -> bool {
+        match self.op {
+            Op::Eq => v == self.values.first().map(|s| s.as_str()),
+            Op::NotEq => v != self.values.first().map(|s| s.as_str()),
+            Op::In => v.is_some_and(|v| self.values.iter().any(|x| x == v)),
+            Op::NotIn => v.is_none_or(|v| !self.values.iter().any(|x| x == v)),
+            Op::Exists => v.is_some(),
+            Op::DoesNotExist => v.is_none(),
+            Op::Gt | Op::Lt => {
+                let (Some(have), Some(want)) =
+                    (v.and_then(|v| v.parse::<i64>().ok()), self.values.first().and_then(|w| w.parse::<i64>().ok()))
+                else {
+                    return false;
+                };
+                if self.op == Op::Gt {
+                    have > want
+                } else {
+                    have < want
+                }
+            }
+        }
+    }
+}
+
 /// A parsed label selector; the empty selector matches everything.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LabelSelector {
@@ -166,29 +192,7 @@ impl LabelSelector {
     pub fn matches(&self, labels: Option<&Map<String, Value>>) -> bool {
         let empty = Map::new();
         let labels = labels.unwrap_or(&empty);
-        self.reqs.iter().all(|r| {
-            let v = labels.get(&r.key).and_then(|v| v.as_str());
-            match r.op {
-                Op::Eq => v == r.values.first().map(|s| s.as_str()),
-                Op::NotEq => v != r.values.first().map(|s| s.as_str()),
-                Op::In => v.is_some_and(|v| r.values.iter().any(|x| x == v)),
-                Op::NotIn => v.is_none_or(|v| !r.values.iter().any(|x| x == v)),
-                Op::Exists => v.is_some(),
-                Op::DoesNotExist => v.is_none(),
-                Op::Gt | Op::Lt => {
-                    let (Some(have), Some(want)) =
-                        (v.and_then(|v| v.parse::<i64>().ok()), r.values.first().and_then(|w| w.parse::<i64>().ok()))
-                    else {
-                        return false;
-                    };
-                    if r.op == Op::Gt {
-                        have > want
-                    } else {
-                        have < want
-                    }
-                }
-            }
-        })
+        self.reqs.iter().all(|r| r.matches_value(labels.get(&r.key).and_then(|v| v.as_str())))
     }
 
     /// Whether an object's `metadata.labels` match.
@@ -273,6 +277,87 @@ impl FieldSelector {
     }
 }
 
+// ---------------------------------------------------------------- selector objects
+
+/// One requirement object against the value of its key (None: the label is missing): a
+/// `matchExpressions` entry of a LabelSelector or a node affinity `NodeSelectorRequirement`
+/// (`{key, operator, values}`). In, NotIn, Exists, DoesNotExist, and Gt/Lt, which compare
+/// integers (node affinity); an unknown operator matches nothing.
+pub fn requirement_matches(req: &Value, value: Option<&str>) -> bool {
+    let op = match req.get("operator").and_then(Value::as_str).unwrap_or_default() {
+        "In" => Op::In,
+        "NotIn" => Op::NotIn,
+        "Exists" => Op::Exists,
+        "DoesNotExist" => Op::DoesNotExist,
+        "Gt" => Op::Gt,
+        "Lt" => Op::Lt,
+        _ => return false,
+    };
+    let values = req
+        .get("values")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(|v| v.as_str().map(String::from)).collect())
+        .unwrap_or_default();
+    Requirement { key: String::new(), op, values }.matches_value(value)
+}
+
+/// A `metav1.LabelSelector` object (`matchLabels` and `matchExpressions`) against labels looked
+/// up by key, with the meaning upstream gives workload selectors: a null selector selects
+/// nothing, an empty one (`{}`) everything; every `matchLabels` entry and every requirement must
+/// hold. Where an absent selector means "all" (a MetalLB advertisement without selectors), the
+/// caller says so before asking.
+pub fn label_selector_matches<'a>(sel: &Value, label: impl Fn(&str) -> Option<&'a str>) -> bool {
+    if sel.is_null() {
+        return false;
+    }
+    let labels_ok = sel
+        .get("matchLabels")
+        .and_then(Value::as_object)
+        .is_none_or(|ml| ml.iter().all(|(k, v)| v.as_str().is_some_and(|v| label(k) == Some(v))));
+    labels_ok
+        && sel.get("matchExpressions").and_then(Value::as_array).is_none_or(|exprs| {
+            exprs
+                .iter()
+                .all(|e| requirement_matches(e, label(e.get("key").and_then(Value::as_str).unwrap_or_default())))
+        })
+}
+
+/// [`label_selector_matches`] against a JSON label map (`metadata.labels`; null: no labels).
+pub fn selects(sel: &Value, labels: &Value) -> bool {
+    label_selector_matches(sel, |k| labels.get(k).and_then(Value::as_str))
+}
+
+/// Does a node match a list of NodeSelectorTerms (node affinity, a volume's `nodeAffinity`)?
+/// The terms are ORed; a term's `matchExpressions` (on labels) and `matchFields` (on
+/// `metadata.name`) are ANDed, and a term with neither matches nothing. No list: every node.
+pub fn node_selector_terms_match(terms: &Value, node: &Value) -> bool {
+    let Some(terms) = terms.as_array() else { return true };
+    terms.iter().any(|t| node_selector_term_matches(t, node))
+}
+
+/// One NodeSelectorTerm against a node (see [`node_selector_terms_match`]).
+pub fn node_selector_term_matches(term: &Value, node: &Value) -> bool {
+    let exprs = term.get("matchExpressions").and_then(Value::as_array);
+    let fields = term.get("matchFields").and_then(Value::as_array);
+    if exprs.is_none_or(|e| e.is_empty()) && fields.is_none_or(|f| f.is_empty()) {
+        return false;
+    }
+    let labels = node.get("metadata").and_then(|m| m.get("labels"));
+    let label = |k: &str| labels.and_then(|l| l.get(k)).and_then(Value::as_str);
+    let name = node.get("metadata").and_then(|m| m.get("name")).and_then(Value::as_str).unwrap_or_default();
+    exprs
+        .into_iter()
+        .flatten()
+        .all(|e| requirement_matches(e, label(e.get("key").and_then(Value::as_str).unwrap_or_default())))
+        && fields.into_iter().flatten().all(|f| {
+            let v = match f.get("key").and_then(Value::as_str) {
+                Some("metadata.name") => Some(name),
+                _ => None,
+            };
+            requirement_matches(f, v)
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -329,5 +414,106 @@ mod tests {
         assert!(FieldSelector::parse("spec.nodeName=").unwrap().matches(&ev));
         assert_eq!(FieldSelector::parse("metadata.name=e1").unwrap().equality("metadata.name"), Some("e1"));
         assert!(FieldSelector::parse("nonsense").is_err());
+    }
+}
+
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    const KEYS: [&str; 3] = ["app", "tier", "n"];
+    const VALUES: [&str; 4] = ["web", "db", "1", "7"];
+
+    fn labels() -> impl Strategy<Value = BTreeMapLabels> {
+        proptest::collection::btree_map(0..KEYS.len(), 0..VALUES.len(), 0..KEYS.len())
+            .prop_map(|m| m.into_iter().map(|(k, v)| (KEYS[k].to_string(), VALUES[v].to_string())).collect())
+    }
+
+    type BTreeMapLabels = std::collections::BTreeMap<String, String>;
+
+    /// (JSON requirement, the same in the string form `?labelSelector=` takes)
+    fn requirement() -> impl Strategy<Value = (Value, String)> {
+        (0..KEYS.len(), 0..4usize, proptest::collection::btree_set(0..VALUES.len(), 1..=VALUES.len())).prop_map(
+            |(k, op, vals)| {
+                let key = KEYS[k];
+                let vals: Vec<&str> = vals.into_iter().map(|v| VALUES[v]).collect();
+                match op {
+                    0 => (
+                        json!({"key": key, "operator": "In", "values": vals}),
+                        format!("{key} in ({})", vals.join(",")),
+                    ),
+                    1 => (
+                        json!({"key": key, "operator": "NotIn", "values": vals}),
+                        format!("{key} notin ({})", vals.join(",")),
+                    ),
+                    2 => (json!({"key": key, "operator": "Exists"}), key.to_string()),
+                    _ => (json!({"key": key, "operator": "DoesNotExist"}), format!("!{key}")),
+                }
+            },
+        )
+    }
+
+    proptest! {
+        /// The selector object and its string form select the same labels.
+        #[test]
+        fn object_and_string_selectors_agree(
+            l in labels(),
+            match_labels in proptest::collection::btree_map(0..KEYS.len(), 0..VALUES.len(), 0..=2),
+            reqs in proptest::collection::vec(requirement(), 0..4),
+        ) {
+            let ml: BTreeMapLabels = match_labels.into_iter().map(|(k, v)| (KEYS[k].to_string(), VALUES[v].to_string())).collect();
+            let sel = json!({"matchLabels": ml, "matchExpressions": reqs.iter().map(|r| r.0.clone()).collect::<Vec<_>>()});
+            let text: Vec<String> = ml.iter().map(|(k, v)| format!("{k}={v}")).chain(reqs.iter().map(|r| r.1.clone())).collect();
+            let parsed = LabelSelector::parse(&text.join(",")).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let lv = json!(l);
+            prop_assert_eq!(selects(&sel, &lv), parsed.matches(lv.as_object()));
+            prop_assert_eq!(selects(&sel, &lv), label_selector_matches(&sel, |k| l.get(k).map(String::as_str)));
+        }
+
+        /// A null selector selects nothing, an empty one everything.
+        #[test]
+        fn null_selects_nothing_empty_everything(l in labels()) {
+            let lv = json!(l);
+            prop_assert!(!selects(&Value::Null, &lv));
+            let empty = json!({});
+            let empty_lists = json!({"matchLabels": {}, "matchExpressions": []});
+            prop_assert!(selects(&empty, &lv));
+            prop_assert!(selects(&empty_lists, &lv));
+        }
+
+        /// Gt and Lt compare integers; a value that is not one matches neither.
+        #[test]
+        fn gt_and_lt_compare_integers(have in -1000i64..1000, want in -1000i64..1000, junk in "[a-z]{1,4}") {
+            let gt = json!({"key": "n", "operator": "Gt", "values": [want.to_string()]});
+            let lt = json!({"key": "n", "operator": "Lt", "values": [want.to_string()]});
+            prop_assert_eq!(requirement_matches(&gt, Some(&have.to_string())), have > want);
+            prop_assert_eq!(requirement_matches(&lt, Some(&have.to_string())), have < want);
+            prop_assert!(!requirement_matches(&gt, Some(&junk)) && !requirement_matches(&lt, Some(&junk)));
+            prop_assert!(!requirement_matches(&gt, None));
+        }
+    }
+
+    #[test]
+    fn node_terms_or_terms_and_expressions() {
+        let node = json!({"metadata": {"name": "n1", "labels": {"zone": "a", "cores": "8"}}});
+        let term = |e: Value| json!({"matchExpressions": e});
+        assert!(node_selector_terms_match(&Value::Null, &node), "no terms: every node");
+        assert!(!node_selector_terms_match(&json!([{}]), &node), "an empty term matches nothing");
+        assert!(node_selector_terms_match(
+            &json!([
+                term(json!([{"key": "zone", "operator": "In", "values": ["b"]}])),
+                term(json!([{"key": "cores", "operator": "Gt", "values": ["4"]}]))
+            ]),
+            &node
+        ));
+        assert!(!node_selector_terms_match(
+            &json!([term(json!([{"key": "zone", "operator": "In", "values": ["a"]},
+                                {"key": "cores", "operator": "Lt", "values": ["4"]}]))]),
+            &node
+        ));
+        let by_name = json!([{"matchFields": [{"key": "metadata.name", "operator": "In", "values": ["n1"]}]}]);
+        assert!(node_selector_terms_match(&by_name, &node));
     }
 }

@@ -535,31 +535,7 @@ fn pod_spec(spec: &Value, field: &str, restart_policies: Option<&[&str]>) -> Vec
 }
 
 fn selector_matches(selector: &Value, labels: &Map<String, Value>) -> bool {
-    if let Some(Value::Object(ml)) = selector.get("matchLabels") {
-        if !ml.iter().all(|(k, v)| labels.get(k) == Some(v)) {
-            return false;
-        }
-    }
-    for e in selector.get("matchExpressions").and_then(Value::as_array).map(Vec::as_slice).unwrap_or(&[]) {
-        let key = e.get("key").and_then(Value::as_str).unwrap_or("");
-        let values: Vec<&str> = e
-            .get("values")
-            .and_then(Value::as_array)
-            .map(|a| a.iter().filter_map(Value::as_str).collect())
-            .unwrap_or_default();
-        let have = labels.get(key).and_then(Value::as_str);
-        let ok = match e.get("operator").and_then(Value::as_str).unwrap_or("") {
-            "In" => have.is_some_and(|h| values.contains(&h)),
-            "NotIn" => !have.is_some_and(|h| values.contains(&h)),
-            "Exists" => have.is_some(),
-            "DoesNotExist" => have.is_none(),
-            _ => false,
-        };
-        if !ok {
-            return false;
-        }
-    }
-    true
+    crate::selector::label_selector_matches(selector, |k| labels.get(k).and_then(Value::as_str))
 }
 
 fn selector_is_empty(selector: &Value) -> bool {

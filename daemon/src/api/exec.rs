@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
 use super::status::ApiError;
-use super::streams::{ExecIo, ExecOptions, PodStreams, StreamError, TerminalSize};
+use crate::streams::{ExecIo, ExecOptions, PodStreams, StreamError, TerminalSize};
 
 const PROTOCOL: &str = "v5.channel.k8s.io";
 

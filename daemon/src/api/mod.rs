@@ -43,18 +43,17 @@ mod secret;
 mod service;
 mod spdy;
 mod status;
-mod streams;
 mod table;
 mod tls;
 pub mod tokens;
 mod watch;
 mod workloads;
 
-pub use kubeconfig::kubeconfig;
-pub use node::NodeHeartbeats;
-pub use streams::{
+pub use crate::streams::{
     follow_output, ByteStream, ExecIo, ExecOptions, LogOptions, PodStreams, PortConnection, StreamError, TerminalSize,
 };
+pub use kubeconfig::kubeconfig;
+pub use node::NodeHeartbeats;
 pub use tls::TlsMaterial;
 
 /// The Kubernetes version reported by `/version`. kubectl supports one minor version of skew

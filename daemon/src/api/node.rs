@@ -43,7 +43,7 @@ pub(crate) fn live_heartbeat(beats: Option<&dyn NodeHeartbeats>, res: &Resource,
 }
 
 fn live_lease(beats: &dyn NodeHeartbeats, lease: &mut Value) {
-    if lease["metadata"]["namespace"] != crate::node::lease::NAMESPACE {
+    if lease["metadata"]["namespace"] != shoal_kube::objects::NODE_LEASE_NAMESPACE {
         return;
     }
     let Some(node) = lease["metadata"]["name"].as_str() else { return };
@@ -53,7 +53,7 @@ fn live_lease(beats: &dyn NodeHeartbeats, lease: &mut Value) {
     let Some(heard) = beats.last_heard(node).and_then(|t| jiff::Timestamp::try_from(t).ok()) else { return };
     let stored = lease["spec"]["renewTime"].as_str().and_then(|t| t.parse::<jiff::Timestamp>().ok());
     if stored.is_none_or(|t| t < heard) {
-        lease["spec"]["renewTime"] = json!(crate::node::lease::micro_time(heard));
+        lease["spec"]["renewTime"] = json!(shoal_kube::objects::micro_time(heard));
     }
 }
 

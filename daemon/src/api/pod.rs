@@ -7,7 +7,7 @@ use serde_json::{json, Map, Value};
 
 use super::crud::Ctx;
 use super::status::{ApiError, Cause};
-use super::streams::{LogOptions, StreamError};
+use crate::streams::{LogOptions, StreamError};
 
 fn set_default(m: &mut Map<String, Value>, key: &str, v: Value) {
     if m.get(key).is_none_or(|x| x.is_null()) {

@@ -26,7 +26,7 @@ use tracing::debug;
 
 use super::spdy::{self, Frame, HeaderCodec};
 use super::status::ApiError;
-use super::streams::{PodStreams, PortConnection};
+use crate::streams::{PodStreams, PortConnection};
 
 /// The WebSocket subprotocol of port-forward.
 pub(crate) const WS_PROTOCOL: &str = "SPDY/3.1+portforward.k8s.io";

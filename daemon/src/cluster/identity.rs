@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use shoal_gossip::pki::ClusterSecrets;
 
 pub const IDENTITY_FILE: &str = "node.json";
-pub const SECRETS_FILE: &str = "secrets.json";
+pub use crate::config::SECRETS_FILE;
 pub const NODE_CERT: &str = "pki/node.crt";
 pub const NODE_KEY: &str = "pki/node.key";
 pub const CA_CERT: &str = "pki/ca.crt";

@@ -1,6 +1,5 @@
 //! Glue between the peer transport (QUIC) and the store: Raft RPCs, joins, and the record
 //! of every node kept in the store under `/shoal/nodes/`.
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,20 +13,9 @@ use shoal_store::{RaftTransport, Store, TransportError};
 use super::identity::Identity;
 use crate::config::Ports;
 
-/// Store prefix of node records.
-pub const NODES_PREFIX: &str = "/shoal/nodes/";
+pub use crate::members::{node_records, NodeRecord, NODES_PREFIX};
 /// Transport service a joining node calls to be added to the Raft group.
 const ADD_NODE: &str = "cluster/add-node";
-
-/// A node as the cluster remembers it, `/shoal/nodes/<name>`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NodeRecord {
-    pub name: String,
-    pub node_id: u64,
-    pub peer_addr: String,
-    pub gossip_addr: String,
-    pub api_addr: String,
-}
 
 impl NodeRecord {
     pub fn of(id: &Identity) -> Self {
@@ -161,12 +149,6 @@ pub async fn request_membership(t: &Transport, addr: SocketAddr, id: &Identity) 
             }
         }
     }
-}
-
-/// Every node record in the local replica, by node id.
-pub async fn node_records(store: &Store) -> BTreeMap<u64, NodeRecord> {
-    let Ok((kvs, _)) = store.range(NODES_PREFIX).await else { return BTreeMap::new() };
-    kvs.iter().filter_map(|kv| serde_json::from_slice::<NodeRecord>(&kv.value).ok()).map(|r| (r.node_id, r)).collect()
 }
 
 /// Gossip seeds: the node we join through, and every node the store remembers.

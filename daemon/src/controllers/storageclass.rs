@@ -10,8 +10,8 @@ use shoal_kube::{ObjectEvent, Resource};
 
 use super::runner::{Action, ControllerSpec, Mapper, ObjKey, ReconcileFuture, Watch};
 use super::util;
-use super::volumes::{LOCAL_CLASS, PROVISIONER};
 use super::{Context, Kinds, Result};
+use crate::reconcile::volumes::{LOCAL_CLASS, PROVISIONER};
 
 fn storageclasses() -> Resource {
     shoal_kube::resources::lookup("storage.k8s.io", "storageclasses")

@@ -2,19 +2,19 @@
 //! the leader, and a stand-in for the node agent moves bound pods to Running/Ready (or makes Job
 //! pods succeed or fail), as the real one would.
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use shoal_kube::{resources, Objects, Preconditions, UpdateMode};
+use shoal_kube::{Objects, Preconditions, UpdateMode};
 use shoal_store::Store;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::util::{controlled_by, name_of, pod_is_active, pod_phase};
 use super::{ControllerConfig, ControllerManager, PodMetrics};
+pub(crate) use crate::reconcile::testing::{add_node, eventually, res};
 use crate::scheduler::Scheduler;
 
 pub(crate) const NGINX: &str = r#"
@@ -94,10 +94,6 @@ pub(crate) fn yaml(s: &str) -> Value {
     serde_norway::from_str(s).expect("test manifest is valid YAML")
 }
 
-pub(crate) fn res(group: &str, plural: &str) -> resources::Resource {
-    resources::find(group, plural).expect("built-in resource")
-}
-
 /// What the stand-in node agent does with a pod it finds bound.
 #[derive(Clone)]
 enum Agent {
@@ -165,19 +161,6 @@ impl Cluster {
     }
 }
 
-pub(crate) async fn add_node(objects: &Objects, name: &str, cpu: &str, memory: &str) {
-    let node = json!({
-        "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name, "kubernetes.io/arch": "amd64"}},
-        "spec": {},
-        "status": {
-            "allocatable": {"cpu": cpu, "memory": memory, "pods": "110"},
-            "capacity": {"cpu": cpu, "memory": memory, "pods": "110"},
-            "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady", "message": "kubelet is posting ready status"}],
-        },
-    });
-    objects.create(&res("", "nodes"), None, node).await.expect("create node");
-}
-
 /// Moves bound pods along as a node agent would.
 async fn node_agent(objects: Objects, agent: Agent, stop: CancellationToken) {
     let pods = res("", "pods");
@@ -231,20 +214,6 @@ async fn node_agent(objects: Objects, agent: Agent, stop: CancellationToken) {
 }
 
 /// Polls `cond` until it holds; the long limit only guards against a hung test.
-pub(crate) async fn eventually<F, Fut>(what: &str, mut cond: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    for _ in 0..1200 {
-        if cond().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("never happened: {what}");
-}
-
 fn fast() -> ControllerConfig {
     ControllerConfig {
         default_unreachable_toleration: Duration::from_secs(1),

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::pool::{self, Pool};
 use super::{core, ipaddresspools, LbError};
-use crate::controllers::events::Recorder;
+use crate::reconcile::events::Recorder;
 
 const RESYNC: Duration = Duration::from_secs(2);
 const COMPONENT: &str = "shoal-lb-controller";

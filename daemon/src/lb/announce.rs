@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use super::allocator::{ingress_ips, is_ours};
 use super::pool::{self, Pool, DEFAULT_POOL};
 use super::{core, ipaddresspools, l2advertisements, LbError};
-use crate::controllers::events::Recorder;
+use crate::reconcile::events::Recorder;
 
 /// How long a node may miss the quorum before it withdraws its IPs.
 pub const QUORUM_GRACE: Duration = Duration::from_secs(2);

@@ -1,6 +1,6 @@
 //! Address pools (MetalLB's `IPAddressPool`, plus the node config's default pool) and the
 //! choice of an IP for a Service.
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use serde_json::Value;
@@ -177,27 +177,7 @@ pub(crate) fn labels(obj: &Value) -> BTreeMap<String, String> {
 
 /// A `LabelSelector` (matchLabels and matchExpressions) against labels.
 pub(crate) fn selector_matches(sel: &Value, labels: &BTreeMap<String, String>) -> bool {
-    if let Some(m) = sel["matchLabels"].as_object() {
-        if !m.iter().all(|(k, v)| v.as_str().is_some_and(|v| labels.get(k).map(String::as_str) == Some(v))) {
-            return false;
-        }
-    }
-    for e in sel["matchExpressions"].as_array().into_iter().flatten() {
-        let key = e["key"].as_str().unwrap_or("");
-        let values: BTreeSet<&str> = e["values"].as_array().into_iter().flatten().filter_map(|v| v.as_str()).collect();
-        let have = labels.get(key);
-        let ok = match e["operator"].as_str().unwrap_or("") {
-            "In" => have.is_some_and(|h| values.contains(h.as_str())),
-            "NotIn" => !have.is_some_and(|h| values.contains(h.as_str())),
-            "Exists" => have.is_some(),
-            "DoesNotExist" => have.is_none(),
-            _ => false,
-        };
-        if !ok {
-            return false;
-        }
-    }
-    true
+    shoal_kube::selector::label_selector_matches(sel, |k| labels.get(k).map(String::as_str))
 }
 
 /// Pools in the order auto-assignment tries them: priority (lower first, unset last), then name.

@@ -11,101 +11,11 @@
 //! transition period, so a node at the edge does not flap (nor write its status each time).
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde_json::Value;
 
-/// A threshold: an absolute amount of bytes, or a percentage of the capacity.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Quantity {
-    Bytes(u64),
-    Percent(f64),
-    /// A percentage, but never more than this many bytes (the default disk threshold: a
-    /// large, mostly full disk is not short of space for pods).
-    PercentAtMost(f64, u64),
-}
-
-impl Quantity {
-    fn bytes_of(self, capacity: u64) -> u64 {
-        match self {
-            Quantity::Bytes(b) => b,
-            Quantity::Percent(p) => (capacity as f64 * p / 100.0) as u64,
-            Quantity::PercentAtMost(p, max) => ((capacity as f64 * p / 100.0) as u64).min(max),
-        }
-    }
-
-    /// `100Mi`, `1G`, `10%`.
-    pub fn parse(s: &str) -> Option<Quantity> {
-        match s.trim().strip_suffix('%') {
-            Some(p) => p.trim().parse::<f64>().ok().filter(|p| (0.0..=100.0).contains(p)).map(Quantity::Percent),
-            None => super::spec::bytes(s.trim()).map(Quantity::Bytes),
-        }
-    }
-}
-
-/// Hard eviction thresholds and how often they are checked.
-#[derive(Debug, Clone, PartialEq)]
-pub struct EvictionConfig {
-    /// Evict when the node's available memory falls below this.
-    pub memory_available: Quantity,
-    /// Evict when the free space of the data dir's filesystem falls below this.
-    pub nodefs_available: Quantity,
-    /// Evict when the free process ids (`kernel.pid_max` minus the tasks running) fall below
-    /// this (a count, or a percentage of `kernel.pid_max`).
-    pub pid_available: Quantity,
-    /// How long a signal must stay above its threshold before the pressure condition clears.
-    pub transition_period: Duration,
-    /// How often the signals are read (and at most one pod evicted).
-    pub interval: Duration,
-}
-
-impl Default for EvictionConfig {
-    fn default() -> Self {
-        EvictionConfig {
-            memory_available: Quantity::Bytes(100 * 1024 * 1024),
-            nodefs_available: Quantity::PercentAtMost(10.0, 2 << 30),
-            pid_available: Quantity::Percent(5.0),
-            transition_period: Duration::from_secs(300),
-            interval: Duration::from_secs(10),
-        }
-    }
-}
-
-#[derive(Debug, thiserror::Error, PartialEq)]
-pub enum EvictionError {
-    #[error("unknown eviction signal {0:?} (memory.available, nodefs.available or pid.available)")]
-    Signal(String),
-    #[error("invalid eviction threshold {0:?}")]
-    Threshold(String),
-}
-
-impl EvictionConfig {
-    /// Reads kubelet-style hard thresholds, `memory.available<200Mi,nodefs.available<5%`, over
-    /// the defaults (`pid.available<1000`: a count of process ids).
-    pub fn parse(spec: &str) -> Result<EvictionConfig, EvictionError> {
-        let mut cfg = EvictionConfig::default();
-        for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            let (signal, value) = part.split_once('<').ok_or_else(|| EvictionError::Threshold(part.into()))?;
-            let q = Quantity::parse(value).ok_or_else(|| EvictionError::Threshold(part.into()))?;
-            match signal.trim() {
-                "memory.available" => cfg.memory_available = q,
-                "nodefs.available" => cfg.nodefs_available = q,
-                "pid.available" => {
-                    // A bare number counts process ids, not bytes: `1k` would be odd, `1Ki` wrong.
-                    let q = match value.trim().strip_suffix('%') {
-                        Some(_) => q,
-                        None => Quantity::Bytes(
-                            value.trim().parse::<u64>().map_err(|_| EvictionError::Threshold(part.into()))?,
-                        ),
-                    };
-                    cfg.pid_available = q;
-                }
-                s => return Err(EvictionError::Signal(s.into())),
-            }
-        }
-        Ok(cfg)
-    }
-}
+pub use crate::config::{EvictionConfig, EvictionError, Quantity};
 
 /// One reading of the node's signals (bytes; process ids for `pid_*`).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -362,6 +272,7 @@ pub fn evicted_status(old: &Value, resource: Resource, observed: u64, threshold:
 mod tests {
     use super::*;
     use serde_json::json;
+    use std::time::Duration;
 
     fn pod(name: &str, uid: &str, resources: Value, priority: i64) -> Value {
         json!({"metadata": {"name": name, "uid": uid}, "spec": {"priority": priority,

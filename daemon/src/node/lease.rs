@@ -4,21 +4,19 @@
 //! Liveness rides on gossip, so the stored Lease is renewed only as often as the Node's own
 //! heartbeat write (every 5 minutes): flash is not worn by a write every 10 s. The API shows
 //! `spec.renewTime` of a node gossip holds alive as the last heartbeat heard
-//! ([`crate::api::node`]), so a read always sees a lease seconds old on a live node.
+//! (the API's node handler), so a read always sees a lease seconds old on a live node.
 use std::time::Duration;
 
 use serde_json::{json, Value};
 use shoal_kube::{resources, Objects, UpdateMode};
 
 /// Namespace of node leases.
-pub const NAMESPACE: &str = "kube-node-lease";
+pub use shoal_kube::objects::NODE_LEASE_NAMESPACE as NAMESPACE;
 /// `spec.leaseDurationSeconds`, the kubelet's default.
 pub const DURATION_S: u64 = 40;
 
 /// `spec.renewTime` format: RFC 3339 with microseconds (Kubernetes MicroTime).
-pub fn micro_time(t: jiff::Timestamp) -> String {
-    t.strftime("%Y-%m-%dT%H:%M:%S.%6fZ").to_string()
-}
+pub use shoal_kube::objects::micro_time;
 
 /// Creates the Lease of `node` (owned by the Node `node_uid`, so it goes with it) when missing,
 /// and renews it when its renewTime is `every` old.

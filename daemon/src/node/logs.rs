@@ -7,7 +7,7 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use serde_json::Value;
 
-use crate::api::{ByteStream, LogOptions, PodStreams, StreamError};
+use crate::streams::{ByteStream, LogOptions, PodStreams, StreamError};
 
 #[derive(Clone)]
 pub(crate) struct LocalLogs {

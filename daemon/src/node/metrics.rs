@@ -225,7 +225,7 @@ impl ClusterMetrics {
     /// Asks every other node for its report.
     async fn gather(&self) {
         let Some(transport) = &self.transport else { return };
-        let records = crate::cluster::peers::node_records(&self.store).await;
+        let records = crate::members::node_records(&self.store).await;
         let calls = records.values().filter(|r| r.name != self.node_name).filter_map(|r| {
             let addr: std::net::SocketAddr = r.peer_addr.parse().ok()?;
             let name = r.name.clone();
@@ -295,7 +295,7 @@ impl ClusterMetrics {
     }
 }
 
-impl crate::controllers::PodMetrics for ClusterMetrics {
+impl crate::reconcile::PodMetrics for ClusterMetrics {
     fn usage(&self, namespace: &str, pod: &str) -> Option<BTreeMap<String, i128>> {
         let p = self.pod(namespace, pod)?;
         Some(usage_map(&p))

@@ -3,7 +3,6 @@
 //! re-adopts running containers after a restart, and writes status only when it changes.
 pub mod blobs;
 mod env;
-mod events;
 pub mod eviction;
 pub mod lease;
 pub mod logs;
@@ -41,6 +40,9 @@ pub enum AgentError {
     Network(#[from] network::NetError),
     #[error("objects")]
     Objects(#[from] shoal_kube::Error),
+    /// A volume could not be set up (a FailedMount event says so already).
+    #[error("MountVolume.SetUp failed for volume \"{volume}\" : {message}")]
+    Mount { volume: String, message: String },
     #[error("{0}")]
     Pod(String),
 }
@@ -67,7 +69,7 @@ pub(crate) struct Agent {
     pub nodes: Resource,
     pub run_dir: PathBuf,
     pub log_dir: PathBuf,
-    pub events: events::Recorder,
+    pub events: crate::reconcile::events::Recorder,
     /// Devices declared for hardware-in-the-loop benches.
     pub devices: Vec<crate::config::DeviceConfig>,
     /// Device path → uid of the pod that holds it.
@@ -113,7 +115,7 @@ pub fn streams(
     store: Store,
     data_dir: &std::path::Path,
     node_name: &str,
-) -> Arc<dyn crate::api::PodStreams> {
+) -> Arc<dyn crate::streams::PodStreams> {
     Arc::new(streams::node_streams(transport, store, data_dir, node_name))
 }
 
@@ -163,7 +165,7 @@ impl NodeAgent {
         let pod_cidr = cfg.pod_cidr.clone();
         let net = PodNetwork::setup(subnet, &pod_cidr).await?;
         let log_dir = cfg.data_dir.join("pods");
-        let events = events::Recorder::new(cfg.objects.clone(), cfg.node_name.clone());
+        let events = crate::reconcile::events::Recorder::for_node(cfg.objects.clone(), cfg.node_name.clone());
         let (signer, ca_crt) = load_token_key(&cfg.data_dir);
         let node_stats: Arc<dyn eviction::NodeStats> = Arc::new(eviction::LinuxNodeStats {
             meminfo: PathBuf::from("/proc/meminfo"),
@@ -195,7 +197,7 @@ impl NodeAgent {
 
     /// Serves `pods/log` for the pods of this node only (usable before the agent has
     /// started). [`streams`] serves logs and exec for every pod of the cluster.
-    pub fn streams(data_dir: &std::path::Path) -> Arc<dyn crate::api::PodStreams> {
+    pub fn streams(data_dir: &std::path::Path) -> Arc<dyn crate::streams::PodStreams> {
         Arc::new(logs::LocalLogs { log_dir: data_dir.join("pods") })
     }
 
@@ -427,7 +429,7 @@ impl Agent {
         let status = eviction::evicted_status(&pod["status"], resource, observed, threshold, &now);
         let message = status["message"].as_str().unwrap_or_default().to_string();
         tracing::warn!(pod = %name, namespace = %ns, %message, "evicting pod");
-        self.events.emit(pod, None, events::Type::Warning, "Evicted", &message);
+        self.events.emit(pod, None, crate::reconcile::events::Type::Warning, "Evicted", &message);
         self.teardown(&uid, &mut st, Duration::ZERO, None).await;
         let res = self
             .cfg
@@ -509,7 +511,7 @@ impl Agent {
     /// Routes to every other node's pod subnet.
     async fn sync_routes(&self) {
         let Ok((cidrs, _)) = self.cfg.store.range(network::PODCIDR_PREFIX).await else { return };
-        let records = crate::cluster::peers::node_records(&self.cfg.store).await;
+        let records = crate::members::node_records(&self.cfg.store).await;
         let addr_of: BTreeMap<String, Ipv4Addr> = records
             .values()
             .filter_map(|r| Some((r.name.clone(), r.peer_addr.parse::<std::net::SocketAddr>().ok()?.ip())))
@@ -543,7 +545,7 @@ impl Agent {
 /// The cluster CA key and certificate from the data dir's `secrets.json`, to sign and
 /// publish ServiceAccount tokens.
 fn load_token_key(data_dir: &std::path::Path) -> (Option<token::Signer>, Option<String>) {
-    let path = data_dir.join(crate::cluster::identity::SECRETS_FILE);
+    let path = data_dir.join(crate::config::SECRETS_FILE);
     let Ok(text) = std::fs::read_to_string(&path) else {
         tracing::info!(path = %path.display(), "no cluster secrets; pods get no service account token");
         return (None, None);
@@ -766,7 +768,8 @@ async fn register_node(agent: &Agent) -> Result<(), AgentError> {
     // image is not built for.
     let offered: Vec<(Vec<String>, Vec<String>)> =
         held.iter().map(|i| (i.names.clone(), i.platforms.iter().map(|p| p.to_string()).collect())).collect();
-    let image_platforms = crate::scheduler::image_platforms_annotation(offered.iter().map(|(n, p)| (&n[..], &p[..])));
+    let image_platforms =
+        crate::reconcile::images::image_platforms_annotation(offered.iter().map(|(n, p)| (&n[..], &p[..])));
     let images: Vec<(Vec<String>, u64)> = held.into_iter().map(|i| (i.names, i.size)).collect();
     let devices = device_counts(&agent.devices);
     let (capacity, allocatable) = capacity(cpus, mem_kib, &devices);
@@ -796,8 +799,8 @@ async fn register_node(agent: &Agent) -> Result<(), AgentError> {
     let conditions = node_conditions(&pressure);
     let storage_dir = agent.cfg.data_dir.join("storage").to_string_lossy().into_owned();
     let annotations = json!({
-        crate::controllers::volumes::STORAGE_DIR_ANNOTATION: storage_dir,
-        crate::scheduler::IMAGE_PLATFORMS_ANNOTATION: image_platforms,
+        crate::reconcile::volumes::STORAGE_DIR_ANNOTATION: storage_dir,
+        crate::reconcile::images::IMAGE_PLATFORMS_ANNOTATION: image_platforms,
     });
     let labels = json!({
         "kubernetes.io/arch": arch,
@@ -869,6 +872,27 @@ async fn register_node(agent: &Agent) -> Result<(), AgentError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failed_pod_sync_tells_the_whole_cause() {
+        let io = std::io::Error::other("no space left on device");
+        let e = AgentError::Runtime(shoal_runtime::Error::Cgroup {
+            path: "/shoal-n1/podabc".into(),
+            operation: "create",
+            source: Box::new(io),
+        });
+        let (reason, message) = pod::sync_failure_event(&e, false).expect("an event");
+        assert_eq!(reason, "FailedCreatePodSandBox");
+        assert_eq!(
+            message,
+            "Failed to create pod sandbox: runtime: cgroup /shoal-n1/podabc: create: no space left on device"
+        );
+        let (reason, _) = pod::sync_failure_event(&e, true).expect("an event");
+        assert_eq!(reason, "FailedSync");
+        let mount = AgentError::Mount { volume: "cfg".into(), message: "configmap \"x\" not found".into() };
+        assert_eq!(pod::sync_failure_event(&mount, true), None, "FailedMount said it already");
+        assert_eq!(mount.to_string(), "MountVolume.SetUp failed for volume \"cfg\" : configmap \"x\" not found");
+    }
 
     #[test]
     fn allocatable_keeps_a_reserve_and_devices_are_resources() {

@@ -12,10 +12,10 @@ use shoal_kube::{Preconditions, UpdateMode};
 use shoal_runtime::{CreateOpts, Sandbox, Status};
 use tokio::sync::Mutex;
 
-use super::events::Type;
 use super::probes::{self, ContainerProbes, ProbeSet};
 use super::spec::{self, ContainerInput};
 use super::{token, volumes, Agent, AgentError};
+use crate::reconcile::events::Type;
 
 /// First restart back-off; doubles per crash up to [`BACKOFF_MAX`], reset after 10 min running.
 const BACKOFF_BASE: Duration = Duration::from_secs(10);
@@ -169,7 +169,13 @@ impl Agent {
         }
         let Some(pod) = pod else { return };
         if let Err(e) = self.run_pod(uid, &pod, &mut st).await {
-            tracing::warn!(pod = %pod["metadata"]["name"], error = %e, "pod sync");
+            let cause = chain(&e);
+            tracing::warn!(pod = %pod["metadata"]["name"], error = %cause, "pod sync");
+            let host_network = pod["spec"]["hostNetwork"].as_bool() == Some(true);
+            let sandbox_ready = st.sandbox.is_some() && (st.ip.is_some() || host_network);
+            if let Some((reason, message)) = sync_failure_event(&e, sandbox_ready) {
+                self.events.emit(&pod, None, Type::Warning, reason, &message);
+            }
         }
         if let Err(e) = self.write_status(uid, &pod, &st).await {
             tracing::debug!(pod = %pod["metadata"]["name"], error = %e, "pod status");
@@ -601,7 +607,7 @@ impl Agent {
     ) -> Result<String, (String, String)> {
         let image = c["image"].as_str().unwrap_or_default();
         let policy = c["imagePullPolicy"].as_str().unwrap_or("IfNotPresent");
-        let present = self.images.get(image).map_err(|e| ("InvalidImageName".to_string(), e.to_string()))?;
+        let present = self.images.get(image).map_err(|e| ("InvalidImageName".to_string(), chain(&e)))?;
         let info = match (present, policy) {
             (Some(info), "IfNotPresent") | (Some(info), "Never") => {
                 self.events.emit(
@@ -693,9 +699,7 @@ impl Agent {
             let _ = std::fs::create_dir_all(&rootfs);
             let _ = rt.delete(id, true);
             let _ = images.remove_rootfs(id, &rootfs);
-            images
-                .prepare_rootfs(image, id, &rootfs)
-                .map_err(|e| ("CreateContainerError".to_string(), e.to_string()))?;
+            images.prepare_rootfs(image, id, &rootfs).map_err(|e| ("CreateContainerError".to_string(), chain(&e)))?;
             let (uid_n, gid_n) = match c["securityContext"]["runAsUser"].as_u64() {
                 Some(u) => (u as u32, c["securityContext"]["runAsGroup"].as_u64().unwrap_or(0) as u32),
                 None => spec::resolve_user(&config.user, &rootfs),
@@ -818,9 +822,9 @@ impl Agent {
                     volumes::write(&vdir, &files).map_err(io)?;
                 }
                 Some(Err(e)) => {
-                    let msg = format!("MountVolume.SetUp failed for volume \"{vname}\" : {e}");
-                    self.events.emit(pod, None, Type::Warning, "FailedMount", &msg);
-                    return Err(AgentError::Pod(msg));
+                    let err = AgentError::Mount { volume: vname.to_string(), message: e.to_string() };
+                    self.events.emit(pod, None, Type::Warning, "FailedMount", &err.to_string());
+                    return Err(err);
                 }
             }
         }
@@ -849,15 +853,14 @@ impl Agent {
             .ok_or_else(|| format!("persistentvolume \"{pv_name}\" not found"))?;
         let node = self.cfg.objects.get(&self.nodes, None, &self.cfg.node_name).await.ok().flatten();
         if let Some(node) = &node {
-            if !crate::controllers::volumes::pv_fits_node(&pv, node) {
+            if !crate::reconcile::volumes::pv_fits_node(&pv, node) {
                 return Err(format!("persistentvolume \"{pv_name}\" is bound to another node"));
             }
         }
-        let path = crate::controllers::volumes::host_path(&pv)
+        let path = crate::reconcile::volumes::host_path(&pv)
             .ok_or_else(|| format!("persistentvolume \"{pv_name}\" has no local or hostPath source"))?;
         let path = PathBuf::from(path);
-        if crate::controllers::volumes::is_provisioned_here(&pv)
-            || pv["spec"]["hostPath"]["type"] == "DirectoryOrCreate"
+        if crate::reconcile::volumes::is_provisioned_here(&pv) || pv["spec"]["hostPath"]["type"] == "DirectoryOrCreate"
         {
             std::fs::create_dir_all(&path).map_err(|e| format!("creating {}: {e}", path.display()))?;
         } else if !path.is_dir() {
@@ -1127,15 +1130,21 @@ impl Agent {
 }
 
 /// An error with its sources, for the messages users read in `kubectl describe`.
-pub(crate) fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        cur = s.source();
+pub(crate) use crate::reconcile::runner::error_chain as chain;
+
+/// The Warning event of a failed pod sync, as the kubelet writes it, with the whole cause
+/// (`kubectl describe pod` says why): FailedCreatePodSandBox until the sandbox and its network
+/// are up, FailedSync after. None where an event was written already (FailedMount).
+pub(crate) fn sync_failure_event(e: &AgentError, sandbox_ready: bool) -> Option<(&'static str, String)> {
+    if matches!(e, AgentError::Mount { .. }) {
+        return None;
     }
-    out
+    let (reason, what) = if sandbox_ready {
+        ("FailedSync", "Error syncing pod")
+    } else {
+        ("FailedCreatePodSandBox", "Failed to create pod sandbox")
+    };
+    Some((reason, format!("{what}: {}", chain(e))))
 }
 
 /// `name_namespace` of a pod, as the kubelet names it in messages.

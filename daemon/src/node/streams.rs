@@ -23,7 +23,7 @@ use shoal_store::Store;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
-use crate::api::{
+use crate::streams::{
     follow_output, ByteStream, ExecIo, ExecOptions, LogOptions, PodStreams, PortConnection, StreamError, TerminalSize,
 };
 
@@ -211,7 +211,7 @@ async fn peer_of(peers: &Peers, node: &str) -> Result<std::net::SocketAddr, Stre
                 .ok_or_else(|| StreamError::Unavailable(format!("node {node:?} is not known to the cluster")))
         }
     };
-    let records = crate::cluster::peers::node_records(store).await;
+    let records = crate::members::node_records(store).await;
     let rec = records
         .values()
         .find(|r| r.name == node)

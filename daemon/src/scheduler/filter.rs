@@ -6,7 +6,7 @@ use serde_json::{json, Value};
 
 use super::score::normalise_image;
 use super::{host_ports, pod_requests, Snapshot};
-use crate::controllers::util::*;
+use crate::reconcile::util::*;
 
 /// Nodes that pass every filter, or the count of nodes per failure reason.
 pub(crate) fn feasible(snap: &Snapshot, pod: &Value) -> Result<Vec<String>, BTreeMap<String, usize>> {
@@ -54,7 +54,7 @@ pub(crate) fn check(snap: &Snapshot, pod: &Value, node: &Value) -> Result<(), Ve
         return Err(vec![IMAGE_PLATFORM_MISMATCH.into()]);
     }
     if pod["spec"]["volumes"].as_array().is_some_and(|vs| vs.iter().any(|v| v["persistentVolumeClaim"].is_object())) {
-        crate::controllers::volumes::volumes_fit(pod, node, &snap.pvcs, &snap.pvs).map_err(|r| vec![r])?;
+        crate::reconcile::volumes::volumes_fit(pod, node, &snap.pvcs, &snap.pvs).map_err(|r| vec![r])?;
     }
     let empty = Default::default();
     let used = snap.usage.get(name).unwrap_or(&empty);

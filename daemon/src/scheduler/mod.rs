@@ -22,9 +22,9 @@ use serde_json::{json, Value};
 use shoal_kube::{ObjectEvent, Objects, UpdateMode};
 use tokio_util::sync::CancellationToken;
 
-use crate::controllers::runner::{self, Action, ControllerSpec, Mapper, ObjKey, ReconcileFuture, Watch};
-use crate::controllers::util::{self, *};
-use crate::controllers::{Context, ControllerConfig, Result};
+use crate::reconcile::runner::{self, Action, ControllerSpec, Mapper, ObjKey, ReconcileFuture, Watch};
+use crate::reconcile::util::{self, *};
+use crate::reconcile::{Context, ControllerConfig, Result};
 
 pub(crate) mod filter;
 pub(crate) mod preempt;
@@ -112,20 +112,7 @@ pub(crate) struct NodeUse {
     pub host_ports: Vec<(String, String, i64)>,
 }
 
-/// Node annotation: a JSON object from image name to the platforms (`os/arch[/variant]`) that
-/// image offers, e.g. `{"docker.io/library/nginx:latest": ["linux/amd64", "linux/arm64"]}`.
-pub const IMAGE_PLATFORMS_ANNOTATION: &str = "shoal.dev/image-platforms";
-
-/// The value of [`IMAGE_PLATFORMS_ANNOTATION`] for a node's images: (names, platforms) each.
-pub fn image_platforms_annotation<'a>(images: impl IntoIterator<Item = (&'a [String], &'a [String])>) -> String {
-    let mut m: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    for (names, platforms) in images {
-        for n in names {
-            m.entry(score::normalise_image(n)).or_default().extend(platforms.iter().cloned());
-        }
-    }
-    serde_json::to_string(&m).unwrap_or_else(|_| "{}".into())
-}
+pub use crate::reconcile::images::{image_platforms_annotation, IMAGE_PLATFORMS_ANNOTATION};
 
 /// The cluster as one pass sees it.
 pub(crate) struct Snapshot {
@@ -339,7 +326,7 @@ pub(crate) async fn schedule_pending(ctx: Arc<Context>) -> Result<Action> {
     let prio = preempt::Priorities::new(&priority_classes(&ctx).await?);
     pending.sort_by_key(|p| (-prio.of(p), parse_time(&p["metadata"]["creationTimestamp"]), name_of(p).to_string()));
     let mut snap = Snapshot::new(nodes, &pods);
-    if pending.iter().any(|p| !crate::controllers::volumes::claim_names(p).is_empty()) {
+    if pending.iter().any(|p| !crate::reconcile::volumes::claim_names(p).is_empty()) {
         snap.pvcs = util::list(&ctx.objects, &k.pvcs, None).await?;
         if let Some(pvs) = shoal_kube::resources::find("", "persistentvolumes") {
             snap.pvs = util::list(&ctx.objects, &pvs, None).await?;

@@ -21,7 +21,7 @@ use serde_json::Value;
 
 use super::filter;
 use super::Snapshot;
-use crate::controllers::util::*;
+use crate::reconcile::util::*;
 
 /// Priority of the built-in `system-cluster-critical` class.
 pub(crate) const SYSTEM_CLUSTER_CRITICAL: i64 = 2_000_000_000;

@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 
 use super::filter::{spread_counts, term_selects, topology};
 use super::{pod_requests, Snapshot};
-use crate::controllers::util::*;
+use crate::reconcile::util::*;
 
 /// The best of `candidates`; ties go to the node name that sorts first.
 pub(crate) fn best(snap: &Snapshot, pod: &Value, candidates: &[String]) -> Option<String> {
@@ -184,19 +184,4 @@ fn image_locality(pod: &Value, node: &Value) -> i64 {
     }
 }
 
-/// "nginx" and "docker.io/library/nginx:latest" are the same image.
-pub(crate) fn normalise_image(s: &str) -> String {
-    let s = s.split('@').next().unwrap_or(s);
-    let last = s.rsplit('/').next().unwrap_or(s);
-    let mut s = s.to_string();
-    if !last.contains(':') {
-        s.push_str(":latest");
-    }
-    let first = s.split('/').next().unwrap_or("");
-    if !s.contains('/') {
-        s = format!("docker.io/library/{s}");
-    } else if !(first.contains('.') || first.contains(':') || first == "localhost") {
-        s = format!("docker.io/{s}");
-    }
-    s
-}
+pub(crate) use crate::reconcile::images::normalise_image;

@@ -9,8 +9,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::preempt::{self, Priorities};
 use super::{filter, image_platforms_annotation, score, unschedulable_message, Scheduler, Snapshot};
-use crate::controllers::tests::{add_node, eventually, res};
-use crate::controllers::util::name_of;
+use crate::reconcile::testing::{add_node, eventually, res};
+use crate::reconcile::util::name_of;
 
 fn node(name: &str, cpu: &str, labels: Value, taints: Value) -> Value {
     let mut l = json!({"kubernetes.io/hostname": name});

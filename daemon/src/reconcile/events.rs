@@ -1,12 +1,16 @@
-//! Events the node agent reports about Pods (Pulled, Created, Started, Killing, BackOff,
-//! Unhealthy, Failed), as the kubelet does: the same reason and message about the same
-//! container bumps `count` and `lastTimestamp` of one Event instead of writing a new one.
+//! Events for `kubectl describe` and `kubectl get events`, deduplicated: the same reason and
+//! message about the same object bumps `count` and `lastTimestamp` of one Event. One recorder for
+//! the whole daemon: the controllers, the scheduler and the lb write through [`Recorder::record`]
+//! (awaited), the node agent through [`Recorder::emit`] (in the background, as the kubelet does:
+//! about a pod and one of its containers, a repeat written at most every 30 s).
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use shoal_kube::{Objects, Resource, UpdateMode};
+
+use super::util::{fmt_time, fnv32a, name_of, namespace_of, now, uid_of};
 
 /// A repeated event is written at most this often; repeats in between are added to its count
 /// at the next write.
@@ -28,18 +32,15 @@ impl Type {
     }
 }
 
-/// Writes Events in the background; a failed write is logged and dropped.
+/// Writes Events; failures are logged, never fatal to a reconcile.
 #[derive(Clone)]
 pub(crate) struct Recorder {
     objects: Objects,
     events: Resource,
-    node: String,
-    /// Event name → when it was last written and the repeats not written yet.
+    /// The node whose agent reports (`source.host` of [`Recorder::emit`]); None elsewhere.
+    node: Option<String>,
+    /// Event name → when it was last written and the repeats not written yet (node events).
     seen: Arc<Mutex<HashMap<String, (Instant, i64)>>>,
-}
-
-fn fnv32a(data: &[u8]) -> u32 {
-    data.iter().fold(0x811c_9dc5u32, |h, b| (h ^ u32::from(*b)).wrapping_mul(0x0100_0193))
 }
 
 /// The Event's name: `<pod>.<hash of what makes it the same event>`.
@@ -102,14 +103,75 @@ fn field_path(pod: &Value, container: &str) -> String {
 }
 
 impl Recorder {
-    pub(crate) fn new(objects: Objects, node: String) -> Recorder {
-        Recorder { objects, events: super::res("events"), node, seen: Arc::new(Mutex::new(HashMap::new())) }
+    pub(crate) fn new(objects: Objects, events: Resource) -> Self {
+        Recorder { objects, events, node: None, seen: Arc::new(Mutex::new(HashMap::new())) }
+    }
+
+    /// The recorder of a node agent: its events come from `kubelet` on `node`.
+    pub(crate) fn for_node(objects: Objects, node: String) -> Self {
+        let events = shoal_kube::resources::lookup("", "events");
+        Recorder { objects, events, node: Some(node), seen: Arc::new(Mutex::new(HashMap::new())) }
+    }
+
+    pub(crate) async fn normal(&self, component: &str, involved: &Value, reason: &str, message: &str) {
+        self.record(component, involved, "Normal", reason, message).await
+    }
+
+    pub(crate) async fn warning(&self, component: &str, involved: &Value, reason: &str, message: &str) {
+        self.record(component, involved, "Warning", reason, message).await
+    }
+
+    pub(crate) async fn record(&self, component: &str, involved: &Value, type_: &str, reason: &str, message: &str) {
+        let ns = namespace_of(involved).unwrap_or("default").to_string();
+        let key = format!("{}/{}/{}/{}", uid_of(involved), type_, reason, message);
+        let name = format!("{}.{:08x}", name_of(involved), fnv32a(key.as_bytes()));
+        let ts = fmt_time(now());
+        let bumped = self
+            .objects
+            .modify(&self.events, Some(&ns), &name, UpdateMode::All, |e| {
+                let count = e["count"].as_i64().unwrap_or(1);
+                e["count"] = json!(count + 1);
+                e["lastTimestamp"] = json!(ts);
+                Ok(true)
+            })
+            .await;
+        match bumped {
+            Ok(_) => return,
+            Err(shoal_kube::Error::NotFound { .. }) => {}
+            Err(error) => {
+                tracing::debug!(%error, reason, "event not recorded");
+                return;
+            }
+        }
+        let ev = json!({
+            "metadata": {"name": name, "namespace": ns},
+            "involvedObject": {
+                "apiVersion": involved["apiVersion"],
+                "kind": involved["kind"],
+                "name": name_of(involved),
+                "namespace": namespace_of(involved),
+                "uid": uid_of(involved),
+                "resourceVersion": involved["metadata"]["resourceVersion"],
+            },
+            "reason": reason,
+            "message": message,
+            "type": type_,
+            "count": 1,
+            "firstTimestamp": ts,
+            "lastTimestamp": ts,
+            "source": {"component": component},
+            "reportingComponent": component,
+            "reportingInstance": component,
+        });
+        if let Err(error) = self.objects.create(&self.events, Some(&ns), ev).await {
+            tracing::debug!(%error, reason, "event not recorded");
+        }
     }
 
     /// Records an event about a pod (and one of its containers) without waiting for the write.
     pub(crate) fn emit(&self, pod: &Value, container: Option<&str>, type_: Type, reason: &str, message: &str) {
         let now = shoal_kube::objects::now_rfc3339();
-        let ev = event_object(pod, &self.node, container, type_, reason, message, &now);
+        let ev = event_object(pod, self.node.as_deref().unwrap_or_default(), container, type_, reason, message, &now);
         let this = self.clone();
         let reason = reason.to_string();
         tokio::spawn(async move { this.write(ev, &now, &reason).await });

@@ -140,81 +140,10 @@ pub(crate) fn generation_of(obj: &Value) -> i64 {
 /// Does a LabelSelector (`matchLabels` + `matchExpressions`) select these labels? An empty
 /// selector selects everything; a null one nothing.
 pub(crate) fn selector_matches(sel: &Value, labels: &Value) -> bool {
-    if sel.is_null() {
-        return false;
-    }
-    if let Some(ml) = sel["matchLabels"].as_object() {
-        for (k, v) in ml {
-            if labels.get(k) != Some(v) {
-                return false;
-            }
-        }
-    }
-    if let Some(exprs) = sel["matchExpressions"].as_array() {
-        for e in exprs {
-            if !expression_matches(e, labels.get(e["key"].as_str().unwrap_or(""))) {
-                return false;
-            }
-        }
-    }
-    true
+    shoal_kube::selector::selects(sel, labels)
 }
 
-/// One `{key, operator, values}` requirement against the value of its key.
-pub(crate) fn expression_matches(e: &Value, value: Option<&Value>) -> bool {
-    let values: Vec<&str> =
-        e["values"].as_array().map(|a| a.iter().filter_map(|v| v.as_str()).collect()).unwrap_or_default();
-    let v = value.and_then(|v| v.as_str());
-    match e["operator"].as_str().unwrap_or("") {
-        "In" => v.is_some_and(|v| values.contains(&v)),
-        "NotIn" => !v.is_some_and(|v| values.contains(&v)),
-        "Exists" => v.is_some(),
-        "DoesNotExist" => v.is_none(),
-        "Gt" => match (v.and_then(|v| v.parse::<i64>().ok()), values.first().and_then(|x| x.parse::<i64>().ok())) {
-            (Some(a), Some(b)) => a > b,
-            _ => false,
-        },
-        "Lt" => match (v.and_then(|v| v.parse::<i64>().ok()), values.first().and_then(|x| x.parse::<i64>().ok())) {
-            (Some(a), Some(b)) => a < b,
-            _ => false,
-        },
-        _ => false,
-    }
-}
-
-/// Does a node match a NodeSelectorTerm list (ORed terms of ANDed expressions and fields)?
-pub(crate) fn node_selector_terms_match(terms: &Value, node: &Value) -> bool {
-    let Some(terms) = terms.as_array() else { return true };
-    terms.iter().any(|t| node_selector_term_matches(t, node))
-}
-
-pub(crate) fn node_selector_term_matches(t: &Value, node: &Value) -> bool {
-    let exprs = t["matchExpressions"].as_array();
-    let fields = t["matchFields"].as_array();
-    if exprs.is_none_or(|e| e.is_empty()) && fields.is_none_or(|f| f.is_empty()) {
-        return false;
-    }
-    let labels = labels_of(node);
-    if let Some(exprs) = exprs {
-        for e in exprs {
-            if !expression_matches(e, labels.get(e["key"].as_str().unwrap_or(""))) {
-                return false;
-            }
-        }
-    }
-    if let Some(fields) = fields {
-        for f in fields {
-            let v = match f["key"].as_str() {
-                Some("metadata.name") => Some(json!(name_of(node))),
-                _ => None,
-            };
-            if !expression_matches(f, v.as_ref()) {
-                return false;
-            }
-        }
-    }
-    true
-}
+pub(crate) use shoal_kube::selector::{node_selector_term_matches, node_selector_terms_match};
 
 // ---------------------------------------------------------------- owners
 
@@ -433,41 +362,7 @@ pub(crate) fn int_or_percent(v: &Value, total: i64, round_up: bool, default: i64
 // ---------------------------------------------------------------- quantities
 
 /// A resource quantity in thousandths ("100m" -> 100, "2" -> 2000, "1Ki" -> 1024000).
-pub(crate) fn quantity_milli(v: &Value) -> Option<i128> {
-    let s = match v {
-        Value::String(s) => s.trim().to_string(),
-        Value::Number(n) => n.to_string(),
-        _ => return None,
-    };
-    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '-' || c == '+')).unwrap_or(s.len());
-    let (num, suffix) = s.split_at(split);
-    let (mant, exp10): (&str, i32) = match suffix {
-        "" => (num, 0),
-        "m" => (num, -3),
-        "k" => (num, 3),
-        "M" => (num, 6),
-        "G" => (num, 9),
-        "T" => (num, 12),
-        "P" => (num, 15),
-        "E" => (num, 18),
-        s if s.starts_with('e') || s.starts_with('E') => (num, s[1..].parse().ok()?),
-        _ => (num, 0),
-    };
-    let bin: i128 = match suffix {
-        "Ki" => 1 << 10,
-        "Mi" => 1 << 20,
-        "Gi" => 1 << 30,
-        "Ti" => 1 << 40,
-        "Pi" => 1 << 50,
-        "Ei" => 1 << 60,
-        "" | "m" | "k" | "M" | "G" | "T" | "P" | "E" => 1,
-        s if s.starts_with('e') || s.starts_with('E') => 1,
-        _ => return None,
-    };
-    let f: f64 = mant.parse().ok()?;
-    let milli = f * 10f64.powi(exp10 + 3) * bin as f64;
-    Some(milli.ceil() as i128)
-}
+pub(crate) use shoal_kube::quantity::milli as quantity_milli;
 
 // ---------------------------------------------------------------- hashing
 
