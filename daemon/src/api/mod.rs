@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
+mod authz;
 mod crd;
 mod crud;
 mod discovery;
@@ -34,6 +35,7 @@ mod openapi;
 mod paging;
 mod pod;
 mod portforward;
+mod rbac;
 mod registry;
 mod router;
 mod scale;
@@ -44,11 +46,10 @@ mod status;
 mod streams;
 mod table;
 mod tls;
-pub mod tokens;
 mod watch;
 mod workloads;
 
-pub use kubeconfig::kubeconfig;
+pub use kubeconfig::{kubeconfig, kubeconfig_for};
 pub use node::NodeHeartbeats;
 pub use streams::{
     follow_output, ByteStream, ExecIo, ExecOptions, LogOptions, PodStreams, PortConnection, StreamError, TerminalSize,
@@ -136,6 +137,8 @@ pub(crate) struct ApiState {
     pub max_body_bytes: usize,
     pub metrics: Option<Arc<dyn MetricsSource>>,
     pub heartbeats: Option<Arc<dyn NodeHeartbeats>>,
+    /// Decides every request from outside (RBAC).
+    pub authz: Arc<crate::auth::Authorizer>,
     /// Cancelled when the server stops; open watches and log streams end with it.
     pub shutdown: CancellationToken,
 }
@@ -171,10 +174,13 @@ impl Server {
             max_body_bytes: self.cfg.max_body_bytes,
             metrics: self.cfg.metrics.clone(),
             heartbeats: self.cfg.heartbeats.clone(),
+            authz: crate::auth::Authorizer::new(self.cfg.objects.clone()),
             shutdown: shutdown.child_token(),
         });
         let tracker = TaskTracker::new();
         tracker.spawn(namespace::ensure_initial(state.objects.clone(), shutdown.clone()));
+        tracker.spawn(crate::auth::ensure_defaults(state.objects.clone(), shutdown.clone()));
+        tracker.spawn(state.authz.clone().run(shutdown.clone()));
         info!(addr = ?self.listener.local_addr().ok(), node = %state.node_name, "api server listening");
         loop {
             let (tcp, peer) = tokio::select! {
@@ -200,13 +206,18 @@ impl Server {
                     }
                     Err(_) => return,
                 };
-                let authenticated = tls.get_ref().1.peer_certificates().is_some_and(|c| !c.is_empty());
+                let cert_user = tls
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .and_then(|c| crate::auth::from_certificate(c.as_ref()))
+                    .map(Arc::new);
                 let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                     let state = state.clone();
+                    let cert_user = cert_user.clone();
                     async move {
-                        Ok::<_, Infallible>(
-                            router::dispatch(state, authenticated, req.map(axum::body::Body::new)).await,
-                        )
+                        Ok::<_, Infallible>(router::dispatch(state, cert_user, req.map(axum::body::Body::new)).await)
                     }
                 });
                 let builder = auto::Builder::new(TokioExecutor::new());
