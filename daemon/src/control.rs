@@ -20,10 +20,29 @@ const MAX_REQUEST: usize = 4 << 20;
 pub enum Request {
     Status,
     Token,
-    Kubeconfig { server: Option<String> },
-    KvPut { key: String, value: String },
-    KvGet { key: String, linearizable: bool },
-    Backup { path: PathBuf },
+    Kubeconfig {
+        server: Option<String>,
+        /// The user (certificate CN); None: `admin` in `system:masters`.
+        #[serde(default)]
+        user: Option<String>,
+        /// The user's groups (certificate O).
+        #[serde(default)]
+        groups: Vec<String>,
+        /// Certificate lifetime in seconds; None: one year.
+        #[serde(default)]
+        ttl_secs: Option<i64>,
+    },
+    KvPut {
+        key: String,
+        value: String,
+    },
+    KvGet {
+        key: String,
+        linearizable: bool,
+    },
+    Backup {
+        path: PathBuf,
+    },
     GossipKeyRotate,
     GossipKeyStatus,
 }

@@ -345,12 +345,34 @@ async fn api_server(
     }
 }
 
-/// An admin kubeconfig for this cluster (client certificate for user `admin`, group
-/// `system:masters`).
-pub(crate) fn kubeconfig(node: &Node, server: Option<String>) -> Result<String, String> {
+/// A kubeconfig for this cluster: by default for user `admin` in `system:masters`, else for
+/// `user` in `groups` (client certificate CN and O), valid for `ttl_secs` (default one year).
+pub(crate) fn kubeconfig(
+    node: &Node,
+    server: Option<String>,
+    user: Option<String>,
+    groups: Vec<String>,
+    ttl_secs: Option<i64>,
+) -> Result<String, String> {
     let server = server.unwrap_or_else(|| format!("https://{}:{}", node.identity.advertise, node.identity.api_port));
-    let cert = node.secrets.issue_client_cert("admin", &["system:masters"]).map_err(|e| e.to_string())?;
-    Ok(crate::api::kubeconfig(&server, &node.secrets.ca_cert_pem, &cert.cert_pem, &cert.key_pem))
+    let (user, groups) = match user {
+        None if groups.is_empty() => ("admin".to_string(), vec![crate::auth::MASTERS.to_string()]),
+        None => ("admin".to_string(), groups),
+        Some(u) => (u, groups),
+    };
+    if user.is_empty() || user.starts_with("system:") {
+        return Err(format!("user {user:?}: a name that is not empty and not in the system: namespace is required"));
+    }
+    if groups.len() > 2 {
+        return Err("at most two --group values fit in a certificate".to_string());
+    }
+    let ttl = ttl_secs.unwrap_or(365 * 24 * 3600);
+    if ttl <= 0 {
+        return Err("--ttl must be positive".to_string());
+    }
+    let orgs: Vec<&str> = groups.iter().map(String::as_str).collect();
+    let cert = node.secrets.issue_client_cert_valid_for(&user, &orgs, ttl).map_err(|e| e.to_string())?;
+    Ok(crate::api::kubeconfig_for(&server, &node.secrets.ca_cert_pem, &cert.cert_pem, &cert.key_pem, &user))
 }
 
 /// Which node announces each LoadBalancer IP, as this node sees it.

@@ -177,6 +177,38 @@ impl ClusterSecrets {
         self.sign(params, common_name, CLIENT_VALIDITY_DAYS)
     }
 
+    /// A client certificate valid for `validity_secs` (from an hour ago, against clock skew);
+    /// CN the user, O the groups (at most two: rcgen holds one attribute per type, so the
+    /// second goes in under O's OID; callers refuse more).
+    pub fn issue_client_cert_valid_for(
+        &self,
+        common_name: &str,
+        organizations: &[&str],
+        validity_secs: i64,
+    ) -> Result<IssuedCert> {
+        let mut params = CertificateParams::default();
+        params.distinguished_name = DistinguishedName::new();
+        params.distinguished_name.push(DnType::CommonName, common_name);
+        for (i, org) in organizations.iter().enumerate() {
+            let ty = if i == 0 { DnType::OrganizationName } else { DnType::CustomDnType(vec![2, 5, 4, 10]) };
+            params.distinguished_name.push(ty, *org);
+        }
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let ca_key = KeyPair::from_pem(&self.ca_key_pem).map_err(Error::LoadKey)?;
+        let issuer = Issuer::from_ca_cert_pem(&self.ca_cert_pem, ca_key).map_err(Error::LoadCa)?;
+        let key = KeyPair::generate().map_err(Error::GenerateKey)?;
+        params.serial_number = Some(random_serial());
+        params.use_authority_key_identifier_extension = true;
+        let now = time::OffsetDateTime::now_utc();
+        params.not_before = now - time::Duration::hours(BACKDATE_HOURS);
+        params.not_after = now + time::Duration::seconds(validity_secs);
+        let cert = params
+            .signed_by(&key, &issuer)
+            .map_err(|source| Error::SignCertificate { subject: common_name.to_string(), source })?;
+        Ok(IssuedCert { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
+    }
+
     /// Issues a node certificate and bundles it with the CA for the transport.
     pub fn node_tls(&self, name: &str, ips: &[IpAddr]) -> Result<NodeTls> {
         let issued = self.issue_node_cert(name, ips)?;

@@ -110,6 +110,14 @@ fn message_for(api_version: &str, kind: &str) -> Option<&'static Msg> {
         ("batch/v1", "CronJob") => &CRON_JOB,
         ("networking.k8s.io/v1", "Ingress") => &INGRESS,
         ("policy/v1", "PodDisruptionBudget") => &POD_DISRUPTION_BUDGET,
+        ("rbac.authorization.k8s.io/v1", "Role") => &ROLE,
+        ("rbac.authorization.k8s.io/v1", "ClusterRole") => &CLUSTER_ROLE,
+        ("rbac.authorization.k8s.io/v1", "RoleBinding") => &ROLE_BINDING,
+        ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding") => &ROLE_BINDING,
+        ("authorization.k8s.io/v1", "SelfSubjectAccessReview") => &SELF_SUBJECT_ACCESS_REVIEW,
+        ("authorization.k8s.io/v1", "SubjectAccessReview" | "LocalSubjectAccessReview") => &SUBJECT_ACCESS_REVIEW,
+        ("authorization.k8s.io/v1", "SelfSubjectRulesReview") => &SELF_SUBJECT_RULES_REVIEW,
+        ("authentication.k8s.io/v1", "SelfSubjectReview") => &SELF_SUBJECT_REVIEW,
         _ => return None,
     })
 }
@@ -1381,6 +1389,98 @@ fn decode_into(msg: &'static Msg, buf: &[u8], out: &mut Map<String, Value>) -> R
     }
     Ok(())
 }
+
+// rbac.authorization.k8s.io/v1
+static ROLE: Msg =
+    Msg { name: "Role", fields: &[f(1, "metadata", m(&OBJECT_META), Req), f(2, "rules", m(&POLICY_RULE), Rep)] };
+static CLUSTER_ROLE: Msg = Msg {
+    name: "ClusterRole",
+    fields: &[
+        f(1, "metadata", m(&OBJECT_META), Req),
+        f(2, "rules", m(&POLICY_RULE), Rep),
+        f(3, "aggregationRule", m(&AGGREGATION_RULE), Ptr),
+    ],
+};
+static AGGREGATION_RULE: Msg =
+    Msg { name: "AggregationRule", fields: &[f(1, "clusterRoleSelectors", m(&LABEL_SELECTOR), RepOmit)] };
+static POLICY_RULE: Msg = Msg {
+    name: "PolicyRule",
+    fields: &[
+        f(1, "verbs", Str, Rep),
+        f(2, "apiGroups", Str, RepOmit),
+        f(3, "resources", Str, RepOmit),
+        f(4, "resourceNames", Str, RepOmit),
+        f(5, "nonResourceURLs", Str, RepOmit),
+    ],
+};
+/// RoleBinding and ClusterRoleBinding share their fields.
+static ROLE_BINDING: Msg = Msg {
+    name: "RoleBinding",
+    fields: &[
+        f(1, "metadata", m(&OBJECT_META), Req),
+        f(2, "subjects", m(&SUBJECT), RepOmit),
+        f(3, "roleRef", m(&ROLE_REF), Req),
+    ],
+};
+static SUBJECT: Msg = Msg {
+    name: "Subject",
+    fields: &[
+        f(1, "kind", Str, Req),
+        f(2, "apiGroup", Str, Omit),
+        f(3, "name", Str, Req),
+        f(4, "namespace", Str, Omit),
+    ],
+};
+static ROLE_REF: Msg =
+    Msg { name: "RoleRef", fields: &[f(1, "apiGroup", Str, Req), f(2, "kind", Str, Req), f(3, "name", Str, Req)] };
+
+// authorization.k8s.io/v1 and authentication.k8s.io/v1 (the reviews kubectl auth sends)
+static SELF_SUBJECT_ACCESS_REVIEW: Msg = Msg {
+    name: "SelfSubjectAccessReview",
+    fields: &[f(1, "metadata", m(&OBJECT_META), Req), f(2, "spec", m(&SELF_SUBJECT_ACCESS_REVIEW_SPEC), Req)],
+};
+static SELF_SUBJECT_ACCESS_REVIEW_SPEC: Msg = Msg {
+    name: "SelfSubjectAccessReviewSpec",
+    fields: &[
+        f(1, "resourceAttributes", m(&RESOURCE_ATTRIBUTES), Ptr),
+        f(2, "nonResourceAttributes", m(&NON_RESOURCE_ATTRIBUTES), Ptr),
+    ],
+};
+static SUBJECT_ACCESS_REVIEW: Msg = Msg {
+    name: "SubjectAccessReview",
+    fields: &[f(1, "metadata", m(&OBJECT_META), Req), f(2, "spec", m(&SUBJECT_ACCESS_REVIEW_SPEC), Req)],
+};
+static SUBJECT_ACCESS_REVIEW_SPEC: Msg = Msg {
+    name: "SubjectAccessReviewSpec",
+    fields: &[
+        f(1, "resourceAttributes", m(&RESOURCE_ATTRIBUTES), Ptr),
+        f(2, "nonResourceAttributes", m(&NON_RESOURCE_ATTRIBUTES), Ptr),
+        f(3, "user", Str, Omit),
+        f(4, "groups", Str, RepOmit),
+        f(6, "uid", Str, Omit),
+    ],
+};
+static RESOURCE_ATTRIBUTES: Msg = Msg {
+    name: "ResourceAttributes",
+    fields: &[
+        f(1, "namespace", Str, Omit),
+        f(2, "verb", Str, Omit),
+        f(3, "group", Str, Omit),
+        f(4, "version", Str, Omit),
+        f(5, "resource", Str, Omit),
+        f(6, "subresource", Str, Omit),
+        f(7, "name", Str, Omit),
+    ],
+};
+static NON_RESOURCE_ATTRIBUTES: Msg =
+    Msg { name: "NonResourceAttributes", fields: &[f(1, "path", Str, Omit), f(2, "verb", Str, Omit)] };
+static SELF_SUBJECT_RULES_REVIEW: Msg = Msg {
+    name: "SelfSubjectRulesReview",
+    fields: &[f(1, "metadata", m(&OBJECT_META), Req), f(2, "spec", m(&SELF_SUBJECT_RULES_REVIEW_SPEC), Req)],
+};
+static SELF_SUBJECT_RULES_REVIEW_SPEC: Msg =
+    Msg { name: "SelfSubjectRulesReviewSpec", fields: &[f(1, "namespace", Str, Omit)] };
+static SELF_SUBJECT_REVIEW: Msg = Msg { name: "SelfSubjectReview", fields: &[f(1, "metadata", m(&OBJECT_META), Req)] };
 
 #[cfg(test)]
 mod tests;

@@ -124,6 +124,10 @@ pub fn builtin() -> Vec<Resource> {
             &["status"],
         ),
         res("policy", "v1", "PodDisruptionBudget", "poddisruptionbudgets", true, &["pdb"], false, &["status"]),
+        res("rbac.authorization.k8s.io", "v1", "Role", "roles", true, &[], false, &[]),
+        res("rbac.authorization.k8s.io", "v1", "ClusterRole", "clusterroles", false, &[], false, &[]),
+        res("rbac.authorization.k8s.io", "v1", "RoleBinding", "rolebindings", true, &[], false, &[]),
+        res("rbac.authorization.k8s.io", "v1", "ClusterRoleBinding", "clusterrolebindings", false, &[], false, &[]),
         res(
             "apiextensions.k8s.io",
             "v1",

@@ -286,6 +286,8 @@ pub enum NameRule {
     CronJob,
     /// CustomResourceDefinition: `<plural>.<group>`, checked by the CRD rules.
     Crd,
+    /// RBAC objects: any path segment (`system:discovery`, `metallb-system:controller`).
+    PathSegment,
 }
 
 /// The name rule of a kind (built-in rules; everything else, custom resources included, uses
@@ -296,6 +298,7 @@ pub fn name_rule(group: &str, kind: &str) -> NameRule {
         ("", "Service") => NameRule::Dns1035Label,
         ("batch", "CronJob") => NameRule::CronJob,
         ("apiextensions.k8s.io", "CustomResourceDefinition") => NameRule::Crd,
+        ("rbac.authorization.k8s.io", _) => NameRule::PathSegment,
         _ => NameRule::Dns1123Subdomain,
     }
 }
@@ -304,6 +307,12 @@ fn name_errors(rule: NameRule, name: &str) -> Vec<String> {
     match rule {
         NameRule::Dns1123Subdomain | NameRule::Crd => dns1123_subdomain(name),
         NameRule::Dns1123Label => dns1123_label(name),
+        NameRule::PathSegment => match name {
+            "." | ".." => vec![format!("may not be '{name}'")],
+            _ if name.contains('/') => vec!["may not contain '/'".to_string()],
+            _ if name.contains('%') => vec!["may not contain '%'".to_string()],
+            _ => Vec::new(),
+        },
         NameRule::Dns1035Label => dns1035_label(name),
         NameRule::CronJob => {
             let mut e = dns1123_subdomain(name);

@@ -12,7 +12,7 @@ use shoal_kube::{Preconditions, Resource, UpdateMode};
 
 use super::status::{ApiError, Cause};
 use super::table::{self, IncludeObject};
-use super::{crd, job, namespace, paging, pod, secret, service, workloads, ApiState};
+use super::{crd, job, namespace, paging, pod, rbac, secret, service, workloads, ApiState};
 
 /// One request on a resource, parsed.
 pub(crate) struct Ctx {
@@ -196,6 +196,7 @@ fn admit(res: &Resource, obj: &mut Value, old: Option<&Value>, uid: &str) -> Res
             vec![]
         }
         ("apiextensions.k8s.io", "CustomResourceDefinition") => crd::admit(obj),
+        ("rbac.authorization.k8s.io", k) => rbac::validate(k, obj, old),
         _ => vec![],
     };
     if let Err(invalid) = shoal_kube::validation::validate(&res.group, &res.kind, obj) {

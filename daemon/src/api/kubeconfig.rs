@@ -1,9 +1,20 @@
-//! The admin kubeconfig `shoal kubeconfig` prints.
+//! The kubeconfigs `shoal kubeconfig` prints.
 use base64::Engine;
 
 /// A kubeconfig for user `admin` (the client certificate should carry CN `admin` and
 /// O `system:masters`) against `server_url` (`https://10.0.0.1:6443`), trusting `ca_pem`.
 pub fn kubeconfig(server_url: &str, ca_pem: &str, client_cert_pem: &str, client_key_pem: &str) -> String {
+    kubeconfig_for(server_url, ca_pem, client_cert_pem, client_key_pem, "admin")
+}
+
+/// A kubeconfig whose user and context are named after `user` (the certificate's CN).
+pub fn kubeconfig_for(
+    server_url: &str,
+    ca_pem: &str,
+    client_cert_pem: &str,
+    client_key_pem: &str,
+    user: &str,
+) -> String {
     let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s.as_bytes());
     format!(
         "apiVersion: v1
@@ -14,14 +25,14 @@ clusters:
     server: {server_url}
     certificate-authority-data: {ca}
 contexts:
-- name: admin@shoal
+- name: {user}@shoal
   context:
     cluster: shoal
-    user: admin
-current-context: admin@shoal
+    user: {user}
+current-context: {user}@shoal
 preferences: {{}}
 users:
-- name: admin
+- name: {user}
   user:
     client-certificate-data: {cert}
     client-key-data: {key}

@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
+mod authz;
 mod crd;
 mod crud;
 mod discovery;
@@ -36,6 +37,7 @@ mod openapi;
 mod paging;
 mod pod;
 mod portforward;
+mod rbac;
 mod registry;
 mod router;
 mod scale;
@@ -45,14 +47,13 @@ mod spdy;
 mod status;
 mod table;
 mod tls;
-pub mod tokens;
 mod watch;
 mod workloads;
 
 pub use crate::streams::{
     follow_output, ByteStream, ExecIo, ExecOptions, LogOptions, PodStreams, PortConnection, StreamError, TerminalSize,
 };
-pub use kubeconfig::kubeconfig;
+pub use kubeconfig::{kubeconfig, kubeconfig_for};
 pub use node::NodeHeartbeats;
 pub use tls::TlsMaterial;
 
@@ -152,6 +153,8 @@ pub(crate) struct ApiState {
     pub metrics: Option<Arc<dyn MetricsSource>>,
     pub heartbeats: Option<Arc<dyn NodeHeartbeats>>,
     pub exporter: Arc<crate::metrics::Exporter>,
+    /// Decides every request from outside (RBAC).
+    pub authz: Arc<crate::auth::Authorizer>,
     /// Cancelled when the server stops; open watches and log streams end with it.
     pub shutdown: CancellationToken,
 }
@@ -191,6 +194,7 @@ impl Server {
             metrics: self.cfg.metrics.clone(),
             heartbeats: self.cfg.heartbeats.clone(),
             exporter: self.cfg.exporter.clone(),
+            authz: crate::auth::Authorizer::new(self.cfg.objects.clone()),
             shutdown: shutdown.child_token(),
         });
         let tracker = TaskTracker::new();
@@ -199,6 +203,8 @@ impl Server {
             namespace::ensure_initial(objects.clone(), stop.clone()).await;
             crd::ensure_builtin(objects, stop).await;
         });
+        tracker.spawn(crate::auth::ensure_defaults(state.objects.clone(), shutdown.clone()));
+        tracker.spawn(state.authz.clone().run(shutdown.clone()));
         info!(addr = ?self.listener.local_addr().ok(), node = %state.node_name, "api server listening");
         loop {
             let (tcp, peer) = tokio::select! {
@@ -224,13 +230,20 @@ impl Server {
                     }
                     Err(_) => return,
                 };
-                let authenticated = tls.get_ref().1.peer_certificates().is_some_and(|c| !c.is_empty());
+                let cert_user = tls
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .and_then(|c| crate::auth::from_certificate(c.as_ref()))
+                    .map(Arc::new);
                 let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                     let state = state.clone();
+                    let cert_user = cert_user.clone();
                     async move {
                         let info = crate::metrics::apiserver::RequestInfo::of(req.method(), req.uri(), req.headers());
                         let pending = crate::metrics::apiserver::start(info);
-                        let resp = router::dispatch(state, authenticated, req.map(axum::body::Body::new)).await;
+                        let resp = router::dispatch(state, cert_user, req.map(axum::body::Body::new)).await;
                         Ok::<_, Infallible>(pending.finish(resp))
                     }
                 });

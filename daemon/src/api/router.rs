@@ -12,7 +12,8 @@ use tracing::debug;
 
 use super::crud::{self, json_response, Ctx, PatchKind};
 use super::status::ApiError;
-use super::{discovery, exec, namespace, openapi, pod, portforward, registry, scale, watch, ApiState};
+use super::{authz, discovery, exec, namespace, openapi, pod, portforward, registry, scale, watch, ApiState};
+use crate::auth::UserInfo;
 
 fn header_str(h: &HeaderMap, name: header::HeaderName) -> String {
     h.get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string()
@@ -23,11 +24,17 @@ fn ok(v: Value) -> Result<Response, ApiError> {
 }
 
 /// Entry point of every request.
-pub(crate) async fn dispatch(state: Arc<ApiState>, authenticated: bool, req: Request<Body>) -> Response {
+pub(crate) async fn dispatch(state: Arc<ApiState>, cert_user: Option<Arc<UserInfo>>, req: Request<Body>) -> Response {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
-    let authenticated = authenticated || super::tokens::authenticate(&state.objects, req.headers()).await;
-    let result = if authenticated { route(state, req).await } else { Err(ApiError::unauthorized()) };
+    let (mut parts, body) = req.into_parts();
+    let result = match authz::check(&state, cert_user.as_deref(), &parts).await {
+        Ok(user) => {
+            parts.extensions.insert(user);
+            route(state, Request::from_parts(parts, body)).await
+        }
+        Err(e) => Err(e),
+    };
     match result {
         Ok(r) => {
             debug!(%method, %path, code = r.status().as_u16(), "api request");
@@ -87,6 +94,18 @@ async fn route(state: Arc<ApiState>, req: Request<Body>) -> Result<Response, Api
         }
         ["openapi", "v3", "api", v] if get => openapi_doc(&state, "", v).await,
         ["openapi", "v3", "apis", g, v] if get => openapi_doc(&state, g, v).await,
+        ["apis", g @ ("authorization.k8s.io" | "authentication.k8s.io"), v @ "v1", plural]
+            if req.method() == Method::POST =>
+        {
+            let (g, v, plural) = (g.to_string(), v.to_string(), plural.to_string());
+            authz::review(&state, req, &g, &v, &plural, None).await
+        }
+        ["apis", "authorization.k8s.io", "v1", "namespaces", ns, "localsubjectaccessreviews"]
+            if req.method() == Method::POST =>
+        {
+            let ns = ns.to_string();
+            authz::review(&state, req, "authorization.k8s.io", "v1", "localsubjectaccessreviews", Some(&ns)).await
+        }
         ["api", "v1", rest @ ..] => {
             let rest: Vec<String> = rest.iter().map(|s| s.to_string()).collect();
             resource(state, "", "v1", rest, req).await
@@ -111,7 +130,7 @@ async fn openapi_doc(state: &ApiState, group: &str, version: &str) -> Result<Res
 /// sending gets the Status instead of a reset connection.
 const DRAIN_LIMIT: usize = 64 * 1024 * 1024;
 
-async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, ApiError> {
+pub(super) async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, ApiError> {
     use http_body_util::BodyExt;
     let mut body = body;
     let mut buf = bytes::BytesMut::new();

@@ -70,7 +70,8 @@ enum Cmd {
         #[arg(long, global = true)]
         json: bool,
     },
-    /// Print an admin kubeconfig for this cluster.
+    /// Print a kubeconfig for this cluster: the admin's (group system:masters), or a named
+    /// user's with `--user`, whose rights are what RBAC bindings give that user and groups.
     Kubeconfig {
         #[command(flatten)]
         dir: DataDir,
@@ -80,6 +81,15 @@ enum Cmd {
         /// Write it to FILE (mode 0600) instead of printing it.
         #[arg(long)]
         out: Option<PathBuf>,
+        /// User name (the client certificate's CN); default: admin, in system:masters.
+        #[arg(long)]
+        user: Option<String>,
+        /// A group of the user (the certificate's O); at most two.
+        #[arg(long = "group")]
+        groups: Vec<String>,
+        /// Lifetime of the certificate: 90s, 30m, 12h, 30d or 1y (default 1y).
+        #[arg(long, value_parser = parse_ttl)]
+        ttl: Option<i64>,
     },
     /// Manage the images of this node.
     Image {
@@ -211,8 +221,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::GossipKey { dir, op, json } => gossip_key(&dir.data_dir, op, json).await,
-        Cmd::Kubeconfig { dir, server, out } => {
-            let v = control::call(&dir.data_dir, &Request::Kubeconfig { server }).await?;
+        Cmd::Kubeconfig { dir, server, out, user, groups, ttl } => {
+            let v = control::call(&dir.data_dir, &Request::Kubeconfig { server, user, groups, ttl_secs: ttl }).await?;
             let text = v.as_str().unwrap_or_default();
             match out {
                 Some(path) => {
@@ -390,4 +400,34 @@ async fn up(a: UpArgs) -> anyhow::Result<ExitCode> {
     });
     shoal::cluster::run(cfg, join, shutdown).await?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// A lifetime such as `90s`, `30m`, `12h`, `30d` or `1y`, in seconds.
+fn parse_ttl(s: &str) -> Result<i64, String> {
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: i64 = num.parse().map_err(|_| format!("{s:?} is not a duration such as 12h, 30d or 1y"))?;
+    let mult = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        "y" => 365 * 86_400,
+        _ => return Err(format!("{s:?} is not a duration such as 12h, 30d or 1y")),
+    };
+    n.checked_mul(mult).filter(|v| *v > 0).ok_or_else(|| format!("{s:?} is out of range"))
+}
+
+#[cfg(test)]
+mod ttl_tests {
+    use super::parse_ttl;
+
+    #[test]
+    fn ttls_parse() {
+        assert_eq!(parse_ttl("12h"), Ok(12 * 3600));
+        assert_eq!(parse_ttl("1y"), Ok(365 * 86_400));
+        assert!(parse_ttl("0d").is_err());
+        assert!(parse_ttl("h").is_err());
+        assert!(parse_ttl("5w").is_err());
+        assert!(parse_ttl("99999999999999999y").is_err());
+    }
 }

@@ -431,8 +431,8 @@ impl control::Handler for ControlHandler {
                 }
                 Request::GossipKeyStatus => Ok(gossip_keys::status(node).await),
                 Request::Token => node.secrets.join_token().map(serde_json::Value::String).map_err(|e| e.to_string()),
-                Request::Kubeconfig { server } => {
-                    crate::wiring::kubeconfig(node, server).map(serde_json::Value::String)
+                Request::Kubeconfig { server, user, groups, ttl_secs } => {
+                    crate::wiring::kubeconfig(node, server, user, groups, ttl_secs).map(serde_json::Value::String)
                 }
                 Request::KvPut { key, value } => {
                     let r = node

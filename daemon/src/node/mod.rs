@@ -12,7 +12,7 @@ mod pod;
 mod probes;
 pub mod spec;
 mod streams;
-pub mod token;
+pub use crate::auth::sa_token as token;
 mod volumes;
 
 use std::collections::{BTreeMap, HashMap};

@@ -4,7 +4,7 @@
 //! is wrapped in `allOf`, and kinds carry `x-kubernetes-group-version-kind`.
 use std::io::Write;
 
-use k8s_openapi::api::{apps, autoscaling, batch, coordination, core, discovery, networking, policy, scheduling, storage};
+use k8s_openapi::api::{apps, autoscaling, batch, coordination, core, discovery, networking, policy, rbac, scheduling, storage};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions;
 use k8s_openapi::Resource;
 use schemars::generate::SchemaSettings;
@@ -72,6 +72,10 @@ fn main() {
     add::<autoscaling::v2::HorizontalPodAutoscaler>(g, k);
     add::<policy::v1::PodDisruptionBudget>(g, k);
     add::<apiextensions::v1::CustomResourceDefinition>(g, k);
+    add::<rbac::v1::Role>(g, k);
+    add::<rbac::v1::ClusterRole>(g, k);
+    add::<rbac::v1::RoleBinding>(g, k);
+    add::<rbac::v1::ClusterRoleBinding>(g, k);
     let mut defs: Map<String, Value> = generator.take_definitions(true).into_iter().collect();
     for (name, gvk) in kinds {
         if let Some(Value::Object(s)) = defs.get_mut(&name) {

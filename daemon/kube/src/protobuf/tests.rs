@@ -117,7 +117,7 @@ fn times_int_or_string_unknown_fields_and_packed_ints() {
 #[test]
 fn bad_bodies_are_errors() {
     assert!(matches!(decode(b"{}"), Err(Error::ReadMagic)));
-    let e = decode(&envelope("rbac.authorization.k8s.io/v1", "Role", b"")).unwrap_err();
+    let e = decode(&envelope("storage.k8s.io/v1", "StorageClass", b"")).unwrap_err();
     assert_eq!(e.http_code(), 415);
     let mut truncated = envelope("v1", "ConfigMap", b"");
     truncated.extend_from_slice(&[0x12, 0x05, 0x0a]);

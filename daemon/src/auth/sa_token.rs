@@ -1,7 +1,7 @@
 //! ServiceAccount tokens: ES256 JWTs signed with the cluster CA key, with the claims the
 //! Kubernetes API server puts in bound tokens (issuer, `system:serviceaccount:NS:NAME`,
 //! audiences, expiry, and the pod and node they are bound to). Every node holds the CA key,
-//! so each agent mints the tokens of its own pods; `api::tokens::verify` checks them.
+//! so each agent mints the tokens of its own pods; `auth::token::verify` checks them.
 use base64::Engine;
 use ring::rand::SystemRandom;
 use ring::signature::{EcdsaKeyPair, KeyPair as _, ECDSA_P256_SHA256_FIXED_SIGNING};

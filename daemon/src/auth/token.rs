@@ -1,4 +1,4 @@
-//! Bearer-token authentication with ServiceAccount tokens: the ES256 JWTs the node agents
+//! Bearer-token authentication with ServiceAccount tokens (minted by [`super::sa_token`]): the ES256 JWTs the node agents
 //! mint for their pods, signed with the cluster CA key. A token is accepted when its
 //! signature verifies against the cluster CA certificate, it is within its validity, its
 //! issuer is the cluster's, and the pod it is bound to (if any) still exists with the same uid.
@@ -7,6 +7,8 @@ use base64::Engine;
 use ring::signature::{UnparsedPublicKey, ECDSA_P256_SHA256_FIXED};
 use serde_json::Value;
 use shoal_kube::Objects;
+
+use super::UserInfo;
 
 /// Issuer of the cluster's tokens.
 pub const ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
@@ -115,18 +117,18 @@ pub fn bearer(headers: &HeaderMap) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then_some(token.trim()).filter(|t| !t.is_empty())
 }
 
-/// Whether a request carries a valid ServiceAccount token of this cluster (whose bound pod,
-/// if any, still exists). The CA certificate is read from kube-system's `kube-root-ca.crt`.
-pub async fn authenticate(objects: &Objects, headers: &HeaderMap) -> bool {
-    let Some(token) = bearer(headers) else { return false };
+/// The identity of a request's ServiceAccount token of this cluster (whose bound pod, if
+/// any, still exists), or None. The CA certificate is read from kube-system's `kube-root-ca.crt`.
+pub async fn authenticate(objects: &Objects, headers: &HeaderMap) -> Option<UserInfo> {
+    let token = bearer(headers)?;
     let cms = shoal_kube::resources::lookup("", "configmaps");
-    let Ok(Some(cm)) = objects.get(&cms, Some("kube-system"), ROOT_CA_CONFIGMAP).await else { return false };
-    let Some(ca) = cm["data"]["ca.crt"].as_str() else { return false };
+    let Ok(Some(cm)) = objects.get(&cms, Some("kube-system"), ROOT_CA_CONFIGMAP).await else { return None };
+    let ca = cm["data"]["ca.crt"].as_str()?;
     let user = match verify(token, ca, jiff::Timestamp::now().as_second()) {
         Ok(u) => u,
         Err(e) => {
             tracing::debug!(error = %e, "bearer token rejected");
-            return false;
+            return None;
         }
     };
     if let Some((name, uid)) = &user.pod {
@@ -135,17 +137,22 @@ pub async fn authenticate(objects: &Objects, headers: &HeaderMap) -> bool {
             Ok(Some(p)) if p["metadata"]["uid"].as_str() == Some(uid.as_str()) => {}
             _ => {
                 tracing::debug!(pod = %name, "bearer token bound to a pod that is gone");
-                return false;
+                return None;
             }
         }
     }
-    true
+    let mut info = UserInfo::service_account(&user.namespace, &user.service_account);
+    if let Some((name, uid)) = &user.pod {
+        info.extra.insert("authentication.kubernetes.io/pod-name".into(), vec![name.clone()]);
+        info.extra.insert("authentication.kubernetes.io/pod-uid".into(), vec![uid.clone()]);
+    }
+    Some(info)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::node::token::{claims, Binding, Signer};
+    use crate::auth::sa_token::{claims, Binding, Signer};
 
     fn ca() -> (String, String) {
         let key = rcgen::KeyPair::generate().expect("key");

@@ -1,0 +1,158 @@
+//! Admission of Role, ClusterRole, RoleBinding and ClusterRoleBinding: the checks
+//! kube-apiserver's RBAC validation makes (rules, roleRef kind and group, subjects, and a
+//! roleRef that never changes).
+use serde_json::Value;
+
+use super::status::Cause;
+
+const GROUP: &str = "rbac.authorization.k8s.io";
+
+fn strs(v: &Value) -> Vec<&str> {
+    v.as_array().into_iter().flatten().filter_map(|s| s.as_str()).collect()
+}
+
+fn rule_causes(rules: &Value, namespaced: bool, out: &mut Vec<Cause>) {
+    for (i, r) in rules.as_array().into_iter().flatten().enumerate() {
+        let f = |c: &str| format!("rules[{i}].{c}");
+        if strs(&r["verbs"]).is_empty() {
+            out.push(Cause {
+                reason: "FieldValueRequired",
+                field: f("verbs"),
+                message: "Required value: verbs must contain at least one value".into(),
+            });
+        }
+        let urls = strs(&r["nonResourceURLs"]);
+        if !urls.is_empty() {
+            let shown = format!("[]string{{{}}}", urls.iter().map(|u| format!("{u:?}")).collect::<Vec<_>>().join(", "));
+            if namespaced {
+                out.push(Cause {
+                    reason: "FieldValueInvalid",
+                    field: f("nonResourceURLs"),
+                    message: format!("Invalid value: {shown}: namespaced rules cannot apply to non-resource URLs"),
+                });
+            }
+            if !strs(&r["apiGroups"]).is_empty()
+                || !strs(&r["resources"]).is_empty()
+                || !strs(&r["resourceNames"]).is_empty()
+            {
+                out.push(Cause {
+                    reason: "FieldValueInvalid",
+                    field: f("nonResourceURLs"),
+                    message: format!(
+                        "Invalid value: {shown}: rules cannot apply to both regular resources and non-resource URLs"
+                    ),
+                });
+            }
+            continue;
+        }
+        if r["apiGroups"].as_array().is_none_or(|a| a.is_empty()) {
+            out.push(Cause {
+                reason: "FieldValueRequired",
+                field: f("apiGroups"),
+                message: "Required value: resource rules must supply at least one api group".into(),
+            });
+        }
+        if strs(&r["resources"]).is_empty() {
+            out.push(Cause {
+                reason: "FieldValueRequired",
+                field: f("resources"),
+                message: "Required value: resource rules must supply at least one resource".into(),
+            });
+        }
+    }
+}
+
+fn role_ref_text(r: &Value) -> String {
+    let s = |k: &str| r[k].as_str().unwrap_or_default().to_string();
+    format!("rbac.RoleRef{{APIGroup:{:?}, Kind:{:?}, Name:{:?}}}", s("apiGroup"), s("kind"), s("name"))
+}
+
+fn binding_causes(obj: &Value, old: Option<&Value>, namespaced: bool, out: &mut Vec<Cause>) {
+    let rr = &obj["roleRef"];
+    if let Some(old) = old {
+        if old["roleRef"] != *rr {
+            out.push(Cause {
+                reason: "FieldValueInvalid",
+                field: "roleRef".into(),
+                message: format!("Invalid value: {}: cannot change roleRef", role_ref_text(rr)),
+            });
+            return;
+        }
+    }
+    let group = rr["apiGroup"].as_str().unwrap_or_default();
+    if group != GROUP {
+        out.push(Cause::unsupported("roleRef.apiGroup", group, &[GROUP]));
+    }
+    let kind = rr["kind"].as_str().unwrap_or_default();
+    let kinds: &[&str] = if namespaced { &["Role", "ClusterRole"] } else { &["ClusterRole"] };
+    if !kinds.contains(&kind) {
+        out.push(Cause::unsupported("roleRef.kind", kind, kinds));
+    }
+    if rr["name"].as_str().is_none_or(|n| n.is_empty()) {
+        out.push(Cause::required("roleRef.name"));
+    }
+    for (i, s) in obj["subjects"].as_array().into_iter().flatten().enumerate() {
+        let f = |c: &str| format!("subjects[{i}].{c}");
+        if s["name"].as_str().is_none_or(|n| n.is_empty()) {
+            out.push(Cause::required(&f("name")));
+        }
+        let group = s["apiGroup"].as_str().unwrap_or_default();
+        match s["kind"].as_str().unwrap_or_default() {
+            "ServiceAccount" => {
+                if !group.is_empty() {
+                    out.push(Cause::unsupported(&f("apiGroup"), group, &[""]));
+                }
+                if !namespaced && s["namespace"].as_str().is_none_or(|n| n.is_empty()) {
+                    out.push(Cause::required(&f("namespace")));
+                }
+            }
+            "User" | "Group" => {
+                if group != GROUP {
+                    out.push(Cause::unsupported(&f("apiGroup"), group, &[GROUP]));
+                }
+            }
+            other => out.push(Cause::unsupported(&f("kind"), other, &["ServiceAccount", "User", "Group"])),
+        }
+    }
+}
+
+/// The validation failures of an RBAC object of `kind` (`old` on update).
+pub(crate) fn validate(kind: &str, obj: &Value, old: Option<&Value>) -> Vec<Cause> {
+    let mut out = Vec::new();
+    match kind {
+        "Role" => rule_causes(&obj["rules"], true, &mut out),
+        "ClusterRole" => rule_causes(&obj["rules"], false, &mut out),
+        "RoleBinding" => binding_causes(obj, old, true, &mut out),
+        "ClusterRoleBinding" => binding_causes(obj, old, false, &mut out),
+        _ => {}
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn bindings_and_rules_are_checked_as_upstream() {
+        let b = json!({"roleRef": {"apiGroup": GROUP, "kind": "ClusterRole", "name": "view"}, "subjects": [{"kind": "ServiceAccount", "name": "x", "namespace": "d"}]});
+        assert!(validate("ClusterRoleBinding", &b, None).is_empty());
+        let mut changed = b.clone();
+        changed["roleRef"]["name"] = json!("edit");
+        let c = validate("ClusterRoleBinding", &changed, Some(&b));
+        assert_eq!(c[0].message, "Invalid value: rbac.RoleRef{APIGroup:\"rbac.authorization.k8s.io\", Kind:\"ClusterRole\", Name:\"edit\"}: cannot change roleRef");
+        let role_in_crb = json!({"roleRef": {"apiGroup": GROUP, "kind": "Role", "name": "r"}});
+        assert_eq!(validate("ClusterRoleBinding", &role_in_crb, None)[0].field, "roleRef.kind");
+        assert!(validate("RoleBinding", &role_in_crb, None).is_empty());
+        let bad_subject = json!({"roleRef": {"apiGroup": GROUP, "kind": "Role", "name": "r"}, "subjects": [{"kind": "Robot", "name": "r2"}]});
+        assert_eq!(validate("RoleBinding", &bad_subject, None)[0].field, "subjects[0].kind");
+        let role = json!({"rules": [{"verbs": ["get"], "nonResourceURLs": ["/x"]}, {"verbs": [], "apiGroups": [""], "resources": ["pods"]}]});
+        let c = validate("Role", &role, None);
+        assert_eq!(c.len(), 2);
+        assert_eq!(c[0].field, "rules[0].nonResourceURLs");
+        assert_eq!(c[1].field, "rules[1].verbs");
+        assert!(validate("ClusterRole", &json!({"rules": [{"verbs": ["get"], "nonResourceURLs": ["/x"]}]}), None)
+            .is_empty());
+    }
+}

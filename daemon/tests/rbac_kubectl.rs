@@ -1,0 +1,354 @@
+//! RBAC as kubectl users see it: an API server on 127.0.0.1 with an in-memory store, the
+//! admin (system:masters), a user `alice` with only a certificate, and ServiceAccount tokens;
+//! real kubectl 1.33 (from the gcloud SDK next to /usr/bin/kubectl) for every step.
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+};
+use shoal::api::{kubeconfig_for, ApiConfig, Server, TlsMaterial};
+use shoal::auth::sa_token::{claims, Binding, Signer};
+use shoal_kube::Objects;
+use shoal_store::Store;
+use tokio_util::sync::CancellationToken;
+
+const FIXTURES: &str = "/work/shared/fixtures";
+
+struct Ca {
+    pem: String,
+    key_pem: String,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+fn ca() -> Ca {
+    let key = KeyPair::generate().unwrap();
+    let key_pem = key.serialize_pem();
+    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    p.distinguished_name.push(DnType::CommonName, "shoal-test-ca");
+    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    let cert = p.self_signed(&key).unwrap();
+    Ca { pem: cert.pem(), key_pem, issuer: Issuer::new(p, key) }
+}
+
+/// (cert, key) PEM of a client certificate CN=user, O=group.
+fn client(ca: &Ca, user: &str, group: Option<&str>) -> (String, String) {
+    let key = KeyPair::generate().unwrap();
+    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.distinguished_name.push(DnType::CommonName, user);
+    if let Some(g) = group {
+        p.distinguished_name.push(DnType::OrganizationName, g);
+    }
+    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    (p.signed_by(&key, &ca.issuer).unwrap().pem(), key.serialize_pem())
+}
+
+fn kubectl() -> PathBuf {
+    let real =
+        std::fs::canonicalize("/usr/bin/kubectl").expect("these tests need kubectl at /usr/bin/kubectl (gcloud SDK)");
+    real.parent().expect("kubectl has a parent directory").join("kubectl.1.33")
+}
+
+struct Out {
+    ok: bool,
+    stdout: String,
+    stderr: String,
+}
+
+struct Api {
+    dir: tempfile::TempDir,
+    url: String,
+    ca: Ca,
+    shutdown: CancellationToken,
+}
+
+impl Drop for Api {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+impl Api {
+    async fn start() -> Api {
+        let ca = ca();
+        let skey = KeyPair::generate().unwrap();
+        let mut sp = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
+        sp.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let scert = sp.signed_by(&skey, &ca.issuer).unwrap();
+        let tls = TlsMaterial { cert_pem: scert.pem(), key_pem: skey.serialize_pem(), client_ca_pem: ca.pem.clone() };
+        let cfg = ApiConfig::new("127.0.0.1:0".parse().unwrap(), tls, Objects::new(Store::in_memory()), "test-node");
+        let server = Server::bind(cfg).await.unwrap();
+        let url = format!("https://{}", server.local_addr().unwrap());
+        let shutdown = CancellationToken::new();
+        let s = shutdown.clone();
+        tokio::spawn(async move { server.run(s).await.unwrap() });
+        let api = Api { dir: tempfile::tempdir().unwrap(), url, ca, shutdown };
+        api.user("admin", Some("system:masters"));
+        api.user("alice", None);
+        // The default roles are written at start; edit's rules are filled by aggregation.
+        for _ in 0..200 {
+            let o = api.run("admin", &["get", "clusterrole", "edit", "-o", "jsonpath={.rules[*].verbs}"], None).await;
+            if o.ok && o.stdout.contains("create") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        api
+    }
+
+    fn home(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Writes `<name>.yaml`, a kubeconfig with a client certificate for `name`.
+    fn user(&self, name: &str, group: Option<&str>) {
+        let (cert, key) = client(&self.ca, name, group);
+        std::fs::write(
+            self.home().join(format!("{name}.yaml")),
+            kubeconfig_for(&self.url, &self.ca.pem, &cert, &key, name),
+        )
+        .unwrap();
+    }
+
+    /// Writes `<name>.yaml`, a kubeconfig with a bearer token.
+    fn token_user(&self, name: &str, token: &str) {
+        let ca = std::fs::canonicalize(self.home()).unwrap().join("ca.pem");
+        std::fs::write(&ca, &self.ca.pem).unwrap();
+        let kc = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: {}\n    certificate-authority: {}\ncontexts:\n- name: c\n  context: {{cluster: c, user: u}}\ncurrent-context: c\nusers:\n- name: u\n  user: {{token: {token}}}\n",
+            self.url,
+            ca.display()
+        );
+        std::fs::write(self.home().join(format!("{name}.yaml")), kc).unwrap();
+    }
+
+    async fn run(&self, who: &str, args: &[&str], stdin: Option<&str>) -> Out {
+        let mut cmd = tokio::process::Command::new(kubectl());
+        cmd.args(args)
+            .env_clear()
+            .env("HOME", self.home())
+            .env("KUBECONFIG", self.home().join(format!("{who}.yaml")))
+            .env("PATH", "/usr/bin:/bin")
+            .env("TMPDIR", self.home())
+            .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = cmd.spawn().expect("run kubectl");
+        if let Some(input) = stdin {
+            use tokio::io::AsyncWriteExt;
+            let mut si = child.stdin.take().unwrap();
+            si.write_all(input.as_bytes()).await.unwrap();
+            drop(si);
+        }
+        let out = tokio::time::timeout(Duration::from_secs(120), child.wait_with_output())
+            .await
+            .unwrap_or_else(|_| panic!("kubectl {args:?} did not finish"))
+            .unwrap();
+        Out {
+            ok: out.status.success(),
+            stdout: String::from_utf8_lossy(&out.stdout).into(),
+            stderr: String::from_utf8_lossy(&out.stderr).into(),
+        }
+    }
+
+    async fn ok(&self, who: &str, args: &[&str]) -> String {
+        let o = self.run(who, args, None).await;
+        assert!(o.ok, "{who}: kubectl {args:?} failed:\nstdout: {}\nstderr: {}", o.stdout, o.stderr);
+        o.stdout
+    }
+
+    async fn refused(&self, who: &str, args: &[&str]) -> String {
+        let o = self.run(who, args, None).await;
+        assert!(!o.ok, "{who}: kubectl {args:?} should have failed:\nstdout: {}", o.stdout);
+        o.stderr
+    }
+
+    /// A ServiceAccount token bound to a pod created for it (tokens die with their pod).
+    async fn sa_token(&self, ns: &str, sa: &str, pod: &str) -> String {
+        // The node agents publish the CA that verifies tokens; no agent runs here.
+        let ca = self.home().join("ca.crt");
+        std::fs::write(&ca, &self.ca.pem).unwrap();
+        let from = format!("--from-file=ca.crt={}", ca.display());
+        let _ = self.run("admin", &["create", "configmap", "kube-root-ca.crt", "-n", "kube-system", &from], None).await;
+        let manifest = format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {pod}, namespace: {ns}}}\nspec:\n  serviceAccountName: {sa}\n  containers: [{{name: c, image: busybox}}]\n"
+        );
+        let o = self.run("admin", &["apply", "-f", "-"], Some(&manifest)).await;
+        assert!(o.ok, "{}", o.stderr);
+        let uid = self.ok("admin", &["get", "pod", pod, "-n", ns, "-o", "jsonpath={.metadata.uid}"]).await;
+        let signer = Signer::from_pem(&self.ca.key_pem).unwrap();
+        let b = Binding {
+            namespace: ns.into(),
+            service_account: sa.into(),
+            pod_name: pod.into(),
+            pod_uid: uid,
+            ..Binding::default()
+        };
+        let now = jiff::Timestamp::now().as_second();
+        signer.sign(&claims(&b, &[], now, 3600)).unwrap()
+    }
+}
+
+const FORBIDDEN_SECRETS: &str = r#"Error from server (Forbidden): secrets is forbidden: User "alice" cannot list resource "secrets" in API group "" in the namespace "default""#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_bound_to_edit_works_in_its_namespace_only() {
+    let api = Api::start().await;
+    // The admin kubeconfig still does anything.
+    api.ok("admin", &["create", "namespace", "dev"]).await;
+    api.ok("admin", &["create", "rolebinding", "alice-edit", "--clusterrole=edit", "--user=alice", "-n", "dev"]).await;
+
+    api.ok("alice", &["create", "deployment", "web", "--image=nginx", "-n", "dev"]).await;
+    let got = api.ok("alice", &["get", "deployments", "-n", "dev", "-o", "name"]).await;
+    assert_eq!(got.trim(), "deployment.apps/web");
+    let err = api.refused("alice", &["get", "secrets", "-n", "default"]).await;
+    assert!(err.contains(FORBIDDEN_SECRETS), "{err}");
+    let err = api.refused("alice", &["get", "pod", "x", "-n", "default"]).await;
+    assert!(
+        err.contains(r#"Error from server (Forbidden): pods "x" is forbidden: User "alice" cannot get resource "pods" in API group "" in the namespace "default""#),
+        "{err}"
+    );
+    let err = api.refused("alice", &["get", "nodes"]).await;
+    assert!(
+        err.contains(
+            r#"nodes is forbidden: User "alice" cannot list resource "nodes" in API group "" at the cluster scope"#
+        ),
+        "{err}"
+    );
+    let err = api.refused("alice", &["create", "namespace", "mine"]).await;
+    assert!(err.contains("Forbidden"), "{err}");
+
+    // can-i, whoami.
+    assert_eq!(api.ok("alice", &["auth", "can-i", "create", "deployments", "-n", "dev"]).await.trim(), "yes");
+    let no = api.run("alice", &["auth", "can-i", "create", "deployments", "-n", "default"], None).await;
+    assert!(!no.ok && no.stdout.trim() == "no", "{} {}", no.stdout, no.stderr);
+    assert_eq!(api.ok("alice", &["auth", "can-i", "get", "secrets", "-n", "dev"]).await.trim(), "yes");
+    let list = api.ok("alice", &["auth", "can-i", "--list", "-n", "dev"]).await;
+    println!("{list}");
+    for want in [
+        "selfsubjectaccessreviews.authorization.k8s.io",
+        "deployments.apps",
+        "secrets",
+        "pods/exec",
+        "leases.coordination.k8s.io",
+    ] {
+        assert!(list.lines().any(|l| l.starts_with(want)), "{want} missing from:\n{list}");
+    }
+    assert!(list.contains("[/api/*]"), "discovery missing from:\n{list}");
+    assert!(!list.contains("rolebindings"), "edit does not manage RBAC:\n{list}");
+    let who = api.ok("alice", &["auth", "whoami"]).await;
+    assert!(who.contains("alice") && who.contains("system:authenticated"), "{who}");
+
+    // Impersonation: the admin may, alice may not.
+    assert_eq!(api.ok("admin", &["auth", "can-i", "list", "secrets", "-n", "dev", "--as=alice"]).await.trim(), "yes");
+    let no = api.run("admin", &["auth", "can-i", "list", "secrets", "-n", "default", "--as=alice"], None).await;
+    assert_eq!(no.stdout.trim(), "no");
+    let err = api.refused("alice", &["get", "pods", "-n", "dev", "--as=bob"]).await;
+    assert!(
+        err.contains(r#"users "bob" is forbidden: User "alice" cannot impersonate resource "users" in API group "" at the cluster scope"#),
+        "{err}"
+    );
+    let err = api.refused("alice", &["get", "pods", "-n", "dev", "--as-group=system:masters", "--as=alice"]).await;
+    assert!(err.contains("cannot impersonate"), "{err}");
+
+    // roleRef is immutable; a binding to a Role kind in a ClusterRoleBinding is invalid.
+    let err = api
+        .refused(
+            "admin",
+            &[
+                "patch",
+                "rolebinding",
+                "alice-edit",
+                "-n",
+                "dev",
+                "--type=merge",
+                "-p",
+                r#"{"roleRef":{"name":"admin"}}"#,
+            ],
+        )
+        .await;
+    assert!(err.contains("cannot change roleRef"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_account_tokens_get_what_their_bindings_give() {
+    let api = Api::start().await;
+    let token = api.sa_token("default", "default", "p1").await;
+    api.token_user("sa", &token);
+    // Discovery, and nothing else.
+    api.ok("sa", &["get", "--raw", "/api"]).await;
+    api.ok("sa", &["get", "--raw", "/version"]).await;
+    let err = api.refused("sa", &["get", "pods"]).await;
+    assert!(
+        err.contains(r#"pods is forbidden: User "system:serviceaccount:default:default" cannot list resource "pods" in API group "" in the namespace "default""#),
+        "{err}"
+    );
+    let err = api.refused("sa", &["get", "--raw", "/metrics"]).await;
+    assert!(err.contains("Forbidden") || err.contains("forbidden"), "{err}");
+    api.ok("admin", &["create", "rolebinding", "sa-view", "--clusterrole=view", "--serviceaccount=default:default"])
+        .await;
+    let mut listed = false;
+    for _ in 0..50 {
+        if api.run("sa", &["get", "pods", "-o", "name"], None).await.stdout.contains("pod/p1") {
+            listed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(listed, "a token bound to view lists pods");
+    let err = api.refused("sa", &["delete", "pod", "p1"]).await;
+    assert!(err.contains("cannot delete resource \"pods\""), "{err}");
+
+    // A forged token (signed by another key) and garbage are 401.
+    let other = ca();
+    let signer = Signer::from_pem(&other.key_pem).unwrap();
+    let b = Binding { namespace: "kube-system".into(), service_account: "admin".into(), ..Binding::default() };
+    let forged = signer.sign(&claims(&b, &[], jiff::Timestamp::now().as_second(), 3600)).unwrap();
+    for (name, t) in [("forged", forged.as_str()), ("garbage", "a.b.c")] {
+        api.token_user(name, t);
+        let err = api.refused(name, &["get", "pods"]).await;
+        assert!(err.contains("Unauthorized"), "{name}: {err}");
+    }
+    // A bogus impersonation header: groups without a user is a 400 Status, not a crash.
+    let err = api.refused("admin", &["get", "pods", "--as-group=x"]).await;
+    assert!(err.contains("without impersonating a user") || err.contains("requires"), "{err}");
+}
+
+/// The documents of a multi-document YAML file whose kind is not in `skip`.
+fn without_kinds(yaml: &str, skip: &[&str]) -> String {
+    yaml.split("\n---")
+        .filter(|doc| !skip.iter().any(|k| doc.lines().any(|l| l.trim_end() == format!("kind: {k}"))))
+        .collect::<Vec<_>>()
+        .join("\n---")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_install_manifests_apply_their_rbac_unchanged() {
+    let api = Api::start().await;
+    // Webhook configurations are not served yet; every other document applies as it is.
+    for f in ["metallb-native.yaml", "ingress-nginx-baremetal.yaml"] {
+        let text = std::fs::read_to_string(Path::new(FIXTURES).join(f)).unwrap();
+        let docs = without_kinds(&text, &["ValidatingWebhookConfiguration"]);
+        let o = api.run("admin", &["apply", "-f", "-"], Some(&docs)).await;
+        assert!(o.ok, "{f}: {}\n{}", o.stdout, o.stderr);
+        assert!(o.stdout.contains("clusterrolebinding.rbac.authorization.k8s.io/"), "{f}: {}", o.stdout);
+    }
+    let as_controller = "--as=system:serviceaccount:metallb-system:controller";
+    assert_eq!(api.ok("admin", &["auth", "can-i", as_controller, "list", "services"]).await.trim(), "yes");
+    assert_eq!(
+        api.ok("admin", &["auth", "can-i", as_controller, "update", "services", "--subresource=status"]).await.trim(),
+        "yes"
+    );
+    let no = api.run("admin", &["auth", "can-i", as_controller, "delete", "services"], None).await;
+    assert_eq!(no.stdout.trim(), "no");
+    let no = api.run("admin", &["auth", "can-i", as_controller, "list", "secrets", "-n", "kube-system"], None).await;
+    assert_eq!(no.stdout.trim(), "no");
+    // Reapplying changes nothing (roleRefs unchanged).
+    let text = std::fs::read_to_string(Path::new(FIXTURES).join("metallb-native.yaml")).unwrap();
+    let o =
+        api.run("admin", &["apply", "-f", "-"], Some(&without_kinds(&text, &["ValidatingWebhookConfiguration"]))).await;
+    assert!(o.ok, "{}", o.stderr);
+}
