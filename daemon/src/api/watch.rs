@@ -174,8 +174,11 @@ mod tests {
     use crate::api::ApiState;
 
     fn state() -> Arc<ApiState> {
+        let objects = Objects::new(shoal_store::Store::in_memory());
         Arc::new(ApiState {
-            objects: Objects::new(shoal_store::Store::in_memory()),
+            authz: crate::auth::Authorizer::new(objects.clone()),
+            exporter: Arc::new(crate::metrics::Exporter::default()),
+            objects,
             node_name: "n1".into(),
             streams: None,
             max_body_bytes: 1 << 20,

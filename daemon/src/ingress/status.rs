@@ -188,7 +188,7 @@ pub(crate) async fn warn(objects: &Objects, ingress: &Value, w: &Warning) {
     let mut involved = ingress.clone();
     involved["apiVersion"] = json!("networking.k8s.io/v1");
     involved["kind"] = json!("Ingress");
-    crate::controllers::events::Recorder::new(objects.clone(), events)
+    crate::reconcile::events::Recorder::new(objects.clone(), events)
         .warning(COMPONENT, &involved, &w.reason, &w.message)
         .await;
 }
