@@ -74,6 +74,9 @@ pub struct NodeConfig {
     pub ingress: IngressConfig,
 }
 
+/// How long Events live unless configured otherwise (kube-apiserver's `--event-ttl` default).
+pub const DEFAULT_EVENT_TTL: Duration = Duration::from_secs(3600);
+
 /// The `[api]` section.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -203,7 +206,7 @@ impl Default for NodeConfig {
 
 impl Default for ApiSection {
     fn default() -> Self {
-        ApiSection { event_ttl: crate::api::DEFAULT_EVENT_TTL, metrics_listen: None }
+        ApiSection { event_ttl: DEFAULT_EVENT_TTL, metrics_listen: None }
     }
 }
 

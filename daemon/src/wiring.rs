@@ -73,7 +73,7 @@ fn exporter(
 ) -> Arc<crate::metrics::Exporter> {
     let leaders = Arc::new(crate::metrics::store::LeaderTracker::default());
     tasks.spawn(leaders.clone().run(node.store.clone(), stop));
-    let collector = crate::metrics::node::NodeCollector { node: node.clone(), leaders };
+    let collector = crate::cluster::metrics::NodeCollector { node: node.clone(), leaders };
     Arc::new(crate::metrics::Exporter::new(Some(Box::new(collector))))
 }
 

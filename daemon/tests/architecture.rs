@@ -16,12 +16,15 @@ const NEVER: &[(&str, &str)] =
 
 /// What the modules below the API may use of the daemon (DESIGN.md's "may use" column; the
 /// crates below them are not listed).
+/// `metrics` (the process-wide Prometheus registry) sits below them all, so each may count into
+/// it. The node agent mints its pods' ServiceAccount tokens with `auth`'s signer (the kubelet
+/// asks the TokenRequest API for them; here the signer is local), so `node` may use `auth`.
 const MAY_USE: &[(&str, &[&str])] = &[
-    ("node", &["reconcile", "streams", "members", "config"]),
-    ("scheduler", &["reconcile"]),
-    ("lb", &["reconcile"]),
-    ("proxy", &["reconcile"]),
-    ("dns", &["reconcile"]),
+    ("node", &["reconcile", "streams", "members", "config", "metrics", "auth"]),
+    ("scheduler", &["reconcile", "metrics"]),
+    ("lb", &["reconcile", "metrics"]),
+    ("proxy", &["reconcile", "metrics"]),
+    ("dns", &["reconcile", "metrics"]),
 ];
 
 /// Modules that may use no other module of the daemon (only `shoal_kube` and the other crates).

@@ -91,7 +91,10 @@ pub fn hosts_needed(scenario: &str, opts: &ScenarioOptions) -> usize {
 
 /// Whether a scenario needs the rig's client host (it drives kubectl and curl from there).
 pub fn needs_client(scenario: &str) -> bool {
-    matches!(canonical(scenario).as_str(), "lb-failover" | "pods-back" | "routed-pods" | "services" | "ingress" | "attacks")
+    matches!(
+        canonical(scenario).as_str(),
+        "lb-failover" | "pods-back" | "routed-pods" | "services" | "ingress" | "attacks"
+    )
 }
 
 /// The rig topology a scenario needs (two subnets with a router between them for `routed-pods`).

@@ -57,15 +57,9 @@ pub use kubeconfig::{kubeconfig, kubeconfig_for};
 pub use node::NodeHeartbeats;
 pub use tls::TlsMaterial;
 
-/// The Kubernetes version reported by `/version`. kubectl supports one minor version of skew
-/// either way, so 1.36 keeps kubectl 1.35 to 1.37 free of the skew warning. The gcloud SDK's
-/// kubectl dispatcher, which picks `kubectl.1.XX` by this version, runs its own built-in
-/// client (1.32) for servers newer than the newest binary it ships (1.33); every version still
-/// works, older ones print the skew warning on `kubectl version`.
-pub const KUBERNETES_VERSION: &str = "v1.36.0";
+pub use shoal_kube::KUBERNETES_VERSION;
 
-/// How long Events live unless configured otherwise (kube-apiserver's `--event-ttl` default).
-pub const DEFAULT_EVENT_TTL: Duration = Duration::from_secs(3600);
+pub use crate::config::DEFAULT_EVENT_TTL;
 
 /// Request bodies above this many bytes get 413 (kube-apiserver's limit is 3 MiB).
 pub const DEFAULT_MAX_BODY_BYTES: usize = 3 * 1024 * 1024;

@@ -3,6 +3,7 @@
 //! Kubernetes API and, on the Raft leader only, the controllers and the scheduler.
 pub(crate) mod gossip_keys;
 pub mod identity;
+pub(crate) mod metrics;
 pub(crate) mod peers;
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -8,7 +8,16 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use crate::node::metrics::ContainerSample;
+/// Cumulative usage of one running container of this node at the last sample (for the
+/// cAdvisor-named Prometheus metrics).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ContainerSample {
+    pub namespace: String,
+    pub pod: String,
+    pub container: String,
+    pub cpu_usage_ns: u64,
+    pub memory_bytes: u64,
+}
 
 /// Upstream's buckets of `kubelet_pod_start_duration_seconds`.
 pub(crate) const POD_START_BUCKETS: [f64; 25] = [

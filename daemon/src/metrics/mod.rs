@@ -4,8 +4,8 @@
 //! Counters and histograms fed from the code paths that count (requests, pod starts, rule syncs)
 //! live in one process-wide set ([`global`]); what is cheap to read at scrape time (Raft status,
 //! gossip members, announced IPs, container usage) is read then by a per-node collector
-//! ([`node::NodeCollector`]). Files: `apiserver`, `kubelet`, `store` (Raft), `gossip`, `lb`,
-//! `proxy`, one per family group, and `node` gathering the per-node ones.
+//! (`cluster::metrics::NodeCollector`, at the top, reads a whole node). Files: `apiserver`, `kubelet`, `store` (Raft), `gossip`, `lb`,
+//! `proxy`, one per family group.
 use std::sync::{Arc, OnceLock};
 
 use prometheus_client::registry::Registry;
@@ -14,7 +14,6 @@ pub(crate) mod apiserver;
 pub(crate) mod gossip;
 pub(crate) mod kubelet;
 pub(crate) mod lb;
-pub(crate) mod node;
 pub(crate) mod plain;
 pub(crate) mod proxy;
 pub(crate) mod store;

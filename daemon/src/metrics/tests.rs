@@ -121,7 +121,7 @@ fn leader_changes_count_each_new_leader_once() {
 }
 
 #[derive(Debug)]
-struct Samples(Vec<crate::node::metrics::ContainerSample>);
+struct Samples(Vec<crate::metrics::kubelet::ContainerSample>);
 
 impl Collector for Samples {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
@@ -131,7 +131,7 @@ impl Collector for Samples {
 
 #[test]
 fn container_usage_has_cadvisor_names_and_labels() {
-    use crate::node::metrics::ContainerSample;
+    use crate::metrics::kubelet::ContainerSample;
     let s = |pod: &str, c: &str, ns: u64, mem: u64| ContainerSample {
         namespace: "shop".into(),
         pod: pod.into(),

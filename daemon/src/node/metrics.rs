@@ -47,16 +47,7 @@ pub(crate) struct NodeUsage {
     pub memory_bytes: u64,
 }
 
-/// Cumulative usage of one running container of this node at the last sample (for the
-/// cAdvisor-named Prometheus metrics).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct ContainerSample {
-    pub namespace: String,
-    pub pod: String,
-    pub container: String,
-    pub cpu_usage_ns: u64,
-    pub memory_bytes: u64,
-}
+pub(crate) use crate::metrics::kubelet::ContainerSample;
 
 /// What a node reports to its peers.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

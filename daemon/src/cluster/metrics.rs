@@ -10,7 +10,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 
 use crate::cluster::Node;
 
-use super::store::LeaderTracker;
+use crate::metrics::store::LeaderTracker;
 
 /// Reads a node's state at each scrape.
 pub(crate) struct NodeCollector {
@@ -27,15 +27,15 @@ impl std::fmt::Debug for NodeCollector {
 impl Collector for NodeCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let node = &self.node;
-        super::store::encode(&node.store.status(), self.leaders.changes(), &mut encoder)?;
-        super::gossip::encode(&node.membership.members(), &mut encoder)?;
+        crate::metrics::store::encode(&node.store.status(), self.leaders.changes(), &mut encoder)?;
+        crate::metrics::gossip::encode(&node.membership.members(), &mut encoder)?;
         if let Some(rx) = node.lb_announced.get() {
             let list = rx.borrow().clone();
-            super::lb::encode(&node.identity.name, &list, &mut encoder)?;
+            crate::metrics::lb::encode(&node.identity.name, &list, &mut encoder)?;
         }
         if node.cfg.node.run_pods {
             let samples = node.metrics.get().map(|m| m.container_samples()).unwrap_or_default();
-            super::kubelet::encode(&samples, &mut encoder)?;
+            crate::metrics::kubelet::encode(&samples, &mut encoder)?;
         }
         encode_process(&mut encoder)
     }
