@@ -74,3 +74,13 @@ pub(crate) fn rss_bytes(status: &str) -> Option<u64> {
 pub(crate) fn write_bytes(io: &str) -> Option<u64> {
     io.lines().find(|l| l.starts_with("write_bytes:"))?.split_whitespace().nth(1)?.parse().ok()
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn proc_parsing() {
+        assert_eq!(super::rss_bytes("Name:\tshoal\nVmRSS:\t   20480 kB\n"), Some(20480 * 1024));
+        assert_eq!(super::write_bytes("rchar: 1\nwrite_bytes: 8192\ncancelled_write_bytes: 0\n"), Some(8192));
+        assert_eq!(super::write_bytes("garbage"), None);
+    }
+}

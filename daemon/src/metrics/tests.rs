@@ -224,13 +224,6 @@ fn plain_listener_serves_metrics_only() {
     assert_eq!(plain::answer(&ex, &req(Method::POST, "/metrics")).status(), StatusCode::METHOD_NOT_ALLOWED);
 }
 
-#[test]
-fn proc_parsing() {
-    assert_eq!(node::rss_bytes("Name:\tshoal\nVmRSS:\t   20480 kB\n"), Some(20480 * 1024));
-    assert_eq!(node::write_bytes("rchar: 1\nwrite_bytes: 8192\ncancelled_write_bytes: 0\n"), Some(8192));
-    assert_eq!(node::write_bytes("garbage"), None);
-}
-
 /// The cost of the instrumentation per request (start, finish, and a scrape per 1000
 /// requests): `cargo nextest run -p shoal --lib --run-ignored only -E 'test(/instrumentation_cost/)' --no-capture`.
 #[test]
