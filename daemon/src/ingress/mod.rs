@@ -131,7 +131,14 @@ impl Ingress {
         let changed = Arc::new(Notify::new());
         let watch_stop = stop.child_token();
         for res in [&k.ingresses, &k.classes, &k.services, &k.slices, &k.nodes, &k.secrets] {
-            tokio::spawn(watch_loop(self.objects.clone(), res.clone(), changed.clone(), watch_stop.clone()));
+            tokio::spawn(crate::reconcile::watch::notify_on_changes(
+                self.objects.clone(),
+                res.clone(),
+                changed.clone(),
+                "ingress",
+                RETRY,
+                watch_stop.clone(),
+            ));
         }
         let classes = Classes { extra: self.cfg.classes.clone() };
         let mut reported: BTreeSet<Warning> = BTreeSet::new();
@@ -234,34 +241,5 @@ impl Ingress {
             }
         }
         Ok(())
-    }
-}
-
-/// Signals `changed` on every event of one resource; rewatches after errors.
-async fn watch_loop(objects: Objects, res: Resource, changed: Arc<Notify>, stop: CancellationToken) {
-    loop {
-        match objects.watch(&res, None, None).await {
-            Ok(mut rx) => {
-                changed.notify_one();
-                loop {
-                    tokio::select! {
-                        _ = stop.cancelled() => return,
-                        ev = rx.recv() => match ev {
-                            Some(Ok(_)) => changed.notify_one(),
-                            Some(Err(e)) => {
-                                tracing::debug!(resource = %res.plural, error = %e, "ingress watch ended");
-                                break;
-                            }
-                            None => break,
-                        }
-                    }
-                }
-            }
-            Err(e) => tracing::debug!(resource = %res.plural, error = %e, "ingress watch failed"),
-        }
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(RETRY) => {}
-        }
     }
 }

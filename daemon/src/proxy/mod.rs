@@ -127,7 +127,14 @@ impl Proxy {
         let changed = Arc::new(Notify::new());
         let watch_stop = shutdown.child_token();
         for res in [&k.services, &k.slices, &k.endpoints, &k.nodes] {
-            tokio::spawn(watch_loop(self.objects.clone(), res.clone(), changed.clone(), watch_stop.clone()));
+            tokio::spawn(crate::reconcile::watch::notify_on_changes(
+                self.objects.clone(),
+                res.clone(),
+                changed.clone(),
+                "proxy",
+                RETRY,
+                watch_stop.clone(),
+            ));
         }
         let health = health::HealthServers::new(self.node_ips.clone());
         // The table as the last successful apply left it; None: replace it whole next time.
@@ -214,35 +221,5 @@ impl Proxy {
         let Some(k) = kinds() else { return Ok(()) };
         let health = health::HealthServers::new(Vec::new());
         self.sync(&k, &mut None, &health).await.map(|_| ())
-    }
-}
-
-/// Signals `changed` on every event of one resource; rewatches after errors.
-async fn watch_loop(objects: Objects, res: Resource, changed: Arc<Notify>, stop: CancellationToken) {
-    loop {
-        match objects.watch(&res, None, None).await {
-            Ok(mut rx) => {
-                // Events between the last list and this watch are covered by a rebuild now.
-                changed.notify_one();
-                loop {
-                    tokio::select! {
-                        _ = stop.cancelled() => return,
-                        ev = rx.recv() => match ev {
-                            Some(Ok(_)) => changed.notify_one(),
-                            Some(Err(e)) => {
-                                tracing::debug!(resource = %res.plural, error = %e, "proxy watch ended");
-                                break;
-                            }
-                            None => break,
-                        }
-                    }
-                }
-            }
-            Err(e) => tracing::debug!(resource = %res.plural, error = %e, "proxy watch failed"),
-        }
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(RETRY) => {}
-        }
     }
 }

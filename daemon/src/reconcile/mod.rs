@@ -16,6 +16,7 @@ pub(crate) mod runner;
 pub(crate) mod testing;
 pub(crate) mod util;
 pub(crate) mod volumes;
+pub(crate) mod watch;
 
 /// Liveness of every node as gossip sees it: node name -> alive. Fed by the daemon; a node
 /// missing from the map is left as it is.
