@@ -19,7 +19,8 @@ use shoal_store::Store;
 use tokio_util::sync::CancellationToken;
 
 const INNER: &str = "SHOAL_NODE_TEST_INNER";
-const IMAGES: &str = "/work/main/out/images";
+/// What `scripts/images.sh` writes, in this checkout.
+const IMAGES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../out/images");
 
 /// Runs `name` of this binary again inside `unshare --net`; true when we are the inner run.
 fn in_own_netns(name: &str) -> bool {
