@@ -5,8 +5,9 @@
 #   bench/store.sh                  # 10 s per cell
 #   SECS=5 bench/store.sh
 #
-# shoal is driven through each node's control socket (one request per connection, as `shoal kv
-# put` does), writers spread over the nodes; etcd through its HTTP gateway (/v3/kv/put, keep-alive).
+# shoal is driven through each node's control socket (one kept-open session per writer), writers
+# spread over the nodes; etcd through its HTTP gateway (/v3/kv/put, one keep-alive connection per
+# writer): both sides keep their connection, so the figures compare the stores, not connects.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 SECS=${SECS:-10}

@@ -1,6 +1,9 @@
 //! The local control socket: how `shoal status`, `shoal token`, `shoal backup` and the other
 //! subcommands reach the daemon of their data dir. One JSON request line per connection,
-//! answered by one JSON line. The socket is root-only (mode 0600) and never leaves the host.
+//! answered by one JSON line. A client that sends `{"op":"session"}` first keeps the connection:
+//! every further line is a request answered by one line, until the client closes (the store
+//! benchmark writes this way, as etcd's clients keep their connection). The socket is root-only
+//! (mode 0600) and never leaves the host.
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -45,6 +48,8 @@ pub enum Request {
     },
     GossipKeyRotate,
     GossipKeyStatus,
+    /// Keep this connection open for more requests (answered `null`); only as the first line.
+    Session,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -114,19 +119,34 @@ pub async fn serve(
 
 async fn serve_one(stream: UnixStream, handler: Arc<dyn Handler>) -> Result<(), ControlError> {
     let (r, mut w) = stream.into_split();
-    let mut line = String::new();
-    let mut reader = BufReader::new(r).take(MAX_REQUEST as u64);
-    reader.read_line(&mut line).await?;
-    let reply = match serde_json::from_str::<Request>(&line) {
-        Ok(req) => match handler.handle(req).await {
-            Ok(v) => Reply::Ok(v),
-            Err(e) => Reply::Error(e),
-        },
-        Err(e) => Reply::Error(format!("bad request: {e}")),
-    };
-    let mut out = serde_json::to_vec(&reply)?;
-    out.push(b'\n');
-    w.write_all(&out).await?;
+    let mut reader = BufReader::new(r);
+    let mut session = false;
+    loop {
+        let mut line = String::new();
+        // Each request line is bounded on its own; a session does not add the limits up.
+        let n = (&mut reader).take(MAX_REQUEST as u64).read_line(&mut line).await?;
+        if n == 0 {
+            break;
+        }
+        let reply = match serde_json::from_str::<Request>(&line) {
+            Ok(Request::Session) if !session => {
+                session = true;
+                Reply::Ok(serde_json::Value::Null)
+            }
+            Ok(Request::Session) => Reply::Error("bad request: session already open".to_string()),
+            Ok(req) => match handler.handle(req).await {
+                Ok(v) => Reply::Ok(v),
+                Err(e) => Reply::Error(e),
+            },
+            Err(e) => Reply::Error(format!("bad request: {e}")),
+        };
+        let mut out = serde_json::to_vec(&reply)?;
+        out.push(b'\n');
+        w.write_all(&out).await?;
+        if !session || !line.ends_with('\n') {
+            break;
+        }
+    }
     w.shutdown().await?;
     Ok(())
 }
@@ -181,6 +201,21 @@ mod tests {
         assert_eq!(v["op"], "status");
         let e = call(dir.path(), &Request::KvGet { key: "bad".into(), linearizable: false }).await.unwrap_err();
         assert_eq!(e.to_string(), "no such key");
+        // A session answers several requests on one connection, in order.
+        let mut conn = UnixStream::connect(dir.path().join(SOCKET)).await.unwrap();
+        conn.write_all(b"{\"op\":\"session\"}\n{\"op\":\"status\"}\n{\"op\":\"token\"}\n").await.unwrap();
+        let mut lines = BufReader::new(&mut conn).lines();
+        assert_eq!(lines.next_line().await.unwrap().unwrap(), r#"{"ok":null}"#);
+        assert!(lines.next_line().await.unwrap().unwrap().contains(r#""op":"status""#));
+        assert!(lines.next_line().await.unwrap().unwrap().contains(r#""op":"token""#));
+        drop(lines);
+        conn.shutdown().await.unwrap();
+        // Without a session the daemon closes after one answer, as old clients expect.
+        let mut one = UnixStream::connect(dir.path().join(SOCKET)).await.unwrap();
+        one.write_all(b"{\"op\":\"status\"}\n{\"op\":\"status\"}\n").await.unwrap();
+        let mut all = String::new();
+        one.read_to_string(&mut all).await.unwrap();
+        assert_eq!(all.lines().count(), 1, "{all}");
         stop.cancel();
         server.await.unwrap().unwrap();
         assert!(matches!(call(dir.path(), &Request::Status).await, Err(ControlError::Connect { .. })));

@@ -2,7 +2,7 @@
 //! etcd's HTTP gateway) and Kubernetes API work (objects, pods, simulated nodes).
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -45,25 +45,56 @@ impl Stats {
 /// Where store writes go.
 #[derive(Clone)]
 pub enum KvTarget {
-    /// A shoal daemon's control socket (`DATA_DIR/shoal.sock`).
+    /// A shoal daemon's control socket (`DATA_DIR/shoal.sock`), one session per writer.
     Shoal(PathBuf),
     /// etcd's gRPC gateway, `HOST:PORT`.
     Etcd(String),
 }
 
-fn shoal_put(sock: &PathBuf, key: &str, value: &str) -> anyhow::Result<()> {
-    let mut s = UnixStream::connect(sock).with_context(|| format!("connect {}", sock.display()))?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok();
-    let mut line = serde_json::to_vec(&json!({"op": "kv_put", "key": key, "value": value}))?;
-    line.push(b'\n');
-    s.write_all(&line)?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf)?;
-    let v: serde_json::Value = serde_json::from_slice(&buf).context("reply")?;
-    if v.get("ok").is_some() {
-        Ok(())
-    } else {
-        bail!("{}", String::from_utf8_lossy(&buf))
+/// One writer's control-socket session: the connection stays open for all its writes, as an
+/// etcd client keeps its HTTP connection.
+struct ShoalSession {
+    reader: std::io::BufReader<UnixStream>,
+    writer: UnixStream,
+}
+
+impl ShoalSession {
+    fn open(sock: &PathBuf) -> anyhow::Result<Self> {
+        let s = UnixStream::connect(sock).with_context(|| format!("connect {}", sock.display()))?;
+        s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+        let mut session = ShoalSession { reader: std::io::BufReader::new(s.try_clone()?), writer: s };
+        session.request(&json!({"op": "session"}))?;
+        Ok(session)
+    }
+
+    fn request(&mut self, req: &serde_json::Value) -> anyhow::Result<serde_json::Value> {
+        use std::io::BufRead;
+        let mut line = serde_json::to_vec(req)?;
+        line.push(b'\n');
+        self.writer.write_all(&line)?;
+        let mut reply = String::new();
+        if self.reader.read_line(&mut reply)? == 0 {
+            bail!("the daemon closed the control session");
+        }
+        let v: serde_json::Value = serde_json::from_str(&reply).context("reply")?;
+        match v.get("ok") {
+            Some(ok) => Ok(ok.clone()),
+            None => bail!("{}", reply.trim_end()),
+        }
+    }
+}
+
+fn shoal_put(session: &mut Option<ShoalSession>, sock: &PathBuf, key: &str, value: &str) -> anyhow::Result<()> {
+    if session.is_none() {
+        *session = Some(ShoalSession::open(sock)?);
+    }
+    let s = session.as_mut().ok_or_else(|| anyhow!("no session"))?;
+    match s.request(&json!({"op": "kv_put", "key": key, "value": value})) {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            *session = None;
+            Err(e)
+        }
     }
 }
 
@@ -81,13 +112,14 @@ pub fn kv_load(targets: &[KvTarget], writers: usize, duration: Duration, value_s
             s.spawn(move || {
                 let mut local = Stats::default();
                 let mut etcd: Option<Http<std::net::TcpStream>> = None;
+                let mut shoal: Option<ShoalSession> = None;
                 let mut i = 0u64;
                 while start.elapsed() < duration {
                     i += 1;
                     let key = format!("bench/w{w}/k{}", i % 1000);
                     let t = Instant::now();
                     let r = match &target {
-                        KvTarget::Shoal(sock) => shoal_put(sock, &key, &value),
+                        KvTarget::Shoal(sock) => shoal_put(&mut shoal, sock, &key, &value),
                         KvTarget::Etcd(addr) => (|| {
                             if etcd.is_none() {
                                 etcd = Some(Http::plain(addr)?);

@@ -427,6 +427,8 @@ impl control::Handler for ControlHandler {
             let node = &self.node;
             match req {
                 Request::Status => Ok(status_json(node).await),
+                // Opened by control::serve_one itself; nothing to do here.
+                Request::Session => Ok(serde_json::Value::Null),
                 Request::GossipKeyRotate => {
                     gossip_keys::rotate(node, (node.cfg.gossip.interval * 8).max(Duration::from_secs(2))).await
                 }
