@@ -175,7 +175,103 @@ pub fn ingress(rig: &dyn Rig, opts: &ScenarioOptions) -> Result<Measured> {
     set(&mut m, "ingress_addresses", addrs.len() as f64);
     tls(rig, &k, &first, &scratch, &addrs)?;
     set(&mut m, "ingress_tls_hosts", 2.0);
+    change_to_served(rig, &k, &first, &scratch, &addrs[..hosts.len()], &mut m)?;
     Ok(m)
+}
+
+/// Adds a path to an Ingress with kubectl on the client host (`$1` kubeconfig, `$2` API,
+/// `$3` the path's number, `$4` the JSON patch), then polls every node address (`$5`…) until
+/// it serves the path: prints `<address> <ms from kubectl's return to served> <kubectl ms>`.
+const CHANGE_POLLER: &str = r#"kc=$1 server=$2 n=$3 patch=$4; shift 4
+t0=$(date +%s%3N)
+kubectl --kubeconfig "$kc" --server "$server" --request-timeout=10s patch ingress change-check --type=json -p "$patch" >/dev/null || exit 3
+t1=$(date +%s%3N)
+for a in "$@"; do
+  (
+    end=$((t1 + 20000))
+    while [ "$(date +%s%3N)" -lt "$end" ]; do
+      c=$(curl -s -o /dev/null -w '%{http_code}' --connect-timeout 0.5 -m 1 -H 'Host: chg.tour.xyz' "http://$a/c$n")
+      if [ "$c" = 200 ]; then echo "$a $(( $(date +%s%3N) - t1 )) $((t1 - t0))"; exit 0; fi
+      sleep 0.005
+    done
+    echo "$a never"
+  ) &
+done
+wait
+"#;
+
+/// Ingress change to served on every node: five times a path is added to an Ingress; each
+/// node's address is polled from the client host until it serves it. Records the p99 and the
+/// largest delay over all nodes and changes (`ingress_change_served_p99_ms`); fails only when a
+/// node never serves the change (20 s).
+fn change_to_served(
+    rig: &dyn Rig,
+    k: &crate::services::Kubectl<'_>,
+    via: &str,
+    scratch: &Scratch,
+    node_addrs: &[String],
+    m: &mut Measured,
+) -> Result<()> {
+    let name = "ingress";
+    let yaml = "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata:\n  name: change-check\nspec:\n  rules:\n  - host: chg.tour.xyz\n    http:\n      paths:\n      - path: /c0\n        pathType: Exact\n        backend:\n          service:\n            name: client\n            port: {number: 3000}\n";
+    k.apply(via, &scratch.write("change-check.yaml", yaml)?, CONVERGE_TIMEOUT)?;
+    for addr in node_addrs {
+        let mut got = String::new();
+        wait_until(&format!("chg.tour.xyz/c0 via {addr}"), Duration::from_secs(60), Duration::from_millis(200), || {
+            got = rig
+                .exec_timeout(
+                    &k.client,
+                    &["curl", "-s", "-m", "3", "-H", "Host: chg.tour.xyz", &format!("http://{addr}/c0")],
+                    Duration::from_secs(10),
+                )
+                .map(|o| o.stdout)
+                .unwrap_or_default();
+            got.starts_with("You've hit client-")
+        })
+        .map_err(|e| failed(name, format!("{e}: got {got:?}")))?;
+    }
+    let script = scratch.write("change-poller.sh", CHANGE_POLLER)?.display().to_string();
+    let kc = k.kubeconfig.display().to_string();
+    let server = format!("https://{}:6443", rig.address(via)?);
+    let (mut served, mut kubectl) = (Vec::new(), Vec::new());
+    for n in 1..=5 {
+        let patch = format!(
+            r#"[{{"op":"add","path":"/spec/rules/0/http/paths/-","value":{{"path":"/c{n}","pathType":"Exact","backend":{{"service":{{"name":"client","port":{{"number":3000}}}}}}}}}}]"#
+        );
+        let n_s = n.to_string();
+        let mut cmd = vec!["bash", &script, &kc, &server, &n_s, &patch];
+        cmd.extend(node_addrs.iter().map(String::as_str));
+        let out = rig.exec_timeout(&k.client, &cmd, Duration::from_secs(60))?;
+        if !out.success() {
+            return Err(failed(name, format!("change {n}: {}{}", out.stderr.trim(), out.stdout.trim())));
+        }
+        for line in out.stdout.lines() {
+            let w: Vec<&str> = line.split_whitespace().collect();
+            match (w.get(1).and_then(|v| v.parse::<f64>().ok()), w.get(2).and_then(|v| v.parse::<f64>().ok())) {
+                (Some(ms), Some(kc_ms)) => {
+                    served.push(ms);
+                    kubectl.push(kc_ms);
+                }
+                _ => return Err(failed(name, format!("change {n}: a node did not serve it within 20 s: {line}"))),
+            }
+        }
+        if served.len() != n * node_addrs.len() {
+            return Err(failed(name, format!("change {n}: not every node answered: {}", out.stdout.trim())));
+        }
+    }
+    served.sort_by(f64::total_cmp);
+    kubectl.sort_by(f64::total_cmp);
+    let p99 = served[((served.len() as f64) * 0.99).ceil() as usize - 1];
+    set(m, "ingress_change_served_p99_ms", p99);
+    set(m, "ingress_change_served_max_ms", *served.last().unwrap_or(&0.0));
+    set(m, "ingress_change_served_p50_ms", served[served.len() / 2]);
+    set(m, "ingress_change_kubectl_p50_ms", kubectl[kubectl.len() / 2]);
+    m.notes.push(format!(
+        "ingress change to served on {} nodes, {} samples (ms from kubectl's return, polled every ~10 ms): {served:?}",
+        node_addrs.len(),
+        served.len()
+    ));
+    Ok(())
 }
 
 /// An Ingress without a class (so `shoal`, the default) with `spec.tls` for two hosts, each

@@ -201,7 +201,7 @@ type Pod = (String, String, String);
 pub(crate) struct Kubectl<'a> {
     rig: &'a dyn Rig,
     pub(crate) client: String,
-    kubeconfig: PathBuf,
+    pub(crate) kubeconfig: PathBuf,
 }
 
 impl Kubectl<'_> {
