@@ -176,7 +176,94 @@ pub fn ingress(rig: &dyn Rig, opts: &ScenarioOptions) -> Result<Measured> {
     tls(rig, &k, &first, &scratch, &addrs)?;
     set(&mut m, "ingress_tls_hosts", 2.0);
     change_to_served(rig, &k, &first, &scratch, &addrs[..hosts.len()], &mut m)?;
+    vip_failover(rig, &k, &first, &hosts, &vip, &scratch, &mut m)?;
     Ok(m)
+}
+
+/// Polls `http://$1$2` with `Host: tour.xyz` every 50 ms, appending `<epoch ms> ok|fail` to
+/// `$3` until the file `$4` exists.
+const VIP_POLLER: &str = r#"vip=$1 path=$2 out=$3 stop=$4
+while [ ! -e "$stop" ]; do
+  t=$(date +%s%3N)
+  if curl -sf -o /dev/null --connect-timeout 0.3 -m 0.5 -H 'Host: tour.xyz' "http://$vip$path"; then echo "$t ok"; else echo "$t fail"; fi >>"$out"
+  sleep 0.05
+done
+"#;
+
+/// The node holding the ingress VIP loses power while the client polls a path whose backend
+/// runs on another node: requests through the VIP must resume (`ingress_vip_failover_ms`, from
+/// the power-off to the first answer after the first failure; 0 when none failed). Fails only
+/// when the VIP does not answer again within 60 s.
+fn vip_failover(
+    rig: &dyn Rig,
+    k: &crate::services::Kubectl<'_>,
+    via: &str,
+    hosts: &[String],
+    vip: &str,
+    scratch: &Scratch,
+    m: &mut Measured,
+) -> Result<()> {
+    use crate::services::{epoch_ms, holders, outage, read_polls};
+    let name = "ingress";
+    let mut holder = Vec::new();
+    wait_until(&format!("{vip} held by one node"), Duration::from_secs(60), Duration::from_millis(500), || {
+        holder = holders(rig, hosts, vip);
+        holder.len() == 1
+    })
+    .map_err(|e| failed(name, format!("{e}: holders {holder:?}")))?;
+    let victim = holder[0].clone();
+    // A path whose Service has no pod on the victim, so only the router's VIP is in question.
+    let Some((path, svc)) = CASES.iter().find(|(_, s)| {
+        let pods = k.running_pods(via, &format!("app={s}"));
+        !pods.is_empty() && pods.iter().all(|p| p.1 != victim)
+    }) else {
+        m.notes.push(format!("ingress VIP failover not measured: every backend runs on {victim}"));
+        return Ok(());
+    };
+    let poller = scratch.write("vip-poll.sh", VIP_POLLER)?.display().to_string();
+    let polls = scratch.0.join("vip-polls");
+    let stop = scratch.0.join("vip-stop");
+    let (polls_s, stop_s) = (polls.display().to_string(), stop.display().to_string());
+    let client = k.client.clone();
+    let mut kill_ms = 0;
+    std::thread::scope(|s| -> Result<()> {
+        let poll = s.spawn(|| {
+            rig.exec_timeout(&client, &["bash", &poller, vip, path, &polls_s, &stop_s], Duration::from_secs(120))
+        });
+        let stop_poller = || {
+            let _ = std::fs::write(&stop, b"");
+        };
+        std::thread::sleep(Duration::from_secs(2));
+        kill_ms = epoch_ms();
+        if let Err(e) = rig.power_off(&victim) {
+            stop_poller();
+            return Err(e);
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while std::time::Instant::now() < deadline {
+            let o = outage(&read_polls(&polls), kill_ms);
+            let ok_since = read_polls(&polls).iter().filter(|p| p.at_ms > kill_ms + 3000 && p.ok).count();
+            if o.back_ms.is_some_and(|b| b > 0) || (o.failures == 0 && ok_since >= 20) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        std::thread::sleep(Duration::from_secs(3));
+        stop_poller();
+        let _ = poll.join();
+        Ok(())
+    })?;
+    let o = outage(&read_polls(&polls), kill_ms);
+    set(m, "ingress_vip_polls_after_kill", o.polls as f64);
+    set(m, "ingress_vip_failed_polls_after_kill", o.failures as f64);
+    let Some(back) = o.back_ms else {
+        return Err(failed(name, format!("{vip} did not answer {path} again within 60 s of powering off {victim}")));
+    };
+    set(m, "ingress_vip_failover_ms", back as f64);
+    m.notes.push(format!(
+        "ingress VIP {vip} held by {victim}, powered off; {path} ({svc}) answered again after {back} ms"
+    ));
+    Ok(())
 }
 
 /// Adds a path to an Ingress with kubectl on the client host (`$1` kubeconfig, `$2` API,
