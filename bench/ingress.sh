@@ -8,7 +8,10 @@
 #   bench/ingress.sh                     # DURATION=10s CONNECTIONS=16 THREADS=2 ROUNDS=3
 #
 # Prints shoal_ingress_rps, nginx_rps, their p99s, ingress_rps_ratio_vs_nginx (goal >= 1) and
-# ingress_p99_ratio_vs_nginx (goal <= 1). Plain HTTP keep-alive only.
+# ingress_p99_ratio_vs_nginx (goal <= 1) for plain HTTP keep-alive, and the same with a _tls
+# suffix for HTTPS keep-alive (n1:443 against nginx on n1:8443, both with an ECDSA P-256
+# certificate; wrk sends no SNI, so shoal serves its default certificate, nginx its only one).
+# PROFILE=release (or SHOAL=/path/to/shoal) for the figures that count.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 DURATION=${DURATION:-10s}
@@ -93,6 +96,8 @@ node_ip=10.77.0.1
 log "pods ${pods[*]}; proxies on n1 $node_ip"
 
 # nginx in n1's network namespace, the same routes as the Ingress.
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 -keyout "$work/tls.key" \
+  -out "$work/tls.crt" -subj /CN=bench.test -addext subjectAltName=DNS:bench.test 2>/dev/null
 cat >"$work/nginx.conf" <<EOF
 worker_processes auto;
 daemon off;
@@ -106,6 +111,9 @@ http {
   upstream web { server ${pods[0]}:80; server ${pods[1]}:80; keepalive 64; }
   server {
     listen 8081;
+    listen 8443 ssl;
+    ssl_certificate $work/tls.crt;
+    ssl_certificate_key $work/tls.key;
     server_name bench.test;
     location / {
       proxy_http_version 1.1;
@@ -124,7 +132,7 @@ nginx_pid=$!
 bench() {
   local name=$1 url=$2 out rps p99
   for _ in $(seq 1 60); do
-    [[ $(on client curl -s -o /dev/null -w '%{http_code}' -m 1 -H 'Host: bench.test' "$url") == 200 ]] && break
+    [[ $(on client curl -sk -o /dev/null -w '%{http_code}' -m 1 -H 'Host: bench.test' "$url") == 200 ]] && break
     sleep 0.5
   done
   out=$(on client wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -H 'Host: bench.test' "$url")
@@ -137,14 +145,18 @@ bench() {
 for round in $(seq 1 "$ROUNDS"); do
   bench shoal_ingress "http://$node_ip/"
   bench nginx "http://$node_ip:8081/"
+  bench shoal_ingress_tls "https://$node_ip/"
+  bench nginx_tls "https://$node_ip:8443/"
 done
 median() { awk -v c="$1" '{print $c}' "$2" | sort -g | awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)]}'; }
-for p in shoal_ingress nginx; do
+for p in shoal_ingress nginx shoal_ingress_tls nginx_tls; do
   echo "${p}_rps: $(median 1 "$work/$p")"
   echo "${p}_p99_ms: $(median 2 "$work/$p")"
 done
-awk -v a="$(median 1 "$work/shoal_ingress")" -v b="$(median 1 "$work/nginx")" \
-  'BEGIN { if (b > 0) printf "ingress_rps_ratio_vs_nginx: %.3f\n", a / b; else print "ingress_rps_ratio_vs_nginx: nan" }'
-awk -v a="$(median 2 "$work/shoal_ingress")" -v b="$(median 2 "$work/nginx")" \
-  'BEGIN { if (b > 0) printf "ingress_p99_ratio_vs_nginx: %.3f\n", a / b; else print "ingress_p99_ratio_vs_nginx: nan" }'
+for sfx in "" _tls; do
+  awk -v s="$sfx" -v a="$(median 1 "$work/shoal_ingress$sfx")" -v b="$(median 1 "$work/nginx$sfx")" \
+    'BEGIN { if (b > 0) printf "ingress_rps_ratio_vs_nginx%s: %.3f\n", s, a / b; else printf "ingress_rps_ratio_vs_nginx%s: nan\n", s }'
+  awk -v s="$sfx" -v a="$(median 2 "$work/shoal_ingress$sfx")" -v b="$(median 2 "$work/nginx$sfx")" \
+    'BEGIN { if (b > 0) printf "ingress_p99_ratio_vs_nginx%s: %.3f\n", s, a / b; else printf "ingress_p99_ratio_vs_nginx%s: nan\n", s }'
+done
 echo "load_average: $(cut -d' ' -f1 /proc/loadavg)"

@@ -177,11 +177,19 @@ pub struct IngressConfig {
     pub http_port: u16,
     /// Port HTTPS is published on (the ingress Service's `https` port targets it).
     pub https_port: u16,
+    /// One log line per request (target `shoal::ingress::access`).
+    pub access_log: bool,
 }
 
 impl Default for IngressConfig {
     fn default() -> Self {
-        IngressConfig { enabled: true, classes: vec!["nginx".into()], http_port: 80, https_port: 443 }
+        IngressConfig {
+            enabled: true,
+            classes: vec!["nginx".into()],
+            http_port: 80,
+            https_port: 443,
+            access_log: false,
+        }
     }
 }
 

@@ -175,7 +175,190 @@ pub fn ingress(rig: &dyn Rig, opts: &ScenarioOptions) -> Result<Measured> {
     set(&mut m, "ingress_addresses", addrs.len() as f64);
     tls(rig, &k, &first, &scratch, &addrs)?;
     set(&mut m, "ingress_tls_hosts", 2.0);
+    change_to_served(rig, &k, &first, &scratch, &addrs[..hosts.len()], &mut m)?;
+    vip_failover(rig, &k, &first, &hosts, &vip, &scratch, &mut m)?;
     Ok(m)
+}
+
+/// Polls `http://$1$2` with `Host: tour.xyz` every 50 ms, appending `<epoch ms> ok|fail` to
+/// `$3` until the file `$4` exists.
+const VIP_POLLER: &str = r#"vip=$1 path=$2 out=$3 stop=$4
+while [ ! -e "$stop" ]; do
+  t=$(date +%s%3N)
+  if curl -sf -o /dev/null --connect-timeout 0.3 -m 0.5 -H 'Host: tour.xyz' "http://$vip$path"; then echo "$t ok"; else echo "$t fail"; fi >>"$out"
+  sleep 0.05
+done
+"#;
+
+/// The node holding the ingress VIP loses power while the client polls a path whose backend
+/// runs on another node: requests through the VIP must resume (`ingress_vip_failover_ms`, from
+/// the power-off to the first answer after the first failure; 0 when none failed). Fails only
+/// when the VIP does not answer again within 60 s.
+fn vip_failover(
+    rig: &dyn Rig,
+    k: &crate::services::Kubectl<'_>,
+    via: &str,
+    hosts: &[String],
+    vip: &str,
+    scratch: &Scratch,
+    m: &mut Measured,
+) -> Result<()> {
+    use crate::services::{epoch_ms, holders, outage, read_polls};
+    let name = "ingress";
+    let mut holder = Vec::new();
+    wait_until(&format!("{vip} held by one node"), Duration::from_secs(60), Duration::from_millis(500), || {
+        holder = holders(rig, hosts, vip);
+        holder.len() == 1
+    })
+    .map_err(|e| failed(name, format!("{e}: holders {holder:?}")))?;
+    let victim = holder[0].clone();
+    // A path whose Service has no pod on the victim, so only the router's VIP is in question.
+    let Some((path, svc)) = CASES.iter().find(|(_, s)| {
+        let pods = k.running_pods(via, &format!("app={s}"));
+        !pods.is_empty() && pods.iter().all(|p| p.1 != victim)
+    }) else {
+        m.notes.push(format!("ingress VIP failover not measured: every backend runs on {victim}"));
+        return Ok(());
+    };
+    let poller = scratch.write("vip-poll.sh", VIP_POLLER)?.display().to_string();
+    let polls = scratch.0.join("vip-polls");
+    let stop = scratch.0.join("vip-stop");
+    let (polls_s, stop_s) = (polls.display().to_string(), stop.display().to_string());
+    let client = k.client.clone();
+    let mut kill_ms = 0;
+    std::thread::scope(|s| -> Result<()> {
+        let poll = s.spawn(|| {
+            rig.exec_timeout(&client, &["bash", &poller, vip, path, &polls_s, &stop_s], Duration::from_secs(120))
+        });
+        let stop_poller = || {
+            let _ = std::fs::write(&stop, b"");
+        };
+        std::thread::sleep(Duration::from_secs(2));
+        kill_ms = epoch_ms();
+        if let Err(e) = rig.power_off(&victim) {
+            stop_poller();
+            return Err(e);
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while std::time::Instant::now() < deadline {
+            let o = outage(&read_polls(&polls), kill_ms);
+            let ok_since = read_polls(&polls).iter().filter(|p| p.at_ms > kill_ms + 3000 && p.ok).count();
+            if o.back_ms.is_some_and(|b| b > 0) || (o.failures == 0 && ok_since >= 20) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        std::thread::sleep(Duration::from_secs(3));
+        stop_poller();
+        let _ = poll.join();
+        Ok(())
+    })?;
+    let o = outage(&read_polls(&polls), kill_ms);
+    set(m, "ingress_vip_polls_after_kill", o.polls as f64);
+    set(m, "ingress_vip_failed_polls_after_kill", o.failures as f64);
+    let Some(back) = o.back_ms else {
+        return Err(failed(name, format!("{vip} did not answer {path} again within 60 s of powering off {victim}")));
+    };
+    set(m, "ingress_vip_failover_ms", back as f64);
+    m.notes.push(format!(
+        "ingress VIP {vip} held by {victim}, powered off; {path} ({svc}) answered again after {back} ms"
+    ));
+    Ok(())
+}
+
+/// Adds a path to an Ingress with kubectl on the client host (`$1` kubeconfig, `$2` API,
+/// `$3` the path's number, `$4` the JSON patch), then polls every node address (`$5`…) until
+/// it serves the path: prints `<address> <ms from kubectl's return to served> <kubectl ms>`.
+const CHANGE_POLLER: &str = r#"kc=$1 server=$2 n=$3 patch=$4; shift 4
+t0=$(date +%s%3N)
+kubectl --kubeconfig "$kc" --server "$server" --request-timeout=10s patch ingress change-check --type=json -p "$patch" >/dev/null || exit 3
+t1=$(date +%s%3N)
+for a in "$@"; do
+  (
+    end=$((t1 + 20000))
+    while [ "$(date +%s%3N)" -lt "$end" ]; do
+      c=$(curl -s -o /dev/null -w '%{http_code}' --connect-timeout 0.5 -m 1 -H 'Host: chg.tour.xyz' "http://$a/c$n")
+      if [ "$c" = 200 ]; then echo "$a $(( $(date +%s%3N) - t1 )) $((t1 - t0))"; exit 0; fi
+      sleep 0.005
+    done
+    echo "$a never"
+  ) &
+done
+wait
+"#;
+
+/// Ingress change to served on every node: five times a path is added to an Ingress; each
+/// node's address is polled from the client host until it serves it. Records the p99 and the
+/// largest delay over all nodes and changes (`ingress_change_served_p99_ms`); fails only when a
+/// node never serves the change (20 s).
+fn change_to_served(
+    rig: &dyn Rig,
+    k: &crate::services::Kubectl<'_>,
+    via: &str,
+    scratch: &Scratch,
+    node_addrs: &[String],
+    m: &mut Measured,
+) -> Result<()> {
+    let name = "ingress";
+    let yaml = "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata:\n  name: change-check\nspec:\n  rules:\n  - host: chg.tour.xyz\n    http:\n      paths:\n      - path: /c0\n        pathType: Exact\n        backend:\n          service:\n            name: client\n            port: {number: 3000}\n";
+    k.apply(via, &scratch.write("change-check.yaml", yaml)?, CONVERGE_TIMEOUT)?;
+    for addr in node_addrs {
+        let mut got = String::new();
+        wait_until(&format!("chg.tour.xyz/c0 via {addr}"), Duration::from_secs(60), Duration::from_millis(200), || {
+            got = rig
+                .exec_timeout(
+                    &k.client,
+                    &["curl", "-s", "-m", "3", "-H", "Host: chg.tour.xyz", &format!("http://{addr}/c0")],
+                    Duration::from_secs(10),
+                )
+                .map(|o| o.stdout)
+                .unwrap_or_default();
+            got.starts_with("You've hit client-")
+        })
+        .map_err(|e| failed(name, format!("{e}: got {got:?}")))?;
+    }
+    let script = scratch.write("change-poller.sh", CHANGE_POLLER)?.display().to_string();
+    let kc = k.kubeconfig.display().to_string();
+    let server = format!("https://{}:6443", rig.address(via)?);
+    let (mut served, mut kubectl) = (Vec::new(), Vec::new());
+    for n in 1..=5 {
+        let patch = format!(
+            r#"[{{"op":"add","path":"/spec/rules/0/http/paths/-","value":{{"path":"/c{n}","pathType":"Exact","backend":{{"service":{{"name":"client","port":{{"number":3000}}}}}}}}}}]"#
+        );
+        let n_s = n.to_string();
+        let mut cmd = vec!["bash", &script, &kc, &server, &n_s, &patch];
+        cmd.extend(node_addrs.iter().map(String::as_str));
+        let out = rig.exec_timeout(&k.client, &cmd, Duration::from_secs(60))?;
+        if !out.success() {
+            return Err(failed(name, format!("change {n}: {}{}", out.stderr.trim(), out.stdout.trim())));
+        }
+        for line in out.stdout.lines() {
+            let w: Vec<&str> = line.split_whitespace().collect();
+            match (w.get(1).and_then(|v| v.parse::<f64>().ok()), w.get(2).and_then(|v| v.parse::<f64>().ok())) {
+                (Some(ms), Some(kc_ms)) => {
+                    served.push(ms);
+                    kubectl.push(kc_ms);
+                }
+                _ => return Err(failed(name, format!("change {n}: a node did not serve it within 20 s: {line}"))),
+            }
+        }
+        if served.len() != n * node_addrs.len() {
+            return Err(failed(name, format!("change {n}: not every node answered: {}", out.stdout.trim())));
+        }
+    }
+    served.sort_by(f64::total_cmp);
+    kubectl.sort_by(f64::total_cmp);
+    let p99 = served[((served.len() as f64) * 0.99).ceil() as usize - 1];
+    set(m, "ingress_change_served_p99_ms", p99);
+    set(m, "ingress_change_served_max_ms", *served.last().unwrap_or(&0.0));
+    set(m, "ingress_change_served_p50_ms", served[served.len() / 2]);
+    set(m, "ingress_change_kubectl_p50_ms", kubectl[kubectl.len() / 2]);
+    m.notes.push(format!(
+        "ingress change to served on {} nodes, {} samples (ms from kubectl's return, polled every ~10 ms): {served:?}",
+        node_addrs.len(),
+        served.len()
+    ));
+    Ok(())
 }
 
 /// An Ingress without a class (so `shoal`, the default) with `spec.tls` for two hosts, each

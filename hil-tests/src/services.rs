@@ -167,7 +167,7 @@ pub(crate) fn set(m: &mut Measured, name: &str, value: f64) {
     m.figures.insert(name.to_string(), value);
 }
 
-fn epoch_ms() -> u64 {
+pub(crate) fn epoch_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
@@ -201,7 +201,7 @@ type Pod = (String, String, String);
 pub(crate) struct Kubectl<'a> {
     rig: &'a dyn Rig,
     pub(crate) client: String,
-    kubeconfig: PathBuf,
+    pub(crate) kubeconfig: PathBuf,
 }
 
 impl Kubectl<'_> {
@@ -317,7 +317,7 @@ pub(crate) fn cluster_with_kubectl<'a>(
 }
 
 /// The hosts whose `eth0` holds `ip`.
-fn holders(rig: &dyn Rig, hosts: &[String], ip: &str) -> Vec<String> {
+pub(crate) fn holders(rig: &dyn Rig, hosts: &[String], ip: &str) -> Vec<String> {
     hosts
         .iter()
         .filter(|h| {
@@ -353,12 +353,12 @@ fn client_answers(rig: &dyn Rig, client: &str, ip: &str) -> bool {
 
 /// One poll of the client: when it started and whether it was answered.
 #[derive(Debug, Clone, Copy)]
-struct Poll {
-    at_ms: u64,
-    ok: bool,
+pub(crate) struct Poll {
+    pub(crate) at_ms: u64,
+    pub(crate) ok: bool,
 }
 
-fn read_polls(path: &Path) -> Vec<Poll> {
+pub(crate) fn read_polls(path: &Path) -> Vec<Poll> {
     std::fs::read_to_string(path)
         .unwrap_or_default()
         .lines()
@@ -380,7 +380,7 @@ pub struct Outage {
     pub polls: usize,
 }
 
-fn outage(polls: &[Poll], kill_ms: u64) -> Outage {
+pub(crate) fn outage(polls: &[Poll], kill_ms: u64) -> Outage {
     let after: Vec<&Poll> = polls.iter().filter(|p| p.at_ms >= kill_ms).collect();
     let first_fail = after.iter().position(|p| !p.ok);
     let back_ms = match first_fail {

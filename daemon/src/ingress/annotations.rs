@@ -27,6 +27,49 @@ pub(crate) struct Annotations {
     pub(crate) send_timeout: Duration,
     /// Empty: everyone.
     pub(crate) allow: Vec<Cidr>,
+    pub(crate) protocol: Protocol,
+    /// `affinity: cookie`: the cookie's name (`session-cookie-name`, default `INGRESSCOOKIE`).
+    pub(crate) affinity_cookie: Option<String>,
+    /// `session-cookie-path`; default: the location's path.
+    pub(crate) affinity_cookie_path: Option<String>,
+    pub(crate) canary: Option<Canary>,
+}
+
+/// `backend-protocol`: how the backend is spoken to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub(crate) enum Protocol {
+    #[default]
+    Http,
+    /// TLS to the backend, certificate not verified (as ingress-nginx's `proxy_ssl_verify off`).
+    Https,
+    /// HTTP/2 without TLS (prior knowledge), as nginx's `grpc_pass grpc://`.
+    Grpc,
+    /// HTTP/2 over TLS.
+    Grpcs,
+}
+
+impl Protocol {
+    pub(crate) fn tls(self) -> bool {
+        matches!(self, Protocol::Https | Protocol::Grpcs)
+    }
+
+    pub(crate) fn h2(self) -> bool {
+        matches!(self, Protocol::Grpc | Protocol::Grpcs)
+    }
+}
+
+/// The canary annotations of an Ingress marked `canary: "true"`.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub(crate) struct Canary {
+    /// `canary-by-header`: the header that decides (`always` / `never`, or `by_header_value`).
+    pub(crate) by_header: Option<String>,
+    /// `canary-by-header-value`: this value (instead of `always`) sends to the canary.
+    pub(crate) by_header_value: Option<String>,
+    /// `canary-by-cookie`: a cookie of that name set to `always` / `never`.
+    pub(crate) by_cookie: Option<String>,
+    /// `canary-weight` out of `weight_total`.
+    pub(crate) weight: u32,
+    pub(crate) weight_total: u32,
 }
 
 impl Default for Annotations {
@@ -44,6 +87,10 @@ impl Default for Annotations {
             read_timeout: Duration::from_secs(60),
             send_timeout: Duration::from_secs(60),
             allow: Vec::new(),
+            protocol: Protocol::Http,
+            affinity_cookie: None,
+            affinity_cookie_path: None,
+            canary: None,
         }
     }
 }
@@ -120,6 +167,10 @@ fn parse_bool(s: &str) -> Option<bool> {
 pub(crate) fn parse(ing: &Value, mut warn: impl FnMut(&str, String)) -> Annotations {
     let mut a = Annotations::default();
     let Some(map) = ing["metadata"]["annotations"].as_object() else { return a };
+    let canary = map.get(&format!("{PREFIX}canary")).and_then(Value::as_str).and_then(parse_bool) == Some(true);
+    let mut c = Canary { weight_total: 100, ..Canary::default() };
+    let mut cookie_name: Option<String> = None;
+    let mut affinity = false;
     for (key, value) in map {
         let Some(name) = key.strip_prefix(PREFIX) else { continue };
         let Some(v) = value.as_str() else { continue };
@@ -181,11 +232,60 @@ pub(crate) fn parse(ing: &Value, mut warn: impl FnMut(&str, String)) -> Annotati
                 }
                 a.allow = all;
             }
+            "backend-protocol" => match v.trim().to_ascii_uppercase().as_str() {
+                "HTTP" => a.protocol = Protocol::Http,
+                "HTTPS" => a.protocol = Protocol::Https,
+                "GRPC" => a.protocol = Protocol::Grpc,
+                "GRPCS" => a.protocol = Protocol::Grpcs,
+                _ => bad(),
+            },
+            "affinity" => match v.trim() {
+                "cookie" => affinity = true,
+                "" => {}
+                _ => bad(),
+            },
+            "session-cookie-name" => {
+                if !v.is_empty() && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)) {
+                    cookie_name = Some(v.to_string());
+                } else {
+                    bad()
+                }
+            }
+            "session-cookie-path" => {
+                if v.starts_with('/') && !v.contains([';', '\r', '\n']) {
+                    a.affinity_cookie_path = Some(v.to_string());
+                } else {
+                    bad()
+                }
+            }
+            "canary" => {
+                if parse_bool(v).is_none() {
+                    bad()
+                }
+            }
+            "canary-weight" => match v.trim().parse::<u32>() {
+                Ok(w) => c.weight = w,
+                Err(_) => bad(),
+            },
+            "canary-weight-total" => match v.trim().parse::<u32>() {
+                Ok(w) if w > 0 => c.weight_total = w,
+                _ => bad(),
+            },
+            "canary-by-header" => c.by_header = Some(v.trim().to_ascii_lowercase()).filter(|h| !h.is_empty()),
+            "canary-by-header-value" => c.by_header_value = Some(v.to_string()).filter(|h| !h.is_empty()),
+            "canary-by-cookie" => c.by_cookie = Some(v.trim().to_string()).filter(|h| !h.is_empty()),
             other => warn(
                 "UnsupportedAnnotation",
                 format!("annotation {PREFIX}{other} is not implemented by the shoal ingress; ignored"),
             ),
         }
+    }
+    if affinity {
+        a.affinity_cookie = Some(cookie_name.unwrap_or_else(|| "INGRESSCOOKIE".to_string()));
+    }
+    if canary {
+        c.weight = c.weight.min(c.weight_total);
+        a.canary = Some(c);
     }
     a
 }

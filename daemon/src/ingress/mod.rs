@@ -4,6 +4,8 @@
 //! Services, EndpointSlices and Nodes in the local replica, rebuilds its table after each burst
 //! of changes and swaps it in whole; requests in flight keep the table they started with.
 pub(crate) mod annotations;
+#[doc(hidden)]
+pub mod bench;
 pub(crate) mod matching;
 pub(crate) mod proxy;
 pub(crate) mod status;
@@ -87,6 +89,7 @@ impl Ingress {
         };
         tracing::info!(%addr, classes = ?self.cfg.classes, "ingress listening");
         let router = proxy::Router::new();
+        router.set_access_log(self.cfg.access_log);
         let server = tokio::spawn(router.clone().serve(listener, None, stop.clone()));
         let certs = match tls::Resolver::new() {
             Ok(r) => r,

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -12,7 +13,7 @@ use bytes::Bytes;
 use http_body_util::{combinators::BoxBody, BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderName, HeaderValue};
-use hyper::{Request, Response, StatusCode};
+use hyper::{Request, Response, StatusCode, Version};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -22,17 +23,19 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::annotations::Protocol;
 use super::matching::PathMatch;
-use super::table::{Backend, Table};
+use super::table::{Backend, Route, Table};
 
 pub(crate) type Body = BoxBody<Bytes, hyper::Error>;
-type Pool = Client<HttpConnector, Full<Bytes>>;
+type Pool = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 /// What every connection shares: the current table and the upstream pools.
 pub(crate) struct Router {
     table: RwLock<Arc<Table>>,
-    /// One keep-alive pool per connect timeout in use.
-    pools: Mutex<HashMap<Duration, Pool>>,
+    /// One keep-alive pool per connect timeout and backend protocol in use.
+    pools: Mutex<HashMap<(Duration, Protocol), Pool>>,
+    access_log: AtomicBool,
 }
 
 /// Hop-by-hop headers, never forwarded.
@@ -50,7 +53,16 @@ const HOP: &[&str] = &[
 
 impl Router {
     pub(crate) fn new() -> Arc<Router> {
-        Arc::new(Router { table: RwLock::new(Arc::new(Table::default())), pools: Mutex::new(HashMap::new()) })
+        Arc::new(Router {
+            table: RwLock::new(Arc::new(Table::default())),
+            pools: Mutex::new(HashMap::new()),
+            access_log: AtomicBool::new(false),
+        })
+    }
+
+    /// Writes one log line per request from now on (`[ingress] access_log`).
+    pub(crate) fn set_access_log(&self, on: bool) {
+        self.access_log.store(on, Ordering::Relaxed);
     }
 
     /// Swaps in a new table; requests in flight finish with the one they started with.
@@ -69,21 +81,31 @@ impl Router {
         }
     }
 
-    fn pool(&self, connect: Duration) -> Pool {
+    fn pool(&self, connect: Duration, protocol: Protocol) -> Pool {
         let mut pools = match self.pools.lock() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
         };
         pools
-            .entry(connect)
+            .entry((connect, protocol))
             .or_insert_with(|| {
                 let mut http = HttpConnector::new();
                 http.set_connect_timeout(Some(connect));
                 http.set_nodelay(true);
-                Client::builder(TokioExecutor::new())
-                    .pool_idle_timeout(Duration::from_secs(60))
-                    .pool_max_idle_per_host(64)
-                    .build(http)
+                http.enforce_http(false);
+                // The builder sets ALPN: h2 for gRPC, http/1.1 otherwise.
+                let b = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(backend_tls()).https_or_http();
+                let https = if protocol.h2() {
+                    b.enable_http2().wrap_connector(http)
+                } else {
+                    b.enable_http1().wrap_connector(http)
+                };
+                let mut b = Client::builder(TokioExecutor::new());
+                b.pool_idle_timeout(Duration::from_secs(60)).pool_max_idle_per_host(64);
+                if protocol.h2() {
+                    b.http2_only(true);
+                }
+                b.build(https)
             })
             .clone()
     }
@@ -139,7 +161,7 @@ impl Router {
             async move { Ok::<_, Infallible>(router.handle(req, peer, scheme).await) }
         });
         let builder = auto::Builder::new(TokioExecutor::new());
-        let conn = builder.serve_connection(io, svc);
+        let conn = builder.serve_connection_with_upgrades(io, svc);
         tokio::pin!(conn);
         tokio::select! {
             r = conn.as_mut() => {
@@ -154,8 +176,42 @@ impl Router {
         }
     }
 
-    /// Answers one request.
+    /// Answers one request (and writes its access log line when asked to).
     pub(crate) async fn handle(&self, req: Request<Incoming>, peer: SocketAddr, scheme: &str) -> Response<Body> {
+        if !self.access_log.load(Ordering::Relaxed) {
+            return self.route(req, peer, scheme).await.0;
+        }
+        let started = std::time::Instant::now();
+        let method = req.method().clone();
+        let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("").to_string();
+        let uri = req.uri().path_and_query().map(|p| p.as_str().to_string()).unwrap_or_default();
+        let version = req.version();
+        let (resp, upstream) = self.route(req, peer, scheme).await;
+        let rid = resp.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("-").to_string();
+        tracing::info!(
+            target: "shoal::ingress::access",
+            client = %peer.ip(),
+            %method,
+            %host,
+            uri = %uri,
+            version = ?version,
+            scheme,
+            status = resp.status().as_u16(),
+            upstream = %upstream.map_or_else(|| "-".to_string(), |u| u.to_string()),
+            ms = started.elapsed().as_secs_f64() * 1000.0,
+            request_id = %rid,
+            "ingress request"
+        );
+        resp
+    }
+
+    /// Routes one request; the answer and the endpoint that gave it.
+    async fn route(
+        &self,
+        mut req: Request<Incoming>,
+        peer: SocketAddr,
+        scheme: &str,
+    ) -> (Response<Body>, Option<SocketAddr>) {
         let table = self.table();
         let host = req
             .headers()
@@ -171,17 +227,20 @@ impl Router {
             Some(f) => (f.route.clone(), Some(f.location)),
             None => match &table.default_backend {
                 Some(r) => (r.clone(), None),
-                None => return text(StatusCode::NOT_FOUND, "no ingress rule matches this host and path"),
+                None => return (text(StatusCode::NOT_FOUND, "no ingress rule matches this host and path"), None),
             },
         };
         let ann = &route.annotations;
         if !ann.allow.is_empty() && !ann.allow.iter().any(|c| c.contains(peer.ip())) {
-            return text(StatusCode::FORBIDDEN, "the client address is not in whitelist-source-range");
+            return (text(StatusCode::FORBIDDEN, "the client address is not in whitelist-source-range"), None);
         }
         if let Some(to) = &ann.permanent_redirect {
-            return redirect(
-                StatusCode::from_u16(ann.permanent_redirect_code).unwrap_or(StatusCode::MOVED_PERMANENTLY),
-                to,
+            return (
+                redirect(
+                    StatusCode::from_u16(ann.permanent_redirect_code).unwrap_or(StatusCode::MOVED_PERMANENTLY),
+                    to,
+                ),
+                None,
             );
         }
         if scheme == "http" && (ann.force_ssl_redirect || (ann.ssl_redirect && server.tls)) {
@@ -190,26 +249,34 @@ impl Router {
                 .filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()))
                 .map_or(host.as_str(), |(h, _)| h);
             let pq = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
-            return redirect(StatusCode::PERMANENT_REDIRECT, &format!("https://{h}{pq}"));
+            return (redirect(StatusCode::PERMANENT_REDIRECT, &format!("https://{h}{pq}")), None);
         }
         if let Some(root) = &ann.app_root {
             if path == "/" {
-                return redirect(StatusCode::FOUND, root);
+                return (redirect(StatusCode::FOUND, root), None);
             }
         }
-        let upstream = match &route.backend {
-            Backend::Missing(why) => return text(StatusCode::SERVICE_UNAVAILABLE, why),
+        // A canary Ingress on the same host and path takes the request when its annotations say so.
+        let backend = match &route.canary {
+            Some(c) if takes_canary(c, req.headers()) => &c.backend,
+            _ => &route.backend,
+        };
+        let upstream = match backend {
+            Backend::Missing(why) => return (text(StatusCode::SERVICE_UNAVAILABLE, why), None),
             Backend::Service(u) => u.clone(),
         };
         if upstream.endpoints.is_empty() {
-            return text(StatusCode::SERVICE_UNAVAILABLE, &format!("service {} has no ready endpoints", upstream.name));
+            return (
+                text(StatusCode::SERVICE_UNAVAILABLE, &format!("service {} has no ready endpoints", upstream.name)),
+                None,
+            );
         }
         let limit = ann.body_limit;
         let declared =
             req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
         if let (Some(limit), Some(len)) = (limit, declared) {
             if len > limit {
-                return text(StatusCode::PAYLOAD_TOO_LARGE, "request body larger than proxy-body-size");
+                return (text(StatusCode::PAYLOAD_TOO_LARGE, "request body larger than proxy-body-size"), None);
             }
         }
         // The path the backend sees.
@@ -224,6 +291,12 @@ impl Router {
             Some(q) => format!("{new_path}?{q}"),
             None => new_path,
         };
+        // An HTTP/1.1 `Upgrade` (WebSocket): forwarded with its headers, then tunnelled.
+        let upgrade = req.version() == Version::HTTP_11
+            && !ann.protocol.h2()
+            && req.headers().contains_key(header::UPGRADE)
+            && connection_has(req.headers(), "upgrade");
+        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let (parts, body) = req.into_parts();
         // Buffered (as nginx buffers request bodies), so a refused connect can be retried.
         let max = limit.map_or(usize::MAX, |l| usize::try_from(l).unwrap_or(usize::MAX));
@@ -231,9 +304,9 @@ impl Router {
             Ok(c) => c.to_bytes(),
             Err(e) => {
                 if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
-                    return text(StatusCode::PAYLOAD_TOO_LARGE, "request body larger than proxy-body-size");
+                    return (text(StatusCode::PAYLOAD_TOO_LARGE, "request body larger than proxy-body-size"), None);
                 }
-                return text(StatusCode::BAD_REQUEST, "request body could not be read");
+                return (text(StatusCode::BAD_REQUEST, "request body could not be read"), None);
             }
         };
         let mut headers = parts.headers.clone();
@@ -253,36 +326,117 @@ impl Router {
         set(&mut headers, "x-real-ip", &peer.ip().to_string());
         set(&mut headers, "x-forwarded-proto", scheme);
         set(&mut headers, "x-forwarded-host", &host);
-        if !headers.contains_key("x-request-id") {
-            set(&mut headers, "x-request-id", &uuid::Uuid::new_v4().simple().to_string());
-        }
+        let rid = match headers.get("x-request-id").and_then(|v| v.to_str().ok()) {
+            Some(r) => r.to_string(),
+            None => {
+                let r = uuid::Uuid::new_v4().simple().to_string();
+                set(&mut headers, "x-request-id", &r);
+                r
+            }
+        };
         if !headers.contains_key(header::HOST) && !host.is_empty() {
             set(&mut headers, "host", &host);
         }
-        let pool = self.pool(ann.connect_timeout);
+        if upgrade {
+            if let Some(u) = parts.headers.get(header::UPGRADE) {
+                headers.insert(header::UPGRADE, u.clone());
+            }
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        }
+        if ann.protocol.h2()
+            && parts.headers.get(header::TE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"))
+        {
+            headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        }
+        // `affinity: cookie`: the endpoint the cookie names goes first.
+        let sticky = ann.affinity_cookie.as_ref().map(|name| {
+            let want = cookie(&parts.headers, name);
+            let chosen = want.and_then(|v| upstream.endpoints.iter().copied().find(|ep| affinity_value(*ep) == v));
+            (name, chosen)
+        });
+        let pool = self.pool(ann.connect_timeout, ann.protocol);
+        let uri_scheme = if ann.protocol.tls() { "https" } else { "http" };
         let mut last_err = String::new();
-        for ep in upstream.order() {
-            let uri = match format!("http://{ep}{pq}").parse::<hyper::Uri>() {
+        let mut order = upstream.order();
+        if let Some((_, Some(ep))) = &sticky {
+            if let Some(i) = order.iter().position(|e| e == ep) {
+                let ep = order.remove(i);
+                order.insert(0, ep);
+            }
+        }
+        for ep in order {
+            let uri = match format!("{uri_scheme}://{ep}{pq}").parse::<hyper::Uri>() {
                 Ok(u) => u,
-                Err(_) => return text(StatusCode::BAD_REQUEST, "request path cannot be forwarded"),
+                Err(_) => return (text(StatusCode::BAD_REQUEST, "request path cannot be forwarded"), None),
             };
             let mut out = Request::new(Full::new(body.clone()));
             *out.method_mut() = parts.method.clone();
             *out.uri_mut() = uri;
             *out.headers_mut() = headers.clone();
-            match tokio::time::timeout(ann.connect_timeout + ann.read_timeout, pool.request(out)).await {
+            if ann.protocol.h2() {
+                *out.version_mut() = Version::HTTP_2;
+            }
+            // The body is buffered and sent at once: the answer's headers are due within the three.
+            let answer = ann.connect_timeout + ann.send_timeout + ann.read_timeout;
+            match tokio::time::timeout(answer, pool.request(out)).await {
                 Err(_) => {
-                    return text(
-                        StatusCode::GATEWAY_TIMEOUT,
-                        &format!("endpoint {ep} of {} did not answer in time", upstream.name),
+                    return (
+                        text(
+                            StatusCode::GATEWAY_TIMEOUT,
+                            &format!("endpoint {ep} of {} did not answer in time", upstream.name),
+                        ),
+                        Some(ep),
                     )
                 }
-                Ok(Ok(resp)) => {
+                Ok(Ok(mut resp)) => {
+                    let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+                    let backend_upgrade = (switching && upgrade).then(|| hyper::upgrade::on(&mut resp));
                     let (mut rp, rb) = resp.into_parts();
+                    let upgraded_to = rp.headers.get(header::UPGRADE).cloned();
                     for h in HOP {
                         rp.headers.remove(*h);
                     }
-                    return Response::from_parts(rp, rb.boxed());
+                    if let (Some(theirs), Some(ours), Some(to)) = (backend_upgrade, client_upgrade, upgraded_to) {
+                        rp.headers.insert(header::UPGRADE, to);
+                        rp.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+                        let name = upstream.name.clone();
+                        tokio::spawn(async move {
+                            match tokio::try_join!(theirs, ours) {
+                                Ok((b, c)) => {
+                                    let (mut b, mut c) = (TokioIo::new(b), TokioIo::new(c));
+                                    if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut b).await {
+                                        tracing::debug!(endpoint = %ep, upstream = %name, error = %e, "ingress upgraded connection ended");
+                                    }
+                                }
+                                Err(e) => {
+                                    tracing::debug!(endpoint = %ep, upstream = %name, error = %e, "ingress upgrade failed")
+                                }
+                            }
+                        });
+                    }
+                    if let Some((name, chosen)) = &sticky {
+                        if *chosen != Some(ep) {
+                            let path = ann
+                                .affinity_cookie_path
+                                .clone()
+                                .or_else(|| {
+                                    location
+                                        .filter(|l| !matches!(l.matcher, PathMatch::Regex(_)))
+                                        .map(|l| l.path.clone())
+                                })
+                                .unwrap_or_else(|| "/".to_string());
+                            let c = format!("{name}={}; Path={path}; HttpOnly", affinity_value(ep));
+                            if let Ok(v) = HeaderValue::from_str(&c) {
+                                rp.headers.append(header::SET_COOKIE, v);
+                            }
+                        }
+                    }
+                    if !rp.headers.contains_key("x-request-id") {
+                        if let Ok(v) = HeaderValue::from_str(&rid) {
+                            rp.headers.insert(HeaderName::from_static("x-request-id"), v);
+                        }
+                    }
+                    return (Response::from_parts(rp, rb.boxed()), Some(ep));
                 }
                 Ok(Err(e)) if e.is_connect() => {
                     upstream.eject(ep);
@@ -291,15 +445,77 @@ impl Router {
                 }
                 Ok(Err(e)) => {
                     tracing::debug!(endpoint = %ep, upstream = %upstream.name, error = %e, "ingress upstream failed");
-                    return text(
-                        StatusCode::BAD_GATEWAY,
-                        &format!("endpoint {ep} of {} failed to answer", upstream.name),
+                    return (
+                        text(StatusCode::BAD_GATEWAY, &format!("endpoint {ep} of {} failed to answer", upstream.name)),
+                        Some(ep),
                     );
                 }
             }
         }
-        text(StatusCode::BAD_GATEWAY, &last_err)
+        (text(StatusCode::BAD_GATEWAY, &last_err), None)
     }
+}
+
+/// Whether a request goes to the canary: `canary-by-header` (`always`/`never`, or the
+/// `canary-by-header-value`), then `canary-by-cookie` (`always`/`never`), then `canary-weight`.
+pub(crate) fn takes_canary(c: &Route, headers: &hyper::HeaderMap) -> bool {
+    let Some(rule) = &c.annotations.canary else { return false };
+    if let Some(h) = &rule.by_header {
+        if let Some(v) = headers.get(h.as_str()).and_then(|v| v.to_str().ok()) {
+            match &rule.by_header_value {
+                Some(want) => {
+                    if v == want {
+                        return true;
+                    }
+                }
+                None => match v {
+                    "always" => return true,
+                    "never" => return false,
+                    _ => {}
+                },
+            }
+        }
+    }
+    if let Some(name) = &rule.by_cookie {
+        match cookie(headers, name) {
+            Some("always") => return true,
+            Some("never") => return false,
+            _ => {}
+        }
+    }
+    rule.weight > 0 && rand::random_range(0..rule.weight_total) < rule.weight
+}
+
+/// Whether the `Connection` header lists `token`.
+fn connection_has(headers: &hyper::HeaderMap, token: &str) -> bool {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// The value of cookie `name` in the request.
+fn cookie<'a>(headers: &'a hyper::HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.trim_matches('"'))
+}
+
+/// The affinity cookie's value for an endpoint: the same on every node (FNV-1a of `ip:port`).
+pub(crate) fn affinity_value(ep: SocketAddr) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in ep.to_string().bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}")
 }
 
 /// A plain-text answer of the router itself.
@@ -321,4 +537,57 @@ fn redirect(status: StatusCode, to: &str) -> Response<Body> {
         r.headers_mut().insert(header::LOCATION, v);
     }
     r
+}
+
+/// TLS to backends (`backend-protocol: HTTPS`/`GRPCS`): encrypted, the certificate not
+/// verified, as ingress-nginx does unless `proxy-ssl-verify` is set (pod certificates are
+/// rarely issued for the pod address).
+fn backend_tls() -> rustls::ClientConfig {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = Arc::new(NoVerify(provider.clone()));
+    match rustls::ClientConfig::builder_with_provider(provider).with_safe_default_protocol_versions() {
+        Ok(b) => b.dangerous().with_custom_certificate_verifier(verifier).with_no_client_auth(),
+        // The ring provider supports the default versions; this is not reached.
+        Err(_) => {
+            rustls::ClientConfig::builder().dangerous().with_custom_certificate_verifier(verifier).with_no_client_auth()
+        }
+    }
+}
+
+#[derive(Debug)]
+struct NoVerify(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for NoVerify {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
 }

@@ -98,12 +98,14 @@ pub(crate) enum Backend {
 }
 
 /// One path of one Ingress.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct Route {
     /// `namespace/name` of the Ingress.
     pub(crate) ingress: String,
     pub(crate) backend: Backend,
     pub(crate) annotations: Arc<Annotations>,
+    /// The same host and path of an Ingress marked `canary` (its annotations say when).
+    pub(crate) canary: Option<Arc<Route>>,
 }
 
 /// The routing table: what a request is matched against.
@@ -285,6 +287,8 @@ pub(crate) fn build(snap: &Snapshot, classes: &Classes) -> (Table, Vec<Warning>)
         ))
     });
     let mut pending: Vec<Pending> = Vec::new();
+    // Paths of canary Ingresses: merged into the main Ingress's same host and path.
+    let mut canaries: Vec<Pending> = Vec::new();
     let mut regex_hosts: BTreeSet<String> = BTreeSet::new();
     let mut tls_hosts: BTreeSet<String> = BTreeSet::new();
     for ing in ours {
@@ -302,10 +306,12 @@ pub(crate) fn build(snap: &Snapshot, classes: &Classes) -> (Table, Vec<Warning>)
                 tls_hosts.insert(h.to_ascii_lowercase());
             }
         }
-        let route =
-            |backend: Backend| Arc::new(Route { ingress: format!("{ns}/{name}"), backend, annotations: ann.clone() });
+        let is_canary = ann.canary.is_some();
+        let route = |backend: Backend| {
+            Arc::new(Route { ingress: format!("{ns}/{name}"), backend, annotations: ann.clone(), canary: None })
+        };
         let db = &ing["spec"]["defaultBackend"];
-        if db.is_object() {
+        if db.is_object() && !is_canary {
             match eps.backend(&ns, db) {
                 Ok(b) => {
                     if let Backend::Missing(why) = &b {
@@ -351,10 +357,11 @@ pub(crate) fn build(snap: &Snapshot, classes: &Classes) -> (Table, Vec<Warning>)
                         continue;
                     }
                 };
-                if ann.use_regex || ann.rewrite_target.is_some() {
+                if (ann.use_regex || ann.rewrite_target.is_some()) && !is_canary {
                     regex_hosts.insert(host.clone());
                 }
-                pending.push(Pending {
+                let list = if is_canary { &mut canaries } else { &mut pending };
+                list.push(Pending {
                     host: host.clone(),
                     path,
                     exact,
@@ -418,6 +425,43 @@ pub(crate) fn build(snap: &Snapshot, classes: &Classes) -> (Table, Vec<Warning>)
             PathMatch::Exact(_) => server.exact.push(loc),
             PathMatch::Regex(_) => server.regex.push(loc),
             _ => server.prefix.push(loc),
+        }
+    }
+    for c in canaries {
+        let server = server_mut(&mut table.hosts, &c.host);
+        let main = server
+            .exact
+            .iter_mut()
+            .chain(server.regex.iter_mut())
+            .chain(server.prefix.iter_mut())
+            .find(|l| l.path == c.path && matches!(l.matcher, PathMatch::Exact(_)) == c.exact);
+        match main {
+            Some(loc) if loc.route.canary.is_none() => {
+                let mut merged = Route::clone(&loc.route);
+                merged.canary = Some(c.route);
+                loc.route = Arc::new(merged);
+            }
+            Some(loc) => warnings.push(Warning {
+                namespace: c.ingress.0,
+                name: c.ingress.1,
+                reason: "ConflictingPath".into(),
+                message: format!(
+                    "canary for path {}: ingress {} already has a canary; ignored",
+                    c.path, loc.route.ingress
+                ),
+            }),
+            None => {
+                let host = if c.host.is_empty() { "*" } else { &c.host };
+                warnings.push(Warning {
+                    namespace: c.ingress.0,
+                    name: c.ingress.1,
+                    reason: "CanaryWithoutMain".into(),
+                    message: format!(
+                        "canary path {} of host {host}: no other ingress serves this host and path; ignored",
+                        c.path
+                    ),
+                })
+            }
         }
     }
     for h in &tls_hosts {

@@ -664,3 +664,277 @@ fn missing_and_invalid_tls_secrets_are_warnings() {
     r.sort();
     assert_eq!(r, ["InvalidSecret", "MissingSecret"], "{w:?}");
 }
+
+/// A backend answering `<name> <HTTP version>`, over TLS with a self-signed certificate when
+/// `tls`; HTTP/1.1 or HTTP/2 (by preface or ALPN).
+async fn versioned_backend(name: &'static str, tls: bool) -> SocketAddr {
+    use http_body_util::Full;
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let acceptor = tls.then(|| {
+        let certs = super::tls::Resolver::new().unwrap();
+        tokio_rustls::TlsAcceptor::from(Arc::new(certs.server_config().unwrap()))
+    });
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = l.accept().await else { return };
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| async move {
+                    let te = req.headers().get("te").and_then(|v| v.to_str().ok()).unwrap_or("-").to_string();
+                    let body = format!("{name} {:?} te={te}", req.version());
+                    Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(bytes::Bytes::from(body))))
+                });
+                let b = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+                match acceptor {
+                    Some(a) => {
+                        if let Ok(s) = a.accept(tcp).await {
+                            let _ = b.serve_connection(hyper_util::rt::TokioIo::new(s), svc).await;
+                        }
+                    }
+                    None => {
+                        let _ = b.serve_connection(hyper_util::rt::TokioIo::new(tcp), svc).await;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn backend_protocol_speaks_https_and_h2_to_the_backend() {
+    let plain = versioned_backend("h2c", false).await;
+    let (addr, r, stop) = router(&snap_with(
+        &[plain],
+        json!({"nginx.ingress.kubernetes.io/backend-protocol": "GRPC"}),
+        vec![path("/", "Prefix", "s", 80)],
+    ))
+    .await;
+    let (code, _, body) = get(addr, "x.test", "/", "TE: trailers\r\n").await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body, "h2c HTTP/2.0 te=trailers", "GRPC: HTTP/2 without TLS, te: trailers kept");
+    let (_, _, body) = get(addr, "x.test", "/", "").await;
+    assert_eq!(body, "h2c HTTP/2.0 te=-");
+    // Without the annotation: HTTP/1.1, and `te` is hop-by-hop.
+    r.set_table(build(&snap_with(&[plain], json!({}), vec![path("/", "Prefix", "s", 80)]), &classes()).0);
+    let (_, _, body) = get(addr, "x.test", "/", "TE: trailers\r\n").await;
+    assert_eq!(body, "h2c HTTP/1.1 te=-");
+
+    let secure = versioned_backend("tls", true).await;
+    for (proto, want) in [("HTTPS", "tls HTTP/1.1 te=-"), ("GRPCS", "tls HTTP/2.0 te=-")] {
+        r.set_table(
+            build(
+                &snap_with(
+                    &[secure],
+                    json!({"nginx.ingress.kubernetes.io/backend-protocol": proto}),
+                    vec![path("/", "Prefix", "s", 80)],
+                ),
+                &classes(),
+            )
+            .0,
+        );
+        let (code, _, body) = get(addr, "x.test", "/", "").await;
+        assert_eq!((code, body.as_str()), (200, want), "backend-protocol {proto}");
+    }
+    // Plain HTTP to a TLS backend is a 502 with the reason, not a hang or a crash.
+    r.set_table(build(&snap_with(&[secure], json!({}), vec![path("/", "Prefix", "s", 80)]), &classes()).0);
+    let (code, head, body) = get(addr, "x.test", "/", "").await;
+    assert_eq!(code, 502, "{body}");
+    assert!(head.contains("x-shoal-ingress: 1") && body.contains("failed to answer"), "{body}");
+    stop.cancel();
+}
+
+/// A WebSocket echo backend (axum), answering each text message with `echo: <message>`.
+async fn websocket_backend() -> SocketAddr {
+    use axum::extract::ws::{Message, WebSocketUpgrade};
+    let app = axum::Router::new().route(
+        "/ws",
+        axum::routing::get(|ws: WebSocketUpgrade| async move {
+            ws.on_upgrade(|mut socket| async move {
+                while let Some(Ok(msg)) = socket.recv().await {
+                    if let Message::Text(t) = msg {
+                        if socket.send(Message::Text(format!("echo: {}", t.as_str()).into())).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            })
+        }),
+    );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _ = axum::serve(l, app).await;
+    });
+    addr
+}
+
+#[tokio::test]
+async fn websocket_upgrade_is_tunnelled_to_the_backend() {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let b = websocket_backend().await;
+    let (addr, _r, stop) = router(&snap_with(&[b], json!({}), vec![path("/", "Prefix", "s", 80)])).await;
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut ws, resp) = tokio_tungstenite::client_async("ws://x.test/ws", tcp).await.expect("websocket handshake");
+    assert_eq!(resp.status(), 101);
+    for i in 0..3 {
+        ws.send(Message::Text(format!("hello {i}").into())).await.unwrap();
+        let got = tokio::time::timeout(std::time::Duration::from_secs(5), ws.next()).await.unwrap().unwrap().unwrap();
+        assert_eq!(got.into_text().unwrap().as_str(), format!("echo: hello {i}"));
+    }
+    ws.close(None).await.unwrap();
+    // `Upgrade` without `Connection: upgrade` is an ordinary request (no tunnel is opened).
+    let (code, head, _) = get(
+        addr,
+        "x.test",
+        "/ws",
+        "Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n",
+    )
+    .await;
+    assert_ne!(code, 101, "{head}");
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn affinity_cookie_pins_a_client_to_one_endpoint() {
+    let a = backend("a").await;
+    // A second endpoint on another loopback address, same port layout as the test Service.
+    let b2: SocketAddr = format!("127.0.0.3:{}", a.port()).parse().unwrap();
+    let b = {
+        use http_body_util::Full;
+        let l = tokio::net::TcpListener::bind(b2).await.expect("127.0.0.3 with the same port as 127.0.0.1");
+        tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = l.accept().await else { return };
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(|_req: hyper::Request<hyper::body::Incoming>| async {
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(bytes::Bytes::from("b"))))
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
+                        .await;
+                });
+            }
+        });
+        b2
+    };
+    let (addr, _r, stop) = router(&snap_with(
+        &[a, b],
+        json!({"nginx.ingress.kubernetes.io/affinity": "cookie", "nginx.ingress.kubernetes.io/session-cookie-name": "route"}),
+        vec![path("/app", "Prefix", "s", 80)],
+    ))
+    .await;
+    let (code, head, first) = get(addr, "x.test", "/app", "").await;
+    assert_eq!(code, 200);
+    let cookie = head
+        .lines()
+        .find_map(|l| l.strip_prefix("set-cookie: "))
+        .unwrap_or_else(|| panic!("a session cookie is set: {head}"))
+        .to_string();
+    assert!(cookie.contains("; path=/app") && cookie.contains("httponly"), "{cookie}");
+    let pair = cookie.split(';').next().unwrap().to_string();
+    let who = |s: &str| s.split(' ').next().unwrap_or("").to_string();
+    for _ in 0..6 {
+        let (_, head, body) = get(addr, "x.test", "/app", &format!("Cookie: other=1; {pair}\r\n")).await;
+        assert_eq!(who(&body), who(&first), "the cookie keeps the endpoint");
+        assert!(!head.contains("set-cookie"), "no new cookie while it holds: {head}");
+    }
+    // A forged cookie naming no endpoint: round robin, and a fresh cookie.
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..4 {
+        let (_, head, body) = get(addr, "x.test", "/app", "Cookie: route=ffffffffffffffff\r\n").await;
+        assert!(head.contains("set-cookie: route="), "{head}");
+        seen.insert(who(&body));
+    }
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn canary_by_header_and_weight() {
+    let main = backend("main").await;
+    let canary = backend("canary").await;
+    let snap = |canary_ann: Value| {
+        let mut s = snap_with(&[main], json!({}), vec![path("/", "Prefix", "s", 80)]);
+        s.services.push(svc("c", 80));
+        s.slices.push(
+            json!({"metadata": {"namespace": "default", "name": "c-1", "labels": {"kubernetes.io/service-name": "c"}},
+            "ports": [{"name": "web", "port": canary.port(), "protocol": "TCP"}],
+            "endpoints": [{"addresses": ["127.0.0.1"], "conditions": {"ready": true}}]}),
+        );
+        s.ingresses.push(ingress("canary", "2", canary_ann, "x.test", vec![path("/", "Prefix", "c", 80)]));
+        s
+    };
+    let by_header = snap(json!({"nginx.ingress.kubernetes.io/canary": "true",
+                                "nginx.ingress.kubernetes.io/canary-by-header": "X-Canary"}));
+    let (t, w) = build(&by_header, &classes());
+    assert!(w.is_empty(), "a canary does not conflict with its main Ingress: {w:?}");
+    let (addr, r, stop) = router(&by_header).await;
+    r.set_table(t);
+    let who = |s: String| s.split(' ').next().unwrap_or("").to_string();
+    assert_eq!(who(get(addr, "x.test", "/", "").await.2), "main");
+    assert_eq!(who(get(addr, "x.test", "/", "X-Canary: always\r\n").await.2), "canary");
+    assert_eq!(who(get(addr, "x.test", "/", "X-Canary: never\r\n").await.2), "main");
+    // Weight 100: everything to the canary unless the header says never.
+    r.set_table(
+        build(
+            &snap(json!({"nginx.ingress.kubernetes.io/canary": "true",
+                          "nginx.ingress.kubernetes.io/canary-weight": "100",
+                          "nginx.ingress.kubernetes.io/canary-by-header": "X-Canary"})),
+            &classes(),
+        )
+        .0,
+    );
+    for _ in 0..3 {
+        assert_eq!(who(get(addr, "x.test", "/", "").await.2), "canary");
+    }
+    assert_eq!(who(get(addr, "x.test", "/", "X-Canary: never\r\n").await.2), "main");
+    // Weight 0 and no header: the main backend only.
+    r.set_table(build(&snap(json!({"nginx.ingress.kubernetes.io/canary": "true"})), &classes()).0);
+    for _ in 0..3 {
+        assert_eq!(who(get(addr, "x.test", "/", "X-Canary: always\r\n").await.2), "main");
+    }
+    stop.cancel();
+    // A canary with no main Ingress on its host and path is not served, and says so.
+    let mut lone = snap(json!({"nginx.ingress.kubernetes.io/canary": "true"}));
+    lone.ingresses.remove(0);
+    let (t, w) = build(&lone, &classes());
+    assert_eq!(reasons(&w), [("canary", "CanaryWithoutMain")]);
+    assert!(t.hosts.server("x.test").find("/").is_none());
+}
+
+#[test]
+fn new_annotations_parse_and_bad_values_warn() {
+    let ing = |ann: Value| json!({"metadata": {"annotations": ann}});
+    let mut w = Vec::new();
+    let a = super::annotations::parse(
+        &ing(json!({"nginx.ingress.kubernetes.io/backend-protocol": "grpcs",
+                    "nginx.ingress.kubernetes.io/affinity": "cookie",
+                    "nginx.ingress.kubernetes.io/canary": "true",
+                    "nginx.ingress.kubernetes.io/canary-weight": "250"})),
+        |r: &str, m: String| w.push((r.to_string(), m)),
+    );
+    assert!(w.is_empty(), "{w:?}");
+    assert_eq!(a.protocol, super::annotations::Protocol::Grpcs);
+    assert_eq!(a.affinity_cookie.as_deref(), Some("INGRESSCOOKIE"));
+    assert_eq!(a.canary.as_ref().map(|c| c.weight), Some(100), "weight is capped at the total");
+    for (k, v) in [
+        ("backend-protocol", "FCGI"),
+        ("affinity", "ip"),
+        ("session-cookie-name", "a b"),
+        ("session-cookie-path", "/x;y"),
+        ("canary-weight", "-1"),
+        ("canary-weight-total", "0"),
+    ] {
+        let mut w = Vec::new();
+        let a = super::annotations::parse(
+            &ing(json!({format!("nginx.ingress.kubernetes.io/{k}"): v})),
+            |r: &str, m: String| w.push((r.to_string(), m)),
+        );
+        assert_eq!(w.len(), 1, "{k}: {w:?}");
+        assert_eq!(w[0].0, "InvalidAnnotation", "{k}");
+        assert_eq!(a, super::annotations::Annotations::default(), "{k}: the default is kept");
+    }
+}
