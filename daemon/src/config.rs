@@ -89,6 +89,16 @@ pub struct ApiSection {
     /// network (e.g. `"0.0.0.0:9100"`). Off by default: `/metrics` is then served on the API
     /// port to authenticated clients only.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// The longest ServiceAccount token a TokenRequest gets (`kubectl create token
+    /// --duration` above it is capped), as `--service-account-max-token-expiration`.
+    #[serde(deserialize_with = "de_duration")]
+    pub service_account_max_token_expiration: Duration,
+    /// One JSON line per mutating request in `<data_dir>/audit/audit.log` (on by default).
+    pub audit_log: bool,
+    /// The audit log rotates when it reaches this many MiB ...
+    pub audit_log_max_mib: u64,
+    /// ... and this many files are kept (the current one included).
+    pub audit_log_max_files: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -214,7 +224,14 @@ impl Default for NodeConfig {
 
 impl Default for ApiSection {
     fn default() -> Self {
-        ApiSection { event_ttl: DEFAULT_EVENT_TTL, metrics_listen: None }
+        ApiSection {
+            event_ttl: DEFAULT_EVENT_TTL,
+            metrics_listen: None,
+            service_account_max_token_expiration: Duration::from_secs(48 * 3600),
+            audit_log: true,
+            audit_log_max_mib: 100,
+            audit_log_max_files: 5,
+        }
     }
 }
 

@@ -340,6 +340,18 @@ async fn api_server(
     cfg.exporter = exporter;
     cfg.event_ttl = None; // the node's objects carry [api] event_ttl (0s: none)
     cfg.heartbeats = Some(Arc::new(GossipHeartbeats(node.clone())));
+    cfg.max_token_expiration = node.cfg.api.service_account_max_token_expiration;
+    if node.cfg.api.audit_log {
+        cfg.audit = Some(Arc::new(crate::api::AuditLog::new(crate::api::AuditConfig {
+            path: node.cfg.data_dir.join("audit").join("audit.log"),
+            max_bytes: node.cfg.api.audit_log_max_mib.saturating_mul(1 << 20),
+            max_files: node.cfg.api.audit_log_max_files,
+        })));
+    }
+    match crate::auth::sa_token::TokenKeys::from_secrets(&node.secrets) {
+        Ok(keys) => cfg.tokens = Some(Arc::new(keys)),
+        Err(e) => tracing::warn!(error = %e, "no service account keys; bearer tokens are refused"),
+    }
     if let Err(e) = crate::api::serve(cfg, stop).await {
         tracing::error!(error = %e, %listen, "Kubernetes API stopped");
     }

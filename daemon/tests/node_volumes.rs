@@ -299,7 +299,8 @@ async fn volumes_token_and_local_claims_reach_the_container() {
     // The token is a JWT of this cluster, bound to this pod.
     let token = log.split("token=").nth(1).and_then(|r| r.split_whitespace().next()).unwrap_or_default();
     let now = jiff::Timestamp::now().as_second();
-    let user = shoal::auth::token::verify(token, &node.secrets.ca_cert_pem, now).expect("a valid token");
+    let keys = shoal::auth::sa_token::TokenKeys::from_secrets(&node.secrets).expect("token keys");
+    let user = shoal::auth::token::verify(token, &keys, now).expect("a valid token");
     assert_eq!(user.username, "system:serviceaccount:default:default");
     assert_eq!(user.pod.map(|p| p.1), running["metadata"]["uid"].as_str().map(String::from));
     // The claim was bound to a volume provisioned on this node, in its data dir.

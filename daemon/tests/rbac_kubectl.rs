@@ -8,8 +8,8 @@ use std::time::Duration;
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
 };
-use shoal::api::{kubeconfig_for, ApiConfig, Server, TlsMaterial};
-use shoal::auth::sa_token::{claims, Binding, Signer};
+use shoal::api::{kubeconfig_for, ApiConfig, AuditConfig, AuditLog, Server, TlsMaterial};
+use shoal::auth::sa_token::{claims, unverified_claims, Binding, Signer, TokenKeys};
 use shoal_kube::Objects;
 use shoal_store::Store;
 use tokio_util::sync::CancellationToken;
@@ -61,6 +61,7 @@ struct Api {
     dir: tempfile::TempDir,
     url: String,
     ca: Ca,
+    tokens: std::sync::Arc<TokenKeys>,
     shutdown: CancellationToken,
 }
 
@@ -78,13 +79,24 @@ impl Api {
         sp.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         let scert = sp.signed_by(&skey, &ca.issuer).unwrap();
         let tls = TlsMaterial { cert_pem: scert.pem(), key_pem: skey.serialize_pem(), client_ca_pem: ca.pem.clone() };
-        let cfg = ApiConfig::new("127.0.0.1:0".parse().unwrap(), tls, Objects::new(Store::in_memory()), "test-node");
+        let mut cfg =
+            ApiConfig::new("127.0.0.1:0".parse().unwrap(), tls, Objects::new(Store::in_memory()), "test-node");
+        // The cluster's own token keys (not the CA key), as a node loads them from its secrets.
+        let secrets = shoal_gossip::pki::ClusterSecrets::generate("test").unwrap();
+        let tokens = std::sync::Arc::new(TokenKeys::from_secrets(&secrets).unwrap());
+        cfg.tokens = Some(tokens.clone());
+        let dir = tempfile::tempdir().unwrap();
+        cfg.audit = Some(std::sync::Arc::new(AuditLog::new(AuditConfig {
+            path: dir.path().join("audit/audit.log"),
+            max_bytes: 10 << 20,
+            max_files: 2,
+        })));
         let server = Server::bind(cfg).await.unwrap();
         let url = format!("https://{}", server.local_addr().unwrap());
         let shutdown = CancellationToken::new();
         let s = shutdown.clone();
         tokio::spawn(async move { server.run(s).await.unwrap() });
-        let api = Api { dir: tempfile::tempdir().unwrap(), url, ca, shutdown };
+        let api = Api { dir, url, ca, tokens, shutdown };
         api.user("admin", Some("system:masters"));
         api.user("alice", None);
         // The default roles are written at start; edit's rules are filled by aggregation.
@@ -168,18 +180,12 @@ impl Api {
 
     /// A ServiceAccount token bound to a pod created for it (tokens die with their pod).
     async fn sa_token(&self, ns: &str, sa: &str, pod: &str) -> String {
-        // The node agents publish the CA that verifies tokens; no agent runs here.
-        let ca = self.home().join("ca.crt");
-        std::fs::write(&ca, &self.ca.pem).unwrap();
-        let from = format!("--from-file=ca.crt={}", ca.display());
-        let _ = self.run("admin", &["create", "configmap", "kube-root-ca.crt", "-n", "kube-system", &from], None).await;
         let manifest = format!(
             "apiVersion: v1\nkind: Pod\nmetadata: {{name: {pod}, namespace: {ns}}}\nspec:\n  serviceAccountName: {sa}\n  containers: [{{name: c, image: busybox}}]\n"
         );
         let o = self.run("admin", &["apply", "-f", "-"], Some(&manifest)).await;
         assert!(o.ok, "{}", o.stderr);
         let uid = self.ok("admin", &["get", "pod", pod, "-n", ns, "-o", "jsonpath={.metadata.uid}"]).await;
-        let signer = Signer::from_pem(&self.ca.key_pem).unwrap();
         let b = Binding {
             namespace: ns.into(),
             service_account: sa.into(),
@@ -188,7 +194,7 @@ impl Api {
             ..Binding::default()
         };
         let now = jiff::Timestamp::now().as_second();
-        signer.sign(&claims(&b, &[], now, 3600)).unwrap()
+        self.tokens.signer().sign(&claims(&b, &[], now, 3600)).unwrap()
     }
 }
 
@@ -271,6 +277,81 @@ async fn a_user_bound_to_edit_works_in_its_namespace_only() {
         )
         .await;
     assert!(err.contains("cannot change roleRef"), "{err}");
+
+    // Escalation: with admin in ops, alice may write Roles and bindings there, but only for
+    // what she holds herself.
+    api.ok("admin", &["create", "namespace", "ops"]).await;
+    api.ok("admin", &["create", "rolebinding", "alice-admin", "--clusterrole=admin", "--user=alice", "-n", "ops"])
+        .await;
+    api.ok("alice", &["create", "role", "reader", "--verb=get,list", "--resource=pods", "-n", "ops"]).await;
+    api.ok("alice", &["create", "rolebinding", "bob-view", "--clusterrole=view", "--user=bob", "-n", "ops"]).await;
+    let err = api.refused("alice", &["create", "role", "nodes", "--verb=get", "--resource=nodes", "-n", "ops"]).await;
+    assert!(
+        err.contains(r#"roles.rbac.authorization.k8s.io "nodes" is forbidden: user "alice" (groups=["system:authenticated"]) is attempting to grant RBAC permissions not currently held:"#)
+            && err.contains(r#"{APIGroups:[""], Resources:["nodes"], Verbs:["get"]}"#),
+        "{err}"
+    );
+    let err = api
+        .refused(
+            "alice",
+            &["create", "rolebinding", "me-root", "--clusterrole=cluster-admin", "--user=alice", "-n", "ops"],
+        )
+        .await;
+    assert!(err.contains("is attempting to grant RBAC permissions not currently held"), "{err}");
+    // Widening a Role she wrote is checked as well.
+    let err = api
+        .refused(
+            "alice",
+            &[
+                "patch",
+                "role",
+                "reader",
+                "-n",
+                "ops",
+                "--type=json",
+                "-p",
+                r#"[{"op":"add","path":"/rules/-","value":{"apiGroups":[""],"resources":["nodes"],"verbs":["get"]}}]"#,
+            ],
+        )
+        .await;
+    assert!(err.contains("not currently held"), "{err}");
+    // With `bind` on cluster-admin, the binding is hers to make.
+    let bind = "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata: {name: binder, namespace: ops}\nrules:\n- {apiGroups: [rbac.authorization.k8s.io], resources: [clusterroles], verbs: [bind], resourceNames: [cluster-admin]}\n";
+    assert!(api.run("admin", &["apply", "-f", "-"], Some(bind)).await.ok);
+    api.ok("admin", &["create", "rolebinding", "alice-binder", "--role=binder", "--user=alice", "-n", "ops"]).await;
+    let mut bound = false;
+    for _ in 0..50 {
+        let o = api
+            .run(
+                "alice",
+                &["create", "rolebinding", "ops-root", "--clusterrole=cluster-admin", "--user=carol", "-n", "ops"],
+                None,
+            )
+            .await;
+        if o.ok {
+            bound = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(bound, "bind on cluster-admin lets alice bind it");
+
+    // The audit log has a line for each of alice's writes, refused ones included; reads have none.
+    let log = std::fs::read_to_string(api.home().join("audit/audit.log")).unwrap();
+    let events: Vec<serde_json::Value> = log.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let alice = |verb: &str, resource: &str, code: u16| {
+        events.iter().any(|e| {
+            e["apiVersion"] == "audit.k8s.io/v1"
+                && e["user"]["username"] == "alice"
+                && e["verb"] == verb
+                && e["objectRef"]["resource"] == resource
+                && e["responseStatus"]["code"] == code
+        })
+    };
+    assert!(alice("create", "deployments", 201), "{log}");
+    assert!(alice("create", "roles", 403), "{log}");
+    assert!(alice("create", "namespaces", 403), "{log}");
+    assert!(!events.iter().any(|e| e["verb"] == "get" || e["verb"] == "list"), "{log}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -315,6 +396,105 @@ async fn service_account_tokens_get_what_their_bindings_give() {
     // A bogus impersonation header: groups without a user is a 400 Status, not a crash.
     let err = api.refused("admin", &["get", "pods", "--as-group=x"]).await;
     assert!(err.contains("without impersonating a user") || err.contains("requires"), "{err}");
+}
+
+/// Whether a token user gets `who` from `kubectl auth whoami` (Unauthorized otherwise).
+async fn whoami(api: &Api, name: &str, token: &str) -> Result<String, String> {
+    api.token_user(name, token);
+    let o = api.run(name, &["auth", "whoami", "-o", "jsonpath={.status.userInfo.username}"], None).await;
+    if o.ok {
+        Ok(o.stdout)
+    } else {
+        Err(o.stderr)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_account_tokens_are_the_clusters_own() {
+    let api = Api::start().await;
+    api.ok("admin", &["create", "serviceaccount", "boss", "-n", "kube-system"]).await;
+    api.ok(
+        "admin",
+        &["create", "clusterrolebinding", "boss", "--clusterrole=cluster-admin", "--serviceaccount=kube-system:boss"],
+    )
+    .await;
+
+    // Whoever can write kube-root-ca.crt (the CA published to pods) cannot mint tokens with it:
+    // tokens are verified with the cluster's own key, never with that ConfigMap.
+    let evil = ca();
+    let ca_file = api.home().join("evil-ca.crt");
+    std::fs::write(&ca_file, &evil.pem).unwrap();
+    let from = format!("--from-file=ca.crt={}", ca_file.display());
+    api.ok("admin", &["create", "configmap", "kube-root-ca.crt", "-n", "kube-system", &from]).await;
+    let b = Binding { namespace: "kube-system".into(), service_account: "boss".into(), ..Binding::default() };
+    let now = jiff::Timestamp::now().as_second();
+    let forged = Signer::from_pem(&evil.key_pem).unwrap().sign(&claims(&b, &[], now, 3600)).unwrap();
+    let err = whoami(&api, "forged", &forged).await.unwrap_err();
+    assert!(err.contains("Unauthorized"), "{err}");
+
+    // TokenRequest: kubectl create token.
+    api.ok("admin", &["create", "serviceaccount", "builder"]).await;
+    let tok = api.ok("admin", &["create", "token", "builder"]).await;
+    assert_eq!(whoami(&api, "builder", tok.trim()).await.unwrap(), "system:serviceaccount:default:builder");
+    // A token for another audience is not for the API.
+    let foo = api.ok("admin", &["create", "token", "builder", "--audience", "foo"]).await;
+    assert_eq!(unverified_claims(foo.trim()).unwrap()["aud"][0], "foo");
+    let err = whoami(&api, "foo", foo.trim()).await.unwrap_err();
+    assert!(err.contains("Unauthorized"), "{err}");
+    // --duration above the maximum (48 h) is capped.
+    let long = api.ok("admin", &["create", "token", "builder", "--duration", "100h"]).await;
+    let c = unverified_claims(long.trim()).unwrap();
+    assert_eq!(c["exp"].as_i64().unwrap() - c["iat"].as_i64().unwrap(), 48 * 3600);
+    let err = api.refused("admin", &["create", "token", "builder", "--duration", "1m"]).await;
+    assert!(err.contains("may not specify a duration less than 10 minutes"), "{err}");
+    let err = api.refused("admin", &["create", "token", "nobody"]).await;
+    assert!(err.contains(r#"serviceaccounts "nobody" not found"#), "{err}");
+    // alice (no binding) may not ask for tokens.
+    let err = api.refused("alice", &["create", "token", "builder"]).await;
+    assert!(err.contains(r#"cannot create resource "serviceaccounts/token""#), "{err}");
+
+    // A token bound to a pod dies with the pod.
+    let manifest = "apiVersion: v1\nkind: Pod\nmetadata: {name: job}\nspec:\n  serviceAccountName: builder\n  containers: [{name: c, image: busybox}]\n";
+    assert!(api.run("admin", &["apply", "-f", "-"], Some(manifest)).await.ok);
+    let bound =
+        api.ok("admin", &["create", "token", "builder", "--bound-object-kind=Pod", "--bound-object-name=job"]).await;
+    assert_eq!(unverified_claims(bound.trim()).unwrap()["kubernetes.io"]["pod"]["name"], "job");
+    assert!(whoami(&api, "bound", bound.trim()).await.is_ok());
+    api.ok("admin", &["delete", "pod", "job", "--grace-period=0", "--force"]).await;
+    let err = whoami(&api, "bound", bound.trim()).await.unwrap_err();
+    assert!(err.contains("Unauthorized"), "{err}");
+    // A token of a ServiceAccount that was deleted (and made again) is dead too.
+    api.ok("admin", &["delete", "serviceaccount", "builder"]).await;
+    api.ok("admin", &["create", "serviceaccount", "builder"]).await;
+    let err = whoami(&api, "builder", tok.trim()).await.unwrap_err();
+    assert!(err.contains("Unauthorized"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_certificates_read_only_what_their_pods_use() {
+    let api = Api::start().await;
+    api.user("n1", Some("system:nodes"));
+    api.user("n2", Some("system:nodes"));
+    api.ok("admin", &["create", "secret", "generic", "s2", "--from-literal=k=v"]).await;
+    let pod = "apiVersion: v1\nkind: Pod\nmetadata: {name: p2}\nspec:\n  nodeName: n2\n  containers: [{name: c, image: busybox, envFrom: [{secretRef: {name: s2}}]}]\n";
+    assert!(api.run("admin", &["apply", "-f", "-"], Some(pod)).await.ok);
+    assert_eq!(api.ok("n2", &["get", "secret", "s2", "-o", "jsonpath={.data.k}"]).await, "dg==");
+    let err = api.refused("n1", &["get", "secret", "s2"]).await;
+    assert!(
+        err.contains(r#"secrets "s2" is forbidden: User "system:node:n1" cannot get resource "secrets" in API group "" in the namespace "default": no relationship found between node 'n1' and this object"#),
+        "{err}"
+    );
+    api.refused("n2", &["get", "secrets"]).await;
+    // Its own Node it may write, another's not.
+    let nodes =
+        "apiVersion: v1\nkind: Node\nmetadata: {name: n1}\n---\napiVersion: v1\nkind: Node\nmetadata: {name: n2}\n";
+    assert!(api.run("admin", &["apply", "-f", "-"], Some(nodes)).await.ok);
+    api.ok("n1", &["label", "node", "n1", "zone=a"]).await;
+    let err = api.refused("n1", &["label", "node", "n2", "zone=a"]).await;
+    assert!(err.contains(r#"User "system:node:n1" cannot patch resource "nodes""#), "{err}");
+    api.ok("n1", &["get", "pods", "-A"]).await;
+    let err = api.refused("n1", &["delete", "pod", "p2"]).await;
+    assert!(err.contains("forbidden"), "{err}");
 }
 
 /// The documents of a multi-document YAML file whose kind is not in `skip`.

@@ -45,6 +45,34 @@ pub struct ClusterSecrets {
     /// cluster gossips in plaintext until `shoal gossip-key rotate` gives it a key.
     #[serde(default)]
     pub gossip: crate::seal::GossipKeyring,
+    /// The keys that sign ServiceAccount tokens (PKCS#8 PEM, ECDSA P-256), never the CA key:
+    /// the first signs, the others only verify until their `retired_until`. Absent from data
+    /// dirs written before they existed: such a cluster signs with the CA key.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub service_account_keys: Vec<ServiceAccountKey>,
+}
+
+/// One ServiceAccount token key.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceAccountKey {
+    pub key_pem: String,
+    /// Unix seconds after which a retired key verifies nothing; None for the signing key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retired_until: Option<i64>,
+}
+
+impl ServiceAccountKey {
+    /// A new ECDSA P-256 key.
+    pub fn generate() -> Result<Self> {
+        let key = KeyPair::generate().map_err(Error::GenerateKey)?;
+        Ok(ServiceAccountKey { key_pem: key.serialize_pem(), retired_until: None })
+    }
+}
+
+impl std::fmt::Debug for ServiceAccountKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceAccountKey").field("retired_until", &self.retired_until).finish_non_exhaustive()
+    }
 }
 
 impl std::fmt::Debug for ClusterSecrets {
@@ -54,6 +82,7 @@ impl std::fmt::Debug for ClusterSecrets {
             .field("ca_key_pem", &"<redacted>")
             .field("token_secret", &"<redacted>")
             .field("gossip_keys", &self.gossip.key_ids())
+            .field("service_account_keys", &self.service_account_keys)
             .finish()
     }
 }
@@ -110,6 +139,7 @@ impl ClusterSecrets {
             ca_key_pem: key.serialize_pem(),
             token_secret: random_hex16(),
             gossip: crate::seal::GossipKeyring::generate(),
+            service_account_keys: vec![ServiceAccountKey::generate()?],
         })
     }
 

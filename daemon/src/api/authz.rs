@@ -41,16 +41,21 @@ fn query_pairs(req: &Parts) -> Vec<(String, String)> {
 }
 
 /// The identity a request acts as, once authenticated, impersonation checked and the request
-/// allowed; the error is the 401 or 403 to answer.
+/// allowed; the error is the 401 or 403 to answer. `authenticated` gets who the credentials
+/// speak for (before impersonation), for the audit log.
 pub(crate) async fn check(
     state: &ApiState,
     cert_user: Option<&UserInfo>,
     req: &Parts,
+    authenticated: &mut Option<UserInfo>,
 ) -> Result<Arc<UserInfo>, ApiError> {
     let user = match cert_user {
         Some(u) => u.clone(),
-        None => auth::token::authenticate(&state.objects, &req.headers).await.ok_or_else(ApiError::unauthorized)?,
+        None => auth::token::authenticate(&state.objects, state.tokens.as_deref(), &req.headers)
+            .await
+            .ok_or_else(ApiError::unauthorized)?,
     };
+    *authenticated = Some(user.clone());
     let user = match auth::impersonate(&state.authz, &user, &req.headers).await {
         Ok(u) => u,
         Err(ImpersonateError::Forbidden(a)) => {

@@ -25,6 +25,8 @@ pub(crate) struct Ctx {
     pub accept: String,
     pub content_type: String,
     pub body: Bytes,
+    /// Who asks (None for writes from inside the daemon).
+    pub user: Option<Arc<crate::auth::UserInfo>>,
 }
 
 /// The four patch types.
@@ -368,6 +370,7 @@ pub(crate) async fn create_object(ctx: &Ctx, mut obj: Value) -> Result<Response,
     }
     let uid = uuid::Uuid::new_v4().to_string();
     admit(&ctx.res, &mut obj, None, &uid)?;
+    rbac::check_escalation(ctx, &obj).await?;
     if ctx.dry_run() {
         obj["metadata"]["uid"] = json!(uid);
         obj["metadata"]["creationTimestamp"] = json!(shoal_kube::objects::now_rfc3339());
@@ -395,6 +398,9 @@ pub(crate) async fn create(ctx: &Ctx) -> Result<Response, ApiError> {
 /// Writes `next` over `old` (both whole objects); `mode` picks spec or status.
 async fn write(ctx: &Ctx, name: &str, mut next: Value, old: &Value, mode: UpdateMode) -> Result<Value, ApiError> {
     let is_service = ctx.res.group.is_empty() && ctx.res.kind == "Service";
+    if mode != UpdateMode::Status {
+        rbac::check_escalation(ctx, &next).await?;
+    }
     let claimed = if is_service && mode != UpdateMode::Status {
         service::allocate(&ctx.state.objects, &mut next, Some(old)).await?
     } else {

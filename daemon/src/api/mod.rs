@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
+pub mod audit;
 mod authz;
 mod crd;
 mod crud;
@@ -47,12 +48,14 @@ mod spdy;
 mod status;
 mod table;
 mod tls;
+mod token_request;
 mod watch;
 mod workloads;
 
 pub use crate::streams::{
     follow_output, ByteStream, ExecIo, ExecOptions, LogOptions, PodStreams, PortConnection, StreamError, TerminalSize,
 };
+pub use audit::{AuditConfig, AuditLog};
 pub use kubeconfig::{kubeconfig, kubeconfig_for};
 pub use node::NodeHeartbeats;
 pub use tls::TlsMaterial;
@@ -113,6 +116,13 @@ pub struct ApiConfig {
     /// Events expire this long after their creation, unless `objects` already has a TTL
     /// (a node sets it from `[api] event_ttl`); None: never.
     pub event_ttl: Option<Duration>,
+    /// The cluster's ServiceAccount keys: bearer tokens are verified with them and
+    /// TokenRequest signs with them; None: no token is accepted and TokenRequest answers 503.
+    pub tokens: Option<Arc<crate::auth::sa_token::TokenKeys>>,
+    /// The longest token TokenRequest hands out (`[api] service_account_max_token_expiration`).
+    pub max_token_expiration: Duration,
+    /// Where mutating requests are recorded; None: nowhere.
+    pub audit: Option<Arc<AuditLog>>,
 }
 
 /// Pod and node usage for `metrics.k8s.io` (`kubectl top`), from the node agents.
@@ -134,6 +144,9 @@ impl ApiConfig {
             heartbeats: None,
             exporter: Arc::new(crate::metrics::Exporter::default()),
             event_ttl: Some(DEFAULT_EVENT_TTL),
+            tokens: None,
+            max_token_expiration: Duration::from_secs(crate::auth::sa_token::DEFAULT_MAX_EXPIRATION_SECS as u64),
+            audit: None,
         }
     }
 }
@@ -149,6 +162,10 @@ pub(crate) struct ApiState {
     pub exporter: Arc<crate::metrics::Exporter>,
     /// Decides every request from outside (RBAC).
     pub authz: Arc<crate::auth::Authorizer>,
+    /// See [`ApiConfig::tokens`].
+    pub tokens: Option<Arc<crate::auth::sa_token::TokenKeys>>,
+    pub max_token_expiration: Duration,
+    pub audit: Option<Arc<AuditLog>>,
     /// Cancelled when the server stops; open watches and log streams end with it.
     pub shutdown: CancellationToken,
 }
@@ -189,6 +206,9 @@ impl Server {
             heartbeats: self.cfg.heartbeats.clone(),
             exporter: self.cfg.exporter.clone(),
             authz: crate::auth::Authorizer::new(self.cfg.objects.clone()),
+            tokens: self.cfg.tokens.clone(),
+            max_token_expiration: self.cfg.max_token_expiration,
+            audit: self.cfg.audit.clone(),
             shutdown: shutdown.child_token(),
         });
         let tracker = TaskTracker::new();
@@ -237,7 +257,9 @@ impl Server {
                     async move {
                         let info = crate::metrics::apiserver::RequestInfo::of(req.method(), req.uri(), req.headers());
                         let pending = crate::metrics::apiserver::start(info);
-                        let resp = router::dispatch(state, cert_user, req.map(axum::body::Body::new)).await;
+                        let mut req = req.map(axum::body::Body::new);
+                        req.extensions_mut().insert(peer);
+                        let resp = router::dispatch(state, cert_user, req).await;
                         Ok::<_, Infallible>(pending.finish(resp))
                     }
                 });

@@ -1,9 +1,13 @@
 //! Admission of Role, ClusterRole, RoleBinding and ClusterRoleBinding: the checks
 //! kube-apiserver's RBAC validation makes (rules, roleRef kind and group, subjects, and a
-//! roleRef that never changes).
+//! roleRef that never changes), and escalation prevention: a Role may only grant what its
+//! author holds (or has `escalate` on it), a binding only a role whose rules its author holds
+//! (or has `bind` on it).
 use serde_json::Value;
 
-use super::status::Cause;
+use super::crud::Ctx;
+use super::status::{ApiError, Cause};
+use crate::auth::{self, Attributes};
 
 const GROUP: &str = "rbac.authorization.k8s.io";
 
@@ -127,6 +131,69 @@ pub(crate) fn validate(kind: &str, obj: &Value, old: Option<&Value>) -> Vec<Caus
         _ => {}
     }
     out
+}
+
+/// The 403 of an RBAC write that would grant more than its author holds.
+fn escalation_forbidden(ctx: &Ctx, name: &str, message: String) -> ApiError {
+    let mut e = ApiError::forbidden(format!("{}.{GROUP} {name:?} is forbidden: {message}", ctx.res.plural));
+    e.details = Some(serde_json::json!({"name": name, "group": GROUP, "kind": ctx.res.plural}));
+    e
+}
+
+/// Refuses a Role, ClusterRole or binding `obj` that grants what the requester does not hold,
+/// unless they may `escalate` (roles) or `bind` (bindings). Writes from inside the daemon (no
+/// requester) are not checked.
+pub(crate) async fn check_escalation(ctx: &Ctx, obj: &Value) -> Result<(), ApiError> {
+    if ctx.res.group != GROUP {
+        return Ok(());
+    }
+    let Some(user) = ctx.user.as_deref() else { return Ok(()) };
+    let authz = &ctx.state.authz;
+    let ns = ctx.ns().unwrap_or_default().to_string();
+    let ns = if ctx.res.namespaced { ns } else { String::new() };
+    let name = obj["metadata"]["name"].as_str().unwrap_or_default().to_string();
+    let may = |verb: &str, resource: &str, role: &str| {
+        let a = Attributes::resource(verb, GROUP, resource, "", &ns, role);
+        async move { authz.authorize(user, &a).await.allowed() }
+    };
+    let wanted = match ctx.res.kind.as_str() {
+        "Role" | "ClusterRole" => {
+            if may("escalate", &ctx.res.plural, &name).await {
+                return Ok(());
+            }
+            if obj["aggregationRule"].is_object() {
+                return Err(escalation_forbidden(
+                    ctx,
+                    &name,
+                    "must have cluster-admin privileges to use the aggregationRule".into(),
+                ));
+            }
+            auth::rules_of(obj)
+        }
+        "RoleBinding" | "ClusterRoleBinding" => {
+            let kind = obj["roleRef"]["kind"].as_str().unwrap_or_default();
+            let role = obj["roleRef"]["name"].as_str().unwrap_or_default();
+            let (plural, role_ns) = if kind == "Role" { ("roles", Some(ns.as_str())) } else { ("clusterroles", None) };
+            if may("bind", plural, role).await {
+                return Ok(());
+            }
+            let res = shoal_kube::resources::lookup(GROUP, plural);
+            let found =
+                ctx.state.objects.get(&res, role_ns, role).await.map_err(|e| ApiError::from_objects(e, &res, role))?;
+            let Some(role_obj) = found else {
+                return Err(escalation_forbidden(ctx, &name, format!("{plural}.{GROUP} {role:?} not found")));
+            };
+            auth::rules_of(&role_obj)
+        }
+        _ => return Ok(()),
+    };
+    let held = authz.rules(user, &ns).await;
+    let missing = auth::escalation::missing(&held, &wanted);
+    if missing.is_empty() {
+        return Ok(());
+    }
+    tracing::info!(user = %user.name, kind = %ctx.res.kind, %name, namespace = %ns, "rbac write refused: it grants more than its author holds");
+    Err(escalation_forbidden(ctx, &name, auth::escalation::not_held_message(user, &missing)))
 }
 
 #[cfg(test)]

@@ -12,7 +12,9 @@ use tracing::debug;
 
 use super::crud::{self, json_response, Ctx, PatchKind};
 use super::status::ApiError;
-use super::{authz, discovery, exec, namespace, openapi, pod, portforward, registry, scale, watch, ApiState};
+use super::{
+    authz, discovery, exec, namespace, openapi, pod, portforward, registry, scale, token_request, watch, ApiState,
+};
 use crate::auth::UserInfo;
 
 fn header_str(h: &HeaderMap, name: header::HeaderName) -> String {
@@ -27,14 +29,47 @@ fn ok(v: Value) -> Result<Response, ApiError> {
 pub(crate) async fn dispatch(state: Arc<ApiState>, cert_user: Option<Arc<UserInfo>>, req: Request<Body>) -> Response {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
+    let received = jiff::Timestamp::now();
     let (mut parts, body) = req.into_parts();
-    let result = match authz::check(&state, cert_user.as_deref(), &parts).await {
+    let audit = state.audit.clone().filter(|_| super::audit::audited(&method));
+    let audit_parts = audit.as_ref().map(|_| {
+        let ua = parts.headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+        let peer = parts.extensions.get::<std::net::SocketAddr>().map(|a| a.ip());
+        (parts.uri.clone(), (ua, peer))
+    });
+    let mut authenticated = None;
+    let mut acting = None;
+    let result = match authz::check(&state, cert_user.as_deref(), &parts, &mut authenticated).await {
         Ok(user) => {
+            acting = Some(user.clone());
             parts.extensions.insert(user);
             route(state, Request::from_parts(parts, body)).await
         }
         Err(e) => Err(e),
     };
+    if let (Some(log), Some((uri, (user_agent, peer)))) = (audit, audit_parts) {
+        let code = match &result {
+            Ok(r) => r.status().as_u16(),
+            Err(e) => e.code,
+        };
+        let query = axum::extract::Query::<Vec<(String, String)>>::try_from_uri(&uri).map(|q| q.0).unwrap_or_default();
+        let attrs = crate::auth::Attributes::from_request(method.as_str(), &path, &query);
+        let impersonated = match (&acting, &authenticated) {
+            (Some(a), Some(u)) => a.name != u.name || a.groups != u.groups,
+            _ => false,
+        };
+        let user = acting.as_deref().or(authenticated.as_ref());
+        log.record(&super::audit::Record {
+            user,
+            authenticated: if impersonated { authenticated.as_ref() } else { None },
+            attrs: &attrs,
+            uri: &uri.to_string(),
+            source_ip: peer,
+            user_agent: &user_agent,
+            code,
+            received,
+        });
+    }
     match result {
         Ok(r) => {
             debug!(%method, %path, code = r.status().as_u16(), "api request");
@@ -268,9 +303,11 @@ async fn resource(
         Query::<HashMap<String, String>>::try_from_uri(req.uri()).map(|q| q.0).unwrap_or_default();
     let accept = header_str(req.headers(), header::ACCEPT);
     let content_type = header_str(req.headers(), header::CONTENT_TYPE);
+    let user = req.extensions().get::<Arc<UserInfo>>().cloned();
     let needs_body = matches!(method, Method::POST | Method::PUT | Method::PATCH | Method::DELETE);
     let body = if needs_body { read_body(req.into_body(), state.max_body_bytes).await? } else { bytes::Bytes::new() };
-    let ctx = Ctx { state, res, ns: target.ns, name: target.name, sub: target.sub, query, accept, content_type, body };
+    let ctx =
+        Ctx { state, res, ns: target.ns, name: target.name, sub: target.sub, query, accept, content_type, body, user };
     let sub = ctx.sub.clone();
     match (method.clone(), ctx.name.is_some(), sub.as_deref()) {
         (Method::GET, false, None) if ctx.flag("watch") => watch::watch(ctx).await,
@@ -291,6 +328,7 @@ async fn resource(
         (Method::GET, true, Some("log")) => pod::logs(&ctx).await,
         (Method::POST, true, Some("binding")) => Ok(json_response(StatusCode::CREATED, &pod::bind(&ctx).await?)),
         (Method::POST, true, Some("eviction")) => crud::delete(&ctx).await,
+        (Method::POST, true, Some("token")) => token_request::create(&ctx).await,
         (Method::PUT, true, Some("finalize")) => ok(namespace::finalize(&ctx).await?),
         _ => Err(ApiError::method_not_allowed(format!(
             "the server does not allow this method on the requested resource ({method})"

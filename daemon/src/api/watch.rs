@@ -177,6 +177,9 @@ mod tests {
         let objects = Objects::new(shoal_store::Store::in_memory());
         Arc::new(ApiState {
             authz: crate::auth::Authorizer::new(objects.clone()),
+            tokens: None,
+            max_token_expiration: std::time::Duration::from_secs(3600),
+            audit: None,
             exporter: Arc::new(crate::metrics::Exporter::default()),
             objects,
             node_name: "n1".into(),
@@ -198,6 +201,7 @@ mod tests {
             query: query.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<HashMap<_, _>>(),
             accept: "application/json".into(),
             content_type: String::new(),
+            user: None,
             body: Bytes::new(),
         }
     }

@@ -10,8 +10,10 @@ use std::collections::BTreeMap;
 
 mod attributes;
 mod defaults;
+pub mod escalation;
 mod identity;
 mod impersonate;
+mod node;
 mod rbac;
 pub mod sa_token;
 pub mod token;

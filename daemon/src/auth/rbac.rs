@@ -416,7 +416,18 @@ impl Authorizer {
         if user.in_group(MASTERS) {
             return Decision::Allow(String::new());
         }
-        self.current().await.decide(user, a)
+        let node = user.name.strip_prefix("system:node:").filter(|_| user.in_group(super::NODES));
+        let node_reason = match node {
+            Some(node) => match super::node::decide(&self.objects, node, a).await {
+                Decision::Allow(r) => return Decision::Allow(r),
+                Decision::Deny(reason) => reason,
+            },
+            None => String::new(),
+        };
+        match self.current().await.decide(user, a) {
+            Decision::Deny(_) if !node_reason.is_empty() => Decision::Deny(node_reason),
+            d => d,
+        }
     }
 
     /// The rules that apply to `user` in `namespace` (SelfSubjectRulesReview).

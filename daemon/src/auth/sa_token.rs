@@ -1,7 +1,9 @@
-//! ServiceAccount tokens: ES256 JWTs signed with the cluster CA key, with the claims the
-//! Kubernetes API server puts in bound tokens (issuer, `system:serviceaccount:NS:NAME`,
-//! audiences, expiry, and the pod and node they are bound to). Every node holds the CA key,
-//! so each agent mints the tokens of its own pods; `auth::token::verify` checks them.
+//! ServiceAccount tokens: ES256 JWTs signed with the cluster's own ServiceAccount key (kept
+//! with the cluster secrets, separate from the CA key), with the claims the Kubernetes API
+//! server puts in bound tokens (issuer, `system:serviceaccount:NS:NAME`, audiences, expiry,
+//! and the pod and node they are bound to). Every node holds the key, so each agent mints the
+//! tokens of its own pods and each API server verifies them ([`TokenKeys`]); a rotated key
+//! keeps verifying until the last token it signed has expired.
 use base64::Engine;
 use ring::rand::SystemRandom;
 use ring::signature::{EcdsaKeyPair, KeyPair as _, ECDSA_P256_SHA256_FIXED_SIGNING};
@@ -13,6 +15,9 @@ pub const ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
 pub const DEFAULT_EXPIRATION_SECS: i64 = 3607;
 /// The shortest lifetime a pod may ask for (`expirationSeconds`), as the API server enforces.
 pub const MIN_EXPIRATION_SECS: i64 = 600;
+/// The longest lifetime a token may get unless configured otherwise (48 h, as
+/// `--service-account-max-token-expiration` in the distributions users know).
+pub const DEFAULT_MAX_EXPIRATION_SECS: i64 = 48 * 3600;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TokenError {
@@ -22,6 +27,8 @@ pub enum TokenError {
     KeyType(String),
     #[error("signing a token")]
     Sign,
+    #[error("generating a service account key")]
+    Generate(#[source] shoal_gossip::Error),
 }
 
 /// Who a token speaks for and what it is bound to.
@@ -40,6 +47,17 @@ pub struct Binding {
 pub fn claims(b: &Binding, audiences: &[String], now: i64, lifetime: i64) -> Value {
     let lifetime = lifetime.max(MIN_EXPIRATION_SECS);
     let aud: Vec<String> = if audiences.is_empty() { vec![ISSUER.to_string()] } else { audiences.to_vec() };
+    let mut k8s = json!({
+        "namespace": b.namespace,
+        "serviceaccount": {"name": b.service_account, "uid": b.service_account_uid},
+    });
+    if !b.pod_name.is_empty() {
+        k8s["pod"] = json!({"name": b.pod_name, "uid": b.pod_uid});
+        k8s["warnafter"] = json!(now + lifetime * 8 / 10);
+    }
+    if !b.node_name.is_empty() {
+        k8s["node"] = json!({"name": b.node_name, "uid": b.node_uid});
+    }
     json!({
         "aud": aud,
         "exp": now + lifetime,
@@ -48,13 +66,7 @@ pub fn claims(b: &Binding, audiences: &[String], now: i64, lifetime: i64) -> Val
         "iss": ISSUER,
         "jti": uuid::Uuid::new_v4().to_string(),
         "sub": format!("system:serviceaccount:{}:{}", b.namespace, b.service_account),
-        "kubernetes.io": {
-            "namespace": b.namespace,
-            "node": {"name": b.node_name, "uid": b.node_uid},
-            "pod": {"name": b.pod_name, "uid": b.pod_uid},
-            "serviceaccount": {"name": b.service_account, "uid": b.service_account_uid},
-            "warnafter": now + lifetime * 8 / 10,
-        },
+        "kubernetes.io": k8s,
     })
 }
 
@@ -68,7 +80,7 @@ pub fn key_id(public_key: &[u8]) -> String {
     b64(&sha2::Sha256::digest(public_key))
 }
 
-/// Signs tokens with the cluster CA key.
+/// Signs tokens with a ServiceAccount key.
 pub struct Signer {
     key: EcdsaKeyPair,
     rng: SystemRandom,
@@ -76,7 +88,7 @@ pub struct Signer {
 }
 
 impl Signer {
-    /// From the PEM of the cluster CA key (`secrets.json`'s `ca_key_pem`).
+    /// From the PEM of an ECDSA P-256 key (a ServiceAccount key of the cluster secrets).
     pub fn from_pem(ca_key_pem: &str) -> Result<Signer, TokenError> {
         let kp = rcgen::KeyPair::from_pem(ca_key_pem).map_err(TokenError::LoadKey)?;
         if !kp.is_compatible(&rcgen::PKCS_ECDSA_P256_SHA256) {
@@ -96,6 +108,83 @@ impl Signer {
         let sig = self.key.sign(&self.rng, input.as_bytes()).map_err(|_| TokenError::Sign)?;
         Ok(format!("{input}.{}", b64(sig.as_ref())))
     }
+
+    /// The uncompressed public point, what verifiers check signatures with.
+    pub fn public_key(&self) -> Vec<u8> {
+        self.key.public_key().as_ref().to_vec()
+    }
+
+    pub fn key_id(&self) -> &str {
+        &self.kid
+    }
+}
+
+/// A key tokens are verified with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VerifyKey {
+    pub kid: String,
+    pub public_key: Vec<u8>,
+    /// Unix seconds after which this (retired) key verifies nothing.
+    pub until: Option<i64>,
+}
+
+/// The cluster's ServiceAccount keys as a node holds them: the signer of new tokens and every
+/// key tokens are still accepted from.
+pub struct TokenKeys {
+    signer: Signer,
+    verify: Vec<VerifyKey>,
+}
+
+impl std::fmt::Debug for TokenKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenKeys").field("signer", &self.signer.kid).field("verify", &self.verify).finish()
+    }
+}
+
+impl TokenKeys {
+    /// From the cluster secrets. A cluster created before ServiceAccount keys existed signs and
+    /// verifies with its CA key (still the node's own secret, never a ConfigMap).
+    pub fn from_secrets(secrets: &shoal_gossip::pki::ClusterSecrets) -> Result<TokenKeys, TokenError> {
+        let active = secrets.service_account_keys.iter().find(|k| k.retired_until.is_none());
+        let signer = Signer::from_pem(active.map_or(secrets.ca_key_pem.as_str(), |k| k.key_pem.as_str()))?;
+        let mut verify = vec![VerifyKey { kid: signer.kid.clone(), public_key: signer.public_key(), until: None }];
+        for k in secrets.service_account_keys.iter().filter(|k| k.retired_until.is_some()) {
+            let s = Signer::from_pem(&k.key_pem)?;
+            verify.push(VerifyKey { kid: s.kid.clone(), public_key: s.public_key(), until: k.retired_until });
+        }
+        Ok(TokenKeys { signer, verify })
+    }
+
+    pub fn signer(&self) -> &Signer {
+        &self.signer
+    }
+
+    /// The keys that may have signed a token with this `kid` (every key when it has none),
+    /// leaving out retired keys past their time.
+    pub fn verifying<'a>(&'a self, kid: Option<&'a str>, now: i64) -> impl Iterator<Item = &'a VerifyKey> + 'a {
+        self.verify
+            .iter()
+            .filter(move |k| k.until.is_none_or(|until| now <= until))
+            .filter(move |k| kid.is_none_or(|kid| kid == k.kid))
+    }
+}
+
+/// Replaces the signing key with a new one. The old key keeps verifying until the longest
+/// token it can have signed has expired (`max_expiration_secs` from `now`, plus a minute);
+/// retired keys past that are dropped.
+pub fn rotate(
+    secrets: &mut shoal_gossip::pki::ClusterSecrets,
+    now: i64,
+    max_expiration_secs: i64,
+) -> Result<(), TokenError> {
+    let until = now + max_expiration_secs.max(DEFAULT_EXPIRATION_SECS) + 60;
+    secrets.service_account_keys.retain(|k| k.retired_until.is_none_or(|u| u >= now));
+    for k in secrets.service_account_keys.iter_mut().filter(|k| k.retired_until.is_none()) {
+        k.retired_until = Some(until);
+    }
+    let new = shoal_gossip::pki::ServiceAccountKey::generate().map_err(TokenError::Generate)?;
+    secrets.service_account_keys.insert(0, new);
+    Ok(())
 }
 
 /// The claims of a token, read without checking its signature (to decide whether a token

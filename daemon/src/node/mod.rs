@@ -76,9 +76,9 @@ pub(crate) struct Agent {
     pub device_owners: std::sync::Mutex<HashMap<PathBuf, String>>,
     /// Per pod uid: what the agent knows of it.
     pub state: Mutex<HashMap<String, Arc<Mutex<PodState>>>>,
-    /// Signs the pods' ServiceAccount tokens (the cluster CA key); None where the data dir
+    /// The cluster's ServiceAccount keys, which sign the pods' tokens; None where the data dir
     /// holds no cluster secrets, and then pods get no token.
-    pub signer: Option<token::Signer>,
+    pub signer: Option<token::TokenKeys>,
     /// The cluster CA certificate, the `ca.crt` of the ServiceAccount volume.
     pub ca_crt: Option<String>,
     /// Node-pressure eviction: thresholds, where the signals come from, and the pressure
@@ -542,9 +542,9 @@ impl Agent {
     }
 }
 
-/// The cluster CA key and certificate from the data dir's `secrets.json`, to sign and
-/// publish ServiceAccount tokens.
-fn load_token_key(data_dir: &std::path::Path) -> (Option<token::Signer>, Option<String>) {
+/// The ServiceAccount keys and the CA certificate from the data dir's `secrets.json`, to sign
+/// tokens and publish the CA pods verify the API with.
+fn load_token_key(data_dir: &std::path::Path) -> (Option<token::TokenKeys>, Option<String>) {
     let path = data_dir.join(crate::config::SECRETS_FILE);
     let Ok(text) = std::fs::read_to_string(&path) else {
         tracing::info!(path = %path.display(), "no cluster secrets; pods get no service account token");
@@ -557,7 +557,7 @@ fn load_token_key(data_dir: &std::path::Path) -> (Option<token::Signer>, Option<
             return (None, None);
         }
     };
-    match token::Signer::from_pem(&secrets.ca_key_pem) {
+    match token::TokenKeys::from_secrets(&secrets) {
         Ok(s) => (Some(s), Some(secrets.ca_cert_pem)),
         Err(e) => {
             tracing::warn!(error = %e, "cannot sign service account tokens");

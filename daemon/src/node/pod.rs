@@ -799,7 +799,8 @@ impl Agent {
                 continue;
             }
             let mint = |r: &volumes::TokenRequest<'_>| -> Result<String, String> {
-                let signer = self.signer.as_ref().ok_or("this node holds no cluster CA key")?;
+                let signer =
+                    self.signer.as_ref().map(token::TokenKeys::signer).ok_or("this node holds no cluster secrets")?;
                 let now = jiff::Timestamp::now().as_second();
                 if let Ok(old) = std::fs::read_to_string(vdir.join(r.path)) {
                     if token::still_fresh(&old, &r.audiences, &binding, now) {
