@@ -21,11 +21,11 @@ fn nothing_on_witness(name: &str, k: &Kubectl<'_>, via: &str, witness: &str) -> 
     if nodes.lines().any(|l| l.trim() == format!("node/{witness}")) {
         return Err(failed(name, format!("the witness {witness} has a Node object: {nodes}")));
     }
-    let pods = k
-        .on(via, &["get", "pods", "-A", "--field-selector", &format!("spec.nodeName={witness}"), "-o", "name"])
-        .map_err(|e| failed(name, e))?;
-    if !pods.trim().is_empty() {
-        return Err(failed(name, format!("pods on the witness {witness}: {pods}")));
+    let fmt = "jsonpath={range .items[*]}{.metadata.namespace}/{.metadata.name} {.spec.nodeName}{\"\\n\"}{end}";
+    let all = k.on(via, &["get", "pods", "-A", "-o", fmt]).map_err(|e| failed(name, e))?;
+    let pods: Vec<&str> = all.lines().filter(|l| l.split_whitespace().nth(1) == Some(witness)).collect();
+    if !pods.is_empty() {
+        return Err(failed(name, format!("pods on the witness {witness}: {pods:?}")));
     }
     Ok(())
 }
