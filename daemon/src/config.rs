@@ -132,7 +132,10 @@ pub struct StoreConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NodeAgentConfig {
-    /// Run the node agent (containers) on this node.
+    /// `worker` (the default) or `witness`: a witness gossips and votes in Raft but runs no
+    /// pods, no Service data plane, no DNS, no Ingress and announces no LoadBalancer IPs.
+    pub role: NodeRole,
+    /// Run the node agent (containers) on this node (ignored on a witness: never).
     pub run_pods: bool,
     /// Declared devices for hardware-in-the-loop benches: path and resource name.
     pub devices: Vec<DeviceConfig>,
@@ -142,6 +145,36 @@ pub struct NodeAgentConfig {
     /// `pid.available<5%`).
     #[serde(deserialize_with = "de_eviction")]
     pub eviction_hard: EvictionConfig,
+}
+
+/// What a node is for (`[node] role`, `shoal up --witness`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeRole {
+    /// Runs workloads (if `run_pods`) and takes part in the cluster.
+    #[default]
+    Worker,
+    /// A Raft voter and gossip member that runs nothing else: the third vote of a
+    /// two-node site.
+    Witness,
+}
+
+impl NodeRole {
+    /// As in config files and gossip: `worker`, `witness`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeRole::Worker => "worker",
+            NodeRole::Witness => "witness",
+        }
+    }
+}
+
+impl NodeAgentConfig {
+    /// Whether this node runs pods and the per-node data plane (proxy, DNS, LoadBalancer
+    /// announcer, Ingress): a worker with `run_pods`, never a witness.
+    pub fn runs_pods(&self) -> bool {
+        self.run_pods && self.role == NodeRole::Worker
+    }
 }
 
 fn de_eviction<'de, D: Deserializer<'de>>(d: D) -> Result<EvictionConfig, D::Error> {
@@ -255,7 +288,12 @@ impl Default for StoreConfig {
 
 impl Default for NodeAgentConfig {
     fn default() -> Self {
-        NodeAgentConfig { run_pods: true, devices: Vec::new(), eviction_hard: Default::default() }
+        NodeAgentConfig {
+            role: NodeRole::Worker,
+            run_pods: true,
+            devices: Vec::new(),
+            eviction_hard: Default::default(),
+        }
     }
 }
 
@@ -420,6 +458,23 @@ mod tests {
         std::fs::write(&p, "version = 1\n[node]\neviction_hard = \"memory.free<1Gi\"\n").unwrap();
         let err = NodeConfig::load(&p, true).unwrap_err().to_string();
         assert!(err.contains("unknown eviction signal \"memory.free\""), "{err}");
+    }
+
+    #[test]
+    fn the_node_role_defaults_to_worker_and_a_witness_runs_no_pods() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, "version = 1\n").unwrap();
+        let c = NodeConfig::load(&p, true).unwrap();
+        assert_eq!(c.node.role, NodeRole::Worker);
+        assert!(c.node.runs_pods());
+        std::fs::write(&p, "version = 1\n[node]\nrole = \"witness\"\nrun_pods = true\n").unwrap();
+        let c = NodeConfig::load(&p, true).unwrap();
+        assert_eq!(c.node.role, NodeRole::Witness);
+        assert!(!c.node.runs_pods(), "a witness never runs pods, whatever run_pods says");
+        std::fs::write(&p, "version = 1\n[node]\nrole = \"arbiter\"\n").unwrap();
+        let err = NodeConfig::load(&p, true).unwrap_err().to_string();
+        assert!(err.contains("unknown variant") && err.contains("witness"), "{err}");
     }
 
     #[test]

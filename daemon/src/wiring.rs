@@ -35,7 +35,7 @@ pub(crate) async fn run_services(node: Arc<Node>, stop: CancellationToken) {
         node.objects.clone(),
         node.store.clone(),
         &node.identity.name,
-        node.cfg.node.run_pods,
+        node.cfg.node.runs_pods(),
     );
     crate::node::register_metrics(&node.transport, metrics.clone());
     tasks.spawn(metrics.clone().run(stop.clone()));
@@ -51,7 +51,10 @@ pub(crate) async fn run_services(node: Arc<Node>, stop: CancellationToken) {
         exporter,
         stop.clone(),
     ));
-    if node.cfg.node.run_pods {
+    // A witness (and a node with run_pods = false) stops here: no node agent and so no Node
+    // object (nothing is scheduled on it, DaemonSets included), no Service data plane, no
+    // DNS, no Ingress, no LoadBalancer announcer.
+    if node.cfg.node.runs_pods() {
         tasks.spawn(run_agent(node.clone(), stop.clone()));
         tasks.spawn(run_proxy(node.clone(), stop.clone()));
         tasks.spawn(run_dns(node.clone(), stop.clone()));

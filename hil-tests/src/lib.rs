@@ -16,6 +16,7 @@ pub mod scenarios;
 pub mod services;
 pub mod shoal;
 pub mod walkthrough;
+pub mod witness;
 pub mod workload;
 
 pub use error::{Error, Result};

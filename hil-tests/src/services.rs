@@ -97,7 +97,7 @@ spec:
     )
 }
 
-const LB_APP: &str = r#"apiVersion: apps/v1
+pub(crate) const LB_APP: &str = r#"apiVersion: apps/v1
 kind: Deployment
 metadata:
   name: lb-web
@@ -227,7 +227,7 @@ impl Kubectl<'_> {
     }
 
     /// Waits until Service `svc` has a LoadBalancer ingress IP; returns it.
-    fn ingress_ip(&self, host: &str, svc: &str, timeout: Duration) -> std::result::Result<String, String> {
+    pub(crate) fn ingress_ip(&self, host: &str, svc: &str, timeout: Duration) -> std::result::Result<String, String> {
         let mut vip = String::new();
         wait_until(&format!("an ingress IP for service {svc}"), timeout, Duration::from_millis(500), || {
             vip = self
@@ -280,7 +280,7 @@ pub(crate) fn cluster_with_kubectl<'a>(
     scenario: &str,
     scratch: &Scratch,
 ) -> Result<(Vec<String>, Kubectl<'a>)> {
-    let client = rig.client().ok_or_else(|| failed(scenario, "needs a rig with a client host"))?;
+    rig.client().ok_or_else(|| failed(scenario, "needs a rig with a client host"))?;
     let hosts = rig.hosts();
     if hosts.len() < opts.nodes {
         return Err(failed(scenario, format!("needs {} hosts, the rig has {}", opts.nodes, hosts.len())));
@@ -288,6 +288,19 @@ pub(crate) fn cluster_with_kubectl<'a>(
     let hosts = hosts[..opts.nodes].to_vec();
     let cluster = Cluster::form(rig, &hosts, None)?;
     cluster.wait_converged(CONVERGE_TIMEOUT)?;
+    let k = kubectl_for(rig, scenario, &hosts, scratch)?;
+    Ok((hosts, k))
+}
+
+/// The test images in the import dir of each of `hosts` and a kubeconfig for the client host
+/// against `hosts[0]`.
+pub(crate) fn kubectl_for<'a>(
+    rig: &'a dyn Rig,
+    scenario: &str,
+    hosts: &[String],
+    scratch: &Scratch,
+) -> Result<Kubectl<'a>> {
+    let client = rig.client().ok_or_else(|| failed(scenario, "needs a rig with a client host"))?;
     let images = shoal::workspace_root().join("out/images");
     let tars: Vec<PathBuf> = std::fs::read_dir(&images)
         .map(|d| {
@@ -297,7 +310,7 @@ pub(crate) fn cluster_with_kubectl<'a>(
     if tars.is_empty() {
         return Err(failed(scenario, format!("no test images in {} (run ./scripts/images.sh)", images.display())));
     }
-    for h in &hosts {
+    for h in hosts {
         let import = rig.data_dir(h)?.join("images/import");
         std::fs::create_dir_all(&import).map_err(|source| Error::Io {
             op: "create dir",
@@ -313,7 +326,7 @@ pub(crate) fn cluster_with_kubectl<'a>(
     }
     let server = format!("https://{}:6443", rig.address(&hosts[0])?);
     let kubeconfig = scratch.write("kubeconfig", &shoal::kubeconfig(rig, &hosts[0], Some(&server))?)?;
-    Ok((hosts, Kubectl { rig, client, kubeconfig }))
+    Ok(Kubectl { rig, client, kubeconfig })
 }
 
 /// The hosts whose `eth0` holds `ip`.
@@ -342,7 +355,7 @@ fn client_neighbour(rig: &dyn Rig, client: &str, ip: &str) -> Option<String> {
     words.iter().position(|w| *w == "lladdr").and_then(|i| words.get(i + 1)).map(|s| s.to_ascii_lowercase())
 }
 
-fn client_answers(rig: &dyn Rig, client: &str, ip: &str) -> bool {
+pub(crate) fn client_answers(rig: &dyn Rig, client: &str, ip: &str) -> bool {
     rig.exec_timeout(
         client,
         &["curl", "-s", "-o", "/dev/null", "-m", "2", "-w", "%{http_code}", &format!("http://{ip}/")],

@@ -136,3 +136,8 @@ fn ingress_walkthrough() {
 fn attacks() {
     scenario("attacks");
 }
+
+#[test]
+fn witness_two_nodes_and_a_witness() {
+    scenario("witness");
+}

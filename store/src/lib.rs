@@ -12,6 +12,7 @@
 mod backup;
 mod codec;
 mod error;
+mod force;
 mod log_store;
 mod mem;
 mod network;
@@ -27,6 +28,7 @@ mod types;
 mod voters;
 
 pub use error::{Error, Result};
+pub use force::ForceOutcome;
 pub use network::{service, RaftTransport, TransportError};
 pub use store::Store;
 pub use types::{

@@ -45,6 +45,13 @@ impl Store {
         crate::backup::restore(file.as_ref(), data_dir.as_ref(), node_id, addr)
     }
 
+    /// Makes node `node_id` the only voter of the group recorded in `<data_dir>/store.redb`,
+    /// keeping its whole log and state (etcd's `--force-new-cluster`). The node must be
+    /// stopped; its former peers must never return with their old data.
+    pub fn force_single_voter(data_dir: impl AsRef<Path>, node_id: u64) -> Result<crate::ForceOutcome> {
+        crate::force::force_single_voter(data_dir.as_ref(), node_id)
+    }
+
     fn raft(&self, operation: &'static str) -> Result<&Arc<RaftNode>> {
         match &self.inner {
             Backend::Raft(n) => Ok(n),

@@ -133,6 +133,16 @@ mod tests {
     }
 
     #[test]
+    fn two_workers_and_a_witness_keep_three_voters_when_one_dies() {
+        // 1 and 2 run workloads, 3 is the witness: all three vote.
+        assert_eq!(run(&[1], &[2, 3], &[1, 2, 3], Duration::ZERO), Some(VoterChange::Promote { node_id: 2 }));
+        assert_eq!(run(&[1, 2], &[3], &[1, 2, 3], Duration::ZERO), Some(VoterChange::Promote { node_id: 3 }));
+        // Worker 2 powered off for long: with no learner to take its place the group stays at
+        // three voters, so worker 1 and the witness remain a majority and nothing is demoted.
+        assert_eq!(run(&[1, 2, 3], &[], &[1, 3], Duration::from_secs(3600)), None);
+    }
+
+    #[test]
     fn never_touches_the_leader() {
         assert_eq!(run(&[1, 2, 3], &[], &[2, 3], Duration::from_secs(600)), None);
     }

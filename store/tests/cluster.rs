@@ -381,3 +381,60 @@ async fn a_dead_learner_is_dropped_and_can_be_added_back() {
     }
     assert!(c.store(l).status().members.iter().any(|m| m.node_id == learner && m.role == Role::Learner));
 }
+
+/// Two nodes (one voter, one learner), the voter lost for good: `promote --force` on the
+/// learner's stopped store makes it the only voter, with every committed write kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forced_survivor_becomes_the_single_voter_and_keeps_its_state() {
+    use shoal_store::{ForceOutcome, Store};
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = TestCluster::new(dir.path(), |_| {});
+    c.launch(1).await.unwrap();
+    c.launch(2).await.unwrap();
+    c.store(1).initialize().await.unwrap();
+    c.wait_leader_among(&[1], LONG).await.unwrap();
+    c.store(2).join_via(&addr_of(1)).await.unwrap();
+    for i in 0..20u8 {
+        c.store(2).txn(Txn::put(format!("/kept/{i}"), vec![i])).await.unwrap();
+    }
+    c.store(2).sync().await.unwrap();
+    let rev = c.store(2).revision();
+    let learner = c.store(2).status().members.iter().find(|m| m.node_id == 2).map(|m| m.role);
+    assert_eq!(learner, Some(Role::Learner), "two nodes: one voter, one learner");
+
+    // The voter dies; the learner alone has no leader and cannot write.
+    c.stop(1).await.unwrap();
+    let err = tokio::time::timeout(Duration::from_secs(3), c.store(2).txn(Txn::put("/lost", vec![1]))).await;
+    assert!(!matches!(err, Ok(Ok(_))), "a lone learner must not accept writes");
+
+    // Forcing while the store is open is refused (the daemon still runs).
+    let node2 = dir.path().join("node-2");
+    assert!(Store::force_single_voter(&node2, 2).is_err(), "the store is in use");
+    c.stop(2).await.unwrap();
+    // A node the group does not know, and an empty dir, are refused too.
+    assert!(Store::force_single_voter(&node2, 99).is_err());
+    assert!(Store::force_single_voter(dir.path().join("nothing"), 2).is_err());
+
+    match Store::force_single_voter(&node2, 2).unwrap() {
+        ForceOutcome::Forced { dropped, .. } => assert_eq!(dropped, vec![1]),
+        other => panic!("unexpected {other:?}"),
+    }
+    c.launch(2).await.unwrap();
+    assert_eq!(c.wait_leader_among(&[2], LONG).await.unwrap(), 2);
+    let st = c.store(2).status();
+    let voters: Vec<u64> = st.members.iter().filter(|m| m.role == Role::Voter).map(|m| m.node_id).collect();
+    assert_eq!(voters, vec![2]);
+    assert_eq!(st.members.len(), 1, "the lost node left the group");
+    assert!(c.store(2).revision() >= rev);
+    for i in 0..20u8 {
+        assert_eq!(value(&c, 2, &format!("/kept/{i}")).await, Some(vec![i]), "committed write {i} kept");
+    }
+    assert!(c.store(2).txn(Txn::put("/after", vec![1])).await.unwrap().succeeded);
+    // Once more: already the only voter, nothing to do.
+    c.stop(2).await.unwrap();
+    assert_eq!(Store::force_single_voter(&node2, 2).unwrap(), ForceOutcome::AlreadySingleVoter);
+    c.launch(2).await.unwrap();
+    assert_eq!(value(&c, 2, "/after").await, Some(vec![1]));
+    c.stop_all().await.unwrap();
+}

@@ -60,6 +60,16 @@ enum Cmd {
         #[arg(long)]
         advertise: Option<std::net::IpAddr>,
     },
+    /// Make this stopped node the only voter of its cluster again, keeping its state (as
+    /// etcd's --force-new-cluster): for the survivor of a two-node cluster without a witness,
+    /// after you have made sure the other node is down for good.
+    Promote {
+        #[command(flatten)]
+        dir: DataDir,
+        /// Required: the other members are gone and will never return with their data.
+        #[arg(long)]
+        force: bool,
+    },
     /// Show or rotate the key that authenticates and encrypts gossip.
     GossipKey {
         #[command(flatten)]
@@ -157,6 +167,10 @@ struct UpArgs {
     /// Join token printed by the first node (`shoal token`).
     #[arg(long, env = "SHOAL_TOKEN")]
     token: Option<String>,
+    /// Run as a witness: vote in Raft and gossip, run no pods and announce no LoadBalancer
+    /// IPs (as `[node] role = "witness"`).
+    #[arg(long)]
+    witness: bool,
 }
 
 /// Runs the hidden shim subcommand if this process is a container shim.
@@ -217,6 +231,18 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Restore { file, dir, name, advertise } => {
             let report = shoal::cluster::restore(&file, &dir.data_dir, name, advertise)
                 .with_context(|| format!("restoring {} into {}", file.display(), dir.data_dir.display()))?;
+            println!("{report}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Promote { dir, force } => {
+            if !force {
+                bail!(
+                    "promote only exists as `shoal promote --force`: it drops every other member of the \
+                     cluster; stop shoal here, make sure the other node is down for good, then run it with --force"
+                );
+            }
+            let report = shoal::cluster::promote_force(&dir.data_dir)
+                .with_context(|| format!("promoting the node in {}", dir.data_dir.display()))?;
             println!("{report}");
             Ok(ExitCode::SUCCESS)
         }
@@ -338,15 +364,21 @@ async fn status(data_dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
     println!("term:     {}", v["term"]);
     println!("applied:  {}", v["applied_index"]);
     println!();
-    println!("{:<20} {:<24} {:<8} ALIVE", "MEMBER", "ADDRESS", "ROLE");
+    println!("{:<20} {:<24} {:<8} {:<8} {:<10} ALIVE", "MEMBER", "ADDRESS", "RAFT", "ROLE", "VERSION");
     for m in v["members"].as_array().into_iter().flatten() {
         println!(
-            "{:<20} {:<24} {:<8} {}",
+            "{:<20} {:<24} {:<8} {:<8} {:<10} {}",
             m["name"].as_str().unwrap_or("?"),
             m["addr"].as_str().unwrap_or("?"),
             m["role"].as_str().unwrap_or("?"),
+            m["node_role"].as_str().unwrap_or("?"),
+            m["version"].as_str().unwrap_or("?"),
             m["alive"]
         );
+    }
+    if let Some(msg) = v["fault_tolerance"]["message"].as_str() {
+        println!();
+        println!("fault tolerance: {msg}");
     }
     if let Some(vips) = v["load_balancer_ips"].as_array() {
         if !vips.is_empty() {
@@ -379,6 +411,9 @@ async fn up(a: UpArgs) -> anyhow::Result<ExitCode> {
     }
     if let Some(ip) = a.advertise {
         cfg.advertise = Some(ip);
+    }
+    if a.witness {
+        cfg.node.role = shoal::config::NodeRole::Witness;
     }
     if a.join.is_some() && a.token.is_none() {
         bail!("--join needs --token (print it on a cluster node with `shoal token`)");

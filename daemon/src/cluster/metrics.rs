@@ -33,7 +33,7 @@ impl Collector for NodeCollector {
             let list = rx.borrow().clone();
             crate::metrics::lb::encode(&node.identity.name, &list, &mut encoder)?;
         }
-        if node.cfg.node.run_pods {
+        if node.cfg.node.runs_pods() {
             let samples = node.metrics.get().map(|m| m.container_samples()).unwrap_or_default();
             crate::metrics::kubelet::encode(&samples, &mut encoder)?;
         }

@@ -25,6 +25,11 @@ use crate::control::{self, Request};
 use identity::{Identity, NodeState};
 pub use peers::NodeRecord;
 
+/// Gossip attribute: the node's role (`worker`, `witness`); absent on older nodes (workers).
+pub(crate) const ATTR_ROLE: &str = "role";
+/// Gossip attribute: the shoal version the node runs.
+pub(crate) const ATTR_VERSION: &str = "version";
+
 /// Where to join: the `--join` host (and optional port) and the token.
 #[derive(Debug, Clone)]
 pub struct JoinTarget {
@@ -172,11 +177,18 @@ pub async fn run(cfg: NodeConfig, join: Option<JoinTarget>, shutdown: Cancellati
         .map_err(|source| ClusterError::Transport { addr: bind, source: Box::new(source) })?;
 
     // The replicated store.
-    let store_cfg = StoreConfig {
+    let mut store_cfg = StoreConfig {
         voter_grace: cfg.store.voter_grace,
         learner_grace: cfg.store.learner_grace,
         ..StoreConfig::new(dir.join("store"), identity.node_id, peer_addr.to_string())
     };
+    if cfg.node.role == crate::config::NodeRole::Witness {
+        // A witness stands for election only after the workers had their turn, so the
+        // leader (controllers, scheduler, LoadBalancer allocator) is a worker whenever one
+        // is up; it still votes at once.
+        store_cfg.election_timeout_min_ms += store_cfg.election_timeout_max_ms;
+        store_cfg.election_timeout_max_ms += store_cfg.election_timeout_max_ms;
+    }
     let store = Store::open(store_cfg, peers::raft_transport(transport.clone()))
         .await
         .map_err(|source| ClusterError::Store { path: dir.join("store"), source: Box::new(source) })?;
@@ -199,6 +211,12 @@ pub async fn run(cfg: NodeConfig, join: Option<JoinTarget>, shutdown: Cancellati
     attrs.insert("api_addr".to_string(), SocketAddr::new(identity.advertise, identity.api_port).to_string());
     attrs.insert("arch".to_string(), std::env::consts::ARCH.to_string());
     attrs.insert("ready".to_string(), "true".to_string());
+    attrs.insert(ATTR_ROLE.to_string(), cfg.node.role.as_str().to_string());
+    attrs.insert(ATTR_VERSION.to_string(), env!("CARGO_PKG_VERSION").to_string());
+    if !cfg.node.runs_pods() {
+        // Never elected to announce a LoadBalancer IP it would not announce.
+        attrs.insert(crate::lb::ATTR_LB.to_string(), "false".to_string());
+    }
     let seeds = peers::gossip_seeds(&store, join_addr, identity.gossip_port).await;
     let membership = Membership::start(
         MembershipConfig {
@@ -481,6 +499,20 @@ pub(crate) async fn status_json(node: &Node) -> serde_json::Value {
             .or_else(|| records.get(&id).map(|r| r.name.clone()))
             .unwrap_or_else(|| format!("node-{id:x}"))
     };
+    // A gossip attribute of a member: this node's own value for itself, null when unknown
+    // (the member is out of sight, or runs a version that does not gossip it: a worker).
+    let attr_of = |id: u64, key: &str, own: &str| -> serde_json::Value {
+        if id == node.identity.node_id {
+            return json!(own);
+        }
+        match by_id.get(&id) {
+            Some(m) => m
+                .attrs
+                .get(key)
+                .map_or_else(|| if key == ATTR_ROLE { json!("worker") } else { serde_json::Value::Null }, |v| json!(v)),
+            None => serde_json::Value::Null,
+        }
+    };
     let list: Vec<serde_json::Value> = st
         .members
         .iter()
@@ -491,9 +523,12 @@ pub(crate) async fn status_json(node: &Node) -> serde_json::Value {
                 "addr": m.addr,
                 "role": match m.role { shoal_store::Role::Voter => "voter", shoal_store::Role::Learner => "learner" },
                 "alive": m.node_id == node.identity.node_id || by_id.get(&m.node_id).is_some_and(|g| g.alive),
+                "node_role": attr_of(m.node_id, ATTR_ROLE, node.cfg.node.role.as_str()),
+                "version": attr_of(m.node_id, ATTR_VERSION, env!("CARGO_PKG_VERSION")),
             })
         })
         .collect();
+    let voters = st.members.iter().filter(|m| m.role == shoal_store::Role::Voter).count();
     json!({
         "name": node.identity.name,
         "node_id": node.identity.node_id,
@@ -503,9 +538,27 @@ pub(crate) async fn status_json(node: &Node) -> serde_json::Value {
         "applied_index": st.applied_index,
         "revision": st.revision,
         "members": list,
+        "fault_tolerance": fault_tolerance(voters),
         "load_balancer_ips": crate::wiring::lb_status(node).await,
         "gossip": gossip_status(node),
     })
+}
+
+/// How many voters may fail with the API still writable, said plainly.
+pub(crate) fn fault_tolerance(voters: usize) -> serde_json::Value {
+    let tolerates = voters.saturating_sub(1) / 2;
+    let message = if tolerates == 0 {
+        format!(
+            "NO fault tolerance: {voters} voter{}; if {} down, the API stops accepting writes and \
+             LoadBalancer IPs are withdrawn (add a third node or a witness; see `shoal promote --force` \
+             in docs/operations.md to recover a survivor)",
+            if voters == 1 { "" } else { "s" },
+            if voters == 1 { "it goes" } else { "one goes" }
+        )
+    } else {
+        format!("{voters} voters: the cluster stays writable with {tolerates} of them down")
+    };
+    json!({"voters": voters, "tolerates": tolerates, "message": message})
 }
 
 /// The gossip key in use and the datagrams refused (`shoal status --json`, `shoal gossip-key status`).
@@ -528,6 +581,34 @@ pub(crate) fn gossip_status(node: &Node) -> serde_json::Value {
             .iter()
             .map(|m| json!({"name": m.name, "alive": m.alive, "generation": m.generation}))
             .collect::<Vec<_>>(),
+    })
+}
+
+/// `shoal promote --force --data-dir DIR`, on a stopped node: makes it the only voter of its
+/// cluster again, keeping its whole replicated state (etcd's `--force-new-cluster`). For the
+/// survivor of a two-node cluster without a witness whose other node is gone for good.
+pub fn promote_force(dir: &Path) -> Result<String, ClusterError> {
+    let st = NodeState::load(dir)?
+        .ok_or_else(|| ClusterError::Conflict(format!("{} holds no node: nothing to promote", dir.display())))?;
+    if std::os::unix::net::UnixStream::connect(dir.join(crate::control::SOCKET)).is_ok() {
+        return Err(ClusterError::Conflict(
+            "shoal is running on this data dir: stop it first (systemctl stop shoal)".into(),
+        ));
+    }
+    let store_dir = dir.join("store");
+    let outcome = Store::force_single_voter(&store_dir, st.identity.node_id)
+        .map_err(|source| ClusterError::Store { path: store_dir.clone(), source: Box::new(source) })?;
+    Ok(match outcome {
+        shoal_store::ForceOutcome::AlreadySingleVoter => {
+            format!("{} is already the only member of its cluster; nothing changed", st.identity.name)
+        }
+        shoal_store::ForceOutcome::Forced { index, dropped } => format!(
+            "{} is now the only voter of its cluster (membership entry {index}; {} member(s) dropped).\n\
+             Start it with `shoal up`. Never start a dropped node with its old data dir: wipe it and \
+             join it again with a new token.",
+            st.identity.name,
+            dropped.len()
+        ),
     })
 }
 
@@ -558,4 +639,22 @@ pub fn restore(
         dir.display(),
         dir.display()
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fault_tolerance;
+
+    #[test]
+    fn status_says_plainly_when_there_is_no_fault_tolerance() {
+        for voters in [1, 2] {
+            let v = fault_tolerance(voters);
+            assert_eq!(v["tolerates"], 0);
+            assert!(v["message"].as_str().unwrap().starts_with("NO fault tolerance"), "{v}");
+        }
+        let v = fault_tolerance(3);
+        assert_eq!(v["tolerates"], 1);
+        assert!(v["message"].as_str().unwrap().contains("with 1 of them down"), "{v}");
+        assert_eq!(fault_tolerance(5)["tolerates"], 2);
+    }
 }

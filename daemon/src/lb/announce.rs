@@ -148,6 +148,15 @@ pub fn elect<'a>(ip: IpAddr, nodes: impl IntoIterator<Item = &'a str>) -> Option
     })
 }
 
+/// Gossip attribute `lb = "false"`: the node runs no announcer (a witness, or a node without
+/// pods), so it is never elected for an IP. Absent (older nodes): a candidate.
+pub const ATTR_LB: &str = "lb";
+
+/// Whether `m` announces LoadBalancer IPs it wins.
+pub(crate) fn announces(m: &Member) -> bool {
+    m.attrs.get(ATTR_LB).map(String::as_str) != Some("false")
+}
+
 /// Whether the alive voters this node sees make a majority. `me` counts as alive.
 pub(crate) fn has_quorum(me: &str, members: &[Member], voters: &[u64]) -> bool {
     if voters.is_empty() {
@@ -395,8 +404,11 @@ impl<N: Net + 'static, A: Announcer, V: ClusterView> LbAnnouncer<N, A, V> {
                     continue;
                 }
             };
-            let mut alive: Vec<String> =
-                members.iter().filter(|m| m.alive && m.name != self.node).map(|m| m.name.clone()).collect();
+            let mut alive: Vec<String> = members
+                .iter()
+                .filter(|m| m.alive && m.name != self.node && announces(m))
+                .map(|m| m.name.clone())
+                .collect();
             if !withdrawn {
                 alive.push(self.node.clone());
             }

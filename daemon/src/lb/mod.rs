@@ -11,8 +11,8 @@ use shoal_kube::{resources, Resource};
 
 pub use allocator::LbAllocator;
 pub use announce::{
-    elect, Announcement, Announcer, ClusterView, FakeAnnouncer, GossipView, LbAnnouncer, LinuxAnnouncer, QUORUM_GRACE,
-    REJOIN_HOLD,
+    elect, Announcement, Announcer, ClusterView, FakeAnnouncer, GossipView, LbAnnouncer, LinuxAnnouncer, ATTR_LB,
+    QUORUM_GRACE, REJOIN_HOLD,
 };
 pub use pool::DEFAULT_POOL;
 

@@ -233,3 +233,35 @@ async fn a_winner_waits_while_another_host_still_answers() {
     .await;
     shutdown.cancel();
 }
+
+#[tokio::test]
+async fn a_witness_is_never_elected_and_its_share_goes_to_a_worker() {
+    let objects = seeded().await;
+    let shutdown = CancellationToken::new();
+    // Make the witness the node that would win the IP among all three.
+    let witness = elect(vip(), ["n1", "n2", "n3"]).unwrap();
+    let workers: Vec<&'static str> = ["n1", "n2", "n3"].into_iter().filter(|n| *n != witness).collect();
+    let nodes: Vec<Node> = workers.iter().map(|n| start(&objects, n, &shutdown)).collect();
+    for n in &nodes {
+        for m in n.view.members.lock().unwrap().iter_mut() {
+            if m.name == witness {
+                m.attrs.insert(ATTR_LB.to_string(), "false".to_string());
+            }
+        }
+    }
+    let expected = elect(vip(), workers.iter().copied()).unwrap();
+    let w = nodes.iter().position(|n| n.name == expected).unwrap();
+    eventually("a worker holds the ip", async || holds(&nodes[w]).await).await;
+    for n in &nodes {
+        let table = n.announced.borrow().clone();
+        assert_eq!(table.len(), 1);
+        assert_eq!(table[0].node.as_deref(), Some(expected), "{} names the witness", n.name);
+    }
+    // The workers still count the witness's vote: with the other worker gone, the survivor
+    // keeps quorum (itself and the witness) and takes the ip.
+    let other = nodes.iter().position(|n| n.name != expected).unwrap();
+    nodes[other].view.set_alive(expected, false);
+    eventually("the surviving worker holds the ip", async || holds(&nodes[other]).await).await;
+    shutdown.cancel();
+    eventually("ips are removed on shutdown", async || !holds(&nodes[other]).await && !holds(&nodes[w]).await).await;
+}

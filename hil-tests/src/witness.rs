@@ -1,0 +1,144 @@
+//! The `witness` scenario: two workload nodes and a witness (`shoal up --witness`). The witness
+//! must run nothing (no Node object, no pods, no LoadBalancer IP); when the workload node that
+//! announces the LoadBalancer IP loses power, the other one must keep the API writable, get the
+//! lost pods back and take over the IP, with the witness's vote.
+use std::time::{Duration, Instant};
+
+use tracing::info;
+
+use crate::error::Result;
+use crate::proc::wait_until;
+use crate::rig::Rig;
+use crate::scenarios::{Measured, ScenarioOptions};
+use crate::services::{client_answers, failed, holders, kubectl_for, set, Kubectl, Scratch, LB_APP};
+use crate::shoal::{self, ms, Cluster, CONVERGE_TIMEOUT};
+
+/// Hosts: two workload nodes and the witness.
+pub const HOSTS: usize = 3;
+
+fn nothing_on_witness(name: &str, k: &Kubectl<'_>, via: &str, witness: &str) -> Result<()> {
+    let nodes = k.on(via, &["get", "nodes", "-o", "name"]).map_err(|e| failed(name, e))?;
+    if nodes.lines().any(|l| l.trim() == format!("node/{witness}")) {
+        return Err(failed(name, format!("the witness {witness} has a Node object: {nodes}")));
+    }
+    let fmt = "jsonpath={range .items[*]}{.metadata.namespace}/{.metadata.name} {.spec.nodeName}{\"\\n\"}{end}";
+    let all = k.on(via, &["get", "pods", "-A", "-o", fmt]).map_err(|e| failed(name, e))?;
+    let pods: Vec<&str> = all.lines().filter(|l| l.split_whitespace().nth(1) == Some(witness)).collect();
+    if !pods.is_empty() {
+        return Err(failed(name, format!("pods on the witness {witness}: {pods:?}")));
+    }
+    Ok(())
+}
+
+pub fn witness(rig: &dyn Rig, _opts: &ScenarioOptions) -> Result<Measured> {
+    let name = "witness";
+    let scratch = Scratch::new(name)?;
+    let hosts = rig.hosts();
+    if hosts.len() < HOSTS {
+        return Err(failed(name, format!("needs {HOSTS} hosts, the rig has {}", hosts.len())));
+    }
+    let (workers, w) = (hosts[..2].to_vec(), hosts[2].clone());
+    let mut m = Measured::default();
+    // A workload node creates the cluster; the other one and the witness join.
+    let mut cluster = Cluster::form(rig, &workers[..1], None)?;
+    cluster.start_joining(&workers[1])?;
+    let mut launch = cluster.launch()?;
+    launch.extra_args.push("--witness".into());
+    rig.start(&w, &launch)?;
+    cluster.members.push(w.clone());
+    cluster.wait_converged(CONVERGE_TIMEOUT)?;
+    let st = shoal::status(rig, &workers[0])?;
+    if st.voters().len() != 3 {
+        return Err(failed(name, format!("voters {:?}, want both workload nodes and the witness", st.voters())));
+    }
+    m.note(format!("voters: {:?}", st.voters()));
+    let k = kubectl_for(rig, name, &workers, &scratch)?;
+    let first = workers[0].clone();
+    k.apply_metallb(&first, &scratch)?;
+    k.apply(&first, &scratch.write("lb-web.yaml", LB_APP)?, CONVERGE_TIMEOUT)?;
+    let vip = k
+        .ingress_ip(&first, "lb-web", Duration::from_secs(120))
+        .map_err(|e| failed(name, format!("{e}: the Service never got a LoadBalancer IP")))?;
+    wait_until("3 ready lb-web pods", Duration::from_secs(240), Duration::from_secs(1), || {
+        k.on(&first, &["get", "deploy", "lb-web", "-o", "jsonpath={.status.readyReplicas}"])
+            .is_ok_and(|s| s.trim() == "3")
+    })
+    .map_err(|e| failed(name, e.to_string()))?;
+    let mut holder = Vec::new();
+    wait_until(
+        &format!("{vip} held by one node and answering"),
+        Duration::from_secs(120),
+        Duration::from_millis(500),
+        || {
+            holder = holders(rig, &hosts[..HOSTS], &vip);
+            holder.len() == 1 && client_answers(rig, &k.client, &vip)
+        },
+    )
+    .map_err(|e| failed(name, format!("{e}: holders {holder:?}")))?;
+    if holder[0] == w {
+        return Err(failed(name, format!("the witness {w} announces {vip}")));
+    }
+    nothing_on_witness(name, &k, &first, &w)?;
+    // The witness's resident memory, from its own /metrics (it serves the API like every node).
+    if let Ok(text) = k.on(&w, &["get", "--raw", "/metrics"]) {
+        if let Some(bytes) = text
+            .lines()
+            .find_map(|l| l.strip_prefix("process_resident_memory_bytes "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+        {
+            set(&mut m, "witness_rss_mib", bytes / (1024.0 * 1024.0));
+        }
+    }
+
+    // The workload node holding the IP loses power.
+    let victim = holder[0].clone();
+    let survivor = workers.iter().find(|h| **h != victim).cloned().unwrap_or_default();
+    let kill_at = Instant::now();
+    rig.power_off(&victim)?;
+    info!(victim, survivor, vip, "workload node powered off");
+    let (mut wrote, mut moved, mut answered, mut back) = (None, None, None, None);
+    let mut n = 0u32;
+    wait_until(
+        "API writable, ip moved and pods back on the survivor",
+        Duration::from_secs(90),
+        Duration::from_millis(200),
+        || {
+            if wrote.is_none() {
+                n += 1;
+                let cm = format!("witness-probe-{n}");
+                if k.on(&survivor, &["create", "configmap", &cm, "--from-literal=k=v"]).is_ok() {
+                    wrote = Some(ms(kill_at, Instant::now()));
+                }
+            }
+            if moved.is_none() && !holders(rig, std::slice::from_ref(&survivor), &vip).is_empty() {
+                moved = Some(ms(kill_at, Instant::now()));
+            }
+            if answered.is_none() && moved.is_some() && client_answers(rig, &k.client, &vip) {
+                answered = Some(ms(kill_at, Instant::now()));
+            }
+            if back.is_none() && k.running_pods(&survivor, "app=lb-web").iter().filter(|p| p.1 == survivor).count() >= 3
+            {
+                back = Some(kill_at.elapsed().as_secs_f64());
+            }
+            wrote.is_some() && answered.is_some() && back.is_some()
+        },
+    )
+    .map_err(|e| {
+        failed(
+            name,
+            format!(
+                "{e}: write after {wrote:?} ms, ip moved {moved:?} ms, answered {answered:?} ms, pods back {back:?} s"
+            ),
+        )
+    })?;
+    set(&mut m, "witness_write_gap_ms", wrote.unwrap_or_default());
+    set(&mut m, "witness_vip_moved_ms", moved.unwrap_or_default());
+    set(&mut m, "witness_vip_failover_ms", answered.unwrap_or_default());
+    set(&mut m, "witness_pods_back_s", back.unwrap_or_default());
+    nothing_on_witness(name, &k, &survivor, &w)?;
+    if holders(rig, std::slice::from_ref(&w), &vip).len() == 1 {
+        return Err(failed(name, format!("the witness {w} took {vip}")));
+    }
+    m.note(format!("powered off {victim}; {survivor} kept the API writable, took {vip} and the pods; {w} ran nothing"));
+    Ok(m)
+}
