@@ -22,7 +22,18 @@ const MAX_REQUEST: usize = 4 << 20;
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Request {
     Status,
+    /// The token `shoal token` prints (made when the last one stopped working).
     Token,
+    TokenCreate {
+        /// Seconds; 0: never expires; None: 24 h.
+        ttl_secs: Option<u64>,
+        uses: Option<u32>,
+        description: Option<String>,
+    },
+    TokenList,
+    TokenDelete {
+        id: String,
+    },
     Kubeconfig {
         server: Option<String>,
         /// The user (certificate CN); None: `admin` in `system:masters`.

@@ -402,3 +402,63 @@ async fn memory_pressure_evicts_best_effort_pods_first() {
         .any(|t| t["key"] == "node.kubernetes.io/memory-pressure"));
     node.finish().await;
 }
+
+/// A pod plants `ln -s / vol/escape` in its emptyDir (an init container), then a container
+/// mounts `subPath: escape`: it must not start with the host's `/`, but wait with the
+/// kubelet's CreateContainerConfigError and the cause; a subPath inside the volume works. A
+/// container under runAsNonRoot whose image runs as root is refused the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subpath_symlink_out_of_the_volume_is_refused() {
+    if !in_own_netns("subpath_symlink_out_of_the_volume_is_refused") {
+        return;
+    }
+    let stats = Arc::new(Scripted { low_readings: AtomicU32::new(0), fine: FINE, low: FINE });
+    let node =
+        start_node(&node_name("subpath_symlink_out_of_the_volume_is_refused"), Some(stats as Arc<dyn NodeStats>)).await;
+    let mut plant = busybox("plant", "ln -s / /vol/escape && mkdir -p /vol/inside && echo mine > /vol/inside/f");
+    plant["volumeMounts"] = json!([{"name": "vol", "mountPath": "/vol"}]);
+    let mut ok = busybox("ok", "cat /sub/f; sleep 3600");
+    ok["volumeMounts"] = json!([{"name": "vol", "mountPath": "/sub", "subPath": "inside"}]);
+    let mut victim = busybox("victim", "ls /host; cat /host/etc/hostname; sleep 3600");
+    victim["volumeMounts"] = json!([{"name": "vol", "mountPath": "/host", "subPath": "escape"}]);
+    // And runAsNonRoot with an image that runs as root: refused, as the kubelet does.
+    let mut rootless = busybox("rootless", "id; sleep 3600");
+    rootless["securityContext"] = json!({"runAsNonRoot": true});
+    let pod = json!({
+        "metadata": {"name": "subpath"},
+        "spec": {"nodeName": node.name, "restartPolicy": "Always", "initContainers": [plant],
+                 "containers": [ok, victim, rootless], "volumes": [{"name": "vol", "emptyDir": {}}]},
+    });
+    node.objects.create(&res("pods"), Some("default"), pod).await.expect("pod");
+    let pod = node
+        .wait_pod("subpath", "refused", |p| {
+            p["status"]["containerStatuses"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| c["name"] == "victim" && c["state"]["waiting"]["reason"] == "CreateContainerConfigError")
+        })
+        .await;
+    let victim = pod["status"]["containerStatuses"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["name"] == "victim")
+        .cloned()
+        .unwrap_or_default();
+    let message = victim["state"]["waiting"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("subPath") && message.contains("out of the volume"), "{message}");
+    let pod = node
+        .wait_pod("subpath", "refused as root", |p| {
+            p["status"]["containerStatuses"].as_array().into_iter().flatten().any(|c| {
+                c["name"] == "rootless"
+                    && c["state"]["waiting"]["message"] == "container has runAsNonRoot and image will run as root"
+                    && c["state"]["waiting"]["reason"] == "CreateContainerConfigError"
+            })
+        })
+        .await;
+    assert!(node.log(&pod, "rootless").is_empty(), "the root container ran: {}", node.log(&pod, "rootless"));
+    node.wait_log("subpath", "ok", "mine").await;
+    assert!(node.log(&pod, "victim").is_empty(), "the victim ran: {}", node.log(&pod, "victim"));
+    node.finish().await;
+}

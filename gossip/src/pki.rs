@@ -386,7 +386,8 @@ pub fn organizations(cert_der: &[u8]) -> Vec<String> {
     cert.subject().iter_organization().filter_map(|o| o.as_str().ok().map(str::to_string)).collect()
 }
 
-pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+/// Compares two byte strings in time independent of where they differ.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }

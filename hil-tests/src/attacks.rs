@@ -137,6 +137,16 @@ async fn forge(
     Ok(report)
 }
 
+/// Presents `token` to the node at `addr` as a joining node named `token-probe` would
+/// (`shoal-hil try-join`); the certificate it may get is dropped.
+pub fn try_join(addr: SocketAddr, token: &str) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let req = shoal_gossip::transport::JoinRequest { name: "token-probe".into(), ips: vec![] };
+    rt.block_on(shoal_gossip::transport::join(addr, token, req))?;
+    Ok(())
+}
+
 /// The address this host uses towards `target` (no packet is sent).
 fn local_ip_towards(target: SocketAddr) -> anyhow::Result<IpAddr> {
     let s = std::net::UdpSocket::bind("0.0.0.0:0")?;
@@ -339,8 +349,69 @@ pub fn attacks(rig: &dyn Rig, opts: &ScenarioOptions) -> Result<Measured> {
     if after != pods {
         return Err(failed(format!("pods changed during the rotation: {pods:?} -> {after:?}")));
     }
+    join_tokens(rig, &first, &client, &forger, &mut m)?;
     file_modes(rig, &first, &scratch)?;
     Ok(m)
+}
+
+/// Join tokens are bootstrap credentials: from the LAN host, an expired token, a used-up one,
+/// a deleted one and the cluster's old never-expiring secret are each refused with a message
+/// saying why; a fresh token admits.
+fn join_tokens(rig: &dyn Rig, first: &str, client: &str, forger: &std::path::Path, m: &mut Measured) -> Result<()> {
+    let addr = format!("{}:7443", rig.address(first)?);
+    let forger = forger.display().to_string();
+    let shoal_out = |args: &[&str]| -> Result<String> {
+        let out = shoal::run_shoal(rig, first, args, shoal::CLI_TIMEOUT)?;
+        if !out.success() {
+            return Err(failed(format!("shoal {}: {}", args.join(" "), out.stderr.trim())));
+        }
+        Ok(out.stdout.trim().to_string())
+    };
+    let try_join = |token: &str| -> Result<std::result::Result<(), String>> {
+        let out = rig.exec_timeout(
+            client,
+            &[&forger, "try-join", "--addr", &addr, "--token", token],
+            Duration::from_secs(30),
+        )?;
+        Ok(if out.success() { Ok(()) } else { Err(out.stderr.trim().to_string()) })
+    };
+    let expect_refused = |what: &str, token: &str, word: &str| -> Result<()> {
+        match try_join(token)? {
+            Ok(()) => Err(failed(format!("the {what} token was admitted"))),
+            Err(msg) if msg.contains(word) => Ok(()),
+            Err(msg) => Err(failed(format!("the {what} token was refused without saying {word:?}: {msg}"))),
+        }
+    };
+    let started = Instant::now();
+    let expiring = shoal_out(&["token", "create", "--ttl", "1s", "--description", "expires at once"])?;
+    let expiring_made = Instant::now();
+    let once = shoal_out(&["token", "create", "--uses", "1"])?;
+    let deleted = shoal_out(&["token", "create"])?;
+    shoal_out(&["token", "delete", &deleted])?;
+    match try_join(&once)? {
+        Ok(()) => {}
+        Err(msg) => return Err(failed(format!("a fresh one-use token was refused: {msg}"))),
+    }
+    expect_refused("used-up", &once, "used up")?;
+    expect_refused("deleted", &deleted, "deleted")?;
+    std::thread::sleep(Duration::from_millis(1100).saturating_sub(expiring_made.elapsed()));
+    expect_refused("expired", &expiring, "expired")?;
+    // The never-expiring secret every node kept before tokens were stored: no longer a way in.
+    let secrets = rig.data_dir(first)?.join("secrets.json");
+    let text = std::fs::read_to_string(&secrets).map_err(|source| Error::Io { op: "read", path: secrets, source })?;
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| failed(format!("secrets.json: {e}")))?;
+    let ca_hash = once.split('.').nth(1).unwrap_or_default();
+    let legacy = format!("shoal1.{ca_hash}.{}", v["token_secret"].as_str().unwrap_or_default());
+    expect_refused("old static", &legacy, "invalid join token")?;
+    let list = shoal_out(&["token", "list"])?;
+    if list.contains(&deleted[deleted.len() - 32..][..8]) {
+        return Err(failed(format!("`shoal token list` still shows the deleted token:\n{list}")));
+    }
+    m.note(format!(
+        "join tokens: expired, used-up, deleted and the old static secret refused in {:.1}s",
+        started.elapsed().as_secs_f64()
+    ));
+    Ok(())
 }
 
 fn mode_of(path: &std::path::Path) -> Option<u32> {

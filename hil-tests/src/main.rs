@@ -50,6 +50,16 @@ enum Command {
         #[arg(long, default_value_t = 30)]
         secs: u64,
     },
+    /// Present a join token to a node and report what it answers (the `attacks` scenario runs
+    /// it on the client host); exit 0 when admitted, 1 with the refusal on stderr.
+    #[command(hide = true)]
+    TryJoin {
+        /// Peer address of the node.
+        #[arg(long)]
+        addr: std::net::SocketAddr,
+        #[arg(long)]
+        token: String,
+    },
     /// Write report.md and report.json from the recorded results.
     Report {
         /// Results dir (default: $SHOAL_HIL_OUT, else target/hil).
@@ -318,6 +328,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             shoal_hil::attacks::print_report(&report);
             Ok(ExitCode::SUCCESS)
         }
+        Command::TryJoin { addr, token } => match shoal_hil::attacks::try_join(addr, &token) {
+            Ok(()) => {
+                println!("admitted");
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                Ok(ExitCode::FAILURE)
+            }
+        },
         Command::Report { out } => {
             let out = out.unwrap_or_else(default_out_dir);
             let (md, json) = write_report(&out)?;

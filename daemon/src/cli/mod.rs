@@ -36,10 +36,12 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Print the join token of the cluster.
+    /// Print a valid join token (the same one until it expires), or manage join tokens.
     Token {
         #[command(flatten)]
         dir: DataDir,
+        #[command(subcommand)]
+        op: Option<TokenOp>,
     },
     /// Write a consistent backup of the whole cluster state to FILE.
     Backup {
@@ -135,6 +137,33 @@ enum GossipKeyOp {
 }
 
 #[derive(Subcommand)]
+enum TokenOp {
+    /// Make a new join token and print it (its secret is not kept: only a hash is stored).
+    Create {
+        /// Lifetime: 90s, 30m, 24h, 7d, ... (default 24h); 0: never expires.
+        #[arg(long, value_parser = parse_token_ttl)]
+        ttl: Option<u64>,
+        /// How many nodes may join with it (default: any number until it expires).
+        #[arg(long)]
+        uses: Option<u32>,
+        /// Free text shown by `shoal token list`.
+        #[arg(long)]
+        description: Option<String>,
+        /// Write the token to FILE (mode 0600) instead of printing it.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// The join tokens that were not deleted: id, expiry, uses, state.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a join token (by id, or the whole token): nodes can no longer join with it.
+    Delete { id: String },
+}
+
+#[derive(Subcommand)]
 enum KvOp {
     Put {
         key: String,
@@ -164,13 +193,17 @@ struct UpArgs {
     /// Join the cluster of this node (HOST or HOST:PORT of its peer port, 7443).
     #[arg(long)]
     join: Option<String>,
-    /// Join token printed by the first node (`shoal token`).
-    #[arg(long, env = "SHOAL_TOKEN")]
+    /// Join token printed by the first node (`shoal token`). Visible in `ps`: prefer
+    /// --token-file or the SHOAL_TOKEN environment variable.
+    #[arg(long, env = "SHOAL_TOKEN", hide_env_values = true)]
     token: Option<String>,
     /// Run as a witness: vote in Raft and gossip, run no pods and announce no LoadBalancer
     /// IPs (as `[node] role = "witness"`).
     #[arg(long)]
     witness: bool,
+    /// File holding the join token (keep it 0600).
+    #[arg(long, conflicts_with = "token")]
+    token_file: Option<PathBuf>,
 }
 
 /// Runs the hidden shim subcommand if this process is a container shim.
@@ -217,11 +250,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.cmd {
         Cmd::Up(a) => up(a).await,
         Cmd::Status { dir, json } => status(&dir.data_dir, json).await,
-        Cmd::Token { dir } => {
-            let v = control::call(&dir.data_dir, &Request::Token).await?;
-            println!("{}", v.as_str().unwrap_or_default());
-            Ok(ExitCode::SUCCESS)
-        }
+        Cmd::Token { dir, op } => token(&dir.data_dir, op).await,
         Cmd::Backup { file, dir } => {
             let path = absolute(&file)?;
             let v = control::call(&dir.data_dir, &Request::Backup { path: path.clone() }).await?;
@@ -397,7 +426,7 @@ async fn status(data_dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn up(a: UpArgs) -> anyhow::Result<ExitCode> {
+async fn up(mut a: UpArgs) -> anyhow::Result<ExitCode> {
     let (path, required) = match &a.config {
         Some(p) => (p.clone(), true),
         None => (PathBuf::from(DEFAULT_CONFIG), false),
@@ -415,8 +444,12 @@ async fn up(a: UpArgs) -> anyhow::Result<ExitCode> {
     if a.witness {
         cfg.node.role = shoal::config::NodeRole::Witness;
     }
-    if a.join.is_some() && a.token.is_none() {
-        bail!("--join needs --token (print it on a cluster node with `shoal token`)");
+    if let Some(path) = &a.token_file {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading --token-file {}", path.display()))?;
+        a.token = Some(text.trim().to_string());
+    }
+    if a.join.is_some() && a.token.as_deref().is_none_or(str::is_empty) {
+        bail!("--join needs --token-file FILE or SHOAL_TOKEN (print a token on a cluster node with `shoal token`)");
     }
     let join = a.join.map(|host| shoal::cluster::JoinTarget { host, token: a.token.unwrap_or_default() });
     let shutdown = tokio_util::sync::CancellationToken::new();
@@ -435,6 +468,70 @@ async fn up(a: UpArgs) -> anyhow::Result<ExitCode> {
     });
     shoal::cluster::run(cfg, join, shutdown).await?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `shoal token ...`.
+async fn token(dir: &Path, op: Option<TokenOp>) -> anyhow::Result<ExitCode> {
+    match op {
+        None => {
+            let v = control::call(dir, &Request::Token).await?;
+            println!("{}", v.as_str().unwrap_or_default());
+        }
+        Some(TokenOp::Create { ttl, uses, description, out }) => {
+            let v = control::call(dir, &Request::TokenCreate { ttl_secs: ttl, uses, description }).await?;
+            let token = v["token"].as_str().unwrap_or_default();
+            match out {
+                Some(path) => {
+                    write_private(&path, format!("{token}\n").as_bytes())
+                        .with_context(|| format!("writing {}", path.display()))?;
+                    eprintln!(
+                        "join token {} written to {} (mode 0600)",
+                        v["record"]["id"].as_str().unwrap_or(""),
+                        path.display()
+                    );
+                }
+                None => println!("{token}"),
+            }
+        }
+        Some(TokenOp::List { json }) => {
+            let v = control::call(dir, &Request::TokenList).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            println!("{:<10} {:<22} {:<10} {:<10} DESCRIPTION", "ID", "EXPIRES", "USES", "STATE");
+            for t in v.as_array().into_iter().flatten() {
+                let uses = match t["max_uses"].as_u64() {
+                    Some(max) => format!("{}/{max}", t["uses"]),
+                    None => format!("{}", t["uses"]),
+                };
+                println!(
+                    "{:<10} {:<22} {:<10} {:<10} {}",
+                    t["id"].as_str().unwrap_or(""),
+                    t["expires"]
+                        .as_str()
+                        .map(|s| s.get(..19).unwrap_or(s).to_string() + "Z")
+                        .unwrap_or_else(|| "never".into()),
+                    uses,
+                    t["state"].as_str().unwrap_or(""),
+                    t["description"].as_str().unwrap_or(""),
+                );
+            }
+        }
+        Some(TokenOp::Delete { id }) => {
+            let v = control::call(dir, &Request::TokenDelete { id }).await?;
+            println!("join token {} deleted", v["id"].as_str().unwrap_or(""));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A token lifetime: `0` (never expires) or a duration such as `24h`.
+fn parse_token_ttl(s: &str) -> Result<u64, String> {
+    if s == "0" {
+        return Ok(0);
+    }
+    parse_ttl(s).map(|v| v as u64)
 }
 
 /// A lifetime such as `90s`, `30m`, `12h`, `30d` or `1y`, in seconds.

@@ -3,6 +3,7 @@
 //! Kubernetes API and, on the Raft leader only, the controllers and the scheduler.
 pub(crate) mod gossip_keys;
 pub mod identity;
+pub(crate) mod join_tokens;
 pub(crate) mod metrics;
 pub(crate) mod peers;
 
@@ -151,8 +152,6 @@ pub async fn run(cfg: NodeConfig, join: Option<JoinTarget>, shutdown: Cancellati
         (None, None) => {
             let st = new_cluster(&cfg, &name, advertise)?;
             st.save(&dir)?;
-            let token = st.secrets.join_token().map_err(|e| ClusterError::Pki(Box::new(e)))?;
-            println!("created a new cluster; join other nodes with:\n  shoal up --join {advertise} --token {token}");
             (st, true, None)
         }
         (None, Some(j)) => {
@@ -203,6 +202,25 @@ pub async fn run(cfg: NodeConfig, join: Option<JoinTarget>, shutdown: Cancellati
             .map_err(|source| ClusterError::Store { path: dir.join("store"), source: Box::new(source) })?;
     }
     peers::serve_joins(&transport, state.secrets.clone(), store.clone(), cfg.ports.clone());
+    join_tokens::serve(&transport, store.clone());
+    if fresh_cluster {
+        // The first token, once the new store has elected itself.
+        let (store, ca, d) = (store.clone(), state.secrets.ca_cert_pem.clone(), dir.clone());
+        tokio::spawn(async move {
+            for _ in 0..120 {
+                match join_tokens::default_token(&store, &ca, &d).await {
+                    Ok(token) => {
+                        println!(
+                            "created a new cluster; join other nodes with:\n  shoal up --join {advertise} --token-file FILE\n(FILE holding the token, valid 24 h; print it again with `shoal token`):\n  {token}"
+                        );
+                        return;
+                    }
+                    Err(e) => tracing::debug!(error = %e, "first join token"),
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        });
+    }
 
     // Gossip.
     let mut attrs = BTreeMap::new();
@@ -451,7 +469,32 @@ impl control::Handler for ControlHandler {
                     gossip_keys::rotate(node, (node.cfg.gossip.interval * 8).max(Duration::from_secs(2))).await
                 }
                 Request::GossipKeyStatus => Ok(gossip_keys::status(node).await),
-                Request::Token => node.secrets.join_token().map(serde_json::Value::String).map_err(|e| e.to_string()),
+                Request::Token => {
+                    join_tokens::default_token(&node.store, &node.secrets.ca_cert_pem, &node.cfg.data_dir)
+                        .await
+                        .map(serde_json::Value::String)
+                        .map_err(|e| error_chain(&e))
+                }
+                Request::TokenCreate { ttl_secs, uses, description } => {
+                    let req = join_tokens::NewToken {
+                        ttl_secs,
+                        max_uses: uses,
+                        description: description.unwrap_or_default(),
+                    };
+                    let (token, rec) = join_tokens::create(&node.store, &node.secrets.ca_cert_pem, req)
+                        .await
+                        .map_err(|e| error_chain(&e))?;
+                    Ok(json!({"token": token, "record": rec.view(join_tokens::now_secs())}))
+                }
+                Request::TokenList => {
+                    let now = join_tokens::now_secs();
+                    let list = join_tokens::list(&node.store).await.map_err(|e| error_chain(&e))?;
+                    Ok(serde_json::Value::Array(list.iter().map(|r| r.view(now)).collect()))
+                }
+                Request::TokenDelete { id } => {
+                    let rec = join_tokens::delete(&node.store, &id).await.map_err(|e| error_chain(&e))?;
+                    Ok(rec.view(join_tokens::now_secs()))
+                }
                 Request::Kubeconfig { server, user, groups, ttl_secs } => {
                     crate::wiring::kubeconfig(node, server, user, groups, ttl_secs).map(serde_json::Value::String)
                 }
@@ -483,6 +526,18 @@ impl control::Handler for ControlHandler {
             }
         })
     }
+}
+
+/// An error and its causes, "a: b: c".
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        src = s.source();
+    }
+    out
 }
 
 /// `shoal status --json`.

@@ -12,6 +12,7 @@ mod pod;
 mod probes;
 pub mod spec;
 mod streams;
+mod subpath;
 pub use crate::auth::sa_token as token;
 mod volumes;
 

@@ -680,7 +680,7 @@ impl Agent {
             (dir.join("hostname").to_string_lossy().to_string(), "/etc/hostname".to_string(), false),
             (dir.join("resolv.conf").to_string_lossy().to_string(), "/etc/resolv.conf".to_string(), false),
         ];
-        mounts.extend(volume_mounts(pod, c, &dir));
+        mounts.extend(volume_mounts(pod, c, &dir)?);
         let devices = self.claim_devices(uid, c)?;
         let cgroups_path =
             format!("/shoal-{}/pod{}/{}", self.cfg.node_name, short(uid), c["name"].as_str().unwrap_or("c"));
@@ -704,6 +704,17 @@ impl Agent {
                 Some(u) => (u as u32, c["securityContext"]["runAsGroup"].as_u64().unwrap_or(0) as u32),
                 None => spec::resolve_user(&config.user, &rootfs),
             };
+            // As the kubelet: runAsNonRoot (the container's, else the pod's) refuses a root user.
+            let non_root = c["securityContext"]["runAsNonRoot"]
+                .as_bool()
+                .or_else(|| pod["spec"]["securityContext"]["runAsNonRoot"].as_bool());
+            if non_root == Some(true) && uid_n == 0 {
+                let _ = images.remove_rootfs(id, &rootfs);
+                return Err((
+                    "CreateContainerConfigError".to_string(),
+                    "container has runAsNonRoot and image will run as root".to_string(),
+                ));
+            }
             let empty = PathBuf::new();
             let sb = sandbox.as_ref();
             let input = ContainerInput {
@@ -1183,7 +1194,12 @@ pub(crate) fn qos_class(pod: &Value) -> &'static str {
     }
 }
 
-fn volume_mounts(pod: &Value, c: &Value, dir: &Path) -> Vec<(String, String, bool)> {
+/// A bind mount: host path, container path, read-only.
+type Mount = (String, String, bool);
+
+/// The volume mounts of container `c`; a `subPath` that leads out of its volume is the
+/// kubelet's CreateContainerConfigError.
+fn volume_mounts(pod: &Value, c: &Value, dir: &Path) -> Result<Vec<Mount>, (String, String)> {
     let volumes: BTreeMap<&str, &Value> = pod["spec"]["volumes"]
         .as_array()
         .into_iter()
@@ -1203,16 +1219,24 @@ fn volume_mounts(pod: &Value, c: &Value, dir: &Path) -> Vec<(String, String, boo
         } else {
             dir.join("volumes").join(name)
         };
-        if let Some(sub) = m["subPath"].as_str().filter(|s| !s.is_empty() && !s.split('/').any(|p| p == "..")) {
-            src = src.join(sub.trim_start_matches('/'));
-            let _ = std::fs::create_dir_all(&src);
+        if let Some(sub) = m["subPath"].as_str().filter(|s| !s.is_empty()) {
+            src = super::subpath::resolve(&src, sub).map_err(|e| {
+                (
+                    "CreateContainerConfigError".to_string(),
+                    format!(
+                        "failed to prepare subPath for volumeMount {name:?} of container {:?}: {}",
+                        c["name"].as_str().unwrap_or(""),
+                        chain(&e)
+                    ),
+                )
+            })?;
         }
         let ro = ro
             || ["configMap", "secret", "projected", "downwardAPI"].iter().any(|k| v.get(*k).is_some())
             || v["persistentVolumeClaim"]["readOnly"].as_bool() == Some(true);
         out.push((src.to_string_lossy().to_string(), path.to_string(), ro));
     }
-    out
+    Ok(out)
 }
 
 /// Whether `path` is a mount point (its device differs from its parent's).

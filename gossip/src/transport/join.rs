@@ -143,15 +143,25 @@ async fn decide(inner: &Arc<Inner>, remote: SocketAddr, request: &[u8]) -> JoinR
     let Some(service) = service else {
         return JoinReply::Refused("this node does not accept joins".to_string());
     };
-    if !service.secrets.verify_token_secret(&wire.secret) {
-        warn!(peer = %remote, node = %wire.request.name, "join refused: invalid join token");
-        return JoinReply::Refused("invalid join token".to_string());
-    }
     if !valid_node_name(&wire.request.name) {
         return JoinReply::Refused(format!(
             "invalid node name {:?}: use lowercase letters, digits, '-' and '.'",
             wire.request.name
         ));
+    }
+    let check = read_lock(&inner.token_check).clone();
+    match check {
+        Some(check) => {
+            if let Err(message) = check(wire.secret.clone(), wire.request.clone(), remote).await {
+                warn!(peer = %remote, node = %wire.request.name, %message, "join refused");
+                return JoinReply::Refused(message);
+            }
+        }
+        None if !service.secrets.verify_token_secret(&wire.secret) => {
+            warn!(peer = %remote, node = %wire.request.name, "join refused: invalid join token");
+            return JoinReply::Refused("invalid join token".to_string());
+        }
+        None => {}
     }
     let extra = match &service.hook {
         Some(hook) => match hook(wire.request.clone(), remote).await {

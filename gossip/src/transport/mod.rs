@@ -57,6 +57,11 @@ pub type StreamHandler = Arc<dyn Fn(PeerInfo, Vec<u8>, SendStream, RecvStream) -
 /// Called for every join with a valid token, before the reply is sent: returns the opaque
 /// `extra` bytes of the reply, or a message refusing the join.
 pub type JoinHook = Arc<dyn Fn(JoinRequest, SocketAddr) -> BoxFuture<'static, Result<Vec<u8>, String>> + Send + Sync>;
+/// Decides whether a presented join secret admits `JoinRequest` (and records a use of it):
+/// `Err` carries the message the joiner sees ("join token expired", ...). Without one, the
+/// secret must equal the cluster secrets' `token_secret`.
+pub type TokenCheck =
+    Arc<dyn Fn(String, JoinRequest, SocketAddr) -> BoxFuture<'static, Result<(), String>> + Send + Sync>;
 
 /// Timeouts and limits of the transport.
 #[derive(Debug, Clone)]
@@ -114,6 +119,7 @@ struct Inner {
     rpc: RwLock<HashMap<String, RpcHandler>>,
     streams: RwLock<HashMap<String, StreamHandler>>,
     join: RwLock<Option<Arc<JoinService>>>,
+    token_check: RwLock<Option<TokenCheck>>,
     conns: Mutex<HashMap<SocketAddr, Connection>>,
     /// One dial at a time per peer, so concurrent first calls share one connection.
     dialing: Mutex<HashMap<SocketAddr, Arc<tokio::sync::Mutex<()>>>>,
@@ -152,6 +158,7 @@ impl Transport {
             rpc: RwLock::new(HashMap::new()),
             streams: RwLock::new(HashMap::new()),
             join: RwLock::new(None),
+            token_check: RwLock::new(None),
             conns: Mutex::new(HashMap::new()),
             dialing: Mutex::new(HashMap::new()),
             shutdown: CancellationToken::new(),
@@ -184,6 +191,12 @@ impl Transport {
     /// `secrets`, the secrets themselves, and whatever `hook` returns as `extra`.
     pub fn enable_join(&self, secrets: ClusterSecrets, hook: Option<JoinHook>) {
         *write_lock(&self.inner.join) = Some(Arc::new(JoinService { secrets, hook }));
+    }
+
+    /// Checks join secrets with `check` instead of comparing them with the cluster secrets'
+    /// `token_secret` (kept across [`Self::enable_join`]).
+    pub fn set_token_check(&self, check: TokenCheck) {
+        *write_lock(&self.inner.token_check) = Some(check);
     }
 
     /// Stops answering joins (every join is refused).

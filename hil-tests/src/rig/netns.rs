@@ -667,15 +667,16 @@ impl Rig for NetnsRig {
                     argv.push("--join".to_string());
                     argv.push(join.clone());
                 }
-                if let Some(token) = &launch.token {
-                    argv.push("--token".to_string());
-                    argv.push(token.clone());
-                }
                 argv.extend(launch.extra_args.iter().cloned());
                 argv
             }
         };
-        self.spawn_with_env(host, &argv, &launch.env)
+        // The join token goes in the environment, as the systemd unit does, never on argv.
+        let mut env = launch.env.clone();
+        if let Some(token) = &launch.token {
+            env.push(("SHOAL_TOKEN".to_string(), token.clone()));
+        }
+        self.spawn_with_env(host, &argv, &env)
     }
 
     fn restart(&self, host: &str) -> Result<()> {
