@@ -781,6 +781,66 @@ struct FakeStreams {
     asked: Mutex<Vec<LogOptions>>,
     /// Where port-forward connects (every port of every pod); port 81 is always refused.
     forward_to: Mutex<Option<std::net::SocketAddr>>,
+    /// The container's file system for `tar` and `test` (what `kubectl cp` runs), if any.
+    fs_root: Mutex<Option<PathBuf>>,
+}
+
+/// Runs the host's `tar` or `test` inside `root` as if it were the container's `/`: absolute
+/// paths become relative to `root`, the working directory.
+async fn in_root(root: PathBuf, cmd: Vec<String>, mut io: ExecIo) -> Result<i32, StreamError> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let args: Vec<String> = cmd[1..]
+        .iter()
+        .map(|a| match a.strip_prefix('/') {
+            Some("") => ".".to_string(),
+            Some(rest) => rest.to_string(),
+            None => a.clone(),
+        })
+        .collect();
+    let mut child = tokio::process::Command::new(&cmd[0])
+        .args(&args)
+        .current_dir(&root)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| StreamError::Unavailable(e.to_string()))?;
+    let mut child_in = child.stdin.take().unwrap();
+    let mut child_out = child.stdout.take().unwrap();
+    let mut child_err = child.stderr.take().unwrap();
+    let stdin = io.stdin.take();
+    let feed = async move {
+        if let Some(mut stdin) = stdin {
+            while let Some(b) = stdin.recv().await {
+                if child_in.write_all(&b).await.is_err() {
+                    break;
+                }
+            }
+        }
+        drop(child_in);
+    };
+    let out = io.stdout.clone();
+    let pump_out = async move {
+        let mut buf = vec![0u8; 16 * 1024];
+        while let Ok(n) = child_out.read(&mut buf).await {
+            if n == 0 || out.send(bytes::Bytes::copy_from_slice(&buf[..n])).await.is_err() {
+                break;
+            }
+        }
+    };
+    let err = io.stderr.clone();
+    let pump_err = async move {
+        let mut buf = Vec::new();
+        let _ = child_err.read_to_end(&mut buf).await;
+        if !buf.is_empty() {
+            let _ = err.send(bytes::Bytes::from(buf)).await;
+        }
+    };
+    tokio::spawn(feed);
+    tokio::join!(pump_out, pump_err);
+    let status = child.wait().await.map_err(|e| StreamError::Unavailable(e.to_string()))?;
+    Ok(status.code().unwrap_or(1))
 }
 
 impl PodStreams for FakeStreams {
@@ -806,8 +866,12 @@ impl PodStreams for FakeStreams {
         opts: ExecOptions,
         mut io: ExecIo,
     ) -> BoxFuture<'static, Result<i32, StreamError>> {
+        let root = self.fs_root.lock().unwrap().clone();
         Box::pin(async move {
             let cmd = opts.command.clone();
+            if let (Some(root), Some("tar" | "test")) = (root, cmd.first().map(|s| s.as_str())) {
+                return in_root(root, cmd, io).await;
+            }
             match cmd.first().map(|s| s.as_str()) {
                 Some("echo") => {
                     let _ = io.stdout.send(bytes::Bytes::from(format!("{}\n", cmd[1..].join(" ")))).await;
@@ -1079,6 +1143,39 @@ async fn kubectl_1_37_exec_with_stdin_tty_and_exit_codes() {
     let out = tokio::time::timeout(Duration::from_secs(120), out).await.expect("kubectl exec -it ended").unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("tty=true 123x45"), "{text}");
+    api.stop().await;
+}
+
+/// `kubectl cp` both ways (1.37 and 1.33): it runs `tar` in the container over exec, with
+/// binary stdin and stdout; here `tar` is the host's, in a directory standing for the container.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_cp_both_ways() {
+    let fake = Arc::new(FakeStreams::default());
+    let root = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(root.path().join("tmp")).unwrap();
+    *fake.fs_root.lock().unwrap() = Some(root.path().to_path_buf());
+    let api = Api::start_with(Some(fake)).await;
+    api.ok(&["run", "web", "--image=busybox"]).await;
+    // Not text: every byte value, more than one message's worth.
+    let data: Vec<u8> = (0..200_000u32).map(|i| (i % 256) as u8).collect();
+    let local = api.home().join("local.bin");
+    std::fs::write(&local, &data).unwrap();
+    let local = local.to_str().unwrap().to_string();
+    for v in ["1.37", "1.33"] {
+        let remote = format!("web:/tmp/up-{v}.bin");
+        api.ok_v(v, &["cp", &local, &remote]).await;
+        let up = std::fs::read(root.path().join(format!("tmp/up-{v}.bin"))).unwrap();
+        assert!(up == data, "kubectl {v} cp up: {} bytes arrived of {}", up.len(), data.len());
+        let down = api.home().join(format!("down-{v}.bin"));
+        api.ok_v(v, &["cp", &remote, down.to_str().unwrap()]).await;
+        assert!(std::fs::read(&down).unwrap() == data, "kubectl {v} cp down");
+    }
+    // A directory, down.
+    std::fs::create_dir_all(root.path().join("tmp/dir/sub")).unwrap();
+    std::fs::write(root.path().join("tmp/dir/sub/a.txt"), "a\n").unwrap();
+    let down = api.home().join("dir-down");
+    api.ok_v("1.37", &["cp", "web:/tmp/dir", down.to_str().unwrap()]).await;
+    assert_eq!(std::fs::read_to_string(down.join("sub/a.txt")).unwrap(), "a\n");
     api.stop().await;
 }
 
