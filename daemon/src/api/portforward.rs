@@ -1,6 +1,7 @@
 //! `pods/portforward`: SPDY/3.1 sessions, either tunnelled in the binary messages of a WebSocket
 //! (subprotocol `SPDY/3.1+portforward.k8s.io`, what kubectl 1.31+ asks for first) or on the raw
-//! connection after `POST` with `Upgrade: SPDY/3.1` (its fallback).
+//! connection after `POST` with `Upgrade: SPDY/3.1` (its fallback); and the WebSocket channel
+//! form the client libraries use (`v4.channel.k8s.io`, or no subprotocol), see [`channels`].
 //!
 //! Per forwarded connection the client opens an error stream and a data stream carrying the
 //! same `requestid` and the pod's `port`. Each stream is answered with a SYN_REPLY at once;
@@ -30,6 +31,10 @@ use crate::streams::{PodStreams, PortConnection};
 
 /// The WebSocket subprotocol of port-forward.
 pub(crate) const WS_PROTOCOL: &str = "SPDY/3.1+portforward.k8s.io";
+/// The WebSocket subprotocol of the channel form (two channels per port).
+const CHANNEL_PROTOCOL: &str = "v4.channel.k8s.io";
+/// At most this many ports in one channel-form request (channel numbers are one byte).
+const MAX_CHANNEL_PORTS: usize = 64;
 /// The stream protocol negotiated on the SPDY upgrade.
 const STREAM_PROTOCOL: &str = "portforward.k8s.io";
 /// DATA frames sent to the client carry at most this many bytes.
@@ -56,13 +61,23 @@ pub(crate) async fn serve(
         let ws = WebSocketUpgrade::from_request_parts(&mut parts, &())
             .await
             .map_err(|e| ApiError::bad_request(format!("port-forward WebSocket upgrade: {e}")))?;
-        let ws = ws.protocols([WS_PROTOCOL]);
-        if ws.selected_protocol().is_none() {
-            return Err(ApiError::bad_request(format!(
-                "unsupported port-forward protocol; this server speaks {WS_PROTOCOL}"
-            )));
-        }
-        return Ok(ws.on_upgrade(move |socket| websocket(socket, streams, pod, shutdown)));
+        let offered = ws.requested_protocols().count() > 0;
+        let ws = ws.protocols([WS_PROTOCOL, CHANNEL_PROTOCOL]);
+        let selected = ws.selected_protocol().and_then(|p| p.to_str().ok()).map(String::from);
+        return match selected.as_deref() {
+            Some(WS_PROTOCOL) => Ok(ws.on_upgrade(move |socket| websocket(socket, streams, pod, shutdown))),
+            Some(_) => {
+                let ports = channel_ports(parts.uri.query().unwrap_or_default())?;
+                Ok(ws.on_upgrade(move |socket| channels(socket, streams, pod, ports, shutdown)))
+            }
+            None if !offered => {
+                let ports = channel_ports(parts.uri.query().unwrap_or_default())?;
+                Ok(ws.on_upgrade(move |socket| channels(socket, streams, pod, ports, shutdown)))
+            }
+            None => Err(ApiError::bad_request(format!(
+                "unsupported port-forward protocol; this server speaks {WS_PROTOCOL} and {CHANNEL_PROTOCOL}"
+            ))),
+        };
     }
     if header_has(&req, header::UPGRADE, "SPDY/3.1") {
         if !header_has(&req, header::HeaderName::from_static("x-stream-protocol-version"), STREAM_PROTOCOL) {
@@ -128,6 +143,173 @@ async fn websocket(socket: WebSocket, streams: Arc<dyn PodStreams>, pod: Value, 
         let _ = tx.send(Message::Close(Some(CloseFrame { code: 1000, reason: "".into() }))).await;
     };
     tokio::join!(session(r, w, streams, pod, shutdown), inbound, outbound);
+}
+
+/// The ports of a channel-form request: `ports` (repeated, or comma-separated), each 1–65535.
+fn channel_ports(query: &str) -> Result<Vec<u16>, ApiError> {
+    let mut ports = Vec::new();
+    for (k, v) in query.split('&').filter_map(|kv| kv.split_once('=')) {
+        if k != "ports" {
+            continue;
+        }
+        let v = v.replace("%2C", ",").replace("%2c", ",");
+        for p in v.split(',') {
+            match p.trim().parse::<u16>() {
+                Ok(port) if port > 0 => {
+                    if !ports.contains(&port) {
+                        ports.push(port);
+                    }
+                }
+                _ => return Err(ApiError::bad_request(format!("unable to parse {p:?} as a port (1-65535)"))),
+            }
+        }
+    }
+    if ports.is_empty() {
+        return Err(ApiError::bad_request("query parameter \"ports\" is required"));
+    }
+    if ports.len() > MAX_CHANNEL_PORTS {
+        return Err(ApiError::bad_request(format!("at most {MAX_CHANNEL_PORTS} ports can be forwarded at once")));
+    }
+    Ok(ports)
+}
+
+fn channel_frame(channel: u8, data: &[u8]) -> Message {
+    let mut v = Vec::with_capacity(data.len() + 1);
+    v.push(channel);
+    v.extend_from_slice(data);
+    Message::Binary(Bytes::from(v))
+}
+
+/// The channel form, as the kubelet serves it behind kube-apiserver: port `i` of the request
+/// gets data channel `2i` and error channel `2i+1`; each channel first carries the port number
+/// (two bytes, little-endian). Every port is connected to once, at the start; a failure is
+/// written on its error channel. The WebSocket closes once every port's connection has ended
+/// (the pod side closed), and closing it ends them all.
+async fn channels(
+    socket: WebSocket,
+    streams: Arc<dyn PodStreams>,
+    pod: Value,
+    ports: Vec<u16>,
+    shutdown: CancellationToken,
+) {
+    let (mut tx, mut rx) = socket.split();
+    for (i, port) in ports.iter().enumerate() {
+        for channel in [2 * i, 2 * i + 1] {
+            if tx.send(channel_frame(channel as u8, &port.to_le_bytes())).await.is_err() {
+                return;
+            }
+        }
+    }
+    let (out_tx, mut out_rx) = mpsc::channel::<Message>(64);
+    let mut to_pod = Vec::with_capacity(ports.len());
+    let mut relays: JoinSet<()> = JoinSet::new();
+    for (i, port) in ports.iter().enumerate() {
+        let (in_tx, in_rx) = mpsc::channel::<Bytes>(16);
+        to_pod.push(Some(in_tx));
+        relays.spawn(relay_channel(i as u8, *port, in_rx, out_tx.clone(), streams.clone(), pod.clone()));
+    }
+    drop(out_tx);
+    let writer = tokio::spawn(async move {
+        while let Some(m) = out_rx.recv().await {
+            if tx.send(m).await.is_err() {
+                return None;
+            }
+        }
+        let _ = tx.send(Message::Close(Some(CloseFrame { code: 1000, reason: "".into() }))).await;
+        Some(tx)
+    });
+    let mut client_closed = false;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            done = relays.join_next(), if !relays.is_empty() => {
+                if done.is_none() || relays.is_empty() { break; }
+            }
+            msg = rx.next() => match msg.map(|m| m.map(super::exec::text_as_binary)) {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => { client_closed = true; break; }
+                Some(Ok(Message::Binary(b))) if !b.is_empty() => {
+                    let channel = b[0] as usize;
+                    // Data for a port goes to its connection; the error channels are the server's.
+                    if channel.is_multiple_of(2) {
+                        if let Some(slot) = to_pod.get_mut(channel / 2) {
+                            if let Some(s) = slot {
+                                if s.send(b.slice(1..)).await.is_err() {
+                                    *slot = None;
+                                }
+                            }
+                        }
+                    }
+                }
+                Some(Ok(_)) => {}
+            },
+        }
+    }
+    drop(to_pod);
+    relays.abort_all();
+    while relays.join_next().await.is_some() {}
+    let _ = writer.await;
+    if !client_closed {
+        // Finish the closing handshake so the client reads everything sent before the close.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async {
+            while let Some(Ok(m)) = rx.next().await {
+                if matches!(m, Message::Close(_)) {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
+}
+
+/// Relays port `index` of a channel-form session to the pod; ends when the pod side closes.
+async fn relay_channel(
+    index: u8,
+    port: u16,
+    mut from_client: mpsc::Receiver<Bytes>,
+    out: mpsc::Sender<Message>,
+    streams: Arc<dyn PodStreams>,
+    pod: Value,
+) {
+    let (data, error) = (2 * index, 2 * index + 1);
+    let PortConnection { mut read, mut write } = match streams.port_forward(&pod, port).await {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = out.send(channel_frame(error, e.to_string().as_bytes())).await;
+            return;
+        }
+    };
+    let up = async move {
+        while let Some(b) = from_client.recv().await {
+            if write.write_all(&b).await.is_err() {
+                return;
+            }
+        }
+        let _ = write.shutdown().await;
+    };
+    let down = async {
+        let mut buf = vec![0u8; CHUNK];
+        loop {
+            match read.read(&mut buf).await {
+                Ok(0) => return,
+                Ok(n) => {
+                    if out.send(channel_frame(data, &buf[..n])).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    let message = format!("error reading from port {port}: {e}");
+                    let _ = out.send(channel_frame(error, message.as_bytes())).await;
+                    return;
+                }
+            }
+        }
+    };
+    // The pod side closing ends the port, as with the kubelet: whatever the client still
+    // sends for it is dropped.
+    tokio::select! {
+        _ = down => {}
+        _ = async { up.await; std::future::pending::<()>().await } => {}
+    }
 }
 
 /// One forwarded connection: the data stream and (when the client opened one) its error stream.
@@ -316,4 +498,21 @@ async fn forward(
         report(failure).await;
     };
     tokio::join!(up, down);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn channel_form_ports() {
+        assert_eq!(channel_ports("ports=80").unwrap(), [80]);
+        assert_eq!(channel_ports("ports=80%2C443&ports=8080&x=1").unwrap(), [80, 443, 8080]);
+        assert_eq!(channel_ports("ports=80,80").unwrap(), [80]);
+        for bad in ["", "port=80", "ports=0", "ports=70000", "ports=http", "ports=80,"] {
+            assert_eq!(channel_ports(bad).unwrap_err().code, 400, "{bad}");
+        }
+        let many: Vec<String> = (1..=65).map(|p| format!("ports={p}")).collect();
+        assert_eq!(channel_ports(&many.join("&")).unwrap_err().code, 400);
+    }
 }
