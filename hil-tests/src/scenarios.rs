@@ -33,6 +33,7 @@ pub const SCENARIOS: &[&str] = &[
     "services",
     "ingress",
     "attacks",
+    "netpol",
 ];
 
 /// Knobs of the suite.
@@ -93,7 +94,7 @@ pub fn hosts_needed(scenario: &str, opts: &ScenarioOptions) -> usize {
 pub fn needs_client(scenario: &str) -> bool {
     matches!(
         canonical(scenario).as_str(),
-        "lb-failover" | "pods-back" | "routed-pods" | "services" | "ingress" | "attacks"
+        "lb-failover" | "pods-back" | "routed-pods" | "services" | "ingress" | "attacks" | "netpol"
     )
 }
 
@@ -150,6 +151,7 @@ pub fn run(scenario: &str, rig: &dyn Rig, opts: &ScenarioOptions) -> Result<Meas
         "services" => crate::services::services(rig, opts),
         "ingress" => crate::ingress::ingress(rig, opts),
         "attacks" => crate::attacks::attacks(rig, opts),
+        "netpol" => crate::netpol::netpol(rig, opts),
         other => Err(Error::UnknownScenario(other.to_string(), SCENARIOS.join(", "))),
     }
 }

@@ -136,3 +136,10 @@ fn ingress_walkthrough() {
 fn attacks() {
     scenario("attacks");
 }
+
+/// NetworkPolicy on three nodes: deny-all, allow from a namespace and from some pods, only a
+/// port (also through a ClusterIP), deny egress with allow-DNS, deny external egress.
+#[test]
+fn netpol() {
+    scenario("netpol");
+}
