@@ -455,9 +455,20 @@ pub fn compute(pods: &[PodInfo], namespaces: &[Value], policies: &[Value]) -> Co
         parsed.push(Policy { namespace, selector, ingress, egress });
     }
     let mut out: BTreeMap<(String, String), PodPolicy> = BTreeMap::new();
+    // A rule's allow depends on the target pod only for named ingress ports: the others are
+    // computed once.
+    let mut shared: BTreeMap<(usize, usize, bool), Allow> = BTreeMap::new();
+    let mut allow_of = |pi: usize, ri: usize, rule: &Rule, target: &PodInfo, ingress: bool| -> Allow {
+        let per_target =
+            ingress && rule.ports.as_ref().is_some_and(|p| p.iter().any(|s| matches!(s, PortSpec::Named(..))));
+        if per_target {
+            return ctx.allow(rule, target, ingress);
+        }
+        shared.entry((pi, ri, ingress)).or_insert_with(|| ctx.allow(rule, target, ingress)).clone()
+    };
     for target in pods.iter().filter(|p| !p.virtual_peer) {
         let mut pp = PodPolicy::default();
-        for pol in &parsed {
+        for (pi, pol) in parsed.iter().enumerate() {
             if pol.namespace != target.namespace {
                 continue;
             }
@@ -467,11 +478,11 @@ pub fn compute(pods: &[PodInfo], namespaces: &[Value], policies: &[Value]) -> Co
             }
             if let Some(rules) = &pol.ingress {
                 let list = pp.ingress.get_or_insert_with(Vec::new);
-                list.extend(rules.iter().map(|r| ctx.allow(r, target, true)));
+                list.extend(rules.iter().enumerate().map(|(ri, r)| allow_of(pi, ri, r, target, true)));
             }
             if let Some(rules) = &pol.egress {
                 let list = pp.egress.get_or_insert_with(Vec::new);
-                list.extend(rules.iter().map(|r| ctx.allow(r, target, false)));
+                list.extend(rules.iter().enumerate().map(|(ri, r)| allow_of(pi, ri, r, target, false)));
             }
         }
         for list in [&mut pp.ingress, &mut pp.egress].into_iter().flatten() {
