@@ -16,6 +16,7 @@ pub mod ingress;
 pub mod lb;
 pub mod members;
 pub mod metrics;
+pub mod netpol;
 pub mod node;
 pub mod proxy;
 pub mod reconcile;

@@ -57,6 +57,7 @@ pub(crate) async fn run_services(node: Arc<Node>, stop: CancellationToken) {
     if node.cfg.node.runs_pods() {
         tasks.spawn(run_agent(node.clone(), stop.clone()));
         tasks.spawn(run_proxy(node.clone(), stop.clone()));
+        tasks.spawn(run_netpol(node.clone(), stop.clone()));
         tasks.spawn(run_dns(node.clone(), stop.clone()));
         tasks.spawn(run_announcer(node.clone(), stop.clone()));
         if node.cfg.ingress.enabled {
@@ -244,6 +245,26 @@ async fn run_proxy(node: Arc<Node>, stop: CancellationToken) {
     let proxy = Proxy::new(node.objects.clone(), node.identity.name.clone(), vec![node.identity.advertise])
         .with_pod_cidr(node.cfg.network.pod_cidr.clone());
     proxy.run(stop).await;
+}
+
+/// NetworkPolicy enforcement (nftables) for the pods of this node (docs/network-policy.md).
+async fn run_netpol(node: Arc<Node>, stop: CancellationToken) {
+    let subnet = loop {
+        match crate::node::network::claim_subnet(&node.store, &node.cfg.network.pod_cidr, &node.identity.name).await {
+            Ok(s) => break s,
+            Err(e) => {
+                tracing::debug!(error = %e, "network policy waits for this node's pod subnet");
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        }
+    };
+    crate::netpol::Netpol::new(node.objects.clone(), node.identity.name.clone())
+        .with_resolver(subnet.gateway())
+        .run(stop)
+        .await;
 }
 
 /// The built-in Ingress controller of this node (docs/ingress.md).

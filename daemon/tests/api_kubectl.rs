@@ -1468,3 +1468,43 @@ async fn server_dry_run_stores_nothing() {
     assert_eq!(got.trim(), "2", "a dry run changed the deployment");
     api.stop().await;
 }
+
+/// NetworkPolicy: applied, listed with NAME POD-SELECTOR AGE, described, defaulted as upstream,
+/// and refused with the upstream causes when a CIDR, an except or a port is wrong.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn network_policies_apply_list_describe_and_refuse_bad_ones() {
+    let api = Api::start().await;
+    let good = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: db\nspec:\n  podSelector:\n    matchLabels: {role: db}\n  ingress:\n  - from:\n    - ipBlock: {cidr: 172.17.0.0/16, except: [172.17.1.0/24]}\n    - namespaceSelector: {matchLabels: {project: myproject}}\n      podSelector: {matchLabels: {role: frontend}}\n    ports:\n    - {port: 6379}\n    - {port: 32000, endPort: 32768}\n  egress:\n  - ports:\n    - {port: 53, protocol: UDP}\n";
+    let out = api.ok_stdin(&["apply", "-f", "-"], good).await;
+    assert!(out.contains("networkpolicy.networking.k8s.io/db created"), "{out}");
+    let deny = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: deny-all\nspec:\n  podSelector: {}\n";
+    api.ok_stdin(&["apply", "-f", "-"], deny).await;
+    let out = api.ok(&["get", "netpol"]).await;
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].split_whitespace().collect::<Vec<_>>() == ["NAME", "POD-SELECTOR", "AGE"], "{out}");
+    assert!(out.contains("role=db") && out.contains("<none>"), "{out}");
+    let stored = api.ok(&["get", "networkpolicy", "db", "-o", "json"]).await;
+    let v: serde_json::Value = serde_json::from_str(&stored).unwrap();
+    assert_eq!(v["spec"]["policyTypes"], serde_json::json!(["Ingress", "Egress"]), "defaulted: {stored}");
+    assert_eq!(v["spec"]["ingress"][0]["ports"][0]["protocol"], "TCP");
+    let desc = api.ok(&["describe", "networkpolicy", "db"]).await;
+    assert!(desc.contains("PodSelector:") && desc.contains("role=db"), "{desc}");
+    assert!(desc.contains("172.17.0.0/16") && desc.contains("172.17.1.0/24"), "{desc}");
+    for (spec, want) in [
+        ("ingress:\n  - from:\n    - ipBlock: {cidr: 10.0.0.0/33}", "must be a valid CIDR value"),
+        (
+            "ingress:\n  - from:\n    - ipBlock: {cidr: 10.0.0.0/16, except: [10.1.0.0/24]}",
+            "must be a strict subset of `cidr`",
+        ),
+        ("ingress:\n  - ports:\n    - {port: 80, endPort: 70}", "must be greater than or equal to `port`"),
+        ("ingress:\n  - ports:\n    - {endPort: 70}", "may not be specified when `port` is not specified"),
+        ("ingress:\n  - ports:\n    - {port: 70000}", "must be between 1 and 65535, inclusive"),
+    ] {
+        let bad = format!("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: bad\nspec:\n  podSelector: {{}}\n  {spec}\n");
+        let o = api.run("1.33", &["apply", "--validate=false", "-f", "-"], Some(&bad)).await;
+        assert!(!o.ok && o.stderr.contains("is invalid") && o.stderr.contains(want), "{spec}: {}", o.stderr);
+    }
+    let o = api.run("1.33", &["get", "netpol", "bad"], None).await;
+    assert!(!o.ok, "nothing bad was stored");
+    api.stop().await;
+}

@@ -24,6 +24,7 @@ const MAY_USE: &[(&str, &[&str])] = &[
     ("scheduler", &["reconcile", "metrics"]),
     ("lb", &["reconcile", "metrics"]),
     ("proxy", &["reconcile", "metrics"]),
+    ("netpol", &["reconcile", "metrics"]),
     ("dns", &["reconcile", "metrics"]),
 ];
 

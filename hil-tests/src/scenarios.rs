@@ -34,6 +34,7 @@ pub const SCENARIOS: &[&str] = &[
     "ingress",
     "attacks",
     "witness",
+    "netpol",
 ];
 
 /// Knobs of the suite.
@@ -94,7 +95,7 @@ pub fn hosts_needed(scenario: &str, opts: &ScenarioOptions) -> usize {
 pub fn needs_client(scenario: &str) -> bool {
     matches!(
         canonical(scenario).as_str(),
-        "lb-failover" | "pods-back" | "routed-pods" | "services" | "ingress" | "attacks" | "witness"
+        "lb-failover" | "pods-back" | "routed-pods" | "services" | "ingress" | "attacks" | "witness" | "netpol"
     )
 }
 
@@ -152,6 +153,7 @@ pub fn run(scenario: &str, rig: &dyn Rig, opts: &ScenarioOptions) -> Result<Meas
         "ingress" => crate::ingress::ingress(rig, opts),
         "attacks" => crate::attacks::attacks(rig, opts),
         "witness" => crate::witness::witness(rig, opts),
+        "netpol" => crate::netpol::netpol(rig, opts),
         other => Err(Error::UnknownScenario(other.to_string(), SCENARIOS.join(", "))),
     }
 }

@@ -141,3 +141,10 @@ fn attacks() {
 fn witness_two_nodes_and_a_witness() {
     scenario("witness");
 }
+
+/// NetworkPolicy on three nodes: deny-all, allow from a namespace and from some pods, only a
+/// port (also through a ClusterIP), deny egress with allow-DNS, deny external egress.
+#[test]
+fn netpol() {
+    scenario("netpol");
+}

@@ -109,6 +109,7 @@ pub fn builtin() -> Vec<Resource> {
         res("batch", "v1", "CronJob", "cronjobs", true, &["cj"], true, &["status"]),
         res("networking.k8s.io", "v1", "Ingress", "ingresses", true, &["ing"], false, &["status"]),
         res("networking.k8s.io", "v1", "IngressClass", "ingressclasses", false, &[], false, &[]),
+        res("networking.k8s.io", "v1", "NetworkPolicy", "networkpolicies", true, &["netpol"], false, &[]),
         res("scheduling.k8s.io", "v1", "PriorityClass", "priorityclasses", false, &["pc"], false, &[]),
         res("storage.k8s.io", "v1", "StorageClass", "storageclasses", false, &["sc"], false, &[]),
         res("discovery.k8s.io", "v1", "EndpointSlice", "endpointslices", true, &[], false, &[]),

@@ -338,6 +338,7 @@ fn printer_for(group: &str, kind: &str) -> (Vec<Col>, Printer) {
             vec![name_col(), s("Class"), s("Hosts"), s("Address"), s("Ports"), age_col()],
             ingress,
         ),
+        ("networking.k8s.io", "NetworkPolicy") => (vec![name_col(), s("Pod-Selector"), age_col()], network_policy),
         ("networking.k8s.io", "IngressClass") => {
             (vec![name_col(), s("Controller"), s("Parameters"), age_col()], ingress_class)
         }
@@ -1203,6 +1204,10 @@ fn ingress(o: &Value, now: Timestamp) -> Cells {
         json!(age(o, now)),
     ]
     .into()
+}
+
+fn network_policy(o: &Value, now: Timestamp) -> Cells {
+    vec![json!(name(o)), json!(format_label_selector(o.pointer("/spec/podSelector"))), json!(age(o, now))].into()
 }
 
 fn priority_class(o: &Value, now: Timestamp) -> Cells {

@@ -405,6 +405,7 @@ pub fn validate(group: &str, kind: &str, obj: &Value) -> Result<(), Invalid> {
             causes.extend(job_spec(job, "spec.jobTemplate.spec"));
         }
         ("", "Service") => causes.extend(service(spec)),
+        ("networking.k8s.io", "NetworkPolicy") => causes.extend(network_policy::spec(spec)),
         ("", "ConfigMap") => {
             causes.extend(config_keys(obj.get("data"), "data"));
             causes.extend(config_keys(obj.get("binaryData"), "binaryData"));
@@ -778,6 +779,7 @@ fn strict_check(group: &str, version: &str, kind: &str, obj: &Value) -> Option<R
         ("batch", "v1", "CronJob") => check!(batch::v1::CronJob),
         ("networking.k8s.io", "v1", "Ingress") => check!(networking::v1::Ingress),
         ("networking.k8s.io", "v1", "IngressClass") => check!(networking::v1::IngressClass),
+        ("networking.k8s.io", "v1", "NetworkPolicy") => check!(networking::v1::NetworkPolicy),
         ("scheduling.k8s.io", "v1", "PriorityClass") => check!(scheduling::v1::PriorityClass),
         ("storage.k8s.io", "v1", "StorageClass") => check!(storage::v1::StorageClass),
         ("discovery.k8s.io", "v1", "EndpointSlice") => check!(discovery::v1::EndpointSlice),
@@ -819,6 +821,8 @@ pub fn check_unknown_fields(group: &str, version: &str, kind: &str, obj: &Value)
         Some(Err(e)) => Err(e),
     }
 }
+
+pub mod network_policy;
 
 #[cfg(test)]
 mod tests;

@@ -199,6 +199,10 @@ fn admit(res: &Resource, obj: &mut Value, old: Option<&Value>, uid: &str) -> Res
         }
         ("apiextensions.k8s.io", "CustomResourceDefinition") => crd::admit(obj),
         ("rbac.authorization.k8s.io", k) => rbac::validate(k, obj, old),
+        ("networking.k8s.io", "NetworkPolicy") => {
+            shoal_kube::validation::network_policy::default(obj);
+            vec![]
+        }
         _ => vec![],
     };
     if let Err(invalid) = shoal_kube::validation::validate(&res.group, &res.kind, obj) {

@@ -64,6 +64,7 @@ fn main() {
     add::<batch::v1::CronJob>(g, k);
     add::<networking::v1::Ingress>(g, k);
     add::<networking::v1::IngressClass>(g, k);
+    add::<networking::v1::NetworkPolicy>(g, k);
     add::<scheduling::v1::PriorityClass>(g, k);
     add::<storage::v1::StorageClass>(g, k);
     add::<discovery::v1::EndpointSlice>(g, k);

@@ -117,6 +117,7 @@ const KINDS: &[(&str, &str)] = &[
     ("batch", "CronJob"),
     ("networking.k8s.io", "Ingress"),
     ("networking.k8s.io", "IngressClass"),
+    ("networking.k8s.io", "NetworkPolicy"),
     ("discovery.k8s.io", "EndpointSlice"),
     ("coordination.k8s.io", "Lease"),
     ("autoscaling", "HorizontalPodAutoscaler"),

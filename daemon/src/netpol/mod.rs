@@ -1,0 +1,244 @@
+//! NetworkPolicy enforcement on one node: watches Pods, Namespaces and NetworkPolicies in the
+//! local replica, computes what each pod of this node may receive and send ([`engine`]) and
+//! keeps one nftables table (`inet shoal-netpol`, [`rules`]) in step, each change applied as
+//! one `nft -f` transaction, bursts of changes coalesced. Policies that select nothing or carry
+//! a peer the node cannot enforce get a Warning event; they never stop the others.
+pub mod engine;
+pub mod rules;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{Map, Value};
+use shoal_kube::{resources, Objects, Resource};
+use shoal_netlink::nft::Table;
+use shoal_netlink::{LinuxNft, Nft};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use engine::{NamedPort, PodInfo, PodPolicy, Proto};
+
+/// How long a burst of changes may keep arriving before the table is rebuilt.
+const DEBOUNCE: Duration = Duration::from_millis(20);
+/// A full rebuild also happens this often, whatever the watches say.
+const RESYNC: Duration = Duration::from_secs(30);
+/// After a failed apply.
+const RETRY: Duration = Duration::from_secs(1);
+
+/// Errors of one sync.
+#[derive(Debug, thiserror::Error)]
+pub enum NetpolError {
+    #[error("list {plural}")]
+    List {
+        plural: &'static str,
+        #[source]
+        source: shoal_kube::Error,
+    },
+    #[error("apply the network policy ruleset")]
+    Apply(#[source] Box<shoal_netlink::Error>),
+    #[error("apply task failed")]
+    Join(#[source] tokio::task::JoinError),
+}
+
+struct Kinds {
+    pods: Resource,
+    namespaces: Resource,
+    policies: Resource,
+}
+
+fn kinds() -> Option<Kinds> {
+    Some(Kinds {
+        pods: resources::find("", "pods")?,
+        namespaces: resources::find("", "namespaces")?,
+        policies: resources::find("networking.k8s.io", "networkpolicies")?,
+    })
+}
+
+/// The cluster resolver as a peer policies can name: the node's own DNS listener (where the
+/// DNS Service IP is DNATed to) stands for a pod `k8s-app=kube-dns` in `kube-system`, so the
+/// usual allow-DNS policy of upstream clusters works unchanged.
+pub fn resolver_peer(node: &str, ip: Ipv4Addr) -> PodInfo {
+    let mut labels = Map::new();
+    labels.insert("k8s-app".into(), Value::String("kube-dns".into()));
+    PodInfo {
+        namespace: "kube-system".into(),
+        name: format!("cluster-dns-{node}"),
+        ip,
+        node: node.into(),
+        labels,
+        ports: vec![
+            NamedPort { name: "dns".into(), proto: Proto::Udp, port: 53 },
+            NamedPort { name: "dns-tcp".into(), proto: Proto::Tcp, port: 53 },
+        ],
+        virtual_peer: true,
+    }
+}
+
+/// The policies of this node's pods by address, from the stored objects.
+pub fn local_policies(
+    pods: &[Value],
+    namespaces: &[Value],
+    policies: &[Value],
+    node: &str,
+    extra_peers: &[PodInfo],
+) -> (BTreeMap<Ipv4Addr, PodPolicy>, Vec<engine::Warning>) {
+    let mut infos: Vec<PodInfo> = pods.iter().filter_map(PodInfo::from_json).collect();
+    infos.extend(extra_peers.iter().cloned());
+    let computed = engine::compute(&infos, namespaces, policies);
+    let mut local = BTreeMap::new();
+    for p in infos.iter().filter(|p| p.node == node && !p.virtual_peer) {
+        if let Some(pp) = computed.pods.get(&(p.namespace.clone(), p.name.clone())) {
+            local.insert(p.ip, pp.clone());
+        }
+    }
+    (local, computed.warnings)
+}
+
+/// The node's NetworkPolicy enforcer.
+pub struct Netpol {
+    objects: Objects,
+    node: String,
+    resolver: Option<Ipv4Addr>,
+    nft: Arc<dyn Nft>,
+    events: Option<crate::reconcile::events::Recorder>,
+}
+
+impl Netpol {
+    /// An enforcer for `node`, applying rules with `nft` in the current network namespace.
+    pub fn new(objects: Objects, node: String) -> Netpol {
+        let events = Some(crate::reconcile::events::Recorder::new(objects.clone(), resources::lookup("", "events")));
+        Netpol { objects, node, resolver: None, nft: Arc::new(LinuxNft::new()), events }
+    }
+
+    /// The address of this node's cluster resolver (see [`resolver_peer`]).
+    pub fn with_resolver(mut self, ip: Ipv4Addr) -> Netpol {
+        self.resolver = Some(ip);
+        self
+    }
+
+    /// Applies rulesets through `nft` instead (a netns-bound [`LinuxNft`], or a fake).
+    pub fn with_nft(mut self, nft: Arc<dyn Nft>) -> Netpol {
+        self.nft = nft;
+        self
+    }
+
+    /// Keeps the table in step with the replica until `shutdown`. The table stays in place
+    /// afterwards, so policies hold while the daemon restarts.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let Some(k) = kinds() else {
+            tracing::error!("network policy resources missing from the resource table; not enforced");
+            return;
+        };
+        let changed = Arc::new(Notify::new());
+        let watch_stop = shutdown.child_token();
+        for res in [&k.pods, &k.namespaces, &k.policies] {
+            tokio::spawn(crate::reconcile::watch::notify_on_changes(
+                self.objects.clone(),
+                res.clone(),
+                changed.clone(),
+                "netpol",
+                RETRY,
+                watch_stop.clone(),
+            ));
+        }
+        let mut last: Option<Table> = None;
+        let mut warned: HashSet<String> = HashSet::new();
+        let mut next_wait = Duration::ZERO;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = changed.notified() => {}
+                _ = tokio::time::sleep(next_wait) => {}
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(DEBOUNCE) => {}
+            }
+            let started = Instant::now();
+            match self.sync(&k, &mut last, &mut warned).await {
+                Ok(true) => {
+                    tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "network policy rules applied");
+                    next_wait = RESYNC;
+                }
+                Ok(false) => next_wait = RESYNC,
+                Err(e) => {
+                    tracing::warn!(error = %e, source = ?std::error::Error::source(&e), "network policy rules not applied");
+                    last = None;
+                    next_wait = RETRY;
+                }
+            }
+        }
+        watch_stop.cancel();
+    }
+
+    async fn list(&self, res: &Resource, plural: &'static str) -> Result<Vec<Value>, NetpolError> {
+        self.objects.list(res, None).await.map(|(v, _)| v).map_err(|source| NetpolError::List { plural, source })
+    }
+
+    /// Reads the replica and applies the table if it changed; returns whether it applied.
+    async fn sync(
+        &self,
+        k: &Kinds,
+        last: &mut Option<Table>,
+        warned: &mut HashSet<String>,
+    ) -> Result<bool, NetpolError> {
+        let pods = self.list(&k.pods, "pods").await?;
+        let namespaces = self.list(&k.namespaces, "namespaces").await?;
+        let policies = self.list(&k.policies, "networkpolicies").await?;
+        let extra: Vec<PodInfo> = self.resolver.map(|ip| resolver_peer(&self.node, ip)).into_iter().collect();
+        let (local, warnings) = local_policies(&pods, &namespaces, &policies, &self.node, &extra);
+        self.warn(&policies, warnings, warned);
+        let (table, _) = rules::render(&local);
+        if last.as_ref() == Some(&table) {
+            return Ok(false);
+        }
+        let text = match last.as_ref() {
+            Some(prev) => table.update_text(prev),
+            None => table.replace_text(),
+        };
+        *last = None;
+        let nft = self.nft.clone();
+        tokio::task::spawn_blocking(move || nft.apply(&text).map_err(Box::new))
+            .await
+            .map_err(NetpolError::Join)?
+            .map_err(NetpolError::Apply)?;
+        *last = Some(table);
+        Ok(true)
+    }
+
+    /// A Warning event on each policy with a problem, once per policy version and node.
+    fn warn(&self, policies: &[Value], warnings: Vec<engine::Warning>, warned: &mut HashSet<String>) {
+        let Some(rec) = &self.events else { return };
+        for w in warnings {
+            let Some(p) = policies.iter().find(|p| {
+                p["metadata"]["namespace"].as_str() == Some(w.namespace.as_str())
+                    && p["metadata"]["name"].as_str() == Some(w.policy.as_str())
+            }) else {
+                continue;
+            };
+            let key = format!(
+                "{}/{}/{}/{}",
+                p["metadata"]["uid"].as_str().unwrap_or(""),
+                p["metadata"]["resourceVersion"].as_str().unwrap_or(""),
+                w.reason,
+                w.message
+            );
+            if !warned.insert(key) {
+                continue;
+            }
+            tracing::info!(namespace = %w.namespace, policy = %w.policy, reason = w.reason, message = %w.message, "network policy warning");
+            let mut involved = p.clone();
+            involved["apiVersion"] = Value::String("networking.k8s.io/v1".into());
+            involved["kind"] = Value::String("NetworkPolicy".into());
+            let rec = rec.clone();
+            let node = self.node.clone();
+            tokio::spawn(async move {
+                rec.warning(&format!("netpol/{node}"), &involved, w.reason, &w.message).await;
+            });
+        }
+    }
+}
