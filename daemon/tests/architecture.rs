@@ -25,6 +25,7 @@ const MAY_USE: &[(&str, &[&str])] = &[
     ("lb", &["reconcile", "metrics"]),
     ("proxy", &["reconcile", "metrics"]),
     ("dns", &["reconcile", "metrics"]),
+    ("admission", &[]),
 ];
 
 /// Modules that may use no other module of the daemon (only `shoal_kube` and the other crates).
