@@ -72,6 +72,16 @@ pub struct NodeConfig {
     pub lb: LbConfig,
     pub api: ApiSection,
     pub ingress: IngressConfig,
+    pub admission: AdmissionSection,
+}
+
+/// The `[admission]` section (docs/policy.md).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdmissionSection {
+    /// CIDRs a Service's `spec.externalIPs` may use; empty (the default): none, every
+    /// externalIP is refused (the CVE-2020-8554 class).
+    pub external_ip_cidrs: Vec<String>,
 }
 
 /// How long Events live unless configured otherwise (kube-apiserver's `--event-ttl` default).
@@ -200,6 +210,7 @@ impl Default for NodeConfig {
             lb: LbConfig::default(),
             api: ApiSection::default(),
             ingress: IngressConfig::default(),
+            admission: AdmissionSection::default(),
         }
     }
 }

@@ -339,6 +339,7 @@ async fn api_server(
     cfg.metrics = metrics;
     cfg.exporter = exporter;
     cfg.event_ttl = None; // the node's objects carry [api] event_ttl (0s: none)
+    cfg.external_ip_cidrs = node.cfg.admission.external_ip_cidrs.clone();
     cfg.heartbeats = Some(Arc::new(GossipHeartbeats(node.clone())));
     if let Err(e) = crate::api::serve(cfg, stop).await {
         tracing::error!(error = %e, %listen, "Kubernetes API stopped");

@@ -245,6 +245,16 @@ async fn limit_range_and_quota_as_kubectl_shows_them() {
     let described = c.ok(&["describe", "quota", "q", "-n", "team"]).await;
     assert!(described.contains("pods") && described.contains("requests.cpu"), "{described}");
 
+    // externalIPs outside [admission] external_ip_cidrs (empty here) are refused.
+    let svc = "apiVersion: v1\nkind: Service\nmetadata: {name: ext, namespace: default}\nspec:\n  ports: [{port: 80}]\n  externalIPs: [203.0.113.5]\n";
+    let o = c.apply(svc).await;
+    assert!(!o.ok);
+    assert!(
+        o.stderr.contains(r#"services "ext" is forbidden: Use of external IPs is denied by admission control"#),
+        "{}",
+        o.stderr
+    );
+
     // A delete frees its share once the quota controller counted again.
     c.ok(&["delete", "pod", "p1", "-n", "team", "--wait=false"]).await;
     c.wait_for(&["get", "quota", "q", "-n", "team", "-o", "jsonpath={.status.used.pods}"], "1").await;

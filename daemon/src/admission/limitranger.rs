@@ -13,8 +13,10 @@ fn limit_ranges_res() -> Resource {
 
 async fn limit_ranges(objects: &Objects, ns: &str) -> Result<Vec<Value>, Error> {
     let res = limit_ranges_res();
-    let (mut items, _) =
-        objects.list(&res, Some(ns)).await.map_err(|source| Error::Read { resource: res.plural.clone(), source })?;
+    let (mut items, _) = objects
+        .list(&res, Some(ns))
+        .await
+        .map_err(|source| Error::Read { resource: res.plural.clone(), source: Box::new(source) })?;
     items.sort_by(|a, b| a["metadata"]["name"].as_str().cmp(&b["metadata"]["name"].as_str()));
     Ok(items)
 }

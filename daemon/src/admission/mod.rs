@@ -12,6 +12,7 @@
 use serde_json::Value;
 use shoal_kube::{Objects, Resource};
 
+pub(crate) mod external_ips;
 pub(crate) mod limitranger;
 pub(crate) mod quota;
 
@@ -25,14 +26,14 @@ pub(crate) enum Error {
     Read {
         resource: String,
         #[source]
-        source: shoal_kube::Error,
+        source: Box<shoal_kube::Error>,
     },
     #[error("write {resource} \"{name}\"")]
     Write {
         resource: String,
         name: String,
         #[source]
-        source: shoal_kube::Error,
+        source: Box<shoal_kube::Error>,
     },
 }
 
@@ -94,7 +95,8 @@ pub(crate) async fn create(objects: &Objects, res: &Resource, ns: &str, mut obj:
     generate_name(&mut obj);
     mutate(objects, res, ns, &mut obj).await?;
     let name = object_name(&obj).to_string();
-    let write_err = |source| Error::Write { resource: res.plural.clone(), name: name.clone(), source };
+    let write_err =
+        |source| Error::Write { resource: res.plural.clone(), name: name.clone(), source: Box::new(source) };
     for _ in 0..CHARGE_ATTEMPTS {
         let admitted = validate(objects, res, ns, &obj).await?;
         let uid = uuid::Uuid::new_v4().to_string();

@@ -254,7 +254,7 @@ pub(crate) async fn usage_of(objects: &Objects, quota: &Value) -> Result<Usage, 
         let (items, _) = objects
             .list(&res, Some(ns))
             .await
-            .map_err(|source| Error::Read { resource: res.plural.clone(), source })?;
+            .map_err(|source| Error::Read { resource: res.plural.clone(), source: Box::new(source) })?;
         for o in items.iter().filter(|o| matches(quota, &res, o)) {
             for (k, v) in usage(&res, o) {
                 if let Some(u) = used.get_mut(&k) {
@@ -292,8 +292,10 @@ pub(crate) async fn charge(
     if !res.namespaced {
         return Ok(Vec::new());
     }
-    let (mut quotas, _) =
-        objects.list(&qres, Some(ns)).await.map_err(|source| Error::Read { resource: qres.plural.clone(), source })?;
+    let (mut quotas, _) = objects
+        .list(&qres, Some(ns))
+        .await
+        .map_err(|source| Error::Read { resource: qres.plural.clone(), source: Box::new(source) })?;
     if quotas.is_empty() {
         return Ok(Vec::new());
     }

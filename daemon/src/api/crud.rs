@@ -374,6 +374,8 @@ pub(crate) async fn create_object(ctx: &Ctx, mut obj: Value) -> Result<Response,
     admit(&ctx.res, &mut obj, None, &uid)?;
     let objects = &ctx.state.objects;
     let ns = ctx.ns().unwrap_or("default").to_string();
+    crate::admission::external_ips::check(&ctx.state.external_ip_cidrs, &ctx.res, &obj, None)
+        .map_err(|e| admission_error(e, &ctx.res))?;
     if ctx.res.namespaced {
         crate::admission::generate_name(&mut obj);
         crate::admission::mutate(objects, &ctx.res, &ns, &mut obj).await.map_err(|e| admission_error(e, &ctx.res))?;
@@ -425,8 +427,8 @@ pub(crate) async fn create_object(ctx: &Ctx, mut obj: Value) -> Result<Response,
 pub(crate) fn admission_error(e: crate::admission::Error, res: &Resource) -> ApiError {
     match e {
         crate::admission::Error::Forbidden { message } => ApiError::forbidden(message),
-        crate::admission::Error::Read { source, .. } => ApiError::from_objects(source, res, ""),
-        crate::admission::Error::Write { source, name, .. } => ApiError::from_objects(source, res, &name),
+        crate::admission::Error::Read { source, .. } => ApiError::from_objects(*source, res, ""),
+        crate::admission::Error::Write { source, name, .. } => ApiError::from_objects(*source, res, &name),
     }
 }
 
@@ -493,7 +495,9 @@ fn prepare_update(ctx: &Ctx, name: &str, obj: &mut Value, old: &Value) -> Result
     }
     check_strict(ctx, obj)?;
     let uid = old["metadata"]["uid"].as_str().unwrap_or_default().to_string();
-    admit(&ctx.res, obj, Some(old), &uid)
+    admit(&ctx.res, obj, Some(old), &uid)?;
+    crate::admission::external_ips::check(&ctx.state.external_ip_cidrs, &ctx.res, obj, Some(old))
+        .map_err(|e| admission_error(e, &ctx.res))
 }
 
 pub(crate) async fn update(ctx: &Ctx) -> Result<Response, ApiError> {

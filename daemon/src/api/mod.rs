@@ -113,6 +113,8 @@ pub struct ApiConfig {
     /// Events expire this long after their creation, unless `objects` already has a TTL
     /// (a node sets it from `[api] event_ttl`); None: never.
     pub event_ttl: Option<Duration>,
+    /// CIDRs Services' `externalIPs` may use (`[admission] external_ip_cidrs`); empty: none.
+    pub external_ip_cidrs: Vec<String>,
 }
 
 /// Pod and node usage for `metrics.k8s.io` (`kubectl top`), from the node agents.
@@ -134,6 +136,7 @@ impl ApiConfig {
             heartbeats: None,
             exporter: Arc::new(crate::metrics::Exporter::default()),
             event_ttl: Some(DEFAULT_EVENT_TTL),
+            external_ip_cidrs: Vec::new(),
         }
     }
 }
@@ -151,6 +154,8 @@ pub(crate) struct ApiState {
     pub authz: Arc<crate::auth::Authorizer>,
     /// Cancelled when the server stops; open watches and log streams end with it.
     pub shutdown: CancellationToken,
+    /// See [`ApiConfig::external_ip_cidrs`].
+    pub external_ip_cidrs: Vec<String>,
 }
 
 /// A bound, not yet serving, API server.
@@ -190,6 +195,7 @@ impl Server {
             exporter: self.cfg.exporter.clone(),
             authz: crate::auth::Authorizer::new(self.cfg.objects.clone()),
             shutdown: shutdown.child_token(),
+            external_ip_cidrs: self.cfg.external_ip_cidrs.clone(),
         });
         let tracker = TaskTracker::new();
         let (objects, stop) = (state.objects.clone(), shutdown.clone());

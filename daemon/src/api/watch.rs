@@ -185,6 +185,7 @@ mod tests {
             metrics: None,
             heartbeats: None,
             shutdown: CancellationToken::new(),
+            external_ip_cidrs: Vec::new(),
         })
     }
 

@@ -59,12 +59,8 @@ pub(crate) async fn create_pod(
             ctx.events.warning(component, owner, "FailedCreate", &format!("Error creating: {message}")).await;
             Ok(None)
         }
-        Err(crate::admission::Error::Read { resource, source }) => {
-            Err(Error::Read { resource, source: Box::new(source) })
-        }
-        Err(crate::admission::Error::Write { resource, name, source }) => {
-            Err(Error::Write { resource, name, source: Box::new(source) })
-        }
+        Err(crate::admission::Error::Read { resource, source }) => Err(Error::Read { resource, source }),
+        Err(crate::admission::Error::Write { resource, name, source }) => Err(Error::Write { resource, name, source }),
     }
 }
 
