@@ -72,6 +72,16 @@ pub struct NodeConfig {
     pub lb: LbConfig,
     pub api: ApiSection,
     pub ingress: IngressConfig,
+    pub admission: AdmissionSection,
+}
+
+/// The `[admission]` section (docs/policy.md).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdmissionSection {
+    /// CIDRs a Service's `spec.externalIPs` may use; empty (the default): none, every
+    /// externalIP is refused (the CVE-2020-8554 class).
+    pub external_ip_cidrs: Vec<String>,
 }
 
 /// How long Events live unless configured otherwise (kube-apiserver's `--event-ttl` default).
@@ -251,6 +261,7 @@ impl Default for NodeConfig {
             lb: LbConfig::default(),
             api: ApiSection::default(),
             ingress: IngressConfig::default(),
+            admission: AdmissionSection::default(),
         }
     }
 }
@@ -497,6 +508,10 @@ mod tests {
         assert_eq!(c.api.metrics_listen, Some("0.0.0.0:9100".parse().unwrap()));
         std::fs::write(&p, "version = 1\n[api]\nmetrics_listen = \"everywhere\"\n").unwrap();
         assert!(NodeConfig::load(&p, true).is_err());
+        assert!(c.admission.external_ip_cidrs.is_empty(), "no externalIP is allowed by default");
+        std::fs::write(&p, "version = 1\n[admission]\nexternal_ip_cidrs = [\"192.168.10.0/24\"]\n").unwrap();
+        let c = NodeConfig::load(&p, true).unwrap();
+        assert_eq!(c.admission.external_ip_cidrs, vec!["192.168.10.0/24".to_string()]);
         assert!(NodeConfig::load(&dir.path().join("missing.toml"), false).is_ok());
         assert_eq!(c.ingress.classes, vec!["nginx".to_string()]);
         std::fs::write(&p, "version = 1\n[ingress]\nclasses = []\nhttp_port = 8080\n").unwrap();

@@ -5,6 +5,7 @@
 //! (Service data plane), `dns` (cluster DNS) and `lb` (the LoadBalancer announcer).
 #![forbid(unsafe_code)]
 
+pub(crate) mod admission;
 pub mod api;
 pub mod auth;
 pub mod cluster;

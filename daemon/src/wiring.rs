@@ -363,6 +363,7 @@ async fn api_server(
     cfg.metrics = metrics;
     cfg.exporter = exporter;
     cfg.event_ttl = None; // the node's objects carry [api] event_ttl (0s: none)
+    cfg.external_ip_cidrs = node.cfg.admission.external_ip_cidrs.clone();
     cfg.heartbeats = Some(Arc::new(GossipHeartbeats(node.clone())));
     cfg.max_token_expiration = node.cfg.api.service_account_max_token_expiration;
     if node.cfg.api.audit_log {

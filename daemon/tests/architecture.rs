@@ -26,6 +26,7 @@ const MAY_USE: &[(&str, &[&str])] = &[
     ("proxy", &["reconcile", "metrics"]),
     ("netpol", &["reconcile", "metrics"]),
     ("dns", &["reconcile", "metrics"]),
+    ("admission", &[]),
 ];
 
 /// Modules that may use no other module of the daemon (only `shoal_kube` and the other crates).

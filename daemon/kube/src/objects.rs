@@ -223,13 +223,35 @@ impl Objects {
 
     /// Like `create`, with a uid chosen by the caller (the API derives labels from it, as a
     /// Job's `controller-uid` selector).
-    pub async fn create_with_uid(
+    pub async fn create_with_uid(&self, res: &Resource, ns: Option<&str>, obj: Value, uid: String) -> Result<Value> {
+        self.create_charged(res, ns, obj, uid, &[]).await
+    }
+
+    /// Like `create_with_uid`, and in the same transaction writes each of `charges` (objects
+    /// of the given resource, carrying the resourceVersion they were read at) only if that
+    /// object is still at that version: admission charges a ResourceQuota's `status.used` so.
+    /// If one moved on, nothing is written and the error is `Conflict` on it (read and charge
+    /// again).
+    pub async fn create_charged(
         &self,
         res: &Resource,
         ns: Option<&str>,
         mut obj: Value,
         uid: String,
+        charges: &[(Resource, Value)],
     ) -> Result<Value> {
+        let mut charge_compares = Vec::with_capacity(charges.len());
+        let mut charge_ops = Vec::with_capacity(charges.len());
+        for (cres, cobj) in charges {
+            let cname = name_of(cobj).ok_or_else(|| Error::Invalid("charged object has no name".into()))?;
+            let ckey = cres.key(namespace_of(cobj), cname);
+            let rev =
+                resource_version_of(cobj).ok_or_else(|| Error::Invalid("charged object has no version".into()))?;
+            let mut stored = cobj.clone();
+            meta_mut(&mut stored)?.remove("resourceVersion");
+            charge_compares.push(Compare::ModRevision { key: ckey.clone(), revision: rev });
+            charge_ops.push(Op::Put { key: ckey, value: encode(&stored), lease: None });
+        }
         for _ in 0..8 {
             let m = meta_mut(&mut obj)?;
             let name = match m.get("name").and_then(|n| n.as_str()).filter(|n| !n.is_empty()) {
@@ -259,11 +281,12 @@ impl Objects {
                 o.insert("kind".into(), json!(res.kind));
             }
             let key = res.key(if res.namespaced { Some(ns.unwrap_or("default")) } else { None }, &name);
-            let txn = Txn {
-                compares: vec![Compare::NotExists { key: key.clone() }],
-                success: vec![Op::Put { key: key.clone(), value: encode(&obj), lease: self.lease_for(res).await? }],
-                failure: vec![],
-            };
+            let mut compares = vec![Compare::NotExists { key: key.clone() }];
+            compares.extend(charge_compares.iter().cloned());
+            let mut success =
+                vec![Op::Put { key: key.clone(), value: encode(&obj), lease: self.lease_for(res).await? }];
+            success.extend(charge_ops.iter().cloned());
+            let txn = Txn { compares, success, failure: vec![] };
             let r = match self.store.txn(txn).await {
                 Err(e @ shoal_store::Error::LeaseNotFound { .. }) => {
                     self.forget_lease().await;
@@ -275,6 +298,14 @@ impl Objects {
                 let m = meta_mut(&mut obj)?;
                 m.insert("resourceVersion".into(), json!(r.revision.to_string()));
                 return Ok(obj);
+            }
+            if let Some((cres, cobj)) = charges.first() {
+                if self.store.get(&key).await?.is_none() {
+                    return Err(Error::Conflict {
+                        plural: cres.plural.clone(),
+                        name: name_of(cobj).unwrap_or_default().to_string(),
+                    });
+                }
             }
             let generated = meta(&obj).and_then(|m| m.get("generateName")).is_some()
                 && meta(&obj).and_then(|m| m.get("name")).and_then(|n| n.as_str()).is_some_and(|n| {

@@ -99,6 +99,8 @@ pub fn builtin() -> Vec<Resource> {
         res("", "v1", "Event", "events", true, &["ev"], false, &[]),
         res("", "v1", "PersistentVolume", "persistentvolumes", false, &["pv"], false, &["status"]),
         res("", "v1", "PersistentVolumeClaim", "persistentvolumeclaims", true, &["pvc"], false, &["status"]),
+        res("", "v1", "LimitRange", "limitranges", true, &["limits"], false, &[]),
+        res("", "v1", "ResourceQuota", "resourcequotas", true, &["quota"], false, &["status"]),
         res("", "v1", "ReplicationController", "replicationcontrollers", true, &["rc"], true, &["status", "scale"]),
         res("apps", "v1", "Deployment", "deployments", true, &["deploy"], true, &["status", "scale"]),
         res("apps", "v1", "ReplicaSet", "replicasets", true, &["rs"], true, &["status", "scale"]),

@@ -386,6 +386,8 @@ fn printer_for(group: &str, kind: &str) -> (Vec<Col>, Printer) {
             ],
             persistent_volume_claim,
         ),
+        ("", "LimitRange") => (vec![name_col(), Col::new("Created At", "date", 0).desc(AGE_DESC)], created_at),
+        ("", "ResourceQuota") => (vec![name_col(), age_col(), s("Request"), s("Limit")], resource_quota),
         ("coordination.k8s.io", "Lease") => (vec![name_col(), s("Holder"), age_col()], lease),
         ("autoscaling", "HorizontalPodAutoscaler") => (
             vec![
@@ -576,6 +578,29 @@ fn created_at(o: &Value, _now: Timestamp) -> Cells {
         .map(|t| Value::String(t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()))
         .unwrap_or(Value::Null);
     vec![json!(name(o)), created].into()
+}
+
+/// `pods: 1/10, requests.cpu: 0/2` (sorted), as kubectl prints a ResourceQuota: the
+/// `limits.*` resources in LIMIT, everything else in REQUEST.
+fn resource_quota(o: &Value, now: Timestamp) -> Cells {
+    let hard = o.pointer("/status/hard").and_then(Value::as_object);
+    let used = o.pointer("/status/used");
+    let (mut req, mut lim) = (Vec::new(), Vec::new());
+    if let Some(hard) = hard {
+        let mut keys: Vec<&String> = hard.keys().collect();
+        keys.sort();
+        for k in keys {
+            let h = hard[k].as_str().map(String::from).unwrap_or_else(|| hard[k].to_string());
+            let u = used.and_then(|u| u.get(k.as_str())).and_then(Value::as_str).unwrap_or("0");
+            let cell = format!("{k}: {u}/{h}");
+            if k.starts_with("limits.") {
+                lim.push(cell);
+            } else {
+                req.push(cell);
+            }
+        }
+    }
+    vec![json!(name(o)), json!(age(o, now)), json!(req.join(", ")), json!(lim.join(", "))].into()
 }
 
 fn is_restartable_init(pod: &Value, name: &str) -> bool {

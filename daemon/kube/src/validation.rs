@@ -406,6 +406,8 @@ pub fn validate(group: &str, kind: &str, obj: &Value) -> Result<(), Invalid> {
         }
         ("", "Service") => causes.extend(service(spec)),
         ("networking.k8s.io", "NetworkPolicy") => causes.extend(network_policy::spec(spec)),
+        ("", "LimitRange") => causes.extend(limit_range(spec)),
+        ("", "ResourceQuota") => causes.extend(resource_quota(spec)),
         ("", "ConfigMap") => {
             causes.extend(config_keys(obj.get("data"), "data"));
             causes.extend(config_keys(obj.get("binaryData"), "binaryData"));
@@ -426,6 +428,164 @@ pub fn validate(group: &str, kind: &str, obj: &Value) -> Result<(), Invalid> {
             causes,
         })
     }
+}
+
+const QUANTITY_RE: &str = "quantities must match the regular expression '^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$'";
+
+/// A resource list (`{cpu: 100m}`) at `field`: each value a quantity, as thousandths.
+fn quantities(list: Option<&Value>, field: &str, causes: &mut Vec<Cause>) -> Vec<(String, String, i128)> {
+    let mut out = Vec::new();
+    let Some(Value::Object(m)) = list else {
+        return out;
+    };
+    for (k, v) in m {
+        let text = v.as_str().map(String::from).unwrap_or_else(|| v.to_string());
+        match crate::quantity::milli(v) {
+            Some(q) if q >= 0 => out.push((k.clone(), text, q)),
+            Some(_) => causes.push(Cause::invalid(
+                format!("{field}[{k}]"),
+                GoValue::Str(text),
+                "must be greater than or equal to 0",
+            )),
+            None => causes.push(Cause::invalid(format!("{field}[{k}]"), GoValue::Str(text), QUANTITY_RE)),
+        }
+    }
+    out
+}
+
+/// LimitRange (upstream ValidateLimitRange): types, quantities, and min <= defaultRequest <=
+/// default <= max, maxLimitRequestRatio >= 1.
+fn limit_range(spec: &Value) -> Vec<Cause> {
+    let mut causes = Vec::new();
+    let Some(limits) = spec.get("limits").and_then(Value::as_array) else {
+        return causes;
+    };
+    for (i, l) in limits.iter().enumerate() {
+        let base = format!("spec.limits[{i}]");
+        let ty = l.get("type").and_then(Value::as_str).unwrap_or("");
+        match ty {
+            "" => causes.push(Cause::required(format!("{base}.type"), "")),
+            "Container" | "Pod" | "PersistentVolumeClaim" => {}
+            other => causes.push(Cause::new(
+                format!("{base}.type"),
+                CauseReason::FieldValueNotSupported,
+                Some(&GoValue::Str(other.into())),
+                "supported values: \"Container\", \"PersistentVolumeClaim\", \"Pod\"",
+            )),
+        }
+        let max = quantities(l.get("max"), &format!("{base}.max"), &mut causes);
+        let min = quantities(l.get("min"), &format!("{base}.min"), &mut causes);
+        let def = quantities(l.get("default"), &format!("{base}.default"), &mut causes);
+        let def_req = quantities(l.get("defaultRequest"), &format!("{base}.defaultRequest"), &mut causes);
+        let ratio = quantities(l.get("maxLimitRequestRatio"), &format!("{base}.maxLimitRequestRatio"), &mut causes);
+        if ty == "Pod" {
+            for f in ["default", "defaultRequest"] {
+                if l.get(f).and_then(Value::as_object).is_some_and(|m| !m.is_empty()) {
+                    causes.push(Cause::new(
+                        format!("{base}.{f}"),
+                        CauseReason::FieldValueForbidden,
+                        None,
+                        "may not be specified when `type` is 'Pod'",
+                    ));
+                }
+            }
+        }
+        let find = |list: &[(String, String, i128)], k: &str| list.iter().find(|(n, _, _)| n == k).cloned();
+        for (k, text, q) in &min {
+            if let Some((_, mt, m)) = find(&max, k) {
+                if *q > m {
+                    causes.push(Cause::invalid(
+                        format!("{base}.min[{k}]"),
+                        GoValue::Str(text.clone()),
+                        &format!("min value {text} is greater than max value {mt}"),
+                    ));
+                }
+            }
+        }
+        for (k, text, q) in &def_req {
+            let path = format!("{base}.defaultRequest[{k}]");
+            if let Some((_, dt, d)) = find(&def, k) {
+                if *q > d {
+                    causes.push(Cause::invalid(
+                        &path,
+                        GoValue::Str(text.clone()),
+                        &format!("default request value {text} is greater than default limit value {dt}"),
+                    ));
+                }
+            }
+            if let Some((_, mt, m)) = find(&min, k) {
+                if m > *q {
+                    causes.push(Cause::invalid(
+                        &path,
+                        GoValue::Str(text.clone()),
+                        &format!("min value {mt} is greater than default request value {text}"),
+                    ));
+                }
+            }
+            if let Some((_, mt, m)) = find(&max, k) {
+                if *q > m {
+                    causes.push(Cause::invalid(
+                        &path,
+                        GoValue::Str(text.clone()),
+                        &format!("default request value {text} is greater than max value {mt}"),
+                    ));
+                }
+            }
+        }
+        for (k, text, q) in &def {
+            let path = format!("{base}.default[{k}]");
+            if let Some((_, mt, m)) = find(&min, k) {
+                if m > *q {
+                    causes.push(Cause::invalid(
+                        &path,
+                        GoValue::Str(text.clone()),
+                        &format!("min value {mt} is greater than default value {text}"),
+                    ));
+                }
+            }
+            if let Some((_, mt, m)) = find(&max, k) {
+                if *q > m {
+                    causes.push(Cause::invalid(
+                        &path,
+                        GoValue::Str(text.clone()),
+                        &format!("default value {text} is greater than max value {mt}"),
+                    ));
+                }
+            }
+        }
+        for (k, text, q) in &ratio {
+            if *q < 1000 {
+                causes.push(Cause::invalid(
+                    format!("{base}.maxLimitRequestRatio[{k}]"),
+                    GoValue::Str(text.clone()),
+                    &format!("ratio {text} is less than 1"),
+                ));
+            }
+        }
+    }
+    causes
+}
+
+/// ResourceQuota: quantities in spec.hard, known scopes.
+fn resource_quota(spec: &Value) -> Vec<Cause> {
+    let mut causes = Vec::new();
+    quantities(spec.get("hard"), "spec.hard", &mut causes);
+    const SCOPES: [&str; 6] =
+        ["BestEffort", "CrossNamespacePodAffinity", "NotBestEffort", "NotTerminating", "PriorityClass", "Terminating"];
+    if let Some(scopes) = spec.get("scopes").and_then(Value::as_array) {
+        for (i, sc) in scopes.iter().enumerate() {
+            let v = sc.as_str().unwrap_or("");
+            if !SCOPES.contains(&v) {
+                causes.push(Cause::new(
+                    format!("spec.scopes[{i}]"),
+                    CauseReason::FieldValueNotSupported,
+                    Some(&GoValue::Str(v.into())),
+                    "unsupported scope",
+                ));
+            }
+        }
+    }
+    causes
 }
 
 fn config_keys(data: Option<&Value>, field: &str) -> Vec<Cause> {

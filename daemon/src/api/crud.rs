@@ -177,6 +177,10 @@ fn admit(res: &Resource, obj: &mut Value, old: Option<&Value>, uid: &str) -> Res
             namespace::admit(obj);
             vec![]
         }
+        ("", "LimitRange") => {
+            crate::admission::limitranger::default_object(obj);
+            vec![]
+        }
         ("", "Secret") => secret::admit(obj),
         ("", "ReplicationController") => workloads::admit("ReplicationController", obj),
         ("apps", k @ ("Deployment" | "ReplicaSet" | "DaemonSet" | "StatefulSet")) => {
@@ -374,23 +378,64 @@ pub(crate) async fn create_object(ctx: &Ctx, mut obj: Value) -> Result<Response,
     }
     let uid = uuid::Uuid::new_v4().to_string();
     admit(&ctx.res, &mut obj, None, &uid)?;
+    let objects = &ctx.state.objects;
+    let ns = ctx.ns().unwrap_or("default").to_string();
+    crate::admission::external_ips::check(&ctx.state.external_ip_cidrs, &ctx.res, &obj, None)
+        .map_err(|e| admission_error(e, &ctx.res))?;
+    if ctx.res.namespaced {
+        crate::admission::generate_name(&mut obj);
+        crate::admission::mutate(objects, &ctx.res, &ns, &mut obj).await.map_err(|e| admission_error(e, &ctx.res))?;
+    }
+    let name = obj["metadata"]["name"].as_str().unwrap_or(&name).to_string();
     rbac::check_escalation(ctx, &obj).await?;
     if ctx.dry_run() {
+        if ctx.res.namespaced {
+            crate::admission::validate(objects, &ctx.res, &ns, &obj).await.map_err(|e| admission_error(e, &ctx.res))?;
+        }
         obj["metadata"]["uid"] = json!(uid);
         obj["metadata"]["creationTimestamp"] = json!(shoal_kube::objects::now_rfc3339());
         return Ok(json_response(StatusCode::CREATED, &obj));
     }
     let is_service = ctx.res.group.is_empty() && ctx.res.kind == "Service";
-    let claimed = if is_service { service::allocate(&ctx.state.objects, &mut obj, None).await? } else { vec![] };
-    match ctx.state.objects.create_with_uid(&ctx.res, ctx.ns(), obj, uid).await {
-        Ok(mut created) => {
-            set_type_meta(&ctx.res, &mut created);
-            Ok(json_response(StatusCode::CREATED, &created))
+    let claimed = if is_service { service::allocate(objects, &mut obj, None).await? } else { vec![] };
+    let mut result = Err(ApiError::conflict(&crate::admission::quota::quotas_res(), ""));
+    for _ in 0..crate::admission::CHARGE_ATTEMPTS {
+        let admitted = if ctx.res.namespaced {
+            match crate::admission::validate(objects, &ctx.res, &ns, &obj).await {
+                Ok(a) => a,
+                Err(e) => {
+                    result = Err(admission_error(e, &ctx.res));
+                    break;
+                }
+            }
+        } else {
+            crate::admission::Admitted::default()
+        };
+        match objects.create_charged(&ctx.res, ctx.ns(), obj.clone(), uid.clone(), &admitted.charges).await {
+            Err(shoal_kube::Error::Conflict { plural, .. }) if plural == "resourcequotas" => continue,
+            Err(e) => {
+                result = Err(ApiError::from_objects(e, &ctx.res, &name));
+                break;
+            }
+            Ok(mut created) => {
+                set_type_meta(&ctx.res, &mut created);
+                result = Ok(json_response(StatusCode::CREATED, &created));
+                break;
+            }
         }
-        Err(e) => {
-            service::release(&ctx.state.objects, &claimed).await;
-            Err(ApiError::from_objects(e, &ctx.res, &name))
-        }
+    }
+    if result.is_err() {
+        service::release(objects, &claimed).await;
+    }
+    result
+}
+
+/// An admission refusal or failure as the Status the client gets.
+pub(crate) fn admission_error(e: crate::admission::Error, res: &Resource) -> ApiError {
+    match e {
+        crate::admission::Error::Forbidden { message } => ApiError::forbidden(message),
+        crate::admission::Error::Read { source, .. } => ApiError::from_objects(*source, res, ""),
+        crate::admission::Error::Write { source, name, .. } => ApiError::from_objects(*source, res, &name),
     }
 }
 
@@ -460,7 +505,9 @@ fn prepare_update(ctx: &Ctx, name: &str, obj: &mut Value, old: &Value) -> Result
     }
     check_strict(ctx, obj)?;
     let uid = old["metadata"]["uid"].as_str().unwrap_or_default().to_string();
-    admit(&ctx.res, obj, Some(old), &uid)
+    admit(&ctx.res, obj, Some(old), &uid)?;
+    crate::admission::external_ips::check(&ctx.state.external_ip_cidrs, &ctx.res, obj, Some(old))
+        .map_err(|e| admission_error(e, &ctx.res))
 }
 
 pub(crate) async fn update(ctx: &Ctx) -> Result<Response, ApiError> {

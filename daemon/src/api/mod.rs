@@ -123,6 +123,8 @@ pub struct ApiConfig {
     pub max_token_expiration: Duration,
     /// Where mutating requests are recorded; None: nowhere.
     pub audit: Option<Arc<AuditLog>>,
+    /// CIDRs Services' `externalIPs` may use (`[admission] external_ip_cidrs`); empty: none.
+    pub external_ip_cidrs: Vec<String>,
 }
 
 /// Pod and node usage for `metrics.k8s.io` (`kubectl top`), from the node agents.
@@ -147,6 +149,7 @@ impl ApiConfig {
             tokens: None,
             max_token_expiration: Duration::from_secs(crate::auth::sa_token::DEFAULT_MAX_EXPIRATION_SECS as u64),
             audit: None,
+            external_ip_cidrs: Vec::new(),
         }
     }
 }
@@ -168,6 +171,8 @@ pub(crate) struct ApiState {
     pub audit: Option<Arc<AuditLog>>,
     /// Cancelled when the server stops; open watches and log streams end with it.
     pub shutdown: CancellationToken,
+    /// See [`ApiConfig::external_ip_cidrs`].
+    pub external_ip_cidrs: Vec<String>,
 }
 
 /// A bound, not yet serving, API server.
@@ -210,6 +215,7 @@ impl Server {
             max_token_expiration: self.cfg.max_token_expiration,
             audit: self.cfg.audit.clone(),
             shutdown: shutdown.child_token(),
+            external_ip_cidrs: self.cfg.external_ip_cidrs.clone(),
         });
         let tracker = TaskTracker::new();
         let (objects, stop) = (state.objects.clone(), shutdown.clone());

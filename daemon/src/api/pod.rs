@@ -35,6 +35,18 @@ fn default_container(c: &mut Value) {
     set_default(m, "terminationMessagePath", json!("/dev/termination-log"));
     set_default(m, "terminationMessagePolicy", json!("File"));
     set_default(m, "resources", json!({}));
+    // A limit without a request: the request is the limit (upstream's pod defaults).
+    if let Some(r) = m.get_mut("resources").and_then(|r| r.as_object_mut()) {
+        let limits = r.get("limits").and_then(|l| l.as_object()).cloned().unwrap_or_default();
+        if !limits.is_empty() {
+            let req = r.entry("requests").or_insert_with(|| json!({}));
+            if let Some(req) = req.as_object_mut() {
+                for (k, v) in limits {
+                    req.entry(k).or_insert(v);
+                }
+            }
+        }
+    }
     if let Some(ports) = m.get_mut("ports").and_then(|p| p.as_array_mut()) {
         for p in ports.iter_mut().filter_map(|p| p.as_object_mut()) {
             set_default(p, "protocol", json!("TCP"));

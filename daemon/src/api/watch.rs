@@ -188,6 +188,7 @@ mod tests {
             metrics: None,
             heartbeats: None,
             shutdown: CancellationToken::new(),
+            external_ip_cidrs: Vec::new(),
         })
     }
 

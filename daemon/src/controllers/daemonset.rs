@@ -142,7 +142,9 @@ pub(crate) async fn reconcile(key: ObjKey, ctx: Arc<Context>) -> Result<Action> 
                     "nodeSelectorTerms": [{"matchFields": [{"key": "metadata.name", "operator": "In", "values": [n]}]}]
                 });
                 pod["spec"]["affinity"] = affinity;
-                let created = util::create(&ctx.objects, &k.pods, key.ns(), pod).await?;
+                let Some(created) = super::create_pod(&ctx, COMPONENT, &ds, key.ns(), pod).await? else {
+                    return Ok(Action::requeue(super::REFUSED_RETRY));
+                };
                 ctx.events
                     .normal(COMPONENT, &ds, "SuccessfulCreate", &format!("Created pod: {}", name_of(&created)))
                     .await;

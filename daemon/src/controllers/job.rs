@@ -348,7 +348,9 @@ pub(crate) async fn reconcile(key: ObjKey, ctx: Arc<Context>) -> Result<Action> 
                             }
                         }
                     }
-                    let created = util::create(&ctx.objects, &k.pods, key.ns(), pod).await?;
+                    let Some(created) = super::create_pod(&ctx, COMPONENT, &job, key.ns(), pod).await? else {
+                        return Ok(Action::requeue(super::REFUSED_RETRY));
+                    };
                     ctx.events
                         .normal(COMPONENT, &job, "SuccessfulCreate", &format!("Created pod: {}", name_of(&created)))
                         .await;

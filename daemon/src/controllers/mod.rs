@@ -26,6 +26,7 @@ pub(crate) mod namespace;
 pub(crate) mod nodelifecycle;
 pub(crate) mod pdb;
 pub(crate) mod replicaset;
+pub(crate) mod resourcequota;
 pub(crate) mod revisions;
 pub(crate) mod serviceaccount;
 pub(crate) mod statefulset;
@@ -37,6 +38,31 @@ pub(crate) mod tests;
 
 pub(crate) use crate::reconcile::{runner, util, Context, Kinds};
 pub use crate::reconcile::{ControllerConfig, Error, NodeHealth, PodMetrics, Result};
+
+/// How soon a controller whose pod admission refused tries again.
+pub(crate) const REFUSED_RETRY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Creates a pod of `owner` through admission (LimitRange defaults, ResourceQuota charged with
+/// the write), as kube-apiserver admits a controller's pods. A refusal becomes the owner's
+/// `FailedCreate` Warning event (`Error creating: pods "x" is forbidden: exceeded quota: ...`)
+/// and `None`.
+pub(crate) async fn create_pod(
+    ctx: &Context,
+    component: &str,
+    owner: &serde_json::Value,
+    ns: Option<&str>,
+    pod: serde_json::Value,
+) -> Result<Option<serde_json::Value>> {
+    match crate::admission::create(&ctx.objects, &ctx.kinds.pods, ns.unwrap_or("default"), pod).await {
+        Ok(p) => Ok(Some(p)),
+        Err(crate::admission::Error::Forbidden { message }) => {
+            ctx.events.warning(component, owner, "FailedCreate", &format!("Error creating: {message}")).await;
+            Ok(None)
+        }
+        Err(crate::admission::Error::Read { resource, source }) => Err(Error::Read { resource, source }),
+        Err(crate::admission::Error::Write { resource, name, source }) => Err(Error::Write { resource, name, source }),
+    }
+}
 
 /// Runs every controller until `shutdown`. The daemon starts it when this node becomes the Raft
 /// leader and cancels it when leadership is lost.
@@ -88,6 +114,7 @@ impl ControllerManager {
             volumes::spec(&ctx.kinds),
             apiservice::spec(&ctx.kinds),
             storageclass::spec(&ctx.kinds),
+            resourcequota::spec(&ctx.kinds),
         ];
         let tracker = tokio_util::task::TaskTracker::new();
         for spec in specs {

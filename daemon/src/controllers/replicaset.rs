@@ -95,11 +95,15 @@ pub(crate) async fn reconcile(key: ObjKey, ctx: Arc<Context>) -> Result<Action> 
     let mut active: Vec<Value> = owned.iter().filter(|p| pod_is_active(p)).cloned().collect();
     let want = rs["spec"]["replicas"].as_i64().unwrap_or(1).max(0) as usize;
     let name = key.name.clone();
+    let mut refused = false;
     if active.len() < want {
         let n = (want - active.len()).min(BURST);
         for _ in 0..n {
             let pod = pod_from_template(&rs["spec"]["template"], &rs, &format!("{name}-"));
-            let created = util::create(&ctx.objects, &k.pods, key.ns(), pod).await?;
+            let Some(created) = super::create_pod(&ctx, COMPONENT, &rs, key.ns(), pod).await? else {
+                refused = true;
+                break;
+            };
             ctx.events.normal(COMPONENT, &rs, "SuccessfulCreate", &format!("Created pod: {}", name_of(&created))).await;
             active.push(created);
         }
@@ -146,6 +150,9 @@ pub(crate) async fn reconcile(key: ObjKey, ctx: Arc<Context>) -> Result<Action> 
     status.insert("availableReplicas".into(), json!(available));
     status.insert("observedGeneration".into(), json!(generation_of(&rs)));
     util::write_status(&ctx.objects, &k.replicasets, &rs, Value::Object(status)).await?;
+    if refused {
+        next = Some(next.map_or(super::REFUSED_RETRY, |n| n.min(super::REFUSED_RETRY)));
+    }
     Ok(match next {
         Some(d) => Action::requeue(d + Duration::from_millis(50)),
         None => Action::await_change(),

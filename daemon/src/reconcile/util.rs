@@ -25,11 +25,6 @@ pub(crate) async fn list(objects: &Objects, res: &Resource, ns: Option<&str>) ->
     Ok(objects.list(res, ns).await.map_err(read_err(res))?.0)
 }
 
-pub(crate) async fn create(objects: &Objects, res: &Resource, ns: Option<&str>, obj: Value) -> Result<Value> {
-    let name = obj["metadata"]["name"].as_str().or(obj["metadata"]["generateName"].as_str()).unwrap_or("").to_string();
-    objects.create(res, ns, obj).await.map_err(write_err(res, &name))
-}
-
 /// Deletes an object; one that is already gone is fine.
 pub(crate) async fn delete(objects: &Objects, res: &Resource, ns: Option<&str>, name: &str) -> Result<()> {
     match objects.delete(res, ns, name, Preconditions::default()).await {

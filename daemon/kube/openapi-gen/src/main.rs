@@ -55,6 +55,8 @@ fn main() {
     add::<core::v1::PersistentVolume>(g, k);
     add::<core::v1::PersistentVolumeClaim>(g, k);
     add::<core::v1::ReplicationController>(g, k);
+    add::<core::v1::LimitRange>(g, k);
+    add::<core::v1::ResourceQuota>(g, k);
     add::<apps::v1::Deployment>(g, k);
     add::<apps::v1::ReplicaSet>(g, k);
     add::<apps::v1::DaemonSet>(g, k);

@@ -1,0 +1,319 @@
+//! Admission as kubectl users see it (issue 21): LimitRange and ResourceQuota served, shown
+//! and enforced. Three API servers on 127.0.0.1 share one in-memory store (as three nodes share
+//! the replicated one), with the controllers running; real kubectl 1.33 for every step.
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose};
+use shoal::api::{kubeconfig_for, ApiConfig, Server, TlsMaterial};
+use shoal_kube::Objects;
+use shoal_store::Store;
+use tokio_util::sync::CancellationToken;
+
+fn kubectl() -> PathBuf {
+    let real =
+        std::fs::canonicalize("/usr/bin/kubectl").expect("these tests need kubectl at /usr/bin/kubectl (gcloud SDK)");
+    real.parent().expect("kubectl has a parent directory").join("kubectl.1.33")
+}
+
+struct Out {
+    ok: bool,
+    stdout: String,
+    stderr: String,
+}
+
+struct Cluster {
+    dir: tempfile::TempDir,
+    servers: usize,
+    shutdown: CancellationToken,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+impl Cluster {
+    /// `servers` API servers over one store, and the controllers.
+    async fn start(servers: usize) -> Cluster {
+        let ca_key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.distinguished_name.push(DnType::CommonName, "shoal-test-ca");
+        p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        let ca_cert = p.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::new(p, ca_key);
+        let ckey = KeyPair::generate().unwrap();
+        let mut cp = CertificateParams::new(Vec::<String>::new()).unwrap();
+        cp.distinguished_name.push(DnType::CommonName, "admin");
+        cp.distinguished_name.push(DnType::OrganizationName, "system:masters");
+        cp.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let client = cp.signed_by(&ckey, &issuer).unwrap();
+        let objects = Objects::new(Store::in_memory());
+        let shutdown = CancellationToken::new();
+        let dir = tempfile::tempdir().unwrap();
+        for i in 0..servers {
+            let skey = KeyPair::generate().unwrap();
+            let mut sp = CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+            sp.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+            let scert = sp.signed_by(&skey, &issuer).unwrap();
+            let tls =
+                TlsMaterial { cert_pem: scert.pem(), key_pem: skey.serialize_pem(), client_ca_pem: ca_cert.pem() };
+            let cfg = ApiConfig::new("127.0.0.1:0".parse().unwrap(), tls, objects.clone(), format!("n{i}"));
+            let server = Server::bind(cfg).await.unwrap();
+            let url = format!("https://{}", server.local_addr().unwrap());
+            let s = shutdown.clone();
+            tokio::spawn(async move { server.run(s).await.unwrap() });
+            let kc = kubeconfig_for(&url, &ca_cert.pem(), &client.pem(), &ckey.serialize_pem(), "admin");
+            std::fs::write(dir.path().join(format!("n{i}.yaml")), kc).unwrap();
+        }
+        let (health_tx, health) = tokio::sync::watch::channel(BTreeMap::new());
+        let manager = shoal::controllers::ControllerManager::default();
+        let s = shutdown.clone();
+        tokio::spawn(async move {
+            let _keep = health_tx;
+            manager.run(objects, health, s).await
+        });
+        let c = Cluster { dir, servers, shutdown };
+        for _ in 0..200 {
+            if c.run(0, &["get", "ns", "default"], None).await.ok {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        c
+    }
+
+    fn home(&self) -> &Path {
+        self.dir.path()
+    }
+
+    async fn run(&self, server: usize, args: &[&str], stdin: Option<&str>) -> Out {
+        let mut cmd = tokio::process::Command::new(kubectl());
+        cmd.args(args)
+            .env_clear()
+            .env("HOME", self.home())
+            .env("KUBECONFIG", self.home().join(format!("n{}.yaml", server % self.servers)))
+            .env("PATH", "/usr/bin:/bin")
+            .env("TMPDIR", self.home())
+            .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = cmd.spawn().expect("run kubectl");
+        if let Some(input) = stdin {
+            use tokio::io::AsyncWriteExt;
+            let mut si = child.stdin.take().unwrap();
+            si.write_all(input.as_bytes()).await.unwrap();
+            drop(si);
+        }
+        let out = tokio::time::timeout(Duration::from_secs(120), child.wait_with_output())
+            .await
+            .unwrap_or_else(|_| panic!("kubectl {args:?} did not finish"))
+            .unwrap();
+        Out {
+            ok: out.status.success(),
+            stdout: String::from_utf8_lossy(&out.stdout).into(),
+            stderr: String::from_utf8_lossy(&out.stderr).into(),
+        }
+    }
+
+    async fn ok(&self, args: &[&str]) -> String {
+        let o = self.run(0, args, None).await;
+        assert!(o.ok, "kubectl {args:?} failed:\nstdout: {}\nstderr: {}", o.stdout, o.stderr);
+        o.stdout
+    }
+
+    async fn apply(&self, yaml: &str) -> Out {
+        self.run(0, &["apply", "-f", "-"], Some(yaml)).await
+    }
+
+    async fn refused(&self, args: &[&str]) -> String {
+        let o = self.run(0, args, None).await;
+        assert!(!o.ok, "kubectl {args:?} should have failed:\nstdout: {}", o.stdout);
+        o.stderr
+    }
+
+    /// Polls `kubectl args` until its output is `want`.
+    async fn wait_for(&self, args: &[&str], want: &str) {
+        let mut last = String::new();
+        for _ in 0..300 {
+            let o = self.run(0, args, None).await;
+            last = format!("{}{}", o.stdout, o.stderr);
+            if o.ok && o.stdout.trim() == want {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("kubectl {args:?} never printed {want:?}; last: {last}");
+    }
+}
+
+const LIMITS: &str = "apiVersion: v1
+kind: LimitRange
+metadata: {name: limits, namespace: team}
+spec:
+  limits:
+  - type: Container
+    default: {cpu: 200m, memory: 64Mi}
+    defaultRequest: {cpu: 100m, memory: 32Mi}
+    max: {cpu: '1'}
+";
+
+const QUOTA: &str = "apiVersion: v1
+kind: ResourceQuota
+metadata: {name: q, namespace: team}
+spec:
+  hard: {pods: '2', requests.cpu: '1', count/configmaps: '1'}
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limit_range_and_quota_as_kubectl_shows_them() {
+    let c = Cluster::start(1).await;
+    c.ok(&["create", "namespace", "team"]).await;
+
+    // min > max is a 422 naming the field.
+    let bad = "apiVersion: v1\nkind: LimitRange\nmetadata: {name: bad, namespace: team}\nspec:\n  limits:\n  - type: Container\n    min: {cpu: '2'}\n    max: {cpu: '1'}\n";
+    let o = c.apply(bad).await;
+    assert!(!o.ok);
+    assert!(o.stderr.contains(r#"The LimitRange "bad" is invalid"#), "{}", o.stderr);
+    assert!(
+        o.stderr.contains(r#"spec.limits[0].min[cpu]: Invalid value: "2": min value 2 is greater than max value 1"#),
+        "{}",
+        o.stderr
+    );
+
+    let o = c.apply(LIMITS).await;
+    assert!(o.ok, "{}", o.stderr);
+    let o = c.apply(QUOTA).await;
+    assert!(o.ok, "{}", o.stderr);
+    let described = c.ok(&["describe", "limitrange", "limits", "-n", "team"]).await;
+    assert!(described.contains("Container   cpu"), "{described}");
+    assert!(described.contains("100m"), "{described}");
+    let got = c.ok(&["get", "limits", "-n", "team"]).await;
+    assert!(got.starts_with("NAME     CREATED AT"), "{got}");
+
+    // LimitRange defaults appear on a pod that set none.
+    c.ok(&["run", "p1", "-n", "team", "--image=busybox", "--restart=Never"]).await;
+    let res = c.ok(&["get", "pod", "p1", "-n", "team", "-o", "jsonpath={.spec.containers[0].resources}"]).await;
+    let res: serde_json::Value = serde_json::from_str(&res).unwrap();
+    assert_eq!(
+        res,
+        serde_json::json!({"limits": {"cpu": "200m", "memory": "64Mi"}, "requests": {"cpu": "100m", "memory": "32Mi"}})
+    );
+
+    // Over the LimitRange's max: upstream's words.
+    let err = c
+        .refused(&[
+            "run",
+            "big",
+            "-n",
+            "team",
+            "--image=busybox",
+            "--restart=Never",
+            "--overrides",
+            r#"{"spec":{"containers":[{"name":"big","image":"busybox","resources":{"limits":{"cpu":"2"}}}]}}"#,
+        ])
+        .await;
+    assert!(
+        err.contains(r#"Error from server (Forbidden): pods "big" is forbidden: maximum cpu usage per Container is 1, but limit is 2."#),
+        "{err}"
+    );
+
+    // The third pod of a quota of two.
+    c.ok(&["run", "p2", "-n", "team", "--image=busybox", "--restart=Never"]).await;
+    let err = c.refused(&["run", "p3", "-n", "team", "--image=busybox", "--restart=Never"]).await;
+    assert!(
+        err.contains(r#"Error from server (Forbidden): pods "p3" is forbidden: exceeded quota: q, requested: pods=1, used: pods=2, limited: pods=2"#),
+        "{err}"
+    );
+    // Object counts of other kinds.
+    c.ok(&["create", "configmap", "one", "-n", "team"]).await;
+    let err = c.refused(&["create", "configmap", "two", "-n", "team"]).await;
+    assert!(
+        err.contains(
+            "exceeded quota: q, requested: count/configmaps=1, used: count/configmaps=1, limited: count/configmaps=1"
+        ),
+        "{err}"
+    );
+
+    let got = c.ok(&["get", "quota", "-n", "team"]).await;
+    assert!(got.contains("REQUEST") && got.contains("count/configmaps: 1/1, pods: 2/2, requests.cpu: 200m/1"), "{got}");
+    let described = c.ok(&["describe", "quota", "q", "-n", "team"]).await;
+    assert!(described.contains("pods") && described.contains("requests.cpu"), "{described}");
+
+    // externalIPs outside [admission] external_ip_cidrs (empty here) are refused.
+    let svc = "apiVersion: v1\nkind: Service\nmetadata: {name: ext, namespace: default}\nspec:\n  ports: [{port: 80}]\n  externalIPs: [203.0.113.5]\n";
+    let o = c.apply(svc).await;
+    assert!(!o.ok);
+    assert!(
+        o.stderr.contains(r#"services "ext" is forbidden: Use of external IPs is denied by admission control"#),
+        "{}",
+        o.stderr
+    );
+
+    // A delete frees its share once the quota controller counted again.
+    c.ok(&["delete", "pod", "p1", "-n", "team", "--wait=false"]).await;
+    c.wait_for(&["get", "quota", "q", "-n", "team", "-o", "jsonpath={.status.used.pods}"], "1").await;
+    c.ok(&["run", "p3", "-n", "team", "--image=busybox", "--restart=Never"]).await;
+
+    // A controller's pods pass the same admission: the refusal is a FailedCreate event.
+    c.ok(&["create", "namespace", "small"]).await;
+    let q1 =
+        "apiVersion: v1\nkind: ResourceQuota\nmetadata: {name: one, namespace: small}\nspec:\n  hard: {pods: '1'}\n";
+    assert!(c.apply(q1).await.ok);
+    c.ok(&["create", "deployment", "web", "-n", "small", "--image=busybox", "--replicas=3"]).await;
+    for _ in 0..300 {
+        let ev = c
+            .ok(&[
+                "get",
+                "events",
+                "-n",
+                "small",
+                "--field-selector",
+                "reason=FailedCreate",
+                "-o",
+                "jsonpath={.items[*].message}",
+            ])
+            .await;
+        if ev.contains("exceeded quota: one, requested: pods=1, used: pods=1, limited: pods=1") {
+            assert!(ev.starts_with("Error creating: pods \"web-"), "{ev}");
+            let pods = c.ok(&["get", "pods", "-n", "small", "-o", "name"]).await;
+            assert_eq!(pods.lines().count(), 1, "{pods}");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("no FailedCreate event for the deployment's third pod");
+}
+
+/// Six `kubectl run` race through three API servers for a quota of three pods: three get
+/// through, three are refused with the upstream message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_creates_through_three_servers_stop_at_the_quota() {
+    let c = Cluster::start(3).await;
+    c.ok(&["create", "namespace", "race"]).await;
+    let q = "apiVersion: v1\nkind: ResourceQuota\nmetadata: {name: q, namespace: race}\nspec:\n  hard: {pods: '3'}\n";
+    assert!(c.apply(q).await.ok);
+    let names: Vec<String> = (0..6).map(|i| format!("r{i}")).collect();
+    let runs = names.iter().enumerate().map(|(i, n)| {
+        let c = &c;
+        async move { c.run(i, &["run", n, "-n", "race", "--image=busybox", "--restart=Never"], None).await }
+    });
+    let outs = futures::future::join_all(runs).await;
+    let ok = outs.iter().filter(|o| o.ok).count();
+    assert_eq!(ok, 3, "{:?}", outs.iter().map(|o| &o.stderr).collect::<Vec<_>>());
+    for o in outs.iter().filter(|o| !o.ok) {
+        assert!(
+            o.stderr.contains("exceeded quota: q, requested: pods=1, used: pods=3, limited: pods=3"),
+            "{}",
+            o.stderr
+        );
+    }
+    let pods = c.ok(&["get", "pods", "-n", "race", "-o", "name"]).await;
+    assert_eq!(pods.lines().count(), 3, "{pods}");
+    c.wait_for(&["get", "quota", "q", "-n", "race", "-o", "jsonpath={.status.used.pods}"], "3").await;
+}
