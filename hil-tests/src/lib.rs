@@ -9,6 +9,7 @@ pub mod ingress;
 pub mod kube;
 pub mod linearizability;
 pub mod load;
+pub mod observe;
 mod proc;
 pub mod results;
 pub mod rig;
