@@ -340,6 +340,13 @@ async fn api_server(
     cfg.exporter = exporter;
     cfg.event_ttl = None; // the node's objects carry [api] event_ttl (0s: none)
     cfg.heartbeats = Some(Arc::new(GossipHeartbeats(node.clone())));
+    cfg.token_signer = match crate::auth::sa_token::Signer::from_pem(&node.secrets.ca_key_pem) {
+        Ok(s) => Some(Arc::new(s)),
+        Err(e) => {
+            tracing::warn!(error = %e, "no signer for the TokenRequest API");
+            None
+        }
+    };
     if let Err(e) = crate::api::serve(cfg, stop).await {
         tracing::error!(error = %e, %listen, "Kubernetes API stopped");
     }

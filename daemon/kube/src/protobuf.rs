@@ -118,6 +118,7 @@ fn message_for(api_version: &str, kind: &str) -> Option<&'static Msg> {
         ("authorization.k8s.io/v1", "SubjectAccessReview" | "LocalSubjectAccessReview") => &SUBJECT_ACCESS_REVIEW,
         ("authorization.k8s.io/v1", "SelfSubjectRulesReview") => &SELF_SUBJECT_RULES_REVIEW,
         ("authentication.k8s.io/v1", "SelfSubjectReview") => &SELF_SUBJECT_REVIEW,
+        ("authentication.k8s.io/v1", "TokenRequest") => &TOKEN_REQUEST,
         _ => return None,
     })
 }
@@ -1481,6 +1482,22 @@ static SELF_SUBJECT_RULES_REVIEW: Msg = Msg {
 static SELF_SUBJECT_RULES_REVIEW_SPEC: Msg =
     Msg { name: "SelfSubjectRulesReviewSpec", fields: &[f(1, "namespace", Str, Omit)] };
 static SELF_SUBJECT_REVIEW: Msg = Msg { name: "SelfSubjectReview", fields: &[f(1, "metadata", m(&OBJECT_META), Req)] };
+static TOKEN_REQUEST: Msg = Msg {
+    name: "TokenRequest",
+    fields: &[f(1, "metadata", m(&OBJECT_META), Req), f(2, "spec", m(&TOKEN_REQUEST_SPEC), Req)],
+};
+static TOKEN_REQUEST_SPEC: Msg = Msg {
+    name: "TokenRequestSpec",
+    fields: &[
+        f(1, "audiences", Str, RepOmit),
+        f(3, "boundObjectRef", m(&BOUND_OBJECT_REFERENCE), Ptr),
+        f(4, "expirationSeconds", I64, Ptr),
+    ],
+};
+static BOUND_OBJECT_REFERENCE: Msg = Msg {
+    name: "BoundObjectReference",
+    fields: &[f(1, "kind", Str, Omit), f(2, "apiVersion", Str, Omit), f(3, "name", Str, Omit), f(4, "uid", Str, Omit)],
+};
 
 #[cfg(test)]
 mod tests;

@@ -47,6 +47,8 @@ mod spdy;
 mod status;
 mod table;
 mod tls;
+mod token_request;
+mod ui;
 mod watch;
 mod workloads;
 
@@ -113,6 +115,8 @@ pub struct ApiConfig {
     /// Events expire this long after their creation, unless `objects` already has a TTL
     /// (a node sets it from `[api] event_ttl`); None: never.
     pub event_ttl: Option<Duration>,
+    /// Signs the tokens of the TokenRequest API (`kubectl create token`); None answers 503.
+    pub token_signer: Option<Arc<crate::auth::sa_token::Signer>>,
 }
 
 /// Pod and node usage for `metrics.k8s.io` (`kubectl top`), from the node agents.
@@ -134,6 +138,7 @@ impl ApiConfig {
             heartbeats: None,
             exporter: Arc::new(crate::metrics::Exporter::default()),
             event_ttl: Some(DEFAULT_EVENT_TTL),
+            token_signer: None,
         }
     }
 }
@@ -149,6 +154,7 @@ pub(crate) struct ApiState {
     pub exporter: Arc<crate::metrics::Exporter>,
     /// Decides every request from outside (RBAC).
     pub authz: Arc<crate::auth::Authorizer>,
+    pub token_signer: Option<Arc<crate::auth::sa_token::Signer>>,
     /// Cancelled when the server stops; open watches and log streams end with it.
     pub shutdown: CancellationToken,
 }
@@ -189,6 +195,7 @@ impl Server {
             heartbeats: self.cfg.heartbeats.clone(),
             exporter: self.cfg.exporter.clone(),
             authz: crate::auth::Authorizer::new(self.cfg.objects.clone()),
+            token_signer: self.cfg.token_signer.clone(),
             shutdown: shutdown.child_token(),
         });
         let tracker = TaskTracker::new();

@@ -27,6 +27,10 @@ fn ok(v: Value) -> Result<Response, ApiError> {
 pub(crate) async fn dispatch(state: Arc<ApiState>, cert_user: Option<Arc<UserInfo>>, req: Request<Body>) -> Response {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
+    // The status page holds no data: served to anyone (its script calls the API with a token).
+    if let Some(r) = super::ui::answer(&method, &path) {
+        return r;
+    }
     let (mut parts, body) = req.into_parts();
     let result = match authz::check(&state, cert_user.as_deref(), &parts).await {
         Ok(user) => {
@@ -289,6 +293,7 @@ async fn resource(
             ok(scale::write(&ctx, Some(kind)).await?)
         }
         (Method::GET, true, Some("log")) => pod::logs(&ctx).await,
+        (Method::POST, true, Some("token")) => super::token_request::create(&ctx).await,
         (Method::POST, true, Some("binding")) => Ok(json_response(StatusCode::CREATED, &pod::bind(&ctx).await?)),
         (Method::POST, true, Some("eviction")) => crud::delete(&ctx).await,
         (Method::PUT, true, Some("finalize")) => ok(namespace::finalize(&ctx).await?),

@@ -184,6 +184,7 @@ mod tests {
             max_body_bytes: 1 << 20,
             metrics: None,
             heartbeats: None,
+            token_signer: None,
             shutdown: CancellationToken::new(),
         })
     }
