@@ -19,6 +19,16 @@ ensure_packages() {
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
+# stop_service NAME: stops and disables a service a package started (systemd or sysv init).
+stop_service() {
+  if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
+    systemctl disable --now "$1" >/dev/null 2>&1 || true
+  else
+    service "$1" stop >/dev/null 2>&1 || true
+    command -v update-rc.d >/dev/null && update-rc.d "$1" disable >/dev/null 2>&1 || true
+  fi
+}
+
 # The packages every node and test rig needs.
 BASE_PACKAGES=(iproute2 nftables util-linux procps kmod busybox-static ca-certificates curl)
 

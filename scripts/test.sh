@@ -18,6 +18,10 @@ if [ "$(id -u)" != 0 ]; then
   exit 1
 fi
 ensure_packages "${BASE_PACKAGES[@]}" runc skopeo docker-registry openssl openssh-server openssh-client binutils faketime
+# The pods-back scenario runs its own prometheus (temp config and data dir) on the rig; the
+# package's service is not wanted.
+ensure_packages prometheus
+stop_service prometheus
 command -v cargo >/dev/null || { echo "cargo not found: install the Rust toolchain (rustup)" >&2; exit 1; }
 
 echo "== build"

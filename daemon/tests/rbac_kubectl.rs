@@ -532,3 +532,81 @@ async fn real_install_manifests_apply_their_rbac_unchanged() {
         api.run("admin", &["apply", "-f", "-"], Some(&without_kinds(&text, &["ValidatingWebhookConfiguration"]))).await;
     assert!(o.ok, "{}", o.stderr);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_monitoring_group_reads_metrics_and_nothing_else() {
+    let api = Api::start().await;
+    api.user("prom", Some("system:monitoring"));
+    let text = api.ok("prom", &["get", "--raw", "/metrics"]).await;
+    assert!(text.contains("apiserver_request_total"), "{text}");
+    api.ok("prom", &["get", "--raw", "/readyz"]).await;
+    let err = api.refused("prom", &["get", "pods"]).await;
+    assert!(err.contains(r#"User "prom" cannot list resource "pods""#), "{err}");
+    // alice (no group) may not read /metrics.
+    let err = api.refused("alice", &["get", "--raw", "/metrics"]).await;
+    assert!(err.contains("forbidden") || err.contains("Forbidden"), "{err}");
+}
+
+/// `curl` of `path` with the cluster CA (and a bearer token): (status line and headers, body).
+fn curl(api: &Api, path: &str, token: Option<&str>) -> (String, String) {
+    let ca = api.home().join("curl-ca.pem");
+    std::fs::write(&ca, &api.ca.pem).unwrap();
+    let mut cmd = std::process::Command::new("curl");
+    cmd.args(["-s", "-m", "10", "-D", "-", "--cacert"]).arg(&ca);
+    if let Some(t) = token {
+        cmd.args(["-H", &format!("Authorization: Bearer {t}")]);
+    }
+    let out = cmd.arg(format!("{}{path}", api.url)).output().expect("these tests need curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    (head.to_ascii_lowercase(), body.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_token_signs_in_to_the_status_page_which_rbac_governs() {
+    let api = Api::start().await;
+    // The page itself is served to anyone (it holds no data), with its CSP.
+    let (head, body) = curl(&api, "/ui/", None);
+    assert!(head.starts_with("http/1.1 200") || head.starts_with("http/2 200"), "{head}");
+    assert!(head.contains("content-security-policy: default-src 'none'; script-src 'self'"), "{head}");
+    assert!(body.contains("<script src=\"/ui/app.js\" defer>"), "{body}");
+    let (head, _) = curl(&api, "/ui/secrets", None);
+    assert!(head.contains(" 404"), "{head}");
+    // Without a token the API it reads stays closed.
+    let (head, _) = curl(&api, "/api/v1/nodes", None);
+    assert!(head.contains(" 401"), "{head}");
+
+    // The CA that verifies tokens (the node agents publish it; none runs here).
+    let ca = api.home().join("ca.crt");
+    std::fs::write(&ca, &api.ca.pem).unwrap();
+    let from = format!("--from-file=ca.crt={}", ca.display());
+    api.ok("admin", &["create", "configmap", "kube-root-ca.crt", "-n", "kube-system", &from]).await;
+    // kubectl create token (TokenRequest) for a ServiceAccount bound to `view`.
+    api.ok("admin", &["create", "serviceaccount", "viewer"]).await;
+    api.ok(
+        "admin",
+        &["create", "clusterrolebinding", "viewer", "--clusterrole=view", "--serviceaccount=default:viewer"],
+    )
+    .await;
+    let token = api.ok("admin", &["create", "token", "viewer", "--duration=1h"]).await.trim().to_string();
+    assert_eq!(token.split('.').count(), 3, "{token}");
+    // The binding reaches the authorizer through its watch: asked again for a while.
+    let mut seen = (String::new(), String::new());
+    for _ in 0..100 {
+        seen = curl(&api, "/api/v1/namespaces/default/pods", Some(&token));
+        if seen.0.contains(" 200") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(seen.0.contains(" 200"), "{}{}", seen.0, seen.1);
+    let (head, _) = curl(&api, "/api/v1/namespaces/default/secrets", Some(&token));
+    assert!(head.contains(" 403"), "view does not read secrets: {head}");
+    // alice (no binding) may not mint tokens; a missing account is 404; too short a life is 422.
+    let err = api.refused("alice", &["create", "token", "viewer"]).await;
+    assert!(err.contains("cannot create resource \"serviceaccounts/token\""), "{err}");
+    let o = api.run("admin", &["create", "token", "nobody"], None).await;
+    assert!(!o.ok && o.stderr.contains("not found"), "{}", o.stderr);
+    let o = api.run("admin", &["create", "token", "viewer", "--duration=10s"], None).await;
+    assert!(!o.ok, "{}", o.stdout);
+}

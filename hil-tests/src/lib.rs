@@ -10,6 +10,7 @@ pub mod kube;
 pub mod linearizability;
 pub mod load;
 pub mod netpol;
+pub mod observe;
 mod proc;
 pub mod results;
 pub mod rig;

@@ -543,6 +543,8 @@ pub fn pods_back(rig: &dyn Rig, opts: &ScenarioOptions) -> Result<Measured> {
     let mut m = Measured::default();
     let first = hosts[0].clone();
     k.apply(&first, &scratch.write("pods-back.yaml", PODS_BACK_APP)?, CONVERGE_TIMEOUT)?;
+    // While the pods start: Debian's prometheus scrapes the three nodes.
+    crate::observe::prometheus_scrapes(rig, &k, &hosts, &scratch, name, &mut m)?;
     let placement = |via: &str| -> Vec<(String, String, bool)> {
         k.on(
             via,

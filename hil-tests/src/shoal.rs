@@ -133,6 +133,16 @@ pub fn kubeconfig(rig: &dyn Rig, host: &str, server: Option<&str>) -> Result<Str
     }
 }
 
+/// `shoal kubeconfig --user USER --group G...` on `host`: a kubeconfig with a certificate for
+/// that user and groups (rights from RBAC bindings).
+pub fn kubeconfig_for(rig: &dyn Rig, host: &str, user: &str, groups: &[&str]) -> Result<String> {
+    let mut args = vec!["kubeconfig", "--user", user];
+    for g in groups {
+        args.extend(["--group", *g]);
+    }
+    checked(rig, host, "shoal kubeconfig", &args)
+}
+
 /// `shoal kv put KEY VALUE` through `host`: exit 0 is an acknowledged write; anything else
 /// (error, timeout) may or may not have been applied.
 pub fn kv_put(rig: &dyn Rig, host: &str, key: &str, value: &str, timeout: Duration) -> Outcome {

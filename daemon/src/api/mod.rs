@@ -49,6 +49,7 @@ mod status;
 mod table;
 mod tls;
 mod token_request;
+mod ui;
 mod watch;
 mod workloads;
 

@@ -245,6 +245,15 @@ pub(crate) fn cluster_roles() -> Vec<Value> {
             json!({}),
             vec![urls(&["get"], &["/healthz", "/livez", "/readyz", "/version", "/version/"])],
         ),
+        // What a scraper needs (Prometheus with a certificate in group system:monitoring).
+        cluster_role(
+            "system:monitoring",
+            json!({}),
+            vec![urls(
+                &["get"],
+                &["/healthz", "/healthz/*", "/livez", "/livez/*", "/metrics", "/metrics/slis", "/readyz", "/readyz/*"],
+            )],
+        ),
     ]
 }
 
@@ -259,6 +268,7 @@ pub(crate) fn cluster_role_bindings() -> Vec<Value> {
             "system:public-info-viewer",
             &["system:authenticated", "system:unauthenticated"],
         ),
+        binding("system:monitoring", "system:monitoring", &["system:monitoring"]),
     ]
 }
 
@@ -382,6 +392,7 @@ mod tests {
             "system:basic-user",
             "system:discovery",
             "system:public-info-viewer",
+            "system:monitoring",
         ] {
             assert!(names.iter().any(|x| x == n), "{n}");
         }

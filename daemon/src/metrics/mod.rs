@@ -5,7 +5,7 @@
 //! live in one process-wide set ([`global`]); what is cheap to read at scrape time (Raft status,
 //! gossip members, announced IPs, container usage) is read then by a per-node collector
 //! (`cluster::metrics::NodeCollector`, at the top, reads a whole node). Files: `apiserver`, `kubelet`, `store` (Raft), `gossip`, `lb`,
-//! `proxy`, one per family group.
+//! `proxy`, `workqueue` (the controllers' queues), one per family group.
 use std::sync::{Arc, OnceLock};
 
 use prometheus_client::registry::Registry;
@@ -17,6 +17,7 @@ pub(crate) mod lb;
 pub(crate) mod plain;
 pub(crate) mod proxy;
 pub(crate) mod store;
+pub(crate) mod workqueue;
 
 /// The content type of [`Exporter::render`] (Prometheus negotiates OpenMetrics).
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -63,6 +64,7 @@ impl Exporter {
         g.api.register(&mut registry);
         g.kubelet.register(&mut registry);
         g.proxy.register(&mut registry);
+        registry.register_collector(Box::new(workqueue::WorkqueueCollector));
         if let Some(c) = collector {
             registry.register_collector(c);
         }

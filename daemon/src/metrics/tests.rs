@@ -246,3 +246,17 @@ fn instrumentation_cost() {
     let text = ex.render();
     println!("per request: {per:?}; one scrape: {:?} for {} bytes", render.elapsed(), text.len());
 }
+
+#[test]
+fn work_queues_have_client_go_names_and_the_controller_as_name() {
+    use std::sync::atomic::Ordering;
+    let q = crate::reconcile::runner::queue_stats("TestKind");
+    q.adds.fetch_add(3, Ordering::Relaxed);
+    q.retries.fetch_add(1, Ordering::Relaxed);
+    q.depth.store(2, Ordering::Relaxed);
+    let text = Exporter::new(None).render();
+    assert!(text.contains("# TYPE workqueue_depth gauge"), "{text}");
+    assert!(value(&text, "workqueue_depth{name=\"TestKind\"}") == Some(2.0), "{text}");
+    assert!(value(&text, "workqueue_adds_total{name=\"TestKind\"}").is_some_and(|v| v >= 3.0), "{text}");
+    assert!(value(&text, "workqueue_retries_total{name=\"TestKind\"}").is_some_and(|v| v >= 1.0), "{text}");
+}

@@ -8,7 +8,8 @@
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -117,6 +118,35 @@ pub(crate) fn error_backoff(failures: u32) -> Duration {
 
 type Reason = &'static str;
 
+/// The work queue figures of one controller, as client-go's workqueue counts them (read by
+/// `/metrics` as `workqueue_depth`, `workqueue_adds_total`, `workqueue_retries_total`).
+#[derive(Debug, Default)]
+pub(crate) struct QueueStats {
+    /// Keys waiting for a worker.
+    pub depth: AtomicI64,
+    /// Keys added (a key already waiting, or already marked to run again, is not added twice).
+    pub adds: AtomicU64,
+    /// Keys put back after a failed reconcile.
+    pub retries: AtomicU64,
+}
+
+fn queues() -> &'static Mutex<BTreeMap<&'static str, Arc<QueueStats>>> {
+    static Q: OnceLock<Mutex<BTreeMap<&'static str, Arc<QueueStats>>>> = OnceLock::new();
+    Q.get_or_init(Default::default)
+}
+
+/// The queue figures of controller `kind` (one set per kind in this process).
+pub(crate) fn queue_stats(kind: &'static str) -> Arc<QueueStats> {
+    let mut q = queues().lock().unwrap_or_else(|p| p.into_inner());
+    q.entry(kind).or_default().clone()
+}
+
+/// Every controller's queue figures, by kind.
+pub(crate) fn all_queue_stats() -> Vec<(&'static str, Arc<QueueStats>)> {
+    let q = queues().lock().unwrap_or_else(|p| p.into_inner());
+    q.iter().map(|(k, v)| (*k, v.clone())).collect()
+}
+
 /// Runs one controller until `shutdown`.
 pub(crate) async fn run_controller(spec: ControllerSpec, ctx: Arc<Context>, shutdown: CancellationToken) {
     let (tx, mut rx) = mpsc::unbounded_channel::<(ObjKey, Reason)>();
@@ -166,6 +196,7 @@ pub(crate) async fn run_controller(spec: ControllerSpec, ctx: Arc<Context>, shut
     let mut resync = tokio::time::interval(ctx.config.resync_period);
     resync.tick().await;
     let workers = spec.workers.max(1);
+    let stats = queue_stats(spec.kind);
 
     loop {
         while running.len() < workers {
@@ -182,10 +213,11 @@ pub(crate) async fn run_controller(spec: ControllerSpec, ctx: Arc<Context>, shut
             let fut = (spec.reconcile)(key.clone(), ctx.clone());
             runs.spawn(async move { (key, fut.await) }.instrument(span));
         }
+        stats.depth.store(queue.len() as i64, Ordering::Relaxed);
         let next_due = delayed.first_key_value().map(|((t, _), _)| *t);
         tokio::select! {
             _ = shutdown.cancelled() => break,
-            Some((key, reason)) = rx.recv() => push(&running, &mut dirty, &mut queued, &mut queue, key, reason),
+            Some((key, reason)) = rx.recv() => counted(&stats, push(&running, &mut dirty, &mut queued, &mut queue, key, reason)),
             _ = async { if let Some(t) = next_due { tokio::time::sleep_until(t).await } }, if next_due.is_some() => {
                 let now = Instant::now();
                 while let Some(entry) = delayed.first_entry() {
@@ -198,7 +230,7 @@ pub(crate) async fn run_controller(spec: ControllerSpec, ctx: Arc<Context>, shut
                     };
                     if delayed_at.get(&key) == Some(&at) {
                         delayed_at.remove(&key);
-                        push(&running, &mut dirty, &mut queued, &mut queue, key, reason);
+                        counted(&stats, push(&running, &mut dirty, &mut queued, &mut queue, key, reason));
                     }
                 }
             }
@@ -217,6 +249,7 @@ pub(crate) async fn run_controller(spec: ControllerSpec, ctx: Arc<Context>, shut
                         let n = failures.entry(key.clone()).or_insert(0);
                         *n += 1;
                         let d = error_backoff(*n);
+                        stats.retries.fetch_add(1, Ordering::Relaxed);
                         tracing::warn!(kind = spec.kind, ns = key.ns.as_deref().unwrap_or(""), name = %key.name,
                             error = %error_chain(&error), retry_in_ms = d.as_millis() as u64, "reconcile failed");
                         Some((d, "error"))
@@ -239,10 +272,18 @@ pub(crate) async fn run_controller(spec: ControllerSpec, ctx: Arc<Context>, shut
             }
         }
     }
+    stats.depth.store(0, Ordering::Relaxed);
     runs.abort_all();
     watchers.abort_all();
     while runs.join_next().await.is_some() {}
     while watchers.join_next().await.is_some() {}
+}
+
+/// Counts an add of a key to the queue (or to the keys to run again).
+fn counted(stats: &QueueStats, added: bool) {
+    if added {
+        stats.adds.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 fn push(
@@ -252,11 +293,18 @@ fn push(
     queue: &mut VecDeque<(ObjKey, Reason)>,
     key: ObjKey,
     reason: Reason,
-) {
+) -> bool {
     if running.contains(&key) {
-        dirty.entry(key).or_insert(reason);
+        if dirty.contains_key(&key) {
+            return false;
+        }
+        dirty.insert(key, reason);
+        true
     } else if queued.insert(key.clone()) {
         queue.push_back((key, reason));
+        true
+    } else {
+        false
     }
 }
 
@@ -412,5 +460,26 @@ async fn watch_loop(
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(Duration::from_millis(200)) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod queue_tests {
+    use super::*;
+
+    #[test]
+    fn a_key_is_added_once_while_it_waits_or_runs() {
+        let (mut dirty, mut queued, mut queue) = (HashMap::new(), HashSet::new(), VecDeque::new());
+        let mut running = HashSet::new();
+        let k = ObjKey::new(Some("d"), "a");
+        assert!(push(&running, &mut dirty, &mut queued, &mut queue, k.clone(), "watch"));
+        assert!(!push(&running, &mut dirty, &mut queued, &mut queue, k.clone(), "watch"), "already waiting");
+        assert_eq!(queue.len(), 1);
+        queue.clear();
+        queued.clear();
+        running.insert(k.clone());
+        assert!(push(&running, &mut dirty, &mut queued, &mut queue, k.clone(), "watch"), "marked to run again");
+        assert!(!push(&running, &mut dirty, &mut queued, &mut queue, k, "watch"), "already marked");
+        assert!(queue.is_empty());
     }
 }
