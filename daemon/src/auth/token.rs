@@ -105,7 +105,11 @@ pub fn verify(token: &str, keys: &TokenKeys, now: i64) -> Result<TokenUser, Toke
         username: sub.to_string(),
         namespace: ns.to_string(),
         service_account: name.to_string(),
-        pod: pod["name"].as_str().zip(pod["uid"].as_str()).filter(|(n, _)| !n.is_empty()).map(|(n, u)| (n.to_string(), u.to_string())),
+        pod: pod["name"]
+            .as_str()
+            .zip(pod["uid"].as_str())
+            .filter(|(n, _)| !n.is_empty())
+            .map(|(n, u)| (n.to_string(), u.to_string())),
         service_account_uid: sa_uid.map(String::from),
         audiences,
     })
