@@ -29,7 +29,7 @@ apt_need wrk wrk
 
 printf 'version = 1\n[lb]\ndefault_pool = ["%s"]\n' "$POOL" >"$work/config.toml"
 "$HIL" rig down --dir "$rig" >/dev/null 2>&1 || true
-"$HIL" rig up --nodes 3 --client --dir "$rig" --shoal-bin "$SHOAL" --config "$work/config.toml" >&2
+"$HIL" rig up --nodes 3 --client --dir "$rig" --shoal-bin "$SHOAL" --config "$work/config.toml" >&2 3>&- 4>&- 5>&- 6>&- 7>&- 8>&- 9>&-
 import_images "$rig" 3
 k() { kubectl --kubeconfig "$rig/kubeconfig" --request-timeout=10s "$@"; }
 on() { local h=$1; shift; "$HIL" rig exec "$h" --dir "$rig" -- "$@"; }
@@ -88,30 +88,20 @@ log "pod $pod_ip on $node, clusterIP $cluster_ip, nodePort $node_ip:$node_port, 
 on client ip route replace "$pod_ip/32" via "$node_ip" >&2
 on client ip route replace "$cluster_ip/32" via "$node_ip" >&2
 
-# bench NAME URL: one wrk run from the client; appends "rps p99_ms" to $work/NAME.
-bench() {
-  local name=$1 url=$2 out rps p99
-  for _ in $(seq 1 60); do on client curl -s -o /dev/null -m 1 "$url" && break; sleep 0.5; done
-  out=$(on client wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "$url")
-  rps=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
-  p99=$(awk '$1 == "99%" {v = $2; if (v ~ /us$/) {sub(/us$/, "", v); v /= 1000} else if (v ~ /ms$/) {sub(/ms$/, "", v)} else if (v ~ /s$/) {sub(/s$/, "", v); v *= 1000}; print v}' <<<"$out")
-  grep -q "Non-2xx\|Socket errors" <<<"$out" && log "$name: $(grep -E 'Non-2xx|Socket errors' <<<"$out")"
-  log "round $round: $name ${rps:-0} req/s, p99 ${p99:-nan} ms"
-  echo "${rps:-0} ${p99:-nan}" >>"$work/$name"
-}
 paths=(direct clusterip nodeport loadbalancer)
 declare -A urls=([direct]="http://$pod_ip/" [clusterip]="http://$cluster_ip/"
   [nodeport]="http://$node_ip:$node_port/" [loadbalancer]="http://$lb_ip/")
+load_before=$(cut -d' ' -f1 /proc/loadavg)
 for round in $(seq 1 "$ROUNDS"); do
-  for p in "${paths[@]}"; do bench "$p" "${urls[$p]}"; done
+  for p in "${paths[@]}"; do wrk_round "$p" "${urls[$p]}"; done
 done
-# median COLUMN FILE
-median() { awk -v c="$1" '{print $c}' "$2" | sort -g | awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)]}'; }
 for p in "${paths[@]}"; do
-  echo "${p}_rps: $(median 1 "$work/$p")"
-  echo "${p}_p99_ms: $(median 2 "$work/$p")"
+  echo "${p}_rps: $(median_col 1 "$work/$p")"
+  echo "${p}_rps_min: $(min_col 1 "$work/$p")"
+  echo "${p}_p99_ms: $(median_col 2 "$work/$p")"
 done
 for p in clusterip nodeport loadbalancer; do
-  awk -v a="$(median 1 "$work/$p")" -v d="$(median 1 "$work/direct")" -v n="$p" \
-    'BEGIN { if (d > 0) printf "%s_ratio: %.3f\n", n, a / d; else printf "%s_ratio: nan\n", n }'
+  echo "${p}_ratio: $(ratio "$(median_col 1 "$work/$p")" "$(median_col 1 "$work/direct")")"
 done
+echo "load_average_before: $load_before"
+load_line after

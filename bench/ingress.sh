@@ -6,6 +6,7 @@
 # alternating ROUNDS times; the median round of each counts.
 #
 #   bench/ingress.sh                     # DURATION=10s CONNECTIONS=16 THREADS=2 ROUNDS=3
+#   PERF_DATA=/tmp/ingress.perf bench/ingress.sh   # also a perf profile of n1 in round 1
 #
 # Prints shoal_ingress_rps, nginx_rps, their p99s, ingress_rps_ratio_vs_nginx (goal >= 1) and
 # ingress_p99_ratio_vs_nginx (goal <= 1) for plain HTTP keep-alive, and the same with a _tls
@@ -23,7 +24,8 @@ work=$(mktemp -d "${TMPDIR:-/tmp}/shoal-bench-ingress.XXXXXX")
 rig="$work/rig"
 nginx_pid=""
 cleanup() {
-  [[ -n $nginx_pid ]] && kill "$nginx_pid" 2>/dev/null
+  # Never let a failing kill stop the cleanup (errexit applies inside the trap too).
+  if [[ -n $nginx_pid ]]; then kill "$nginx_pid" 2>/dev/null || true; fi
   rig_down "$rig"
   rm -rf "$work"
 }
@@ -33,7 +35,7 @@ apt_need wrk wrk
 apt_need nginx nginx
 
 "$HIL" rig down --dir "$rig" >/dev/null 2>&1 || true
-"$HIL" rig up --nodes 3 --client --dir "$rig" --shoal-bin "$SHOAL" >&2
+"$HIL" rig up --nodes 3 --client --dir "$rig" --shoal-bin "$SHOAL" >&2 3>&- 4>&- 5>&- 6>&- 7>&- 8>&- 9>&-
 import_images "$rig" 3
 k() { kubectl --kubeconfig "$rig/kubeconfig" --request-timeout=10s "$@"; }
 on() { local h=$1; shift; "$HIL" rig exec "$h" --dir "$rig" -- "$@"; }
@@ -104,8 +106,10 @@ daemon off;
 pid $work/nginx.pid;
 error_log $work/nginx-error.log;
 events { worker_connections 4096; }
+# wrk keeps its connections; so does the Ingress, so nginx must not close them every 1,000 requests.
 http {
   access_log off;
+  keepalive_requests 1000000;
   client_body_temp_path $work/nginx-body;
   proxy_temp_path $work/nginx-proxy;
   upstream web { server ${pods[0]}:80; server ${pods[1]}:80; keepalive 64; }
@@ -125,38 +129,28 @@ http {
   }
 }
 EOF
-"$HIL" rig exec n1 --dir "$rig" -- nginx -c "$work/nginx.conf" >&2 &
+"$HIL" rig exec n1 --dir "$rig" -- nginx -c "$work/nginx.conf" >&2 3>&- 4>&- 5>&- 6>&- 7>&- 8>&- 9>&- &
 nginx_pid=$!
 
-# bench NAME URL: one wrk run from the client; appends "rps p99_ms" to $work/NAME.
-bench() {
-  local name=$1 url=$2 out rps p99
-  for _ in $(seq 1 60); do
-    [[ $(on client curl -sk -o /dev/null -w '%{http_code}' -m 1 -H 'Host: bench.test' "$url") == 200 ]] && break
-    sleep 0.5
-  done
-  out=$(on client wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -H 'Host: bench.test' "$url")
-  rps=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
-  p99=$(awk '$1 == "99%" {v = $2; if (v ~ /us$/) {sub(/us$/, "", v); v /= 1000} else if (v ~ /ms$/) {sub(/ms$/, "", v)} else if (v ~ /s$/) {sub(/s$/, "", v); v *= 1000}; print v}' <<<"$out")
-  grep -q "Non-2xx\|Socket errors" <<<"$out" && log "$name: $(grep -E 'Non-2xx|Socket errors' <<<"$out")"
-  log "round $round: $name ${rps:-0} req/s, p99 ${p99:-nan} ms"
-  echo "${rps:-0} ${p99:-nan}" >>"$work/$name"
-}
+load_before=$(cut -d' ' -f1 /proc/loadavg)
 for round in $(seq 1 "$ROUNDS"); do
-  bench shoal_ingress "http://$node_ip/"
-  bench nginx "http://$node_ip:8081/"
-  bench shoal_ingress_tls "https://$node_ip/"
-  bench nginx_tls "https://$node_ip:8443/"
+  if [[ -n ${PERF_DATA:-} && $round == 1 ]]; then
+    # A CPU profile of n1's daemon during the first plain-HTTP round (perf report -i PERF_DATA).
+    perf record -F 499 -g -p "$(daemon_pid "$rig" n1)" -o "$PERF_DATA" -- sleep "${DURATION%s}" >&2 2>/dev/null &
+  fi
+  wrk_round shoal_ingress "http://$node_ip/" bench.test
+  wrk_round nginx "http://$node_ip:8081/" bench.test
+  wrk_round shoal_ingress_tls "https://$node_ip/" bench.test
+  wrk_round nginx_tls "https://$node_ip:8443/" bench.test
 done
-median() { awk -v c="$1" '{print $c}' "$2" | sort -g | awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)]}'; }
 for p in shoal_ingress nginx shoal_ingress_tls nginx_tls; do
-  echo "${p}_rps: $(median 1 "$work/$p")"
-  echo "${p}_p99_ms: $(median 2 "$work/$p")"
+  echo "${p}_rps: $(median_col 1 "$work/$p")"
+  echo "${p}_rps_min: $(min_col 1 "$work/$p")"
+  echo "${p}_p99_ms: $(median_col 2 "$work/$p")"
 done
 for sfx in "" _tls; do
-  awk -v s="$sfx" -v a="$(median 1 "$work/shoal_ingress$sfx")" -v b="$(median 1 "$work/nginx$sfx")" \
-    'BEGIN { if (b > 0) printf "ingress_rps_ratio_vs_nginx%s: %.3f\n", s, a / b; else printf "ingress_rps_ratio_vs_nginx%s: nan\n", s }'
-  awk -v s="$sfx" -v a="$(median 2 "$work/shoal_ingress$sfx")" -v b="$(median 2 "$work/nginx$sfx")" \
-    'BEGIN { if (b > 0) printf "ingress_p99_ratio_vs_nginx%s: %.3f\n", s, a / b; else printf "ingress_p99_ratio_vs_nginx%s: nan\n", s }'
+  echo "ingress_rps_ratio_vs_nginx$sfx: $(ratio "$(median_col 1 "$work/shoal_ingress$sfx")" "$(median_col 1 "$work/nginx$sfx")")"
+  echo "ingress_p99_ratio_vs_nginx$sfx: $(ratio "$(median_col 2 "$work/shoal_ingress$sfx")" "$(median_col 2 "$work/nginx$sfx")")"
 done
-echo "load_average: $(cut -d' ' -f1 /proc/loadavg)"
+echo "load_average_before: $load_before"
+load_line after

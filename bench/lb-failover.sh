@@ -43,7 +43,7 @@ build
   fi
 } >"$work/config.toml"
 "$HIL" rig down --dir "$rig" >/dev/null 2>&1 || true
-"$HIL" rig up --nodes 3 --client --dir "$rig" --shoal-bin "$SHOAL" --config "$work/config.toml" >&2
+"$HIL" rig up --nodes 3 --client --dir "$rig" --shoal-bin "$SHOAL" --config "$work/config.toml" >&2 3>&- 4>&- 5>&- 6>&- 7>&- 8>&- 9>&-
 import_images "$rig" 3
 kc="$rig/kubeconfig"
 server=https://10.77.0.1:6443

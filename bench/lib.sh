@@ -25,15 +25,15 @@ apt_need() {
   DEBIAN_FRONTEND=noninteractive apt-get install -y "$2" >&2 || { apt-get update >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y "$2" >&2; }
 }
 
-# rig_up DIR NODES [CONFIG]: a fresh netns rig of NODES shoal nodes in DIR.
+# rig_up DIR NODES [CONFIG]: a fresh netns rig of NODES shoal nodes in DIR. File descriptors 3-9
+# are closed for it, so that the rig's long-lived processes never hold a lock the script was
+# started under (`flock /tmp/shoal-rig.lock bench/...` passes its lock down as fd 3).
 rig_up() {
   local dir=$1 n=$2 cfg=${3:-}
   "$HIL" rig down --dir "$dir" >/dev/null 2>&1 || true
-  if [[ -n $cfg ]]; then
-    "$HIL" rig up --nodes "$n" --dir "$dir" --shoal-bin "$SHOAL" --config "$cfg" >&2
-  else
-    "$HIL" rig up --nodes "$n" --dir "$dir" --shoal-bin "$SHOAL" >&2
-  fi
+  local extra=()
+  [[ -n $cfg ]] && extra=(--config "$cfg")
+  "$HIL" rig up --nodes "$n" --dir "$dir" --shoal-bin "$SHOAL" "${extra[@]}" >&2 3>&- 4>&- 5>&- 6>&- 7>&- 8>&- 9>&-
 }
 
 rig_down() { "$HIL" rig down --dir "$1" >/dev/null 2>&1 || true; }
@@ -43,7 +43,7 @@ daemon_pid() {
   local data="$1/$2/data" p exe
   for p in $(pgrep -f -- "--data-dir $data" || true); do
     exe=$(readlink "/proc/$p/exe" 2>/dev/null || true)
-    [[ $exe == */shoal ]] && { echo "$p"; return; }
+    [[ $exe == */shoal || $exe == */shoal-x86_64 || $exe == */shoal-aarch64 ]] && { echo "$p"; return; }
   done
 }
 
@@ -90,3 +90,33 @@ import_images() {
     cp out/images/*.tar "$dir/n$i/data/images/import/"
   done
 }
+
+# wrk_round NAME URL [HOST]: one wrk run from the rig's client host (THREADS, CONNECTIONS,
+# DURATION; HOST as the Host header), after waiting up to 30 s for URL to answer 200; appends
+# "rps p99_ms" to $work/NAME and logs the round ($round) with wrk's error counts, if any.
+wrk_round() {
+  local name=$1 url=$2 host=${3:-} out rps p99
+  local hdr=()
+  [[ -n $host ]] && hdr=(-H "Host: $host")
+  for _ in $(seq 1 60); do
+    [[ $("$HIL" rig exec client --dir "$rig" -- curl -sk -o /dev/null -w '%{http_code}' -m 1 "${hdr[@]}" "$url") == 200 ]] && break
+    sleep 0.5
+  done
+  out=$("$HIL" rig exec client --dir "$rig" -- wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "${hdr[@]}" "$url")
+  rps=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
+  p99=$(awk '$1 == "99%" {v = $2; if (v ~ /us$/) {sub(/us$/, "", v); v /= 1000} else if (v ~ /ms$/) {sub(/ms$/, "", v)} else if (v ~ /s$/) {sub(/s$/, "", v); v *= 1000}; print v}' <<<"$out")
+  if grep -q "Non-2xx\|Socket errors" <<<"$out"; then log "$name: $(grep -E 'Non-2xx|Socket errors' <<<"$out")"; fi
+  log "round ${round:-?}: $name ${rps:-0} req/s, p99 ${p99:-nan} ms"
+  echo "${rps:-0} ${p99:-nan}" >>"$work/$name"
+}
+
+# median_col COLUMN FILE / min_col COLUMN FILE: the median (lower middle) or the minimum of a
+# column of numbers.
+median_col() { awk -v c="$1" '{print $c}' "$2" | sort -g | awk '{v[NR] = $1} END {print (NR ? v[int((NR + 1) / 2)] : "nan")}'; }
+min_col() { awk -v c="$1" '{print $c}' "$2" | sort -g | awk 'NR == 1 {print; found = 1} END {if (!found) print "nan"}'; }
+
+# ratio A B: A / B with three decimals, nan when B is 0 or not a number.
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b + 0 > 0) printf "%.3f\n", a / b; else print "nan" }'; }
+
+# load_line WHEN: "load_average_WHEN: 1-minute load" (print one before and one after the rounds).
+load_line() { echo "load_average_$1: $(cut -d' ' -f1 /proc/loadavg)"; }

@@ -37,7 +37,7 @@ NETPOL_SCALE_FIGURES=1 cargo test -q -p shoal --lib netpol::tests::scale_figures
 build
 apt_need wrk wrk
 "$HIL" rig down --dir "$rig" >/dev/null 2>&1 || true
-"$HIL" rig up --nodes 3 --client --dir "$rig" --shoal-bin "$SHOAL" >&2
+"$HIL" rig up --nodes 3 --client --dir "$rig" --shoal-bin "$SHOAL" >&2 3>&- 4>&- 5>&- 6>&- 7>&- 8>&- 9>&-
 import_images "$rig" 3
 k() { kubectl --kubeconfig "$rig/kubeconfig" --request-timeout=10s "$@"; }
 on() { local h=$1; shift; "$HIL" rig exec "$h" --dir "$rig" -- "$@"; }
@@ -90,26 +90,19 @@ on client ip route replace "$pod_ip/32" via "$node_ip" >&2
 url="http://$pod_ip/"
 for _ in $(seq 1 60); do on client curl -s -o /dev/null -m 1 "$url" && break; sleep 0.5; done
 
-bench() {
-  local name=$1 out rps
-  out=$(on client wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "$url")
-  rps=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
-  log "round $round: $name ${rps:-0} req/s"
-  echo "${rps:-0}" >>"$work/$name"
-}
+load_before=$(cut -d' ' -f1 /proc/loadavg)
 for round in $(seq 1 "$ROUNDS"); do
   k delete networkpolicy allow-client --ignore-not-found >&2
   sleep 0.5
-  bench none
+  wrk_round none "$url"
   k apply -f "$work/allow.yaml" >&2
   sleep 0.5
-  bench allowed
+  wrk_round allowed "$url"
 done
-median() { sort -g "$1" | awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)]}'; }
-echo "netpol_none_rps: $(median "$work/none")"
-echo "netpol_allowed_rps: $(median "$work/allowed")"
-awk -v a="$(median "$work/allowed")" -v n="$(median "$work/none")" \
-  'BEGIN { if (n > 0) printf "netpol_rps_ratio: %.3f\n", a / n; else print "netpol_rps_ratio: nan" }'
+echo "netpol_none_rps: $(median_col 1 "$work/none")"
+echo "netpol_allowed_rps: $(median_col 1 "$work/allowed")"
+echo "netpol_rps_ratio: $(ratio "$(median_col 1 "$work/allowed")" "$(median_col 1 "$work/none")")"
+echo "load_average_before: $load_before"
 
 # Policy change to enforced: from `kubectl apply`/`delete` starting to the pod's node holding
 # (or no longer holding) the pod's ingress jump in its table.
@@ -131,3 +124,4 @@ echo "netpol_change_enforced_p99_ms: $(percentile 99 "$work/changes")"
 pid=$(daemon_pid "$rig" "$node")
 echo "node_rss_kib: $(rss_kib "${pid:-0}")"
 echo "node_netpol_table_lines: $(on "$node" nft list table inet shoal-netpol | wc -l)"
+load_line after
