@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
 # The container runtime against runc and crun (Debian's), on the same busybox bundle in the same
-# run:
-#   - cycle: create -> start -> wait -> delete of /bin/true, N in a row (`run` of each runtime);
-#   - start: create + start of a `sleep` container (time until the process is released to run);
-#   - shim RSS of one running container and of 100.
-# Prints `name: value` lines, then cycle_ratio_vs_crun and start_ratio_vs_crun (shoal / crun;
-# under 1 means faster than crun).
+# run, in interleaved rounds (shoal, runc, crun, shoal, runc, crun, ...) so that a change in the
+# machine's load hits every runtime alike:
+#   - cycle: create -> start -> wait -> delete of /bin/true, N in a row per round (`run` of each
+#     runtime);
+#   - start: create + start of a `sleep` container (time until the process is released to run),
+#     S per round;
+#   - shim RSS of one running container and of MANY.
+# Prints `name: value` lines: the median over ROUNDS rounds (`shoal_cycle_ms`) and the best round
+# (`shoal_cycle_min_ms`) of each, then cycle_ratio_vs_crun and start_ratio_vs_crun (shoal / crun
+# of the medians; under 1 means faster than crun) and the load average before and after.
 #
-#   bench/runtime.sh                  # N=100 cycles, 100 containers for the RSS figure
-#   N=20 MANY=10 bench/runtime.sh
+#   bench/runtime.sh                  # ROUNDS=5 rounds of N=20 cycles and S=10 starts; 100 containers for RSS
+#   N=30 MANY=20 bench/runtime.sh
 #
 # Needs root, busybox-static, runc and crun (apt-get install -y busybox-static runc crun).
 # crun refuses a hybrid cgroup layout, so it runs in a mount namespace without
@@ -17,7 +21,9 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-N=${N:-100}
+N=${N:-20}
+S=${S:-10}
+ROUNDS=${ROUNDS:-5}
 MANY=${MANY:-100}
 SHOAL_RT=${SHOAL_RT:-$ROOT/target/release/shoal-runtime-shim}
 
@@ -53,7 +59,7 @@ PY
 }
 
 now_ns() { date +%s%N; }
-ms() { python3 -c "print(f'{($2 - $1) / 1e6 / $3:.1f}')" "$@"; }
+ms() { python3 -c "print(f'{($2 - $1) / 1e6 / $3:.2f}')" "$@"; }
 
 # Each runtime's `run` of /bin/true, N times; per-cycle milliseconds.
 spec /bin/true
@@ -73,15 +79,9 @@ cycle_crun() {
     t0=$(date +%s%N)
     for i in $(seq '"$N"'); do crun run --bundle '"$bundle"' "bench-$i" >/dev/null; done
     t1=$(date +%s%N)
-    python3 -c "print(f\"{($t1 - $t0) / 1e6 / '"$N"':.1f}\")"'
+    python3 -c "print(f\"{($t1 - $t0) / 1e6 / '"$N"':.2f}\")"'
 }
-shoal_cycle=$(cycle_shoal); echo "shoal_cycle_ms: $shoal_cycle"
-runc_cycle=$(cycle_runc); echo "runc_cycle_ms: $runc_cycle"
-crun_cycle=$(cycle_crun); echo "crun_cycle_ms: $crun_cycle"
-
 # create + start of a sleeping container (until start returns), averaged over 20; teardown untimed.
-spec /bin/sleep 1000
-S=20
 start_shoal() {
   local total=0 t0 t1
   for i in $(seq "$S"); do
@@ -106,11 +106,32 @@ start_crun() {
       t0=$(date +%s%N); crun create --bundle '"$bundle"' "bench-s$i" </dev/null >/dev/null 2>&1; crun start "bench-s$i"; t1=$(date +%s%N)
       total=$((total + t1 - t0)); crun delete -f "bench-s$i"
     done
-    python3 -c "print(f\"{$total / 1e6 / '"$S"':.1f}\")"'
+    python3 -c "print(f\"{$total / 1e6 / '"$S"':.2f}\")"'
 }
-shoal_start=$(start_shoal); echo "shoal_start_ms: $shoal_start"
-runc_start=$(start_runc); echo "runc_start_ms: $runc_start"
-crun_start=$(start_crun); echo "crun_start_ms: $crun_start"
+load() { cut -d' ' -f1-3 /proc/loadavg; }
+echo "load_before: $(load)"
+cycles_shoal=() cycles_runc=() cycles_crun=() starts_shoal=() starts_runc=() starts_crun=()
+for r in $(seq "$ROUNDS"); do
+  spec /bin/true
+  cycles_shoal+=("$(cycle_shoal)"); cycles_runc+=("$(cycle_runc)"); cycles_crun+=("$(cycle_crun)")
+  spec /bin/sleep 1000
+  starts_shoal+=("$(start_shoal)"); starts_runc+=("$(start_runc)"); starts_crun+=("$(start_crun)")
+  echo "round $r: cycle shoal ${cycles_shoal[-1]} runc ${cycles_runc[-1]} crun ${cycles_crun[-1]};" \
+    "start shoal ${starts_shoal[-1]} runc ${starts_runc[-1]} crun ${starts_crun[-1]}" >&2
+done
+stats() { # NAME VALUES... -> NAME_ms (median) and NAME_min_ms lines
+  python3 - "$@" <<'PY'
+import statistics, sys
+name, vals = sys.argv[1], [float(v) for v in sys.argv[2:]]
+print(f"{name}_ms: {statistics.median(vals):.2f}")
+print(f"{name}_min_ms: {min(vals):.2f}")
+PY
+}
+med() { python3 -c 'import statistics, sys; print(statistics.median(float(v) for v in sys.argv[1:]))' "$@"; }
+stats shoal_cycle "${cycles_shoal[@]}"; stats runc_cycle "${cycles_runc[@]}"; stats crun_cycle "${cycles_crun[@]}"
+stats shoal_start "${starts_shoal[@]}"; stats runc_start "${starts_runc[@]}"; stats crun_start "${starts_crun[@]}"
+shoal_cycle=$(med "${cycles_shoal[@]}") crun_cycle=$(med "${cycles_crun[@]}")
+shoal_start=$(med "${starts_shoal[@]}") crun_start=$(med "${starts_crun[@]}")
 
 # Shim memory: RSS of the shims of 1 and of MANY running containers.
 shim_rss_kb() {
@@ -120,6 +141,7 @@ shim_rss_kb() {
   done
   echo "$sum"
 }
+spec /bin/sleep 1000
 "$SHOAL_RT" up "$work/shoal-state" rss-1 "$bundle" >/dev/null
 echo "shim_rss_kb_1: $(shim_rss_kb)"
 for i in $(seq 2 "$MANY"); do "$SHOAL_RT" up "$work/shoal-state" "rss-$i" "$bundle" >/dev/null; done
@@ -128,3 +150,4 @@ for i in $(seq "$MANY"); do "$SHOAL_RT" rm "$work/shoal-state" "rss-$i"; done
 
 python3 -c "print(f'cycle_ratio_vs_crun: {$shoal_cycle / $crun_cycle:.2f}')"
 python3 -c "print(f'start_ratio_vs_crun: {$shoal_start / $crun_start:.2f}')"
+echo "load_after: $(load)"

@@ -277,19 +277,29 @@ impl Runtime {
         let fifo = nix::fcntl::open(&fifo_path, OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC, Mode::empty())
             .map_err(|e| start_err(io::Error::from(e)))?;
         let deadline = Instant::now() + self.config.start_timeout;
-        let mut pause = Duration::from_micros(50);
+        // Opening the fifo lets the init's open for writing go on; it then writes one byte and
+        // execs. Sleep in poll on the fifo and on the init's pidfd (so a dying init wakes us too),
+        // not in a timer loop.
+        let init_fd = sys::pidfd_open(st.pid).ok();
         let mut b = [0u8; 1];
         loop {
-            match nix::unistd::read(&fifo, &mut b) {
+            let hung_up = match nix::unistd::read(&fifo, &mut b) {
                 Ok(1) => break,
-                Ok(_) | Err(nix::Error::EAGAIN) | Err(nix::Error::EINTR) => {}
+                Ok(_) => true,
+                Err(nix::Error::EAGAIN) | Err(nix::Error::EINTR) => false,
                 Err(e) => return Err(start_err(io::Error::from(e))),
-            }
-            if Instant::now() >= deadline || state::process_start_time(&self.proc_root, st.pid).is_none() {
+            };
+            let now = Instant::now();
+            if now >= deadline || state::process_start_time(&self.proc_root, st.pid).is_none() {
                 return Err(start_err(io::Error::other("the container init did not take the start signal")));
             }
-            std::thread::sleep(pause);
-            pause = (pause * 2).min(Duration::from_millis(1));
+            if hung_up || init_fd.is_none() {
+                // A writer came and went without a byte, or no pidfd to watch the init with: the
+                // fifo alone could wake us at once or never, so check again soon.
+                std::thread::sleep(Duration::from_millis(1));
+            } else {
+                wait_readable(fifo.as_fd(), init_fd.as_ref().map(|f| f.as_fd()), (deadline - now).min(MAX_POLL));
+            }
         }
         drop(fifo);
         state::write_json(&dir.join(state::STARTED_FILE), &state::StartedFile { started_at: SystemTime::now() })?;
@@ -390,6 +400,9 @@ impl Runtime {
         let begin = Instant::now();
         let deadline = begin + timeout;
         let mut pause = Duration::from_micros(100);
+        // The shim records the exit and then ends: its pidfd wakes us then, without polling the
+        // state files. None once it fired (the shim is gone) or when pidfds are unavailable.
+        let mut shim_fd = self.shim_pidfd(&dir);
         loop {
             let st = state::load(&dir, &self.proc_root)?;
             if st.status == Status::Stopped {
@@ -406,11 +419,25 @@ impl Runtime {
             if now >= deadline {
                 return Ok(None);
             }
+            if let Some(fd) = &shim_fd {
+                if wait_readable(fd.as_fd(), None, (deadline - now).min(MAX_POLL)) {
+                    shim_fd = None;
+                }
+                continue;
+            }
             std::thread::sleep(pause.min(deadline - now));
             // Short polls first: most waits end within a few milliseconds.
             let cap = if now.duration_since(begin) < Duration::from_millis(200) { 1 } else { 20 };
             pause = (pause * 2).min(Duration::from_millis(cap));
         }
+    }
+
+    /// A pidfd of the container's shim, if it still runs (checked after opening, so a reused
+    /// pid is not mistaken for it).
+    fn shim_pidfd(&self, dir: &Path) -> Option<OwnedFd> {
+        let init: InitFile = state::read_json_opt(&dir.join(state::INIT_FILE)).ok()??;
+        let fd = sys::pidfd_open(init.shim_pid).ok()?;
+        (state::process_start_time(&self.proc_root, init.shim_pid) == Some(init.shim_start_time)).then_some(fd)
     }
 
     fn shim_alive(&self, dir: &Path) -> Result<bool> {
@@ -551,6 +578,24 @@ impl ExecProcess {
             None => Err(io::Error::other("the process has no terminal")),
         }
     }
+}
+
+/// The longest single sleep in poll: state is re-read at least this often.
+const MAX_POLL: Duration = Duration::from_secs(1);
+
+/// Waits until `fd` (or `also`) is readable or hung up, at most `timeout`; whether one was.
+fn wait_readable(
+    fd: std::os::fd::BorrowedFd<'_>,
+    also: Option<std::os::fd::BorrowedFd<'_>>,
+    timeout: Duration,
+) -> bool {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let mut fds = vec![PollFd::new(fd, PollFlags::POLLIN)];
+    if let Some(a) = also {
+        fds.push(PollFd::new(a, PollFlags::POLLIN));
+    }
+    let timeout = PollTimeout::try_from(timeout).unwrap_or(PollTimeout::MAX);
+    matches!(poll(&mut fds, timeout), Ok(n) if n > 0)
 }
 
 fn status_code(status: std::process::ExitStatus) -> i32 {

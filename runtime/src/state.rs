@@ -128,7 +128,12 @@ pub(crate) fn read_json_opt<T: DeserializeOwned>(path: &Path) -> Result<Option<T
 
 /// Field 22 (start time in clock ticks) of /proc/PID/stat, or None if the process is gone.
 pub(crate) fn process_start_time(proc_root: &Path, pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(proc_root.join(pid.to_string()).join("stat")).ok()?;
+    // One read into a buffer big enough for any stat line: the kernel formats the whole line on
+    // every read, and a read that grows its buffer from 32 bytes would ask five times.
+    let mut buf = [0u8; 1024];
+    let n = std::io::Read::read(&mut std::fs::File::open(proc_root.join(pid.to_string()).join("stat")).ok()?, &mut buf)
+        .ok()?;
+    let stat = std::str::from_utf8(&buf[..n]).ok()?;
     // The command name may hold spaces and parentheses: fields resume after the last ')'.
     let rest = &stat[stat.rfind(')')? + 2..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
