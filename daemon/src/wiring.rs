@@ -408,7 +408,8 @@ pub(crate) fn kubeconfig(
         return Err("--ttl must be positive".to_string());
     }
     let orgs: Vec<&str> = groups.iter().map(String::as_str).collect();
-    let cert = node.secrets.issue_client_cert_valid_for(&user, &orgs, ttl).map_err(|e| e.to_string())?;
+    let signer = crate::cluster::ca_key::signing_secrets(node)?;
+    let cert = signer.issue_client_cert_valid_for(&user, &orgs, ttl).map_err(|e| e.to_string())?;
     Ok(crate::api::kubeconfig_for(&server, &node.secrets.ca_cert_pem, &cert.cert_pem, &cert.key_pem, &user))
 }
 
