@@ -400,6 +400,12 @@ pub(crate) fn kubeconfig(
     if user.is_empty() || user.starts_with("system:") {
         return Err(format!("user {user:?}: a name that is not empty and not in the system: namespace is required"));
     }
+    if groups.iter().any(|g| g == shoal_gossip::pki::NODES_ORG) {
+        return Err(format!(
+            "group {:?} is for node certificates, which nodes get by joining",
+            shoal_gossip::pki::NODES_ORG
+        ));
+    }
     if groups.len() > 2 {
         return Err("at most two --group values fit in a certificate".to_string());
     }

@@ -218,6 +218,51 @@ async fn a_certificate_from_another_ca_gets_a_closed_connection() {
     }
 }
 
+/// The admin's certificate (system:masters, from `shoal kubeconfig`) and any other user's
+/// certificate signed by the cluster CA open no peer service: neither a call (Raft, forwarded
+/// writes) nor a raw stream (pod streams, image blobs) reaches its handler.
+#[tokio::test]
+async fn a_user_certificate_opens_no_peer_service() {
+    init_tracing();
+    let secrets = ClusterSecrets::generate("test").unwrap();
+    let b = node(&secrets, "node-b");
+    let b_addr = b.local_addr().unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    b.register("raft/append-entries", echo_handler(calls.clone()));
+    let streams = Arc::new(AtomicUsize::new(0));
+    let s2 = streams.clone();
+    let handler: StreamHandler = Arc::new(move |_, _, _, _| {
+        s2.fetch_add(1, Ordering::SeqCst);
+        async {}.boxed()
+    });
+    b.register_stream("pod/exec", handler.clone());
+    b.register_stream("image/blob", handler);
+    let cfg = TransportConfig { call_timeout: Duration::from_secs(5), ..TransportConfig::default() };
+    for (cn, orgs) in [("admin", vec!["system:masters"]), ("alice", vec![]), ("system:node:node-b", vec![])] {
+        let user = secrets.issue_client_cert(cn, &orgs).unwrap();
+        let intruder = Transport::bind_with(
+            any_port(),
+            NodeTls { ca_cert_pem: secrets.ca_cert_pem.clone(), cert_pem: user.cert_pem, key_pem: user.key_pem },
+            cfg.clone(),
+        )
+        .unwrap();
+        let result = intruder.call(b_addr, "raft/append-entries", b"vote for me".to_vec()).await;
+        assert!(result.is_err(), "{cn}'s certificate got a Raft answer: {result:?}");
+        for service in ["pod/exec", "image/blob"] {
+            let opened = intruder.open_stream(b_addr, service, b"{}".to_vec()).await;
+            assert!(opened.is_err(), "{cn}'s certificate opened {service}");
+        }
+        intruder.shutdown().await;
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 0);
+    assert_eq!(streams.load(Ordering::SeqCst), 0);
+    // A node still gets through.
+    let a = node(&secrets, "node-a");
+    assert_eq!(a.call(b_addr, "raft/append-entries", b"x".to_vec()).await.unwrap(), b"node-a:x");
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
 #[tokio::test]
 async fn join_with_the_right_token_yields_working_certificates() {
     init_tracing();

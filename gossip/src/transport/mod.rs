@@ -2,8 +2,8 @@
 //! cluster CA.
 //!
 //! ALPN `shoal/1` carries request/response calls and raw streams between nodes; a client must
-//! present a certificate from the cluster CA, and a connection without one is closed before any
-//! stream is read. ALPN `shoal-join/1` serves exactly one join request per connection to a node
+//! present a node certificate (O `system:nodes`) from the cluster CA, and a connection without
+//! one (no certificate, or a user's) is closed before any stream is read. ALPN `shoal-join/1` serves exactly one join request per connection to a node
 //! holding only a join token.
 
 mod frame;
@@ -35,6 +35,8 @@ pub const DEFAULT_MAX_FRAME: usize = 64 * 1024 * 1024;
 /// QUIC application close code for a peer without a valid client certificate.
 const CLOSE_UNAUTHENTICATED: u32 = 0x10;
 const CLOSE_UNKNOWN_ALPN: u32 = 0x11;
+/// QUIC application close code for a client certificate that is not a node's.
+const CLOSE_NOT_A_NODE: u32 = 0x13;
 const CLOSE_SHUTDOWN: u32 = 0x12;
 const CLOSE_DONE: u32 = 0;
 /// Stream stop code for a request frame over the size cap.
@@ -48,6 +50,13 @@ pub struct PeerInfo {
     pub node_name: String,
     /// The certificate's organizations ("system:nodes" for node certificates).
     pub organizations: Vec<String>,
+}
+
+impl PeerInfo {
+    /// Whether the certificate is a node's (O `system:nodes`); only nodes reach peer services.
+    pub fn is_node(&self) -> bool {
+        self.organizations.iter().any(|o| o == crate::pki::NODES_ORG)
+    }
 }
 
 /// Serves one request: the body in, the response body or an error message out.
@@ -481,7 +490,13 @@ async fn handle_incoming(inner: Arc<Inner>, incoming: quinn::Incoming) {
         .and_then(|data| data.protocol);
     match alpn.as_deref() {
         Some(tls::PEER_ALPN) => match peer_info(&conn) {
-            Some(peer) => serve_peer(inner, conn, peer).await,
+            Some(peer) if peer.is_node() => serve_peer(inner, conn, peer).await,
+            Some(peer) => {
+                // A user's certificate from the same CA (the admin's too) opens no peer
+                // service: Raft, forwarded writes, pod streams and image blobs are for nodes.
+                warn!(peer = %remote, name = %peer.node_name, orgs = ?peer.organizations, "closing peer connection: not a node certificate");
+                conn.close(VarInt::from_u32(CLOSE_NOT_A_NODE), b"not a node certificate");
+            }
             None => {
                 warn!(peer = %remote, "closing peer connection without a client certificate");
                 conn.close(VarInt::from_u32(CLOSE_UNAUTHENTICATED), b"");
