@@ -400,6 +400,12 @@ pub(crate) fn kubeconfig(
     if user.is_empty() || user.starts_with("system:") {
         return Err(format!("user {user:?}: a name that is not empty and not in the system: namespace is required"));
     }
+    if groups.iter().any(|g| g == shoal_gossip::pki::NODES_ORG) {
+        return Err(format!(
+            "group {:?} is for node certificates, which nodes get by joining",
+            shoal_gossip::pki::NODES_ORG
+        ));
+    }
     if groups.len() > 2 {
         return Err("at most two --group values fit in a certificate".to_string());
     }
@@ -408,7 +414,8 @@ pub(crate) fn kubeconfig(
         return Err("--ttl must be positive".to_string());
     }
     let orgs: Vec<&str> = groups.iter().map(String::as_str).collect();
-    let cert = node.secrets.issue_client_cert_valid_for(&user, &orgs, ttl).map_err(|e| e.to_string())?;
+    let signer = crate::cluster::ca_key::signing_secrets(node)?;
+    let cert = signer.issue_client_cert_valid_for(&user, &orgs, ttl).map_err(|e| e.to_string())?;
     Ok(crate::api::kubeconfig_for(&server, &node.secrets.ca_cert_pem, &cert.cert_pem, &cert.key_pem, &user))
 }
 

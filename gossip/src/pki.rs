@@ -22,6 +22,11 @@ use crate::error::{Error, Result};
 /// since node names need not resolve.
 pub const PEER_SERVER_NAME: &str = "shoal-peer";
 
+/// Organization of every node certificate.
+pub const NODES_ORG: &str = "system:nodes";
+/// Common-name prefix of node certificates: `system:node:NAME`, as the kubelet's.
+pub const NODE_CN_PREFIX: &str = "system:node:";
+
 /// Prefix and version of join tokens.
 pub const TOKEN_PREFIX: &str = "shoal1";
 
@@ -34,10 +39,13 @@ const TOKEN_HASH_HEX_LEN: usize = 32;
 const TOKEN_SECRET_HEX_LEN: usize = 32;
 
 /// What a cluster's nodes share: the CA that signs every certificate and the join secret.
-/// The daemon keeps it in its data dir; it never travels over gossip.
+/// The daemon keeps it in its data dir; it never travels over gossip. The CA private key is
+/// held only by the nodes that can become leader (voters): on the others `ca_key_pem` is
+/// empty and absent from the file.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterSecrets {
     pub ca_cert_pem: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub ca_key_pem: String,
     /// 32 lowercase hex characters, the last part of the join token.
     pub token_secret: String,
@@ -143,6 +151,25 @@ impl ClusterSecrets {
         })
     }
 
+    /// Whether these secrets hold the CA private key (and can sign certificates).
+    pub fn has_ca_key(&self) -> bool {
+        !self.ca_key_pem.trim().is_empty()
+    }
+
+    /// Whether `ca_key_pem` is the private key of `ca_cert_pem`.
+    pub fn ca_key_matches(&self) -> bool {
+        let Ok(key) = KeyPair::from_pem(&self.ca_key_pem) else { return false };
+        let Ok(certs) = load_certs(&self.ca_cert_pem, "CA certificate") else { return false };
+        let Some(der) = certs.first() else { return false };
+        let Ok((_, cert)) = x509_parser::parse_x509_certificate(der.as_ref()) else { return false };
+        cert.public_key().subject_public_key.data.as_ref() == key.public_key_raw()
+    }
+
+    /// The same secrets without the CA private key: what a joining node receives.
+    pub fn without_ca_key(&self) -> Self {
+        Self { ca_key_pem: String::new(), ..self.clone() }
+    }
+
     /// A new random join secret; the old token stops working once the new secrets are in use.
     pub fn rotate_token(&mut self) {
         self.token_secret = random_hex16();
@@ -158,13 +185,15 @@ impl ClusterSecrets {
         constant_time_eq(self.token_secret.as_bytes(), presented.as_bytes())
     }
 
-    /// A node certificate: CN = name; SANs = name (when it is a DNS name), "localhost",
+    /// A node certificate: CN = `system:node:NAME`, O = `system:nodes`; SANs = name (when it is a DNS name), "localhost",
     /// [`PEER_SERVER_NAME`] and every given IP; usable as TLS server and client.
     pub fn issue_node_cert(&self, name: &str, ips: &[IpAddr]) -> Result<IssuedCert> {
         let mut params = CertificateParams::default();
         params.distinguished_name = DistinguishedName::new();
-        params.distinguished_name.push(DnType::CommonName, name);
-        params.distinguished_name.push(DnType::OrganizationName, "system:nodes");
+        params.distinguished_name.push(DnType::CommonName, format!("{NODE_CN_PREFIX}{name}"));
+        params.distinguished_name.push(DnType::OrganizationName, NODES_ORG);
+        // Never a CA: a node certificate signs nothing.
+        params.is_ca = IsCa::ExplicitNoCa;
         let mut dns_names: Vec<String> = Vec::new();
         if is_dns_name(name) {
             dns_names.push(name.to_ascii_lowercase());
@@ -225,8 +254,7 @@ impl ClusterSecrets {
         }
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        let ca_key = KeyPair::from_pem(&self.ca_key_pem).map_err(Error::LoadKey)?;
-        let issuer = Issuer::from_ca_cert_pem(&self.ca_cert_pem, ca_key).map_err(Error::LoadCa)?;
+        let issuer = self.issuer()?;
         let key = KeyPair::generate().map_err(Error::GenerateKey)?;
         params.serial_number = Some(random_serial());
         params.use_authority_key_identifier_extension = true;
@@ -245,9 +273,17 @@ impl ClusterSecrets {
         Ok(NodeTls { ca_cert_pem: self.ca_cert_pem.clone(), cert_pem: issued.cert_pem, key_pem: issued.key_pem })
     }
 
-    fn sign(&self, mut params: CertificateParams, subject: &str, days: i64) -> Result<IssuedCert> {
+    /// The CA as an issuer; [`Error::NoCaKey`] on a node that does not hold the key.
+    fn issuer(&self) -> Result<Issuer<'static, KeyPair>> {
+        if !self.has_ca_key() {
+            return Err(Error::NoCaKey);
+        }
         let ca_key = KeyPair::from_pem(&self.ca_key_pem).map_err(Error::LoadKey)?;
-        let issuer = Issuer::from_ca_cert_pem(&self.ca_cert_pem, ca_key).map_err(Error::LoadCa)?;
+        Issuer::from_ca_cert_pem(&self.ca_cert_pem, ca_key).map_err(Error::LoadCa)
+    }
+
+    fn sign(&self, mut params: CertificateParams, subject: &str, days: i64) -> Result<IssuedCert> {
+        let issuer = self.issuer()?;
         let key = KeyPair::generate().map_err(Error::GenerateKey)?;
         params.serial_number = Some(random_serial());
         params.use_authority_key_identifier_extension = true;
@@ -378,6 +414,18 @@ pub fn common_name(cert_der: &[u8]) -> Option<String> {
     cn.as_str().ok().map(str::to_string)
 }
 
+/// The node name of a node certificate's common name: `system:node:NAME` (or plain `NAME`,
+/// as certificates issued before the prefix have it).
+pub fn node_name_of(common_name: &str) -> &str {
+    common_name.strip_prefix(NODE_CN_PREFIX).unwrap_or(common_name)
+}
+
+/// Whether a DER certificate says it is a CA (basic constraints `cA`); false for garbage.
+pub fn is_ca_certificate(cert_der: &[u8]) -> bool {
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(cert_der) else { return false };
+    cert.basic_constraints().ok().flatten().is_some_and(|b| b.value.ca)
+}
+
 /// The subject organizations of a DER certificate.
 pub fn organizations(cert_der: &[u8]) -> Vec<String> {
     let Ok((_, cert)) = x509_parser::parse_x509_certificate(cert_der) else {
@@ -465,7 +513,9 @@ mod tests {
         let secrets = ClusterSecrets::generate("test").unwrap();
         let node = secrets.issue_node_cert("node-a", &["10.0.0.5".parse().unwrap()]).unwrap();
         let der = load_certs(&node.cert_pem, "node").unwrap().remove(0);
-        assert_eq!(common_name(der.as_ref()).as_deref(), Some("node-a"));
+        assert_eq!(common_name(der.as_ref()).as_deref(), Some("system:node:node-a"));
+        assert_eq!(node_name_of("system:node:node-a"), "node-a");
+        assert_eq!(node_name_of("node-a"), "node-a");
         load_private_key(&node.key_pem).unwrap();
         let (_, parsed) = x509_parser::parse_x509_certificate(der.as_ref()).unwrap();
         let san = parsed.subject_alternative_name().unwrap().unwrap().value.general_names.clone();
@@ -489,6 +539,25 @@ mod tests {
         client_config(&secrets.ca_cert_pem, &admin.cert_pem, &admin.key_pem).unwrap();
         let wrong_key = secrets.issue_client_cert("other", &[]).unwrap().key_pem;
         assert!(client_config(&secrets.ca_cert_pem, &admin.cert_pem, &wrong_key).is_err());
+    }
+
+    #[test]
+    fn only_the_key_holder_signs_and_the_key_is_checked() {
+        let secrets = ClusterSecrets::generate("test").unwrap();
+        assert!(secrets.has_ca_key() && secrets.ca_key_matches());
+        let learner = secrets.without_ca_key();
+        assert!(!learner.has_ca_key());
+        assert!(matches!(learner.issue_node_cert("n", &[]), Err(Error::NoCaKey)));
+        assert!(matches!(learner.issue_client_cert_valid_for("u", &[], 60), Err(Error::NoCaKey)));
+        // Saved without the field; read back without it.
+        let json = serde_json::to_string(&learner).unwrap();
+        assert!(!json.contains("ca_key_pem"), "{json}");
+        assert_eq!(serde_json::from_str::<ClusterSecrets>(&json).unwrap(), learner);
+        // Another CA's key is not ours.
+        let other = ClusterSecrets::generate("other").unwrap();
+        let wrong = ClusterSecrets { ca_key_pem: other.ca_key_pem, ..learner.clone() };
+        assert!(!wrong.ca_key_matches());
+        assert!(!ClusterSecrets { ca_key_pem: "junk".into(), ..learner }.ca_key_matches());
     }
 
     #[test]

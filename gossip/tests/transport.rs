@@ -218,6 +218,51 @@ async fn a_certificate_from_another_ca_gets_a_closed_connection() {
     }
 }
 
+/// The admin's certificate (system:masters, from `shoal kubeconfig`) and any other user's
+/// certificate signed by the cluster CA open no peer service: neither a call (Raft, forwarded
+/// writes) nor a raw stream (pod streams, image blobs) reaches its handler.
+#[tokio::test]
+async fn a_user_certificate_opens_no_peer_service() {
+    init_tracing();
+    let secrets = ClusterSecrets::generate("test").unwrap();
+    let b = node(&secrets, "node-b");
+    let b_addr = b.local_addr().unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    b.register("raft/append-entries", echo_handler(calls.clone()));
+    let streams = Arc::new(AtomicUsize::new(0));
+    let s2 = streams.clone();
+    let handler: StreamHandler = Arc::new(move |_, _, _, _| {
+        s2.fetch_add(1, Ordering::SeqCst);
+        async {}.boxed()
+    });
+    b.register_stream("pod/exec", handler.clone());
+    b.register_stream("image/blob", handler);
+    let cfg = TransportConfig { call_timeout: Duration::from_secs(5), ..TransportConfig::default() };
+    for (cn, orgs) in [("admin", vec!["system:masters"]), ("alice", vec![]), ("system:node:node-b", vec![])] {
+        let user = secrets.issue_client_cert(cn, &orgs).unwrap();
+        let intruder = Transport::bind_with(
+            any_port(),
+            NodeTls { ca_cert_pem: secrets.ca_cert_pem.clone(), cert_pem: user.cert_pem, key_pem: user.key_pem },
+            cfg.clone(),
+        )
+        .unwrap();
+        let result = intruder.call(b_addr, "raft/append-entries", b"vote for me".to_vec()).await;
+        assert!(result.is_err(), "{cn}'s certificate got a Raft answer: {result:?}");
+        for service in ["pod/exec", "image/blob"] {
+            let opened = intruder.open_stream(b_addr, service, b"{}".to_vec()).await;
+            assert!(opened.is_err(), "{cn}'s certificate opened {service}");
+        }
+        intruder.shutdown().await;
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 0);
+    assert_eq!(streams.load(Ordering::SeqCst), 0);
+    // A node still gets through.
+    let a = node(&secrets, "node-a");
+    assert_eq!(a.call(b_addr, "raft/append-entries", b"x".to_vec()).await.unwrap(), b"node-a:x");
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
 #[tokio::test]
 async fn join_with_the_right_token_yields_working_certificates() {
     init_tracing();
@@ -238,22 +283,79 @@ async fn join_with_the_right_token_yields_working_certificates() {
     let request = JoinRequest { name: "node-c".to_string(), ips: vec!["127.0.0.1".parse().unwrap()] };
     let bundle = join(seed_addr, &token, request).await.unwrap();
     assert_eq!(bundle.extra, b"cluster-42");
-    assert_eq!(bundle.secrets, secrets);
+    // The token yields the node's own certificate and the secrets, never the CA key.
+    assert!(bundle.secrets.ca_key_pem.is_empty(), "a joiner received the CA private key");
+    assert!(!serde_json::to_string(&bundle.secrets).unwrap().contains("ca_key_pem"));
+    assert_eq!(bundle.secrets, secrets.without_ca_key());
     assert_eq!(*joined.lock().unwrap(), vec!["node-c".to_string()]);
     let leaf = load_certs(&bundle.node_cert_pem, "node").unwrap().remove(0);
-    assert_eq!(shoal_gossip::pki::common_name(leaf.as_ref()).as_deref(), Some("node-c"));
+    assert_eq!(shoal_gossip::pki::common_name(leaf.as_ref()).as_deref(), Some("system:node:node-c"));
+    assert_eq!(shoal_gossip::pki::organizations(leaf.as_ref()), ["system:nodes"]);
 
     let c = Transport::bind(any_port(), bundle.node_tls()).unwrap();
     let answer = c.call(seed_addr, "echo", b"hi".to_vec()).await.unwrap();
     assert_eq!(answer, b"node-c:hi");
 
-    // The new node can admit the next one itself.
+    // The new node cannot sign for the next one: without a way to the key holder it says so...
     c.enable_join(bundle.secrets.clone(), None);
     let c_addr = c.local_addr().unwrap();
+    let err = join(c_addr, &token, JoinRequest { name: "node-d".to_string(), ips: vec![] }).await.unwrap_err();
+    assert!(err.to_string().contains("holds no CA key"), "{err}");
+    // ...and forwards the request to the node that holds it.
+    let signer = seed.clone();
+    c.set_join_forward(Arc::new(move |request, remote| {
+        let signer = signer.clone();
+        async move { Some(signer.answer_join(&request, remote).await) }.boxed()
+    }));
     let d = join(c_addr, &token, JoinRequest { name: "node-d".to_string(), ips: vec![] }).await.unwrap();
-    assert!(d.extra.is_empty());
+    assert_eq!(d.extra, b"cluster-42");
+    assert!(d.secrets.ca_key_pem.is_empty());
     seed.shutdown().await;
     c.shutdown().await;
+}
+
+/// A joiner holding a valid token tries to mint a certificate with what it received: its own
+/// node certificate is no CA, and a certificate it signs is refused by every node.
+#[tokio::test]
+async fn a_node_certificate_cannot_sign_another() {
+    init_tracing();
+    let secrets = ClusterSecrets::generate("test").unwrap();
+    let seed = node(&secrets, "node-a");
+    let seed_addr = seed.local_addr().unwrap();
+    seed.enable_join(secrets.clone(), None);
+    let calls = Arc::new(AtomicUsize::new(0));
+    seed.register("echo", echo_handler(calls.clone()));
+    let token = secrets.join_token().unwrap();
+    let bundle = join(seed_addr, &token, JoinRequest { name: "node-c".to_string(), ips: vec![] }).await.unwrap();
+    // No CA key to sign with.
+    assert!(bundle.secrets.issue_node_cert("node-x", &[]).is_err());
+    let der = load_certs(&bundle.node_cert_pem, "node").unwrap().remove(0);
+    let (_, parsed) = x509_parser::parse_x509_certificate(der.as_ref()).unwrap();
+    let ca = parsed.basic_constraints().unwrap().map(|b| b.value.ca);
+    assert_eq!(ca, Some(false), "a node certificate must say it is no CA");
+
+    // Sign "node-x" with the node key as if it were a CA, present the chain to a node.
+    let node_key = rcgen::KeyPair::from_pem(&bundle.node_key_pem).unwrap();
+    let issuer = rcgen::Issuer::from_ca_cert_pem(&bundle.node_cert_pem, node_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["shoal-peer".to_string()]).unwrap();
+    params.distinguished_name.push(rcgen::DnType::CommonName, "system:node:node-x");
+    params.distinguished_name.push(rcgen::DnType::OrganizationName, "system:nodes");
+    let forged = params.signed_by(&key, &issuer).unwrap();
+    let chain = format!("{}{}", forged.pem(), bundle.node_cert_pem);
+    let cfg = TransportConfig { call_timeout: Duration::from_secs(5), ..TransportConfig::default() };
+    let intruder = Transport::bind_with(
+        any_port(),
+        NodeTls { ca_cert_pem: secrets.ca_cert_pem.clone(), cert_pem: chain, key_pem: key.serialize_pem() },
+        cfg,
+    )
+    .unwrap();
+    let result = intruder.call(seed_addr, "echo", b"hi".to_vec()).await;
+    assert!(result.is_err(), "a certificate signed by a node certificate got an answer: {result:?}");
+    assert_eq!(calls.load(Ordering::SeqCst), 0);
+    for t in [seed, intruder] {
+        t.shutdown().await;
+    }
 }
 
 #[tokio::test]

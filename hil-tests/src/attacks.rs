@@ -138,12 +138,19 @@ async fn forge(
 }
 
 /// Presents `token` to the node at `addr` as a joining node named `token-probe` would
-/// (`shoal-hil try-join`); the certificate it may get is dropped.
+/// (`shoal-hil try-join`), then inspects what a token holder got: it must be its own node
+/// certificate (`system:node:token-probe`, no CA) and the secrets without the CA private key.
+/// The certificate is then dropped.
 pub fn try_join(addr: SocketAddr, token: &str) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let _ = rustls::crypto::ring::default_provider().install_default();
     let req = shoal_gossip::transport::JoinRequest { name: "token-probe".into(), ips: vec![] };
-    rt.block_on(shoal_gossip::transport::join(addr, token, req))?;
+    let bundle = rt.block_on(shoal_gossip::transport::join(addr, token, req))?;
+    anyhow::ensure!(bundle.secrets.ca_key_pem.is_empty(), "the join token yielded the cluster CA private key");
+    let der = shoal_gossip::pki::load_certs(&bundle.node_cert_pem, "node certificate")?.remove(0);
+    let cn = shoal_gossip::pki::common_name(der.as_ref()).unwrap_or_default();
+    anyhow::ensure!(cn == "system:node:token-probe", "the node certificate is for {cn:?}");
+    anyhow::ensure!(!shoal_gossip::pki::is_ca_certificate(der.as_ref()), "the node certificate is a CA certificate");
     Ok(())
 }
 
@@ -350,6 +357,7 @@ pub fn attacks(rig: &dyn Rig, opts: &ScenarioOptions) -> Result<Measured> {
         return Err(failed(format!("pods changed during the rotation: {pods:?} -> {after:?}")));
     }
     join_tokens(rig, &first, &client, &forger, &mut m)?;
+    ca_key_holders(rig, &hosts, &mut m)?;
     file_modes(rig, &first, &scratch)?;
     Ok(m)
 }
@@ -411,6 +419,38 @@ fn join_tokens(rig: &dyn Rig, first: &str, client: &str, forger: &std::path::Pat
         "join tokens: expired, used-up, deleted and the old static secret refused in {:.1}s",
         started.elapsed().as_secs_f64()
     ));
+    Ok(())
+}
+
+/// The CA private key is on the voters only: every voter (the nodes that joined included,
+/// which got it over the peer link when promoted) holds it; a learner does not.
+fn ca_key_holders(rig: &dyn Rig, hosts: &[String], m: &mut Measured) -> Result<()> {
+    let has_key = |h: &str| -> Result<bool> {
+        let path = rig.data_dir(h)?.join("secrets.json");
+        let text = std::fs::read_to_string(&path).map_err(|source| Error::Io { op: "read", path, source })?;
+        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| failed(format!("secrets.json: {e}")))?;
+        Ok(v["ca_key_pem"].as_str().is_some_and(|k| k.contains("PRIVATE KEY")))
+    };
+    let mut wrong = Vec::new();
+    crate::wait_until("the CA key on every voter only", Duration::from_secs(20), Duration::from_millis(500), || {
+        wrong.clear();
+        let Some((_, _, v)) = gossip_view(rig, &hosts[0]) else { return false };
+        for member in v["members"].as_array().into_iter().flatten() {
+            let name = member["name"].as_str().unwrap_or_default();
+            if !hosts.iter().any(|h| h == name) {
+                continue;
+            }
+            let voter = member["role"] == "voter";
+            match has_key(name) {
+                Ok(held) if held == voter => {}
+                Ok(held) => wrong.push(format!("{name} ({}) holds the CA key: {held}", member["role"])),
+                Err(e) => wrong.push(format!("{name}: {e}")),
+            }
+        }
+        wrong.is_empty()
+    })
+    .map_err(|_| failed(format!("CA key holders: {}", wrong.join("; "))))?;
+    m.note("CA key: held by the voters only, the joined ones included".to_string());
     Ok(())
 }
 

@@ -1,6 +1,7 @@
 //! `shoal up`: the wiring of one node. Creates, joins or rejoins the cluster, then runs the
 //! peer transport, the replicated store, gossip membership, the control socket, the
 //! Kubernetes API and, on the Raft leader only, the controllers and the scheduler.
+pub(crate) mod ca_key;
 pub(crate) mod gossip_keys;
 pub mod identity;
 pub(crate) mod join_tokens;
@@ -282,6 +283,7 @@ pub async fn run(cfg: NodeConfig, join: Option<JoinTarget>, shutdown: Cancellati
         rotation_lock: tokio::sync::Mutex::new(()),
     });
     gossip_keys::serve(&node);
+    ca_key::serve(&node);
 
     let tasks = tokio_util::task::TaskTracker::new();
     let control_stop = CancellationToken::new();
@@ -299,6 +301,7 @@ pub async fn run(cfg: NodeConfig, join: Option<JoinTarget>, shutdown: Cancellati
     let work_stop = CancellationToken::new();
     tasks.spawn(voter_loop(node.clone(), work_stop.clone()));
     tasks.spawn(gossip_keys::sync_loop(node.clone(), work_stop.clone()));
+    tasks.spawn(ca_key::sync_loop(node.clone(), work_stop.clone()));
     tasks.spawn(crate::wiring::run_services(node.clone(), work_stop.clone()));
     tasks.close();
     tracing::info!(name = %identity.name, addr = %peer_addr, "node up");

@@ -109,19 +109,39 @@ pub fn serve_joins(t: &Transport, secrets: shoal_gossip::pki::ClusterSecrets, st
             let store = store.clone();
             async move {
                 let req: AddNode = serde_json::from_slice(&body).map_err(|e| format!("bad add-node request: {e}"))?;
-                if peer.node_name != req.record.name {
-                    return Err(format!(
-                        "certificate is for {:?}, request is for {:?}",
-                        peer.node_name, req.record.name
-                    ));
-                }
-                store.add_learner(req.record.node_id, req.record.peer_addr.clone()).await.map_err(|e| e.to_string())?;
-                put_record(&store, &req.record).await.map_err(|e| e.to_string())?;
+                let records = node_records(&store).await;
+                let record = admitted_record(&peer, req.record, records.values()).map_err(|e| {
+                    tracing::warn!(peer = %peer.addr, name = %peer.node_name, error = %e, "add-node refused");
+                    e
+                })?;
+                store.add_learner(record.node_id, record.peer_addr.clone()).await.map_err(|e| e.to_string())?;
+                put_record(&store, &record).await.map_err(|e| e.to_string())?;
                 Ok(b"{}".to_vec())
             }
             .boxed()
         }),
     );
+}
+
+/// The record a node may add for itself: its name is the one of its certificate (never the
+/// request's), the caller must hold a node certificate, and a Raft id already recorded for
+/// another node cannot be taken over.
+fn admitted_record<'a>(
+    peer: &PeerInfo,
+    mut record: NodeRecord,
+    known: impl IntoIterator<Item = &'a NodeRecord>,
+) -> Result<NodeRecord, String> {
+    if !peer.is_node() {
+        return Err(format!("{:?} does not hold a node certificate", peer.node_name));
+    }
+    if record.name != peer.node_name {
+        return Err(format!("certificate is for {:?}, request is for {:?}", peer.node_name, record.name));
+    }
+    record.name = peer.node_name.clone();
+    if let Some(other) = known.into_iter().find(|r| r.node_id == record.node_id && r.name != record.name) {
+        return Err(format!("node id {} belongs to node {:?}", record.node_id, other.name));
+    }
+    Ok(record)
 }
 
 /// Writes a node's record if it is missing or changed.
@@ -167,4 +187,45 @@ pub async fn gossip_seeds(store: &Store, join: Option<SocketAddr>, gossip_port: 
     seeds.sort();
     seeds.dedup();
     seeds
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(name: &str, orgs: &[&str]) -> PeerInfo {
+        PeerInfo {
+            addr: "10.0.0.9:7443".parse().unwrap(),
+            node_name: name.into(),
+            organizations: orgs.iter().map(|o| o.to_string()).collect(),
+        }
+    }
+
+    fn rec(name: &str, id: u64) -> NodeRecord {
+        NodeRecord {
+            name: name.into(),
+            node_id: id,
+            peer_addr: "10.0.0.9:7443".into(),
+            gossip_addr: "10.0.0.9:7946".into(),
+            api_addr: "10.0.0.9:6443".into(),
+        }
+    }
+
+    #[test]
+    fn add_node_takes_the_identity_from_the_certificate() {
+        let known = [rec("n1", 11), rec("n2", 12)];
+        let node = peer("n3", &["system:nodes"]);
+        assert_eq!(admitted_record(&node, rec("n3", 13), &known).unwrap(), rec("n3", 13));
+        // A node restarted with a fresh data dir takes a new id under its own name.
+        assert!(admitted_record(&peer("n2", &["system:nodes"]), rec("n2", 22), &known).is_ok());
+        // Posing as another node in the body.
+        let e = admitted_record(&node, rec("n1", 13), &known).unwrap_err();
+        assert!(e.contains("certificate is for \"n3\""), "{e}");
+        // Taking over another node's Raft id (its address would be replaced).
+        let e = admitted_record(&node, rec("n3", 11), &known).unwrap_err();
+        assert!(e.contains("belongs to node \"n1\""), "{e}");
+        // A user's certificate, even the admin's, adds nothing.
+        let e = admitted_record(&peer("admin", &["system:masters"]), rec("admin", 14), &known).unwrap_err();
+        assert!(e.contains("node certificate"), "{e}");
+    }
 }

@@ -1,8 +1,10 @@
 //! Joining a cluster with a token (ALPN `shoal-join/1`).
 //!
 //! The joiner pins the server's CA by the hash inside the token (trust on first use, as
-//! kubeadm's discovery hash), then sends the token's secret, its name and IPs; a node holding
-//! the same secret answers with the cluster secrets and a fresh node certificate.
+//! kubeadm's discovery hash), then sends the token's secret, its name and IPs. The node that
+//! holds the CA key (the leader; a node without it forwards the request there, see
+//! [`super::JoinForward`]) checks the secret and answers with the node's own certificate
+//! (`system:node:NAME`) and the cluster secrets WITHOUT the CA private key.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -127,11 +129,28 @@ async fn serve_join_request(inner: &Arc<Inner>, conn: &Connection) -> Result<()>
     let remote = conn.remote_address();
     let (mut send, mut recv) = conn.accept_bi().await.map_err(|source| Error::OpenStream { addr: remote, source })?;
     let request = frame::read_frame(&mut recv, remote, MAX_JOIN_REQUEST).await?;
-    let reply = decide(inner, remote, &request).await;
-    let reply = serde_json::to_vec(&reply).map_err(Error::EncodeJoin)?;
+    let forward = read_lock(&inner.join_forward).clone();
+    let forwarded = match forward {
+        Some(forward) => forward(request.clone(), remote).await,
+        None => None,
+    };
+    let reply = match forwarded {
+        Some(reply) => reply,
+        None => serde_json::to_vec(&decide(inner, remote, &request).await).map_err(Error::EncodeJoin)?,
+    };
     frame::write_frame(&mut send, remote, &[&reply]).await?;
     let _ = send.finish();
     Ok(())
+}
+
+/// Answers a join request here (a forwarded one, or one to this node): the reply's bytes.
+pub(super) async fn answer(inner: &Arc<Inner>, remote: SocketAddr, request: &[u8]) -> Vec<u8> {
+    serde_json::to_vec(&decide(inner, remote, request).await).unwrap_or_default()
+}
+
+/// The bytes of a reply refusing a join with `message`.
+pub fn refusal(message: &str) -> Vec<u8> {
+    serde_json::to_vec(&JoinReply::Refused(message.to_string())).unwrap_or_default()
 }
 
 async fn decide(inner: &Arc<Inner>, remote: SocketAddr, request: &[u8]) -> JoinReply {
@@ -148,6 +167,13 @@ async fn decide(inner: &Arc<Inner>, remote: SocketAddr, request: &[u8]) -> JoinR
             "invalid node name {:?}: use lowercase letters, digits, '-' and '.'",
             wire.request.name
         ));
+    }
+    if !service.secrets.has_ca_key() {
+        // Checked before the token, so no use of it is recorded for a join that cannot finish.
+        warn!(peer = %remote, node = %wire.request.name, "join refused: this node holds no CA key");
+        return JoinReply::Refused(
+            "the answering node cannot sign certificates (it holds no CA key); retry".to_string(),
+        );
     }
     let check = read_lock(&inner.token_check).clone();
     match check {
@@ -182,7 +208,9 @@ async fn decide(inner: &Arc<Inner>, remote: SocketAddr, request: &[u8]) -> JoinR
     };
     info!(peer = %remote, node = %wire.request.name, "node joined");
     JoinReply::Accepted(JoinBundle {
-        secrets: service.secrets.clone(),
+        // The CA key stays with the voters; a learner promoted to voter gets it over the
+        // mutual-TLS peer link.
+        secrets: service.secrets.without_ca_key(),
         node_cert_pem: issued.cert_pem,
         node_key_pem: issued.key_pem,
         extra,

@@ -2,8 +2,8 @@
 //! cluster CA.
 //!
 //! ALPN `shoal/1` carries request/response calls and raw streams between nodes; a client must
-//! present a certificate from the cluster CA, and a connection without one is closed before any
-//! stream is read. ALPN `shoal-join/1` serves exactly one join request per connection to a node
+//! present a node certificate (O `system:nodes`) from the cluster CA, and a connection without
+//! one (no certificate, or a user's) is closed before any stream is read. ALPN `shoal-join/1` serves exactly one join request per connection to a node
 //! holding only a join token.
 
 mod frame;
@@ -24,7 +24,7 @@ use tracing::{debug, warn};
 use crate::error::{Error, Result};
 use crate::pki::{common_name, organizations, ClusterSecrets, NodeTls, PEER_SERVER_NAME};
 
-pub use join::{join, JoinBundle, JoinRequest};
+pub use join::{join, refusal as join_refusal, JoinBundle, JoinRequest};
 pub use tls::skew_tolerant_client_verifier;
 
 /// Default UDP port of the peer endpoint.
@@ -35,6 +35,8 @@ pub const DEFAULT_MAX_FRAME: usize = 64 * 1024 * 1024;
 /// QUIC application close code for a peer without a valid client certificate.
 const CLOSE_UNAUTHENTICATED: u32 = 0x10;
 const CLOSE_UNKNOWN_ALPN: u32 = 0x11;
+/// QUIC application close code for a client certificate that is not a node's.
+const CLOSE_NOT_A_NODE: u32 = 0x13;
 const CLOSE_SHUTDOWN: u32 = 0x12;
 const CLOSE_DONE: u32 = 0;
 /// Stream stop code for a request frame over the size cap.
@@ -44,10 +46,17 @@ const STOP_TOO_LARGE: u32 = 0x20;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerInfo {
     pub addr: SocketAddr,
-    /// The certificate's common name: the node name for node certificates.
+    /// The node name for node certificates (`system:node:` stripped), else the common name.
     pub node_name: String,
     /// The certificate's organizations ("system:nodes" for node certificates).
     pub organizations: Vec<String>,
+}
+
+impl PeerInfo {
+    /// Whether the certificate is a node's (O `system:nodes`); only nodes reach peer services.
+    pub fn is_node(&self) -> bool {
+        self.organizations.iter().any(|o| o == crate::pki::NODES_ORG)
+    }
 }
 
 /// Serves one request: the body in, the response body or an error message out.
@@ -62,6 +71,10 @@ pub type JoinHook = Arc<dyn Fn(JoinRequest, SocketAddr) -> BoxFuture<'static, Re
 /// secret must equal the cluster secrets' `token_secret`.
 pub type TokenCheck =
     Arc<dyn Fn(String, JoinRequest, SocketAddr) -> BoxFuture<'static, Result<(), String>> + Send + Sync>;
+
+/// Sends a join request (its raw bytes, and the joiner's address) to the node that signs
+/// certificates: `Some(reply bytes)` (see [`join_refusal`]), or `None` to answer here.
+pub type JoinForward = Arc<dyn Fn(Vec<u8>, SocketAddr) -> BoxFuture<'static, Option<Vec<u8>>> + Send + Sync>;
 
 /// Timeouts and limits of the transport.
 #[derive(Debug, Clone)]
@@ -120,6 +133,7 @@ struct Inner {
     streams: RwLock<HashMap<String, StreamHandler>>,
     join: RwLock<Option<Arc<JoinService>>>,
     token_check: RwLock<Option<TokenCheck>>,
+    join_forward: RwLock<Option<JoinForward>>,
     conns: Mutex<HashMap<SocketAddr, Connection>>,
     /// One dial at a time per peer, so concurrent first calls share one connection.
     dialing: Mutex<HashMap<SocketAddr, Arc<tokio::sync::Mutex<()>>>>,
@@ -159,6 +173,7 @@ impl Transport {
             streams: RwLock::new(HashMap::new()),
             join: RwLock::new(None),
             token_check: RwLock::new(None),
+            join_forward: RwLock::new(None),
             conns: Mutex::new(HashMap::new()),
             dialing: Mutex::new(HashMap::new()),
             shutdown: CancellationToken::new(),
@@ -188,7 +203,7 @@ impl Transport {
     }
 
     /// Starts answering joins: a valid token gets a node certificate signed by the CA in
-    /// `secrets`, the secrets themselves, and whatever `hook` returns as `extra`.
+    /// `secrets`, the secrets without the CA key, and whatever `hook` returns as `extra`.
     pub fn enable_join(&self, secrets: ClusterSecrets, hook: Option<JoinHook>) {
         *write_lock(&self.inner.join) = Some(Arc::new(JoinService { secrets, hook }));
     }
@@ -197,6 +212,18 @@ impl Transport {
     /// `token_secret` (kept across [`Self::enable_join`]).
     pub fn set_token_check(&self, check: TokenCheck) {
         *write_lock(&self.inner.token_check) = Some(check);
+    }
+
+    /// Lets `forward` decide where each join request is answered (kept across
+    /// [`Self::enable_join`]).
+    pub fn set_join_forward(&self, forward: JoinForward) {
+        *write_lock(&self.inner.join_forward) = Some(forward);
+    }
+
+    /// Answers a join request here, never forwarding it (the leader's side of a forwarded
+    /// join): the reply's bytes for the joiner.
+    pub async fn answer_join(&self, request: &[u8], remote: SocketAddr) -> Vec<u8> {
+        join::answer(&self.inner, remote, request).await
     }
 
     /// Stops answering joins (every join is refused).
@@ -463,7 +490,13 @@ async fn handle_incoming(inner: Arc<Inner>, incoming: quinn::Incoming) {
         .and_then(|data| data.protocol);
     match alpn.as_deref() {
         Some(tls::PEER_ALPN) => match peer_info(&conn) {
-            Some(peer) => serve_peer(inner, conn, peer).await,
+            Some(peer) if peer.is_node() => serve_peer(inner, conn, peer).await,
+            Some(peer) => {
+                // A user's certificate from the same CA (the admin's too) opens no peer
+                // service: Raft, forwarded writes, pod streams and image blobs are for nodes.
+                warn!(peer = %remote, name = %peer.node_name, orgs = ?peer.organizations, "closing peer connection: not a node certificate");
+                conn.close(VarInt::from_u32(CLOSE_NOT_A_NODE), b"not a node certificate");
+            }
             None => {
                 warn!(peer = %remote, "closing peer connection without a client certificate");
                 conn.close(VarInt::from_u32(CLOSE_UNAUTHENTICATED), b"");
@@ -480,7 +513,7 @@ fn peer_info(conn: &Connection) -> Option<PeerInfo> {
     let leaf = certs.first()?;
     Some(PeerInfo {
         addr: conn.remote_address(),
-        node_name: common_name(leaf.as_ref())?,
+        node_name: crate::pki::node_name_of(&common_name(leaf.as_ref())?).to_string(),
         organizations: organizations(leaf.as_ref()),
     })
 }
