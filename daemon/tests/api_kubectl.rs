@@ -1384,6 +1384,9 @@ async fn metrics_count_kubectl_requests_for_authenticated_clients_only() {
     assert_eq!(series_value(&text, &series("POST", "namespace", 201)), Some(1.0), "{text}");
     assert!(series_value(&text, &series("LIST", "namespace", 200)).unwrap_or(0.0) >= 2.0, "{text}");
     assert!(text.contains("# TYPE apiserver_request_duration_seconds histogram"), "{text}");
+    // The store requests behind them, under etcd's name.
+    let created = r#"etcd_request_duration_seconds_count{operation="create",type="configmaps"}"#;
+    assert!(series_value(&text, created).unwrap_or(0.0) >= 1.0, "{text}");
     assert!(text.contains(r#"apiserver_current_inflight_requests{request_kind="readOnly"}"#), "{text}");
     assert!(!text.contains("nope.example"), "a made-up path adds no series:\n{text}");
 

@@ -29,17 +29,26 @@ pub(crate) struct Global {
     pub kubelet: kubelet::KubeletMetrics,
     pub proxy: proxy::ProxyMetrics,
     pub images: images::ImageMetrics,
+    pub store: store::StoreMetrics,
 }
 
 /// The process-wide metrics (created at first use).
 pub(crate) fn global() -> &'static Global {
     static G: OnceLock<Global> = OnceLock::new();
-    G.get_or_init(|| Global {
+    G.get_or_init(|| {
+        shoal_kube::objects::set_request_observer(store::observe);
+        new_global()
+    })
+}
+
+fn new_global() -> Global {
+    Global {
         api: apiserver::ApiMetrics::default(),
         kubelet: kubelet::KubeletMetrics::default(),
         proxy: proxy::ProxyMetrics::default(),
         images: images::ImageMetrics::default(),
-    })
+        store: store::StoreMetrics::default(),
+    }
 }
 
 /// What `/metrics` serves: the process-wide families and, on a node, its own collector.
@@ -68,6 +77,7 @@ impl Exporter {
         g.kubelet.register(&mut registry);
         g.proxy.register(&mut registry);
         g.images.register(&mut registry);
+        g.store.register(&mut registry);
         registry.register_collector(Box::new(workqueue::WorkqueueCollector));
         registry.register_collector(Box::new(images::PullBytesCollector));
         if let Some(c) = collector {

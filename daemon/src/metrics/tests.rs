@@ -286,3 +286,14 @@ fn image_pulls_and_bytes_by_source() {
     assert!(all.contains("# TYPE shoal_image_pull_bytes counter"), "{all}");
     assert!(all.contains("# TYPE shoal_image_pulls counter"), "{all}");
 }
+
+#[test]
+fn store_latency_has_etcds_name_operation_and_type() {
+    let _ = global();
+    let res = shoal_kube::resources::lookup("apps", "deployments");
+    store::observe("get", &res, std::time::Duration::from_millis(3));
+    let text = Exporter::new(None).render();
+    assert!(text.contains("# TYPE etcd_request_duration_seconds histogram"), "{text}");
+    let count = value(&text, r#"etcd_request_duration_seconds_count{operation="get",type="deployments.apps"}"#);
+    assert!(count.unwrap_or(0.0) >= 1.0, "{text}");
+}
