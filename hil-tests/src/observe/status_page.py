@@ -84,6 +84,8 @@ def run(browser, token):
         "() => document.querySelectorAll('#nodes tr[data-ready=\"True\"]').length === 3", timeout=step_ms
     )
     three_nodes_s = time.monotonic() - t0
+    if page.is_visible("#signin"):
+        raise RuntimeError("the sign-in form is still shown after signing in")
     signin_to_nodes_s = time.monotonic() - t1
     shot(page, "ui-1-three-nodes.png")
     say(
