@@ -22,6 +22,8 @@ ensure_packages "${BASE_PACKAGES[@]}" runc skopeo docker-registry openssl openss
 # package's service is not wanted.
 ensure_packages prometheus
 stop_service prometheus
+# ... and opens the status page in Debian's headless chromium (Playwright from PyPI drives it).
+ensure_packages chromium
 command -v cargo >/dev/null || { echo "cargo not found: install the Rust toolchain (rustup)" >&2; exit 1; }
 
 echo "== build"

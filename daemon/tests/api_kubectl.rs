@@ -1384,6 +1384,9 @@ async fn metrics_count_kubectl_requests_for_authenticated_clients_only() {
     assert_eq!(series_value(&text, &series("POST", "namespace", 201)), Some(1.0), "{text}");
     assert!(series_value(&text, &series("LIST", "namespace", 200)).unwrap_or(0.0) >= 2.0, "{text}");
     assert!(text.contains("# TYPE apiserver_request_duration_seconds histogram"), "{text}");
+    // The store requests behind them, under etcd's name.
+    let created = r#"etcd_request_duration_seconds_count{operation="create",type="configmaps"}"#;
+    assert!(series_value(&text, created).unwrap_or(0.0) >= 1.0, "{text}");
     assert!(text.contains(r#"apiserver_current_inflight_requests{request_kind="readOnly"}"#), "{text}");
     assert!(!text.contains("nope.example"), "a made-up path adds no series:\n{text}");
 
@@ -1405,6 +1408,41 @@ async fn events_created_with_kubectl_show_in_kubectl_events() {
     assert!(listed.contains("obs-ev"), "{listed}");
     let shown = api.ok(&["events"]).await;
     assert!(shown.contains("started"), "kubectl events shows it:\n{shown}");
+    // kubectl events reads core v1 Events.
+    let o = api.run("1.33", &["events", "-v=6"], None).await;
+    assert!(o.ok && o.stderr.contains("/api/v1/namespaces/default/events"), "{}", o.stderr);
+
+    // events.k8s.io/v1: in discovery, and the same objects with upstream's field names.
+    let listed = api.ok(&["api-resources", "--api-group=events.k8s.io", "-o", "name"]).await;
+    assert_eq!(listed.trim(), "events.events.k8s.io", "{listed}");
+    let v1: serde_json::Value =
+        serde_json::from_str(&api.ok(&["get", "events.v1.events.k8s.io", "obs-ev", "-o", "json"]).await).unwrap();
+    assert_eq!(v1["apiVersion"], "events.k8s.io/v1", "{v1}");
+    assert_eq!(v1["note"], "started", "{v1}");
+    assert_eq!(v1["regarding"]["name"], "p", "{v1}");
+    assert!(v1.get("message").is_none(), "{v1}");
+    // Created through events.k8s.io/v1 (as client-go's new recorder does): core v1 and kubectl
+    // events show it with the mapped fields.
+    let ev = "apiVersion: events.k8s.io/v1\nkind: Event\nmetadata: {name: obs-ev2, namespace: default}\neventTime: \"2026-01-01T00:00:00.000000Z\"\nregarding: {kind: Pod, name: q, namespace: default}\nreportingController: example.com/ctl\nreportingInstance: ctl-1\naction: Probe\nreason: Checked\nnote: checked by ctl\ntype: Warning\n";
+    api.ok_stdin(&["create", "-f", "-"], ev).await;
+    let core: serde_json::Value =
+        serde_json::from_str(&api.ok(&["get", "events", "obs-ev2", "-o", "json"]).await).unwrap();
+    assert_eq!(core["message"], "checked by ctl", "{core}");
+    assert_eq!(core["involvedObject"]["name"], "q", "{core}");
+    assert_eq!(core["reportingComponent"], "example.com/ctl", "{core}");
+    let shown = api.ok(&["events", "--types=Warning"]).await;
+    assert!(shown.contains("checked by ctl"), "{shown}");
+    let patched = api
+        .ok(&["patch", "events.events.k8s.io", "obs-ev2", "--type=merge", "-p", r#"{"note":"patched"}"#, "-o", "json"])
+        .await;
+    assert!(patched.contains(r#""note": "patched""#), "{patched}");
+    // Negative: an Event of this version without eventTime is invalid (422), as upstream.
+    let bad = "apiVersion: events.k8s.io/v1\nkind: Event\nmetadata: {name: obs-ev3, namespace: default}\nregarding: {kind: Pod, name: q}\nnote: x\n";
+    let o = api.run("1.33", &["create", "-f", "-"], Some(bad)).await;
+    assert!(!o.ok && o.stderr.contains("eventTime: Required value"), "{}{}", o.stdout, o.stderr);
+    api.ok(&["delete", "events.events.k8s.io", "obs-ev2"]).await;
+    let o = api.run("1.33", &["get", "events", "obs-ev2"], None).await;
+    assert!(!o.ok && o.stderr.contains("NotFound"), "{}", o.stderr);
     api.stop().await;
 }
 

@@ -181,6 +181,268 @@ pub(crate) fn prometheus_scrapes(
     Ok(())
 }
 
+/// Debian's chromium, the browser of the status page's test.
+pub const CHROMIUM: &str = "/usr/bin/chromium";
+
+/// Playwright for Python, from PyPI (it drives the system chromium; its own browsers are not
+/// downloaded).
+const PLAYWRIGHT: &str = "playwright==1.*";
+
+/// The browser script of [`StatusPage`].
+const STATUS_PAGE_PY: &str = include_str!("observe/status_page.py");
+
+/// How long the browser waits for each step of the page.
+const PAGE_STEP_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Runs `cmd` on this machine; its stdout, or why it failed.
+fn local(cmd: &mut std::process::Command) -> std::result::Result<String, String> {
+    let out = cmd.output().map_err(|e| format!("{cmd:?}: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    } else {
+        Err(format!("{cmd:?}: {}", String::from_utf8_lossy(&out.stderr).trim()))
+    }
+}
+
+/// Debian's chromium, installed with apt-get when missing (the tests run as root).
+fn ensure_chromium() -> std::result::Result<(), String> {
+    if Path::new(CHROMIUM).exists() {
+        return Ok(());
+    }
+    info!("installing Debian's chromium");
+    local(
+        std::process::Command::new("apt-get")
+            .args(["install", "-y", "-q", "chromium"])
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )?;
+    if Path::new(CHROMIUM).exists() {
+        Ok(())
+    } else {
+        Err(format!("apt-get install chromium brought no {CHROMIUM}"))
+    }
+}
+
+/// Playwright installed once with `pip install --target` into a cache directory
+/// (`SHOAL_KUBECTL_CACHE`, default the system temp dir) under a temporary name, then renamed;
+/// the directory to put on PYTHONPATH.
+fn playwright_dir() -> std::result::Result<std::path::PathBuf, String> {
+    let cache =
+        std::env::var_os("SHOAL_KUBECTL_CACHE").map(std::path::PathBuf::from).unwrap_or_else(std::env::temp_dir);
+    let dir = cache.join("shoal-playwright-1");
+    if dir.join("playwright").is_dir() {
+        return Ok(dir);
+    }
+    std::fs::create_dir_all(&cache).map_err(|e| format!("{}: {e}", cache.display()))?;
+    let partial = cache.join(format!("shoal-playwright-1.partial-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&partial);
+    let r = local(
+        std::process::Command::new("python3")
+            .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-cache-dir", "--target"])
+            .arg(&partial)
+            .arg(PLAYWRIGHT),
+    );
+    if let Err(e) = r {
+        let _ = std::fs::remove_dir_all(&partial);
+        return Err(format!("pip install {PLAYWRIGHT}: {e}"));
+    }
+    if std::fs::rename(&partial, &dir).is_err() {
+        let _ = std::fs::remove_dir_all(&partial);
+    }
+    Ok(dir)
+}
+
+/// The status page open in headless Chromium on the client host (see `status_page.py`): it
+/// signs in and reports each step it saw in a progress file. Stopped (by its pid) when dropped.
+pub(crate) struct StatusPage<'a> {
+    rig: &'a dyn Rig,
+    client: String,
+    pid: String,
+    dir: std::path::PathBuf,
+    scenario: String,
+}
+
+impl Drop for StatusPage<'_> {
+    fn drop(&mut self) {
+        // SIGTERM lets the script close the browser; then the whole group, whatever is left.
+        let _ = self.rig.exec_timeout(&self.client, &["kill", "-TERM", &self.pid], Duration::from_secs(5));
+        std::thread::sleep(Duration::from_secs(1));
+        let group = format!("-{}", self.pid);
+        let _ = self.rig.exec_timeout(&self.client, &["kill", "-KILL", "--", &group], Duration::from_secs(5));
+    }
+}
+
+impl<'a> StatusPage<'a> {
+    /// Gives a ServiceAccount read access to what the page shows, mints its token with `kubectl
+    /// create token`, and opens `https://HOST:6443/ui/` in the browser, which signs in with it.
+    /// The page must show the Running pod `pod` (namespace/name) once the scenario creates it.
+    pub(crate) fn open(
+        rig: &'a dyn Rig,
+        k: &Kubectl<'_>,
+        host: &str,
+        pod: &str,
+        scratch: &Scratch,
+        scenario: &str,
+    ) -> Result<StatusPage<'a>> {
+        ensure_chromium().map_err(|e| failed(scenario, e))?;
+        let pythonpath = playwright_dir().map_err(|e| failed(scenario, e))?;
+        // The interpreter itself (not a shim), so that it runs the same on the client host.
+        let python = local(std::process::Command::new("python3").args(["-c", "import sys; print(sys.executable)"]))
+            .map_err(|e| failed(scenario, e))?;
+        let step = |what: &str, r: std::result::Result<String, String>| {
+            r.map_err(|e| failed(scenario, format!("{what}: {e}")))
+        };
+        step("create serviceaccount", k.on(host, &["create", "serviceaccount", "status-page", "-n", "kube-system"]))?;
+        step(
+            "create clusterrole",
+            k.on(
+                host,
+                &[
+                    "create",
+                    "clusterrole",
+                    "status-page",
+                    "--verb=get,list,watch",
+                    "--resource=nodes,pods,services,events",
+                ],
+            ),
+        )?;
+        step(
+            "create clusterrolebinding",
+            k.on(
+                host,
+                &[
+                    "create",
+                    "clusterrolebinding",
+                    "status-page",
+                    "--clusterrole=status-page",
+                    "--serviceaccount=kube-system:status-page",
+                ],
+            ),
+        )?;
+        let token = step(
+            "create token",
+            k.on(host, &["create", "token", "status-page", "-n", "kube-system", "--duration=1h"]),
+        )?;
+        let dir = scratch.0.join("status-page");
+        std::fs::create_dir_all(&dir).map_err(|source| Error::Io { op: "create dir", path: dir.clone(), source })?;
+        let token_file = dir.join("token");
+        std::fs::write(&token_file, token.trim()).map_err(|source| Error::Io {
+            op: "write",
+            path: token_file.clone(),
+            source,
+        })?;
+        let script = dir.join("status_page.py");
+        std::fs::write(&script, STATUS_PAGE_PY).map_err(|source| Error::Io {
+            op: "write",
+            path: script.clone(),
+            source,
+        })?;
+        let shots = crate::results::default_out_dir().join("status-page");
+        std::fs::create_dir_all(&shots).map_err(|source| Error::Io {
+            op: "create dir",
+            path: shots.clone(),
+            source,
+        })?;
+        let url = format!("https://{}:6443/ui/", rig.address(host)?);
+        let sh = format!(
+            "HOME={d} PYTHONPATH={pp} setsid {python} {s} {url} {t} {shots} {d}/progress {pod} {timeout} >{d}/browser.log 2>&1 </dev/null & echo $!",
+            d = dir.display(),
+            pp = pythonpath.display(),
+            s = script.display(),
+            t = token_file.display(),
+            shots = shots.display(),
+            timeout = PAGE_STEP_TIMEOUT.as_secs(),
+        );
+        let client = k.client.clone();
+        let out = rig.exec_timeout(&client, &["sh", "-c", &sh], Duration::from_secs(10))?;
+        let pid = out.stdout.trim().to_string();
+        if !out.success() || pid.is_empty() || !pid.chars().all(|c| c.is_ascii_digit()) {
+            return Err(failed(scenario, format!("the browser did not start: {}{}", out.stdout, out.stderr)));
+        }
+        info!(url, "status page open in chromium");
+        Ok(StatusPage { rig, client, pid, dir, scenario: scenario.to_string() })
+    }
+
+    /// The steps the browser reported so far.
+    fn steps(&self) -> Vec<Value> {
+        std::fs::read_to_string(self.dir.join("progress"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// Waits until the browser reports `step`; its report. A failed step, or a browser that
+    /// exited, fails at once (with the browser's log).
+    pub(crate) fn wait(&self, step: &str, timeout: Duration) -> Result<Value> {
+        let mut found = None;
+        let mut error = None;
+        let _ = wait_until(&format!("the status page shows {step}"), timeout, Duration::from_millis(500), || {
+            let steps = self.steps();
+            if let Some(e) = steps.iter().find(|s| s.get("error").is_some()) {
+                error = Some(e.to_string());
+                return true;
+            }
+            found = steps.into_iter().find(|s| s["step"] == step);
+            if found.is_none() {
+                let alive = self.rig.exec_timeout(&self.client, &["kill", "-0", &self.pid], Duration::from_secs(5));
+                if !alive.is_ok_and(|o| o.success()) {
+                    error = Some("the browser script exited".into());
+                    return true;
+                }
+            }
+            found.is_some()
+        });
+        if let Some(v) = found {
+            return Ok(v);
+        }
+        let log = std::fs::read_to_string(self.dir.join("browser.log")).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(10).collect();
+        Err(failed(
+            &self.scenario,
+            format!(
+                "the status page never showed {step} within {timeout:?}: {}; browser log (newest first): {}",
+                error.unwrap_or_else(|| "timed out".into()),
+                tail.join(" | ")
+            ),
+        ))
+    }
+}
+
+/// The status page in Chromium, through `host`: a wrong token refused, 3 nodes after signing in
+/// (figures `ui_first_load_bytes`, `ui_first_load_s`, `ui_three_nodes_s`), then a pod created
+/// with `kubectl run` appears Running. The returned page then waits for a node going NotReady
+/// ([`StatusPage::wait`] `notready`).
+pub(crate) fn status_page_live<'a>(
+    rig: &'a dyn Rig,
+    k: &Kubectl<'_>,
+    host: &str,
+    scratch: &Scratch,
+    scenario: &str,
+    m: &mut Measured,
+) -> Result<StatusPage<'a>> {
+    let page = StatusPage::open(rig, k, host, "default/ui-probe", scratch, scenario)?;
+    let refused = page.wait("refused", Duration::from_secs(120))?;
+    let nodes = page.wait("nodes", Duration::from_secs(120))?;
+    for (figure, field) in [
+        ("ui_first_load_bytes", "first_load_bytes"),
+        ("ui_first_load_s", "first_load_s"),
+        ("ui_three_nodes_s", "three_nodes_s"),
+        ("ui_signin_to_nodes_s", "signin_to_nodes_s"),
+    ] {
+        if let Some(v) = nodes[field].as_f64() {
+            m.set(figure, v);
+        }
+    }
+    k.on(host, &["run", "ui-probe", "--image=nginx", "--image-pull-policy=IfNotPresent"])
+        .map_err(|e| failed(scenario, format!("kubectl run: {e}")))?;
+    page.wait("pod", Duration::from_secs(240))?;
+    m.notes.push(format!(
+        "status page in chromium: a wrong token refused ({}), 3 nodes, pod ui-probe Running after kubectl run",
+        refused["message"].as_str().unwrap_or_default()
+    ));
+    Ok(page)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -193,6 +455,26 @@ mod tests {
         let c = prometheus_config(Path::new("/tmp/x"), &["10.77.0.1:6443".into(), "10.77.0.2:6443".into()]);
         assert!(c.contains("targets: [\"10.77.0.1:6443\", \"10.77.0.2:6443\"]"), "{c}");
         assert!(c.contains("cert_file: /tmp/x/client.pem"), "{c}");
+    }
+
+    #[test]
+    fn the_browser_script_is_python_and_reports_every_step() {
+        let out = std::process::Command::new("python3")
+            .args(["-c", "import ast, sys; ast.parse(sys.stdin.read())"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .and_then(|mut c| {
+                use std::io::Write as _;
+                c.stdin.take().map(|mut i| i.write_all(STATUS_PAGE_PY.as_bytes())).transpose()?;
+                c.wait_with_output()
+            });
+        let out = out.expect("python3");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        for step in ["step=\"refused\"", "step=\"nodes\"", "step=\"pod\"", "step=\"notready\""] {
+            assert!(STATUS_PAGE_PY.contains(step), "{step}");
+        }
     }
 
     #[test]

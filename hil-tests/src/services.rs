@@ -576,6 +576,9 @@ pub fn pods_back(rig: &dyn Rig, opts: &ScenarioOptions) -> Result<Measured> {
     })
     .map_err(|e| failed(name, format!("{e}: {pods:?}")))?;
     set(&mut m, "all_running_s", t0.elapsed().as_secs_f64());
+    // The status page in Chromium through the first node (never the victim): signed in, it
+    // shows 3 nodes, then a pod after `kubectl run`, then the victim NotReady.
+    let page = crate::observe::status_page_live(rig, &k, &first, &scratch, name, &mut m)?;
     let mut per_node: BTreeMap<String, usize> = BTreeMap::new();
     for (_, node, _) in &pods {
         *per_node.entry(node.clone()).or_default() += 1;
@@ -613,6 +616,11 @@ pub fn pods_back(rig: &dyn Rig, opts: &ScenarioOptions) -> Result<Measured> {
         set(&mut m, "node_not_ready_s", s);
     }
     m.notes.push(format!("powered off {victim} with {on_victim} pods; default unreachable toleration applies"));
+    let down = page.wait("notready", Duration::from_secs(120))?;
+    if down["node"].as_str() != Some(victim.as_str()) {
+        return Err(failed(name, format!("the status page shows {down} NotReady, not {victim}")));
+    }
+    m.notes.push(format!("the status page showed {victim} NotReady (screenshots in target/hil/status-page)"));
     Ok(m)
 }
 

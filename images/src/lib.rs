@@ -11,6 +11,7 @@ mod peers;
 mod platform;
 mod reference;
 mod registry;
+pub mod stats;
 mod store;
 mod unpack;
 

@@ -59,6 +59,7 @@ pub(crate) async fn fetch_from_sources(inner: &Inner, digest: &str, size: u64) -
         };
         match inner.blobs.fetch(digest, stream).await {
             Ok(n) => {
+                crate::stats::fetched_from_peer(n);
                 tracing::debug!(%digest, bytes = n, source = ?source, "fetched blob from a peer");
                 return Ok(true);
             }

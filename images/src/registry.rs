@@ -250,6 +250,7 @@ async fn fetch_from(
             };
             let stream = client.pull_blob_stream(reference, &desc).await.map_err(err)?;
             let n = inner.blobs.fetch(&d.digest, stream.stream).await?;
+            crate::stats::fetched_from_registry(n);
             tracing::debug!(digest = %d.digest, bytes = n, "fetched blob");
             Ok::<_, Error>(())
         }

@@ -148,6 +148,38 @@ fn spec_part(obj: &Value) -> Value {
     v
 }
 
+/// Told the duration of every store request of this layer (operation, resource): the daemon's
+/// `etcd_request_duration_seconds`.
+pub type RequestObserver = fn(&'static str, &Resource, std::time::Duration);
+
+static OBSERVER: std::sync::OnceLock<RequestObserver> = std::sync::OnceLock::new();
+
+/// Sets the process-wide [`RequestObserver`] (the first one set stays).
+pub fn set_request_observer(f: RequestObserver) {
+    let _ = OBSERVER.set(f);
+}
+
+/// Times one request until dropped.
+struct Timed<'a> {
+    op: &'static str,
+    res: &'a Resource,
+    start: std::time::Instant,
+}
+
+impl<'a> Timed<'a> {
+    fn new(op: &'static str, res: &'a Resource) -> Self {
+        Timed { op, res, start: std::time::Instant::now() }
+    }
+}
+
+impl Drop for Timed<'_> {
+    fn drop(&mut self) {
+        if let Some(f) = OBSERVER.get() {
+            f(self.op, self.res, self.start.elapsed());
+        }
+    }
+}
+
 impl Objects {
     pub fn new(store: Store) -> Self {
         Objects { store, events: None }
@@ -192,6 +224,7 @@ impl Objects {
 
     /// One object, from the local replica.
     pub async fn get(&self, res: &Resource, ns: Option<&str>, name: &str) -> Result<Option<Value>> {
+        let _timed = Timed::new("get", res);
         let key = res.key(ns, name);
         match self.store.get(&key).await? {
             Some(kv) => Ok(Some(decode(&key, &kv)?)),
@@ -206,6 +239,7 @@ impl Objects {
 
     /// Every object of a resource (in one namespace or all), with the list's revision.
     pub async fn list(&self, res: &Resource, ns: Option<&str>) -> Result<(Vec<Value>, u64)> {
+        let _timed = Timed::new("list", res);
         let prefix = res.prefix(ns);
         let (kvs, rev) = self.store.range(&prefix).await?;
         let mut out = Vec::with_capacity(kvs.len());
@@ -240,6 +274,7 @@ impl Objects {
         uid: String,
         charges: &[(Resource, Value)],
     ) -> Result<Value> {
+        let _timed = Timed::new("create", res);
         let mut charge_compares = Vec::with_capacity(charges.len());
         let mut charge_ops = Vec::with_capacity(charges.len());
         for (cres, cobj) in charges {
@@ -328,6 +363,7 @@ impl Objects {
     /// and takes only `status` from `obj` (the status subresource); otherwise the stored
     /// status is kept unless `keep_status` is false.
     pub async fn update(&self, res: &Resource, ns: Option<&str>, obj: Value, mode: UpdateMode) -> Result<Value> {
+        let _timed = Timed::new("update", res);
         let name = name_of(&obj).ok_or_else(|| Error::Invalid("metadata.name: Required value".into()))?.to_string();
         let key = res.key(ns, &name);
         let expected = resource_version_of(&obj);
@@ -444,6 +480,7 @@ impl Objects {
     /// object as it was last seen (terminating or gone). `precondition_uid`/`_rv` as in
     /// Kubernetes' DeleteOptions.preconditions.
     pub async fn delete(&self, res: &Resource, ns: Option<&str>, name: &str, pre: Preconditions) -> Result<Value> {
+        let _timed = Timed::new("delete", res);
         let key = res.key(ns, name);
         for _ in 0..16 {
             let kv = self

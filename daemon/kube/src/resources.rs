@@ -116,6 +116,7 @@ pub fn builtin() -> Vec<Resource> {
         res("storage.k8s.io", "v1", "StorageClass", "storageclasses", false, &["sc"], false, &[]),
         res("discovery.k8s.io", "v1", "EndpointSlice", "endpointslices", true, &[], false, &[]),
         res("coordination.k8s.io", "v1", "Lease", "leases", true, &[], false, &[]),
+        res("events.k8s.io", "v1", "Event", "events", true, &["ev"], false, &[]),
         res(
             "autoscaling",
             "v2",

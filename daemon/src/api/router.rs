@@ -13,7 +13,8 @@ use tracing::debug;
 use super::crud::{self, json_response, Ctx, PatchKind};
 use super::status::ApiError;
 use super::{
-    authz, discovery, exec, namespace, openapi, pod, portforward, registry, scale, token_request, watch, ApiState,
+    authz, discovery, events_v1, exec, namespace, openapi, pod, portforward, registry, scale, token_request, watch,
+    ApiState,
 };
 use crate::auth::UserInfo;
 
@@ -312,6 +313,9 @@ async fn resource(
     let body = if needs_body { read_body(req.into_body(), state.max_body_bytes).await? } else { bytes::Bytes::new() };
     let ctx =
         Ctx { state, res, ns: target.ns, name: target.name, sub: target.sub, query, accept, content_type, body, user };
+    if ctx.res.group == events_v1::GROUP {
+        return events_v1::serve(ctx, method).await;
+    }
     let sub = ctx.sub.clone();
     match (method.clone(), ctx.name.is_some(), sub.as_deref()) {
         (Method::GET, false, None) if ctx.flag("watch") => watch::watch(ctx).await,

@@ -5,13 +5,14 @@
 //! live in one process-wide set ([`global`]); what is cheap to read at scrape time (Raft status,
 //! gossip members, announced IPs, container usage) is read then by a per-node collector
 //! (`cluster::metrics::NodeCollector`, at the top, reads a whole node). Files: `apiserver`, `kubelet`, `store` (Raft), `gossip`, `lb`,
-//! `proxy`, `workqueue` (the controllers' queues), one per family group.
+//! `proxy`, `images`, `workqueue` (the controllers' queues), one per family group.
 use std::sync::{Arc, OnceLock};
 
 use prometheus_client::registry::Registry;
 
 pub(crate) mod apiserver;
 pub(crate) mod gossip;
+pub(crate) mod images;
 pub(crate) mod kubelet;
 pub(crate) mod lb;
 pub(crate) mod plain;
@@ -27,16 +28,27 @@ pub(crate) struct Global {
     pub api: apiserver::ApiMetrics,
     pub kubelet: kubelet::KubeletMetrics,
     pub proxy: proxy::ProxyMetrics,
+    pub images: images::ImageMetrics,
+    pub store: store::StoreMetrics,
 }
 
 /// The process-wide metrics (created at first use).
 pub(crate) fn global() -> &'static Global {
     static G: OnceLock<Global> = OnceLock::new();
-    G.get_or_init(|| Global {
+    G.get_or_init(|| {
+        shoal_kube::objects::set_request_observer(store::observe);
+        new_global()
+    })
+}
+
+fn new_global() -> Global {
+    Global {
         api: apiserver::ApiMetrics::default(),
         kubelet: kubelet::KubeletMetrics::default(),
         proxy: proxy::ProxyMetrics::default(),
-    })
+        images: images::ImageMetrics::default(),
+        store: store::StoreMetrics::default(),
+    }
 }
 
 /// What `/metrics` serves: the process-wide families and, on a node, its own collector.
@@ -64,7 +76,10 @@ impl Exporter {
         g.api.register(&mut registry);
         g.kubelet.register(&mut registry);
         g.proxy.register(&mut registry);
+        g.images.register(&mut registry);
+        g.store.register(&mut registry);
         registry.register_collector(Box::new(workqueue::WorkqueueCollector));
+        registry.register_collector(Box::new(images::PullBytesCollector));
         if let Some(c) = collector {
             registry.register_collector(c);
         }

@@ -99,3 +99,46 @@ pub(crate) fn encode(st: &StoreStatus, changes: u64, encoder: &mut DescriptorEnc
     }
     Ok(())
 }
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub(crate) struct RequestLabels {
+    pub operation: &'static str,
+    /// The resource (`pods`, `deployments.apps`): bounded by the served resources.
+    pub r#type: String,
+}
+
+type LatencyFamily = prometheus_client::metrics::family::Family<RequestLabels, Histogram, fn() -> Histogram>;
+
+use prometheus_client::metrics::histogram::Histogram;
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(super::apiserver::DURATION_BUCKETS)
+}
+
+/// `etcd_request_duration_seconds`: each request of the object layer to the store (get, list,
+/// create, update, delete), timed as kube-apiserver times its etcd calls.
+pub(crate) struct StoreMetrics {
+    pub latency: LatencyFamily,
+}
+
+impl Default for StoreMetrics {
+    fn default() -> Self {
+        StoreMetrics { latency: LatencyFamily::new_with_constructor(latency_histogram) }
+    }
+}
+
+impl StoreMetrics {
+    pub(crate) fn register(&self, r: &mut prometheus_client::registry::Registry) {
+        r.register(
+            "etcd_request_duration_seconds",
+            "Store request latency in seconds for each operation and object type.",
+            self.latency.clone(),
+        );
+    }
+}
+
+/// The observer set on shoal-kube's object layer.
+pub(crate) fn observe(op: &'static str, res: &shoal_kube::resources::Resource, d: Duration) {
+    let r#type = if res.group.is_empty() { res.plural.clone() } else { format!("{}.{}", res.plural, res.group) };
+    super::global().store.latency.get_or_create(&RequestLabels { operation: op, r#type }).observe(d.as_secs_f64());
+}

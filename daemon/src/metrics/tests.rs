@@ -260,3 +260,40 @@ fn work_queues_have_client_go_names_and_the_controller_as_name() {
     assert!(value(&text, "workqueue_adds_total{name=\"TestKind\"}").is_some_and(|v| v >= 3.0), "{text}");
     assert!(value(&text, "workqueue_retries_total{name=\"TestKind\"}").is_some_and(|v| v >= 1.0), "{text}");
 }
+
+#[test]
+fn image_pulls_and_bytes_by_source() {
+    #[derive(Debug)]
+    struct Bytes;
+    impl Collector for Bytes {
+        fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+            images::encode(4096, 1_000_000, &mut e)
+        }
+    }
+    let m = images::ImageMetrics::default();
+    let mut r = Registry::default();
+    m.register(&mut r);
+    r.register_collector(Box::new(Bytes));
+    m.pulls.get_or_create(&images::PullLabels { result: "success" }).inc();
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &r).unwrap();
+    assert_eq!(value(&text, r#"shoal_image_pulls_total{result="success"}"#), Some(1.0), "{text}");
+    assert_eq!(value(&text, r#"shoal_image_pulls_total{result="failure"}"#), Some(0.0), "{text}");
+    assert_eq!(value(&text, r#"shoal_image_pull_bytes_total{source="peer"}"#), Some(4096.0), "{text}");
+    assert_eq!(value(&text, r#"shoal_image_pull_bytes_total{source="registry"}"#), Some(1e6), "{text}");
+    // The node's exporter carries both families.
+    let all = Exporter::new(None).render();
+    assert!(all.contains("# TYPE shoal_image_pull_bytes counter"), "{all}");
+    assert!(all.contains("# TYPE shoal_image_pulls counter"), "{all}");
+}
+
+#[test]
+fn store_latency_has_etcds_name_operation_and_type() {
+    let _ = global();
+    let res = shoal_kube::resources::lookup("apps", "deployments");
+    store::observe("get", &res, std::time::Duration::from_millis(3));
+    let text = Exporter::new(None).render();
+    assert!(text.contains("# TYPE etcd_request_duration_seconds histogram"), "{text}");
+    let count = value(&text, r#"etcd_request_duration_seconds_count{operation="get",type="deployments.apps"}"#);
+    assert!(count.unwrap_or(0.0) >= 1.0, "{text}");
+}

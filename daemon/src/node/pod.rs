@@ -635,6 +635,7 @@ impl Agent {
                     Ok(r) => r.map_err(|e| chain(&e)),
                     Err(_) => Err(format!("no answer from the registry within {}s", limit.as_secs())),
                 };
+                crate::metrics::images::pulled(pulled.is_ok());
                 match pulled {
                     Ok(info) => {
                         self.events.emit(

@@ -4,7 +4,9 @@
 //! is wrapped in `allOf`, and kinds carry `x-kubernetes-group-version-kind`.
 use std::io::Write;
 
-use k8s_openapi::api::{apps, autoscaling, batch, coordination, core, discovery, networking, policy, rbac, scheduling, storage};
+use k8s_openapi::api::{
+    apps, autoscaling, batch, coordination, core, discovery, events, networking, policy, rbac, scheduling, storage,
+};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions;
 use k8s_openapi::Resource;
 use schemars::generate::SchemaSettings;
@@ -71,6 +73,7 @@ fn main() {
     add::<storage::v1::StorageClass>(g, k);
     add::<discovery::v1::EndpointSlice>(g, k);
     add::<coordination::v1::Lease>(g, k);
+    add::<events::v1::Event>(g, k);
     add::<autoscaling::v1::Scale>(g, k);
     add::<autoscaling::v2::HorizontalPodAutoscaler>(g, k);
     add::<policy::v1::PodDisruptionBudget>(g, k);
