@@ -66,9 +66,10 @@ pub(crate) fn check(what: &'static str, format: u32) -> Result<()> {
 }
 
 /// The cluster format to write given the formats the members read (`None`: a member that
-/// says nothing, so an older release: format 1). Clamped to what this node writes.
+/// says nothing, so an older release: format 1). Clamped to what this node writes; with no
+/// member known yet (a node still joining), format 1.
 pub fn cluster_format(members: impl IntoIterator<Item = Option<u32>>) -> u32 {
-    members.into_iter().map(|f| f.unwrap_or(OLDEST_FORMAT)).min().unwrap_or(FORMAT).clamp(OLDEST_FORMAT, FORMAT)
+    members.into_iter().map(|f| f.unwrap_or(OLDEST_FORMAT)).min().unwrap_or(OLDEST_FORMAT).clamp(OLDEST_FORMAT, FORMAT)
 }
 
 #[cfg(test)]
@@ -104,6 +105,7 @@ mod tests {
         assert_eq!(cluster_format([Some(2), None, Some(2)]), 1, "a silent member is an older release");
         assert_eq!(cluster_format([Some(2), Some(7)]), 2, "never above what this node writes");
         assert_eq!(cluster_format([Some(0)]), 1);
-        assert_eq!(cluster_format([]), FORMAT);
+        assert_eq!(cluster_format([]), 1, "nothing known yet: what every release reads");
+        assert_eq!(cluster_format([Some(2)]), 2, "a one-node cluster");
     }
 }
