@@ -648,6 +648,10 @@ pub fn rolling_upgrade(rig: &dyn Rig, opts: &ScenarioOptions) -> Result<Measured
                 // clients move away from the node being upgraded, as a load balancer would
                 w.set_targets(others(&hosts, h));
                 targets.set(others(&hosts, h));
+                if app.is_some() {
+                    // let kubectl calls already sent to the node finish, as a load balancer drains
+                    std::thread::sleep(Duration::from_secs(1));
+                }
                 rig.stop(h, Duration::from_secs(10))?;
                 rig.install_binary(h, &binary)?;
                 rig.restart(h)?;
