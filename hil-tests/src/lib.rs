@@ -17,6 +17,7 @@ pub mod rig;
 pub mod scenarios;
 pub mod services;
 pub mod shoal;
+pub mod upgrade;
 pub mod walkthrough;
 pub mod witness;
 pub mod workload;

@@ -60,6 +60,10 @@ enum Command {
         #[arg(long)]
         token: String,
     },
+    /// Build (once; cached under the target dir) the shoal of a previous commit for
+    /// `rolling-upgrade` and print its path. REV: a commit, or `release` (the merge base with
+    /// the last release tag).
+    BuildPrevious { rev: String },
     /// Write report.md and report.json from the recorded results.
     Report {
         /// Results dir (default: $SHOAL_HIL_OUT, else target/hil).
@@ -265,6 +269,13 @@ struct RunArgs {
     /// The binary `rolling-upgrade` rolls out (default: reinstall the running one).
     #[arg(long)]
     upgrade_binary: Option<PathBuf>,
+    /// `rolling-upgrade` starts the cluster on this commit's build (`release`: the merge base
+    /// with the last release tag); built once and cached under the target dir.
+    #[arg(long)]
+    upgrade_from: Option<String>,
+    /// `rolling-upgrade` starts the cluster on this binary (instead of building one).
+    #[arg(long)]
+    upgrade_from_bin: Option<PathBuf>,
     #[arg(long)]
     shoal_bin: Option<PathBuf>,
     /// Use the boards of this ssh rig file instead of network namespaces.
@@ -331,6 +342,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::TryJoin { addr, token } => match shoal_hil::attacks::try_join(addr, &token) {
             Ok(()) => {
                 println!("admitted");
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                Ok(ExitCode::FAILURE)
+            }
+        },
+        Command::BuildPrevious { rev } => match shoal_hil::upgrade::previous_binary(&rev) {
+            Ok(bin) => {
+                println!("{}", bin.display());
                 Ok(ExitCode::SUCCESS)
             }
             Err(e) => {
@@ -471,6 +492,8 @@ fn run_scenarios(args: RunArgs) -> anyhow::Result<ExitCode> {
         partition_duration: args.partition_duration,
         voter_grace: args.voter_grace,
         upgrade_binary: args.upgrade_binary.clone(),
+        upgrade_from: args.upgrade_from.clone(),
+        upgrade_from_bin: args.upgrade_from_bin.clone(),
         hil_bin: std::env::current_exe().ok(),
         ..ScenarioOptions::default()
     };

@@ -51,6 +51,11 @@ pub struct ScenarioOptions {
     pub voter_grace: Duration,
     /// The binary rolled out by `rolling-upgrade` (default: the one already running).
     pub upgrade_binary: Option<PathBuf>,
+    /// The commit `rolling-upgrade` upgrades from (`release`: the merge base with the last
+    /// release tag), built once (see [`crate::upgrade::previous_binary`]). None: no previous build.
+    pub upgrade_from: Option<String>,
+    /// A previous shoal binary `rolling-upgrade` upgrades from (instead of building one).
+    pub upgrade_from_bin: Option<PathBuf>,
     /// The shoal-hil binary, run on the client host by `attacks` to forge datagrams.
     pub hil_bin: Option<PathBuf>,
     pub workload: WorkloadOptions,
@@ -65,6 +70,8 @@ impl Default for ScenarioOptions {
             partition_duration: Duration::from_secs(10),
             voter_grace: Duration::from_secs(5),
             upgrade_binary: None,
+            upgrade_from: None,
+            upgrade_from_bin: None,
             hil_bin: None,
             workload: WorkloadOptions::default(),
         }
@@ -95,7 +102,15 @@ pub fn hosts_needed(scenario: &str, opts: &ScenarioOptions) -> usize {
 pub fn needs_client(scenario: &str) -> bool {
     matches!(
         canonical(scenario).as_str(),
-        "lb-failover" | "pods-back" | "routed-pods" | "services" | "ingress" | "attacks" | "witness" | "netpol"
+        "lb-failover"
+            | "pods-back"
+            | "routed-pods"
+            | "services"
+            | "ingress"
+            | "attacks"
+            | "witness"
+            | "netpol"
+            | "rolling-upgrade"
     )
 }
 
@@ -572,47 +587,130 @@ pub fn packet_loss(rig: &dyn Rig, opts: &ScenarioOptions) -> Result<Measured> {
     Ok(m)
 }
 
-/// Every node in turn: stop shoal, install the new binary, start it, wait until it is back.
+/// Every node in turn: stop shoal, install the new binary, start it, wait until it is back,
+/// Ready and caught up; under the key-value workload and, on a rig with a client host, a
+/// Deployment behind a LoadBalancer Service used by kubectl and HTTP loops (see
+/// [`crate::upgrade`]). Starts on the previous build when one is given or can be built.
 pub fn rolling_upgrade(rig: &dyn Rig, opts: &ScenarioOptions) -> Result<Measured> {
     let name = "rolling-upgrade";
     let hosts = cluster_hosts(rig, opts.nodes, name)?;
-    let cluster = Cluster::form(rig, &hosts, None)?;
-    let leader = cluster.wait_converged(CONVERGE_TIMEOUT)?;
+    let mut m = Measured::default();
     let binary = match &opts.upgrade_binary {
         Some(b) => b.clone(),
         None => rig.shoal_path(&hosts[0])?,
     };
+    let previous = match (&opts.upgrade_from_bin, &opts.upgrade_from) {
+        (Some(b), _) => Some(b.clone()),
+        (None, Some(rev)) => match crate::upgrade::previous_binary(rev) {
+            Ok(b) => Some(b),
+            Err(e) => {
+                m.note(format!("no previous build ({e}): the same build was reinstalled"));
+                None
+            }
+        },
+        (None, None) => None,
+    };
+    match &previous {
+        Some(p) => {
+            for h in &hosts {
+                rig.install_binary(h, p)?;
+            }
+            m.note(format!("upgraded from {} to {}", p.display(), binary.display()));
+        }
+        None if opts.upgrade_binary.is_none() => {
+            m.note("no previous build given: the same build was reinstalled (exercises stop, replace, start)")
+        }
+        None => {}
+    }
+    m.set("upgraded_from_previous", if previous.is_some() { 1.0 } else { 0.0 });
+    let cluster = Cluster::form(rig, &hosts, None)?;
+    let leader = cluster.wait_converged(CONVERGE_TIMEOUT)?;
+    let scratch = crate::services::Scratch::new(name)?;
+    let app = match rig.client() {
+        Some(_) => Some(crate::upgrade::deploy(rig, name, &hosts, &scratch)?),
+        None => None,
+    };
+    let targets = crate::upgrade::Targets::default();
+    targets.set(hosts.clone());
     let mut order = others(&hosts, &leader);
     order.push(leader.clone());
-    let mut m = Measured::default();
-    if opts.upgrade_binary.is_none() {
-        m.note("no upgrade binary given: the same build was reinstalled (exercises stop, replace, start)");
-    }
     let history = History::new();
-    std::thread::scope(|s| -> Result<()> {
-        let w = Workload::spawn(s, rig, hosts.clone(), opts.workload.clone(), history.clone());
-        std::thread::sleep(Duration::from_secs(2));
-        let t0 = Instant::now();
-        let t0_ns = history.at(t0);
-        for h in &order {
-            let t = Instant::now();
-            // clients move away from the node being upgraded, as a load balancer would
-            w.set_targets(others(&hosts, h));
-            rig.stop(h, Duration::from_secs(10))?;
-            rig.install_binary(h, &binary)?;
-            rig.restart(h)?;
-            cluster.wait_converged(CONVERGE_TIMEOUT)?;
-            w.set_targets(hosts.clone());
-            m.set(&format!("upgrade_{h}_ms"), ms(t, Instant::now()));
-        }
-        m.set("upgrade_total_ms", ms(t0, Instant::now()));
-        std::thread::sleep(Duration::from_secs(1));
-        let sum = summarize(&history.operations(), t0_ns, history.now_ns());
-        m.set("during_upgrade_max_write_gap_ms", sum.max_write_gap_ms);
-        m.set("during_upgrade_unknown_writes", sum.unknown_writes as f64);
-        w.stop();
-        Ok(())
-    })?;
+    let mut inner = Measured::default();
+    let roll = |inner: &mut Measured| {
+        std::thread::scope(|s| -> Result<()> {
+            let w = Workload::spawn(s, rig, hosts.clone(), opts.workload.clone(), history.clone());
+            std::thread::sleep(Duration::from_secs(2));
+            let t0 = Instant::now();
+            let t0_ns = history.at(t0);
+            let mut mixed_seen = false;
+            for (i, h) in order.iter().enumerate() {
+                let t = Instant::now();
+                // clients move away from the node being upgraded, as a load balancer would
+                w.set_targets(others(&hosts, h));
+                targets.set(others(&hosts, h));
+                if app.is_some() {
+                    // let kubectl calls already sent to the node finish, as a load balancer drains
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+                rig.stop(h, Duration::from_secs(10))?;
+                rig.install_binary(h, &binary)?;
+                rig.restart(h)?;
+                let leader_now = cluster.wait_converged(CONVERGE_TIMEOUT)?;
+                if let Some(app) = &app {
+                    app.wait_node_ready(name, h, &leader_now)?;
+                }
+                crate::upgrade::wait_caught_up(rig, name, h, &leader_now)?;
+                w.set_targets(hosts.clone());
+                targets.set(hosts.clone());
+                inner.set(&format!("upgrade_{h}_ms"), ms(t, Instant::now()));
+                if previous.is_some() && i + 1 < order.len() && !mixed_seen {
+                    // The upgraded node's `shoal status` warns that versions are mixed.
+                    mixed_seen = wait_until(
+                        "a mixed-version warning",
+                        Duration::from_secs(15),
+                        Duration::from_millis(500),
+                        || crate::upgrade::status_value(rig, h).is_some_and(|v| v["versions"]["mixed"] == true),
+                    )
+                    .is_ok();
+                }
+            }
+            inner.set("upgrade_total_ms", ms(t0, Instant::now()));
+            if previous.is_some() {
+                inner.set("mixed_version_warning_seen", if mixed_seen { 1.0 } else { 0.0 });
+            }
+            std::thread::sleep(Duration::from_secs(1));
+            let sum = summarize(&history.operations(), t0_ns, history.now_ns());
+            inner.set("during_upgrade_max_write_gap_ms", sum.max_write_gap_ms);
+            inner.set("during_upgrade_unknown_writes", sum.unknown_writes as f64);
+            w.stop();
+            Ok(())
+        })
+    };
+    match &app {
+        Some(app) => crate::upgrade::under_load(app, name, rig, &scratch, &targets, &mut m, || roll(&mut inner))?,
+        None => roll(&mut inner)?,
+    }
+    m.figures.extend(inner.figures);
+    m.notes.extend(inner.notes);
+    // Once every node runs the new build, they write its peer message format.
+    if crate::upgrade::status_value(rig, &hosts[0]).is_some_and(|v| v.get("cluster_format").is_some()) {
+        let mut lowest = 0;
+        let _ =
+            wait_until("every node on the newest format", Duration::from_secs(30), Duration::from_millis(500), || {
+                lowest = hosts
+                    .iter()
+                    .map(|h| {
+                        crate::upgrade::status_value(rig, h).and_then(|v| v["cluster_format"].as_u64()).unwrap_or(0)
+                    })
+                    .min()
+                    .unwrap_or(0);
+                lowest >= 2
+            });
+        m.set("cluster_format_after", lowest as f64);
+    }
+    if let Some(app) = &app {
+        app.finish(name, &mut m)?;
+    }
     m.note(format!("order: {order:?} (leader last)"));
     finish(name, rig, &hosts, &history, opts, &mut m)?;
     Ok(m)

@@ -30,6 +30,10 @@ fn scenario(name: &str) {
         opts.loss_duration = std::time::Duration::from_secs(d);
     }
     opts.upgrade_binary = std::env::var_os("SHOAL_UPGRADE_BIN").map(PathBuf::from);
+    // Opt-in (building the previous commit costs minutes): SHOAL_UPGRADE_FROM=<commit>|release,
+    // or SHOAL_UPGRADE_FROM_BIN=<a previous shoal binary>.
+    opts.upgrade_from = std::env::var("SHOAL_UPGRADE_FROM").ok().filter(|s| !s.is_empty());
+    opts.upgrade_from_bin = std::env::var_os("SHOAL_UPGRADE_FROM_BIN").filter(|s| !s.is_empty()).map(PathBuf::from);
     opts.hil_bin = Some(PathBuf::from(env!("CARGO_BIN_EXE_shoal-hil")));
     let dir = PathBuf::from("/tmp/shoal-hil-tests").join(name);
     let mut rig_opts = NetnsOptions::new(&dir, scenarios::hosts_needed(name, &opts), bin);

@@ -63,6 +63,12 @@ pub enum Error {
     /// `restore` found an existing store in the target data directory.
     #[error("data directory {path} already holds a store")]
     AlreadyExists { path: String },
+    /// A peer message or the store file is in a format this node does not read.
+    #[error("{what} is in format {found}; this node reads formats {oldest} to {newest} (upgrade this node, or keep the cluster on its current version)")]
+    UnsupportedFormat { what: &'static str, found: u32, oldest: u32, newest: u32 },
+    /// A write needs a newer format than every member of the cluster reads.
+    #[error("this write needs format {needed}, but some member reads only format {cluster}; finish upgrading every node first")]
+    FormatGated { needed: u32, cluster: u32 },
     /// The operation needs the replicated backend (the in-memory store does not have it).
     #[error("{operation} is not available on an in-memory store")]
     NotReplicated { operation: &'static str },

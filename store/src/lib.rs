@@ -25,6 +25,7 @@ mod store;
 mod tables;
 pub mod testing;
 mod types;
+pub mod version;
 mod voters;
 
 pub use error::{Error, Result};

@@ -1,5 +1,6 @@
 //! How stores talk to each other: a transport trait the daemon implements (over QUIC),
 //! the openraft network on top of it, and the messages of the store's own services.
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,8 +39,48 @@ pub mod service {
     /// before reading them.
     pub const MAX_BODY_BYTES: usize = crate::codec::MAX_RPC_BYTES;
 
-    pub const ALL: [&str; 8] =
+    /// The services under their format-1 names (bare bodies).
+    pub const LEGACY: [&str; 8] =
         [APPEND, VOTE, SNAPSHOT, PROPOSE, READ_INDEX, ADD_LEARNER, ADD_LEARNER_LEADER, KEEPALIVE];
+
+    /// Every service name a node serves: the format-1 names and the framed ones.
+    pub const ALL: [&str; 16] = [
+        APPEND,
+        VOTE,
+        SNAPSHOT,
+        PROPOSE,
+        READ_INDEX,
+        ADD_LEARNER,
+        ADD_LEARNER_LEADER,
+        KEEPALIVE,
+        "raft.append/v",
+        "raft.vote/v",
+        "raft.snapshot/v",
+        "store.propose/v",
+        "store.read_index/v",
+        "store.add_learner/v",
+        "store.add_learner_leader/v",
+        "store.lease_keepalive/v",
+    ];
+
+    /// The name a message of `format` is sent under.
+    pub fn for_format(name: &'static str, format: u32) -> &'static str {
+        if format < 2 {
+            return name;
+        }
+        match LEGACY.iter().position(|s| *s == name) {
+            Some(i) => ALL[LEGACY.len() + i],
+            None => name,
+        }
+    }
+
+    /// The service a name stands for, and whether its bodies are framed.
+    pub fn base(name: &str) -> (&str, bool) {
+        match name.strip_suffix(crate::version::FRAMED_SUFFIX) {
+            Some(b) => (b, true),
+            None => (name, false),
+        }
+    }
 }
 
 /// A failed call to a peer.
@@ -116,13 +157,52 @@ pub(crate) enum KeepaliveReply {
     NotLeader(LeaderHint),
 }
 
+/// The format this node writes to its peers (see [`crate::version`]).
+#[derive(Debug)]
+pub(crate) struct WireFormat(AtomicU32);
+
+impl WireFormat {
+    pub(crate) fn new() -> Arc<Self> {
+        Arc::new(WireFormat(AtomicU32::new(crate::version::OLDEST_FORMAT)))
+    }
+
+    pub(crate) fn get(&self) -> u32 {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set(&self, f: u32) {
+        self.0.store(f.clamp(crate::version::OLDEST_FORMAT, crate::version::FORMAT), Ordering::Relaxed);
+    }
+}
+
+/// Encodes a request of `format`: the service name to send it under and its body.
+pub(crate) fn request_for<T: Serialize + ?Sized>(
+    service: &'static str,
+    format: u32,
+    req: &T,
+) -> crate::Result<(&'static str, Vec<u8>)> {
+    Ok((service::for_format(service, format), crate::version::frame(format, encode("request", req)?)))
+}
+
+/// Decodes the reply to a request sent under `service`.
+pub(crate) fn reply_of<T: DeserializeOwned>(service: &str, bytes: &[u8]) -> crate::Result<T> {
+    if service::base(service).1 {
+        let (_, payload) = crate::version::unframe("reply", bytes)?;
+        decode("reply", payload)
+    } else {
+        decode("reply", bytes)
+    }
+}
+
 /// Creates one [`PeerClient`] per target for openraft.
 pub(crate) struct Network {
     pub transport: Arc<dyn RaftTransport>,
+    pub format: Arc<WireFormat>,
 }
 
 pub(crate) struct PeerClient {
     transport: Arc<dyn RaftTransport>,
+    format: Arc<WireFormat>,
     target: NodeId,
     addr: String,
 }
@@ -131,7 +211,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: NodeId, node: &Node) -> PeerClient {
-        PeerClient { transport: self.transport.clone(), target, addr: node.addr.clone() }
+        PeerClient { transport: self.transport.clone(), format: self.format.clone(), target, addr: node.addr.clone() }
     }
 }
 
@@ -151,6 +231,7 @@ impl PeerClient {
         self.rpc_bytes(service, body, ttl).await
     }
 
+    /// Sends an encoded request at the current wire format.
     async fn rpc_bytes<Resp, E>(
         &self,
         service: &'static str,
@@ -161,6 +242,9 @@ impl PeerClient {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
+        let format = self.format.get();
+        let service = service::for_format(service, format);
+        let body = crate::version::frame(format, body);
         let call = self.transport.call(&self.addr, service, body);
         let bytes = match tokio::time::timeout(ttl, call).await {
             Ok(Ok(b)) => b,
@@ -172,7 +256,7 @@ impl PeerClient {
             }
         };
         let res: Result<Resp, RaftError<NodeId, E>> =
-            decode("raft reply", &bytes).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+            reply_of(service, &bytes).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         res.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
 }

@@ -17,8 +17,8 @@ use tokio_util::sync::CancellationToken;
 use crate::codec::{decode, encode};
 use crate::log_store::LogStore;
 use crate::network::{
-    service, AddLearnerRequest, AdminReply, KeepaliveReply, LeaderHint, Network, ProposeReply, ProposeRequest,
-    RaftTransport, ReadIndexReply,
+    reply_of, request_for, service, AddLearnerRequest, AdminReply, KeepaliveReply, LeaderHint, Network, ProposeReply,
+    ProposeRequest, RaftTransport, ReadIndexReply, WireFormat,
 };
 use crate::raft_types::{Command, CommandResponse, NodeId, Raft, RequestId};
 use crate::state_machine::{Applied, Notice, StateMachine};
@@ -52,6 +52,8 @@ pub(crate) struct RaftNode {
     pub cfg: StoreConfig,
     raft: Raft,
     transport: Arc<dyn RaftTransport>,
+    /// The format written to peers and the newest format a proposed command may need.
+    format: Arc<WireFormat>,
     db: RwLock<Option<Arc<Database>>>,
     db_weak: Weak<Database>,
     notices: broadcast::Sender<Notice>,
@@ -102,9 +104,10 @@ impl RaftNode {
         }
         .validate()
         .map_err(|e| Error::raft("configure", e))?;
-        let raft = Raft::new(cfg.node_id, Arc::new(config), Network { transport: transport.clone() }, log, sm)
-            .await
-            .map_err(|e| Error::raft("start", e))?;
+        let format = WireFormat::new();
+        let network = Network { transport: transport.clone(), format: format.clone() };
+        let raft =
+            Raft::new(cfg.node_id, Arc::new(config), network, log, sm).await.map_err(|e| Error::raft("start", e))?;
         let (batcher, batch_rx) = mpsc::unbounded_channel();
         let cancel = CancellationToken::new();
         tokio::spawn(batch_loop(raft.clone(), batch_rx, cancel.clone()));
@@ -113,6 +116,7 @@ impl RaftNode {
             cfg,
             raft,
             transport,
+            format,
             db_weak: Arc::downgrade(&db),
             db: RwLock::new(Some(db)),
             notices,
@@ -205,10 +209,10 @@ impl RaftNode {
         req: &Req,
         deadline: Instant,
     ) -> Result<Resp> {
-        let body = encode("request", req)?;
+        let (svc, body) = request_for(svc, self.format.get(), req)?;
         let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(10));
         match tokio::time::timeout(left, self.transport.call(addr, svc, body)).await {
-            Ok(Ok(bytes)) => decode("reply", &bytes),
+            Ok(Ok(bytes)) => reply_of(svc, &bytes),
             Ok(Err(e)) => Err(Error::Transport { addr: addr.to_string(), source: e }),
             Err(_) => Err(Error::Transport {
                 addr: addr.to_string(),
@@ -230,8 +234,28 @@ impl RaftNode {
 
     // ----- writes -----
 
+    /// The format this node writes (the lowest its members read).
+    pub(crate) fn cluster_format(&self) -> u32 {
+        self.format.get()
+    }
+
+    pub(crate) fn set_cluster_format(&self, format: u32) {
+        let before = self.format.get();
+        self.format.set(format);
+        let now = self.format.get();
+        if now != before {
+            tracing::info!(node = self.cfg.node_id, from = before, to = now, "cluster format changed");
+        }
+    }
+
+    /// Refuses a command some member could not apply.
+    fn gate(&self, command: &Command) -> Result<()> {
+        gate(command.format(), self.format.get())
+    }
+
     pub(crate) async fn propose(&self, command: Command) -> Result<CommandResponse> {
         self.check_open()?;
+        self.gate(&command)?;
         let deadline = Instant::now() + self.cfg.request_timeout;
         let mut hint: Option<(NodeId, String)> = None;
         let mut last_err = String::from("no leader known");
@@ -288,6 +312,9 @@ impl RaftNode {
     async fn write_local(&self, command: Command, deadline: Instant) -> Result<ProposeReply> {
         if !self.is_leader() {
             return Ok(ProposeReply::NotLeader(self.hint()));
+        }
+        if let Err(e) = self.gate(&command) {
+            return Ok(ProposeReply::Failed { reason: e.to_string() });
         }
         let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(100));
         let timed_out = || ProposeReply::Failed { reason: "timed out waiting for a quorum".into() };
@@ -685,6 +712,21 @@ impl RaftNode {
 
     pub(crate) async fn handle_rpc(&self, svc: &str, body: &[u8]) -> Result<Vec<u8>> {
         self.check_open()?;
+        let (base, framed) = service::base(svc);
+        if !framed {
+            return self.serve(base, body).await;
+        }
+        let (format, payload) = match crate::version::unframe("peer message", body) {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::error!(node = self.cfg.node_id, service = base, error = %e, "refusing a peer message");
+                return Err(e);
+            }
+        };
+        Ok(crate::version::frame(format, self.serve(base, payload).await?))
+    }
+
+    async fn serve(&self, svc: &str, body: &[u8]) -> Result<Vec<u8>> {
         match svc {
             service::APPEND => {
                 let req = decode("append entries request", body)?;
@@ -819,6 +861,14 @@ impl RaftNode {
     }
 }
 
+/// A command that needs format `needed` is refused while the cluster writes an older one.
+fn gate(needed: u32, cluster: u32) -> Result<()> {
+    if needed > cluster {
+        return Err(Error::FormatGated { needed, cluster });
+    }
+    Ok(())
+}
+
 fn txn_size(txn: &crate::Txn) -> usize {
     txn.success
         .iter()
@@ -950,5 +1000,70 @@ mod tests {
         let res = c.store(1).handle_rpc(super::service::SNAPSHOT, &body).await;
         assert!(matches!(res, Err(crate::Error::TooLarge { .. })), "got {res:?}");
         c.store(1).txn(crate::Txn::put("/ok", vec![1])).await.unwrap();
+    }
+
+    fn vote_body() -> Vec<u8> {
+        let req: openraft::raft::VoteRequest<u64> = openraft::raft::VoteRequest::new(Vote::new(0, 9), None);
+        crate::codec::encode("test", &req).unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn old_and_new_message_formats_are_served_and_a_future_one_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = TestCluster::start(dir.path(), 1).await.unwrap();
+        let s = c.store(1);
+        // Format 1: the bare encoding older releases send, answered bare.
+        let old = s.handle_rpc(super::service::VOTE, &vote_body()).await.unwrap();
+        let _: Result<openraft::raft::VoteResponse<u64>, openraft::error::RaftError<u64>> =
+            crate::codec::decode("reply", &old).unwrap();
+        // Format 2: framed, under the framed name, answered framed.
+        let svc = super::service::for_format(super::service::VOTE, 2);
+        assert_eq!(svc, "raft.vote/v");
+        let new = s.handle_rpc(svc, &crate::version::frame(2, vote_body())).await.unwrap();
+        let _: Result<openraft::raft::VoteResponse<u64>, openraft::error::RaftError<u64>> =
+            crate::network::reply_of(svc, &new).unwrap();
+        // A future format is refused with an error naming it, and the store keeps working.
+        let mut future = crate::version::frame(2, vote_body());
+        future[3] = 9;
+        let e = s.handle_rpc(svc, &future).await.unwrap_err();
+        assert!(matches!(e, crate::Error::UnsupportedFormat { found: 9, .. }), "got {e:?}");
+        // An unframed body under a framed name is refused too.
+        assert!(s.handle_rpc(svc, &vote_body()).await.is_err());
+        s.txn(crate::Txn::put("/ok", vec![1])).await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn members_writing_different_formats_replicate() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = TestCluster::start(dir.path(), 3).await.unwrap();
+        c.reconcile_until(3, std::time::Duration::from_secs(20)).await.unwrap();
+        // Node 1 writes format 2 (framed), the others format 1 (as older releases do).
+        c.store(1).set_cluster_format(2);
+        assert_eq!(c.store(1).cluster_format(), 2);
+        assert_eq!(c.store(2).cluster_format(), 1, "a node starts at format 1 until told otherwise");
+        c.store(2).set_cluster_format(99);
+        assert_eq!(c.store(2).cluster_format(), crate::version::FORMAT, "clamped to what it writes");
+        c.store(2).set_cluster_format(1);
+        for (i, id) in [1u64, 2, 3, 1, 2, 3].into_iter().enumerate() {
+            c.store(id).txn(crate::Txn::put(format!("/k/{i}"), vec![i as u8])).await.unwrap();
+        }
+        for id in [1u64, 2, 3] {
+            c.store(id).sync().await.unwrap();
+            let (kvs, _) = c.store(id).range("/k/").await.unwrap();
+            assert_eq!(kvs.len(), 6, "node {id}");
+        }
+    }
+
+    #[test]
+    fn a_command_above_the_cluster_format_is_refused() {
+        use crate::raft_types::{Command, RequestId};
+        let txn = Command::Txn { request: RequestId::new(1), txn: crate::Txn::put("/a", vec![]) };
+        assert_eq!(txn.format(), 1, "every command today is format 1");
+        assert_eq!(Command::Batch(vec![txn.clone(), txn]).format(), 1);
+        assert!(super::gate(1, 1).is_ok());
+        assert!(super::gate(2, 2).is_ok());
+        let e = super::gate(2, 1).unwrap_err();
+        assert!(matches!(e, crate::Error::FormatGated { needed: 2, cluster: 1 }), "got {e:?}");
+        assert!(e.to_string().contains("finish upgrading"), "{e}");
     }
 }

@@ -60,6 +60,16 @@ pub enum Command {
 }
 
 impl Command {
+    /// The lowest format a node must read to apply this command (see [`crate::version`]).
+    /// A new variant, or a new field that changes the meaning of an old one, gets the format
+    /// that introduced it; the leader refuses it while some member reads only older formats.
+    pub fn format(&self) -> u32 {
+        match self {
+            Command::Txn { .. } | Command::LeaseGrant { .. } | Command::LeaseRevoke { .. } => 1,
+            Command::Batch(cmds) => cmds.iter().map(Command::format).max().unwrap_or(1),
+        }
+    }
+
     pub fn request(&self) -> Option<RequestId> {
         match self {
             Command::Txn { request, .. }

@@ -103,6 +103,22 @@ impl Store {
         }
     }
 
+    /// The peer message format this node writes: the lowest any member reads (see
+    /// [`crate::version`]). Starts at format 1 until [`Store::set_cluster_format`] is called.
+    pub fn cluster_format(&self) -> u32 {
+        match &self.inner {
+            Backend::Mem(_) => crate::version::FORMAT,
+            Backend::Raft(n) => n.cluster_format(),
+        }
+    }
+
+    /// Sets the cluster format from what the members gossip ([`crate::version::cluster_format`]).
+    pub fn set_cluster_format(&self, format: u32) {
+        if let Backend::Raft(n) = &self.inner {
+            n.set_cluster_format(format);
+        }
+    }
+
     /// This node's view of the cluster.
     pub fn status(&self) -> StoreStatus {
         match &self.inner {

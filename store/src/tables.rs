@@ -5,12 +5,14 @@ use std::sync::Arc;
 use redb::{Database, ReadableDatabase, TableDefinition};
 use serde::{Deserialize, Serialize};
 
+use crate::codec::{decode, encode};
 use crate::types::Kv;
+use crate::version::STORE_FILE_FORMAT;
 use crate::{Error, Result};
 
 /// Raft log: index -> encoded entry.
 pub(crate) const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
-/// Raft log store state: "vote", "committed", "purged".
+/// Raft log store state: "vote", "committed", "purged", and the file's "format".
 pub(crate) const RAFT_META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
 /// State machine state: "applied", "membership", "revision".
 pub(crate) const SM_META: TableDefinition<&str, &[u8]> = TableDefinition::new("sm_meta");
@@ -30,6 +32,8 @@ pub(crate) const REQUESTS: TableDefinition<(u64, u64), &[u8]> = TableDefinition:
 pub(crate) const REQUEST_ORDER: TableDefinition<(u64, u32), (u64, u64)> = TableDefinition::new("request_order");
 
 pub(crate) const FILE_NAME: &str = "store.redb";
+/// Key of the store file format in `RAFT_META`.
+pub(crate) const FORMAT_KEY: &str = "format";
 
 /// One object as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -76,5 +80,63 @@ pub(crate) fn open_db(path: &Path) -> Result<Arc<Database>> {
         }
         w.commit().map_err(|e| open_err(e.into()))?;
     }
+    check_file_format(&db, path)?;
     Ok(Arc::new(db))
+}
+
+/// Refuses a file written in a newer store format; records the format in one that has none
+/// (every file written before formats existed is format 1).
+fn check_file_format(db: &Database, path: &Path) -> Result<()> {
+    let open_err = |e: redb::Error| Error::OpenDatabase { path: path.display().to_string(), source: e };
+    let found = {
+        let r = db.begin_read().map_err(|e| open_err(e.into()))?;
+        let meta = r.open_table(RAFT_META).map_err(|e| open_err(e.into()))?;
+        let v = meta.get(FORMAT_KEY).map_err(|e| open_err(e.into()))?;
+        v.map(|v| decode::<u32>("store file format", v.value())).transpose()?
+    };
+    match found {
+        Some(f) if f > STORE_FILE_FORMAT => {
+            let e = Error::UnsupportedFormat { what: "store file", found: f, oldest: 1, newest: STORE_FILE_FORMAT };
+            tracing::error!(path = %path.display(), error = %e, "refusing to open the store");
+            Err(e)
+        }
+        Some(_) => Ok(()),
+        None => {
+            let w = db.begin_write().map_err(|e| open_err(e.into()))?;
+            {
+                let mut meta = w.open_table(RAFT_META).map_err(|e| open_err(e.into()))?;
+                let b = encode("store file format", &STORE_FILE_FORMAT)?;
+                meta.insert(FORMAT_KEY, b.as_slice()).map_err(|e| open_err(e.into()))?;
+            }
+            w.commit().map_err(|e| open_err(e.into()))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_store_file_from_a_newer_format_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(FILE_NAME);
+        {
+            let db = open_db(&path).unwrap();
+            let r = db.begin_read().unwrap();
+            let meta = r.open_table(RAFT_META).unwrap();
+            let f: u32 = decode("test", meta.get(FORMAT_KEY).unwrap().unwrap().value()).unwrap();
+            assert_eq!(f, STORE_FILE_FORMAT, "a new file records its format");
+            drop(meta);
+            drop(r);
+            let w = db.begin_write().unwrap();
+            {
+                let mut meta = w.open_table(RAFT_META).unwrap();
+                meta.insert(FORMAT_KEY, encode("test", &(STORE_FILE_FORMAT + 1)).unwrap().as_slice()).unwrap();
+            }
+            w.commit().unwrap();
+        }
+        let Err(e) = open_db(&path) else { panic!("a newer file is refused") };
+        assert!(matches!(e, Error::UnsupportedFormat { what: "store file", .. }), "got {e:?}");
+    }
 }

@@ -393,17 +393,26 @@ async fn status(data_dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
     println!("term:     {}", v["term"]);
     println!("applied:  {}", v["applied_index"]);
     println!();
-    println!("{:<20} {:<24} {:<8} {:<8} {:<10} ALIVE", "MEMBER", "ADDRESS", "RAFT", "ROLE", "VERSION");
+    println!("{:<20} {:<24} {:<8} {:<8} {:<10} {:<7} ALIVE", "MEMBER", "ADDRESS", "RAFT", "ROLE", "VERSION", "FORMAT");
     for m in v["members"].as_array().into_iter().flatten() {
         println!(
-            "{:<20} {:<24} {:<8} {:<8} {:<10} {}",
+            "{:<20} {:<24} {:<8} {:<8} {:<10} {:<7} {}",
             m["name"].as_str().unwrap_or("?"),
             m["addr"].as_str().unwrap_or("?"),
             m["role"].as_str().unwrap_or("?"),
             m["node_role"].as_str().unwrap_or("?"),
             m["version"].as_str().unwrap_or("?"),
+            m["format"].as_u64().map_or_else(|| "?".to_string(), |f| f.to_string()),
             m["alive"]
         );
+    }
+    if let Some(msg) = v["versions"]["message"].as_str() {
+        println!();
+        if v["versions"]["mixed"].as_bool() == Some(true) {
+            println!("WARNING: {msg}");
+        } else {
+            println!("versions: {msg}");
+        }
     }
     if let Some(msg) = v["fault_tolerance"]["message"].as_str() {
         println!();

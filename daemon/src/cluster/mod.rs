@@ -31,6 +31,9 @@ pub use peers::NodeRecord;
 pub(crate) const ATTR_ROLE: &str = "role";
 /// Gossip attribute: the shoal version the node runs.
 pub(crate) const ATTR_VERSION: &str = "version";
+/// Gossip attribute: the newest peer message format the node reads (absent on releases before
+/// formats existed: format 1). See `shoal_store::version`.
+pub(crate) const ATTR_FORMAT: &str = "format";
 
 /// Where to join: the `--join` host (and optional port) and the token.
 #[derive(Debug, Clone)]
@@ -232,6 +235,7 @@ pub async fn run(cfg: NodeConfig, join: Option<JoinTarget>, shutdown: Cancellati
     attrs.insert("ready".to_string(), "true".to_string());
     attrs.insert(ATTR_ROLE.to_string(), cfg.node.role.as_str().to_string());
     attrs.insert(ATTR_VERSION.to_string(), env!("CARGO_PKG_VERSION").to_string());
+    attrs.insert(ATTR_FORMAT.to_string(), shoal_store::version::FORMAT.to_string());
     if !cfg.node.runs_pods() {
         // Never elected to announce a LoadBalancer IP it would not announce.
         attrs.insert(crate::lb::ATTR_LB.to_string(), "false".to_string());
@@ -430,8 +434,55 @@ async fn voter_loop(node: Arc<Node>, stop: CancellationToken) {
         if let Err(e) = node.store.reconcile_voters(&healthy, Instant::now()).await {
             tracing::warn!(error = %e, "voter reconcile");
         }
+        node.store.set_cluster_format(member_formats(&node, &members));
         readmit_returning(&node, &healthy).await;
     }
+}
+
+/// The format to write: the lowest any member of the Raft group reads (voters and learners
+/// both apply entries). A member out of sight, or one that gossips no format (a release before
+/// formats existed), counts as format 1, so an older node is never sent what it cannot read.
+fn member_formats(node: &Node, members: &[Member]) -> u32 {
+    let by_id: BTreeMap<u64, &Member> =
+        members.iter().filter_map(|m| m.attrs.get("node_id").and_then(|s| s.parse().ok()).map(|id| (id, m))).collect();
+    let formats = node.store.status().members.into_iter().map(|m| {
+        if m.node_id == node.identity.node_id {
+            return Some(shoal_store::version::FORMAT);
+        }
+        by_id.get(&m.node_id).and_then(|g| g.attrs.get(ATTR_FORMAT)).and_then(|f| f.parse().ok())
+    });
+    shoal_store::version::cluster_format(formats)
+}
+
+/// Whether the members run different versions (during a rolling upgrade), said plainly.
+/// `members` holds each member's name, version and format (`None` where unknown).
+pub(crate) fn version_skew(members: &[(String, Option<String>, Option<u32>)]) -> serde_json::Value {
+    let mut seen: BTreeMap<(String, u32), Vec<&str>> = BTreeMap::new();
+    let mut unknown = Vec::new();
+    for (name, version, format) in members {
+        match version {
+            Some(v) => seen.entry((v.clone(), format.unwrap_or(1))).or_default().push(name),
+            None => unknown.push(name.as_str()),
+        }
+    }
+    let mixed = seen.len() > 1;
+    let mut message = if mixed {
+        let parts: Vec<String> =
+            seen.iter().map(|((v, f), names)| format!("{v} (format {f}) on {}", names.join(", "))).collect();
+        format!(
+            "MIXED versions: {}; finish the upgrade (or roll back) one node at a time, see docs/operations.md",
+            parts.join("; ")
+        )
+    } else {
+        match seen.keys().next() {
+            Some((v, f)) => format!("every member runs {v} (format {f})"),
+            None => "no member version known".to_string(),
+        }
+    };
+    if !unknown.is_empty() {
+        message.push_str(&format!("; version unknown (out of sight) for {}", unknown.join(", ")));
+    }
+    json!({"mixed": mixed, "message": message})
 }
 
 /// On the leader: a node the cluster knows (it has a record) that is alive again but no longer
@@ -571,6 +622,17 @@ pub(crate) async fn status_json(node: &Node) -> serde_json::Value {
             None => serde_json::Value::Null,
         }
     };
+    // The format a member reads: its gossiped one; 1 for a member in sight that gossips none
+    // (a release before formats existed); null when out of sight.
+    let member_format = |id: u64| -> serde_json::Value {
+        if id == node.identity.node_id {
+            return json!(shoal_store::version::FORMAT);
+        }
+        match by_id.get(&id) {
+            Some(m) => json!(m.attrs.get(ATTR_FORMAT).and_then(|f| f.parse::<u32>().ok()).unwrap_or(1)),
+            None => serde_json::Value::Null,
+        }
+    };
     let list: Vec<serde_json::Value> = st
         .members
         .iter()
@@ -583,7 +645,18 @@ pub(crate) async fn status_json(node: &Node) -> serde_json::Value {
                 "alive": m.node_id == node.identity.node_id || by_id.get(&m.node_id).is_some_and(|g| g.alive),
                 "node_role": attr_of(m.node_id, ATTR_ROLE, node.cfg.node.role.as_str()),
                 "version": attr_of(m.node_id, ATTR_VERSION, env!("CARGO_PKG_VERSION")),
+                "format": member_format(m.node_id),
             })
+        })
+        .collect();
+    let skew: Vec<(String, Option<String>, Option<u32>)> = list
+        .iter()
+        .map(|m| {
+            (
+                m["name"].as_str().unwrap_or("?").to_string(),
+                m["version"].as_str().map(str::to_string),
+                m["format"].as_u64().and_then(|f| u32::try_from(f).ok()),
+            )
         })
         .collect();
     let voters = st.members.iter().filter(|m| m.role == shoal_store::Role::Voter).count();
@@ -597,6 +670,8 @@ pub(crate) async fn status_json(node: &Node) -> serde_json::Value {
         "revision": st.revision,
         "members": list,
         "fault_tolerance": fault_tolerance(voters),
+        "cluster_format": node.store.cluster_format(),
+        "versions": version_skew(&skew),
         "load_balancer_ips": crate::wiring::lb_status(node).await,
         "gossip": gossip_status(node),
     })
@@ -701,7 +776,23 @@ pub fn restore(
 
 #[cfg(test)]
 mod tests {
-    use super::fault_tolerance;
+    use super::{fault_tolerance, version_skew};
+
+    #[test]
+    fn status_warns_when_members_run_different_versions() {
+        let m = |n: &str, v: Option<&str>, f: Option<u32>| (n.to_string(), v.map(str::to_string), f);
+        let same = version_skew(&[m("a", Some("0.2.0"), Some(2)), m("b", Some("0.2.0"), Some(2))]);
+        assert_eq!(same["mixed"], false, "{same}");
+        assert_eq!(same["message"], "every member runs 0.2.0 (format 2)");
+        // Same version string, different format: a build from before formats existed.
+        let old = version_skew(&[m("a", Some("0.1.0"), Some(2)), m("b", Some("0.1.0"), None)]);
+        assert_eq!(old["mixed"], true, "{old}");
+        let msg = old["message"].as_str().unwrap();
+        assert!(msg.starts_with("MIXED versions") && msg.contains("format 1) on b"), "{msg}");
+        let gone = version_skew(&[m("a", Some("0.2.0"), Some(2)), m("c", None, None)]);
+        assert_eq!(gone["mixed"], false);
+        assert!(gone["message"].as_str().unwrap().contains("unknown (out of sight) for c"), "{gone}");
+    }
 
     #[test]
     fn status_says_plainly_when_there_is_no_fault_tolerance() {

@@ -55,7 +55,8 @@ impl RaftTransport for Quic {
 /// until its idle timeout), or elections and forwarded writes wait for nothing.
 fn call_timeout(service: &str) -> Duration {
     use shoal_store::service;
-    match service {
+    // Framed (format 2) names carry a suffix: time them as the service they stand for.
+    match service::base(service).0 {
         s if s == service::PROPOSE || s == service::READ_INDEX => Duration::from_secs(2),
         s if s == service::SNAPSHOT => Duration::from_secs(60),
         _ => Duration::from_secs(3),
@@ -91,6 +92,22 @@ pub fn serve_store(t: &Transport, store: &Store) {
                 async move { store.handle_rpc(service, &body).await.map_err(|e| e.to_string()) }.boxed()
             }),
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use shoal_store::service;
+
+    #[test]
+    fn framed_services_get_the_timeouts_of_their_base_service() {
+        for format in [1, 2] {
+            assert_eq!(super::call_timeout(service::for_format(service::SNAPSHOT, format)), Duration::from_secs(60));
+            assert_eq!(super::call_timeout(service::for_format(service::PROPOSE, format)), Duration::from_secs(2));
+            assert_eq!(super::call_timeout(service::for_format(service::APPEND, format)), Duration::from_secs(3));
+        }
     }
 }
 
