@@ -1508,3 +1508,59 @@ async fn network_policies_apply_list_describe_and_refuse_bad_ones() {
     assert!(!o.ok, "nothing bad was stored");
     api.stop().await;
 }
+
+/// `/openapi/v2`: client-go reads it in protobuf only, and parses every definition of it
+/// (`explain --output=plaintext-openapiv2` fails otherwise); `kubectl apply` computes its
+/// strategic merge patches from it, with the merge keys and `retainKeys` the server merges
+/// with. `--validate=strict` refuses a field a custom resource's schema does not declare.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openapi_v2_explain_strict_custom_fields_and_apply_merges() {
+    let api = Api::start().await;
+    api.wait_for_builtin_crds().await;
+    for v in ["1.33", "1.37"] {
+        let out = api.ok_v(v, &["explain", "--output=plaintext-openapiv2", "deployment.spec.strategy"]).await;
+        assert!(out.contains("rollingUpdate") && out.contains("DeploymentStrategy"), "{v}: {out}");
+        let out = api.ok_v(v, &["explain", "--output=plaintext-openapiv2", "ipaddresspools.spec"]).await;
+        assert!(out.contains("addresses") && out.contains("autoAssign"), "{v}: {out}");
+    }
+    let (code, body) = api.curl_accept("/openapi/v2", "application/json").await;
+    assert_eq!(code, 200, "{body}");
+    let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(doc["swagger"], "2.0");
+    assert!(doc["definitions"]["io.metallb.v1beta1.IPAddressPool"]["properties"]["spec"].is_object());
+    // Unknown fields of a custom resource, as its CRD's schema says.
+    api.ok(&["create", "namespace", "metallb-system"]).await;
+    let typo = "apiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata:\n  name: typo\n  namespace: metallb-system\nspec:\n  addresses: [10.9.0.1/32]\n  autoAsign: false\n";
+    for v in ["1.33", "1.37"] {
+        let o = api.run(v, &["apply", "-f", "-"], Some(typo)).await;
+        assert!(!o.ok && o.stderr.contains("unknown field \"spec.autoAsign\""), "{v}: {}", o.stderr);
+    }
+    let o = api.run("1.33", &["get", "ipaddresspool", "typo", "-n", "metallb-system"], None).await;
+    assert!(!o.ok, "nothing was written");
+    let out = api.ok_stdin(&["apply", "--validate=false", "-f", "-"], typo).await;
+    assert!(out.contains("ipaddresspool.metallb.io/typo created"), "{out}");
+    // Client-side apply with the v2 merge metadata: the strategy switch clears rollingUpdate
+    // ($retainKeys), env entries merge by name and a removed one goes.
+    let first = "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: merge\nspec:\n  strategy:\n    type: RollingUpdate\n    rollingUpdate: {maxSurge: 2}\n  selector:\n    matchLabels: {app: m}\n  template:\n    metadata:\n      labels: {app: m}\n    spec:\n      containers:\n      - name: c\n        image: busybox\n        env:\n        - {name: A, value: '1'}\n        - {name: B, value: '2'}\n";
+    let second = first
+        .replace("type: RollingUpdate\n    rollingUpdate: {maxSurge: 2}", "type: Recreate")
+        .replace("        - {name: B, value: '2'}\n", "");
+    for v in ["1.33", "1.37"] {
+        let o = api.run(v, &["apply", "-f", "-"], Some(first)).await;
+        assert!(o.ok, "{v}: {}", o.stderr);
+        let o = api.run(v, &["apply", "-f", "-"], Some(&second)).await;
+        assert!(o.ok, "{v}: {}", o.stderr);
+        let got = api
+            .ok(&[
+                "get",
+                "deployment",
+                "merge",
+                "-o",
+                "jsonpath={.spec.strategy.type}/{.spec.strategy.rollingUpdate}/{.spec.template.spec.containers[0].env[*].name}",
+            ])
+            .await;
+        assert_eq!(got, "Recreate//A", "{v}");
+        api.ok(&["delete", "deployment", "merge"]).await;
+    }
+    api.stop().await;
+}

@@ -35,6 +35,7 @@ mod metadata;
 mod namespace;
 mod node;
 mod openapi;
+mod openapi_v2;
 mod paging;
 mod pod;
 mod portforward;

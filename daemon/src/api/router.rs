@@ -13,7 +13,8 @@ use tracing::debug;
 use super::crud::{self, json_response, Ctx, PatchKind};
 use super::status::ApiError;
 use super::{
-    authz, discovery, exec, namespace, openapi, pod, portforward, registry, scale, token_request, watch, ApiState,
+    authz, discovery, exec, namespace, openapi, openapi_v2, pod, portforward, registry, scale, token_request, watch,
+    ApiState,
 };
 use crate::auth::UserInfo;
 
@@ -130,6 +131,25 @@ async fn route(state: Arc<ApiState>, req: Request<Body>) -> Result<Response, Api
         ["openapi", "v3"] if get => {
             let crds = registry::crds(&state.objects).await?;
             ok(openapi::index(&registry::with_custom(&crds), &crds))
+        }
+        ["openapi", "v2"] if get => {
+            let crds = registry::crds(&state.objects).await?;
+            let enc = openapi_v2::cached(&registry::with_custom(&crds), &crds);
+            let (ct, body) = if openapi_v2::wants_protobuf(&header_str(req.headers(), header::ACCEPT)) {
+                (openapi_v2::PROTOBUF, enc.protobuf.clone())
+            } else {
+                ("application/json", enc.json.clone())
+            };
+            Ok((
+                StatusCode::OK,
+                [
+                    (header::CONTENT_TYPE, ct.to_string()),
+                    (header::ETAG, enc.etag.clone()),
+                    (header::VARY, "Accept".into()),
+                ],
+                body,
+            )
+                .into_response())
         }
         ["openapi", "v3", "api", v] if get => openapi_doc(&state, "", v).await,
         ["openapi", "v3", "apis", g, v] if get => openapi_doc(&state, g, v).await,
