@@ -1564,3 +1564,107 @@ async fn openapi_v2_explain_strict_custom_fields_and_apply_merges() {
     }
     api.stop().await;
 }
+
+/// An HTTP server standing in for a pod: answers every request with its method, path and
+/// whether credentials reached it.
+async fn echo_http_server() -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let head = String::from_utf8_lossy(&buf).to_string();
+                let line = head.lines().next().unwrap_or_default().to_string();
+                let lower = head.to_ascii_lowercase();
+                let body = format!(
+                    "{line}|authorization={}|impersonate={}",
+                    lower.contains("\nauthorization:"),
+                    lower.contains("\nimpersonate-")
+                );
+                let resp = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = s.write_all(resp.as_bytes()).await;
+            });
+        }
+    });
+    addr
+}
+
+/// `kubectl proxy` and the proxy subresources of pods and services reach the pod's port (over
+/// the node agent's port-forward path); an ExternalName service and other targets outside the
+/// cluster's pods are refused, and the client's credentials do not reach the pod.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_proxy_and_proxy_subresources() {
+    let fake = Arc::new(FakeStreams::default());
+    *fake.forward_to.lock().unwrap() = Some(echo_http_server().await);
+    let api = Api::start_with(Some(fake.clone())).await;
+    api.ok(&["run", "web", "--image=nginx", "--port=80", "--labels=app=web"]).await;
+    api.ok(&["patch", "pod", "web", "--subresource=status", "--type=merge", "-p", r#"{"status":{"phase":"Running"}}"#])
+        .await;
+    api.ok(&["create", "service", "clusterip", "web", "--tcp=8080:80"]).await;
+    let out = api.ok_v("1.37", &["get", "--raw", "/api/v1/namespaces/default/pods/web/proxy/p?x=1"]).await;
+    assert_eq!(out, "GET /p?x=1 HTTP/1.1|authorization=false|impersonate=false");
+    let out = api.ok_v("1.33", &["get", "--raw", "/api/v1/namespaces/default/services/web:8080/proxy/s/t"]).await;
+    assert!(out.starts_with("GET /s/t HTTP/1.1|"), "{out}");
+    // kubectl proxy: a local HTTP server that forwards to the API with the kubeconfig's identity.
+    let mut child = tokio::process::Command::new(kubectl_bin("1.37"))
+        .args(["proxy", "--port=0"])
+        .env_clear()
+        .env("HOME", api.home())
+        .env("KUBECONFIG", api.home().join(".kube/config"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    {
+        use tokio::io::AsyncBufReadExt;
+        let mut r = tokio::io::BufReader::new(child.stdout.take().unwrap());
+        tokio::time::timeout(Duration::from_secs(60), r.read_line(&mut line)).await.unwrap().unwrap();
+    }
+    let port = line.trim().rsplit(':').next().unwrap().to_string();
+    let curl = |path: String| {
+        let port = port.clone();
+        async move {
+            let out = tokio::process::Command::new("curl")
+                .args(["-s", "-H", "Authorization: Bearer leaked", "-H", "Impersonate-User: x"])
+                .arg(format!("http://127.0.0.1:{port}{path}"))
+                .output()
+                .await
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).to_string()
+        }
+    };
+    let out = curl("/api/v1/namespaces/default/services/http:web:8080/proxy/via-kubectl-proxy".into()).await;
+    assert_eq!(out, "GET /via-kubectl-proxy HTTP/1.1|authorization=false|impersonate=false");
+    let out = curl("/api/v1/namespaces/default/pods/web:80/proxy/".into()).await;
+    assert!(out.starts_with("GET / HTTP/1.1|"), "{out}");
+    let _ = child.kill().await;
+    // Nothing outside the cluster's pods: an ExternalName service, a name that is an address,
+    // a port that is no port, https.
+    api.ok(&["create", "service", "externalname", "evil", "--external-name=example.com"]).await;
+    for (path, want) in [
+        ("/api/v1/namespaces/default/services/evil:80/proxy/", "ExternalName"),
+        ("/api/v1/namespaces/default/services/example.com:80/proxy/", "NotFound"),
+        ("/api/v1/namespaces/default/pods/10.0.0.1:80/proxy/", "NotFound"),
+        ("/api/v1/namespaces/default/pods/web:99999/proxy/", "no container port named"),
+        ("/api/v1/namespaces/default/pods/https:web:443/proxy/", "https"),
+        ("/api/v1/nodes/nowhere/proxy/healthz", "NotFound"),
+    ] {
+        let o = api.run("1.33", &["get", "--raw", path], None).await;
+        assert!(!o.ok && o.stderr.contains(want), "{path}: {}", o.stderr);
+    }
+    api.stop().await;
+}

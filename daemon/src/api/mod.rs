@@ -39,6 +39,7 @@ mod openapi_v2;
 mod paging;
 mod pod;
 mod portforward;
+mod proxy;
 mod rbac;
 mod registry;
 mod router;

@@ -1,5 +1,5 @@
 //! OpenAPI v2 (`/openapi/v2`): one Swagger 2.0 document for every served kind, in JSON or in
-//! the protobuf form (`application/com.github.proto-openapi.spec.v2@v1.0+protobuf`, gnostic's
+//! the protobuf form (`application/com.github.proto-openapi.spec.v2.v1.0+protobuf`, gnostic's
 //! `openapi.v2.Document`) that client-go asks for exclusively. kubectl reads it for client-side
 //! validation when a kind's OpenAPI v3 document does not claim `fieldValidation` (helm does the
 //! same), for `kubectl explain --output=plaintext-openapiv2`, and to compute the strategic merge
@@ -16,8 +16,11 @@ use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 use shoal_kube::Resource;
 
-/// The media type of the protobuf form.
-pub(crate) const PROTOBUF: &str = "application/com.github.proto-openapi.spec.v2@v1.0+protobuf";
+/// The media type of the protobuf form, as answered (Go's `mime` refuses the `@` of the form
+/// clients ask for).
+pub(crate) const PROTOBUF: &str = "application/com.github.proto-openapi.spec.v2.v1.0+protobuf";
+/// The older spelling client-go still asks for.
+const PROTOBUF_ASKED: &str = "application/com.github.proto-openapi.spec.v2@v1.0+protobuf";
 
 /// Fields whose patch strategy also retains keys (`$retainKeys`), as the k8s.io/api tags say:
 /// (type, field, strategy).
@@ -215,7 +218,7 @@ pub(crate) fn cached(resources: &[Resource], crds: &[Value]) -> Arc<Encoded> {
 pub(crate) fn wants_protobuf(accept: &str) -> bool {
     for part in accept.split(',') {
         let essence = part.split(';').next().unwrap_or_default().trim();
-        if essence.eq_ignore_ascii_case(PROTOBUF) {
+        if essence.eq_ignore_ascii_case(PROTOBUF) || essence.eq_ignore_ascii_case(PROTOBUF_ASKED) {
             return true;
         }
         if matches!(essence, "application/json" | "*/*" | "application/*") {
@@ -564,6 +567,7 @@ mod tests {
     #[test]
     fn protobuf_is_asked_for_by_client_go_only() {
         assert!(wants_protobuf(PROTOBUF));
+        assert!(wants_protobuf(PROTOBUF_ASKED));
         assert!(wants_protobuf(&format!("{PROTOBUF}, application/json")));
         assert!(!wants_protobuf("application/json"));
         assert!(!wants_protobuf(""));

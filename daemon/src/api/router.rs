@@ -13,8 +13,8 @@ use tracing::debug;
 use super::crud::{self, json_response, Ctx, PatchKind};
 use super::status::ApiError;
 use super::{
-    authz, discovery, exec, namespace, openapi, openapi_v2, pod, portforward, registry, scale, token_request, watch,
-    ApiState,
+    authz, discovery, exec, namespace, openapi, openapi_v2, pod, portforward, proxy, registry, scale, token_request,
+    watch, ApiState,
 };
 use crate::auth::UserInfo;
 
@@ -322,6 +322,9 @@ async fn resource(
         }
         let streams = state.streams.clone().ok_or_else(|| ApiError::unavailable("node agent not available"))?;
         return portforward::serve(req, streams, pod, state.shutdown.clone()).await;
+    }
+    if let (Some("proxy"), Some(name)) = (target.sub.as_deref(), target.name.as_deref()) {
+        return proxy::serve(state, &res, target.ns.as_deref(), name, req).await;
     }
     let query: HashMap<String, String> =
         Query::<HashMap<String, String>>::try_from_uri(req.uri()).map(|q| q.0).unwrap_or_default();
