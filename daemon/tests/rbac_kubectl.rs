@@ -616,6 +616,7 @@ async fn create_token_signs_in_to_the_status_page_which_rbac_governs() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxy_subresources_need_their_own_permission() {
     let api = Api::start().await;
+    api.user("bob", None);
     api.ok("admin", &["create", "rolebinding", "bob-view", "--clusterrole=view", "--user=bob", "-n", "default"]).await;
     api.ok("admin", &["create", "rolebinding", "alice-edit", "--clusterrole=edit", "--user=alice", "-n", "default"])
         .await;
