@@ -1546,3 +1546,163 @@ async fn network_policies_apply_list_describe_and_refuse_bad_ones() {
     assert!(!o.ok, "nothing bad was stored");
     api.stop().await;
 }
+
+/// `/openapi/v2`: client-go reads it in protobuf only, and parses every definition of it
+/// (`explain --output=plaintext-openapiv2` fails otherwise); `kubectl apply` computes its
+/// strategic merge patches from it, with the merge keys and `retainKeys` the server merges
+/// with. `--validate=strict` refuses a field a custom resource's schema does not declare.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openapi_v2_explain_strict_custom_fields_and_apply_merges() {
+    let api = Api::start().await;
+    api.wait_for_builtin_crds().await;
+    for v in ["1.33", "1.37"] {
+        let out = api.ok_v(v, &["explain", "--output=plaintext-openapiv2", "deployment.spec.strategy"]).await;
+        assert!(out.contains("rollingUpdate") && out.contains("DeploymentStrategy"), "{v}: {out}");
+        let out = api.ok_v(v, &["explain", "--output=plaintext-openapiv2", "ipaddresspools.spec"]).await;
+        assert!(out.contains("addresses") && out.contains("autoAssign"), "{v}: {out}");
+    }
+    let (code, body) = api.curl_accept("/openapi/v2", "application/json").await;
+    assert_eq!(code, 200, "{body}");
+    let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(doc["swagger"], "2.0");
+    assert!(doc["definitions"]["io.metallb.v1beta1.IPAddressPool"]["properties"]["spec"].is_object());
+    // Unknown fields of a custom resource, as its CRD's schema says.
+    api.ok(&["create", "namespace", "metallb-system"]).await;
+    let typo = "apiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata:\n  name: typo\n  namespace: metallb-system\nspec:\n  addresses: [10.9.0.1/32]\n  autoAsign: false\n";
+    for v in ["1.33", "1.37"] {
+        let o = api.run(v, &["apply", "-f", "-"], Some(typo)).await;
+        assert!(!o.ok && o.stderr.contains("unknown field \"spec.autoAsign\""), "{v}: {}", o.stderr);
+    }
+    let o = api.run("1.33", &["get", "ipaddresspool", "typo", "-n", "metallb-system"], None).await;
+    assert!(!o.ok, "nothing was written");
+    let out = api.ok_stdin(&["apply", "--validate=false", "-f", "-"], typo).await;
+    assert!(out.contains("ipaddresspool.metallb.io/typo created"), "{out}");
+    // Client-side apply with the v2 merge metadata: the strategy switch clears rollingUpdate
+    // ($retainKeys), env entries merge by name and a removed one goes.
+    let first = "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: merge\nspec:\n  strategy:\n    type: RollingUpdate\n    rollingUpdate: {maxSurge: 2}\n  selector:\n    matchLabels: {app: m}\n  template:\n    metadata:\n      labels: {app: m}\n    spec:\n      containers:\n      - name: c\n        image: busybox\n        env:\n        - {name: A, value: '1'}\n        - {name: B, value: '2'}\n";
+    let second = first
+        .replace("type: RollingUpdate\n    rollingUpdate: {maxSurge: 2}", "type: Recreate")
+        .replace("        - {name: B, value: '2'}\n", "");
+    for v in ["1.33", "1.37"] {
+        let o = api.run(v, &["apply", "-f", "-"], Some(first)).await;
+        assert!(o.ok, "{v}: {}", o.stderr);
+        let o = api.run(v, &["apply", "-f", "-"], Some(&second)).await;
+        assert!(o.ok, "{v}: {}", o.stderr);
+        let got = api
+            .ok(&[
+                "get",
+                "deployment",
+                "merge",
+                "-o",
+                "jsonpath={.spec.strategy.type}/{.spec.strategy.rollingUpdate}/{.spec.template.spec.containers[0].env[*].name}",
+            ])
+            .await;
+        assert_eq!(got, "Recreate//A", "{v}");
+        api.ok(&["delete", "deployment", "merge"]).await;
+    }
+    api.stop().await;
+}
+
+/// An HTTP server standing in for a pod: answers every request with its method, path and
+/// whether credentials reached it.
+async fn echo_http_server() -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let head = String::from_utf8_lossy(&buf).to_string();
+                let line = head.lines().next().unwrap_or_default().to_string();
+                let lower = head.to_ascii_lowercase();
+                let body = format!(
+                    "{line}|authorization={}|impersonate={}",
+                    lower.contains("\nauthorization:"),
+                    lower.contains("\nimpersonate-")
+                );
+                let resp = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = s.write_all(resp.as_bytes()).await;
+            });
+        }
+    });
+    addr
+}
+
+/// `kubectl proxy` and the proxy subresources of pods and services reach the pod's port (over
+/// the node agent's port-forward path); an ExternalName service and other targets outside the
+/// cluster's pods are refused (header stripping is unit-tested in `api::proxy`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_proxy_and_proxy_subresources() {
+    let fake = Arc::new(FakeStreams::default());
+    *fake.forward_to.lock().unwrap() = Some(echo_http_server().await);
+    let api = Api::start_with(Some(fake.clone())).await;
+    api.ok(&["run", "web", "--image=nginx", "--port=80", "--labels=app=web"]).await;
+    api.ok(&["patch", "pod", "web", "--subresource=status", "--type=merge", "-p", r#"{"status":{"phase":"Running"}}"#])
+        .await;
+    api.ok(&["create", "service", "clusterip", "web", "--tcp=8080:80"]).await;
+    let out = api.ok_v("1.37", &["get", "--raw", "/api/v1/namespaces/default/pods/web/proxy/p?x=1"]).await;
+    assert_eq!(out, "GET /p?x=1 HTTP/1.1|authorization=false|impersonate=false");
+    let out = api.ok_v("1.33", &["get", "--raw", "/api/v1/namespaces/default/services/web:8080/proxy/s/t"]).await;
+    assert!(out.starts_with("GET /s/t HTTP/1.1|"), "{out}");
+    // kubectl proxy: a local HTTP server that forwards to the API with the kubeconfig's identity.
+    let mut child = tokio::process::Command::new(kubectl_bin("1.37"))
+        .args(["proxy", "--port=0"])
+        .env_clear()
+        .env("HOME", api.home())
+        .env("KUBECONFIG", api.home().join(".kube/config"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    {
+        use tokio::io::AsyncBufReadExt;
+        let mut r = tokio::io::BufReader::new(child.stdout.take().unwrap());
+        tokio::time::timeout(Duration::from_secs(60), r.read_line(&mut line)).await.unwrap().unwrap();
+    }
+    let port = line.trim().rsplit(':').next().unwrap().to_string();
+    let curl = |path: String| {
+        let port = port.clone();
+        async move {
+            let out = tokio::process::Command::new("curl")
+                .args(["-s"])
+                .arg(format!("http://127.0.0.1:{port}{path}"))
+                .output()
+                .await
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).to_string()
+        }
+    };
+    let out = curl("/api/v1/namespaces/default/services/http:web:8080/proxy/via-kubectl-proxy".into()).await;
+    assert_eq!(out, "GET /via-kubectl-proxy HTTP/1.1|authorization=false|impersonate=false");
+    let out = curl("/api/v1/namespaces/default/pods/web:80/proxy/".into()).await;
+    assert!(out.starts_with("GET / HTTP/1.1|"), "{out}");
+    let _ = child.kill().await;
+    // Nothing outside the cluster's pods: an ExternalName service, a name that is an address,
+    // a port that is no port, https.
+    api.ok(&["create", "service", "externalname", "evil", "--external-name=example.com"]).await;
+    for (path, want) in [
+        ("/api/v1/namespaces/default/services/evil:80/proxy/", "ExternalName"),
+        ("/api/v1/namespaces/default/services/example.com:80/proxy/", "NotFound"),
+        ("/api/v1/namespaces/default/pods/10.0.0.1:80/proxy/", "NotFound"),
+        ("/api/v1/namespaces/default/pods/web:99999/proxy/", "no container port named"),
+        ("/api/v1/namespaces/default/pods/https:web:443/proxy/", "https"),
+        ("/api/v1/nodes/nowhere/proxy/healthz", "NotFound"),
+    ] {
+        let o = api.run("1.33", &["get", "--raw", path], None).await;
+        assert!(!o.ok && o.stderr.contains(want), "{path}: {}", o.stderr);
+    }
+    api.stop().await;
+}

@@ -610,3 +610,23 @@ async fn create_token_signs_in_to_the_status_page_which_rbac_governs() {
     let o = api.run("admin", &["create", "token", "viewer", "--duration=10s"], None).await;
     assert!(!o.ok, "{}", o.stdout);
 }
+
+/// The proxy subresources are governed by `services/proxy` and `pods/proxy`: `view` does not
+/// grant them (kube-apiserver's roles), `edit` does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_subresources_need_their_own_permission() {
+    let api = Api::start().await;
+    api.user("bob", None);
+    api.ok("admin", &["create", "rolebinding", "bob-view", "--clusterrole=view", "--user=bob", "-n", "default"]).await;
+    api.ok("admin", &["create", "rolebinding", "alice-edit", "--clusterrole=edit", "--user=alice", "-n", "default"])
+        .await;
+    api.ok("admin", &["create", "service", "clusterip", "web", "--tcp=80:80"]).await;
+    api.ok("bob", &["get", "service", "web"]).await;
+    let err = api.refused("bob", &["get", "--raw", "/api/v1/namespaces/default/services/web:80/proxy/"]).await;
+    assert!(err.contains(r#"User "bob" cannot get resource "services/proxy""#), "{err}");
+    let err = api.refused("bob", &["get", "--raw", "/api/v1/namespaces/default/pods/web:80/proxy/x"]).await;
+    assert!(err.contains(r#"User "bob" cannot get resource "pods/proxy""#), "{err}");
+    // alice passes authorization; the service has no running pod behind it.
+    let err = api.refused("alice", &["get", "--raw", "/api/v1/namespaces/default/services/web:80/proxy/"]).await;
+    assert!(!err.contains("Forbidden") && err.contains("ServiceUnavailable"), "{err}");
+}

@@ -982,6 +982,81 @@ pub fn check_unknown_fields(group: &str, version: &str, kind: &str, obj: &Value)
     }
 }
 
+/// `fieldValidation=Strict` for a custom resource: the fields of `obj` that its CRD's
+/// `openAPIV3Schema` (`schema`) does not declare, as kube-apiserver's pruning finds them (a
+/// `x-kubernetes-preserve-unknown-fields` subtree and `additionalProperties` maps accept
+/// anything; `metadata` is checked as ObjectMeta).
+pub fn check_unknown_fields_by_schema(
+    schema: &Value,
+    kind: &str,
+    version: &str,
+    obj: &Value,
+) -> Result<(), StrictError> {
+    let mut unknown = Vec::new();
+    if let Some(meta) = obj.get("metadata") {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+        unknown.extend(unknown_fields::<ObjectMeta>(meta, kind, version)?.into_iter().map(|f| format!("metadata.{f}")));
+    }
+    if let Value::Object(m) = obj {
+        let props = schema.get("properties").and_then(|p| p.as_object());
+        for (k, v) in m {
+            if matches!(k.as_str(), "apiVersion" | "kind" | "metadata") {
+                continue;
+            }
+            match props.and_then(|p| p.get(k)) {
+                Some(s) => undeclared(s, v, k, &mut unknown, 0),
+                None if preserves(schema) => {}
+                None => unknown.push(k.clone()),
+            }
+        }
+    }
+    if unknown.is_empty() {
+        Ok(())
+    } else {
+        Err(StrictError::UnknownFields(unknown))
+    }
+}
+
+fn preserves(schema: &Value) -> bool {
+    schema.get("x-kubernetes-preserve-unknown-fields").and_then(|v| v.as_bool()) == Some(true)
+}
+
+/// Collects the undeclared fields under `v` (at `path`), described by `schema`.
+fn undeclared(schema: &Value, v: &Value, path: &str, out: &mut Vec<String>, depth: usize) {
+    if depth > 64 || preserves(schema) {
+        return;
+    }
+    match v {
+        Value::Object(m) => {
+            let embedded = schema.get("x-kubernetes-embedded-resource").and_then(|v| v.as_bool()) == Some(true);
+            let props = schema.get("properties").and_then(|p| p.as_object());
+            let additional = schema.get("additionalProperties");
+            for (k, x) in m {
+                let child = format!("{path}.{k}");
+                match (props.and_then(|p| p.get(k)), additional) {
+                    (Some(s), _) => undeclared(s, x, &child, out, depth + 1),
+                    (None, Some(Value::Object(_))) => {
+                        if let Some(a) = additional {
+                            undeclared(a, x, &child, out, depth + 1)
+                        }
+                    }
+                    (None, Some(Value::Bool(true))) => {}
+                    _ if embedded && matches!(k.as_str(), "apiVersion" | "kind" | "metadata") => {}
+                    _ => out.push(child),
+                }
+            }
+        }
+        Value::Array(a) => {
+            if let Some(items) = schema.get("items").filter(|i| i.is_object()) {
+                for (i, x) in a.iter().enumerate() {
+                    undeclared(items, x, &format!("{path}[{i}]"), out, depth + 1);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
 pub mod network_policy;
 
 #[cfg(test)]

@@ -219,13 +219,33 @@ fn admit(res: &Resource, obj: &mut Value, old: Option<&Value>, uid: &str) -> Res
     Ok(())
 }
 
-/// `?fieldValidation=Strict`: unknown fields of a built-in kind are a 400.
-fn check_strict(ctx: &Ctx, obj: &Value) -> Result<(), ApiError> {
+/// `?fieldValidation=Strict`: unknown fields are a 400, by the compiled-in types of a built-in
+/// kind or by the CRD's schema of a custom one.
+async fn check_strict(ctx: &Ctx, obj: &Value) -> Result<(), ApiError> {
     if ctx.query.get("fieldValidation").map(|s| s.as_str()) != Some("Strict") {
         return Ok(());
     }
-    shoal_kube::validation::check_unknown_fields(&ctx.res.group, &ctx.res.version, &ctx.res.kind, obj)
+    let r = &ctx.res;
+    if !shoal_kube::validation::strict_supported(&r.group, &r.version, &r.kind) {
+        if let Some(schema) = custom_schema(ctx).await? {
+            return shoal_kube::validation::check_unknown_fields_by_schema(&schema, &r.kind, &r.version, obj)
+                .map_err(|e| ApiError::bad_request(e.message()));
+        }
+    }
+    shoal_kube::validation::check_unknown_fields(&r.group, &r.version, &r.kind, obj)
         .map_err(|e| ApiError::bad_request(e.message()))
+}
+
+/// The `openAPIV3Schema` of the custom resource's version, from its CRD.
+async fn custom_schema(ctx: &Ctx) -> Result<Option<Value>, ApiError> {
+    let r = &ctx.res;
+    let crds = super::registry::crds(&ctx.state.objects).await?;
+    let crd =
+        crds.iter().find(|c| c["spec"]["group"] == r.group.as_str() && c["spec"]["names"]["kind"] == r.kind.as_str());
+    let version = crd
+        .and_then(|c| c["spec"]["versions"].as_array())
+        .and_then(|vs| vs.iter().find(|v| v["name"] == r.version.as_str()));
+    Ok(version.map(|v| v["schema"]["openAPIV3Schema"].clone()).filter(|s| s.is_object()))
 }
 
 fn check_type_meta(res: &Resource, obj: &Value) -> Result<(), ApiError> {
@@ -351,7 +371,7 @@ pub(crate) async fn list(ctx: &Ctx) -> Result<Response, ApiError> {
 /// Creates `obj` (already decoded) and answers 201.
 pub(crate) async fn create_object(ctx: &Ctx, mut obj: Value) -> Result<Response, ApiError> {
     check_type_meta(&ctx.res, &obj)?;
-    check_strict(ctx, &obj)?;
+    check_strict(ctx, &obj).await?;
     set_type_meta(&ctx.res, &mut obj);
     if !obj["metadata"].is_object() {
         obj["metadata"] = json!({});
@@ -488,7 +508,7 @@ fn mode_for(res: &Resource, sub: Option<&str>) -> UpdateMode {
 
 /// Admission for an update: the name and namespace stay, defaults and checks run on the
 /// new object (not for status writes).
-fn prepare_update(ctx: &Ctx, name: &str, obj: &mut Value, old: &Value) -> Result<(), ApiError> {
+async fn prepare_update(ctx: &Ctx, name: &str, obj: &mut Value, old: &Value) -> Result<(), ApiError> {
     if obj["metadata"]["name"].as_str().is_some_and(|n| n != name) {
         return Err(ApiError::bad_request(format!(
             "the name of the object ({}) does not match the name on the URL ({name})",
@@ -503,7 +523,7 @@ fn prepare_update(ctx: &Ctx, name: &str, obj: &mut Value, old: &Value) -> Result
     if ctx.sub.as_deref() == Some("status") {
         return Ok(());
     }
-    check_strict(ctx, obj)?;
+    check_strict(ctx, obj).await?;
     let uid = old["metadata"]["uid"].as_str().unwrap_or_default().to_string();
     admit(&ctx.res, obj, Some(old), &uid)?;
     crate::admission::external_ips::check(&ctx.state.external_ip_cidrs, &ctx.res, obj, Some(old))
@@ -515,7 +535,7 @@ pub(crate) async fn update(ctx: &Ctx) -> Result<Response, ApiError> {
     let mut obj = ctx.body_json()?;
     check_type_meta(&ctx.res, &obj)?;
     let old = ctx.get_existing(name).await?;
-    prepare_update(ctx, name, &mut obj, &old)?;
+    prepare_update(ctx, name, &mut obj, &old).await?;
     let out = write(ctx, name, obj, &old, mode_for(&ctx.res, ctx.sub.as_deref())).await?;
     Ok(json_response(StatusCode::OK, &out))
 }
@@ -554,7 +574,7 @@ pub(crate) async fn patch(ctx: &Ctx) -> Result<Response, ApiError> {
             next["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"].clone();
         }
         check_type_meta(&ctx.res, &next)?;
-        prepare_update(ctx, name, &mut next, &old)?;
+        prepare_update(ctx, name, &mut next, &old).await?;
         match write(ctx, name, next, &old, mode_for(&ctx.res, ctx.sub.as_deref())).await {
             Ok(out) => return Ok(json_response(StatusCode::OK, &out)),
             Err(e) if e.reason == "Conflict" && !rv_from_patch => continue,

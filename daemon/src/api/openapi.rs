@@ -52,7 +52,7 @@ fn operation(r: &Resource, action: &str, params: &[&str]) -> Value {
     op
 }
 
-const OBJECT_META: &str = "io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta";
+pub(crate) const OBJECT_META: &str = "io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta";
 
 /// The schema name upstream gives a custom kind: the group's labels reversed, then version and
 /// kind.

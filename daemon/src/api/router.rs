@@ -13,8 +13,8 @@ use tracing::debug;
 use super::crud::{self, json_response, Ctx, PatchKind};
 use super::status::ApiError;
 use super::{
-    authz, discovery, events_v1, exec, namespace, openapi, pod, portforward, registry, scale, token_request, watch,
-    ApiState,
+    authz, discovery, events_v1, exec, namespace, openapi, openapi_v2, pod, portforward, proxy, registry, scale,
+    token_request, watch, ApiState,
 };
 use crate::auth::UserInfo;
 
@@ -131,6 +131,25 @@ async fn route(state: Arc<ApiState>, req: Request<Body>) -> Result<Response, Api
         ["openapi", "v3"] if get => {
             let crds = registry::crds(&state.objects).await?;
             ok(openapi::index(&registry::with_custom(&crds), &crds))
+        }
+        ["openapi", "v2"] if get => {
+            let crds = registry::crds(&state.objects).await?;
+            let enc = openapi_v2::cached(&registry::with_custom(&crds), &crds);
+            let (ct, body) = if openapi_v2::wants_protobuf(&header_str(req.headers(), header::ACCEPT)) {
+                (openapi_v2::PROTOBUF, enc.protobuf.clone())
+            } else {
+                ("application/json", enc.json.clone())
+            };
+            Ok((
+                StatusCode::OK,
+                [
+                    (header::CONTENT_TYPE, ct.to_string()),
+                    (header::ETAG, enc.etag.clone()),
+                    (header::VARY, "Accept".into()),
+                ],
+                body,
+            )
+                .into_response())
         }
         ["openapi", "v3", "api", v] if get => openapi_doc(&state, "", v).await,
         ["openapi", "v3", "apis", g, v] if get => openapi_doc(&state, g, v).await,
@@ -303,6 +322,9 @@ async fn resource(
         }
         let streams = state.streams.clone().ok_or_else(|| ApiError::unavailable("node agent not available"))?;
         return portforward::serve(req, streams, pod, state.shutdown.clone()).await;
+    }
+    if let (Some("proxy"), Some(name)) = (target.sub.as_deref(), target.name.as_deref()) {
+        return proxy::serve(state, &res, target.ns.as_deref(), name, req).await;
     }
     let query: HashMap<String, String> =
         Query::<HashMap<String, String>>::try_from_uri(req.uri()).map(|q| q.0).unwrap_or_default();

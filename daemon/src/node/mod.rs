@@ -2,6 +2,7 @@
 //! writes back the status kubectl shows. It reads the local replica (no cache of its own),
 //! re-adopts running containers after a restart, and writes status only when it changes.
 pub mod blobs;
+mod dns_files;
 mod env;
 pub mod eviction;
 pub mod lease;

@@ -766,13 +766,12 @@ impl Agent {
         let name = pod["metadata"]["name"].as_str().unwrap_or("pod");
         let ns = pod["metadata"]["namespace"].as_str().unwrap_or("default");
         let ip = st.ip.map(|i| i.to_string()).unwrap_or_else(|| self.cfg.address.to_string());
-        let hosts = format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{ip}\t{name}\n");
+        let hosts = super::dns_files::hosts(pod, ns, &ip);
         write_if_changed(&dir.join("hosts"), hosts.as_bytes()).map_err(io)?;
-        write_if_changed(&dir.join("hostname"), format!("{name}\n").as_bytes()).map_err(io)?;
-        let resolv = format!(
-            "search {ns}.svc.cluster.local svc.cluster.local cluster.local\nnameserver {}\noptions ndots:5\n",
-            self.cfg.dns_ip
-        );
+        let hostname = pod["spec"]["hostname"].as_str().filter(|h| !h.is_empty()).unwrap_or(name);
+        write_if_changed(&dir.join("hostname"), format!("{hostname}\n").as_bytes()).map_err(io)?;
+        let resolv =
+            super::dns_files::resolv_conf(pod, ns, &self.cfg.dns_ip.to_string(), &super::dns_files::host_resolv());
         write_if_changed(&dir.join("resolv.conf"), resolv.as_bytes()).map_err(io)?;
         let vols: Vec<Value> = pod["spec"]["volumes"].as_array().cloned().unwrap_or_default();
         let (cm_names, secret_names) = volumes::referenced(&vols);

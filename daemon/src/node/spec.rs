@@ -102,7 +102,9 @@ pub fn build(input: &ContainerInput<'_>) -> Value {
     }
     let env: Vec<String> = order.iter().map(|k| format!("{k}={}", env[k])).collect();
     let pod_name = input.pod["metadata"]["name"].as_str().unwrap_or("pod");
-    spec["hostname"] = json!(pod_name);
+    // `spec.hostname` when set (kubelet's rule), else the pod's name.
+    let hostname = input.pod["spec"]["hostname"].as_str().filter(|h| !h.is_empty()).unwrap_or(pod_name);
+    spec["hostname"] = json!(hostname);
     spec["process"]["args"] = json!(args);
     spec["process"]["env"] = json!(env);
     spec["process"]["cwd"] = json!(cwd);

@@ -11,7 +11,7 @@ mod strategic;
 
 use serde_json::Value;
 
-pub use schema::{strategic_merge_supported, ListStrategy};
+pub use schema::{list_strategy, strategic_merge_supported, ListStrategy};
 pub use strategic::strategic_merge;
 
 /// Why a patch could not be applied.

@@ -127,6 +127,16 @@ const KINDS: &[(&str, &str)] = &[
     ("events.k8s.io", "Event"),
 ];
 
+/// How the list field `field` of the Go type `ty` (`PodSpec`, `Container`) merges, for the
+/// fields that have merge metadata (None: the list is replaced). Published as
+/// `x-kubernetes-patch-strategy`/`x-kubernetes-patch-merge-key` in OpenAPI v2.
+pub fn list_strategy(ty: &str, field: &str) -> Option<ListStrategy> {
+    if let Some((_, _, _, list)) = FIELDS.iter().find(|(t, f, _, _)| *t == ty && *f == field) {
+        return (*list != Replace).then_some(*list);
+    }
+    (field == "conditions" && ty.ends_with("Status")).then_some(Key("type"))
+}
+
 /// Whether a strategic merge patch is accepted for this group and kind (built-in kinds only).
 pub fn strategic_merge_supported(group: &str, kind: &str) -> bool {
     KINDS.iter().any(|(g, k)| *g == group && *k == kind)

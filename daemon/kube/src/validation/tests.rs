@@ -231,3 +231,26 @@ proptest! {
         prop_assert!(!dns1123_label(&name).is_empty());
     }
 }
+
+#[test]
+fn strict_unknown_fields_of_a_custom_resource_follow_its_schema() {
+    let schema = json!({"type": "object", "properties": {
+        "spec": {"type": "object", "properties": {
+            "addresses": {"type": "array", "items": {"type": "string"}},
+            "pools": {"type": "array", "items": {"type": "object", "properties": {"name": {"type": "string"}}}},
+            "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+            "free": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}},
+        "status": {"type": "object"}}});
+    let ok = json!({"apiVersion": "example.com/v1", "kind": "Pool", "metadata": {"name": "p"},
+        "spec": {"addresses": ["10.0.0.0/24"], "pools": [{"name": "a"}], "labels": {"x": "y"}, "free": {"any": {"thing": 1}}}});
+    assert_eq!(check_unknown_fields_by_schema(&schema, "Pool", "v1", &ok), Ok(()));
+    let bad = json!({"metadata": {"name": "p", "labls": {}}, "spec": {"adresses": [], "pools": [{"name": "a", "size": 1}]}, "extra": 1});
+    let e = check_unknown_fields_by_schema(&schema, "Pool", "v1", &bad).unwrap_err();
+    assert_eq!(
+        e.message(),
+        "strict decoding error: unknown field \"metadata.labls\", unknown field \"extra\", unknown field \"spec.adresses\", unknown field \"spec.pools[0].size\""
+    );
+    // A schema that preserves unknown fields at the root accepts anything.
+    let open = json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true});
+    assert_eq!(check_unknown_fields_by_schema(&open, "Pool", "v1", &bad["spec"]), Ok(()));
+}
