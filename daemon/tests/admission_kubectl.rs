@@ -62,7 +62,12 @@ impl Cluster {
             let scert = sp.signed_by(&skey, &issuer).unwrap();
             let tls =
                 TlsMaterial { cert_pem: scert.pem(), key_pem: skey.serialize_pem(), client_ca_pem: ca_cert.pem() };
-            let cfg = ApiConfig::new("127.0.0.1:0".parse().unwrap(), tls, objects.clone(), format!("n{i}"));
+            let mut cfg = ApiConfig::new("127.0.0.1:0".parse().unwrap(), tls, objects.clone(), format!("n{i}"));
+            cfg.audit = Some(std::sync::Arc::new(shoal::api::AuditLog::new(shoal::api::AuditConfig {
+                path: dir.path().join(format!("audit-n{i}.log")),
+                max_bytes: 64 << 20,
+                max_files: 2,
+            })));
             let server = Server::bind(cfg).await.unwrap();
             let url = format!("https://{}", server.local_addr().unwrap());
             let s = shutdown.clone();
@@ -316,4 +321,135 @@ async fn racing_creates_through_three_servers_stop_at_the_quota() {
     let pods = c.ok(&["get", "pods", "-n", "race", "-o", "name"]).await;
     assert_eq!(pods.lines().count(), 3, "{pods}");
     c.wait_for(&["get", "quota", "q", "-n", "race", "-o", "jsonpath={.status.used.pods}"], "3").await;
+}
+
+/// Pod Security Admission as kubectl users see it: label checks, the refusal, the warnings
+/// kubectl prints, the audit annotation, workload templates warned about and their pods refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_security_levels_as_kubectl_shows_them() {
+    let c = Cluster::start(1).await;
+    c.ok(&["create", "namespace", "secure"]).await;
+    let err = c.refused(&["label", "ns", "secure", "pod-security.kubernetes.io/enforce=strict"]).await;
+    assert!(
+        err.contains(r#"namespaces "secure" is invalid: metadata.labels[pod-security.kubernetes.io/enforce]: Invalid value: "strict": must be one of privileged, baseline, restricted"#),
+        "{err}"
+    );
+    c.ok(&[
+        "label",
+        "ns",
+        "secure",
+        "pod-security.kubernetes.io/enforce=baseline",
+        "pod-security.kubernetes.io/warn=restricted",
+        "pod-security.kubernetes.io/audit=restricted",
+    ])
+    .await;
+
+    // warn: admitted, and kubectl prints the Warning header.
+    let o = c.run(0, &["run", "plain", "-n", "secure", "--image=busybox", "--restart=Never"], None).await;
+    assert!(o.ok, "{}", o.stderr);
+    assert!(
+        o.stderr.contains(r#"Warning: would violate PodSecurity "restricted:latest": allowPrivilegeEscalation != false (container "plain" must set securityContext.allowPrivilegeEscalation=false), unrestricted capabilities (container "plain" must set securityContext.capabilities.drop=["ALL"]), runAsNonRoot != true (pod or container "plain" must set securityContext.runAsNonRoot=true), seccompProfile (pod or container "plain" must set securityContext.seccompProfile.type to "RuntimeDefault" or "Localhost")"#),
+        "{}",
+        o.stderr
+    );
+    // audit: the annotation is in the audit log.
+    let audit = std::fs::read_to_string(c.home().join("audit-n0.log")).unwrap();
+    let line = audit
+        .lines()
+        .find(|l| l.contains("/namespaces/secure/pods") && l.contains("audit-violations"))
+        .unwrap_or_else(|| panic!("{audit}"));
+    let e: serde_json::Value = serde_json::from_str(line).unwrap();
+    assert_eq!(e["annotations"]["pod-security.kubernetes.io/enforce-policy"], "baseline:latest");
+    assert!(e["annotations"]["pod-security.kubernetes.io/audit-violations"]
+        .as_str()
+        .unwrap()
+        .starts_with(r#"would violate PodSecurity "restricted:latest": allowPrivilegeEscalation != false"#));
+
+    // enforce: a privileged pod is refused with upstream's text.
+    let priv_spec =
+        r#"{"spec":{"containers":[{"name":"priv","image":"busybox","securityContext":{"privileged":true}}]}}"#;
+    let err = c
+        .refused(&["run", "priv", "-n", "secure", "--image=busybox", "--restart=Never", "--overrides", priv_spec])
+        .await;
+    assert!(
+        err.contains(r#"Error from server (Forbidden): pods "priv" is forbidden: violates PodSecurity "baseline:latest": privileged (container "priv" must not set securityContext.privileged=true)"#),
+        "{err}"
+    );
+    // A compliant pod: no warning at all.
+    let good = r#"{"spec":{"securityContext":{"runAsNonRoot":true,"runAsUser":1000,"seccompProfile":{"type":"RuntimeDefault"}},"containers":[{"name":"good","image":"busybox","securityContext":{"allowPrivilegeEscalation":false,"capabilities":{"drop":["ALL"]}}}]}}"#;
+    let o = c
+        .run(0, &["run", "good", "-n", "secure", "--image=busybox", "--restart=Never", "--overrides", good], None)
+        .await;
+    assert!(o.ok && !o.stderr.contains("Warning"), "{}", o.stderr);
+
+    // A Deployment with a privileged template: admitted with a warning, its pods refused
+    // (FailedCreate on the ReplicaSet).
+    let deploy = "apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web, namespace: secure}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      containers:
+      - name: web
+        image: busybox
+        securityContext: {privileged: true}
+";
+    let o = c.apply(deploy).await;
+    assert!(o.ok, "{}", o.stderr);
+    assert!(
+        o.stderr.contains(r#"Warning: would violate PodSecurity "baseline:latest": privileged (container "web" must not set securityContext.privileged=true)"#),
+        "{}",
+        o.stderr
+    );
+    let mut refused = false;
+    for _ in 0..300 {
+        let ev = c
+            .ok(&[
+                "get",
+                "events",
+                "-n",
+                "secure",
+                "--field-selector",
+                "reason=FailedCreate",
+                "-o",
+                "jsonpath={.items[*].message}",
+            ])
+            .await;
+        if ev.contains(r#"violates PodSecurity "baseline:latest": privileged (container "web" must not set securityContext.privileged=true)"#) {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(refused, "no FailedCreate event for the privileged deployment's pod");
+
+    // Quota on update: a Service turned LoadBalancer is counted, as upstream.
+    let q = "apiVersion: v1\nkind: ResourceQuota\nmetadata: {name: lb, namespace: secure}\nspec:\n  hard: {services.loadbalancers: '0'}\n";
+    assert!(c.apply(q).await.ok);
+    c.ok(&["create", "service", "clusterip", "s", "-n", "secure", "--tcp=80:80"]).await;
+    let err = c.refused(&["patch", "service", "s", "-n", "secure", "-p", r#"{"spec":{"type":"LoadBalancer"}}"#]).await;
+    assert!(
+        err.contains(r#"services "s" is forbidden: exceeded quota: lb, requested: services.loadbalancers=1, used: services.loadbalancers=0, limited: services.loadbalancers=0"#),
+        "{err}"
+    );
+
+    // Tightening enforce warns about the pods already running that break it.
+    let o = c
+        .run(0, &["label", "--overwrite", "ns", "secure", "pod-security.kubernetes.io/enforce=restricted"], None)
+        .await;
+    assert!(o.ok, "{}", o.stderr);
+    assert!(
+        o.stderr.contains(r#"Warning: existing pods in namespace "secure" violate the new PodSecurity enforce level "restricted:latest""#),
+        "{}",
+        o.stderr
+    );
+    assert!(
+        o.stderr.contains("Warning: plain: allowPrivilegeEscalation != false, unrestricted capabilities, runAsNonRoot != true, seccompProfile"),
+        "{}",
+        o.stderr
+    );
 }
