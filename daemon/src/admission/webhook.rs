@@ -446,7 +446,10 @@ async fn call_one(objects: &Objects, w: &Value, call: &Call<'_>, obj: Option<&Va
         ));
     }
     if resp["uid"].as_str() != Some(uid.as_str()) {
-        return Err(fail(format!("expected response.uid={uid:?}, got {:?}", resp["uid"].as_str().unwrap_or_default())));
+        return Err(fail(format!(
+            "received invalid webhook response: expected response.uid={uid:?}, got {:?}",
+            resp["uid"].as_str().unwrap_or_default()
+        )));
     }
     let allowed = resp["allowed"]
         .as_bool()
