@@ -82,6 +82,76 @@ pub struct AdmissionSection {
     /// CIDRs a Service's `spec.externalIPs` may use; empty (the default): none, every
     /// externalIP is refused (the CVE-2020-8554 class).
     pub external_ip_cidrs: Vec<String>,
+    /// Pod Security levels of namespaces that do not label their own.
+    pub pod_security: PodSecurityDefaults,
+}
+
+/// `[admission.pod_security]`: the Pod Security Admission levels (privileged, baseline,
+/// restricted) and versions (`latest`, `v1.N`) a namespace gets for each mode it does not
+/// label; upstream's defaults (privileged, latest) when left out.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PodSecurityDefaults {
+    pub enforce: String,
+    pub enforce_version: String,
+    pub audit: String,
+    pub audit_version: String,
+    pub warn: String,
+    pub warn_version: String,
+}
+
+impl Default for PodSecurityDefaults {
+    fn default() -> Self {
+        let (p, l) = ("privileged".to_string(), "latest".to_string());
+        PodSecurityDefaults {
+            enforce: p.clone(),
+            enforce_version: l.clone(),
+            audit: p.clone(),
+            audit_version: l.clone(),
+            warn: p,
+            warn_version: l,
+        }
+    }
+}
+
+impl PodSecurityDefaults {
+    /// As namespace labels (`pod-security.kubernetes.io/enforce` = `baseline`, ...).
+    pub fn labels(&self) -> std::collections::BTreeMap<String, String> {
+        [
+            ("enforce", &self.enforce),
+            ("enforce-version", &self.enforce_version),
+            ("audit", &self.audit),
+            ("audit-version", &self.audit_version),
+            ("warn", &self.warn),
+            ("warn-version", &self.warn_version),
+        ]
+        .into_iter()
+        .map(|(k, v)| (format!("pod-security.kubernetes.io/{k}"), v.clone()))
+        .collect()
+    }
+
+    /// A level or version that is not one of upstream's.
+    fn check(&self) -> Result<(), String> {
+        for (k, v) in [("enforce", &self.enforce), ("audit", &self.audit), ("warn", &self.warn)] {
+            if !["privileged", "baseline", "restricted"].contains(&v.as_str()) {
+                return Err(format!(
+                    "[admission.pod_security] {k} = {v:?}: must be privileged, baseline or restricted"
+                ));
+            }
+        }
+        for (k, v) in [
+            ("enforce_version", &self.enforce_version),
+            ("audit_version", &self.audit_version),
+            ("warn_version", &self.warn_version),
+        ] {
+            let ok = v == "latest"
+                || v.strip_prefix("v1.").is_some_and(|m| !m.is_empty() && m.bytes().all(|b| b.is_ascii_digit()));
+            if !ok {
+                return Err(format!("[admission.pod_security] {k} = {v:?}: must be \"latest\" or \"v1.N\""));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// How long Events live unless configured otherwise (kube-apiserver's `--event-ttl` default).
@@ -332,6 +402,7 @@ impl NodeConfig {
         if cfg.version != 1 {
             return Err(ConfigError::Version { path: path.into(), version: cfg.version });
         }
+        cfg.admission.pod_security.check().map_err(|message| ConfigError::Parse { path: path.into(), message })?;
         Ok(cfg)
     }
 
@@ -512,6 +583,17 @@ mod tests {
         std::fs::write(&p, "version = 1\n[admission]\nexternal_ip_cidrs = [\"192.168.10.0/24\"]\n").unwrap();
         let c = NodeConfig::load(&p, true).unwrap();
         assert_eq!(c.admission.external_ip_cidrs, vec!["192.168.10.0/24".to_string()]);
+        assert_eq!(c.admission.pod_security.labels()["pod-security.kubernetes.io/enforce"], "privileged");
+        std::fs::write(&p, "version = 1\n[admission.pod_security]\nenforce = \"baseline\"\nwarn = \"restricted\"\n")
+            .unwrap();
+        let c = NodeConfig::load(&p, true).unwrap();
+        let labels = c.admission.pod_security.labels();
+        assert_eq!(labels["pod-security.kubernetes.io/enforce"], "baseline");
+        assert_eq!(labels["pod-security.kubernetes.io/warn"], "restricted");
+        assert_eq!(labels["pod-security.kubernetes.io/audit-version"], "latest");
+        std::fs::write(&p, "version = 1\n[admission.pod_security]\nenforce = \"strict\"\n").unwrap();
+        let e = NodeConfig::load(&p, true).unwrap_err().to_string();
+        assert!(e.contains("must be privileged, baseline or restricted"), "{e}");
         assert!(NodeConfig::load(&dir.path().join("missing.toml"), false).is_ok());
         assert_eq!(c.ingress.classes, vec!["nginx".to_string()]);
         std::fs::write(&p, "version = 1\n[ingress]\nclasses = []\nhttp_port = 8080\n").unwrap();

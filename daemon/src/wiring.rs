@@ -142,7 +142,11 @@ fn start_leader_components(node: &Arc<Node>, health: NodeHealth, token: Cancella
                 _ = tokio::time::sleep(Duration::from_millis(200)) => {}
             }
         }
-        let mut manager = ControllerManager::new(ControllerConfig::default());
+        let config = ControllerConfig {
+            pod_security_defaults: node.cfg.admission.pod_security.labels(),
+            ..ControllerConfig::default()
+        };
+        let mut manager = ControllerManager::new(config);
         if let Some(m) = node.metrics.get() {
             manager = manager.with_metrics(m.clone() as Arc<dyn crate::controllers::PodMetrics>);
         }
@@ -364,6 +368,7 @@ async fn api_server(
     cfg.exporter = exporter;
     cfg.event_ttl = None; // the node's objects carry [api] event_ttl (0s: none)
     cfg.external_ip_cidrs = node.cfg.admission.external_ip_cidrs.clone();
+    cfg.pod_security_defaults = node.cfg.admission.pod_security.labels();
     cfg.heartbeats = Some(Arc::new(GossipHeartbeats(node.clone())));
     cfg.max_token_expiration = node.cfg.api.service_account_max_token_expiration;
     if node.cfg.api.audit_log {

@@ -62,7 +62,12 @@ impl Cluster {
             let scert = sp.signed_by(&skey, &issuer).unwrap();
             let tls =
                 TlsMaterial { cert_pem: scert.pem(), key_pem: skey.serialize_pem(), client_ca_pem: ca_cert.pem() };
-            let cfg = ApiConfig::new("127.0.0.1:0".parse().unwrap(), tls, objects.clone(), format!("n{i}"));
+            let mut cfg = ApiConfig::new("127.0.0.1:0".parse().unwrap(), tls, objects.clone(), format!("n{i}"));
+            cfg.audit = Some(std::sync::Arc::new(shoal::api::AuditLog::new(shoal::api::AuditConfig {
+                path: dir.path().join(format!("audit-n{i}.log")),
+                max_bytes: 64 << 20,
+                max_files: 2,
+            })));
             let server = Server::bind(cfg).await.unwrap();
             let url = format!("https://{}", server.local_addr().unwrap());
             let s = shutdown.clone();
@@ -316,4 +321,362 @@ async fn racing_creates_through_three_servers_stop_at_the_quota() {
     let pods = c.ok(&["get", "pods", "-n", "race", "-o", "name"]).await;
     assert_eq!(pods.lines().count(), 3, "{pods}");
     c.wait_for(&["get", "quota", "q", "-n", "race", "-o", "jsonpath={.status.used.pods}"], "3").await;
+}
+
+/// Pod Security Admission as kubectl users see it: label checks, the refusal, the warnings
+/// kubectl prints, the audit annotation, workload templates warned about and their pods refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_security_levels_as_kubectl_shows_them() {
+    let c = Cluster::start(1).await;
+    c.ok(&["create", "namespace", "secure"]).await;
+    let err = c.refused(&["label", "ns", "secure", "pod-security.kubernetes.io/enforce=strict"]).await;
+    assert!(
+        err.contains(r#"namespaces "secure" is invalid: metadata.labels[pod-security.kubernetes.io/enforce]: Invalid value: "strict": must be one of privileged, baseline, restricted"#),
+        "{err}"
+    );
+    c.ok(&[
+        "label",
+        "ns",
+        "secure",
+        "pod-security.kubernetes.io/enforce=baseline",
+        "pod-security.kubernetes.io/warn=restricted",
+        "pod-security.kubernetes.io/audit=restricted",
+    ])
+    .await;
+
+    // warn: admitted, and kubectl prints the Warning header.
+    let o = c.run(0, &["run", "plain", "-n", "secure", "--image=busybox", "--restart=Never"], None).await;
+    assert!(o.ok, "{}", o.stderr);
+    assert!(
+        o.stderr.contains(r#"Warning: would violate PodSecurity "restricted:latest": allowPrivilegeEscalation != false (container "plain" must set securityContext.allowPrivilegeEscalation=false), unrestricted capabilities (container "plain" must set securityContext.capabilities.drop=["ALL"]), runAsNonRoot != true (pod or container "plain" must set securityContext.runAsNonRoot=true), seccompProfile (pod or container "plain" must set securityContext.seccompProfile.type to "RuntimeDefault" or "Localhost")"#),
+        "{}",
+        o.stderr
+    );
+    // audit: the annotation is in the audit log.
+    let audit = std::fs::read_to_string(c.home().join("audit-n0.log")).unwrap();
+    let line = audit
+        .lines()
+        .find(|l| l.contains("/namespaces/secure/pods") && l.contains("audit-violations"))
+        .unwrap_or_else(|| panic!("{audit}"));
+    let e: serde_json::Value = serde_json::from_str(line).unwrap();
+    assert_eq!(e["annotations"]["pod-security.kubernetes.io/enforce-policy"], "baseline:latest");
+    assert!(e["annotations"]["pod-security.kubernetes.io/audit-violations"]
+        .as_str()
+        .unwrap()
+        .starts_with(r#"would violate PodSecurity "restricted:latest": allowPrivilegeEscalation != false"#));
+
+    // enforce: a privileged pod is refused with upstream's text.
+    let priv_spec =
+        r#"{"spec":{"containers":[{"name":"priv","image":"busybox","securityContext":{"privileged":true}}]}}"#;
+    let err = c
+        .refused(&["run", "priv", "-n", "secure", "--image=busybox", "--restart=Never", "--overrides", priv_spec])
+        .await;
+    assert!(
+        err.contains(r#"Error from server (Forbidden): pods "priv" is forbidden: violates PodSecurity "baseline:latest": privileged (container "priv" must not set securityContext.privileged=true)"#),
+        "{err}"
+    );
+    // A compliant pod: no warning at all.
+    let good = r#"{"spec":{"securityContext":{"runAsNonRoot":true,"runAsUser":1000,"seccompProfile":{"type":"RuntimeDefault"}},"containers":[{"name":"good","image":"busybox","securityContext":{"allowPrivilegeEscalation":false,"capabilities":{"drop":["ALL"]}}}]}}"#;
+    let o = c
+        .run(0, &["run", "good", "-n", "secure", "--image=busybox", "--restart=Never", "--overrides", good], None)
+        .await;
+    assert!(o.ok && !o.stderr.contains("Warning"), "{}", o.stderr);
+
+    // A Deployment with a privileged template: admitted with a warning, its pods refused
+    // (FailedCreate on the ReplicaSet).
+    let deploy = "apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web, namespace: secure}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      containers:
+      - name: web
+        image: busybox
+        securityContext: {privileged: true}
+";
+    let o = c.apply(deploy).await;
+    assert!(o.ok, "{}", o.stderr);
+    assert!(
+        o.stderr.contains(r#"Warning: would violate PodSecurity "baseline:latest": privileged (container "web" must not set securityContext.privileged=true)"#),
+        "{}",
+        o.stderr
+    );
+    let mut refused = false;
+    for _ in 0..300 {
+        let ev = c
+            .ok(&[
+                "get",
+                "events",
+                "-n",
+                "secure",
+                "--field-selector",
+                "reason=FailedCreate",
+                "-o",
+                "jsonpath={.items[*].message}",
+            ])
+            .await;
+        if ev.contains(r#"violates PodSecurity "baseline:latest": privileged (container "web" must not set securityContext.privileged=true)"#) {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(refused, "no FailedCreate event for the privileged deployment's pod");
+
+    // Quota on update: a Service turned LoadBalancer is counted, as upstream.
+    let q = "apiVersion: v1\nkind: ResourceQuota\nmetadata: {name: lb, namespace: secure}\nspec:\n  hard: {services.loadbalancers: '0'}\n";
+    assert!(c.apply(q).await.ok);
+    c.ok(&["create", "service", "clusterip", "s", "-n", "secure", "--tcp=80:80"]).await;
+    let err = c.refused(&["patch", "service", "s", "-n", "secure", "-p", r#"{"spec":{"type":"LoadBalancer"}}"#]).await;
+    assert!(
+        err.contains(r#"services "s" is forbidden: exceeded quota: lb, requested: services.loadbalancers=1, used: services.loadbalancers=0, limited: services.loadbalancers=0"#),
+        "{err}"
+    );
+
+    // Tightening enforce warns about the pods already running that break it.
+    let o = c
+        .run(0, &["label", "--overwrite", "ns", "secure", "pod-security.kubernetes.io/enforce=restricted"], None)
+        .await;
+    assert!(o.ok, "{}", o.stderr);
+    assert!(
+        o.stderr.contains(r#"Warning: existing pods in namespace "secure" violate the new PodSecurity enforce level "restricted:latest""#),
+        "{}",
+        o.stderr
+    );
+    assert!(
+        o.stderr.contains("Warning: plain: allowPrivilegeEscalation != false, unrestricted capabilities, runAsNonRoot != true, seccompProfile"),
+        "{}",
+        o.stderr
+    );
+}
+
+/// A webhook server for the tests (Python's standard library over TLS): `/validate` refuses
+/// objects labelled `deny`, `/mutate` adds the label `mutated=yes`, and hostile replies:
+/// `/garbage` (not JSON), `/huge` (8 MiB), `/slow` (answers after 20 s), `/wronguid`.
+const WEBHOOK_PY: &str = r#"
+import base64, json, ssl, sys, time
+from http.server import ThreadingHTTPServer, BaseHTTPRequestHandler
+class H(BaseHTTPRequestHandler):
+    def log_message(self, *a): pass
+    def reply(self, body):
+        try:
+            self.send_response(200)
+            self.send_header('Content-Type', 'application/json')
+            self.send_header('Content-Length', str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        except Exception:
+            pass
+    def do_POST(self):
+        review = json.loads(self.rfile.read(int(self.headers.get('Content-Length', 0))))
+        req = review['request']
+        path = self.path.split('?')[0]
+        obj = req.get('object') or req.get('oldObject') or {}
+        labels = (obj.get('metadata') or {}).get('labels') or {}
+        resp = {'uid': req['uid'], 'allowed': True}
+        if path == '/validate':
+            resp['warnings'] = ['seen by the test webhook']
+            if 'deny' in labels:
+                resp = {'uid': req['uid'], 'allowed': False, 'status': {'code': 403, 'message': 'labelled objects are not allowed here'}}
+        elif path == '/mutate':
+            patch = [{'op': 'add', 'path': '/metadata/labels', 'value': dict(labels, mutated='yes')}]
+            resp['patchType'] = 'JSONPatch'
+            resp['patch'] = base64.b64encode(json.dumps(patch).encode()).decode()
+        elif path == '/garbage':
+            return self.reply(b'this is not an AdmissionReview')
+        elif path == '/huge':
+            return self.reply(b'{"x": "' + b'a' * (8 << 20) + b'"}')
+        elif path == '/slow':
+            time.sleep(20)
+        elif path == '/wronguid':
+            resp['uid'] = 'not-the-request'
+        self.reply(json.dumps({'apiVersion': 'admission.k8s.io/v1', 'kind': 'AdmissionReview', 'response': resp}).encode())
+ThreadingHTTPServer.daemon_threads = True
+srv = ThreadingHTTPServer(('127.0.0.1', 0), H)
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(sys.argv[1], sys.argv[2])
+srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+print(srv.server_address[1], flush=True)
+srv.serve_forever()
+"#;
+
+/// The test webhook server, its port and the caBundle that verifies it; killed on drop.
+async fn webhook_server(dir: &Path) -> (tokio::process::Child, u16, String) {
+    use base64::Engine;
+    use tokio::io::AsyncBufReadExt;
+    let ca_key = KeyPair::generate().unwrap();
+    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    p.distinguished_name.push(DnType::CommonName, "webhook-ca");
+    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
+    let ca = p.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(p, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let mut sp = CertificateParams::new(vec!["127.0.0.1".to_string(), "hook.default.svc".to_string()]).unwrap();
+    sp.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let cert = sp.signed_by(&key, &issuer).unwrap();
+    std::fs::write(dir.join("hook.crt"), cert.pem()).unwrap();
+    std::fs::write(dir.join("hook.key"), key.serialize_pem()).unwrap();
+    std::fs::write(dir.join("hook.py"), WEBHOOK_PY).unwrap();
+    let mut child = tokio::process::Command::new("python3")
+        .arg(dir.join("hook.py"))
+        .arg(dir.join("hook.crt"))
+        .arg(dir.join("hook.key"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("python3 runs the test webhook");
+    let mut line = String::new();
+    let mut out = tokio::io::BufReader::new(child.stdout.take().unwrap());
+    tokio::time::timeout(Duration::from_secs(30), out.read_line(&mut line)).await.unwrap().unwrap();
+    let port: u16 = line.trim().parse().unwrap_or_else(|_| panic!("webhook server said {line:?}"));
+    (child, port, base64::engine::general_purpose::STANDARD.encode(ca.pem()))
+}
+
+/// A ValidatingWebhookConfiguration `name` with one webhook per (webhook name, client config
+/// JSON, objectSelector label value) on ConfigMap creates in namespaces labelled `hooked`.
+fn validating(name: &str, policy: &str, hooks: &[(&str, String, &str)]) -> String {
+    let webhooks: Vec<serde_json::Value> = hooks
+        .iter()
+        .map(|(n, cc, case)| {
+            serde_json::json!({
+                "name": n, "clientConfig": serde_json::from_str::<serde_json::Value>(cc).unwrap(),
+                "rules": [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["configmaps"]}],
+                "namespaceSelector": {"matchLabels": {"hooked": "yes"}},
+                "objectSelector": if case.is_empty() { serde_json::json!({}) } else { serde_json::json!({"matchLabels": {"case": case}}) },
+                "failurePolicy": policy, "timeoutSeconds": 2, "sideEffects": "None", "admissionReviewVersions": ["v1"],
+            })
+        })
+        .collect();
+    serde_json::json!({"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingWebhookConfiguration",
+        "metadata": {"name": name}, "webhooks": webhooks})
+    .to_string()
+}
+
+fn configmap(name: &str, labels: &str) -> String {
+    format!("apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {name}, namespace: hooked, labels: {{{labels}}}}}\n")
+}
+
+/// Admission webhooks with a real HTTPS webhook server: refusal text, warnings, JSON patches,
+/// selectors, hostile replies under Fail and Ignore (bounded by timeoutSeconds, never a hang),
+/// a Service reference without endpoints, and the fixtures' configurations applied unchanged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admission_webhooks_as_kubectl_shows_them() {
+    let c = Cluster::start(1).await;
+    let (_server, port, ca) = webhook_server(c.home()).await;
+    let url = |path: &str| format!(r#"{{"url": "https://127.0.0.1:{port}{path}", "caBundle": "{ca}"}}"#);
+    c.ok(&["create", "namespace", "hooked"]).await;
+    c.ok(&["label", "ns", "hooked", "hooked=yes"]).await;
+    c.ok(&["create", "namespace", "free"]).await;
+
+    // A bad configuration is a 422.
+    let bad = r#"{"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingWebhookConfiguration", "metadata": {"name": "bad"},
+        "webhooks": [{"name": "bad.test.shoal", "clientConfig": {"url": "http://127.0.0.1/"}, "sideEffects": "Some", "admissionReviewVersions": ["v1"]}]}"#;
+    let o = c.apply(bad).await;
+    assert!(!o.ok && o.stderr.contains("webhooks[0].clientConfig.url: Unsupported value"), "{}", o.stderr);
+
+    // Validating: refusal in upstream's words, warnings passed on, namespaceSelector honoured.
+    let o = c.apply(&validating("deny", "Fail", &[("deny.test.shoal", url("/validate"), "")])).await;
+    assert!(o.ok, "{}", o.stderr);
+    let got = c.ok(&["get", "validatingwebhookconfigurations"]).await;
+    assert!(got.contains("NAME") && got.contains("WEBHOOKS") && got.contains("deny"), "{got}");
+    let o = c.apply(&configmap("refused", "deny: 'yes'")).await;
+    assert!(!o.ok);
+    assert!(
+        o.stderr.contains(
+            r#"admission webhook "deny.test.shoal" denied the request: labelled objects are not allowed here"#
+        ),
+        "{}",
+        o.stderr
+    );
+    let o = c.apply(&configmap("fine", "a: b")).await;
+    assert!(o.ok && o.stderr.contains("Warning: seen by the test webhook"), "{}", o.stderr);
+    let o = c.apply(&configmap("refused", "deny: 'yes'").replace("namespace: hooked", "namespace: free")).await;
+    assert!(o.ok, "outside the selected namespaces: {}", o.stderr);
+    c.ok(&["delete", "validatingwebhookconfiguration", "deny"]).await;
+
+    // Mutating: the JSON patch lands on the stored object.
+    let m = validating("mut", "Fail", &[("mutate.test.shoal", url("/mutate"), "")])
+        .replace("ValidatingWebhookConfiguration", "MutatingWebhookConfiguration");
+    let o = c.apply(&m).await;
+    assert!(o.ok, "{}", o.stderr);
+    let o = c.apply(&configmap("patched", "a: b")).await;
+    assert!(o.ok, "{}", o.stderr);
+    let label = c.ok(&["get", "cm", "patched", "-n", "hooked", "-o", "jsonpath={.metadata.labels.mutated}"]).await;
+    assert_eq!(label, "yes");
+    c.ok(&["delete", "mutatingwebhookconfiguration", "mut"]).await;
+
+    // Hostile replies and a Service without endpoints: Fail refuses with a clear 500 ...
+    let svc =
+        "apiVersion: v1\nkind: Service\nmetadata: {name: nohook, namespace: default}\nspec:\n  ports: [{port: 443}]\n";
+    assert!(c.apply(svc).await.ok);
+    let nohook = format!(
+        r#"{{"service": {{"namespace": "default", "name": "nohook", "path": "/validate"}}, "caBundle": "{ca}"}}"#
+    );
+    let hooks = [
+        ("garbage.test.shoal", url("/garbage"), "garbage"),
+        ("huge.test.shoal", url("/huge"), "huge"),
+        ("slow.test.shoal", url("/slow"), "slow"),
+        ("wronguid.test.shoal", url("/wronguid"), "wronguid"),
+        ("nohook.test.shoal", nohook, "nohook"),
+    ];
+    let o = c.apply(&validating("hostile", "Fail", &hooks)).await;
+    assert!(o.ok, "{}", o.stderr);
+    let want = [
+        ("garbage", "the server replied with no AdmissionReview"),
+        ("huge", "length limit exceeded"),
+        ("slow", "context deadline exceeded"),
+        ("wronguid", r#"received invalid webhook response: expected response.uid="#),
+        (
+            "nohook",
+            r#"Post "https://nohook.default.svc:443/validate?timeout=2s": no endpoints available for service "nohook""#,
+        ),
+    ];
+    for (case, text) in want {
+        let started = std::time::Instant::now();
+        let o = c.apply(&configmap(&format!("fail-{case}"), &format!("case: {case}"))).await;
+        assert!(!o.ok, "{case} should be refused");
+        assert!(
+            o.stderr.contains(&format!(r#"Error from server (InternalError): error when creating "STDIN": Internal error occurred: failed calling webhook "{case}.test.shoal": "#)),
+            "{case}: {}",
+            o.stderr
+        );
+        assert!(o.stderr.contains(text), "{case}: {}", o.stderr);
+        assert!(started.elapsed() < Duration::from_secs(15), "{case} took {:?}", started.elapsed());
+    }
+    // ... and Ignore lets the same requests through.
+    let o = c.apply(&validating("hostile", "Ignore", &hooks)).await;
+    assert!(o.ok, "{}", o.stderr);
+    for (case, _) in want {
+        let o = c.apply(&configmap(&format!("ignore-{case}"), &format!("case: {case}"))).await;
+        assert!(o.ok, "{case} under Ignore: {}", o.stderr);
+    }
+    c.ok(&["delete", "validatingwebhookconfiguration", "hostile"]).await;
+
+    // The fixtures' configurations apply unchanged; with their webhook pods absent, their
+    // failurePolicy (Fail) refuses what they cover, as upstream.
+    for (file, kind) in [
+        ("ingress-nginx-baremetal.yaml", "ValidatingWebhookConfiguration"),
+        ("metallb-native.yaml", "ValidatingWebhookConfiguration"),
+    ] {
+        let text = std::fs::read_to_string(Path::new("/work/shared/fixtures").join(file)).expect("the fixtures");
+        let doc = text.split("\n---").find(|d| d.contains(&format!("kind: {kind}"))).unwrap();
+        let o = c.apply(doc).await;
+        assert!(o.ok, "{file}: {}", o.stderr);
+    }
+    let ing = "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: web, namespace: default}\nspec:\n  defaultBackend:\n    service: {name: web, port: {number: 80}}\n";
+    let o = c.apply(ing).await;
+    assert!(!o.ok);
+    assert!(
+        o.stderr.contains(r#"Internal error occurred: failed calling webhook "validate.nginx.ingress.kubernetes.io": failed to call webhook: Post "https://ingress-nginx-controller-admission.ingress-nginx.svc:443/networking/v1/ingresses?timeout=10s": service "ingress-nginx-controller-admission" not found"#),
+        "{}",
+        o.stderr
+    );
+    let got = c.ok(&["get", "validatingwebhookconfigurations", "-o", "name"]).await;
+    assert!(got.contains("ingress-nginx-admission") && got.contains("metallb-webhook-configuration"), "{got}");
 }

@@ -339,6 +339,9 @@ fn printer_for(group: &str, kind: &str) -> (Vec<Col>, Printer) {
             ingress,
         ),
         ("networking.k8s.io", "NetworkPolicy") => (vec![name_col(), s("Pod-Selector"), age_col()], network_policy),
+        ("admissionregistration.k8s.io", "ValidatingWebhookConfiguration" | "MutatingWebhookConfiguration") => {
+            (vec![name_col(), s("Webhooks"), age_col()], webhook_configuration)
+        }
         ("networking.k8s.io", "IngressClass") => {
             (vec![name_col(), s("Controller"), s("Parameters"), age_col()], ingress_class)
         }
@@ -1229,6 +1232,11 @@ fn ingress(o: &Value, now: Timestamp) -> Cells {
         json!(age(o, now)),
     ]
     .into()
+}
+
+fn webhook_configuration(o: &Value, now: Timestamp) -> Cells {
+    let n = o["webhooks"].as_array().map_or(0, Vec::len);
+    vec![json!(name(o)), json!(n), json!(age(o, now))].into()
 }
 
 fn network_policy(o: &Value, now: Timestamp) -> Cells {

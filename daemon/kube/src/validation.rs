@@ -910,7 +910,8 @@ pub fn strict_supported(group: &str, version: &str, kind: &str) -> bool {
 
 fn strict_check(group: &str, version: &str, kind: &str, obj: &Value) -> Option<Result<Vec<String>, StrictError>> {
     use k8s_openapi::api::{
-        apps, autoscaling, batch, coordination, core, discovery, networking, policy, scheduling, storage,
+        admissionregistration, apps, autoscaling, batch, coordination, core, discovery, networking, policy, scheduling,
+        storage,
     };
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1 as apiext;
     macro_rules! check {
@@ -941,6 +942,12 @@ fn strict_check(group: &str, version: &str, kind: &str, obj: &Value) -> Option<R
         ("networking.k8s.io", "v1", "IngressClass") => check!(networking::v1::IngressClass),
         ("networking.k8s.io", "v1", "NetworkPolicy") => check!(networking::v1::NetworkPolicy),
         ("scheduling.k8s.io", "v1", "PriorityClass") => check!(scheduling::v1::PriorityClass),
+        ("admissionregistration.k8s.io", "v1", "ValidatingWebhookConfiguration") => {
+            check!(admissionregistration::v1::ValidatingWebhookConfiguration)
+        }
+        ("admissionregistration.k8s.io", "v1", "MutatingWebhookConfiguration") => {
+            check!(admissionregistration::v1::MutatingWebhookConfiguration)
+        }
         ("storage.k8s.io", "v1", "StorageClass") => check!(storage::v1::StorageClass),
         ("discovery.k8s.io", "v1", "EndpointSlice") => check!(discovery::v1::EndpointSlice),
         ("coordination.k8s.io", "v1", "Lease") => check!(coordination::v1::Lease),

@@ -14,7 +14,10 @@ use shoal_kube::{Objects, Resource};
 
 pub(crate) mod external_ips;
 pub(crate) mod limitranger;
+pub(crate) mod notes;
+pub(crate) mod pod_security;
 pub(crate) mod quota;
+pub(crate) mod webhook;
 
 /// Why admission refused an object, or could not decide.
 #[derive(Debug, thiserror::Error)]
@@ -22,6 +25,12 @@ pub(crate) enum Error {
     /// 403 Forbidden with this message (`pods "x" is forbidden: exceeded quota: ...`).
     #[error("{message}")]
     Forbidden { message: String },
+    /// Any other Status (a webhook's refusal, a failed webhook call under failurePolicy Fail).
+    #[error("{message}")]
+    Status { code: u16, reason: &'static str, message: String },
+    /// 422 Invalid with this message (`namespaces "x" is invalid: metadata.labels[...]: ...`).
+    #[error("{message}")]
+    Invalid { message: String },
     #[error("admission read {resource}")]
     Read {
         resource: String,
@@ -72,6 +81,22 @@ pub(crate) async fn validate(objects: &Objects, res: &Resource, ns: &str, obj: &
     Ok(Admitted { charges })
 }
 
+/// The validating phase for an update of `old` to `obj` in `ns`, where upstream's plugins look
+/// at updates: LimitRanger's bounds on claims (a resize), ResourceQuota on what grows (a
+/// Service turned LoadBalancer or NodePort, a claim resized). Pods' resources cannot change.
+pub(crate) async fn validate_update(
+    objects: &Objects,
+    res: &Resource,
+    ns: &str,
+    obj: &Value,
+    old: &Value,
+) -> Result<(), Error> {
+    if res.group.is_empty() && res.kind == "PersistentVolumeClaim" {
+        limitranger::check(objects, res, ns, obj).await?;
+    }
+    quota::check_update(objects, res, ns, obj, old).await
+}
+
 /// How often a create is retried when a quota it charged moved on under it.
 pub(crate) const CHARGE_ATTEMPTS: usize = 16;
 
@@ -91,9 +116,25 @@ pub(crate) fn generate_name(obj: &mut Value) {
 
 /// Creates `obj` in `ns` through the whole chain, quota charged atomically with the write (the
 /// path of the in-process writers: the controllers' pods).
-pub(crate) async fn create(objects: &Objects, res: &Resource, ns: &str, mut obj: Value) -> Result<Value, Error> {
+/// `pod_security` holds the Pod Security labels a namespace gets unless it sets them.
+pub(crate) async fn create(
+    objects: &Objects,
+    pod_security: &std::collections::BTreeMap<String, String>,
+    res: &Resource,
+    ns: &str,
+    mut obj: Value,
+) -> Result<Value, Error> {
     generate_name(&mut obj);
     mutate(objects, res, ns, &mut obj).await?;
+    let name = object_name(&obj).to_string();
+    let call =
+        webhook::Call { operation: "CREATE", res, sub: None, ns, name: &name, old: None, user: None, dry_run: false };
+    if webhook::mutate(objects, &call, &mut obj).await? {
+        obj["metadata"]["name"] = Value::String(name.clone());
+        obj["metadata"]["namespace"] = Value::String(ns.to_string());
+    }
+    pod_security::admit(objects, pod_security, res, ns, &obj, None).await?;
+    webhook::validate(objects, &call, Some(&obj)).await?;
     let name = object_name(&obj).to_string();
     let write_err =
         |source| Error::Write { resource: res.plural.clone(), name: name.clone(), source: Box::new(source) };
@@ -131,7 +172,7 @@ mod tests {
             let (objects, pods) = (objects.clone(), pods.clone());
             tasks.spawn(async move {
                 let pod = json!({"metadata": {"name": format!("p{i}")}, "spec": {"containers": [{"name": "c", "image": "x"}]}});
-                create(&objects, &pods, "team", pod).await
+                create(&objects, &Default::default(), &pods, "team", pod).await
             });
         }
         let (mut ok, mut refused) = (0, 0);
@@ -154,6 +195,36 @@ mod tests {
         assert_eq!(q["status"]["used"]["pods"], "5");
     }
 
+    /// A claim grown past the LimitRange's max, or past a storage quota, is refused on update.
+    #[tokio::test]
+    async fn claim_resize_is_bounded_on_update() {
+        let objects = Objects::new(shoal_store::Store::in_memory());
+        let lr = json!({"metadata": {"name": "lr"}, "spec": {"limits": [{"type": "PersistentVolumeClaim", "max": {"storage": "2Gi"}}]}});
+        objects.create(&lookup("", "limitranges"), Some("team"), lr).await.unwrap();
+        let q = json!({"metadata": {"name": "st"}, "spec": {"hard": {"requests.storage": "3Gi"}}});
+        objects.create(&lookup("", "resourcequotas"), Some("team"), q).await.unwrap();
+        let pvcs = lookup("", "persistentvolumeclaims");
+        let claim = |size: &str| json!({"metadata": {"name": "data"}, "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": size}}}});
+        let old = create(&objects, &Default::default(), &pvcs, "team", claim("1Gi")).await.unwrap();
+        assert!(validate_update(&objects, &pvcs, "team", &claim("2Gi"), &old).await.is_ok());
+        match validate_update(&objects, &pvcs, "team", &claim("5Gi"), &old).await {
+            Err(Error::Forbidden { message }) => assert!(
+                message.contains("maximum storage usage per PersistentVolumeClaim is 2Gi, but request is 5Gi"),
+                "{message}"
+            ),
+            other => panic!("{other:?}"),
+        }
+        let lrs = lookup("", "limitranges");
+        objects.delete(&lrs, Some("team"), "lr", Default::default()).await.unwrap();
+        match validate_update(&objects, &pvcs, "team", &claim("5Gi"), &old).await {
+            Err(Error::Forbidden { message }) => assert!(
+                message.contains("exceeded quota: st, requested: requests.storage=4Gi, used: requests.storage=1Gi, limited: requests.storage=3Gi"),
+                "{message}"
+            ),
+            other => panic!("{other:?}"),
+        }
+    }
+
     #[tokio::test]
     async fn limit_range_defaults_then_bounds() {
         let objects = Objects::new(shoal_store::Store::in_memory());
@@ -162,7 +233,7 @@ mod tests {
         objects.create(&lookup("", "limitranges"), Some("team"), lr).await.unwrap();
         let pods = lookup("", "pods");
         let plain = json!({"metadata": {"name": "a"}, "spec": {"containers": [{"name": "c", "image": "x"}]}});
-        let created = create(&objects, &pods, "team", plain).await.unwrap();
+        let created = create(&objects, &Default::default(), &pods, "team", plain).await.unwrap();
         assert_eq!(
             created["spec"]["containers"][0]["resources"],
             json!({"requests": {"cpu": "100m"}, "limits": {"cpu": "500m"}})
@@ -173,7 +244,7 @@ mod tests {
         );
         let big = json!({"metadata": {"name": "b"}, "spec": {"containers": [{"name": "c", "image": "x",
             "resources": {"limits": {"cpu": "2"}, "requests": {"cpu": "2"}}}]}});
-        match create(&objects, &pods, "team", big).await {
+        match create(&objects, &Default::default(), &pods, "team", big).await {
             Err(Error::Forbidden { message }) => {
                 assert_eq!(message, "pods \"b\" is forbidden: maximum cpu usage per Container is 1, but limit is 2.")
             }

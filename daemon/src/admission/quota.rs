@@ -288,6 +288,45 @@ pub(crate) async fn charge(
     ns: &str,
     obj: &Value,
 ) -> Result<Vec<(Resource, Value)>, Error> {
+    charge_usage(objects, res, ns, obj, usage(res, obj), true).await
+}
+
+/// Checks an update of `old` to `obj` against the quotas of `ns`, as upstream's evaluators that
+/// handle updates (Services changing type, claims growing): only what grows is requested. The
+/// quotas are not charged here: the ResourceQuota controller counts again after the write.
+pub(crate) async fn check_update(
+    objects: &Objects,
+    res: &Resource,
+    ns: &str,
+    obj: &Value,
+    old: &Value,
+) -> Result<(), Error> {
+    let handled = res.group.is_empty() && matches!(res.kind.as_str(), "Service" | "PersistentVolumeClaim");
+    if !handled {
+        return Ok(());
+    }
+    let before = usage(res, old);
+    let grown: Usage = usage(res, obj)
+        .into_iter()
+        .filter_map(|(k, v)| {
+            let d = v - before.get(&k).copied().unwrap_or(0);
+            (d > 0).then_some((k, d))
+        })
+        .collect();
+    if grown.is_empty() {
+        return Ok(());
+    }
+    charge_usage(objects, res, ns, obj, grown, false).await.map(|_| ())
+}
+
+async fn charge_usage(
+    objects: &Objects,
+    res: &Resource,
+    ns: &str,
+    obj: &Value,
+    wanted: Usage,
+    creating: bool,
+) -> Result<Vec<(Resource, Value)>, Error> {
     let qres = quotas_res();
     if !res.namespaced {
         return Ok(Vec::new());
@@ -300,8 +339,7 @@ pub(crate) async fn charge(
         return Ok(Vec::new());
     }
     quotas.sort_by(|a, b| a["metadata"]["name"].as_str().cmp(&b["metadata"]["name"].as_str()));
-    let wanted = usage(res, obj);
-    let is_pod = res.group.is_empty() && res.kind == "Pod";
+    let is_pod = creating && res.group.is_empty() && res.kind == "Pod";
     let mut charges = Vec::new();
     for q in quotas {
         if !matches(&q, res, obj) {

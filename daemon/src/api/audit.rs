@@ -71,6 +71,8 @@ pub(crate) struct Record<'a> {
     pub user_agent: &'a str,
     pub code: u16,
     pub received: jiff::Timestamp,
+    /// Admission's annotations (`pod-security.kubernetes.io/audit-violations`, ...).
+    pub annotations: &'a std::collections::BTreeMap<String, String>,
 }
 
 fn user_json(u: &UserInfo) -> Value {
@@ -101,6 +103,9 @@ pub(crate) fn event(r: &Record<'_>, now: jiff::Timestamp) -> Value {
     });
     if let (Some(_), Some(u)) = (r.authenticated, r.user) {
         e["impersonatedUser"] = user_json(u);
+    }
+    if !r.annotations.is_empty() {
+        e["annotations"] = json!(r.annotations);
     }
     if r.attrs.resource_request {
         let mut o = json!({"resource": r.attrs.resource});
@@ -189,6 +194,7 @@ mod tests {
             user_agent: "kubectl/v1.33.0",
             code: 201,
             received: jiff::Timestamp::now(),
+            annotations: &std::collections::BTreeMap::new(),
         };
         log.record(&r);
         let text = std::fs::read_to_string(&path).unwrap();

@@ -203,6 +203,13 @@ fn admit(res: &Resource, obj: &mut Value, old: Option<&Value>, uid: &str) -> Res
         }
         ("apiextensions.k8s.io", "CustomResourceDefinition") => crd::admit(obj),
         ("rbac.authorization.k8s.io", k) => rbac::validate(k, obj, old),
+        ("admissionregistration.k8s.io", k) => {
+            crate::admission::webhook::default_object(k, obj);
+            crate::admission::webhook::validate_object(obj)
+                .into_iter()
+                .map(|(field, message)| Cause { reason: "FieldValueInvalid", field, message })
+                .collect()
+        }
         ("networking.k8s.io", "NetworkPolicy") => {
             shoal_kube::validation::network_policy::default(obj);
             vec![]
@@ -407,7 +414,29 @@ pub(crate) async fn create_object(ctx: &Ctx, mut obj: Value) -> Result<Response,
         crate::admission::mutate(objects, &ctx.res, &ns, &mut obj).await.map_err(|e| admission_error(e, &ctx.res))?;
     }
     let name = obj["metadata"]["name"].as_str().unwrap_or(&name).to_string();
+    let groups = ctx.user.as_ref().map(|u| u.groups.clone()).unwrap_or_default();
+    let call = crate::admission::webhook::Call {
+        operation: "CREATE",
+        res: &ctx.res,
+        sub: None,
+        ns: if ctx.res.namespaced { &ns } else { "" },
+        name: &name,
+        old: None,
+        user: ctx.user.as_ref().map(|u| (u.name.as_str(), groups.as_slice())),
+        dry_run: ctx.dry_run(),
+    };
+    if crate::admission::webhook::mutate(objects, &call, &mut obj).await.map_err(|e| admission_error(e, &ctx.res))? {
+        // A webhook's patch is checked as the client's object was.
+        keep_identity(&mut obj, &name, ctx.ns());
+        if let Err(invalid) = shoal_kube::validation::validate(&ctx.res.group, &ctx.res.kind, &obj) {
+            return Err(ApiError::from_invalid(&invalid));
+        }
+    }
     rbac::check_escalation(ctx, &obj).await?;
+    crate::admission::pod_security::admit(objects, &ctx.state.pod_security_defaults, &ctx.res, &ns, &obj, None)
+        .await
+        .map_err(|e| admission_error(e, &ctx.res))?;
+    crate::admission::webhook::validate(objects, &call, Some(&obj)).await.map_err(|e| admission_error(e, &ctx.res))?;
     if ctx.dry_run() {
         if ctx.res.namespaced {
             crate::admission::validate(objects, &ctx.res, &ns, &obj).await.map_err(|e| admission_error(e, &ctx.res))?;
@@ -454,6 +483,8 @@ pub(crate) async fn create_object(ctx: &Ctx, mut obj: Value) -> Result<Response,
 pub(crate) fn admission_error(e: crate::admission::Error, res: &Resource) -> ApiError {
     match e {
         crate::admission::Error::Forbidden { message } => ApiError::forbidden(message),
+        crate::admission::Error::Invalid { message } => ApiError::new(422, "Invalid", message),
+        crate::admission::Error::Status { code, reason, message } => ApiError::new(code, reason, message),
         crate::admission::Error::Read { source, .. } => ApiError::from_objects(*source, res, ""),
         crate::admission::Error::Write { source, name, .. } => ApiError::from_objects(*source, res, &name),
     }
@@ -530,12 +561,75 @@ async fn prepare_update(ctx: &Ctx, name: &str, obj: &mut Value, old: &Value) -> 
         .map_err(|e| admission_error(e, &ctx.res))
 }
 
+/// A patch from a webhook cannot rename or move the object.
+fn keep_identity(obj: &mut Value, name: &str, ns: Option<&str>) {
+    if !obj["metadata"].is_object() {
+        obj["metadata"] = json!({});
+    }
+    obj["metadata"]["name"] = json!(name);
+    if let Some(ns) = ns {
+        obj["metadata"]["namespace"] = json!(ns);
+    }
+}
+
+/// The webhooks of an update or a delete (`obj` None), as [`crate::admission::webhook`] calls them.
+async fn webhooks(ctx: &Ctx, operation: &'static str, obj: Option<&mut Value>, old: &Value) -> Result<(), ApiError> {
+    let objects = &ctx.state.objects;
+    let name = old["metadata"]["name"].as_str().unwrap_or_default().to_string();
+    let groups = ctx.user.as_ref().map(|u| u.groups.clone()).unwrap_or_default();
+    let call = crate::admission::webhook::Call {
+        operation,
+        res: &ctx.res,
+        sub: ctx.sub.as_deref(),
+        ns: ctx.ns().unwrap_or_default(),
+        name: &name,
+        old: Some(old),
+        user: ctx.user.as_ref().map(|u| (u.name.as_str(), groups.as_slice())),
+        dry_run: ctx.dry_run(),
+    };
+    let map = |e| admission_error(e, &ctx.res);
+    match obj {
+        Some(obj) => {
+            if crate::admission::webhook::mutate(objects, &call, obj).await.map_err(map)? {
+                keep_identity(obj, &name, ctx.ns());
+                if let Err(invalid) = shoal_kube::validation::validate(&ctx.res.group, &ctx.res.kind, obj) {
+                    return Err(ApiError::from_invalid(&invalid));
+                }
+            }
+            crate::admission::webhook::validate(objects, &call, Some(obj)).await.map_err(map)
+        }
+        None => crate::admission::webhook::validate(objects, &call, None).await.map_err(map),
+    }
+}
+
+/// The admission plugins that need the store on an update: webhooks (status writes too, for
+/// the webhooks whose rules name the subresource), Pod Security, LimitRanger, ResourceQuota.
+async fn admit_update(ctx: &Ctx, obj: &mut Value, old: &Value) -> Result<(), ApiError> {
+    webhooks(ctx, "UPDATE", Some(obj), old).await?;
+    if ctx.sub.as_deref() == Some("status") {
+        return Ok(());
+    }
+    let obj = &*obj;
+    let ns = ctx.ns().unwrap_or("default");
+    let objects = &ctx.state.objects;
+    crate::admission::pod_security::admit(objects, &ctx.state.pod_security_defaults, &ctx.res, ns, obj, Some(old))
+        .await
+        .map_err(|e| admission_error(e, &ctx.res))?;
+    if ctx.res.namespaced {
+        crate::admission::validate_update(objects, &ctx.res, ns, obj, old)
+            .await
+            .map_err(|e| admission_error(e, &ctx.res))?;
+    }
+    Ok(())
+}
+
 pub(crate) async fn update(ctx: &Ctx) -> Result<Response, ApiError> {
     let name = ctx.name()?;
     let mut obj = ctx.body_json()?;
     check_type_meta(&ctx.res, &obj)?;
     let old = ctx.get_existing(name).await?;
     prepare_update(ctx, name, &mut obj, &old).await?;
+    admit_update(ctx, &mut obj, &old).await?;
     let out = write(ctx, name, obj, &old, mode_for(&ctx.res, ctx.sub.as_deref())).await?;
     Ok(json_response(StatusCode::OK, &out))
 }
@@ -575,6 +669,7 @@ pub(crate) async fn patch(ctx: &Ctx) -> Result<Response, ApiError> {
         }
         check_type_meta(&ctx.res, &next)?;
         prepare_update(ctx, name, &mut next, &old).await?;
+        admit_update(ctx, &mut next, &old).await?;
         match write(ctx, name, next, &old, mode_for(&ctx.res, ctx.sub.as_deref())).await {
             Ok(out) => return Ok(json_response(StatusCode::OK, &out)),
             Err(e) if e.reason == "Conflict" && !rv_from_patch => continue,
@@ -640,6 +735,7 @@ async fn delete_one(ctx: &Ctx, name: &str, opts: &DeleteOpts) -> Result<Value, A
             "namespaces \"{name}\" is forbidden: this namespace may not be deleted"
         )));
     }
+    webhooks(ctx, "DELETE", None, &old).await?;
     if opts.dry_run {
         return Ok(old);
     }

@@ -129,6 +129,9 @@ pub struct ApiConfig {
     pub audit: Option<Arc<AuditLog>>,
     /// CIDRs Services' `externalIPs` may use (`[admission] external_ip_cidrs`); empty: none.
     pub external_ip_cidrs: Vec<String>,
+    /// Pod Security labels a namespace gets unless it sets them (`[admission.pod_security]`),
+    /// label key to value; empty: privileged everywhere, as upstream.
+    pub pod_security_defaults: std::collections::BTreeMap<String, String>,
 }
 
 /// Pod and node usage for `metrics.k8s.io` (`kubectl top`), from the node agents.
@@ -154,6 +157,7 @@ impl ApiConfig {
             max_token_expiration: Duration::from_secs(crate::auth::sa_token::DEFAULT_MAX_EXPIRATION_SECS as u64),
             audit: None,
             external_ip_cidrs: Vec::new(),
+            pod_security_defaults: Default::default(),
         }
     }
 }
@@ -177,6 +181,8 @@ pub(crate) struct ApiState {
     pub shutdown: CancellationToken,
     /// See [`ApiConfig::external_ip_cidrs`].
     pub external_ip_cidrs: Vec<String>,
+    /// See [`ApiConfig::pod_security_defaults`].
+    pub pod_security_defaults: std::collections::BTreeMap<String, String>,
 }
 
 /// A bound, not yet serving, API server.
@@ -220,6 +226,7 @@ impl Server {
             audit: self.cfg.audit.clone(),
             shutdown: shutdown.child_token(),
             external_ip_cidrs: self.cfg.external_ip_cidrs.clone(),
+            pod_security_defaults: self.cfg.pod_security_defaults.clone(),
         });
         let tracker = TaskTracker::new();
         let (objects, stop) = (state.objects.clone(), shutdown.clone());

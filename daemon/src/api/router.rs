@@ -44,13 +44,13 @@ pub(crate) async fn dispatch(state: Arc<ApiState>, cert_user: Option<Arc<UserInf
     });
     let mut authenticated = None;
     let mut acting = None;
-    let result = match authz::check(&state, cert_user.as_deref(), &parts, &mut authenticated).await {
+    let (result, notes) = match authz::check(&state, cert_user.as_deref(), &parts, &mut authenticated).await {
         Ok(user) => {
             acting = Some(user.clone());
             parts.extensions.insert(user);
-            route(state, Request::from_parts(parts, body)).await
+            crate::admission::notes::collect(route(state, Request::from_parts(parts, body))).await
         }
-        Err(e) => Err(e),
+        Err(e) => (Err(e), Default::default()),
     };
     if let (Some(log), Some((uri, (user_agent, peer)))) = (audit, audit_parts) {
         let code = match &result {
@@ -73,9 +73,10 @@ pub(crate) async fn dispatch(state: Arc<ApiState>, cert_user: Option<Arc<UserInf
             user_agent: &user_agent,
             code,
             received,
+            annotations: &notes.audit,
         });
     }
-    match result {
+    let mut response = match result {
         Ok(r) => {
             debug!(%method, %path, code = r.status().as_u16(), "api request");
             r
@@ -91,7 +92,13 @@ pub(crate) async fn dispatch(state: Arc<ApiState>, cert_user: Option<Arc<UserInf
             }
             r
         }
+    };
+    for w in &notes.warnings {
+        if let Ok(v) = axum::http::HeaderValue::from_str(&crate::admission::notes::header_value(w)) {
+            response.headers_mut().append(header::WARNING, v);
+        }
     }
+    response
 }
 
 async fn route(state: Arc<ApiState>, req: Request<Body>) -> Result<Response, ApiError> {

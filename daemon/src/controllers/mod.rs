@@ -53,9 +53,14 @@ pub(crate) async fn create_pod(
     ns: Option<&str>,
     pod: serde_json::Value,
 ) -> Result<Option<serde_json::Value>> {
-    match crate::admission::create(&ctx.objects, &ctx.kinds.pods, ns.unwrap_or("default"), pod).await {
+    let defaults = &ctx.config.pod_security_defaults;
+    match crate::admission::create(&ctx.objects, defaults, &ctx.kinds.pods, ns.unwrap_or("default"), pod).await {
         Ok(p) => Ok(Some(p)),
-        Err(crate::admission::Error::Forbidden { message }) => {
+        Err(
+            crate::admission::Error::Forbidden { message }
+            | crate::admission::Error::Invalid { message }
+            | crate::admission::Error::Status { message, .. },
+        ) => {
             ctx.events.warning(component, owner, "FailedCreate", &format!("Error creating: {message}")).await;
             Ok(None)
         }

@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 
 use super::runner::{Action, ControllerSpec, Mapper, ObjKey, ReconcileFuture, Watch};
 use super::util::{self, *};
-use super::{Context, Kinds, Result};
+use super::{Context, Error, Kinds, Result};
 
 const COMPONENT: &str = "statefulset-controller";
 const POD_NAME_LABEL: &str = "statefulset.kubernetes.io/pod-name";
@@ -91,6 +91,7 @@ pub(crate) async fn reconcile(key: ObjKey, ctx: Arc<Context>) -> Result<Action> 
         }
     }
     // Create missing ordinals.
+    let mut refused = false;
     for i in 0..replicas {
         if pods.contains_key(&i) {
             if !parallel && !healthy(&pods[&i]) {
@@ -128,7 +129,8 @@ pub(crate) async fn reconcile(key: ObjKey, ctx: Arc<Context>) -> Result<Action> 
             }
             pod["spec"]["volumes"] = Value::Array(vols);
         }
-        match ctx.objects.create(&k.pods, key.ns(), pod).await {
+        let defaults = &ctx.config.pod_security_defaults;
+        match crate::admission::create(&ctx.objects, defaults, &k.pods, key.ns().unwrap_or("default"), pod).await {
             Ok(p) => {
                 ctx.events
                     .normal(
@@ -140,8 +142,21 @@ pub(crate) async fn reconcile(key: ObjKey, ctx: Arc<Context>) -> Result<Action> 
                     .await;
                 pods.insert(i, p);
             }
-            Err(shoal_kube::Error::AlreadyExists { .. }) => {}
-            Err(e) => return Err(write_err(&k.pods, &pod_name)(e)),
+            Err(crate::admission::Error::Write { source, .. })
+                if matches!(*source, shoal_kube::Error::AlreadyExists { .. }) => {}
+            Err(crate::admission::Error::Write { source, .. }) => return Err(write_err(&k.pods, &pod_name)(*source)),
+            Err(crate::admission::Error::Read { resource, source }) => return Err(Error::Read { resource, source }),
+            Err(
+                crate::admission::Error::Forbidden { message }
+                | crate::admission::Error::Invalid { message }
+                | crate::admission::Error::Status { message, .. },
+            ) => {
+                // As upstream's StatefulSet controller words it; tried again after a while.
+                let msg = format!("create Pod {pod_name} in StatefulSet {name} failed error: {message}");
+                ctx.events.warning(COMPONENT, &sts, "FailedCreate", &msg).await;
+                refused = true;
+                break;
+            }
         }
         if !parallel {
             break;
@@ -212,6 +227,9 @@ pub(crate) async fn reconcile(key: ObjKey, ctx: Arc<Context>) -> Result<Action> 
         "collisionCount": 0,
     });
     util::write_status(&ctx.objects, &k.statefulsets, &sts, status).await?;
+    if refused {
+        return Ok(Action::requeue(super::REFUSED_RETRY));
+    }
     Ok(Action::await_change())
 }
 

@@ -220,6 +220,7 @@ fn fast() -> ControllerConfig {
         job_backoff_base: Duration::from_millis(50),
         job_backoff_max: Duration::from_millis(400),
         resync_period: Duration::from_secs(5),
+        pod_security_defaults: Default::default(),
     }
 }
 
@@ -775,6 +776,52 @@ async fn statefulset_orders_pods_and_keeps_claims() {
         s["status"]["replicas"] == 1 && s["status"]["readyReplicas"] == 1
     })
     .await;
+    c.stop().await;
+}
+
+/// StatefulSet pods pass admission as every controller's do: a quota of one pod stops web-1
+/// with upstream's FailedCreate text, and the pod that breaks the namespace's enforced Pod
+/// Security level (from the config default) is never created.
+#[tokio::test]
+async fn statefulset_pods_pass_admission() {
+    let mut config = fast();
+    config.pod_security_defaults =
+        [("pod-security.kubernetes.io/enforce".to_string(), "baseline".to_string())].into_iter().collect();
+    let c = Cluster::start(&["n1"], config, Agent::Run).await;
+    let quota = json!({"metadata": {"name": "one"}, "spec": {"hard": {"pods": "1"}}});
+    c.objects.create(&res("", "resourcequotas"), Some("default"), quota).await.unwrap();
+    let stss = res("apps", "statefulsets");
+    let sts = |name: &str, privileged: bool| {
+        json!({
+            "metadata": {"name": name},
+            "spec": {
+                "serviceName": name, "replicas": 2, "podManagementPolicy": "Parallel",
+                "selector": {"matchLabels": {"app": name}},
+                "template": {"metadata": {"labels": {"app": name}}, "spec": {"containers": [{"name": "w", "image": "nginx",
+                    "securityContext": {"privileged": privileged}}]}},
+            },
+        })
+    };
+    c.objects.create(&stss, Some("default"), sts("web", false)).await.unwrap();
+    let events = res("", "events");
+    let message_with = |want: &'static str| {
+        let objects = c.objects.clone();
+        let events = events.clone();
+        async move {
+            let evs = objects.list(&events, Some("default")).await.unwrap().0;
+            evs.iter().any(|e| e["reason"] == "FailedCreate" && e["message"].as_str().is_some_and(|m| m.contains(want)))
+        }
+    };
+    eventually("web-1 refused by the quota", || message_with("StatefulSet web failed error: pods \"web-")).await;
+    assert!(message_with("is forbidden: exceeded quota: one, requested: pods=1, used: pods=1, limited: pods=1").await);
+    assert_eq!(c.pods().await.len(), 1);
+    c.objects.delete(&res("", "resourcequotas"), Some("default"), "one", Default::default()).await.unwrap();
+    c.objects.create(&stss, Some("default"), sts("root", true)).await.unwrap();
+    eventually("root-0 refused by Pod Security", || {
+        message_with("create Pod root-0 in StatefulSet root failed error: pods \"root-0\" is forbidden: violates PodSecurity \"baseline:latest\": privileged (container \"w\" must not set securityContext.privileged=true)")
+    })
+    .await;
+    assert!(c.pods().await.iter().all(|p| !name_of(p).starts_with("root")));
     c.stop().await;
 }
 

@@ -65,6 +65,9 @@ pub struct ControllerConfig {
     pub job_backoff_max: Duration,
     /// Every controller re-reconciles all its objects this often.
     pub resync_period: Duration,
+    /// Pod Security labels a namespace gets unless it sets them (`[admission.pod_security]`),
+    /// applied to the pods the controllers create.
+    pub pod_security_defaults: std::collections::BTreeMap<String, String>,
 }
 
 impl Default for ControllerConfig {
@@ -74,6 +77,7 @@ impl Default for ControllerConfig {
             job_backoff_base: Duration::from_secs(10),
             job_backoff_max: Duration::from_secs(360),
             resync_period: Duration::from_secs(30),
+            pod_security_defaults: Default::default(),
         }
     }
 }

@@ -5,7 +5,8 @@
 use std::io::Write;
 
 use k8s_openapi::api::{
-    apps, autoscaling, batch, coordination, core, discovery, events, networking, policy, rbac, scheduling, storage,
+    admissionregistration, apps, autoscaling, batch, coordination, core, discovery, events, networking, policy, rbac,
+    scheduling, storage,
 };
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions;
 use k8s_openapi::Resource;
@@ -69,6 +70,8 @@ fn main() {
     add::<networking::v1::Ingress>(g, k);
     add::<networking::v1::IngressClass>(g, k);
     add::<networking::v1::NetworkPolicy>(g, k);
+    add::<admissionregistration::v1::ValidatingWebhookConfiguration>(g, k);
+    add::<admissionregistration::v1::MutatingWebhookConfiguration>(g, k);
     add::<scheduling::v1::PriorityClass>(g, k);
     add::<storage::v1::StorageClass>(g, k);
     add::<discovery::v1::EndpointSlice>(g, k);

@@ -25,6 +25,9 @@ use ListStrategy::{MergeByKey as Key, MergePrimitives as Prim, Replace};
 const FIELDS: &[(&str, &str, &str, ListStrategy)] = &[
     ("ObjectMeta", "ownerReferences", "OwnerReference", Key("uid")),
     ("ObjectMeta", "finalizers", "", Prim),
+    // admissionregistration.k8s.io/v1
+    ("ValidatingWebhookConfiguration", "webhooks", "Webhook", Key("name")),
+    ("MutatingWebhookConfiguration", "webhooks", "Webhook", Key("name")),
     // apps/v1
     ("Deployment", "spec", "DeploymentSpec", Replace),
     ("Deployment", "status", "DeploymentStatus", Replace),
@@ -118,6 +121,8 @@ const KINDS: &[(&str, &str)] = &[
     ("networking.k8s.io", "Ingress"),
     ("networking.k8s.io", "IngressClass"),
     ("networking.k8s.io", "NetworkPolicy"),
+    ("admissionregistration.k8s.io", "ValidatingWebhookConfiguration"),
+    ("admissionregistration.k8s.io", "MutatingWebhookConfiguration"),
     ("discovery.k8s.io", "EndpointSlice"),
     ("coordination.k8s.io", "Lease"),
     ("autoscaling", "HorizontalPodAutoscaler"),

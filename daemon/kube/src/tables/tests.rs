@@ -531,6 +531,7 @@ fn every_printer_fills_every_column() {
         ("", "Event"),
         ("networking.k8s.io", "Ingress"),
         ("networking.k8s.io", "IngressClass"),
+        ("admissionregistration.k8s.io", "ValidatingWebhookConfiguration"),
         ("", "PersistentVolume"),
         ("", "PersistentVolumeClaim"),
         ("coordination.k8s.io", "Lease"),
