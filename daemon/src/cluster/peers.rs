@@ -95,22 +95,6 @@ pub fn serve_store(t: &Transport, store: &Store) {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use std::time::Duration;
-
-    use shoal_store::service;
-
-    #[test]
-    fn framed_services_get_the_timeouts_of_their_base_service() {
-        for format in [1, 2] {
-            assert_eq!(super::call_timeout(service::for_format(service::SNAPSHOT, format)), Duration::from_secs(60));
-            assert_eq!(super::call_timeout(service::for_format(service::PROPOSE, format)), Duration::from_secs(2));
-            assert_eq!(super::call_timeout(service::for_format(service::APPEND, format)), Duration::from_secs(3));
-        }
-    }
-}
-
 #[derive(Debug, Serialize, Deserialize)]
 struct AddNode {
     record: NodeRecord,
@@ -208,7 +192,20 @@ pub async fn gossip_seeds(store: &Store, join: Option<SocketAddr>, gossip_port: 
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
+    use shoal_store::service;
+
     use super::*;
+
+    #[test]
+    fn framed_services_get_the_timeouts_of_their_base_service() {
+        for format in [1, 2] {
+            assert_eq!(super::call_timeout(service::for_format(service::SNAPSHOT, format)), Duration::from_secs(60));
+            assert_eq!(super::call_timeout(service::for_format(service::PROPOSE, format)), Duration::from_secs(2));
+            assert_eq!(super::call_timeout(service::for_format(service::APPEND, format)), Duration::from_secs(3));
+        }
+    }
 
     fn peer(name: &str, orgs: &[&str]) -> PeerInfo {
         PeerInfo {
