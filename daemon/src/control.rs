@@ -59,6 +59,8 @@ pub enum Request {
     },
     GossipKeyRotate,
     GossipKeyStatus,
+    SecretsEncryptStatus,
+    SecretsEncryptRotate,
     /// Keep this connection open for more requests (answered `null`); only as the first line.
     Session,
 }

@@ -125,6 +125,8 @@ struct Api {
     url: String,
     shutdown: CancellationToken,
     task: Option<tokio::task::JoinHandle<()>>,
+    /// The store behind the API, with Secrets encrypted at rest as on a node.
+    store: Store,
 }
 
 impl Api {
@@ -143,7 +145,9 @@ impl Api {
             key_pem: pki.server_key.clone(),
             client_ca_pem: pki.ca_pem.clone(),
         };
-        let objects = Objects::new(Store::in_memory());
+        let store = Store::in_memory();
+        store.enable_secrets_encryption(&[0x3c; 32], vec!["/core/secrets/".to_string()]).unwrap();
+        let objects = Objects::new(store.clone());
         let mut cfg = ApiConfig::new("127.0.0.1:0".parse().unwrap(), tls, objects, "test-node");
         cfg.streams = streams;
         let server = Server::bind(cfg).await.unwrap();
@@ -166,7 +170,7 @@ impl Api {
             "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: {url}\n    insecure-skip-tls-verify: true\ncontexts:\n- name: c\n  context: {{cluster: c, user: u}}\ncurrent-context: c\nusers:\n- name: u\n  user: {{token: not-a-certificate}}\n"
         );
         std::fs::write(dir.path().join("anonymous.yaml"), anon).unwrap();
-        let api = Api { dir, url, shutdown, task: Some(task) };
+        let api = Api { dir, url, shutdown, task: Some(task), store };
         // Wait until the initial namespaces exist.
         for _ in 0..100 {
             if api.run("1.33", &["get", "namespace", "default", "-o", "name"], None).await.ok {
@@ -457,6 +461,16 @@ async fn imperative_commands() {
     api.ok(&["create", "secret", "generic", "pw", "--from-literal=pw=hunter2", "-n", "demo"]).await;
     let pw = api.ok(&["get", "secret", "pw", "-n", "demo", "-o", "jsonpath={.data.pw}"]).await;
     assert_eq!(pw, "aHVudGVyMg==");
+    // Encrypted at rest: a backup of the store holds neither the value nor its base64.
+    let backup = api.home().join("store.backup");
+    api.store.backup(&backup).await.unwrap();
+    let bytes = std::fs::read(&backup).unwrap();
+    for needle in [&b"hunter2"[..], b"aHVudGVyMg=="] {
+        assert!(!bytes.windows(needle.len()).any(|w| w == needle), "the backup holds the Secret in plaintext");
+    }
+    assert!(bytes.windows(3).any(|w| w == b"cfg"), "the backup holds the other objects");
+    let listed = api.ok(&["get", "secrets", "-A", "-o", "jsonpath={.items[*].data.pw}"]).await;
+    assert_eq!(listed, "aHVudGVyMg==");
     let strategy = api
         .ok(&[
             "get",

@@ -462,3 +462,87 @@ async fn subpath_symlink_out_of_the_volume_is_refused() {
     assert!(node.log(&pod, "victim").is_empty(), "the victim ran: {}", node.log(&pod, "victim"));
     node.finish().await;
 }
+
+/// The last value of a `Key:\t...` line of /proc/self/status in a container log (CRI lines).
+fn status_field<'a>(log: &'a str, key: &str) -> &'a str {
+    log.lines().rev().find_map(|l| l.split_once(&format!(" {key}")).map(|(_, v)| v.trim())).unwrap_or("")
+}
+
+fn cap_mask(log: &str, key: &str) -> u64 {
+    u64::from_str_radix(status_field(log, key), 16).unwrap_or_else(|_| panic!("no {key} in {log:?}"))
+}
+
+/// securityContext in real containers: capabilities add/drop, allowPrivilegeEscalation
+/// (no_new_privs), readOnlyRootFilesystem, privileged (the node's capabilities),
+/// runAsUser/runAsGroup from the pod,
+/// supplementalGroups and fsGroup, a safe sysctl set, hostIPC sharing the host's IPC
+/// namespace; an unsafe sysctl is refused with the kubelet's reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn security_context_is_honoured_or_refused() {
+    if !in_own_netns("security_context_is_honoured_or_refused") {
+        return;
+    }
+    let stats = Arc::new(Scripted { low_readings: AtomicU32::new(0), fine: FINE, low: FINE });
+    let node =
+        start_node(&node_name("security_context_is_honoured_or_refused"), Some(stats as Arc<dyn NodeStats>)).await;
+    let report = "grep -E '^(CapBnd|CapEff|NoNewPrivs|Uid|Gid|Groups)' /proc/self/status; \
+                  echo sysctl=$(cat /proc/sys/net/ipv4/ip_unprivileged_port_start); \
+                  echo ipc=$(readlink /proc/self/ns/ipc); \
+                  touch /written 2>/dev/null && echo rootfs=rw || echo rootfs=ro; echo done; sleep 3600";
+    let mut narrow = busybox("narrow", report);
+    narrow["securityContext"] = json!({
+        "capabilities": {"drop": ["ALL"], "add": ["NET_BIND_SERVICE"]},
+        "allowPrivilegeEscalation": false,
+        "readOnlyRootFilesystem": true,
+    });
+    let mut wide = busybox("wide", report);
+    wide["securityContext"] = json!({"privileged": true, "runAsUser": 0, "runAsGroup": 0});
+    let pod = json!({
+        "metadata": {"name": "secctx"},
+        "spec": {"nodeName": node.name, "restartPolicy": "Always", "hostIPC": true,
+                 "securityContext": {"runAsUser": 1000, "runAsGroup": 3000, "supplementalGroups": [5],
+                                     "fsGroup": 2000,
+                                     "sysctls": [{"name": "net.ipv4.ip_unprivileged_port_start", "value": "80"}]},
+                 "containers": [narrow, wide]},
+    });
+    node.objects.create(&res("pods"), Some("default"), pod).await.expect("pod");
+    let refused = json!({
+        "metadata": {"name": "unsafe-sysctl"},
+        "spec": {"nodeName": node.name, "restartPolicy": "Always",
+                 "securityContext": {"sysctls": [{"name": "kernel.msgmax", "value": "1024"}]},
+                 "containers": [busybox("c", "echo ran; sleep 3600")]},
+    });
+    node.objects.create(&res("pods"), Some("default"), refused).await.expect("pod");
+
+    let log = node.wait_log("secctx", "narrow", "done").await;
+    assert_eq!(cap_mask(&log, "CapBnd:"), 1 << 10, "only NET_BIND_SERVICE: {log}");
+    assert_eq!(status_field(&log, "NoNewPrivs:"), "1", "{log}");
+    assert!(status_field(&log, "Uid:").starts_with("1000"), "runAsUser of the pod: {log}");
+    assert!(status_field(&log, "Gid:").starts_with("3000"), "runAsGroup of the pod: {log}");
+    let groups: Vec<&str> = status_field(&log, "Groups:").split_whitespace().collect();
+    assert!(groups.contains(&"5") && groups.contains(&"2000"), "supplementalGroups and fsGroup: {log}");
+    assert!(log.contains("rootfs=ro"), "readOnlyRootFilesystem: {log}");
+    assert!(log.contains("sysctl=80"), "the safe sysctl: {log}");
+    let host_ipc = std::fs::read_link("/proc/self/ns/ipc").expect("ipc ns").display().to_string();
+    assert!(log.contains(&format!("ipc={host_ipc}")), "hostIPC shares {host_ipc}: {log}");
+
+    let log = node.wait_log("secctx", "wide", "done").await;
+    assert_ne!(cap_mask(&log, "CapEff:") & (1 << 21), 0, "privileged has CAP_SYS_ADMIN: {log}");
+    assert_eq!(status_field(&log, "NoNewPrivs:"), "0", "{log}");
+    assert!(status_field(&log, "Uid:").starts_with('0'), "{log}");
+    assert!(log.contains("rootfs=rw"), "{log}");
+
+    let pod = node
+        .wait_pod("unsafe-sysctl", "refused", |p| {
+            p["status"]["containerStatuses"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| c["state"]["waiting"]["reason"] == "CreateContainerConfigError")
+        })
+        .await;
+    let message = pod["status"]["containerStatuses"][0]["state"]["waiting"]["message"].as_str().unwrap_or_default();
+    assert!(message.starts_with("forbidden sysctl: \"kernel.msgmax\" not allowlisted"), "{message}");
+    assert!(node.log(&pod, "c").is_empty(), "the refused pod ran: {}", node.log(&pod, "c"));
+    node.finish().await;
+}

@@ -58,6 +58,11 @@ pub struct ClusterSecrets {
     /// dirs written before they existed: such a cluster signs with the CA key.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub service_account_keys: Vec<ServiceAccountKey>,
+    /// The key that wraps the data keys of Secrets encrypted at rest (64 hex characters).
+    /// Absent from data dirs written before it existed: such a cluster derives one from its
+    /// `token_secret`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secrets_encryption_key: Option<Box<str>>,
 }
 
 /// One ServiceAccount token key.
@@ -91,6 +96,7 @@ impl std::fmt::Debug for ClusterSecrets {
             .field("token_secret", &"<redacted>")
             .field("gossip_keys", &self.gossip.key_ids())
             .field("service_account_keys", &self.service_account_keys)
+            .field("secrets_encryption_key", &self.secrets_encryption_key.as_ref().map(|_| "<redacted>"))
             .finish()
     }
 }
@@ -148,6 +154,7 @@ impl ClusterSecrets {
             token_secret: random_hex16(),
             gossip: crate::seal::GossipKeyring::generate(),
             service_account_keys: vec![ServiceAccountKey::generate()?],
+            secrets_encryption_key: Some(format!("{}{}", random_hex16(), random_hex16()).into()),
         })
     }
 

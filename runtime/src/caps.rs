@@ -46,6 +46,23 @@ const NAMES: &[(&str, u32)] = &[
     ("CAP_CHECKPOINT_RESTORE", 40),
 ];
 
+/// Every capability name the runtime knows (`CAP_...`), for `privileged` and `add: [ALL]`.
+pub fn all_capability_names() -> Vec<&'static str> {
+    NAMES.iter().map(|(n, _)| *n).collect()
+}
+
+/// The capabilities in this process's bounding set (what a privileged container can get, as
+/// containerd's "all current capabilities"); every known one when /proc cannot say.
+pub fn current_capability_names() -> Vec<&'static str> {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let bnd =
+        status.lines().find_map(|l| l.strip_prefix("CapBnd:")).and_then(|v| u64::from_str_radix(v.trim(), 16).ok());
+    match bnd {
+        Some(mask) => NAMES.iter().filter(|(_, n)| mask & (1u64 << n) != 0).map(|(name, _)| *name).collect(),
+        None => all_capability_names(),
+    }
+}
+
 /// The kernel number of a capability.
 pub(crate) fn number(cap: &Capability) -> Option<u32> {
     let name = serde_json::to_value(cap).ok()?;

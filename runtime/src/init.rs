@@ -104,12 +104,6 @@ fn init_inner(cfg: &InitConfig<'_>) -> io::Result<Infallible> {
             }
         }
     }
-    if let Some(sysctl) = spec.linux().as_ref().and_then(|l| l.sysctl().as_ref()) {
-        for (k, v) in sysctl {
-            let path = Path::new("/proc/sys").join(k.replace('.', "/"));
-            std::fs::write(&path, v).map_err(|e| ctx(format!("sysctl {k}"), e))?;
-        }
-    }
 
     let process = spec.process().as_ref().ok_or_else(|| io::Error::other("the spec has no process"))?;
     if let Some(adj) = process.oom_score_adj() {

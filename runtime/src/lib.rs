@@ -20,7 +20,7 @@ mod spec;
 mod state;
 mod sys;
 
-pub use caps::{default_capabilities, default_linux_capabilities};
+pub use caps::{all_capability_names, current_capability_names, default_capabilities, default_linux_capabilities};
 pub use cgroup2::{find_cgroup2_mount, Cgroup2};
 pub use cgroups::{CgroupCall, CgroupDriver, FakeCgroups, LinuxCgroups, Stats};
 pub use error::{Error, Result};

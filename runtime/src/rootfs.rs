@@ -420,6 +420,15 @@ pub(crate) fn setup(spec: &Spec, rootfs: &Path, new_netns: bool) -> io::Result<(
 
     pivot(rootfs)?;
 
+    // Sysctls go in while /proc/sys is still writable (as runc does), before it is made
+    // read-only below.
+    if let Some(sysctl) = linux.and_then(|l| l.sysctl().as_ref()) {
+        for (k, v) in sysctl {
+            let path = Path::new("/proc/sys").join(k.replace('.', "/"));
+            std::fs::write(&path, v).map_err(|e| io::Error::new(e.kind(), format!("sysctl {k}: {e}")))?;
+        }
+    }
+
     if let Some(l) = linux {
         for p in l.masked_paths().as_deref().unwrap_or(&[]) {
             mask_path(Path::new(p))?;

@@ -72,6 +72,9 @@ pub enum Error {
     /// The operation needs the replicated backend (the in-memory store does not have it).
     #[error("{operation} is not available on an in-memory store")]
     NotReplicated { operation: &'static str },
+    /// A value under an encrypted prefix could not be sealed or opened.
+    #[error("secrets encryption of {key:?}: {reason}")]
+    Encryption { key: String, reason: String },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -11,6 +11,7 @@
 
 mod backup;
 mod codec;
+mod encryption;
 mod error;
 mod force;
 mod log_store;
@@ -18,6 +19,7 @@ mod mem;
 mod network;
 mod node;
 mod raft_types;
+mod secrets;
 mod state_machine;
 #[cfg(test)]
 mod storage_tests;
@@ -28,9 +30,11 @@ mod types;
 pub mod version;
 mod voters;
 
+pub use encryption::{derive_key, KEYRING_KEY};
 pub use error::{Error, Result};
 pub use force::ForceOutcome;
 pub use network::{service, RaftTransport, TransportError};
+pub use secrets::{EncryptionStatus, RotateOutcome};
 pub use store::Store;
 pub use types::{
     Compare, EventKind, Kv, MemberStatus, Op, Role, StoreConfig, StoreStatus, Txn, TxnResult, VoterChange, WatchEvent,

@@ -1,9 +1,10 @@
 //! The store handle every component holds.
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use crate::encryption::Encryption;
 use crate::mem::MemStore;
 use crate::network::RaftTransport;
 use crate::node::RaftNode;
@@ -17,6 +18,8 @@ use crate::{Error, Result};
 #[derive(Clone)]
 pub struct Store {
     inner: Backend,
+    /// Encryption at rest of the Secrets, once the daemon has handed over its key.
+    pub(crate) enc: Arc<OnceLock<Encryption>>,
 }
 
 #[derive(Clone)]
@@ -28,14 +31,14 @@ enum Backend {
 impl Store {
     /// A store that lives in memory only, for tests and tools.
     pub fn in_memory() -> Self {
-        Store { inner: Backend::Mem(MemStore::in_memory()) }
+        Store { inner: Backend::Mem(MemStore::in_memory()), enc: Arc::default() }
     }
 
     /// Opens this node's replicated store (`<data_dir>/store.redb`, created if missing) and
     /// starts its Raft member. A new node is not part of any cluster until [`Store::initialize`]
     /// (first node) or [`Store::join_via`] (every other node); a node with state rejoins on its own.
     pub async fn open(cfg: StoreConfig, transport: Arc<dyn RaftTransport>) -> Result<Self> {
-        Ok(Store { inner: Backend::Raft(RaftNode::open(cfg, transport).await?) })
+        Ok(Store { inner: Backend::Raft(RaftNode::open(cfg, transport).await?), enc: Arc::default() })
     }
 
     /// Restores a backup file into `<data_dir>/store.redb` as a fresh one-node cluster of
@@ -43,6 +46,13 @@ impl Store {
     /// revision. Start the node with [`Store::open`] afterwards; other nodes then join it.
     pub fn restore(file: impl AsRef<Path>, data_dir: impl AsRef<Path>, node_id: u64, addr: &str) -> Result<u64> {
         crate::backup::restore(file.as_ref(), data_dir.as_ref(), node_id, addr)
+    }
+
+    /// Whether a backup file holds Secrets sealed with data keys (then restoring it needs the
+    /// key-encryption key of the cluster it came from).
+    pub fn backup_is_encrypted(file: impl AsRef<Path>) -> Result<bool> {
+        let data = crate::backup::read_file(file.as_ref())?;
+        Ok(data.kv.iter().any(|(k, _)| k == crate::encryption::KEYRING_KEY))
     }
 
     /// Makes node `node_id` the only voter of the group recorded in `<data_dir>/store.redb`,
@@ -190,16 +200,16 @@ impl Store {
         }
     }
 
-    /// One key from the local replica.
-    pub async fn get(&self, key: &str) -> Result<Option<Kv>> {
+    /// One key from the local replica, as stored (sealed values stay sealed).
+    pub(crate) async fn raw_get(&self, key: &str) -> Result<Option<Kv>> {
         match &self.inner {
             Backend::Mem(m) => m.get(key).await,
             Backend::Raft(n) => n.get(key),
         }
     }
 
-    /// Every key under `prefix` from the local replica, with the revision they were read at.
-    pub async fn range(&self, prefix: &str) -> Result<(Vec<Kv>, u64)> {
+    /// Every key under `prefix` from the local replica, as stored.
+    pub(crate) async fn raw_range(&self, prefix: &str) -> Result<(Vec<Kv>, u64)> {
         match &self.inner {
             Backend::Mem(m) => m.range(prefix).await,
             Backend::Raft(n) => n.range(prefix),
@@ -215,8 +225,8 @@ impl Store {
         }
     }
 
-    /// Runs a transaction through the leader and waits until it is applied locally.
-    pub async fn txn(&self, txn: Txn) -> Result<TxnResult> {
+    /// Runs a transaction as given (values already sealed where they must be).
+    pub(crate) async fn raw_txn(&self, txn: Txn) -> Result<TxnResult> {
         match &self.inner {
             Backend::Mem(m) => m.txn(txn).await,
             Backend::Raft(n) => n.txn(txn).await,
@@ -252,6 +262,14 @@ impl Store {
     /// revision above `rev` (from the retained history first); `None` starts from now.
     /// A revision older than the history is `Error::Compacted`.
     pub async fn watch(&self, prefix: &str, after: Option<u64>) -> Result<WatchStream> {
+        let inner = self.raw_watch(prefix, after).await?;
+        match self.enc.get() {
+            Some(enc) if enc.overlaps(prefix) => Ok(self.opened_watch(inner)),
+            _ => Ok(inner),
+        }
+    }
+
+    pub(crate) async fn raw_watch(&self, prefix: &str, after: Option<u64>) -> Result<WatchStream> {
         match &self.inner {
             Backend::Mem(m) => m.watch(prefix, after).await,
             Backend::Raft(n) => n.watch(prefix, after),

@@ -61,6 +61,10 @@ enum Cmd {
         /// Address of the restored node (default: the address of the default route).
         #[arg(long)]
         advertise: Option<std::net::IpAddr>,
+        /// `secrets.json` of a node of the backed-up cluster: its Secrets encryption key
+        /// opens the backup's Secrets (required when the backup holds encrypted Secrets).
+        #[arg(long)]
+        secrets_from: Option<PathBuf>,
     },
     /// Make this stopped node the only voter of its cluster again, keeping its state (as
     /// etcd's --force-new-cluster): for the survivor of a two-node cluster without a witness,
@@ -78,6 +82,16 @@ enum Cmd {
         dir: DataDir,
         #[command(subcommand)]
         op: GossipKeyOp,
+        /// Print JSON.
+        #[arg(long, global = true)]
+        json: bool,
+    },
+    /// Show how Secrets are encrypted at rest, or seal them all again with a new key.
+    SecretsEncrypt {
+        #[command(flatten)]
+        dir: DataDir,
+        #[command(subcommand)]
+        op: SecretsEncryptOp,
         /// Print JSON.
         #[arg(long, global = true)]
         json: bool,
@@ -133,6 +147,14 @@ enum GossipKeyOp {
     /// Key ids in use on every node, and the datagrams each refused.
     Status,
     /// Install a new key on every node, switch senders to it, then retire the old ones.
+    Rotate,
+}
+
+#[derive(Subcommand)]
+enum SecretsEncryptOp {
+    /// The data keys, and how many Secrets each seals (and how many are still plaintext).
+    Status,
+    /// Add a new data key, seal every Secret with it (plaintext ones too), retire the old keys.
     Rotate,
 }
 
@@ -257,8 +279,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("backup written to {} (revision {})", path.display(), v["revision"]);
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Restore { file, dir, name, advertise } => {
-            let report = shoal::cluster::restore(&file, &dir.data_dir, name, advertise)
+        Cmd::Restore { file, dir, name, advertise, secrets_from } => {
+            let report = shoal::cluster::restore(&file, &dir.data_dir, name, advertise, secrets_from.as_deref())
                 .with_context(|| format!("restoring {} into {}", file.display(), dir.data_dir.display()))?;
             println!("{report}");
             Ok(ExitCode::SUCCESS)
@@ -276,6 +298,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::GossipKey { dir, op, json } => gossip_key(&dir.data_dir, op, json).await,
+        Cmd::SecretsEncrypt { dir, op, json } => secrets_encrypt(&dir.data_dir, op, json).await,
         Cmd::Kubeconfig { dir, server, out, user, groups, ttl } => {
             let v = control::call(&dir.data_dir, &Request::Kubeconfig { server, user, groups, ttl_secs: ttl }).await?;
             let text = v.as_str().unwrap_or_default();
@@ -330,6 +353,42 @@ fn absolute(p: &Path) -> anyhow::Result<PathBuf> {
         return Ok(p.into());
     }
     Ok(std::env::current_dir().context("current directory")?.join(p))
+}
+
+async fn secrets_encrypt(data_dir: &Path, op: SecretsEncryptOp, json: bool) -> anyhow::Result<ExitCode> {
+    let rotate = matches!(op, SecretsEncryptOp::Rotate);
+    let req = if rotate { Request::SecretsEncryptRotate } else { Request::SecretsEncryptStatus };
+    let v = control::call(data_dir, &req).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if rotate {
+        let retired: Vec<String> = v["retired"].as_array().into_iter().flatten().map(|id| id.to_string()).collect();
+        println!(
+            "every Secret sealed with data key {} ({} sealed again, {} of them were plaintext); retired keys: {}",
+            v["key"],
+            v["resealed"],
+            v["were_plaintext"],
+            if retired.is_empty() { "none".to_string() } else { retired.join(", ") }
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("encryption:  {}", if v["enabled"] == true { "AES-256-GCM" } else { "off" });
+    println!("key source:  {}", v["key_encryption_key"].as_str().unwrap_or("?"));
+    println!("primary key: {}", v["primary_key"].as_u64().map_or("none yet".to_string(), |k| k.to_string()));
+    let keys: Vec<String> = v["keys"].as_array().into_iter().flatten().map(|k| k["id"].to_string()).collect();
+    println!("keys:        {}", if keys.is_empty() { "-".to_string() } else { keys.join(", ") });
+    println!("secrets:     {} ({} plaintext)", v["secrets"], v["plaintext"]);
+    if let Some(by) = v["by_key"].as_object() {
+        for (id, n) in by {
+            println!("  sealed with key {id}: {n}");
+        }
+    }
+    if v["plaintext"].as_u64().unwrap_or(0) > 0 {
+        println!("\nsome Secrets are still plaintext: run `shoal secrets-encrypt rotate`");
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn gossip_key(data_dir: &Path, op: GossipKeyOp, json: bool) -> anyhow::Result<ExitCode> {

@@ -7,6 +7,7 @@ pub mod identity;
 pub(crate) mod join_tokens;
 pub(crate) mod metrics;
 pub(crate) mod peers;
+pub(crate) mod secrets_encryption;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
@@ -195,6 +196,10 @@ pub async fn run(cfg: NodeConfig, join: Option<JoinTarget>, shutdown: Cancellati
     let store = Store::open(store_cfg, peers::raft_transport(transport.clone()))
         .await
         .map_err(|source| ClusterError::Store { path: dir.join("store"), source: Box::new(source) })?;
+    // Secrets are sealed before they reach the log, the file, snapshots and backups.
+    let kek_source = secrets_encryption::enable(&store, &state.secrets)
+        .map_err(|e| ClusterError::Conflict(format!("secrets encryption: {e}")))?;
+    tracing::info!(key = ?kek_source, "secrets encrypted at rest");
     // The store holds every Secret: root only, whatever the umask was when it was created.
     identity::restrict_files(&dir.join("store"), 0o600)
         .map_err(|source| ClusterError::DataDir { path: dir.join("store"), source })?;
@@ -523,6 +528,8 @@ impl control::Handler for ControlHandler {
                     gossip_keys::rotate(node, (node.cfg.gossip.interval * 8).max(Duration::from_secs(2))).await
                 }
                 Request::GossipKeyStatus => Ok(gossip_keys::status(node).await),
+                Request::SecretsEncryptStatus => secrets_encryption::status(&node.store, &node.secrets).await,
+                Request::SecretsEncryptRotate => secrets_encryption::rotate(&node.store).await,
                 Request::Token => {
                     join_tokens::default_token(&node.store, &node.secrets.ca_cert_pem, &node.cfg.data_dir)
                         .await
@@ -753,7 +760,22 @@ pub fn restore(
     dir: &Path,
     name: Option<String>,
     advertise: Option<IpAddr>,
+    secrets_from: Option<&Path>,
 ) -> Result<String, ClusterError> {
+    // The backup's Secrets are sealed with data keys wrapped by the old cluster's key.
+    let old_kek = match secrets_from {
+        Some(p) => Some(secrets_encryption::kek_from_file(p).map_err(ClusterError::Conflict)?),
+        None => None,
+    };
+    let encrypted = Store::backup_is_encrypted(file)
+        .map_err(|source| ClusterError::Store { path: file.into(), source: Box::new(source) })?;
+    if encrypted && old_kek.is_none() {
+        return Err(ClusterError::Conflict(
+            "the backup holds encrypted Secrets: add --secrets-from PATH/secrets.json (from a node of the \
+             backed-up cluster) so the restored cluster can read them"
+                .to_string(),
+        ));
+    }
     if NodeState::load(dir)?.is_some() || dir.join("store").exists() {
         return Err(ClusterError::Conflict(format!("{} is not empty: restore into a fresh data dir", dir.display())));
     }
@@ -762,7 +784,10 @@ pub fn restore(
     let cfg = NodeConfig { data_dir: dir.into(), ..NodeConfig::default() };
     let name = name.unwrap_or_else(hostname);
     let advertise = advertise.unwrap_or_else(default_address);
-    let st = new_cluster(&cfg, &name, advertise)?;
+    let mut st = new_cluster(&cfg, &name, advertise)?;
+    if let Some(kek) = old_kek {
+        st.secrets.secrets_encryption_key = Some(hex::encode(kek).into());
+    }
     let addr = SocketAddr::new(advertise, cfg.ports.peer).to_string();
     let rev = Store::restore(file, dir.join("store"), st.identity.node_id, &addr)
         .map_err(|source| ClusterError::Store { path: dir.join("store"), source: Box::new(source) })?;

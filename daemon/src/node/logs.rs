@@ -91,7 +91,7 @@ impl PodStreams for LocalLogs {
                 rendered = lines[start..].iter().map(|l| format!("{l}\n")).collect();
             }
             if let Some(limit) = opts.limit_bytes.filter(|l| *l >= 0) {
-                rendered.truncate(limit as usize);
+                cut_at_char_boundary(&mut rendered, usize::try_from(limit).unwrap_or(usize::MAX));
             }
             let first = futures::stream::once(async move { Ok(Bytes::from(rendered)) });
             if !opts.follow || opts.previous {
@@ -142,5 +142,38 @@ mod tests {
         assert_eq!(render(text, false), "started\npartial\n");
         assert!(render(text, true).starts_with("2024-01-01T00:00:00.000000001Z started\n"));
         assert_eq!(render("garbage\n", false), "");
+    }
+}
+
+/// Cuts `s` to at most `limit` bytes, at the last character boundary at or before it
+/// (`String::truncate` panics inside a multi-byte character).
+fn cut_at_char_boundary(s: &mut String, limit: usize) {
+    if limit >= s.len() {
+        return;
+    }
+    let mut end = limit;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s.truncate(end);
+}
+
+#[cfg(test)]
+mod limit_bytes_tests {
+    use super::cut_at_char_boundary;
+
+    #[test]
+    fn limit_bytes_cuts_on_a_character_boundary() {
+        for limit in 0..12 {
+            let mut s = "aé€😀z".to_string();
+            cut_at_char_boundary(&mut s, limit);
+            assert!(s.len() <= limit && "aé€😀z".starts_with(&s), "{limit}: {s:?}");
+        }
+        let mut s = "€".to_string();
+        cut_at_char_boundary(&mut s, 2);
+        assert_eq!(s, "");
+        let mut s = "ab".to_string();
+        cut_at_char_boundary(&mut s, 99);
+        assert_eq!(s, "ab");
     }
 }

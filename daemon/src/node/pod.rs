@@ -701,10 +701,11 @@ impl Agent {
             let _ = rt.delete(id, true);
             let _ = images.remove_rootfs(id, &rootfs);
             images.prepare_rootfs(image, id, &rootfs).map_err(|e| ("CreateContainerError".to_string(), chain(&e)))?;
-            let (uid_n, gid_n) = match c["securityContext"]["runAsUser"].as_u64() {
-                Some(u) => (u as u32, c["securityContext"]["runAsGroup"].as_u64().unwrap_or(0) as u32),
-                None => spec::resolve_user(&config.user, &rootfs),
-            };
+            let (uid_n, gid_n) = spec::run_as(pod, c, spec::resolve_user(&config.user, &rootfs));
+            if let Err(reason) = spec::check_security(pod, c) {
+                let _ = images.remove_rootfs(id, &rootfs);
+                return Err(("CreateContainerConfigError".to_string(), reason));
+            }
             // As the kubelet: runAsNonRoot (the container's, else the pod's) refuses a root user.
             let non_root = c["securityContext"]["runAsNonRoot"]
                 .as_bool()

@@ -115,9 +115,15 @@ pub fn build(input: &ContainerInput<'_>) -> Value {
         spec["linux"]["readonlyPaths"] = json!([]);
     }
     spec["root"] = json!({"path": input.rootfs, "readonly": c["securityContext"]["readOnlyRootFilesystem"].as_bool().unwrap_or(false)});
+    apply_security(&mut spec, input.pod, c);
     let host_network = input.pod["spec"]["hostNetwork"].as_bool() == Some(true);
     let host_pid = input.pod["spec"]["hostPID"].as_bool() == Some(true);
-    let mut namespaces = vec![json!({"type": "mount"}), json!({"type": "ipc", "path": input.ipcns})];
+    // hostIPC: no ipc namespace of its own, so the host's.
+    let host_ipc = input.pod["spec"]["hostIPC"].as_bool() == Some(true);
+    let mut namespaces = vec![json!({"type": "mount"})];
+    if !host_ipc {
+        namespaces.push(json!({"type": "ipc", "path": input.ipcns}));
+    }
     if !host_pid {
         namespaces.push(json!({"type": "pid"}));
     }
@@ -139,6 +145,129 @@ pub fn build(input: &ContainerInput<'_>) -> Value {
     }
     spec["mounts"] = json!(mounts);
     spec
+}
+
+/// Sysctls the kubelet allows without `--allowed-unsafe-sysctls` (namespaced to the pod).
+pub const SAFE_SYSCTLS: &[&str] = &[
+    "kernel.shm_rmid_forced",
+    "net.ipv4.ip_local_port_range",
+    "net.ipv4.tcp_syncookies",
+    "net.ipv4.ping_group_range",
+    "net.ipv4.ip_unprivileged_port_start",
+    "net.ipv4.ip_local_reserved_ports",
+    "net.ipv4.tcp_keepalive_time",
+    "net.ipv4.tcp_fin_timeout",
+    "net.ipv4.tcp_keepalive_intvl",
+    "net.ipv4.tcp_keepalive_probes",
+];
+
+fn cap_name(n: &str) -> String {
+    let up = n.to_ascii_uppercase();
+    if up.starts_with("CAP_") {
+        up
+    } else {
+        format!("CAP_{up}")
+    }
+}
+
+/// The securityContext fields the node cannot honour, as the kubelet's refusal
+/// (CreateContainerConfigError with this message): unsafe or malformed sysctls, unknown
+/// capabilities.
+pub fn check_security(pod: &Value, container: &Value) -> Result<(), String> {
+    for s in pod["spec"]["securityContext"]["sysctls"].as_array().into_iter().flatten() {
+        let name = s["name"].as_str().unwrap_or_default();
+        if !SAFE_SYSCTLS.contains(&name) {
+            return Err(format!(
+                "forbidden sysctl: \"{name}\" not allowlisted (shoal allows only the kubelet's safe sysctls)"
+            ));
+        }
+        if s["value"].as_str().is_none() {
+            return Err(format!("sysctl \"{name}\" has no value"));
+        }
+    }
+    let known = shoal_runtime::all_capability_names();
+    let caps = &container["securityContext"]["capabilities"];
+    for list in ["add", "drop"] {
+        for n in caps[list].as_array().into_iter().flatten() {
+            let n = n.as_str().unwrap_or_default();
+            if n != "ALL" && !known.contains(&cap_name(n).as_str()) {
+                return Err(format!("unknown capability {n:?} in securityContext.capabilities.{list}"));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// capabilities (add/drop, ALL), privileged (every capability), allowPrivilegeEscalation
+/// (no_new_privs), supplementalGroups and fsGroup (extra groups of the process), sysctls.
+fn apply_security(spec: &mut Value, pod: &Value, c: &Value) {
+    let sc = &c["securityContext"];
+    let privileged = sc["privileged"].as_bool() == Some(true);
+    let mut set: Vec<String> = strings(&spec["process"]["capabilities"]["bounding"]);
+    let all: Vec<String> = shoal_runtime::current_capability_names().into_iter().map(String::from).collect();
+    if privileged {
+        set = all.clone();
+    } else {
+        // As containerd: ALL first, then the named adds, then the named drops.
+        let add: Vec<String> = strings(&sc["capabilities"]["add"]);
+        let drop: Vec<String> = strings(&sc["capabilities"]["drop"]);
+        if add.iter().any(|a| a == "ALL") {
+            set = all.clone();
+        }
+        if drop.iter().any(|d| d == "ALL") {
+            set.clear();
+        }
+        for a in add.iter().filter(|a| *a != "ALL") {
+            let a = cap_name(a);
+            if !set.contains(&a) {
+                set.push(a);
+            }
+        }
+        for d in drop.iter().filter(|d| *d != "ALL") {
+            let d = cap_name(d);
+            set.retain(|x| *x != d);
+        }
+    }
+    for which in ["bounding", "effective", "permitted"] {
+        spec["process"]["capabilities"][which] = json!(set);
+    }
+    // shoal sets no_new_privs unless escalation is asked for (privileged, or
+    // allowPrivilegeEscalation: true).
+    let escalate = privileged || sc["allowPrivilegeEscalation"].as_bool() == Some(true);
+    spec["process"]["noNewPrivileges"] = json!(!escalate);
+    let psc = &pod["spec"]["securityContext"];
+    let mut groups: Vec<u64> =
+        psc["supplementalGroups"].as_array().into_iter().flatten().filter_map(Value::as_u64).collect();
+    if let Some(g) = psc["fsGroup"].as_u64() {
+        groups.push(g);
+    }
+    groups.sort_unstable();
+    groups.dedup();
+    if !groups.is_empty() {
+        spec["process"]["user"]["additionalGids"] = json!(groups);
+    }
+    let mut sysctl = serde_json::Map::new();
+    for s in psc["sysctls"].as_array().into_iter().flatten() {
+        if let (Some(n), Some(v)) = (s["name"].as_str(), s["value"].as_str()) {
+            if SAFE_SYSCTLS.contains(&n) {
+                sysctl.insert(n.to_string(), json!(v));
+            }
+        }
+    }
+    if !sysctl.is_empty() {
+        spec["linux"]["sysctl"] = Value::Object(sysctl);
+    }
+}
+
+/// The user of a container: runAsUser/runAsGroup of the container, else of the pod, else the
+/// image's user (with its primary group).
+pub fn run_as(pod: &Value, container: &Value, image_user: (u32, u32)) -> (u32, u32) {
+    let field =
+        |f: &str| container["securityContext"][f].as_u64().or_else(|| pod["spec"]["securityContext"][f].as_u64());
+    let uid = field("runAsUser").map_or(image_user.0, |u| u as u32);
+    let gid =
+        field("runAsGroup").map(|g| g as u32).unwrap_or(if field("runAsUser").is_some() { 0 } else { image_user.1 });
+    (uid, gid)
 }
 
 /// Linux major and minor numbers of a device number (glibc's `gnu_dev_major/minor`).
@@ -248,6 +377,101 @@ mod tests {
             json!({"allow": true, "type": "c", "major": 1, "minor": 3, "access": "rwm"})
         );
         assert!(add_device(&mut spec, Path::new("/etc/hostname")).is_err());
+    }
+
+    fn built(pod: Value, container: Value) -> Value {
+        let img = image(&["sleep"], &[]);
+        let input = ContainerInput {
+            pod: &pod,
+            container: &container,
+            image: &img,
+            rootfs: Path::new("/tmp/rootfs"),
+            netns: Path::new("/run/netns/p"),
+            ipcns: Path::new("/run/ipcns/p"),
+            utsns: Path::new("/run/utsns/p"),
+            env: vec![],
+            mounts: vec![],
+            cgroups_path: "/p".into(),
+            uid: 1000,
+            gid: 1000,
+        };
+        build(&input)
+    }
+
+    fn caps(spec: &Value) -> Vec<String> {
+        strings(&spec["process"]["capabilities"]["bounding"])
+    }
+
+    #[test]
+    fn capabilities_add_and_drop_as_containerd() {
+        let d = built(json!({}), json!({}));
+        assert!(caps(&d).contains(&"CAP_NET_RAW".to_string()));
+        assert!(!caps(&d).contains(&"CAP_NET_ADMIN".to_string()));
+        let s =
+            built(json!({}), json!({"securityContext": {"capabilities": {"add": ["NET_ADMIN"], "drop": ["NET_RAW"]}}}));
+        assert!(caps(&s).contains(&"CAP_NET_ADMIN".to_string()));
+        assert!(!caps(&s).contains(&"CAP_NET_RAW".to_string()));
+        assert_eq!(s["process"]["capabilities"]["effective"], s["process"]["capabilities"]["bounding"]);
+        let s = built(json!({}), json!({"securityContext": {"capabilities": {"drop": ["ALL"], "add": ["CHOWN"]}}}));
+        assert_eq!(caps(&s), ["CAP_CHOWN"]);
+        let s = built(json!({}), json!({"securityContext": {"capabilities": {"add": ["ALL"]}}}));
+        assert!(caps(&s).contains(&"CAP_SYS_ADMIN".to_string()));
+        assert!(check_security(
+            &json!({}),
+            &json!({"securityContext": {"capabilities": {"add": ["NET_ADMIN", "ALL"]}}})
+        )
+        .is_ok());
+        let e = check_security(&json!({}), &json!({"securityContext": {"capabilities": {"add": ["GOD_MODE"]}}}));
+        assert!(e.unwrap_err().contains("unknown capability \"GOD_MODE\""));
+    }
+
+    #[test]
+    fn privileged_escalation_and_groups() {
+        let d = built(json!({}), json!({}));
+        assert_eq!(d["process"]["noNewPrivileges"], true);
+        let p = built(json!({}), json!({"securityContext": {"privileged": true}}));
+        assert!(caps(&p).contains(&"CAP_SYS_ADMIN".to_string()));
+        assert_eq!(p["process"]["noNewPrivileges"], false);
+        assert_eq!(p["linux"]["maskedPaths"], json!([]));
+        let a = built(json!({}), json!({"securityContext": {"allowPrivilegeEscalation": false}}));
+        assert_eq!(a["process"]["noNewPrivileges"], true);
+        let a = built(json!({}), json!({"securityContext": {"allowPrivilegeEscalation": true}}));
+        assert_eq!(a["process"]["noNewPrivileges"], false);
+        let g = built(json!({"spec": {"securityContext": {"supplementalGroups": [5, 7], "fsGroup": 2000}}}), json!({}));
+        assert_eq!(g["process"]["user"]["additionalGids"], json!([5, 7, 2000]));
+        let r = built(json!({}), json!({"securityContext": {"readOnlyRootFilesystem": true}}));
+        assert_eq!(r["root"]["readonly"], true);
+    }
+
+    #[test]
+    fn run_as_user_and_group_container_then_pod_then_image() {
+        let pod = json!({"spec": {"securityContext": {"runAsUser": 1000, "runAsGroup": 3000}}});
+        assert_eq!(run_as(&pod, &json!({}), (0, 0)), (1000, 3000));
+        assert_eq!(run_as(&pod, &json!({"securityContext": {"runAsUser": 7}}), (0, 0)), (7, 3000));
+        assert_eq!(run_as(&json!({}), &json!({}), (33, 44)), (33, 44));
+        assert_eq!(run_as(&json!({}), &json!({"securityContext": {"runAsUser": 5}}), (33, 44)), (5, 0));
+        assert_eq!(run_as(&json!({}), &json!({"securityContext": {"runAsGroup": 9}}), (33, 44)), (33, 9));
+    }
+
+    #[test]
+    fn sysctls_safe_ones_set_unsafe_ones_refused_host_ipc_shares() {
+        let safe = json!({"spec": {"securityContext": {"sysctls": [{"name": "net.ipv4.ip_unprivileged_port_start", "value": "80"}]}}});
+        assert!(check_security(&safe, &json!({})).is_ok());
+        let s = built(safe, json!({}));
+        assert_eq!(s["linux"]["sysctl"]["net.ipv4.ip_unprivileged_port_start"], "80");
+        let unsafe_ = json!({"spec": {"securityContext": {"sysctls": [{"name": "kernel.msgmax", "value": "1"}]}}});
+        let e = check_security(&unsafe_, &json!({})).unwrap_err();
+        assert!(e.starts_with("forbidden sysctl: \"kernel.msgmax\" not allowlisted"), "{e}");
+        let ns = |s: &Value| -> Vec<String> {
+            s["linux"]["namespaces"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|n| n["type"].as_str().unwrap().to_string())
+                .collect()
+        };
+        assert!(ns(&built(json!({}), json!({}))).contains(&"ipc".to_string()));
+        assert!(!ns(&built(json!({"spec": {"hostIPC": true}}), json!({}))).contains(&"ipc".to_string()));
     }
 
     #[test]
