@@ -110,10 +110,10 @@ impl RaftNode {
         let raft = Raft::new(cfg.node_id, Arc::new(config), Network { transport: transport.clone() }, log, sm)
             .await
             .map_err(|e| Error::raft("start", e))?;
-        if cfg.candidacy_delay_ms > 0 {
-            // Stands for election only through `elect_loop`, after the others had their turn.
-            raft.runtime_config().elect(false);
-        }
+        // Elections are started by `elect_loop` only: openraft's own timer (the lease plus a
+        // random timeout fixed per node at start, on a 1.5-heartbeat tick) fired while an
+        // election `elect_loop` had started was still in flight, and split the vote.
+        raft.runtime_config().elect(false);
         let (batcher, batch_rx) = mpsc::unbounded_channel();
         let cancel = CancellationToken::new();
         tokio::spawn(batch_loop(raft.clone(), batch_rx, cancel.clone()));
@@ -858,16 +858,17 @@ impl RaftNode {
             let _ = self.raft.trigger().heartbeat().await;
             return now + probe_lead / 2;
         }
-        let timer_off = self.cfg.candidacy_delay_ms > 0;
         let alone = voters.len() == 1 && voters.contains(&self.cfg.node_id);
-        if timer_off && alone && state != ServerState::Leader {
-            // The only voter (openraft would elect it at once on its timer, which is off).
+        if alone && state != ServerState::Leader {
+            // The only voter (after a restart, or a forced single voter): stand at once.
             let _ = self.raft.trigger().elect().await;
             return now + wait;
         }
-        let standing = state == ServerState::Follower || (timer_off && state == ServerState::Candidate);
+        // A candidate whose election failed stands again after another silence of `wait`
+        // (its count restarted when it became a candidate), the voters still in turn.
+        let standing = matches!(state, ServerState::Follower | ServerState::Candidate);
         if !standing || voters.len() < 2 || !voters.contains(&self.cfg.node_id) {
-            // Candidates and learners: openraft runs its own timers.
+            // Learners never stand.
             self.heard_now();
             return now + wait;
         }

@@ -102,14 +102,12 @@ pub struct StoreConfig {
     /// Election timeout range in milliseconds. The maximum is also the leader's lease: a voter
     /// refuses to vote for another node while it heard from its leader within it. A follower
     /// that stops hearing from the leader stands for election just after the lease (see
-    /// `silence_before_election` in node.rs); openraft's own timer would wait out the lease and
-    /// then a random time in this range.
+    /// `silence_before_election` in node.rs).
     pub election_timeout_min_ms: u64,
     pub election_timeout_max_ms: u64,
     /// Extra silence of the leader before this node stands for election (a witness, so that
-    /// the workers go first). When set, openraft's own election timer is off for this node:
-    /// it stands only `election_timeout_max_ms` plus this delay after it last heard from a
-    /// leader. It still votes like every voter.
+    /// the workers go first): it stands `election_timeout_max_ms` plus this delay after it last
+    /// heard from a leader. It still votes like every voter.
     pub candidacy_delay_ms: u64,
     /// Build a snapshot (and purge the log before it) after this many applied entries.
     pub snapshot_every: u64,
@@ -134,8 +132,8 @@ impl StoreConfig {
     /// fresh), election timeout 300-500 ms. A follower whose leader stays silent past the
     /// lease (the maximum, 500 ms) and does not answer a direct question stands for election
     /// at once, the voters in turn 100 ms apart: a new leader 0.45-0.65 s after the old one
-    /// last sent a heartbeat. openraft's own timer (lease plus the random timeout) is the
-    /// fallback.
+    /// last sent a heartbeat. openraft's own election timer is off (it split votes with this
+    /// one); the minimum only matters to openraft's config checks.
     pub fn new(data_dir: impl Into<std::path::PathBuf>, node_id: u64, addr: impl Into<String>) -> Self {
         StoreConfig {
             data_dir: data_dir.into(),
