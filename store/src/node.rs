@@ -117,6 +117,7 @@ impl RaftNode {
         let (batcher, batch_rx) = mpsc::unbounded_channel();
         let cancel = CancellationToken::new();
         tokio::spawn(batch_loop(raft.clone(), batch_rx, cancel.clone()));
+        let cfg_lease_ms = cfg.election_timeout_max_ms;
         let node = Arc::new(RaftNode {
             batcher,
             cfg,
@@ -130,7 +131,9 @@ impl RaftNode {
             lease_deadlines: Mutex::new(HashMap::new()),
             health: Mutex::new(HealthTracker::default()),
             shut: AtomicBool::new(false),
-            last_heard: Mutex::new(Instant::now()),
+            // A node that just started waits one more lease before it may stand: its peers
+            // may not have reached it yet, and standing would unseat a live leader.
+            last_heard: Mutex::new(Instant::now() + Duration::from_millis(cfg_lease_ms)),
         });
         tokio::spawn(lease_loop(Arc::downgrade(&node), node.cancel.clone()));
         tokio::spawn(elect_loop(Arc::downgrade(&node), node.raft.server_metrics(), node.cancel.clone()));
