@@ -287,6 +287,9 @@ struct RunArgs {
     /// Results dir (default: $SHOAL_HIL_OUT, else target/hil).
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Copy each node's daemon log into `OUT/logs/SCENARIO/` before the rig goes down.
+    #[arg(long)]
+    keep_logs: bool,
 }
 
 /// Parses `60s`, `5m`, `500ms`, `1h` or plain seconds.
@@ -532,6 +535,9 @@ fn run_scenarios(args: RunArgs) -> anyhow::Result<ExitCode> {
                 if !rec.passed {
                     print_logs(&rig);
                 }
+                if args.keep_logs {
+                    keep_logs(&rig, &out.join("logs").join(name));
+                }
                 rig.down()?;
                 rec
             }
@@ -549,6 +555,17 @@ fn run_scenarios(args: RunArgs) -> anyhow::Result<ExitCode> {
     }
     println!("results: {}", ResultsFile::path(&out).display());
     Ok(if all_passed { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// Copies each host's daemon log into `dest` (best effort: a missing log is skipped).
+fn keep_logs(rig: &NetnsRig, dest: &std::path::Path) {
+    if let Err(e) = std::fs::create_dir_all(dest) {
+        eprintln!("shoal-hil: cannot create {}: {e}", dest.display());
+        return;
+    }
+    for h in rig.hosts() {
+        let _ = std::fs::copy(rig.log_path(&h), dest.join(format!("{h}.log")));
+    }
 }
 
 fn print_logs(rig: &NetnsRig) {

@@ -322,8 +322,13 @@ pub fn leader_killed(rig: &dyn Rig, opts: &ScenarioOptions) -> Result<Measured> 
         let w = Workload::spawn(s, rig, survivors.clone(), opts.workload.clone(), history.clone());
         std::thread::sleep(Duration::from_secs(2));
         let kill_at = Instant::now();
+        let kill_wall = std::time::SystemTime::now();
         rig.power_off(&leader)?;
         let kill_ns = history.at(kill_at);
+        // Wall-clock time of the kill, to line it up with the survivors' daemon logs.
+        if let Ok(t) = kill_wall.duration_since(std::time::UNIX_EPOCH) {
+            m.note(format!("killed at unix {}.{:03} s", t.as_secs(), t.subsec_millis()));
+        }
         let new_leader = cluster.wait_leader_among(&survivors, CONVERGE_TIMEOUT)?;
         m.set("new_leader_ms", ms(kill_at, Instant::now()));
         wait_until("an acknowledged write after the kill", CONVERGE_TIMEOUT, Duration::from_millis(50), || {

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use openraft::error::{CheckIsLeaderError, ClientWriteError, InitializeError, RaftError};
+use openraft::raft::AppendEntriesResponse;
 use openraft::{BasicNode, ChangeMembers, ServerState, SnapshotPolicy};
 use redb::{Database, ReadableDatabase, ReadableTable};
 use serde::de::DeserializeOwned;
@@ -21,6 +22,8 @@ use crate::network::{
     ProposeRequest, RaftTransport, ReadIndexReply, WireFormat,
 };
 use crate::raft_types::{Command, CommandResponse, NodeId, Raft, RequestId};
+
+type ServerMetrics = openraft::metrics::RaftServerMetrics<NodeId, crate::raft_types::Node>;
 use crate::state_machine::{Applied, Notice, StateMachine};
 use crate::tables::{open_db, KvRecord, EVENTS, FILE_NAME, KV, LEASES};
 use crate::types::{Kv, MemberStatus, Role, StoreConfig, StoreStatus, VoterChange, WatchEvent, WatchStream};
@@ -63,6 +66,8 @@ pub(crate) struct RaftNode {
     health: Mutex<HealthTracker>,
     shut: AtomicBool,
     batcher: mpsc::UnboundedSender<Pending>,
+    /// When this node last heard from a leader or granted a vote (see [`elect_loop`]).
+    last_heard: Mutex<Instant>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -108,9 +113,14 @@ impl RaftNode {
         let network = Network { transport: transport.clone(), format: format.clone() };
         let raft =
             Raft::new(cfg.node_id, Arc::new(config), network, log, sm).await.map_err(|e| Error::raft("start", e))?;
+        // Elections are started by `elect_loop` only: openraft's own timer (the lease plus a
+        // random timeout fixed per node at start, on a 1.5-heartbeat tick) fired while an
+        // election `elect_loop` had started was still in flight, and split the vote.
+        raft.runtime_config().elect(false);
         let (batcher, batch_rx) = mpsc::unbounded_channel();
         let cancel = CancellationToken::new();
         tokio::spawn(batch_loop(raft.clone(), batch_rx, cancel.clone()));
+        let cfg_lease_ms = cfg.election_timeout_max_ms;
         let node = Arc::new(RaftNode {
             batcher,
             cfg,
@@ -125,8 +135,12 @@ impl RaftNode {
             lease_deadlines: Mutex::new(HashMap::new()),
             health: Mutex::new(HealthTracker::default()),
             shut: AtomicBool::new(false),
+            // A node that just started waits one more lease before it may stand: its peers
+            // may not have reached it yet, and standing would unseat a live leader.
+            last_heard: Mutex::new(Instant::now() + Duration::from_millis(cfg_lease_ms)),
         });
         tokio::spawn(lease_loop(Arc::downgrade(&node), node.cancel.clone()));
+        tokio::spawn(elect_loop(Arc::downgrade(&node), node.raft.server_metrics(), node.cancel.clone()));
         Ok(node)
     }
 
@@ -280,6 +294,7 @@ impl RaftNode {
                         r = self.call::<_, ProposeReply>(&addr, service::PROPOSE, &req, deadline) => r,
                         () = self.leader_moved_from(id) => {
                             hint = self.leader();
+                            tracing::debug!(node = self.cfg.node_id, old = id, new = ?hint.as_ref().map(|h| h.0), "forwarded write moves to the new leader");
                             last_err = format!("node {id} is no longer the leader");
                             continue;
                         }
@@ -394,8 +409,12 @@ impl RaftNode {
         loop {
             let reply = match self.leader() {
                 Some((id, _)) if id == self.cfg.node_id => Some(self.keepalive_local(lease)?),
-                Some((_, addr)) => {
-                    match self.call::<_, KeepaliveReply>(&addr, service::KEEPALIVE, &lease, deadline).await {
+                Some((id, addr)) => {
+                    let reply = tokio::select! {
+                        r = self.call::<_, KeepaliveReply>(&addr, service::KEEPALIVE, &lease, deadline) => r,
+                        () = self.leader_moved_from(id) => continue,
+                    };
+                    match reply {
                         Ok(r) => Some(r),
                         Err(e) => {
                             last_err = e.to_string();
@@ -434,8 +453,17 @@ impl RaftNode {
                         Err(_) => last_err = "timed out confirming leadership".into(),
                     }
                 }
-                Some((_, addr)) => {
-                    match self.call::<_, ReadIndexReply>(&addr, service::READ_INDEX, &(), deadline).await {
+                Some((id, addr)) => {
+                    // As for writes: a leader that died mid-call never answers, so ask the next
+                    // leader as soon as one is known.
+                    let reply = tokio::select! {
+                        r = self.call::<_, ReadIndexReply>(&addr, service::READ_INDEX, &(), deadline) => r,
+                        () = self.leader_moved_from(id) => {
+                            tracing::debug!(node = self.cfg.node_id, old = id, "read index moves to the new leader");
+                            continue;
+                        }
+                    };
+                    match reply {
                         Ok(ReadIndexReply::Index(i)) => return self.wait_applied(i, deadline).await,
                         Ok(ReadIndexReply::NotLeader(_)) => last_err = "leadership changed".into(),
                         Ok(ReadIndexReply::Failed { reason }) => last_err = reason,
@@ -730,11 +758,21 @@ impl RaftNode {
         match svc {
             service::APPEND => {
                 let req = decode("append entries request", body)?;
-                encode("reply", &self.raft.append_entries(req).await)
+                let res = self.raft.append_entries(req).await;
+                // A heartbeat or entries from the leader of our term (a higher vote here means
+                // the sender is a stale leader).
+                if matches!(&res, Ok(r) if !matches!(r, AppendEntriesResponse::HigherVote(_))) {
+                    self.heard_now();
+                }
+                encode("reply", &res)
             }
             service::VOTE => {
                 let req = decode("vote request", body)?;
-                encode("reply", &self.raft.vote(req).await)
+                let res = self.raft.vote(req).await;
+                if matches!(&res, Ok(r) if r.vote_granted) {
+                    self.heard_now();
+                }
+                encode("reply", &res)
             }
             service::SNAPSHOT => {
                 let req: openraft::raft::InstallSnapshotRequest<crate::raft_types::TypeConfig> =
@@ -745,7 +783,11 @@ impl RaftNode {
                 if end > MAX_SNAPSHOT_BYTES {
                     return Err(Error::TooLarge { what: "snapshot", size: end, limit: MAX_SNAPSHOT_BYTES });
                 }
-                encode("reply", &self.raft.install_snapshot(req).await)
+                let res = self.raft.install_snapshot(req).await;
+                if res.is_ok() {
+                    self.heard_now();
+                }
+                encode("reply", &res)
             }
             service::PROPOSE => {
                 let req: ProposeRequest = decode("propose request", body)?;
@@ -808,6 +850,111 @@ impl RaftNode {
         }
         tracing::warn!(node = self.cfg.node_id, "store file still in use after shutdown");
         Ok(())
+    }
+
+    // ----- elections -----
+
+    fn heard_now(&self) {
+        *lock(&self.last_heard) = Instant::now();
+    }
+
+    /// How long this follower lets its leader stay silent before it stands for election
+    /// itself. The other voters refuse to vote while the leader's lease (openraft's
+    /// `election_timeout_max` since its last heartbeat) runs, so asking earlier is useless;
+    /// asking just after it spares the random election timeout openraft would wait on top.
+    /// The voters other than the silent leader go in turn, by node id, half a heartbeat
+    /// apart, so that two of them do not split the vote.
+    fn silence_before_election(&self, voters: &BTreeSet<NodeId>, leader: Option<NodeId>) -> Duration {
+        let rank = voters.iter().filter(|v| Some(**v) != leader).position(|v| *v == self.cfg.node_id).unwrap_or(0);
+        let hb = self.cfg.heartbeat_ms;
+        Duration::from_millis(
+            self.cfg.election_timeout_max_ms + hb / 4 + hb / 2 * rank as u64 + self.cfg.candidacy_delay_ms,
+        )
+    }
+
+    /// Asks the leader directly whether it still leads (a read index, answered from its
+    /// memory). A leader that answers is alive: a slow link or a busy board delayed its
+    /// heartbeats, and an election would only unseat it.
+    async fn leader_answers(&self, addr: &str, until: Instant) -> bool {
+        let reply = self.call::<_, ReadIndexReply>(addr, service::READ_INDEX, &(), until).await;
+        matches!(reply, Ok(ReadIndexReply::Index(_)))
+    }
+
+    /// One check of [`elect_loop`]: stands for election if the leader has been silent past
+    /// its lease and does not answer a direct question either; returns when to check next.
+    async fn check_leader_silence(&self) -> Instant {
+        let now = Instant::now();
+        let (voters, leader, state) = {
+            let m = self.raft.metrics();
+            let m = m.borrow();
+            let voters: BTreeSet<NodeId> = m.membership_config.membership().voter_ids().collect();
+            let leader = m.current_leader.and_then(|id| {
+                let addr = m.membership_config.membership().get_node(&id)?.addr.clone();
+                Some((id, addr))
+            });
+            (voters, leader, m.state)
+        };
+        let wait = self.silence_before_election(&voters, leader.as_ref().map(|l| l.0));
+        let probe_lead = Duration::from_millis(self.cfg.heartbeat_ms);
+        if state == ServerState::Leader && voters.len() > 1 {
+            // Heartbeats twice as often as openraft's own (which also bound an AppendEntries
+            // call, so they stay long): the followers' lease stays fresh with a short
+            // election timeout.
+            let _ = self.raft.trigger().heartbeat().await;
+            return now + probe_lead / 2;
+        }
+        let alone = voters.len() == 1 && voters.contains(&self.cfg.node_id);
+        if alone && state != ServerState::Leader {
+            // The only voter (after a restart, or a forced single voter): stand at once.
+            let _ = self.raft.trigger().elect().await;
+            return now + wait;
+        }
+        // A candidate whose election failed stands again after another silence of `wait`
+        // (its count restarted when it became a candidate), the voters still in turn.
+        let standing = matches!(state, ServerState::Follower | ServerState::Candidate);
+        if !standing || voters.len() < 2 || !voters.contains(&self.cfg.node_id) {
+            // Learners never stand.
+            self.heard_now();
+            return now + wait;
+        }
+        let heard = *lock(&self.last_heard);
+        let probe_at = (heard + wait).checked_sub(probe_lead).unwrap_or(heard);
+        if now < probe_at {
+            return probe_at;
+        }
+        // Silent for almost the whole lease: ask the leader itself meanwhile.
+        let deadline = heard + wait;
+        let alive = match &leader {
+            Some((id, addr)) if *id != self.cfg.node_id => {
+                let answered = self.leader_answers(addr, deadline).await;
+                tokio::time::sleep_until(deadline.into()).await;
+                answered
+            }
+            _ => {
+                tokio::time::sleep_until(deadline.into()).await;
+                false
+            }
+        };
+        let heard_again = *lock(&self.last_heard);
+        if heard_again > heard {
+            return heard_again + wait;
+        }
+        let leader_id = leader.as_ref().map(|l| l.0);
+        let silent_ms = u64::try_from(Instant::now().duration_since(heard).as_millis()).unwrap_or(u64::MAX);
+        if alive {
+            tracing::info!(node = self.cfg.node_id, leader = ?leader_id, silent_ms, "leader silent but answering; no election");
+            self.heard_now();
+            return Instant::now() + wait;
+        }
+        if !matches!(self.raft.metrics().borrow().state, ServerState::Follower | ServerState::Candidate) {
+            return Instant::now() + wait;
+        }
+        tracing::info!(node = self.cfg.node_id, leader = ?leader_id, silent_ms, "leader silent past its lease; standing for election");
+        self.heard_now();
+        if let Err(e) = self.raft.trigger().elect().await {
+            tracing::debug!(error = %e, "cannot start an election");
+        }
+        Instant::now() + wait
     }
 
     // ----- leases -----
@@ -962,6 +1109,43 @@ fn read_revision(r: &redb::ReadTransaction) -> Result<u64> {
     match meta.get("revision").map_err(|e| Error::db("read", e))? {
         Some(v) => decode("revision", v.value()),
         None => Ok(0),
+    }
+}
+
+/// Stands for election once the leader has been silent past its lease (see
+/// [`RaftNode::silence_before_election`]), instead of waiting out openraft's random election
+/// timeout on top. Sleeps until the next possible deadline, so an idle healthy follower wakes
+/// about once per lease; a change of role or leader restarts the count.
+async fn elect_loop(node: Weak<RaftNode>, mut server: watch::Receiver<ServerMetrics>, cancel: CancellationToken) {
+    let mut seen = {
+        let s = server.borrow_and_update();
+        (s.state, s.current_leader)
+    };
+    let mut next = Instant::now();
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep_until(next.into()) => {
+                let Some(node) = node.upgrade() else { return };
+                next = node.check_leader_silence().await;
+            }
+            changed = server.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                let now = {
+                    let s = server.borrow_and_update();
+                    (s.state, s.current_leader)
+                };
+                if now != seen {
+                    seen = now;
+                    let Some(node) = node.upgrade() else { return };
+                    tracing::info!(node = node.cfg.node_id, state = ?seen.0, leader = ?seen.1, "raft role changed");
+                    node.heard_now();
+                    next = node.check_leader_silence().await;
+                }
+            }
+            () = cancel.cancelled() => return,
+        }
     }
 }
 

@@ -22,6 +22,7 @@ pub struct MemNetwork {
 struct NetInner {
     nodes: HashMap<String, Store>,
     cut: HashSet<(String, String)>,
+    silent: HashSet<String>,
 }
 
 impl MemNetwork {
@@ -48,6 +49,12 @@ impl MemNetwork {
         self.lock().nodes.remove(addr)
     }
 
+    /// Makes `addr` swallow every call without an answer, as a host that lost power does over
+    /// QUIC (no reset: callers wait out their own timeouts). Undone by [`Self::heal_all`].
+    pub fn black_hole(&self, addr: &str) {
+        self.lock().silent.insert(addr.to_string());
+    }
+
     /// Cuts the link between `a` and `b` in both directions.
     pub fn cut(&self, a: &str, b: &str) {
         let mut n = self.lock();
@@ -66,7 +73,9 @@ impl MemNetwork {
 
     /// Restores every link.
     pub fn heal_all(&self) {
-        self.lock().cut.clear();
+        let mut n = self.lock();
+        n.cut.clear();
+        n.silent.clear();
     }
 }
 
@@ -84,6 +93,9 @@ impl RaftTransport for MemTransport {
     ) -> BoxFuture<'static, Result<Vec<u8>, TransportError>> {
         let target = {
             let n = self.net.lock();
+            if n.silent.contains(addr) || n.silent.contains(&self.from) {
+                return Box::pin(std::future::pending());
+            }
             if n.cut.contains(&(self.from.clone(), addr.to_string())) {
                 None
             } else {

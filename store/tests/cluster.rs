@@ -74,6 +74,73 @@ async fn killing_the_leader_elects_a_new_one_and_writes_continue() {
     }
 }
 
+/// A leader that loses power answers nothing (over QUIC its peers see silence, not a reset).
+/// The followers stand for election once its lease is over, and a write and a linearizable
+/// read through a follower that were waiting on the dead leader move to the new one instead of
+/// waiting out the 10 s request timeout. A longer lease than the default here, so that the
+/// figures printed stand out from scheduling noise.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_dead_leader_is_replaced_just_after_its_lease() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let c = TestCluster::start_with(dir.path(), 3, |cfg| {
+        cfg.election_timeout_min_ms = 1000;
+        cfg.election_timeout_max_ms = 1100;
+    })
+    .await
+    .unwrap();
+    let old = c.wait_leader(LONG).await.unwrap();
+    let follower = c.running().into_iter().find(|i| *i != old).unwrap();
+    c.store(follower).txn(Txn::put("/before", vec![1])).await.unwrap();
+    c.net.black_hole(&addr_of(old));
+    let killed = Instant::now();
+    let (w, r) = (c.store(follower).clone(), c.store(follower).clone());
+    let write = tokio::spawn(async move { (w.txn(Txn::put("/after", vec![2])).await, Instant::now()) });
+    let read = tokio::spawn(async move { (r.sync().await, Instant::now()) });
+    let rest: Vec<u64> = c.running().into_iter().filter(|i| *i != old).collect();
+    let new = c.wait_leader_among(&rest, LONG).await.unwrap();
+    let elected = killed.elapsed();
+    assert_ne!(new, old);
+    let (wrote, wrote_at) = write.await.unwrap();
+    assert!(wrote.unwrap().succeeded);
+    let (synced, synced_at) = read.await.unwrap();
+    synced.unwrap();
+    eprintln!(
+        "new leader after {} ms, write after {} ms, read after {} ms",
+        elected.as_millis(),
+        wrote_at.duration_since(killed).as_millis(),
+        synced_at.duration_since(killed).as_millis()
+    );
+    // One election round takes the lease plus up to 0.2 s; even three rounds stay far below
+    // the request timeout a call to the dead leader would wait out.
+    let limit = Duration::from_secs(5);
+    assert!(wrote_at.duration_since(killed) < limit, "the write waited on the dead leader");
+    assert!(synced_at.duration_since(killed) < limit, "the read waited on the dead leader");
+    assert_eq!(value(&c, new, "/after").await, Some(vec![2]));
+}
+
+/// A node with a candidacy delay (a witness) votes at once but never stands before the
+/// others: when the leader dies, the other survivor leads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_a_candidacy_delay_lets_the_others_lead() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let c = TestCluster::start_with(dir.path(), 3, |cfg| {
+        if cfg.node_id == 3 {
+            cfg.candidacy_delay_ms = 1000;
+        }
+    })
+    .await
+    .unwrap();
+    let old = c.wait_leader(LONG).await.unwrap();
+    assert_ne!(old, 3, "the delayed node stood for election first");
+    c.net.black_hole(&addr_of(old));
+    let rest: Vec<u64> = c.running().into_iter().filter(|i| *i != old).collect();
+    let new = c.wait_leader_among(&rest, LONG).await.unwrap();
+    assert_ne!(new, 3, "the delayed node leads although another survivor could");
+    assert!(c.store(3).txn(Txn::put("/via-witness", vec![3])).await.unwrap().succeeded);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partitioned_leader_is_replaced_and_catches_up_after_heal() {
     init_tracing();

@@ -190,8 +190,7 @@ pub async fn run(cfg: NodeConfig, join: Option<JoinTarget>, shutdown: Cancellati
         // A witness stands for election only after the workers had their turn, so the
         // leader (controllers, scheduler, LoadBalancer allocator) is a worker whenever one
         // is up; it still votes at once.
-        store_cfg.election_timeout_min_ms += store_cfg.election_timeout_max_ms;
-        store_cfg.election_timeout_max_ms += store_cfg.election_timeout_max_ms;
+        store_cfg.candidacy_delay_ms = 2 * store_cfg.election_timeout_max_ms;
     }
     let store = Store::open(store_cfg, peers::raft_transport(transport.clone()))
         .await
