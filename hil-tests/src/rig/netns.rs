@@ -29,6 +29,21 @@ use super::{ExecOutput, HostInfo, Launch, Netem, Rig, RigInfo};
 use crate::error::{Error, Result};
 use crate::proc;
 
+/// Starts `program` through bash after closing every file descriptor above 2 that this process
+/// inherited without close-on-exec (a `flock LOCK cargo test` passes its lock down as fd 3).
+/// A rig's hosts and daemons outlive the test that started them, so they must not keep
+/// such a lock held (every later run would wait for it).
+fn without_inherited_fds(program: &str) -> Command {
+    let mut cmd = Command::new("bash");
+    cmd.args([
+        "-c",
+        r#"for fd in $(ls /proc/$$/fd); do [ "$fd" -gt 2 ] && eval "exec $fd>&-"; done; exec "$@""#,
+        "bash",
+        program,
+    ]);
+    cmd
+}
+
 /// The nftables table holding partition rules inside a host.
 pub(crate) const PARTITION_TABLE: &str = "shoal_hil_partition";
 /// The nftables table holding the loss rules used when the kernel has no netem.
@@ -382,7 +397,7 @@ impl NetnsRig {
         }
         let file = fs::OpenOptions::new().create(true).append(true).open(&log).map_err(io("open log", &log))?;
         let err = file.try_clone().map_err(io("open log", &log))?;
-        let mut cmd = Command::new("nsenter");
+        let mut cmd = without_inherited_fds("nsenter");
         cmd.args(["-t", &init.to_string(), "-n", "-p", "-m", "--"])
             .args(argv)
             .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
@@ -540,7 +555,7 @@ impl NetnsRig {
         // nsenter, not `ip netns exec`: the latter remounts /sys in a new mount namespace, which
         // hides /sys/fs/cgroup from the node (and its containers would get no cgroups).
         let net = format!("--net=/run/netns/{}", h.netns);
-        let child = Command::new("nsenter")
+        let child = without_inherited_fds("nsenter")
             .args([net.as_str(), "unshare", "--pid", "--fork", "--kill-child", "--mount-proc"])
             .args(["bash", "-c", "trap '' TERM HUP INT; while :; do sleep 3600 & wait $!; done"])
             .stdin(Stdio::null())
