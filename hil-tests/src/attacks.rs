@@ -359,6 +359,7 @@ pub fn attacks(rig: &dyn Rig, opts: &ScenarioOptions) -> Result<Measured> {
     join_tokens(rig, &first, &client, &forger, &mut m)?;
     ca_key_holders(rig, &hosts, &mut m)?;
     file_modes(rig, &first, &scratch)?;
+    secrets_at_rest(rig, &hosts, &k, &mut m)?;
     Ok(m)
 }
 
@@ -510,6 +511,76 @@ fn file_modes(rig: &dyn Rig, host: &str, scratch: &Scratch) -> Result<()> {
     } else {
         Err(failed(format!("file modes: {}", wrong.join("; "))))
     }
+}
+
+/// Secrets at rest on real daemons: a Secret created with kubectl is in no file of any node's
+/// data dir (store, Raft log, snapshots) in plaintext or in its base64 form; `shoal
+/// secrets-encrypt status` says every Secret is sealed; `rotate`, run on another node, seals
+/// them with a new data key; and the Secret still reads back through every node's API.
+fn secrets_at_rest(rig: &dyn Rig, hosts: &[String], k: &crate::services::Kubectl<'_>, m: &mut Measured) -> Result<()> {
+    use base64::Engine as _;
+    let marker = format!("at-rest-{:016x}", rand::random::<u64>());
+    let encoded = base64::engine::general_purpose::STANDARD.encode(&marker);
+    let first = &hosts[0];
+    k.on(first, &["create", "secret", "generic", "at-rest", &format!("--from-literal=password={marker}")])
+        .map_err(failed)?;
+    let status = |host: &str| -> Result<serde_json::Value> {
+        let out = shoal::run_shoal(rig, host, &["secrets-encrypt", "status", "--json"], shoal::CLI_TIMEOUT)?;
+        if !out.success() {
+            return Err(failed(format!("shoal secrets-encrypt status on {host}: {}", out.stderr.trim())));
+        }
+        serde_json::from_str(&out.stdout).map_err(|e| failed(format!("secrets-encrypt status: {e}: {}", out.stdout)))
+    };
+    let before = status(first)?;
+    if before["enabled"] != true || before["plaintext"] != 0 || before["secrets"].as_u64().unwrap_or(0) == 0 {
+        return Err(failed(format!("secrets-encrypt status before the rotation: {before}")));
+    }
+    let out = shoal::run_shoal(rig, &hosts[1], &["secrets-encrypt", "rotate"], Duration::from_secs(30))?;
+    if !out.success() {
+        return Err(failed(format!("shoal secrets-encrypt rotate on {}: {}", hosts[1], out.stderr.trim())));
+    }
+    let after = status(first)?;
+    let (old_key, new_key) = (before["primary_key"].as_u64(), after["primary_key"].as_u64());
+    if new_key.is_none() || new_key == old_key || after["plaintext"] != 0 {
+        return Err(failed(format!("after `secrets-encrypt rotate`: {after} (before: {before})")));
+    }
+    for h in hosts {
+        let got = k.on(h, &["get", "secret", "at-rest", "-o", "jsonpath={.data.password}"]).map_err(failed)?;
+        if got.trim() != encoded {
+            return Err(failed(format!("{h} reads the Secret back as {got:?} after the rotation")));
+        }
+    }
+    // Every file of every node: neither the value nor its base64 form.
+    let mut found = Vec::new();
+    for h in hosts {
+        let mut stack = vec![rig.data_dir(h)?];
+        while let Some(dir) = stack.pop() {
+            let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+            for entry in entries.flatten() {
+                let path = entry.path();
+                let Ok(meta) = entry.metadata() else { continue };
+                if meta.is_dir() {
+                    stack.push(path);
+                } else if meta.is_file() {
+                    let Ok(bytes) = std::fs::read(&path) else { continue };
+                    let holds = |needle: &[u8]| bytes.windows(needle.len()).any(|w| w == needle);
+                    if holds(marker.as_bytes()) || holds(encoded.as_bytes()) {
+                        found.push(path.display().to_string());
+                    }
+                }
+            }
+        }
+    }
+    if !found.is_empty() {
+        return Err(failed(format!("the Secret's value is in plaintext in {}", found.join(", "))));
+    }
+    m.note(format!(
+        "secrets at rest: sealed on every node, rotated from data key {} to {} on {}, read back on every node",
+        old_key.map_or("-".to_string(), |k| k.to_string()),
+        new_key.unwrap_or_default(),
+        hosts[1]
+    ));
+    Ok(())
 }
 
 /// The forger's report, for `shoal-hil forge-gossip`.
