@@ -355,30 +355,40 @@ fn absolute(p: &Path) -> anyhow::Result<PathBuf> {
     Ok(std::env::current_dir().context("current directory")?.join(p))
 }
 
+/// Sends one control request; with `--json` prints the whole answer and returns `None`.
+async fn control_op(data_dir: &Path, req: &Request, json: bool) -> anyhow::Result<Option<serde_json::Value>> {
+    let v = control::call(data_dir, req).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(None);
+    }
+    Ok(Some(v))
+}
+
+/// The items of a JSON array, each shown by `show`, joined by `sep`; `None` when there are none.
+fn joined(list: &serde_json::Value, show: impl Fn(&serde_json::Value) -> String, sep: &str) -> Option<String> {
+    let items: Vec<String> = list.as_array().into_iter().flatten().map(show).collect();
+    (!items.is_empty()).then(|| items.join(sep))
+}
+
 async fn secrets_encrypt(data_dir: &Path, op: SecretsEncryptOp, json: bool) -> anyhow::Result<ExitCode> {
     let rotate = matches!(op, SecretsEncryptOp::Rotate);
     let req = if rotate { Request::SecretsEncryptRotate } else { Request::SecretsEncryptStatus };
-    let v = control::call(data_dir, &req).await?;
-    if json {
-        println!("{}", serde_json::to_string_pretty(&v)?);
-        return Ok(ExitCode::SUCCESS);
-    }
+    let Some(v) = control_op(data_dir, &req, json).await? else { return Ok(ExitCode::SUCCESS) };
     if rotate {
-        let retired: Vec<String> = v["retired"].as_array().into_iter().flatten().map(|id| id.to_string()).collect();
         println!(
             "every Secret sealed with data key {} ({} sealed again, {} of them were plaintext); retired keys: {}",
             v["key"],
             v["resealed"],
             v["were_plaintext"],
-            if retired.is_empty() { "none".to_string() } else { retired.join(", ") }
+            joined(&v["retired"], |id| id.to_string(), ", ").unwrap_or_else(|| "none".to_string())
         );
         return Ok(ExitCode::SUCCESS);
     }
     println!("encryption:  {}", if v["enabled"] == true { "AES-256-GCM" } else { "off" });
     println!("key source:  {}", v["key_encryption_key"].as_str().unwrap_or("?"));
     println!("primary key: {}", v["primary_key"].as_u64().map_or("none yet".to_string(), |k| k.to_string()));
-    let keys: Vec<String> = v["keys"].as_array().into_iter().flatten().map(|k| k["id"].to_string()).collect();
-    println!("keys:        {}", if keys.is_empty() { "-".to_string() } else { keys.join(", ") });
+    println!("keys:        {}", joined(&v["keys"], |k| k["id"].to_string(), ", ").unwrap_or_else(|| "-".to_string()));
     println!("secrets:     {} ({} plaintext)", v["secrets"], v["plaintext"]);
     if let Some(by) = v["by_key"].as_object() {
         for (id, n) in by {
@@ -394,17 +404,12 @@ async fn secrets_encrypt(data_dir: &Path, op: SecretsEncryptOp, json: bool) -> a
 async fn gossip_key(data_dir: &Path, op: GossipKeyOp, json: bool) -> anyhow::Result<ExitCode> {
     let rotate = matches!(op, GossipKeyOp::Rotate);
     let req = if rotate { Request::GossipKeyRotate } else { Request::GossipKeyStatus };
-    let v = control::call(data_dir, &req).await?;
-    if json {
-        println!("{}", serde_json::to_string_pretty(&v)?);
-        return Ok(ExitCode::SUCCESS);
-    }
+    let Some(v) = control_op(data_dir, &req, json).await? else { return Ok(ExitCode::SUCCESS) };
     if rotate {
-        let retired: Vec<String> = v["retired"].as_array().into_iter().flatten().map(|id| id.to_string()).collect();
         println!(
             "gossip key {} in use on every node; retired: {}",
             v["key"],
-            if retired.is_empty() { "plaintext".to_string() } else { retired.join(", ") }
+            joined(&v["retired"], |id| id.to_string(), ", ").unwrap_or_else(|| "plaintext".to_string())
         );
         return Ok(ExitCode::SUCCESS);
     }
@@ -417,12 +422,12 @@ async fn gossip_key(data_dir: &Path, op: GossipKeyOp, json: bool) -> anyhow::Res
             all_same = false;
             continue;
         }
-        let keys: Vec<String> = n["key_ids"].as_array().into_iter().flatten().map(|id| id.to_string()).collect();
+        let keys = joined(&n["key_ids"], |id| id.to_string(), ",");
         println!(
             "{:<20} {:<8} {:<8} {:<10} {:>10} {:>10}",
             n["name"].as_str().unwrap_or("?"),
             n["primary_key"].as_u64().map_or("none".to_string(), |k| k.to_string()),
-            if keys.is_empty() { "-".to_string() } else { keys.join(",") },
+            keys.as_deref().unwrap_or("-"),
             if n["accept_plaintext"].as_bool() == Some(true) { "accepted" } else { "refused" },
             n["datagrams_accepted"],
             n["datagrams_dropped"],
@@ -442,11 +447,7 @@ async fn gossip_key(data_dir: &Path, op: GossipKeyOp, json: bool) -> anyhow::Res
 }
 
 async fn status(data_dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
-    let v = control::call(data_dir, &Request::Status).await?;
-    if json {
-        println!("{}", serde_json::to_string_pretty(&v)?);
-        return Ok(ExitCode::SUCCESS);
-    }
+    let Some(v) = control_op(data_dir, &Request::Status, json).await? else { return Ok(ExitCode::SUCCESS) };
     println!("node:     {}", v["name"].as_str().unwrap_or("?"));
     println!("leader:   {}", v["leader"].as_str().unwrap_or("<none>"));
     println!("term:     {}", v["term"]);
