@@ -67,6 +67,16 @@ impl Store {
         }
     }
 
+    /// Writes the keyring if `guard` still holds; whether it did.
+    async fn put_keyring(&self, rec: &KeyringRecord, guard: Compare) -> Result<bool> {
+        let txn = Txn {
+            compares: vec![guard],
+            success: vec![Op::Put { key: KEYRING_KEY.into(), value: encode("secrets keyring", rec)?, lease: None }],
+            failure: Vec::new(),
+        };
+        Ok(self.raw_txn(txn).await?.succeeded)
+    }
+
     /// Refreshes `enc`'s keys from the local replica.
     async fn refresh_keys(&self, enc: &Encryption) -> Result<()> {
         let rec = self.keyring_record().await?;
@@ -80,18 +90,8 @@ impl Store {
             return Ok(id);
         }
         let first = KeyringRecord { primary: 1, keys: vec![enc.new_wrapped_key(1, now_secs())?] };
-        let txn = Txn {
-            compares: vec![Compare::NotExists { key: KEYRING_KEY.to_string() }],
-            success: vec![Op::Put {
-                key: KEYRING_KEY.to_string(),
-                value: encode("secrets keyring", &first)?,
-                lease: None,
-            }],
-            failure: Vec::new(),
-        };
         // Another node may create it at the same time: either way the stored one wins.
-        let r = self.raw_txn(txn).await?;
-        if r.succeeded {
+        if self.put_keyring(&first, Compare::NotExists { key: KEYRING_KEY.to_string() }).await? {
             tracing::info!("secrets encryption keyring created");
         }
         self.refresh_keys(enc).await?;
@@ -265,16 +265,7 @@ impl Store {
             let id = old_ids.iter().max().copied().unwrap_or(0) + 1;
             rec.keys.push(enc.new_wrapped_key(id, now_secs())?);
             rec.primary = id;
-            let txn = Txn {
-                compares: vec![compare],
-                success: vec![Op::Put {
-                    key: KEYRING_KEY.into(),
-                    value: encode("secrets keyring", &rec)?,
-                    lease: None,
-                }],
-                failure: Vec::new(),
-            };
-            if self.raw_txn(txn).await?.succeeded {
+            if self.put_keyring(&rec, compare).await? {
                 break (id, old_ids);
             }
             if attempt >= 5 {
@@ -333,16 +324,7 @@ impl Store {
                 let before: Vec<u32> = rec.keys.iter().map(|k| k.id).collect();
                 rec.keys.retain(|k| !old_ids.contains(&k.id) || k.id == rec.primary);
                 retired = before.into_iter().filter(|id| !rec.keys.iter().any(|k| k.id == *id)).collect();
-                let txn = Txn {
-                    compares: vec![Compare::ModRevision { key: KEYRING_KEY.into(), revision: rev }],
-                    success: vec![Op::Put {
-                        key: KEYRING_KEY.into(),
-                        value: encode("secrets keyring", &rec)?,
-                        lease: None,
-                    }],
-                    failure: Vec::new(),
-                };
-                if self.raw_txn(txn).await?.succeeded {
+                if self.put_keyring(&rec, Compare::ModRevision { key: KEYRING_KEY.into(), revision: rev }).await? {
                     break;
                 }
                 retired.clear();
