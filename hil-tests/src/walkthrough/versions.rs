@@ -204,6 +204,101 @@ pub(super) fn table(t: &Target, version: &str, node: usize) -> StepResult {
     r
 }
 
+/// `kubectl debug` into a running pod: an ephemeral container in the pod's namespaces that
+/// sees the target container's processes, with `exec` into it, `-it` under a terminal, and
+/// `describe pod` listing it.
+pub(super) fn debug(t: &Target, version: &str, node: usize) -> StepResult {
+    let bin = kubectl_bin(version)?;
+    let server = t.servers.get(node).cloned().ok_or_else(|| format!("no node {node}"))?;
+    let ns = format!("debug-{}", version.replace('.', "-"));
+    let k = Versioned { t, bin, version, server, ns: ns.clone() };
+    let r = debug_steps(&k);
+    let _ = k.run(&["delete", "namespace", &ns, "--wait=false"]);
+    r
+}
+
+fn debug_steps(k: &Versioned) -> StepResult {
+    k.expect(&["create", "namespace", &k.ns], "created")?;
+    let target = "echo target-of-debug; sleep 3600";
+    k.expect(&["run", "app", "--image=busybox:1.25", "--", "sh", "-c", target], "pod/app created")?;
+    k.expect(&["wait", "--for=condition=Ready", "pod/app", "--timeout=90s"], "condition met")?;
+    let args = ["debug", "app", "--image=busybox:1.25", "--target=app", "-c", "dbg", "--", "sleep", "3601"];
+    k.expect(&args, "Targeting container \"app\"")?;
+    let running = "jsonpath={.status.ephemeralContainerStatuses[0].state.running.startedAt}";
+    super::wait_result(Duration::from_secs(60), || {
+        let at = k.run(&["get", "pod", "app", "-o", running])?;
+        if at.trim().is_empty() {
+            Err(format!("ephemeral container dbg not running: {}", k.run(&["get", "pod", "app", "-o", "yaml"])?))
+        } else {
+            Ok(())
+        }
+    })?;
+    // The target's processes are the debug container's to see (its pid namespace): the
+    // target's shell exec'd `sleep 3600`; the debug container runs `sleep 3601`.
+    let ps = k.run(&["exec", "app", "-c", "dbg", "--", "ps"])?;
+    contains(&ps, "sleep 3600").map_err(|e| format!("ps in the debug container: {e}"))?;
+    // The pod's network namespace: the same hostname and address.
+    contains(&k.run(&["exec", "app", "-c", "dbg", "--", "hostname"])?, "app")?;
+    let describe = k.run(&["describe", "pod", "app"])?;
+    contains(&describe, "Ephemeral Containers:")?;
+    contains(&describe, "dbg:")?;
+    // -it under a terminal: kubectl attaches to the new container (or shows its log when it
+    // has already finished).
+    let probe = "echo debug-$((6*7)); ps";
+    let cmd = k.command(&[
+        "debug",
+        "-it",
+        "app",
+        "--image=busybox:1.25",
+        "--target=app",
+        "-c",
+        "dbgit",
+        "--",
+        "sh",
+        "-c",
+        probe,
+    ]);
+    let line: Vec<String> =
+        std::iter::once(cmd.get_program()).chain(cmd.get_args()).map(|a| shell_quote(&a.to_string_lossy())).collect();
+    let out = Command::new("timeout")
+        .args(["90", "script", "-qec", &line.join(" "), "/dev/null"])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run script: {e}"))?;
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    if !(text.contains("debug-42") && text.contains("sleep 3600")) {
+        return Err(format!("kubectl debug -it under a pty printed:\n{text}{}", String::from_utf8_lossy(&out.stderr)));
+    }
+    Ok(())
+}
+
+/// `kubectl debug node/NAME`: a pod on that node in its host namespaces with the node's root
+/// at /host.
+pub(super) fn debug_node(t: &Target, version: &str, node: usize) -> StepResult {
+    let bin = kubectl_bin(version)?;
+    let server = t.servers.get(node).cloned().ok_or_else(|| format!("no node {node}"))?;
+    let ns = "debug-node".to_string();
+    let k = Versioned { t, bin, version, server, ns: ns.clone() };
+    let r = (|| {
+        k.expect(&["create", "namespace", &ns], "created")?;
+        let nodes = k.run(&["get", "nodes", "-o", "jsonpath={.items[0].metadata.name}"])?;
+        let name = nodes.trim();
+        let script = "test -d /host/proc/1 && echo node-root-seen; sleep 3600";
+        let out = k.run(&["debug", &format!("node/{name}"), "--image=busybox:1.25", "--", "sh", "-c", script])?;
+        contains(&out, "Creating debugging pod node-debugger-")?;
+        let pod = out
+            .split_whitespace()
+            .find(|w| w.starts_with("node-debugger-"))
+            .ok_or_else(|| format!("no pod name in: {out}"))?
+            .to_string();
+        super::wait_result(Duration::from_secs(90), || contains(&k.run(&["logs", &pod])?, "node-root-seen"))?;
+        let host_pid = k.run(&["get", "pod", &pod, "-o", "jsonpath={.spec.hostPID}"])?;
+        contains(&host_pid, "true")
+    })();
+    let _ = k.run(&["delete", "namespace", &ns, "--wait=false"]);
+    r
+}
+
 fn table_steps(k: &Versioned) -> StepResult {
     let t = k.t;
     let ns = k.ns.as_str();
