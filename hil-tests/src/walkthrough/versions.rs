@@ -237,7 +237,7 @@ fn debug_steps(k: &Versioned) -> StepResult {
     // target's shell exec'd `sleep 3600`; the debug container runs `sleep 3601`.
     let ps = k.run(&["exec", "app", "-c", "dbg", "--", "ps"])?;
     contains(&ps, "sleep 3600").map_err(|e| format!("ps in the debug container: {e}"))?;
-    // The pod's network namespace: the same hostname and address.
+    // The pod's UTS namespace: the same hostname.
     contains(&k.run(&["exec", "app", "-c", "dbg", "--", "hostname"])?, "app")?;
     let describe = k.run(&["describe", "pod", "app"])?;
     contains(&describe, "Ephemeral Containers:")?;
@@ -245,29 +245,10 @@ fn debug_steps(k: &Versioned) -> StepResult {
     // -it under a terminal: kubectl attaches to the new container (or shows its log when it
     // has already finished).
     let probe = "echo debug-$((6*7)); ps";
-    let cmd = k.command(&[
-        "debug",
-        "-it",
-        "app",
-        "--image=busybox:1.25",
-        "--target=app",
-        "-c",
-        "dbgit",
-        "--",
-        "sh",
-        "-c",
-        probe,
-    ]);
-    let line: Vec<String> =
-        std::iter::once(cmd.get_program()).chain(cmd.get_args()).map(|a| shell_quote(&a.to_string_lossy())).collect();
-    let out = Command::new("timeout")
-        .args(["90", "script", "-qec", &line.join(" "), "/dev/null"])
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("cannot run script: {e}"))?;
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let args = ["debug", "-it", "app", "--image=busybox:1.25", "--target=app", "-c", "dbgit", "--", "sh", "-c", probe];
+    let (text, err) = under_pty(k, &args, 90)?;
     if !(text.contains("debug-42") && text.contains("sleep 3600")) {
-        return Err(format!("kubectl debug -it under a pty printed:\n{text}{}", String::from_utf8_lossy(&out.stderr)));
+        return Err(format!("kubectl debug -it under a pty printed:\n{text}{err}"));
     }
     Ok(())
 }
@@ -439,20 +420,26 @@ fn table_steps(k: &Versioned) -> StepResult {
 /// container has a terminal on stdin and stdout, one of the container's own /dev/pts.
 fn exec_tty(k: &Versioned) -> StepResult {
     let probe = "[ -t 0 ] && [ -t 1 ] && echo tty-yes; tty; echo tty-done";
-    let cmd = k.command(&["exec", "-it", "shell", "--", "sh", "-c", probe]);
-    let line: Vec<String> =
-        std::iter::once(cmd.get_program()).chain(cmd.get_args()).map(|a| shell_quote(&a.to_string_lossy())).collect();
-    let out = Command::new("timeout")
-        .args(["30", "script", "-qec", &line.join(" "), "/dev/null"])
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("cannot run script: {e}"))?;
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (text, err) = under_pty(k, &["exec", "-it", "shell", "--", "sh", "-c", probe], 30)?;
     if text.contains("tty-yes") && text.contains("/dev/pts/") && text.contains("tty-done") {
         Ok(())
     } else {
-        Err(format!("kubectl exec -it under a pty printed:\n{text}{}", String::from_utf8_lossy(&out.stderr)))
+        Err(format!("kubectl exec -it under a pty printed:\n{text}{err}"))
     }
+}
+
+/// Runs kubectl under a pseudo-terminal (`script` gives it one) with no input, for at most
+/// `secs` seconds: what it printed on stdout and on stderr.
+fn under_pty(k: &Versioned, args: &[&str], secs: u32) -> std::result::Result<(String, String), String> {
+    let cmd = k.command(args);
+    let line: Vec<String> =
+        std::iter::once(cmd.get_program()).chain(cmd.get_args()).map(|a| shell_quote(&a.to_string_lossy())).collect();
+    let out = Command::new("timeout")
+        .args([&secs.to_string(), "script", "-qec", &line.join(" "), "/dev/null"])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run script: {e}"))?;
+    Ok((String::from_utf8_lossy(&out.stdout).to_string(), String::from_utf8_lossy(&out.stderr).to_string()))
 }
 
 /// `kubectl run -it --rm` under a pseudo-terminal: kubectl attaches to the new container's
