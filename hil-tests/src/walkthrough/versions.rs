@@ -195,12 +195,17 @@ const CRD: &str = r#"{"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomRe
 
 /// The table with kubectl `version` against node `node` (0-based).
 pub(super) fn table(t: &Target, version: &str, node: usize) -> StepResult {
+    in_namespace(t, version, node, &format!("kubectl-{}", version.replace('.', "-")), table_steps)
+}
+
+/// Runs `steps` with kubectl `version` against node `node` in namespace `ns`, which is deleted
+/// after, whatever the outcome.
+fn in_namespace(t: &Target, version: &str, node: usize, ns: &str, steps: fn(&Versioned) -> StepResult) -> StepResult {
     let bin = kubectl_bin(version)?;
     let server = t.servers.get(node).cloned().ok_or_else(|| format!("no node {node}"))?;
-    let ns = format!("kubectl-{}", version.replace('.', "-"));
-    let k = Versioned { t, bin, version, server, ns: ns.clone() };
-    let r = table_steps(&k);
-    let _ = k.run(&["delete", "namespace", &ns, "--wait=false"]);
+    let k = Versioned { t, bin, version, server, ns: ns.to_string() };
+    let r = steps(&k);
+    let _ = k.run(&["delete", "namespace", ns, "--wait=false"]);
     r
 }
 
@@ -208,13 +213,7 @@ pub(super) fn table(t: &Target, version: &str, node: usize) -> StepResult {
 /// sees the target container's processes, with `exec` into it, `-it` under a terminal, and
 /// `describe pod` listing it.
 pub(super) fn debug(t: &Target, version: &str, node: usize) -> StepResult {
-    let bin = kubectl_bin(version)?;
-    let server = t.servers.get(node).cloned().ok_or_else(|| format!("no node {node}"))?;
-    let ns = format!("debug-{}", version.replace('.', "-"));
-    let k = Versioned { t, bin, version, server, ns: ns.clone() };
-    let r = debug_steps(&k);
-    let _ = k.run(&["delete", "namespace", &ns, "--wait=false"]);
-    r
+    in_namespace(t, version, node, &format!("debug-{}", version.replace('.', "-")), debug_steps)
 }
 
 fn debug_steps(k: &Versioned) -> StepResult {
@@ -256,28 +255,24 @@ fn debug_steps(k: &Versioned) -> StepResult {
 /// `kubectl debug node/NAME`: a pod on that node in its host namespaces with the node's root
 /// at /host.
 pub(super) fn debug_node(t: &Target, version: &str, node: usize) -> StepResult {
-    let bin = kubectl_bin(version)?;
-    let server = t.servers.get(node).cloned().ok_or_else(|| format!("no node {node}"))?;
-    let ns = "debug-node".to_string();
-    let k = Versioned { t, bin, version, server, ns: ns.clone() };
-    let r = (|| {
-        k.expect(&["create", "namespace", &ns], "created")?;
-        let nodes = k.run(&["get", "nodes", "-o", "jsonpath={.items[0].metadata.name}"])?;
-        let name = nodes.trim();
-        let script = "test -d /host/proc/1 && echo node-root-seen; sleep 3600";
-        let out = k.run(&["debug", &format!("node/{name}"), "--image=busybox:1.25", "--", "sh", "-c", script])?;
-        contains(&out, "Creating debugging pod node-debugger-")?;
-        let pod = out
-            .split_whitespace()
-            .find(|w| w.starts_with("node-debugger-"))
-            .ok_or_else(|| format!("no pod name in: {out}"))?
-            .to_string();
-        super::wait_result(Duration::from_secs(90), || contains(&k.run(&["logs", &pod])?, "node-root-seen"))?;
-        let host_pid = k.run(&["get", "pod", &pod, "-o", "jsonpath={.spec.hostPID}"])?;
-        contains(&host_pid, "true")
-    })();
-    let _ = k.run(&["delete", "namespace", &ns, "--wait=false"]);
-    r
+    in_namespace(t, version, node, "debug-node", debug_node_steps)
+}
+
+fn debug_node_steps(k: &Versioned) -> StepResult {
+    k.expect(&["create", "namespace", &k.ns], "created")?;
+    let nodes = k.run(&["get", "nodes", "-o", "jsonpath={.items[0].metadata.name}"])?;
+    let name = nodes.trim();
+    let script = "test -d /host/proc/1 && echo node-root-seen; sleep 3600";
+    let out = k.run(&["debug", &format!("node/{name}"), "--image=busybox:1.25", "--", "sh", "-c", script])?;
+    contains(&out, "Creating debugging pod node-debugger-")?;
+    let pod = out
+        .split_whitespace()
+        .find(|w| w.starts_with("node-debugger-"))
+        .ok_or_else(|| format!("no pod name in: {out}"))?
+        .to_string();
+    super::wait_result(Duration::from_secs(90), || contains(&k.run(&["logs", &pod])?, "node-root-seen"))?;
+    let host_pid = k.run(&["get", "pod", &pod, "-o", "jsonpath={.spec.hostPID}"])?;
+    contains(&host_pid, "true")
 }
 
 fn table_steps(k: &Versioned) -> StepResult {
