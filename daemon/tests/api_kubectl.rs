@@ -1720,3 +1720,68 @@ async fn kubectl_proxy_and_proxy_subresources() {
     }
     api.stop().await;
 }
+
+/// `kubectl debug` (1.33 and 1.37) adds ephemeral containers through `pods/ephemeralcontainers`;
+/// the subresource refuses what kube-apiserver refuses, in its words, and RBAC names it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_debug_adds_ephemeral_containers() {
+    let api = Api::start().await;
+    api.ok(&["run", "web", "--image=busybox:1.25", "--", "sleep", "3600"]).await;
+    for (v, name) in [("1.33", "dbg33"), ("1.37", "dbg37")] {
+        let out = api
+            .ok_v(v, &["debug", "web", "--image=busybox:1.25", "--target=web", "-c", name, "--", "sleep", "3600"])
+            .await;
+        assert!(out.contains("Targeting container \"web\""), "{out}");
+    }
+    let pod: serde_json::Value = serde_json::from_str(&api.ok(&["get", "pod", "web", "-o", "json"]).await).unwrap();
+    let ecs = pod["spec"]["ephemeralContainers"].as_array().expect("ephemeral containers");
+    let names: Vec<&str> = ecs.iter().filter_map(|c| c["name"].as_str()).collect();
+    assert_eq!(names, ["dbg33", "dbg37"]);
+    assert_eq!(ecs[0]["targetContainerName"], "web");
+    assert_eq!(ecs[0]["command"], serde_json::json!(["sleep", "3600"]));
+    assert_eq!(ecs[0]["imagePullPolicy"], "IfNotPresent");
+    assert_eq!(ecs[0]["terminationMessagePolicy"], "File");
+    let path = "/api/v1/namespaces/default/pods/web/ephemeralcontainers";
+    let got = api.ok(&["get", "--raw", path]).await;
+    assert!(got.contains("\"kind\":\"Pod\"") && got.contains("dbg37"), "{got}");
+    // Workload fields, removal and change are refused as upstream words it.
+    let bad = r#"{"spec":{"ephemeralContainers":[{"name":"bad","image":"busybox","ports":[{"containerPort":80}]}]}}"#;
+    let (code, body) = api.curl("PATCH", path, "application/strategic-merge-patch+json", Some(bad.into())).await;
+    assert_eq!(code, 422, "{body}");
+    // (A strategic merge puts the patch's new element first, as upstream's without
+    // `$setElementOrder`.)
+    assert!(
+        body.contains(r#"Pod \"web\" is invalid: spec.ephemeralContainers[0].ports: Forbidden: cannot be set for an Ephemeral Container"#),
+        "{body}"
+    );
+    let mut removed = pod.clone();
+    removed["spec"]["ephemeralContainers"] = serde_json::json!([ecs[0]]);
+    let (code, body) = api.curl("PUT", path, "application/json", Some(removed.to_string().into())).await;
+    assert_eq!(code, 422, "{body}");
+    assert!(body.contains(r#"existing ephemeral containers \"dbg37\" may not be removed"#), "{body}");
+    let change = r#"[{"op":"replace","path":"/spec/ephemeralContainers/0/image","value":"nginx"}]"#;
+    let (code, body) = api.curl("PATCH", path, "application/json-patch+json", Some(change.into())).await;
+    assert_eq!(code, 422, "{body}");
+    assert!(body.contains(r#"existing ephemeral containers \"dbg33\" may not be changed"#), "{body}");
+    // Only the ephemeral containers change: a label in the same patch is dropped.
+    let sneaky =
+        r#"{"metadata":{"labels":{"x":"y"}},"spec":{"ephemeralContainers":[{"name":"dbg3","image":"busybox:1.25"}]}}"#;
+    let (code, body) = api.curl("PATCH", path, "application/strategic-merge-patch+json", Some(sneaky.into())).await;
+    assert_eq!(code, 200, "{body}");
+    let after: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(after["metadata"]["labels"]["x"].is_null(), "{body}");
+    assert_eq!(after["spec"]["ephemeralContainers"].as_array().map(|a| a.len()), Some(3));
+    // RBAC: patching pods is not enough; the subresource is its own resource.
+    api.ok(&["create", "role", "pods-rw", "--verb=get,list,watch,patch,update", "--resource=pods"]).await;
+    api.ok(&["create", "rolebinding", "bob-pods", "--role=pods-rw", "--user=bob"]).await;
+    let o = api
+        .run("1.33", &["debug", "web", "--image=busybox:1.25", "-c", "dbg4", "--as=bob", "--", "sleep", "1"], None)
+        .await;
+    assert!(!o.ok, "{}", o.stdout);
+    assert!(
+        o.stderr.contains(r#"User "bob" cannot patch resource "pods/ephemeralcontainers" in API group """#),
+        "{}",
+        o.stderr
+    );
+    api.stop().await;
+}

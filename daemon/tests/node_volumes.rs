@@ -546,3 +546,130 @@ async fn security_context_is_honoured_or_refused() {
     assert!(node.log(&pod, "c").is_empty(), "the refused pod ran: {}", node.log(&pod, "c"));
     node.finish().await;
 }
+
+/// What `cat` shows of /etc/resolv.conf, /etc/hosts and the hostname inside a real busybox
+/// pod, for each dnsPolicy, with dnsConfig, hostAliases and hostname/subdomain: what the kubelet
+/// writes. Then an ephemeral container added to one of them sees its target's processes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_dns_files_are_the_kubelets() {
+    if !in_own_netns("pod_dns_files_are_the_kubelets") {
+        return;
+    }
+    let stats = Arc::new(Scripted { low_readings: AtomicU32::new(0), fine: FINE, low: FINE });
+    let node = start_node(&node_name("pod_dns_files_are_the_kubelets"), Some(stats as Arc<dyn NodeStats>)).await;
+    let script = "cat /etc/resolv.conf; echo ---; cat /etc/hosts; echo ---; echo host=$(hostname); sleep 3600";
+    let pod = |name: &str, spec: Value| {
+        let mut p = json!({"metadata": {"name": name}, "spec": spec});
+        p["spec"]["nodeName"] = json!(node.name);
+        p["spec"]["containers"] = json!([busybox("app", script)]);
+        p
+    };
+    let o = &node.objects;
+    let pods = [
+        pod(
+            "cluster-first",
+            json!({"hostname": "web-0", "subdomain": "web",
+                "hostAliases": [{"ip": "10.1.2.3", "hostnames": ["foo.local", "bar.local"]}]}),
+        ),
+        pod("default-policy", json!({"dnsPolicy": "Default"})),
+        pod(
+            "none-policy",
+            json!({"dnsPolicy": "None", "dnsConfig": {
+                "nameservers": ["192.0.2.1"],
+                "searches": ["ns1.svc.cluster-domain.example", "my.dns.search.suffix"],
+                "options": [{"name": "ndots", "value": "2"}, {"name": "edns0"}],
+            }}),
+        ),
+    ];
+    for p in pods {
+        o.create(&res("pods"), Some("default"), p).await.expect("pod");
+    }
+    let shown = |log: &str| -> (String, String, String) {
+        let log = plain(log);
+        let parts: Vec<&str> = log.split("---\n").collect();
+        assert_eq!(parts.len(), 3, "{log}");
+        (parts[0].to_string(), parts[1].to_string(), parts[2].trim().to_string())
+    };
+    // ClusterFirst (the default): the cluster DNS, the namespace's search path, ndots:5; the
+    // hosts file names the pod by hostname and its FQDN under the subdomain, then the aliases.
+    let log = node.wait_log("cluster-first", "app", "host=").await;
+    let ip = node.wait_pod("cluster-first", "Running", |p| p["status"]["podIP"].is_string()).await["status"]["podIP"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let (resolv, hosts, host) = shown(&log);
+    assert!(resolv.starts_with("search default.svc.cluster.local svc.cluster.local cluster.local"), "{resolv}");
+    assert!(resolv.contains("\nnameserver 10.43.0.10\noptions ndots:5\n"), "{resolv}");
+    assert_eq!(resolv.matches("nameserver").count(), 1, "{resolv}");
+    assert!(hosts.starts_with("# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n"), "{hosts}");
+    assert!(hosts.contains(&format!("\n{ip}\tweb-0.web.default.svc.cluster.local\tweb-0\n")), "{hosts}");
+    assert!(hosts.ends_with("\n# Entries added by HostAliases.\n10.1.2.3\tfoo.local\tbar.local\n"), "{hosts}");
+    assert_eq!(host, "host=web-0");
+    // An ephemeral container (what `kubectl debug --target=app` adds) joins the running pod:
+    // the target's processes, the pod's hostname and files; it runs once and is reported.
+    let probe = "ps; echo host=$(hostname); head -1 /etc/resolv.conf; echo dbg-done";
+    o.modify(&res("pods"), Some("default"), "cluster-first", shoal_kube::UpdateMode::All, |p| {
+        let mut c = busybox("dbg", probe);
+        c["targetContainerName"] = json!("app");
+        p["spec"]["ephemeralContainers"] = json!([c]);
+        Ok(true)
+    })
+    .await
+    .expect("add an ephemeral container");
+    let log = plain(&node.wait_log("cluster-first", "dbg", "dbg-done").await);
+    // PID 1 is the target's (its shell exec'd the sleep), not the debug container's shell.
+    let pid1 = log.lines().find(|l| l.split_whitespace().next() == Some("1")).unwrap_or_default();
+    assert!(pid1.ends_with("sleep 3600"), "the target's processes: {log}");
+    assert!(log.contains("host=web-0\nsearch default.svc.cluster.local"), "{log}");
+    let done = node
+        .wait_pod("cluster-first", "showing the ephemeral container's end", |p| {
+            p["status"]["ephemeralContainerStatuses"][0]["state"]["terminated"]["exitCode"] == 0
+        })
+        .await;
+    let st = &done["status"]["ephemeralContainerStatuses"][0];
+    assert_eq!(
+        (st["name"].as_str(), st["ready"].as_bool(), st["restartCount"].as_u64()),
+        (Some("dbg"), Some(false), Some(0))
+    );
+    assert_eq!(done["status"]["phase"], "Running");
+    // Default: the node's resolver, nothing of the cluster.
+    let log = node.wait_log("default-policy", "app", "host=").await;
+    let (resolv, hosts, host) = shown(&log);
+    assert!(!resolv.contains("cluster.local") && !resolv.contains("10.43.0.10"), "{resolv}");
+    let node_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    let servers = |t: &str| -> Vec<String> {
+        t.lines()
+            .filter(|l| l.starts_with("nameserver"))
+            .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+            .collect()
+    };
+    if !servers(&node_resolv).iter().any(|s| s.starts_with("nameserver 127.")) {
+        let want: Vec<String> = servers(&node_resolv).into_iter().take(3).collect();
+        assert_eq!(servers(&resolv), want, "pod: {resolv}\nnode: {node_resolv}");
+    }
+    assert!(hosts.contains("\tdefault-policy\n") && !hosts.contains("HostAliases"), "{hosts}");
+    assert_eq!(host, "host=default-policy");
+    // None: only dnsConfig, in the order given.
+    let log = node.wait_log("none-policy", "app", "host=").await;
+    let (resolv, _, _) = shown(&log);
+    assert_eq!(
+        resolv,
+        "search ns1.svc.cluster-domain.example my.dns.search.suffix\nnameserver 192.0.2.1\noptions ndots:2 edns0\n"
+    );
+    node.finish().await;
+}
+
+/// What the container wrote, without the log's `TIME STREAM TAG ` prefixes (`P` lines are
+/// parts of one line).
+fn plain(log: &str) -> String {
+    let mut out = String::new();
+    for line in log.lines() {
+        let mut f = line.splitn(4, ' ');
+        let (_, _, tag, text) = (f.next(), f.next(), f.next(), f.next().unwrap_or_default());
+        out.push_str(text);
+        if tag != Some("P") {
+            out.push('\n');
+        }
+    }
+    out
+}

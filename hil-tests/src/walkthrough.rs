@@ -145,13 +145,24 @@ pub const STEPS: &[&str] = &[
     "kubectl-1.32-on-node-2",
     "kubectl-1.33-on-node-3",
     "kubectl-1.37-on-node-1",
+    "kubectl-debug-1.33-on-node-2",
+    "kubectl-debug-1.37-on-node-3",
+    "kubectl-debug-node",
 ];
 
 /// Runs the walkthrough; one result per entry of `STEPS`.
 pub fn run(t: &Target) -> Vec<Step> {
     let mut first_rs = String::new();
     let mut steps = Vec::new();
+    // SHOAL_WALKTHROUGH_STEPS=a,b runs only those steps (with nodes-ready), to try one locally.
+    let only: Option<Vec<String>> = std::env::var("SHOAL_WALKTHROUGH_STEPS")
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .map(|v| v.split(',').map(|s| s.trim().to_string()).collect());
     for &name in STEPS {
+        if only.as_ref().is_some_and(|o| name != "nodes-ready" && !o.iter().any(|x| x == name)) {
+            continue;
+        }
         let start = Instant::now();
         let r = match name {
             "nodes-ready" => t.wait("3 Ready nodes", Duration::from_secs(60), || {
@@ -382,6 +393,9 @@ pub fn run(t: &Target) -> Vec<Step> {
             "kubectl-1.32-on-node-2" => versions::table(t, "1.32", 1),
             "kubectl-1.33-on-node-3" => versions::table(t, "1.33", 2),
             "kubectl-1.37-on-node-1" => versions::table(t, "1.37", 0),
+            "kubectl-debug-1.33-on-node-2" => versions::debug(t, "1.33", 1),
+            "kubectl-debug-1.37-on-node-3" => versions::debug(t, "1.37", 2),
+            "kubectl-debug-node" => versions::debug_node(t, "1.33", 0),
             other => Err(format!("unknown step {other}")),
         };
         let step = Step { name, failure: r.err(), took: start.elapsed() };

@@ -88,7 +88,7 @@ pub fn builtin() -> Vec<Resource> {
             true,
             &["po"],
             true,
-            &["status", "log", "exec", "attach", "portforward", "proxy", "binding", "eviction"],
+            &["status", "log", "exec", "attach", "portforward", "proxy", "binding", "eviction", "ephemeralcontainers"],
         ),
         res("", "v1", "Service", "services", true, &["svc"], true, &["status", "proxy"]),
         res("", "v1", "Endpoints", "endpoints", true, &["ep"], false, &[]),

@@ -76,6 +76,7 @@ fn subresource(r: &Resource, sub: &str) -> Value {
         "status" => (None, None, r.kind.as_str(), &["get", "patch", "update"]),
         "scale" => (Some("autoscaling"), Some("v1"), "Scale", &["get", "patch", "update"]),
         "log" => (None, None, "Pod", &["get"]),
+        "ephemeralcontainers" => (None, None, "Pod", &["get", "patch", "update"]),
         "exec" => (None, None, "PodExecOptions", &["create", "get"]),
         "attach" => (None, None, "PodAttachOptions", &["create", "get"]),
         "portforward" => (None, None, "PodPortForwardOptions", &["create", "get"]),

@@ -64,8 +64,15 @@ pub(crate) fn options(uri: &axum::http::Uri, pod: &Value, attach: bool) -> Resul
         .map(|cs| cs.iter().filter_map(|c| c["name"].as_str().map(String::from)).collect())
         .unwrap_or_default();
     let name = pod["metadata"]["name"].as_str().unwrap_or_default();
+    // Init and ephemeral containers (`kubectl debug` attaches to one) may be named too.
+    let named = |c: &str| {
+        ["containers", "initContainers", "ephemeralContainers"]
+            .iter()
+            .flat_map(|k| pod["spec"][*k].as_array().into_iter().flatten())
+            .any(|x| x["name"].as_str() == Some(c))
+    };
     let container = match q.get("container") {
-        Some(c) if containers.contains(c) => c.clone(),
+        Some(c) if named(c) => c.clone(),
         Some(c) => return Err(ApiError::bad_request(format!("container {c} is not valid for pod {name}"))),
         None => {
             containers.first().cloned().ok_or_else(|| ApiError::bad_request(format!("pod {name} has no containers")))?

@@ -27,6 +27,7 @@ mod authz;
 mod crd;
 mod crud;
 mod discovery;
+mod ephemeral;
 mod events_v1;
 mod exec;
 mod job;

@@ -28,7 +28,7 @@ pub(crate) fn default_pull_policy(image: &str) -> &'static str {
     }
 }
 
-fn default_container(c: &mut Value) {
+pub(super) fn default_container(c: &mut Value) {
     let Some(m) = c.as_object_mut() else { return };
     let image = m.get("image").and_then(|i| i.as_str()).unwrap_or_default().to_string();
     set_default(m, "imagePullPolicy", json!(default_pull_policy(&image)));
@@ -71,7 +71,7 @@ pub(crate) fn default_spec(spec: &mut Value) {
     set_default(m, "schedulerName", json!("default-scheduler"));
     set_default(m, "securityContext", json!({}));
     set_default(m, "enableServiceLinks", json!(true));
-    for list in ["containers", "initContainers"] {
+    for list in ["containers", "initContainers", "ephemeralContainers"] {
         if let Some(cs) = m.get_mut(list).and_then(|c| c.as_array_mut()) {
             cs.iter_mut().for_each(default_container);
         }
@@ -149,10 +149,11 @@ pub(crate) async fn logs(ctx: &Ctx) -> Result<Response, ApiError> {
         .as_array()
         .map(|cs| cs.iter().filter_map(|c| c["name"].as_str().map(String::from)).collect())
         .unwrap_or_default();
-    let init: Vec<String> = pod["spec"]["initContainers"]
-        .as_array()
-        .map(|cs| cs.iter().filter_map(|c| c["name"].as_str().map(String::from)).collect())
-        .unwrap_or_default();
+    let init: Vec<String> = ["initContainers", "ephemeralContainers"]
+        .iter()
+        .flat_map(|k| pod["spec"][*k].as_array().into_iter().flatten())
+        .filter_map(|c| c["name"].as_str().map(String::from))
+        .collect();
     let container = match q("container") {
         Some(c) if containers.iter().chain(init.iter()).any(|x| x == c) => c.to_string(),
         Some(c) => return Err(ApiError::bad_request(format!("container {c} is not valid for pod {name}"))),

@@ -13,8 +13,8 @@ use tracing::debug;
 use super::crud::{self, json_response, Ctx, PatchKind};
 use super::status::ApiError;
 use super::{
-    authz, discovery, events_v1, exec, namespace, openapi, openapi_v2, pod, portforward, proxy, registry, scale,
-    token_request, watch, ApiState,
+    authz, discovery, ephemeral, events_v1, exec, namespace, openapi, openapi_v2, pod, portforward, proxy, registry,
+    scale, token_request, watch, ApiState,
 };
 use crate::auth::UserInfo;
 
@@ -361,6 +361,9 @@ async fn resource(
             let kind = PatchKind::from_content_type(&ctx.content_type)
                 .ok_or_else(|| ApiError::unsupported_media(&ctx.content_type))?;
             ok(scale::write(&ctx, Some(kind)).await?)
+        }
+        (Method::GET | Method::PUT | Method::PATCH, true, Some("ephemeralcontainers")) => {
+            ephemeral::serve(&ctx, method).await
         }
         (Method::GET, true, Some("log")) => pod::logs(&ctx).await,
         (Method::POST, true, Some("binding")) => Ok(json_response(StatusCode::CREATED, &pod::bind(&ctx).await?)),

@@ -58,12 +58,7 @@ impl PodStreams for LocalLogs {
             .clone()
             .or_else(|| pod["spec"]["containers"][0]["name"].as_str().map(String::from))
             .unwrap_or_default();
-        let valid = pod["spec"]["containers"]
-            .as_array()
-            .into_iter()
-            .chain(pod["spec"]["initContainers"].as_array())
-            .flatten()
-            .any(|c| c["name"].as_str() == Some(container.as_str()));
+        let valid = super::streams::all_containers(pod).any(|c| c["name"].as_str() == Some(container.as_str()));
         let dir = self
             .log_dir
             .join(format!(

@@ -100,7 +100,10 @@ impl Agent {
                 st.ip = Some(ip);
             }
             st.started_at = pod["status"]["startTime"].as_str().map(String::from);
-            for cs in pod["status"]["containerStatuses"].as_array().into_iter().flatten() {
+            let statuses = ["containerStatuses", "ephemeralContainerStatuses"]
+                .into_iter()
+                .flat_map(|k| pod["status"][k].as_array().into_iter().flatten());
+            for cs in statuses {
                 let name = cs["name"].as_str().unwrap_or_default().to_string();
                 st.containers.insert(
                     name.clone(),
@@ -250,6 +253,10 @@ impl Agent {
         }
         for c in pod["spec"]["containers"].as_array().into_iter().flatten() {
             self.run_probes(pod, c, st).await;
+        }
+        // Ephemeral containers (`kubectl debug`) run once, never restarted, as the kubelet.
+        for c in pod["spec"]["ephemeralContainers"].as_array().into_iter().flatten() {
+            self.ensure_container(uid, pod, c, st, "Never").await?;
         }
         Ok(())
     }
@@ -686,6 +693,7 @@ impl Agent {
         let cgroups_path =
             format!("/shoal-{}/pod{}/{}", self.cfg.node_name, short(uid), c["name"].as_str().unwrap_or("c"));
         let log_path = self.log_path(pod, c["name"].as_str().unwrap_or("c"), restarts);
+        let target_pid_ns = self.target_pid_namespace(uid, c)?;
         // The rootfs mount, the bundle and the shim's create and start block on the kernel and
         // on the container's init: on the blocking pool, so a burst of pod starts never holds
         // the async workers (the API, Raft and the watches share them).
@@ -734,6 +742,9 @@ impl Agent {
                 gid: gid_n,
             };
             let mut spec_json = spec::build(&input);
+            if let Some(path) = &target_pid_ns {
+                join_pid_namespace(&mut spec_json, path);
+            }
             for dev in devices {
                 spec::add_device(&mut spec_json, &dev)
                     .map_err(|e| ("CreateContainerError".to_string(), format!("device {}: {e}", dev.display())))?;
@@ -756,6 +767,21 @@ impl Agent {
         .await
         .map_err(|e| ("CreateContainerError".to_string(), format!("container task: {e}")))??;
         Ok(format!("{}@{}", info.names.first().cloned().unwrap_or_else(|| image.to_string()), info.digest))
+    }
+
+    /// The pid namespace an ephemeral container with `targetContainerName` joins: its
+    /// target's (as the kubelet's namespace targeting), which must be running.
+    fn target_pid_namespace(&self, uid: &str, c: &Value) -> Result<Option<PathBuf>, (String, String)> {
+        let Some(target) = c["targetContainerName"].as_str().filter(|t| !t.is_empty()) else { return Ok(None) };
+        match self.runtime.state(&container_id(uid, target)) {
+            Ok(s) if s.status == Status::Running && s.pid > 0 => {
+                Ok(Some(PathBuf::from(format!("/proc/{}/ns/pid", s.pid))))
+            }
+            _ => Err((
+                "CreateContainerError".to_string(),
+                format!("target container {target:?} is not running, so its process namespace cannot be shared"),
+            )),
+        }
     }
 
     /// /etc/hosts, /etc/hostname, /etc/resolv.conf and the volumes: emptyDir, the ones the agent
@@ -1076,6 +1102,11 @@ impl Agent {
                 .collect()
         };
         let app = statuses(&pod["spec"]["containers"]);
+        let mut ephemeral = statuses(&pod["spec"]["ephemeralContainers"]);
+        // As the kubelet: an ephemeral container is never ready (it serves nothing).
+        for s in &mut ephemeral {
+            s["ready"] = json!(false);
+        }
         let init = statuses(&pod["spec"]["initContainers"]);
         let restart_policy = pod["spec"]["restartPolicy"].as_str().unwrap_or("Always");
         let all_ready = !app.is_empty() && app.iter().all(|s| s["ready"] == true);
@@ -1138,6 +1169,9 @@ impl Agent {
         if !init.is_empty() {
             status["initContainerStatuses"] = json!(init);
         }
+        if !ephemeral.is_empty() {
+            status["ephemeralContainerStatuses"] = json!(ephemeral);
+        }
         status
     }
 }
@@ -1192,6 +1226,15 @@ pub(crate) fn qos_class(pod: &Value) -> &'static str {
         "Guaranteed"
     } else {
         "Burstable"
+    }
+}
+
+/// Points the spec's own pid namespace at `path` (none with hostPID: the host's is shared).
+fn join_pid_namespace(spec: &mut Value, path: &Path) {
+    for ns in spec["linux"]["namespaces"].as_array_mut().into_iter().flatten() {
+        if ns["type"] == "pid" {
+            ns["path"] = json!(path);
+        }
     }
 }
 

@@ -277,15 +277,17 @@ fn container_name(pod: &Value, container: &str) -> String {
     }
 }
 
+/// Every container of a pod: app, init and ephemeral.
+pub(crate) fn all_containers(pod: &Value) -> impl Iterator<Item = &Value> {
+    ["containers", "initContainers", "ephemeralContainers"]
+        .into_iter()
+        .flat_map(move |k| pod["spec"][k].as_array().into_iter().flatten())
+}
+
 /// The runtime id of the named container (the first one when `container` is empty).
 fn container_of(pod: &Value, container: &str) -> Result<String, StreamError> {
     let name = container_name(pod, container);
-    let known = pod["spec"]["containers"]
-        .as_array()
-        .into_iter()
-        .chain(pod["spec"]["initContainers"].as_array())
-        .flatten()
-        .any(|c| c["name"].as_str() == Some(name.as_str()));
+    let known = all_containers(pod).any(|c| c["name"].as_str() == Some(name.as_str()));
     if !known {
         return Err(StreamError::ContainerNotFound { pod: pod_name(pod), container: name });
     }
@@ -312,10 +314,7 @@ impl PodStreams for Local {
         let id = container_of(pod, &opts.container);
         let name = pod_name(pod);
         let container = container_name(pod, &opts.container);
-        let has_stdin = pod["spec"]["containers"]
-            .as_array()
-            .into_iter()
-            .flatten()
+        let has_stdin = all_containers(pod)
             .any(|c| c["name"].as_str() == Some(container.as_str()) && c["stdin"].as_bool() == Some(true));
         let logs = self.logs.clone();
         let pod = pod.clone();

@@ -195,13 +195,84 @@ const CRD: &str = r#"{"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomRe
 
 /// The table with kubectl `version` against node `node` (0-based).
 pub(super) fn table(t: &Target, version: &str, node: usize) -> StepResult {
+    in_namespace(t, version, node, &format!("kubectl-{}", version.replace('.', "-")), table_steps)
+}
+
+/// Runs `steps` with kubectl `version` against node `node` in namespace `ns`, which is deleted
+/// after, whatever the outcome.
+fn in_namespace(t: &Target, version: &str, node: usize, ns: &str, steps: fn(&Versioned) -> StepResult) -> StepResult {
     let bin = kubectl_bin(version)?;
     let server = t.servers.get(node).cloned().ok_or_else(|| format!("no node {node}"))?;
-    let ns = format!("kubectl-{}", version.replace('.', "-"));
-    let k = Versioned { t, bin, version, server, ns: ns.clone() };
-    let r = table_steps(&k);
-    let _ = k.run(&["delete", "namespace", &ns, "--wait=false"]);
+    let k = Versioned { t, bin, version, server, ns: ns.to_string() };
+    let r = steps(&k);
+    let _ = k.run(&["delete", "namespace", ns, "--wait=false"]);
     r
+}
+
+/// `kubectl debug` into a running pod: an ephemeral container in the pod's namespaces that
+/// sees the target container's processes, with `exec` into it, `-it` under a terminal, and
+/// `describe pod` listing it.
+pub(super) fn debug(t: &Target, version: &str, node: usize) -> StepResult {
+    in_namespace(t, version, node, &format!("debug-{}", version.replace('.', "-")), debug_steps)
+}
+
+fn debug_steps(k: &Versioned) -> StepResult {
+    k.expect(&["create", "namespace", &k.ns], "created")?;
+    let target = "echo target-of-debug; sleep 3600";
+    k.expect(&["run", "app", "--image=busybox:1.25", "--", "sh", "-c", target], "pod/app created")?;
+    k.expect(&["wait", "--for=condition=Ready", "pod/app", "--timeout=90s"], "condition met")?;
+    let args = ["debug", "app", "--image=busybox:1.25", "--target=app", "-c", "dbg", "--", "sleep", "3601"];
+    k.expect(&args, "Targeting container \"app\"")?;
+    let running = "jsonpath={.status.ephemeralContainerStatuses[0].state.running.startedAt}";
+    super::wait_result(Duration::from_secs(60), || {
+        let at = k.run(&["get", "pod", "app", "-o", running])?;
+        if at.trim().is_empty() {
+            Err(format!("ephemeral container dbg not running: {}", k.run(&["get", "pod", "app", "-o", "yaml"])?))
+        } else {
+            Ok(())
+        }
+    })?;
+    // The target's processes are the debug container's to see (its pid namespace): the
+    // target's shell exec'd `sleep 3600`; the debug container runs `sleep 3601`.
+    let ps = k.run(&["exec", "app", "-c", "dbg", "--", "ps"])?;
+    contains(&ps, "sleep 3600").map_err(|e| format!("ps in the debug container: {e}"))?;
+    // The pod's UTS namespace: the same hostname.
+    contains(&k.run(&["exec", "app", "-c", "dbg", "--", "hostname"])?, "app")?;
+    let describe = k.run(&["describe", "pod", "app"])?;
+    contains(&describe, "Ephemeral Containers:")?;
+    contains(&describe, "dbg:")?;
+    // -it under a terminal: kubectl attaches to the new container (or shows its log when it
+    // has already finished).
+    let probe = "echo debug-$((6*7)); ps";
+    let args = ["debug", "-it", "app", "--image=busybox:1.25", "--target=app", "-c", "dbgit", "--", "sh", "-c", probe];
+    let (text, err) = under_pty(k, &args, 90)?;
+    if !(text.contains("debug-42") && text.contains("sleep 3600")) {
+        return Err(format!("kubectl debug -it under a pty printed:\n{text}{err}"));
+    }
+    Ok(())
+}
+
+/// `kubectl debug node/NAME`: a pod on that node in its host namespaces with the node's root
+/// at /host.
+pub(super) fn debug_node(t: &Target, version: &str, node: usize) -> StepResult {
+    in_namespace(t, version, node, "debug-node", debug_node_steps)
+}
+
+fn debug_node_steps(k: &Versioned) -> StepResult {
+    k.expect(&["create", "namespace", &k.ns], "created")?;
+    let nodes = k.run(&["get", "nodes", "-o", "jsonpath={.items[0].metadata.name}"])?;
+    let name = nodes.trim();
+    let script = "test -d /host/proc/1 && echo node-root-seen; sleep 3600";
+    let out = k.run(&["debug", &format!("node/{name}"), "--image=busybox:1.25", "--", "sh", "-c", script])?;
+    contains(&out, "Creating debugging pod node-debugger-")?;
+    let pod = out
+        .split_whitespace()
+        .find(|w| w.starts_with("node-debugger-"))
+        .ok_or_else(|| format!("no pod name in: {out}"))?
+        .to_string();
+    super::wait_result(Duration::from_secs(90), || contains(&k.run(&["logs", &pod])?, "node-root-seen"))?;
+    let host_pid = k.run(&["get", "pod", &pod, "-o", "jsonpath={.spec.hostPID}"])?;
+    contains(&host_pid, "true")
 }
 
 fn table_steps(k: &Versioned) -> StepResult {
@@ -344,20 +415,26 @@ fn table_steps(k: &Versioned) -> StepResult {
 /// container has a terminal on stdin and stdout, one of the container's own /dev/pts.
 fn exec_tty(k: &Versioned) -> StepResult {
     let probe = "[ -t 0 ] && [ -t 1 ] && echo tty-yes; tty; echo tty-done";
-    let cmd = k.command(&["exec", "-it", "shell", "--", "sh", "-c", probe]);
-    let line: Vec<String> =
-        std::iter::once(cmd.get_program()).chain(cmd.get_args()).map(|a| shell_quote(&a.to_string_lossy())).collect();
-    let out = Command::new("timeout")
-        .args(["30", "script", "-qec", &line.join(" "), "/dev/null"])
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("cannot run script: {e}"))?;
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (text, err) = under_pty(k, &["exec", "-it", "shell", "--", "sh", "-c", probe], 30)?;
     if text.contains("tty-yes") && text.contains("/dev/pts/") && text.contains("tty-done") {
         Ok(())
     } else {
-        Err(format!("kubectl exec -it under a pty printed:\n{text}{}", String::from_utf8_lossy(&out.stderr)))
+        Err(format!("kubectl exec -it under a pty printed:\n{text}{err}"))
     }
+}
+
+/// Runs kubectl under a pseudo-terminal (`script` gives it one) with no input, for at most
+/// `secs` seconds: what it printed on stdout and on stderr.
+fn under_pty(k: &Versioned, args: &[&str], secs: u32) -> std::result::Result<(String, String), String> {
+    let cmd = k.command(args);
+    let line: Vec<String> =
+        std::iter::once(cmd.get_program()).chain(cmd.get_args()).map(|a| shell_quote(&a.to_string_lossy())).collect();
+    let out = Command::new("timeout")
+        .args([&secs.to_string(), "script", "-qec", &line.join(" "), "/dev/null"])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run script: {e}"))?;
+    Ok((String::from_utf8_lossy(&out.stdout).to_string(), String::from_utf8_lossy(&out.stderr).to_string()))
 }
 
 /// `kubectl run -it --rm` under a pseudo-terminal: kubectl attaches to the new container's
