@@ -358,7 +358,10 @@ pub fn attacks(rig: &dyn Rig, opts: &ScenarioOptions) -> Result<Measured> {
     }
     join_tokens(rig, &first, &client, &forger, &mut m)?;
     ca_key_holders(rig, &hosts, &mut m)?;
+    crate::revocation::revoke_user(rig, &hosts, &client, &scratch, &mut m)?;
     file_modes(rig, &first, &scratch)?;
+    // Last: it leaves the cluster without its last node.
+    crate::revocation::remove_node(rig, &hosts, &client, &forger, &scratch, &mut m)?;
     Ok(m)
 }
 
