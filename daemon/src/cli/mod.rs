@@ -99,7 +99,6 @@ enum Cmd {
     /// Print a kubeconfig for this cluster: the admin's (group system:masters), or a named
     /// user's with `--user`, whose rights are what RBAC bindings give that user and groups;
     /// `revoke` and `list` manage the certificates minted so.
-    #[command(args_conflicts_with_subcommands = true)]
     Kubeconfig {
         #[command(flatten)]
         dir: DataDir,
@@ -344,7 +343,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Cmd::GossipKey { dir, op, json } => gossip_key(&dir.data_dir, op, json).await,
         Cmd::SecretsEncrypt { dir, op, json } => secrets_encrypt(&dir.data_dir, op, json).await,
-        Cmd::Kubeconfig { dir, op: Some(op), .. } => kubeconfig_op(&dir.data_dir, op).await,
+        Cmd::Kubeconfig { dir, op: Some(op), out, user, groups, ttl, .. } => {
+            if out.is_some() || user.is_some() || !groups.is_empty() || ttl.is_some() {
+                bail!("--user, --group, --ttl and --out mint a kubeconfig; give revoke's --user after `revoke`");
+            }
+            kubeconfig_op(&dir.data_dir, op).await
+        }
         Cmd::Node { dir, op: NodeOp::Remove { name } } => {
             let v = control::call(&dir.data_dir, &Request::NodeRemove { name }).await?;
             let serials: Vec<&str> =

@@ -219,6 +219,23 @@ macro_rules! delegate_signatures {
     };
 }
 
+/// What a client-certificate verifier that wraps another (`self.0`) asks of clients.
+macro_rules! delegate_client_auth {
+    () => {
+        fn offer_client_auth(&self) -> bool {
+            self.0.offer_client_auth()
+        }
+
+        fn client_auth_mandatory(&self) -> bool {
+            self.0.client_auth_mandatory()
+        }
+
+        fn root_hint_subjects(&self) -> &[DistinguishedName] {
+            self.0.root_hint_subjects()
+        }
+    };
+}
+
 /// Wraps a client-certificate verifier so that a clock behind a certificate's notBefore does
 /// not refuse it (see [`check_time`]). The Kubernetes API uses it as well.
 pub fn skew_tolerant_client_verifier(inner: Arc<dyn ClientCertVerifier>) -> Arc<dyn ClientCertVerifier> {
@@ -229,17 +246,7 @@ pub fn skew_tolerant_client_verifier(inner: Arc<dyn ClientCertVerifier>) -> Arc<
 struct SkewTolerantClient(Arc<dyn ClientCertVerifier>);
 
 impl ClientCertVerifier for SkewTolerantClient {
-    fn offer_client_auth(&self) -> bool {
-        self.0.offer_client_auth()
-    }
-
-    fn client_auth_mandatory(&self) -> bool {
-        self.0.client_auth_mandatory()
-    }
-
-    fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        self.0.root_hint_subjects()
-    }
+    delegate_client_auth!();
 
     fn verify_client_cert(
         &self,
@@ -264,17 +271,7 @@ pub fn refusing_revoked(inner: Arc<dyn ClientCertVerifier>, revoked: Revocations
 struct RevocationCheckingClient(Arc<dyn ClientCertVerifier>, Revocations);
 
 impl ClientCertVerifier for RevocationCheckingClient {
-    fn offer_client_auth(&self) -> bool {
-        self.0.offer_client_auth()
-    }
-
-    fn client_auth_mandatory(&self) -> bool {
-        self.0.client_auth_mandatory()
-    }
-
-    fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        self.0.root_hint_subjects()
-    }
+    delegate_client_auth!();
 
     fn verify_client_cert(
         &self,
