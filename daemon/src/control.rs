@@ -46,6 +46,21 @@ pub enum Request {
         #[serde(default)]
         ttl_secs: Option<i64>,
     },
+    /// Revoke every certificate minted for `user`, or the one with `serial`.
+    KubeconfigRevoke {
+        #[serde(default)]
+        user: Option<String>,
+        #[serde(default)]
+        serial: Option<String>,
+        #[serde(default)]
+        reason: Option<String>,
+    },
+    /// The certificates on record, and the revoked ones.
+    Certificates,
+    /// Revoke a node's certificates and stop counting it as a member.
+    NodeRemove {
+        name: String,
+    },
     KvPut {
         key: String,
         value: String,

@@ -371,6 +371,7 @@ async fn api_server(
     cfg.pod_security_defaults = node.cfg.admission.pod_security.labels();
     cfg.heartbeats = Some(Arc::new(GossipHeartbeats(node.clone())));
     cfg.max_token_expiration = node.cfg.api.service_account_max_token_expiration;
+    cfg.revoked = node.transport.revocations();
     if node.cfg.api.audit_log {
         cfg.audit = Some(Arc::new(crate::api::AuditLog::new(crate::api::AuditConfig {
             path: node.cfg.data_dir.join("audit").join("audit.log"),
@@ -389,7 +390,8 @@ async fn api_server(
 
 /// A kubeconfig for this cluster: by default for user `admin` in `system:masters`, else for
 /// `user` in `groups` (client certificate CN and O), valid for `ttl_secs` (default one year).
-pub(crate) fn kubeconfig(
+/// The certificate is recorded in the store, so `shoal kubeconfig revoke` can revoke it.
+pub(crate) async fn kubeconfig(
     node: &Node,
     server: Option<String>,
     user: Option<String>,
@@ -397,30 +399,8 @@ pub(crate) fn kubeconfig(
     ttl_secs: Option<i64>,
 ) -> Result<String, String> {
     let server = server.unwrap_or_else(|| format!("https://{}:{}", node.identity.advertise, node.identity.api_port));
-    let (user, groups) = match user {
-        None if groups.is_empty() => ("admin".to_string(), vec![crate::auth::MASTERS.to_string()]),
-        None => ("admin".to_string(), groups),
-        Some(u) => (u, groups),
-    };
-    if user.is_empty() || user.starts_with("system:") {
-        return Err(format!("user {user:?}: a name that is not empty and not in the system: namespace is required"));
-    }
-    if groups.iter().any(|g| g == shoal_gossip::pki::NODES_ORG) {
-        return Err(format!(
-            "group {:?} is for node certificates, which nodes get by joining",
-            shoal_gossip::pki::NODES_ORG
-        ));
-    }
-    if groups.len() > 2 {
-        return Err("at most two --group values fit in a certificate".to_string());
-    }
-    let ttl = ttl_secs.unwrap_or(365 * 24 * 3600);
-    if ttl <= 0 {
-        return Err("--ttl must be positive".to_string());
-    }
-    let orgs: Vec<&str> = groups.iter().map(String::as_str).collect();
     let signer = crate::cluster::ca_key::signing_secrets(node)?;
-    let cert = signer.issue_client_cert_valid_for(&user, &orgs, ttl).map_err(|e| e.to_string())?;
+    let (user, cert) = crate::auth::revocation::mint_client_cert(&node.store, &signer, user, groups, ttl_secs).await?;
     Ok(crate::api::kubeconfig_for(&server, &node.secrets.ca_cert_pem, &cert.cert_pem, &cert.key_pem, &user))
 }
 

@@ -509,3 +509,54 @@ async fn garbage_on_the_quic_port_is_ignored() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+fn serial_of_tls(tls: &NodeTls) -> String {
+    let leaf = load_certs(&tls.cert_pem, "node").unwrap().remove(0);
+    shoal_gossip::revocation::serial_of(leaf.as_ref()).unwrap()
+}
+
+#[tokio::test]
+async fn a_revoked_node_certificate_is_cut_off_both_ways() {
+    init_tracing();
+    let secrets = ClusterSecrets::generate("test").unwrap();
+    let a_tls = secrets.node_tls("node-a", &["127.0.0.1".parse().unwrap()]).unwrap();
+    let a_serial = serial_of_tls(&a_tls);
+    let a = Transport::bind(any_port(), a_tls).unwrap();
+    let b = node(&secrets, "node-b");
+    let c = node(&secrets, "node-c");
+    let calls = Arc::new(AtomicUsize::new(0));
+    for t in [&a, &b, &c] {
+        t.register("echo", echo_handler(calls.clone()));
+    }
+    let (a_addr, b_addr) = (a.local_addr().unwrap(), b.local_addr().unwrap());
+    assert_eq!(a.call(b_addr, "echo", b"x".to_vec()).await.unwrap(), b"node-a:x");
+    assert_eq!(c.call(a_addr, "echo", b"x".to_vec()).await.unwrap(), b"node-c:x");
+
+    // b and c learn that node-a was removed: b closes the connection a opened, and no new
+    // handshake of a's succeeds; c no longer accepts a as a server either.
+    b.revocations().insert(&a_serial);
+    c.revocations().insert(&a_serial);
+    let mut refused = false;
+    for _ in 0..50 {
+        if a.call(b_addr, "echo", b"y".to_vec()).await.is_err() {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(refused, "a revoked node still reaches a peer service");
+    // Every new attempt fails its handshake (TLS 1.3: the client may learn it on its first read).
+    let served = calls.load(Ordering::SeqCst);
+    for _ in 0..3 {
+        let e = a.call(b_addr, "echo", b"y".to_vec()).await.unwrap_err();
+        assert!(format!("{e:?}").contains("Revoked") || format!("{e:?}").contains("revoked"), "{e:?}");
+    }
+    let e = c.call(a_addr, "echo", b"y".to_vec()).await.unwrap_err();
+    assert!(format!("{e:?}").contains("Revoked"), "{e:?}");
+    assert_eq!(calls.load(Ordering::SeqCst), served, "no request of a revoked peer was served");
+    // The others are untouched.
+    assert_eq!(c.call(b_addr, "echo", b"z".to_vec()).await.unwrap(), b"node-c:z");
+    for t in [a, b, c] {
+        t.shutdown().await;
+    }
+}

@@ -358,8 +358,11 @@ pub fn attacks(rig: &dyn Rig, opts: &ScenarioOptions) -> Result<Measured> {
     }
     join_tokens(rig, &first, &client, &forger, &mut m)?;
     ca_key_holders(rig, &hosts, &mut m)?;
+    crate::revocation::revoke_user(rig, &hosts, &client, &scratch, &mut m)?;
     file_modes(rig, &first, &scratch)?;
     secrets_at_rest(rig, &hosts, &k, &mut m)?;
+    // Last: it leaves the cluster without its last node.
+    crate::revocation::remove_node(rig, &hosts, &client, &forger, &scratch, &mut m)?;
     Ok(m)
 }
 

@@ -13,6 +13,7 @@ pub mod netpol;
 pub mod observe;
 mod proc;
 pub mod results;
+pub mod revocation;
 pub mod rig;
 pub mod scenarios;
 pub mod services;

@@ -60,6 +60,17 @@ enum Command {
         #[arg(long)]
         token: String,
     },
+    /// Call a peer service of a node with the node certificate of a data dir's pki/ (the
+    /// `attacks` scenario runs it on the client host); exit 0 when served, 1 with why not.
+    #[command(hide = true)]
+    PeerCall {
+        /// Peer address of the node.
+        #[arg(long)]
+        addr: std::net::SocketAddr,
+        /// Directory holding ca.crt, node.crt and node.key.
+        #[arg(long)]
+        pki: PathBuf,
+    },
     /// Build (once; cached under the target dir) the shoal of a previous commit for
     /// `rolling-upgrade` and print its path. REV: a commit, or `release` (the merge base with
     /// the last release tag).
@@ -345,6 +356,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::TryJoin { addr, token } => match shoal_hil::attacks::try_join(addr, &token) {
             Ok(()) => {
                 println!("admitted");
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                Ok(ExitCode::FAILURE)
+            }
+        },
+        Command::PeerCall { addr, pki } => match shoal_hil::revocation::peer_call(addr, &pki) {
+            Ok(()) => {
+                println!("served");
                 Ok(ExitCode::SUCCESS)
             }
             Err(e) => {

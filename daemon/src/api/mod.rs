@@ -133,6 +133,9 @@ pub struct ApiConfig {
     /// Pod Security labels a namespace gets unless it sets them (`[admission.pod_security]`),
     /// label key to value; empty: privileged everywhere, as upstream.
     pub pod_security_defaults: std::collections::BTreeMap<String, String>,
+    /// Client certificates refused at the TLS handshake; a connection whose certificate is
+    /// revoked while it is open is closed (watches and streams on it end).
+    pub revoked: shoal_gossip::Revocations,
 }
 
 /// Pod and node usage for `metrics.k8s.io` (`kubectl top`), from the node agents.
@@ -159,6 +162,7 @@ impl ApiConfig {
             audit: None,
             external_ip_cidrs: Vec::new(),
             pod_security_defaults: Default::default(),
+            revoked: Default::default(),
         }
     }
 }
@@ -199,7 +203,7 @@ impl Server {
         if let (None, Some(ttl)) = (cfg.objects.event_ttl(), cfg.event_ttl) {
             cfg.objects = cfg.objects.clone().with_event_ttl(ttl);
         }
-        let tls = tls::server_config(&cfg.tls)?;
+        let tls = tls::server_config(&cfg.tls, &cfg.revoked)?;
         let listener =
             TcpListener::bind(cfg.listen).await.map_err(|source| Error::Bind { addr: cfg.listen, source })?;
         Ok(Server { listener, acceptor: TlsAcceptor::from(Arc::new(tls)), cfg })
@@ -253,6 +257,7 @@ impl Server {
             let acceptor = self.acceptor.clone();
             let state = state.clone();
             let shutdown = shutdown.clone();
+            let revoked = self.cfg.revoked.clone();
             tracker.spawn(async move {
                 let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
                     Ok(Ok(s)) => s,
@@ -262,13 +267,10 @@ impl Server {
                     }
                     Err(_) => return,
                 };
-                let cert_user = tls
-                    .get_ref()
-                    .1
-                    .peer_certificates()
-                    .and_then(|c| c.first())
-                    .and_then(|c| crate::auth::from_certificate(c.as_ref()))
-                    .map(Arc::new);
+                let leaf = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| c.clone().into_owned());
+                let cert_user = leaf.as_ref().and_then(|c| crate::auth::from_certificate(c.as_ref())).map(Arc::new);
+                let mut revocations = revoked.subscribe();
+                let user_name = cert_user.as_ref().map(|u| u.name.clone());
                 let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                     let state = state.clone();
                     let cert_user = cert_user.clone();
@@ -284,15 +286,28 @@ impl Server {
                 let builder = auto::Builder::new(TokioExecutor::new());
                 let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), svc);
                 tokio::pin!(conn);
-                tokio::select! {
-                    r = conn.as_mut() => {
-                        if let Err(e) = r {
-                            debug!(%peer, error = %e, "api connection ended with an error");
+                // Checked once at once too: a revocation may have landed since the handshake.
+                revocations.mark_changed();
+                loop {
+                    tokio::select! {
+                        r = conn.as_mut() => {
+                            if let Err(e) = r {
+                                debug!(%peer, error = %e, "api connection ended with an error");
+                            }
+                            break;
                         }
-                    }
-                    _ = shutdown.cancelled() => {
-                        conn.as_mut().graceful_shutdown();
-                        let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+                        _ = shutdown.cancelled() => {
+                            conn.as_mut().graceful_shutdown();
+                            let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+                            break;
+                        }
+                        Ok(()) = revocations.changed() => {
+                            if leaf.as_ref().is_some_and(|c| revoked.is_revoked_cert(c.as_ref())) {
+                                // Dropping the connection ends its requests, watches included.
+                                warn!(%peer, user = ?user_name, "closing the connection of a revoked client certificate");
+                                break;
+                            }
+                        }
                     }
                 }
             });

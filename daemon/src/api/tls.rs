@@ -1,5 +1,7 @@
 //! TLS for the API: the node's serving certificate, and client certificates checked against
 //! the cluster CA (a connection without one is accepted, and every request on it gets 401).
+//! A revoked certificate fails the handshake; sessions are not resumed (a resumed session
+//! would skip the check).
 use std::sync::Arc;
 
 use rustls::pki_types::pem::PemObject;
@@ -36,7 +38,7 @@ fn certs(what: &'static str, pem: &str) -> Result<Vec<CertificateDer<'static>>> 
 }
 
 /// The rustls server configuration: TLS 1.2/1.3 with ring, ALPN h2 and http/1.1.
-pub(crate) fn server_config(m: &TlsMaterial) -> Result<ServerConfig> {
+pub(crate) fn server_config(m: &TlsMaterial, revoked: &shoal_gossip::Revocations) -> Result<ServerConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let chain = certs("serving certificate", &m.cert_pem)?;
     let key = PrivateKeyDer::from_pem_slice(m.key_pem.as_bytes())
@@ -51,6 +53,7 @@ pub(crate) fn server_config(m: &TlsMaterial) -> Result<ServerConfig> {
         .map_err(|e| Error::ClientVerifier(e.to_string()))?;
     // A node whose clock is behind still accepts the kubeconfig it just issued.
     let verifier = shoal_gossip::transport::skew_tolerant_client_verifier(verifier);
+    let verifier = shoal_gossip::transport::refusing_revoked(verifier, revoked.clone());
     let mut cfg = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(Error::TlsConfig)?
@@ -58,5 +61,6 @@ pub(crate) fn server_config(m: &TlsMaterial) -> Result<ServerConfig> {
         .with_single_cert(chain, key)
         .map_err(Error::TlsConfig)?;
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    shoal_gossip::transport::no_resumption(&mut cfg);
     Ok(cfg)
 }

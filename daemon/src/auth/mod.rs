@@ -5,7 +5,7 @@
 //! tokens and `sa_token` mints them, `attributes` derives what a request asks for (verb,
 //! resource, namespace, ... as kube-apiserver does), `rbac` evaluates Roles and bindings
 //! (indexed by subject), `defaults` holds the upstream default roles and bindings, and
-//! `impersonate` the `Impersonate-*` headers.
+//! `impersonate` the `Impersonate-*` headers, `revocation` the list of revoked certificates.
 use std::collections::BTreeMap;
 
 mod attributes;
@@ -15,6 +15,7 @@ mod identity;
 mod impersonate;
 mod node;
 mod rbac;
+pub mod revocation;
 pub mod sa_token;
 pub mod token;
 

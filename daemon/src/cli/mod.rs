@@ -97,10 +97,13 @@ enum Cmd {
         json: bool,
     },
     /// Print a kubeconfig for this cluster: the admin's (group system:masters), or a named
-    /// user's with `--user`, whose rights are what RBAC bindings give that user and groups.
+    /// user's with `--user`, whose rights are what RBAC bindings give that user and groups;
+    /// `revoke` and `list` manage the certificates minted so.
     Kubeconfig {
         #[command(flatten)]
         dir: DataDir,
+        #[command(subcommand)]
+        op: Option<KubeconfigOp>,
         /// API server URL to put in the kubeconfig (default: this node's address, port 6443).
         #[arg(long)]
         server: Option<String>,
@@ -116,6 +119,13 @@ enum Cmd {
         /// Lifetime of the certificate: 90s, 30m, 12h, 30d or 1y (default 1y).
         #[arg(long, value_parser = parse_ttl)]
         ttl: Option<i64>,
+    },
+    /// Manage the nodes of the cluster.
+    Node {
+        #[command(flatten)]
+        dir: DataDir,
+        #[command(subcommand)]
+        op: NodeOp,
     },
     /// Manage the images of this node.
     Image {
@@ -140,6 +150,40 @@ enum Cmd {
         #[command(subcommand)]
         op: KvOp,
     },
+}
+
+#[derive(Subcommand)]
+enum KubeconfigOp {
+    /// Revoke certificates: every one minted for a user, or one by serial. Every node refuses
+    /// them at the TLS handshake within a second or two, and closes their open connections.
+    Revoke {
+        /// Every certificate minted for this user (see `shoal kubeconfig list`).
+        #[arg(long, required_unless_present = "serial", conflicts_with = "serial")]
+        user: Option<String>,
+        /// One certificate, by serial number in hex (`openssl x509 -noout -serial`).
+        #[arg(long)]
+        serial: Option<String>,
+        /// Why, kept with the revocation.
+        #[arg(long)]
+        reason: Option<String>,
+        /// Accepted for symmetry with `shoal kubeconfig`; not used.
+        #[arg(long, hide = true)]
+        server: Option<String>,
+    },
+    /// The certificates minted (kubeconfigs and nodes) and the revoked ones.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum NodeOp {
+    /// Remove a node for good: its certificate is revoked (its connections to every node are
+    /// closed and refused) and it no longer counts as a member; wipe its data dir before it
+    /// joins again with a new token.
+    Remove { name: String },
 }
 
 #[derive(Subcommand)]
@@ -299,7 +343,25 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Cmd::GossipKey { dir, op, json } => gossip_key(&dir.data_dir, op, json).await,
         Cmd::SecretsEncrypt { dir, op, json } => secrets_encrypt(&dir.data_dir, op, json).await,
-        Cmd::Kubeconfig { dir, server, out, user, groups, ttl } => {
+        Cmd::Kubeconfig { dir, op: Some(op), out, user, groups, ttl, .. } => {
+            if out.is_some() || user.is_some() || !groups.is_empty() || ttl.is_some() {
+                bail!("--user, --group, --ttl and --out mint a kubeconfig; give revoke's --user after `revoke`");
+            }
+            kubeconfig_op(&dir.data_dir, op).await
+        }
+        Cmd::Node { dir, op: NodeOp::Remove { name } } => {
+            let v = control::call(&dir.data_dir, &Request::NodeRemove { name }).await?;
+            let serials: Vec<&str> =
+                v["revoked"].as_array().into_iter().flatten().filter_map(|r| r["serial"].as_str()).collect();
+            println!(
+                "node {} removed: {} certificate(s) revoked{}",
+                v["node"].as_str().unwrap_or("?"),
+                serials.len(),
+                if serials.is_empty() { String::new() } else { format!(" ({})", serials.join(", ")) }
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Kubeconfig { dir, op: None, server, out, user, groups, ttl } => {
             let v = control::call(&dir.data_dir, &Request::Kubeconfig { server, user, groups, ttl_secs: ttl }).await?;
             let text = v.as_str().unwrap_or_default();
             match out {
@@ -332,6 +394,74 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
                 serde_json::Value::String(s) => println!("{s}"),
                 other => println!("{other}"),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn kubeconfig_op(data_dir: &Path, op: KubeconfigOp) -> anyhow::Result<ExitCode> {
+    match op {
+        KubeconfigOp::Revoke { user, serial, reason, server: _ } => {
+            let v = control::call(data_dir, &Request::KubeconfigRevoke { user: user.clone(), serial, reason }).await?;
+            let list = v["revoked"].as_array().cloned().unwrap_or_default();
+            if list.is_empty() {
+                println!(
+                    "nothing new to revoke: every certificate of {} was revoked already",
+                    user.unwrap_or_default()
+                );
+            }
+            for r in list {
+                let subject = r["subject"].as_str().filter(|s| !s.is_empty()).unwrap_or("(not on record)");
+                println!("revoked {} ({subject})", r["serial"].as_str().unwrap_or("?"));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        KubeconfigOp::List { json } => {
+            let v = control::call(data_dir, &Request::Certificates).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            let revoked: std::collections::BTreeMap<&str, &serde_json::Value> = v["revoked"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|r| Some((r["serial"].as_str()?, r)))
+                .collect();
+            println!("{:<34} {:<28} {:<24} {:<12} STATE", "SERIAL", "SUBJECT", "GROUPS", "EXPIRES");
+            let day = |secs: i64| secs.div_euclid(86_400);
+            let today = day(std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(0)));
+            for c in v["issued"].as_array().into_iter().flatten() {
+                let serial = c["serial"].as_str().unwrap_or("?");
+                let groups: Vec<&str> =
+                    c["groups"].as_array().into_iter().flatten().filter_map(|g| g.as_str()).collect();
+                let left = day(c["not_after"].as_i64().unwrap_or(0)) - today;
+                let state = match revoked.get(serial) {
+                    Some(r) => format!("revoked ({})", r["reason"].as_str().unwrap_or("")),
+                    None if left < 0 => "expired".to_string(),
+                    None => "valid".to_string(),
+                };
+                println!(
+                    "{:<34} {:<28} {:<24} {:<12} {state}",
+                    serial,
+                    c["subject"].as_str().unwrap_or("?"),
+                    if groups.is_empty() { "-".to_string() } else { groups.join(",") },
+                    format!("{left}d"),
+                );
+            }
+            for (serial, r) in revoked.iter().filter(|(s, _)| {
+                !v["issued"].as_array().into_iter().flatten().any(|c| c["serial"].as_str() == Some(**s))
+            }) {
+                println!(
+                    "{serial:<34} {:<28} {:<24} {:<12} revoked ({})",
+                    "(not on record)",
+                    "-",
+                    "-",
+                    r["reason"].as_str().unwrap_or("")
+                );
             }
             Ok(ExitCode::SUCCESS)
         }

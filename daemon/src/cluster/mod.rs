@@ -7,6 +7,7 @@ pub mod identity;
 pub(crate) mod join_tokens;
 pub(crate) mod metrics;
 pub(crate) mod peers;
+mod revocations;
 pub(crate) mod secrets_encryption;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -311,6 +312,7 @@ pub async fn run(cfg: NodeConfig, join: Option<JoinTarget>, shutdown: Cancellati
     tasks.spawn(gossip_keys::sync_loop(node.clone(), work_stop.clone()));
     tasks.spawn(ca_key::sync_loop(node.clone(), work_stop.clone()));
     tasks.spawn(crate::wiring::run_services(node.clone(), work_stop.clone()));
+    tasks.spawn(revocations::run(node.clone(), work_stop.clone()));
     tasks.close();
     tracing::info!(name = %identity.name, addr = %peer_addr, "node up");
 
@@ -430,10 +432,13 @@ async fn voter_loop(node: Arc<Node>, stop: CancellationToken) {
             _ = tick.tick() => {}
         }
         let members = node.membership.members();
+        // A removed node (`shoal node remove`) is never healthy again, gossip or not.
+        let removed = crate::auth::revocation::removed_nodes(&node.store).await;
         let healthy: BTreeSet<u64> = members
             .iter()
             .filter(|m| m.alive)
             .filter_map(|m| m.attrs.get("node_id").and_then(|s| s.parse().ok()))
+            .filter(|id| !removed.contains(id))
             .collect();
         if let Err(e) = node.store.reconcile_voters(&healthy, Instant::now()).await {
             tracing::warn!(error = %e, "voter reconcile");
@@ -556,8 +561,13 @@ impl control::Handler for ControlHandler {
                     Ok(rec.view(join_tokens::now_secs()))
                 }
                 Request::Kubeconfig { server, user, groups, ttl_secs } => {
-                    crate::wiring::kubeconfig(node, server, user, groups, ttl_secs).map(serde_json::Value::String)
+                    crate::wiring::kubeconfig(node, server, user, groups, ttl_secs).await.map(serde_json::Value::String)
                 }
+                Request::KubeconfigRevoke { user, serial, reason } => {
+                    revocations::revoke(node, user, serial, reason).await
+                }
+                Request::Certificates => revocations::list(node).await,
+                Request::NodeRemove { name } => revocations::remove_node(node, &name).await,
                 Request::KvPut { key, value } => {
                     let r = node
                         .store

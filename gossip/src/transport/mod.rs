@@ -25,7 +25,9 @@ use crate::error::{Error, Result};
 use crate::pki::{common_name, organizations, ClusterSecrets, NodeTls, PEER_SERVER_NAME};
 
 pub use join::{join, refusal as join_refusal, JoinBundle, JoinRequest};
-pub use tls::skew_tolerant_client_verifier;
+pub use tls::{no_resumption, refusing_revoked, skew_tolerant_client_verifier};
+
+use crate::revocation::Revocations;
 
 /// Default UDP port of the peer endpoint.
 pub const DEFAULT_PEER_PORT: u16 = 7443;
@@ -37,6 +39,8 @@ const CLOSE_UNAUTHENTICATED: u32 = 0x10;
 const CLOSE_UNKNOWN_ALPN: u32 = 0x11;
 /// QUIC application close code for a client certificate that is not a node's.
 const CLOSE_NOT_A_NODE: u32 = 0x13;
+/// QUIC application close code for a connection whose certificate was revoked while open.
+const CLOSE_REVOKED: u32 = 0x14;
 const CLOSE_SHUTDOWN: u32 = 0x12;
 const CLOSE_DONE: u32 = 0;
 /// Stream stop code for a request frame over the size cap.
@@ -139,6 +143,9 @@ struct Inner {
     dialing: Mutex<HashMap<SocketAddr, Arc<tokio::sync::Mutex<()>>>>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
+    /// Certificates refused at every handshake, both ways; open connections of one that gets
+    /// revoked are closed.
+    revoked: Revocations,
 }
 
 /// A node's QUIC endpoint: serves registered services and calls other nodes. Cheap to clone.
@@ -162,8 +169,9 @@ impl Transport {
     pub fn bind_with(addr: SocketAddr, tls: NodeTls, cfg: TransportConfig) -> Result<Self> {
         cfg.validate()?;
         let transport = tls::quic_transport_config(cfg.idle_timeout, cfg.keep_alive)?;
-        let server_config = tls::server_config(&tls, transport.clone())?;
-        let client_config = tls::peer_client_config(&tls, transport)?;
+        let revoked = Revocations::default();
+        let server_config = tls::server_config(&tls, transport.clone(), &revoked)?;
+        let client_config = tls::peer_client_config(&tls, transport, &revoked)?;
         let endpoint = quinn::Endpoint::server(server_config, addr).map_err(|source| Error::Bind { addr, source })?;
         let inner = Arc::new(Inner {
             endpoint,
@@ -178,13 +186,21 @@ impl Transport {
             dialing: Mutex::new(HashMap::new()),
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
+            revoked,
         });
         inner.tasks.spawn(accept_loop(inner.clone()));
+        inner.tasks.spawn(close_revoked_outgoing(inner.clone(), inner.revoked.subscribe()));
         Ok(Self { inner })
     }
 
     pub fn local_addr(&self) -> Result<SocketAddr> {
         self.inner.endpoint.local_addr().map_err(Error::LocalAddr)
+    }
+
+    /// The revoked certificate serials this endpoint refuses (shared: keep it current, and
+    /// hand the same set to other TLS servers of the node).
+    pub fn revocations(&self) -> Revocations {
+        self.inner.revoked.clone()
     }
 
     /// QUIC connections this endpoint holds, incoming and outgoing (closing ones included).
@@ -464,6 +480,31 @@ async fn accept_loop(inner: Arc<Inner>) {
     }
 }
 
+/// Closes the cached outgoing connections to a peer whose certificate was just revoked (a
+/// removed node): the next call dials again, and that handshake fails.
+async fn close_revoked_outgoing(inner: Arc<Inner>, mut changes: tokio::sync::watch::Receiver<u64>) {
+    loop {
+        tokio::select! {
+            _ = inner.shutdown.cancelled() => break,
+            changed = changes.changed() => if changed.is_err() { break },
+        }
+        let mut conns = lock(&inner.conns);
+        conns.retain(|addr, conn| {
+            let revoked = leaf_certificate(conn).is_some_and(|leaf| inner.revoked.is_revoked_cert(leaf.as_ref()));
+            if revoked {
+                warn!(peer = %addr, "closing the connection to a peer whose certificate was revoked");
+                conn.close(VarInt::from_u32(CLOSE_REVOKED), b"certificate revoked");
+            }
+            !revoked
+        });
+    }
+}
+
+fn leaf_certificate(conn: &Connection) -> Option<rustls::pki_types::CertificateDer<'static>> {
+    let certs = conn.peer_identity()?.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>().ok()?;
+    certs.first().cloned()
+}
+
 async fn handle_incoming(inner: Arc<Inner>, incoming: quinn::Incoming) {
     let remote = incoming.remote_address();
     let connecting = match incoming.accept() {
@@ -509,8 +550,7 @@ async fn handle_incoming(inner: Arc<Inner>, incoming: quinn::Incoming) {
 
 /// The verified client certificate's names; `None` when the client presented none.
 fn peer_info(conn: &Connection) -> Option<PeerInfo> {
-    let certs = conn.peer_identity()?.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>().ok()?;
-    let leaf = certs.first()?;
+    let leaf = leaf_certificate(conn)?;
     Some(PeerInfo {
         addr: conn.remote_address(),
         node_name: crate::pki::node_name_of(&common_name(leaf.as_ref())?).to_string(),
@@ -520,11 +560,23 @@ fn peer_info(conn: &Connection) -> Option<PeerInfo> {
 
 async fn serve_peer(inner: Arc<Inner>, conn: Connection, peer: PeerInfo) {
     debug!(peer = %peer.addr, node = %peer.node_name, "peer connected");
+    let leaf = leaf_certificate(&conn);
+    let mut revocations = inner.revoked.subscribe();
+    // Checked once at once too: a revocation may have landed since the handshake.
+    revocations.mark_changed();
     loop {
         let (send, recv) = tokio::select! {
             _ = inner.shutdown.cancelled() => {
                 conn.close(VarInt::from_u32(CLOSE_SHUTDOWN), b"shutdown");
                 break;
+            }
+            Ok(()) = revocations.changed() => {
+                if leaf.as_ref().is_some_and(|l| inner.revoked.is_revoked_cert(l.as_ref())) {
+                    warn!(peer = %peer.addr, node = %peer.node_name, "closing the connection of a peer whose certificate was revoked");
+                    conn.close(VarInt::from_u32(CLOSE_REVOKED), b"certificate revoked");
+                    break;
+                }
+                continue;
             }
             streams = conn.accept_bi() => match streams {
                 Ok(streams) => streams,

@@ -12,6 +12,7 @@ use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, RootCer
 
 use crate::error::{Error, Result};
 use crate::pki::{load_certs, load_private_key, root_store, JoinToken, NodeTls};
+use crate::revocation::Revocations;
 
 pub(crate) const PEER_ALPN: &[u8] = b"shoal/1";
 pub(crate) const JOIN_ALPN: &[u8] = b"shoal-join/1";
@@ -33,15 +34,20 @@ pub(crate) fn quic_transport_config(
 
 /// Server side: presents the node certificate (with the CA, so joiners can pin it), asks every
 /// client for a certificate from the cluster CA but lets certificate-less clients finish the
-/// handshake; the transport then closes any peer connection that has none.
-pub(crate) fn server_config(tls: &NodeTls, transport: Arc<quinn::TransportConfig>) -> Result<quinn::ServerConfig> {
+/// handshake; the transport then closes any peer connection that has none. A revoked
+/// certificate fails the handshake.
+pub(crate) fn server_config(
+    tls: &NodeTls,
+    transport: Arc<quinn::TransportConfig>,
+    revoked: &Revocations,
+) -> Result<quinn::ServerConfig> {
     let provider = provider();
     let roots = root_store(&tls.ca_cert_pem)?;
     let client_verifier = WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
         .allow_unauthenticated()
         .build()
         .map_err(Error::BuildVerifier)?;
-    let client_verifier = skew_tolerant_client_verifier(client_verifier);
+    let client_verifier = refusing_revoked(skew_tolerant_client_verifier(client_verifier), revoked.clone());
     let mut chain = load_certs(&tls.cert_pem, "node certificate")?;
     chain.extend(load_certs(&tls.ca_cert_pem, "CA certificate")?);
     let key = load_private_key(&tls.key_pem)?;
@@ -52,6 +58,7 @@ pub(crate) fn server_config(tls: &NodeTls, transport: Arc<quinn::TransportConfig
         .with_single_cert(chain, key)
         .map_err(Error::BuildTls)?;
     server.alpn_protocols = vec![PEER_ALPN.to_vec(), JOIN_ALPN.to_vec()];
+    no_resumption(&mut server);
     let quic = quinn::crypto::rustls::QuicServerConfig::try_from(server).map_err(Error::BuildQuic)?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
     config.transport_config(transport);
@@ -59,8 +66,12 @@ pub(crate) fn server_config(tls: &NodeTls, transport: Arc<quinn::TransportConfig
 }
 
 /// Client side for peers: verifies the server's chain against the cluster CA and presents the
-/// node certificate.
-pub(crate) fn peer_client_config(tls: &NodeTls, transport: Arc<quinn::TransportConfig>) -> Result<quinn::ClientConfig> {
+/// node certificate. A server presenting a revoked certificate (a removed node) is refused.
+pub(crate) fn peer_client_config(
+    tls: &NodeTls,
+    transport: Arc<quinn::TransportConfig>,
+    revoked: &Revocations,
+) -> Result<quinn::ClientConfig> {
     let provider = provider();
     let roots = root_store(&tls.ca_cert_pem)?;
     let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
@@ -72,14 +83,26 @@ pub(crate) fn peer_client_config(tls: &NodeTls, transport: Arc<quinn::TransportC
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(Error::BuildTls)?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(SkewTolerantServer(verifier)))
+        .with_custom_certificate_verifier(Arc::new(SkewTolerantServer(verifier, revoked.clone())))
         .with_client_auth_cert(chain, key)
         .map_err(Error::BuildTls)?;
     client.alpn_protocols = vec![PEER_ALPN.to_vec()];
+    // A resumed session skips the server's certificate check, so a revoked node could
+    // resume; every connection verifies the certificate instead.
+    client.resumption = rustls::client::Resumption::disabled();
     let quic = quinn::crypto::rustls::QuicClientConfig::try_from(client).map_err(Error::BuildQuic)?;
     let mut config = quinn::ClientConfig::new(Arc::new(quic));
     config.transport_config(transport);
     Ok(config)
+}
+
+/// Turns TLS session resumption off on a server: a resumed session skips the client
+/// certificate verifier, so a certificate revoked since its first handshake would get back
+/// in. Nodes and kubectl keep their connections open, so the full handshakes cost little.
+/// The Kubernetes API uses it as well.
+pub fn no_resumption(server: &mut rustls::ServerConfig) {
+    server.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    server.send_tls13_tickets = 0;
 }
 
 /// Client side for joining: no client certificate; the server's chain must contain a CA whose
@@ -196,6 +219,23 @@ macro_rules! delegate_signatures {
     };
 }
 
+/// What a client-certificate verifier that wraps another (`self.0`) asks of clients.
+macro_rules! delegate_client_auth {
+    () => {
+        fn offer_client_auth(&self) -> bool {
+            self.0.offer_client_auth()
+        }
+
+        fn client_auth_mandatory(&self) -> bool {
+            self.0.client_auth_mandatory()
+        }
+
+        fn root_hint_subjects(&self) -> &[DistinguishedName] {
+            self.0.root_hint_subjects()
+        }
+    };
+}
+
 /// Wraps a client-certificate verifier so that a clock behind a certificate's notBefore does
 /// not refuse it (see [`check_time`]). The Kubernetes API uses it as well.
 pub fn skew_tolerant_client_verifier(inner: Arc<dyn ClientCertVerifier>) -> Arc<dyn ClientCertVerifier> {
@@ -206,17 +246,7 @@ pub fn skew_tolerant_client_verifier(inner: Arc<dyn ClientCertVerifier>) -> Arc<
 struct SkewTolerantClient(Arc<dyn ClientCertVerifier>);
 
 impl ClientCertVerifier for SkewTolerantClient {
-    fn offer_client_auth(&self) -> bool {
-        self.0.offer_client_auth()
-    }
-
-    fn client_auth_mandatory(&self) -> bool {
-        self.0.client_auth_mandatory()
-    }
-
-    fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        self.0.root_hint_subjects()
-    }
+    delegate_client_auth!();
 
     fn verify_client_cert(
         &self,
@@ -230,8 +260,42 @@ impl ClientCertVerifier for SkewTolerantClient {
     delegate_signatures!();
 }
 
+/// Wraps a client-certificate verifier so that a certificate whose serial is in `revoked`
+/// fails the handshake (after the chain checks, so garbage is refused as before). The
+/// Kubernetes API uses it as well.
+pub fn refusing_revoked(inner: Arc<dyn ClientCertVerifier>, revoked: Revocations) -> Arc<dyn ClientCertVerifier> {
+    Arc::new(RevocationCheckingClient(inner, revoked))
+}
+
 #[derive(Debug)]
-struct SkewTolerantServer(Arc<rustls::client::WebPkiServerVerifier>);
+struct RevocationCheckingClient(Arc<dyn ClientCertVerifier>, Revocations);
+
+impl ClientCertVerifier for RevocationCheckingClient {
+    delegate_client_auth!();
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> std::result::Result<ClientCertVerified, rustls::Error> {
+        let verified = self.0.verify_client_cert(end_entity, intermediates, now)?;
+        if self.1.is_revoked_cert(end_entity.as_ref()) {
+            tracing::warn!(
+                serial = %crate::revocation::serial_of(end_entity.as_ref()).unwrap_or_default(),
+                subject = %crate::pki::common_name(end_entity.as_ref()).unwrap_or_default(),
+                "refusing a revoked client certificate"
+            );
+            return Err(rustls::Error::InvalidCertificate(CertificateError::Revoked));
+        }
+        Ok(verified)
+    }
+
+    delegate_signatures!();
+}
+
+#[derive(Debug)]
+struct SkewTolerantServer(Arc<rustls::client::WebPkiServerVerifier>, Revocations);
 
 impl ServerCertVerifier for SkewTolerantServer {
     fn verify_server_cert(
@@ -242,7 +306,17 @@ impl ServerCertVerifier for SkewTolerantServer {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> std::result::Result<ServerCertVerified, rustls::Error> {
-        self.0.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, check_time(end_entity, now))
+        let verified = self.0.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            check_time(end_entity, now),
+        )?;
+        if self.1.is_revoked_cert(end_entity.as_ref()) {
+            return Err(rustls::Error::InvalidCertificate(CertificateError::Revoked));
+        }
+        Ok(verified)
     }
 
     delegate_signatures!();
@@ -276,5 +350,43 @@ mod tests {
         let t = UnixTime::now();
         assert_eq!(check_time(&past, t), t);
         assert_eq!(check_time(&CertificateDer::from(vec![0x30, 0x03, 0x01, 0x02]), t), t);
+    }
+}
+
+#[cfg(test)]
+mod revocation_tests {
+    use super::*;
+    use crate::pki::ClusterSecrets;
+
+    #[test]
+    fn a_revoked_client_certificate_fails_verification() {
+        let secrets = ClusterSecrets::generate("test").unwrap();
+        let alice = secrets.issue_client_cert_valid_for("alice", &["dev"], 3600).unwrap();
+        let bob = secrets.issue_client_cert_valid_for("bob", &[], 3600).unwrap();
+        let alice = load_certs(&alice.cert_pem, "alice").unwrap().remove(0);
+        let bob = load_certs(&bob.cert_pem, "bob").unwrap().remove(0);
+        let webpki = WebPkiClientVerifier::builder_with_provider(root_store(&secrets.ca_cert_pem).unwrap(), provider())
+            .allow_unauthenticated()
+            .build()
+            .unwrap();
+        let revoked = Revocations::default();
+        let v = refusing_revoked(skew_tolerant_client_verifier(webpki), revoked.clone());
+        let now = UnixTime::now();
+        assert!(v.verify_client_cert(&alice, &[], now).is_ok());
+        revoked.insert(&crate::revocation::serial_of(alice.as_ref()).unwrap());
+        assert_eq!(
+            v.verify_client_cert(&alice, &[], now).unwrap_err(),
+            rustls::Error::InvalidCertificate(CertificateError::Revoked)
+        );
+        assert!(v.verify_client_cert(&bob, &[], now).is_ok(), "only the revoked serial is refused");
+        // A certificate from another CA is still refused for what it is, revoked or not.
+        let other = ClusterSecrets::generate("other").unwrap().issue_client_cert("alice", &[]).unwrap();
+        let other = load_certs(&other.cert_pem, "other").unwrap().remove(0);
+        revoked.insert(&crate::revocation::serial_of(other.as_ref()).unwrap());
+        assert!(matches!(
+            v.verify_client_cert(&other, &[], now).unwrap_err(),
+            rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer)
+        ));
+        assert!(v.offer_client_auth() && !v.client_auth_mandatory());
     }
 }

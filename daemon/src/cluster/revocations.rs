@@ -1,0 +1,95 @@
+//! The node's side of certificate revocation: keeps the transport's (and the API's) revoked
+//! set current, records this node's own certificate, and serves `shoal kubeconfig revoke`,
+//! `shoal kubeconfig list` and `shoal node remove`.
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use super::peers;
+use super::Node;
+use crate::auth::revocation;
+
+/// Until `stop`: the revoked set from the store, and this node's certificate on record (once,
+/// when the store takes the write), so `shoal node remove` can revoke it.
+pub(crate) async fn run(node: Arc<Node>, stop: CancellationToken) {
+    let keep = tokio::spawn(revocation::keep_current(node.store.clone(), node.transport.revocations(), stop.clone()));
+    let mut wait = Duration::from_millis(200);
+    loop {
+        match record_own(&node).await {
+            Ok(()) => break,
+            Err(e) => tracing::debug!(error = %e, "recording this node's certificate"),
+        }
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        wait = (wait * 2).min(Duration::from_secs(10));
+    }
+    let _ = keep.await;
+}
+
+async fn record_own(node: &Node) -> Result<(), revocation::RevocationError> {
+    let own = revocation::describe(&node.node_cert_pem)?;
+    let known = revocation::issued(&node.store).await?.iter().any(|c| c.serial == own.serial);
+    if !known {
+        revocation::record_issued(&node.store, &node.node_cert_pem).await?;
+    }
+    Ok(())
+}
+
+/// `shoal kubeconfig revoke --user NAME | --serial N [--reason TEXT]`.
+pub(crate) async fn revoke(
+    node: &Node,
+    user: Option<String>,
+    serial: Option<String>,
+    reason: Option<String>,
+) -> Result<serde_json::Value, String> {
+    let reason = reason.unwrap_or_else(|| "revoked by an operator".to_string());
+    let done = match (user, serial) {
+        (Some(user), None) => {
+            if user.starts_with("system:node:") {
+                return Err("node certificates are revoked with `shoal node remove NAME`".to_string());
+            }
+            revocation::revoke_subject(&node.store, &user, &reason, None).await.map_err(|e| error_chain(&e))?
+        }
+        (None, Some(serial)) => {
+            vec![revocation::revoke_serial(&node.store, &serial, &reason).await.map_err(|e| error_chain(&e))?]
+        }
+        _ => return Err("give exactly one of --user NAME and --serial N".to_string()),
+    };
+    Ok(json!({"revoked": done}))
+}
+
+/// `shoal kubeconfig list`.
+pub(crate) async fn list(node: &Node) -> Result<serde_json::Value, String> {
+    let issued = revocation::issued(&node.store).await.map_err(|e| error_chain(&e))?;
+    let revoked = revocation::revoked(&node.store).await.map_err(|e| error_chain(&e))?;
+    Ok(json!({"issued": issued, "revoked": revoked}))
+}
+
+/// `shoal node remove NAME`: revokes the node's certificates (its QUIC handshakes then fail on
+/// every node, and its open connections are closed), and the cluster stops counting it as a
+/// healthy member, so the leader replaces it as a voter or drops it as a learner.
+pub(crate) async fn remove_node(node: &Node, name: &str) -> Result<serde_json::Value, String> {
+    let name = shoal_gossip::pki::node_name_of(name);
+    if name == node.identity.name {
+        return Err(format!("{name} is this node: run `shoal node remove {name}` on another node"));
+    }
+    let records = peers::node_records(&node.store).await;
+    let node_id = records.values().find(|r| r.name == name).map(|r| r.node_id);
+    let subject = format!("system:node:{name}");
+    let done =
+        revocation::revoke_subject(&node.store, &subject, "node removed", node_id).await.map_err(|e| match e {
+            revocation::RevocationError::NoSuchSubject(_) if node_id.is_none() => {
+                format!("no node named {name:?} is known to the cluster")
+            }
+            other => error_chain(&other),
+        })?;
+    Ok(json!({"node": name, "node_id": node_id, "revoked": done}))
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    super::error_chain(e)
+}

@@ -1,0 +1,188 @@
+//! Certificate revocation as a kubectl user sees it: an API server on 127.0.0.1 over an
+//! in-memory store, kubeconfigs minted and recorded as `shoal kubeconfig --user` does, the
+//! revocation list kept current from the store as on a node; real kubectl 1.33.
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use shoal::api::{kubeconfig_for, ApiConfig, Server, TlsMaterial};
+use shoal::auth::revocation::{mint_client_cert, revoke_serial, revoke_subject};
+use shoal_gossip::{ClusterSecrets, Revocations};
+use shoal_kube::Objects;
+use shoal_store::Store;
+use tokio_util::sync::CancellationToken;
+
+fn kubectl() -> PathBuf {
+    let real =
+        std::fs::canonicalize("/usr/bin/kubectl").expect("these tests need kubectl at /usr/bin/kubectl (gcloud SDK)");
+    real.parent().expect("kubectl has a parent directory").join("kubectl.1.33")
+}
+
+struct Api {
+    dir: tempfile::TempDir,
+    url: String,
+    store: Store,
+    secrets: ClusterSecrets,
+    shutdown: CancellationToken,
+}
+
+impl Drop for Api {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+impl Api {
+    async fn start() -> Api {
+        let secrets = ClusterSecrets::generate("revoke-test").unwrap();
+        let serving = secrets.node_tls("n1", &["127.0.0.1".parse().unwrap()]).unwrap();
+        let tls = TlsMaterial {
+            cert_pem: serving.cert_pem,
+            key_pem: serving.key_pem,
+            client_ca_pem: secrets.ca_cert_pem.clone(),
+        };
+        let store = Store::in_memory();
+        let mut cfg = ApiConfig::new("127.0.0.1:0".parse().unwrap(), tls, Objects::new(store.clone()), "n1");
+        let revoked = Revocations::default();
+        cfg.revoked = revoked.clone();
+        let server = Server::bind(cfg).await.unwrap();
+        let url = format!("https://{}", server.local_addr().unwrap());
+        let shutdown = CancellationToken::new();
+        let s = shutdown.clone();
+        tokio::spawn(async move { server.run(s).await.unwrap() });
+        // As every node does: the revoked set follows the store.
+        tokio::spawn(shoal::auth::revocation::keep_current(store.clone(), revoked, shutdown.clone()));
+        let api = Api { dir: tempfile::tempdir().unwrap(), url, store, secrets, shutdown };
+        api.mint(None).await;
+        api
+    }
+
+    fn home(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Mints and records a kubeconfig (`admin.yaml` without a user), as `shoal kubeconfig`
+    /// does; returns the certificate's serial.
+    async fn mint(&self, user: Option<&str>) -> String {
+        let (name, cert) =
+            mint_client_cert(&self.store, &self.secrets, user.map(String::from), Vec::new(), Some(3600)).await.unwrap();
+        std::fs::write(
+            self.home().join(format!("{}.yaml", user.unwrap_or("admin"))),
+            kubeconfig_for(&self.url, &self.secrets.ca_cert_pem, &cert.cert_pem, &cert.key_pem, &name),
+        )
+        .unwrap();
+        shoal::auth::revocation::describe(&cert.cert_pem).unwrap().serial
+    }
+
+    fn command(&self, who: &str, args: &[&str]) -> tokio::process::Command {
+        let mut cmd = tokio::process::Command::new(kubectl());
+        cmd.args(args)
+            .arg("--request-timeout=10s")
+            .env_clear()
+            .env("HOME", self.home())
+            .env("KUBECONFIG", self.home().join(format!("{who}.yaml")))
+            .env("PATH", "/usr/bin:/bin")
+            .env("TMPDIR", self.home())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        cmd
+    }
+
+    async fn run(&self, who: &str, args: &[&str]) -> (bool, String, String) {
+        let out = tokio::time::timeout(Duration::from_secs(60), self.command(who, args).output())
+            .await
+            .unwrap_or_else(|_| panic!("kubectl {args:?} did not finish"))
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    async fn ok(&self, who: &str, args: &[&str]) -> String {
+        let (ok, stdout, stderr) = self.run(who, args).await;
+        assert!(ok, "{who}: kubectl {args:?} failed:\nstdout: {stdout}\nstderr: {stderr}");
+        stdout
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_user_is_refused_at_the_handshake_and_its_watch_is_closed() {
+    let api = Api::start().await;
+    api.mint(Some("alice")).await;
+    let bob = api.mint(Some("bob")).await;
+    assert!(api.ok("alice", &["auth", "whoami"]).await.contains("alice"));
+    api.ok("admin", &["create", "clusterrolebinding", "alice-view", "--clusterrole=view", "--user=alice"]).await;
+    api.ok("alice", &["get", "pods", "-n", "default"]).await;
+
+    // A watch of alice's, open across the revocation.
+    let mut watch = api.command("alice", &["get", "configmaps", "-n", "default", "--watch"]).spawn().unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(watch.try_wait().unwrap().is_none(), "the watch should be running");
+
+    let done = revoke_subject(&api.store, "alice", "left the team", None).await.unwrap();
+    assert_eq!(done.len(), 1);
+    let revoked_at = Instant::now();
+    // Refused from now on, before any request runs: the TLS handshake fails.
+    let mut refusal = String::new();
+    for _ in 0..40 {
+        let (ok, _, stderr) = api.run("alice", &["auth", "whoami"]).await;
+        if !ok {
+            refusal = stderr;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let lockout = revoked_at.elapsed();
+    assert!(refusal.contains("revoked"), "kubectl should say the certificate is revoked: {refusal}");
+    assert!(lockout < Duration::from_secs(2), "lockout took {lockout:?}");
+    println!("revoke_lockout_ms: {}", lockout.as_millis());
+    let (ok, _, stderr) = api.run("alice", &["get", "pods", "-n", "default"]).await;
+    assert!(!ok && stderr.contains("revoked"), "{stderr}");
+    // Her open watch was closed with her connection (kubectl's watch ends or errors out).
+    let ended = tokio::time::timeout(Duration::from_secs(10), watch.wait()).await;
+    assert!(ended.is_ok(), "the watch of a revoked user is still open");
+
+    // A new kubeconfig for the same name is a new certificate: an operator can re-admit.
+    api.mint(Some("alice")).await;
+    assert!(api.ok("alice", &["auth", "whoami"]).await.contains("alice"));
+    // Others are untouched; then bob by serial, in openssl's upper-case form.
+    assert!(api.ok("bob", &["auth", "whoami"]).await.contains("bob"));
+    api.ok("admin", &["get", "ns"]).await;
+    revoke_serial(&api.store, &bob.to_uppercase(), "lost laptop").await.unwrap();
+    let mut refused = false;
+    for _ in 0..40 {
+        if !api.run("bob", &["auth", "whoami"]).await.0 {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(refused, "bob's revoked serial still gets in");
+    api.ok("admin", &["get", "ns"]).await;
+}
+
+#[tokio::test]
+async fn kubeconfig_refuses_node_groups_and_system_names() {
+    let store = Store::in_memory();
+    let secrets = ClusterSecrets::generate("revoke-test").unwrap();
+    let e = mint_client_cert(&store, &secrets, Some("mallory".into()), vec!["system:nodes".into()], None)
+        .await
+        .unwrap_err();
+    assert_eq!(e, r#"group "system:nodes" is for node certificates, which nodes get by joining"#);
+    let e = mint_client_cert(&store, &secrets, None, vec!["system:nodes".into()], None).await.unwrap_err();
+    assert!(e.contains("node certificates"), "{e}");
+    for name in ["system:node:n1", "system:admin", ""] {
+        let e = mint_client_cert(&store, &secrets, Some(name.into()), Vec::new(), None).await.unwrap_err();
+        assert!(e.contains("not in the system: namespace"), "{name}: {e}");
+    }
+    let e = mint_client_cert(&store, &secrets, Some("alice".into()), Vec::new(), Some(0)).await.unwrap_err();
+    assert_eq!(e, "--ttl must be positive");
+    let groups = vec!["a".to_string(), "b".to_string(), "c".to_string()];
+    assert!(mint_client_cert(&store, &secrets, Some("alice".into()), groups, None).await.is_err());
+    // Nothing refused was minted, so nothing is on record.
+    assert!(shoal::auth::revocation::issued(&store).await.unwrap().is_empty());
+}
