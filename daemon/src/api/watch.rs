@@ -204,6 +204,7 @@ mod tests {
             accept: "application/json".into(),
             content_type: String::new(),
             user: None,
+            user_agent: String::new(),
             body: Bytes::new(),
         }
     }
