@@ -135,6 +135,13 @@ impl Api {
     }
 
     async fn start_with(streams: Option<Arc<dyn PodStreams>>) -> Api {
+        Api::start_full(streams, Default::default()).await
+    }
+
+    async fn start_full(
+        streams: Option<Arc<dyn PodStreams>>,
+        service_cidr: shoal_kube::service_cidr::ServiceCidr,
+    ) -> Api {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
             .with_test_writer()
@@ -150,6 +157,7 @@ impl Api {
         let objects = Objects::new(store.clone());
         let mut cfg = ApiConfig::new("127.0.0.1:0".parse().unwrap(), tls, objects, "test-node");
         cfg.streams = streams;
+        cfg.service_cidr = service_cidr;
         let server = Server::bind(cfg).await.unwrap();
         let addr = server.local_addr().unwrap();
         let url = format!("https://{addr}");
@@ -1844,5 +1852,21 @@ async fn field_manager_errors_are_statuses() {
     let (code, out) = api.curl("PATCH", cm, "application/merge-patch+json", Some(bad)).await;
     assert_eq!(code, 400, "{out}");
     assert_eq!(status(&out)["reason"], "BadRequest");
+    api.stop().await;
+}
+
+/// `[network] service_cidr` is the range ClusterIPs come from, and the one the error names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_take_addresses_from_the_configured_range() {
+    let range = shoal_kube::service_cidr::ServiceCidr::parse("10.96.0.0/12").unwrap();
+    let api = Api::start_full(None, range).await;
+    api.ok(&["create", "service", "clusterip", "web", "--tcp=80:8080"]).await;
+    let ip = api.ok(&["get", "svc", "web", "-o", "jsonpath={.spec.clusterIP}"]).await;
+    assert!(ip.parse().is_ok_and(|a| range.contains(a)), "{ip} is not in {range}");
+    let o = api
+        .run("1.33", &["create", "service", "clusterip", "old", "--tcp=80:8080", "--clusterip=10.43.0.50"], None)
+        .await;
+    assert!(!o.ok && o.stderr.contains("The range of valid IPs is 10.96.0.0/12"), "{}", o.stderr);
+    api.ok(&["create", "service", "clusterip", "dns", "--tcp=53:53", "--clusterip=10.96.0.10"]).await;
     api.stop().await;
 }

@@ -236,7 +236,8 @@ fn list_kind(res: &Resource) -> String {
 /// Defaults and per-kind checks; `old` is the stored object on update. Validation is
 /// shoal-kube's (names, labels, the required fields of the built-in kinds); the checks kept
 /// here are the ones only the API knows (service ranges, CRD names).
-fn admit(res: &Resource, obj: &mut Value, old: Option<&Value>, uid: &str) -> Result<(), ApiError> {
+fn admit(ctx: &Ctx, obj: &mut Value, old: Option<&Value>, uid: &str) -> Result<(), ApiError> {
+    let res = &ctx.res;
     let creating = old.is_none();
     let local: Vec<Cause> = match (res.group.as_str(), res.kind.as_str()) {
         ("", "Pod") => {
@@ -245,7 +246,7 @@ fn admit(res: &Resource, obj: &mut Value, old: Option<&Value>, uid: &str) -> Res
         }
         ("", "Service") => {
             service::default(obj, old);
-            service::validate(obj)
+            service::validate(obj, &ctx.state.service_cidr)
         }
         ("", "Namespace") => {
             namespace::admit(obj);
@@ -484,7 +485,7 @@ async fn create_owned(ctx: &Ctx, mut obj: Value, applied: bool) -> Result<Respon
         namespace::check_open(&ctx.state.objects, ctx.ns().unwrap_or("default")).await?;
     }
     let uid = uuid::Uuid::new_v4().to_string();
-    admit(&ctx.res, &mut obj, None, &uid)?;
+    admit(ctx, &mut obj, None, &uid)?;
     let objects = &ctx.state.objects;
     let ns = ctx.ns().unwrap_or("default").to_string();
     crate::admission::external_ips::check(&ctx.state.external_ip_cidrs, &ctx.res, &obj, None)
@@ -532,7 +533,8 @@ async fn create_owned(ctx: &Ctx, mut obj: Value, applied: bool) -> Result<Respon
         return Ok(json_response(StatusCode::CREATED, &obj));
     }
     let is_service = ctx.res.group.is_empty() && ctx.res.kind == "Service";
-    let claimed = if is_service { service::allocate(objects, &mut obj, None).await? } else { vec![] };
+    let claimed =
+        if is_service { service::allocate(objects, &mut obj, None, &ctx.state.service_cidr).await? } else { vec![] };
     let mut result = Err(ApiError::conflict(&crate::admission::quota::quotas_res(), ""));
     for _ in 0..crate::admission::CHARGE_ATTEMPTS {
         let admitted = if ctx.res.namespaced {
@@ -588,7 +590,7 @@ async fn write(ctx: &Ctx, name: &str, mut next: Value, old: &Value, mode: Update
         rbac::check_escalation(ctx, &next).await?;
     }
     let claimed = if is_service && mode != UpdateMode::Status {
-        service::allocate(&ctx.state.objects, &mut next, Some(old)).await?
+        service::allocate(&ctx.state.objects, &mut next, Some(old), &ctx.state.service_cidr).await?
     } else {
         vec![]
     };
@@ -642,7 +644,7 @@ async fn prepare_update(ctx: &Ctx, name: &str, obj: &mut Value, old: &Value) -> 
     }
     check_strict(ctx, obj).await?;
     let uid = old["metadata"]["uid"].as_str().unwrap_or_default().to_string();
-    admit(&ctx.res, obj, Some(old), &uid)?;
+    admit(ctx, obj, Some(old), &uid)?;
     crate::admission::external_ips::check(&ctx.state.external_ip_cidrs, &ctx.res, obj, Some(old))
         .map_err(|e| admission_error(e, &ctx.res))
 }

@@ -189,6 +189,7 @@ mod tests {
             heartbeats: None,
             shutdown: CancellationToken::new(),
             external_ip_cidrs: Vec::new(),
+            service_cidr: Default::default(),
             pod_security_defaults: Default::default(),
         })
     }
