@@ -409,6 +409,17 @@ pub struct Entry {
 }
 
 impl Entry {
+    fn new(who: &Manager, operation: &str, fields: FieldSet) -> Self {
+        Entry {
+            manager: who.name.to_string(),
+            operation: operation.to_string(),
+            api_version: who.api_version.to_string(),
+            time: Some(who.time.to_string()),
+            subresource: who.subresource.to_string(),
+            fields,
+        }
+    }
+
     fn to_json(&self) -> Value {
         let mut m = Map::new();
         m.insert("manager".into(), json!(self.manager));
@@ -585,14 +596,7 @@ pub fn record_update(
                 e.api_version = who.api_version.to_string();
                 e.time = Some(who.time.to_string());
             }
-            None => entries.push(Entry {
-                manager: who.name.to_string(),
-                operation: "Update".into(),
-                api_version: who.api_version.to_string(),
-                time: Some(who.time.to_string()),
-                subresource: who.subresource.to_string(),
-                fields: changed,
-            }),
+            None => entries.push(Entry::new(who, "Update", changed)),
         }
     }
     for e in &mut entries {
@@ -700,14 +704,7 @@ pub fn apply(
                 e.time = Some(who.time.to_string());
             }
         }
-        None => entries.push(Entry {
-            manager: who.name.to_string(),
-            operation: "Apply".into(),
-            api_version: who.api_version.to_string(),
-            time: Some(who.time.to_string()),
-            subresource: who.subresource.to_string(),
-            fields: applied_set,
-        }),
+        None => entries.push(Entry::new(who, "Apply", applied_set)),
     }
     let merged_set = fields_of(&merged, group, kind, ignore_status)?;
     for e in &mut entries {
