@@ -276,8 +276,38 @@ pub struct NetworkConfig {
     pub pod_cidr: String,
     /// ClusterIPs are allocated from here.
     pub service_cidr: String,
-    /// The cluster DNS Service address.
+    /// The cluster DNS Service address; empty: the tenth address of `service_cidr`.
     pub dns_ip: String,
+}
+
+impl NetworkConfig {
+    /// `service_cidr`, parsed (checked when the config is loaded; the default otherwise).
+    pub fn service_range(&self) -> shoal_kube::service_cidr::ServiceCidr {
+        shoal_kube::service_cidr::ServiceCidr::parse(&self.service_cidr).unwrap_or_default()
+    }
+
+    /// The cluster DNS address: `dns_ip`, or the tenth address of the Service range.
+    pub fn cluster_dns_ip(&self) -> String {
+        if self.dns_ip.is_empty() {
+            self.service_range().dns_ip().to_string()
+        } else {
+            self.dns_ip.clone()
+        }
+    }
+
+    /// Refuses a Service range that is not an IPv4 CIDR of at least 32 addresses, and a DNS
+    /// address outside it.
+    fn check(&self) -> Result<(), String> {
+        let range = shoal_kube::service_cidr::ServiceCidr::parse(&self.service_cidr)
+            .map_err(|e| format!("[network] service_cidr: {e}"))?;
+        if !self.dns_ip.is_empty() {
+            let ok = self.dns_ip.parse::<std::net::Ipv4Addr>().is_ok_and(|ip| range.contains(ip));
+            if !ok {
+                return Err(format!("[network] dns_ip {:?} is not an address of service_cidr {range}", self.dns_ip));
+            }
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -380,11 +410,7 @@ impl Default for NodeAgentConfig {
 
 impl Default for NetworkConfig {
     fn default() -> Self {
-        NetworkConfig {
-            pod_cidr: "10.42.0.0/16".into(),
-            service_cidr: "10.43.0.0/16".into(),
-            dns_ip: "10.43.0.10".into(),
-        }
+        NetworkConfig { pod_cidr: "10.42.0.0/16".into(), service_cidr: "10.43.0.0/16".into(), dns_ip: String::new() }
     }
 }
 
@@ -403,6 +429,7 @@ impl NodeConfig {
             return Err(ConfigError::Version { path: path.into(), version: cfg.version });
         }
         cfg.admission.pod_security.check().map_err(|message| ConfigError::Parse { path: path.into(), message })?;
+        cfg.network.check().map_err(|message| ConfigError::Parse { path: path.into(), message })?;
         Ok(cfg)
     }
 
@@ -557,6 +584,31 @@ mod tests {
         std::fs::write(&p, "version = 1\n[node]\nrole = \"arbiter\"\n").unwrap();
         let err = NodeConfig::load(&p, true).unwrap_err().to_string();
         assert!(err.contains("unknown variant") && err.contains("witness"), "{err}");
+    }
+
+    #[test]
+    fn the_service_range_places_dns_and_refuses_bad_ranges() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        let c = NodeConfig::load(&p, false).unwrap();
+        assert_eq!(c.network.cluster_dns_ip(), "10.43.0.10");
+        std::fs::write(&p, "version = 1\n[network]\nservice_cidr = \"10.96.0.0/12\"\n").unwrap();
+        let c = NodeConfig::load(&p, true).unwrap();
+        assert_eq!(c.network.service_range().kubernetes_ip().to_string(), "10.96.0.1");
+        assert_eq!(c.network.cluster_dns_ip(), "10.96.0.10");
+        for (bad, why) in [
+            ("service_cidr = \"10.96.0.0/28\"", "[network] service_cidr: \"10.96.0.0/28\": the prefix must be"),
+            ("service_cidr = \"10.96.0.0\"", "is not a CIDR"),
+            ("service_cidr = \"fd00::/108\"", "not an IPv4 address"),
+            (
+                "dns_ip = \"10.42.0.10\"",
+                "[network] dns_ip \"10.42.0.10\" is not an address of service_cidr 10.43.0.0/16",
+            ),
+        ] {
+            std::fs::write(&p, format!("version = 1\n[network]\n{bad}\n")).unwrap();
+            let err = NodeConfig::load(&p, true).unwrap_err().to_string();
+            assert!(err.contains(why), "{bad}: {err}");
+        }
     }
 
     #[test]

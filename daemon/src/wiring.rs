@@ -144,6 +144,7 @@ fn start_leader_components(node: &Arc<Node>, health: NodeHealth, token: Cancella
         }
         let config = ControllerConfig {
             pod_security_defaults: node.cfg.admission.pod_security.labels(),
+            service_cidr: node.cfg.network.service_range(),
             ..ControllerConfig::default()
         };
         let mut manager = ControllerManager::new(config);
@@ -202,7 +203,8 @@ async fn run_agent(node: Arc<Node>, stop: CancellationToken) {
         objects: node.objects.clone(),
         store: node.store.clone(),
         pod_cidr: node.cfg.network.pod_cidr.clone(),
-        dns_ip: node.cfg.network.dns_ip.clone(),
+        dns_ip: node.cfg.network.cluster_dns_ip(),
+        kubernetes_ip: node.cfg.network.service_range().kubernetes_ip().to_string(),
     };
     // The pod CIDR claim needs a leader; wait for one rather than fail.
     let mut wait = Duration::from_millis(200);
@@ -279,6 +281,7 @@ async fn run_ingress(node: Arc<Node>, stop: CancellationToken) {
         node.identity.advertise,
         node.cfg.ingress.clone(),
     )
+    .with_service_cidr(node.cfg.network.service_range())
     .run(stop)
     .await;
 }
@@ -299,7 +302,7 @@ async fn run_dns(node: Arc<Node>, stop: CancellationToken) {
         }
     };
     let listen = SocketAddr::new(IpAddr::V4(subnet.gateway()), 53);
-    if let Ok(service_ip) = node.cfg.network.dns_ip.parse::<IpAddr>() {
+    if let Ok(service_ip) = node.cfg.network.cluster_dns_ip().parse::<IpAddr>() {
         let rules = crate::dns::dnat_rules(service_ip, listen).join("\n    ");
         let table = format!(
             "table ip shoal-dns\ndelete table ip shoal-dns\ntable ip shoal-dns {{\n  chain prerouting {{\n    type nat hook prerouting priority -110; policy accept;\n    {rules}\n  }}\n  chain output {{\n    type nat hook output priority -110; policy accept;\n    {rules}\n  }}\n}}\n"
@@ -368,6 +371,7 @@ async fn api_server(
     cfg.exporter = exporter;
     cfg.event_ttl = None; // the node's objects carry [api] event_ttl (0s: none)
     cfg.external_ip_cidrs = node.cfg.admission.external_ip_cidrs.clone();
+    cfg.service_cidr = node.cfg.network.service_range();
     cfg.pod_security_defaults = node.cfg.admission.pod_security.labels();
     cfg.heartbeats = Some(Arc::new(GossipHeartbeats(node.clone())));
     cfg.max_token_expiration = node.cfg.api.service_account_max_token_expiration;

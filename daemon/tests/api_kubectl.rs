@@ -135,6 +135,13 @@ impl Api {
     }
 
     async fn start_with(streams: Option<Arc<dyn PodStreams>>) -> Api {
+        Api::start_full(streams, Default::default()).await
+    }
+
+    async fn start_full(
+        streams: Option<Arc<dyn PodStreams>>,
+        service_cidr: shoal_kube::service_cidr::ServiceCidr,
+    ) -> Api {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
             .with_test_writer()
@@ -150,6 +157,7 @@ impl Api {
         let objects = Objects::new(store.clone());
         let mut cfg = ApiConfig::new("127.0.0.1:0".parse().unwrap(), tls, objects, "test-node");
         cfg.streams = streams;
+        cfg.service_cidr = service_cidr;
         let server = Server::bind(cfg).await.unwrap();
         let addr = server.local_addr().unwrap();
         let url = format!("https://{addr}");
@@ -1783,5 +1791,147 @@ async fn kubectl_debug_adds_ephemeral_containers() {
         "{}",
         o.stderr
     );
+    api.stop().await;
+}
+
+fn ssa_deployment(name: &str, replicas: u32, tier: bool) -> String {
+    let tier = if tier { "\n    tier: front" } else { "" };
+    format!(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: {name}\n  labels:\n    app: {name}{tier}\nspec:\n  replicas: {replicas}\n  selector:\n    matchLabels: {{app: {name}}}\n  template:\n    metadata:\n      labels: {{app: {name}}}\n    spec:\n      containers:\n      - name: web\n        image: nginx\n"
+    )
+}
+
+/// Server-side apply keeps field ownership as kube-apiserver does, with kubectl 1.33 and 1.37:
+/// a conflict with the client-side applier and with `kubectl scale`, `--force-conflicts`,
+/// idempotence, removal of what the applier no longer sets, `--show-managed-fields`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_side_apply_tracks_field_managers() {
+    let api = Api::start().await;
+    for v in ["1.33", "1.37"] {
+        let ok = |o: Out, what: &str| {
+            assert!(o.ok, "kubectl {v} {what}: {}\n{}", o.stdout, o.stderr);
+            o.stdout
+        };
+        let a = format!("csa-{}", v.replace('.', ""));
+        ok(api.run(v, &["apply", "-f", "-"], Some(&ssa_deployment(&a, 1, false))).await, "client-side apply");
+        let o = api.run(v, &["apply", "--server-side", "-f", "-"], Some(&ssa_deployment(&a, 3, false))).await;
+        assert!(
+            !o.ok
+                && o.stderr.contains(
+                    "Apply failed with 1 conflict: conflict with \"kubectl-client-side-apply\" using apps/v1: .spec.replicas"
+                ),
+            "kubectl {v}: {}",
+            o.stderr
+        );
+        assert_eq!(ok(api.run(v, &["get", "deploy", &a, "-o", "jsonpath={.spec.replicas}"], None).await, "get"), "1");
+        ok(
+            api.run(
+                v,
+                &["apply", "--server-side", "--force-conflicts", "-f", "-"],
+                Some(&ssa_deployment(&a, 3, false)),
+            )
+            .await,
+            "forced apply",
+        );
+        assert_eq!(ok(api.run(v, &["get", "deploy", &a, "-o", "jsonpath={.spec.replicas}"], None).await, "get"), "3");
+
+        let b = format!("ssa-{}", v.replace('.', ""));
+        ok(api.run(v, &["apply", "--server-side", "-f", "-"], Some(&ssa_deployment(&b, 2, true))).await, "apply");
+        let rv = |o: Out| ok(o, "get rv");
+        let before = rv(api.run(v, &["get", "deploy", &b, "-o", "jsonpath={.metadata.resourceVersion}"], None).await);
+        ok(api.run(v, &["apply", "--server-side", "-f", "-"], Some(&ssa_deployment(&b, 2, true))).await, "reapply");
+        let after = rv(api.run(v, &["get", "deploy", &b, "-o", "jsonpath={.metadata.resourceVersion}"], None).await);
+        assert_eq!(before, after, "kubectl {v}: the same apply twice writes nothing");
+        let yaml = ok(api.run(v, &["get", "deploy", &b, "-o", "yaml", "--show-managed-fields"], None).await, "yaml");
+        for want in [
+            "managedFields:",
+            "manager: kubectl",
+            "operation: Apply",
+            "fieldsType: FieldsV1",
+            "f:replicas: {}",
+            "f:tier: {}",
+        ] {
+            assert!(yaml.contains(want), "kubectl {v}: no {want:?} in\n{yaml}");
+        }
+        let plain = ok(api.run(v, &["get", "deploy", &b, "-o", "yaml"], None).await, "yaml");
+        assert!(!plain.contains("managedFields"), "kubectl hides them by default");
+        // The label the applier stops setting goes.
+        ok(api.run(v, &["apply", "--server-side", "-f", "-"], Some(&ssa_deployment(&b, 2, false))).await, "apply");
+        let labels = ok(api.run(v, &["get", "deploy", &b, "-o", "jsonpath={.metadata.labels}"], None).await, "labels");
+        assert!(!labels.contains("tier"), "kubectl {v}: {labels}");
+        // kubectl scale takes .spec.replicas; applying another count conflicts with it.
+        ok(api.run(v, &["scale", "deploy", &b, "--replicas=5"], None).await, "scale");
+        let o = api.run(v, &["apply", "--server-side", "-f", "-"], Some(&ssa_deployment(&b, 2, false))).await;
+        assert!(
+            !o.ok
+                && o.stderr.contains("Apply failed with 1 conflict: conflict with \"")
+                && o.stderr.contains(": .spec.replicas"),
+            "kubectl {v}: {}",
+            o.stderr
+        );
+    }
+    api.stop().await;
+}
+
+/// The API side of field managers: the Status of a conflict, and bad input refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn field_manager_errors_are_statuses() {
+    let api = Api::start().await;
+    let status = |body: &str| -> serde_json::Value { serde_json::from_str(body).unwrap_or_default() };
+    let cm = "/api/v1/namespaces/default/configmaps/fm";
+    let apply = "application/apply-patch+yaml";
+    let body = |v: &str| {
+        format!("{{\"apiVersion\":\"v1\",\"kind\":\"ConfigMap\",\"metadata\":{{\"name\":\"fm\"}},\"data\":{{\"a\":\"{v}\"}}}}")
+    };
+    // Apply needs a field manager.
+    let (code, out) = api.curl("PATCH", cm, apply, Some(body("1").into_bytes())).await;
+    assert_eq!(code, 422, "{out}");
+    assert!(status(&out)["message"].as_str().unwrap_or_default().contains("fieldManager: Required value"), "{out}");
+    let (code, out) = api.curl("PATCH", &format!("{cm}?fieldManager=one"), apply, Some(body("1").into_bytes())).await;
+    assert_eq!(code, 201, "{out}");
+    let (code, out) = api.curl("PATCH", &format!("{cm}?fieldManager=two"), apply, Some(body("2").into_bytes())).await;
+    assert_eq!(code, 409, "{out}");
+    let s = status(&out);
+    assert_eq!(s["reason"], "Conflict");
+    assert_eq!(s["message"], "Apply failed with 1 conflict: conflict with \"one\": .data.a");
+    assert_eq!(s["details"]["causes"][0]["reason"], "FieldManagerConflict");
+    assert_eq!(s["details"]["causes"][0]["field"], ".data.a");
+    let (code, out) =
+        api.curl("PATCH", &format!("{cm}?fieldManager=two&force=true"), apply, Some(body("2").into_bytes())).await;
+    assert_eq!(code, 200, "{out}");
+    // The forced field changes hands: "two" owns .data.a, "one" no longer does.
+    let fields = status(&out)["metadata"]["managedFields"].clone();
+    let owner = |m: &str| fields.as_array().and_then(|a| a.iter().find(|e| e["manager"] == m)).cloned();
+    assert!(owner("two").is_some_and(|e| e["fieldsV1"]["f:data"].get("f:a").is_some()), "{out}");
+    assert!(owner("one").is_none_or(|e| e["fieldsV1"]["f:data"].get("f:a").is_none()), "{out}");
+    // force is for apply only; a manager name is bounded; managedFields must be well-formed.
+    let (code, out) =
+        api.curl("PATCH", &format!("{cm}?force=true"), "application/merge-patch+json", Some(b"{}".to_vec())).await;
+    assert_eq!(code, 422, "{out}");
+    let long = "m".repeat(129);
+    let (code, out) = api
+        .curl("PATCH", &format!("{cm}?fieldManager={long}"), "application/merge-patch+json", Some(b"{}".to_vec()))
+        .await;
+    assert_eq!(code, 422, "{out}");
+    let bad = br#"{"metadata":{"managedFields":[{"manager":"x","operation":"Explode"}]}}"#.to_vec();
+    let (code, out) = api.curl("PATCH", cm, "application/merge-patch+json", Some(bad)).await;
+    assert_eq!(code, 400, "{out}");
+    assert_eq!(status(&out)["reason"], "BadRequest");
+    api.stop().await;
+}
+
+/// `[network] service_cidr` is the range ClusterIPs come from, and the one the error names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_take_addresses_from_the_configured_range() {
+    let range = shoal_kube::service_cidr::ServiceCidr::parse("10.96.0.0/12").unwrap();
+    let api = Api::start_full(None, range).await;
+    api.ok(&["create", "service", "clusterip", "web", "--tcp=80:8080"]).await;
+    let ip = api.ok(&["get", "svc", "web", "-o", "jsonpath={.spec.clusterIP}"]).await;
+    assert!(ip.parse().is_ok_and(|a| range.contains(a)), "{ip} is not in {range}");
+    let o = api
+        .run("1.33", &["create", "service", "clusterip", "old", "--tcp=80:8080", "--clusterip=10.43.0.50"], None)
+        .await;
+    assert!(!o.ok && o.stderr.contains("The range of valid IPs is 10.96.0.0/12"), "{}", o.stderr);
+    api.ok(&["create", "service", "clusterip", "dns", "--tcp=53:53", "--clusterip=10.96.0.10"]).await;
     api.stop().await;
 }

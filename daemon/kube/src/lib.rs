@@ -11,6 +11,7 @@ pub mod protobuf;
 pub mod quantity;
 pub mod resources;
 pub mod selector;
+pub mod service_cidr;
 pub mod tables;
 pub mod validation;
 

@@ -27,6 +27,8 @@ pub(crate) struct Ctx {
     pub body: Bytes,
     /// Who asks (None for writes from inside the daemon).
     pub user: Option<Arc<crate::auth::UserInfo>>,
+    /// The `User-Agent` header (names the field manager when `fieldManager` is not given).
+    pub user_agent: String,
 }
 
 /// The four patch types.
@@ -91,7 +93,79 @@ pub(crate) fn apply_patch(
             patch::server_side_apply(Some(doc.clone()), applied, group, obj_kind)
         }
     };
-    r.map_err(|e| ApiError::new(e.http_code(), e.reason(), e.to_string()))
+    r.map_err(patch_error)
+}
+
+/// A patch or field ownership error as the Status the client gets.
+pub(crate) fn patch_error(e: shoal_kube::patch::Error) -> ApiError {
+    let mut err = ApiError::new(e.http_code(), e.reason(), e.to_string());
+    err.details = e.details();
+    err
+}
+
+/// The field manager of a write: `?fieldManager=`, else the user agent's first token.
+fn field_manager(ctx: &Ctx) -> Result<String, ApiError> {
+    use shoal_kube::patch::managed;
+    let given = ctx.query.get("fieldManager").map(String::as_str);
+    if let Some(m) = given {
+        managed::check_manager(m).map_err(|message| ApiError::new(422, "Invalid", message))?;
+    }
+    Ok(managed::manager_name(given, &ctx.user_agent))
+}
+
+/// Records the request as an `Update` of field ownership on `obj` (`old`: the stored object,
+/// None on create). Status writes are not recorded (the store keeps their metadata as it was).
+pub(crate) fn record_update(ctx: &Ctx, old: Option<&Value>, obj: &mut Value) -> Result<(), ApiError> {
+    let mode = mode_for(&ctx.res, ctx.sub.as_deref());
+    if mode == UpdateMode::Status {
+        return Ok(());
+    }
+    let name = field_manager(ctx)?;
+    let time = shoal_kube::objects::now_rfc3339();
+    let api_version = ctx.res.api_version();
+    let who = shoal_kube::patch::managed::Manager {
+        name: &name,
+        api_version: &api_version,
+        subresource: ctx.sub.as_deref().unwrap_or_default(),
+        time: &time,
+    };
+    shoal_kube::patch::managed::record_update(old, obj, &who, &ctx.res.group, &ctx.res.kind, mode == UpdateMode::Spec)
+        .map_err(patch_error)
+}
+
+/// Server-side apply of the request body over `live` (None: create), with field ownership.
+fn server_side_apply(ctx: &Ctx, live: Option<&Value>) -> Result<Value, ApiError> {
+    let name = field_manager(ctx)?;
+    if !ctx.query.contains_key("fieldManager") {
+        return Err(ApiError::new(
+            422,
+            "Invalid",
+            "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch",
+        ));
+    }
+    let applied = yaml_to_json(&ctx.body)?;
+    if !applied.is_object() {
+        return Err(ApiError::bad_request("the applied configuration must be an object"));
+    }
+    let time = shoal_kube::objects::now_rfc3339();
+    let api_version = ctx.res.api_version();
+    let mode = mode_for(&ctx.res, ctx.sub.as_deref());
+    let who = shoal_kube::patch::managed::Manager {
+        name: &name,
+        api_version: &api_version,
+        subresource: ctx.sub.as_deref().unwrap_or_default(),
+        time: &time,
+    };
+    shoal_kube::patch::managed::apply(
+        live,
+        applied,
+        &who,
+        ctx.flag("force"),
+        &ctx.res.group,
+        &ctx.res.kind,
+        mode == UpdateMode::Spec,
+    )
+    .map_err(patch_error)
 }
 
 impl Ctx {
@@ -162,7 +236,8 @@ fn list_kind(res: &Resource) -> String {
 /// Defaults and per-kind checks; `old` is the stored object on update. Validation is
 /// shoal-kube's (names, labels, the required fields of the built-in kinds); the checks kept
 /// here are the ones only the API knows (service ranges, CRD names).
-fn admit(res: &Resource, obj: &mut Value, old: Option<&Value>, uid: &str) -> Result<(), ApiError> {
+fn admit(ctx: &Ctx, obj: &mut Value, old: Option<&Value>, uid: &str) -> Result<(), ApiError> {
+    let res = &ctx.res;
     let creating = old.is_none();
     let local: Vec<Cause> = match (res.group.as_str(), res.kind.as_str()) {
         ("", "Pod") => {
@@ -171,7 +246,7 @@ fn admit(res: &Resource, obj: &mut Value, old: Option<&Value>, uid: &str) -> Res
         }
         ("", "Service") => {
             service::default(obj, old);
-            service::validate(obj)
+            service::validate(obj, &ctx.state.service_cidr)
         }
         ("", "Namespace") => {
             namespace::admit(obj);
@@ -376,7 +451,13 @@ pub(crate) async fn list(ctx: &Ctx) -> Result<Response, ApiError> {
 }
 
 /// Creates `obj` (already decoded) and answers 201.
-pub(crate) async fn create_object(ctx: &Ctx, mut obj: Value) -> Result<Response, ApiError> {
+pub(crate) async fn create_object(ctx: &Ctx, obj: Value) -> Result<Response, ApiError> {
+    create_owned(ctx, obj, false).await
+}
+
+/// Creates `obj`; `applied`: its `managedFields` were set by a server-side apply, otherwise
+/// the create is recorded as an update by the request's manager.
+async fn create_owned(ctx: &Ctx, mut obj: Value, applied: bool) -> Result<Response, ApiError> {
     check_type_meta(&ctx.res, &obj)?;
     check_strict(ctx, &obj).await?;
     set_type_meta(&ctx.res, &mut obj);
@@ -404,7 +485,7 @@ pub(crate) async fn create_object(ctx: &Ctx, mut obj: Value) -> Result<Response,
         namespace::check_open(&ctx.state.objects, ctx.ns().unwrap_or("default")).await?;
     }
     let uid = uuid::Uuid::new_v4().to_string();
-    admit(&ctx.res, &mut obj, None, &uid)?;
+    admit(ctx, &mut obj, None, &uid)?;
     let objects = &ctx.state.objects;
     let ns = ctx.ns().unwrap_or("default").to_string();
     crate::admission::external_ips::check(&ctx.state.external_ip_cidrs, &ctx.res, &obj, None)
@@ -437,6 +518,12 @@ pub(crate) async fn create_object(ctx: &Ctx, mut obj: Value) -> Result<Response,
         .await
         .map_err(|e| admission_error(e, &ctx.res))?;
     crate::admission::webhook::validate(objects, &call, Some(&obj)).await.map_err(|e| admission_error(e, &ctx.res))?;
+    if !applied {
+        if let Some(m) = obj["metadata"].as_object_mut() {
+            m.remove("managedFields");
+        }
+        record_update(ctx, None, &mut obj)?;
+    }
     if ctx.dry_run() {
         if ctx.res.namespaced {
             crate::admission::validate(objects, &ctx.res, &ns, &obj).await.map_err(|e| admission_error(e, &ctx.res))?;
@@ -446,7 +533,8 @@ pub(crate) async fn create_object(ctx: &Ctx, mut obj: Value) -> Result<Response,
         return Ok(json_response(StatusCode::CREATED, &obj));
     }
     let is_service = ctx.res.group.is_empty() && ctx.res.kind == "Service";
-    let claimed = if is_service { service::allocate(objects, &mut obj, None).await? } else { vec![] };
+    let claimed =
+        if is_service { service::allocate(objects, &mut obj, None, &ctx.state.service_cidr).await? } else { vec![] };
     let mut result = Err(ApiError::conflict(&crate::admission::quota::quotas_res(), ""));
     for _ in 0..crate::admission::CHARGE_ATTEMPTS {
         let admitted = if ctx.res.namespaced {
@@ -502,7 +590,7 @@ async fn write(ctx: &Ctx, name: &str, mut next: Value, old: &Value, mode: Update
         rbac::check_escalation(ctx, &next).await?;
     }
     let claimed = if is_service && mode != UpdateMode::Status {
-        service::allocate(&ctx.state.objects, &mut next, Some(old)).await?
+        service::allocate(&ctx.state.objects, &mut next, Some(old), &ctx.state.service_cidr).await?
     } else {
         vec![]
     };
@@ -556,7 +644,7 @@ async fn prepare_update(ctx: &Ctx, name: &str, obj: &mut Value, old: &Value) -> 
     }
     check_strict(ctx, obj).await?;
     let uid = old["metadata"]["uid"].as_str().unwrap_or_default().to_string();
-    admit(&ctx.res, obj, Some(old), &uid)?;
+    admit(ctx, obj, Some(old), &uid)?;
     crate::admission::external_ips::check(&ctx.state.external_ip_cidrs, &ctx.res, obj, Some(old))
         .map_err(|e| admission_error(e, &ctx.res))
 }
@@ -630,6 +718,7 @@ pub(crate) async fn update(ctx: &Ctx) -> Result<Response, ApiError> {
     let old = ctx.get_existing(name).await?;
     prepare_update(ctx, name, &mut obj, &old).await?;
     admit_update(ctx, &mut obj, &old).await?;
+    record_update(ctx, Some(&old), &mut obj)?;
     let out = write(ctx, name, obj, &old, mode_for(&ctx.res, ctx.sub.as_deref())).await?;
     Ok(json_response(StatusCode::OK, &out))
 }
@@ -641,28 +730,37 @@ pub(crate) async fn patch(ctx: &Ctx) -> Result<Response, ApiError> {
     if kind == PatchKind::Strategic && !shoal_kube::patch::strategic_merge_supported(&ctx.res.group, &ctx.res.kind) {
         return Err(ApiError::unsupported_media(&ctx.content_type));
     }
+    if kind != PatchKind::Apply && ctx.query.contains_key("force") {
+        return Err(ApiError::new(
+            422,
+            "Invalid",
+            "PatchOptions.meta.k8s.io \"\" is invalid: force: Forbidden: may not be specified for non-apply patch",
+        ));
+    }
+    let owned_apply = kind == PatchKind::Apply && ctx.sub.is_none();
     for _ in 0..8 {
         let old = match ctx.state.objects.get(&ctx.res, ctx.ns(), name).await {
             Ok(Some(mut o)) => {
                 set_type_meta(&ctx.res, &mut o);
                 o
             }
-            Ok(None) if kind == PatchKind::Apply && ctx.sub.is_none() => {
+            Ok(None) if owned_apply => {
                 // Server-side apply of an object that does not exist creates it.
-                let mut obj = yaml_to_json(&ctx.body)?;
-                if !obj.is_object() {
-                    return Err(ApiError::bad_request("the applied configuration must be an object"));
-                }
+                let mut obj = server_side_apply(ctx, None)?;
                 if obj["metadata"]["name"].as_str().is_some_and(|n| n != name) {
                     return Err(ApiError::bad_request("the name of the object does not match the name on the URL"));
                 }
                 obj["metadata"]["name"] = json!(name);
-                return create_object(ctx, obj).await;
+                return create_owned(ctx, obj, true).await;
             }
             Ok(None) => return Err(ApiError::not_found(&ctx.res, name)),
             Err(e) => return Err(ApiError::from_objects(e, &ctx.res, name)),
         };
-        let mut next = apply_patch(kind, &old, &ctx.body, &ctx.res.group, &ctx.res.kind)?;
+        let mut next = if owned_apply {
+            server_side_apply(ctx, Some(&old))?
+        } else {
+            apply_patch(kind, &old, &ctx.body, &ctx.res.group, &ctx.res.kind)?
+        };
         let rv_from_patch = next["metadata"]["resourceVersion"] != old["metadata"]["resourceVersion"];
         if !rv_from_patch {
             next["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"].clone();
@@ -670,6 +768,9 @@ pub(crate) async fn patch(ctx: &Ctx) -> Result<Response, ApiError> {
         check_type_meta(&ctx.res, &next)?;
         prepare_update(ctx, name, &mut next, &old).await?;
         admit_update(ctx, &mut next, &old).await?;
+        if !owned_apply {
+            record_update(ctx, Some(&old), &mut next)?;
+        }
         match write(ctx, name, next, &old, mode_for(&ctx.res, ctx.sub.as_deref())).await {
             Ok(out) => return Ok(json_response(StatusCode::OK, &out)),
             Err(e) if e.reason == "Conflict" && !rv_from_patch => continue,

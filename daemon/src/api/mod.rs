@@ -129,6 +129,8 @@ pub struct ApiConfig {
     /// Where mutating requests are recorded; None: nowhere.
     pub audit: Option<Arc<AuditLog>>,
     /// CIDRs Services' `externalIPs` may use (`[admission] external_ip_cidrs`); empty: none.
+    /// The Service range ClusterIPs come from (`[network] service_cidr`).
+    pub service_cidr: shoal_kube::service_cidr::ServiceCidr,
     pub external_ip_cidrs: Vec<String>,
     /// Pod Security labels a namespace gets unless it sets them (`[admission.pod_security]`),
     /// label key to value; empty: privileged everywhere, as upstream.
@@ -161,6 +163,7 @@ impl ApiConfig {
             max_token_expiration: Duration::from_secs(crate::auth::sa_token::DEFAULT_MAX_EXPIRATION_SECS as u64),
             audit: None,
             external_ip_cidrs: Vec::new(),
+            service_cidr: Default::default(),
             pod_security_defaults: Default::default(),
             revoked: Default::default(),
         }
@@ -184,6 +187,8 @@ pub(crate) struct ApiState {
     pub audit: Option<Arc<AuditLog>>,
     /// Cancelled when the server stops; open watches and log streams end with it.
     pub shutdown: CancellationToken,
+    /// See [`ApiConfig::service_cidr`].
+    pub service_cidr: shoal_kube::service_cidr::ServiceCidr,
     /// See [`ApiConfig::external_ip_cidrs`].
     pub external_ip_cidrs: Vec<String>,
     /// See [`ApiConfig::pod_security_defaults`].
@@ -231,6 +236,7 @@ impl Server {
             audit: self.cfg.audit.clone(),
             shutdown: shutdown.child_token(),
             external_ip_cidrs: self.cfg.external_ip_cidrs.clone(),
+            service_cidr: self.cfg.service_cidr,
             pod_security_defaults: self.cfg.pod_security_defaults.clone(),
         });
         let tracker = TaskTracker::new();
@@ -325,8 +331,9 @@ impl Server {
 pub(crate) async fn create_system_service(
     objects: &Objects,
     obj: serde_json::Value,
+    range: &shoal_kube::service_cidr::ServiceCidr,
 ) -> Result<serde_json::Value, String> {
-    service::create_system(objects, obj).await.map_err(|e| e.message)
+    service::create_system(objects, obj, range).await.map_err(|e| e.message)
 }
 
 /// Binds and serves until `shutdown` (see [`Server`] to learn the bound port first).

@@ -52,6 +52,55 @@ fn operation(r: &Resource, action: &str, params: &[&str]) -> Value {
     op
 }
 
+/// The paths of one resource (collection, object and, with `subresources`, its status and
+/// scale), each verb's operation built by the document's own `operation` (v2 and v3 differ
+/// there, not in the table).
+pub(crate) fn insert_paths(
+    paths: &mut Map<String, Value>,
+    r: &Resource,
+    subresources: bool,
+    operation: fn(&Resource, &str, &[&str]) -> Value,
+) {
+    let base = format!("/{}", gv_path(r));
+    let coll = if r.namespaced {
+        format!("{base}/namespaces/{{namespace}}/{}", r.plural)
+    } else {
+        format!("{base}/{}", r.plural)
+    };
+    const WRITE: &[&str] = &["dryRun", "fieldManager", "fieldValidation"];
+    const PATCH: &[&str] = &["dryRun", "fieldManager", "fieldValidation", "force"];
+    paths.insert(
+        coll.clone(),
+        json!({
+            "get": operation(r, "list", &["labelSelector", "fieldSelector", "watch"]),
+            "post": operation(r, "post", WRITE),
+            "delete": operation(r, "deletecollection", &["labelSelector", "fieldSelector"]),
+        }),
+    );
+    paths.insert(
+        format!("{coll}/{{name}}"),
+        json!({
+            "get": operation(r, "get", &[]),
+            "put": operation(r, "put", WRITE),
+            "patch": operation(r, "patch", PATCH),
+            "delete": operation(r, "delete", &["dryRun", "gracePeriodSeconds", "propagationPolicy"]),
+        }),
+    );
+    if !subresources {
+        return;
+    }
+    for sub in r.subresources.iter().filter(|s| *s == "status" || *s == "scale") {
+        paths.insert(
+            format!("{coll}/{{name}}/{sub}"),
+            json!({
+                "get": operation(r, "get", &[]),
+                "put": operation(r, "put", WRITE),
+                "patch": operation(r, "patch", PATCH),
+            }),
+        );
+    }
+}
+
 pub(crate) const OBJECT_META: &str = "io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta";
 
 /// The schema name upstream gives a custom kind: the group's labels reversed, then version and
@@ -130,39 +179,7 @@ pub(crate) fn document(
         schemas.extend(custom);
     }
     for r in mine {
-        let base = format!("/{}", gv_path(r));
-        let coll = if r.namespaced {
-            format!("{base}/namespaces/{{namespace}}/{}", r.plural)
-        } else {
-            format!("{base}/{}", r.plural)
-        };
-        paths.insert(
-            coll.clone(),
-            json!({
-                "get": operation(r, "list", &["labelSelector", "fieldSelector", "watch"]),
-                "post": operation(r, "post", &["dryRun", "fieldManager", "fieldValidation"]),
-                "delete": operation(r, "deletecollection", &["labelSelector", "fieldSelector"]),
-            }),
-        );
-        paths.insert(
-            format!("{coll}/{{name}}"),
-            json!({
-                "get": operation(r, "get", &[]),
-                "put": operation(r, "put", &["dryRun", "fieldManager", "fieldValidation"]),
-                "patch": operation(r, "patch", &["dryRun", "fieldManager", "fieldValidation", "force"]),
-                "delete": operation(r, "delete", &["dryRun", "gracePeriodSeconds", "propagationPolicy"]),
-            }),
-        );
-        for sub in r.subresources.iter().filter(|s| *s == "status" || *s == "scale") {
-            paths.insert(
-                format!("{coll}/{{name}}/{sub}"),
-                json!({
-                    "get": operation(r, "get", &[]),
-                    "put": operation(r, "put", &["dryRun", "fieldManager", "fieldValidation"]),
-                    "patch": operation(r, "patch", &["dryRun", "fieldManager", "fieldValidation", "force"]),
-                }),
-            );
-        }
+        insert_paths(&mut paths, r, true, operation);
     }
     Some(json!({
         "openapi": "3.0.0",

@@ -150,30 +150,7 @@ pub(crate) fn document(resources: &[Resource], crds: &[Value]) -> Value {
     }
     let mut paths = Map::new();
     for r in resources {
-        let base =
-            if r.group.is_empty() { format!("/api/{}", r.version) } else { format!("/apis/{}/{}", r.group, r.version) };
-        let coll = if r.namespaced {
-            format!("{base}/namespaces/{{namespace}}/{}", r.plural)
-        } else {
-            format!("{base}/{}", r.plural)
-        };
-        paths.insert(
-            coll.clone(),
-            json!({
-                "get": operation(r, "list", &["labelSelector", "fieldSelector", "watch"]),
-                "post": operation(r, "post", &["dryRun", "fieldManager", "fieldValidation"]),
-                "delete": operation(r, "deletecollection", &["labelSelector", "fieldSelector"]),
-            }),
-        );
-        paths.insert(
-            format!("{coll}/{{name}}"),
-            json!({
-                "get": operation(r, "get", &[]),
-                "put": operation(r, "put", &["dryRun", "fieldManager", "fieldValidation"]),
-                "patch": operation(r, "patch", &["dryRun", "fieldManager", "fieldValidation", "force"]),
-                "delete": operation(r, "delete", &["dryRun", "gracePeriodSeconds", "propagationPolicy"]),
-            }),
-        );
+        super::openapi::insert_paths(&mut paths, r, false, operation);
     }
     json!({
         "swagger": "2.0",

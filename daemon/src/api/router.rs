@@ -338,10 +338,22 @@ async fn resource(
     let accept = header_str(req.headers(), header::ACCEPT);
     let content_type = header_str(req.headers(), header::CONTENT_TYPE);
     let user = req.extensions().get::<Arc<UserInfo>>().cloned();
+    let user_agent = header_str(req.headers(), header::USER_AGENT);
     let needs_body = matches!(method, Method::POST | Method::PUT | Method::PATCH | Method::DELETE);
     let body = if needs_body { read_body(req.into_body(), state.max_body_bytes).await? } else { bytes::Bytes::new() };
-    let ctx =
-        Ctx { state, res, ns: target.ns, name: target.name, sub: target.sub, query, accept, content_type, body, user };
+    let ctx = Ctx {
+        state,
+        res,
+        ns: target.ns,
+        name: target.name,
+        sub: target.sub,
+        query,
+        accept,
+        content_type,
+        body,
+        user,
+        user_agent,
+    };
     if ctx.res.group == events_v1::GROUP {
         return events_v1::serve(ctx, method).await;
     }

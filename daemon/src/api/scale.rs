@@ -69,6 +69,7 @@ pub(crate) async fn write(ctx: &Ctx, patch: Option<PatchKind>) -> Result<Value, 
         }
         let mut next = cur.clone();
         next["spec"]["replicas"] = json!(replicas);
+        super::crud::record_update(ctx, Some(&cur), &mut next)?;
         if ctx.dry_run() {
             // dryRun=All: the answer as if stored, nothing written.
             return Ok(scale_of(&next));

@@ -1,4 +1,4 @@
-//! Services: defaults, validation, and the allocators of ClusterIPs (10.43.0.0/16) and
+//! Services: defaults, validation, and the allocators of ClusterIPs (`[network] service_cidr`) and
 //! NodePorts (30000-32767). Each allocation is a key in the store, claimed with a
 //! compare-and-swap (`/shoal/alloc/serviceips/<ip>`, `/shoal/alloc/nodeports/<port>`, value
 //! `<namespace>/<name>`), so two API nodes never hand out the same one.
@@ -12,11 +12,7 @@ use super::status::{ApiError, Cause};
 
 const IP_PREFIX: &str = "/shoal/alloc/serviceips/";
 const PORT_PREFIX: &str = "/shoal/alloc/nodeports/";
-/// 10.43.0.0/16; the first 16 addresses are only handed out when asked for by name
-/// (10.43.0.1 is the `kubernetes` Service, 10.43.0.10 cluster DNS).
-const CIDR_BASE: u32 = u32::from_be_bytes([10, 43, 0, 0]);
-const CIDR_SIZE: u32 = 1 << 16;
-const RESERVED_LOW: u32 = 16;
+use shoal_kube::service_cidr::ServiceCidr;
 pub(crate) const NODE_PORT_MIN: u16 = 30000;
 pub(crate) const NODE_PORT_MAX: u16 = 32767;
 
@@ -98,7 +94,8 @@ pub(crate) fn default(obj: &mut Value, old: Option<&Value>) {
     }
 }
 
-pub(crate) fn validate(obj: &Value) -> Vec<Cause> {
+/// Checks a Service; a ClusterIP asked for by name must be inside `range`.
+pub(crate) fn validate(obj: &Value, range: &ServiceCidr) -> Vec<Cause> {
     let mut causes = Vec::new();
     let ty = svc_type(obj);
     if !TYPES.contains(&ty) {
@@ -152,16 +149,15 @@ pub(crate) fn validate(obj: &Value) -> Vec<Cause> {
     }
     if let Some(ip) = obj["spec"]["clusterIP"].as_str().filter(|s| !s.is_empty() && *s != "None") {
         match ip.parse::<Ipv4Addr>() {
-            Ok(a) if in_range(a) => {}
-            _ => causes.push(Cause::invalid("spec.clusterIPs", ip, "failed to allocate IP: the provided IP is not in the valid range. The range of valid IPs is 10.43.0.0/16")),
+            Ok(a) if range.contains(a) => {}
+            _ => causes.push(Cause::invalid(
+                "spec.clusterIPs",
+                ip,
+                &format!("failed to allocate IP: the provided IP is not in the valid range. The range of valid IPs is {range}"),
+            )),
         }
     }
     causes
-}
-
-fn in_range(a: Ipv4Addr) -> bool {
-    let n = u32::from(a);
-    n > CIDR_BASE && n < CIDR_BASE + CIDR_SIZE - 1
 }
 
 fn owner(obj: &Value) -> String {
@@ -204,16 +200,16 @@ pub(crate) async fn release(objects: &Objects, keys: &[String]) {
 
 /// Creates a Service the cluster itself owns (the `kubernetes` Service): defaulted and with its
 /// addresses claimed exactly as a Service created through the API.
-pub(crate) async fn create_system(objects: &Objects, mut obj: Value) -> Result<Value, ApiError> {
+pub(crate) async fn create_system(objects: &Objects, mut obj: Value, range: &ServiceCidr) -> Result<Value, ApiError> {
     let res = super::registry::builtin("", "services");
     let ns = obj["metadata"]["namespace"].as_str().unwrap_or("default").to_string();
     let name = obj["metadata"]["name"].as_str().unwrap_or_default().to_string();
     default(&mut obj, None);
-    let causes = validate(&obj);
+    let causes = validate(&obj, range);
     if !causes.is_empty() {
         return Err(ApiError::invalid(&res, &name, causes));
     }
-    let claimed = allocate(objects, &mut obj, None).await?;
+    let claimed = allocate(objects, &mut obj, None, range).await?;
     match objects.create(&res, Some(&ns), obj).await {
         Ok(created) => Ok(created),
         Err(e) => {
@@ -239,7 +235,12 @@ pub(crate) fn held_keys(obj: &Value) -> Vec<String> {
 
 /// Allocates what the Service needs and does not hold yet; returns the keys newly claimed (to
 /// release if the write fails).
-pub(crate) async fn allocate(objects: &Objects, obj: &mut Value, old: Option<&Value>) -> Result<Vec<String>, ApiError> {
+pub(crate) async fn allocate(
+    objects: &Objects,
+    obj: &mut Value,
+    old: Option<&Value>,
+    range: &ServiceCidr,
+) -> Result<Vec<String>, ApiError> {
     let who = owner(obj);
     let name = obj["metadata"]["name"].as_str().unwrap_or_default().to_string();
     let res = super::registry::builtin("", "services");
@@ -280,8 +281,7 @@ pub(crate) async fn allocate(objects: &Objects, obj: &mut Value, old: Option<&Va
                 None => {
                     let mut got = None;
                     for _ in 0..64 {
-                        let n = CIDR_BASE + rand::random_range(RESERVED_LOW..CIDR_SIZE - 1);
-                        let ip = Ipv4Addr::from(n).to_string();
+                        let ip = range.nth(rand::random_range(range.dynamic_offsets())).to_string();
                         let key = format!("{IP_PREFIX}{ip}");
                         if claim(objects, &key, &who).await? {
                             claimed.push(key);
@@ -372,8 +372,8 @@ mod tests {
         let objects = Objects::new(Store::in_memory());
         let mut a = json!({"metadata": {"name": "a", "namespace": "default"}, "spec": {"type": "NodePort", "ports": [{"port": 80}]}});
         default(&mut a, None);
-        assert!(validate(&a).is_empty());
-        allocate(&objects, &mut a, None).await.unwrap();
+        assert!(validate(&a, &ServiceCidr::default()).is_empty());
+        allocate(&objects, &mut a, None, &ServiceCidr::default()).await.unwrap();
         assert_eq!(a["spec"]["ports"][0]["targetPort"], 80);
         assert_eq!(a["spec"]["ports"][0]["protocol"], "TCP");
         let ip = a["spec"]["clusterIP"].as_str().unwrap().to_string();
@@ -383,12 +383,30 @@ mod tests {
         // The same IP cannot be claimed by another Service.
         let mut b = json!({"metadata": {"name": "b", "namespace": "default"}, "spec": {"clusterIP": ip, "ports": [{"port": 80}]}});
         default(&mut b, None);
-        assert_eq!(allocate(&objects, &mut b, None).await.unwrap_err().code, 422);
+        assert_eq!(allocate(&objects, &mut b, None, &ServiceCidr::default()).await.unwrap_err().code, 422);
         // An update keeps what the client left out.
         let mut a2 = json!({"metadata": {"name": "a", "namespace": "default"}, "spec": {"type": "NodePort", "ports": [{"port": 80}]}});
         default(&mut a2, Some(&a));
-        assert!(allocate(&objects, &mut a2, Some(&a)).await.unwrap().is_empty());
+        assert!(allocate(&objects, &mut a2, Some(&a), &ServiceCidr::default()).await.unwrap().is_empty());
         assert_eq!(a2["spec"]["clusterIP"], a["spec"]["clusterIP"]);
         assert_eq!(a2["spec"]["ports"][0]["nodePort"], np);
+    }
+
+    #[tokio::test]
+    async fn a_configured_range_is_where_addresses_come_from() {
+        let objects = Objects::new(Store::in_memory());
+        let range = ServiceCidr::parse("192.168.7.0/27").unwrap();
+        for i in 0..8 {
+            let mut s = json!({"metadata": {"name": format!("s{i}"), "namespace": "default"}, "spec": {"ports": [{"port": 80}]}});
+            default(&mut s, None);
+            allocate(&objects, &mut s, None, &range).await.unwrap();
+            let ip: Ipv4Addr = s["spec"]["clusterIP"].as_str().unwrap().parse().unwrap();
+            assert!(range.contains(ip) && u32::from(ip) >= u32::from(range.nth(16)), "{ip}");
+        }
+        let mut outside =
+            json!({"metadata": {"name": "o"}, "spec": {"clusterIP": "10.43.0.5", "ports": [{"port": 80}]}});
+        default(&mut outside, None);
+        let causes = validate(&outside, &range);
+        assert!(causes[0].message.ends_with("The range of valid IPs is 192.168.7.0/27"), "{}", causes[0].message);
     }
 }

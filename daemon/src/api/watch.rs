@@ -189,6 +189,7 @@ mod tests {
             heartbeats: None,
             shutdown: CancellationToken::new(),
             external_ip_cidrs: Vec::new(),
+            service_cidr: Default::default(),
             pod_security_defaults: Default::default(),
         })
     }
@@ -204,6 +205,7 @@ mod tests {
             accept: "application/json".into(),
             content_type: String::new(),
             user: None,
+            user_agent: String::new(),
             body: Bytes::new(),
         }
     }

@@ -1,5 +1,5 @@
-//! The `kubernetes` Service in `default`: ClusterIP 10.43.0.1 (the first address of the
-//! service range), port 443 to the API server's 6443 on every live node. Its Endpoints list the
+//! The `kubernetes` Service in `default`: its ClusterIP is the first address of the service
+//! range (`[network] service_cidr`, 10.43.0.1 by default), port 443 to the API server's 6443 on every live node. Its Endpoints list the
 //! InternalIP of each node that gossip sees alive (or, before gossip has an opinion, whose
 //! `Ready` condition is True), so in-cluster clients reach the API through the Service proxy.
 use std::collections::BTreeSet;
@@ -14,8 +14,6 @@ use super::{Context, Error, Kinds, Result};
 
 const NAMESPACE: &str = "default";
 const NAME: &str = "kubernetes";
-/// The first address of the service CIDR (10.43.0.0/16).
-pub(crate) const CLUSTER_IP: &str = "10.43.0.1";
 /// Where every node serves the API.
 pub(crate) const API_PORT: i64 = 6443;
 
@@ -53,7 +51,7 @@ fn if_ours(ev: &ObjectEvent) -> Vec<ObjKey> {
 }
 
 /// The Service as the cluster creates it.
-pub(crate) fn service() -> Value {
+pub(crate) fn service(range: &shoal_kube::service_cidr::ServiceCidr) -> Value {
     json!({
         "apiVersion": "v1",
         "kind": "Service",
@@ -64,7 +62,7 @@ pub(crate) fn service() -> Value {
         },
         "spec": {
             "type": "ClusterIP",
-            "clusterIP": CLUSTER_IP,
+            "clusterIP": range.kubernetes_ip().to_string(),
             "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": API_PORT}],
             "sessionAffinity": "None",
         },
@@ -101,8 +99,9 @@ pub(crate) async fn reconcile(_key: ObjKey, ctx: Arc<Context>) -> Result<Action>
         return Ok(Action::requeue(std::time::Duration::from_secs(1)));
     }
     if util::get(&ctx.objects, &k.services, Some(NAMESPACE), NAME).await?.is_none() {
-        match crate::api::create_system_service(&ctx.objects, service()).await {
-            Ok(_) => tracing::info!(ip = CLUSTER_IP, "created the kubernetes service"),
+        let range = &ctx.config.service_cidr;
+        match crate::api::create_system_service(&ctx.objects, service(range), range).await {
+            Ok(_) => tracing::info!(ip = %range.kubernetes_ip(), "created the kubernetes service"),
             Err(reason) if reason.contains("already exists") => {}
             Err(reason) => return Err(Error::InvalidSpec { what: "the kubernetes Service".into(), reason }),
         }
@@ -169,7 +168,7 @@ mod tests {
         }
         reconcile(ObjKey::new(None, NAME), ctx.clone()).await.unwrap();
         let svc = objects.get(&k.services, Some(NAMESPACE), NAME).await.unwrap().unwrap();
-        assert_eq!(svc["spec"]["clusterIP"], CLUSTER_IP);
+        assert_eq!(svc["spec"]["clusterIP"], "10.43.0.1");
         assert_eq!(svc["spec"]["ports"][0]["port"], 443);
         let ips = |ep: &Value| ep["subsets"][0]["addresses"].clone();
         let ep = objects.get(&k.endpoints, Some(NAMESPACE), NAME).await.unwrap().unwrap();
@@ -181,7 +180,7 @@ mod tests {
         let ep = objects.get(&k.endpoints, Some(NAMESPACE), NAME).await.unwrap().unwrap();
         assert_eq!(ips(&ep), json!([{"ip": "10.77.0.1"}, {"ip": "10.77.0.3"}]));
         let svc = objects.get(&k.services, Some(NAMESPACE), NAME).await.unwrap().unwrap();
-        assert_eq!(svc["spec"]["clusterIP"], CLUSTER_IP);
+        assert_eq!(svc["spec"]["clusterIP"], "10.43.0.1");
     }
 
     #[test]
@@ -194,6 +193,8 @@ mod tests {
         assert_eq!(s[0]["addresses"], json!([{"ip": "10.77.0.1"}, {"ip": "10.77.0.2"}]));
         assert_eq!(s[0]["ports"][0]["port"], 6443);
         assert_eq!(subsets(&BTreeSet::new()), json!([]));
-        assert_eq!(service()["spec"]["clusterIP"], "10.43.0.1");
+        assert_eq!(service(&Default::default())["spec"]["clusterIP"], "10.43.0.1");
+        let wide = shoal_kube::service_cidr::ServiceCidr::parse("10.96.0.0/12").unwrap();
+        assert_eq!(service(&wide)["spec"]["clusterIP"], "10.96.0.1");
     }
 }

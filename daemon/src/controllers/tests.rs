@@ -221,6 +221,7 @@ fn fast() -> ControllerConfig {
         job_backoff_max: Duration::from_millis(400),
         resync_period: Duration::from_secs(5),
         pod_security_defaults: Default::default(),
+        service_cidr: Default::default(),
     }
 }
 

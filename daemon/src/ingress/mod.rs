@@ -60,11 +60,18 @@ pub struct Ingress {
     node_ip: IpAddr,
     cfg: IngressConfig,
     listen: IpAddr,
+    service_cidr: shoal_kube::service_cidr::ServiceCidr,
 }
 
 impl Ingress {
     pub fn new(objects: Objects, node: String, node_ip: IpAddr, cfg: IngressConfig) -> Ingress {
-        Ingress { objects, node, node_ip, cfg, listen: IpAddr::from([0, 0, 0, 0]) }
+        Ingress { objects, node, node_ip, cfg, listen: IpAddr::from([0, 0, 0, 0]), service_cidr: Default::default() }
+    }
+
+    /// Takes its Service's ClusterIP from this range (`[network] service_cidr`).
+    pub fn with_service_cidr(mut self, range: shoal_kube::service_cidr::ServiceCidr) -> Ingress {
+        self.service_cidr = range;
+        self
     }
 
     /// Listens on this address instead of 0.0.0.0 (tests).
@@ -116,11 +123,12 @@ impl Ingress {
         };
         let objects = self.objects.clone();
         let (node, ip, http, https) = (self.node.clone(), self.node_ip, self.cfg.http_port, self.cfg.https_port);
+        let range = self.service_cidr;
         let ensure_stop = stop.clone();
         tokio::spawn(async move {
             let mut wait = Duration::from_millis(200);
             loop {
-                match status::ensure_objects(&objects, &node, ip, http, https).await {
+                match status::ensure_objects(&objects, &node, ip, http, https, &range).await {
                     Ok(()) => return,
                     Err(e) => tracing::debug!(error = %e, "ingress system objects not created yet; retrying"),
                 }

@@ -64,6 +64,7 @@ pub(crate) async fn ensure_objects(
     ip: IpAddr,
     http: u16,
     https: u16,
+    range: &shoal_kube::service_cidr::ServiceCidr,
 ) -> Result<(), String> {
     let (Some(classes), Some(namespaces), Some(slices)) =
         (res("networking.k8s.io", "ingressclasses"), res("", "namespaces"), res("discovery.k8s.io", "endpointslices"))
@@ -82,7 +83,7 @@ pub(crate) async fn ensure_objects(
         Err(e) if exists(&e) => {}
         Err(e) => return Err(format!("create namespace {NAMESPACE}: {e}")),
     }
-    match crate::api::create_system_service(objects, service(http, https)).await {
+    match crate::api::create_system_service(objects, service(http, https), range).await {
         Ok(_) => tracing::info!("created the ingress service"),
         Err(reason) if reason.contains("already exists") => {}
         Err(reason) => return Err(format!("create Service {NAMESPACE}/{SERVICE}: {reason}")),

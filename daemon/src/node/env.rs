@@ -67,7 +67,7 @@ pub(crate) async fn container_env(pod: &Value, c: &Value, ip: Option<Ipv4Addr>, 
     if pod["spec"]["enableServiceLinks"].as_bool() != Some(false) {
         out.extend(service_links(cfg, ns).await);
     }
-    out.push("KUBERNETES_SERVICE_HOST=10.43.0.1".into());
+    out.push(format!("KUBERNETES_SERVICE_HOST={}", cfg.kubernetes_ip));
     out.push("KUBERNETES_SERVICE_PORT=443".into());
     let get = |plural: &'static str, name: String| {
         let objects = cfg.objects.clone();

@@ -59,6 +59,8 @@ pub struct AgentConfig {
     pub store: Store,
     pub pod_cidr: String,
     pub dns_ip: String,
+    /// The `kubernetes` Service's ClusterIP (`KUBERNETES_SERVICE_HOST`).
+    pub kubernetes_ip: String,
 }
 
 /// Shared state of the agent and its pod workers.

@@ -68,6 +68,9 @@ pub struct ControllerConfig {
     /// Pod Security labels a namespace gets unless it sets them (`[admission.pod_security]`),
     /// applied to the pods the controllers create.
     pub pod_security_defaults: std::collections::BTreeMap<String, String>,
+    /// The Service range (`[network] service_cidr`): the `kubernetes` Service takes its first
+    /// address.
+    pub service_cidr: shoal_kube::service_cidr::ServiceCidr,
 }
 
 impl Default for ControllerConfig {
@@ -78,6 +81,7 @@ impl Default for ControllerConfig {
             job_backoff_max: Duration::from_secs(360),
             resync_period: Duration::from_secs(30),
             pod_security_defaults: Default::default(),
+            service_cidr: Default::default(),
         }
     }
 }

@@ -1,11 +1,13 @@
 //! Patches as the Kubernetes API applies them: JSON patch (RFC 6902), JSON merge patch
 //! (RFC 7386), strategic merge patch (the merge keys and directives of apimachinery's
-//! `strategicpatch`, for the built-in kinds) and server-side apply as an upsert.
+//! `strategicpatch`, for the built-in kinds) and server-side apply with field ownership
+//! ([`managed`]).
 //!
 //! Every function is pure: it takes the live object and the request body and returns the new
 //! object, or an [`Error`] that the API turns into a `Status` (see [`Error::http_code`]). Nothing
 //! here panics on any input.
 
+pub mod managed;
 mod schema;
 mod strategic;
 
@@ -42,6 +44,12 @@ pub enum Error {
     /// The patch nests deeper than any Kubernetes object.
     #[error("patch nests deeper than {0} levels")]
     TooDeep(usize),
+    /// `metadata.managedFields` of the request cannot be read.
+    #[error("metadata.managedFields: Invalid value: {0}")]
+    InvalidManagedFields(String),
+    /// Server-side apply would change fields other managers own (409 unless forced).
+    #[error("{}", managed::conflict_message(.0))]
+    Conflict(Vec<managed::Conflict>),
 }
 
 impl Error {
@@ -49,7 +57,8 @@ impl Error {
     /// that decodes but cannot be applied (as kube-apiserver does).
     pub fn http_code(&self) -> u16 {
         match self {
-            Error::DecodePatch(_) => 400,
+            Error::DecodePatch(_) | Error::InvalidManagedFields(_) => 400,
+            Error::Conflict(_) => 409,
             _ => 422,
         }
     }
@@ -57,17 +66,38 @@ impl Error {
     /// `Status.reason` matching [`Error::http_code`].
     pub fn reason(&self) -> &'static str {
         match self {
-            Error::DecodePatch(_) => "BadRequest",
+            Error::DecodePatch(_) | Error::InvalidManagedFields(_) => "BadRequest",
+            Error::Conflict(_) => "Conflict",
             _ => "Invalid",
         }
     }
 
+    /// `Status.details` of the answer: the `FieldManagerConflict` causes of a conflict.
+    pub fn details(&self) -> Option<Value> {
+        let Error::Conflict(conflicts) = self else { return None };
+        let causes: Vec<Value> = conflicts
+            .iter()
+            .map(|c| {
+                serde_json::json!({
+                    "reason": "FieldManagerConflict",
+                    "message": format!("conflict with {}", c.manager),
+                    "field": c.field,
+                })
+            })
+            .collect();
+        Some(serde_json::json!({ "causes": causes }))
+    }
+
     /// The `Status` object the API answers with.
     pub fn to_status(&self) -> Value {
-        serde_json::json!({
+        let mut s = serde_json::json!({
             "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
             "message": self.to_string(), "reason": self.reason(), "code": self.http_code(),
-        })
+        });
+        if let Some(d) = self.details() {
+            s["details"] = d;
+        }
+        s
     }
 }
 
@@ -173,9 +203,9 @@ pub fn apply_strategic_merge_patch(doc: &Value, patch: &[u8], group: &str, kind:
 /// configuration is merged into the live object with the strategic merge rules (maps merged,
 /// lists with merge keys merged by key, other lists replaced).
 ///
-/// Field ownership is not tracked: there is no `managedFields` bookkeeping, no conflict
-/// detection (`force` has no effect) and fields dropped from the applied configuration are not
-/// removed from the live object.
+/// This is the merge alone, without field ownership; the API applies with
+/// [`managed::apply`], which tracks `managedFields`, detects conflicts and removes the fields a
+/// manager stops applying.
 pub fn server_side_apply(live: Option<Value>, applied: Value, group: &str, kind: &str) -> Result<Value> {
     let applied = ensure_object(applied)?;
     match live {
