@@ -61,6 +61,10 @@ pub enum Request {
     GossipKeyStatus,
     SecretsEncryptStatus,
     SecretsEncryptRotate,
+    /// `shoal node remove NAME`: a stopped member leaves the cluster for good.
+    NodeRemove {
+        name: String,
+    },
     /// Keep this connection open for more requests (answered `null`); only as the first line.
     Session,
 }

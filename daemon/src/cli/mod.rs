@@ -117,6 +117,13 @@ enum Cmd {
         #[arg(long, value_parser = parse_ttl)]
         ttl: Option<i64>,
     },
+    /// Manage the members of the cluster.
+    Node {
+        #[command(flatten)]
+        dir: DataDir,
+        #[command(subcommand)]
+        op: NodeOp,
+    },
     /// Manage the images of this node.
     Image {
         #[command(flatten)]
@@ -183,6 +190,17 @@ enum TokenOp {
     },
     /// Delete a join token (by id, or the whole token): nodes can no longer join with it.
     Delete { id: String },
+}
+
+#[derive(Subcommand)]
+enum NodeOp {
+    /// Remove a stopped member (a witness, or a node gone for good) from the cluster: it stops
+    /// voting, its record and its Node object are deleted. With two members left, one votes and
+    /// the other follows (no fault tolerance; `shoal status` says so).
+    Remove {
+        /// The member's name, as `shoal status` shows it.
+        name: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -295,6 +313,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let report = shoal::cluster::promote_force(&dir.data_dir)
                 .with_context(|| format!("promoting the node in {}", dir.data_dir.display()))?;
             println!("{report}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Node { dir, op: NodeOp::Remove { name } } => {
+            let v = control::call(&dir.data_dir, &Request::NodeRemove { name }).await?;
+            println!("{}", v.as_str().unwrap_or_default());
             Ok(ExitCode::SUCCESS)
         }
         Cmd::GossipKey { dir, op, json } => gossip_key(&dir.data_dir, op, json).await,
