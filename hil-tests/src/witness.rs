@@ -20,6 +20,10 @@ use crate::shoal::{self, ms, Cluster, CONVERGE_TIMEOUT};
 /// Hosts: two workload nodes and the witness.
 pub const HOSTS: usize = 3;
 
+/// How long the members may take to see each other again after a node (re)starts: on a loaded
+/// 2-core machine a debug node's start-up alone took most of a minute.
+const RESTART_TIMEOUT: Duration = Duration::from_secs(180);
+
 fn nothing_on_witness(name: &str, k: &Kubectl<'_>, via: &str, witness: &str) -> Result<()> {
     let nodes = k.on(via, &["get", "nodes", "-o", "name"]).map_err(|e| failed(name, e))?;
     if nodes.lines().any(|l| l.trim() == format!("node/{witness}")) {
@@ -54,7 +58,7 @@ pub fn witness(rig: &dyn Rig, _opts: &ScenarioOptions) -> Result<Measured> {
     launch.extra_args.push("--witness".into());
     rig.start(&w, &launch)?;
     cluster.members.push(w.clone());
-    cluster.wait_converged(CONVERGE_TIMEOUT)?;
+    cluster.wait_converged(RESTART_TIMEOUT)?;
     let st = shoal::status(rig, &workers[0])?;
     if st.voters().len() != 3 {
         return Err(failed(name, format!("voters {:?}, want both workload nodes and the witness", st.voters())));
@@ -154,10 +158,10 @@ pub fn witness(rig: &dyn Rig, _opts: &ScenarioOptions) -> Result<Measured> {
     // The workload node comes back; the witness becomes a workload node and takes pods.
     let roles_at = Instant::now();
     rig.restart(&victim)?;
-    cluster.wait_converged(CONVERGE_TIMEOUT)?;
+    cluster.wait_converged(RESTART_TIMEOUT)?;
     rig.stop(&w, Duration::from_secs(10))?;
     rig.start(&w, &worker_launch)?;
-    cluster.wait_converged(CONVERGE_TIMEOUT)?;
+    cluster.wait_converged(RESTART_TIMEOUT)?;
     node_role_is(name, rig, &survivor, &w, "worker")?;
     let ready = "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}";
     wait_until(&format!("kubectl get node {w}: Ready"), CONVERGE_TIMEOUT, Duration::from_millis(500), || {
@@ -186,7 +190,7 @@ pub fn witness(rig: &dyn Rig, _opts: &ScenarioOptions) -> Result<Measured> {
     // and its Node object goes.
     rig.stop(&w, Duration::from_secs(10))?;
     rig.start(&w, &launch)?;
-    cluster.wait_converged(CONVERGE_TIMEOUT)?;
+    cluster.wait_converged(RESTART_TIMEOUT)?;
     node_role_is(name, rig, &survivor, &w, "witness")?;
     wait_until(&format!("{w} drained"), Duration::from_secs(120), Duration::from_secs(1), || {
         placed = k.running_pods(&survivor, "app=near-w");
