@@ -538,19 +538,8 @@ impl RaftNode {
         let mut last_err = String::from("no leader known");
         let req = AddLearnerRequest { node_id, addr };
         loop {
-            let reply = match self.leader() {
-                Some((id, _)) if id == self.cfg.node_id => Some(self.add_learner_local(req.clone()).await),
-                Some((_, addr)) => {
-                    match self.call::<_, AdminReply>(&addr, service::ADD_LEARNER_LEADER, &req, deadline).await {
-                        Ok(r) => Some(r),
-                        Err(e) => {
-                            last_err = e.to_string();
-                            None
-                        }
-                    }
-                }
-                None => None,
-            };
+            let local = self.add_learner_local(req.clone());
+            let reply = self.admin_attempt(service::ADD_LEARNER_LEADER, &req, deadline, &mut last_err, local).await;
             match reply {
                 Some(AdminReply::Done) => return Ok(()),
                 Some(AdminReply::Failed { reason }) => last_err = reason,
@@ -560,6 +549,29 @@ impl RaftNode {
                 return Err(Error::NoLeader { reason: last_err });
             }
             tokio::time::sleep(RETRY_PAUSE).await;
+        }
+    }
+
+    /// One try of a leader-only admin request: `local` when this node leads, else `svc` on the
+    /// leader; None (and `last_err` set when a call failed) when no leader answered.
+    async fn admin_attempt<Req: Serialize>(
+        &self,
+        svc: &'static str,
+        req: &Req,
+        deadline: Instant,
+        last_err: &mut String,
+        local: impl std::future::Future<Output = AdminReply>,
+    ) -> Option<AdminReply> {
+        match self.leader() {
+            Some((id, _)) if id == self.cfg.node_id => Some(local.await),
+            Some((_, addr)) => match self.call::<_, AdminReply>(&addr, svc, req, deadline).await {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    *last_err = e.to_string();
+                    None
+                }
+            },
+            None => None,
         }
     }
 
@@ -616,19 +628,9 @@ impl RaftNode {
         let deadline = Instant::now() + self.cfg.request_timeout * 2;
         let mut last_err = String::from("no leader known");
         loop {
-            let reply = match self.leader() {
-                Some((id, _)) if id == self.cfg.node_id => Some(self.remove_member_local(node_id).await),
-                Some((_, addr)) => {
-                    match self.call::<_, AdminReply>(&addr, service::REMOVE_MEMBER_LEADER, &node_id, deadline).await {
-                        Ok(r) => Some(r),
-                        Err(e) => {
-                            last_err = e.to_string();
-                            None
-                        }
-                    }
-                }
-                None => None,
-            };
+            let local = self.remove_member_local(node_id);
+            let reply =
+                self.admin_attempt(service::REMOVE_MEMBER_LEADER, &node_id, deadline, &mut last_err, local).await;
             match reply {
                 Some(AdminReply::Done) => return Ok(()),
                 Some(AdminReply::Failed { reason }) => return Err(Error::Raft { operation: "remove member", reason }),
