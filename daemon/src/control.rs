@@ -57,10 +57,6 @@ pub enum Request {
     },
     /// The certificates on record, and the revoked ones.
     Certificates,
-    /// Revoke a node's certificates and stop counting it as a member.
-    NodeRemove {
-        name: String,
-    },
     KvPut {
         key: String,
         value: String,
@@ -76,6 +72,11 @@ pub enum Request {
     GossipKeyStatus,
     SecretsEncryptStatus,
     SecretsEncryptRotate,
+    /// `shoal node remove NAME`: a member leaves the cluster for good (certificates revoked,
+    /// out of Raft, record and Node object deleted).
+    NodeRemove {
+        name: String,
+    },
     /// Keep this connection open for more requests (answered `null`); only as the first line.
     Session,
 }

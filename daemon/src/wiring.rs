@@ -56,6 +56,7 @@ pub(crate) async fn run_services(node: Arc<Node>, stop: CancellationToken) {
     // DNS, no Ingress, no LoadBalancer announcer.
     if node.cfg.node.runs_pods() {
         tasks.spawn(run_agent(node.clone(), stop.clone()));
+        tasks.spawn(unretire(node.clone(), stop.clone()));
         tasks.spawn(run_proxy(node.clone(), stop.clone()));
         tasks.spawn(run_netpol(node.clone(), stop.clone()));
         tasks.spawn(run_dns(node.clone(), stop.clone()));
@@ -63,6 +64,8 @@ pub(crate) async fn run_services(node: Arc<Node>, stop: CancellationToken) {
         if node.cfg.ingress.enabled {
             tasks.spawn(run_ingress(node.clone(), stop.clone()));
         }
+    } else {
+        tasks.spawn(retire_worker(node.clone(), stop.clone()));
     }
     tasks.close();
     stop.cancelled().await;
@@ -226,6 +229,147 @@ async fn run_agent(node: Arc<Node>, stop: CancellationToken) {
                 }
                 wait = (wait * 2).min(Duration::from_secs(5));
             }
+        }
+    }
+}
+
+/// Taint a node that turns into a witness carries while it drains: nothing new is placed
+/// there, DaemonSet pods included.
+pub(crate) const RETIRING_TAINT: &str = "shoal.dev/witness";
+/// How long a drain may take before the Node object is deleted anyway.
+const RETIRE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// A witness started on the data dir of a node that ran pods (`shoal up --witness` on a
+/// worker) hands its work over first: its Node is cordoned and tainted, every pod on it is
+/// deleted (their controllers create them on the other nodes) while the node agent stops their
+/// containers, then the agent stops and the Node object is deleted. Its LoadBalancer IPs went
+/// with the worker's announcer; the witness gossips that it announces none.
+async fn retire_worker(node: Arc<Node>, stop: CancellationToken) {
+    use serde_json::json;
+    let (nodes, pods) = (shoal_kube::resources::lookup("", "nodes"), shoal_kube::resources::lookup("", "pods"));
+    let name = node.identity.name.clone();
+    let existing = loop {
+        match node.objects.get(&nodes, None, &name).await {
+            Ok(n) => break n,
+            Err(e) => tracing::debug!(error = %e, "looking for this node's Node object; retrying"),
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+    };
+    if existing.is_none() {
+        return;
+    }
+    tracing::info!(node = %name, "this node ran pods and is now a witness: draining it");
+    let cordon = node
+        .objects
+        .modify(&nodes, None, &name, shoal_kube::UpdateMode::All, |n| {
+            let tainted =
+                n["spec"]["taints"].as_array().is_some_and(|ts| ts.iter().any(|t| t["key"] == RETIRING_TAINT));
+            if tainted && n["spec"]["unschedulable"] == json!(true) {
+                return Ok(false);
+            }
+            n["spec"]["unschedulable"] = json!(true);
+            if !tainted {
+                let taint = json!({"key": RETIRING_TAINT, "effect": "NoExecute"});
+                match n["spec"]["taints"].as_array_mut() {
+                    Some(ts) => ts.push(taint),
+                    None => n["spec"]["taints"] = json!([taint]),
+                }
+            }
+            Ok(true)
+        })
+        .await;
+    if let Err(e) = cordon {
+        tracing::warn!(error = %e, "cordoning this node");
+    }
+    // The agent stops the containers of the deleted pods (they outlive a daemon restart).
+    let agent_stop = stop.child_token();
+    let agent = tokio::spawn(run_agent(node.clone(), agent_stop.clone()));
+    let deadline = tokio::time::Instant::now() + RETIRE_TIMEOUT;
+    loop {
+        let on_node: Vec<serde_json::Value> = match node.objects.list(&pods, None).await {
+            Ok((all, _)) => all.into_iter().filter(|p| p["spec"]["nodeName"].as_str() == Some(name.as_str())).collect(),
+            Err(e) => {
+                tracing::debug!(error = %e, "listing pods to drain");
+                vec![json!(null)]
+            }
+        };
+        if on_node.is_empty() {
+            break;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!(pods = on_node.len(), "drain timed out; deleting the Node object anyway");
+            break;
+        }
+        for p in on_node.iter().filter(|p| p["metadata"]["deletionTimestamp"].is_null()) {
+            let (Some(ns), Some(pod)) = (p["metadata"]["namespace"].as_str(), p["metadata"]["name"].as_str()) else {
+                continue;
+            };
+            let grace = p["spec"]["terminationGracePeriodSeconds"].as_i64().unwrap_or(30).clamp(0, 30);
+            if let Err(e) = node.objects.terminate(&pods, Some(ns), pod, grace, Default::default()).await {
+                tracing::debug!(pod, error = %e, "deleting a pod to drain");
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => {
+                agent_stop.cancel();
+                let _ = agent.await;
+                return;
+            }
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+    }
+    agent_stop.cancel();
+    let _ = agent.await;
+    loop {
+        match node.objects.delete(&nodes, None, &name, Default::default()).await {
+            Ok(_) | Err(shoal_kube::Error::NotFound { .. }) => break,
+            Err(e) => tracing::debug!(error = %e, "deleting this node's Node object; retrying"),
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+    }
+    tracing::info!(node = %name, "drained: its pods run elsewhere, its Node object is deleted");
+}
+
+/// A worker started on the data dir of a witness that did not finish draining: its Node takes
+/// pods again (the drain's taint and cordon go).
+async fn unretire(node: Arc<Node>, stop: CancellationToken) {
+    let nodes = shoal_kube::resources::lookup("", "nodes");
+    for _ in 0..120 {
+        if let Ok(Some(n)) = node.objects.get(&nodes, None, &node.identity.name).await {
+            let tainted =
+                n["spec"]["taints"].as_array().is_some_and(|ts| ts.iter().any(|t| t["key"] == RETIRING_TAINT));
+            if !tainted {
+                return;
+            }
+            let done = node
+                .objects
+                .modify(&nodes, None, &node.identity.name, shoal_kube::UpdateMode::All, |n| {
+                    if let Some(ts) = n["spec"]["taints"].as_array_mut() {
+                        ts.retain(|t| t["key"] != RETIRING_TAINT);
+                    }
+                    if let Some(spec) = n["spec"].as_object_mut() {
+                        spec.remove("unschedulable");
+                    }
+                    Ok(true)
+                })
+                .await;
+            match done {
+                Ok(_) => {
+                    tracing::info!("this witness is a worker again: its Node takes pods");
+                    return;
+                }
+                Err(e) => tracing::debug!(error = %e, "removing the witness taint; retrying"),
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
         }
     }
 }

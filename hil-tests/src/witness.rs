@@ -1,7 +1,11 @@
 //! The `witness` scenario: two workload nodes and a witness (`shoal up --witness`). The witness
 //! must run nothing (no Node object, no pods, no LoadBalancer IP); when the workload node that
 //! announces the LoadBalancer IP loses power, the other one must keep the API writable, get the
-//! lost pods back and take over the IP, with the witness's vote.
+//! lost pods back and take over the IP, with the witness's vote. Then the roles change on the
+//! running cluster: the witness joined a two-node cluster (no fault tolerance) and became the
+//! third voter; after the power-off it is restarted as a workload node (a Node, pods placed on
+//! it), then as a witness again (it drains: its pod runs elsewhere, its Node is gone), and
+//! finally stopped and removed with `shoal node remove` (two nodes, no fault tolerance again).
 use std::time::{Duration, Instant};
 
 use tracing::info;
@@ -15,6 +19,10 @@ use crate::shoal::{self, ms, Cluster, CONVERGE_TIMEOUT};
 
 /// Hosts: two workload nodes and the witness.
 pub const HOSTS: usize = 3;
+
+/// How long the members may take to see each other again after a node (re)starts: on a loaded
+/// 2-core machine a debug node's start-up alone took most of a minute.
+const RESTART_TIMEOUT: Duration = Duration::from_secs(180);
 
 fn nothing_on_witness(name: &str, k: &Kubectl<'_>, via: &str, witness: &str) -> Result<()> {
     let nodes = k.on(via, &["get", "nodes", "-o", "name"]).map_err(|e| failed(name, e))?;
@@ -39,20 +47,26 @@ pub fn witness(rig: &dyn Rig, _opts: &ScenarioOptions) -> Result<Measured> {
     }
     let (workers, w) = (hosts[..2].to_vec(), hosts[2].clone());
     let mut m = Measured::default();
-    // A workload node creates the cluster; the other one and the witness join.
+    // Two workload nodes: one voter, one learner, and `shoal status` says there is no fault
+    // tolerance.
     let mut cluster = Cluster::form(rig, &workers[..1], None)?;
     cluster.start_joining(&workers[1])?;
-    let mut launch = cluster.launch()?;
+    no_fault_tolerance(name, rig, &workers[0], 2)?;
+    // The witness joins the running cluster and becomes the third voter.
+    let worker_launch = cluster.launch()?;
+    let mut launch = worker_launch.clone();
     launch.extra_args.push("--witness".into());
     rig.start(&w, &launch)?;
     cluster.members.push(w.clone());
-    cluster.wait_converged(CONVERGE_TIMEOUT)?;
+    cluster.wait_converged(RESTART_TIMEOUT)?;
     let st = shoal::status(rig, &workers[0])?;
     if st.voters().len() != 3 {
         return Err(failed(name, format!("voters {:?}, want both workload nodes and the witness", st.voters())));
     }
+    node_role_is(name, rig, &workers[0], &w, "witness")?;
     m.note(format!("voters: {:?}", st.voters()));
-    let k = kubectl_for(rig, name, &workers, &scratch)?;
+    // The witness gets the test images too: it runs pods for a while as a workload node.
+    let k = kubectl_for(rig, name, &hosts[..HOSTS], &scratch)?;
     let first = workers[0].clone();
     k.apply_metallb(&first, &scratch)?;
     k.apply(&first, &scratch.write("lb-web.yaml", LB_APP)?, CONVERGE_TIMEOUT)?;
@@ -140,5 +154,128 @@ pub fn witness(rig: &dyn Rig, _opts: &ScenarioOptions) -> Result<Measured> {
         return Err(failed(name, format!("the witness {w} took {vip}")));
     }
     m.note(format!("powered off {victim}; {survivor} kept the API writable, took {vip} and the pods; {w} ran nothing"));
+
+    // The workload node comes back; the witness becomes a workload node and takes pods.
+    let roles_at = Instant::now();
+    rig.restart(&victim)?;
+    cluster.wait_converged(RESTART_TIMEOUT)?;
+    rig.stop(&w, Duration::from_secs(10))?;
+    rig.start(&w, &worker_launch)?;
+    cluster.wait_converged(RESTART_TIMEOUT)?;
+    node_role_is(name, rig, &survivor, &w, "worker")?;
+    let ready = "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}";
+    wait_until(&format!("kubectl get node {w}: Ready"), CONVERGE_TIMEOUT, Duration::from_millis(500), || {
+        k.on(&survivor, &["get", "node", &w, "-o", ready]).is_ok_and(|s| s.trim() == "True")
+    })
+    .map_err(|e| failed(name, e.to_string()))?;
+    // With the workload nodes cordoned, a new pod can only go to the converted node.
+    let cordon = |verb: &str| {
+        let mut args = vec![verb];
+        args.extend(workers.iter().map(String::as_str));
+        k.on(&survivor, &args).map_err(|e| failed(name, e))
+    };
+    cordon("cordon")?;
+    k.apply(&survivor, &scratch.write("near-w.yaml", NEAR_W)?, CONVERGE_TIMEOUT)?;
+    let mut placed = Vec::new();
+    let on_w =
+        wait_until(&format!("a near-w pod running on {w}"), Duration::from_secs(120), Duration::from_secs(1), || {
+            placed = k.running_pods(&survivor, "app=near-w");
+            placed.iter().any(|p| p.1 == w)
+        });
+    cordon("uncordon")?;
+    on_w.map_err(|e| failed(name, format!("{e}: near-w pods {placed:?}")))?;
+    m.note(format!("{w} restarted without --witness: a Node, pods placed on it"));
+
+    // And back: restarted with --witness, it drains (the pod comes back on a workload node)
+    // and its Node object goes.
+    rig.stop(&w, Duration::from_secs(10))?;
+    rig.start(&w, &launch)?;
+    cluster.wait_converged(RESTART_TIMEOUT)?;
+    node_role_is(name, rig, &survivor, &w, "witness")?;
+    wait_until(&format!("{w} drained"), Duration::from_secs(120), Duration::from_secs(1), || {
+        placed = k.running_pods(&survivor, "app=near-w");
+        placed.len() == 1
+            && placed.iter().all(|p| workers.contains(&p.1))
+            && nothing_on_witness(name, &k, &survivor, &w).is_ok()
+    })
+    .map_err(|e| failed(name, format!("{e}: near-w pods {placed:?}")))?;
+    if holders(rig, std::slice::from_ref(&w), &vip).len() == 1 {
+        return Err(failed(name, format!("the witness {w} announces {vip} after its drain")));
+    }
+    m.note(format!("{w} restarted with --witness: drained, no Node, near-w back on {}", placed[0].1));
+
+    // The witness leaves: two nodes again, without fault tolerance.
+    rig.stop(&w, Duration::from_secs(10))?;
+    let mut out = String::new();
+    wait_until(&format!("shoal node remove {w}"), Duration::from_secs(60), Duration::from_secs(1), || {
+        match shoal::run_shoal(rig, &survivor, &["node", "remove", &w], Duration::from_secs(20)) {
+            Ok(o) => {
+                out = format!("{}{}", o.stdout, o.stderr);
+                o.success()
+            }
+            Err(e) => {
+                out = e.to_string();
+                false
+            }
+        }
+    })
+    .map_err(|e| failed(name, format!("{e}: {out}")))?;
+    no_fault_tolerance(name, rig, &survivor, 2)?;
+    k.on(&survivor, &["create", "configmap", "after-witness-removed"]).map_err(|e| failed(name, e))?;
+    set(&mut m, "witness_roles_s", roles_at.elapsed().as_secs_f64());
+    m.note(format!("{w} removed: {}", out.trim()));
     Ok(m)
+}
+
+/// A Deployment of one pod.
+const NEAR_W: &str = r#"apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: near-w
+spec:
+  replicas: 1
+  selector:
+    matchLabels: {app: near-w}
+  template:
+    metadata:
+      labels: {app: near-w}
+    spec:
+      containers:
+      - name: node-web
+        image: whatwant/node-web:1.0
+"#;
+
+/// `shoal status --json` on `host`, as JSON.
+fn status_json(name: &str, rig: &dyn Rig, host: &str) -> Result<serde_json::Value> {
+    let out = shoal::run_shoal(rig, host, &["status", "--json"], shoal::CLI_TIMEOUT)?;
+    serde_json::from_str(&out.stdout).map_err(|e| failed(name, format!("shoal status on {host}: {e}: {}", out.stdout)))
+}
+
+/// Waits until `host`'s `shoal status` shows `member` with node role `role`.
+fn node_role_is(name: &str, rig: &dyn Rig, host: &str, member: &str, role: &str) -> Result<()> {
+    let mut seen = serde_json::Value::Null;
+    wait_until(&format!("{member} shown as {role}"), CONVERGE_TIMEOUT, Duration::from_millis(500), || {
+        seen = status_json(name, rig, host).map(|st| st["members"].clone()).unwrap_or_default();
+        seen.as_array().is_some_and(|ms| ms.iter().any(|m| m["name"] == member && m["node_role"] == role))
+    })
+    .map(|_| ())
+    .map_err(|e| failed(name, format!("{e}: members {seen}")))
+}
+
+/// Waits until `host` sees `members` members, one voter, and says it has no fault tolerance.
+fn no_fault_tolerance(name: &str, rig: &dyn Rig, host: &str, members: usize) -> Result<()> {
+    let mut seen = serde_json::Value::Null;
+    wait_until(
+        &format!("{host}: {members} members, no fault tolerance"),
+        CONVERGE_TIMEOUT,
+        Duration::from_millis(500),
+        || {
+            seen = status_json(name, rig, host).unwrap_or_default();
+            seen["members"].as_array().is_some_and(|ms| ms.len() == members)
+                && seen["fault_tolerance"]["voters"] == 1
+                && seen["fault_tolerance"]["message"].as_str().is_some_and(|s| s.starts_with("NO fault tolerance"))
+        },
+    )
+    .map(|_| ())
+    .map_err(|e| failed(name, format!("{e}: status {seen}")))
 }

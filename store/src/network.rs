@@ -34,17 +34,19 @@ pub mod service {
     pub const ADD_LEARNER_LEADER: &str = "store.add_learner_leader";
     /// Refresh a lease's deadline (leader only).
     pub const KEEPALIVE: &str = "store.lease_keepalive";
+    /// Remove a member from the group (leader only; `shoal node remove`).
+    pub const REMOVE_MEMBER_LEADER: &str = "store.remove_member_leader";
 
     /// Largest request body `Store::handle_rpc` accepts; a transport may refuse larger ones
     /// before reading them.
     pub const MAX_BODY_BYTES: usize = crate::codec::MAX_RPC_BYTES;
 
     /// The services under their format-1 names (bare bodies).
-    pub const LEGACY: [&str; 8] =
-        [APPEND, VOTE, SNAPSHOT, PROPOSE, READ_INDEX, ADD_LEARNER, ADD_LEARNER_LEADER, KEEPALIVE];
+    pub const LEGACY: [&str; 9] =
+        [APPEND, VOTE, SNAPSHOT, PROPOSE, READ_INDEX, ADD_LEARNER, ADD_LEARNER_LEADER, KEEPALIVE, REMOVE_MEMBER_LEADER];
 
     /// Every service name a node serves: the format-1 names and the framed ones.
-    pub const ALL: [&str; 16] = [
+    pub const ALL: [&str; 18] = [
         APPEND,
         VOTE,
         SNAPSHOT,
@@ -53,6 +55,7 @@ pub mod service {
         ADD_LEARNER,
         ADD_LEARNER_LEADER,
         KEEPALIVE,
+        REMOVE_MEMBER_LEADER,
         "raft.append/v",
         "raft.vote/v",
         "raft.snapshot/v",
@@ -61,6 +64,7 @@ pub mod service {
         "store.add_learner/v",
         "store.add_learner_leader/v",
         "store.lease_keepalive/v",
+        "store.remove_member_leader/v",
     ];
 
     /// The name a message of `format` is sent under.

@@ -25,7 +25,7 @@ use crate::raft_types::{Command, CommandResponse, NodeId, Raft, RequestId};
 
 type ServerMetrics = openraft::metrics::RaftServerMetrics<NodeId, crate::raft_types::Node>;
 use crate::state_machine::{Applied, Notice, StateMachine};
-use crate::tables::{open_db, KvRecord, EVENTS, FILE_NAME, KV, LEASES};
+use crate::tables::{open_db_with_cache, KvRecord, EVENTS, FILE_NAME, KV, LEASES};
 use crate::types::{Kv, MemberStatus, Role, StoreConfig, StoreStatus, VoterChange, WatchEvent, WatchStream};
 use crate::voters::Grace;
 use crate::voters::{plan, HealthTracker};
@@ -87,8 +87,10 @@ impl RaftNode {
         })?;
         let path = db_path(&cfg.data_dir);
         let db = {
-            let path = path.clone();
-            tokio::task::spawn_blocking(move || open_db(&path)).await.map_err(|e| Error::raft("open", e))??
+            let (path, cache) = (path.clone(), cfg.cache_bytes);
+            tokio::task::spawn_blocking(move || open_db_with_cache(&path, cache))
+                .await
+                .map_err(|e| Error::raft("open", e))??
         };
         let log = LogStore::open(db.clone())?;
         let sm = StateMachine::open(db.clone(), cfg.history_revisions)?;
@@ -536,22 +538,102 @@ impl RaftNode {
         let mut last_err = String::from("no leader known");
         let req = AddLearnerRequest { node_id, addr };
         loop {
-            let reply = match self.leader() {
-                Some((id, _)) if id == self.cfg.node_id => Some(self.add_learner_local(req.clone()).await),
-                Some((_, addr)) => {
-                    match self.call::<_, AdminReply>(&addr, service::ADD_LEARNER_LEADER, &req, deadline).await {
-                        Ok(r) => Some(r),
-                        Err(e) => {
-                            last_err = e.to_string();
-                            None
-                        }
-                    }
-                }
-                None => None,
-            };
+            let local = self.add_learner_local(req.clone());
+            let reply = self.admin_attempt(service::ADD_LEARNER_LEADER, &req, deadline, &mut last_err, local).await;
             match reply {
                 Some(AdminReply::Done) => return Ok(()),
                 Some(AdminReply::Failed { reason }) => last_err = reason,
+                Some(AdminReply::NotLeader(_)) | None => {}
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::NoLeader { reason: last_err });
+            }
+            tokio::time::sleep(RETRY_PAUSE).await;
+        }
+    }
+
+    /// One try of a leader-only admin request: `local` when this node leads, else `svc` on the
+    /// leader; None (and `last_err` set when a call failed) when no leader answered.
+    async fn admin_attempt<Req: Serialize>(
+        &self,
+        svc: &'static str,
+        req: &Req,
+        deadline: Instant,
+        last_err: &mut String,
+        local: impl std::future::Future<Output = AdminReply>,
+    ) -> Option<AdminReply> {
+        match self.leader() {
+            Some((id, _)) if id == self.cfg.node_id => Some(local.await),
+            Some((_, addr)) => match self.call::<_, AdminReply>(&addr, svc, req, deadline).await {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    *last_err = e.to_string();
+                    None
+                }
+            },
+            None => None,
+        }
+    }
+
+    async fn remove_member_local(&self, node_id: NodeId) -> AdminReply {
+        if !self.is_leader() {
+            return AdminReply::NotLeader(self.hint());
+        }
+        if node_id == self.cfg.node_id {
+            return AdminReply::Failed {
+                reason: "the node to remove leads the cluster: stop shoal on it first, then remove it".into(),
+            };
+        }
+        let (voters, learners) = {
+            let m = self.raft.metrics();
+            let m = m.borrow();
+            let mem = m.membership_config.membership();
+            if mem.get_joint_config().len() > 1 {
+                return AdminReply::Failed { reason: "a membership change is in progress; try again".into() };
+            }
+            (mem.voter_ids().collect::<BTreeSet<u64>>(), mem.learner_ids().collect::<BTreeSet<u64>>())
+        };
+        let t = self.cfg.request_timeout;
+        if voters.contains(&node_id) {
+            let mut rest: BTreeSet<u64> = voters.iter().copied().filter(|id| *id != node_id).collect();
+            // Two members left: one voter and one learner, the layout of a two-node cluster
+            // (with two voters, losing either would stop the cluster).
+            if rest.len() == 2 && learners.is_empty() {
+                rest = [self.cfg.node_id].into();
+            }
+            tracing::info!(node = self.cfg.node_id, removed = node_id, voters = ?rest, "removing a voter");
+            match tokio::time::timeout(t, self.raft.change_membership(ChangeMembers::ReplaceAllVoters(rest), true))
+                .await
+            {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return AdminReply::Failed { reason: format!("demoting the member: {e}") },
+                Err(_) => return AdminReply::Failed { reason: "timed out demoting the member".into() },
+            }
+        } else if !learners.contains(&node_id) {
+            return AdminReply::Done;
+        }
+        match tokio::time::timeout(t, self.raft.change_membership(ChangeMembers::RemoveNodes([node_id].into()), false))
+            .await
+        {
+            Ok(Ok(_)) => AdminReply::Done,
+            Ok(Err(e)) => AdminReply::Failed { reason: format!("removing the member: {e}") },
+            Err(_) => AdminReply::Failed { reason: "timed out removing the member".into() },
+        }
+    }
+
+    /// Removes a member from the group for good (forwarded to the leader). A voter is demoted
+    /// first; when two members remain, the one that does not lead becomes a learner.
+    pub(crate) async fn remove_member(&self, node_id: NodeId) -> Result<()> {
+        self.check_open()?;
+        let deadline = Instant::now() + self.cfg.request_timeout * 2;
+        let mut last_err = String::from("no leader known");
+        loop {
+            let local = self.remove_member_local(node_id);
+            let reply =
+                self.admin_attempt(service::REMOVE_MEMBER_LEADER, &node_id, deadline, &mut last_err, local).await;
+            match reply {
+                Some(AdminReply::Done) => return Ok(()),
+                Some(AdminReply::Failed { reason }) => return Err(Error::Raft { operation: "remove member", reason }),
                 Some(AdminReply::NotLeader(_)) | None => {}
             }
             if Instant::now() >= deadline {
@@ -815,6 +897,10 @@ impl RaftNode {
             service::ADD_LEARNER_LEADER => {
                 let req: AddLearnerRequest = decode("add learner request", body)?;
                 encode("reply", &self.add_learner_local(req).await)
+            }
+            service::REMOVE_MEMBER_LEADER => {
+                let node_id: NodeId = decode("remove member request", body)?;
+                encode("reply", &self.remove_member_local(node_id).await)
             }
             service::KEEPALIVE => {
                 let lease: u64 = decode("keepalive request", body)?;
@@ -1168,6 +1254,30 @@ mod tests {
 
     use crate::raft_types::{SnapshotMeta, TypeConfig, Vote};
     use crate::testing::TestCluster;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn removing_the_third_voter_leaves_the_two_node_layout() {
+        use crate::types::Role;
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = TestCluster::start(dir.path(), 3).await.unwrap();
+        let leader = c.wait_leader(std::time::Duration::from_secs(10)).await.unwrap();
+        let gone = (1..=3).find(|id| *id != leader).unwrap();
+        let other = (1..=3).find(|id| *id != leader && *id != gone).unwrap();
+        // The leader cannot be removed, from any member.
+        let e = c.store(other).remove_member(leader).await.unwrap_err();
+        assert!(e.to_string().contains("stop shoal on it first"), "{e}");
+        c.stop(gone).await.unwrap();
+        // Asked of a member that does not lead: forwarded to the leader.
+        c.store(other).remove_member(gone).await.unwrap();
+        let st = c.store(leader).status();
+        let roles: Vec<(u64, Role)> = st.members.iter().map(|m| (m.node_id, m.role)).collect();
+        assert_eq!(roles.len(), 2, "{roles:?}");
+        assert!(roles.contains(&(leader, Role::Voter)) && roles.contains(&(other, Role::Learner)), "{roles:?}");
+        // Removing it again (or a stranger) is a no-op, and writes still commit.
+        c.store(leader).remove_member(gone).await.unwrap();
+        c.store(other).txn(crate::Txn::put("k", b"v".to_vec())).await.unwrap();
+        c.stop_all().await.unwrap();
+    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_snapshot_chunk_at_a_huge_offset_is_refused() {

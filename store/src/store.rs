@@ -104,6 +104,13 @@ impl Store {
         self.raft("add learner")?.add_learner(node_id, addr.into()).await
     }
 
+    /// Removes a member from the group for good; works on any member (forwarded to the
+    /// leader). A voter is demoted first; when two members remain, the one that does not lead
+    /// becomes a learner (the two-node layout). The leader itself cannot be removed.
+    pub async fn remove_member(&self, node_id: u64) -> Result<()> {
+        self.raft("remove member")?.remove_member(node_id).await
+    }
+
     /// Called periodically on every node with the members gossip sees as healthy. Only the
     /// leader acts: at most one membership change per call (see [`VoterChange`]).
     pub async fn reconcile_voters(&self, healthy: &BTreeSet<u64>, now: Instant) -> Result<Option<VoterChange>> {

@@ -58,8 +58,17 @@ impl KvRecord {
 
 /// Opens (or creates) the redb file and makes sure every table exists.
 pub(crate) fn open_db(path: &Path) -> Result<Arc<Database>> {
+    open_db_with_cache(path, None)
+}
+
+/// [`open_db`] with a page cache of at most `cache_bytes` (None: redb's default).
+pub(crate) fn open_db_with_cache(path: &Path, cache_bytes: Option<usize>) -> Result<Arc<Database>> {
     let open_err = |e: redb::Error| Error::OpenDatabase { path: path.display().to_string(), source: e };
-    let db = Database::builder().create(path).map_err(|e| open_err(e.into()))?;
+    let mut builder = Database::builder();
+    if let Some(bytes) = cache_bytes {
+        builder.set_cache_size(bytes);
+    }
+    let db = builder.create(path).map_err(|e| open_err(e.into()))?;
     let missing = {
         let r = db.begin_read().map_err(|e| open_err(e.into()))?;
         r.open_table(KV).is_err() || r.open_table(REQUEST_ORDER).is_err()

@@ -123,6 +123,10 @@ pub struct StoreConfig {
     pub learner_grace: std::time::Duration,
     /// Number of revisions the watch history keeps.
     pub history_revisions: u64,
+    /// Largest page cache of the store file, bytes (None: redb's default, 1 GiB, filled as
+    /// pages are read). A witness keeps it small: it reads little and every cached page is
+    /// resident memory.
+    pub cache_bytes: Option<usize>,
 }
 
 impl StoreConfig {
@@ -149,6 +153,7 @@ impl StoreConfig {
             voter_grace: std::time::Duration::from_secs(30),
             learner_grace: std::time::Duration::from_secs(600),
             history_revisions: 10_000,
+            cache_bytes: None,
         }
     }
 }

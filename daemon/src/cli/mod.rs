@@ -120,7 +120,7 @@ enum Cmd {
         #[arg(long, value_parser = parse_ttl)]
         ttl: Option<i64>,
     },
-    /// Manage the nodes of the cluster.
+    /// Manage the members of the cluster.
     Node {
         #[command(flatten)]
         dir: DataDir,
@@ -179,14 +179,6 @@ enum KubeconfigOp {
 }
 
 #[derive(Subcommand)]
-enum NodeOp {
-    /// Remove a node for good: its certificate is revoked (its connections to every node are
-    /// closed and refused) and it no longer counts as a member; wipe its data dir before it
-    /// joins again with a new token.
-    Remove { name: String },
-}
-
-#[derive(Subcommand)]
 enum GossipKeyOp {
     /// Key ids in use on every node, and the datagrams each refused.
     Status,
@@ -227,6 +219,19 @@ enum TokenOp {
     },
     /// Delete a join token (by id, or the whole token): nodes can no longer join with it.
     Delete { id: String },
+}
+
+#[derive(Subcommand)]
+enum NodeOp {
+    /// Remove a member for good (a witness, a node gone or compromised): its certificates are
+    /// revoked (its connections to every node are closed and refused), it stops voting, its
+    /// record and its Node object are deleted. With two members left, one votes and the other
+    /// follows (no fault tolerance; `shoal status` says so). Wipe its data dir before it joins
+    /// again with a new token.
+    Remove {
+        /// The member's name, as `shoal status` shows it.
+        name: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -354,10 +359,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let serials: Vec<&str> =
                 v["revoked"].as_array().into_iter().flatten().filter_map(|r| r["serial"].as_str()).collect();
             println!(
-                "node {} removed: {} certificate(s) revoked{}",
+                "node {} removed: {} certificate(s) revoked{}; {}",
                 v["node"].as_str().unwrap_or("?"),
                 serials.len(),
-                if serials.is_empty() { String::new() } else { format!(" ({})", serials.join(", ")) }
+                if serials.is_empty() { String::new() } else { format!(" ({})", serials.join(", ")) },
+                v["message"].as_str().unwrap_or_default()
             );
             Ok(ExitCode::SUCCESS)
         }

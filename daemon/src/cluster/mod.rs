@@ -37,6 +37,9 @@ pub(crate) const ATTR_VERSION: &str = "version";
 /// formats existed: format 1). See `shoal_store::version`.
 pub(crate) const ATTR_FORMAT: &str = "format";
 
+/// Page cache of a witness's store file.
+const WITNESS_STORE_CACHE_BYTES: usize = 2 << 20;
+
 /// Where to join: the `--join` host (and optional port) and the token.
 #[derive(Debug, Clone)]
 pub struct JoinTarget {
@@ -192,6 +195,9 @@ pub async fn run(cfg: NodeConfig, join: Option<JoinTarget>, shutdown: Cancellati
         // leader (controllers, scheduler, LoadBalancer allocator) is a worker whenever one
         // is up; it still votes at once.
         store_cfg.candidacy_delay_ms = 2 * store_cfg.election_timeout_max_ms;
+        // It reads little (Raft appends, the odd API read): a small page cache, not one that
+        // grows with every page of the file it ever read.
+        store_cfg.cache_bytes = Some(WITNESS_STORE_CACHE_BYTES);
     }
     let store = Store::open(store_cfg, peers::raft_transport(transport.clone()))
         .await
@@ -266,7 +272,11 @@ pub async fn run(cfg: NodeConfig, join: Option<JoinTarget>, shutdown: Cancellati
 
     // A node that joined asks the cluster to add it (retried until it is in).
     if let Some(addr) = join_addr {
-        peers::request_membership(&transport, addr, &identity).await;
+        if let Err(reason) = peers::request_membership(&transport, addr, &identity).await {
+            tracing::error!(%addr, %reason, "the cluster refused this node");
+            node_shutdown(&store, &membership, &transport).await;
+            return Err(ClusterError::Conflict(format!("the cluster at {addr} refused this node: {reason}")));
+        }
         let mut st = NodeState::load(&dir)?.ok_or_else(|| ClusterError::Conflict("node state vanished".into()))?;
         st.identity.member = true;
         st.save(&dir)?;
@@ -327,6 +337,14 @@ pub async fn run(cfg: NodeConfig, join: Option<JoinTarget>, shutdown: Cancellati
     node.membership.shutdown().await;
     transport.shutdown().await;
     Ok(())
+}
+
+async fn node_shutdown(store: &Store, membership: &Membership, transport: &Transport) {
+    if let Err(e) = store.shutdown().await {
+        tracing::warn!(error = %e, "store shutdown");
+    }
+    membership.shutdown().await;
+    transport.shutdown().await;
 }
 
 fn wall_clock_ms() -> u64 {
@@ -532,6 +550,7 @@ impl control::Handler for ControlHandler {
                     gossip_keys::rotate(node, (node.cfg.gossip.interval * 8).max(Duration::from_secs(2))).await
                 }
                 Request::GossipKeyStatus => Ok(gossip_keys::status(node).await),
+                Request::NodeRemove { name } => remove_member(node, &name).await,
                 Request::SecretsEncryptStatus => secrets_encryption::status(&node.store, &node.secrets).await,
                 Request::SecretsEncryptRotate => secrets_encryption::rotate(&node.store).await,
                 Request::Token => {
@@ -567,7 +586,6 @@ impl control::Handler for ControlHandler {
                     revocations::revoke(node, user, serial, reason).await
                 }
                 Request::Certificates => revocations::list(node).await,
-                Request::NodeRemove { name } => revocations::remove_node(node, &name).await,
                 Request::KvPut { key, value } => {
                     let r = node
                         .store
@@ -596,6 +614,39 @@ impl control::Handler for ControlHandler {
             }
         })
     }
+}
+
+/// `shoal node remove NAME`: takes a stopped member out of the Raft group (forwarded to the
+/// leader), then deletes its record (so it is not re-admitted) and its Node object, if any.
+async fn remove_member(node: &Node, name: &str) -> Result<serde_json::Value, String> {
+    let name = shoal_gossip::pki::node_name_of(name);
+    if name == node.identity.name {
+        return Err(format!("{name} is this node: run `shoal node remove {name}` on another member"));
+    }
+    let records = peers::node_records(&node.store).await;
+    let in_group: BTreeSet<u64> = node.store.status().members.iter().map(|m| m.node_id).collect();
+    let Some(rec) = records.values().find(|r| r.name == name) else {
+        return Err(format!("no member named {name:?} (see `shoal status`)"));
+    };
+    // Cut it off first: its certificates are revoked on every node, so a node still running
+    // (or someone holding its disk) has its connections closed and refused from now on.
+    let revoked = revocations::remove_node(node, name).await?;
+    if in_group.contains(&rec.node_id) {
+        node.store.remove_member(rec.node_id).await.map_err(|e| {
+            format!("{name}'s certificates are revoked, but it is still a Raft member: {}", error_chain(&e))
+        })?;
+    }
+    let key = format!("{}{name}", peers::NODES_PREFIX);
+    node.store.txn(shoal_store::Txn::ops(vec![shoal_store::Op::Delete { key }])).await.map_err(|e| error_chain(&e))?;
+    let nodes = shoal_kube::resources::lookup("", "nodes");
+    match node.objects.delete(&nodes, None, name, shoal_kube::Preconditions::default()).await {
+        Ok(_) | Err(shoal_kube::Error::NotFound { .. }) => {}
+        Err(e) => return Err(format!("removed {name} from the cluster, but not its Node object: {e}")),
+    }
+    tracing::info!(node = %name, node_id = rec.node_id, "member removed");
+    let voters = node.store.status().members.iter().filter(|m| m.role == shoal_store::Role::Voter).count();
+    let message = format!("removed {name}; {}", fault_tolerance(voters)["message"].as_str().unwrap_or_default());
+    Ok(json!({"node": name, "node_id": rec.node_id, "revoked": revoked["revoked"], "message": message}))
 }
 
 /// An error and its causes, "a: b: c".

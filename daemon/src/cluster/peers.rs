@@ -87,17 +87,51 @@ pub fn serve_store(t: &Transport, store: &Store) {
         let store = store.clone();
         t.register(
             service,
-            Arc::new(move |_peer: PeerInfo, body: Vec<u8>| {
+            Arc::new(move |peer: PeerInfo, body: Vec<u8>| {
                 let store = store.clone();
-                async move { store.handle_rpc(service, &body).await.map_err(|e| e.to_string()) }.boxed()
+                async move {
+                    store_caller_allowed(service, &peer)?;
+                    store.handle_rpc(service, &body).await.map_err(|e| e.to_string())
+                }
+                .boxed()
             }),
         );
     }
 }
 
+/// Membership changes through the store's services come from nodes only (a user's certificate
+/// from the same CA opens a QUIC connection too).
+fn store_caller_allowed(service: &str, peer: &PeerInfo) -> Result<(), String> {
+    let (base, _) = shoal_store::service::base(service);
+    if base == shoal_store::service::REMOVE_MEMBER_LEADER && !peer.is_node() {
+        return Err(format!("{:?} does not hold a node certificate", peer.node_name));
+    }
+    Ok(())
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 struct AddNode {
     record: NodeRecord,
+    /// The newest format the joining node reads; absent from releases before formats existed
+    /// (format 1).
+    #[serde(default)]
+    format: Option<u32>,
+}
+
+/// Start of the refusal a joining node must not retry (it cannot work in this cluster).
+const INCOMPATIBLE: &str = "incompatible:";
+
+/// Whether a node reading formats up to `joining` may join a cluster that writes `cluster`:
+/// it would be sent messages and entries it cannot read.
+fn format_admits(joining: Option<u32>, cluster: u32) -> Result<(), String> {
+    let reads = joining.unwrap_or(shoal_store::version::OLDEST_FORMAT);
+    if reads < cluster {
+        return Err(format!(
+            "{INCOMPATIBLE} the cluster writes format {cluster} and this node reads formats up to {reads}: \
+             install the cluster's shoal version on it (shoal status shows it), wipe its data dir and join again"
+        ));
+    }
+    Ok(())
 }
 
 /// Serves joins: the join handshake itself lives in the transport (token check, certificate);
@@ -110,6 +144,10 @@ pub fn serve_joins(t: &Transport, secrets: shoal_gossip::pki::ClusterSecrets, st
             let store = store.clone();
             async move {
                 let req: AddNode = serde_json::from_slice(&body).map_err(|e| format!("bad add-node request: {e}"))?;
+                if let Err(e) = format_admits(req.format, store.cluster_format()) {
+                    tracing::warn!(peer = %peer.addr, name = %peer.node_name, error = %e, "add-node refused");
+                    return Err(e);
+                }
                 let records = node_records(&store).await;
                 let record = admitted_record(&peer, req.record, records.values()).map_err(|e| {
                     tracing::warn!(peer = %peer.addr, name = %peer.node_name, error = %e, "add-node refused");
@@ -156,13 +194,18 @@ pub async fn put_record(store: &Store, rec: &NodeRecord) -> Result<(), shoal_sto
     Ok(())
 }
 
-/// Asks the node at `addr` to add this node to the cluster; retries until it is done.
-pub async fn request_membership(t: &Transport, addr: SocketAddr, id: &Identity) {
-    let body = serde_json::to_vec(&AddNode { record: NodeRecord::of(id) }).unwrap_or_default();
+/// Asks the node at `addr` to add this node to the cluster; retries until it is done, or
+/// until the cluster refuses it for good (an older node than the cluster's format allows).
+pub async fn request_membership(t: &Transport, addr: SocketAddr, id: &Identity) -> Result<(), String> {
+    let req = AddNode { record: NodeRecord::of(id), format: Some(shoal_store::version::FORMAT) };
+    let body = serde_json::to_vec(&req).unwrap_or_default();
     let mut wait = Duration::from_millis(200);
     loop {
         match t.call(addr, ADD_NODE, body.clone()).await {
-            Ok(_) => return,
+            Ok(_) => return Ok(()),
+            Err(shoal_gossip::Error::Remote { message, .. }) if message.contains(INCOMPATIBLE) => {
+                return Err(message);
+            }
             Err(e) => {
                 tracing::warn!(%addr, error = %e, "asking to be added to the cluster; retrying");
                 tokio::time::sleep(wait).await;
@@ -223,6 +266,35 @@ mod tests {
             gossip_addr: "10.0.0.9:7946".into(),
             api_addr: "10.0.0.9:6443".into(),
         }
+    }
+
+    #[test]
+    fn only_nodes_may_remove_members() {
+        for svc in [service::REMOVE_MEMBER_LEADER, service::for_format(service::REMOVE_MEMBER_LEADER, 2)] {
+            let e = store_caller_allowed(svc, &peer("admin", &["system:masters"])).unwrap_err();
+            assert!(e.contains("node certificate"), "{e}");
+            assert!(store_caller_allowed(svc, &peer("n2", &["system:nodes"])).is_ok());
+        }
+        assert!(store_caller_allowed(service::APPEND, &peer("n2", &["system:nodes"])).is_ok());
+    }
+
+    #[test]
+    fn an_older_node_is_refused_by_a_cluster_that_writes_a_newer_format() {
+        let now = shoal_store::version::FORMAT;
+        assert!(format_admits(Some(now), now).is_ok());
+        assert!(format_admits(Some(now + 1), now).is_ok(), "a newer node joins an older cluster");
+        assert!(format_admits(None, 1).is_ok(), "a release before formats joins a format-1 cluster");
+        // A node that reads one format less than the cluster writes (faked), and one from
+        // before formats existed.
+        for (old, cluster) in [(Some(now), now + 1), (None, 2)] {
+            let e = format_admits(old, cluster).unwrap_err();
+            assert!(e.starts_with(INCOMPATIBLE), "{e}");
+            assert!(e.contains(&format!("writes format {cluster}")) && e.contains("install"), "{e}");
+        }
+        // An add-node body from a release before formats parses, with no format.
+        let body = serde_json::to_vec(&serde_json::json!({"record": rec("n4", 14)})).unwrap();
+        let req: AddNode = serde_json::from_slice(&body).unwrap();
+        assert_eq!(req.format, None);
     }
 
     #[test]

@@ -69,9 +69,9 @@ pub(crate) async fn list(node: &Node) -> Result<serde_json::Value, String> {
     Ok(json!({"issued": issued, "revoked": revoked}))
 }
 
-/// `shoal node remove NAME`: revokes the node's certificates (its QUIC handshakes then fail on
-/// every node, and its open connections are closed), and the cluster stops counting it as a
-/// healthy member, so the leader replaces it as a voter or drops it as a learner.
+/// The revocation half of `shoal node remove NAME` (see `remove_member`): revokes the node's
+/// certificates (its QUIC handshakes then fail on every node, and its open connections are
+/// closed), and the cluster stops counting it as a healthy member.
 pub(crate) async fn remove_node(node: &Node, name: &str) -> Result<serde_json::Value, String> {
     let name = shoal_gossip::pki::node_name_of(name);
     if name == node.identity.name {
