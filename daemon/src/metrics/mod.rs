@@ -30,6 +30,7 @@ pub(crate) struct Global {
     pub proxy: proxy::ProxyMetrics,
     pub images: images::ImageMetrics,
     pub store: store::StoreMetrics,
+    pub lb: lb::LbMetrics,
 }
 
 /// The process-wide metrics (created at first use).
@@ -37,6 +38,7 @@ pub(crate) fn global() -> &'static Global {
     static G: OnceLock<Global> = OnceLock::new();
     G.get_or_init(|| {
         shoal_kube::objects::set_request_observer(store::observe);
+        shoal_store::observe::set_commit_observer(store::committed);
         new_global()
     })
 }
@@ -48,6 +50,7 @@ fn new_global() -> Global {
         proxy: proxy::ProxyMetrics::default(),
         images: images::ImageMetrics::default(),
         store: store::StoreMetrics::default(),
+        lb: lb::LbMetrics::default(),
     }
 }
 
@@ -78,6 +81,7 @@ impl Exporter {
         g.proxy.register(&mut registry);
         g.images.register(&mut registry);
         g.store.register(&mut registry);
+        g.lb.register(&mut registry);
         registry.register_collector(Box::new(workqueue::WorkqueueCollector));
         registry.register_collector(Box::new(images::PullBytesCollector));
         if let Some(c) = collector {
