@@ -6,6 +6,7 @@
 //! gossip members, announced IPs, container usage) is read then by a per-node collector
 //! (`cluster::metrics::NodeCollector`, at the top, reads a whole node). Files: `apiserver`, `kubelet`, `store` (Raft), `gossip`, `lb`,
 //! `proxy`, `images`, `workqueue` (the controllers' queues), one per family group.
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use prometheus_client::registry::Registry;
@@ -22,6 +23,19 @@ pub(crate) mod workqueue;
 
 /// The content type of [`Exporter::render`] (Prometheus negotiates OpenMetrics).
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+static ENABLED: AtomicBool = AtomicBool::new(true);
+
+/// Turns metrics off for this process (`[metrics] enabled = false`): API requests and store
+/// calls are no longer timed or counted and `/metrics` answers 404.
+pub fn set_enabled(on: bool) {
+    ENABLED.store(on, Ordering::Relaxed);
+}
+
+/// Whether this process counts and serves metrics (on unless [`set_enabled`] said no).
+pub fn enabled() -> bool {
+    ENABLED.load(Ordering::Relaxed)
+}
 
 /// The process-wide metrics fed by the code paths.
 pub(crate) struct Global {
@@ -88,6 +102,11 @@ impl Exporter {
             registry.register_collector(c);
         }
         Exporter { registry }
+    }
+
+    /// An exporter with no families at all (what a node with metrics off holds).
+    pub(crate) fn empty() -> Exporter {
+        Exporter { registry: Registry::default() }
     }
 
     /// The OpenMetrics text exposition.

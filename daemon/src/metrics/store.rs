@@ -162,11 +162,17 @@ impl StoreMetrics {
 
 /// The commit observer set on shoal-store.
 pub(crate) fn committed(d: Duration) {
+    if !super::enabled() {
+        return;
+    }
     super::global().store.commit.observe(d.as_secs_f64());
 }
 
 /// The observer set on shoal-kube's object layer.
 pub(crate) fn observe(op: &'static str, res: &shoal_kube::resources::Resource, d: Duration) {
+    if !super::enabled() {
+        return;
+    }
     let r#type = if res.group.is_empty() { res.plural.clone() } else { format!("{}.{}", res.plural, res.group) };
     super::global().store.latency.get_or_create(&RequestLabels { operation: op, r#type }).observe(d.as_secs_f64());
 }

@@ -372,3 +372,54 @@ fn gossip_drops_and_flaps_show_by_reason() {
     assert_eq!(value(&text, r#"shoal_gossip_datagrams_dropped_total{reason="unauthenticated"}"#), Some(2.0), "{text}");
     assert_eq!(value(&text, "shoal_gossip_flaps_total"), Some(4.0), "{text}");
 }
+
+/// Attack, over a real socket: the plain listener answers GET /metrics and nothing else
+/// (no API path, no other method, no path trick), and a node is configured without it by
+/// default or when metrics are off.
+#[tokio::test]
+async fn plain_listener_over_tcp_serves_get_metrics_only_and_is_off_by_default() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // The default config leaves `metrics_listen` unset (config.rs's test): nothing is bound.
+    assert_eq!(plain::address(None, true), None, "off by default");
+    let on = Some("127.0.0.1:9100".parse().unwrap());
+    assert_eq!(plain::address(on, true), on);
+    assert_eq!(plain::address(on, false), None, "metrics off: no listener");
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let served = tokio::spawn(plain::serve(listener, std::sync::Arc::new(Exporter::default()), stop.clone()));
+    let ask = |raw: String| async move {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(raw.as_bytes()).await.unwrap();
+        let mut out = String::new();
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), s.read_to_string(&mut out)).await;
+        out
+    };
+    let get = |path: &str, method: &str| format!("{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let ok = ask(get("/metrics", "GET")).await;
+    assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
+    assert!(ok.contains("# EOF"), "{ok}");
+    for p in [
+        "/api/v1/secrets",
+        "/api/v1/namespaces/kube-system/secrets",
+        "/metrics/../api/v1/secrets",
+        "/ui/",
+        "/",
+        "/metrics?x=/api",
+        "//metrics",
+    ] {
+        let r = ask(get(p, "GET")).await;
+        let want = if p.starts_with("/metrics?") { "HTTP/1.1 200" } else { "HTTP/1.1 404" };
+        assert!(r.starts_with(want), "{p}: {r}");
+        assert!(!r.contains("\"kind\""), "no API object through the plain listener: {r}");
+    }
+    for m in ["POST", "PUT", "DELETE", "PATCH"] {
+        let r = ask(get("/metrics", m)).await;
+        assert!(r.starts_with("HTTP/1.1 405"), "{m}: {r}");
+    }
+    let garbage = ask("\x16\x03\x01 not http at all\r\n\r\n".to_string()).await;
+    assert!(!garbage.contains("# EOF"), "{garbage}");
+    stop.cancel();
+    served.await.unwrap();
+}
