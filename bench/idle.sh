@@ -42,6 +42,7 @@ done
 echo "idle_secs: $IDLE_SECS"
 echo "load_average: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "shoal_profile: $PROFILE"
+echo "idle_metrics: on (the default; /metrics counted and served)"
 # RSS counts the pages of the binary that were touched; a debug build maps far more of them.
 echo "idle_rss_anon_mib_max: $(awk -v r="$max_anon" 'BEGIN {printf "%.1f", r / 1024}')"
 echo "idle_bytes_written_after_1min_total: $total_w"

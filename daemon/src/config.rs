@@ -73,6 +73,22 @@ pub struct NodeConfig {
     pub api: ApiSection,
     pub ingress: IngressConfig,
     pub admission: AdmissionSection,
+    pub metrics: MetricsSection,
+}
+
+/// The `[metrics]` section (docs/observability.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSection {
+    /// Count and serve Prometheus metrics (on by default). Off: requests are not timed or
+    /// counted, `/metrics` answers 404 and `[api] metrics_listen` is not opened.
+    pub enabled: bool,
+}
+
+impl Default for MetricsSection {
+    fn default() -> Self {
+        MetricsSection { enabled: true }
+    }
 }
 
 /// The `[admission]` section (docs/policy.md).
@@ -362,6 +378,7 @@ impl Default for NodeConfig {
             api: ApiSection::default(),
             ingress: IngressConfig::default(),
             admission: AdmissionSection::default(),
+            metrics: MetricsSection::default(),
         }
     }
 }
@@ -631,6 +648,11 @@ mod tests {
         assert_eq!(c.api.metrics_listen, Some("0.0.0.0:9100".parse().unwrap()));
         std::fs::write(&p, "version = 1\n[api]\nmetrics_listen = \"everywhere\"\n").unwrap();
         assert!(NodeConfig::load(&p, true).is_err());
+        assert!(NodeConfig::default().metrics.enabled, "metrics are on by default");
+        std::fs::write(&p, "version = 1\n[metrics]\nenabled = false\n").unwrap();
+        assert!(!NodeConfig::load(&p, true).unwrap().metrics.enabled);
+        std::fs::write(&p, "version = 1\n[metrics]\nenabled = \"no\"\n").unwrap();
+        assert!(NodeConfig::load(&p, true).is_err(), "a bad value is refused");
         assert!(c.admission.external_ip_cidrs.is_empty(), "no externalIP is allowed by default");
         std::fs::write(&p, "version = 1\n[admission]\nexternal_ip_cidrs = [\"192.168.10.0/24\"]\n").unwrap();
         let c = NodeConfig::load(&p, true).unwrap();

@@ -40,8 +40,9 @@ pub(crate) async fn run_services(node: Arc<Node>, stop: CancellationToken) {
     crate::node::register_metrics(&node.transport, metrics.clone());
     tasks.spawn(metrics.clone().run(stop.clone()));
     let _ = node.metrics.set(metrics.clone());
+    crate::metrics::set_enabled(node.cfg.metrics.enabled);
     let exporter = exporter(&node, &tasks, stop.clone());
-    if let Some(addr) = node.cfg.api.metrics_listen {
+    if let Some(addr) = crate::metrics::plain::address(node.cfg.api.metrics_listen, node.cfg.metrics.enabled) {
         tasks.spawn(crate::metrics::plain::run(addr, exporter.clone(), stop.clone()));
     }
     tasks.spawn(api_server(
@@ -72,12 +73,16 @@ pub(crate) async fn run_services(node: Arc<Node>, stop: CancellationToken) {
     tasks.wait().await;
 }
 
-/// The node's `/metrics`: the process-wide families and this node's scrape-time values.
+/// The node's `/metrics`: the process-wide families and this node's scrape-time values
+/// (nothing when metrics are off).
 fn exporter(
     node: &Arc<Node>,
     tasks: &tokio_util::task::TaskTracker,
     stop: CancellationToken,
 ) -> Arc<crate::metrics::Exporter> {
+    if !node.cfg.metrics.enabled {
+        return Arc::new(crate::metrics::Exporter::empty());
+    }
     let leaders = Arc::new(crate::metrics::store::LeaderTracker::default());
     tasks.spawn(leaders.clone().run(node.store.clone(), stop));
     let collector = crate::cluster::metrics::NodeCollector { node: node.clone(), leaders };

@@ -1421,6 +1421,23 @@ async fn metrics_count_kubectl_requests_for_authenticated_clients_only() {
     api.stop().await;
 }
 
+/// `[metrics] enabled = false`: kubectl's requests are not counted and `/metrics` is a
+/// NotFound Status (nextest runs each test in its own process, so the switch stays here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_off_counts_nothing_and_serves_no_metrics() {
+    shoal::metrics::set_enabled(false);
+    let api = Api::start().await;
+    api.ok(&["create", "configmap", "obs-off", "--from-literal=a=b"]).await;
+    api.ok(&["get", "configmaps"]).await;
+    let o = api.run("1.33", &["get", "--raw", "/metrics"], None).await;
+    assert!(!o.ok, "{}", o.stdout);
+    assert!(o.stderr.contains("NotFound") || o.stderr.contains("not found"), "{}", o.stderr);
+    let text = shoal::metrics::Exporter::default().render();
+    assert!(!text.contains(r#"resource="configmaps""#), "requests were counted with metrics off:\n{text}");
+    assert!(!text.contains(r#"type="configmaps""#), "store calls were timed with metrics off:\n{text}");
+    api.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_created_with_kubectl_show_in_kubectl_events() {
     let api = Api::start().await;

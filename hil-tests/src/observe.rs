@@ -178,6 +178,29 @@ pub(crate) fn prometheus_scrapes(
     })
     .map_err(|e| failed(scenario, format!("{e}: rates = {rates:?}")))?;
     m.notes.push(format!("prometheus: up on {up:?}, LIST nodes rate per node {rates:?}"));
+    // shoal's own families reach Prometheus: Raft commits timed somewhere, and the gossip
+    // drop and flap counters present on every node.
+    let (mut commits, mut drops) = (Vec::new(), Vec::new());
+    wait_until(
+        "shoal's Raft and gossip families in prometheus",
+        Duration::from_secs(60),
+        Duration::from_secs(1),
+        || {
+            commits = query(rig, &k.client, "shoal_raft_commit_duration_seconds_count")
+                .map(|r| by_instance(&r))
+                .unwrap_or_default();
+            drops = query(
+                rig,
+                &k.client,
+                "sum by (instance) (shoal_gossip_datagrams_dropped_total) + on (instance) shoal_gossip_flaps_total",
+            )
+            .map(|r| by_instance(&r))
+            .unwrap_or_default();
+            commits.iter().any(|(_, v)| *v > 0.0) && drops.len() == targets.len()
+        },
+    )
+    .map_err(|e| failed(scenario, format!("{e}: commits = {commits:?}, gossip drops + flaps = {drops:?}")))?;
+    m.notes.push(format!("prometheus: raft commits per node {commits:?}, gossip drops + flaps per node {drops:?}"));
     Ok(())
 }
 

@@ -18,6 +18,7 @@ mod log_store;
 mod mem;
 mod network;
 mod node;
+pub mod observe;
 mod raft_types;
 mod secrets;
 mod state_machine;

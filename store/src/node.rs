@@ -272,7 +272,8 @@ impl RaftNode {
     pub(crate) async fn propose(&self, command: Command) -> Result<CommandResponse> {
         self.check_open()?;
         self.gate(&command)?;
-        let deadline = Instant::now() + self.cfg.request_timeout;
+        let proposed = Instant::now();
+        let deadline = proposed + self.cfg.request_timeout;
         let mut hint: Option<(NodeId, String)> = None;
         let mut last_err = String::from("no leader known");
         loop {
@@ -280,7 +281,10 @@ impl RaftNode {
             let target = hint.take().or_else(|| self.leader());
             match target {
                 Some((id, _)) if id == self.cfg.node_id => match self.write_local(command.clone(), deadline).await {
-                    Ok(ProposeReply::Applied { response, .. }) => return Ok(response),
+                    Ok(ProposeReply::Applied { response, .. }) => {
+                        crate::observe::committed(proposed.elapsed());
+                        return Ok(response);
+                    }
                     Ok(ProposeReply::NotLeader(h)) => {
                         hint = h.leader.filter(|(l, _)| *l != self.cfg.node_id);
                         last_err = "leadership changed".into();
@@ -304,6 +308,7 @@ impl RaftNode {
                     match reply {
                         Ok(ProposeReply::Applied { response, index }) => {
                             self.wait_applied(index, deadline).await?;
+                            crate::observe::committed(proposed.elapsed());
                             return Ok(response);
                         }
                         Ok(ProposeReply::NotLeader(h)) => {

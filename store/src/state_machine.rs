@@ -487,6 +487,7 @@ fn build(shared: &SmShared) -> Result<Snapshot<TypeConfig>> {
         snap.insert("data", blob.as_slice()).map_err(db_err)?;
     }
     w.commit().map_err(db_err)?;
+    crate::observe::snapshot(blob.len());
     Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(blob)) })
 }
 
@@ -548,6 +549,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let shared = self.shared.clone();
         let meta2 = meta.clone();
         let revision = data.revision;
+        crate::observe::snapshot(blob.len());
         tokio::task::spawn_blocking(move || write_snapshot_state(&shared.db, &data, &meta2, &blob))
             .await
             .map_err(sm_err)?
@@ -568,6 +570,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             Some(v) => v.value().to_vec(),
             None => return Ok(None),
         };
+        crate::observe::snapshot(data.len());
         Ok(Some(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) }))
     }
 }

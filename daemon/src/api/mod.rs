@@ -281,12 +281,11 @@ impl Server {
                     let state = state.clone();
                     let cert_user = cert_user.clone();
                     async move {
-                        let info = crate::metrics::apiserver::RequestInfo::of(req.method(), req.uri(), req.headers());
-                        let pending = crate::metrics::apiserver::start(info);
+                        let pending = crate::metrics::apiserver::begin(req.method(), req.uri(), req.headers());
                         let mut req = req.map(axum::body::Body::new);
                         req.extensions_mut().insert(peer);
                         let resp = router::dispatch(state, cert_user, req).await;
-                        Ok::<_, Infallible>(pending.finish(resp))
+                        Ok::<_, Infallible>(crate::metrics::apiserver::end(pending, resp))
                     }
                 });
                 let builder = auto::Builder::new(TokioExecutor::new());

@@ -108,7 +108,7 @@ async fn route(state: Arc<ApiState>, req: Request<Body>) -> Result<Response, Api
     let get = req.method() == Method::GET;
     match segs.as_slice() {
         ["version"] if get => ok(discovery::version()),
-        ["metrics"] if get => {
+        ["metrics"] if get && crate::metrics::enabled() => {
             Ok((StatusCode::OK, [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], state.exporter.render())
                 .into_response())
         }

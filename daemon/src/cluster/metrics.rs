@@ -29,9 +29,14 @@ impl Collector for NodeCollector {
         let node = &self.node;
         crate::metrics::store::encode(&node.store.status(), self.leaders.changes(), &mut encoder)?;
         crate::metrics::gossip::encode(&node.membership.members(), &mut encoder)?;
+        let (flaps, dropped) = (node.membership.flaps_damped(), node.membership.sealer().stats());
+        crate::metrics::gossip::encode_counters(flaps, dropped, &mut encoder)?;
         if let Some(rx) = node.lb_announced.get() {
-            let list = rx.borrow().clone();
-            crate::metrics::lb::encode(&node.identity.name, &list, &mut encoder)?;
+            let (mine, known) = {
+                let list = rx.borrow();
+                (list.iter().filter(|a| a.node.as_deref() == Some(node.identity.name.as_str())).count(), list.len())
+            };
+            crate::metrics::lb::encode(mine, known, &mut encoder)?;
         }
         if node.cfg.node.runs_pods() {
             let samples = node.metrics.get().map(|m| m.container_samples()).unwrap_or_default();

@@ -425,6 +425,7 @@ impl<N: Net + 'static, A: Announcer, V: ClusterView> LbAnnouncer<N, A, V> {
                     node: winner,
                 });
             }
+            crate::metrics::lb::took_over(winners(&self.state.borrow()), winners(&table), &self.node);
             self.state.send_if_modified(|cur| {
                 let changed = *cur != table;
                 *cur = table;
@@ -466,6 +467,7 @@ impl<N: Net + 'static, A: Announcer, V: ClusterView> LbAnnouncer<N, A, V> {
                 let (garp, l, probed) = (Arc::clone(&self.garp), link.clone(), *ip);
                 match tokio::task::spawn_blocking(move || garp.probe(&l, probed).map_err(Box::new)).await {
                     Ok(Ok(Some(mac))) => {
+                        crate::metrics::lb::probe_answered();
                         let other = mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
                         let since = *contested.entry(*ip).or_insert(now);
                         if now.duration_since(since) < CONTEST_LIMIT {
@@ -517,6 +519,11 @@ impl<N: Net + 'static, A: Announcer, V: ClusterView> LbAnnouncer<N, A, V> {
     }
 }
 
+/// Each IP of an announcement table with its elected node (for the failover count).
+fn winners(table: &[Announcement]) -> impl Iterator<Item = (IpAddr, Option<&str>)> {
+    table.iter().map(|a| (a.ip, a.node.as_deref()))
+}
+
 fn host_prefix(ip: IpAddr) -> u8 {
     if ip.is_ipv4() {
         32
@@ -532,8 +539,9 @@ fn spawn_burst<A: Announcer>(garp: Arc<A>, link: String, ip: IpAddr) -> AbortHan
             if i > 0 {
                 tokio::time::sleep(BURST_GAP).await;
             }
-            if let Err(error) = garp.announce(&link, ip) {
-                tracing::warn!(%error, %ip, link, "announcement failed");
+            match garp.announce(&link, ip) {
+                Ok(()) => crate::metrics::lb::announced(),
+                Err(error) => tracing::warn!(%error, %ip, link, "announcement failed"),
             }
         }
     })

@@ -276,6 +276,23 @@ pub(crate) struct Pending {
     _inflight: Option<GaugeGuard>,
 }
 
+/// Starts timing a request of the API port, unless metrics are off.
+pub(crate) fn begin(
+    method: &axum::http::Method,
+    uri: &axum::http::Uri,
+    headers: &axum::http::HeaderMap,
+) -> Option<Pending> {
+    super::enabled().then(|| start(RequestInfo::of(method, uri, headers)))
+}
+
+/// Records the answer of a request [`begin`] started (nothing when metrics are off).
+pub(crate) fn end(pending: Option<Pending>, resp: Response<Body>) -> Response<Body> {
+    match pending {
+        Some(p) => p.finish(resp),
+        None => resp,
+    }
+}
+
 /// Counts a request in flight (long-running ones are not: they are counted by
 /// `apiserver_longrunning_requests` once they are answered).
 pub(crate) fn start(info: RequestInfo) -> Pending {

@@ -6,6 +6,7 @@
 //! gossip members, announced IPs, container usage) is read then by a per-node collector
 //! (`cluster::metrics::NodeCollector`, at the top, reads a whole node). Files: `apiserver`, `kubelet`, `store` (Raft), `gossip`, `lb`,
 //! `proxy`, `images`, `workqueue` (the controllers' queues), one per family group.
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use prometheus_client::registry::Registry;
@@ -23,6 +24,19 @@ pub(crate) mod workqueue;
 /// The content type of [`Exporter::render`] (Prometheus negotiates OpenMetrics).
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
+static ENABLED: AtomicBool = AtomicBool::new(true);
+
+/// Turns metrics off for this process (`[metrics] enabled = false`): API requests and store
+/// calls are no longer timed or counted and `/metrics` answers 404.
+pub fn set_enabled(on: bool) {
+    ENABLED.store(on, Ordering::Relaxed);
+}
+
+/// Whether this process counts and serves metrics (on unless [`set_enabled`] said no).
+pub fn enabled() -> bool {
+    ENABLED.load(Ordering::Relaxed)
+}
+
 /// The process-wide metrics fed by the code paths.
 pub(crate) struct Global {
     pub api: apiserver::ApiMetrics,
@@ -30,6 +44,7 @@ pub(crate) struct Global {
     pub proxy: proxy::ProxyMetrics,
     pub images: images::ImageMetrics,
     pub store: store::StoreMetrics,
+    pub lb: lb::LbMetrics,
 }
 
 /// The process-wide metrics (created at first use).
@@ -37,6 +52,7 @@ pub(crate) fn global() -> &'static Global {
     static G: OnceLock<Global> = OnceLock::new();
     G.get_or_init(|| {
         shoal_kube::objects::set_request_observer(store::observe);
+        shoal_store::observe::set_commit_observer(store::committed);
         new_global()
     })
 }
@@ -48,6 +64,7 @@ fn new_global() -> Global {
         proxy: proxy::ProxyMetrics::default(),
         images: images::ImageMetrics::default(),
         store: store::StoreMetrics::default(),
+        lb: lb::LbMetrics::default(),
     }
 }
 
@@ -78,12 +95,18 @@ impl Exporter {
         g.proxy.register(&mut registry);
         g.images.register(&mut registry);
         g.store.register(&mut registry);
+        g.lb.register(&mut registry);
         registry.register_collector(Box::new(workqueue::WorkqueueCollector));
         registry.register_collector(Box::new(images::PullBytesCollector));
         if let Some(c) = collector {
             registry.register_collector(c);
         }
         Exporter { registry }
+    }
+
+    /// An exporter with no families at all (what a node with metrics off holds).
+    pub(crate) fn empty() -> Exporter {
+        Exporter { registry: Registry::default() }
     }
 
     /// The OpenMetrics text exposition.

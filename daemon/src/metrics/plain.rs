@@ -16,6 +16,11 @@ use tokio_util::task::TaskTracker;
 
 use super::Exporter;
 
+/// Where the listener binds: only when `[api] metrics_listen` is set and metrics are on.
+pub(crate) fn address(metrics_listen: Option<SocketAddr>, metrics_enabled: bool) -> Option<SocketAddr> {
+    metrics_listen.filter(|_| metrics_enabled)
+}
+
 /// Answers one request of the plain listener.
 pub(crate) fn answer(exporter: &Exporter, req: &Request<impl Sized>) -> Response<Body> {
     let text = |code: StatusCode, msg: &'static str| {

@@ -1,7 +1,10 @@
 //! Raft and store metrics, read at scrape time from the replica's status:
 //! `shoal_raft_term`, `shoal_raft_applied_index`, `shoal_raft_is_leader`,
 //! `shoal_raft_members{role}`, `shoal_store_revision`, and `shoal_raft_leader_changes_total`
-//! (counted by [`LeaderTracker`], which polls the in-memory status: nothing is written).
+//! (counted by [`LeaderTracker`], which polls the in-memory status: nothing is written),
+//! `shoal_raft_snapshot_bytes` (the last snapshot built, installed or loaded), and the histogram
+//! `shoal_raft_commit_duration_seconds` (each write, from its proposal to its application on the
+//! node that proposed it, fed by shoal-store).
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -80,6 +83,12 @@ pub(crate) fn encode(st: &StoreStatus, changes: u64, encoder: &mut DescriptorEnc
     )?;
     gauge(encoder, "shoal_raft_has_leader", "1 if this node knows a Raft leader.", i64::from(st.leader.is_some()))?;
     gauge(encoder, "shoal_store_revision", "Store revision of this replica.", st.revision as i64)?;
+    gauge(
+        encoder,
+        "shoal_raft_snapshot_bytes",
+        "Size of the last Raft snapshot this node built, installed or loaded (0: none yet).",
+        i64::try_from(shoal_store::observe::snapshot_bytes()).unwrap_or(i64::MAX),
+    )?;
     let c = ConstCounter::new(changes);
     c.encode(encoder.encode_descriptor(
         "shoal_raft_leader_changes",
@@ -119,11 +128,20 @@ fn latency_histogram() -> Histogram {
 /// create, update, delete), timed as kube-apiserver times its etcd calls.
 pub(crate) struct StoreMetrics {
     pub latency: LatencyFamily,
+    /// `shoal_raft_commit_duration_seconds`.
+    pub commit: Histogram,
 }
+
+/// Commit latency buckets: exponential from 1 ms to 8 s (etcd's WAL and backend buckets).
+const COMMIT_BUCKETS: [f64; 14] =
+    [0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512, 1.024, 2.048, 4.096, 8.192];
 
 impl Default for StoreMetrics {
     fn default() -> Self {
-        StoreMetrics { latency: LatencyFamily::new_with_constructor(latency_histogram) }
+        StoreMetrics {
+            latency: LatencyFamily::new_with_constructor(latency_histogram),
+            commit: Histogram::new(COMMIT_BUCKETS),
+        }
     }
 }
 
@@ -134,11 +152,27 @@ impl StoreMetrics {
             "Store request latency in seconds for each operation and object type.",
             self.latency.clone(),
         );
+        r.register(
+            "shoal_raft_commit_duration_seconds",
+            "Raft write latency in seconds, from proposal to application on the proposing node.",
+            self.commit.clone(),
+        );
     }
+}
+
+/// The commit observer set on shoal-store.
+pub(crate) fn committed(d: Duration) {
+    if !super::enabled() {
+        return;
+    }
+    super::global().store.commit.observe(d.as_secs_f64());
 }
 
 /// The observer set on shoal-kube's object layer.
 pub(crate) fn observe(op: &'static str, res: &shoal_kube::resources::Resource, d: Duration) {
+    if !super::enabled() {
+        return;
+    }
     let r#type = if res.group.is_empty() { res.plural.clone() } else { format!("{}.{}", res.plural, res.group) };
     super::global().store.latency.get_or_create(&RequestLabels { operation: op, r#type }).observe(d.as_secs_f64());
 }

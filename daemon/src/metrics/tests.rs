@@ -297,3 +297,129 @@ fn store_latency_has_etcds_name_operation_and_type() {
     let count = value(&text, r#"etcd_request_duration_seconds_count{operation="get",type="deployments.apps"}"#);
     assert!(count.unwrap_or(0.0) >= 1.0, "{text}");
 }
+
+/// The reading of a real store at scrape time, as a node's collector does it.
+struct StoreOf(shoal_store::Store);
+
+impl std::fmt::Debug for StoreOf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StoreOf")
+    }
+}
+
+impl Collector for StoreOf {
+    fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        store::encode(&self.0.status(), 0, &mut e)
+    }
+}
+
+/// Writes through a one-node Raft group show in the commit latency histogram, and the
+/// snapshot it takes (every 5 entries here) in `shoal_raft_snapshot_bytes`.
+#[tokio::test]
+async fn raft_commits_and_snapshot_size_show_in_metrics() {
+    let _ = global();
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = shoal_store::testing::TestCluster::start_with(dir.path(), 1, |cfg| {
+        cfg.snapshot_every = 5;
+        cfg.keep_logs_behind_snapshot = 1;
+    })
+    .await
+    .unwrap();
+    let s = c.store(1).clone();
+    let count = |text: &str| value(text, "shoal_raft_commit_duration_seconds_count").unwrap_or(0.0);
+    let before = count(&Exporter::new(None).render());
+    for i in 0..20 {
+        s.txn(shoal_store::Txn::put(format!("/k/{i}"), vec![b'x'; 100])).await.unwrap();
+    }
+    let mut text = String::new();
+    for _ in 0..100 {
+        text = Exporter::new(Some(Box::new(StoreOf(s.clone())))).render();
+        if value(&text, "shoal_raft_snapshot_bytes").unwrap_or(0.0) > 0.0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    c.stop_all().await.unwrap();
+    assert!(text.contains("# TYPE shoal_raft_commit_duration_seconds histogram"), "{text}");
+    assert!(count(&text) >= before + 20.0, "20 writes observed: {text}");
+    assert!(text.contains(r#"shoal_raft_commit_duration_seconds_bucket{le="8.192"}"#), "{text}");
+    assert!(value(&text, "shoal_raft_snapshot_bytes").unwrap_or(0.0) > 1000.0, "a snapshot holds the 20 keys: {text}");
+}
+
+/// Attack: datagrams that are not sealed with the cluster's key (plaintext, or sealed with
+/// another key) are counted by reason, as a scrape shows them; flaps damped show as counted.
+#[test]
+fn gossip_drops_and_flaps_show_by_reason() {
+    use shoal_gossip::{GossipKeyring, Sealer};
+    let ours = Sealer::new(GossipKeyring::generate()).unwrap();
+    let theirs = Sealer::new(GossipKeyring::generate()).unwrap();
+    assert!(ours.open(b"plain chitchat bytes").is_err());
+    assert!(ours.open(&theirs.seal(b"forged")).is_err());
+    assert!(ours.open(&theirs.seal(b"forged again")).is_err());
+    assert!(ours.open(&ours.seal(b"fine")).is_ok());
+    #[derive(Debug)]
+    struct C(Sealer);
+    impl Collector for C {
+        fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+            gossip::encode_counters(4, self.0.stats(), &mut e)
+        }
+    }
+    let mut r = Registry::default();
+    r.register_collector(Box::new(C(ours)));
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &r).unwrap();
+    assert_eq!(value(&text, r#"shoal_gossip_datagrams_dropped_total{reason="plaintext"}"#), Some(1.0), "{text}");
+    assert_eq!(value(&text, r#"shoal_gossip_datagrams_dropped_total{reason="unauthenticated"}"#), Some(2.0), "{text}");
+    assert_eq!(value(&text, "shoal_gossip_flaps_total"), Some(4.0), "{text}");
+}
+
+/// Attack, over a real socket: the plain listener answers GET /metrics and nothing else
+/// (no API path, no other method, no path trick), and a node is configured without it by
+/// default or when metrics are off.
+#[tokio::test]
+async fn plain_listener_over_tcp_serves_get_metrics_only_and_is_off_by_default() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // The default config leaves `metrics_listen` unset (config.rs's test): nothing is bound.
+    assert_eq!(plain::address(None, true), None, "off by default");
+    let on = Some("127.0.0.1:9100".parse().unwrap());
+    assert_eq!(plain::address(on, true), on);
+    assert_eq!(plain::address(on, false), None, "metrics off: no listener");
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let served = tokio::spawn(plain::serve(listener, std::sync::Arc::new(Exporter::default()), stop.clone()));
+    let ask = |raw: String| async move {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(raw.as_bytes()).await.unwrap();
+        let mut out = String::new();
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), s.read_to_string(&mut out)).await;
+        out
+    };
+    let get = |path: &str, method: &str| format!("{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let ok = ask(get("/metrics", "GET")).await;
+    assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
+    assert!(ok.contains("# EOF"), "{ok}");
+    for p in [
+        "/api/v1/secrets",
+        "/api/v1/namespaces/kube-system/secrets",
+        "/metrics/../api/v1/secrets",
+        "/ui/",
+        "/",
+        "/metrics?x=/api",
+        "//metrics",
+    ] {
+        let r = ask(get(p, "GET")).await;
+        let want = if p.starts_with("/metrics?") { "HTTP/1.1 200" } else { "HTTP/1.1 404" };
+        assert!(r.starts_with(want), "{p}: {r}");
+        assert!(!r.contains("\"kind\""), "no API object through the plain listener: {r}");
+    }
+    for m in ["POST", "PUT", "DELETE", "PATCH"] {
+        let r = ask(get("/metrics", m)).await;
+        assert!(r.starts_with("HTTP/1.1 405"), "{m}: {r}");
+    }
+    let garbage = ask("\x16\x03\x01 not http at all\r\n\r\n".to_string()).await;
+    assert!(!garbage.contains("# EOF"), "{garbage}");
+    stop.cancel();
+    served.await.unwrap();
+}

@@ -196,6 +196,7 @@ impl Proxy {
         }
         let table = rules::render(&ports, &self.node);
         if last.as_ref() == Some(&table) {
+            crate::metrics::proxy::synced(started.elapsed(), ports.len(), None);
             return Ok(false);
         }
         // In place when the kernel still holds what we applied last, so ClientIP affinity
@@ -211,8 +212,8 @@ impl Proxy {
             .await
             .map_err(ProxyError::Join)?
             .map_err(ProxyError::Apply)?;
+        crate::metrics::proxy::synced(started.elapsed(), ports.len(), Some(&table));
         *last = Some(table);
-        crate::metrics::proxy::synced(started.elapsed(), ports.len());
         Ok(true)
     }
 

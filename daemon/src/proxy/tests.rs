@@ -568,3 +568,36 @@ mod root {
         drop(lab);
     }
 }
+
+/// Every sync is observed in `kubeproxy_sync_proxy_rules_duration_seconds`, including the ones
+/// that find the table unchanged (kube-proxy observes every sync), and `shoal_proxy_rules`
+/// counts the rules of the applied table.
+#[tokio::test]
+async fn every_sync_is_observed_and_rules_are_counted() {
+    use std::sync::Arc;
+    let objects = shoal_kube::Objects::new(shoal_store::Store::in_memory());
+    let res = shoal_kube::resources::find("", "services").unwrap();
+    objects.create(&res, Some("default"), web()).await.unwrap();
+    let slices = shoal_kube::resources::find("discovery.k8s.io", "endpointslices").unwrap();
+    objects.create(&slices, Some("default"), slice("web", "http", 8080, &[("10.42.1.5", "n2", true)])).await.unwrap();
+    let proxy = super::Proxy::new(objects, "n1".into(), vec![])
+        .with_nft(Arc::new(shoal_netlink::FakeNft::new()))
+        .with_sysctl_root(None)
+        .with_health_checks(false);
+    let k = super::kinds().unwrap();
+    let health = super::health::HealthServers::new(Vec::new());
+    let count = |t: &str| {
+        t.lines()
+            .find_map(|l| l.strip_prefix("kubeproxy_sync_proxy_rules_duration_seconds_count ")?.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let before = count(&crate::metrics::Exporter::new(None).render());
+    let mut last = None;
+    assert!(proxy.sync(&k, &mut last, &health).await.unwrap(), "the first sync applies");
+    assert!(!proxy.sync(&k, &mut last, &health).await.unwrap(), "the second finds nothing to change");
+    let text = crate::metrics::Exporter::new(None).render();
+    assert!(count(&text) >= before + 2.0, "both syncs observed: {text}");
+    let rules = text.lines().find_map(|l| l.strip_prefix("shoal_proxy_rules ")?.parse::<f64>().ok());
+    assert!(rules.unwrap_or(0.0) >= 3.0, "the table's rules are counted: {text}");
+    assert!(text.contains("kubeproxy_sync_proxy_rules_last_timestamp_seconds "), "{text}");
+}

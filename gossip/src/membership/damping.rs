@@ -36,6 +36,8 @@ pub(crate) struct NodeLiveness {
     heartbeat_changed_at: Instant,
     raw_alive_since: Option<Instant>,
     deaths: VecDeque<Instant>,
+    /// Returns to raw liveness that were held back (flaps damped).
+    damped: u64,
 }
 
 impl NodeLiveness {
@@ -47,6 +49,7 @@ impl NodeLiveness {
             heartbeat_changed_at: now,
             raw_alive_since: None,
             deaths: VecDeque::new(),
+            damped: 0,
         }
     }
 
@@ -57,6 +60,11 @@ impl NodeLiveness {
     /// When the node's heartbeat last advanced (or its generation changed).
     pub(crate) fn heartbeat_changed_at(&self) -> Instant {
         self.heartbeat_changed_at
+    }
+
+    /// How many returns to raw liveness were held back so far (flaps damped).
+    pub(crate) fn damped(&self) -> u64 {
+        self.damped
     }
 
     /// How long raw liveness must now hold before a dead node is reported alive again.
@@ -98,6 +106,9 @@ impl NodeLiveness {
         if self.reported_alive {
             return Transition::None;
         }
+        if self.raw_alive_since.is_none() && !self.current_hold(cfg).is_zero() {
+            self.damped += 1;
+        }
         let since = *self.raw_alive_since.get_or_insert(now);
         if now.saturating_duration_since(since) >= self.current_hold(cfg) {
             self.reported_alive = true;
@@ -129,6 +140,7 @@ mod tests {
         let mut n = NodeLiveness::new(t0, 1, 1);
         assert_eq!(n.observe(&cfg, t0, 1, 2, true), Transition::Revived);
         assert!(n.alive());
+        assert_eq!(n.damped(), 0, "a join is not a flap");
         assert_eq!(n.observe(&cfg, t0 + Duration::from_millis(100), 1, 3, false), Transition::Died);
         assert!(!n.alive());
     }
@@ -184,6 +196,7 @@ mod tests {
         assert_eq!(n.observe(&cfg, ms(1700), 1, 7, true), Transition::None);
         assert_eq!(n.observe(&cfg, ms(3600), 1, 8, true), Transition::None);
         assert_eq!(n.observe(&cfg, ms(3700), 1, 9, true), Transition::Revived);
+        assert_eq!(n.damped(), 2, "each return held back counts as one flap damped");
     }
 
     #[test]

@@ -163,6 +163,7 @@ pub struct Membership {
     handle: Mutex<Option<ChitchatHandle>>,
     watcher: Mutex<Option<tokio::task::JoinHandle<()>>>,
     sealer: Sealer,
+    flaps: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for Membership {
@@ -227,6 +228,7 @@ impl Membership {
         let (tx, rx) = watch::channel(Vec::new());
         let changed = Arc::new(Notify::new());
         let heard = Heard::default();
+        let flaps = Arc::new(AtomicU64::new(0));
         let shutdown = CancellationToken::new();
         let watcher = Watcher {
             chitchat: chitchat.clone(),
@@ -237,6 +239,7 @@ impl Membership {
             tx,
             heard: heard.clone(),
             changed: changed.clone(),
+            flaps: flaps.clone(),
         };
         watcher.refresh().await;
         let watcher = tokio::spawn(watcher.run(shutdown.clone()));
@@ -256,6 +259,7 @@ impl Membership {
             handle: Mutex::new(Some(handle)),
             watcher: Mutex::new(Some(watcher)),
             sealer,
+            flaps,
         })
     }
 
@@ -263,6 +267,11 @@ impl Membership {
     /// on it takes effect with the next datagram.
     pub fn sealer(&self) -> &Sealer {
         &self.sealer
+    }
+
+    /// How many times a member that came back was held dead by flap damping (see `damping`).
+    pub fn flaps_damped(&self) -> u64 {
+        self.flaps.load(Ordering::Relaxed)
     }
 
     /// The address peers gossip with this node on.
@@ -349,6 +358,7 @@ struct Watcher {
     tx: watch::Sender<Vec<Member>>,
     heard: Heard,
     changed: Arc<Notify>,
+    flaps: Arc<AtomicU64>,
 }
 
 impl Watcher {
@@ -405,7 +415,9 @@ impl Watcher {
                 .nodes
                 .entry(name.to_string())
                 .or_insert_with(|| NodeLiveness::new(now, id.generation_id, heartbeat));
+            let damped = liveness.damped();
             let transition = liveness.observe(&self.damping, now, id.generation_id, heartbeat, live.contains(*id));
+            self.flaps.fetch_add(liveness.damped() - damped, Ordering::Relaxed);
             if liveness.heartbeat_changed_at() == now {
                 lock(&self.heard.0).insert(name.to_string(), SystemTime::now());
             }

@@ -49,6 +49,16 @@ def main():
             browser.close()
 
 
+def no_overflow(page, step):
+    """The page body never scrolls sideways at phone width: wide tables wrap or scroll inside."""
+    w = page.evaluate(
+        "() => ({inner: window.innerWidth, doc: document.documentElement.scrollWidth,"
+        " body: document.body.scrollWidth})"
+    )
+    if max(w["doc"], w["body"]) > w["inner"]:
+        raise RuntimeError(f"{step}: the page is {max(w['doc'], w['body'])} px wide in a {w['inner']} px window")
+
+
 def run(browser, token):
     # The cluster CA is not in the browser's store: its certificate errors are ignored.
     ctx = browser.new_context(ignore_https_errors=True, viewport={"width": 390, "height": 844})
@@ -88,6 +98,7 @@ def run(browser, token):
         raise RuntimeError("the sign-in form is still shown after signing in")
     signin_to_nodes_s = time.monotonic() - t1
     shot(page, "ui-1-three-nodes.png")
+    no_overflow(page, "nodes")
     say(
         step="nodes",
         first_load_bytes=first_load_bytes,
@@ -99,6 +110,7 @@ def run(browser, token):
     # The pod the scenario creates now appears, Running (from the watch, no reload).
     page.wait_for_selector(f'#pods tr[data-pod="{pod}"][data-phase="Running"]', timeout=step_ms)
     shot(page, "ui-2-pod.png")
+    no_overflow(page, "pod")
     say(step="pod")
 
     # The node whose power the scenario cuts shows NotReady.
@@ -111,6 +123,7 @@ def run(browser, token):
         ".filter(r => r.dataset.ready !== 'True').map(r => r.dataset.node)"
     )
     shot(page, "ui-3-node-not-ready.png")
+    no_overflow(page, "notready")
     say(step="notready", node=",".join(down))
 
 

@@ -150,6 +150,11 @@ async fn eventually<F: AsyncFnMut() -> bool>(what: &str, mut f: F) {
     panic!("timed out waiting for: {what}");
 }
 
+/// The value of an unlabelled series in a `/metrics` text.
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok()).unwrap_or(0.0)
+}
+
 #[tokio::test]
 async fn one_node_announces_and_another_takes_over_when_it_dies() {
     let objects = seeded().await;
@@ -183,6 +188,9 @@ async fn one_node_announces_and_another_takes_over_when_it_dies() {
     let next = elect(vip(), survivors).unwrap();
     let nx = nodes.iter().position(|n| n.name == next).unwrap();
     eventually("the next node holds the ip", async || holds(&nodes[nx]).await).await;
+    let scrape = crate::metrics::Exporter::new(None).render();
+    assert!(metric(&scrape, "shoal_lb_failovers_total") >= 1.0, "the take-over is counted: {scrape}");
+    assert!(metric(&scrape, "shoal_lb_announcements_total") >= 1.0, "gratuitous arp counted: {scrape}");
 
     shutdown.cancel();
     eventually("ips are removed on shutdown", async || !holds(&nodes[nx]).await).await;
@@ -226,6 +234,8 @@ async fn a_winner_waits_while_another_host_still_answers() {
     let holds_now = net.list_addresses("eth0").await.unwrap().iter().any(|a| a.addr == vip());
     assert!(!holds_now, "the winner took the ip while another host answered for it");
     assert!(garp.sent().is_empty(), "no announcement while another host answers");
+    let scrape = crate::metrics::Exporter::new(None).render();
+    assert!(metric(&scrape, "shoal_lb_arp_replies_total") >= 1.0, "the answered probe is counted: {scrape}");
     garp.set_answered_by(None);
     eventually("the ip is taken once nobody else answers", async || {
         net.list_addresses("eth0").await.unwrap().iter().any(|a| a.addr == vip())
