@@ -12,7 +12,7 @@ use shoal_kube::{Preconditions, Resource, UpdateMode};
 
 use super::status::{ApiError, Cause};
 use super::table::{self, IncludeObject};
-use super::{crd, job, namespace, paging, pod, rbac, secret, service, workloads, ApiState};
+use super::{crd, csr, job, namespace, paging, pod, rbac, secret, service, workloads, ApiState};
 
 /// One request on a resource, parsed.
 pub(crate) struct Ctx {
@@ -91,7 +91,8 @@ pub(crate) fn apply_patch(
             patch::server_side_apply(Some(doc.clone()), applied, group, obj_kind)
         }
     };
-    r.map_err(|e| ApiError::new(e.http_code(), e.reason(), e.to_string()))
+    let patched = r.and_then(|v| patch::check_bounds(&v).map(|()| v));
+    patched.map_err(|e| ApiError::new(e.http_code(), e.reason(), e.to_string()))
 }
 
 impl Ctx {
@@ -403,6 +404,9 @@ pub(crate) async fn create_object(ctx: &Ctx, mut obj: Value) -> Result<Response,
     if ctx.res.namespaced {
         namespace::check_open(&ctx.state.objects, ctx.ns().unwrap_or("default")).await?;
     }
+    if csr::is_csr(ctx) {
+        csr::prepare_create(ctx, &mut obj)?;
+    }
     let uid = uuid::Uuid::new_v4().to_string();
     admit(&ctx.res, &mut obj, None, &uid)?;
     let objects = &ctx.state.objects;
@@ -528,7 +532,7 @@ async fn write(ctx: &Ctx, name: &str, mut next: Value, old: &Value, mode: Update
 /// What a write replaces: the status subresource only status; the object everything but
 /// status, unless the resource has no status subresource (then status is ordinary content).
 fn mode_for(res: &Resource, sub: Option<&str>) -> UpdateMode {
-    if sub == Some("status") {
+    if matches!(sub, Some("status" | "approval")) {
         UpdateMode::Status
     } else if res.subresources.iter().any(|s| s == "status") {
         UpdateMode::Spec
@@ -551,7 +555,10 @@ async fn prepare_update(ctx: &Ctx, name: &str, obj: &mut Value, old: &Value) -> 
     }
     obj["metadata"]["name"] = json!(name);
     check_namespace(ctx, obj)?;
-    if ctx.sub.as_deref() == Some("status") {
+    if csr::is_csr(ctx) {
+        csr::prepare_update(ctx, obj, old).await?;
+    }
+    if matches!(ctx.sub.as_deref(), Some("status" | "approval")) {
         return Ok(());
     }
     check_strict(ctx, obj).await?;
@@ -606,7 +613,7 @@ async fn webhooks(ctx: &Ctx, operation: &'static str, obj: Option<&mut Value>, o
 /// the webhooks whose rules name the subresource), Pod Security, LimitRanger, ResourceQuota.
 async fn admit_update(ctx: &Ctx, obj: &mut Value, old: &Value) -> Result<(), ApiError> {
     webhooks(ctx, "UPDATE", Some(obj), old).await?;
-    if ctx.sub.as_deref() == Some("status") {
+    if matches!(ctx.sub.as_deref(), Some("status" | "approval")) {
         return Ok(());
     }
     let obj = &*obj;
