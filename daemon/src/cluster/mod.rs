@@ -384,11 +384,29 @@ async fn join_cluster(
     addr: SocketAddr,
     token: &str,
 ) -> Result<NodeState, ClusterError> {
-    let req = JoinRequest { name: name.into(), ips: vec![advertise] };
-    let bundle = shoal_gossip::transport::join(addr, token, req)
-        .await
-        .map_err(|source| ClusterError::Join { addr, source: Box::new(source) })?;
+    // A join refused with "retry" (no leader during a failover, the leader out of reach) is
+    // tried again a few times, 1, 2, 4 and 8 s apart; any other refusal is final at once.
+    let mut wait = std::time::Duration::from_secs(1);
+    let bundle = loop {
+        let req = JoinRequest { name: name.into(), ips: vec![advertise] };
+        match shoal_gossip::transport::join(addr, token, req).await {
+            Ok(b) => break b,
+            Err(e) if join_retryable(&e) && wait <= JOIN_RETRY_MAX_WAIT => {
+                tracing::warn!(%addr, error = %e, retry_in = ?wait, "join refused for now; retrying");
+                tokio::time::sleep(wait).await;
+                wait *= 2;
+            }
+            Err(source) => return Err(ClusterError::Join { addr, source: Box::new(source) }),
+        }
+    };
     node_state(cfg, name, advertise, bundle.secrets, bundle.node_cert_pem, bundle.node_key_pem, false)
+}
+
+const JOIN_RETRY_MAX_WAIT: std::time::Duration = std::time::Duration::from_secs(8);
+
+/// Whether a join refusal asks to be retried (its message ends with "retry").
+fn join_retryable(e: &shoal_gossip::Error) -> bool {
+    matches!(e, shoal_gossip::Error::JoinRefused { message } if message.trim_end().ends_with("retry"))
 }
 
 /// A node's state with a fresh Raft id; the cluster id is derived from the CA.
@@ -829,5 +847,21 @@ mod tests {
         assert_eq!(v["tolerates"], 1);
         assert!(v["message"].as_str().unwrap().contains("with 1 of them down"), "{v}");
         assert_eq!(fault_tolerance(5)["tolerates"], 2);
+    }
+}
+
+#[cfg(test)]
+mod join_retry_tests {
+    use super::*;
+
+    #[test]
+    fn only_refusals_that_ask_for_it_are_retried() {
+        let refused = |m: &str| shoal_gossip::Error::JoinRefused { message: m.to_string() };
+        assert!(join_retryable(&refused("no cluster leader right now; retry")));
+        assert!(join_retryable(&refused(
+            "the cluster leader could not be reached to sign the certificate (timeout); retry"
+        )));
+        assert!(!join_retryable(&refused("invalid join token")));
+        assert!(!join_retryable(&refused("join token expired")));
     }
 }
