@@ -14,6 +14,7 @@ use crate::streams::PodStreams;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::cluster::ca_key::signing_secrets;
 use crate::cluster::{Node, NodeRecord};
 
 /// Runs every component of the node until `stop`.
@@ -161,6 +162,9 @@ fn start_leader_components(node: &Arc<Node>, health: NodeHealth, token: Cancella
         }
         tokio::spawn(manager.run(node.objects.clone(), health, token.clone()));
         tokio::spawn(Scheduler::new().run(node.objects.clone(), token.clone()));
+        let signer = Arc::downgrade(&node);
+        let ca = move || signer.upgrade().ok_or("node is stopping".to_string()).and_then(|n| signing_secrets(&n));
+        tokio::spawn(crate::auth::csr::run_signer(node.objects.clone(), ca, token.clone()));
         let allocator = LbAllocator::new(node.objects.clone(), node.cfg.lb.default_pool.clone());
         tokio::spawn(async move {
             if let Err(e) = allocator.run(token).await {

@@ -62,6 +62,7 @@ struct Api {
     url: String,
     ca: Ca,
     tokens: std::sync::Arc<TokenKeys>,
+    objects: Objects,
     shutdown: CancellationToken,
 }
 
@@ -79,8 +80,8 @@ impl Api {
         sp.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         let scert = sp.signed_by(&skey, &ca.issuer).unwrap();
         let tls = TlsMaterial { cert_pem: scert.pem(), key_pem: skey.serialize_pem(), client_ca_pem: ca.pem.clone() };
-        let mut cfg =
-            ApiConfig::new("127.0.0.1:0".parse().unwrap(), tls, Objects::new(Store::in_memory()), "test-node");
+        let objects = Objects::new(Store::in_memory());
+        let mut cfg = ApiConfig::new("127.0.0.1:0".parse().unwrap(), tls, objects.clone(), "test-node");
         // The cluster's own token keys (not the CA key), as a node loads them from its secrets.
         let secrets = shoal_gossip::pki::ClusterSecrets::generate("test").unwrap();
         let tokens = std::sync::Arc::new(TokenKeys::from_secrets(&secrets).unwrap());
@@ -96,7 +97,7 @@ impl Api {
         let shutdown = CancellationToken::new();
         let s = shutdown.clone();
         tokio::spawn(async move { server.run(s).await.unwrap() });
-        let api = Api { dir, url, ca, tokens, shutdown };
+        let api = Api { dir, url, ca, tokens, objects, shutdown };
         api.user("admin", Some("system:masters"));
         api.user("alice", None);
         // The default roles are written at start; edit's rules are filled by aggregation.
@@ -526,6 +527,34 @@ async fn real_install_manifests_apply_their_rbac_unchanged() {
     assert_eq!(no.stdout.trim(), "no");
     let no = api.run("admin", &["auth", "can-i", as_controller, "list", "secrets", "-n", "kube-system"], None).await;
     assert_eq!(no.stdout.trim(), "no");
+    // What kube-apiserver answers for MetalLB's own grants: resourceNames narrow a verb to one
+    // object, a verb granted alone does not bring its neighbours, Roles stay in their namespace.
+    let sa = |n: &str| format!("--as=system:serviceaccount:metallb-system:{n}");
+    let cases: &[(&str, &[&str], &str)] = &[
+        ("controller", &["get", "secrets", "-n", "metallb-system"], "yes"),
+        ("controller", &["get", "secrets", "-n", "default"], "no"),
+        ("controller", &["get", "deployments/controller", "-n", "metallb-system"], "yes"),
+        ("controller", &["get", "deployments/speaker", "-n", "metallb-system"], "no"),
+        ("controller", &["list", "nodes"], "yes"),
+        ("controller", &["get", "nodes"], "no"),
+        ("controller", &["update", "validatingwebhookconfigurations/metallb-webhook-configuration"], "yes"),
+        ("controller", &["update", "validatingwebhookconfigurations/other-webhook"], "no"),
+        ("controller", &["update", "ipaddresspools.metallb.io", "--subresource=status", "-n", "metallb-system"], "yes"),
+        ("controller", &["create", "ipaddresspools.metallb.io", "-n", "metallb-system"], "no"),
+        ("speaker", &["list", "endpointslices.discovery.k8s.io"], "yes"),
+        ("speaker", &["patch", "servicel2statuses.metallb.io", "--subresource=status", "-n", "x"], "yes"),
+        ("speaker", &["create", "secrets", "-n", "metallb-system"], "no"),
+        ("speaker", &["list", "pods", "-n", "metallb-system"], "yes"),
+        ("speaker", &["list", "pods", "-n", "kube-system"], "no"),
+    ];
+    for (who, args, want) in cases {
+        let mut full = vec!["auth", "can-i"];
+        let as_sa = sa(who);
+        full.push(&as_sa);
+        full.extend_from_slice(args);
+        let o = api.run("admin", &full, None).await;
+        assert_eq!(o.stdout.trim(), *want, "{who} {args:?}: {}", o.stderr);
+    }
     // Reapplying changes nothing (roleRefs unchanged).
     let text = std::fs::read_to_string(Path::new(FIXTURES).join("metallb-native.yaml")).unwrap();
     let o =
@@ -629,4 +658,256 @@ async fn proxy_subresources_need_their_own_permission() {
     // alice passes authorization; the service has no running pod behind it.
     let err = api.refused("alice", &["get", "--raw", "/api/v1/namespaces/default/services/web:80/proxy/"]).await;
     assert!(!err.contains("Forbidden") && err.contains("ServiceUnavailable"), "{err}");
+}
+
+/// The cluster secrets a leader signs with, over the test's CA.
+fn signing_secrets(api: &Api) -> shoal_gossip::pki::ClusterSecrets {
+    let mut s = shoal_gossip::pki::ClusterSecrets::generate("test").unwrap();
+    s.ca_cert_pem = api.ca.pem.clone();
+    s.ca_key_pem = api.ca.key_pem.clone();
+    s
+}
+
+/// An EC key and a PKCS#10 request for `subject` made by openssl, as a user would; returns
+/// (key PEM, request PEM).
+fn openssl_request(dir: &Path, name: &str, subject: &str) -> (String, String) {
+    let key = dir.join(format!("{name}.key"));
+    let req = dir.join(format!("{name}.csr"));
+    let run = |args: &[&str]| {
+        let o = std::process::Command::new("openssl").args(args).output().expect("run openssl");
+        assert!(o.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+    };
+    run(&["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", key.to_str().unwrap()]);
+    run(&["req", "-new", "-key", key.to_str().unwrap(), "-subj", subject, "-out", req.to_str().unwrap()]);
+    (std::fs::read_to_string(key).unwrap(), std::fs::read_to_string(req).unwrap())
+}
+
+fn csr_manifest(name: &str, request_pem: &str, extra: &str) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(request_pem);
+    format!(
+        "apiVersion: certificates.k8s.io/v1\nkind: CertificateSigningRequest\nmetadata: {{name: {name}}}\nspec:\n  request: {b64}\n  signerName: kubernetes.io/kube-apiserver-client\n  usages: [client auth]\n{extra}"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_added_through_the_certificates_api_signs_in() {
+    let api = Api::start().await;
+    let secrets = signing_secrets(&api);
+    let stop = api.shutdown.child_token();
+    tokio::spawn(shoal::auth::csr::run_signer(api.objects.clone(), move || Ok(secrets.clone()), stop));
+    // alice may file requests and touch their approval, but holds no `approve` on the signer.
+    let role = "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata: {name: csr-filer}\nrules:\n- {apiGroups: [certificates.k8s.io], resources: [certificatesigningrequests, certificatesigningrequests/approval], verbs: [create, get, list, update]}\n";
+    assert!(api.run("admin", &["apply", "-f", "-"], Some(role)).await.ok);
+    api.ok("admin", &["create", "clusterrolebinding", "alice-csr", "--clusterrole=csr-filer", "--user=alice"]).await;
+
+    let (key, req) = openssl_request(api.home(), "bob", "/CN=bob/O=dev");
+    // The requestor comes from who asks, not from the body.
+    let manifest = csr_manifest("bob", &req, "  expirationSeconds: 3600\n  username: mallory\n");
+    let o = api.run("alice", &["create", "-f", "-"], Some(&manifest)).await;
+    assert!(o.ok, "{}", o.stderr);
+    let table = api.ok("admin", &["get", "csr"]).await;
+    let mut lines = table.lines();
+    let header: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    assert_eq!(header, ["NAME", "AGE", "SIGNERNAME", "REQUESTOR", "REQUESTEDDURATION", "CONDITION"]);
+    let row: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    assert_eq!(
+        (row[0], row[2], row[3], row[4], row[5]),
+        ("bob", "kubernetes.io/kube-apiserver-client", "alice", "60m", "Pending")
+    );
+
+    let refused = api.refused("alice", &["certificate", "approve", "bob"]).await;
+    assert!(
+        refused.contains(r#"certificatesigningrequests.certificates.k8s.io "bob" is forbidden: user not permitted to approve requests with signerName "kubernetes.io/kube-apiserver-client""#),
+        "{refused}"
+    );
+    api.ok("admin", &["certificate", "approve", "bob"]).await;
+    let mut cert_b64 = String::new();
+    for _ in 0..100 {
+        cert_b64 = api.ok("admin", &["get", "csr", "bob", "-o", "jsonpath={.status.certificate}"]).await;
+        if !cert_b64.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let cert = {
+        use base64::Engine;
+        String::from_utf8(base64::engine::general_purpose::STANDARD.decode(cert_b64.trim()).unwrap()).unwrap()
+    };
+    assert!(cert.starts_with("-----BEGIN CERTIFICATE-----"), "{cert}");
+    let row = api.ok("admin", &["get", "csr", "bob", "--no-headers"]).await;
+    assert!(row.contains("Approved,Issued"), "{row}");
+    // The certificate lives as long as asked (an hour), not the signer's default year.
+    let der = shoal_gossip::pki::load_certs(&cert, "bob").unwrap().remove(0);
+    let (_, x) = x509_parser::parse_x509_certificate(der.as_ref()).unwrap();
+    let until = x.validity().not_after.timestamp() - jiff::Timestamp::now().as_second();
+    assert!((3000..=3700).contains(&until), "valid for {until}s");
+
+    std::fs::write(api.home().join("bob.yaml"), kubeconfig_for(&api.url, &api.ca.pem, &cert, &key, "bob")).unwrap();
+    let who = api.ok("bob", &["auth", "whoami"]).await;
+    assert!(who.contains("bob") && who.contains("[dev system:authenticated]"), "{who}");
+    let refused = api.refused("bob", &["get", "pods"]).await;
+    assert!(refused.contains(r#"User "bob" cannot list resource "pods""#), "{refused}");
+
+    // Denied: never signed.
+    let (_, req) = openssl_request(api.home(), "carol", "/CN=carol");
+    assert!(api.run("alice", &["create", "-f", "-"], Some(&csr_manifest("carol", &req, ""))).await.ok);
+    api.ok("admin", &["certificate", "deny", "carol"]).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let row = api.ok("admin", &["get", "csr", "carol", "--no-headers"]).await;
+    assert!(row.contains("Denied") && !row.contains("Issued"), "{row}");
+    let refused = api.refused("admin", &["certificate", "approve", "carol"]).await;
+    assert!(refused.contains("already Denied"), "{refused}");
+    // Past kubectl's own check, the API refuses it too.
+    let mut carol: serde_json::Value =
+        serde_json::from_str(&api.ok("admin", &["get", "csr", "carol", "-o", "json"]).await).unwrap();
+    carol["status"]["conditions"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({"type": "Approved", "status": "True"}));
+    let file = api.home().join("carol.json");
+    std::fs::write(&file, carol.to_string()).unwrap();
+    let url = "/apis/certificates.k8s.io/v1/certificatesigningrequests/carol/approval";
+    let refused = api.refused("admin", &["replace", "--raw", url, "-f", file.to_str().unwrap()]).await;
+    assert!(refused.contains("Approved and Denied conditions are mutually exclusive"), "{refused}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificate_requests_for_admin_or_node_identities_are_never_signed() {
+    let api = Api::start().await;
+    // Refused at create, by anyone, the admin included.
+    for (name, subject, group) in [
+        ("masters", "/CN=mallory/O=system:masters", "system:masters"),
+        ("nodes", "/CN=n9/O=system:nodes", "system:nodes"),
+    ] {
+        let (_, req) = openssl_request(api.home(), name, subject);
+        let o = api.run("admin", &["create", "-f", "-"], Some(&csr_manifest(name, &req, ""))).await;
+        assert!(!o.ok);
+        assert!(
+            o.stderr.contains(&format!(
+                "use of kubernetes.io/kube-apiserver-client signer with {group} group is not allowed"
+            )),
+            "{}",
+            o.stderr
+        );
+    }
+    // Garbage is a 422 naming the field.
+    let garbage = "apiVersion: certificates.k8s.io/v1\nkind: CertificateSigningRequest\nmetadata: {name: junk}\nspec:\n  request: bm90IGEgcmVxdWVzdA==\n  signerName: kubernetes.io/kube-apiserver-client\n  usages: [client auth]\n  expirationSeconds: 10\n";
+    let o = api.run("admin", &["create", "-f", "-"], Some(garbage)).await;
+    assert!(!o.ok);
+    assert!(
+        o.stderr.contains(r#"CertificateSigningRequest "junk" is invalid"#)
+            && o.stderr.contains("spec.request: Invalid value")
+            && o.stderr.contains("spec.expirationSeconds"),
+        "{}",
+        o.stderr
+    );
+    // One written past the API (an approved request for system:masters already in the store):
+    // the signer fails it instead of signing.
+    let (_, req) = openssl_request(api.home(), "m2", "/CN=mallory/O=dev/O=system:masters");
+    let mut obj: serde_json::Value = serde_norway::from_str(&csr_manifest("m2", &req, "")).unwrap();
+    obj["status"] = serde_json::json!({"conditions": [{"type": "Approved", "status": "True"}]});
+    let res = shoal_kube::resources::lookup("certificates.k8s.io", "certificatesigningrequests");
+    api.objects.create(&res, None, obj).await.unwrap();
+    assert_eq!(shoal::auth::csr::sign_pending(&api.objects, &signing_secrets(&api)).await, 1);
+    let row = api.ok("admin", &["get", "csr", "m2", "--no-headers"]).await;
+    assert!(row.contains("Approved,Failed") && !row.contains("Issued"), "{row}");
+    let msg = api.ok("admin", &["get", "csr", "m2", "-o", "jsonpath={.status.conditions[1].message}"]).await;
+    assert!(msg.contains("system:masters"), "{msg}");
+}
+
+/// Reads until the server closes the connection (Ok(bytes read)) or 20 s pass (Err).
+async fn until_closed<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> Result<Vec<u8>, Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Err(_) => return Err(got),
+            Ok(Ok(0)) | Ok(Err(_)) => return Ok(got),
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_headers_idle_connections_and_patch_bombs_are_cut_off() {
+    use tokio::io::AsyncWriteExt;
+    let ca = ca();
+    let skey = KeyPair::generate().unwrap();
+    let mut sp = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    sp.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let tls = TlsMaterial {
+        cert_pem: sp.signed_by(&skey, &ca.issuer).unwrap().pem(),
+        key_pem: skey.serialize_pem(),
+        client_ca_pem: ca.pem.clone(),
+    };
+    let mut cfg = ApiConfig::new("127.0.0.1:0".parse().unwrap(), tls, Objects::new(Store::in_memory()), "test-node");
+    cfg.header_read_timeout = Duration::from_secs(1);
+    let server = Server::bind(cfg).await.unwrap();
+    let addr = server.local_addr().unwrap();
+    let shutdown = CancellationToken::new();
+    let _stop = shutdown.clone().drop_guard();
+    let s = shutdown.clone();
+    tokio::spawn(async move { server.run(s).await.unwrap() });
+    let (cert, key) = client(&ca, "admin", Some("system:masters"));
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(
+        shoal_gossip::pki::client_config(&ca.pem, &cert, &key).unwrap(),
+    ));
+    let connect = || async {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        connector.connect("localhost".try_into().unwrap(), tcp).await.unwrap()
+    };
+
+    // A request head that never ends: closed after the header timeout.
+    let mut slow = connect().await;
+    slow.write_all(b"GET /version HTTP/1.1\r\nHost: localhost\r\nX-Slow: 1\r\n").await.unwrap();
+    slow.flush().await.unwrap();
+    let started = std::time::Instant::now();
+    assert!(until_closed(&mut slow).await.is_ok(), "a slow request head kept its connection");
+    assert!(started.elapsed() >= Duration::from_millis(900), "closed before the timeout");
+
+    // An idle keep-alive connection after a full request: answered, then closed.
+    let mut idle = connect().await;
+    idle.write_all(b"GET /version HTTP/1.1\r\nHost: localhost\r\n\r\n").await.unwrap();
+    idle.flush().await.unwrap();
+    let got = until_closed(&mut idle).await.expect("an idle connection stayed open");
+    assert!(String::from_utf8_lossy(&got).starts_with("HTTP/1.1 200"), "{}", String::from_utf8_lossy(&got));
+
+    // Patch bombs through kubectl against the usual server: refused with a Status, and the
+    // object is unchanged.
+    let api = Api::start().await;
+    let cm =
+        format!("apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: bomb}}\ndata:\n  a: {}\n", "x".repeat(64 * 1024));
+    assert!(api.run("admin", &["apply", "-f", "-"], Some(&cm)).await.ok);
+    let file = api.home().join("bomb.json");
+    // Each copy doubles `data`: 64 KiB, 128 KiB, ... 64 GiB after 20 operations.
+    let ops: Vec<serde_json::Value> = (0..40)
+        .map(|i| serde_json::json!({"op": "copy", "from": "/data", "path": format!("/data/nested{i}")}))
+        .collect();
+    std::fs::write(&file, serde_json::to_vec(&ops).unwrap()).unwrap();
+    let refused = api
+        .refused("admin", &["patch", "configmap", "bomb", "--type=json", "--patch-file", file.to_str().unwrap()])
+        .await;
+    assert!(refused.contains("accumulated copy size exceeds the limit"), "{refused}");
+    let many: Vec<serde_json::Value> =
+        (0..10_001).map(|_| serde_json::json!({"op": "test", "path": "/metadata/name", "value": "bomb"})).collect();
+    std::fs::write(&file, serde_json::to_vec(&many).unwrap()).unwrap();
+    let refused = api
+        .refused("admin", &["patch", "configmap", "bomb", "--type=json", "--patch-file", file.to_str().unwrap()])
+        .await;
+    assert!(refused.contains("The allowed maximum operations in a JSON patch is 10000, got 10001"), "{refused}");
+    let deep = format!("{}{}", "{\"a\":".repeat(200), "1".to_string() + &"}".repeat(200));
+    std::fs::write(
+        &file,
+        format!("{{\"data\":{{\"x\":\"y\"}},\"metadata\":{{\"annotations\":{{\"k\":\"v\"}}}},\"z\":{deep}}}"),
+    )
+    .unwrap();
+    let refused = api
+        .refused("admin", &["patch", "configmap", "bomb", "--type=merge", "--patch-file", file.to_str().unwrap()])
+        .await;
+    assert!(refused.contains("Error from server"), "{refused}");
+    let keys = api.ok("admin", &["get", "configmap", "bomb", "-o", "jsonpath={.data}"]).await;
+    assert!(keys.starts_with("{\"a\":") && !keys.contains("nested"), "{}", &keys[..80.min(keys.len())]);
 }

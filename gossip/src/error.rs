@@ -19,6 +19,8 @@ pub enum Error {
         #[source]
         source: rcgen::Error,
     },
+    #[error("certificate request: {reason}")]
+    CertificateRequest { reason: String },
     #[error("this node does not hold the cluster CA key (only voters do)")]
     NoCaKey,
     #[error("load CA certificate")]

@@ -252,26 +252,36 @@ impl ClusterSecrets {
         organizations: &[&str],
         validity_secs: i64,
     ) -> Result<IssuedCert> {
-        let mut params = CertificateParams::default();
-        params.distinguished_name = DistinguishedName::new();
-        params.distinguished_name.push(DnType::CommonName, common_name);
-        for (i, org) in organizations.iter().enumerate() {
-            let ty = if i == 0 { DnType::OrganizationName } else { DnType::CustomDnType(vec![2, 5, 4, 10]) };
-            params.distinguished_name.push(ty, *org);
-        }
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let params = client_params(common_name, organizations, validity_secs);
         let issuer = self.issuer()?;
         let key = KeyPair::generate().map_err(Error::GenerateKey)?;
-        params.serial_number = Some(random_serial());
-        params.use_authority_key_identifier_extension = true;
-        let now = time::OffsetDateTime::now_utc();
-        params.not_before = now - time::Duration::hours(BACKDATE_HOURS);
-        params.not_after = now + time::Duration::seconds(validity_secs);
         let cert = params
             .signed_by(&key, &issuer)
             .map_err(|source| Error::SignCertificate { subject: common_name.to_string(), source })?;
         Ok(IssuedCert { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
+    }
+
+    /// Signs the public key of a PKCS#10 request (PEM, signature verified) as a client
+    /// certificate valid for `validity_secs`, CN `common_name` and O `organizations` (what
+    /// the caller read from the request with [`parse_certificate_request`] and checked); no
+    /// other field of the request reaches the certificate. Returns the certificate PEM.
+    pub fn sign_certificate_request(
+        &self,
+        request_pem: &str,
+        common_name: &str,
+        organizations: &[&str],
+        validity_secs: i64,
+    ) -> Result<String> {
+        let issuer = self.issuer()?;
+        let request = rcgen::CertificateSigningRequestParams::from_pem(request_pem)
+            .map_err(|source| Error::CertificateRequest { reason: source.to_string() })?;
+        let signed = rcgen::CertificateSigningRequestParams {
+            params: client_params(common_name, organizations, validity_secs),
+            public_key: request.public_key,
+        }
+        .signed_by(&issuer)
+        .map_err(|source| Error::SignCertificate { subject: common_name.to_string(), source })?;
+        Ok(signed.pem())
     }
 
     /// Issues a node certificate and bundles it with the CA for the transport.
@@ -474,6 +484,54 @@ fn random_serial() -> SerialNumber {
     bytes[0] &= 0x7f;
     bytes[0] |= 0x01;
     SerialNumber::from_slice(&bytes)
+}
+
+/// Client-auth certificate parameters: CN, O (a second and later O go in under O's OID: rcgen
+/// holds one attribute per type), a random serial, valid from an hour ago for `validity_secs`.
+fn client_params(common_name: &str, organizations: &[&str], validity_secs: i64) -> CertificateParams {
+    let mut params = CertificateParams::default();
+    params.distinguished_name = DistinguishedName::new();
+    params.distinguished_name.push(DnType::CommonName, common_name);
+    for (i, org) in organizations.iter().enumerate() {
+        let ty = if i == 0 { DnType::OrganizationName } else { DnType::CustomDnType(vec![2, 5, 4, 10]) };
+        params.distinguished_name.push(ty, *org);
+    }
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    params.serial_number = Some(random_serial());
+    params.use_authority_key_identifier_extension = true;
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::hours(BACKDATE_HOURS);
+    params.not_after = now + time::Duration::seconds(validity_secs);
+    params
+}
+
+/// The subject of a certificate request, as a signer checks it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestSubject {
+    pub common_name: String,
+    /// Every O attribute, in order.
+    pub organizations: Vec<String>,
+}
+
+/// Parses a PEM `CERTIFICATE REQUEST` and verifies its self-signature; the error says what is
+/// wrong in words a user can act on.
+pub fn parse_certificate_request(pem_text: &str) -> std::result::Result<RequestSubject, String> {
+    use x509_parser::prelude::FromDer;
+    let block = x509_parser::pem::parse_x509_pem(pem_text.as_bytes())
+        .map_err(|_| "PEM block type must be CERTIFICATE REQUEST".to_string())?
+        .1;
+    if block.label != "CERTIFICATE REQUEST" && block.label != "NEW CERTIFICATE REQUEST" {
+        return Err("PEM block type must be CERTIFICATE REQUEST".into());
+    }
+    let (_, csr) = x509_parser::certification_request::X509CertificationRequest::from_der(&block.contents)
+        .map_err(|e| format!("x509: malformed certificate request: {e}"))?;
+    csr.verify_signature().map_err(|_| "x509: certificate request signature does not verify".to_string())?;
+    let subject = &csr.certification_request_info.subject;
+    let common_name = subject.iter_common_name().next().and_then(|c| c.as_str().ok()).unwrap_or_default().to_string();
+    let organizations =
+        subject.iter_organization().filter_map(|o| o.as_str().ok().map(str::to_string)).collect::<Vec<_>>();
+    Ok(RequestSubject { common_name, organizations })
 }
 
 fn set_validity(params: &mut CertificateParams, days: i64) {

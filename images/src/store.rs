@@ -91,6 +91,15 @@ impl ImageStore {
             create_dir(&dir.join(sub))?;
         }
         let blobs = BlobStore::open(&dir)?;
+        // Root only, whatever the data dir's mode: an image's files (setuid binaries, device
+        // nodes, credentials baked into a layer) give a host user nothing. Inside a layer the
+        // tar's own modes stay (the container sees them through overlayfs, which reaches the
+        // layer with the mounter's, root's, rights).
+        for d in ["", "layers", "containers", "import", "blobs", "tmp"] {
+            let path = dir.join(d);
+            fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+                .map_err(|source| Error::CreateDir { path, source })?;
+        }
         // Leftovers of an interrupted write.
         if let Ok(rd) = fs::read_dir(blobs.tmp_dir()) {
             for e in rd.flatten() {
@@ -606,5 +615,21 @@ impl Inner {
             "image garbage collection done"
         );
         Ok(report)
+    }
+}
+
+#[cfg(test)]
+mod mode_tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn image_dirs_are_root_only() {
+        let data = tempfile::tempdir().unwrap();
+        ImageStore::open(data.path(), Platform::host()).unwrap();
+        for d in ["images", "images/layers", "images/containers", "images/import", "images/blobs", "images/tmp"] {
+            let mode = fs::metadata(data.path().join(d)).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o700, "{d}");
+        }
     }
 }

@@ -110,6 +110,7 @@ fn message_for(api_version: &str, kind: &str) -> Option<&'static Msg> {
         ("batch/v1", "CronJob") => &CRON_JOB,
         ("networking.k8s.io/v1", "Ingress") => &INGRESS,
         ("policy/v1", "PodDisruptionBudget") => &POD_DISRUPTION_BUDGET,
+        ("certificates.k8s.io/v1", "CertificateSigningRequest") => &CSR,
         ("rbac.authorization.k8s.io/v1", "Role") => &ROLE,
         ("rbac.authorization.k8s.io/v1", "ClusterRole") => &CLUSTER_ROLE,
         ("rbac.authorization.k8s.io/v1", "RoleBinding") => &ROLE_BINDING,
@@ -225,6 +226,8 @@ impl<'a> Reader<'a> {
 #[derive(Clone, Copy)]
 enum K {
     Str,
+    /// `[]byte`: base64 in JSON.
+    Bytes,
     Bool,
     I32,
     I64,
@@ -1161,6 +1164,7 @@ fn bytes_of<'a>(msg: &Msg, field: &F, wire: Wire<'a>) -> Result<&'a [u8]> {
 fn scalar(msg: &Msg, field: &F, kind: K, wire: Wire<'_>) -> Result<Value> {
     Ok(match kind {
         K::Str => Value::String(text(bytes_of(msg, field, wire)?)),
+        K::Bytes => Value::String(base64::engine::general_purpose::STANDARD.encode(bytes_of(msg, field, wire)?)),
         K::Bool => Value::Bool(varint_of(msg, field, wire)? != 0),
         K::I32 => Value::from(varint_of(msg, field, wire)? as i32),
         K::I64 => Value::from(varint_of(msg, field, wire)? as i64),
@@ -1295,7 +1299,7 @@ fn zero(field: &F) -> Result<Option<Value>> {
             K::Quantity => Some(Value::String("0".into())),
             K::Inline(_) | K::StrMap | K::BytesMap | K::QuantityMap => None,
             _ if field.c == C::Omit => None,
-            K::Str => Some(Value::String(String::new())),
+            K::Str | K::Bytes => Some(Value::String(String::new())),
             K::Bool => Some(Value::Bool(false)),
             K::I32 | K::I64 => Some(Value::from(0)),
         },
@@ -1390,6 +1394,43 @@ fn decode_into(msg: &'static Msg, buf: &[u8], out: &mut Map<String, Value>) -> R
     }
     Ok(())
 }
+
+// certificates.k8s.io/v1 (spec.extra is left out: the API sets it from the caller)
+static CSR: Msg = Msg {
+    name: "CertificateSigningRequest",
+    fields: &[
+        f(1, "metadata", m(&OBJECT_META), Req),
+        f(2, "spec", m(&CSR_SPEC), Req),
+        f(3, "status", m(&CSR_STATUS), Req),
+    ],
+};
+static CSR_SPEC: Msg = Msg {
+    name: "CertificateSigningRequestSpec",
+    fields: &[
+        f(1, "request", K::Bytes, Req),
+        f(7, "signerName", Str, Req),
+        f(8, "expirationSeconds", I32, Ptr),
+        f(5, "usages", Str, RepOmit),
+        f(2, "username", Str, Omit),
+        f(3, "uid", Str, Omit),
+        f(4, "groups", Str, RepOmit),
+    ],
+};
+static CSR_STATUS: Msg = Msg {
+    name: "CertificateSigningRequestStatus",
+    fields: &[f(1, "conditions", m(&CSR_CONDITION), RepOmit), f(2, "certificate", K::Bytes, Omit)],
+};
+static CSR_CONDITION: Msg = Msg {
+    name: "CertificateSigningRequestCondition",
+    fields: &[
+        f(1, "type", Str, Req),
+        f(6, "status", Str, Req),
+        f(2, "reason", Str, Omit),
+        f(3, "message", Str, Omit),
+        f(4, "lastUpdateTime", Time, Omit),
+        f(5, "lastTransitionTime", Time, Omit),
+    ],
+};
 
 // rbac.authorization.k8s.io/v1
 static ROLE: Msg =

@@ -153,6 +153,16 @@ pub fn builtin() -> Vec<Resource> {
         res("rbac.authorization.k8s.io", "v1", "RoleBinding", "rolebindings", true, &[], false, &[]),
         res("rbac.authorization.k8s.io", "v1", "ClusterRoleBinding", "clusterrolebindings", false, &[], false, &[]),
         res(
+            "certificates.k8s.io",
+            "v1",
+            "CertificateSigningRequest",
+            "certificatesigningrequests",
+            false,
+            &["csr"],
+            false,
+            &["status", "approval"],
+        ),
+        res(
             "apiextensions.k8s.io",
             "v1",
             "CustomResourceDefinition",

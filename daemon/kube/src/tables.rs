@@ -348,6 +348,10 @@ fn printer_for(group: &str, kind: &str) -> (Vec<Col>, Printer) {
         ("scheduling.k8s.io", "PriorityClass") => {
             (vec![name_col(), s("Value"), s("Global-Default"), age_col(), s("PreemptionPolicy")], priority_class)
         }
+        ("certificates.k8s.io", "CertificateSigningRequest") => (
+            vec![name_col(), age_col(), s("SignerName"), s("Requestor"), s("RequestedDuration"), s("Condition")],
+            certificate_signing_request,
+        ),
         ("storage.k8s.io", "StorageClass") => (
             vec![
                 name_col(),
@@ -1267,6 +1271,38 @@ fn storage_class(o: &Value, now: Timestamp) -> Cells {
         json!(mode),
         json!(expand),
         json!(age(o, now)),
+    ]
+    .into()
+}
+
+/// kubectl's `extractCSRStatus`: Denied, Approved or Pending, then `,Failed` and `,Issued`.
+fn certificate_signing_request(o: &Value, now: Timestamp) -> Cells {
+    let has = |t: &str| arr_at(o, "/status/conditions").iter().any(|c| str_at(c, "/type") == t);
+    let mut condition = if has("Denied") {
+        "Denied"
+    } else if has("Approved") {
+        "Approved"
+    } else {
+        "Pending"
+    }
+    .to_string();
+    if has("Failed") {
+        condition.push_str(",Failed");
+    }
+    if !str_at(o, "/status/certificate").is_empty() {
+        condition.push_str(",Issued");
+    }
+    let duration = match o.pointer("/spec/expirationSeconds").and_then(Value::as_i64) {
+        Some(secs) => human_duration(secs),
+        None => "<none>".to_string(),
+    };
+    vec![
+        json!(name(o)),
+        json!(age(o, now)),
+        json!(or(str_at(o, "/spec/signerName"), "<none>")),
+        json!(str_at(o, "/spec/username")),
+        json!(duration),
+        json!(condition),
     ]
     .into()
 }

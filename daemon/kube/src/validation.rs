@@ -298,7 +298,7 @@ pub fn name_rule(group: &str, kind: &str) -> NameRule {
         ("", "Service") => NameRule::Dns1035Label,
         ("batch", "CronJob") => NameRule::CronJob,
         ("apiextensions.k8s.io", "CustomResourceDefinition") => NameRule::Crd,
-        ("rbac.authorization.k8s.io", _) => NameRule::PathSegment,
+        ("rbac.authorization.k8s.io", _) | ("certificates.k8s.io", _) => NameRule::PathSegment,
         _ => NameRule::Dns1123Subdomain,
     }
 }

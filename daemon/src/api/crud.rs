@@ -12,7 +12,7 @@ use shoal_kube::{Preconditions, Resource, UpdateMode};
 
 use super::status::{ApiError, Cause};
 use super::table::{self, IncludeObject};
-use super::{crd, job, namespace, paging, pod, rbac, secret, service, workloads, ApiState};
+use super::{crd, csr, job, namespace, paging, pod, rbac, secret, service, workloads, ApiState};
 
 /// One request on a resource, parsed.
 pub(crate) struct Ctx {
@@ -93,7 +93,7 @@ pub(crate) fn apply_patch(
             patch::server_side_apply(Some(doc.clone()), applied, group, obj_kind)
         }
     };
-    r.map_err(patch_error)
+    r.and_then(|v| patch::check_bounds(&v).map(|()| v)).map_err(patch_error)
 }
 
 /// A patch or field ownership error as the Status the client gets.
@@ -484,6 +484,9 @@ async fn create_owned(ctx: &Ctx, mut obj: Value, applied: bool) -> Result<Respon
     if ctx.res.namespaced {
         namespace::check_open(&ctx.state.objects, ctx.ns().unwrap_or("default")).await?;
     }
+    if csr::is_csr(ctx) {
+        csr::prepare_create(ctx, &mut obj)?;
+    }
     let uid = uuid::Uuid::new_v4().to_string();
     admit(ctx, &mut obj, None, &uid)?;
     let objects = &ctx.state.objects;
@@ -616,7 +619,7 @@ async fn write(ctx: &Ctx, name: &str, mut next: Value, old: &Value, mode: Update
 /// What a write replaces: the status subresource only status; the object everything but
 /// status, unless the resource has no status subresource (then status is ordinary content).
 fn mode_for(res: &Resource, sub: Option<&str>) -> UpdateMode {
-    if sub == Some("status") {
+    if matches!(sub, Some("status" | "approval")) {
         UpdateMode::Status
     } else if res.subresources.iter().any(|s| s == "status") {
         UpdateMode::Spec
@@ -639,7 +642,10 @@ async fn prepare_update(ctx: &Ctx, name: &str, obj: &mut Value, old: &Value) -> 
     }
     obj["metadata"]["name"] = json!(name);
     check_namespace(ctx, obj)?;
-    if ctx.sub.as_deref() == Some("status") {
+    if csr::is_csr(ctx) {
+        csr::prepare_update(ctx, obj, old).await?;
+    }
+    if matches!(ctx.sub.as_deref(), Some("status" | "approval")) {
         return Ok(());
     }
     check_strict(ctx, obj).await?;
@@ -694,7 +700,7 @@ async fn webhooks(ctx: &Ctx, operation: &'static str, obj: Option<&mut Value>, o
 /// the webhooks whose rules name the subresource), Pod Security, LimitRanger, ResourceQuota.
 async fn admit_update(ctx: &Ctx, obj: &mut Value, old: &Value) -> Result<(), ApiError> {
     webhooks(ctx, "UPDATE", Some(obj), old).await?;
-    if ctx.sub.as_deref() == Some("status") {
+    if matches!(ctx.sub.as_deref(), Some("status" | "approval")) {
         return Ok(());
     }
     let obj = &*obj;

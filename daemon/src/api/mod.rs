@@ -26,6 +26,7 @@ pub mod audit;
 mod authz;
 mod crd;
 mod crud;
+mod csr;
 mod discovery;
 mod ephemeral;
 mod events_v1;
@@ -138,6 +139,9 @@ pub struct ApiConfig {
     /// Client certificates refused at the TLS handshake; a connection whose certificate is
     /// revoked while it is open is closed (watches and streams on it end).
     pub revoked: shoal_gossip::Revocations,
+    /// An HTTP/1 connection is closed when a request head takes longer than this to arrive,
+    /// or when it sits idle between requests this long.
+    pub header_read_timeout: Duration,
 }
 
 /// Pod and node usage for `metrics.k8s.io` (`kubectl top`), from the node agents.
@@ -166,6 +170,7 @@ impl ApiConfig {
             service_cidr: Default::default(),
             pod_security_defaults: Default::default(),
             revoked: Default::default(),
+            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
         }
     }
 }
@@ -261,6 +266,7 @@ impl Server {
                 },
             };
             let acceptor = self.acceptor.clone();
+            let header_read_timeout = self.cfg.header_read_timeout;
             let state = state.clone();
             let shutdown = shutdown.clone();
             let revoked = self.cfg.revoked.clone();
@@ -288,7 +294,8 @@ impl Server {
                         Ok::<_, Infallible>(crate::metrics::apiserver::end(pending, resp))
                     }
                 });
-                let builder = auto::Builder::new(TokioExecutor::new());
+                let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+                let builder = connection_builder(h2, header_read_timeout);
                 let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), svc);
                 tokio::pin!(conn);
                 // Checked once at once too: a revocation may have landed since the handshake.
@@ -324,6 +331,33 @@ impl Server {
         Ok(())
     }
 }
+
+/// How one connection is served. The protocol is the one TLS negotiated (ALPN `h2`, else
+/// HTTP/1.1), so no read waits unbounded to sniff it. HTTP/1: the request head must arrive
+/// within `header_read_timeout`, counted from when the connection waits for a request, so a
+/// slow-header (slowloris) or idle keep-alive connection is closed. HTTP/2: pings find dead
+/// peers; streams per connection are capped.
+fn connection_builder(h2: bool, header_read_timeout: Duration) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(header_read_timeout);
+    builder
+        .http2()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .keep_alive_interval(Some(H2_KEEP_ALIVE))
+        .keep_alive_timeout(H2_KEEP_ALIVE)
+        .max_concurrent_streams(H2_MAX_STREAMS);
+    if h2 {
+        builder.http2_only()
+    } else {
+        builder.http1_only()
+    }
+}
+
+/// Default of [`ApiConfig::header_read_timeout`].
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+const H2_KEEP_ALIVE: Duration = Duration::from_secs(30);
+/// kube-apiserver's `--http2-max-streams-per-connection` default.
+const H2_MAX_STREAMS: u32 = 1000;
 
 /// Creates a Service owned by the cluster itself (defaulted, its ClusterIP claimed like any
 /// other); the error is the message a client would have seen.

@@ -196,7 +196,17 @@ async fn openapi_doc(state: &ApiState, group: &str, version: &str) -> Result<Res
 /// sending gets the Status instead of a reset connection.
 const DRAIN_LIMIT: usize = 64 * 1024 * 1024;
 
+/// A request body must arrive within this (kube-apiserver's default request timeout): a client
+/// trickling its body does not hold the request open longer.
+const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 pub(super) async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, ApiError> {
+    tokio::time::timeout(BODY_READ_TIMEOUT, read_body_unbounded(body, limit))
+        .await
+        .unwrap_or_else(|_| Err(ApiError::new(408, "Timeout", "timed out reading the request body")))
+}
+
+async fn read_body_unbounded(body: Body, limit: usize) -> Result<bytes::Bytes, ApiError> {
     use http_body_util::BodyExt;
     let mut body = body;
     let mut buf = bytes::BytesMut::new();
@@ -363,9 +373,9 @@ async fn resource(
         (Method::GET, false, None) => crud::list(&ctx).await,
         (Method::POST, false, None) => crud::create(&ctx).await,
         (Method::DELETE, false, None) => crud::delete_collection(&ctx).await,
-        (Method::GET, true, None | Some("status")) => crud::get(&ctx).await,
-        (Method::PUT, true, None | Some("status")) => crud::update(&ctx).await,
-        (Method::PATCH, true, None | Some("status")) => crud::patch(&ctx).await,
+        (Method::GET, true, None | Some("status" | "approval")) => crud::get(&ctx).await,
+        (Method::PUT, true, None | Some("status" | "approval")) => crud::update(&ctx).await,
+        (Method::PATCH, true, None | Some("status" | "approval")) => crud::patch(&ctx).await,
         (Method::DELETE, true, None) => crud::delete(&ctx).await,
         (Method::GET, true, Some("scale")) => ok(scale::get(&ctx).await?),
         (Method::PUT, true, Some("scale")) => ok(scale::write(&ctx, None).await?),

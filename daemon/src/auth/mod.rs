@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 
 mod attributes;
+pub mod csr;
 mod defaults;
 pub mod escalation;
 mod identity;

@@ -404,11 +404,29 @@ async fn join_cluster(
     addr: SocketAddr,
     token: &str,
 ) -> Result<NodeState, ClusterError> {
-    let req = JoinRequest { name: name.into(), ips: vec![advertise] };
-    let bundle = shoal_gossip::transport::join(addr, token, req)
-        .await
-        .map_err(|source| ClusterError::Join { addr, source: Box::new(source) })?;
+    // A join refused with "retry" (no leader during a failover, the leader out of reach) is
+    // tried again a few times, 1, 2, 4 and 8 s apart; any other refusal is final at once.
+    let mut wait = std::time::Duration::from_secs(1);
+    let bundle = loop {
+        let req = JoinRequest { name: name.into(), ips: vec![advertise] };
+        match shoal_gossip::transport::join(addr, token, req).await {
+            Ok(b) => break b,
+            Err(e) if join_retryable(&e) && wait <= JOIN_RETRY_MAX_WAIT => {
+                tracing::warn!(%addr, error = %e, retry_in = ?wait, "join refused for now; retrying");
+                tokio::time::sleep(wait).await;
+                wait *= 2;
+            }
+            Err(source) => return Err(ClusterError::Join { addr, source: Box::new(source) }),
+        }
+    };
     node_state(cfg, name, advertise, bundle.secrets, bundle.node_cert_pem, bundle.node_key_pem, false)
+}
+
+const JOIN_RETRY_MAX_WAIT: std::time::Duration = std::time::Duration::from_secs(8);
+
+/// Whether a join refusal asks to be retried (its message ends with "retry").
+fn join_retryable(e: &shoal_gossip::Error) -> bool {
+    matches!(e, shoal_gossip::Error::JoinRefused { message } if message.trim_end().ends_with("retry"))
 }
 
 /// A node's state with a fresh Raft id; the cluster id is derived from the CA.
@@ -631,6 +649,12 @@ async fn remove_member(node: &Node, name: &str) -> Result<serde_json::Value, Str
     // Cut it off first: its certificates are revoked on every node, so a node still running
     // (or someone holding its disk) has its connections closed and refused from now on.
     let revoked = revocations::remove_node(node, name).await?;
+    // A running leader cut off that way loses its followers: wait for the next one (the
+    // removal is a leader's act).
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while node.store.status().leader == Some(rec.node_id) && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
     if in_group.contains(&rec.node_id) {
         node.store.remove_member(rec.node_id).await.map_err(|e| {
             format!("{name}'s certificates are revoked, but it is still a Raft member: {}", error_chain(&e))
@@ -890,5 +914,21 @@ mod tests {
         assert_eq!(v["tolerates"], 1);
         assert!(v["message"].as_str().unwrap().contains("with 1 of them down"), "{v}");
         assert_eq!(fault_tolerance(5)["tolerates"], 2);
+    }
+}
+
+#[cfg(test)]
+mod join_retry_tests {
+    use super::*;
+
+    #[test]
+    fn only_refusals_that_ask_for_it_are_retried() {
+        let refused = |m: &str| shoal_gossip::Error::JoinRefused { message: m.to_string() };
+        assert!(join_retryable(&refused("no cluster leader right now; retry")));
+        assert!(join_retryable(&refused(
+            "the cluster leader could not be reached to sign the certificate (timeout); retry"
+        )));
+        assert!(!join_retryable(&refused("invalid join token")));
+        assert!(!join_retryable(&refused("join token expired")));
     }
 }

@@ -5,8 +5,8 @@
 use std::io::Write;
 
 use k8s_openapi::api::{
-    admissionregistration, apps, autoscaling, batch, coordination, core, discovery, events, networking, policy, rbac,
-    scheduling, storage,
+    admissionregistration, apps, autoscaling, batch, certificates, coordination, core, discovery, events, networking,
+    policy, rbac, scheduling, storage,
 };
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions;
 use k8s_openapi::Resource;
@@ -85,6 +85,7 @@ fn main() {
     add::<rbac::v1::ClusterRole>(g, k);
     add::<rbac::v1::RoleBinding>(g, k);
     add::<rbac::v1::ClusterRoleBinding>(g, k);
+    add::<certificates::v1::CertificateSigningRequest>(g, k);
     let mut defs: Map<String, Value> = generator.take_definitions(true).into_iter().collect();
     for (name, gvk) in kinds {
         if let Some(Value::Object(s)) = defs.get_mut(&name) {

@@ -50,7 +50,25 @@ pub enum Error {
     /// Server-side apply would change fields other managers own (409 unless forced).
     #[error("{}", managed::conflict_message(.0))]
     Conflict(Vec<managed::Conflict>),
+    /// A JSON patch with more operations than kube-apiserver takes.
+    #[error("The allowed maximum operations in a JSON patch is {MAX_JSON_PATCH_OPERATIONS}, got {0}")]
+    TooManyOperations(usize),
+    /// JSON patch `copy` operations that together copy more than the bound (a copy bomb).
+    #[error("Unable to complete request: accumulated copy size exceeds the limit ({0} bytes)")]
+    CopyLimit(usize),
+    /// The patched object would be larger than any object the API takes.
+    #[error("the patched object is larger than {0} bytes")]
+    TooLarge(usize),
 }
+
+/// kube-apiserver's `maxJSONPatchOperations`.
+pub const MAX_JSON_PATCH_OPERATIONS: usize = 10_000;
+/// What JSON patch `copy` operations may copy in total, and the largest patched object
+/// (kube-apiserver's request body limit, 3 MiB).
+pub const MAX_PATCHED_BYTES: usize = 3 * 1024 * 1024;
+/// The deepest nesting a patched object may have (Kubernetes objects stay far below; the
+/// store's JSON reader refuses more than 128).
+pub const MAX_PATCHED_DEPTH: usize = 100;
 
 impl Error {
     /// HTTP status the API answers with: 400 for a body that cannot be decoded, 422 for a patch
@@ -59,6 +77,7 @@ impl Error {
         match self {
             Error::DecodePatch(_) | Error::InvalidManagedFields(_) => 400,
             Error::Conflict(_) => 409,
+            Error::TooManyOperations(_) | Error::TooLarge(_) => 413,
             _ => 422,
         }
     }
@@ -68,6 +87,7 @@ impl Error {
         match self {
             Error::DecodePatch(_) | Error::InvalidManagedFields(_) => "BadRequest",
             Error::Conflict(_) => "Conflict",
+            Error::TooManyOperations(_) | Error::TooLarge(_) => "RequestEntityTooLarge",
             _ => "Invalid",
         }
     }
@@ -164,21 +184,98 @@ pub fn decode_apply_body(body: &[u8]) -> Result<Value> {
 /// Applies a `PATCH` body of type `patch_type` to the live object. Server-side apply of an
 /// object that does not exist yet goes through [`server_side_apply`] with `None`.
 pub fn apply(patch_type: PatchType, live: &Value, body: &[u8], group: &str, kind: &str) -> Result<Value> {
-    match patch_type {
+    let out = match patch_type {
         PatchType::Json => apply_json_patch(live, body),
         PatchType::Merge => apply_merge_patch(live, body),
         PatchType::StrategicMerge => apply_strategic_merge_patch(live, body, group, kind),
         PatchType::Apply => server_side_apply(Some(live.clone()), decode_apply_body(body)?, group, kind),
+    }?;
+    check_bounds(&out)?;
+    Ok(out)
+}
+
+/// Refuses a patched object nested deeper than [`MAX_PATCHED_DEPTH`] or larger than
+/// [`MAX_PATCHED_BYTES`] serialized; walks without recursion, so no input overflows the stack
+/// (a walk stopped at the size bound may miss deeper parts, but then the size refuses it).
+pub fn check_bounds(v: &Value) -> Result<()> {
+    let (size, depth) = measure(v, MAX_PATCHED_BYTES);
+    if size > MAX_PATCHED_BYTES {
+        return Err(Error::TooLarge(MAX_PATCHED_BYTES));
     }
+    if depth > MAX_PATCHED_DEPTH {
+        return Err(Error::TooDeep(MAX_PATCHED_DEPTH));
+    }
+    Ok(())
 }
 
 /// Applies an RFC 6902 JSON patch (`application/json-patch+json`). All or nothing: on error the
 /// live object is untouched (it is only borrowed).
 pub fn apply_json_patch(doc: &Value, patch: &[u8]) -> Result<Value> {
+    use json_patch::PatchOperation as Op;
     let ops: json_patch::Patch = serde_json::from_slice(patch).map_err(Error::DecodePatch)?;
+    if ops.0.len() > MAX_JSON_PATCH_OPERATIONS {
+        return Err(Error::TooManyOperations(ops.0.len()));
+    }
     let mut out = doc.clone();
-    json_patch::patch_unsafe(&mut out, &ops.0).map_err(Error::ApplyJsonPatch)?;
+    // One operation at a time, each bounded before it runs: what `copy` and `move` carry
+    // counts against one budget (a copy bomb doubles the object with every operation), and
+    // nothing may land deeper than the depth bound, so the object never grows past either.
+    let mut carried = 0usize;
+    for (i, op) in ops.0.iter().enumerate() {
+        let landed = match op {
+            Op::Add(a) => Some((a.path.tokens().count(), measure(&a.value, usize::MAX).1)),
+            Op::Replace(r) => Some((r.path.tokens().count(), measure(&r.value, usize::MAX).1)),
+            Op::Copy(json_patch::CopyOperation { from, path }) | Op::Move(json_patch::MoveOperation { from, path }) => {
+                match out.pointer(from.as_str()) {
+                    Some(src) => {
+                        let (size, depth) = measure(src, MAX_PATCHED_BYTES - carried);
+                        carried += size;
+                        if carried > MAX_PATCHED_BYTES {
+                            return Err(Error::CopyLimit(MAX_PATCHED_BYTES));
+                        }
+                        Some((path.tokens().count(), depth))
+                    }
+                    None => None,
+                }
+            }
+            Op::Remove(_) | Op::Test(_) => None,
+        };
+        if landed.is_some_and(|(at, depth)| at + depth > MAX_PATCHED_DEPTH) {
+            return Err(Error::TooDeep(MAX_PATCHED_DEPTH));
+        }
+        json_patch::patch_unsafe(&mut out, std::slice::from_ref(op)).map_err(|mut e| {
+            e.operation = i;
+            Error::ApplyJsonPatch(e)
+        })?;
+    }
     ensure_object(out)
+}
+
+/// (serialized size, roughly; nesting depth) of `v`, walking without recursion and stopping
+/// once the size passes `cap`.
+fn measure(v: &Value, cap: usize) -> (usize, usize) {
+    let mut stack = vec![(v, 1usize)];
+    let (mut size, mut deepest) = (0usize, 0usize);
+    while let Some((v, depth)) = stack.pop() {
+        deepest = deepest.max(depth);
+        size += match v {
+            Value::Null | Value::Bool(_) => 5,
+            Value::Number(_) => 20,
+            Value::String(s) => s.len() + 2,
+            Value::Array(a) => {
+                stack.extend(a.iter().map(|x| (x, depth + 1)));
+                a.len() + 2
+            }
+            Value::Object(m) => {
+                stack.extend(m.iter().map(|(_, x)| (x, depth + 1)));
+                m.keys().map(|k| k.len() + 4).sum::<usize>() + 2
+            }
+        };
+        if size > cap {
+            break;
+        }
+    }
+    (size, deepest)
 }
 
 /// Applies an RFC 7386 JSON merge patch (`application/merge-patch+json`).

@@ -428,3 +428,51 @@ proptest! {
         prop_assert!(!once.to_string().contains('$'));
     }
 }
+
+#[test]
+fn json_patch_copy_bomb_is_refused_before_it_grows() {
+    let doc = json!({"data": {"a": "x".repeat(64 * 1024)}});
+    let ops: Vec<Value> =
+        (0..40).map(|i| json!({"op": "copy", "from": "/data", "path": format!("/data/c{i}")})).collect();
+    let e = apply_json_patch(&doc, &serde_json::to_vec(&ops).unwrap()).unwrap_err();
+    assert!(matches!(e, Error::CopyLimit(_)), "{e}");
+    assert_eq!(e.http_code(), 422);
+    // The same through `move` (carried from one place to another and back).
+    let ops: Vec<Value> = (0..100)
+        .map(|i| {
+            let (from, to) = if i % 2 == 0 { ("/data", "/moved") } else { ("/moved", "/data") };
+            json!({"op": "move", "from": from, "path": to})
+        })
+        .collect();
+    assert!(matches!(apply_json_patch(&doc, &serde_json::to_vec(&ops).unwrap()), Err(Error::CopyLimit(_))));
+    // A few small copies are fine.
+    let ok = json!([{"op": "copy", "from": "/data/a", "path": "/data/b"}]);
+    assert_eq!(apply_json_patch(&doc, ok.to_string().as_bytes()).unwrap()["data"]["b"].as_str().unwrap().len(), 65536);
+}
+
+#[test]
+fn json_patch_operation_count_and_depth_are_bounded() {
+    let doc = json!({"a": {}});
+    let ops: Vec<Value> = (0..10_001).map(|_| json!({"op": "test", "path": "/a", "value": {}})).collect();
+    let e = apply_json_patch(&doc, &serde_json::to_vec(&ops).unwrap()).unwrap_err();
+    assert_eq!(e.to_string(), "The allowed maximum operations in a JSON patch is 10000, got 10001");
+    assert_eq!(e.http_code(), 413);
+    // Nesting grown by moving one object into another, level after level.
+    let mut doc = json!({});
+    let mut ops = Vec::new();
+    for i in 0..60 {
+        doc[format!("o{i}")] = json!({"x": {"y": {}}});
+    }
+    for i in 1..60 {
+        let path = format!("/o0{}", "/x/y/n".repeat(i));
+        ops.push(json!({"op": "move", "from": format!("/o{i}"), "path": path}));
+    }
+    let e = apply_json_patch(&doc, &serde_json::to_vec(&ops).unwrap()).unwrap_err();
+    assert!(matches!(e, Error::TooDeep(_)), "{e}");
+    // Merge patches: the result is bounded in size.
+    let big = json!({"a": "x".repeat(2 * 1024 * 1024)});
+    let patch = json!({"b": "y".repeat(2 * 1024 * 1024)});
+    let merged = apply_merge_patch(&big, patch.to_string().as_bytes()).unwrap();
+    let e = check_bounds(&merged).unwrap_err();
+    assert_eq!(e.http_code(), 413);
+}
