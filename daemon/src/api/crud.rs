@@ -496,7 +496,14 @@ pub(crate) async fn create(ctx: &Ctx) -> Result<Response, ApiError> {
 }
 
 /// Writes `next` over `old` (both whole objects); `mode` picks spec or status.
-async fn write(ctx: &Ctx, name: &str, mut next: Value, old: &Value, mode: UpdateMode) -> Result<Value, ApiError> {
+/// `charges`: the quotas an update grows, written with it ([`crate::admission::write_update`]).
+async fn write(
+    ctx: &Ctx,
+    mut next: Value,
+    old: &Value,
+    mode: UpdateMode,
+    charges: Vec<(Resource, Value)>,
+) -> Result<Value, ApiError> {
     let is_service = ctx.res.group.is_empty() && ctx.res.kind == "Service";
     if mode != UpdateMode::Status {
         rbac::check_escalation(ctx, &next).await?;
@@ -510,7 +517,8 @@ async fn write(ctx: &Ctx, name: &str, mut next: Value, old: &Value, mode: Update
         service::release(&ctx.state.objects, &claimed).await;
         return Ok(next);
     }
-    match ctx.state.objects.update(&ctx.res, ctx.ns(), next, mode).await {
+    let ns = ctx.ns().unwrap_or("default");
+    match crate::admission::write_update(&ctx.state.objects, &ctx.res, ns, next, old, mode, charges).await {
         Ok(mut o) => {
             if is_service {
                 service::release(&ctx.state.objects, &service::dropped_keys(old, &o)).await;
@@ -520,7 +528,7 @@ async fn write(ctx: &Ctx, name: &str, mut next: Value, old: &Value, mode: Update
         }
         Err(e) => {
             service::release(&ctx.state.objects, &claimed).await;
-            Err(ApiError::from_objects(e, &ctx.res, name))
+            Err(admission_error(e, &ctx.res))
         }
     }
 }
@@ -604,10 +612,11 @@ async fn webhooks(ctx: &Ctx, operation: &'static str, obj: Option<&mut Value>, o
 
 /// The admission plugins that need the store on an update: webhooks (status writes too, for
 /// the webhooks whose rules name the subresource), Pod Security, LimitRanger, ResourceQuota.
-async fn admit_update(ctx: &Ctx, obj: &mut Value, old: &Value) -> Result<(), ApiError> {
+/// Returns the quota charges of what the update grows.
+async fn admit_update(ctx: &Ctx, obj: &mut Value, old: &Value) -> Result<Vec<(Resource, Value)>, ApiError> {
     webhooks(ctx, "UPDATE", Some(obj), old).await?;
     if ctx.sub.as_deref() == Some("status") {
-        return Ok(());
+        return Ok(Vec::new());
     }
     let obj = &*obj;
     let ns = ctx.ns().unwrap_or("default");
@@ -615,12 +624,13 @@ async fn admit_update(ctx: &Ctx, obj: &mut Value, old: &Value) -> Result<(), Api
     crate::admission::pod_security::admit(objects, &ctx.state.pod_security_defaults, &ctx.res, ns, obj, Some(old))
         .await
         .map_err(|e| admission_error(e, &ctx.res))?;
-    if ctx.res.namespaced {
-        crate::admission::validate_update(objects, &ctx.res, ns, obj, old)
-            .await
-            .map_err(|e| admission_error(e, &ctx.res))?;
+    if !ctx.res.namespaced {
+        return Ok(Vec::new());
     }
-    Ok(())
+    let admitted = crate::admission::validate_update(objects, &ctx.res, ns, obj, old)
+        .await
+        .map_err(|e| admission_error(e, &ctx.res))?;
+    Ok(admitted.charges)
 }
 
 pub(crate) async fn update(ctx: &Ctx) -> Result<Response, ApiError> {
@@ -629,8 +639,8 @@ pub(crate) async fn update(ctx: &Ctx) -> Result<Response, ApiError> {
     check_type_meta(&ctx.res, &obj)?;
     let old = ctx.get_existing(name).await?;
     prepare_update(ctx, name, &mut obj, &old).await?;
-    admit_update(ctx, &mut obj, &old).await?;
-    let out = write(ctx, name, obj, &old, mode_for(&ctx.res, ctx.sub.as_deref())).await?;
+    let charges = admit_update(ctx, &mut obj, &old).await?;
+    let out = write(ctx, obj, &old, mode_for(&ctx.res, ctx.sub.as_deref()), charges).await?;
     Ok(json_response(StatusCode::OK, &out))
 }
 
@@ -669,8 +679,8 @@ pub(crate) async fn patch(ctx: &Ctx) -> Result<Response, ApiError> {
         }
         check_type_meta(&ctx.res, &next)?;
         prepare_update(ctx, name, &mut next, &old).await?;
-        admit_update(ctx, &mut next, &old).await?;
-        match write(ctx, name, next, &old, mode_for(&ctx.res, ctx.sub.as_deref())).await {
+        let charges = admit_update(ctx, &mut next, &old).await?;
+        match write(ctx, next, &old, mode_for(&ctx.res, ctx.sub.as_deref()), charges).await {
             Ok(out) => return Ok(json_response(StatusCode::OK, &out)),
             Err(e) if e.reason == "Conflict" && !rv_from_patch => continue,
             Err(e) => return Err(e),
