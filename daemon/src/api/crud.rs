@@ -433,9 +433,18 @@ pub(crate) async fn create_object(ctx: &Ctx, mut obj: Value) -> Result<Response,
         }
     }
     rbac::check_escalation(ctx, &obj).await?;
-    crate::admission::pod_security::admit(objects, &ctx.state.pod_security_defaults, &ctx.res, &ns, &obj, None)
-        .await
-        .map_err(|e| admission_error(e, &ctx.res))?;
+    let user = ctx.user.as_ref().map(|u| u.name.as_str());
+    crate::admission::pod_security::admit_as(
+        objects,
+        &ctx.state.pod_security_defaults,
+        &ctx.res,
+        &ns,
+        &obj,
+        None,
+        user,
+    )
+    .await
+    .map_err(|e| admission_error(e, &ctx.res))?;
     crate::admission::webhook::validate(objects, &call, Some(&obj)).await.map_err(|e| admission_error(e, &ctx.res))?;
     if ctx.dry_run() {
         if ctx.res.namespaced {
@@ -621,9 +630,18 @@ async fn admit_update(ctx: &Ctx, obj: &mut Value, old: &Value) -> Result<Vec<(Re
     let obj = &*obj;
     let ns = ctx.ns().unwrap_or("default");
     let objects = &ctx.state.objects;
-    crate::admission::pod_security::admit(objects, &ctx.state.pod_security_defaults, &ctx.res, ns, obj, Some(old))
-        .await
-        .map_err(|e| admission_error(e, &ctx.res))?;
+    let user = ctx.user.as_ref().map(|u| u.name.as_str());
+    crate::admission::pod_security::admit_as(
+        objects,
+        &ctx.state.pod_security_defaults,
+        &ctx.res,
+        ns,
+        obj,
+        Some(old),
+        user,
+    )
+    .await
+    .map_err(|e| admission_error(e, &ctx.res))?;
     if !ctx.res.namespaced {
         return Ok(Vec::new());
     }
