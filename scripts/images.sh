@@ -22,9 +22,14 @@ IMAGES=(
   "whatwant_node-web_1.0|docker.io/whatwant/node-web:1.0"
   "kodekloud_throw-dice_latest|docker.io/kodekloud/throw-dice:latest"
   "csup96_tour-review_latest|docker.io/csup96/tour-review:latest"
+  "shoal-test_python_3.11|shoal.test/python:3.11"
 )
 # Packages per image; their library dependencies are resolved by ELF NEEDED entries.
 NGINX_PKGS="nginx libc6 libcrypt1 libpcre2-8-0 libssl3 zlib1g libgcc-s1"
+# Python with its standard library and TLS (for servers the tests write, e.g. an admission
+# webhook served by a pod); only the extension modules such servers need.
+PYTHON_PKGS="python3.11-minimal libpython3.11-minimal libpython3.11-stdlib libc6 libssl3 libexpat1 zlib1g"
+PYTHON_MODULES="_ssl _hashlib _json _contextvars _asyncio _queue"
 
 log() { echo "images.sh: $*" >&2; }
 
@@ -417,6 +422,22 @@ EOF
         entries+=("$(image_manifest "$arch" "$rootfs" "$layout/blobs/sha256" '["/usr/local/bin/tour-review"]' '[]' 3000/tcp \
           "$(json_array "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" PORT=3000)")")
         ;;
+      python)
+        local p m
+        for p in $PYTHON_PKGS; do fetch "$arch" "$p"; done
+        copy_with_libs "$arch" "$rootfs" /usr/bin/python3.11
+        ln -s python3.11 "$rootfs/usr/bin/python3"
+        local src=$WORK/debs/$arch/x
+        mkdir -p "$rootfs/usr/lib/python3.11/lib-dynload"
+        tar -C "$src/usr/lib/python3.11" --exclude=./lib-dynload --exclude=./test --exclude=./pydoc_data \
+          --exclude=./idlelib --exclude=./tkinter --exclude=./lib2to3 --exclude=./ensurepip --exclude='*.pyc' \
+          -cf - . | tar -C "$rootfs/usr/lib/python3.11" -xf -
+        for m in $PYTHON_MODULES; do
+          copy_with_libs "$arch" "$rootfs" "$(cd "$src" && ls usr/lib/python3.11/lib-dynload/$m.cpython-311-*.so | sed 's|^|/|')"
+        done
+        entries+=("$(image_manifest "$arch" "$rootfs" "$layout/blobs/sha256" '[]' '["python3"]' "" \
+          "$(json_array "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" PYTHONDONTWRITEBYTECODE=1)")")
+        ;;
     esac
   done
   write_layout "$file" "$name" "$layout" "${entries[@]}"
@@ -431,6 +452,7 @@ for spec in "${IMAGES[@]}"; do
     *node-web*) kind=node-web ;;
     *throw-dice*) kind=throw-dice ;;
     *tour-review*) kind=tour-review ;;
+    *python*) kind=python ;;
   esac
   build_image "$file" "$name" "$kind"
 done

@@ -114,6 +114,14 @@ pub struct PodSecurityDefaults {
     pub audit_version: String,
     pub warn: String,
     pub warn_version: String,
+    /// Namespaces whose pods are not checked (upstream's `exemptions.namespaces`).
+    pub exempt_namespaces: Vec<String>,
+    /// Users whose requests are not checked (`exemptions.usernames`; the controllers' pods
+    /// are created as `system:serviceaccount:kube-system:shoal-controllers`).
+    pub exempt_users: Vec<String>,
+    /// Pods with one of these `spec.runtimeClassName`s are not checked
+    /// (`exemptions.runtimeClasses`).
+    pub exempt_runtime_classes: Vec<String>,
 }
 
 impl Default for PodSecurityDefaults {
@@ -126,14 +134,19 @@ impl Default for PodSecurityDefaults {
             audit_version: l.clone(),
             warn: p,
             warn_version: l,
+            exempt_namespaces: Vec::new(),
+            exempt_users: Vec::new(),
+            exempt_runtime_classes: Vec::new(),
         }
     }
 }
 
 impl PodSecurityDefaults {
-    /// As namespace labels (`pod-security.kubernetes.io/enforce` = `baseline`, ...).
+    /// As namespace labels (`pod-security.kubernetes.io/enforce` = `baseline`, ...), plus
+    /// the exemptions under the keys `exempt/namespaces`, `exempt/users` and
+    /// `exempt/runtime-classes` (one name a line), which no label can take.
     pub fn labels(&self) -> std::collections::BTreeMap<String, String> {
-        [
+        let mut out: std::collections::BTreeMap<String, String> = [
             ("enforce", &self.enforce),
             ("enforce-version", &self.enforce_version),
             ("audit", &self.audit),
@@ -143,7 +156,17 @@ impl PodSecurityDefaults {
         ]
         .into_iter()
         .map(|(k, v)| (format!("pod-security.kubernetes.io/{k}"), v.clone()))
-        .collect()
+        .collect();
+        for (k, v) in [
+            ("namespaces", &self.exempt_namespaces),
+            ("users", &self.exempt_users),
+            ("runtime-classes", &self.exempt_runtime_classes),
+        ] {
+            if !v.is_empty() {
+                out.insert(format!("exempt/{k}"), v.join("\n"));
+            }
+        }
+        out
     }
 
     /// A level or version that is not one of upstream's.
@@ -665,6 +688,15 @@ mod tests {
         assert_eq!(labels["pod-security.kubernetes.io/enforce"], "baseline");
         assert_eq!(labels["pod-security.kubernetes.io/warn"], "restricted");
         assert_eq!(labels["pod-security.kubernetes.io/audit-version"], "latest");
+        std::fs::write(
+            &p,
+            "version = 1\n[admission.pod_security]\nexempt_namespaces = [\"a\", \"b\"]\nexempt_users = [\"ops\"]\n",
+        )
+        .unwrap();
+        let labels = NodeConfig::load(&p, true).unwrap().admission.pod_security.labels();
+        assert_eq!(labels["exempt/namespaces"], "a\nb");
+        assert_eq!(labels["exempt/users"], "ops");
+        assert!(!labels.contains_key("exempt/runtime-classes"));
         std::fs::write(&p, "version = 1\n[admission.pod_security]\nenforce = \"strict\"\n").unwrap();
         let e = NodeConfig::load(&p, true).unwrap_err().to_string();
         assert!(e.contains("must be privileged, baseline or restricted"), "{e}");

@@ -455,7 +455,9 @@ spec:
 }
 
 /// A webhook server for the tests (Python's standard library over TLS): `/validate` refuses
-/// objects labelled `deny`, `/mutate` adds the label `mutated=yes`, and hostile replies:
+/// objects labelled `deny` (the old object's labels on a DELETE), `/mutate` adds the label
+/// `mutated=yes`, `/reinvoke` notes `first-call` or (once the label is there) `seen-mutated`
+/// in an annotation, and hostile replies:
 /// `/garbage` (not JSON), `/huge` (8 MiB), `/slow` (answers after 20 s), `/wronguid`.
 const WEBHOOK_PY: &str = r#"
 import base64, json, ssl, sys, time
@@ -484,6 +486,12 @@ class H(BaseHTTPRequestHandler):
                 resp = {'uid': req['uid'], 'allowed': False, 'status': {'code': 403, 'message': 'labelled objects are not allowed here'}}
         elif path == '/mutate':
             patch = [{'op': 'add', 'path': '/metadata/labels', 'value': dict(labels, mutated='yes')}]
+            resp['patchType'] = 'JSONPatch'
+            resp['patch'] = base64.b64encode(json.dumps(patch).encode()).decode()
+        elif path == '/reinvoke':
+            ann = dict((obj.get('metadata') or {}).get('annotations') or {})
+            ann['seen-mutated' if labels.get('mutated') == 'yes' else 'first-call'] = 'yes'
+            patch = [{'op': 'add', 'path': '/metadata/annotations', 'value': ann}]
             resp['patchType'] = 'JSONPatch'
             resp['patch'] = base64.b64encode(json.dumps(patch).encode()).decode()
         elif path == '/garbage':
@@ -610,6 +618,46 @@ async fn admission_webhooks_as_kubectl_shows_them() {
     let label = c.ok(&["get", "cm", "patched", "-n", "hooked", "-o", "jsonpath={.metadata.labels.mutated}"]).await;
     assert_eq!(label, "yes");
     c.ok(&["delete", "mutatingwebhookconfiguration", "mut"]).await;
+
+    // reinvocationPolicy IfNeeded: the first webhook is called again after the second one
+    // changed the object, and then sees the second one's label.
+    let mut two: serde_json::Value = serde_json::from_str(
+        &validating(
+            "again",
+            "Fail",
+            &[("reinvoke.test.shoal", url("/reinvoke"), ""), ("mutate.test.shoal", url("/mutate"), "")],
+        )
+        .replace("ValidatingWebhookConfiguration", "MutatingWebhookConfiguration"),
+    )
+    .unwrap();
+    two["webhooks"][0]["reinvocationPolicy"] = serde_json::json!("IfNeeded");
+    let o = c.apply(&two.to_string()).await;
+    assert!(o.ok, "{}", o.stderr);
+    assert!(c.apply(&configmap("again", "a: b")).await.ok);
+    let ann = c.ok(&["get", "cm", "again", "-n", "hooked", "-o", "jsonpath={.metadata.annotations}"]).await;
+    assert!(ann.contains(r#""first-call":"yes""#) && ann.contains(r#""seen-mutated":"yes""#), "{ann}");
+    two["webhooks"][0]["reinvocationPolicy"] = serde_json::json!("Never");
+    assert!(c.apply(&two.to_string()).await.ok);
+    assert!(c.apply(&configmap("once", "a: b")).await.ok);
+    let ann = c.ok(&["get", "cm", "once", "-n", "hooked", "-o", "jsonpath={.metadata.annotations}"]).await;
+    assert!(ann.contains(r#""first-call":"yes""#) && !ann.contains("seen-mutated"), "{ann}");
+    c.ok(&["delete", "mutatingwebhookconfiguration", "again"]).await;
+
+    // A validating webhook on DELETE gets the old object: the labelled ConfigMap stays.
+    assert!(c.apply(&configmap("keep", "deny: 'yes'")).await.ok);
+    let mut del: serde_json::Value =
+        serde_json::from_str(&validating("on-delete", "Fail", &[("delete.test.shoal", url("/validate"), "")])).unwrap();
+    del["webhooks"][0]["rules"][0]["operations"] = serde_json::json!(["DELETE"]);
+    assert!(c.apply(&del.to_string()).await.ok);
+    let e = c.refused(&["delete", "cm", "keep", "-n", "hooked"]).await;
+    assert!(
+        e.contains(
+            r#"admission webhook "delete.test.shoal" denied the request: labelled objects are not allowed here"#
+        ),
+        "{e}"
+    );
+    c.ok(&["delete", "validatingwebhookconfiguration", "on-delete"]).await;
+    c.ok(&["delete", "cm", "keep", "-n", "hooked"]).await;
 
     // Hostile replies and a Service without endpoints: Fail refuses with a clear 500 ...
     let svc =

@@ -809,6 +809,9 @@ pub fn services(rig: &dyn Rig, opts: &ScenarioOptions) -> Result<Measured> {
     )
     .map_err(|e| failed(name, format!("{e}: the pod saw {local_peer:?}, the client is {client_ip}")))?;
     set(&mut m, "etp_local_source_preserved", 1.0);
+
+    // Admission: a validating webhook served by a pod behind a Service (issue 21).
+    crate::admission::webhook_in_cluster(&k, &first, &scratch, &mut m)?;
     Ok(m)
 }
 

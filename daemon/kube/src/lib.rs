@@ -4,6 +4,7 @@
 //! object looks the same whoever writes it.
 #![forbid(unsafe_code)]
 
+mod cache;
 pub mod objects;
 pub mod openapi;
 pub mod patch;

@@ -47,6 +47,8 @@ pub struct Objects {
     store: Store,
     /// Events expire: each is attached to a store lease shared by the events of a window.
     events: Option<std::sync::Arc<EventLeases>>,
+    /// Lists kept current by a watch ([`Objects::cached_list`]).
+    pub(crate) caches: std::sync::Arc<crate::cache::Caches>,
 }
 
 /// One store lease for the Events created within a window of `ttl / 6`, living `ttl` plus that
@@ -182,7 +184,7 @@ impl Drop for Timed<'_> {
 
 impl Objects {
     pub fn new(store: Store) -> Self {
-        Objects { store, events: None }
+        Objects { store, events: None, caches: Default::default() }
     }
 
     /// Events (core/v1 and events.k8s.io/v1) written through this layer expire after `ttl`
@@ -275,18 +277,7 @@ impl Objects {
         charges: &[(Resource, Value)],
     ) -> Result<Value> {
         let _timed = Timed::new("create", res);
-        let mut charge_compares = Vec::with_capacity(charges.len());
-        let mut charge_ops = Vec::with_capacity(charges.len());
-        for (cres, cobj) in charges {
-            let cname = name_of(cobj).ok_or_else(|| Error::Invalid("charged object has no name".into()))?;
-            let ckey = cres.key(namespace_of(cobj), cname);
-            let rev =
-                resource_version_of(cobj).ok_or_else(|| Error::Invalid("charged object has no version".into()))?;
-            let mut stored = cobj.clone();
-            meta_mut(&mut stored)?.remove("resourceVersion");
-            charge_compares.push(Compare::ModRevision { key: ckey.clone(), revision: rev });
-            charge_ops.push(Op::Put { key: ckey, value: encode(&stored), lease: None });
-        }
+        let (charge_compares, charge_ops) = charge_parts(charges)?;
         for _ in 0..8 {
             let m = meta_mut(&mut obj)?;
             let name = match m.get("name").and_then(|n| n.as_str()).filter(|n| !n.is_empty()) {
@@ -363,7 +354,24 @@ impl Objects {
     /// and takes only `status` from `obj` (the status subresource); otherwise the stored
     /// status is kept unless `keep_status` is false.
     pub async fn update(&self, res: &Resource, ns: Option<&str>, obj: Value, mode: UpdateMode) -> Result<Value> {
+        self.update_charged(res, ns, obj, mode, &[]).await
+    }
+
+    /// Like `update`, and in the same transaction writes each of `charges` only if it is still
+    /// at the version it was read at (as [`Objects::create_charged`]): an update that grows a
+    /// quota's usage charges it atomically. If a charged object moved on, nothing is written
+    /// and the error is `Conflict` on it (read and charge again); if the object itself moved
+    /// on, `Conflict` on the object.
+    pub async fn update_charged(
+        &self,
+        res: &Resource,
+        ns: Option<&str>,
+        obj: Value,
+        mode: UpdateMode,
+        charges: &[(Resource, Value)],
+    ) -> Result<Value> {
         let _timed = Timed::new("update", res);
+        let (charge_compares, charge_ops) = charge_parts(charges)?;
         let name = name_of(&obj).ok_or_else(|| Error::Invalid("metadata.name: Required value".into()))?.to_string();
         let key = res.key(ns, &name);
         let expected = resource_version_of(&obj);
@@ -437,13 +445,21 @@ impl Objects {
         } else {
             Op::Put { key: key.clone(), value: encode(&next), lease: cur_kv.lease }
         };
-        let txn = Txn {
-            compares: vec![Compare::ModRevision { key: key.clone(), revision: cur_kv.mod_revision }],
-            success: vec![op],
-            failure: vec![],
-        };
-        let r = self.store.txn(txn).await?;
+        let mut compares = vec![Compare::ModRevision { key: key.clone(), revision: cur_kv.mod_revision }];
+        compares.extend(charge_compares);
+        let mut success = vec![op];
+        success.extend(charge_ops);
+        let r = self.store.txn(Txn { compares, success, failure: vec![] }).await?;
         if !r.succeeded {
+            if let Some((cres, cobj)) = charges.first() {
+                let now = self.store.get(&key).await?.map(|kv| kv.mod_revision);
+                if now == Some(cur_kv.mod_revision) {
+                    return Err(Error::Conflict {
+                        plural: cres.plural.clone(),
+                        name: name_of(cobj).unwrap_or_default().to_string(),
+                    });
+                }
+            }
             return Err(Error::Conflict { plural: res.plural.clone(), name });
         }
         meta_mut(&mut next)?.insert("resourceVersion".into(), json!(r.revision.to_string()));
@@ -621,6 +637,23 @@ impl Objects {
         });
         Ok(rx)
     }
+}
+
+/// The compares and writes of quota charges: each charged object (carrying the
+/// resourceVersion it was read at) is written only if it is still at that version.
+fn charge_parts(charges: &[(Resource, Value)]) -> Result<(Vec<Compare>, Vec<Op>)> {
+    let mut compares = Vec::with_capacity(charges.len());
+    let mut ops = Vec::with_capacity(charges.len());
+    for (cres, cobj) in charges {
+        let cname = name_of(cobj).ok_or_else(|| Error::Invalid("charged object has no name".into()))?;
+        let ckey = cres.key(namespace_of(cobj), cname);
+        let rev = resource_version_of(cobj).ok_or_else(|| Error::Invalid("charged object has no version".into()))?;
+        let mut stored = cobj.clone();
+        meta_mut(&mut stored)?.remove("resourceVersion");
+        compares.push(Compare::ModRevision { key: ckey.clone(), revision: rev });
+        ops.push(Op::Put { key: ckey, value: encode(&stored), lease: None });
+    }
+    Ok((compares, ops))
 }
 
 /// Which parts of an object an update replaces.

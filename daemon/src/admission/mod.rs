@@ -84,17 +84,48 @@ pub(crate) async fn validate(objects: &Objects, res: &Resource, ns: &str, obj: &
 /// The validating phase for an update of `old` to `obj` in `ns`, where upstream's plugins look
 /// at updates: LimitRanger's bounds on claims (a resize), ResourceQuota on what grows (a
 /// Service turned LoadBalancer or NodePort, a claim resized). Pods' resources cannot change.
+/// What grows is charged as a create's usage is: written with the update by [`write_update`].
 pub(crate) async fn validate_update(
     objects: &Objects,
     res: &Resource,
     ns: &str,
     obj: &Value,
     old: &Value,
-) -> Result<(), Error> {
+) -> Result<Admitted, Error> {
     if res.group.is_empty() && res.kind == "PersistentVolumeClaim" {
         limitranger::check(objects, res, ns, obj).await?;
     }
-    quota::check_update(objects, res, ns, obj, old).await
+    let charges = quota::check_update(objects, res, ns, obj, old).await?;
+    Ok(Admitted { charges })
+}
+
+/// Writes an update of `old` to `obj` with the quota charges [`validate_update`] gave; when a
+/// charged quota moved on under it (another write charged it), reads the quotas and charges
+/// again, so two updates racing for a quota's last unit through two nodes cannot both get it.
+/// Errors of the write itself are [`Error::Write`].
+pub(crate) async fn write_update(
+    objects: &Objects,
+    res: &Resource,
+    ns: &str,
+    obj: Value,
+    old: &Value,
+    mode: shoal_kube::UpdateMode,
+    mut charges: Vec<(Resource, Value)>,
+) -> Result<Value, Error> {
+    let name = object_name(&obj).to_string();
+    let write_err =
+        |source| Error::Write { resource: res.plural.clone(), name: name.clone(), source: Box::new(source) };
+    let nsopt = res.namespaced.then_some(ns);
+    for _ in 0..CHARGE_ATTEMPTS {
+        match objects.update_charged(res, nsopt, obj.clone(), mode, &charges).await {
+            Err(shoal_kube::Error::Conflict { plural, .. }) if plural == "resourcequotas" && !charges.is_empty() => {
+                charges = validate_update(objects, res, ns, &obj, old).await?.charges;
+            }
+            Err(e) => return Err(write_err(e)),
+            Ok(o) => return Ok(o),
+        }
+    }
+    Err(write_err(shoal_kube::Error::Conflict { plural: "resourcequotas".into(), name: String::new() }))
 }
 
 /// How often a create is retried when a quota it charged moved on under it.
@@ -193,6 +224,51 @@ mod tests {
         assert_eq!(objects.list(&pods, Some("team")).await.unwrap().0.len(), 5);
         let q = objects.get(&quotas, Some("team"), "q").await.unwrap().unwrap();
         assert_eq!(q["status"]["used"]["pods"], "5");
+    }
+
+    /// Ten updates race to turn ten ClusterIP Services into LoadBalancers under a quota of
+    /// three: exactly three get through (each charged with its write), and `status.used` says
+    /// three without waiting for the controller.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn racing_updates_never_overshoot_a_quota() {
+        let objects = Objects::new(shoal_store::Store::in_memory());
+        let quotas = lookup("", "resourcequotas");
+        let q = json!({"metadata": {"name": "lb"}, "spec": {"hard": {"services.loadbalancers": "3"}}});
+        objects.create(&quotas, Some("team"), q).await.unwrap();
+        let services = lookup("", "services");
+        for i in 0..10 {
+            let svc =
+                json!({"metadata": {"name": format!("s{i}")}, "spec": {"type": "ClusterIP", "ports": [{"port": 80}]}});
+            create(&objects, &Default::default(), &services, "team", svc).await.unwrap();
+        }
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..10 {
+            let (objects, services) = (objects.clone(), services.clone());
+            tasks.spawn(async move {
+                let old = objects.get(&services, Some("team"), &format!("s{i}")).await.unwrap().unwrap();
+                let mut next = old.clone();
+                next["spec"]["type"] = json!("LoadBalancer");
+                let admitted = validate_update(&objects, &services, "team", &next, &old).await?;
+                write_update(&objects, &services, "team", next, &old, shoal_kube::UpdateMode::Spec, admitted.charges)
+                    .await
+            });
+        }
+        let (mut ok, mut refused) = (0, 0);
+        while let Some(r) = tasks.join_next().await {
+            match r.unwrap() {
+                Ok(_) => ok += 1,
+                Err(Error::Forbidden { message }) => {
+                    assert!(message.contains("exceeded quota: lb, requested: services.loadbalancers=1, used: services.loadbalancers=3, limited: services.loadbalancers=3"), "{message}");
+                    refused += 1;
+                }
+                Err(e) => panic!("{e:?}"),
+            }
+        }
+        assert_eq!((ok, refused), (3, 7));
+        let lbs = objects.list(&services, Some("team")).await.unwrap().0;
+        assert_eq!(lbs.iter().filter(|s| s["spec"]["type"] == "LoadBalancer").count(), 3);
+        let q = objects.get(&quotas, Some("team"), "lb").await.unwrap().unwrap();
+        assert_eq!(q["status"]["used"]["services.loadbalancers"], "3");
     }
 
     /// A claim grown past the LimitRange's max, or past a storage quota, is refused on update.

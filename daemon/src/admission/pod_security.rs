@@ -622,6 +622,35 @@ pub(crate) async fn admit(
     obj: &Value,
     old: Option<&Value>,
 ) -> Result<(), Error> {
+    admit_as(objects, defaults, res, ns, obj, old, None).await
+}
+
+/// Which exemption of `[admission.pod_security]` (carried in `defaults` under `exempt/...`,
+/// see `PodSecurityDefaults::labels`) spares this request: upstream's audit annotation value.
+fn exemption(defaults: &BTreeMap<String, String>, ns: &str, user: Option<&str>, spec: &Value) -> Option<&'static str> {
+    let listed = |key: &str, name: &str| defaults.get(key).is_some_and(|v| v.lines().any(|l| l == name));
+    if listed("exempt/namespaces", ns) {
+        return Some("namespace");
+    }
+    if user.is_some_and(|u| listed("exempt/users", u)) {
+        return Some("user");
+    }
+    if spec["runtimeClassName"].as_str().is_some_and(|rc| listed("exempt/runtime-classes", rc)) {
+        return Some("runtimeClass");
+    }
+    None
+}
+
+/// [`admit`] for a request of `user` (exempt users are not checked).
+pub(crate) async fn admit_as(
+    objects: &Objects,
+    defaults: &BTreeMap<String, String>,
+    res: &Resource,
+    ns: &str,
+    obj: &Value,
+    old: Option<&Value>,
+    user: Option<&str>,
+) -> Result<(), Error> {
     if res.group.is_empty() && res.kind == "Namespace" {
         return admit_namespace(objects, defaults, obj, old).await;
     }
@@ -630,6 +659,10 @@ pub(crate) async fn admit(
         if !significant_update(is_pod, res, obj, old) {
             return Ok(());
         }
+    }
+    if let Some(why) = exemption(defaults, ns, user, spec) {
+        notes::audit_annotation(&format!("{PREFIX}exempt"), why);
+        return Ok(());
     }
     let labels = namespace_labels(objects, ns).await?;
     let (policy, errors) = policy(&labels, defaults);
@@ -795,6 +828,47 @@ mod tests {
             .create(&lookup("", "namespaces"), None, json!({"metadata": {"name": name, "labels": labels}}))
             .await
             .unwrap();
+    }
+
+    /// `[admission.pod_security]` exemptions: a namespace, a user, a runtime class spare a
+    /// privileged pod under a cluster-wide `restricted`; anything else is still refused.
+    #[tokio::test]
+    async fn exemptions_spare_namespaces_users_and_runtime_classes() {
+        let objects = Objects::new(shoal_store::Store::in_memory());
+        // As `[admission.pod_security]` hands them over (config.rs, PodSecurityDefaults::labels).
+        let defaults: BTreeMap<String, String> = [
+            (format!("{PREFIX}enforce"), "restricted"),
+            ("exempt/namespaces".to_string(), "other\nkube-system"),
+            ("exempt/users".to_string(), "ops"),
+            ("exempt/runtime-classes".to_string(), "kata"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k, v.to_string()))
+        .collect();
+        let pods = lookup("", "pods");
+        let privileged = json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "c", "image": "i",
+            "securityContext": {"privileged": true}}]}});
+        for (ns, user, pod, why) in [
+            ("kube-system", None, privileged.clone(), "namespace"),
+            ("team", Some("ops"), privileged.clone(), "user"),
+            (
+                "team",
+                Some("dev"),
+                json!({"metadata": {"name": "p"}, "spec": {"runtimeClassName": "kata",
+                "containers": privileged["spec"]["containers"].clone()}}),
+                "runtimeClass",
+            ),
+        ] {
+            let (r, n) = notes::collect(admit_as(&objects, &defaults, &pods, ns, &pod, None, user)).await;
+            assert!(r.is_ok(), "{ns} {user:?}: {r:?}");
+            assert_eq!(n.audit[&format!("{PREFIX}exempt")], why);
+        }
+        match admit_as(&objects, &defaults, &pods, "team", &privileged, None, Some("dev")).await {
+            Err(Error::Forbidden { message }) => {
+                assert!(message.contains("violates PodSecurity \"restricted:latest\""), "{message}")
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[tokio::test]

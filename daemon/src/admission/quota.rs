@@ -292,18 +292,19 @@ pub(crate) async fn charge(
 }
 
 /// Checks an update of `old` to `obj` against the quotas of `ns`, as upstream's evaluators that
-/// handle updates (Services changing type, claims growing): only what grows is requested. The
-/// quotas are not charged here: the ResourceQuota controller counts again after the write.
+/// handle updates (Services changing type, claims growing): only what grows is requested.
+/// Returns the quotas with their usage grown by that (to write with the update, as a create's
+/// charges), or the upstream refusal.
 pub(crate) async fn check_update(
     objects: &Objects,
     res: &Resource,
     ns: &str,
     obj: &Value,
     old: &Value,
-) -> Result<(), Error> {
+) -> Result<Vec<(Resource, Value)>, Error> {
     let handled = res.group.is_empty() && matches!(res.kind.as_str(), "Service" | "PersistentVolumeClaim");
     if !handled {
-        return Ok(());
+        return Ok(Vec::new());
     }
     let before = usage(res, old);
     let grown: Usage = usage(res, obj)
@@ -314,9 +315,9 @@ pub(crate) async fn check_update(
         })
         .collect();
     if grown.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
     }
-    charge_usage(objects, res, ns, obj, grown, false).await.map(|_| ())
+    charge_usage(objects, res, ns, obj, grown, false).await
 }
 
 async fn charge_usage(

@@ -39,12 +39,18 @@ pub(crate) struct Call<'a> {
     pub dry_run: bool,
 }
 
-fn configs_res(kind: &str) -> Resource {
-    let plural = match kind {
-        "MutatingWebhookConfiguration" => "mutatingwebhookconfigurations",
-        _ => "validatingwebhookconfigurations",
-    };
-    shoal_kube::resources::lookup("admissionregistration.k8s.io", plural)
+/// The resource of the configurations of `kind` (looked up once: every write reads them).
+fn configs_res(kind: &str) -> &'static Resource {
+    static MUTATING: std::sync::LazyLock<Resource> = std::sync::LazyLock::new(|| {
+        shoal_kube::resources::lookup("admissionregistration.k8s.io", "mutatingwebhookconfigurations")
+    });
+    static VALIDATING: std::sync::LazyLock<Resource> = std::sync::LazyLock::new(|| {
+        shoal_kube::resources::lookup("admissionregistration.k8s.io", "validatingwebhookconfigurations")
+    });
+    match kind {
+        "MutatingWebhookConfiguration" => &MUTATING,
+        _ => &VALIDATING,
+    }
 }
 
 /// Defaults upstream gives a webhook configuration when it is written (shown by `kubectl get
@@ -142,13 +148,31 @@ fn listed(v: &Value, want: &str) -> bool {
     v.as_array().is_some_and(|a| a.iter().any(|x| x == "*" || x == want))
 }
 
+/// Groups that serve the same resource under another name, as upstream's `matchPolicy:
+/// Equivalent` sees them (`extensions` served Deployments, DaemonSets, ReplicaSets, Ingresses
+/// and NetworkPolicies before `apps` and `networking.k8s.io`).
+fn equivalent_groups(res: &Resource) -> &'static [&'static str] {
+    match (res.group.as_str(), res.plural.as_str()) {
+        ("apps", "deployments" | "daemonsets" | "replicasets") => &["extensions"],
+        ("networking.k8s.io", "ingresses" | "networkpolicies") => &["extensions"],
+        _ => &[],
+    }
+}
+
 /// Whether a rule covers the request: operations, groups, versions, resources (with
-/// subresources: `pods`, `pods/status`, `pods/*`, `*`, `*/*`) and scope.
-fn rule_matches(rule: &Value, call: &Call<'_>) -> bool {
-    if !listed(&rule["operations"], call.operation)
-        || !listed(&rule["apiGroups"], &call.res.group)
-        || !listed(&rule["apiVersions"], &call.res.version)
-    {
+/// subresources: `pods`, `pods/status`, `pods/*`, `*`, `*/*`) and scope. `equivalent`
+/// (`matchPolicy: Equivalent`): a rule naming the resource at another version, or in a group
+/// that serves the same resource, covers it too (every kind is served at one version here).
+fn rule_matches(rule: &Value, call: &Call<'_>, equivalent: bool) -> bool {
+    if !listed(&rule["operations"], call.operation) {
+        return false;
+    }
+    let exact = listed(&rule["apiGroups"], &call.res.group) && listed(&rule["apiVersions"], &call.res.version);
+    let other = equivalent
+        && rule["apiVersions"].as_array().is_some_and(|v| !v.is_empty())
+        && (listed(&rule["apiGroups"], &call.res.group)
+            || equivalent_groups(call.res).iter().any(|g| listed(&rule["apiGroups"], g)));
+    if !exact && !other {
         return false;
     }
     let resources = rule["resources"].as_array().map(Vec::as_slice).unwrap_or_default();
@@ -181,7 +205,8 @@ async fn wants(objects: &Objects, w: &Value, call: &Call<'_>, obj: Option<&Value
     if call.res.group == "admissionregistration.k8s.io" {
         return Ok(false);
     }
-    if !w["rules"].as_array().is_some_and(|rs| rs.iter().any(|r| rule_matches(r, call))) {
+    let equivalent = w["matchPolicy"].as_str() != Some("Exact");
+    if !w["rules"].as_array().is_some_and(|rs| rs.iter().any(|r| rule_matches(r, call, equivalent))) {
         return Ok(false);
     }
     let object_sel = &w["objectSelector"];
@@ -216,15 +241,17 @@ async fn wants(objects: &Objects, w: &Value, call: &Call<'_>, obj: Option<&Value
     Ok(true)
 }
 
-/// The webhooks of every configuration of `kind`, configurations in name order.
+/// The webhooks of every configuration of `kind`, configurations in name order. The
+/// configurations come from a copy kept in memory by a watch ([`Objects::cached_list`]), so a
+/// request reads no store range for them; a new configuration applies as soon as the local
+/// replica has it.
 async fn webhooks(objects: &Objects, kind: &str) -> Result<Vec<Value>, Error> {
     let res = configs_res(kind);
-    let (mut configs, _) = objects
-        .list(&res, None)
+    let configs = objects
+        .cached_list(res)
         .await
         .map_err(|e| Error::Read { resource: res.plural.clone(), source: Box::new(e) })?;
-    configs.sort_by(|a, b| a["metadata"]["name"].as_str().cmp(&b["metadata"]["name"].as_str()));
-    Ok(configs.into_iter().flat_map(|c| c["webhooks"].as_array().cloned().unwrap_or_default()).collect())
+    Ok(configs.iter().flat_map(|c| c["webhooks"].as_array().cloned().unwrap_or_default()).collect())
 }
 
 /// Why a call did not give an answer.
@@ -548,38 +575,66 @@ fn dry_run_refused(w: &Value, call: &Call<'_>) -> Option<Error> {
     })
 }
 
+/// Calls one mutating webhook and applies its patch to `obj`; whether it changed `obj`.
+async fn mutate_one(objects: &Objects, w: &Value, i: usize, call: &Call<'_>, obj: &mut Value) -> Result<bool, Error> {
+    const KIND: &str = "MutatingWebhookConfiguration";
+    let name = w["name"].as_str().unwrap_or_default();
+    match call_one(objects, w, call, Some(obj)).await {
+        Ok(a) if !a.allowed => Err(denied(name, &a.status)),
+        Ok(a) => {
+            let Some(p) = a.patch else { return Ok(false) };
+            match shoal_kube::patch::apply_json_patch(obj, &p) {
+                Ok(next) if next == *obj => Ok(false),
+                Ok(next) => {
+                    *obj = next;
+                    Ok(true)
+                }
+                Err(e) => {
+                    failed(w, KIND, i, fail(format!("JSON patch from the webhook could not be applied: {e}")))?;
+                    Ok(false)
+                }
+            }
+        }
+        Err(e) => {
+            failed(w, KIND, i, e)?;
+            Ok(false)
+        }
+    }
+}
+
 /// The mutating webhooks, in configuration and list order, each seeing the previous one's
-/// patch; `obj` is patched in place.
+/// patch; `obj` is patched in place. A webhook with `reinvocationPolicy: IfNeeded` is called
+/// once more, after the others, when a webhook called after it changed the object (upstream's
+/// reinvocation; built-in plugins here all run before the webhooks).
 pub(crate) async fn mutate(objects: &Objects, call: &Call<'_>, obj: &mut Value) -> Result<bool, Error> {
     const KIND: &str = "MutatingWebhookConfiguration";
-    let mut changed = false;
-    for (i, w) in webhooks(objects, KIND).await?.iter().enumerate() {
+    let hooks = webhooks(objects, KIND).await?;
+    // The number of changes made so far, and per called webhook the number after its call.
+    let mut changes = 0usize;
+    let mut called: Vec<(usize, usize)> = Vec::new();
+    for (i, w) in hooks.iter().enumerate() {
         if !wants(objects, w, call, Some(obj)).await? {
             continue;
         }
         if let Some(e) = dry_run_refused(w, call) {
             return Err(e);
         }
-        let name = w["name"].as_str().unwrap_or_default();
-        match call_one(objects, w, call, Some(obj)).await {
-            Ok(a) if !a.allowed => return Err(denied(name, &a.status)),
-            Ok(a) => {
-                if let Some(p) = a.patch {
-                    match shoal_kube::patch::apply_json_patch(obj, &p) {
-                        Ok(next) => {
-                            *obj = next;
-                            changed = true;
-                        }
-                        Err(e) => {
-                            failed(w, KIND, i, fail(format!("JSON patch from the webhook could not be applied: {e}")))?
-                        }
-                    }
-                }
+        if mutate_one(objects, w, i, call, obj).await? {
+            changes += 1;
+        }
+        called.push((i, changes));
+    }
+    let first_pass = changes;
+    for (i, after) in called {
+        let w = &hooks[i];
+        if w["reinvocationPolicy"].as_str() == Some("IfNeeded") && first_pass > after {
+            tracing::debug!(webhook = w["name"].as_str().unwrap_or_default(), "reinvoking mutating webhook");
+            if mutate_one(objects, w, i, call, obj).await? {
+                changes += 1;
             }
-            Err(e) => failed(w, KIND, i, e)?,
         }
     }
-    Ok(changed)
+    Ok(changes > 0)
 }
 
 /// The validating webhooks, called together; the first refusal (in order) wins.
@@ -615,31 +670,110 @@ mod tests {
         Call { operation: op, res, sub: None, ns: "team", name: "x", old: None, user: None, dry_run: false }
     }
 
+    /// The cost of the webhook phases of a write when no webhook is configured (every write
+    /// pays it), against reading the configurations from the store on each write as before:
+    /// `cargo nextest run -p shoal -E 'test(/no_webhooks_cost/)' --no-capture`.
+    #[tokio::test]
+    async fn no_webhooks_cost() {
+        let objects = Objects::new(shoal_store::Store::in_memory());
+        let cms = lookup("", "configmaps");
+        let mut obj = json!({"metadata": {"name": "x", "namespace": "team"}, "data": {"a": "b"}});
+        let c = call(&cms, "CREATE");
+        const N: u32 = 2_000;
+        let started = std::time::Instant::now();
+        for _ in 0..N {
+            assert!(!mutate(&objects, &c, &mut obj).await.unwrap());
+            validate(&objects, &c, Some(&obj)).await.unwrap();
+        }
+        let cached = started.elapsed().as_secs_f64() * 1e6 / f64::from(N);
+        let started = std::time::Instant::now();
+        for _ in 0..N {
+            for kind in ["MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"] {
+                let res = shoal_kube::resources::lookup("admissionregistration.k8s.io", &configs_res(kind).plural);
+                let (configs, _) = objects.list(&res, None).await.unwrap();
+                assert!(configs.is_empty());
+            }
+        }
+        let listed = started.elapsed().as_secs_f64() * 1e6 / f64::from(N);
+        eprintln!("no_webhooks_cost: {cached:.2} us a write from the watched copy, {listed:.2} us listing the store");
+    }
+
+    /// A configuration applied takes effect for the next request within a second.
+    #[tokio::test]
+    async fn a_new_configuration_applies_within_a_second() {
+        let objects = Objects::new(shoal_store::Store::in_memory());
+        let cms = lookup("", "configmaps");
+        let c = call(&cms, "CREATE");
+        validate(&objects, &c, None).await.unwrap();
+        let mut cfg = json!({"metadata": {"name": "v"}, "webhooks": [{"name": "down.test.shoal",
+            "clientConfig": {"url": "https://127.0.0.1:1/"}, "sideEffects": "None", "admissionReviewVersions": ["v1"],
+            "rules": [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["configmaps"]}]}]});
+        default_object("ValidatingWebhookConfiguration", &mut cfg);
+        let res = configs_res("ValidatingWebhookConfiguration");
+        objects.create(res, None, cfg).await.unwrap();
+        let applied = std::time::Instant::now();
+        loop {
+            match validate(&objects, &c, None).await {
+                Err(Error::Status { code: 500, .. }) => break,
+                other => assert!(applied.elapsed() < Duration::from_secs(1), "still {other:?} after a second"),
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        objects.delete(res, None, "v", Default::default()).await.unwrap();
+        let deleted = std::time::Instant::now();
+        while validate(&objects, &c, None).await.is_err() {
+            assert!(deleted.elapsed() < Duration::from_secs(1), "the deleted configuration still applies");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     #[test]
     fn rules_match_as_upstream() {
         let cms = lookup("", "configmaps");
         let pods = lookup("", "pods");
         let rule = json!({"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["configmaps"], "scope": "Namespaced"});
-        assert!(rule_matches(&rule, &call(&cms, "CREATE")));
-        assert!(!rule_matches(&rule, &call(&cms, "UPDATE")));
-        assert!(!rule_matches(&rule, &call(&pods, "CREATE")));
+        assert!(rule_matches(&rule, &call(&cms, "CREATE"), false));
+        assert!(!rule_matches(&rule, &call(&cms, "UPDATE"), false));
+        assert!(!rule_matches(&rule, &call(&pods, "CREATE"), false));
         let star = json!({"operations": ["*"], "apiGroups": ["*"], "apiVersions": ["*"], "resources": ["*"]});
-        assert!(rule_matches(&star, &call(&pods, "DELETE")));
+        assert!(rule_matches(&star, &call(&pods, "DELETE"), false));
         let mut status = call(&pods, "UPDATE");
         status.sub = Some("status");
-        assert!(!rule_matches(&star, &status), "\"*\" does not cover subresources");
+        assert!(!rule_matches(&star, &status, false), "\"*\" does not cover subresources");
         let sub = json!({"operations": ["*"], "apiGroups": ["*"], "apiVersions": ["*"], "resources": ["*/*"]});
-        assert!(rule_matches(&sub, &status));
+        assert!(rule_matches(&sub, &status, false));
         let cluster = json!({"operations": ["*"], "apiGroups": ["*"], "apiVersions": ["*"], "resources": ["*"], "scope": "Cluster"});
-        assert!(!rule_matches(&cluster, &call(&cms, "CREATE")));
+        assert!(!rule_matches(&cluster, &call(&cms, "CREATE"), false));
+    }
+
+    /// `matchPolicy: Equivalent` (the default) covers apps/v1 Deployments with a rule for
+    /// `extensions/v1beta1` or `apps/v1beta2`; `Exact` does not.
+    #[test]
+    fn equivalent_match_policy_covers_other_versions_and_groups() {
+        let deploys = lookup("apps", "deployments");
+        let ingresses = lookup("networking.k8s.io", "ingresses");
+        let rule = |g: &str, v: &str, r: &str| json!({"operations": ["CREATE"], "apiGroups": [g], "apiVersions": [v], "resources": [r]});
+        for (r, res) in [
+            (rule("extensions", "v1beta1", "deployments"), &deploys),
+            (rule("apps", "v1beta2", "deployments"), &deploys),
+            (rule("extensions", "v1beta1", "ingresses"), &ingresses),
+        ] {
+            assert!(rule_matches(&r, &call(res, "CREATE"), true), "{r}");
+            assert!(!rule_matches(&r, &call(res, "CREATE"), false), "{r}");
+        }
+        assert!(!rule_matches(&rule("batch", "v1", "deployments"), &call(&deploys, "CREATE"), true));
+        assert!(!rule_matches(&rule("extensions", "v1beta1", "pods"), &call(&deploys, "CREATE"), true));
+        assert!(rule_matches(&rule("apps", "v1", "deployments"), &call(&deploys, "CREATE"), false));
     }
 
     #[test]
     fn configurations_are_defaulted_and_checked() {
         let mut v = json!({"webhooks": [{"name": "a.b.c", "clientConfig": {"service": {"namespace": "n", "name": "s"}},
             "rules": [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"]}],
-            "sideEffects": "None", "admissionReviewVersions": ["v1"]}]});
+            "sideEffects": "None", "admissionReviewVersions": ["v1"],
+            "matchConditions": [{"name": "not-kube-system", "expression": "request.namespace != 'kube-system'"}]}]});
         default_object("ValidatingWebhookConfiguration", &mut v);
+        assert_eq!(v["webhooks"][0]["matchConditions"][0]["name"], "not-kube-system", "stored as written");
         assert_eq!(v["webhooks"][0]["failurePolicy"], "Fail");
         assert_eq!(v["webhooks"][0]["timeoutSeconds"], 10);
         assert_eq!(v["webhooks"][0]["clientConfig"]["service"]["port"], 443);

@@ -517,9 +517,18 @@ async fn create_owned(ctx: &Ctx, mut obj: Value, applied: bool) -> Result<Respon
         }
     }
     rbac::check_escalation(ctx, &obj).await?;
-    crate::admission::pod_security::admit(objects, &ctx.state.pod_security_defaults, &ctx.res, &ns, &obj, None)
-        .await
-        .map_err(|e| admission_error(e, &ctx.res))?;
+    let user = ctx.user.as_ref().map(|u| u.name.as_str());
+    crate::admission::pod_security::admit_as(
+        objects,
+        &ctx.state.pod_security_defaults,
+        &ctx.res,
+        &ns,
+        &obj,
+        None,
+        user,
+    )
+    .await
+    .map_err(|e| admission_error(e, &ctx.res))?;
     crate::admission::webhook::validate(objects, &call, Some(&obj)).await.map_err(|e| admission_error(e, &ctx.res))?;
     if !applied {
         if let Some(m) = obj["metadata"].as_object_mut() {
@@ -587,7 +596,14 @@ pub(crate) async fn create(ctx: &Ctx) -> Result<Response, ApiError> {
 }
 
 /// Writes `next` over `old` (both whole objects); `mode` picks spec or status.
-async fn write(ctx: &Ctx, name: &str, mut next: Value, old: &Value, mode: UpdateMode) -> Result<Value, ApiError> {
+/// `charges`: the quotas an update grows, written with it ([`crate::admission::write_update`]).
+async fn write(
+    ctx: &Ctx,
+    mut next: Value,
+    old: &Value,
+    mode: UpdateMode,
+    charges: Vec<(Resource, Value)>,
+) -> Result<Value, ApiError> {
     let is_service = ctx.res.group.is_empty() && ctx.res.kind == "Service";
     if mode != UpdateMode::Status {
         rbac::check_escalation(ctx, &next).await?;
@@ -601,7 +617,8 @@ async fn write(ctx: &Ctx, name: &str, mut next: Value, old: &Value, mode: Update
         service::release(&ctx.state.objects, &claimed).await;
         return Ok(next);
     }
-    match ctx.state.objects.update(&ctx.res, ctx.ns(), next, mode).await {
+    let ns = ctx.ns().unwrap_or("default");
+    match crate::admission::write_update(&ctx.state.objects, &ctx.res, ns, next, old, mode, charges).await {
         Ok(mut o) => {
             if is_service {
                 service::release(&ctx.state.objects, &service::dropped_keys(old, &o)).await;
@@ -611,7 +628,7 @@ async fn write(ctx: &Ctx, name: &str, mut next: Value, old: &Value, mode: Update
         }
         Err(e) => {
             service::release(&ctx.state.objects, &claimed).await;
-            Err(ApiError::from_objects(e, &ctx.res, name))
+            Err(admission_error(e, &ctx.res))
         }
     }
 }
@@ -698,23 +715,34 @@ async fn webhooks(ctx: &Ctx, operation: &'static str, obj: Option<&mut Value>, o
 
 /// The admission plugins that need the store on an update: webhooks (status writes too, for
 /// the webhooks whose rules name the subresource), Pod Security, LimitRanger, ResourceQuota.
-async fn admit_update(ctx: &Ctx, obj: &mut Value, old: &Value) -> Result<(), ApiError> {
+/// Returns the quota charges of what the update grows.
+async fn admit_update(ctx: &Ctx, obj: &mut Value, old: &Value) -> Result<Vec<(Resource, Value)>, ApiError> {
     webhooks(ctx, "UPDATE", Some(obj), old).await?;
     if matches!(ctx.sub.as_deref(), Some("status" | "approval")) {
-        return Ok(());
+        return Ok(Vec::new());
     }
     let obj = &*obj;
     let ns = ctx.ns().unwrap_or("default");
     let objects = &ctx.state.objects;
-    crate::admission::pod_security::admit(objects, &ctx.state.pod_security_defaults, &ctx.res, ns, obj, Some(old))
+    let user = ctx.user.as_ref().map(|u| u.name.as_str());
+    crate::admission::pod_security::admit_as(
+        objects,
+        &ctx.state.pod_security_defaults,
+        &ctx.res,
+        ns,
+        obj,
+        Some(old),
+        user,
+    )
+    .await
+    .map_err(|e| admission_error(e, &ctx.res))?;
+    if !ctx.res.namespaced {
+        return Ok(Vec::new());
+    }
+    let admitted = crate::admission::validate_update(objects, &ctx.res, ns, obj, old)
         .await
         .map_err(|e| admission_error(e, &ctx.res))?;
-    if ctx.res.namespaced {
-        crate::admission::validate_update(objects, &ctx.res, ns, obj, old)
-            .await
-            .map_err(|e| admission_error(e, &ctx.res))?;
-    }
-    Ok(())
+    Ok(admitted.charges)
 }
 
 pub(crate) async fn update(ctx: &Ctx) -> Result<Response, ApiError> {
@@ -723,9 +751,9 @@ pub(crate) async fn update(ctx: &Ctx) -> Result<Response, ApiError> {
     check_type_meta(&ctx.res, &obj)?;
     let old = ctx.get_existing(name).await?;
     prepare_update(ctx, name, &mut obj, &old).await?;
-    admit_update(ctx, &mut obj, &old).await?;
+    let charges = admit_update(ctx, &mut obj, &old).await?;
     record_update(ctx, Some(&old), &mut obj)?;
-    let out = write(ctx, name, obj, &old, mode_for(&ctx.res, ctx.sub.as_deref())).await?;
+    let out = write(ctx, obj, &old, mode_for(&ctx.res, ctx.sub.as_deref()), charges).await?;
     Ok(json_response(StatusCode::OK, &out))
 }
 
@@ -773,11 +801,11 @@ pub(crate) async fn patch(ctx: &Ctx) -> Result<Response, ApiError> {
         }
         check_type_meta(&ctx.res, &next)?;
         prepare_update(ctx, name, &mut next, &old).await?;
-        admit_update(ctx, &mut next, &old).await?;
+        let charges = admit_update(ctx, &mut next, &old).await?;
         if !owned_apply {
             record_update(ctx, Some(&old), &mut next)?;
         }
-        match write(ctx, name, next, &old, mode_for(&ctx.res, ctx.sub.as_deref())).await {
+        match write(ctx, next, &old, mode_for(&ctx.res, ctx.sub.as_deref()), charges).await {
             Ok(out) => return Ok(json_response(StatusCode::OK, &out)),
             Err(e) if e.reason == "Conflict" && !rv_from_patch => continue,
             Err(e) => return Err(e),
