@@ -144,6 +144,19 @@ pub struct ApiConfig {
     pub header_read_timeout: Duration,
 }
 
+/// Closes a connection whose TLS handshake failed so that the client reads the alert (say,
+/// "revoked certificate") rather than a reset: a TLS 1.3 client sends its request before the
+/// server has checked its certificate, and closing with that request unread resets the
+/// connection ("broken pipe"). So: stop sending, then read and drop what the client still
+/// sends, for at most a second.
+async fn close_after_alert(mut tcp: tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = tcp.shutdown().await;
+    let mut buf = [0u8; 4096];
+    let drain = async { while matches!(tcp.read(&mut buf).await, Ok(n) if n > 0) {} };
+    let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
+}
+
 /// Pod and node usage for `metrics.k8s.io` (`kubectl top`), from the node agents.
 pub trait MetricsSource: Send + Sync {
     /// A PodMetricsList / NodeMetricsList (or one object when `name` is given); None: not found.
@@ -271,10 +284,12 @@ impl Server {
             let shutdown = shutdown.clone();
             let revoked = self.cfg.revoked.clone();
             tracker.spawn(async move {
-                let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                let accept = acceptor.accept(tcp).into_fallible();
+                let tls = match tokio::time::timeout(Duration::from_secs(10), accept).await {
                     Ok(Ok(s)) => s,
-                    Ok(Err(e)) => {
+                    Ok(Err((e, tcp))) => {
                         debug!(%peer, error = %e, "api tls handshake failed");
+                        close_after_alert(tcp).await;
                         return;
                     }
                     Err(_) => return,
