@@ -32,12 +32,13 @@ use crate::proc;
 /// Starts `program` through bash after closing every file descriptor above 2 that this process
 /// inherited without close-on-exec (a `flock LOCK cargo test` passes its lock down as fd 3).
 /// A rig's hosts and daemons outlive the test that started them, so they must not keep
-/// such a lock held (every later run would wait for it).
+/// such a lock held (every later run would wait for it). Builtins only: the script forks no
+/// child, so "the launcher has a child" still means the daemon started.
 fn without_inherited_fds(program: &str) -> Command {
     let mut cmd = Command::new("bash");
     cmd.args([
         "-c",
-        r#"for fd in $(ls /proc/$$/fd); do [ "$fd" -gt 2 ] && eval "exec $fd>&-"; done; exec "$@""#,
+        r#"for fd in /proc/$$/fd/*; do fd=${fd##*/}; [ "$fd" -gt 2 ] && eval "exec $fd>&-"; done; exec "$@""#,
         "bash",
         program,
     ]);
