@@ -240,3 +240,193 @@ pub(crate) fn webhook_in_cluster(k: &Kubectl<'_>, via: &str, scratch: &Scratch, 
     set(m, "webhook_step_s", started.elapsed().as_secs_f64());
     Ok(())
 }
+
+/// The namespaces of the quota, LimitRange and Pod Security step: `quota` holds three pods at
+/// most and gives containers that state nothing default requests and limits; `psa-enforce`
+/// refuses what breaks `restricted`, `psa-warn` admits it with a warning and an audit note.
+const POLICY_OBJECTS: &str = "apiVersion: v1
+kind: Namespace
+metadata: {name: quota}
+---
+apiVersion: v1
+kind: ResourceQuota
+metadata: {name: q, namespace: quota}
+spec:
+  hard: {pods: '3'}
+---
+apiVersion: v1
+kind: LimitRange
+metadata: {name: limits, namespace: quota}
+spec:
+  limits:
+  - type: Container
+    default: {cpu: 200m, memory: 64Mi}
+    defaultRequest: {cpu: 100m, memory: 32Mi}
+---
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: psa-enforce
+  labels: {pod-security.kubernetes.io/enforce: restricted}
+---
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: psa-warn
+  labels: {pod-security.kubernetes.io/warn: restricted, pod-security.kubernetes.io/audit: restricted}
+";
+
+fn privileged_pod(namespace: &str) -> String {
+    format!(
+        "apiVersion: v1
+kind: Pod
+metadata: {{name: priv, namespace: {namespace}}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: priv
+    image: whatwant/node-web:1.0
+    securityContext: {{privileged: true}}
+"
+    )
+}
+
+/// Issue 21's quota, LimitRange and Pod Security checks with real kubectl through the three
+/// API servers (admission happens at create, so no pod needs to run):
+/// - six `kubectl run` racing through the three nodes into a namespace limited to three pods:
+///   exactly three admitted, the others refused with upstream's `exceeded quota` text, the
+///   quota's `used` shows 3, and one more create is refused the same way;
+/// - the admitted pods, which stated no resources, carry the LimitRange's defaults;
+/// - a privileged pod is refused in a `restricted` (enforce) namespace, and admitted with
+///   kubectl's `Warning: would violate PodSecurity` in a `warn` one, whose audit level is
+///   recorded in the serving node's audit log.
+pub(crate) fn quota_limits_pod_security(
+    rig: &dyn crate::rig::Rig,
+    k: &Kubectl<'_>,
+    hosts: &[String],
+    scratch: &Scratch,
+    m: &mut Measured,
+) -> Result<()> {
+    let started = std::time::Instant::now();
+    let via = hosts.first().ok_or_else(|| failed(NAME, "no hosts"))?;
+    k.apply(via, &scratch.write("policy-objects.yaml", POLICY_OBJECTS)?, CONVERGE_TIMEOUT)?;
+
+    // Six creates at once, two through each node's API server.
+    let refusal = "exceeded quota: q, requested: pods=1, used: pods=3, limited: pods=3";
+    let barrier = std::sync::Barrier::new(6);
+    let outcomes: Vec<(String, std::result::Result<String, String>)> = std::thread::scope(|s| {
+        let runs: Vec<_> = (0..6)
+            .map(|i| {
+                let host = &hosts[i % hosts.len()];
+                let barrier = &barrier;
+                s.spawn(move || {
+                    let name = format!("race-{i}");
+                    barrier.wait();
+                    let out =
+                        k.on(host, &["-n", "quota", "run", &name, "--image=whatwant/node-web:1.0", "--restart=Never"]);
+                    (name, out)
+                })
+            })
+            .collect();
+        runs.into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| (String::new(), Err("the kubectl thread panicked".into()))))
+            .collect()
+    });
+    let admitted: Vec<&str> = outcomes.iter().filter(|(_, o)| o.is_ok()).map(|(n, _)| n.as_str()).collect();
+    if admitted.len() != 3 {
+        return Err(failed(NAME, format!("6 racing creates for a quota of 3 pods: {outcomes:?}")));
+    }
+    for (name, out) in &outcomes {
+        if let Err(e) = out {
+            let want = format!(r#"Error from server (Forbidden): pods "{name}" is forbidden: {refusal}"#);
+            if !e.contains(&want) {
+                return Err(failed(NAME, format!("a refused racing create should say {want:?}: {e}")));
+            }
+        }
+    }
+    let listed =
+        k.on(&hosts[hosts.len() - 1], &["-n", "quota", "get", "pods", "-o", "name"]).map_err(|e| failed(NAME, e))?;
+    if listed.lines().count() != 3 {
+        return Err(failed(NAME, format!("3 pods should exist after the race: {listed}")));
+    }
+    set(m, "quota_race_admitted", admitted.len() as f64);
+    let mut table = String::new();
+    wait_until(
+        "kubectl get resourcequota shows pods: 3/3",
+        Duration::from_secs(30),
+        Duration::from_millis(500),
+        || {
+            table = k.on(&hosts[1 % hosts.len()], &["-n", "quota", "get", "resourcequota"]).unwrap_or_default();
+            table.contains("pods: 3/3")
+        },
+    )
+    .map_err(|e| failed(NAME, format!("{e}: {table}")))?;
+    match k.on(via, &["-n", "quota", "run", "one-more", "--image=whatwant/node-web:1.0", "--restart=Never"]) {
+        Ok(out) => return Err(failed(NAME, format!("a 4th pod under a quota of 3 was created: {out}"))),
+        Err(e) if e.contains(&format!(r#"pods "one-more" is forbidden: {refusal}"#)) => {}
+        Err(e) => return Err(failed(NAME, format!("the 4th pod should be refused with {refusal:?}: {e}"))),
+    }
+
+    // The admitted pods stated no resources: the LimitRange's defaults are on them.
+    let resources = "jsonpath={.spec.containers[0].resources.requests.cpu} {.spec.containers[0].resources.requests.memory} {.spec.containers[0].resources.limits.cpu} {.spec.containers[0].resources.limits.memory}";
+    let got = k.on(via, &["-n", "quota", "get", "pod", admitted[0], "-o", resources]).map_err(|e| failed(NAME, e))?;
+    if got.trim() != "100m 32Mi 200m 64Mi" {
+        return Err(failed(
+            NAME,
+            format!("LimitRange defaults on {}: want `100m 32Mi 200m 64Mi`, got `{got}`", admitted[0]),
+        ));
+    }
+    set(m, "limitrange_defaults_applied", 1.0);
+
+    // Pod Security: enforce refuses, warn admits with kubectl's warning, audit is logged.
+    let enforce = scratch.write("priv-enforce.yaml", &privileged_pod("psa-enforce"))?.display().to_string();
+    let privileged = r#"privileged (container "priv" must not set securityContext.privileged=true)"#;
+    match k.on(&hosts[1 % hosts.len()], &["create", "-f", &enforce]) {
+        Ok(out) => return Err(failed(NAME, format!("a privileged pod got into a restricted namespace: {out}"))),
+        Err(e)
+            if e.contains(r#"Error from server (Forbidden): error when creating"#)
+                && e.contains(r#"pods "priv" is forbidden: violates PodSecurity "restricted:latest": "#)
+                && e.contains(privileged) => {}
+        Err(e) => {
+            return Err(failed(NAME, format!("the restricted namespace should refuse with PodSecurity's text: {e}")))
+        }
+    }
+    let warn = scratch.write("priv-warn.yaml", &privileged_pod("psa-warn"))?.display().to_string();
+    let warn_via = &hosts[2 % hosts.len()];
+    let (out, stderr) = k.on_with_stderr(warn_via, &["create", "-f", &warn]).map_err(|e| failed(NAME, e))?;
+    if !out.contains("pod/priv created")
+        || !stderr.contains(r#"Warning: would violate PodSecurity "restricted:latest": "#)
+        || !stderr.contains(privileged)
+    {
+        return Err(failed(
+            NAME,
+            format!("warn=restricted should admit with a warning: stdout {out:?}, stderr {stderr:?}"),
+        ));
+    }
+    set(m, "pod_security_enforce_and_warn", 1.0);
+    let log = rig.data_dir(warn_via)?.join("audit/audit.log").display().to_string();
+    let mut lines = String::new();
+    wait_until(
+        "the audit annotation in the serving node's audit log",
+        Duration::from_secs(10),
+        Duration::from_millis(500),
+        || {
+            lines = rig
+                .exec_timeout(
+                    warn_via,
+                    &["grep", "-F", "pod-security.kubernetes.io/audit-violations", &log],
+                    Duration::from_secs(5),
+                )
+                .map(|o| o.stdout)
+                .unwrap_or_default();
+            lines.lines().any(|l| l.contains(r#""namespace":"psa-warn""#) && l.contains("would violate PodSecurity"))
+        },
+    )
+    .map_err(|e| failed(NAME, format!("{e}: {log}: {lines}")))?;
+    set(m, "pod_security_audit_logged", 1.0);
+
+    k.on(via, &["delete", "namespace", "quota", "psa-enforce", "psa-warn", "--wait=false"])
+        .map_err(|e| failed(NAME, e))?;
+    set(m, "quota_limits_pod_security_step_s", started.elapsed().as_secs_f64());
+    Ok(())
+}

@@ -207,6 +207,12 @@ pub(crate) struct Kubectl<'a> {
 impl Kubectl<'_> {
     /// `kubectl ARGS` against `host`'s API server; stdout, or what went wrong.
     pub(crate) fn on(&self, host: &str, args: &[&str]) -> std::result::Result<String, String> {
+        self.on_with_stderr(host, args).map(|(stdout, _)| stdout)
+    }
+
+    /// `kubectl ARGS` against `host`'s API server; (stdout, stderr: the warnings it printed),
+    /// or what went wrong.
+    pub(crate) fn on_with_stderr(&self, host: &str, args: &[&str]) -> std::result::Result<(String, String), String> {
         let addr = self.rig.address(host).map_err(|e| e.to_string())?;
         let server = format!("https://{addr}:6443");
         let kc = self.kubeconfig.display().to_string();
@@ -214,7 +220,7 @@ impl Kubectl<'_> {
         cmd.extend_from_slice(args);
         let out = self.rig.exec_timeout(&self.client, &cmd, Duration::from_secs(30)).map_err(|e| e.to_string())?;
         if out.success() {
-            Ok(out.stdout)
+            Ok((out.stdout, out.stderr))
         } else {
             Err(format!("`kubectl {}` on {host}: {}{}", args.join(" "), out.stderr.trim(), out.stdout.trim()))
         }
@@ -812,6 +818,7 @@ pub fn services(rig: &dyn Rig, opts: &ScenarioOptions) -> Result<Measured> {
 
     // Admission: a validating webhook served by a pod behind a Service (issue 21).
     crate::admission::webhook_in_cluster(&k, &first, &scratch, &mut m)?;
+    crate::admission::quota_limits_pod_security(rig, &k, &hosts, &scratch, &mut m)?;
     Ok(m)
 }
 
