@@ -356,10 +356,16 @@ pub fn attacks(rig: &dyn Rig, opts: &ScenarioOptions) -> Result<Measured> {
     if after != pods {
         return Err(failed(format!("pods changed during the rotation: {pods:?} -> {after:?}")));
     }
+    // The trap pod starts while the next attacks run.
+    crate::abuse::start_trap_pod(&k, &first, &victim, &scratch)?;
     join_tokens(rig, &first, &client, &forger, &mut m)?;
     ca_key_holders(rig, &hosts, &mut m)?;
     crate::revocation::revoke_user(rig, &hosts, &client, &scratch, &mut m)?;
+    crate::abuse::user_cert_on_peer_port(rig, &hosts, &client, &forger, &scratch, &mut m)?;
+    crate::abuse::patch_bombs(&k, &hosts, &scratch, &mut m)?;
+    crate::abuse::check_trap_pod(&k, &first, &mut m)?;
     file_modes(rig, &first, &scratch)?;
+    crate::abuse::data_dir_modes(rig, &victim, &mut m)?;
     secrets_at_rest(rig, &hosts, &k, &mut m)?;
     // Last: it leaves the cluster without its last node.
     crate::revocation::remove_node(rig, &hosts, &client, &forger, &scratch, &mut m)?;
