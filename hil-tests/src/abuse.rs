@@ -271,10 +271,10 @@ pub(crate) fn patch_bombs(k: &Kubectl<'_>, hosts: &[String], scratch: &Scratch, 
 const OPEN_ALLOWED: &[(&str, &str)] = &[
     ("pki/ca.crt", "the cluster CA certificate: public"),
     ("pki/node.crt", "the node's certificate: public"),
-    ("pki/node.json", "the node's name, id and addresses: public"),
-    ("pki/gossip-generation", "the last gossip generation: a counter"),
-    ("images/layers/**", "unpacked image content keeps the image's modes, under images/ (0700)"),
-    ("images/containers/**", "container root filesystems keep the image's modes, under images/ (0700)"),
+    ("node.json", "the node's name, id and addresses: public"),
+    ("gossip-generation", "the last gossip generation: a counter"),
+    ("images/index.json", "image names and digests, under images/ (0700)"),
+    ("images/*/**", "layers, blobs, container upper dirs keep the image's modes, under images/ (0700)"),
 ];
 
 fn allowed(rel: &Path) -> Option<&'static str> {
@@ -355,6 +355,8 @@ mod tests {
         assert!(allowed(Path::new("pki/ca.crt")).is_some());
         assert!(allowed(Path::new("pki/node.key")).is_none());
         assert!(allowed(Path::new("images/layers")).is_none());
+        assert!(allowed(Path::new("images")).is_none());
+        assert!(allowed(Path::new("pods/ns_web_1/web/0.log")).is_none());
         assert!(allowed(Path::new("images/layers/abc/etc/passwd")).is_some());
         assert!(allowed(Path::new("secrets.json")).is_none());
         assert!(allowed(Path::new("store/store.redb")).is_none());
