@@ -4,8 +4,10 @@
 //! heartbeat then wins over the real one), and a flood of Syn datagrams of the right cluster,
 //! plaintext, sealed with a wrong key, with an unknown key id, or random. The cluster must not notice: no node changes liveness, no fake
 //! member appears, no pod is evicted, and every node counted the dropped datagrams. Then a
-//! gossip key rotation runs, with no liveness flap either. Last, the modes of a node's files
-//! that hold secrets.
+//! gossip key rotation runs, with no liveness flap either. Then join tokens, the CA key's
+//! holders, a revoked user, the attacks of [`crate::abuse`] (a user certificate on the peer
+//! ports, a subPath escape, a root image under runAsNonRoot, patch bombs, the data dir's
+//! modes), Secrets at rest, and last a removed node.
 //!
 //! Against a shoal without the gossip key (commit 109a5b2) the scenario fails within seconds
 //! of the attack: the other nodes see the impersonated node dead.
