@@ -283,6 +283,8 @@ const OPEN_ALLOWED: &[(&str, &str)] = &[
     ("node.json", "the node's name, id and addresses: public"),
     ("gossip-generation", "the last gossip generation: a counter"),
     ("images/index.json", "image names and digests, under images/ (0700)"),
+    ("images/index.lock", "an empty lock file, under images/ (0700)"),
+    ("images/ingest.lock", "an empty lock file, under images/ (0700)"),
     ("images/*/**", "layers, blobs, container upper dirs keep the image's modes, under images/ (0700)"),
 ];
 
