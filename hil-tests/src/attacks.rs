@@ -4,8 +4,10 @@
 //! heartbeat then wins over the real one), and a flood of Syn datagrams of the right cluster,
 //! plaintext, sealed with a wrong key, with an unknown key id, or random. The cluster must not notice: no node changes liveness, no fake
 //! member appears, no pod is evicted, and every node counted the dropped datagrams. Then a
-//! gossip key rotation runs, with no liveness flap either. Last, the modes of a node's files
-//! that hold secrets.
+//! gossip key rotation runs, with no liveness flap either. Then join tokens, the CA key's
+//! holders, a revoked user, the attacks of [`crate::abuse`] (a user certificate on the peer
+//! ports, a subPath escape, a root image under runAsNonRoot, patch bombs, the data dir's
+//! modes), Secrets at rest, and last a removed node.
 //!
 //! Against a shoal without the gossip key (commit 109a5b2) the scenario fails within seconds
 //! of the attack: the other nodes see the impersonated node dead.
@@ -356,10 +358,16 @@ pub fn attacks(rig: &dyn Rig, opts: &ScenarioOptions) -> Result<Measured> {
     if after != pods {
         return Err(failed(format!("pods changed during the rotation: {pods:?} -> {after:?}")));
     }
+    // The trap pod starts while the next attacks run.
+    crate::abuse::start_trap_pod(&k, &first, &victim, &scratch)?;
     join_tokens(rig, &first, &client, &forger, &mut m)?;
     ca_key_holders(rig, &hosts, &mut m)?;
     crate::revocation::revoke_user(rig, &hosts, &client, &scratch, &mut m)?;
+    crate::abuse::user_cert_on_peer_port(rig, &hosts, &client, &forger, &scratch, &mut m)?;
+    crate::abuse::patch_bombs(&k, &hosts, &scratch, &mut m)?;
+    crate::abuse::check_trap_pod(&k, &first, &mut m)?;
     file_modes(rig, &first, &scratch)?;
+    crate::abuse::data_dir_modes(rig, &victim, &mut m)?;
     secrets_at_rest(rig, &hosts, &k, &mut m)?;
     // Last: it leaves the cluster without its last node.
     crate::revocation::remove_node(rig, &hosts, &client, &forger, &scratch, &mut m)?;

@@ -1,6 +1,7 @@
 //! shoal-hil: rigs of real hosts, fault injection, the scenario suite and its reports.
 #![forbid(unsafe_code)]
 
+pub(crate) mod abuse;
 pub(crate) mod admission;
 pub mod attacks;
 pub mod clock;

@@ -3,6 +3,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -39,9 +40,10 @@ pub(crate) struct CriLog {
 impl CriLog {
     pub(crate) fn open(path: &Path, max_size: u64, max_files: u32) -> io::Result<CriLog> {
         if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent)?;
+            // Root only: what a container prints may be a secret.
+            std::fs::DirBuilder::new().recursive(true).mode(0o700).create(parent)?;
         }
-        let file = OpenOptions::new().create(true).append(true).open(path)?;
+        let file = OpenOptions::new().create(true).append(true).mode(0o600).open(path)?;
         let size = file.metadata()?.len();
         Ok(CriLog {
             path: path.to_path_buf(),
@@ -131,7 +133,7 @@ impl CriLog {
             }
             std::fs::rename(&self.path, name(1)).or_else(ignore_missing)?;
         }
-        self.file = Some(OpenOptions::new().create(true).append(true).open(&self.path)?);
+        self.file = Some(OpenOptions::new().create(true).append(true).mode(0o600).open(&self.path)?);
         self.size = 0;
         Ok(())
     }
@@ -187,6 +189,22 @@ mod tests {
             .lines()
             .map(|l| l.split_once(' ').map(|x| x.1).unwrap_or("").to_string())
             .collect()
+    }
+
+    #[test]
+    fn logs_are_root_only_even_after_rotation() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ns_pod_uid/web/0.log");
+        let mut log = CriLog::open(&path, 1024, 3).unwrap();
+        for _ in 0..4 {
+            log.write(Stream::Stdout, &[[b'x'; 600].as_slice(), b"\n"].concat()).unwrap();
+        }
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(mode(&path.with_extension("log.1")), 0o600);
+        assert_eq!(mode(&dir.path().join("ns_pod_uid")), 0o700);
+        assert_eq!(mode(&dir.path().join("ns_pod_uid/web")), 0o700);
     }
 
     #[test]

@@ -39,9 +39,9 @@ impl std::fmt::Debug for AuditLog {
 }
 
 fn open(path: &Path) -> std::io::Result<Open> {
-    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
     }
     let file = std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(path)?;
     let size = file.metadata()?.len();
@@ -213,6 +213,7 @@ mod tests {
         {
             use std::os::unix::fs::PermissionsExt;
             assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+            assert_eq!(std::fs::metadata(dir.path().join("audit")).unwrap().permissions().mode() & 0o777, 0o700);
         }
         // Many more lines: never more than 3 files, none far above the cap.
         for _ in 0..100 {

@@ -71,10 +71,11 @@ fn must_read(path: &Path) -> Result<String, IdentityError> {
 /// Writes a file atomically (temp file, fsync, rename) with the given mode.
 pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), IdentityError> {
     use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
     let err = |source| IdentityError::Write { path: path.into(), source };
     if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).map_err(err)?;
+        // Root only, as the data dir (pki/ lists the node key).
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(parent).map_err(err)?;
     }
     let tmp = path.with_extension("tmp");
     let mut f =
@@ -201,6 +202,7 @@ mod tests {
         assert_eq!(mode(&data.join("store/snapshots/1")), 0o600);
         assert_eq!(mode(&data.join(SECRETS_FILE)), 0o600);
         assert_eq!(mode(&data.join(NODE_KEY)), 0o600);
+        assert_eq!(mode(&data.join("pki")), 0o700);
         // The keyring is saved with the secrets and read back.
         let back = NodeState::load(&data).unwrap().unwrap();
         assert!(back.secrets.gossip.is_sealed());

@@ -753,7 +753,9 @@ impl Agent {
             std::fs::write(bundle.join("config.json"), body)
                 .map_err(|e| ("CreateContainerError".to_string(), e.to_string()))?;
             if let Some(p) = log_path.parent() {
-                let _ = std::fs::create_dir_all(p);
+                // Root only: what a container prints may be a secret.
+                use std::os::unix::fs::DirBuilderExt;
+                let _ = std::fs::DirBuilder::new().recursive(true).mode(0o700).create(p);
             }
             let opts = CreateOpts {
                 log_path: Some(log_path),
