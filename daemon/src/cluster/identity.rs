@@ -76,6 +76,8 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), IdentityE
     if let Some(parent) = path.parent() {
         // Root only, as the data dir (pki/ lists the node key).
         std::fs::DirBuilder::new().recursive(true).mode(0o700).create(parent).map_err(err)?;
+        // A dir made 0755 by an older version is closed too.
+        std::fs::set_permissions(parent, std::os::unix::fs::PermissionsExt::from_mode(0o700)).map_err(err)?;
     }
     let tmp = path.with_extension("tmp");
     let mut f =
