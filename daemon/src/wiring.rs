@@ -165,6 +165,7 @@ fn start_leader_components(node: &Arc<Node>, health: NodeHealth, token: Cancella
         let signer = Arc::downgrade(&node);
         let ca = move || signer.upgrade().ok_or("node is stopping".to_string()).and_then(|n| signing_secrets(&n));
         tokio::spawn(crate::auth::csr::run_signer(node.objects.clone(), ca, token.clone()));
+        tokio::spawn(crate::cluster::leader_lease::run(node.clone(), token.clone()));
         let allocator = LbAllocator::new(node.objects.clone(), node.cfg.lb.default_pool.clone());
         tokio::spawn(async move {
             if let Err(e) = allocator.run(token).await {

@@ -324,7 +324,7 @@ impl<'a> StatusPage<'a> {
                     "clusterrole",
                     "status-page",
                     "--verb=get,list,watch",
-                    "--resource=nodes,pods,services,events",
+                    "--resource=nodes,pods,services,events,leases.coordination.k8s.io",
                 ],
             ),
         )?;
@@ -460,8 +460,9 @@ pub(crate) fn status_page_live<'a>(
         .map_err(|e| failed(scenario, format!("kubectl run: {e}")))?;
     page.wait("pod", Duration::from_secs(240))?;
     m.notes.push(format!(
-        "status page in chromium: a wrong token refused ({}), 3 nodes, pod ui-probe Running after kubectl run",
-        refused["message"].as_str().unwrap_or_default()
+        "status page in chromium: a wrong token refused ({}), 3 nodes, 3 members led by {}, pod ui-probe Running after kubectl run",
+        refused["message"].as_str().unwrap_or_default(),
+        nodes["leader"].as_str().unwrap_or("?")
     ));
     Ok(page)
 }
@@ -495,7 +496,9 @@ mod tests {
             });
         let out = out.expect("python3");
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        for step in ["step=\"refused\"", "step=\"nodes\"", "step=\"pod\"", "step=\"notready\""] {
+        for step in
+            ["step=\"refused\"", "step=\"nodes\"", "step=\"pod\"", "step=\"notready\"", "#cluster tr[data-leader="]
+        {
             assert!(STATUS_PAGE_PY.contains(step), "{step}");
         }
     }

@@ -626,7 +626,10 @@ pub fn pods_back(rig: &dyn Rig, opts: &ScenarioOptions) -> Result<Measured> {
     if down["node"].as_str() != Some(victim.as_str()) {
         return Err(failed(name, format!("the status page shows {down} NotReady, not {victim}")));
     }
-    m.notes.push(format!("the status page showed {victim} NotReady (screenshots in target/hil/status-page)"));
+    m.notes.push(format!(
+        "the status page showed {victim} NotReady and {} leading (screenshots in target/hil/status-page)",
+        down["leader"].as_str().unwrap_or("?")
+    ));
     Ok(m)
 }
 

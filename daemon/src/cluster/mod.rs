@@ -5,6 +5,7 @@ pub(crate) mod ca_key;
 pub(crate) mod gossip_keys;
 pub mod identity;
 pub(crate) mod join_tokens;
+pub(crate) mod leader_lease;
 pub(crate) mod metrics;
 pub(crate) mod peers;
 mod revocations;

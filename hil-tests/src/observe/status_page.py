@@ -6,10 +6,12 @@
 # Steps, each reported as one JSON line appended to PROGRESS_FILE (the scenario waits for them
 # and acts in between):
 #   {"step": "refused"}  a wrong token is refused with a message, nothing is shown
-#   {"step": "nodes", "first_load_bytes": B, "first_load_s": S, "three_nodes_s": S}
-#                        signed in with the token, 3 nodes Ready
+#   {"step": "nodes", "first_load_bytes": B, "first_load_s": S, "three_nodes_s": S, "leader": N}
+#                        signed in with the token, 3 nodes Ready, the Cluster section shows
+#                        3 members and one leader
 #   {"step": "pod"}      the pod POD (namespace/name, created by the scenario) appears Running
-#   {"step": "notready", "node": N}  a node shows NotReady (the scenario cut its power)
+#   {"step": "notready", "node": N, "leader": L}  a node shows NotReady (the scenario cut its
+#                        power) and the Cluster section shows a leader L that is not that node
 #   {"error": "..."}     a step failed (then the script exits 1)
 # Screenshots (PNG, a phone-sized viewport) go to SHOTS_DIR.
 import json
@@ -59,6 +61,9 @@ def no_overflow(page, step):
         raise RuntimeError(f"{step}: the page is {max(w['doc'], w['body'])} px wide in a {w['inner']} px window")
 
 
+LEADERS = "() => [...document.querySelectorAll('#cluster tr[data-leader=\"true\"]')].map(r => r.dataset.member)"
+
+
 def run(browser, token):
     # The cluster CA is not in the browser's store: its certificate errors are ignored.
     ctx = browser.new_context(ignore_https_errors=True, viewport={"width": 390, "height": 844})
@@ -97,6 +102,13 @@ def run(browser, token):
     if page.is_visible("#signin"):
         raise RuntimeError("the sign-in form is still shown after signing in")
     signin_to_nodes_s = time.monotonic() - t1
+    # The Cluster section: 3 members, exactly one of them the leader (from the leader Lease).
+    page.wait_for_function(
+        "() => document.querySelectorAll('#cluster tr[data-member]').length === 3"
+        " && document.querySelectorAll('#cluster tr[data-leader=\"true\"]').length === 1",
+        timeout=step_ms,
+    )
+    leader = page.evaluate(LEADERS)[0]
     shot(page, "ui-1-three-nodes.png")
     no_overflow(page, "nodes")
     say(
@@ -105,6 +117,7 @@ def run(browser, token):
         first_load_s=first_load_s,
         three_nodes_s=three_nodes_s,
         signin_to_nodes_s=signin_to_nodes_s,
+        leader=leader,
     )
 
     # The pod the scenario creates now appears, Running (from the watch, no reload).
@@ -122,9 +135,15 @@ def run(browser, token):
         "() => [...document.querySelectorAll('#nodes tr[data-node]')]"
         ".filter(r => r.dataset.ready !== 'True').map(r => r.dataset.node)"
     )
+    # A leader is still shown, and not the node that is down (the leader may have changed).
+    page.wait_for_function(
+        f"() => {{ const l = ({LEADERS})(); return l.length === 1 && !{json.dumps(down)}.includes(l[0]); }}",
+        timeout=step_ms,
+    )
+    leader = page.evaluate(LEADERS)[0]
     shot(page, "ui-3-node-not-ready.png")
     no_overflow(page, "notready")
-    say(step="notready", node=",".join(down))
+    say(step="notready", node=",".join(down), leader=leader)
 
 
 try:

@@ -5,7 +5,7 @@
 (function () {
   const KEY = "shoal-token";
   const $ = (id) => document.getElementById(id);
-  const state = { nodes: new Map(), pods: new Map(), services: new Map(), events: new Map(), denied: new Set() };
+  const state = { lease: new Map(), nodes: new Map(), pods: new Map(), services: new Map(), events: new Map(), denied: new Set() };
   let stop = null;
 
   function el(tag, attrs, ...kids) {
@@ -85,6 +85,37 @@
     return c ? c.status : "Unknown";
   }
   function denied(name) { return el("p", { class: "muted" }, "Not allowed for this token (RBAC)."); }
+
+  // The Raft members and the leader: the Lease kube-system/shoal-leader the leader keeps
+  // (holderIdentity, and the annotation shoal.dev/members "name=role,...").
+  const LEASE = "kube-system/shoal-leader";
+  function renderCluster() {
+    const box = $("cluster");
+    box.replaceChildren();
+    if (state.denied.has("lease")) { box.append(denied()); $("cluster-count").textContent = ""; return; }
+    const l = state.lease.get(LEASE);
+    if (!l) { box.append(el("p", { class: "muted" }, "No leader known yet.")); $("cluster-count").textContent = ""; return; }
+    const spec = l.spec || {};
+    const leader = spec.holderIdentity || "";
+    const members = new Map();
+    for (const m of (((l.metadata || {}).annotations || {})["shoal.dev/members"] || "").split(",")) {
+      const i = m.indexOf("=");
+      if (i > 0) members.set(m.slice(0, i), m.slice(i + 1));
+    }
+    if (leader && !members.has(leader)) members.set(leader, "voter");
+    $("cluster-count").textContent = String(members.size);
+    box.append(table(["Member", "Role", "Node"], [...members.keys()].sort().map((name) => {
+      const n = state.nodes.get(name);
+      const ready = n ? cond(n, "Ready") : "";
+      const lead = name === leader;
+      return el("tr", { "data-member": name, "data-role": members.get(name), "data-leader": String(lead) },
+        el("td", {}, name, lead ? el("strong", { class: "lead" }, " leader") : ""),
+        el("td", {}, members.get(name)),
+        el("td", { class: !n ? "muted" : ready === "True" ? "ok" : "bad" },
+          !n ? (state.denied.has("nodes") ? "" : "no Node") : ready === "True" ? "Ready" : "NotReady"));
+    })));
+    if (spec.renewTime) box.append(el("p", { class: "muted" }, "Lease renewed " + spec.renewTime.replace("T", " ").replace(/\.\d+/, "")));
+  }
 
   function renderNodes() {
     const box = $("nodes");
@@ -178,7 +209,7 @@
     pending = true;
     requestAnimationFrame(() => {
       pending = false;
-      renderNodes(); renderPods(); renderServices(); renderEvents();
+      renderCluster(); renderNodes(); renderPods(); renderServices(); renderEvents();
       status("live, " + new Date().toLocaleTimeString());
     });
   }
@@ -190,6 +221,8 @@
     $("signout").hidden = false;
     const ctl = new AbortController();
     stop = () => ctl.abort();
+    follow("lease", "/apis/coordination.k8s.io/v1/namespaces/kube-system/leases?fieldSelector=metadata.name%3Dshoal-leader",
+      state.lease, ctl.signal);
     follow("nodes", "/api/v1/nodes", state.nodes, ctl.signal);
     follow("pods", "/api/v1/pods", state.pods, ctl.signal);
     follow("services", "/api/v1/services", state.services, ctl.signal);
@@ -200,7 +233,7 @@
     if (stop) stop();
     stop = null;
     sessionStorage.removeItem(KEY);
-    for (const m of [state.nodes, state.pods, state.services, state.events]) m.clear();
+    for (const m of [state.lease, state.nodes, state.pods, state.services, state.events]) m.clear();
     $("views").hidden = true;
     $("signout").hidden = true;
     $("signin").hidden = false;
