@@ -24,9 +24,10 @@ pub(crate) const NAME: &str = "shoal-leader";
 /// Annotation listing the Raft members and their roles.
 pub(crate) const MEMBERS: &str = "shoal.dev/members";
 /// `spec.leaseDurationSeconds`.
-pub(crate) const DURATION_S: u64 = 60;
-/// A lease this old is renewed (well before it expires).
-pub(crate) const RENEW_AFTER: Duration = Duration::from_secs(45);
+pub(crate) const DURATION_S: u64 = 600;
+/// A lease this old is renewed (well before it expires): the pace of the Node heartbeat and
+/// the node Leases, so an idle cluster adds no write of its own more often than those.
+pub(crate) const RENEW_AFTER: Duration = Duration::from_secs(300);
 /// The least time between two writes for a change of members by the same holder.
 pub(crate) const MIN_GAP: Duration = Duration::from_secs(10);
 /// How often the leader looks at the members.
