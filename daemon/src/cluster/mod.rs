@@ -649,7 +649,7 @@ async fn remove_member(node: &Node, name: &str) -> Result<serde_json::Value, Str
     };
     // Cut it off first: its certificates are revoked on every node, so a node still running
     // (or someone holding its disk) has its connections closed and refused from now on.
-    let revoked = revocations::remove_node(node, name).await?;
+    let revoked = revocations::remove_node(node, name, rec.node_id).await?;
     // A running leader cut off that way loses its followers: wait for the next one (the
     // removal is a leader's act).
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);

@@ -7,7 +7,6 @@ use std::time::Duration;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use super::peers;
 use super::Node;
 use crate::auth::revocation;
 
@@ -52,10 +51,10 @@ pub(crate) async fn revoke(
             if user.starts_with("system:node:") {
                 return Err("node certificates are revoked with `shoal node remove NAME`".to_string());
             }
-            revocation::revoke_subject(&node.store, &user, &reason, None).await.map_err(|e| error_chain(&e))?
+            revocation::revoke_subject(&node.store, &user, &reason, None).await.map_err(|e| super::error_chain(&e))?
         }
         (None, Some(serial)) => {
-            vec![revocation::revoke_serial(&node.store, &serial, &reason).await.map_err(|e| error_chain(&e))?]
+            vec![revocation::revoke_serial(&node.store, &serial, &reason).await.map_err(|e| super::error_chain(&e))?]
         }
         _ => return Err("give exactly one of --user NAME and --serial N".to_string()),
     };
@@ -64,32 +63,19 @@ pub(crate) async fn revoke(
 
 /// `shoal kubeconfig list`.
 pub(crate) async fn list(node: &Node) -> Result<serde_json::Value, String> {
-    let issued = revocation::issued(&node.store).await.map_err(|e| error_chain(&e))?;
-    let revoked = revocation::revoked(&node.store).await.map_err(|e| error_chain(&e))?;
+    let issued = revocation::issued(&node.store).await.map_err(|e| super::error_chain(&e))?;
+    let revoked = revocation::revoked(&node.store).await.map_err(|e| super::error_chain(&e))?;
     Ok(json!({"issued": issued, "revoked": revoked}))
 }
 
-/// The revocation half of `shoal node remove NAME` (see `remove_member`): revokes the node's
+/// The revocation half of `shoal node remove NAME` (see `remove_member`, which has found the
+/// member `node_id`): revokes the node's
 /// certificates (its QUIC handshakes then fail on every node, and its open connections are
 /// closed), and the cluster stops counting it as a healthy member.
-pub(crate) async fn remove_node(node: &Node, name: &str) -> Result<serde_json::Value, String> {
-    let name = shoal_gossip::pki::node_name_of(name);
-    if name == node.identity.name {
-        return Err(format!("{name} is this node: run `shoal node remove {name}` on another node"));
-    }
-    let records = peers::node_records(&node.store).await;
-    let node_id = records.values().find(|r| r.name == name).map(|r| r.node_id);
+pub(crate) async fn remove_node(node: &Node, name: &str, node_id: u64) -> Result<serde_json::Value, String> {
     let subject = format!("system:node:{name}");
-    let done =
-        revocation::revoke_subject(&node.store, &subject, "node removed", node_id).await.map_err(|e| match e {
-            revocation::RevocationError::NoSuchSubject(_) if node_id.is_none() => {
-                format!("no node named {name:?} is known to the cluster")
-            }
-            other => error_chain(&other),
-        })?;
+    let done = revocation::revoke_subject(&node.store, &subject, "node removed", Some(node_id))
+        .await
+        .map_err(|e| super::error_chain(&e))?;
     Ok(json!({"node": name, "node_id": node_id, "revoked": done}))
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    super::error_chain(e)
 }
