@@ -132,6 +132,8 @@ fn a_stale_rig_from_a_crashed_run_is_removed_by_the_next_up() {
     let old = NetnsRig::up(stand_in(&dir, 2)).unwrap();
     old.start("n1", &Launch::default()).unwrap();
     let old_daemon = old.daemon_pid("n1").unwrap().unwrap();
+    let old_state = dir.join("n1").join("data").join("left-by-the-crashed-run");
+    std::fs::write(&old_state, b"x").unwrap();
     let prefix = format!("shoal-{}-", old.info().name);
     old.keep();
     drop(old); // as a crashed run would leave it
@@ -157,6 +159,7 @@ fn a_stale_rig_from_a_crashed_run_is_removed_by_the_next_up() {
     );
     assert_eq!(namespaces_with(&prefix).len(), 3, "only the fresh rig's namespaces");
     assert!(!fresh.is_running("n1").unwrap());
+    assert!(!old_state.exists(), "a fresh rig starts its hosts with empty data dirs");
     drop(fresh); // tears down
     assert!(namespaces_with(&prefix).is_empty());
 

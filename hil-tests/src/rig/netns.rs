@@ -535,6 +535,13 @@ impl NetnsRig {
                 ip(&["-n", &h.netns, "route", "add", "default", "via", &gw.to_string()], "add route")?;
             }
             let host_dir = st.dir.join(&h.name);
+            // a crashed run leaves its hosts' data behind: a node must not start with another
+            // cluster's state (or append to its log)
+            if host_dir.exists() {
+                if let Err(e) = fs::remove_dir_all(&host_dir) {
+                    warn!(dir = %host_dir.display(), error = %e, "cannot remove a stale host dir");
+                }
+            }
             fs::create_dir_all(&h.data_dir).map_err(io("create dir", &h.data_dir))?;
             fs::create_dir_all(&host_dir).map_err(io("create dir", &host_dir))?;
         }
