@@ -121,7 +121,7 @@ for _ in $(seq 1 "$CHANGES"); do
   echo $(($(now_ms) - t0)) >>"$work/changes"
 done
 echo "netpol_change_enforced_p99_ms: $(percentile 99 "$work/changes")"
-pid=$(daemon_pid "$rig" "$node")
+pid=$(daemon_pid "$rig" "$node") || true
 echo "node_rss_kib: $(rss_kib "${pid:-0}")"
 echo "node_netpol_table_lines: $(on "$node" nft list table inet shoal-netpol | wc -l)"
 load_line after

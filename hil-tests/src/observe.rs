@@ -7,6 +7,7 @@
 //! scenario's scratch dir) and is killed when the step ends, whatever its outcome. The Debian
 //! package's own service is not used (scripts/test.sh installs the package and stops it).
 
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -201,7 +202,41 @@ pub(crate) fn prometheus_scrapes(
     )
     .map_err(|e| failed(scenario, format!("{e}: commits = {commits:?}, gossip drops + flaps = {drops:?}")))?;
     m.notes.push(format!("prometheus: raft commits per node {commits:?}, gossip drops + flaps per node {drops:?}"));
+    let checked = no_plain_metrics(rig, &k.client, hosts).map_err(|e| failed(scenario, e))?;
+    m.notes.push(format!("no plain-HTTP /metrics on the defaults: {checked} listening TCP ports tried"));
     Ok(())
+}
+
+/// On the defaults the plain metrics listener is off: every TCP port a node listens on is
+/// asked `GET /metrics` over plain HTTP from `client`, and none answers with the metrics. The
+/// number of ports tried.
+fn no_plain_metrics(rig: &dyn Rig, client: &str, hosts: &[String]) -> std::result::Result<usize, String> {
+    let mut tried = 0;
+    for h in hosts {
+        let addr = rig.address(h).map_err(|e| e.to_string())?;
+        let out = rig.exec_timeout(h, &["ss", "-Hltn"], Duration::from_secs(10)).map_err(|e| e.to_string())?;
+        let ports: BTreeSet<u16> = out
+            .stdout
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(3))
+            .filter(|local| !local.starts_with("127.") && !local.starts_with("[::1]"))
+            .filter_map(|local| local.rsplit(':').next()?.parse().ok())
+            .collect();
+        if ports.is_empty() {
+            return Err(format!("{h} listens on no TCP port: {}{}", out.stdout, out.stderr));
+        }
+        for port in ports {
+            let url = format!("http://{addr}:{port}/metrics");
+            let got = rig
+                .exec_timeout(client, &["curl", "-s", "-m", "3", &url], Duration::from_secs(10))
+                .map_err(|e| e.to_string())?;
+            if got.stdout.contains("apiserver_request_total") {
+                return Err(format!("{url} serves the metrics over plain HTTP on the defaults"));
+            }
+            tried += 1;
+        }
+    }
+    Ok(tried)
 }
 
 /// Debian's chromium, the browser of the status page's test.
