@@ -138,28 +138,29 @@ fn request(method: &str, path: &str, body: Option<Value>) -> Request<Full<Bytes>
         .unwrap()
 }
 
-/// Sends a request on an HTTP/1 connection and reads the whole answer.
-async fn call1(
-    send: &mut hyper::client::conn::http1::SendRequest<Full<Bytes>>,
-    req: Request<Full<Bytes>>,
-) -> (StatusCode, hyper::HeaderMap, Value) {
-    send.ready().await.unwrap();
-    let resp = tokio::time::timeout(Duration::from_secs(10), send.send_request(req)).await.unwrap().unwrap();
+type Answer = (StatusCode, hyper::HeaderMap, Value);
+
+/// Reads a whole answer (at most 10 s for its head), its body as JSON (null if it is not).
+async fn answer<F>(sent: F) -> Answer
+where
+    F: std::future::Future<Output = hyper::Result<hyper::Response<hyper::body::Incoming>>>,
+{
+    let resp = tokio::time::timeout(Duration::from_secs(10), sent).await.unwrap().unwrap();
     let (parts, body) = resp.into_parts();
     let bytes = body.collect().await.unwrap().to_bytes();
     (parts.status, parts.headers, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
 }
 
-/// The same on an HTTP/2 connection.
-async fn call2(
-    send: &mut hyper::client::conn::http2::SendRequest<Full<Bytes>>,
-    req: Request<Full<Bytes>>,
-) -> (StatusCode, hyper::HeaderMap, Value) {
+/// Sends a request on an HTTP/1 connection and reads the whole answer.
+async fn call1(send: &mut hyper::client::conn::http1::SendRequest<Full<Bytes>>, req: Request<Full<Bytes>>) -> Answer {
     send.ready().await.unwrap();
-    let resp = tokio::time::timeout(Duration::from_secs(10), send.send_request(req)).await.unwrap().unwrap();
-    let (parts, body) = resp.into_parts();
-    let bytes = body.collect().await.unwrap().to_bytes();
-    (parts.status, parts.headers, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    answer(send.send_request(req)).await
+}
+
+/// The same on an HTTP/2 connection.
+async fn call2(send: &mut hyper::client::conn::http2::SendRequest<Full<Bytes>>, req: Request<Full<Bytes>>) -> Answer {
+    send.ready().await.unwrap();
+    answer(send.send_request(req)).await
 }
 
 /// This process's resident memory, in KiB.
@@ -356,8 +357,11 @@ async fn mutating_requests_over_the_inflight_cap_get_429_but_admins_pass() {
     let mut c = api.h1(&carol, CLIENT).await.unwrap();
     // (The slow request reaches the server in its own time: retried until it holds the slot.)
     let deadline = Instant::now() + Duration::from_secs(10);
+    let mut n = 0;
     let (_, headers, status) = loop {
-        let got = call1(&mut c, request("POST", "/api/v1/namespaces/default/configmaps", Some(cm("fast")))).await;
+        n += 1;
+        let got =
+            call1(&mut c, request("POST", "/api/v1/namespaces/default/configmaps", Some(cm(&format!("c{n}"))))).await;
         if got.0 == StatusCode::TOO_MANY_REQUESTS {
             break got;
         }
@@ -378,7 +382,9 @@ async fn mutating_requests_over_the_inflight_cap_get_429_but_admins_pass() {
     drop(slow);
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let got = call1(&mut c, request("POST", "/api/v1/namespaces/default/configmaps", Some(cm("fast")))).await;
+        n += 1;
+        let got =
+            call1(&mut c, request("POST", "/api/v1/namespaces/default/configmaps", Some(cm(&format!("c{n}"))))).await;
         if got.0 == StatusCode::CREATED {
             break;
         }
