@@ -218,6 +218,29 @@ pub struct ApiSection {
     pub audit_log_max_mib: u64,
     /// ... and this many files are kept (the current one included).
     pub audit_log_max_files: u32,
+    /// A connection is closed when a request head takes longer than this to arrive, or when
+    /// it has had no request open this long (HTTP/1 keep-alive and HTTP/2 alike).
+    #[serde(deserialize_with = "de_duration")]
+    pub idle_timeout: Duration,
+    /// Concurrent connections from one client address; more are closed at once (0: no cap).
+    pub max_connections_per_client: usize,
+    /// Concurrent watches of one user; more get 429 Too Many Requests (0: no cap).
+    pub max_watches_per_user: usize,
+    /// Read-only requests in flight, watches and streams not counted; more get 429
+    /// (kube-apiserver's `--max-requests-inflight`; 0: no cap).
+    pub max_requests_inflight: usize,
+    /// Mutating requests in flight; more get 429 (`--max-mutating-requests-inflight`; 0: no cap).
+    pub max_mutating_requests_inflight: usize,
+}
+
+impl ApiSection {
+    /// An idle timeout under a second would close connections between a client's requests.
+    fn check(&self) -> Result<(), String> {
+        if self.idle_timeout < Duration::from_secs(1) {
+            return Err(format!("[api] idle_timeout = {:?}: must be at least 1s", self.idle_timeout));
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -415,6 +438,11 @@ impl Default for ApiSection {
             audit_log: true,
             audit_log_max_mib: 100,
             audit_log_max_files: 5,
+            idle_timeout: Duration::from_secs(30),
+            max_connections_per_client: 200,
+            max_watches_per_user: 500,
+            max_requests_inflight: 400,
+            max_mutating_requests_inflight: 200,
         }
     }
 }
@@ -470,6 +498,7 @@ impl NodeConfig {
         }
         cfg.admission.pod_security.check().map_err(|message| ConfigError::Parse { path: path.into(), message })?;
         cfg.network.check().map_err(|message| ConfigError::Parse { path: path.into(), message })?;
+        cfg.api.check().map_err(|message| ConfigError::Parse { path: path.into(), message })?;
         Ok(cfg)
     }
 
@@ -649,6 +678,27 @@ mod tests {
             let err = NodeConfig::load(&p, true).unwrap_err().to_string();
             assert!(err.contains(why), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn api_caps_and_idle_timeout_are_read_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        let c = NodeConfig::load(&p, false).unwrap();
+        assert_eq!(c.api.idle_timeout, Duration::from_secs(30));
+        assert_eq!((c.api.max_connections_per_client, c.api.max_watches_per_user), (200, 500));
+        assert_eq!((c.api.max_requests_inflight, c.api.max_mutating_requests_inflight), (400, 200));
+        std::fs::write(
+            &p,
+            "version = 1\n[api]\nidle_timeout = \"2m\"\nmax_connections_per_client = 0\nmax_watches_per_user = 7\n",
+        )
+        .unwrap();
+        let c = NodeConfig::load(&p, true).unwrap();
+        assert_eq!(c.api.idle_timeout, Duration::from_secs(120));
+        assert_eq!((c.api.max_connections_per_client, c.api.max_watches_per_user), (0, 7));
+        std::fs::write(&p, "version = 1\n[api]\nidle_timeout = \"0s\"\n").unwrap();
+        let err = NodeConfig::load(&p, true).unwrap_err().to_string();
+        assert!(err.contains("idle_timeout") && err.contains("at least 1s"), "{err}");
     }
 
     #[test]

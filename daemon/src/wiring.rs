@@ -530,6 +530,13 @@ async fn api_server(
     cfg.heartbeats = Some(Arc::new(GossipHeartbeats(node.clone())));
     cfg.max_token_expiration = node.cfg.api.service_account_max_token_expiration;
     cfg.revoked = node.transport.revocations();
+    cfg.header_read_timeout = node.cfg.api.idle_timeout;
+    cfg.caps = crate::api::Caps {
+        max_connections_per_client: node.cfg.api.max_connections_per_client,
+        max_watches_per_user: node.cfg.api.max_watches_per_user,
+        max_requests_inflight: node.cfg.api.max_requests_inflight,
+        max_mutating_requests_inflight: node.cfg.api.max_mutating_requests_inflight,
+    };
     if node.cfg.api.audit_log {
         cfg.audit = Some(Arc::new(crate::api::AuditLog::new(crate::api::AuditConfig {
             path: node.cfg.data_dir.join("audit").join("audit.log"),

@@ -56,6 +56,51 @@ pub(crate) fn json_response(code: StatusCode, v: &Value) -> Response {
     (code, [(header::CONTENT_TYPE, "application/json")], serde_json::to_vec(v).unwrap_or_default()).into_response()
 }
 
+/// Bytes of a streamed list encoded before they are handed to the connection.
+const LIST_CHUNK: usize = 64 * 1024;
+
+/// A list answer encoded as it is sent, item by item in chunks of about 64 KiB (as
+/// kube-apiserver's streaming list encoding), instead of one buffer as large as the whole list:
+/// `head` (kind, apiVersion, metadata) and then `"items": [...]`.
+pub(crate) fn list_response(head: Value, items: Vec<Value>) -> Response {
+    let mut start = serde_json::to_vec(&head).unwrap_or_else(|_| b"{}".to_vec());
+    start.pop(); // the closing brace
+    if start.len() > 1 {
+        start.push(b',');
+    }
+    start.extend_from_slice(br#""items":["#);
+    let mut items = items.into_iter();
+    let mut first = true;
+    let mut pending = Some(start);
+    let chunks = std::iter::from_fn(move || {
+        let mut buf = pending.take()?;
+        while buf.len() < LIST_CHUNK {
+            match items.next() {
+                Some(item) => {
+                    if !std::mem::take(&mut first) {
+                        buf.push(b',');
+                    }
+                    if serde_json::to_writer(&mut buf, &item).is_err() {
+                        buf.extend_from_slice(b"null");
+                    }
+                }
+                None => {
+                    buf.extend_from_slice(b"]}");
+                    return Some(Ok::<_, std::convert::Infallible>(bytes::Bytes::from(buf)));
+                }
+            }
+        }
+        pending = Some(Vec::with_capacity(LIST_CHUNK + 4096));
+        Some(Ok(bytes::Bytes::from(buf)))
+    });
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        axum::body::Body::from_stream(futures::stream::iter(chunks)),
+    )
+        .into_response()
+}
+
 fn yaml_to_json(body: &[u8]) -> Result<Value, ApiError> {
     serde_norway::from_slice::<Value>(body).map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))
 }
@@ -439,15 +484,8 @@ pub(crate) async fn list(ctx: &Ctx) -> Result<Response, ApiError> {
         t["metadata"] = meta;
         return Ok(json_response(StatusCode::OK, &t));
     }
-    Ok(json_response(
-        StatusCode::OK,
-        &json!({
-            "kind": list_kind(&ctx.res),
-            "apiVersion": ctx.res.api_version(),
-            "metadata": meta,
-            "items": page.items,
-        }),
-    ))
+    let head = json!({"kind": list_kind(&ctx.res), "apiVersion": ctx.res.api_version(), "metadata": meta});
+    Ok(list_response(head, page.items))
 }
 
 /// Creates `obj` (already decoded) and answers 201.
@@ -970,5 +1008,37 @@ mod tests {
     fn patch_kinds() {
         assert_eq!(PatchKind::from_content_type("application/merge-patch+json; charset=utf-8"), Some(PatchKind::Merge));
         assert_eq!(PatchKind::from_content_type("application/json"), None);
+    }
+}
+
+#[cfg(test)]
+mod list_stream_tests {
+    use serde_json::{json, Value};
+
+    async fn body(items: Vec<Value>) -> (Value, usize) {
+        let head = json!({"kind": "ConfigMapList", "apiVersion": "v1", "metadata": {"resourceVersion": "7"}});
+        let resp = super::list_response(head, items);
+        let mut stream = resp.into_body().into_data_stream();
+        let (mut all, mut chunks) = (Vec::new(), 0);
+        while let Some(c) = futures::StreamExt::next(&mut stream).await {
+            all.extend_from_slice(&c.expect("chunk"));
+            chunks += 1;
+        }
+        (serde_json::from_slice(&all).expect("the streamed list is one JSON document"), chunks)
+    }
+
+    #[tokio::test]
+    async fn a_streamed_list_is_the_list_in_chunks() {
+        for n in [0usize, 1, 3, 2000] {
+            let items: Vec<Value> = (0..n)
+                .map(|i| json!({"metadata": {"name": format!("cm-{i}")}, "data": {"k": "v".repeat(100)}}))
+                .collect();
+            let (got, chunks) = body(items.clone()).await;
+            let want = json!({"kind": "ConfigMapList", "apiVersion": "v1", "metadata": {"resourceVersion": "7"}, "items": items});
+            assert_eq!(got, want, "{n} items");
+            if n == 2000 {
+                assert!(chunks > 2, "a large list goes out in several chunks, got {chunks}");
+            }
+        }
     }
 }

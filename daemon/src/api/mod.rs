@@ -33,6 +33,7 @@ mod events_v1;
 mod exec;
 mod job;
 mod kubeconfig;
+mod limits;
 mod list_options;
 mod metadata;
 mod namespace;
@@ -63,6 +64,7 @@ pub use crate::streams::{
 };
 pub use audit::{AuditConfig, AuditLog};
 pub use kubeconfig::{kubeconfig, kubeconfig_for};
+pub use limits::Caps;
 pub use node::NodeHeartbeats;
 pub use tls::TlsMaterial;
 
@@ -140,8 +142,11 @@ pub struct ApiConfig {
     /// revoked while it is open is closed (watches and streams on it end).
     pub revoked: shoal_gossip::Revocations,
     /// An HTTP/1 connection is closed when a request head takes longer than this to arrive,
-    /// or when it sits idle between requests this long.
+    /// or when it sits idle between requests this long; an HTTP/2 connection when it has had
+    /// no request open this long.
     pub header_read_timeout: Duration,
+    /// Connections per client address, watches per user, requests in flight (`[api]`).
+    pub caps: Caps,
 }
 
 /// Closes a connection whose TLS handshake failed so that the client reads the alert (say,
@@ -184,6 +189,7 @@ impl ApiConfig {
             pod_security_defaults: Default::default(),
             revoked: Default::default(),
             header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+            caps: Caps::default(),
         }
     }
 }
@@ -211,6 +217,8 @@ pub(crate) struct ApiState {
     pub external_ip_cidrs: Vec<String>,
     /// See [`ApiConfig::pod_security_defaults`].
     pub pod_security_defaults: std::collections::BTreeMap<String, String>,
+    /// See [`ApiConfig::caps`].
+    pub limits: Arc<limits::Limits>,
 }
 
 /// A bound, not yet serving, API server.
@@ -256,6 +264,7 @@ impl Server {
             external_ip_cidrs: self.cfg.external_ip_cidrs.clone(),
             service_cidr: self.cfg.service_cidr,
             pod_security_defaults: self.cfg.pod_security_defaults.clone(),
+            limits: Arc::new(limits::Limits::new(self.cfg.caps)),
         });
         let tracker = TaskTracker::new();
         let (objects, stop) = (state.objects.clone(), shutdown.clone());
@@ -278,6 +287,13 @@ impl Server {
                     }
                 },
             };
+            // Over its cap, a client's new connection is closed at once: no TLS, no task.
+            let Some(slot) = state.limits.connection(peer.ip()) else {
+                debug!(%peer, "api connection refused: too many connections from this address");
+                drop(tcp);
+                continue;
+            };
+            let tcp = limits::Held::new(tcp, slot);
             let acceptor = self.acceptor.clone();
             let header_read_timeout = self.cfg.header_read_timeout;
             let state = state.clone();
@@ -289,7 +305,7 @@ impl Server {
                     Ok(Ok(s)) => s,
                     Ok(Err((e, tcp))) => {
                         debug!(%peer, error = %e, "api tls handshake failed");
-                        close_after_alert(tcp).await;
+                        close_after_alert(tcp.io).await;
                         return;
                     }
                     Err(_) => return,
@@ -298,15 +314,36 @@ impl Server {
                 let cert_user = leaf.as_ref().and_then(|c| crate::auth::from_certificate(c.as_ref())).map(Arc::new);
                 let mut revocations = revoked.subscribe();
                 let user_name = cert_user.as_ref().map(|u| u.name.clone());
+                // As upstream, system:masters is not held back by the in-flight caps.
+                let exempt = cert_user.as_ref().is_some_and(|u| u.in_group("system:masters"));
+                // Requests open on this connection (their response bodies included).
+                let (open_tx, mut open_rx) = tokio::sync::watch::channel(0usize);
+                let open_tx = Arc::new(open_tx);
                 let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                     let state = state.clone();
                     let cert_user = cert_user.clone();
+                    let open = OpenRequest::new(open_tx.clone());
                     async move {
                         let pending = crate::metrics::apiserver::begin(req.method(), req.uri(), req.headers());
-                        let mut req = req.map(axum::body::Body::new);
-                        req.extensions_mut().insert(peer);
-                        let resp = router::dispatch(state, cert_user, req).await;
-                        Ok::<_, Infallible>(crate::metrics::apiserver::end(pending, resp))
+                        let info = crate::metrics::apiserver::RequestInfo::of(req.method(), req.uri(), req.headers());
+                        let permit = match (exempt || info.long_running).then_some(()) {
+                            Some(()) => Ok(None),
+                            None => state.limits.inflight(info.mutating),
+                        };
+                        let resp = match permit {
+                            Ok(permit) => {
+                                let mut req = req.map(axum::body::Body::new);
+                                req.extensions_mut().insert(peer);
+                                let resp = router::dispatch(state, cert_user, req).await;
+                                drop(permit);
+                                resp
+                            }
+                            Err(e) => {
+                                debug!(%peer, code = e.code, message = %e.message, "api request refused");
+                                axum::response::IntoResponse::into_response(e)
+                            }
+                        };
+                        Ok::<_, Infallible>(open.hold(crate::metrics::apiserver::end(pending, resp)))
                     }
                 });
                 let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
@@ -315,6 +352,11 @@ impl Server {
                 tokio::pin!(conn);
                 // Checked once at once too: a revocation may have landed since the handshake.
                 revocations.mark_changed();
+                // HTTP/2: closed (GOAWAY) once no request has been open for the idle timeout;
+                // a client that does not then let go within GOAWAY_GRACE is dropped.
+                let idle = tokio::time::sleep(header_read_timeout);
+                tokio::pin!(idle);
+                let mut closing = false;
                 loop {
                     tokio::select! {
                         r = conn.as_mut() => {
@@ -322,6 +364,21 @@ impl Server {
                                 debug!(%peer, error = %e, "api connection ended with an error");
                             }
                             break;
+                        }
+                        _ = &mut idle, if h2 && *open_rx.borrow() == 0 => {
+                            if closing {
+                                debug!(%peer, "idle http/2 connection did not close; dropping it");
+                                break;
+                            }
+                            debug!(%peer, "closing an idle http/2 connection");
+                            conn.as_mut().graceful_shutdown();
+                            closing = true;
+                            idle.as_mut().reset(tokio::time::Instant::now() + GOAWAY_GRACE);
+                        }
+                        Ok(()) = open_rx.changed(), if !closing => {
+                            if *open_rx.borrow_and_update() == 0 {
+                                idle.as_mut().reset(tokio::time::Instant::now() + header_read_timeout);
+                            }
                         }
                         _ = shutdown.cancelled() => {
                             conn.as_mut().graceful_shutdown();
@@ -367,6 +424,37 @@ fn connection_builder(h2: bool, header_read_timeout: Duration) -> auto::Builder<
         builder.http1_only()
     }
 }
+
+/// Counts a request as open on its connection until its response body has been sent or dropped
+/// (a watch stays open for as long as it streams).
+struct OpenRequest(Arc<tokio::sync::watch::Sender<usize>>);
+
+impl OpenRequest {
+    fn new(open: Arc<tokio::sync::watch::Sender<usize>>) -> Self {
+        open.send_modify(|n| *n += 1);
+        OpenRequest(open)
+    }
+
+    /// The response, whose body now holds this request open.
+    fn hold(self, resp: hyper::Response<axum::body::Body>) -> hyper::Response<axum::body::Body> {
+        use http_body_util::BodyExt;
+        resp.map(move |body| {
+            axum::body::Body::new(body.map_frame(move |f| {
+                let _open = &self;
+                f
+            }))
+        })
+    }
+}
+
+impl Drop for OpenRequest {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
+
+/// How long an idle HTTP/2 client has to close after GOAWAY before its connection is dropped.
+const GOAWAY_GRACE: Duration = Duration::from_secs(5);
 
 /// Default of [`ApiConfig::header_read_timeout`].
 pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);

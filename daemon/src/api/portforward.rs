@@ -35,6 +35,9 @@ pub(crate) const WS_PROTOCOL: &str = "SPDY/3.1+portforward.k8s.io";
 const CHANNEL_PROTOCOL: &str = "v4.channel.k8s.io";
 /// At most this many ports in one channel-form request (channel numbers are one byte).
 const MAX_CHANNEL_PORTS: usize = 64;
+/// Streams open at once on one SPDY connection (an error and a data stream per forwarded
+/// connection); a new one beyond is refused with RST_STREAM, as HTTP/2's stream cap.
+const MAX_SPDY_STREAMS: usize = 1000;
 /// The stream protocol negotiated on the SPDY upgrade.
 const STREAM_PROTOCOL: &str = "portforward.k8s.io";
 /// DATA frames sent to the client carry at most this many bytes.
@@ -376,6 +379,18 @@ pub(crate) async fn session<R, W>(
                         break;
                     }
                 };
+                // (Refused only after its headers were read: the header compression context
+                // runs across every block of the connection.)
+                if tasks.len() + error_streams.len() >= MAX_SPDY_STREAMS {
+                    debug!(stream = id, "port-forward stream refused: too many open streams");
+                    if out_tx.send(spdy::rst_stream(id, spdy::STATUS_REFUSED)).await.is_err() {
+                        break;
+                    }
+                    continue;
+                }
+                if task_of.len() >= MAX_SPDY_STREAMS {
+                    task_of.retain(|_, h| !h.is_finished());
+                }
                 let get = |k: &str| headers.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()).unwrap_or_default();
                 let Ok(reply) = codec.encode(&[]) else { break };
                 let mut payload = id.to_be_bytes().to_vec();

@@ -22,6 +22,12 @@ pub(crate) const STATUS_REFUSED: u32 = 3;
 const VERSION: u16 = 3;
 /// A decompressed header block above this is refused (real ones are a few hundred bytes).
 const MAX_HEADER_BLOCK: usize = 64 * 1024;
+/// A control frame longer than this is refused before it is read (it carries at most a
+/// compressed header block).
+const MAX_CONTROL_FRAME: usize = MAX_HEADER_BLOCK;
+/// A DATA frame longer than this is refused before it is read: kubectl sends at most 32 KiB,
+/// while the format allows 16 MiB, which a client could make every stream buffer.
+pub(crate) const MAX_DATA_FRAME: usize = 1024 * 1024;
 
 /// One frame as read from the wire.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,6 +50,10 @@ pub(crate) async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> io::Result<Op
     }
     let flags = head[4];
     let len = u32::from_be_bytes([0, head[5], head[6], head[7]]) as usize;
+    let (control, max) = if head[0] & 0x80 != 0 { ("control", MAX_CONTROL_FRAME) } else { ("data", MAX_DATA_FRAME) };
+    if len > max {
+        return Err(invalid(format!("SPDY {control} frame of {len} bytes is over the limit of {max}")));
+    }
     let mut data = vec![0u8; len];
     r.read_exact(&mut data).await?;
     if head[0] & 0x80 != 0 {
@@ -325,6 +335,24 @@ mod tests {
         assert_eq!(read_frame(&mut r).await.unwrap(), None);
         let bad = [0x80u8, 2, 0, 1, 0, 0, 0, 0];
         assert!(read_frame(&mut bad.as_slice()).await.is_err());
+    }
+
+    /// A frame header announcing more than the caps is refused before anything is allocated
+    /// or read, whatever follows.
+    #[tokio::test]
+    async fn oversized_frames_are_refused_from_their_header() {
+        let mut data = vec![0, 0, 0, 1, 0];
+        data.extend_from_slice(&length_bytes(MAX_DATA_FRAME + 1));
+        let e = read_frame(&mut data.as_slice()).await.unwrap_err();
+        assert!(e.to_string().contains("data frame of 1048577 bytes is over the limit"), "{e}");
+        let mut control = vec![0x80, 3, 0, 1, 0];
+        control.extend_from_slice(&length_bytes(0x00ff_ffff));
+        let e = read_frame(&mut control.as_slice()).await.unwrap_err();
+        assert!(e.to_string().contains("control frame"), "{e}");
+        // At the cap: read as usual.
+        let mut ok = data_frame(1, 0, &vec![7u8; MAX_DATA_FRAME]);
+        ok.truncate(8 + MAX_DATA_FRAME);
+        assert!(matches!(read_frame(&mut ok.as_slice()).await, Ok(Some(Frame::Data { .. }))));
         assert!(parse_headers(&[0, 0, 0, 5, 0]).is_err());
     }
 }

@@ -39,6 +39,12 @@ fn line(kind: &str, object: Value) -> Bytes {
 }
 
 pub(crate) async fn watch(ctx: Ctx) -> Result<Response, ApiError> {
+    // One slot of the user's watches, held until the stream ends (`[api] max_watches_per_user`);
+    // requests without a user (in-process callers) are not counted.
+    let slot = match &ctx.user {
+        Some(u) => Some(ctx.state.limits.watch(&u.name)?),
+        None => None,
+    };
     let (labels, fields) = ctx.selectors()?;
     let timeout = match ctx.query.get("timeoutSeconds") {
         Some(t) => Duration::from_secs(
@@ -82,6 +88,7 @@ pub(crate) async fn watch(ctx: Ctx) -> Result<Response, ApiError> {
     let bookmark_kind = ctx.res.kind.clone();
     let api_version = ctx.res.api_version();
     tokio::spawn(async move {
+        let _slot = slot;
         let expired = |rev: u64| line("ERROR", ApiError::expired(format!("too old resource version: {rev}")).to_json());
         let Some(mut events) = stream else {
             let _ = tx.send(expired(start)).await;
@@ -191,6 +198,7 @@ mod tests {
             external_ip_cidrs: Vec::new(),
             service_cidr: Default::default(),
             pod_security_defaults: Default::default(),
+            limits: Arc::new(crate::api::limits::Limits::new(crate::api::Caps::default())),
         })
     }
 

@@ -53,6 +53,11 @@ pub(crate) struct RouteLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct ReasonLabels {
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct KindLabels {
     pub request_kind: String,
 }
@@ -69,6 +74,8 @@ pub(crate) struct ApiMetrics {
     pub duration: HistogramFamily<RouteLabels>,
     pub inflight: Family<KindLabels, Gauge>,
     pub longrunning: Family<RouteLabels, Gauge>,
+    /// Connections and requests refused by a cap (`api::limits`), by reason.
+    pub refused: Family<ReasonLabels, Counter>,
 }
 
 impl Default for ApiMetrics {
@@ -78,11 +85,17 @@ impl Default for ApiMetrics {
         for kind in ["readOnly", "mutating"] {
             let _ = inflight.get_or_create(&KindLabels { request_kind: kind.into() });
         }
+        // Every reason is shown from the start, at 0 (`api::limits::Refusal`).
+        let refused = Family::<ReasonLabels, Counter>::default();
+        for reason in ["connections_per_client", "watches_per_user", "readonly_inflight", "mutating_inflight"] {
+            let _ = refused.get_or_create(&ReasonLabels { reason: reason.into() });
+        }
         ApiMetrics {
             requests: Family::default(),
             duration: Family::new_with_constructor(duration_histogram),
             inflight,
             longrunning: Family::default(),
+            refused,
         }
     }
 }
@@ -109,6 +122,16 @@ impl ApiMetrics {
             "Gauge of all active long-running apiserver requests broken out by verb, group, version, resource, scope and component.",
             self.longrunning.clone(),
         );
+        r.register(
+            "shoal_api_refused",
+            "Connections and requests the API server refused because a cap was reached (connections per client, watches per user, requests in flight).",
+            self.refused.clone(),
+        );
+    }
+
+    /// Counts one refusal by a cap.
+    pub(crate) fn refused(&self, reason: &str) {
+        self.refused.get_or_create(&ReasonLabels { reason: reason.to_string() }).inc();
     }
 }
 

@@ -85,11 +85,13 @@ impl PodStreams for LocalLogs {
                 let start = lines.len().saturating_sub(n as usize);
                 rendered = lines[start..].iter().map(|l| format!("{l}\n")).collect();
             }
-            if let Some(limit) = opts.limit_bytes.filter(|l| *l >= 0) {
-                cut_at_char_boundary(&mut rendered, usize::try_from(limit).unwrap_or(usize::MAX));
+            // `--limit-bytes` counts everything sent, followed lines included.
+            let mut left = opts.limit_bytes.filter(|l| *l >= 0).map(|l| usize::try_from(l).unwrap_or(usize::MAX));
+            if let Some(limit) = left {
+                left = Some(cut_at_char_boundary(&mut rendered, limit));
             }
             let first = futures::stream::once(async move { Ok(Bytes::from(rendered)) });
-            if !opts.follow || opts.previous {
+            if !opts.follow || opts.previous || left == Some(0) {
                 return Ok(Box::pin(first) as ByteStream);
             }
             // Follow: poll the file for appended lines (the shim appends; rotation starts a new
@@ -97,8 +99,11 @@ impl PodStreams for LocalLogs {
             let offset = text.len() as u64;
             let timestamps = opts.timestamps;
             let rest = futures::stream::unfold(
-                (path, offset, String::new()),
-                move |(path, mut offset, mut partial)| async move {
+                (path, offset, String::new(), left),
+                move |(path, mut offset, mut partial, left)| async move {
+                    if left == Some(0) {
+                        return None;
+                    }
                     loop {
                         tokio::time::sleep(Duration::from_millis(200)).await;
                         let meta = tokio::fs::metadata(&path).await.ok()?;
@@ -117,8 +122,9 @@ impl PodStreams for LocalLogs {
                         if complete.is_empty() {
                             continue;
                         }
-                        let out = render(&complete, timestamps);
-                        return Some((Ok(Bytes::from(out)), (path, offset, partial)));
+                        let mut out = render(&complete, timestamps);
+                        let left = left.map(|l| cut_at_char_boundary(&mut out, l));
+                        return Some((Ok(Bytes::from(out)), (path, offset, partial, left)));
                     }
                 },
             );
@@ -141,16 +147,18 @@ mod tests {
 }
 
 /// Cuts `s` to at most `limit` bytes, at the last character boundary at or before it
-/// (`String::truncate` panics inside a multi-byte character).
-fn cut_at_char_boundary(s: &mut String, limit: usize) {
+/// (`String::truncate` panics inside a multi-byte character); returns what is left of the limit
+/// for what follows: 0 once anything was cut, so a stream ends there.
+fn cut_at_char_boundary(s: &mut String, limit: usize) -> usize {
     if limit >= s.len() {
-        return;
+        return limit - s.len();
     }
     let mut end = limit;
     while !s.is_char_boundary(end) {
         end -= 1;
     }
     s.truncate(end);
+    0
 }
 
 #[cfg(test)]
@@ -168,7 +176,49 @@ mod limit_bytes_tests {
         cut_at_char_boundary(&mut s, 2);
         assert_eq!(s, "");
         let mut s = "ab".to_string();
-        cut_at_char_boundary(&mut s, 99);
+        assert_eq!(cut_at_char_boundary(&mut s, 99), 97, "what is left for followed lines");
         assert_eq!(s, "ab");
+        // A cut inside a character leaves nothing for what follows (the stream ends).
+        let mut s = "a€".to_string();
+        assert_eq!(cut_at_char_boundary(&mut s, 3), 0);
+        assert_eq!(s, "a");
+    }
+}
+
+#[cfg(test)]
+mod follow_limit_tests {
+    use std::time::Duration;
+
+    use futures::StreamExt;
+    use serde_json::json;
+
+    use super::LocalLogs;
+    use crate::streams::{LogOptions, PodStreams};
+
+    /// `kubectl logs -f --limit-bytes N` stops after N bytes in all, followed lines included.
+    #[tokio::test]
+    async fn limit_bytes_counts_followed_lines_and_ends_the_stream() {
+        let dir = tempfile::tempdir().unwrap();
+        let logs_dir = dir.path().join("default_p_u1").join("c");
+        std::fs::create_dir_all(&logs_dir).unwrap();
+        let file = logs_dir.join("0.log");
+        std::fs::write(&file, "2024-01-01T00:00:00Z stdout F hello\n").unwrap();
+        let pod = json!({"metadata": {"name": "p", "namespace": "default", "uid": "u1"},
+            "spec": {"containers": [{"name": "c"}]}});
+        let logs = LocalLogs { log_dir: dir.path().to_path_buf() };
+        let opts = LogOptions { follow: true, limit_bytes: Some(10), ..LogOptions::default() };
+        let mut stream = logs.logs(&pod, opts).await.expect("stream");
+        let first = stream.next().await.unwrap().unwrap();
+        assert_eq!(&first[..], b"hello\n");
+        std::fs::write(&file, "2024-01-01T00:00:00Z stdout F hello\n2024-01-01T00:00:01Z stdout F world\n").unwrap();
+        let mut rest = Vec::new();
+        let end = tokio::time::timeout(Duration::from_secs(10), async {
+            while let Some(c) = stream.next().await {
+                rest.extend_from_slice(&c.unwrap());
+            }
+        })
+        .await;
+        assert!(end.is_ok(), "the stream did not end at the limit");
+        assert_eq!(rest, b"worl");
     }
 }
