@@ -225,7 +225,7 @@ else
   log "the DaemonSet's pods did not run on 3 nodes: ${spread_ips[*]}"
 fi
 
-pid=$(daemon_pid "$rig" "$node")
+pid=$(daemon_pid "$rig" "$node") || true
 echo "node_rss_kib: $(rss_kib "${pid:-0}")"
 echo "node_netpol_table_lines: $(on "$node" nft list table inet shoal-netpol | wc -l)"
 load_line after
