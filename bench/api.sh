@@ -52,8 +52,14 @@ p99() { awk '/^mutating_p99_ms:/ {print $2}' "$work/figures-$1"; }
 # $work/figures-webhook, plus the webhook's call count.
 webhook_round() {
   local addr=10.77.0.250 port=18443
-  openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=bench-webhook \
-    -addext "subjectAltName=IP:$addr" -keyout "$work/hook.key" -out "$work/hook.crt" 2>/dev/null
+  # A CA and a server certificate it signs (a self-signed CA certificate cannot be the server's:
+  # the API server's verifier refuses a CA certificate used as an end-entity one).
+  openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=bench-webhook-ca \
+    -keyout "$work/ca.key" -out "$work/ca.crt" 2>/dev/null
+  openssl req -newkey rsa:2048 -nodes -subj /CN=bench-webhook -keyout "$work/hook.key" -out "$work/hook.csr" 2>/dev/null
+  printf 'subjectAltName=IP:%s\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' "$addr" >"$work/hook.ext"
+  openssl x509 -req -in "$work/hook.csr" -CA "$work/ca.crt" -CAkey "$work/ca.key" -CAcreateserial -days 1 \
+    -extfile "$work/hook.ext" -out "$work/hook.crt" 2>/dev/null
   cat >"$work/hook.py" <<'PY'
 import json, ssl, sys, threading
 from http.server import ThreadingHTTPServer, BaseHTTPRequestHandler
@@ -90,18 +96,21 @@ PY
  "metadata": {"name": "bench"},
  "webhooks": [{"name": "bench.api.shoal", "sideEffects": "None", "admissionReviewVersions": ["v1"],
    "failurePolicy": "Fail", "timeoutSeconds": 5,
-   "clientConfig": {"url": "https://$addr:$port/validate", "caBundle": "$(base64 -w0 "$work/hook.crt")"},
+   "clientConfig": {"url": "https://$addr:$port/validate", "caBundle": "$(base64 -w0 "$work/ca.crt")"},
    "rules": [{"operations": ["CREATE", "UPDATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["configmaps"]}]}]}
 JSON
   kubectl --kubeconfig "$work/rig/kubeconfig" apply -f "$work/hook.json" >&2
   # The webhook answers before the workload starts (a configuration applies within a second).
   local ok=""
-  for _ in $(seq 1 50); do
+  for _ in $(seq 1 100); do
     if kubectl --kubeconfig "$work/rig/kubeconfig" create configmap hook-probe --dry-run=server -o name >/dev/null 2>&1 &&
       [[ -s $work/hook.calls ]]; then ok=1; break; fi
     sleep 0.2
   done
-  [[ -n $ok ]] || { log "the bench webhook never answered"; return 1; }
+  if [[ -z $ok ]]; then
+    log "the bench webhook never answered: $(kubectl --kubeconfig "$work/rig/kubeconfig" create configmap hook-probe --dry-run=server -o name 2>&1)"
+    return 1
+  fi
   local before
   before=$(cat "$work/hook.calls")
   "$HIL" load api --kubeconfig "$work/rig/kubeconfig" --server https://10.77.0.1:6443 \
