@@ -7,14 +7,26 @@
 #   bench/api.sh                     # COUNT=1000 FILL=10000 CLIENTS=8 METRICS=both
 #   COUNT=300 FILL=2000 bench/api.sh
 #   METRICS=on bench/api.sh          # one round, metrics on (METRICS=off: one round, off)
+#
+# The cost of an admission webhook: with WEBHOOK=1 (the default) one more round runs on a fresh
+# rig with a ValidatingWebhookConfiguration for ConfigMap creates and updates (failurePolicy
+# Fail) served by a small HTTPS server (python3 on this machine, reached by the nodes at the
+# rig's host address 10.77.0.250), and `webhook_added_p99_ms` is its mutating p99 minus the
+# metrics-on round's (every create and patch of the workload passes the webhook).
+#   WEBHOOK=0 bench/api.sh           # without the webhook round
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 COUNT=${COUNT:-1000}
 FILL=${FILL:-10000}
 CLIENTS=${CLIENTS:-8}
 METRICS=${METRICS:-both}
+WEBHOOK=${WEBHOOK:-1}
 work=$(mktemp -d /tmp/shoal-bench-api.XXXXXX)
-cleanup() { rig_down "$work/rig"; rm -rf "$work"; }
+cleanup() {
+  [[ -f $work/hook.pid ]] && kill "$(cat "$work/hook.pid")" 2>/dev/null
+  rig_down "$work/rig"
+  rm -rf "$work"
+}
 trap cleanup EXIT
 build
 printf 'version = 1\n[metrics]\nenabled = false\n' >"$work/metrics-off.toml"
@@ -36,6 +48,79 @@ round() {
 
 p99() { awk '/^mutating_p99_ms:/ {print $2}' "$work/figures-$1"; }
 
+# webhook_round: the workload with a validating webhook for ConfigMaps in the path; figures in
+# $work/figures-webhook, plus the webhook's call count.
+webhook_round() {
+  local addr=10.77.0.250 port=18443
+  # A CA and a server certificate it signs (a self-signed CA certificate cannot be the server's:
+  # the API server's verifier refuses a CA certificate used as an end-entity one).
+  openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=bench-webhook-ca \
+    -keyout "$work/ca.key" -out "$work/ca.crt" 2>/dev/null
+  openssl req -newkey rsa:2048 -nodes -subj /CN=bench-webhook -keyout "$work/hook.key" -out "$work/hook.csr" 2>/dev/null
+  printf 'subjectAltName=IP:%s\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' "$addr" >"$work/hook.ext"
+  openssl x509 -req -in "$work/hook.csr" -CA "$work/ca.crt" -CAkey "$work/ca.key" -CAcreateserial -days 1 \
+    -extfile "$work/hook.ext" -out "$work/hook.crt" 2>/dev/null
+  cat >"$work/hook.py" <<'PY'
+import json, ssl, sys, threading
+from http.server import ThreadingHTTPServer, BaseHTTPRequestHandler
+calls = 0
+lock = threading.Lock()
+class H(BaseHTTPRequestHandler):
+    protocol_version = 'HTTP/1.1'
+    def log_message(self, *a): pass
+    def do_POST(self):
+        global calls
+        req = json.loads(self.rfile.read(int(self.headers.get('Content-Length', 0))))['request']
+        with lock:
+            calls += 1
+            open(sys.argv[4], 'w').write(str(calls))
+        body = json.dumps({'apiVersion': 'admission.k8s.io/v1', 'kind': 'AdmissionReview',
+                           'response': {'uid': req['uid'], 'allowed': True}}).encode()
+        self.send_response(200)
+        self.send_header('Content-Type', 'application/json')
+        self.send_header('Content-Length', str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+ThreadingHTTPServer.daemon_threads = True
+srv = ThreadingHTTPServer((sys.argv[1], int(sys.argv[2])), H)
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(sys.argv[3] + '.crt', sys.argv[3] + '.key')
+srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+srv.serve_forever()
+PY
+  rig_up "$work/rig" 3
+  python3 "$work/hook.py" "$addr" "$port" "$work/hook" "$work/hook.calls" 3>&- 4>&- 5>&- 6>&- 7>&- 8>&- 9>&- &
+  echo $! >"$work/hook.pid"
+  cat >"$work/hook.json" <<JSON
+{"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingWebhookConfiguration",
+ "metadata": {"name": "bench"},
+ "webhooks": [{"name": "bench.api.shoal", "sideEffects": "None", "admissionReviewVersions": ["v1"],
+   "failurePolicy": "Fail", "timeoutSeconds": 5,
+   "clientConfig": {"url": "https://$addr:$port/validate", "caBundle": "$(base64 -w0 "$work/ca.crt")"},
+   "rules": [{"operations": ["CREATE", "UPDATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["configmaps"]}]}]}
+JSON
+  kubectl --kubeconfig "$work/rig/kubeconfig" apply -f "$work/hook.json" >&2
+  # The webhook answers before the workload starts (a configuration applies within a second).
+  local ok=""
+  for _ in $(seq 1 100); do
+    if kubectl --kubeconfig "$work/rig/kubeconfig" create configmap hook-probe --dry-run=server -o name >/dev/null 2>&1 &&
+      [[ -s $work/hook.calls ]]; then ok=1; break; fi
+    sleep 0.2
+  done
+  if [[ -z $ok ]]; then
+    log "the bench webhook never answered: $(kubectl --kubeconfig "$work/rig/kubeconfig" create configmap hook-probe --dry-run=server -o name 2>&1)"
+    return 1
+  fi
+  local before
+  before=$(cat "$work/hook.calls")
+  "$HIL" load api --kubeconfig "$work/rig/kubeconfig" --server https://10.77.0.1:6443 \
+    --count "$COUNT" --fill 0 --clients "$CLIENTS" >"$work/figures-webhook"
+  echo "webhook_calls: $(($(cat "$work/hook.calls") - before))" >>"$work/figures-webhook"
+  kill "$(cat "$work/hook.pid")" 2>/dev/null || true
+  rm -f "$work/hook.pid"
+  rig_down "$work/rig"
+}
+
 case $METRICS in
   on | both) round on ;;
   off) round off "$work/metrics-off.toml" ;;
@@ -51,5 +136,12 @@ if [[ $METRICS == both ]]; then
   echo "mutating_p99_ms_metrics_on: $on"
   echo "mutating_p99_ms_metrics_off: $off"
   echo "mutating_p99_metrics_on_over_off: $(awk -v a="$on" -v b="$off" 'BEGIN {if (b > 0) printf "%.2f", a / b; else print "n/a"}')"
+fi
+if [[ $WEBHOOK == 1 ]]; then
+  webhook_round
+  base=$(p99 "$first") hooked=$(p99 webhook)
+  echo "webhook_calls: $(awk '/^webhook_calls:/ {print $2}' "$work/figures-webhook")"
+  echo "mutating_p99_ms_webhook: $hooked"
+  echo "webhook_added_p99_ms: $(awk -v a="$hooked" -v b="$base" 'BEGIN {printf "%.2f", a - b}')"
 fi
 echo "load_average: $(cut -d' ' -f1-3 /proc/loadavg)"

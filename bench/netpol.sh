@@ -8,6 +8,11 @@
 # - netpol_change_enforced_p99_ms: from `kubectl apply` of a deny policy (or `delete` of it)
 #   starting to the pod's node holding the change in its nft table, CHANGES times each way;
 #   the kubectl round trip and the polling of `nft list` are included.
+# - netpol_enforced_all_nodes_p99_ms: a DaemonSet's nginx pod on every node, probed from the
+#   client host (each pod routed via its own node) by new TCP connections every few ms; from
+#   `kubectl apply` of a deny policy selecting them all starting to the last node refusing
+#   (and from `kubectl delete` to the last node accepting again), CHANGES times each way.
+#   The kubectl round trip is included; the probes' resolution is about 20 ms.
 # - node_rss_kib: RSS of the pod's node daemon at the end.
 # - At scale (1,000 pods, 200 policies), computed offline by the engine and the renderer
 #   (the test `netpol::tests::scale_figures`): netpol_scale_rules, netpol_scale_chains,
@@ -121,6 +126,105 @@ for _ in $(seq 1 "$CHANGES"); do
   echo $(($(now_ms) - t0)) >>"$work/changes"
 done
 echo "netpol_change_enforced_p99_ms: $(percentile 99 "$work/changes")"
+
+# Enforced on every node: a pod of a DaemonSet on each node, a deny policy selecting all of them.
+cat >"$work/spread.yaml" <<'YAML'
+apiVersion: apps/v1
+kind: DaemonSet
+metadata: {name: spread}
+spec:
+  selector: {matchLabels: {app: spread}}
+  template:
+    metadata: {labels: {app: spread}}
+    spec:
+      containers:
+      - {name: web, image: nginx, imagePullPolicy: IfNotPresent}
+YAML
+cat >"$work/deny-spread.yaml" <<'YAML'
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: deny-spread}
+spec:
+  podSelector: {matchLabels: {app: spread}}
+  policyTypes: [Ingress]
+YAML
+# probe.py READY MODE IP...: one thread per address, a new TCP connection to port 80 every
+# ~10 ms (50 ms timeout); once all answer, touches READY; then prints, per address, the epoch ms
+# at which the first attempt that gave the MODE outcome (deny: no answer, allow: connected)
+# started, and exits.
+cat >"$work/probe.py" <<'PY'
+import socket, sys, threading, time
+ready, mode, ips = sys.argv[1], sys.argv[2], sys.argv[3:]
+def attempt(ip):
+    s = socket.socket()
+    s.settimeout(0.05)
+    try:
+        s.connect((ip, 80))
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+deadline = time.time() + 60
+for ip in ips:
+    while attempt(ip) != (mode == 'deny'):
+        if time.time() > deadline:
+            sys.exit('%s never reached the start state' % ip)
+        time.sleep(0.01)
+open(ready, 'w').close()
+got = {}
+def watch(ip):
+    while time.time() < deadline + 30:
+        t = time.time()
+        if attempt(ip) == (mode == 'allow'):
+            got[ip] = int(t * 1000)
+            return
+        time.sleep(0.01)
+ts = [threading.Thread(target=watch, args=(ip,)) for ip in ips]
+for t in ts: t.start()
+for t in ts: t.join()
+for ip in ips: print(ip, got.get(ip, 0))
+PY
+k apply -f "$work/spread.yaml" >&2
+spread_ips=()
+for _ in $(seq 1 240); do
+  mapfile -t spread_ips < <(k get pods -l app=spread -o jsonpath='{range .items[?(@.status.phase=="Running")]}{.status.podIP}{" "}{.spec.nodeName}{"\n"}{end}' 2>/dev/null | awk 'NF == 2')
+  ((${#spread_ips[@]} >= 3)) && break
+  sleep 1
+done
+targets=()
+for line in "${spread_ips[@]}"; do
+  ip=${line% *} n=${line#* }
+  on client ip route replace "$ip/32" via "10.77.0.${n#n}" >&2
+  targets+=("$ip")
+done
+log "probing ${#targets[@]} pods on $(printf '%s\n' "${spread_ips[@]}" | awk '{print $2}' | sort -u | tr '\n' ' ')"
+: >"$work/all-nodes"
+# change MODE FILE VERB: one change and its time to the last node (ms), appended to all-nodes.
+change() {
+  local mode=$1 verb=$2 t0 last
+  rm -f "$work/ready"
+  on client python3 "$work/probe.py" "$work/ready" "$mode" "${targets[@]}" >"$work/probe.out" &
+  local probe=$!
+  for _ in $(seq 1 600); do [[ -e $work/ready ]] && break; sleep 0.1; done
+  t0=$(now_ms)
+  k "$verb" -f "$work/deny-spread.yaml" >/dev/null
+  wait "$probe" || { log "probe failed ($mode)"; return 0; }
+  last=$(awk 'BEGIN {m = 0} {if ($2 == 0) {m = -1; exit} if ($2 > m) m = $2} END {print m}' "$work/probe.out")
+  if ((last > 0)); then echo $((last - t0)) >>"$work/all-nodes"; else log "a node never changed ($mode)"; fi
+}
+if ((${#targets[@]} >= 3)); then
+  for _ in $(seq 1 "$CHANGES"); do
+    change deny apply
+    change allow delete
+  done
+  echo "netpol_enforced_all_nodes_nodes: ${#targets[@]}"
+  echo "netpol_enforced_all_nodes_p50_ms: $(percentile 50 "$work/all-nodes")"
+  echo "netpol_enforced_all_nodes_p99_ms: $(percentile 99 "$work/all-nodes")"
+else
+  log "the DaemonSet's pods did not run on 3 nodes: ${spread_ips[*]}"
+fi
+
 pid=$(daemon_pid "$rig" "$node") || true
 echo "node_rss_kib: $(rss_kib "${pid:-0}")"
 echo "node_netpol_table_lines: $(on "$node" nft list table inet shoal-netpol | wc -l)"

@@ -728,3 +728,92 @@ async fn admission_webhooks_as_kubectl_shows_them() {
     let got = c.ok(&["get", "validatingwebhookconfigurations", "-o", "name"]).await;
     assert!(got.contains("ingress-nginx-admission") && got.contains("metallb-webhook-configuration"), "{got}");
 }
+
+/// matchConditions (CEL) decide whether a webhook is called: a webhook whose condition
+/// excludes the label `skip` is not called for such an object (no refusal, no warning from
+/// it); a bad expression is a 422 at create; a condition that cannot be evaluated follows
+/// failurePolicy. Mutating webhooks are called on DELETE: one may refuse it, a patch is ignored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_match_conditions_and_delete_as_kubectl_shows_them() {
+    let c = Cluster::start(1).await;
+    let (_server, port, ca) = webhook_server(c.home()).await;
+    let url = |path: &str| format!(r#"{{"url": "https://127.0.0.1:{port}{path}", "caBundle": "{ca}"}}"#);
+    c.ok(&["create", "namespace", "hooked"]).await;
+    c.ok(&["label", "ns", "hooked", "hooked=yes"]).await;
+    let with_conditions = |name: &str, policy: &str, conds: serde_json::Value| {
+        let mut v: serde_json::Value =
+            serde_json::from_str(&validating(name, policy, &[("cond.test.shoal", url("/validate"), "")])).unwrap();
+        v["webhooks"][0]["matchConditions"] = conds;
+        v.to_string()
+    };
+
+    // A bad expression is refused at create, in upstream's words.
+    let o = c
+        .apply(&with_conditions(
+            "bad",
+            "Fail",
+            serde_json::json!([{"name": "broken", "expression": "object.metadata.name =="}]),
+        ))
+        .await;
+    assert!(!o.ok, "a bad expression was admitted");
+    assert!(
+        o.stderr.contains(r#"webhooks[0].matchConditions[0].expression: Invalid value: "object.metadata.name ==": compilation failed: ERROR: <input>:1:"#),
+        "{}",
+        o.stderr
+    );
+
+    // The webhook is not called for objects labelled skip: the same refused label then passes.
+    let skip = serde_json::json!([
+        {"name": "not-skipped", "expression": "!has(object.metadata.labels) || !('skip' in object.metadata.labels)"},
+        {"name": "creates-only", "expression": "request.operation == 'CREATE'"}]);
+    let o = c.apply(&with_conditions("cond", "Fail", skip)).await;
+    assert!(o.ok, "{}", o.stderr);
+    let o = c.apply(&configmap("refused", "deny: 'yes'")).await;
+    assert!(!o.ok && o.stderr.contains(r#"admission webhook "cond.test.shoal" denied the request"#), "{}", o.stderr);
+    let o = c.apply(&configmap("skipped", "deny: 'yes', skip: 'yes'")).await;
+    assert!(o.ok, "the webhook was called for an excluded object: {}", o.stderr);
+    assert!(!o.stderr.contains("seen by the test webhook"), "{}", o.stderr);
+    let o = c.apply(&configmap("called", "a: b")).await;
+    assert!(o.ok && o.stderr.contains("Warning: seen by the test webhook"), "{}", o.stderr);
+
+    // A condition that cannot be evaluated (no annotations) follows failurePolicy.
+    let broken =
+        serde_json::json!([{"name": "needs-annotation", "expression": "object.metadata.annotations['x'] == 'y'"}]);
+    assert!(c.apply(&with_conditions("cond", "Fail", broken.clone())).await.ok);
+    let o = c.apply(&configmap("unevaluated", "a: b")).await;
+    assert!(!o.ok);
+    assert!(
+        o.stderr.contains(r#"Internal error occurred: failed calling webhook "cond.test.shoal": failed to evaluate match condition "needs-annotation""#),
+        "{}",
+        o.stderr
+    );
+    assert!(c.apply(&with_conditions("cond", "Ignore", broken)).await.ok);
+    let o = c.apply(&configmap("unevaluated", "a: b")).await;
+    assert!(o.ok && !o.stderr.contains("seen by the test webhook"), "{}", o.stderr);
+    c.ok(&["delete", "validatingwebhookconfiguration", "cond"]).await;
+
+    // Mutating webhooks on DELETE: one refuses the labelled ConfigMap's delete ...
+    let on_delete = |name: &str, path: &str| {
+        let mut v: serde_json::Value = serde_json::from_str(
+            &validating(name, "Fail", &[(&format!("{name}.test.shoal"), url(path), "")])
+                .replace("ValidatingWebhookConfiguration", "MutatingWebhookConfiguration"),
+        )
+        .unwrap();
+        v["webhooks"][0]["rules"][0]["operations"] = serde_json::json!(["DELETE"]);
+        v.to_string()
+    };
+    assert!(c.apply(&on_delete("guard", "/validate")).await.ok);
+    let e = c.refused(&["delete", "cm", "skipped", "-n", "hooked"]).await;
+    assert!(
+        e.contains(r#"admission webhook "guard.test.shoal" denied the request: labelled objects are not allowed here"#),
+        "{e}"
+    );
+    c.ok(&["get", "cm", "skipped", "-n", "hooked"]).await;
+    c.ok(&["delete", "mutatingwebhookconfiguration", "guard"]).await;
+    // ... and one that answers with a patch lets it go, the patch ignored.
+    assert!(c.apply(&on_delete("patcher", "/mutate")).await.ok);
+    c.ok(&["delete", "cm", "skipped", "-n", "hooked"]).await;
+    let o = c.run(0, &["get", "cm", "skipped", "-n", "hooked"], None).await;
+    assert!(!o.ok && o.stderr.contains("NotFound"), "{}", o.stderr);
+    c.ok(&["delete", "mutatingwebhookconfiguration", "patcher"]).await;
+}

@@ -14,6 +14,7 @@ use shoal_kube::{Objects, Resource};
 
 pub(crate) mod external_ips;
 pub(crate) mod limitranger;
+pub(crate) mod match_conditions;
 pub(crate) mod notes;
 pub(crate) mod pod_security;
 pub(crate) mod quota;

@@ -140,6 +140,7 @@ pub(crate) fn validate_object(obj: &Value) -> Vec<(String, String)> {
                 errs.push((f(key), "Invalid value: not a valid label selector".into()));
             }
         }
+        errs.extend(super::match_conditions::validate(w, &format!("webhooks[{i}]")));
     }
     errs
 }
@@ -198,8 +199,32 @@ fn rule_matches(rule: &Value, call: &Call<'_>, equivalent: bool) -> bool {
     }
 }
 
-/// Whether a webhook wants this request: a rule, the namespace selector, the object selector.
-async fn wants(objects: &Objects, w: &Value, call: &Call<'_>, obj: Option<&Value>) -> Result<bool, Error> {
+/// Whether a webhook wants this request: a rule, the namespace selector, the object selector,
+/// then its matchConditions (one that cannot be evaluated is a failed call: `failurePolicy`
+/// decides, and Ignore skips the webhook). `kind` and `index` name the webhook in failures.
+async fn wants(
+    objects: &Objects,
+    w: &Value,
+    (kind, index): (&str, usize),
+    call: &Call<'_>,
+    obj: Option<&Value>,
+) -> Result<bool, Error> {
+    if !selected(objects, w, call, obj).await? {
+        return Ok(false);
+    }
+    if w["matchConditions"].as_array().is_none_or(Vec::is_empty) {
+        return Ok(true);
+    }
+    let mut request = review("", call, None);
+    let request = request["request"].take();
+    match super::match_conditions::matches(w, obj, call.old, &request) {
+        Ok(m) => Ok(m),
+        Err(e) => failed(w, kind, index, fail(e)).map(|()| false),
+    }
+}
+
+/// Whether a webhook's rules and selectors cover this request.
+async fn selected(objects: &Objects, w: &Value, call: &Call<'_>, obj: Option<&Value>) -> Result<bool, Error> {
     // Webhooks are never called for the webhook configurations themselves (upstream), so a
     // broken webhook can always be removed.
     if call.res.group == "admissionregistration.k8s.io" {
@@ -613,7 +638,7 @@ pub(crate) async fn mutate(objects: &Objects, call: &Call<'_>, obj: &mut Value) 
     let mut changes = 0usize;
     let mut called: Vec<(usize, usize)> = Vec::new();
     for (i, w) in hooks.iter().enumerate() {
-        if !wants(objects, w, call, Some(obj)).await? {
+        if !wants(objects, w, (KIND, i), call, Some(obj)).await? {
             continue;
         }
         if let Some(e) = dry_run_refused(w, call) {
@@ -637,12 +662,38 @@ pub(crate) async fn mutate(objects: &Objects, call: &Call<'_>, obj: &mut Value) 
     Ok(changes > 0)
 }
 
+/// The webhooks of a delete, as upstream calls them: the mutating webhooks whose rules list
+/// DELETE (`object` null, the object being deleted as `oldObject`; one may refuse, a patch is
+/// ignored, there being no object to patch), one after the other; then the validating ones.
+pub(crate) async fn delete(objects: &Objects, call: &Call<'_>) -> Result<(), Error> {
+    const KIND: &str = "MutatingWebhookConfiguration";
+    for (i, w) in webhooks(objects, KIND).await?.iter().enumerate() {
+        if !wants(objects, w, (KIND, i), call, None).await? {
+            continue;
+        }
+        if let Some(e) = dry_run_refused(w, call) {
+            return Err(e);
+        }
+        let name = w["name"].as_str().unwrap_or_default();
+        match call_one(objects, w, call, None).await {
+            Ok(a) if !a.allowed => return Err(denied(name, &a.status)),
+            Ok(a) => {
+                if a.patch.is_some() {
+                    tracing::debug!(webhook = name, "patch of a mutating webhook on delete ignored");
+                }
+            }
+            Err(e) => failed(w, KIND, i, e)?,
+        }
+    }
+    validate(objects, call, None).await
+}
+
 /// The validating webhooks, called together; the first refusal (in order) wins.
 pub(crate) async fn validate(objects: &Objects, call: &Call<'_>, obj: Option<&Value>) -> Result<(), Error> {
     const KIND: &str = "ValidatingWebhookConfiguration";
     let mut todo = Vec::new();
     for (i, w) in webhooks(objects, KIND).await?.into_iter().enumerate() {
-        if wants(objects, &w, call, obj).await? {
+        if wants(objects, &w, (KIND, i), call, obj).await? {
             if let Some(e) = dry_run_refused(&w, call) {
                 return Err(e);
             }

@@ -747,7 +747,7 @@ async fn webhooks(ctx: &Ctx, operation: &'static str, obj: Option<&mut Value>, o
             }
             crate::admission::webhook::validate(objects, &call, Some(obj)).await.map_err(map)
         }
-        None => crate::admission::webhook::validate(objects, &call, None).await.map_err(map),
+        None => crate::admission::webhook::delete(objects, &call).await.map_err(map),
     }
 }
 
