@@ -475,6 +475,38 @@ fn exec_runs_inside_the_container() {
 }
 
 #[test]
+fn exec_helper_gets_its_process_spec_over_a_pipe_not_on_argv() {
+    let w = World::new("execargv");
+    w.run("target", &["sleep", "1000"], |_| {});
+    // Waits for stdin to close, so the helper is alive while its cmdline is read; then lists
+    // its own fds (the spec pipe must not leak into the process).
+    let process = ProcessBuilder::default()
+        .args(vec!["sh".to_string(), "-c".into(), "read x; ls /proc/self/fd; echo arg-marker-7f3a".into()])
+        .env(vec!["PATH=/bin".to_string(), "DB_PASSWORD=env-marker-91c2".into()])
+        .cwd("/")
+        .build()
+        .unwrap();
+    let mut p = w.rt.exec("target", &process, false).expect("exec");
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", p.pid())).expect("helper cmdline");
+    let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+    assert!(cmdline.contains("exec"), "not the exec helper: {cmdline}");
+    for secret in ["env-marker-91c2", "DB_PASSWORD", "arg-marker-7f3a", "read x"] {
+        assert!(!cmdline.contains(secret), "{secret} is on the helper's argv: {cmdline}");
+    }
+    drop(p.stdin.take());
+    let mut out = String::new();
+    p.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    let mut err = String::new();
+    p.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert_eq!(p.wait().unwrap(), 0, "stderr: {err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.last(), Some(&"arg-marker-7f3a"), "{out}");
+    // 0, 1, 2 and the fd of `ls` reading /proc/self/fd; no spec pipe left open.
+    assert!(lines.len() <= 5, "the process inherited more fds than stdio: {out}");
+    w.rt.stop("target", Duration::from_millis(10)).unwrap();
+}
+
+#[test]
 fn runtime_default_seccomp_refuses_blocked_syscalls_and_runs_a_normal_workload() {
     let w = World::new("seccomp");
     let probe = "unshare -U true && echo unshared; linux32 true && echo personality";
