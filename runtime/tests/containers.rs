@@ -275,6 +275,45 @@ fn host_is_out_of_reach_proc_sys_read_only_mount_and_devices_refused() {
 }
 
 #[test]
+fn a_privileged_container_gets_the_host_devices_and_a_default_one_does_not() {
+    let w = World::new("privdev");
+    // A device of the host that no container gets by default.
+    let dev = ["/dev/loop-control", "/dev/fuse", "/dev/kmsg"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("a host device such as /dev/loop-control");
+    let script = "test -c $DEV && echo sees-device; (exec 3<$DEV) 2>/dev/null && echo opened-device; echo done";
+    let env = |s: &mut Spec| {
+        let mut p = s.process().clone().unwrap();
+        p.set_env(Some(vec!["PATH=/bin".into(), format!("DEV={dev}")]));
+        s.set_process(Some(p));
+    };
+    w.run("plain", &["sh", "-c", script], env);
+    w.run("priv", &["sh", "-c", script], |s| {
+        env(s);
+        shoal_runtime::set_privileged_devices(s);
+        let mut p = s.process().clone().unwrap();
+        let mut caps = p.capabilities().clone().unwrap();
+        let all: std::collections::HashSet<_> =
+            shoal_runtime::current_capability_names().iter().filter_map(|c| c.parse().ok()).collect();
+        caps.set_bounding(Some(all.clone()));
+        caps.set_effective(Some(all.clone()));
+        caps.set_permitted(Some(all));
+        p.set_capabilities(Some(caps));
+        s.set_process(Some(p));
+    });
+    assert_eq!(w.rt.wait("plain").unwrap().exit_code, Some(0));
+    assert_eq!(w.rt.wait("priv").unwrap().exit_code, Some(0));
+    assert_eq!(w.output("plain", "stdout"), vec!["done"], "stderr: {:?}", w.output("plain", "stderr"));
+    assert_eq!(
+        w.output("priv", "stdout"),
+        vec!["sees-device", "opened-device", "done"],
+        "stderr: {:?}",
+        w.output("priv", "stderr")
+    );
+}
+
+#[test]
 fn memory_limit_holds_and_oom_is_reported() {
     let w = World::new("oom");
     w.run(
