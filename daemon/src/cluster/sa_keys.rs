@@ -23,13 +23,13 @@ use shoal_gossip::pki::{ClusterSecrets, ServiceAccountKey, NODES_ORG};
 use shoal_gossip::transport::PeerInfo;
 use tokio_util::sync::CancellationToken;
 
+use super::gossip_keys::others;
 use super::identity::{write_atomic, SECRETS_FILE};
-use super::{ca_key, peers, Node};
+use super::{ca_key, gossip_keys, Node};
 use crate::auth::sa_token::{self, Signer};
 
 /// Transport service of key set exchanges between nodes.
 pub const SERVICE: &str = "cluster/sa-keys";
-const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 const SYNC_EVERY: Duration = Duration::from_secs(30);
 
 /// The ServiceAccount keys of the cluster at one epoch.
@@ -175,20 +175,8 @@ fn save_if_newer(data_dir: &std::path::Path, set: &KeySet) -> Result<Option<Clus
     Ok(Some(secrets))
 }
 
-/// Every other node's peer address, by name.
-async fn others(node: &Node) -> Vec<(String, SocketAddr)> {
-    peers::node_records(&node.store)
-        .await
-        .into_values()
-        .filter(|r| r.node_id != node.identity.node_id)
-        .filter_map(|r| r.peer_addr.parse().ok().map(|a| (r.name, a)))
-        .collect()
-}
-
 async fn call(node: &Node, addr: SocketAddr, req: &KeysRequest) -> Result<serde_json::Value, String> {
-    let body = serde_json::to_vec(req).map_err(|e| e.to_string())?;
-    let reply = node.transport.call_with_timeout(addr, SERVICE, body, CALL_TIMEOUT).await.map_err(|e| e.to_string())?;
-    serde_json::from_slice(&reply).map_err(|e| format!("bad reply: {e}"))
+    gossip_keys::call_service(node, addr, SERVICE, req).await
 }
 
 /// Applies `set` here and on every other node; fails naming the nodes that did not take it.
