@@ -70,6 +70,10 @@ pub enum Request {
     },
     GossipKeyRotate,
     GossipKeyStatus,
+    /// `shoal sa-key status|rotate|retire`: the ServiceAccount token signing keys.
+    SaKeyStatus,
+    SaKeyRotate,
+    SaKeyRetire,
     SecretsEncryptStatus,
     SecretsEncryptRotate,
     /// `shoal node remove NAME`: a member leaves the cluster for good (certificates revoked,

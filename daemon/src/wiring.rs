@@ -545,7 +545,10 @@ async fn api_server(
         })));
     }
     match crate::auth::sa_token::TokenKeys::from_secrets(&node.secrets) {
-        Ok(keys) => cfg.tokens = Some(Arc::new(keys)),
+        // Kept current with the secrets file, which `shoal sa-key rotate|retire` rewrites.
+        Ok(keys) => {
+            cfg.tokens = Some(Arc::new(keys.reloading_from(node.cfg.data_dir.join(crate::config::SECRETS_FILE))))
+        }
         Err(e) => tracing::warn!(error = %e, "no service account keys; bearer tokens are refused"),
     }
     if let Err(e) = crate::api::serve(cfg, stop).await {

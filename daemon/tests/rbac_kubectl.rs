@@ -3,7 +3,7 @@
 //! real kubectl 1.33 (from the gcloud SDK next to /usr/bin/kubectl) for every step.
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
@@ -83,10 +83,13 @@ impl Api {
         let objects = Objects::new(Store::in_memory());
         let mut cfg = ApiConfig::new("127.0.0.1:0".parse().unwrap(), tls, objects.clone(), "test-node");
         // The cluster's own token keys (not the CA key), as a node loads them from its secrets.
+        // Kept current with the node's secrets file, as `shoal sa-key rotate|retire` rewrite it.
         let secrets = shoal_gossip::pki::ClusterSecrets::generate("test").unwrap();
-        let tokens = std::sync::Arc::new(TokenKeys::from_secrets(&secrets).unwrap());
-        cfg.tokens = Some(tokens.clone());
         let dir = tempfile::tempdir().unwrap();
+        let secrets_file = dir.path().join("secrets.json");
+        std::fs::write(&secrets_file, serde_json::to_string(&secrets).unwrap()).unwrap();
+        let tokens = std::sync::Arc::new(TokenKeys::from_secrets(&secrets).unwrap().reloading_from(secrets_file));
+        cfg.tokens = Some(tokens.clone());
         cfg.audit = Some(std::sync::Arc::new(AuditLog::new(AuditConfig {
             path: dir.path().join("audit/audit.log"),
             max_bytes: 10 << 20,
@@ -469,6 +472,60 @@ async fn service_account_tokens_are_the_clusters_own() {
     api.ok("admin", &["create", "serviceaccount", "builder"]).await;
     let err = whoami(&api, "builder", tok.trim()).await.unwrap_err();
     assert!(err.contains("Unauthorized"), "{err}");
+}
+
+/// The `kid` of a token's header.
+fn token_kid(token: &str) -> String {
+    use base64::Engine;
+    let header = token.split('.').next().unwrap();
+    let header = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(header).unwrap();
+    serde_json::from_slice::<serde_json::Value>(&header).unwrap()["kid"].as_str().unwrap().to_string()
+}
+
+/// `shoal sa-key rotate` then `retire`, as a node takes them: its secrets file rewritten.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_signing_key_keeps_old_tokens_working_until_it_is_retired() {
+    let api = Api::start().await;
+    let file = api.home().join("secrets.json");
+    let saved =
+        || serde_json::from_str::<shoal_gossip::pki::ClusterSecrets>(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    api.ok("admin", &["create", "serviceaccount", "robot"]).await;
+    let old = api.ok("admin", &["create", "token", "robot"]).await.trim().to_string();
+    assert_eq!(whoami(&api, "old", &old).await.unwrap(), "system:serviceaccount:default:robot");
+
+    let mut secrets = saved();
+    shoal::auth::sa_token::rotate(&mut secrets.service_account_keys, jiff::Timestamp::now().as_second(), 48 * 3600)
+        .unwrap();
+    std::fs::write(&file, serde_json::to_string(&secrets).unwrap()).unwrap();
+    // New tokens are signed with the new key once the server took it (within a second).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let new = loop {
+        let t = api.ok("admin", &["create", "token", "robot"]).await.trim().to_string();
+        if token_kid(&t) != token_kid(&old) {
+            break t;
+        }
+        assert!(Instant::now() < deadline, "tokens are still signed with the old key");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(whoami(&api, "new", &new).await.unwrap(), "system:serviceaccount:default:robot");
+    assert_eq!(
+        whoami(&api, "old", &old).await.unwrap(),
+        "system:serviceaccount:default:robot",
+        "old token after rotate"
+    );
+
+    shoal::auth::sa_token::retire(&mut secrets.service_account_keys);
+    std::fs::write(&file, serde_json::to_string(&secrets).unwrap()).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let err = loop {
+        match whoami(&api, "old", &old).await {
+            Err(e) => break e,
+            Ok(_) => assert!(Instant::now() < deadline, "the old key still verifies after retire"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(err.contains("Unauthorized"), "{err}");
+    assert_eq!(whoami(&api, "new", &new).await.unwrap(), "system:serviceaccount:default:robot");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -58,11 +58,19 @@ pub struct ClusterSecrets {
     /// dirs written before they existed: such a cluster signs with the CA key.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub service_account_keys: Vec<ServiceAccountKey>,
+    /// Bumped by every change of `service_account_keys` (`shoal sa-key rotate|retire`): a node
+    /// takes a key set from a peer only when it is newer than its own.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub service_account_keys_epoch: u64,
     /// The key that wraps the data keys of Secrets encrypted at rest (64 hex characters).
     /// Absent from data dirs written before it existed: such a cluster derives one from its
     /// `token_secret`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secrets_encryption_key: Option<Box<str>>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// One ServiceAccount token key.
@@ -96,6 +104,7 @@ impl std::fmt::Debug for ClusterSecrets {
             .field("token_secret", &"<redacted>")
             .field("gossip_keys", &self.gossip.key_ids())
             .field("service_account_keys", &self.service_account_keys)
+            .field("service_account_keys_epoch", &self.service_account_keys_epoch)
             .field("secrets_encryption_key", &self.secrets_encryption_key.as_ref().map(|_| "<redacted>"))
             .finish()
     }
@@ -154,6 +163,7 @@ impl ClusterSecrets {
             token_secret: random_hex16(),
             gossip: crate::seal::GossipKeyring::generate(),
             service_account_keys: vec![ServiceAccountKey::generate()?],
+            service_account_keys_epoch: 0,
             secrets_encryption_key: Some(format!("{}{}", random_hex16(), random_hex16()).into()),
         })
     }

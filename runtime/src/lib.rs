@@ -29,7 +29,7 @@ pub use runtime::{CreateOpts, ExecProcess, Runtime, RuntimeConfig, ShimCommand};
 pub use sandbox::Sandbox;
 pub use seccomp::{native_arch, runtime_default_profile, set_runtime_default};
 pub use shim::shim_main;
-pub use spec::{default_spec, MASKED_PATHS, READONLY_PATHS};
+pub use spec::{default_spec, host_devices, set_privileged_devices, MASKED_PATHS, READONLY_PATHS};
 pub use state::{State, Status};
 
 /// Re-exported so callers build specs and signals with the same versions.

@@ -3,7 +3,7 @@
 
 use std::ffi::OsString;
 use std::fs::File;
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
@@ -498,12 +498,32 @@ impl Runtime {
             return Err(Error::WrongStatus { id: id.into(), status: st.status.to_string(), needed: "running" });
         }
         let exec_err = |source| Error::Exec { id: id.to_string(), source };
-        let json = serde_json::to_string(process).map_err(|e| exec_err(io::Error::other(e)))?;
+        let json = serde_json::to_vec(process).map_err(|e| exec_err(io::Error::other(e)))?;
+        // The process spec (its args and env may hold secrets) goes over a pipe on the helper's
+        // SPEC_FD, never on its argv, which every local user can read in /proc.
+        let (spec_r, spec_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| exec_err(io::Error::from(e)))?;
         let mut cmd = Command::new(&self.config.shim.program);
-        cmd.args(&self.config.shim.args).arg("exec").arg(&dir).arg(json).arg(if tty { "1" } else { "0" });
+        cmd.args(&self.config.shim.args).arg("exec").arg(&dir).arg(if tty { "1" } else { "0" });
+        let raw = spec_r.as_raw_fd();
+        // SAFETY: the closure only calls dup2/fcntl (async-signal-safe) in the forked child.
+        unsafe {
+            cmd.pre_exec(move || sys::dup_onto(raw, crate::shim::SPEC_FD));
+        }
+        let send_spec = |child: &mut Child| -> Result<()> {
+            drop(spec_r);
+            let sent = File::from(spec_w).write_all(&json);
+            if let Err(e) = sent {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(exec_err(io::Error::new(e.kind(), format!("sending the process spec: {e}"))));
+            }
+            Ok(())
+        };
         if !tty {
             cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
             let mut child = cmd.spawn().map_err(exec_err)?;
+            drop(cmd);
+            send_spec(&mut child)?;
             return Ok(ExecProcess {
                 stdin: child.stdin.take(),
                 stdout: child.stdout.take(),
@@ -518,6 +538,7 @@ impl Runtime {
         cmd.stdin(Stdio::from(OwnedFd::from(theirs))).stdout(Stdio::null()).stderr(Stdio::piped());
         let mut child = cmd.spawn().map_err(exec_err)?;
         drop(cmd);
+        send_spec(&mut child)?;
         let master = match crate::sys::receive_fd(&ours, Duration::from_secs(10), "the exec helper") {
             Ok(fd) => fd,
             Err(e) => {

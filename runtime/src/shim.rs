@@ -30,15 +30,22 @@ use crate::sys;
 
 /// The fd on which the shim reports `ok PID` or `error MESSAGE` to the runtime.
 pub(crate) const REPORT_FD: RawFd = 3;
+/// The fd from which the exec helper reads its process spec (JSON, to end of file): args and
+/// env stay off its argv, which any local user can read in /proc/PID/cmdline.
+pub(crate) const SPEC_FD: RawFd = 3;
 
 /// Entry point of the hidden `__shim` subcommand; `args` are the arguments after it:
-/// `create STATE_DIR` or `exec STATE_DIR PROCESS_JSON TTY(0|1)`. Returns the exit code.
+/// `create STATE_DIR` or `exec STATE_DIR TTY(0|1)` (the process spec, JSON, on [`SPEC_FD`]).
+/// Returns the exit code.
 pub fn shim_main(args: Vec<String>) -> i32 {
     match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
         ["create", dir] => create_main(Path::new(dir)),
-        ["exec", dir, process, tty] => exec_main(Path::new(dir), process, *tty == "1"),
+        ["exec", dir, tty] => exec_main(Path::new(dir), *tty == "1"),
         _ => {
-            let _ = writeln!(io::stderr(), "usage: __shim create STATE_DIR | __shim exec STATE_DIR PROCESS_JSON 0|1");
+            let _ = writeln!(
+                io::stderr(),
+                "usage: __shim create STATE_DIR | __shim exec STATE_DIR 0|1 (process spec on fd 3)"
+            );
             2
         }
     }
@@ -461,8 +468,15 @@ const EXEC_NAMESPACES: &[(&str, CloneFlags)] = &[
     ("mnt", CloneFlags::CLONE_NEWNS),
 ];
 
-fn exec_main(dir: &Path, process_json: &str, tty: bool) -> i32 {
-    match exec_enter(dir, process_json, tty) {
+fn exec_main(dir: &Path, tty: bool) -> i32 {
+    let process_json = match sys::read_inherited_fd(SPEC_FD) {
+        Ok(json) => json,
+        Err(e) => {
+            let _ = writeln!(io::stderr(), "shoal exec: reading the process spec on fd {SPEC_FD}: {e}");
+            return 126;
+        }
+    };
+    match exec_enter(dir, &process_json, tty) {
         Ok(code) => code,
         Err(e) => {
             let _ = writeln!(io::stderr(), "shoal exec: {e}");

@@ -1,11 +1,12 @@
 //! A runtime spec with the defaults containerd gives a container, for the node agent and tests
 //! to start from.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::{
-    get_default_mounts, LinuxBuilder, LinuxNamespaceBuilder, LinuxNamespaceType, MountBuilder, PosixRlimitBuilder,
-    PosixRlimitType, ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
+    get_default_mounts, LinuxBuilder, LinuxDevice, LinuxDeviceBuilder, LinuxDeviceCgroupBuilder, LinuxDeviceType,
+    LinuxNamespaceBuilder, LinuxNamespaceType, MountBuilder, PosixRlimitBuilder, PosixRlimitType, ProcessBuilder,
+    RootBuilder, Spec, SpecBuilder, UserBuilder,
 };
 
 use crate::caps::default_linux_capabilities;
@@ -96,6 +97,72 @@ pub fn default_spec(rootfs: impl Into<PathBuf>, args: Vec<String>) -> Spec {
         .linux(linux)
         .build()
         .unwrap_or_default()
+}
+
+/// Entries of the host's /dev a privileged container does not get (as containerd): its own
+/// devpts, shm, mqueue and console, and the fd links.
+const HOST_DEV_SKIPPED: &[&str] = &["pts", "shm", "mqueue", "fd", "console", "ptmx", ".lxc", ".lxd-mounts", ".udev"];
+
+/// Every device node below `dev` (the host's /dev), as `linux.devices` entries at the same
+/// paths: what a privileged container gets, as with containerd. Symlinks and other files are
+/// left out; unreadable directories are skipped.
+pub fn host_devices(dev: &Path) -> Vec<LinuxDevice> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let mut out = Vec::new();
+    let mut dirs = vec![dev.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let name = entry.file_name();
+            if dir == dev && HOST_DEV_SKIPPED.iter().any(|s| name == *s) {
+                continue;
+            }
+            // symlink_metadata: a link is not followed (not even one pointing at a device).
+            let Ok(meta) = entry.path().symlink_metadata() else { continue };
+            let ft = meta.file_type();
+            let typ = if ft.is_dir() {
+                dirs.push(entry.path());
+                continue;
+            } else if ft.is_char_device() {
+                LinuxDeviceType::C
+            } else if ft.is_block_device() {
+                LinuxDeviceType::B
+            } else {
+                continue;
+            };
+            let rdev = meta.rdev();
+            let built = LinuxDeviceBuilder::default()
+                .path(Path::new("/dev").join(entry.path().strip_prefix(dev).unwrap_or(&entry.path())))
+                .typ(typ)
+                .major(nix::sys::stat::major(rdev) as i64)
+                .minor(nix::sys::stat::minor(rdev) as i64)
+                .file_mode(meta.mode() & 0o7777)
+                .uid(meta.uid())
+                .gid(meta.gid())
+                .build();
+            if let Ok(d) = built {
+                out.push(d);
+            }
+        }
+    }
+    out.sort_by(|a, b| a.path().cmp(b.path()));
+    out
+}
+
+/// Gives a privileged container the host's devices, as upstream: every node of the host's
+/// /dev created in its /dev, and a device cgroup that allows every device.
+pub fn set_privileged_devices(spec: &mut Spec) {
+    let mut linux = spec.linux().clone().unwrap_or_default();
+    let mut devices = linux.devices().clone().unwrap_or_default();
+    devices.extend(host_devices(Path::new("/dev")));
+    linux.set_devices(Some(devices));
+    let mut res = linux.resources().clone().unwrap_or_default();
+    let mut rules = res.devices().clone().unwrap_or_default();
+    if let Ok(all) = LinuxDeviceCgroupBuilder::default().allow(true).typ(LinuxDeviceType::A).access("rwm").build() {
+        rules.push(all);
+    }
+    res.set_devices(Some(rules));
+    linux.set_resources(Some(res));
+    spec.set_linux(Some(linux));
 }
 
 #[cfg(test)]

@@ -266,6 +266,26 @@ pub(crate) fn drop_clean_file_pages() {
     }
 }
 
+/// The largest process spec the exec helper reads from its spec fd.
+const MAX_INHERITED_READ: u64 = 4 << 20;
+
+/// Reads an fd this process inherited at a fixed number (e.g. the exec helper's spec pipe) to
+/// end of file, and closes it, so that nothing it starts inherits it.
+pub(crate) fn read_inherited_fd(fd: RawFd) -> io::Result<String> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: F_GETFD only reads the flags of an fd number; it fails when nothing is open there.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+    cvt(flags as libc::c_long)?;
+    // SAFETY: the fd was handed to this process at exec; nothing else in it owns that number.
+    let file = std::fs::File::from(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) });
+    let mut text = String::new();
+    io::Read::read_to_string(&mut io::Read::take(file, MAX_INHERITED_READ + 1), &mut text)?;
+    if text.len() as u64 > MAX_INHERITED_READ {
+        return Err(io::Error::other(format!("more than {MAX_INHERITED_READ} bytes")));
+    }
+    Ok(text)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

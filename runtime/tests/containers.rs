@@ -275,6 +275,45 @@ fn host_is_out_of_reach_proc_sys_read_only_mount_and_devices_refused() {
 }
 
 #[test]
+fn a_privileged_container_gets_the_host_devices_and_a_default_one_does_not() {
+    let w = World::new("privdev");
+    // A device of the host that no container gets by default.
+    let dev = ["/dev/loop-control", "/dev/fuse", "/dev/kmsg"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("a host device such as /dev/loop-control");
+    let script = "test -c $DEV && echo sees-device; (exec 3<$DEV) 2>/dev/null && echo opened-device; echo done";
+    let env = |s: &mut Spec| {
+        let mut p = s.process().clone().unwrap();
+        p.set_env(Some(vec!["PATH=/bin".into(), format!("DEV={dev}")]));
+        s.set_process(Some(p));
+    };
+    w.run("plain", &["sh", "-c", script], env);
+    w.run("priv", &["sh", "-c", script], |s| {
+        env(s);
+        shoal_runtime::set_privileged_devices(s);
+        let mut p = s.process().clone().unwrap();
+        let mut caps = p.capabilities().clone().unwrap();
+        let all: std::collections::HashSet<_> =
+            shoal_runtime::current_capability_names().iter().filter_map(|c| c.parse().ok()).collect();
+        caps.set_bounding(Some(all.clone()));
+        caps.set_effective(Some(all.clone()));
+        caps.set_permitted(Some(all));
+        p.set_capabilities(Some(caps));
+        s.set_process(Some(p));
+    });
+    assert_eq!(w.rt.wait("plain").unwrap().exit_code, Some(0));
+    assert_eq!(w.rt.wait("priv").unwrap().exit_code, Some(0));
+    assert_eq!(w.output("plain", "stdout"), vec!["done"], "stderr: {:?}", w.output("plain", "stderr"));
+    assert_eq!(
+        w.output("priv", "stdout"),
+        vec!["sees-device", "opened-device", "done"],
+        "stderr: {:?}",
+        w.output("priv", "stderr")
+    );
+}
+
+#[test]
 fn memory_limit_holds_and_oom_is_reported() {
     let w = World::new("oom");
     w.run(
@@ -471,6 +510,38 @@ fn exec_runs_inside_the_container() {
     assert!(text.contains("has-a-tty"), "{text}");
     // The terminal is the container's own (its devpts), so ttyname() finds it.
     assert!(text.contains("/dev/pts/") && !text.contains("not a tty"), "{text}");
+    w.rt.stop("target", Duration::from_millis(10)).unwrap();
+}
+
+#[test]
+fn exec_helper_gets_its_process_spec_over_a_pipe_not_on_argv() {
+    let w = World::new("execargv");
+    w.run("target", &["sleep", "1000"], |_| {});
+    // Waits for stdin to close, so the helper is alive while its cmdline is read; then lists
+    // its own fds (the spec pipe must not leak into the process).
+    let process = ProcessBuilder::default()
+        .args(vec!["sh".to_string(), "-c".into(), "read x; ls /proc/self/fd; echo arg-marker-7f3a".into()])
+        .env(vec!["PATH=/bin".to_string(), "DB_PASSWORD=env-marker-91c2".into()])
+        .cwd("/")
+        .build()
+        .unwrap();
+    let mut p = w.rt.exec("target", &process, false).expect("exec");
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", p.pid())).expect("helper cmdline");
+    let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+    assert!(cmdline.contains("exec"), "not the exec helper: {cmdline}");
+    for secret in ["env-marker-91c2", "DB_PASSWORD", "arg-marker-7f3a", "read x"] {
+        assert!(!cmdline.contains(secret), "{secret} is on the helper's argv: {cmdline}");
+    }
+    drop(p.stdin.take());
+    let mut out = String::new();
+    p.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    let mut err = String::new();
+    p.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert_eq!(p.wait().unwrap(), 0, "stderr: {err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.last(), Some(&"arg-marker-7f3a"), "{out}");
+    // 0, 1, 2 and the fd of `ls` reading /proc/self/fd; no spec pipe left open.
+    assert!(lines.len() <= 5, "the process inherited more fds than stdio: {out}");
     w.rt.stop("target", Duration::from_millis(10)).unwrap();
 }
 

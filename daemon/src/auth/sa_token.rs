@@ -4,6 +4,10 @@
 //! and the pod and node they are bound to). Every node holds the key, so each agent mints the
 //! tokens of its own pods and each API server verifies them ([`TokenKeys`]); a rotated key
 //! keeps verifying until the last token it signed has expired.
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+
 use base64::Engine;
 use ring::rand::SystemRandom;
 use ring::signature::{EcdsaKeyPair, KeyPair as _, ECDSA_P256_SHA256_FIXED_SIGNING};
@@ -128,23 +132,15 @@ pub struct VerifyKey {
     pub until: Option<i64>,
 }
 
-/// The cluster's ServiceAccount keys as a node holds them: the signer of new tokens and every
+/// One generation of the cluster's ServiceAccount keys: the signer of new tokens and every
 /// key tokens are still accepted from.
-pub struct TokenKeys {
-    signer: Signer,
+struct KeySet {
+    signer: Arc<Signer>,
     verify: Vec<VerifyKey>,
 }
 
-impl std::fmt::Debug for TokenKeys {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TokenKeys").field("signer", &self.signer.kid).field("verify", &self.verify).finish()
-    }
-}
-
-impl TokenKeys {
-    /// From the cluster secrets. A cluster created before ServiceAccount keys existed signs and
-    /// verifies with its CA key (still the node's own secret, never a ConfigMap).
-    pub fn from_secrets(secrets: &shoal_gossip::pki::ClusterSecrets) -> Result<TokenKeys, TokenError> {
+impl KeySet {
+    fn from_secrets(secrets: &shoal_gossip::pki::ClusterSecrets) -> Result<KeySet, TokenError> {
         let active = secrets.service_account_keys.iter().find(|k| k.retired_until.is_none());
         let signer = Signer::from_pem(active.map_or(secrets.ca_key_pem.as_str(), |k| k.key_pem.as_str()))?;
         let mut verify = vec![VerifyKey { kid: signer.kid.clone(), public_key: signer.public_key(), until: None }];
@@ -152,39 +148,137 @@ impl TokenKeys {
             let s = Signer::from_pem(&k.key_pem)?;
             verify.push(VerifyKey { kid: s.kid.clone(), public_key: s.public_key(), until: k.retired_until });
         }
-        Ok(TokenKeys { signer, verify })
+        Ok(KeySet { signer: Arc::new(signer), verify })
+    }
+}
+
+/// Where a node's keys are reloaded from when `shoal sa-key rotate|retire` rewrites them.
+struct Source {
+    path: PathBuf,
+    /// When the file was last looked at, and its (mtime, length) then.
+    seen: Mutex<(Instant, Option<(SystemTime, u64)>)>,
+}
+
+/// How often a node looks whether its secrets file changed (one `stat`).
+const RELOAD_CHECK: Duration = Duration::from_secs(1);
+
+/// The cluster's ServiceAccount keys as a node holds them: the signer of new tokens and every
+/// key tokens are still accepted from. With [`TokenKeys::reloading_from`], a new key set
+/// written to the node's secrets file is taken within a second (by the API server and by the
+/// agent that mints the pods' tokens alike).
+pub struct TokenKeys {
+    current: RwLock<Arc<KeySet>>,
+    source: Option<Source>,
+}
+
+impl std::fmt::Debug for TokenKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let set = self.set();
+        f.debug_struct("TokenKeys").field("signer", &set.signer.kid).field("verify", &set.verify).finish()
+    }
+}
+
+impl TokenKeys {
+    /// From the cluster secrets. A cluster created before ServiceAccount keys existed signs and
+    /// verifies with its CA key (still the node's own secret, never a ConfigMap).
+    pub fn from_secrets(secrets: &shoal_gossip::pki::ClusterSecrets) -> Result<TokenKeys, TokenError> {
+        Ok(TokenKeys { current: RwLock::new(Arc::new(KeySet::from_secrets(secrets)?)), source: None })
     }
 
-    pub fn signer(&self) -> &Signer {
-        &self.signer
+    /// Keeps these keys current with the secrets file at `path` (the node's `secrets.json`):
+    /// when it changes, the keys are read again; a file that does not parse keeps the keys in use.
+    pub fn reloading_from(mut self, path: PathBuf) -> TokenKeys {
+        let stamp = file_stamp(&path);
+        self.source = Some(Source { path, seen: Mutex::new((Instant::now(), stamp)) });
+        self
+    }
+
+    /// Replaces the keys (after the node took a new key set).
+    pub fn replace(&self, secrets: &shoal_gossip::pki::ClusterSecrets) -> Result<(), TokenError> {
+        let set = Arc::new(KeySet::from_secrets(secrets)?);
+        *self.current.write().unwrap_or_else(std::sync::PoisonError::into_inner) = set;
+        Ok(())
+    }
+
+    fn set(&self) -> Arc<KeySet> {
+        self.refresh();
+        self.current.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// Reads the source file again when it changed; at most one `stat` per [`RELOAD_CHECK`].
+    fn refresh(&self) {
+        let Some(src) = &self.source else { return };
+        let stamp = {
+            let mut seen = src.seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if seen.0.elapsed() < RELOAD_CHECK {
+                return;
+            }
+            seen.0 = Instant::now();
+            let stamp = file_stamp(&src.path);
+            if stamp == seen.1 || stamp.is_none() {
+                return;
+            }
+            seen.1 = stamp;
+            stamp
+        };
+        let loaded = std::fs::read_to_string(&src.path)
+            .map_err(|e| e.to_string())
+            .and_then(|t| serde_json::from_str::<shoal_gossip::pki::ClusterSecrets>(&t).map_err(|e| e.to_string()))
+            .and_then(|s| self.replace(&s).map_err(|e| e.to_string()));
+        match loaded {
+            Ok(()) => {
+                tracing::info!(path = %src.path.display(), signer = %self.current.read().unwrap_or_else(std::sync::PoisonError::into_inner).signer.kid, "service account keys reloaded")
+            }
+            Err(e) => {
+                tracing::warn!(path = %src.path.display(), ?stamp, error = %e, "service account keys not reloaded; keeping the keys in use")
+            }
+        }
+    }
+
+    /// The signer of new tokens.
+    pub fn signer(&self) -> Arc<Signer> {
+        self.set().signer.clone()
     }
 
     /// The keys that may have signed a token with this `kid` (every key when it has none),
     /// leaving out retired keys past their time.
-    pub fn verifying<'a>(&'a self, kid: Option<&'a str>, now: i64) -> impl Iterator<Item = &'a VerifyKey> + 'a {
-        self.verify
+    pub fn verifying(&self, kid: Option<&str>, now: i64) -> Vec<VerifyKey> {
+        self.set()
+            .verify
             .iter()
-            .filter(move |k| k.until.is_none_or(|until| now <= until))
-            .filter(move |k| kid.is_none_or(|kid| kid == k.kid))
+            .filter(|k| k.until.is_none_or(|until| now <= until))
+            .filter(|k| kid.is_none_or(|kid| kid == k.kid))
+            .cloned()
+            .collect()
     }
+}
+
+fn file_stamp(path: &Path) -> Option<(SystemTime, u64)> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.modified().ok()?, meta.len()))
 }
 
 /// Replaces the signing key with a new one. The old key keeps verifying until the longest
 /// token it can have signed has expired (`max_expiration_secs` from `now`, plus a minute);
 /// retired keys past that are dropped.
 pub fn rotate(
-    secrets: &mut shoal_gossip::pki::ClusterSecrets,
+    keys: &mut Vec<shoal_gossip::pki::ServiceAccountKey>,
     now: i64,
     max_expiration_secs: i64,
 ) -> Result<(), TokenError> {
     let until = now + max_expiration_secs.max(DEFAULT_EXPIRATION_SECS) + 60;
-    secrets.service_account_keys.retain(|k| k.retired_until.is_none_or(|u| u >= now));
-    for k in secrets.service_account_keys.iter_mut().filter(|k| k.retired_until.is_none()) {
+    keys.retain(|k| k.retired_until.is_none_or(|u| u >= now));
+    for k in keys.iter_mut().filter(|k| k.retired_until.is_none()) {
         k.retired_until = Some(until);
     }
     let new = shoal_gossip::pki::ServiceAccountKey::generate().map_err(TokenError::Generate)?;
-    secrets.service_account_keys.insert(0, new);
+    keys.insert(0, new);
     Ok(())
+}
+
+/// Retires every key but the signing one: tokens they signed are refused from now on.
+pub fn retire(keys: &mut Vec<shoal_gossip::pki::ServiceAccountKey>) {
+    keys.retain(|k| k.retired_until.is_none());
 }
 
 /// The claims of a token, read without checking its signature (to decide whether a token

@@ -71,7 +71,7 @@ pub fn verify(token: &str, keys: &TokenKeys, now: i64) -> Result<TokenUser, Toke
     }
     let signed = format!("{h}.{p}");
     let sig = unb64(s)?;
-    let verified = keys.verifying(header["kid"].as_str(), now).any(|k| {
+    let verified = keys.verifying(header["kid"].as_str(), now).into_iter().any(|k| {
         UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, &k.public_key).verify(signed.as_bytes(), &sig).is_ok()
     });
     if !verified {
@@ -228,7 +228,7 @@ mod tests {
         let mut secrets = ClusterSecrets::generate("test").expect("secrets");
         let old_keys = TokenKeys::from_secrets(&secrets).expect("keys");
         let old = old_keys.signer().sign(&claims(&binding(), &[], 10_000, 3600)).expect("sign");
-        rotate(&mut secrets, 10_000, 48 * 3600).expect("rotate");
+        rotate(&mut secrets.service_account_keys, 10_000, 48 * 3600).expect("rotate");
         let keys = TokenKeys::from_secrets(&secrets).expect("keys");
         assert_ne!(keys.signer().key_id(), old_keys.signer().key_id());
         assert!(verify(&old, &keys, 10_100).is_ok(), "old tokens keep working");
@@ -239,7 +239,7 @@ mod tests {
         let long = old_keys.signer().sign(&claims(&binding(), &[], 10_000, 100 * 3600)).expect("sign");
         assert_eq!(verify(&long, &keys, 10_000 + 49 * 3600), Err(TokenError::Signature));
         // A second rotation drops keys past their time.
-        rotate(&mut secrets, 10_000 + 49 * 3600, 48 * 3600).expect("rotate");
+        rotate(&mut secrets.service_account_keys, 10_000 + 49 * 3600, 48 * 3600).expect("rotate");
         assert_eq!(secrets.service_account_keys.len(), 2);
     }
 }

@@ -1,6 +1,7 @@
 //! Command-line interface. clap and anyhow live here and in main.rs only.
 mod image;
 mod runtime;
+mod sa_key;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -82,6 +83,16 @@ enum Cmd {
         dir: DataDir,
         #[command(subcommand)]
         op: GossipKeyOp,
+        /// Print JSON.
+        #[arg(long, global = true)]
+        json: bool,
+    },
+    /// Show, rotate or retire the keys that sign ServiceAccount tokens.
+    SaKey {
+        #[command(flatten)]
+        dir: DataDir,
+        #[command(subcommand)]
+        op: sa_key::SaKeyOp,
         /// Print JSON.
         #[arg(long, global = true)]
         json: bool,
@@ -348,6 +359,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Cmd::GossipKey { dir, op, json } => gossip_key(&dir.data_dir, op, json).await,
         Cmd::SecretsEncrypt { dir, op, json } => secrets_encrypt(&dir.data_dir, op, json).await,
+        Cmd::SaKey { dir, op, json } => sa_key::run(&dir.data_dir, op, json).await,
         Cmd::Kubeconfig { dir, op: Some(op), out, user, groups, ttl, .. } => {
             if out.is_some() || user.is_some() || !groups.is_empty() || ttl.is_some() {
                 bail!("--user, --group, --ttl and --out mint a kubeconfig; give revoke's --user after `revoke`");

@@ -4,7 +4,9 @@
 //! and the cluster secrets without the CA key. Joins reach any node; a node that is not the
 //! leader forwards the request over the mutual-TLS peer link to the leader, which checks the
 //! token and signs. A node promoted to voter asks the leader (or another voter) for the CA key
-//! over the peer link, and only a node certificate of a current voter gets it.
+//! over the peer link, and only a node certificate of a current voter gets it. A node that
+//! stops being a voter (demoted to learner, or removed) deletes the key from its secrets file
+//! and stops signing; promoted again, it fetches the key again.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,7 +16,7 @@ use futures::FutureExt;
 use serde::{Deserialize, Serialize};
 use shoal_gossip::pki::{ClusterSecrets, NODES_ORG};
 use shoal_gossip::transport::{join_refusal, PeerInfo};
-use shoal_store::{Role, Store};
+use shoal_store::{Role, Store, StoreStatus};
 use tokio_util::sync::CancellationToken;
 
 use super::identity::{write_atomic, SECRETS_FILE};
@@ -27,6 +29,9 @@ const CA_KEY_SERVICE: &str = "cluster/ca-key";
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 const CHECK_EVERY: Duration = Duration::from_secs(1);
+/// Checks in a row that must find this node outside the voters before it deletes its CA key
+/// (a membership change seen mid-way is not enough).
+const DROP_AFTER_CHECKS: u32 = 3;
 
 #[derive(Debug, Serialize, Deserialize)]
 struct ForwardedJoin {
@@ -67,11 +72,9 @@ pub(crate) fn saved_secrets(dir: &std::path::Path) -> Result<ClusterSecrets, Str
     serde_json::from_str(&text).map_err(|e| format!("{} is damaged: {e}", path.display()))
 }
 
-/// The secrets with the CA key, on a node that holds it; a clear error elsewhere.
+/// The secrets with the CA key, on a node that holds it; a clear error elsewhere. The saved
+/// file is the authority: a node that stopped being a voter deleted the key from it.
 pub(crate) fn signing_secrets(node: &Node) -> Result<ClusterSecrets, String> {
-    if node.secrets.has_ca_key() {
-        return Ok(node.secrets.clone());
-    }
     let saved = saved_secrets(&node.cfg.data_dir)?;
     if saved.has_ca_key() {
         return Ok(saved);
@@ -169,16 +172,64 @@ fn is_voter(node: &Node) -> bool {
     node.store.status().members.iter().any(|m| m.node_id == node.identity.node_id && m.role == Role::Voter)
 }
 
+/// Whether the store says for sure that `me` is not a voter: a leader other than `me` is
+/// known, another voter holds the key, and `me` is a learner or not a member at all. An
+/// empty or leaderless view (a node starting up) never says so.
+fn outside_voters(st: &StoreStatus, me: u64) -> bool {
+    st.leader.is_some_and(|l| l != me)
+        && st.members.iter().any(|m| m.role == Role::Voter && m.node_id != me)
+        && !st.members.iter().any(|m| m.node_id == me && m.role == Role::Voter)
+}
+
+/// Deletes the CA key from the secrets file of `data_dir` (rewritten 0600); the secrets as
+/// saved, or None when the file held no key.
+fn remove_saved_key(data_dir: &std::path::Path) -> Result<Option<ClusterSecrets>, String> {
+    let saved = saved_secrets(data_dir)?;
+    if !saved.has_ca_key() {
+        return Ok(None);
+    }
+    let without = saved.without_ca_key();
+    let data = serde_json::to_string_pretty(&without).map_err(|e| e.to_string())?;
+    let path = data_dir.join(SECRETS_FILE);
+    write_atomic(&path, data.as_bytes(), 0o600).map_err(|e| format!("{e}: {}", path.display()))?;
+    Ok(Some(without))
+}
+
+/// On a node that is no longer a voter: the CA key leaves its secrets file, and joins it
+/// answers itself are signed by nobody (they go to the leader).
+async fn drop_key(node: &Node) -> Result<bool, String> {
+    let _guard = node.gossip_keys_lock.lock().await;
+    let Some(without) = remove_saved_key(&node.cfg.data_dir)? else { return Ok(false) };
+    node.transport.enable_join(without, None);
+    Ok(true)
+}
+
 /// On a voter without the CA key: fetches it from the leader (or any other voter), checks it
-/// is the CA's, saves it with the secrets (0600) and starts signing with it.
+/// is the CA's, saves it with the secrets (0600) and starts signing with it. On a node that
+/// is no longer a voter: deletes its copy of the key.
 pub(crate) async fn sync_loop(node: Arc<Node>, stop: CancellationToken) {
     let mut tick = tokio::time::interval(CHECK_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut outside = 0u32;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
+        if outside_voters(&node.store.status(), node.identity.node_id) {
+            outside = outside.saturating_add(1);
+            if outside >= DROP_AFTER_CHECKS {
+                match drop_key(&node).await {
+                    Ok(true) => {
+                        tracing::info!("this node is no longer a voter: it deleted its copy of the cluster CA key")
+                    }
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!(error = %e, "deleting the CA key of a node that is no longer a voter"),
+                }
+            }
+            continue;
+        }
+        outside = 0;
         if !is_voter(&node) || signing_secrets(&node).is_ok() {
             continue;
         }
@@ -228,4 +279,56 @@ async fn adopt(node: &Node, ca_key_pem: String) -> Result<(), String> {
     write_atomic(&path, data.as_bytes(), 0o600).map_err(|e| format!("{e}: {}", path.display()))?;
     node.transport.enable_join(secrets, None);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shoal_store::MemberStatus;
+
+    fn status(leader: Option<u64>, members: &[(u64, Role)]) -> StoreStatus {
+        StoreStatus {
+            node_id: 2,
+            leader,
+            term: 1,
+            applied_index: 1,
+            revision: 1,
+            members: members
+                .iter()
+                .map(|(id, role)| MemberStatus { node_id: *id, addr: String::new(), role: *role })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn only_a_settled_view_without_this_node_as_voter_drops_the_key() {
+        use Role::{Learner, Voter};
+        // Demoted to learner, or removed, while node 1 leads and holds the key.
+        assert!(outside_voters(&status(Some(1), &[(1, Voter), (2, Learner), (3, Voter)]), 2));
+        assert!(outside_voters(&status(Some(1), &[(1, Voter), (3, Voter)]), 2));
+        // Still a voter; no leader known; an empty view at start; the only voter left.
+        assert!(!outside_voters(&status(Some(1), &[(1, Voter), (2, Voter)]), 2));
+        assert!(!outside_voters(&status(None, &[(1, Voter), (2, Learner)]), 2));
+        assert!(!outside_voters(&status(None, &[]), 2));
+        assert!(!outside_voters(&status(Some(2), &[(2, Learner)]), 2));
+    }
+
+    #[test]
+    fn a_demoted_node_deletes_the_ca_key_from_its_secrets_file() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let secrets = ClusterSecrets::generate("t").expect("secrets");
+        let path = dir.path().join(SECRETS_FILE);
+        write_atomic(&path, serde_json::to_string(&secrets).expect("json").as_bytes(), 0o600).expect("write");
+        let without = remove_saved_key(dir.path()).expect("remove").expect("it held the key");
+        assert!(!without.has_ca_key());
+        let text = std::fs::read_to_string(&path).expect("read");
+        let key_body = secrets.ca_key_pem.lines().nth(1).expect("a PEM body line");
+        assert!(!text.contains(key_body) && !text.contains("ca_key_pem"), "the CA key is still in the file");
+        assert_eq!(std::fs::metadata(&path).expect("meta").permissions().mode() & 0o777, 0o600);
+        // Everything else is kept: the CA certificate, the join secret, the other keys.
+        let saved = saved_secrets(dir.path()).expect("saved");
+        assert_eq!(saved, secrets.without_ca_key());
+        assert!(remove_saved_key(dir.path()).expect("again").is_none());
+    }
 }

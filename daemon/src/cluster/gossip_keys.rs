@@ -105,7 +105,7 @@ fn summary(node: &Node) -> serde_json::Value {
 }
 
 /// Every other node's peer address, by name.
-async fn others(node: &Node) -> Vec<(String, SocketAddr)> {
+pub(super) async fn others(node: &Node) -> Vec<(String, SocketAddr)> {
     peers::node_records(&node.store)
         .await
         .into_values()
@@ -115,8 +115,18 @@ async fn others(node: &Node) -> Vec<(String, SocketAddr)> {
 }
 
 async fn call(node: &Node, addr: SocketAddr, req: &KeyringRequest) -> Result<serde_json::Value, String> {
+    call_service(node, addr, SERVICE, req).await
+}
+
+/// One JSON request to a peer's `service`, one JSON reply.
+pub(super) async fn call_service(
+    node: &Node,
+    addr: SocketAddr,
+    service: &str,
+    req: &impl Serialize,
+) -> Result<serde_json::Value, String> {
     let body = serde_json::to_vec(req).map_err(|e| e.to_string())?;
-    let reply = node.transport.call_with_timeout(addr, SERVICE, body, CALL_TIMEOUT).await.map_err(|e| e.to_string())?;
+    let reply = node.transport.call_with_timeout(addr, service, body, CALL_TIMEOUT).await.map_err(|e| e.to_string())?;
     serde_json::from_slice(&reply).map_err(|e| format!("bad reply: {e}"))
 }
 

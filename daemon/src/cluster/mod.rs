@@ -9,6 +9,7 @@ pub(crate) mod leader_lease;
 pub(crate) mod metrics;
 pub(crate) mod peers;
 mod revocations;
+pub(crate) mod sa_keys;
 pub(crate) mod secrets_encryption;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -141,7 +142,7 @@ pub(crate) struct Node {
     pub metrics: std::sync::OnceLock<Arc<crate::node::metrics::ClusterMetrics>>,
     /// Held while the gossip keyring is changed and saved.
     pub gossip_keys_lock: tokio::sync::Mutex<()>,
-    /// One gossip key rotation at a time from this node.
+    /// One gossip or service account key rotation at a time from this node.
     pub rotation_lock: tokio::sync::Mutex<()>,
 }
 
@@ -304,6 +305,7 @@ pub async fn run(cfg: NodeConfig, join: Option<JoinTarget>, shutdown: Cancellati
     });
     gossip_keys::serve(&node);
     ca_key::serve(&node);
+    sa_keys::serve(&node);
 
     let tasks = tokio_util::task::TaskTracker::new();
     let control_stop = CancellationToken::new();
@@ -322,6 +324,7 @@ pub async fn run(cfg: NodeConfig, join: Option<JoinTarget>, shutdown: Cancellati
     tasks.spawn(voter_loop(node.clone(), work_stop.clone()));
     tasks.spawn(gossip_keys::sync_loop(node.clone(), work_stop.clone()));
     tasks.spawn(ca_key::sync_loop(node.clone(), work_stop.clone()));
+    tasks.spawn(sa_keys::sync_loop(node.clone(), work_stop.clone()));
     tasks.spawn(crate::wiring::run_services(node.clone(), work_stop.clone()));
     tasks.spawn(revocations::run(node.clone(), work_stop.clone()));
     tasks.close();
@@ -569,6 +572,9 @@ impl control::Handler for ControlHandler {
                     gossip_keys::rotate(node, (node.cfg.gossip.interval * 8).max(Duration::from_secs(2))).await
                 }
                 Request::GossipKeyStatus => Ok(gossip_keys::status(node).await),
+                Request::SaKeyStatus => Ok(sa_keys::status(node).await),
+                Request::SaKeyRotate => sa_keys::rotate(node).await,
+                Request::SaKeyRetire => sa_keys::retire(node).await,
                 Request::NodeRemove { name } => remove_member(node, &name).await,
                 Request::SecretsEncryptStatus => secrets_encryption::status(&node.store, &node.secrets).await,
                 Request::SecretsEncryptRotate => secrets_encryption::rotate(&node.store).await,

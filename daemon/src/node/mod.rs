@@ -562,7 +562,7 @@ fn load_token_key(data_dir: &std::path::Path) -> (Option<token::TokenKeys>, Opti
         }
     };
     match token::TokenKeys::from_secrets(&secrets) {
-        Ok(s) => (Some(s), Some(secrets.ca_cert_pem)),
+        Ok(s) => (Some(s.reloading_from(path)), Some(secrets.ca_cert_pem)),
         Err(e) => {
             tracing::warn!(error = %e, "cannot sign service account tokens");
             (None, Some(secrets.ca_cert_pem))

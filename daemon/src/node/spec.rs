@@ -133,6 +133,12 @@ pub fn build(input: &ContainerInput<'_>) -> Value {
     }
     spec["linux"]["namespaces"] = json!(namespaces);
     spec["linux"]["resources"] = resources(c);
+    if privileged {
+        // The host's devices, and a device cgroup that allows them all (as upstream).
+        spec["linux"]["devices"] =
+            serde_json::to_value(shoal_runtime::host_devices(Path::new("/dev"))).unwrap_or_default();
+        spec["linux"]["resources"]["devices"] = json!([{"allow": true, "type": "a", "access": "rwm"}]);
+    }
     spec["linux"]["cgroupsPath"] = json!(input.cgroups_path);
     let mut mounts = spec["mounts"].as_array().cloned().unwrap_or_default();
     for (src, dst, ro) in &input.mounts {
@@ -433,6 +439,10 @@ mod tests {
         assert!(caps(&p).contains(&"CAP_SYS_ADMIN".to_string()));
         assert_eq!(p["process"]["noNewPrivileges"], false);
         assert_eq!(p["linux"]["maskedPaths"], json!([]));
+        // The host's devices (/dev/null at least) and a device cgroup allowing all.
+        assert!(p["linux"]["devices"].as_array().is_some_and(|d| d.iter().any(|d| d["path"] == "/dev/null")));
+        assert_eq!(p["linux"]["resources"]["devices"], json!([{"allow": true, "type": "a", "access": "rwm"}]));
+        assert!(d["linux"]["devices"].is_null(), "{}", d["linux"]["devices"]);
         let a = built(json!({}), json!({"securityContext": {"allowPrivilegeEscalation": false}}));
         assert_eq!(a["process"]["noNewPrivileges"], true);
         let a = built(json!({}), json!({"securityContext": {"allowPrivilegeEscalation": true}}));

@@ -60,7 +60,7 @@ struct JoinWire {
 
 #[derive(Serialize, Deserialize)]
 enum JoinReply {
-    Accepted(JoinBundle),
+    Accepted(Box<JoinBundle>),
     Refused(String),
 }
 
@@ -105,7 +105,7 @@ async fn exchange(
     let reply = frame::read_frame(&mut recv, addr, MAX_JOIN_REPLY).await?;
     conn.close(VarInt::from_u32(CLOSE_DONE), b"");
     match serde_json::from_slice::<JoinReply>(&reply).map_err(|source| Error::DecodeJoin { addr, source })? {
-        JoinReply::Accepted(bundle) => Ok(bundle),
+        JoinReply::Accepted(bundle) => Ok(*bundle),
         JoinReply::Refused(message) => Err(Error::JoinRefused { message }),
     }
 }
@@ -207,14 +207,14 @@ async fn decide(inner: &Arc<Inner>, remote: SocketAddr, request: &[u8]) -> JoinR
         }
     };
     info!(peer = %remote, node = %wire.request.name, "node joined");
-    JoinReply::Accepted(JoinBundle {
+    JoinReply::Accepted(Box::new(JoinBundle {
         // The CA key stays with the voters; a learner promoted to voter gets it over the
         // mutual-TLS peer link.
         secrets: service.secrets.without_ca_key(),
         node_cert_pem: issued.cert_pem,
         node_key_pem: issued.key_pem,
         extra,
-    })
+    }))
 }
 
 /// A DNS-1123 subdomain, as Kubernetes requires of node names.
