@@ -112,6 +112,25 @@ fn pip_target(name: &str, spec: &str) -> PathBuf {
     dir
 }
 
+/// Runs `daemon/tests/clients/NAME` with the Python client against `api`; what it printed.
+async fn python_script(api: &Api, name: &str) -> serde_json::Value {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients").join(name);
+    let run = tokio::process::Command::new("python3")
+        .arg(&script)
+        .arg(api.home().join(".kube/config"))
+        .env_clear()
+        .env("HOME", api.home())
+        .env("PATH", "/usr/bin:/bin")
+        .env("PYTHONPATH", python_client())
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(180), run).await.expect("the Python client ended").unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "python: {stderr}");
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {stderr}"))
+}
+
 struct Out {
     ok: bool,
     code: Option<i32>,
@@ -1211,21 +1230,7 @@ async fn python_client_exec_and_port_forward() {
     api.ok(&["run", "web", "--image=nginx", "--port=80"]).await;
     api.ok(&["patch", "pod", "web", "--subresource=status", "--type=merge", "-p", r#"{"status":{"phase":"Running"}}"#])
         .await;
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/python_streams.py");
-    let run = tokio::process::Command::new("python3")
-        .arg(&script)
-        .arg(api.home().join(".kube/config"))
-        .env_clear()
-        .env("HOME", api.home())
-        .env("PATH", "/usr/bin:/bin")
-        .env("PYTHONPATH", python_client())
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .output();
-    let out = tokio::time::timeout(Duration::from_secs(180), run).await.expect("the Python client ended").unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "python: {stderr}");
-    let seen: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {stderr}"));
+    let seen = python_script(&api, "python_streams.py").await;
     assert_eq!(seen["echo"], "hi there\n", "{seen}");
     assert_eq!(seen["subprotocol"], "v5.channel.k8s.io", "{seen}");
     assert_eq!(seen["fail_code"], 3, "{seen}");
@@ -2042,21 +2047,7 @@ async fn api_services_field_order_and_status_managed_fields() {
     assert!(last.contains("BOOKMARK") && last.contains("k8s.io/initial-events-end"), "{body}");
 
     // The Python client.
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/python_meta.py");
-    let run = tokio::process::Command::new("python3")
-        .arg(&script)
-        .arg(api.home().join(".kube/config"))
-        .env_clear()
-        .env("HOME", api.home())
-        .env("PATH", "/usr/bin:/bin")
-        .env("PYTHONPATH", python_client())
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .output();
-    let out = tokio::time::timeout(Duration::from_secs(180), run).await.expect("the Python client ended").unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "python: {stderr}");
-    let seen: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {stderr}"));
+    let seen = python_script(&api, "python_meta.py").await;
     let names = seen["names"].as_array().unwrap();
     for n in ["v1.", "v1.apps", "v1.example.com", "v1beta1.metallb.io"] {
         assert!(names.iter().any(|x| x == n), "{n}: {seen}");

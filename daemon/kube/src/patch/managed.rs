@@ -549,6 +549,29 @@ fn store_entries(obj: &mut Value, entries: Vec<Entry>) {
     }
 }
 
+/// `who`'s `Update` entry takes the `changed` fields from every other entry.
+fn take_changed(entries: &mut Vec<Entry>, changed: FieldSet, who: &Manager) {
+    let mine = entries
+        .iter()
+        .position(|e| e.manager == who.name && e.operation == "Update" && e.subresource == who.subresource);
+    for (i, e) in entries.iter_mut().enumerate() {
+        if Some(i) != mine {
+            e.fields = e.fields.difference(&changed);
+        }
+    }
+    if !changed.is_empty() {
+        match mine {
+            Some(i) => {
+                let e = &mut entries[i];
+                e.fields = e.fields.union(&changed);
+                e.api_version = who.api_version.to_string();
+                e.time = Some(who.time.to_string());
+            }
+            None => entries.push(Entry::new(who, "Update", changed)),
+        }
+    }
+}
+
 /// Records an update (a create when `old` is None, an update, or a patch that is not an apply)
 /// on `new`: the manager takes every field it changed, from whoever owned it. The starting
 /// entries are the ones the request sets in `new`, else `old`'s.
@@ -580,25 +603,7 @@ pub fn record_update(
             changed.insert(p);
         }
     });
-    let mine = entries
-        .iter()
-        .position(|e| e.manager == who.name && e.operation == "Update" && e.subresource == who.subresource);
-    for (i, e) in entries.iter_mut().enumerate() {
-        if Some(i) != mine {
-            e.fields = e.fields.difference(&changed);
-        }
-    }
-    if !changed.is_empty() {
-        match mine {
-            Some(i) => {
-                let e = &mut entries[i];
-                e.fields = e.fields.union(&changed);
-                e.api_version = who.api_version.to_string();
-                e.time = Some(who.time.to_string());
-            }
-            None => entries.push(Entry::new(who, "Update", changed)),
-        }
-    }
+    take_changed(&mut entries, changed, who);
     for e in &mut entries {
         e.fields = e.fields.intersect(&new_set);
     }
@@ -626,25 +631,7 @@ pub fn record_status_update(old: &Value, new: &mut Value, who: &Manager, group: 
         }
     });
     let mut entries = entries_of(old)?;
-    let mine = entries
-        .iter()
-        .position(|e| e.manager == who.name && e.operation == "Update" && e.subresource == who.subresource);
-    for (i, e) in entries.iter_mut().enumerate() {
-        if Some(i) != mine {
-            e.fields = e.fields.difference(&changed);
-        }
-    }
-    if !changed.is_empty() {
-        match mine {
-            Some(i) => {
-                let e = &mut entries[i];
-                e.fields = e.fields.union(&changed);
-                e.api_version = who.api_version.to_string();
-                e.time = Some(who.time.to_string());
-            }
-            None => entries.push(Entry::new(who, "Update", changed)),
-        }
-    }
+    take_changed(&mut entries, changed, who);
     // Fields of the status the write dropped are nobody's; the rest of each entry stays.
     let key = "f:status".to_string();
     let kept = new_set.children.get(&key).cloned().unwrap_or_default();
