@@ -160,11 +160,16 @@ fn start_leader_components(node: &Arc<Node>, health: NodeHealth, token: Cancella
         if let Some(m) = node.metrics.get() {
             manager = manager.with_metrics(m.clone() as Arc<dyn crate::controllers::PodMetrics>);
         }
-        tokio::spawn(manager.run(node.objects.clone(), health, token.clone()));
-        tokio::spawn(Scheduler::new().run(node.objects.clone(), token.clone()));
+        // Their writes carry the field managers kube-apiserver records for these components.
+        tokio::spawn(manager.run(node.objects.as_manager("kube-controller-manager"), health, token.clone()));
+        tokio::spawn(Scheduler::new().run(node.objects.as_manager("kube-scheduler"), token.clone()));
         let signer = Arc::downgrade(&node);
         let ca = move || signer.upgrade().ok_or("node is stopping".to_string()).and_then(|n| signing_secrets(&n));
-        tokio::spawn(crate::auth::csr::run_signer(node.objects.clone(), ca, token.clone()));
+        tokio::spawn(crate::auth::csr::run_signer(
+            node.objects.as_manager("kube-controller-manager"),
+            ca,
+            token.clone(),
+        ));
         tokio::spawn(crate::cluster::leader_lease::run(node.clone(), token.clone()));
         let allocator = LbAllocator::new(node.objects.clone(), node.cfg.lb.default_pool.clone());
         tokio::spawn(async move {
@@ -213,7 +218,7 @@ async fn run_agent(node: Arc<Node>, stop: CancellationToken) {
         node_name: node.identity.name.clone(),
         data_dir: node.cfg.data_dir.clone(),
         address: node.identity.advertise,
-        objects: node.objects.clone(),
+        objects: node.objects.as_manager("kubelet"),
         store: node.store.clone(),
         pod_cidr: node.cfg.network.pod_cidr.clone(),
         dns_ip: node.cfg.network.cluster_dns_ip(),

@@ -112,6 +112,25 @@ fn pip_target(name: &str, spec: &str) -> PathBuf {
     dir
 }
 
+/// Runs `daemon/tests/clients/NAME` with the Python client against `api`; what it printed.
+async fn python_script(api: &Api, name: &str) -> serde_json::Value {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients").join(name);
+    let run = tokio::process::Command::new("python3")
+        .arg(&script)
+        .arg(api.home().join(".kube/config"))
+        .env_clear()
+        .env("HOME", api.home())
+        .env("PATH", "/usr/bin:/bin")
+        .env("PYTHONPATH", python_client())
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(180), run).await.expect("the Python client ended").unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "python: {stderr}");
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {stderr}"))
+}
+
 struct Out {
     ok: bool,
     code: Option<i32>,
@@ -1211,21 +1230,7 @@ async fn python_client_exec_and_port_forward() {
     api.ok(&["run", "web", "--image=nginx", "--port=80"]).await;
     api.ok(&["patch", "pod", "web", "--subresource=status", "--type=merge", "-p", r#"{"status":{"phase":"Running"}}"#])
         .await;
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/python_streams.py");
-    let run = tokio::process::Command::new("python3")
-        .arg(&script)
-        .arg(api.home().join(".kube/config"))
-        .env_clear()
-        .env("HOME", api.home())
-        .env("PATH", "/usr/bin:/bin")
-        .env("PYTHONPATH", python_client())
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .output();
-    let out = tokio::time::timeout(Duration::from_secs(180), run).await.expect("the Python client ended").unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "python: {stderr}");
-    let seen: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {stderr}"));
+    let seen = python_script(&api, "python_streams.py").await;
     assert_eq!(seen["echo"], "hi there\n", "{seen}");
     assert_eq!(seen["subprotocol"], "v5.channel.k8s.io", "{seen}");
     assert_eq!(seen["fail_code"], 3, "{seen}");
@@ -1951,5 +1956,123 @@ async fn services_take_addresses_from_the_configured_range() {
         .await;
     assert!(!o.ok && o.stderr.contains("The range of valid IPs is 10.96.0.0/12"), "{}", o.stderr);
     api.ok(&["create", "service", "clusterip", "dns", "--tcp=53:53", "--clusterip=10.96.0.10"]).await;
+    api.stop().await;
+}
+
+/// APIServices as kube-apiserver serves them: one Local APIService per served group/version
+/// (`v1.`, `v1.apps`, the CRDs' groups), printed as upstream prints them, read-only here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_services_field_order_and_status_managed_fields() {
+    let api = Api::start().await;
+    api.wait_for_builtin_crds().await;
+    api.ok(&["create", "configmap", "order", "--from-literal=a=1"]).await;
+    api.ok(&["run", "web", "--image=nginx"]).await;
+    for v in ["1.33", "1.37"] {
+        let table = api.ok_v(v, &["get", "apiservices"]).await;
+        let lines: Vec<Vec<&str>> = table.lines().map(|l| l.split_whitespace().collect()).collect();
+        assert_eq!(lines[0], ["NAME", "SERVICE", "AVAILABLE", "AGE"], "kubectl {v}:\n{table}");
+        for name in
+            ["v1.", "v1.apps", "v1.rbac.authorization.k8s.io", "v1.apiregistration.k8s.io", "v1beta1.metallb.io"]
+        {
+            let row = lines.iter().find(|l| l.first() == Some(&name)).unwrap_or_else(|| panic!("no {name}:\n{table}"));
+            assert_eq!(row[1..3], ["Local", "True"], "kubectl {v}:\n{table}");
+        }
+        let prio = api.ok_v(v, &["get", "apiservice", "v1.apps", "-o", "jsonpath={.spec.groupPriorityMinimum}"]).await;
+        assert_eq!(prio, "17800");
+        let res = api.ok_v(v, &["api-resources", "--api-group=apiregistration.k8s.io", "-o", "name"]).await;
+        assert_eq!(res.trim(), "apiservices.apiregistration.k8s.io");
+        let o = api.run(v, &["delete", "apiservice", "v1.apps"], None).await;
+        assert!(!o.ok && o.stderr.contains("MethodNotAllowed") || o.stderr.contains("read-only"), "{}", o.stderr);
+        let o = api.run(v, &["get", "apiservice", "v9.nowhere"], None).await;
+        assert!(
+            !o.ok && o.stderr.contains("apiservices.apiregistration.k8s.io \"v9.nowhere\" not found"),
+            "{}",
+            o.stderr
+        );
+        // A status write is recorded under subresource "status".
+        api.ok_v(
+            v,
+            &[
+                "patch",
+                "pod",
+                "web",
+                "--subresource=status",
+                "--type=merge",
+                "-p",
+                &format!(r#"{{"status":{{"message":"{v}"}}}}"#),
+            ],
+        )
+        .await;
+        let yaml = api.ok_v(v, &["get", "pod", "web", "-o", "yaml", "--show-managed-fields"]).await;
+        assert!(yaml.contains("manager: kubectl-patch") && yaml.contains("subresource: status"), "{yaml}");
+        assert!(yaml.contains("f:message: {}"), "{yaml}");
+    }
+    // A new CRD group appears as its own APIService.
+    let crd = r#"{"apiVersion":"apiextensions.k8s.io/v1","kind":"CustomResourceDefinition","metadata":{"name":"widgets.example.com"},"spec":{"group":"example.com","names":{"kind":"Widget","plural":"widgets"},"scope":"Namespaced","versions":[{"name":"v1","served":true,"storage":true,"schema":{"openAPIV3Schema":{"type":"object","x-kubernetes-preserve-unknown-fields":true}}}]}}"#;
+    api.ok_stdin(&["apply", "-f", "-"], crd).await;
+    let names = api.ok(&["get", "apiservices", "-o", "name"]).await;
+    assert!(names.lines().any(|l| l == "apiservice.apiregistration.k8s.io/v1.example.com"), "{names}");
+    // Raw bytes in kube-apiserver's field order: an object, a list item, a 404 Status.
+    let (code, body) = api.curl("GET", "/api/v1/namespaces/default/configmaps/order", "application/json", None).await;
+    assert_eq!(code, 200);
+    assert!(body.starts_with(r#"{"kind":"ConfigMap","apiVersion":"v1","metadata":{"#), "{body}");
+    let (_, body) = api.curl("GET", "/api/v1/namespaces/default/configmaps", "application/json", None).await;
+    assert!(body.starts_with(r#"{"kind":"ConfigMapList","apiVersion":"v1","metadata":{"#), "{body}");
+    assert!(body.contains(r#""items":[{"kind":"ConfigMap","apiVersion":"v1","metadata":{"#), "{body}");
+    let (code, body) = api.curl("GET", "/api/v1/namespaces/default/configmaps/nope", "application/json", None).await;
+    assert_eq!(code, 404);
+    assert_eq!(
+        body,
+        r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"configmaps \"nope\" not found","reason":"NotFound","details":{"name":"nope","kind":"configmaps"},"code":404}"#
+    );
+    let (code, body) =
+        api.curl("POST", "/apis/apiregistration.k8s.io/v1/apiservices", "application/json", Some(b"{}".to_vec())).await;
+    assert_eq!(code, 405, "{body}");
+    assert!(body.starts_with(r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure""#), "{body}");
+    // The watch of APIServices: the current ones, then the end of the initial events.
+    let (code, body) = api
+        .curl(
+            "GET",
+            "/apis/apiregistration.k8s.io/v1/apiservices?watch=true&sendInitialEvents=true&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true&timeoutSeconds=1",
+            "application/json",
+            None,
+        )
+        .await;
+    assert_eq!(code, 200, "{body}");
+    let last = body.lines().last().unwrap_or_default();
+    assert!(
+        body.lines().next().unwrap_or_default().starts_with(r#"{"type":"ADDED","object":{"kind":"APIService""#),
+        "{body}"
+    );
+    assert!(last.contains("BOOKMARK") && last.contains("k8s.io/initial-events-end"), "{body}");
+
+    // The Python client.
+    let seen = python_script(&api, "python_meta.py").await;
+    let names = seen["names"].as_array().unwrap();
+    for n in ["v1.", "v1.apps", "v1.example.com", "v1beta1.metallb.io"] {
+        assert!(names.iter().any(|x| x == n), "{n}: {seen}");
+    }
+    assert_eq!(seen["apps_service"], serde_json::Value::Null, "{seen}");
+    assert_eq!(seen["apps_priority"], serde_json::json!([17800, 15]), "{seen}");
+    assert_eq!(seen["apps_condition"], serde_json::json!(["Available", "True", "Local"]), "{seen}");
+    assert_eq!(seen["create_code"], 405, "{seen}");
+    assert_eq!(seen["create_reason"], "MethodNotAllowed", "{seen}");
+    let prefix = |k: &str| seen[k].as_str().unwrap_or_default().to_string();
+    assert!(
+        prefix("get_prefix").starts_with(r#"{"kind":"ConfigMap","apiVersion":"v1","metadata":{"name":"order""#),
+        "{seen}"
+    );
+    assert!(
+        prefix("not_found_prefix").starts_with(r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"#),
+        "{seen}"
+    );
+    assert!(
+        seen["status_entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e == &serde_json::json!(["py-status", "Update", "status"])),
+        "{seen}"
+    );
     api.stop().await;
 }

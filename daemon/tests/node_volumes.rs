@@ -113,6 +113,11 @@ struct Node {
     secrets: shoal_gossip::pki::ClusterSecrets,
 }
 
+/// The node's `[network]` section: service_cidr 10.96.0.0/16 (not the default 10.43.0.0/16).
+fn network() -> shoal::config::NetworkConfig {
+    shoal::config::NetworkConfig { service_cidr: "10.96.0.0/16".into(), ..Default::default() }
+}
+
 async fn start_node(name: &str, stats: Option<Arc<dyn NodeStats>>) -> Node {
     let lo = std::process::Command::new("ip").args(["link", "set", "lo", "up"]).status().expect("ip");
     assert!(lo.success());
@@ -139,8 +144,9 @@ async fn start_node(name: &str, stats: Option<Arc<dyn NodeStats>>) -> Node {
         objects: objects.clone(),
         store,
         pod_cidr: "10.98.0.0/16".into(),
-        dns_ip: "10.43.0.10".into(),
-        kubernetes_ip: "10.43.0.1".into(),
+        // A non-default `[network] service_cidr`, turned into addresses as the daemon does.
+        dns_ip: network().cluster_dns_ip(),
+        kubernetes_ip: network().service_range().kubernetes_ip().to_string(),
     };
     let stop = CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();
@@ -150,7 +156,10 @@ async fn start_node(name: &str, stats: Option<Arc<dyn NodeStats>>) -> Node {
     agent = agent.with_eviction(eviction, stats);
     tasks.spawn(agent.run(stop.clone()));
     let (_health_tx, health) = tokio::sync::watch::channel(BTreeMap::new());
-    let manager = shoal::controllers::ControllerManager::default();
+    let manager = shoal::controllers::ControllerManager::new(shoal::controllers::ControllerConfig {
+        service_cidr: network().service_range(),
+        ..Default::default()
+    });
     let (o, s) = (objects.clone(), stop.clone());
     tasks.spawn(async move {
         let _keep = _health_tx;
@@ -558,7 +567,7 @@ async fn pod_dns_files_are_the_kubelets() {
     }
     let stats = Arc::new(Scripted { low_readings: AtomicU32::new(0), fine: FINE, low: FINE });
     let node = start_node(&node_name("pod_dns_files_are_the_kubelets"), Some(stats as Arc<dyn NodeStats>)).await;
-    let script = "cat /etc/resolv.conf; echo ---; cat /etc/hosts; echo ---; echo host=$(hostname); sleep 3600";
+    let script = "echo k8s=$KUBERNETES_SERVICE_HOST; echo ---; cat /etc/resolv.conf; echo ---; cat /etc/hosts; echo ---; echo host=$(hostname); sleep 3600";
     let pod = |name: &str, spec: Value| {
         let mut p = json!({"metadata": {"name": name}, "spec": spec});
         p["spec"]["nodeName"] = json!(node.name);
@@ -588,11 +597,23 @@ async fn pod_dns_files_are_the_kubelets() {
     let shown = |log: &str| -> (String, String, String) {
         let log = plain(log);
         let parts: Vec<&str> = log.split("---\n").collect();
-        assert_eq!(parts.len(), 3, "{log}");
-        (parts[0].to_string(), parts[1].to_string(), parts[2].trim().to_string())
+        assert_eq!(parts.len(), 4, "{log}");
+        // The API's address from the configured Service range, in every pod.
+        assert_eq!(parts[0].trim(), "k8s=10.96.0.1", "{log}");
+        (parts[1].to_string(), parts[2].to_string(), parts[3].trim().to_string())
     };
     // ClusterFirst (the default): the cluster DNS, the namespace's search path, ndots:5; the
     // hosts file names the pod by hostname and its FQDN under the subdomain, then the aliases.
+    // The `kubernetes` Service takes the first address of the configured range.
+    let mut svc_ip = String::new();
+    for _ in 0..100 {
+        if let Ok(Some(svc)) = o.get(&res("services"), Some("default"), "kubernetes").await {
+            svc_ip = svc["spec"]["clusterIP"].as_str().unwrap_or_default().to_string();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(svc_ip, "10.96.0.1");
     let log = node.wait_log("cluster-first", "app", "host=").await;
     let ip = node.wait_pod("cluster-first", "Running", |p| p["status"]["podIP"].is_string()).await["status"]["podIP"]
         .as_str()
@@ -600,7 +621,7 @@ async fn pod_dns_files_are_the_kubelets() {
         .to_string();
     let (resolv, hosts, host) = shown(&log);
     assert!(resolv.starts_with("search default.svc.cluster.local svc.cluster.local cluster.local"), "{resolv}");
-    assert!(resolv.contains("\nnameserver 10.43.0.10\noptions ndots:5\n"), "{resolv}");
+    assert!(resolv.contains("\nnameserver 10.96.0.10\noptions ndots:5\n"), "{resolv}");
     assert_eq!(resolv.matches("nameserver").count(), 1, "{resolv}");
     assert!(hosts.starts_with("# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n"), "{hosts}");
     assert!(hosts.contains(&format!("\n{ip}\tweb-0.web.default.svc.cluster.local\tweb-0\n")), "{hosts}");
@@ -636,7 +657,7 @@ async fn pod_dns_files_are_the_kubelets() {
     // Default: the node's resolver, nothing of the cluster.
     let log = node.wait_log("default-policy", "app", "host=").await;
     let (resolv, hosts, host) = shown(&log);
-    assert!(!resolv.contains("cluster.local") && !resolv.contains("10.43.0.10"), "{resolv}");
+    assert!(!resolv.contains("cluster.local") && !resolv.contains("10.96.0.10"), "{resolv}");
     let node_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
     let servers = |t: &str| -> Vec<String> {
         t.lines()

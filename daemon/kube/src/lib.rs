@@ -15,6 +15,7 @@ pub mod selector;
 pub mod service_cidr;
 pub mod tables;
 pub mod validation;
+pub mod wire;
 
 pub use objects::{Error, ObjectEvent, Objects, Preconditions, Result, UpdateMode};
 pub use resources::Resource;

@@ -49,6 +49,9 @@ pub struct Objects {
     events: Option<std::sync::Arc<EventLeases>>,
     /// Lists kept current by a watch ([`Objects::cached_list`]).
     pub(crate) caches: std::sync::Arc<crate::cache::Caches>,
+    /// The field manager recorded in `managedFields` for writes through this handle (see
+    /// [`Objects::as_manager`]); None records nothing (the API records its own).
+    manager: Option<std::sync::Arc<(String, String)>>,
 }
 
 /// One store lease for the Events created within a window of `ttl / 6`, living `ttl` plus that
@@ -184,7 +187,51 @@ impl Drop for Timed<'_> {
 
 impl Objects {
     pub fn new(store: Store) -> Self {
-        Objects { store, events: None, caches: Default::default() }
+        Objects { store, events: None, caches: Default::default(), manager: None }
+    }
+
+    /// The same layer, recording its writes in `metadata.managedFields` as field manager
+    /// `name` (as kube-apiserver records the writes of `kube-controller-manager`,
+    /// `kube-scheduler` and `kubelet`): an `Update` entry, with `subresource: status` for a
+    /// status write.
+    pub fn as_manager(&self, name: &str) -> Objects {
+        self.as_manager_of(name, "status")
+    }
+
+    /// Like [`Objects::as_manager`], naming the subresource of status writes (`approval` for
+    /// a CertificateSigningRequest's).
+    pub fn as_manager_of(&self, name: &str, status_subresource: &str) -> Objects {
+        Objects { manager: Some(std::sync::Arc::new((name.into(), status_subresource.into()))), ..self.clone() }
+    }
+
+    /// Records this handle's write of `next` over `old` (None: a create) in `next`'s
+    /// managedFields, starting from `old`'s entries. A failure to read them records nothing:
+    /// field ownership never stops a write of the daemon.
+    fn record(&self, res: &Resource, old: Option<&Value>, next: &mut Value, mode: UpdateMode) {
+        let Some((name, status_subresource)) = self.manager.as_deref() else { return };
+        if let Ok(m) = meta_mut(next) {
+            match old.and_then(|o| o["metadata"].get("managedFields")) {
+                Some(mf) => m.insert("managedFields".into(), mf.clone()),
+                None => m.remove("managedFields"),
+            };
+        }
+        let time = now_rfc3339();
+        let api_version = res.api_version();
+        let who = crate::patch::managed::Manager {
+            name,
+            api_version: &api_version,
+            subresource: if mode == UpdateMode::Status { status_subresource } else { "" },
+            time: &time,
+        };
+        let recorded = match (mode, old) {
+            (UpdateMode::Status, Some(old)) => {
+                crate::patch::managed::record_status_update(old, next, &who, &res.group, &res.kind)
+            }
+            _ => crate::patch::managed::record_update(old, next, &who, &res.group, &res.kind, mode == UpdateMode::Spec),
+        };
+        if let Err(e) = recorded {
+            tracing::debug!(error = %e, kind = %res.kind, "managed fields not recorded");
+        }
     }
 
     /// Events (core/v1 and events.k8s.io/v1) written through this layer expire after `ttl`
@@ -306,6 +353,9 @@ impl Objects {
                 o.insert("apiVersion".into(), json!(res.api_version()));
                 o.insert("kind".into(), json!(res.kind));
             }
+            if self.manager.is_some() {
+                self.record(res, None, &mut obj, UpdateMode::All);
+            }
             let key = res.key(if res.namespaced { Some(ns.unwrap_or("default")) } else { None }, &name);
             let mut compares = vec![Compare::NotExists { key: key.clone() }];
             compares.extend(charge_compares.iter().cloned());
@@ -423,6 +473,7 @@ impl Objects {
             o.insert("apiVersion".into(), json!(res.api_version()));
             o.insert("kind".into(), json!(res.kind));
         }
+        self.record(res, Some(&cur), &mut next, mode);
         if spec_part(&next) != spec_part(&cur) {
             let g = meta(&cur).and_then(|m| m.get("generation")).and_then(|g| g.as_i64()).unwrap_or(1);
             meta_mut(&mut next)?.insert("generation".into(), json!(g + 1));
@@ -777,5 +828,89 @@ mod tests {
         let kinds: Vec<&str> =
             [w.recv().await, w.recv().await, w.recv().await].into_iter().map(|e| e.unwrap().unwrap().kind).collect();
         assert_eq!(kinds, ["ADDED", "MODIFIED", "DELETED"]);
+    }
+
+    fn busy_pod() -> Value {
+        let container = |n: &str| {
+            json!({"name": n, "image": "busybox:1.25", "command": ["sh", "-c", "sleep 3600"],
+                "env": [{"name": "A", "value": "1"}, {"name": "B", "value": "2"}],
+                "ports": [{"containerPort": 80, "protocol": "TCP"}],
+                "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}},
+                "volumeMounts": [{"name": "data", "mountPath": "/data"}]})
+        };
+        json!({"metadata": {"name": "web", "labels": {"app": "web"}},
+            "spec": {"containers": [container("a"), container("b")], "volumes": [{"name": "data", "emptyDir": {}}],
+                "nodeName": "n1", "restartPolicy": "Always"}})
+    }
+
+    fn status(restarts: u64) -> Value {
+        let cs = |n: &str| {
+            json!({"name": n, "ready": true, "restartCount": restarts, "image": "busybox:1.25",
+                "state": {"running": {"startedAt": "2026-01-01T00:00:00Z"}}})
+        };
+        json!({"phase": "Running", "podIP": "10.98.0.5",
+            "conditions": [{"type": "Ready", "status": "True"}, {"type": "Initialized", "status": "True"}],
+            "containerStatuses": [cs("a"), cs("b")]})
+    }
+
+    /// Writes through a manager's handle record an `Update` entry (`subresource: status` for a
+    /// status write); the API's handle records none; an unchanged write stays unwritten.
+    #[tokio::test]
+    async fn writes_of_a_manager_record_managed_fields() {
+        let objs = Objects::new(Store::in_memory());
+        let pods = find("", "pods").unwrap();
+        let created = objs.as_manager("kube-controller-manager").create(&pods, Some("d"), busy_pod()).await.unwrap();
+        let mf = &created["metadata"]["managedFields"];
+        assert_eq!(mf[0]["manager"], "kube-controller-manager");
+        assert!(mf[0]["fieldsV1"]["f:spec"]["f:containers"]["k:{\"name\":\"a\"}"].is_object(), "{mf}");
+        let kubelet = objs.as_manager("kubelet");
+        let mut next = created.clone();
+        next["status"] = status(0);
+        let written = kubelet.update(&pods, Some("d"), next.clone(), UpdateMode::Status).await.unwrap();
+        let mf = written["metadata"]["managedFields"].as_array().unwrap().clone();
+        assert_eq!(mf.len(), 2, "{mf:?}");
+        assert_eq!(mf[1]["manager"], "kubelet");
+        assert_eq!(mf[1]["subresource"], "status");
+        assert!(mf[1]["fieldsV1"]["f:status"]["f:phase"].is_object());
+        assert!(mf[1]["fieldsV1"].get("f:spec").is_none());
+        next["metadata"]["resourceVersion"] = written["metadata"]["resourceVersion"].clone();
+        let again = kubelet.update(&pods, Some("d"), next, UpdateMode::Status).await.unwrap();
+        assert_eq!(again["metadata"]["resourceVersion"], written["metadata"]["resourceVersion"]);
+        let mut plain = again.clone();
+        plain["metadata"]["labels"]["x"] = json!("y");
+        let out = objs.update(&pods, Some("d"), plain, UpdateMode::Spec).await.unwrap();
+        assert_eq!(out["metadata"]["managedFields"].as_array().unwrap().len(), 2);
+    }
+
+    /// What recording costs per status write of a two-container pod (printed; run with
+    /// `--nocapture` to see it).
+    #[test]
+    fn recording_a_status_write_is_cheap() {
+        let objs = Objects::new(Store::in_memory()).as_manager("kubelet");
+        let pods = find("", "pods").unwrap();
+        let mut cur = busy_pod();
+        cur["status"] = status(0);
+        objs.record(&pods, None, &mut cur, UpdateMode::All);
+        let n = 2000u64;
+        let started = std::time::Instant::now();
+        for i in 0..n {
+            let mut next = cur.clone();
+            next["status"] = status(i);
+            objs.record(&pods, Some(&cur), &mut next, UpdateMode::Status);
+            assert!(next["metadata"]["managedFields"].is_array());
+        }
+        let with = started.elapsed();
+        let started = std::time::Instant::now();
+        for i in 0..n {
+            let mut next = cur.clone();
+            next["status"] = status(i);
+            assert!(next["metadata"]["managedFields"].is_array());
+        }
+        let without = started.elapsed();
+        println!(
+            "managed fields: {} us per status write (clone alone {} us)",
+            with.as_micros() / u128::from(n),
+            without.as_micros() / u128::from(n)
+        );
     }
 }

@@ -240,6 +240,8 @@ enum K {
     IntOrString,
     /// resource.Quantity {1: string}.
     Quantity,
+    /// metav1.FieldsV1 {1: raw}: the raw bytes are the JSON of the field set.
+    FieldsV1,
     StrMap,
     BytesMap,
     QuantityMap,
@@ -301,6 +303,19 @@ static OBJECT_META: Msg = Msg {
         f(12, "annotations", StrMap, RepOmit),
         f(13, "ownerReferences", m(&OWNER_REFERENCE), RepOmit),
         f(14, "finalizers", Str, RepOmit),
+        f(17, "managedFields", m(&MANAGED_FIELDS_ENTRY), RepOmit),
+    ],
+};
+static MANAGED_FIELDS_ENTRY: Msg = Msg {
+    name: "ManagedFieldsEntry",
+    fields: &[
+        f(1, "manager", Str, Omit),
+        f(2, "operation", Str, Omit),
+        f(3, "apiVersion", Str, Omit),
+        f(4, "time", Time, Ptr),
+        f(6, "fieldsType", Str, Omit),
+        f(7, "fieldsV1", K::FieldsV1, Ptr),
+        f(8, "subresource", Str, Omit),
     ],
 };
 static OWNER_REFERENCE: Msg = Msg {
@@ -1176,6 +1191,7 @@ fn scalar(msg: &Msg, field: &F, kind: K, wire: Wire<'_>) -> Result<Value> {
         K::Time => time(bytes_of(msg, field, wire)?)?,
         K::IntOrString => int_or_string(bytes_of(msg, field, wire)?)?,
         K::Quantity => quantity(bytes_of(msg, field, wire)?)?,
+        K::FieldsV1 => fields_v1(msg, field, bytes_of(msg, field, wire)?)?,
         K::StrMap | K::BytesMap | K::QuantityMap => return Err(wire_err(msg, field, &wire, "map entry")),
     })
 }
@@ -1193,6 +1209,26 @@ fn time(b: &[u8]) -> Result<Value> {
     }
     let ts = jiff::Timestamp::from_second(seconds).map_err(|_| Error::Timestamp(seconds))?;
     Ok(Value::String(ts.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()))
+}
+
+fn fields_v1(msg: &Msg, field: &F, b: &[u8]) -> Result<Value> {
+    let mut raw: &[u8] = &[];
+    let mut r = Reader::new(b);
+    while let Some((n, w)) = r.next()? {
+        if let (1, Wire::Bytes(v)) = (n, w) {
+            raw = v;
+        }
+    }
+    if raw.is_empty() {
+        return Ok(Value::Object(Map::new()));
+    }
+    // Not JSON: a malformed body, as kube-apiserver refuses it.
+    serde_json::from_slice(raw).map_err(|_| Error::WireType {
+        message: msg.name,
+        field: field.n,
+        wire_type: 2,
+        expected: "FieldsV1 holding JSON",
+    })
 }
 
 fn int_or_string(b: &[u8]) -> Result<Value> {
@@ -1297,6 +1333,7 @@ fn zero(field: &F) -> Result<Option<Value>> {
             K::Time => Some(Value::Null),
             K::IntOrString => Some(Value::from(0)),
             K::Quantity => Some(Value::String("0".into())),
+            K::FieldsV1 => None,
             K::Inline(_) | K::StrMap | K::BytesMap | K::QuantityMap => None,
             _ if field.c == C::Omit => None,
             K::Str | K::Bytes => Some(Value::String(String::new())),

@@ -396,6 +396,15 @@ fn printer_for(group: &str, kind: &str) -> (Vec<Col>, Printer) {
         ("", "LimitRange") => (vec![name_col(), Col::new("Created At", "date", 0).desc(AGE_DESC)], created_at),
         ("", "ResourceQuota") => (vec![name_col(), age_col(), s("Request"), s("Limit")], resource_quota),
         ("coordination.k8s.io", "Lease") => (vec![name_col(), s("Holder"), age_col()], lease),
+        ("apiregistration.k8s.io", "APIService") => (
+            vec![
+                name_col(),
+                s("Service").desc("The reference to the service that hosts this API endpoint."),
+                s("Available").desc("Whether this service is available."),
+                age_col(),
+            ],
+            api_service,
+        ),
         ("autoscaling", "HorizontalPodAutoscaler") => (
             vec![
                 name_col(),
@@ -1395,6 +1404,25 @@ fn persistent_volume_claim(o: &Value, now: Timestamp) -> Cells {
 
 fn lease(o: &Value, now: Timestamp) -> Cells {
     vec![json!(name(o)), json!(str_at(o, "/spec/holderIdentity")), json!(age(o, now))].into()
+}
+
+/// kube-aggregator's printer: `Local` for an API served by kube-apiserver itself, and the
+/// `Available` condition (`False (Reason)` when it is not True).
+fn api_service(o: &Value, now: Timestamp) -> Cells {
+    let service = match o.pointer("/spec/service") {
+        Some(svc) if svc.is_object() => format!("{}/{}", str_at(svc, "/namespace"), str_at(svc, "/name")),
+        _ => "Local".to_string(),
+    };
+    let available = o
+        .pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .and_then(|cs| cs.iter().find(|c| str_at(c, "/type") == "Available"))
+        .map(|c| match str_at(c, "/status") {
+            "True" => "True".to_string(),
+            st => format!("{st} ({})", str_at(c, "/reason")),
+        })
+        .unwrap_or_else(|| "Unknown".into());
+    vec![json!(name(o)), json!(service), json!(available), json!(age(o, now))].into()
 }
 
 fn hpa_metric(spec: &Value, current: Option<&Value>) -> String {

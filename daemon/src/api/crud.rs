@@ -52,8 +52,9 @@ impl PatchKind {
     }
 }
 
+/// A JSON reply, written in kube-apiserver's field order (kind, apiVersion, metadata first).
 pub(crate) fn json_response(code: StatusCode, v: &Value) -> Response {
-    (code, [(header::CONTENT_TYPE, "application/json")], serde_json::to_vec(v).unwrap_or_default()).into_response()
+    (code, [(header::CONTENT_TYPE, "application/json")], shoal_kube::wire::to_vec(v)).into_response()
 }
 
 /// Bytes of a streamed list encoded before they are handed to the connection.
@@ -159,7 +160,8 @@ fn field_manager(ctx: &Ctx) -> Result<String, ApiError> {
 }
 
 /// Records the request as an `Update` of field ownership on `obj` (`old`: the stored object,
-/// None on create). Status writes are not recorded (the store keeps their metadata as it was).
+/// None on create). Status writes are recorded by the object layer (see [`write`]), which
+/// keeps the stored metadata.
 pub(crate) fn record_update(ctx: &Ctx, old: Option<&Value>, obj: &mut Value) -> Result<(), ApiError> {
     let mode = mode_for(&ctx.res, ctx.sub.as_deref());
     if mode == UpdateMode::Status {
@@ -656,7 +658,12 @@ async fn write(
         return Ok(next);
     }
     let ns = ctx.ns().unwrap_or("default");
-    match crate::admission::write_update(&ctx.state.objects, &ctx.res, ns, next, old, mode, charges).await {
+    // A status write keeps the stored metadata: the object layer records its field manager.
+    let objects = match (mode, ctx.sub.as_deref()) {
+        (UpdateMode::Status, Some(sub)) => ctx.state.objects.as_manager_of(&field_manager(ctx)?, sub),
+        _ => ctx.state.objects.clone(),
+    };
+    match crate::admission::write_update(&objects, &ctx.res, ns, next, old, mode, charges).await {
         Ok(mut o) => {
             if is_service {
                 service::release(&ctx.state.objects, &service::dropped_keys(old, &o)).await;

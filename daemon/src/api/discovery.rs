@@ -36,7 +36,7 @@ pub(crate) fn api_versions() -> Value {
 }
 
 /// Groups in first-seen order with their versions in first-seen order (the first preferred).
-fn groups(resources: &[Resource]) -> Vec<(String, Vec<String>)> {
+pub(crate) fn groups(resources: &[Resource]) -> Vec<(String, Vec<String>)> {
     let mut out: Vec<(String, Vec<String>)> = Vec::new();
     for r in resources.iter().filter(|r| !r.group.is_empty()) {
         match out.iter_mut().find(|(g, _)| *g == r.group) {
@@ -130,7 +130,7 @@ pub(crate) fn resource_list(resources: &[Resource], group: &str, version: &str) 
             "singularName": r.singular,
             "namespaced": r.namespaced,
             "kind": r.kind,
-            "verbs": VERBS,
+            "verbs": if r.group == super::apiservice::GROUP { &super::apiservice::VERBS[..] } else { &VERBS[..] },
         });
         if !r.short_names.is_empty() {
             v["shortNames"] = json!(r.short_names);

@@ -155,7 +155,7 @@ fn convert_line(line: &[u8]) -> Bytes {
     match serde_json::from_slice::<Value>(line) {
         Ok(mut v) => {
             convert_doc(&mut v);
-            let mut out = serde_json::to_vec(&v).unwrap_or_default();
+            let mut out = shoal_kube::wire::to_vec(&v);
             out.push(b'\n');
             Bytes::from(out)
         }

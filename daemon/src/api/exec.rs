@@ -135,7 +135,7 @@ fn frame(channel: u8, data: &[u8]) -> Message {
 fn status_message(version: u8, result: &Result<i32, StreamError>) -> Option<Vec<u8>> {
     let status = exit_status(result);
     if version >= 4 {
-        return Some(serde_json::to_vec(&status).unwrap_or_default());
+        return Some(shoal_kube::wire::to_vec(&status));
     }
     status["message"].as_str().map(|m| m.as_bytes().to_vec())
 }

@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
+mod apiservice;
 pub mod audit;
 mod authz;
 mod crd;

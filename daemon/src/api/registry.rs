@@ -84,9 +84,13 @@ pub(crate) fn with_custom(crds: &[Value]) -> Vec<Resource> {
     out
 }
 
-/// Every served resource: built-in first, then custom.
+/// Every served resource: built-in first, then the APIServices (served without a stored
+/// object or an OpenAPI schema), then custom. What discovery lists.
 pub(crate) async fn all(objects: &Objects) -> Result<Vec<Resource>, ApiError> {
-    Ok(with_custom(&crds(objects).await?))
+    let mut out = resources::builtin();
+    out.push(super::apiservice::resource());
+    out.extend(crds(objects).await?.iter().flat_map(crd_resources));
+    Ok(out)
 }
 
 /// The resource a URL names, if it is served at that version.
@@ -100,6 +104,9 @@ pub(crate) async fn resolve(
         resources::builtin().into_iter().find(|r| r.group == group && r.version == version && r.plural == plural)
     {
         return Ok(Some(r));
+    }
+    if group == super::apiservice::GROUP {
+        return Ok(Some(super::apiservice::resource()).filter(|r| r.version == version && r.plural == plural));
     }
     if resources::builtin().iter().any(|r| r.group == group) {
         return Ok(None);

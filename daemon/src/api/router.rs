@@ -13,8 +13,8 @@ use tracing::debug;
 use super::crud::{self, json_response, Ctx, PatchKind};
 use super::status::ApiError;
 use super::{
-    authz, discovery, ephemeral, events_v1, exec, namespace, openapi, openapi_v2, pod, portforward, proxy, registry,
-    scale, token_request, watch, ApiState,
+    apiservice, authz, discovery, ephemeral, events_v1, exec, namespace, openapi, openapi_v2, pod, portforward, proxy,
+    registry, scale, token_request, watch, ApiState,
 };
 use crate::auth::UserInfo;
 
@@ -366,6 +366,9 @@ async fn resource(
     };
     if ctx.res.group == events_v1::GROUP {
         return events_v1::serve(ctx, method).await;
+    }
+    if ctx.res.group == apiservice::GROUP {
+        return apiservice::serve(ctx, method).await;
     }
     let sub = ctx.sub.clone();
     match (method.clone(), ctx.name.is_some(), sub.as_deref()) {

@@ -208,7 +208,7 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let code = StatusCode::from_u16(self.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let body = serde_json::to_vec(&self.to_json()).unwrap_or_default();
+        let body = shoal_kube::wire::to_vec(&self.to_json());
         let mut resp = (code, [(header::CONTENT_TYPE, "application/json")], body).into_response();
         // As upstream: a 429 or 5xx that names a wait carries it in Retry-After too.
         let retry = self.details.as_ref().and_then(|d| d["retryAfterSeconds"].as_u64()).filter(|s| *s > 0);

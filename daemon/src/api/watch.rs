@@ -33,7 +33,7 @@ const CATCH_UP: Duration = Duration::from_secs(3);
 pub(crate) const INITIAL_EVENTS_END: &str = "k8s.io/initial-events-end";
 
 fn line(kind: &str, object: Value) -> Bytes {
-    let mut v = serde_json::to_vec(&json!({"type": kind, "object": object})).unwrap_or_default();
+    let mut v = shoal_kube::wire::to_vec(&json!({"type": kind, "object": object}));
     v.push(b'\n');
     Bytes::from(v)
 }

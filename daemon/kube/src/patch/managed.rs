@@ -549,6 +549,29 @@ fn store_entries(obj: &mut Value, entries: Vec<Entry>) {
     }
 }
 
+/// `who`'s `Update` entry takes the `changed` fields from every other entry.
+fn take_changed(entries: &mut Vec<Entry>, changed: FieldSet, who: &Manager) {
+    let mine = entries
+        .iter()
+        .position(|e| e.manager == who.name && e.operation == "Update" && e.subresource == who.subresource);
+    for (i, e) in entries.iter_mut().enumerate() {
+        if Some(i) != mine {
+            e.fields = e.fields.difference(&changed);
+        }
+    }
+    if !changed.is_empty() {
+        match mine {
+            Some(i) => {
+                let e = &mut entries[i];
+                e.fields = e.fields.union(&changed);
+                e.api_version = who.api_version.to_string();
+                e.time = Some(who.time.to_string());
+            }
+            None => entries.push(Entry::new(who, "Update", changed)),
+        }
+    }
+}
+
 /// Records an update (a create when `old` is None, an update, or a patch that is not an apply)
 /// on `new`: the manager takes every field it changed, from whoever owned it. The starting
 /// entries are the ones the request sets in `new`, else `old`'s.
@@ -580,27 +603,47 @@ pub fn record_update(
             changed.insert(p);
         }
     });
-    let mine = entries
-        .iter()
-        .position(|e| e.manager == who.name && e.operation == "Update" && e.subresource == who.subresource);
-    for (i, e) in entries.iter_mut().enumerate() {
-        if Some(i) != mine {
-            e.fields = e.fields.difference(&changed);
-        }
-    }
-    if !changed.is_empty() {
-        match mine {
-            Some(i) => {
-                let e = &mut entries[i];
-                e.fields = e.fields.union(&changed);
-                e.api_version = who.api_version.to_string();
-                e.time = Some(who.time.to_string());
-            }
-            None => entries.push(Entry::new(who, "Update", changed)),
-        }
-    }
+    take_changed(&mut entries, changed, who);
     for e in &mut entries {
         e.fields = e.fields.intersect(&new_set);
+    }
+    store_entries(new, entries);
+    Ok(())
+}
+
+/// [`record_update`] for a status write (`new` is `old` with another `status`): only the
+/// status subtree is walked, so the cost follows the size of the status, not of the object.
+pub fn record_status_update(old: &Value, new: &mut Value, who: &Manager, group: &str, kind: &str) -> Result<()> {
+    if old.get("status") == new.get("status") {
+        return Ok(());
+    }
+    let status_only = |o: &Value| match o.get("status") {
+        Some(s) => json!({ "status": s }),
+        None => json!({}),
+    };
+    let (old_s, new_s) = (status_only(old), status_only(new));
+    let old_set = fields_of(&old_s, group, kind, false)?;
+    let new_set = fields_of(&new_s, group, kind, false)?;
+    let mut changed = FieldSet::default();
+    new_set.walk(&mut Vec::new(), &mut |p, n| {
+        if n.member && (!old_set.contains(p) || (n.children.is_empty() && value_at(&old_s, p) != value_at(&new_s, p))) {
+            changed.insert(p);
+        }
+    });
+    let mut entries = entries_of(old)?;
+    take_changed(&mut entries, changed, who);
+    // Fields of the status the write dropped are nobody's; the rest of each entry stays.
+    let key = "f:status".to_string();
+    let kept = new_set.children.get(&key).cloned().unwrap_or_default();
+    for e in &mut entries {
+        if let Some(st) = e.fields.children.get(&key) {
+            let i = st.intersect(&kept);
+            if i.is_empty() {
+                e.fields.children.remove(&key);
+            } else {
+                e.fields.children.insert(key.clone(), i);
+            }
+        }
     }
     store_entries(new, entries);
     Ok(())

@@ -132,6 +132,36 @@ fn bad_bodies_are_errors() {
     assert!(!is_supported("apps/v1", "ReplicaSet"));
 }
 
+#[test]
+fn managed_fields_decode_as_json_and_bad_field_sets_are_errors() {
+    let entry = |raw: &[u8]| {
+        let mut ts = Vec::new();
+        vi(1, 1_746_093_600, &mut ts);
+        let mut fields = Vec::new();
+        ld(1, raw, &mut fields);
+        let mut e = Vec::new();
+        ld(1, b"kubectl", &mut e);
+        ld(2, b"Apply", &mut e);
+        ld(3, b"v1", &mut e);
+        ld(4, &ts, &mut e);
+        ld(6, b"FieldsV1", &mut e);
+        ld(7, &fields, &mut e);
+        let mut meta = Vec::new();
+        ld(1, b"c", &mut meta);
+        ld(17, &e, &mut meta);
+        let mut cm = Vec::new();
+        ld(1, &meta, &mut cm);
+        envelope("v1", "ConfigMap", &cm)
+    };
+    let got = decode(&entry(br#"{"f:data":{"f:a":{}}}"#)).unwrap();
+    assert_eq!(
+        got["metadata"]["managedFields"],
+        json!([{"manager": "kubectl", "operation": "Apply", "apiVersion": "v1", "time": "2025-05-01T10:00:00Z",
+            "fieldsType": "FieldsV1", "fieldsV1": {"f:data": {"f:a": {}}}}])
+    );
+    assert_eq!(decode(&entry(b"{not json")).unwrap_err().http_code(), 400);
+}
+
 proptest! {
     #[test]
     fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..512), kind in prop_oneof![Just("Deployment"), Just("Secret"), Just("Ingress"), Just("CronJob")]) {
