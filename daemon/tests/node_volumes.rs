@@ -141,6 +141,7 @@ async fn start_node(name: &str, stats: Option<Arc<dyn NodeStats>>) -> Node {
         pod_cidr: "10.98.0.0/16".into(),
         dns_ip: "10.43.0.10".into(),
         kubernetes_ip: "10.43.0.1".into(),
+        paths: Default::default(),
     };
     let stop = CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();
