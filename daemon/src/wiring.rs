@@ -223,6 +223,7 @@ async fn run_agent(node: Arc<Node>, stop: CancellationToken) {
         pod_cidr: node.cfg.network.pod_cidr.clone(),
         dns_ip: node.cfg.network.cluster_dns_ip(),
         kubernetes_ip: node.cfg.network.service_range().kubernetes_ip().to_string(),
+        paths: crate::node::os::HostPaths::default(),
     };
     // The pod CIDR claim needs a leader; wait for one rather than fail.
     let mut wait = Duration::from_millis(200);

@@ -147,6 +147,7 @@ async fn start_node(name: &str, stats: Option<Arc<dyn NodeStats>>) -> Node {
         // A non-default `[network] service_cidr`, turned into addresses as the daemon does.
         dns_ip: network().cluster_dns_ip(),
         kubernetes_ip: network().service_range().kubernetes_ip().to_string(),
+        paths: Default::default(),
     };
     let stop = CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();

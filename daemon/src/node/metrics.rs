@@ -103,7 +103,9 @@ impl ClusterMetrics {
             objects,
             store,
             transport,
-            runtime: run_pods.then(|| shoal_runtime::Runtime::new(super::runtime_config(node_name))),
+            runtime: run_pods.then(|| {
+                shoal_runtime::Runtime::new(super::runtime_config(&super::os::HostPaths::default().run, node_name))
+            }),
             counters: std::sync::Mutex::new(Counters::default()),
             local: RwLock::new(Report::default()),
             samples: RwLock::new(Vec::new()),

@@ -6,14 +6,19 @@ mod dns_files;
 mod env;
 pub mod eviction;
 pub mod lease;
+#[cfg(test)]
+mod lifecycle_tests;
 pub mod logs;
 pub mod metrics;
 pub mod network;
+pub mod os;
 mod pod;
 mod probes;
 pub mod spec;
 mod streams;
 mod subpath;
+#[cfg(test)]
+mod testing;
 pub use crate::auth::sa_token as token;
 mod volumes;
 
@@ -30,6 +35,7 @@ use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
 use network::PodNetwork;
+use os::{ContainerRuntime, HostPaths, PodNetworking};
 use pod::PodState;
 
 #[derive(Debug, thiserror::Error)]
@@ -61,14 +67,16 @@ pub struct AgentConfig {
     pub dns_ip: String,
     /// The `kubernetes` Service's ClusterIP (`KUBERNETES_SERVICE_HOST`).
     pub kubernetes_ip: String,
+    /// Where the run dir and procfs are (`/run/shoal`, `/proc` on a node).
+    pub paths: HostPaths,
 }
 
 /// Shared state of the agent and its pod workers.
 pub(crate) struct Agent {
     pub cfg: AgentConfig,
     pub images: shoal_images::ImageStore,
-    pub runtime: shoal_runtime::Runtime,
-    pub net: PodNetwork,
+    pub runtime: Arc<dyn ContainerRuntime>,
+    pub net: Arc<dyn PodNetworking>,
     pub pods: Resource,
     pub nodes: Resource,
     pub run_dir: PathBuf,
@@ -102,10 +110,11 @@ pub(crate) fn res(plural: &str) -> Resource {
     shoal_kube::resources::lookup("", plural)
 }
 
-/// The runtime settings of a node's agent (state under /run/shoal/<node>).
-pub(crate) fn runtime_config(node_name: &str) -> shoal_runtime::RuntimeConfig {
+/// The runtime settings of a node's agent (state under `<run>/<node>`, `/run/shoal/<node>` on
+/// a node).
+pub(crate) fn runtime_config(run: &std::path::Path, node_name: &str) -> shoal_runtime::RuntimeConfig {
     shoal_runtime::RuntimeConfig {
-        root: PathBuf::from("/run/shoal").join(node_name).join("runtime"),
+        root: run.join(node_name).join("runtime"),
         cgroup_parent: format!("shoal-{node_name}"),
         ..shoal_runtime::RuntimeConfig::default()
     }
@@ -162,21 +171,42 @@ impl NodeAgent {
     /// default re-executes the running binary, which a test binary cannot serve).
     pub async fn start_with_shim(cfg: AgentConfig, shim: shoal_runtime::ShimCommand) -> Result<NodeAgent, AgentError> {
         let images = shoal_images::ImageStore::open(&cfg.data_dir, shoal_images::Platform::host())?;
-        let run_dir = PathBuf::from("/run/shoal").join(&cfg.node_name);
-        let runtime =
-            shoal_runtime::Runtime::new(shoal_runtime::RuntimeConfig { shim, ..runtime_config(&cfg.node_name) });
+        let run_dir = cfg.paths.run.join(&cfg.node_name);
+        let runtime = shoal_runtime::Runtime::new(shoal_runtime::RuntimeConfig {
+            shim,
+            ..runtime_config(&cfg.paths.run, &cfg.node_name)
+        });
+        let runtime = Arc::new(os::LinuxRuntime { runtime, sandboxes: run_dir.join("sandboxes") });
         let subnet = network::claim_subnet(&cfg.store, &cfg.pod_cidr, &cfg.node_name).await?;
-        let pod_cidr = cfg.pod_cidr.clone();
-        let net = PodNetwork::setup(subnet, &pod_cidr).await?;
+        let net = Arc::new(PodNetwork::setup(subnet, &cfg.pod_cidr, &cfg.paths.proc).await?);
+        Ok(NodeAgent { agent: Arc::new(Agent::new(cfg, images, runtime, net)) })
+    }
+
+    /// Serves `pods/log` for the pods of this node only (usable before the agent has
+    /// started). [`streams`] serves logs and exec for every pod of the cluster.
+    pub fn streams(data_dir: &std::path::Path) -> Arc<dyn crate::streams::PodStreams> {
+        Arc::new(logs::LocalLogs { log_dir: data_dir.join("pods") })
+    }
+}
+
+impl Agent {
+    /// The agent of a node, over the given image store, container runtime and pod network.
+    pub(crate) fn new(
+        cfg: AgentConfig,
+        images: shoal_images::ImageStore,
+        runtime: Arc<dyn ContainerRuntime>,
+        net: Arc<dyn PodNetworking>,
+    ) -> Agent {
+        let run_dir = cfg.paths.run.join(&cfg.node_name);
         let log_dir = cfg.data_dir.join("pods");
         let events = crate::reconcile::events::Recorder::for_node(cfg.objects.clone(), cfg.node_name.clone());
         let (signer, ca_crt) = load_token_key(&cfg.data_dir);
         let node_stats: Arc<dyn eviction::NodeStats> = Arc::new(eviction::LinuxNodeStats {
-            meminfo: PathBuf::from("/proc/meminfo"),
+            meminfo: cfg.paths.proc.join("meminfo"),
             data_dir: cfg.data_dir.clone(),
-            proc: PathBuf::from("/proc"),
+            proc: cfg.paths.proc.clone(),
         });
-        let agent = Agent {
+        Agent {
             signer,
             ca_crt,
             eviction: eviction::EvictionConfig::default(),
@@ -195,16 +225,11 @@ impl NodeAgent {
             log_dir,
             state: Mutex::new(HashMap::new()),
             routes: Mutex::new(Default::default()),
-        };
-        Ok(NodeAgent { agent: Arc::new(agent) })
+        }
     }
+}
 
-    /// Serves `pods/log` for the pods of this node only (usable before the agent has
-    /// started). [`streams`] serves logs and exec for every pod of the cluster.
-    pub fn streams(data_dir: &std::path::Path) -> Arc<dyn crate::streams::PodStreams> {
-        Arc::new(logs::LocalLogs { log_dir: data_dir.join("pods") })
-    }
-
+impl NodeAgent {
     /// This node's image store.
     pub fn images(&self) -> shoal_images::ImageStore {
         self.agent.images.clone()
@@ -540,7 +565,7 @@ impl Agent {
         if last.0 == want && fresh {
             return;
         }
-        let ok = network::sync_routes(self.net.subnet, self.net.cluster, &want).await;
+        let ok = self.net.sync_routes(&want).await;
         // A failed pass is retried on the next tick.
         *last = (want, ok.then(std::time::Instant::now));
     }
@@ -604,16 +629,16 @@ async fn publish_root_ca(agent: &Agent) {
 
 /// The node's allocatable cpu (millicores) and memory (bytes), for resourceFieldRefs of
 /// limits a container does not set.
-pub(crate) fn node_allocatable() -> (u64, u64) {
+pub(crate) fn node_allocatable(proc: &std::path::Path) -> (u64, u64) {
     let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    let (_, alloc) = capacity(cpus, mem_total_kib(), &BTreeMap::new());
+    let (_, alloc) = capacity(cpus, mem_total_kib(proc), &BTreeMap::new());
     let cpu = alloc["cpu"].as_str().and_then(spec::cpu_millis).unwrap_or(1000);
     let mem = alloc["memory"].as_str().and_then(spec::bytes).unwrap_or(0);
     (cpu, mem)
 }
 
-fn mem_total_kib() -> u64 {
-    std::fs::read_to_string("/proc/meminfo")
+fn mem_total_kib(proc: &std::path::Path) -> u64 {
+    std::fs::read_to_string(proc.join("meminfo"))
         .ok()
         .and_then(|m| {
             m.lines()
@@ -754,8 +779,9 @@ fn node_images(mut images: Vec<(Vec<String>, u64)>) -> Value {
 async fn register_node(agent: &Agent) -> Result<(), AgentError> {
     let name = agent.cfg.node_name.clone();
     let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    let mem_kib = mem_total_kib();
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string();
+    let proc = &agent.cfg.paths.proc;
+    let mem_kib = mem_total_kib(proc);
+    let kernel = std::fs::read_to_string(proc.join("sys/kernel/osrelease")).unwrap_or_default().trim().to_string();
     let os_image = std::fs::read_to_string("/etc/os-release")
         .ok()
         .and_then(|s| s.lines().find_map(|l| l.strip_prefix("PRETTY_NAME=").map(|v| v.trim_matches('"').to_string())))
@@ -813,7 +839,7 @@ async fn register_node(agent: &Agent) -> Result<(), AgentError> {
         "beta.kubernetes.io/arch": arch,
         "beta.kubernetes.io/os": "linux",
     });
-    let pod_cidr = agent.net.subnet.cidr();
+    let pod_cidr = agent.net.subnet().cidr();
     let stored = match agent.cfg.objects.get(&agent.nodes, None, &name).await? {
         None => {
             let mut status = status;

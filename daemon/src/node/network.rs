@@ -134,14 +134,14 @@ pub struct PodNetwork {
 }
 
 impl PodNetwork {
-    /// Sets up the bridge (over rtnetlink), forwarding and masquerading for `subnet`
-    /// (idempotent).
-    pub async fn setup(subnet: Subnet, cluster_cidr: &str) -> Result<PodNetwork, NetError> {
+    /// Sets up the bridge (over rtnetlink), forwarding (through `proc`, procfs) and
+    /// masquerading for `subnet` (idempotent).
+    pub async fn setup(subnet: Subnet, cluster_cidr: &str, proc: &Path) -> Result<PodNetwork, NetError> {
         let cluster = parse_cluster_cidr(cluster_cidr)?;
         let net = LinuxNet::new()?;
         net.ensure_bridge(BRIDGE).await?;
         net.add_address(BRIDGE, Address { addr: subnet.gateway().into(), prefix: 24 }).await?;
-        let _ = std::fs::write("/proc/sys/net/ipv4/ip_forward", "1");
+        let _ = std::fs::write(proc.join("sys/net/ipv4/ip_forward"), "1");
         // Pod traffic to anything outside the pod network leaves with the node's address.
         let rules = format!(
             "table ip shoal-nat\ndelete table ip shoal-nat\ntable ip shoal-nat {{\n  chain postrouting {{\n    type nat hook postrouting priority srcnat; policy accept;\n    ip saddr {} ip daddr != {} masquerade\n  }}\n}}\n",

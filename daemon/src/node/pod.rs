@@ -88,11 +88,10 @@ impl Agent {
     /// of pods that are still bound here.
     pub(crate) async fn adopt(&self) {
         let Ok(pods) = self.my_pods().await else { return };
-        let sandboxes = self.run_dir.join("sandboxes");
         for pod in pods {
             let uid = pod["metadata"]["uid"].as_str().unwrap_or_default().to_string();
             let mut st = PodState::default();
-            if let Some(sb) = Sandbox::open(&short(&uid), &sandboxes) {
+            if let Some(sb) = self.runtime.open_sandbox(&short(&uid)) {
                 st.sandbox = Some(sb);
             }
             if let Some(ip) = pod["status"]["podIP"].as_str().and_then(|s| s.parse().ok()) {
@@ -198,13 +197,15 @@ impl Agent {
         let pod = &self.effective_pod(pod).await;
         let host_network = pod["spec"]["hostNetwork"].as_bool() == Some(true);
         if st.sandbox.is_none() {
-            let sandboxes = self.run_dir.join("sandboxes");
             let id = short(uid);
-            let sb = match Sandbox::open(&id, &sandboxes) {
+            let sb = match self.runtime.open_sandbox(&id) {
                 Some(sb) => sb,
-                None => tokio::task::spawn_blocking(move || Sandbox::create(&id, &sandboxes))
-                    .await
-                    .map_err(|e| AgentError::Pod(format!("sandbox task: {e}")))??,
+                None => {
+                    let runtime = self.runtime.clone();
+                    tokio::task::spawn_blocking(move || runtime.create_sandbox(&id))
+                        .await
+                        .map_err(|e| AgentError::Pod(format!("sandbox task: {e}")))??
+                }
             };
             st.sandbox = Some(sb);
             tracing::debug!(pod = %pod_ref(pod), "pod start: sandbox ready");
@@ -368,67 +369,19 @@ impl Agent {
 
     /// SIGTERM (the image's stop signal), then SIGKILL after `grace`.
     async fn stop_container(&self, id: &str, grace: Duration) {
-        let cfg = self.runtime.config().clone();
+        let runtime = self.runtime.clone();
         let id = id.to_string();
         let _ = tokio::task::spawn_blocking(move || {
-            let _ = shoal_runtime::Runtime::new(cfg).stop(&id, grace.max(Duration::from_millis(100)));
+            let _ = runtime.stop(&id, grace.max(Duration::from_millis(100)));
         })
         .await;
     }
 
     /// Runs a command in the container; success is exit code 0 within the timeout.
     async fn exec_probe(&self, id: &str, cmd: Vec<String>, timeout: Duration) -> Result<(), String> {
-        let cfg = self.runtime.config().clone();
+        let runtime = self.runtime.clone();
         let id = id.to_string();
-        let run = tokio::task::spawn_blocking(move || -> Result<(), String> {
-            use std::io::Read;
-            let rt = shoal_runtime::Runtime::new(cfg);
-            let spec = rt.spec(&id).map_err(|e| chain(&e))?;
-            let mut process = spec.process().clone().unwrap_or_default();
-            process.set_args(Some(cmd.clone()));
-            process.set_terminal(Some(false));
-            let mut p = rt.exec(&id, &process, false).map_err(|e| chain(&e))?;
-            p.stdin = None;
-            // Drain the output so a chatty command never blocks on a full pipe.
-            let readers: Vec<_> = [
-                p.stdout.take().map(|s| Box::new(s) as Box<dyn Read + Send>),
-                p.stderr.take().map(|s| Box::new(s) as Box<dyn Read + Send>),
-            ]
-            .into_iter()
-            .flatten()
-            .map(|mut r| {
-                std::thread::spawn(move || {
-                    let mut buf = Vec::new();
-                    let _ = r.by_ref().take(64 * 1024).read_to_end(&mut buf);
-                    let _ = std::io::copy(&mut r, &mut std::io::sink());
-                    buf
-                })
-            })
-            .collect();
-            let deadline = Instant::now() + timeout;
-            let code = loop {
-                match p.try_wait() {
-                    Ok(Some(code)) => break code,
-                    Ok(None) if Instant::now() >= deadline => {
-                        let _ = p.kill(shoal_runtime::Signal::SIGKILL);
-                        let _ = p.wait();
-                        return Err(format!("command {cmd:?} timed out after {}s", timeout.as_secs()));
-                    }
-                    Ok(None) => std::thread::sleep(Duration::from_millis(20)),
-                    Err(e) => return Err(format!("waiting for command {cmd:?}: {e}")),
-                }
-            };
-            let out: Vec<u8> = readers.into_iter().filter_map(|h| h.join().ok()).flatten().collect();
-            if code == 0 {
-                return Ok(());
-            }
-            let text = String::from_utf8_lossy(&out).trim().to_string();
-            if text.is_empty() {
-                Err(format!("command {cmd:?} exited with {code}"))
-            } else {
-                Err(text)
-            }
-        });
+        let run = tokio::task::spawn_blocking(move || runtime.exec(&id, &cmd, timeout));
         run.await.map_err(|e| format!("probe task: {e}"))?
     }
 
@@ -589,11 +542,11 @@ impl Agent {
     }
 
     async fn remove_container(&self, id: &str, uid: &str) {
-        let (images, runtime, id) = (self.images.clone(), self.runtime.config().clone(), id.to_string());
+        let (images, runtime, id) = (self.images.clone(), self.runtime.clone(), id.to_string());
         let rootfs = self.pod_dir(uid).join(&id).join("rootfs");
         // Unmounting and removing a writable layer block: off the async workers.
         let _ = tokio::task::spawn_blocking(move || {
-            let _ = shoal_runtime::Runtime::new(runtime).delete(&id, true);
+            let _ = runtime.delete(&id, true);
             let _ = images.remove_rootfs(&id, &rootfs);
         })
         .await;
@@ -697,13 +650,12 @@ impl Agent {
         // The rootfs mount, the bundle and the shim's create and start block on the kernel and
         // on the container's init: on the blocking pool, so a burst of pod starts never holds
         // the async workers (the API, Raft and the watches share them).
-        let (images, runtime) = (self.images.clone(), self.runtime.config().clone());
+        let (images, rt) = (self.images.clone(), self.runtime.clone());
         let (pod_v, c_v, image_ref, id_s, config) =
             (pod.clone(), c.clone(), image.to_string(), id.to_string(), info.config.clone());
         let bundle = dir.join(id);
         tokio::task::spawn_blocking(move || {
             let (pod, c, image, id) = (&pod_v, &c_v, image_ref.as_str(), id_s.as_str());
-            let rt = shoal_runtime::Runtime::new(runtime);
             let rootfs = bundle.join("rootfs");
             let _ = std::fs::create_dir_all(&rootfs);
             let _ = rt.delete(id, true);
@@ -777,7 +729,7 @@ impl Agent {
         let Some(target) = c["targetContainerName"].as_str().filter(|t| !t.is_empty()) else { return Ok(None) };
         match self.runtime.state(&container_id(uid, target)) {
             Ok(s) if s.status == Status::Running && s.pid > 0 => {
-                Ok(Some(PathBuf::from(format!("/proc/{}/ns/pid", s.pid))))
+                Ok(Some(self.cfg.paths.proc.join(s.pid.to_string()).join("ns/pid")))
             }
             _ => Err((
                 "CreateContainerError".to_string(),
@@ -818,7 +770,7 @@ impl Agent {
         }
         let binding =
             if vols.iter().any(volumes::wants_token) { self.token_binding(pod).await } else { Default::default() };
-        let (node_cpu_millis, node_memory_bytes) = super::node_allocatable();
+        let (node_cpu_millis, node_memory_bytes) = super::node_allocatable(&self.cfg.paths.proc);
         for v in &vols {
             let vname = v["name"].as_str().unwrap_or_default();
             if vname.is_empty() || vname.contains('/') || vname.starts_with('.') {
@@ -969,9 +921,8 @@ impl Agent {
             let rt_stop = {
                 let id = id.clone();
                 let grace = grace.max(Duration::from_millis(100));
-                let root = self.runtime.config().clone();
+                let rt = self.runtime.clone();
                 tokio::task::spawn_blocking(move || {
-                    let rt = shoal_runtime::Runtime::new(root);
                     let _ = rt.stop(&id, grace);
                 })
             };
@@ -983,7 +934,7 @@ impl Agent {
         }
         self.net.detach(uid, st.ip.take()).await;
         if let Some(sb) = st.sandbox.take() {
-            let _ = sb.remove();
+            let _ = self.runtime.remove_sandbox(&sb);
         }
         unmount_volumes(&self.pod_dir(uid).join("volumes"));
         let _ = std::fs::remove_dir_all(self.pod_dir(uid));

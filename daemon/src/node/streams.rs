@@ -256,10 +256,11 @@ pub(crate) struct Local {
 
 impl Local {
     pub(crate) fn new(data_dir: &Path, node_name: &str) -> Local {
+        let run = super::os::HostPaths::default().run;
         Local {
             logs: super::logs::LocalLogs { log_dir: data_dir.join("pods") },
-            runtime: super::runtime_config(node_name),
-            sandboxes: PathBuf::from("/run/shoal").join(node_name).join("sandboxes"),
+            runtime: super::runtime_config(&run, node_name),
+            sandboxes: run.join(node_name).join("sandboxes"),
         }
     }
 }
