@@ -4,7 +4,7 @@
 # behind a LoadBalancer Service, powers off the workload node announcing the IP, and measures
 # on the survivor: the first kubectl write that succeeds (write gap), the IP answering the
 # client again (VIP failover), and 3 pods Running there (pods back). The witness's resident
-# memory is read from its /metrics once the workload runs.
+# memory is read from its `shoal status --json` (rss_bytes) once the workload runs.
 #
 #   bench/witness.sh              # RUNS=5
 #   RUNS=2 bench/witness.sh

@@ -16,11 +16,19 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cluster::ca_key::signing_secrets;
 use crate::cluster::{Node, NodeRecord};
+use crate::config::NodeRole;
 
 /// Runs every component of the node until `stop`.
 pub(crate) async fn run_services(node: Arc<Node>, stop: CancellationToken) {
     let tasks = tokio_util::task::TaskTracker::new();
     tasks.spawn(register_self(node.clone(), stop.clone()));
+    if node.cfg.node.role == NodeRole::Witness {
+        run_witness(&node, &tasks, stop.clone());
+        tasks.close();
+        stop.cancelled().await;
+        tasks.wait().await;
+        return;
+    }
     let health = node_health(&node, &tasks, stop.clone());
     tasks.spawn(leader_duties(node.clone(), health, stop.clone()));
     // Logs and exec of any pod through any node: served locally or proxied over QUIC.
@@ -53,9 +61,9 @@ pub(crate) async fn run_services(node: Arc<Node>, stop: CancellationToken) {
         exporter,
         stop.clone(),
     ));
-    // A witness (and a node with run_pods = false) stops here: no node agent and so no Node
-    // object (nothing is scheduled on it, DaemonSets included), no Service data plane, no
-    // DNS, no Ingress, no LoadBalancer announcer.
+    // A node with run_pods = false stops here: no node agent and so no Node object (nothing
+    // is scheduled on it, DaemonSets included), no Service data plane, no DNS, no Ingress, no
+    // LoadBalancer announcer.
     if node.cfg.node.runs_pods() {
         tasks.spawn(run_agent(node.clone(), stop.clone()));
         tasks.spawn(unretire(node.clone(), stop.clone()));
@@ -72,6 +80,21 @@ pub(crate) async fn run_services(node: Arc<Node>, stop: CancellationToken) {
     tasks.close();
     stop.cancelled().await;
     tasks.wait().await;
+}
+
+/// A witness runs only what a voter needs (Raft, the peer transport, gossip, the control
+/// socket and the store run in `cluster::run`): no Kubernetes API, no controllers or scheduler
+/// even while it leads (it hands the leadership to a workload voter), no node agent, no Service
+/// data plane, DNS, Ingress, NetworkPolicy or LoadBalancer announcer. It drains what it ran if
+/// it was a worker before, and serves the plain `/metrics` listener only when one is set.
+fn run_witness(node: &Arc<Node>, tasks: &tokio_util::task::TaskTracker, stop: CancellationToken) {
+    tasks.spawn(crate::cluster::handover::run(node.clone(), stop.clone()));
+    tasks.spawn(retire_worker(node.clone(), stop.clone()));
+    crate::metrics::set_enabled(node.cfg.metrics.enabled);
+    if let Some(addr) = crate::metrics::plain::address(node.cfg.api.metrics_listen, node.cfg.metrics.enabled) {
+        let exporter = exporter(node, tasks, stop.clone());
+        tasks.spawn(crate::metrics::plain::run(addr, exporter, stop));
+    }
 }
 
 /// The node's `/metrics`: the process-wide families and this node's scrape-time values
@@ -572,10 +595,30 @@ pub(crate) async fn kubeconfig(
     groups: Vec<String>,
     ttl_secs: Option<i64>,
 ) -> Result<String, String> {
-    let server = server.unwrap_or_else(|| format!("https://{}:{}", node.identity.advertise, node.identity.api_port));
+    let server = match server {
+        Some(s) => s,
+        None if node.cfg.node.role == NodeRole::Witness => workload_api(node).ok_or_else(|| {
+            "this witness serves no Kubernetes API and sees no workload node alive: pass --server \
+             https://NODE:6443 or run this on a workload node"
+                .to_string()
+        })?,
+        None => format!("https://{}:{}", node.identity.advertise, node.identity.api_port),
+    };
     let signer = crate::cluster::ca_key::signing_secrets(node)?;
     let (user, cert) = crate::auth::revocation::mint_client_cert(&node.store, &signer, user, groups, ttl_secs).await?;
     Ok(crate::api::kubeconfig_for(&server, &node.secrets.ca_cert_pem, &cert.cert_pem, &cert.key_pem, &user))
+}
+
+/// The API URL of a live workload node (by name order), from gossip: a witness serves none.
+fn workload_api(node: &Node) -> Option<String> {
+    let mut members = node.membership.members();
+    members.sort_by(|a, b| a.name.cmp(&b.name));
+    members
+        .iter()
+        .filter(|m| m.alive && m.name != node.identity.name)
+        .filter(|m| m.attrs.get(crate::cluster::ATTR_ROLE).is_none_or(|r| r != NodeRole::Witness.as_str()))
+        .find_map(|m| m.attrs.get("api_addr").and_then(|a| a.parse::<SocketAddr>().ok()))
+        .map(|a| format!("https://{a}"))
 }
 
 /// Which node announces each LoadBalancer IP, as this node sees it.

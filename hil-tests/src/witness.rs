@@ -3,8 +3,9 @@
 //! announces the LoadBalancer IP loses power, the other one must keep the API writable, get the
 //! lost pods back and take over the IP, with the witness's vote. Then the roles change on the
 //! running cluster: the witness joined a two-node cluster (no fault tolerance) and became the
-//! third voter; after the power-off it is restarted as a workload node (a Node, pods placed on
-//! it), then as a witness again (it drains: its pod runs elsewhere, its Node is gone), and
+//! third voter; it never leads and serves no Kubernetes API. After the power-off it is
+//! restarted as a workload node (a Node, pods placed on it), then as a witness again (it
+//! drains: its pod runs elsewhere, its Node is gone), and
 //! finally stopped and removed with `shoal node remove` (two nodes, no fault tolerance again).
 use std::time::{Duration, Instant};
 
@@ -58,7 +59,10 @@ pub fn witness(rig: &dyn Rig, _opts: &ScenarioOptions) -> Result<Measured> {
     launch.extra_args.push("--witness".into());
     rig.start(&w, &launch)?;
     cluster.members.push(w.clone());
-    cluster.wait_converged(RESTART_TIMEOUT)?;
+    let leader = cluster.wait_converged(RESTART_TIMEOUT)?;
+    if leader == w {
+        return Err(failed(name, format!("the witness {w} leads")));
+    }
     let st = shoal::status(rig, &workers[0])?;
     if st.voters().len() != 3 {
         return Err(failed(name, format!("voters {:?}, want both workload nodes and the witness", st.voters())));
@@ -93,15 +97,13 @@ pub fn witness(rig: &dyn Rig, _opts: &ScenarioOptions) -> Result<Measured> {
         return Err(failed(name, format!("the witness {w} announces {vip}")));
     }
     nothing_on_witness(name, &k, &first, &w)?;
-    // The witness's resident memory, from its own /metrics (it serves the API like every node).
-    if let Ok(text) = k.on(&w, &["get", "--raw", "/metrics"]) {
-        if let Some(bytes) = text
-            .lines()
-            .find_map(|l| l.strip_prefix("process_resident_memory_bytes "))
-            .and_then(|v| v.trim().parse::<f64>().ok())
-        {
-            set(&mut m, "witness_rss_mib", bytes / (1024.0 * 1024.0));
-        }
+    // The witness serves no Kubernetes API.
+    if let Ok(out) = k.on(&w, &["get", "--raw", "/readyz"]) {
+        return Err(failed(name, format!("the witness {w} serves the Kubernetes API: {out}")));
+    }
+    // The witness's resident memory, from its own `shoal status`.
+    if let Some(bytes) = status_json(name, rig, &w)?["rss_bytes"].as_f64() {
+        set(&mut m, "witness_rss_mib", bytes / (1024.0 * 1024.0));
     }
 
     // The workload node holding the IP loses power.

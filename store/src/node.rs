@@ -963,6 +963,21 @@ impl RaftNode {
         )
     }
 
+    /// Stands for election at once, as if the leader had been silent past its lease.
+    pub(crate) async fn stand_for_election(&self) -> Result<()> {
+        let st = self.raft.metrics().borrow().state;
+        if st != ServerState::Follower {
+            return Ok(());
+        }
+        tracing::info!(node = self.cfg.node_id, "asked to stand for election; standing");
+        self.heard_now();
+        self.raft
+            .trigger()
+            .elect()
+            .await
+            .map_err(|e| Error::Raft { operation: "stand for election", reason: e.to_string() })
+    }
+
     /// Asks the leader directly whether it still leads (a read index, answered from its
     /// memory). A leader that answers is alive: a slow link or a busy board delayed its
     /// heartbeats, and an election would only unseat it.

@@ -136,6 +136,13 @@ impl Store {
         }
     }
 
+    /// Stands for election now (a follower voter only; a leader or learner does nothing).
+    /// The leader hands its place over this way: a witness that won an election asks a
+    /// caught-up workload voter to stand, and votes for it once its own lease has run out.
+    pub async fn stand_for_election(&self) -> Result<()> {
+        self.raft("stand for election")?.stand_for_election().await
+    }
+
     /// This node's view of the cluster.
     pub fn status(&self) -> StoreStatus {
         match &self.inner {

@@ -299,7 +299,13 @@ pub fn maybe_run_shim(args: &[String]) -> Option<i32> {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if is_witness(&cli) {
+        // A witness is mostly idle: one worker thread (each one costs a stack and an allocator
+        // arena of resident memory).
+        runtime.worker_threads(1);
+    }
+    let rt = match runtime.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -313,6 +319,16 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Whether this is `shoal up` of a witness (`--witness` or `[node] role = "witness"`).
+fn is_witness(cli: &Cli) -> bool {
+    let Cmd::Up(a) = &cli.cmd else { return false };
+    let (path, required) = match &a.config {
+        Some(p) => (p.clone(), true),
+        None => (PathBuf::from(DEFAULT_CONFIG), false),
+    };
+    a.witness || NodeConfig::load(&path, required).is_ok_and(|c| c.node.role == shoal::config::NodeRole::Witness)
 }
 
 fn init_tracing() {

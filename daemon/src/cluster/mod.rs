@@ -1,8 +1,10 @@
 //! `shoal up`: the wiring of one node. Creates, joins or rejoins the cluster, then runs the
 //! peer transport, the replicated store, gossip membership, the control socket, the
-//! Kubernetes API and, on the Raft leader only, the controllers and the scheduler.
+//! Kubernetes API and, on the Raft leader only, the controllers and the scheduler. A witness
+//! runs the first five only and hands the leadership to a workload voter (`handover`).
 pub(crate) mod ca_key;
 pub(crate) mod gossip_keys;
+pub(crate) mod handover;
 pub mod identity;
 pub(crate) mod join_tokens;
 pub(crate) mod leader_lease;
@@ -306,6 +308,7 @@ pub async fn run(cfg: NodeConfig, join: Option<JoinTarget>, shutdown: Cancellati
     gossip_keys::serve(&node);
     ca_key::serve(&node);
     sa_keys::serve(&node);
+    handover::serve(&node);
 
     let tasks = tokio_util::task::TaskTracker::new();
     let control_stop = CancellationToken::new();
@@ -772,6 +775,8 @@ pub(crate) async fn status_json(node: &Node) -> serde_json::Value {
         "versions": version_skew(&skew),
         "load_balancer_ips": crate::wiring::lb_status(node).await,
         "gossip": gossip_status(node),
+        // This process's resident memory (a witness's footprint, at a glance).
+        "rss_bytes": std::fs::read_to_string("/proc/self/status").ok().as_deref().and_then(metrics::rss_bytes),
     })
 }
 
