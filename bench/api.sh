@@ -14,6 +14,8 @@
 # rig's host address 10.77.0.250), and `webhook_added_p99_ms` is its mutating p99 minus the
 # metrics-on round's (every create and patch of the workload passes the webhook).
 #   WEBHOOK=0 bench/api.sh           # without the webhook round
+#   RBAC=only bench/api.sh           # the RBAC round alone (RBAC=0: without it)
+# The RBAC round (on by default, see rbac_round below) runs on a rig of its own after the others.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 COUNT=${COUNT:-1000}
@@ -21,6 +23,7 @@ FILL=${FILL:-10000}
 CLIENTS=${CLIENTS:-8}
 METRICS=${METRICS:-both}
 WEBHOOK=${WEBHOOK:-1}
+RBAC=${RBAC:-1}
 work=$(mktemp -d /tmp/shoal-bench-api.XXXXXX)
 cleanup() {
   [[ -f $work/hook.pid ]] && kill "$(cat "$work/hook.pid")" 2>/dev/null
@@ -121,6 +124,84 @@ JSON
   rig_down "$work/rig"
 }
 
+# --- RBAC round ------------------------------------------------------------------------------
+# rbac_round: a fresh rig with 1,000 RoleBindings and 100 ClusterRoleBindings (in 20
+# namespaces, for 1,000 users and 50 groups), one of the RoleBindings giving user `bench-user`
+# `edit` in bench-rbac-user. Then the same mutating run (COUNT creates and patches, CLIENTS
+# clients, no fill) as admin in bench-rbac-admin and as bench-user. Prints
+# authz_decision_p99_us: p99 of n1's shoal_authorization_decision_duration_seconds over the
+# user's run alone (interpolated within its bucket), and rbac_mutating_p99_ratio_vs_admin.
+rbac_bindings() {
+  local i
+  for ns in bench-rbac-admin bench-rbac-user $(seq -f 'rbac-bench-%g' 0 19); do
+    printf -- '---\napiVersion: v1\nkind: Namespace\nmetadata: {name: %s}\n' "$ns"
+  done
+  printf -- '---\napiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {name: bench-user-edit, namespace: bench-rbac-user}\nroleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: edit}\nsubjects:\n- {apiGroup: rbac.authorization.k8s.io, kind: User, name: bench-user}\n'
+  for i in $(seq 1 999); do
+    printf -- '---\napiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {name: rb-%d, namespace: rbac-bench-%d}\nroleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: view}\nsubjects:\n- {apiGroup: rbac.authorization.k8s.io, kind: User, name: user-%d}\n- {apiGroup: rbac.authorization.k8s.io, kind: Group, name: team-%d}\n' \
+      "$i" $((i % 20)) "$i" $((i % 50))
+  done
+  for i in $(seq 0 99); do
+    printf -- '---\napiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata: {name: crb-%d}\nroleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: view}\nsubjects:\n- {apiGroup: rbac.authorization.k8s.io, kind: User, name: ops-%d}\n' "$i" "$i"
+  done
+}
+
+# authz_buckets FILE: n1's decision-time histogram buckets, "LE COUNT" lines.
+authz_buckets() {
+  kubectl --kubeconfig "$work/rig/kubeconfig" --server https://10.77.0.1:6443 get --raw /metrics |
+    sed -n 's/^shoal_authorization_decision_duration_seconds_bucket{le="\([^"]*\)"} \([0-9.e+]*\).*/\1 \2/p' >"$1"
+}
+
+# authz_p99_us BEFORE AFTER: p99 in µs of the decisions between two snapshots.
+authz_p99_us() {
+  paste -d' ' "$1" "$2" | awk '
+    { le[NR] = ($1 == "+Inf") ? -1 : $1 + 0; n[NR] = $4 - $2 }
+    END {
+      total = n[NR]; if (total <= 0) { print "n/a"; exit }
+      want = 0.99 * total; prev_le = 0; prev_n = 0
+      for (i = 1; i <= NR; i++) {
+        if (n[i] >= want) {
+          if (le[i] < 0) { printf ">%.1f\n", prev_le * 1e6; exit }
+          frac = (n[i] > prev_n) ? (want - prev_n) / (n[i] - prev_n) : 1
+          printf "%.1f\n", (prev_le + frac * (le[i] - prev_le)) * 1e6; exit
+        }
+        prev_le = le[i]; prev_n = n[i]
+      }
+    }'
+}
+
+rbac_round() {
+  local server=https://10.77.0.1:6443 started
+  rig_up "$work/rig" 3
+  "$HIL" rig exec n1 --dir "$work/rig" -- "$SHOAL" kubeconfig --user bench-user --ttl 2h \
+    --data-dir "$work/rig/n1/data" --server "$server" >"$work/user.kubeconfig"
+  rbac_bindings >"$work/rbac.yaml"
+  started=$(date +%s)
+  kubectl --kubeconfig "$work/rig/kubeconfig" --server "$server" create -f "$work/rbac.yaml" >/dev/null
+  echo "rbac_objects_created_s: $(($(date +%s) - started))"
+  echo "rbac_rolebindings: $(kubectl --kubeconfig "$work/rig/kubeconfig" --server "$server" get rolebindings -A --no-headers | grep -cE ' (rb-[0-9]+|bench-user-edit) ')"
+  echo "rbac_clusterrolebindings: $(kubectl --kubeconfig "$work/rig/kubeconfig" --server "$server" get clusterrolebindings --no-headers | grep -c crb-)"
+  "$HIL" load api --kubeconfig "$work/rig/kubeconfig" --server "$server" --namespace bench-rbac-admin \
+    --count "$COUNT" --clients "$CLIENTS" >"$work/figures-rbac-admin"
+  authz_buckets "$work/authz-before"
+  "$HIL" load api --kubeconfig "$work/user.kubeconfig" --server "$server" --namespace bench-rbac-user \
+    --count "$COUNT" --clients "$CLIENTS" >"$work/figures-rbac-user"
+  authz_buckets "$work/authz-after"
+  rig_down "$work/rig"
+  local admin user
+  admin=$(p99 rbac-admin) user=$(p99 rbac-user)
+  echo "authz_decision_p99_us: $(authz_p99_us "$work/authz-before" "$work/authz-after")"
+  echo "rbac_mutating_p99_ms_admin: $admin"
+  echo "rbac_mutating_p99_ms_user: $user"
+  echo "rbac_mutating_p99_ratio_vs_admin: $(awk -v a="$user" -v b="$admin" 'BEGIN {if (b > 0) printf "%.2f", a / b; else print "n/a"}')"
+}
+# --- end of the RBAC round ---------------------------------------------------------------------
+
+case $RBAC in
+  0 | 1) ;;
+  only) rbac_round; echo "load_average: $(cut -d' ' -f1-3 /proc/loadavg)"; exit 0 ;;
+  *) echo "RBAC must be 1, 0 or only" >&2; exit 2 ;;
+esac
 case $METRICS in
   on | both) round on ;;
   off) round off "$work/metrics-off.toml" ;;
@@ -144,4 +225,5 @@ if [[ $WEBHOOK == 1 ]]; then
   echo "mutating_p99_ms_webhook: $hooked"
   echo "webhook_added_p99_ms: $(awk -v a="$hooked" -v b="$base" 'BEGIN {printf "%.2f", a - b}')"
 fi
+[[ $RBAC == 1 ]] && rbac_round
 echo "load_average: $(cut -d' ' -f1-3 /proc/loadavg)"

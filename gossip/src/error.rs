@@ -65,6 +65,8 @@ pub enum Error {
         #[source]
         source: quinn::ConnectionError,
     },
+    #[error("{addr} presented a refused certificate: {reason}")]
+    PeerCertificateRefused { addr: SocketAddr, reason: crate::transport::AfterHandshake },
     #[error("timed out connecting to {addr} after {after:?}")]
     ConnectTimeout { addr: SocketAddr, after: Duration },
     #[error("open stream to {addr}")]

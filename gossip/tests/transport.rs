@@ -560,3 +560,91 @@ async fn a_revoked_node_certificate_is_cut_off_both_ways() {
         t.shutdown().await;
     }
 }
+
+/// A QUIC client speaking "shoal/1" with `tls`'s node certificate and rustls's default
+/// session store, so its later connections resume the first one's session.
+fn resuming_client(tls: &NodeTls) -> (quinn::Endpoint, quinn::ClientConfig) {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let chain = load_certs(&tls.cert_pem, "node").unwrap();
+    let key = shoal_gossip::pki::load_private_key(&tls.key_pem).unwrap();
+    let mut client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(root_store(&tls.ca_cert_pem).unwrap())
+        .with_client_auth_cert(chain, key)
+        .unwrap();
+    client.alpn_protocols = vec![b"shoal/1".to_vec()];
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(client).unwrap();
+    let endpoint = quinn::Endpoint::client(any_port()).unwrap();
+    (endpoint, quinn::ClientConfig::new(Arc::new(quic)))
+}
+
+/// One call over a new connection: Err("handshake: ...") when the handshake failed, else the
+/// answer or why there was none.
+async fn call_on_new_connection(
+    endpoint: &quinn::Endpoint,
+    config: &quinn::ClientConfig,
+    addr: SocketAddr,
+) -> Result<Vec<u8>, String> {
+    let attempt = async {
+        let conn = endpoint
+            .connect_with(config.clone(), addr, "shoal-peer")
+            .unwrap()
+            .await
+            .map_err(|e| format!("handshake: {e}"))?;
+        let call = async {
+            let (mut send, mut recv) = conn.open_bi().await?;
+            send.write_all(&rpc_request("echo", b"hi")).await?;
+            let _ = send.finish();
+            let mut answer = Vec::new();
+            let mut buf = [0u8; 64];
+            while let Some(n) = recv.read(&mut buf).await? {
+                answer.extend_from_slice(&buf[..n]);
+            }
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(answer)
+        };
+        let r = call.await.map_err(|e| format!("after the handshake: {e:?}"));
+        // Give the session tickets a moment to arrive, then close.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        conn.close(0u32.into(), b"");
+        r
+    };
+    tokio::time::timeout(Duration::from_secs(10), attempt).await.unwrap_or_else(|_| Err("timed out".into()))
+}
+
+/// Sessions are resumed on the peer port, and a resumed session is checked against the
+/// revocation list all the same: a node that resumed before its certificate was revoked is
+/// refused after, before any request of its is served.
+#[tokio::test]
+async fn a_resumed_session_of_a_revoked_certificate_is_refused() {
+    init_tracing();
+    let secrets = ClusterSecrets::generate("test").unwrap();
+    let b = node(&secrets, "node-b");
+    let b_addr = b.local_addr().unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    b.register("echo", echo_handler(calls.clone()));
+    let a_tls = secrets.node_tls("node-a", &["127.0.0.1".parse().unwrap()]).unwrap();
+    let (endpoint, config) = resuming_client(&a_tls);
+    for _ in 0..2 {
+        let answer = call_on_new_connection(&endpoint, &config, b_addr).await.expect("served");
+        assert_eq!(answer.first(), Some(&0u8), "status OK");
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+
+    b.revocations().insert(&serial_of_tls(&a_tls));
+    // The handshake itself succeeds: a resumed session skips the certificate verifier (a
+    // full handshake would fail with a revoked alert). The connection is closed before its
+    // request is read.
+    let refused = call_on_new_connection(&endpoint, &config, b_addr).await.expect_err("refused");
+    assert!(refused.contains(r#"ApplicationClosed"#) && refused.contains(r#"b"certificate revoked""#), "{refused}");
+    assert_eq!(calls.load(Ordering::SeqCst), 2, "no request of the revoked certificate was served");
+    // Without a session to resume, the handshake itself fails: a TLS alert (which a TLS 1.3
+    // client may only read after sending its request), not the close after a resumption.
+    let (fresh, fresh_config) = resuming_client(&a_tls);
+    let full = call_on_new_connection(&fresh, &fresh_config, b_addr).await.expect_err("refused");
+    assert!(full.contains("invalid peer certificate: Revoked"), "{full}");
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    fresh.close(0u32.into(), b"");
+    endpoint.close(0u32.into(), b"");
+    b.shutdown().await;
+}

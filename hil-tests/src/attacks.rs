@@ -362,7 +362,7 @@ pub fn attacks(rig: &dyn Rig, opts: &ScenarioOptions) -> Result<Measured> {
     crate::abuse::start_trap_pod(&k, &first, &victim, &scratch)?;
     join_tokens(rig, &first, &client, &forger, &mut m)?;
     ca_key_holders(rig, &hosts, &mut m)?;
-    crate::revocation::revoke_user(rig, &hosts, &client, &scratch, &mut m)?;
+    crate::revocation::revoke_user(rig, &k, &hosts, &client, &scratch, &mut m)?;
     crate::abuse::user_cert_on_peer_port(rig, &hosts, &client, &forger, &scratch, &mut m)?;
     crate::abuse::patch_bombs(&k, &hosts, &scratch, &mut m)?;
     crate::abuse::check_trap_pod(&k, &first, &mut m)?;

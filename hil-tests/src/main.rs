@@ -169,6 +169,9 @@ enum LoadCommand {
         clients: usize,
         #[arg(long, default_value_t = 0)]
         fill: usize,
+        /// The namespace to work in (made when missing and the user may).
+        #[arg(long, default_value = "bench-api")]
+        namespace: String,
     },
     /// Create pods and time each until a watch shows it Running.
     Pods {
@@ -234,8 +237,8 @@ fn load(command: LoadCommand) -> anyhow::Result<ExitCode> {
             println!("{name}_p99_ms: {:.2}", st.pct(0.99));
             println!("{name}_errors: {}", st.errors);
         }
-        LoadCommand::Api { kubeconfig, server, count, clients, fill } => {
-            load::api_bench(&kube_config(&kubeconfig, server)?, count, clients.max(1), fill)?;
+        LoadCommand::Api { kubeconfig, server, count, clients, fill, namespace } => {
+            load::api_bench(&kube_config(&kubeconfig, server)?, &namespace, count, clients.max(1), fill)?;
         }
         LoadCommand::Pods { kubeconfig, server, count, clients, image, node, namespace, name, rate, cleanup } => {
             let cfg = kube_config(&kubeconfig, server)?;

@@ -1,15 +1,16 @@
 //! The `attacks` scenario, its revocation part: a user minted with `shoal kubeconfig --user`
-//! works on every node, is revoked on one, and is refused by every node within 2 s
+//! works on every node, gets `edit` in a namespace and uses it as upstream with kubectl 1.31
+//! and 1.33, is revoked on one node, and is refused by every node within 2 s
 //! (`revoke_lockout_ms`); then a node removed with `shoal node remove` can no longer open a
 //! peer service of any node with its certificate.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::rig::Rig;
 use crate::scenarios::Measured;
-use crate::services::Scratch;
+use crate::services::{Kubectl, Scratch};
 use crate::shoal;
 use crate::{Error, Result};
 
@@ -20,23 +21,99 @@ fn failed(reason: impl Into<String>) -> Error {
     Error::ScenarioFailed { scenario: "attacks".into(), reason: reason.into() }
 }
 
-/// `kubectl auth whoami` as the user of `kubeconfig` against `host`'s API, from the client:
-/// Ok(stdout) or Err(stderr).
-fn whoami(rig: &dyn Rig, client: &str, kubeconfig: &Path, host: &str) -> Result<std::result::Result<String, String>> {
+/// The kubectl versions alice's steps run with, each against its own node (index into the
+/// hosts): the oldest and the newest the gcloud SDK carries that the issue names.
+const VERSIONS: [(&str, usize); 2] = [("1.31", 1), ("1.33", 2)];
+
+/// kube-apiserver's refusal of alice's `get secrets -n default`, word for word.
+const FORBIDDEN_SECRETS: &str = r#"Error from server (Forbidden): secrets is forbidden: User "alice" cannot list resource "secrets" in API group "" in the namespace "default""#;
+
+/// `kubectl ARGS` (the binary `bin`) as the user of `kubeconfig` against `host`'s API, from
+/// the client: Ok(stdout) or Err(stderr).
+fn kubectl_as(
+    rig: &dyn Rig,
+    client: &str,
+    bin: &Path,
+    kubeconfig: &Path,
+    host: &str,
+    args: &[&str],
+) -> Result<std::result::Result<String, String>> {
     let server = format!("https://{}:6443", rig.address(host)?);
-    let kc = kubeconfig.display().to_string();
-    let out = rig.exec_timeout(
-        client,
-        &["kubectl", "--kubeconfig", &kc, "--server", &server, "--request-timeout=5s", "auth", "whoami"],
-        Duration::from_secs(20),
-    )?;
-    Ok(if out.success() { Ok(out.stdout) } else { Err(out.stderr) })
+    let (kc, bin) = (kubeconfig.display().to_string(), bin.display().to_string());
+    let mut cmd = vec![bin.as_str(), "--kubeconfig", &kc, "--server", &server, "--request-timeout=5s"];
+    cmd.extend_from_slice(args);
+    let out = rig.exec_timeout(client, &cmd, Duration::from_secs(20))?;
+    Ok(if out.success() { Ok(out.stdout) } else { Err(format!("{}{}", out.stderr, out.stdout)) })
 }
 
-/// Mints alice on `hosts[0]`, checks she gets in everywhere, revokes her there and measures
-/// until every node refuses her handshake.
+/// The kubectl binaries of [`VERSIONS`].
+fn binaries() -> Result<Vec<(&'static str, usize, PathBuf)>> {
+    VERSIONS
+        .iter()
+        .map(|&(v, i)| crate::walkthrough::versions::kubectl_bin(v).map(|b| (v, i, b)).map_err(failed))
+        .collect()
+}
+
+/// The issue's "Done when" steps for a minted user, with each kubectl of [`VERSIONS`] against
+/// its own node: alice, bound to `edit` in dev (and `admin` in ops), creates a Deployment in
+/// dev, is refused Secrets in default with upstream's words, sees `edit`'s rules in `auth
+/// can-i --list`, and cannot write a Role granting more than she holds.
+fn alice_as_editor(
+    rig: &dyn Rig,
+    k: &Kubectl<'_>,
+    hosts: &[String],
+    client: &str,
+    kc: &Path,
+    m: &mut Measured,
+) -> Result<()> {
+    let first = &hosts[0];
+    let admin = |args: &[&str]| k.on(first, args).map_err(failed);
+    for ns in ["dev", "ops"] {
+        if let Err(e) = k.on(first, &["create", "namespace", ns]) {
+            if !e.contains("AlreadyExists") {
+                return Err(failed(e));
+            }
+        }
+    }
+    admin(&["create", "rolebinding", "alice-edit", "--clusterrole=edit", "--user=alice", "-n", "dev"])?;
+    admin(&["create", "rolebinding", "alice-admin", "--clusterrole=admin", "--user=alice", "-n", "ops"])?;
+    for (version, i, bin) in binaries()? {
+        let host = &hosts[i.min(hosts.len() - 1)];
+        let alice = |args: &[&str]| kubectl_as(rig, client, &bin, kc, host, args);
+        let what = |step: &str| format!("kubectl {version} on {host}: {step}");
+        let deploy = format!("web-{}", version.replace('.', "-"));
+        alice(&["create", "deployment", &deploy, "--image=busybox", "--replicas=0", "-n", "dev"])?
+            .map_err(|e| failed(what(&format!("alice could not create a Deployment in dev: {e}"))))?;
+        match alice(&["get", "secrets", "-n", "default"])? {
+            Err(e) if e.contains(FORBIDDEN_SECRETS) => {}
+            other => return Err(failed(what(&format!("get secrets -n default: not upstream's refusal: {other:?}")))),
+        }
+        let list = alice(&["auth", "can-i", "--list", "-n", "dev"])?
+            .map_err(|e| failed(what(&format!("auth can-i --list: {e}"))))?;
+        for want in ["selfsubjectaccessreviews.authorization.k8s.io", "deployments.apps", "secrets", "pods/exec"] {
+            if !list.lines().any(|l| l.starts_with(want)) {
+                return Err(failed(what(&format!("auth can-i --list -n dev lacks {want}:\n{list}"))));
+            }
+        }
+        if list.contains("rolebindings") {
+            return Err(failed(what(&format!("auth can-i --list -n dev shows RBAC rights edit lacks:\n{list}"))));
+        }
+        let role = format!("nodes-{}", version.replace('.', "-"));
+        match alice(&["create", "role", &role, "--verb=get", "--resource=nodes", "-n", "ops"])? {
+            Err(e) if e.contains("is attempting to grant RBAC permissions not currently held") => {}
+            other => return Err(failed(what(&format!("an escalating Role was not refused as upstream: {other:?}")))),
+        }
+        m.note(format!("alice with kubectl {version} on {host}: edit in dev as upstream"));
+    }
+    Ok(())
+}
+
+/// Mints alice on `hosts[0]`, runs [`alice_as_editor`], revokes her there and measures until
+/// every node refuses her handshake (each node polled with one kubectl of [`VERSIONS`]; then
+/// every version is refused by every node).
 pub(crate) fn revoke_user(
     rig: &dyn Rig,
+    k: &Kubectl<'_>,
     hosts: &[String],
     client: &str,
     scratch: &Scratch,
@@ -45,13 +122,16 @@ pub(crate) fn revoke_user(
     let first = &hosts[0];
     let kc = shoal::kubeconfig_for(rig, first, "alice", &[])?;
     let kc = scratch.write("alice.kubeconfig", &kc)?;
-    for h in hosts {
-        match whoami(rig, client, &kc, h)? {
+    let bins = binaries()?;
+    for (i, h) in hosts.iter().enumerate() {
+        let bin = &bins[i % bins.len()].2;
+        match kubectl_as(rig, client, bin, &kc, h, &["auth", "whoami"])? {
             Ok(out) if out.contains("alice") => {}
             Ok(out) => return Err(failed(format!("alice on {h} is not alice: {out}"))),
             Err(e) => return Err(failed(format!("a freshly minted alice is refused on {h}: {e}"))),
         }
     }
+    alice_as_editor(rig, k, hosts, client, &kc, m)?;
     let out = shoal::run_shoal(rig, first, &["kubeconfig", "revoke", "--user", "alice"], shoal::CLI_TIMEOUT)?;
     if !out.success() {
         return Err(failed(format!("shoal kubeconfig revoke: {}", out.stderr.trim())));
@@ -61,12 +141,13 @@ pub(crate) fn revoke_user(
     let results: Vec<std::result::Result<Duration, String>> = std::thread::scope(|s| {
         let pollers: Vec<_> = hosts
             .iter()
-            .map(|h| {
-                let kc = &kc;
+            .enumerate()
+            .map(|(i, h)| {
+                let (kc, bin) = (&kc, &bins[i % bins.len()].2);
                 s.spawn(move || -> std::result::Result<Duration, String> {
                     let mut last = String::new();
                     while revoked.elapsed() < LOCKOUT_LIMIT * 5 {
-                        match whoami(rig, client, kc, h) {
+                        match kubectl_as(rig, client, bin, kc, h, &["auth", "whoami"]) {
                             Ok(Err(e)) if e.contains("revoked") => return Ok(revoked.elapsed()),
                             Ok(Err(e)) => last = e,
                             Ok(Ok(_)) => last = "still admitted".into(),
@@ -90,7 +171,15 @@ pub(crate) fn revoke_user(
     if worst > LOCKOUT_LIMIT {
         return Err(failed(format!("revoking alice took {worst:?} to reach every node (limit {LOCKOUT_LIMIT:?})")));
     }
-    m.note(format!("revoked alice: refused by every node within {ms} ms"));
+    for (version, _, bin) in &bins {
+        for h in hosts {
+            match kubectl_as(rig, client, bin, &kc, h, &["get", "deployments", "-n", "dev"])? {
+                Err(e) if e.contains("revoked") => {}
+                other => return Err(failed(format!("revoked alice with kubectl {version} on {h}: {other:?}"))),
+            }
+        }
+    }
+    m.note(format!("revoked alice: refused by every node within {ms} ms, with kubectl 1.31 and 1.33"));
     Ok(())
 }
 

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-mod versions;
+pub(crate) mod versions;
 
 /// What one step of the walkthrough saw.
 #[derive(Debug, Clone)]

@@ -65,7 +65,10 @@ pub(crate) async fn check(
         Err(ImpersonateError::BadRequest(m)) => return Err(ApiError::bad_request(m)),
     };
     let attrs = Attributes::from_request(req.method.as_str(), req.uri.path(), &query_pairs(req));
-    match state.authz.authorize(&user, &attrs).await {
+    let started = std::time::Instant::now();
+    let decision = state.authz.authorize(&user, &attrs).await;
+    crate::metrics::apiserver::observe_authz(started.elapsed());
+    match decision {
         auth::Decision::Allow(_) => Ok(Arc::new(user)),
         auth::Decision::Deny(reason) => {
             debug!(user = %user.name, verb = %attrs.verb, resource = %attrs.resource, namespace = %attrs.namespace, path = %attrs.path, "request refused by rbac");

@@ -311,6 +311,7 @@ impl Server {
                     }
                     Err(_) => return,
                 };
+                let Some(tls) = tls::admit(tls, &revoked, peer).await else { return };
                 let leaf = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| c.clone().into_owned());
                 let cert_user = leaf.as_ref().and_then(|c| crate::auth::from_certificate(c.as_ref())).map(Arc::new);
                 let mut revocations = revoked.subscribe();

@@ -1,7 +1,8 @@
 //! TLS for the API: the node's serving certificate, and client certificates checked against
 //! the cluster CA (a connection without one is accepted, and every request on it gets 401).
-//! A revoked certificate fails the handshake; sessions are not resumed (a resumed session
-//! would skip the check).
+//! A revoked certificate fails the handshake. Sessions may be resumed; a resumed session skips
+//! the verifier, so every connection's certificate is checked again once its handshake is done,
+//! before its first request is read ([`admit`]).
 use std::sync::Arc;
 
 use rustls::pki_types::pem::PemObject;
@@ -61,6 +62,31 @@ pub(crate) fn server_config(m: &TlsMaterial, revoked: &shoal_gossip::Revocations
         .with_single_cert(chain, key)
         .map_err(Error::TlsConfig)?;
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    shoal_gossip::transport::no_resumption(&mut cfg);
+    shoal_gossip::transport::resumption(&mut cfg);
     Ok(cfg)
+}
+
+/// The connection once its handshake is done, or None when its certificate is refused (on a
+/// resumed session the verifier did not run: see `shoal_gossip::transport::check_after_handshake`);
+/// a refused connection gets a close_notify, what the client already sent is read and dropped
+/// for at most a second (so it reads the close rather than a reset), and it is closed.
+pub(crate) async fn admit(
+    mut tls: tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+    revoked: &shoal_gossip::Revocations,
+    peer: std::net::SocketAddr,
+) -> Option<tokio_rustls::server::TlsStream<tokio::net::TcpStream>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let conn = tls.get_ref().1;
+    let leaf = conn.peer_certificates().and_then(|c| c.first());
+    let Err(reason) = shoal_gossip::transport::check_after_handshake(leaf, revoked) else {
+        return Some(tls);
+    };
+    let serial = leaf.and_then(|c| shoal_gossip::revocation::serial_of(c.as_ref())).unwrap_or_default();
+    let kind = conn.handshake_kind();
+    tracing::warn!(%peer, %serial, %reason, handshake = ?kind, "refusing a client certificate after the handshake");
+    let _ = tls.shutdown().await;
+    let mut buf = [0u8; 4096];
+    let drain = async { while matches!(tls.read(&mut buf).await, Ok(n) if n > 0) {} };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), drain).await;
+    None
 }

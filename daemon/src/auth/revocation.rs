@@ -213,6 +213,71 @@ pub async fn revoke_serial(store: &Store, serial: &str, reason: &str) -> Result<
     Ok(rec)
 }
 
+/// How long after a certificate's expiry its records are kept: a node whose clock runs behind
+/// (a board without a battery-backed clock, before NTP steps it) would still take an expired
+/// certificate, so its revocation outlives the expiry by this much.
+pub const PRUNE_GRACE_SECS: i64 = 7 * 24 * 3600;
+
+/// What [`prune_expired`] removed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Pruned {
+    pub issued: usize,
+    pub revoked: usize,
+}
+
+/// Deletes the records of certificates that expired more than [`PRUNE_GRACE_SECS`] before
+/// `now` (Unix seconds): their `/shoal/certs/` records and their `/shoal/revoked/` entries, so
+/// the revoked set every node holds in memory stays as small as the certificates still alive.
+/// Kept: entries of unknown expiry (a serial revoked without a record) and those of removed
+/// nodes (their Raft id must never count as healthy again). Each delete is conditional on the
+/// record being unchanged since it was read; an unreadable record is left alone.
+pub async fn prune_expired(store: &Store, now: i64) -> Result<Pruned> {
+    use shoal_store::{Compare, Op};
+    let cutoff = now.saturating_sub(PRUNE_GRACE_SECS);
+    // (key, mod_revision, whether it is a revocation entry)
+    let mut doomed: Vec<(String, u64, bool)> = Vec::new();
+    let mut pruned = Pruned::default();
+    let (kvs, _) = store.range(ISSUED_PREFIX).await.map_err(RevocationError::Store)?;
+    for kv in &kvs {
+        if let Ok(r) = serde_json::from_slice::<IssuedRecord>(&kv.value) {
+            if r.not_after < cutoff {
+                doomed.push((kv.key.clone(), kv.mod_revision, false));
+            }
+        }
+    }
+    let (kvs, _) = store.range(REVOKED_PREFIX).await.map_err(RevocationError::Store)?;
+    for kv in &kvs {
+        if let Ok(r) = serde_json::from_slice::<RevokedRecord>(&kv.value) {
+            if r.not_after != 0 && r.not_after < cutoff && r.node_id.is_none() {
+                doomed.push((kv.key.clone(), kv.mod_revision, true));
+            }
+        }
+    }
+    for chunk in doomed.chunks(128) {
+        let txn = shoal_store::Txn {
+            compares: chunk
+                .iter()
+                .map(|(key, revision, _)| Compare::ModRevision { key: key.clone(), revision: *revision })
+                .collect(),
+            success: chunk.iter().map(|(key, _, _)| Op::Delete { key: key.clone() }).collect(),
+            failure: Vec::new(),
+        };
+        let r = store.txn(txn).await.map_err(RevocationError::Store)?;
+        if r.succeeded {
+            let revoked = chunk.iter().filter(|d| d.2).count();
+            pruned.revoked += revoked;
+            pruned.issued += chunk.len() - revoked;
+        } else {
+            // Something changed under this chunk; the next round looks again.
+            tracing::debug!("a certificate record changed while pruning; left for the next round");
+        }
+    }
+    if pruned != Pruned::default() {
+        tracing::info!(issued = pruned.issued, revoked = pruned.revoked, "expired certificate records pruned");
+    }
+    Ok(pruned)
+}
+
 /// The Raft ids of the nodes removed with `shoal node remove` (never counted healthy again).
 pub async fn removed_nodes(store: &Store) -> std::collections::BTreeSet<u64> {
     match revoked(store).await {
@@ -321,6 +386,94 @@ mod tests {
         }
         assert!(set.is_revoked(&bob.serial));
         assert!(removed_nodes(&store).await.is_empty());
+        stop.cancel();
+        task.await.expect("task");
+    }
+
+    async fn put<T: Serialize>(store: &Store, key: String, v: &T) {
+        store.txn(Txn::put(key, serde_json::to_vec(v).expect("json"))).await.expect("put");
+    }
+
+    fn issued_rec(serial: &str, not_after: i64) -> IssuedRecord {
+        IssuedRecord { serial: serial.into(), subject: "u".into(), groups: vec![], not_after, issued_at: 0 }
+    }
+
+    fn revoked_rec(serial: &str, not_after: i64, node_id: Option<u64>) -> RevokedRecord {
+        RevokedRecord {
+            serial: serial.into(),
+            subject: "u".into(),
+            reason: "r".into(),
+            revoked_at: 0,
+            not_after,
+            node_id,
+        }
+    }
+
+    #[tokio::test]
+    async fn records_of_long_expired_certificates_are_pruned_and_leave_the_revoked_set() {
+        let store = Store::in_memory();
+        let set = Revocations::default();
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(keep_current(store.clone(), set.clone(), stop.clone()));
+        let now = 1_900_000_000;
+        let long_ago = now - PRUNE_GRACE_SECS - 1;
+        let lately = now - 60;
+        let alive = now + 3600;
+        for (serial, not_after) in [("a1", long_ago), ("a2", lately), ("a3", alive)] {
+            put(&store, format!("{ISSUED_PREFIX}{serial}"), &issued_rec(serial, not_after)).await;
+        }
+        let revoked_list = [
+            ("a1", long_ago, None),
+            ("a2", lately, None),
+            ("a3", alive, None),
+            // Revoked by serial with no record: expiry unknown, kept.
+            ("b1", 0, None),
+            // A removed node: kept, its Raft id stays out.
+            ("d1", long_ago, Some(7)),
+        ];
+        for (serial, not_after, node) in revoked_list {
+            put(&store, format!("{REVOKED_PREFIX}{serial}"), &revoked_rec(serial, not_after, node)).await;
+        }
+        // Garbage under the prefix is left alone, not a reason to fail.
+        store.txn(Txn::put(format!("{REVOKED_PREFIX}ee"), b"{".to_vec())).await.expect("put");
+        for _ in 0..200 {
+            if set.len() == 6 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_eq!(set.len(), 6);
+
+        let pruned = prune_expired(&store, now).await.expect("prune");
+        assert_eq!(pruned, Pruned { issued: 1, revoked: 1 });
+        let issued: Vec<String> = issued(&store).await.expect("issued").into_iter().map(|r| r.serial).collect();
+        assert_eq!(issued, ["a2", "a3"]);
+        let (kvs, _) = store.range(REVOKED_PREFIX).await.expect("range");
+        let keys: Vec<&str> = kvs.iter().filter_map(|kv| kv.key.strip_prefix(REVOKED_PREFIX)).collect();
+        assert_eq!(keys, ["a2", "a3", "b1", "d1", "ee"]);
+        for _ in 0..200 {
+            if set.len() == 5 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert!(!set.is_revoked("a1"), "the pruned serial left the in-memory set");
+        assert!(set.is_revoked("a2") && set.is_revoked("b1") && set.is_revoked("d1"));
+        // Nothing more to do: a second round deletes nothing.
+        assert_eq!(prune_expired(&store, now).await.expect("prune"), Pruned::default());
+        // A thousand expired revocations: the set comes back to what is still alive.
+        for i in 0..1000 {
+            let serial = format!("c{i:04}");
+            put(&store, format!("{REVOKED_PREFIX}{serial}"), &revoked_rec(&serial, long_ago, None)).await;
+        }
+        assert_eq!(prune_expired(&store, now).await.expect("prune").revoked, 1000);
+        for _ in 0..200 {
+            if set.len() == 5 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_eq!(set.len(), 5);
         stop.cancel();
         task.await.expect("task");
     }

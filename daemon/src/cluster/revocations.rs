@@ -14,6 +14,7 @@ use crate::auth::revocation;
 /// when the store takes the write), so `shoal node remove` can revoke it.
 pub(crate) async fn run(node: Arc<Node>, stop: CancellationToken) {
     let keep = tokio::spawn(revocation::keep_current(node.store.clone(), node.transport.revocations(), stop.clone()));
+    let prune = tokio::spawn(prune_loop(node.clone(), stop.clone()));
     let mut wait = Duration::from_millis(200);
     loop {
         match record_own(&node).await {
@@ -27,6 +28,32 @@ pub(crate) async fn run(node: Arc<Node>, stop: CancellationToken) {
         wait = (wait * 2).min(Duration::from_secs(10));
     }
     let _ = keep.await;
+    let _ = prune.await;
+}
+
+/// How often the leader drops the records of expired certificates.
+const PRUNE_EVERY: Duration = Duration::from_secs(600);
+
+/// On the leader, every [`PRUNE_EVERY`] (the first a minute after start): prunes the records of
+/// certificates long expired, so the revoked set stays bounded.
+async fn prune_loop(node: Arc<Node>, stop: CancellationToken) {
+    let mut wait = Duration::from_secs(60);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        wait = PRUNE_EVERY;
+        if node.store.status().leader != Some(node.identity.node_id) {
+            continue;
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+        if let Err(e) = revocation::prune_expired(&node.store, now).await {
+            tracing::debug!(error = %e, "pruning expired certificate records");
+        }
+    }
 }
 
 async fn record_own(node: &Node) -> Result<(), revocation::RevocationError> {

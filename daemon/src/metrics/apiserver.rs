@@ -76,6 +76,20 @@ pub(crate) struct ApiMetrics {
     pub longrunning: Family<RouteLabels, Gauge>,
     /// Connections and requests refused by a cap (`api::limits`), by reason.
     pub refused: Family<ReasonLabels, Counter>,
+    /// Time of the authorization decision of each request from outside (RBAC and the Node
+    /// authorizer; `system:masters` included).
+    pub authz_decision: Histogram,
+}
+
+/// Buckets of `shoal_authorization_decision_duration_seconds`: 1 µs to 10 ms.
+const AUTHZ_BUCKETS: [f64; 15] =
+    [1e-6, 2e-6, 3e-6, 5e-6, 7.5e-6, 1e-5, 1.5e-5, 2e-5, 3e-5, 5e-5, 7.5e-5, 1e-4, 2.5e-4, 1e-3, 1e-2];
+
+/// Records the time of one authorization decision (when metrics are on).
+pub(crate) fn observe_authz(took: std::time::Duration) {
+    if super::enabled() {
+        super::global().api.authz_decision.observe(took.as_secs_f64());
+    }
 }
 
 impl Default for ApiMetrics {
@@ -96,6 +110,7 @@ impl Default for ApiMetrics {
             inflight,
             longrunning: Family::default(),
             refused,
+            authz_decision: Histogram::new(AUTHZ_BUCKETS),
         }
     }
 }
@@ -126,6 +141,11 @@ impl ApiMetrics {
             "shoal_api_refused",
             "Connections and requests the API server refused because a cap was reached (connections per client, watches per user, requests in flight).",
             self.refused.clone(),
+        );
+        r.register(
+            "shoal_authorization_decision_duration_seconds",
+            "Time of the authorization decision (RBAC, Node authorizer) of each API request from outside.",
+            self.authz_decision.clone(),
         );
     }
 

@@ -25,7 +25,7 @@ use crate::error::{Error, Result};
 use crate::pki::{common_name, organizations, ClusterSecrets, NodeTls, PEER_SERVER_NAME};
 
 pub use join::{join, refusal as join_refusal, JoinBundle, JoinRequest};
-pub use tls::{no_resumption, refusing_revoked, skew_tolerant_client_verifier};
+pub use tls::{check_after_handshake, refusing_revoked, resumption, skew_tolerant_client_verifier, AfterHandshake};
 
 use crate::revocation::Revocations;
 
@@ -408,6 +408,11 @@ impl Transport {
             .await
             .map_err(|_| Error::ConnectTimeout { addr, after })?
             .map_err(|source| Error::Handshake { addr, source })?;
+        if let Err(reason) = tls::check_after_handshake(leaf_certificate(&conn).as_ref(), &self.inner.revoked) {
+            warn!(peer = %addr, %reason, "refusing a peer's certificate after the handshake");
+            conn.close(VarInt::from_u32(CLOSE_REVOKED), reason.to_string().as_bytes());
+            return Err(Error::PeerCertificateRefused { addr, reason });
+        }
         debug!(peer = %addr, "connected to peer");
         lock(&self.inner.conns).insert(addr, conn.clone());
         Ok(conn)
@@ -561,9 +566,15 @@ fn peer_info(conn: &Connection) -> Option<PeerInfo> {
 async fn serve_peer(inner: Arc<Inner>, conn: Connection, peer: PeerInfo) {
     debug!(peer = %peer.addr, node = %peer.node_name, "peer connected");
     let leaf = leaf_certificate(&conn);
+    // Subscribed first, so a revocation after the check below is seen by the loop.
     let mut revocations = inner.revoked.subscribe();
-    // Checked once at once too: a revocation may have landed since the handshake.
-    revocations.mark_changed();
+    // Before any request: a resumed session skipped the verifier, and a revocation may have
+    // landed since the handshake.
+    if let Err(reason) = tls::check_after_handshake(leaf.as_ref(), &inner.revoked) {
+        warn!(peer = %peer.addr, node = %peer.node_name, %reason, "closing a peer connection after the handshake");
+        conn.close(VarInt::from_u32(CLOSE_REVOKED), reason.to_string().as_bytes());
+        return;
+    }
     loop {
         let (send, recv) = tokio::select! {
             _ = inner.shutdown.cancelled() => {

@@ -58,7 +58,7 @@ pub(crate) fn server_config(
         .with_single_cert(chain, key)
         .map_err(Error::BuildTls)?;
     server.alpn_protocols = vec![PEER_ALPN.to_vec(), JOIN_ALPN.to_vec()];
-    no_resumption(&mut server);
+    resumption(&mut server);
     let quic = quinn::crypto::rustls::QuicServerConfig::try_from(server).map_err(Error::BuildQuic)?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
     config.transport_config(transport);
@@ -87,23 +87,70 @@ pub(crate) fn peer_client_config(
         .with_client_auth_cert(chain, key)
         .map_err(Error::BuildTls)?;
     client.alpn_protocols = vec![PEER_ALPN.to_vec()];
-    // A resumed session skips the server's certificate check, so a revoked node could
-    // resume; every connection verifies the certificate instead.
-    client.resumption = rustls::client::Resumption::disabled();
+    // A resumed session skips the server's certificate check: the transport checks the
+    // server's certificate after every handshake (`check_after_handshake`). No 0-RTT.
+    client.enable_early_data = false;
     let quic = quinn::crypto::rustls::QuicClientConfig::try_from(client).map_err(Error::BuildQuic)?;
     let mut config = quinn::ClientConfig::new(Arc::new(quic));
     config.transport_config(transport);
     Ok(config)
 }
 
-/// Turns TLS session resumption off on a server: a resumed session skips the client
-/// certificate verifier, so a certificate revoked since its first handshake would get back
-/// in. Nodes and kubectl keep their connections open, so the full handshakes cost little.
-/// The Kubernetes API uses it as well.
-pub fn no_resumption(server: &mut rustls::ServerConfig) {
-    server.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
-    server.send_tls13_tickets = 0;
+/// Why a connection is refused after its handshake (see [`check_after_handshake`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterHandshake {
+    /// The peer's certificate is on the revocation list.
+    Revoked,
+    /// The session was resumed and the certificate it was made with has expired since.
+    Expired,
 }
+
+impl std::fmt::Display for AfterHandshake {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            AfterHandshake::Revoked => "certificate revoked",
+            AfterHandshake::Expired => "certificate expired since the session began",
+        })
+    }
+}
+
+/// The check every connection passes once its handshake is done, before its first request is
+/// served: TLS session resumption (tickets or the session cache) skips the certificate
+/// verifiers, so a session made before a revocation would otherwise get back in. rustls hands
+/// a resumed connection the certificates of the session it resumed, so they are checked here:
+/// not revoked and not expired (against the clock, as the verifier does; a full handshake
+/// passed both already). `leaf` is the peer's end-entity certificate, None when it presented
+/// none.
+pub fn check_after_handshake(
+    leaf: Option<&CertificateDer<'_>>,
+    revoked: &Revocations,
+) -> std::result::Result<(), AfterHandshake> {
+    let Some(leaf) = leaf else { return Ok(()) };
+    if revoked.is_revoked_cert(leaf.as_ref()) {
+        return Err(AfterHandshake::Revoked);
+    }
+    let not_after = x509_parser::parse_x509_certificate(leaf.as_ref())
+        .ok()
+        .and_then(|(_, c)| u64::try_from(c.validity().not_after.timestamp()).ok());
+    // The certificate passed a verifier once: unreadable now means something is wrong, so it
+    // is refused as well.
+    if not_after.is_none_or(|na| na < UnixTime::now().as_secs()) {
+        return Err(AfterHandshake::Expired);
+    }
+    Ok(())
+}
+
+/// TLS session resumption on a server: rustls's in-memory session cache (TLS 1.3 tickets
+/// name its entries; nothing secret leaves the node), and no 0-RTT data, which would be read
+/// before [`check_after_handshake`] runs. The Kubernetes API uses it as well.
+pub fn resumption(server: &mut rustls::ServerConfig) {
+    server.session_storage = rustls::server::ServerSessionMemoryCache::new(SESSION_CACHE_ENTRIES);
+    server.send_tls13_tickets = 2;
+    server.max_early_data_size = 0;
+}
+
+/// Sessions a server keeps for resumption (a few hundred bytes each).
+const SESSION_CACHE_ENTRIES: usize = 1024;
 
 /// Client side for joining: no client certificate; the server's chain must contain a CA whose
 /// hash the token names (trust on first use), and the server certificate must chain to it.

