@@ -51,6 +51,13 @@ pub fn to_vec(v: &Value) -> Vec<u8> {
     serde_json::to_vec(&Ordered(v, Shape::Any)).unwrap_or_default()
 }
 
+/// Appends `v`, in kube-apiserver's field order, to `buf` (a streamed list's items).
+pub fn extend(buf: &mut Vec<u8>, v: &Value) {
+    if serde_json::to_writer(&mut *buf, &Ordered(v, Shape::Any)).is_err() {
+        buf.extend_from_slice(b"null");
+    }
+}
+
 struct Ordered<'a>(&'a Value, Shape);
 
 fn first_keys(m: &Map<String, Value>, shape: Shape) -> &'static [&'static str] {

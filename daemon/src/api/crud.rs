@@ -64,7 +64,7 @@ const LIST_CHUNK: usize = 64 * 1024;
 /// kube-apiserver's streaming list encoding), instead of one buffer as large as the whole list:
 /// `head` (kind, apiVersion, metadata) and then `"items": [...]`.
 pub(crate) fn list_response(head: Value, items: Vec<Value>) -> Response {
-    let mut start = serde_json::to_vec(&head).unwrap_or_else(|_| b"{}".to_vec());
+    let mut start = shoal_kube::wire::to_vec(&head);
     start.pop(); // the closing brace
     if start.len() > 1 {
         start.push(b',');
@@ -81,9 +81,7 @@ pub(crate) fn list_response(head: Value, items: Vec<Value>) -> Response {
                     if !std::mem::take(&mut first) {
                         buf.push(b',');
                     }
-                    if serde_json::to_writer(&mut buf, &item).is_err() {
-                        buf.extend_from_slice(b"null");
-                    }
+                    shoal_kube::wire::extend(&mut buf, &item);
                 }
                 None => {
                     buf.extend_from_slice(b"]}");

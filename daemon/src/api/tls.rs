@@ -70,11 +70,11 @@ pub(crate) fn server_config(m: &TlsMaterial, revoked: &shoal_gossip::Revocations
 /// resumed session the verifier did not run: see `shoal_gossip::transport::check_after_handshake`);
 /// a refused connection gets a close_notify, what the client already sent is read and dropped
 /// for at most a second (so it reads the close rather than a reset), and it is closed.
-pub(crate) async fn admit(
-    mut tls: tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+pub(crate) async fn admit<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    mut tls: tokio_rustls::server::TlsStream<S>,
     revoked: &shoal_gossip::Revocations,
     peer: std::net::SocketAddr,
-) -> Option<tokio_rustls::server::TlsStream<tokio::net::TcpStream>> {
+) -> Option<tokio_rustls::server::TlsStream<S>> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let conn = tls.get_ref().1;
     let leaf = conn.peer_certificates().and_then(|c| c.first());
