@@ -617,6 +617,20 @@ async fn real_install_manifests_apply_their_rbac_unchanged() {
     let o =
         api.run("admin", &["apply", "-f", "-"], Some(&without_kinds(&text, &["ValidatingWebhookConfiguration"]))).await;
     assert!(o.ok, "{}", o.stderr);
+    // Hand-written bindings often leave out roleRef.apiGroup and a User's apiGroup; kube-apiserver
+    // defaults both, so the YAML applies and grants.
+    let bare = "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata: {name: dave-view}\n\
+                roleRef: {kind: ClusterRole, name: view}\nsubjects:\n- {kind: User, name: dave}\n";
+    let o = api.run("admin", &["apply", "-f", "-"], Some(bare)).await;
+    assert!(o.ok, "a binding without apiGroups: {}\n{}", o.stdout, o.stderr);
+    let got = api
+        .ok(
+            "admin",
+            &["get", "clusterrolebinding", "dave-view", "-o", "jsonpath={.roleRef.apiGroup} {.subjects[0].apiGroup}"],
+        )
+        .await;
+    assert_eq!(got.trim(), "rbac.authorization.k8s.io rbac.authorization.k8s.io");
+    assert_eq!(api.ok("admin", &["auth", "can-i", "--as=dave", "list", "pods"]).await.trim(), "yes");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -322,7 +322,10 @@ fn admit(ctx: &Ctx, obj: &mut Value, old: Option<&Value>, uid: &str) -> Result<(
             vec![]
         }
         ("apiextensions.k8s.io", "CustomResourceDefinition") => crd::admit(obj),
-        ("rbac.authorization.k8s.io", k) => rbac::validate(k, obj, old),
+        ("rbac.authorization.k8s.io", k) => {
+            rbac::default_object(k, obj);
+            rbac::validate(k, obj, old)
+        }
         ("admissionregistration.k8s.io", k) => {
             crate::admission::webhook::default_object(k, obj);
             crate::admission::webhook::validate_object(obj)

@@ -120,6 +120,27 @@ fn binding_causes(obj: &Value, old: Option<&Value>, namespaced: bool, out: &mut 
     }
 }
 
+/// rbac/v1 defaulting, as kube-apiserver's: a binding's `roleRef.apiGroup` and a User or Group
+/// subject's `apiGroup` default to `rbac.authorization.k8s.io` (YAML that leaves them out applies).
+pub(crate) fn default_object(kind: &str, obj: &mut Value) {
+    if !matches!(kind, "RoleBinding" | "ClusterRoleBinding") {
+        return;
+    }
+    if let Some(rr) = obj.get_mut("roleRef").and_then(Value::as_object_mut) {
+        if rr.get("apiGroup").and_then(Value::as_str).is_none_or(str::is_empty) {
+            rr.insert("apiGroup".into(), Value::from(GROUP));
+        }
+    }
+    for s in obj.get_mut("subjects").and_then(Value::as_array_mut).into_iter().flatten() {
+        let user_or_group = matches!(s["kind"].as_str(), Some("User" | "Group"));
+        if let Some(s) = s.as_object_mut() {
+            if user_or_group && s.get("apiGroup").and_then(Value::as_str).is_none_or(str::is_empty) {
+                s.insert("apiGroup".into(), Value::from(GROUP));
+            }
+        }
+    }
+}
+
 /// The validation failures of an RBAC object of `kind` (`old` on update).
 pub(crate) fn validate(kind: &str, obj: &Value, old: Option<&Value>) -> Vec<Cause> {
     let mut out = Vec::new();
@@ -200,6 +221,22 @@ pub(crate) async fn check_escalation(ctx: &Ctx, obj: &Value) -> Result<(), ApiEr
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_binding_without_api_groups_is_defaulted_as_upstream() {
+        let mut b = json!({"roleRef": {"kind": "ClusterRole", "name": "view"}, "subjects": [
+            {"kind": "User", "name": "alice"}, {"kind": "Group", "name": "ops", "apiGroup": ""},
+            {"kind": "ServiceAccount", "name": "x", "namespace": "d"}]});
+        default_object("RoleBinding", &mut b);
+        assert_eq!(b["roleRef"]["apiGroup"], GROUP);
+        assert_eq!(b["subjects"][0]["apiGroup"], GROUP);
+        assert_eq!(b["subjects"][1]["apiGroup"], GROUP);
+        assert!(b["subjects"][2].get("apiGroup").is_none(), "a ServiceAccount subject has no group");
+        assert!(validate("RoleBinding", &b, None).is_empty());
+        let mut role = json!({"rules": []});
+        default_object("Role", &mut role);
+        assert_eq!(role, json!({"rules": []}));
+    }
 
     #[test]
     fn bindings_and_rules_are_checked_as_upstream() {
