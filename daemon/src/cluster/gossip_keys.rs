@@ -133,21 +133,7 @@ pub(super) async fn call_service(
 /// Applies `ring` here and on every other node; fails naming the nodes that did not take it.
 async fn apply_everywhere(node: &Node, ring: &GossipKeyring, step: &str) -> Result<(), String> {
     adopt(node, ring.clone()).await?;
-    let others = others(node).await;
-    let offer = KeyringRequest::Offer(ring.clone());
-    let replies = futures::future::join_all(others.iter().map(|(name, addr)| {
-        let offer = &offer;
-        async move { (name, call(node, *addr, offer).await) }
-    }))
-    .await;
-    let failed: Vec<String> = replies
-        .into_iter()
-        .filter_map(|(name, r)| match r {
-            Ok(v) if v["epoch"].as_u64() >= Some(ring.epoch) => None,
-            Ok(v) => Some(format!("{name} (at epoch {})", v["epoch"])),
-            Err(e) => Some(format!("{name} ({e})")),
-        })
-        .collect();
+    let failed = offer_to_others(node, SERVICE, &KeyringRequest::Offer(ring.clone()), ring.epoch).await;
     if failed.is_empty() {
         Ok(())
     } else {
@@ -157,6 +143,24 @@ async fn apply_everywhere(node: &Node, ring: &GossipKeyring, step: &str) -> Resu
             failed.join(", ")
         ))
     }
+}
+
+/// Offers a key set of `epoch` (`offer`, to `service`) to every other node at once; the nodes
+/// that did not take it, each with why ("n2 (at epoch 3)", "n3 (timed out)").
+pub(super) async fn offer_to_others(node: &Node, service: &str, offer: &impl Serialize, epoch: u64) -> Vec<String> {
+    let others = others(node).await;
+    let replies = futures::future::join_all(
+        others.iter().map(|(name, addr)| async move { (name, call_service(node, *addr, service, offer).await) }),
+    )
+    .await;
+    replies
+        .into_iter()
+        .filter_map(|(name, r)| match r {
+            Ok(v) if v["epoch"].as_u64() >= Some(epoch) => None,
+            Ok(v) => Some(format!("{name} (at epoch {})", v["epoch"])),
+            Err(e) => Some(format!("{name} ({e})")),
+        })
+        .collect()
 }
 
 /// `shoal gossip-key rotate`: a new key on every node, senders switched to it, old keys

@@ -182,21 +182,7 @@ async fn call(node: &Node, addr: SocketAddr, req: &KeysRequest) -> Result<serde_
 /// Applies `set` here and on every other node; fails naming the nodes that did not take it.
 async fn apply_everywhere(node: &Node, set: &KeySet, what: &str) -> Result<(), String> {
     adopt(node, set.clone()).await?;
-    let others = others(node).await;
-    let offer = KeysRequest::Offer(set.clone());
-    let replies = futures::future::join_all(others.iter().map(|(name, addr)| {
-        let offer = &offer;
-        async move { (name, call(node, *addr, offer).await) }
-    }))
-    .await;
-    let failed: Vec<String> = replies
-        .into_iter()
-        .filter_map(|(name, r)| match r {
-            Ok(v) if v["epoch"].as_u64() >= Some(set.epoch) => None,
-            Ok(v) => Some(format!("{name} (at epoch {})", v["epoch"])),
-            Err(e) => Some(format!("{name} ({e})")),
-        })
-        .collect();
+    let failed = gossip_keys::offer_to_others(node, SERVICE, &KeysRequest::Offer(set.clone()), set.epoch).await;
     if failed.is_empty() {
         Ok(())
     } else {
