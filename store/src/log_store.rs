@@ -34,7 +34,19 @@ struct LogMem {
 
 pub(crate) struct LogShared {
     db: Arc<Database>,
-    mem: Mutex<LogMem>,
+    mem: Arc<Mutex<LogMem>>,
+}
+
+/// The end of the log, readable without holding the store file open (for pre-votes).
+#[derive(Clone)]
+pub(crate) struct LogTail(Arc<Mutex<LogMem>>);
+
+impl LogTail {
+    /// The id of the last entry appended (or purged into a snapshot).
+    pub(crate) fn last_log_id(&self) -> Option<LogId> {
+        let m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        m.last_log_id.or(m.last_purged)
+    }
 }
 
 impl LogShared {
@@ -73,7 +85,7 @@ fn read_err(e: impl std::fmt::Display) -> StorageError {
 impl LogStore {
     pub(crate) fn open(db: Arc<Database>) -> crate::Result<Self> {
         let (mem, _) = load(&db)?;
-        let shared = Arc::new(LogShared { db, mem: Mutex::new(mem) });
+        let shared = Arc::new(LogShared { db, mem: Arc::new(Mutex::new(mem)) });
         let (tx, rx) = mpsc::channel();
         let writer = shared.clone();
         std::thread::Builder::new()
@@ -81,6 +93,10 @@ impl LogStore {
             .spawn(move || writer_loop(writer, rx))
             .map_err(|e| crate::Error::Io { operation: "spawn log writer", path: String::new(), source: e })?;
         Ok(LogStore { shared, tx })
+    }
+
+    pub(crate) fn tail(&self) -> LogTail {
+        LogTail(self.shared.mem.clone())
     }
 }
 

@@ -17,7 +17,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{decode, encode, MAX_RPC_BYTES};
-use crate::raft_types::{Command, CommandResponse, Node, NodeId, TypeConfig};
+use crate::raft_types::{Command, CommandResponse, LogId, Node, NodeId, TypeConfig};
 
 /// Service names carried by [`RaftTransport::call`].
 pub mod service {
@@ -36,6 +36,8 @@ pub mod service {
     pub const KEEPALIVE: &str = "store.lease_keepalive";
     /// Remove a member from the group (leader only; `shoal node remove`).
     pub const REMOVE_MEMBER_LEADER: &str = "store.remove_member_leader";
+    /// Would the receiver vote for this candidate now? (format 3 and later, framed only)
+    pub const PRE_VOTE: &str = "store.pre_vote/v";
 
     /// Largest request body `Store::handle_rpc` accepts; a transport may refuse larger ones
     /// before reading them.
@@ -46,7 +48,7 @@ pub mod service {
         [APPEND, VOTE, SNAPSHOT, PROPOSE, READ_INDEX, ADD_LEARNER, ADD_LEARNER_LEADER, KEEPALIVE, REMOVE_MEMBER_LEADER];
 
     /// Every service name a node serves: the format-1 names and the framed ones.
-    pub const ALL: [&str; 18] = [
+    pub const ALL: [&str; 19] = [
         APPEND,
         VOTE,
         SNAPSHOT,
@@ -65,6 +67,7 @@ pub mod service {
         "store.add_learner_leader/v",
         "store.lease_keepalive/v",
         "store.remove_member_leader/v",
+        PRE_VOTE,
     ];
 
     /// The name a message of `format` is sent under.
@@ -139,6 +142,21 @@ pub(crate) enum ReadIndexReply {
     Index(u64),
     NotLeader(LeaderHint),
     Failed { reason: String },
+}
+
+/// A pre-vote (Raft thesis, 9.6): asked of every voter before a node stands for election, so
+/// that a node which cannot win (its log is behind, or the others still hear their leader)
+/// does not raise the term and unseat the leader the others elect.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct PreVoteRequest {
+    pub candidate: NodeId,
+    pub last_log_id: Option<LogId>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) enum PreVoteReply {
+    Granted,
+    Refused { reason: String },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -18,8 +18,8 @@ use tokio_util::sync::CancellationToken;
 use crate::codec::{decode, encode};
 use crate::log_store::LogStore;
 use crate::network::{
-    reply_of, request_for, service, AddLearnerRequest, AdminReply, KeepaliveReply, LeaderHint, Network, ProposeReply,
-    ProposeRequest, RaftTransport, ReadIndexReply, WireFormat,
+    reply_of, request_for, service, AddLearnerRequest, AdminReply, KeepaliveReply, LeaderHint, Network, PreVoteReply,
+    PreVoteRequest, ProposeReply, ProposeRequest, RaftTransport, ReadIndexReply, WireFormat,
 };
 use crate::raft_types::{Command, CommandResponse, NodeId, Raft, RequestId};
 
@@ -68,6 +68,9 @@ pub(crate) struct RaftNode {
     batcher: mpsc::UnboundedSender<Pending>,
     /// When this node last heard from a leader or granted a vote (see [`elect_loop`]).
     last_heard: Mutex<Instant>,
+    /// When this node last accepted entries or a heartbeat from a leader (for pre-votes).
+    leader_contact: Mutex<Option<Instant>>,
+    log_tail: crate::log_store::LogTail,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -93,6 +96,7 @@ impl RaftNode {
                 .map_err(|e| Error::raft("open", e))??
         };
         let log = LogStore::open(db.clone())?;
+        let log_tail = log.tail();
         let sm = StateMachine::open(db.clone(), cfg.history_revisions)?;
         let notices = sm.shared.notices.clone();
         let applied = sm.shared.applied.subscribe();
@@ -140,6 +144,8 @@ impl RaftNode {
             // A node that just started waits one more lease before it may stand: its peers
             // may not have reached it yet, and standing would unseat a live leader.
             last_heard: Mutex::new(Instant::now() + Duration::from_millis(cfg_lease_ms)),
+            leader_contact: Mutex::new(None),
+            log_tail,
         });
         tokio::spawn(lease_loop(Arc::downgrade(&node), node.cancel.clone()));
         tokio::spawn(elect_loop(Arc::downgrade(&node), node.raft.server_metrics(), node.cancel.clone()));
@@ -850,6 +856,7 @@ impl RaftNode {
                 // the sender is a stale leader).
                 if matches!(&res, Ok(r) if !matches!(r, AppendEntriesResponse::HigherVote(_))) {
                     self.heard_now();
+                    *lock(&self.leader_contact) = Some(Instant::now());
                 }
                 encode("reply", &res)
             }
@@ -873,6 +880,7 @@ impl RaftNode {
                 let res = self.raft.install_snapshot(req).await;
                 if res.is_ok() {
                     self.heard_now();
+                    *lock(&self.leader_contact) = Some(Instant::now());
                 }
                 encode("reply", &res)
             }
@@ -906,6 +914,10 @@ impl RaftNode {
             service::REMOVE_MEMBER_LEADER => {
                 let node_id: NodeId = decode("remove member request", body)?;
                 encode("reply", &self.remove_member_local(node_id).await)
+            }
+            base if base == service::base(service::PRE_VOTE).0 => {
+                let req: PreVoteRequest = decode("pre-vote request", body)?;
+                encode("reply", &self.pre_vote_local(&req))
             }
             service::KEEPALIVE => {
                 let lease: u64 = decode("keepalive request", body)?;
@@ -976,6 +988,79 @@ impl RaftNode {
             .elect()
             .await
             .map_err(|e| Error::Raft { operation: "stand for election", reason: e.to_string() })
+    }
+
+    /// Whether this node would vote for `req`'s candidate now: it does not lead, it has not
+    /// heard from a leader for the shortest election timeout, and the candidate's log is at
+    /// least as new as its own (the checks of a real vote, without raising any term).
+    fn pre_vote_local(&self, req: &PreVoteRequest) -> PreVoteReply {
+        if self.raft.metrics().borrow().state == ServerState::Leader {
+            return PreVoteReply::Refused { reason: "I lead".into() };
+        }
+        let quiet = Duration::from_millis(self.cfg.election_timeout_min_ms);
+        if let Some(at) = *lock(&self.leader_contact) {
+            if at.elapsed() < quiet {
+                return PreVoteReply::Refused {
+                    reason: format!("heard from the leader {} ms ago", at.elapsed().as_millis()),
+                };
+            }
+        }
+        let mine = self.log_tail.last_log_id();
+        if req.last_log_id < mine {
+            return PreVoteReply::Refused {
+                reason: format!("candidate's log ends at {:?}, mine at {mine:?}", req.last_log_id),
+            };
+        }
+        PreVoteReply::Granted
+    }
+
+    /// Asks the other voters for a pre-vote; whether a majority (this node included) grants
+    /// it. Skipped (true) while a member does not read format 3, as older releases did not ask.
+    /// Returns as soon as the outcome is known; a peer that does not answer in time refuses.
+    async fn pre_vote(&self, voters: &BTreeSet<NodeId>) -> bool {
+        if self.format.get() < 3 {
+            return true;
+        }
+        let peers: Vec<String> = {
+            let m = self.raft.metrics();
+            let m = m.borrow();
+            let membership = m.membership_config.membership();
+            voters
+                .iter()
+                .filter(|id| **id != self.cfg.node_id)
+                .filter_map(|id| membership.get_node(id).map(|n| n.addr.clone()))
+                .collect()
+        };
+        let req = PreVoteRequest { candidate: self.cfg.node_id, last_log_id: self.log_tail.last_log_id() };
+        let need = voters.len() / 2 + 1;
+        let mut granted = 1;
+        let mut left = peers.len();
+        if granted >= need {
+            return true;
+        }
+        let until = Instant::now() + Duration::from_millis(self.cfg.heartbeat_ms.max(50));
+        let req = &req;
+        let mut calls: futures::stream::FuturesUnordered<_> = peers
+            .iter()
+            .map(|addr| async move { (addr, self.call::<_, PreVoteReply>(addr, service::PRE_VOTE, req, until).await) })
+            .collect();
+        let mut refusals = Vec::new();
+        while let Some((addr, reply)) = futures::StreamExt::next(&mut calls).await {
+            left -= 1;
+            match reply {
+                Ok(PreVoteReply::Granted) => granted += 1,
+                Ok(PreVoteReply::Refused { reason }) => refusals.push(format!("{addr}: {reason}")),
+                Err(e) => refusals.push(format!("{addr}: {e}")),
+            }
+            if granted >= need {
+                return true;
+            }
+            if granted + left < need {
+                break;
+            }
+        }
+        tracing::info!(node = self.cfg.node_id, granted, need, refusals = ?refusals, "pre-vote lost; not standing");
+        false
     }
 
     /// Asks the leader directly whether it still leads (a read index, answered from its
@@ -1053,6 +1138,10 @@ impl RaftNode {
             return Instant::now() + wait;
         }
         if !matches!(self.raft.metrics().borrow().state, ServerState::Follower | ServerState::Candidate) {
+            return Instant::now() + wait;
+        }
+        if !self.pre_vote(&voters).await {
+            self.heard_now();
             return Instant::now() + wait;
         }
         tracing::info!(node = self.cfg.node_id, leader = ?leader_id, silent_ms, "leader silent past its lease; standing for election");
@@ -1348,16 +1437,18 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn members_writing_different_formats_replicate() {
+        use crate::network::WireFormat;
         let dir = tempfile::tempdir().unwrap();
         let c = TestCluster::start(dir.path(), 3).await.unwrap();
         c.reconcile_until(3, std::time::Duration::from_secs(20)).await.unwrap();
-        // Node 1 writes format 2 (framed), the others format 1 (as older releases do).
+        // Node 1 writes format 2 (framed), node 2 format 3 (pre-votes), node 3 format 1 (bare,
+        // as older releases do).
+        assert_eq!(WireFormat::new().get(), 1, "a node starts at format 1 until told otherwise");
         c.store(1).set_cluster_format(2);
         assert_eq!(c.store(1).cluster_format(), 2);
-        assert_eq!(c.store(2).cluster_format(), 1, "a node starts at format 1 until told otherwise");
         c.store(2).set_cluster_format(99);
         assert_eq!(c.store(2).cluster_format(), crate::version::FORMAT, "clamped to what it writes");
-        c.store(2).set_cluster_format(1);
+        c.store(3).set_cluster_format(1);
         for (i, id) in [1u64, 2, 3, 1, 2, 3].into_iter().enumerate() {
             c.store(id).txn(crate::Txn::put(format!("/k/{i}"), vec![i as u8])).await.unwrap();
         }

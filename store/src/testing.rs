@@ -180,6 +180,8 @@ impl TestCluster {
     pub async fn launch(&mut self, id: u64) -> Result<Store> {
         let addr = addr_of(id);
         let store = Store::open(self.config(id), self.net.transport(&addr)).await?;
+        // Every node here runs this release (the daemon learns the members' formats by gossip).
+        store.set_cluster_format(crate::version::FORMAT);
         self.net.register(&addr, store.clone());
         self.nodes.insert(id, store.clone());
         Ok(store)

@@ -15,12 +15,16 @@
 //! ([`crate::raft_types::Command::format`]); a node refuses to propose one above the cluster
 //! format ([`crate::Error::FormatGated`]). Every command today is format 1.
 //!
+//! - format 3: the framing of format 2, plus the pre-vote service (`store.pre_vote/v`). A
+//!   node asks its peers for a pre-vote before it stands for election only while every member
+//!   reads format 3 (an older member does not serve it; it is then skipped, as before).
+//!
 //! The store file records its own format ([`STORE_FILE_FORMAT`], key `format` of `raft_meta`);
 //! a node refuses to open a file written in a newer one instead of misreading it.
 use crate::{Error, Result};
 
 /// The newest peer message format this binary reads and writes.
-pub const FORMAT: u32 = 2;
+pub const FORMAT: u32 = 3;
 /// The oldest peer message format this binary reads and writes.
 pub const OLDEST_FORMAT: u32 = 1;
 /// The format of the store file (`store.redb`) this binary writes; unchanged since format 1.
@@ -89,11 +93,11 @@ mod tests {
     #[test]
     fn a_future_format_is_refused_cleanly() {
         let mut framed = frame(2, vec![9; 10]);
-        framed[3] = 3;
+        framed[3] = 4;
         let e = unframe("vote request", &framed).unwrap_err();
-        assert!(matches!(e, Error::UnsupportedFormat { found: 3, newest: FORMAT, .. }), "got {e:?}");
+        assert!(matches!(e, Error::UnsupportedFormat { found: 4, newest: FORMAT, .. }), "got {e:?}");
         let msg = e.to_string();
-        assert!(msg.contains("format 3") && msg.contains("upgrade"), "{msg}");
+        assert!(msg.contains("format 4") && msg.contains("upgrade"), "{msg}");
         for junk in [&b""[..], b"s", b"sf\0", b"xx\0\x02abc", b"sf\xff\xff"] {
             assert!(unframe("test", junk).is_err(), "{junk:?}");
         }

@@ -141,6 +141,93 @@ async fn a_node_with_a_candidacy_delay_lets_the_others_lead() {
     assert!(c.store(3).txn(Txn::put("/via-witness", vec![3])).await.unwrap().succeeded);
 }
 
+/// Two workers and a witness (node 3, with a candidacy delay). One worker falls behind and
+/// restarts while the leader is frozen (SIGSTOP: its calls hang, it still believes it leads);
+/// then the leader resumes. The lagging worker cannot win (its log is behind), and it must not
+/// keep the others from electing: the witness leads while the leader is frozen, and once the
+/// leader resumes every node agrees on one leader and writes go through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lagging_restarted_voter_does_not_stall_elections_after_a_frozen_leader_resumes() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = TestCluster::start_with(dir.path(), 3, |cfg| {
+        if cfg.node_id == 3 {
+            cfg.candidacy_delay_ms = 2 * cfg.election_timeout_max_ms;
+        }
+    })
+    .await
+    .unwrap();
+    let leader = c.wait_leader(LONG).await.unwrap();
+    assert_ne!(leader, 3);
+    let lagging = if leader == 1 { 2 } else { 1 };
+    // The lagging worker misses writes the leader and the witness commit.
+    c.net.isolate(&addr_of(lagging), &c.addrs());
+    for i in 0..20u8 {
+        assert!(c.store(leader).txn(Txn::put(format!("/missed/{i}"), vec![i])).await.unwrap().succeeded);
+    }
+    c.stop(lagging).await.unwrap();
+    c.net.heal_all();
+    c.net.black_hole(&addr_of(leader));
+    c.launch(lagging).await.unwrap();
+    let both = [lagging, 3];
+    let new = c.wait_leader_among(&both, LONG).await.expect("the witness and the lagging worker elect no leader");
+    assert_eq!(new, 3, "only the witness has every committed entry");
+    // The frozen leader resumes.
+    c.net.heal_all();
+    let all = c.wait_leader(LONG).await.expect("no leader after the frozen leader resumed");
+    for id in 1..=3u64 {
+        let r = tokio::time::timeout(LONG, c.store(id).txn(Txn::put(format!("/after/{id}"), vec![id as u8])))
+            .await
+            .expect("write hangs")
+            .unwrap();
+        assert!(r.succeeded);
+    }
+    let again = c.wait_leader(LONG).await.unwrap();
+    assert_eq!(all, again, "leadership kept changing");
+    c.store(lagging).sync().await.unwrap();
+    assert_eq!(value(&c, lagging, "/missed/19").await, Some(vec![19]));
+}
+
+/// A follower whose link to the leader is down (the other follower still reaches both) never
+/// hears the leader. It must not unseat it: before it stands it asks for a pre-vote, and the
+/// other follower, who still hears the leader, refuses. Without that, each failed candidacy
+/// raises its term, and the leader steps down the moment the link heals and it sees that
+/// term. The leader stays, writes go on, and the leader keeps its term when the link heals.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_that_cannot_hear_the_leader_does_not_unseat_it() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let c = TestCluster::start(dir.path(), 3).await.unwrap();
+    let leader = c.wait_leader(LONG).await.unwrap();
+    let deaf = c.running().into_iter().find(|i| *i != leader).unwrap();
+    let other = c.running().into_iter().find(|i| *i != leader && *i != deaf).unwrap();
+    c.net.cut(&addr_of(leader), &addr_of(deaf));
+    let term = c.store(leader).status().term;
+    let until = Instant::now() + Duration::from_secs(4);
+    let mut i = 0u32;
+    while Instant::now() < until {
+        let r = tokio::time::timeout(LONG, c.store(other).txn(Txn::put(format!("/w/{i}"), vec![1])))
+            .await
+            .expect("write hangs")
+            .unwrap();
+        assert!(r.succeeded);
+        i += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let st = c.store(leader).status();
+    assert_eq!(st.leader, Some(leader), "the deaf follower unseated the leader");
+    assert_eq!(st.term, term, "the term moved while the leader was alive");
+    // Healed, the deaf follower catches up, and its failed candidacies (none with pre-votes)
+    // did not leave it a higher term that would make the leader step down when it reaches it.
+    c.net.heal_all();
+    c.store(deaf).sync().await.unwrap();
+    assert_eq!(value(&c, deaf, &format!("/w/{}", i - 1)).await, Some(vec![1]));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(c.store(other).txn(Txn::put("/after-heal", vec![1])).await.unwrap().succeeded);
+    let st = c.store(deaf).status();
+    assert_eq!((st.leader, st.term), (Some(leader), term), "the leader stepped down once the deaf follower was heard");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partitioned_leader_is_replaced_and_catches_up_after_heal() {
     init_tracing();
