@@ -157,10 +157,13 @@ pub fn witness(rig: &dyn Rig, _opts: &ScenarioOptions) -> Result<Measured> {
     }
     m.note(format!("powered off {victim}; {survivor} kept the API writable, took {vip} and the pods; {w} ran nothing"));
 
-    // The workload node comes back; the witness becomes a workload node and takes pods.
-    let roles_at = Instant::now();
+    // The workload node comes back.
     rig.restart(&victim)?;
-    cluster.wait_converged(RESTART_TIMEOUT)?;
+    let leader = cluster.wait_converged(RESTART_TIMEOUT)?;
+    frozen_leader_and_a_lagging_worker(rig, &cluster, &k, &workers, &leader, &worker_launch, &mut m)?;
+
+    // The witness becomes a workload node and takes pods.
+    let roles_at = Instant::now();
     rig.stop(&w, Duration::from_secs(10))?;
     rig.start(&w, &worker_launch)?;
     cluster.wait_converged(RESTART_TIMEOUT)?;
@@ -227,6 +230,54 @@ pub fn witness(rig: &dyn Rig, _opts: &ScenarioOptions) -> Result<Measured> {
     set(&mut m, "witness_roles_s", roles_at.elapsed().as_secs_f64());
     m.note(format!("{w} removed: {}", out.trim()));
     Ok(m)
+}
+
+/// The leader freezes (SIGSTOP) while the other workload node, stopped while the leader and the
+/// witness wrote, starts again with a log behind theirs; then the leader thaws. The lagging node
+/// cannot win an election, and it must not stall the others: the witness leads (and hands over)
+/// while the leader is frozen, and after the thaw the members agree on one leader and writes go
+/// through. Before pre-votes, its failed elections kept raising the term and the cluster had no
+/// leader for minutes.
+fn frozen_leader_and_a_lagging_worker(
+    rig: &dyn Rig,
+    cluster: &Cluster<'_>,
+    k: &Kubectl<'_>,
+    workers: &[String],
+    leader: &str,
+    launch: &crate::rig::Launch,
+    m: &mut Measured,
+) -> Result<()> {
+    let name = "witness";
+    let Some(lagging) = workers.iter().find(|h| *h != leader).cloned() else {
+        return Err(failed(name, format!("the witness leads ({leader}) after the workload node came back")));
+    };
+    rig.stop(&lagging, Duration::from_secs(10))?;
+    for i in 0..5 {
+        k.on(leader, &["create", "configmap", &format!("while-{lagging}-down-{i}")]).map_err(|e| failed(name, e))?;
+    }
+    rig.freeze(leader)?;
+    let frozen = rig.start(&lagging, launch).map(|_| std::thread::sleep(Duration::from_secs(5)));
+    rig.thaw(leader)?;
+    frozen?;
+    let thawed = Instant::now();
+    cluster.wait_converged(RESTART_TIMEOUT)?;
+    let mut n = 0;
+    wait_until(
+        "a write through the lagging node after the thaw",
+        Duration::from_secs(60),
+        Duration::from_millis(500),
+        || {
+            n += 1;
+            k.on(&lagging, &["create", "configmap", &format!("after-thaw-{n}")]).is_ok()
+        },
+    )
+    .map_err(|e| failed(name, e.to_string()))?;
+    set(m, "witness_thaw_to_write_s", thawed.elapsed().as_secs_f64());
+    m.note(format!(
+        "{leader} frozen while {lagging} restarted behind: one leader and writes {:.1} s after the thaw",
+        thawed.elapsed().as_secs_f64()
+    ));
+    Ok(())
 }
 
 /// A Deployment of one pod.

@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use futures::FutureExt;
 use serde::{Deserialize, Serialize};
-use shoal_gossip::pki::{ClusterSecrets, NODES_ORG};
-use shoal_gossip::transport::{join_refusal, PeerInfo};
+use shoal_gossip::pki::ClusterSecrets;
+use shoal_gossip::transport::join_refusal;
 use shoal_store::{Role, Store, StoreStatus};
 use tokio_util::sync::CancellationToken;
 
@@ -44,10 +44,6 @@ struct ForwardedJoin {
 #[derive(Debug, Serialize, Deserialize)]
 struct CaKeyReply {
     ca_key_pem: String,
-}
-
-fn is_node(peer: &PeerInfo) -> bool {
-    peer.organizations.iter().any(|o| o == NODES_ORG)
 }
 
 /// The peer address of the current leader, unless it is this node.
@@ -111,60 +107,32 @@ pub(crate) fn serve(node: &Arc<Node>) {
         }
         .boxed()
     }));
-    let weak = Arc::downgrade(node);
-    node.transport.register(
-        JOIN_SERVICE,
-        Arc::new(move |peer: PeerInfo, body: Vec<u8>| {
-            let weak = weak.clone();
-            async move {
-                let node = weak.upgrade().ok_or("node is stopping")?;
-                if !is_node(&peer) {
-                    tracing::warn!(peer = %peer.addr, name = %peer.node_name, "forwarded join without a node certificate refused");
-                    return Err("only nodes may forward joins".to_string());
-                }
-                if node.store.status().leader != Some(node.identity.node_id) {
-                    return Err("not the leader".to_string());
-                }
-                let fwd: ForwardedJoin =
-                    serde_json::from_slice(&body).map_err(|e| format!("bad forwarded join: {e}"))?;
-                tracing::info!(via = %peer.node_name, joiner = %fwd.remote, "join forwarded by a peer");
-                Ok(node.transport.answer_join(&fwd.request, fwd.remote).await)
-            }
-            .boxed()
-        }),
-    );
+    super::peers::serve_node_only(node, JOIN_SERVICE, "forwarded join", |node, peer, body| async move {
+        if node.store.status().leader != Some(node.identity.node_id) {
+            return Err("not the leader".to_string());
+        }
+        let fwd: ForwardedJoin = serde_json::from_slice(&body).map_err(|e| format!("bad forwarded join: {e}"))?;
+        tracing::info!(via = %peer.node_name, joiner = %fwd.remote, "join forwarded by a peer");
+        Ok(node.transport.answer_join(&fwd.request, fwd.remote).await)
+    });
     serve_ca_key(node);
 }
 
 /// Serves the CA key to the node certificates of current voters.
 fn serve_ca_key(node: &Arc<Node>) {
-    let weak = Arc::downgrade(node);
-    node.transport.register(
-        CA_KEY_SERVICE,
-        Arc::new(move |peer: PeerInfo, _body: Vec<u8>| {
-            let weak = weak.clone();
-            async move {
-                let node = weak.upgrade().ok_or("node is stopping")?;
-                if !is_node(&peer) {
-                    tracing::warn!(peer = %peer.addr, name = %peer.node_name, "CA key request without a node certificate refused");
-                    return Err("only nodes may ask for the CA key".to_string());
-                }
-                let records = peers::node_records(&node.store).await;
-                let id = records.values().find(|r| r.name == peer.node_name).map(|r| r.node_id);
-                let voter = id.is_some_and(|id| {
-                    node.store.status().members.iter().any(|m| m.node_id == id && m.role == Role::Voter)
-                });
-                if !voter {
-                    tracing::warn!(peer = %peer.addr, name = %peer.node_name, "CA key refused: not a voter");
-                    return Err(format!("node {} is not a voter: only voters hold the CA key", peer.node_name));
-                }
-                let secrets = signing_secrets(&node)?;
-                tracing::info!(node = %peer.node_name, "CA key handed to a voter");
-                serde_json::to_vec(&CaKeyReply { ca_key_pem: secrets.ca_key_pem }).map_err(|e| e.to_string())
-            }
-            .boxed()
-        }),
-    );
+    super::peers::serve_node_only(node, CA_KEY_SERVICE, "CA key request", |node, peer, _body| async move {
+        let records = peers::node_records(&node.store).await;
+        let id = records.values().find(|r| r.name == peer.node_name).map(|r| r.node_id);
+        let voter =
+            id.is_some_and(|id| node.store.status().members.iter().any(|m| m.node_id == id && m.role == Role::Voter));
+        if !voter {
+            tracing::warn!(peer = %peer.addr, name = %peer.node_name, "CA key refused: not a voter");
+            return Err(format!("node {} is not a voter: only voters hold the CA key", peer.node_name));
+        }
+        let secrets = signing_secrets(&node)?;
+        tracing::info!(node = %peer.node_name, "CA key handed to a voter");
+        serde_json::to_vec(&CaKeyReply { ca_key_pem: secrets.ca_key_pem }).map_err(|e| e.to_string())
+    });
 }
 
 /// Whether this node is a voter now.

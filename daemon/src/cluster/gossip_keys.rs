@@ -13,11 +13,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::FutureExt;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use shoal_gossip::seal::GossipKeyring;
-use shoal_gossip::transport::PeerInfo;
 use tokio_util::sync::CancellationToken;
 
 use super::identity::{write_atomic, SECRETS_FILE};
@@ -27,8 +25,6 @@ use super::{peers, Node};
 pub const SERVICE: &str = "cluster/gossip-keyring";
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 const SYNC_EVERY: Duration = Duration::from_secs(30);
-/// Organization of node certificates; no other certificate may read or set keys.
-const NODES_ORG: &str = "system:nodes";
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -43,33 +39,21 @@ enum KeyringRequest {
 
 /// Serves keyring exchanges to other nodes.
 pub(crate) fn serve(node: &Arc<Node>) {
-    let weak = Arc::downgrade(node);
-    node.transport.register(
-        SERVICE,
-        Arc::new(move |peer: PeerInfo, body: Vec<u8>| {
-            let weak = weak.clone();
-            async move {
-                if !peer.organizations.iter().any(|o| o == NODES_ORG) {
-                    tracing::warn!(peer = %peer.addr, name = %peer.node_name, "gossip keyring request without a node certificate refused");
-                    return Err("only nodes may exchange gossip keys".to_string());
-                }
-                let node = weak.upgrade().ok_or("node is stopping")?;
-                let req: KeyringRequest =
-                    serde_json::from_slice(&body).map_err(|e| format!("bad gossip keyring request: {e}"))?;
-                let reply = match req {
-                    KeyringRequest::Get => serde_json::to_value(node.membership.sealer().keyring())
-                        .map_err(|e| e.to_string())?,
-                    KeyringRequest::Offer(ring) => {
-                        adopt(&node, ring).await?;
-                        summary(&node)
-                    }
-                    KeyringRequest::Summary => summary(&node),
-                };
-                Ok(serde_json::to_vec(&reply).unwrap_or_default())
+    super::peers::serve_node_only(node, SERVICE, "gossip keyring request", |node, _peer, body| async move {
+        let req: KeyringRequest =
+            serde_json::from_slice(&body).map_err(|e| format!("bad gossip keyring request: {e}"))?;
+        let reply = match req {
+            KeyringRequest::Get => {
+                serde_json::to_value(node.membership.sealer().keyring()).map_err(|e| e.to_string())?
             }
-            .boxed()
-        }),
-    );
+            KeyringRequest::Offer(ring) => {
+                adopt(&node, ring).await?;
+                summary(&node)
+            }
+            KeyringRequest::Summary => summary(&node),
+        };
+        Ok(serde_json::to_vec(&reply).unwrap_or_default())
+    });
 }
 
 /// Takes `ring` if it is newer than this node's: in use at once, saved, given to joiners.

@@ -15,10 +15,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::FutureExt;
 use serde::{Deserialize, Serialize};
 use shoal_gossip::membership::Member;
-use shoal_gossip::transport::PeerInfo;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -70,36 +68,23 @@ pub(crate) fn refusal(
 
 /// Answers a leader that asks this node to stand for election.
 pub(crate) fn serve(node: &Arc<Node>) {
-    let weak = Arc::downgrade(node);
-    node.transport.register(
-        SERVICE,
-        Arc::new(move |peer: PeerInfo, body: Vec<u8>| {
-            let weak = weak.clone();
-            async move {
-                if !peer.is_node() {
-                    tracing::warn!(peer = %peer.addr, name = %peer.node_name, "stand-for-election request without a node certificate refused");
-                    return Err("only nodes may ask for a leadership handover".to_string());
-                }
-                let node = weak.upgrade().ok_or("node is stopping")?;
-                let req: StandRequest =
-                    serde_json::from_slice(&body).map_err(|e| format!("bad stand-for-election request: {e}"))?;
-                let caller = crate::members::node_records(&node.store)
-                    .await
-                    .into_values()
-                    .find(|r| r.name == peer.node_name)
-                    .map(|r| r.node_id);
-                let st = node.store.status();
-                if let Some(why) = refusal(node.identity.node_id, node.cfg.node.role, &st, caller, &req) {
-                    tracing::debug!(peer = %peer.node_name, reason = %why, "not standing for election");
-                    return Err(why);
-                }
-                tracing::info!(leader = %peer.node_name, "the witness leads: standing for election to take over");
-                node.store.stand_for_election().await.map_err(|e| e.to_string())?;
-                Ok(Vec::new())
-            }
-            .boxed()
-        }),
-    );
+    super::peers::serve_node_only(node, SERVICE, "stand-for-election request", |node, peer, body| async move {
+        let req: StandRequest =
+            serde_json::from_slice(&body).map_err(|e| format!("bad stand-for-election request: {e}"))?;
+        let caller = crate::members::node_records(&node.store)
+            .await
+            .into_values()
+            .find(|r| r.name == peer.node_name)
+            .map(|r| r.node_id);
+        let st = node.store.status();
+        if let Some(why) = refusal(node.identity.node_id, node.cfg.node.role, &st, caller, &req) {
+            tracing::debug!(peer = %peer.node_name, reason = %why, "not standing for election");
+            return Err(why);
+        }
+        tracing::info!(leader = %peer.node_name, "the witness leads: standing for election to take over");
+        node.store.stand_for_election().await.map_err(|e| e.to_string())?;
+        Ok(Vec::new())
+    });
 }
 
 /// The workload voters a witness leader may hand over to, in sight and alive: node id and

@@ -81,6 +81,33 @@ pub fn raft_transport(t: Transport) -> Arc<dyn RaftTransport> {
     Arc::new(Quic(t))
 }
 
+/// Registers `service` on the peer transport for the other nodes only: a caller without a node
+/// certificate is refused (and logged, as a `what`), and so is every call once the node is
+/// stopping; `handle` gets the node, the caller and the request body.
+pub(crate) fn serve_node_only<F, Fut>(node: &Arc<super::Node>, service: &'static str, what: &'static str, handle: F)
+where
+    F: Fn(Arc<super::Node>, PeerInfo, Vec<u8>) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<Vec<u8>, String>> + Send + 'static,
+{
+    let weak = Arc::downgrade(node);
+    let handle = Arc::new(handle);
+    node.transport.register(
+        service,
+        Arc::new(move |peer: PeerInfo, body: Vec<u8>| {
+            let (weak, handle) = (weak.clone(), handle.clone());
+            async move {
+                if !peer.is_node() {
+                    tracing::warn!(peer = %peer.addr, name = %peer.node_name, "{what} without a node certificate refused");
+                    return Err(format!("{what}: only nodes may call {service}"));
+                }
+                let node = weak.upgrade().ok_or("node is stopping")?;
+                handle(node, peer, body).await
+            }
+            .boxed()
+        }),
+    );
+}
+
 /// Serves the store's RPCs (Raft, forwarded writes, read index) on the transport.
 pub fn serve_store(t: &Transport, store: &Store) {
     for service in shoal_store::service::ALL {

@@ -16,11 +16,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::FutureExt;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use shoal_gossip::pki::{ClusterSecrets, ServiceAccountKey, NODES_ORG};
-use shoal_gossip::transport::PeerInfo;
+use shoal_gossip::pki::{ClusterSecrets, ServiceAccountKey};
 use tokio_util::sync::CancellationToken;
 
 use super::gossip_keys::others;
@@ -105,32 +103,19 @@ enum KeysRequest {
 
 /// Serves key set exchanges to other nodes (node certificates only).
 pub(crate) fn serve(node: &Arc<Node>) {
-    let weak = Arc::downgrade(node);
-    node.transport.register(
-        SERVICE,
-        Arc::new(move |peer: PeerInfo, body: Vec<u8>| {
-            let weak = weak.clone();
-            async move {
-                if !peer.organizations.iter().any(|o| o == NODES_ORG) {
-                    tracing::warn!(peer = %peer.addr, name = %peer.node_name, "service account key request without a node certificate refused");
-                    return Err("only nodes may exchange service account keys".to_string());
-                }
-                let node = weak.upgrade().ok_or("node is stopping")?;
-                let req: KeysRequest =
-                    serde_json::from_slice(&body).map_err(|e| format!("bad service account key request: {e}"))?;
-                let reply = match req {
-                    KeysRequest::Get => serde_json::to_value(current(&node)?).map_err(|e| e.to_string())?,
-                    KeysRequest::Offer(set) => {
-                        adopt(&node, set).await?;
-                        summary(&node)?
-                    }
-                    KeysRequest::Summary => summary(&node)?,
-                };
-                Ok(serde_json::to_vec(&reply).unwrap_or_default())
+    super::peers::serve_node_only(node, SERVICE, "service account key request", |node, _peer, body| async move {
+        let req: KeysRequest =
+            serde_json::from_slice(&body).map_err(|e| format!("bad service account key request: {e}"))?;
+        let reply = match req {
+            KeysRequest::Get => serde_json::to_value(current(&node)?).map_err(|e| e.to_string())?,
+            KeysRequest::Offer(set) => {
+                adopt(&node, set).await?;
+                summary(&node)?
             }
-            .boxed()
-        }),
-    );
+            KeysRequest::Summary => summary(&node)?,
+        };
+        Ok(serde_json::to_vec(&reply).unwrap_or_default())
+    });
 }
 
 /// This node's key set, as saved.
