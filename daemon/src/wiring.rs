@@ -130,41 +130,61 @@ async fn register_self(node: Arc<Node>, stop: CancellationToken) {
     }
 }
 
-/// Runs the controllers and the scheduler while this node leads, and stops them within a
-/// poll interval of losing leadership.
+/// How long the components of a term that ended may take to stop before the next term starts
+/// anyway (with a warning).
+const TERM_STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Runs the controllers, the scheduler and the other leader-only components while this node
+/// leads. Leadership is followed as the store reports it (no polling); the components of a term
+/// run in their own task tracker, and when the term ends they are cancelled and awaited before
+/// another term may start, so two sets never run at once on one node.
 async fn leader_duties(node: Arc<Node>, health: NodeHealth, stop: CancellationToken) {
-    let mut current: Option<CancellationToken> = None;
-    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    let me = node.identity.node_id;
+    let mut leader = node.store.leader_watch();
     loop {
-        tokio::select! {
-            _ = stop.cancelled() => break,
-            _ = tick.tick() => {}
-        }
-        let leading = node.store.status().leader == Some(node.identity.node_id);
-        match (leading, current.is_some()) {
-            (true, false) => {
-                tracing::info!("became leader: starting controllers and scheduler");
-                let token = stop.child_token();
-                start_leader_components(&node, health.clone(), token.clone());
-                current = Some(token);
+        while leader.leader() != Some(me) {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                changed = leader.changed() => if changed.is_err() { return },
             }
-            (false, true) => {
+        }
+        tracing::info!("became leader: starting controllers and scheduler");
+        let token = stop.child_token();
+        let term = tokio_util::task::TaskTracker::new();
+        start_leader_components(&node, health.clone(), token.clone(), &term);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                changed = leader.changed() => if changed.is_err() { break },
+            }
+            if leader.leader() != Some(me) {
                 tracing::info!("lost leadership: stopping controllers and scheduler");
-                if let Some(t) = current.take() {
-                    t.cancel();
-                }
+                break;
             }
-            _ => {}
         }
-    }
-    if let Some(t) = current.take() {
-        t.cancel();
+        token.cancel();
+        term.close();
+        if tokio::time::timeout(TERM_STOP_TIMEOUT, term.wait()).await.is_err() {
+            tracing::warn!(
+                tasks = term.len(),
+                "leader components of the last term still running after {TERM_STOP_TIMEOUT:?}"
+            );
+        }
+        if stop.is_cancelled() {
+            return;
+        }
     }
 }
 
-fn start_leader_components(node: &Arc<Node>, health: NodeHealth, token: CancellationToken) {
+fn start_leader_components(
+    node: &Arc<Node>,
+    health: NodeHealth,
+    token: CancellationToken,
+    term: &tokio_util::task::TaskTracker,
+) {
     let node = node.clone();
-    tokio::spawn(async move {
+    let tasks = term.clone();
+    term.spawn(async move {
         // The controllers count what exists before they create: a new leader first applies
         // everything committed before it took over.
         while let Err(e) = node.store.sync().await {
@@ -184,18 +204,18 @@ fn start_leader_components(node: &Arc<Node>, health: NodeHealth, token: Cancella
             manager = manager.with_metrics(m.clone() as Arc<dyn crate::controllers::PodMetrics>);
         }
         // Their writes carry the field managers kube-apiserver records for these components.
-        tokio::spawn(manager.run(node.objects.as_manager("kube-controller-manager"), health, token.clone()));
-        tokio::spawn(Scheduler::new().run(node.objects.as_manager("kube-scheduler"), token.clone()));
+        tasks.spawn(manager.run(node.objects.as_manager("kube-controller-manager"), health, token.clone()));
+        tasks.spawn(Scheduler::new().run(node.objects.as_manager("kube-scheduler"), token.clone()));
         let signer = Arc::downgrade(&node);
         let ca = move || signer.upgrade().ok_or("node is stopping".to_string()).and_then(|n| signing_secrets(&n));
-        tokio::spawn(crate::auth::csr::run_signer(
+        tasks.spawn(crate::auth::csr::run_signer(
             node.objects.as_manager("kube-controller-manager"),
             ca,
             token.clone(),
         ));
-        tokio::spawn(crate::cluster::leader_lease::run(node.clone(), token.clone()));
+        tasks.spawn(crate::cluster::leader_lease::run(node.clone(), token.clone()));
         let allocator = LbAllocator::new(node.objects.clone(), node.cfg.lb.default_pool.clone());
-        tokio::spawn(async move {
+        tasks.spawn(async move {
             if let Err(e) = allocator.run(token).await {
                 tracing::error!(error = %e, "LoadBalancer allocator stopped");
             }

@@ -36,7 +36,7 @@ pub use error::{Error, Result};
 pub use force::ForceOutcome;
 pub use network::{service, RaftTransport, TransportError};
 pub use secrets::{EncryptionStatus, RotateOutcome};
-pub use store::Store;
+pub use store::{LeaderWatch, Store};
 pub use types::{
     Compare, EventKind, Kv, MemberStatus, Op, Role, StoreConfig, StoreStatus, Txn, TxnResult, VoterChange, WatchEvent,
     WatchStream,

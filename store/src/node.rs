@@ -732,6 +732,11 @@ impl RaftNode {
         }
     }
 
+    /// openraft's view of this node's role and leader, updated on every change.
+    pub(crate) fn server_metrics(&self) -> watch::Receiver<ServerMetrics> {
+        self.raft.server_metrics()
+    }
+
     pub(crate) fn status(&self) -> StoreStatus {
         let m = self.raft.metrics();
         let m = m.borrow();

@@ -22,6 +22,27 @@ pub struct Store {
     pub(crate) enc: Arc<OnceLock<Encryption>>,
 }
 
+/// See [`Store::leader_watch`].
+pub struct LeaderWatch {
+    rx: Option<tokio::sync::watch::Receiver<openraft::metrics::RaftServerMetrics<u64, crate::raft_types::Node>>>,
+}
+
+impl LeaderWatch {
+    /// The leader now, as this node knows it; marks the value seen.
+    pub fn leader(&mut self) -> Option<u64> {
+        self.rx.as_mut().and_then(|rx| rx.borrow_and_update().current_leader)
+    }
+
+    /// Waits until the leader or this node's role may have changed since the last
+    /// [`LeaderWatch::leader`]. [`Error::Shutdown`] once the store has stopped.
+    pub async fn changed(&mut self) -> Result<()> {
+        match &mut self.rx {
+            Some(rx) => rx.changed().await.map_err(|_| Error::Shutdown),
+            None => std::future::pending().await,
+        }
+    }
+}
+
 #[derive(Clone)]
 enum Backend {
     Mem(MemStore),
@@ -141,6 +162,15 @@ impl Store {
     /// caught-up workload voter to stand, and votes for it once its own lease has run out.
     pub async fn stand_for_election(&self) -> Result<()> {
         self.raft("stand for election")?.stand_for_election().await
+    }
+
+    /// Follows which node leads (the `leader` of [`Store::status`]), woken on each change
+    /// instead of polled. An in-memory store has no leader and never changes.
+    pub fn leader_watch(&self) -> LeaderWatch {
+        match &self.inner {
+            Backend::Mem(_) => LeaderWatch { rx: None },
+            Backend::Raft(n) => LeaderWatch { rx: Some(n.server_metrics()) },
+        }
     }
 
     /// This node's view of the cluster.

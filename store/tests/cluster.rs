@@ -141,6 +141,36 @@ async fn a_node_with_a_candidacy_delay_lets_the_others_lead() {
     assert!(c.store(3).txn(Txn::put("/via-witness", vec![3])).await.unwrap().succeeded);
 }
 
+/// A follower's leader watch wakes when the leader dies and a new one takes over, and names
+/// the leader `status()` settles on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_watch_follows_a_failover() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = TestCluster::start(dir.path(), 3).await.unwrap();
+    let old = c.wait_leader(LONG).await.unwrap();
+    let follower = c.running().into_iter().find(|i| *i != old).unwrap();
+    let mut w = c.store(follower).leader_watch();
+    assert_eq!(w.leader(), Some(old));
+    c.stop(old).await.unwrap();
+    let new = tokio::time::timeout(LONG, async {
+        loop {
+            w.changed().await.unwrap();
+            if let Some(l) = w.leader().filter(|l| *l != old) {
+                return l;
+            }
+        }
+    })
+    .await
+    .expect("the watch never saw a new leader");
+    let rest = c.running();
+    assert_eq!(c.wait_leader_among(&rest, LONG).await.unwrap(), new, "the watch and status() disagree");
+    // A memory store has no leader, and its watch never fires.
+    let mut mem = shoal_store::Store::in_memory().leader_watch();
+    assert_eq!(mem.leader(), None);
+    assert!(tokio::time::timeout(Duration::from_millis(50), mem.changed()).await.is_err());
+}
+
 /// Two workers and a witness (node 3, with a candidacy delay). One worker falls behind and
 /// restarts while the leader is frozen (SIGSTOP: its calls hang, it still believes it leads);
 /// then the leader resumes. The lagging worker cannot win (its log is behind), and it must not
