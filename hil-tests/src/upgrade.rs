@@ -36,12 +36,32 @@ fn git(root: &Path, args: &[&str]) -> std::result::Result<String, String> {
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
-/// The commit `rev` names; `release` is the merge base of HEAD with the last release tag.
+/// The file that lists the released versions and their commits (tags do not travel with every
+/// clone).
+const RELEASES_FILE: &str = "packaging/releases";
+
+/// The commit of the last release listed in `packaging/releases` (`VERSION COMMIT` lines,
+/// `#` comments), if any.
+fn last_listed_release(root: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(root.join(RELEASES_FILE)).ok()?;
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .filter_map(|l| l.split_whitespace().nth(1).map(str::to_string))
+        .last()
+}
+
+/// The commit `rev` names; `release` is the merge base of HEAD with the last release tag, or
+/// without tags (a clone that did not fetch them) the last release in `packaging/releases`.
 pub fn resolve_previous(root: &Path, rev: &str) -> std::result::Result<String, String> {
     let rev = if rev == "release" {
-        let tag = git(root, &["describe", "--tags", "--abbrev=0"])
-            .map_err(|e| format!("no release tag to upgrade from ({e}); set SHOAL_UPGRADE_FROM to a commit"))?;
-        git(root, &["merge-base", "HEAD", &tag])?
+        let release = match git(root, &["describe", "--tags", "--abbrev=0"]) {
+            Ok(tag) => tag,
+            Err(e) => last_listed_release(root).ok_or_else(|| {
+                format!("no release tag ({e}) and no release in {RELEASES_FILE}; set SHOAL_UPGRADE_FROM to a commit")
+            })?,
+        };
+        git(root, &["merge-base", "HEAD", &release])?
     } else {
         rev.to_string()
     };
@@ -334,6 +354,18 @@ mod tests {
         let root = shoal::workspace_root();
         let e = resolve_previous(&root, "no-such-rev-for-sure").unwrap_err();
         assert!(e.contains("no-such-rev-for-sure"), "{e}");
+    }
+
+    /// A clone without tags (as CI's may be) still finds the last release, from the list in
+    /// the tree; the listed commit is an ancestor of HEAD.
+    #[test]
+    fn the_last_release_is_found_without_tags() {
+        let root = shoal::workspace_root();
+        let listed = last_listed_release(&root).expect("packaging/releases lists a release");
+        let resolved = resolve_previous(&root, &listed).expect("the listed release is a commit of this history");
+        assert_eq!(resolved, listed);
+        assert!(git(&root, &["merge-base", "--is-ancestor", &listed, "HEAD"]).is_ok(), "{listed} is not an ancestor");
+        assert!(resolve_previous(&root, "release").is_ok());
     }
 
     #[test]
