@@ -336,6 +336,29 @@ mod tests {
         assert_eq!(reply["response"]["uid"], format!("u{i}"), "{reply}");
     }
 
+    /// The cost of a call on a kept connection against one that dials (TCP and TLS) first, to
+    /// a local server, in `name: value` lines:
+    /// `cargo nextest run -p shoal -E 'test(/call_cost/)' --no-capture`.
+    #[tokio::test]
+    async fn call_cost() {
+        let (addr, ca, _) = server(b"http/1.1", false).await;
+        let pool = Pool::default();
+        let (mut kept, mut dialled) = (Vec::new(), Vec::new());
+        for i in 0..100 {
+            let t = Instant::now();
+            call(&pool, &addr, &ca, i).await;
+            kept.push(t.elapsed().as_secs_f64() * 1000.0);
+            let t = Instant::now();
+            call(&Pool::default(), &addr, &ca, i).await;
+            dialled.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+        for (name, mut v) in [("kept_connection", kept), ("new_connection", dialled)] {
+            v.sort_by(f64::total_cmp);
+            eprintln!("webhook_call_{name}_p50_ms: {:.2}", v[v.len() / 2]);
+            eprintln!("webhook_call_{name}_p99_ms: {:.2}", v[v.len() * 99 / 100]);
+        }
+    }
+
     /// HTTP/1.1 keep-alive: calls one after the other share one connection.
     #[tokio::test]
     async fn http1_calls_share_one_connection() {
