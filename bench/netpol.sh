@@ -12,7 +12,8 @@
 #   client host (each pod routed via its own node) by new TCP connections every few ms; from
 #   `kubectl apply` of a deny policy selecting them all starting to the last node refusing
 #   (and from `kubectl delete` to the last node accepting again), CHANGES times each way.
-#   The kubectl round trip is included; the probes' resolution is about 20 ms.
+#   The kubectl round trip is included (netpol_kubectl_change_p50_ms: kubectl alone); the
+#   probes' resolution is about 20 ms.
 # - node_rss_kib: RSS of the pod's node daemon at the end.
 # - At scale (1,000 pods, 200 policies), computed offline by the engine and the renderer
 #   (the test `netpol::tests::scale_figures`): netpol_scale_rules, netpol_scale_chains,
@@ -20,7 +21,7 @@
 #   nodes) and netpol_scale_compute_p99_ms (engine and rendering of one node's table). A real
 #   rig of 1,000 pods does not fit on one machine.
 #
-#   bench/netpol.sh                      # DURATION=10s CONNECTIONS=16 THREADS=2 ROUNDS=3 CHANGES=10
+#   bench/netpol.sh                      # DURATION=10s CONNECTIONS=16 THREADS=2 ROUNDS=3 CHANGES=10 OFFLINE=1
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 DURATION=${DURATION:-10s}
@@ -31,13 +32,24 @@ CHANGES=${CHANGES:-10}
 export SHOAL_HIL_TMPFS_MB=${SHOAL_HIL_TMPFS_MB:-3072}
 work=$(mktemp -d "${TMPDIR:-/tmp}/shoal-bench-netpol.XXXXXX")
 rig="$work/rig"
-cleanup() { rig_down "$rig"; rm -rf "$work"; }
+# KEEP=DIR keeps the daemons' logs and the change times (epoch ms when each kubectl started) there.
+cleanup() {
+  if [[ -n ${KEEP:-} ]]; then
+    mkdir -p "$KEEP"
+    for d in "$rig"/n*/; do [[ -f $d/daemon.log ]] && cp "$d/daemon.log" "$KEEP/$(basename "$d").log"; done
+    cp "$work"/all-nodes* "$work"/changes "$KEEP/" 2>/dev/null || true
+  fi
+  rig_down "$rig"
+  rm -rf "$work"
+}
 trap cleanup EXIT
 
-# Offline figures first (no root needed for these).
-log "engine figures at 1,000 pods and 200 policies"
-NETPOL_SCALE_FIGURES=1 cargo test -q -p shoal --lib netpol::tests::scale_figures -- --nocapture 2>/dev/null |
-  grep -E '^netpol_scale_[a-z0-9_]+: ' || log "scale figures unavailable"
+# Offline figures first (no root needed for these); OFFLINE=0 skips them.
+if [[ ${OFFLINE:-1} != 0 ]]; then
+  log "engine figures at 1,000 pods and 200 policies"
+  NETPOL_SCALE_FIGURES=1 cargo test -q -p shoal --lib netpol::tests::scale_figures -- --nocapture 2>/dev/null |
+    grep -E '^netpol_scale_[a-z0-9_]+: ' || log "scale figures unavailable"
+fi
 
 build
 apt_need wrk wrk
@@ -208,7 +220,9 @@ change() {
   local probe=$!
   for _ in $(seq 1 600); do [[ -e $work/ready ]] && break; sleep 0.1; done
   t0=$(now_ms)
+  echo "$mode $t0" >>"$work/all-nodes.t0"
   k "$verb" -f "$work/deny-spread.yaml" >/dev/null
+  echo $(($(now_ms) - t0)) >>"$work/kubectl"
   wait "$probe" || { log "probe failed ($mode)"; return 0; }
   last=$(awk 'BEGIN {m = 0} {if ($2 == 0) {m = -1; exit} if ($2 > m) m = $2} END {print m}' "$work/probe.out")
   if ((last > 0)); then echo $((last - t0)) >>"$work/all-nodes"; else log "a node never changed ($mode)"; fi
@@ -221,6 +235,9 @@ if ((${#targets[@]} >= 3)); then
   echo "netpol_enforced_all_nodes_nodes: ${#targets[@]}"
   echo "netpol_enforced_all_nodes_p50_ms: $(percentile 50 "$work/all-nodes")"
   echo "netpol_enforced_all_nodes_p99_ms: $(percentile 99 "$work/all-nodes")"
+  # The client's share: from the same start to the kubectl process exiting (its start-up, the
+  # API round trips, the write's commit).
+  echo "netpol_kubectl_change_p50_ms: $(percentile 50 "$work/kubectl")"
 else
   log "the DaemonSet's pods did not run on 3 nodes: ${spread_ips[*]}"
 fi

@@ -458,11 +458,18 @@ spec:
 /// objects labelled `deny` (the old object's labels on a DELETE), `/mutate` adds the label
 /// `mutated=yes`, `/reinvoke` notes `first-call` or (once the label is there) `seen-mutated`
 /// in an annotation, and hostile replies:
-/// `/garbage` (not JSON), `/huge` (8 MiB), `/slow` (answers after 20 s), `/wronguid`.
+/// `/garbage` (not JSON), `/huge` (8 MiB), `/slow` (answers after 20 s), `/wronguid`. It keeps
+/// connections open (HTTP/1.1) and notes each one it accepts (after its TLS handshake) as a line
+/// of its third argument's file.
 const WEBHOOK_PY: &str = r#"
 import base64, json, ssl, sys, time
 from http.server import ThreadingHTTPServer, BaseHTTPRequestHandler
 class H(BaseHTTPRequestHandler):
+    protocol_version = 'HTTP/1.1'
+    def setup(self):
+        super().setup()
+        with open(sys.argv[3], 'a') as f:
+            f.write('connection\n')
     def log_message(self, *a): pass
     def reply(self, body):
         try:
@@ -534,6 +541,7 @@ async fn webhook_server(dir: &Path) -> (tokio::process::Child, u16, String) {
         .arg(dir.join("hook.py"))
         .arg(dir.join("hook.crt"))
         .arg(dir.join("hook.key"))
+        .arg(dir.join("hook.connections"))
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .kill_on_drop(true)
@@ -544,6 +552,21 @@ async fn webhook_server(dir: &Path) -> (tokio::process::Child, u16, String) {
     tokio::time::timeout(Duration::from_secs(30), out.read_line(&mut line)).await.unwrap().unwrap();
     let port: u16 = line.trim().parse().unwrap_or_else(|_| panic!("webhook server said {line:?}"));
     (child, port, base64::engine::general_purpose::STANDARD.encode(ca.pem()))
+}
+
+/// How many connections the test webhook server has accepted.
+fn webhook_connections(dir: &Path) -> usize {
+    std::fs::read_to_string(dir.join("hook.connections")).map(|s| s.lines().count()).unwrap_or(0)
+}
+
+/// A caBundle of a CA that signed nothing the test webhook server holds.
+fn unrelated_ca_bundle() -> String {
+    use base64::Engine;
+    let key = KeyPair::generate().unwrap();
+    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    p.distinguished_name.push(DnType::CommonName, "other-ca");
+    base64::engine::general_purpose::STANDARD.encode(p.self_signed(&key).unwrap().pem())
 }
 
 /// A ValidatingWebhookConfiguration `name` with one webhook per (webhook name, client config
@@ -816,4 +839,76 @@ async fn webhook_match_conditions_and_delete_as_kubectl_shows_them() {
     let o = c.run(0, &["get", "cm", "skipped", "-n", "hooked"], None).await;
     assert!(!o.ok && o.stderr.contains("NotFound"), "{}", o.stderr);
     c.ok(&["delete", "mutatingwebhookconfiguration", "patcher"]).await;
+}
+
+/// Webhook calls reuse their connection: many admissions through a validating webhook open one
+/// TLS connection to it. A changed caBundle applies to the next call (the connection verified
+/// with the old one is not used: the wrong CA refuses), and the right one back dials anew.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_connections_are_reused_until_the_ca_bundle_changes() {
+    let c = Cluster::start(1).await;
+    let (_server, port, ca) = webhook_server(c.home()).await;
+    c.ok(&["create", "namespace", "hooked"]).await;
+    c.ok(&["label", "ns", "hooked", "hooked=yes"]).await;
+    let hook = |ca: &str| {
+        let cc = format!(r#"{{"url": "https://127.0.0.1:{port}/validate", "caBundle": "{ca}"}}"#);
+        validating("reuse", "Fail", &[("reuse.test.shoal", cc, "")])
+    };
+    let o = c.apply(&hook(&ca)).await;
+    assert!(o.ok, "{}", o.stderr);
+    // The configuration applies within a second: creates until the webhook has seen one.
+    let mut n = 0;
+    let called = |o: &Out| o.ok && o.stderr.contains("Warning: seen by the test webhook");
+    for _ in 0..50 {
+        n += 1;
+        if called(&c.apply(&configmap(&format!("reuse-{n}"), "a: b")).await) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for _ in 0..10 {
+        n += 1;
+        let o = c.apply(&configmap(&format!("reuse-{n}"), "a: b")).await;
+        assert!(called(&o), "{}", o.stderr);
+    }
+    assert_eq!(webhook_connections(c.home()), 1, "11 admissions should share one connection");
+
+    // Another caBundle: the next calls verify the server against it, and fail.
+    let o = c.apply(&hook(&unrelated_ca_bundle())).await;
+    assert!(o.ok, "{}", o.stderr);
+    let mut refused = None;
+    for _ in 0..50 {
+        n += 1;
+        let o = c.apply(&configmap(&format!("reuse-{n}"), "a: b")).await;
+        if !o.ok {
+            refused = Some(o.stderr);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let refused = refused.expect("a caBundle that does not verify the server should refuse (Fail)");
+    assert!(
+        refused.contains(
+            r#"Internal error occurred: failed calling webhook "reuse.test.shoal": failed to call webhook: Post"#
+        ) && refused.contains("tls: "),
+        "{refused}"
+    );
+
+    // The right caBundle back: one new connection, reused again.
+    let o = c.apply(&hook(&ca)).await;
+    assert!(o.ok, "{}", o.stderr);
+    for _ in 0..50 {
+        n += 1;
+        if called(&c.apply(&configmap(&format!("reuse-{n}"), "a: b")).await) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for _ in 0..5 {
+        n += 1;
+        let o = c.apply(&configmap(&format!("reuse-{n}"), "a: b")).await;
+        assert!(called(&o), "{}", o.stderr);
+    }
+    assert_eq!(webhook_connections(c.home()), 2, "the connection of the old caBundle was dropped, one new one");
+    c.ok(&["delete", "validatingwebhookconfiguration", "reuse"]).await;
 }

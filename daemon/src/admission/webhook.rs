@@ -8,17 +8,18 @@
 //! call is bounded by `timeoutSeconds` (connect, TLS, request and the whole reply) and by the
 //! size of the reply, so a slow, silent or chatty webhook never holds the API: the call fails
 //! and `failurePolicy` decides (Fail: 500 with upstream's `failed calling webhook` text;
-//! Ignore: allowed, with an audit annotation).
+//! Ignore: allowed, with an audit annotation). Connections stay open between calls, pooled per
+//! address, name and caBundle ([`client`]).
 use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
 use serde_json::{json, Value};
 use shoal_kube::{Objects, Resource};
 
 use super::{notes, Error};
+
+mod client;
 
 /// The largest AdmissionReview reply read (upstream's limit on a response body is 3 MiB too).
 const MAX_REPLY_BYTES: usize = 3 << 20;
@@ -377,52 +378,8 @@ fn tls_config(ca_bundle: Option<&str>) -> Result<rustls::ClientConfig, CallError
         .map_err(|e| fail(e.to_string()))?
         .with_root_certificates(roots)
         .with_no_client_auth();
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(cfg)
-}
-
-/// One POST of `review` to the webhook; its parsed reply.
-async fn post(
-    addr: &str,
-    host: &str,
-    path_q: &str,
-    tls: rustls::ClientConfig,
-    review: &Value,
-) -> Result<Value, CallError> {
-    let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| fail(format!("dial tcp {addr}: {e}")))?;
-    let name = rustls::pki_types::ServerName::try_from(host.to_string()).map_err(|e| fail(e.to_string()))?;
-    let stream = tokio_rustls::TlsConnector::from(Arc::new(tls))
-        .connect(name, tcp)
-        .await
-        .map_err(|e| fail(format!("tls: {e}")))?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-        .await
-        .map_err(|e| fail(e.to_string()))?;
-    let conn = tokio::spawn(conn);
-    let body = serde_json::to_vec(review).unwrap_or_default();
-    let req = hyper::Request::post(path_q)
-        .header(hyper::header::HOST, host)
-        .header(hyper::header::CONTENT_TYPE, "application/json")
-        .header(hyper::header::ACCEPT, "application/json")
-        .body(Full::new(Bytes::from(body)))
-        .map_err(|e| fail(e.to_string()))?;
-    let result = async {
-        let resp = sender.send_request(req).await.map_err(|e| fail(e.to_string()))?;
-        let status = resp.status();
-        let bytes = Limited::new(resp.into_body(), MAX_REPLY_BYTES)
-            .collect()
-            .await
-            .map_err(|e| fail(format!("reading the reply: {e}")))?
-            .to_bytes();
-        if !status.is_success() {
-            return Err(fail(format!("expected response code 200, got {}", status.as_u16())));
-        }
-        serde_json::from_slice::<Value>(&bytes)
-            .map_err(|e| fail(format!("the server replied with no AdmissionReview: {e}")))
-    }
-    .await;
-    conn.abort();
-    result
 }
 
 /// The AdmissionReview for `call` with `obj`.
@@ -480,8 +437,7 @@ async fn call_one(objects: &Objects, w: &Value, call: &Call<'_>, obj: Option<&Va
     let body = review(&uid, call, obj);
     let work = async {
         let (addr, host, path_q) = endpoint(objects, cc, timeout).await?;
-        let tls = tls_config(cc["caBundle"].as_str())?;
-        post(&addr, &host, &path_q, tls, &body).await
+        client::POOL.post(&addr, &host, cc["caBundle"].as_str(), &path_q, &body).await
     };
     let reply = match tokio::time::timeout(Duration::from_secs(timeout), work).await {
         Ok(r) => r,

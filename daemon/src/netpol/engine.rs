@@ -269,6 +269,9 @@ struct Policy {
 struct Ctx<'a> {
     pods: &'a [PodInfo],
     ns_labels: BTreeMap<&'a str, Map<String, Value>>,
+    /// The indexes into `pods` of each namespace's pods: a selector is matched against the pods
+    /// of the namespaces it can select, not against every pod of the cluster.
+    by_ns: BTreeMap<&'a str, Vec<usize>>,
 }
 
 impl Ctx<'_> {
@@ -296,15 +299,14 @@ impl Ctx<'_> {
             None => None,
         };
         let empty = Map::new();
-        self.pods
+        self.by_ns
             .iter()
-            .enumerate()
-            .filter(|(_, p)| match &ns_sel {
-                None => p.namespace == policy_ns,
-                Some(s) => s.matches(Some(self.ns_labels.get(p.namespace.as_str()).unwrap_or(&empty))),
+            .filter(|(ns, _)| match &ns_sel {
+                None => **ns == policy_ns,
+                Some(s) => s.matches(Some(self.ns_labels.get(*ns).unwrap_or(&empty))),
             })
-            .filter(|(_, p)| pod_sel.as_ref().is_none_or(|s| s.matches(Some(&p.labels))))
-            .map(|(i, _)| i)
+            .flat_map(|(_, idx)| idx.iter().copied())
+            .filter(|&i| pod_sel.as_ref().is_none_or(|s| s.matches(Some(&self.pods[i].labels))))
             .collect()
     }
 
@@ -419,9 +421,24 @@ impl Ctx<'_> {
 /// Computes the policy of every pod from the stored pods (see [`PodInfo::from_json`] plus any
 /// virtual peers), namespaces and NetworkPolicies.
 pub fn compute(pods: &[PodInfo], namespaces: &[Value], policies: &[Value]) -> Computed {
+    compute_for(pods, namespaces, policies, |_| true)
+}
+
+/// [`compute`] for the pods `wanted` accepts only (a node needs its own pods' policies; every
+/// pod still counts as a peer and for the warnings).
+pub fn compute_for(
+    pods: &[PodInfo],
+    namespaces: &[Value],
+    policies: &[Value],
+    wanted: impl Fn(&PodInfo) -> bool,
+) -> Computed {
     let ns_labels: BTreeMap<&str, Map<String, Value>> =
         namespaces.iter().filter_map(|n| Some((n["metadata"]["name"].as_str()?, labels_of(n)))).collect();
-    let ctx = Ctx { pods, ns_labels };
+    let mut by_ns: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for (i, p) in pods.iter().enumerate() {
+        by_ns.entry(p.namespace.as_str()).or_default().push(i);
+    }
+    let ctx = Ctx { pods, ns_labels, by_ns };
     let mut warnings = Vec::new();
     let mut parsed = Vec::new();
     for p in policies {
@@ -443,7 +460,8 @@ pub fn compute(pods: &[PodInfo], namespaces: &[Value], policies: &[Value]) -> Co
         let ingress = ingress_on.then(|| ctx.rules(&namespace, &spec["ingress"], "from", "ingress", &mut warn));
         let egress = egress_on.then(|| ctx.rules(&namespace, &spec["egress"], "to", "egress", &mut warn));
         let selects_any = selector.as_ref().is_some_and(|s| {
-            pods.iter().any(|pod| !pod.virtual_peer && pod.namespace == namespace && s.matches(Some(&pod.labels)))
+            let of_ns = ctx.by_ns.get(namespace.as_str()).map(Vec::as_slice).unwrap_or_default();
+            of_ns.iter().map(|&i| &pods[i]).any(|pod| !pod.virtual_peer && s.matches(Some(&pod.labels)))
         });
         if !selects_any {
             warn(
@@ -466,12 +484,14 @@ pub fn compute(pods: &[PodInfo], namespaces: &[Value], policies: &[Value]) -> Co
         }
         shared.entry((pi, ri, ingress)).or_insert_with(|| ctx.allow(rule, target, ingress)).clone()
     };
-    for target in pods.iter().filter(|p| !p.virtual_peer) {
+    let mut of_ns: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for (pi, pol) in parsed.iter().enumerate() {
+        of_ns.entry(pol.namespace.as_str()).or_default().push(pi);
+    }
+    for target in pods.iter().filter(|p| !p.virtual_peer && wanted(p)) {
         let mut pp = PodPolicy::default();
-        for (pi, pol) in parsed.iter().enumerate() {
-            if pol.namespace != target.namespace {
-                continue;
-            }
+        for &pi in of_ns.get(target.namespace.as_str()).into_iter().flatten() {
+            let pol = &parsed[pi];
             let Some(sel) = &pol.selector else { continue };
             if !sel.matches(Some(&target.labels)) {
                 continue;

@@ -1,8 +1,10 @@
 //! NetworkPolicy enforcement on one node: watches Pods, Namespaces and NetworkPolicies in the
 //! local replica, computes what each pod of this node may receive and send ([`engine`]) and
 //! keeps one nftables table (`inet shoal-netpol`, [`rules`]) in step, each change applied as
-//! one `nft -f` transaction, bursts of changes coalesced. Policies that select nothing or carry
-//! a peer the node cannot enforce get a Warning event; they never stop the others.
+//! one `nft -f` transaction. A change is acted on as soon as its watch event arrives, with no
+//! timer in the path; changes that arrive while a sync runs are coalesced into the next one.
+//! Policies that select nothing or carry a peer the node cannot enforce get a Warning event;
+//! they never stop the others.
 pub mod engine;
 pub mod rules;
 #[cfg(test)]
@@ -22,8 +24,6 @@ use tokio_util::sync::CancellationToken;
 
 use engine::{NamedPort, PodInfo, PodPolicy, Proto};
 
-/// How long a burst of changes may keep arriving before the table is rebuilt.
-const DEBOUNCE: Duration = Duration::from_millis(20);
 /// A full rebuild also happens this often, whatever the watches say.
 const RESYNC: Duration = Duration::from_secs(30);
 /// After a failed apply.
@@ -88,7 +88,7 @@ pub fn local_policies(
 ) -> (BTreeMap<Ipv4Addr, PodPolicy>, Vec<engine::Warning>) {
     let mut infos: Vec<PodInfo> = pods.iter().filter_map(PodInfo::from_json).collect();
     infos.extend(extra_peers.iter().cloned());
-    let computed = engine::compute(&infos, namespaces, policies);
+    let computed = engine::compute_for(&infos, namespaces, policies, |p| p.node == node);
     let mut local = BTreeMap::new();
     for p in infos.iter().filter(|p| p.node == node && !p.virtual_peer) {
         if let Some(pp) = computed.pods.get(&(p.namespace.clone(), p.name.clone())) {
@@ -96,6 +96,16 @@ pub fn local_policies(
         }
     }
     (local, computed.warnings)
+}
+
+/// Where the time of a sync that applied went (logged, for finding what delays enforcement).
+struct SyncTimes {
+    /// Listing pods, namespaces and policies from the replica.
+    read: Duration,
+    /// The engine, the rendering and the diff against the applied table.
+    compute: Duration,
+    /// `nft -f`.
+    apply: Duration,
 }
 
 /// The node's NetworkPolicy enforcer.
@@ -149,22 +159,25 @@ impl Netpol {
         let mut warned: HashSet<String> = HashSet::new();
         let mut next_wait = Duration::ZERO;
         loop {
+            // No debounce: a sync starts as soon as a change is signalled. Events that arrive
+            // while it runs leave one permit in `changed`, so a burst costs one more sync, not
+            // one per event, and never a wait on a timer.
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = changed.notified() => {}
                 _ = tokio::time::sleep(next_wait) => {}
             }
-            tokio::select! {
-                _ = shutdown.cancelled() => break,
-                _ = tokio::time::sleep(DEBOUNCE) => {}
-            }
-            let started = Instant::now();
             match self.sync(&k, &mut last, &mut warned).await {
-                Ok(true) => {
-                    tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "network policy rules applied");
+                Ok(Some(t)) => {
+                    tracing::info!(
+                        read_ms = t.read.as_millis() as u64,
+                        compute_ms = t.compute.as_millis() as u64,
+                        apply_ms = t.apply.as_millis() as u64,
+                        "network policy rules applied"
+                    );
                     next_wait = RESYNC;
                 }
-                Ok(false) => next_wait = RESYNC,
+                Ok(None) => next_wait = RESYNC,
                 Err(e) => {
                     tracing::warn!(error = %e, source = ?std::error::Error::source(&e), "network policy rules not applied");
                     last = None;
@@ -179,23 +192,27 @@ impl Netpol {
         self.objects.list(res, None).await.map(|(v, _)| v).map_err(|source| NetpolError::List { plural, source })
     }
 
-    /// Reads the replica and applies the table if it changed; returns whether it applied.
+    /// Reads the replica and applies the table if it changed; how long each step took when it
+    /// applied.
     async fn sync(
         &self,
         k: &Kinds,
         last: &mut Option<Table>,
         warned: &mut HashSet<String>,
-    ) -> Result<bool, NetpolError> {
+    ) -> Result<Option<SyncTimes>, NetpolError> {
+        let started = Instant::now();
         let pods = self.list(&k.pods, "pods").await?;
         let namespaces = self.list(&k.namespaces, "namespaces").await?;
         let policies = self.list(&k.policies, "networkpolicies").await?;
+        let read = started.elapsed();
         let extra: Vec<PodInfo> = self.resolver.map(|ip| resolver_peer(&self.node, ip)).into_iter().collect();
         let (local, warnings) = local_policies(&pods, &namespaces, &policies, &self.node, &extra);
         self.warn(&policies, warnings, warned);
         let (table, _) = rules::render(&local);
         if last.as_ref() == Some(&table) {
-            return Ok(false);
+            return Ok(None);
         }
+        let compute = started.elapsed() - read;
         let text = match last.as_ref() {
             Some(prev) => table.update_text(prev),
             None => table.replace_text(),
@@ -207,7 +224,7 @@ impl Netpol {
             .map_err(NetpolError::Join)?
             .map_err(NetpolError::Apply)?;
         *last = Some(table);
-        Ok(true)
+        Ok(Some(SyncTimes { read, compute, apply: started.elapsed() - read - compute }))
     }
 
     /// A Warning event on each policy with a problem, once per policy version and node.

@@ -545,3 +545,54 @@ fn scale_figures() {
         println!("netpol_scale_compute_p99_ms: {p99:.1}");
     }
 }
+
+/// Applies through a [`shoal_netlink::FakeNft`] and signals each apply.
+#[derive(Default)]
+struct SignallingNft {
+    inner: shoal_netlink::FakeNft,
+    applied: tokio::sync::Notify,
+}
+
+impl shoal_netlink::Nft for SignallingNft {
+    fn apply(&self, ruleset: &str) -> shoal_netlink::Result<()> {
+        let r = self.inner.apply(ruleset);
+        self.applied.notify_one();
+        r
+    }
+}
+
+/// From a stored policy to the table applied, no timer runs: under a paused clock (which only
+/// moves when every task waits on a timer) the change is applied at the instant it was written.
+/// A debounce, a batching window or a poll in the path would move the clock.
+#[tokio::test(start_paused = true)]
+async fn a_change_is_applied_with_no_timer_in_the_path() {
+    let objects = shoal_kube::Objects::new(shoal_store::Store::in_memory());
+    let k = kinds().unwrap();
+    let (pods, namespaces) = cluster();
+    for n in namespaces {
+        objects.create(&k.namespaces, None, n).await.unwrap();
+    }
+    for p in pods {
+        let ns = p["metadata"]["namespace"].as_str().unwrap().to_string();
+        objects.create(&k.pods, Some(&ns), p).await.unwrap();
+    }
+    let nft = Arc::new(SignallingNft::default());
+    let stop = tokio_util::sync::CancellationToken::new();
+    let netpol = Netpol::new(objects.clone(), "n1".into()).with_nft(nft.clone());
+    let task = tokio::spawn(netpol.run(stop.clone()));
+    nft.applied.notified().await;
+    assert!(!nft.inner.applied()[0].contains("jump"), "nothing isolated yet");
+
+    let written = tokio::time::Instant::now();
+    let deny = policy("default", "deny", json!({"podSelector": {}, "policyTypes": ["Ingress"]}));
+    objects.create(&k.policies, Some("default"), deny).await.unwrap();
+    loop {
+        nft.applied.notified().await;
+        if nft.inner.applied().last().is_some_and(|t| t.contains("10.42.0.10 : jump in-")) {
+            break;
+        }
+    }
+    assert_eq!(tokio::time::Instant::now() - written, Duration::ZERO, "a timer ran between the write and the apply");
+    stop.cancel();
+    task.await.unwrap();
+}
