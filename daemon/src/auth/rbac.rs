@@ -17,8 +17,10 @@ use super::{Attributes, UserInfo, MASTERS};
 
 pub(crate) const GROUP: &str = "rbac.authorization.k8s.io";
 
-/// The shortest time between two index rebuilds of the watch task (bursts of RBAC writes).
-const REFRESH_GAP: std::time::Duration = std::time::Duration::from_millis(50);
+/// The shortest time between two index rebuilds of the watch task: a burst of RBAC writes (an
+/// admin creating a thousand bindings) costs every node one rebuild a second, not one per
+/// write; a request that finds the index stale meanwhile still rebuilds it itself.
+const REFRESH_GAP: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// One rule of a Role or ClusterRole.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -350,42 +352,34 @@ impl Authorizer {
             self.fill_aggregated().await;
             self.reload().await;
             let clusterroles = format!("/{GROUP}/clusterroles/");
+            // Every event is counted at once (a request then finds the index stale and
+            // rebuilds it itself); this task rebuilds at most once per REFRESH_GAP, so a burst
+            // of writes is taken in a rebuild or two.
+            let mut pending = false;
+            let mut next = tokio::time::Instant::now();
             loop {
                 let ev = tokio::select! {
                     _ = shutdown.cancelled() => return,
-                    ev = rx.recv() => ev,
+                    ev = rx.recv() => Some(ev),
+                    _ = tokio::time::sleep_until(next), if pending => None,
                 };
-                let Some(Ok(ev)) = ev else { break };
-                self.changed();
-                // A burst (an applied manifest, a bulk create) is taken in one rebuild.
-                let mut aggregated = ev.kv.key.starts_with(&clusterroles);
-                let mut ended = false;
-                loop {
-                    match rx.try_recv() {
-                        Ok(Ok(ev)) => {
-                            self.changed();
-                            aggregated |= ev.kv.key.starts_with(&clusterroles);
+                match ev {
+                    Some(Some(Ok(ev))) => {
+                        self.changed();
+                        if ev.kv.key.starts_with(&clusterroles) {
+                            self.fill_aggregated().await;
                         }
-                        Err(tokio::sync::mpsc::error::TryRecvError::Empty) => break,
-                        _ => {
-                            ended = true;
-                            break;
+                        pending = true;
+                        if tokio::time::Instant::now() < next {
+                            continue;
                         }
                     }
-                }
-                if aggregated {
-                    self.fill_aggregated().await;
+                    Some(_) => break,
+                    None => {}
                 }
                 self.refresh().await;
-                if ended {
-                    break;
-                }
-                // At most one rebuild per REFRESH_GAP here; a request that finds the index
-                // stale meanwhile rebuilds it itself.
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(REFRESH_GAP) => {}
-                }
+                pending = false;
+                next = tokio::time::Instant::now() + REFRESH_GAP;
             }
         }
     }
@@ -768,6 +762,18 @@ mod tests {
         .await;
         let user = UserInfo::new("user999", vec![]);
         assert!(!authz.authorize(&user, &res("create", "apps", "deployments", "", "ns49", "")).await.allowed());
+        // Right after a rebuild the task waits before the next one, but counts every change at
+        // once: the first request after a write sees it.
+        for i in 0..3 {
+            let seen = authz.changes.load(Ordering::SeqCst);
+            let name = format!("late{i}");
+            let subjects = json!([{"kind": "User", "name": name}]);
+            let b = binding("RoleBinding", Some("ns1"), &name, "ClusterRole", "edit", subjects);
+            objects.create(&rbac_resource("rolebindings"), Some("ns1"), b).await.unwrap();
+            eventually("the change counted", || authz.changes.load(Ordering::SeqCst) > seen).await;
+            let late = UserInfo::new(name, vec![]);
+            assert!(authz.authorize(&late, &res("create", "apps", "deployments", "", "ns1", "")).await.allowed());
+        }
         shutdown.cancel();
     }
 
