@@ -5,7 +5,8 @@
 //! plaintext, sealed with a wrong key, with an unknown key id, or random. The cluster must not notice: no node changes liveness, no fake
 //! member appears, no pod is evicted, and every node counted the dropped datagrams. Then a
 //! gossip key rotation runs, with no liveness flap either. Then join tokens, the CA key's
-//! holders, a revoked user, the attacks of [`crate::abuse`] (a user certificate on the peer
+//! holders, a revoked user, pod tokens, TokenRequest, node certificates and install YAML under
+//! RBAC ([`crate::rbac_rig`]), the attacks of [`crate::abuse`] (a user certificate on the peer
 //! ports, a subPath escape, a root image under runAsNonRoot, patch bombs, the data dir's
 //! modes), Secrets at rest, and last a removed node.
 //!
@@ -363,6 +364,7 @@ pub fn attacks(rig: &dyn Rig, opts: &ScenarioOptions) -> Result<Measured> {
     join_tokens(rig, &first, &client, &forger, &mut m)?;
     ca_key_holders(rig, &hosts, &mut m)?;
     crate::revocation::revoke_user(rig, &k, &hosts, &client, &scratch, &mut m)?;
+    crate::rbac_rig::rbac_on_rig(rig, &k, &hosts, &client, &scratch, &mut m)?;
     crate::abuse::user_cert_on_peer_port(rig, &hosts, &client, &forger, &scratch, &mut m)?;
     crate::abuse::patch_bombs(&k, &hosts, &scratch, &mut m)?;
     crate::abuse::check_trap_pod(&k, &first, &mut m)?;

@@ -14,6 +14,7 @@ pub mod load;
 pub mod netpol;
 pub mod observe;
 mod proc;
+pub(crate) mod rbac_rig;
 pub mod results;
 pub mod revocation;
 pub mod rig;

@@ -23,14 +23,14 @@ fn failed(reason: impl Into<String>) -> Error {
 
 /// The kubectl versions alice's steps run with, each against its own node (index into the
 /// hosts): the oldest and the newest the gcloud SDK carries that the issue names.
-const VERSIONS: [(&str, usize); 2] = [("1.31", 1), ("1.33", 2)];
+pub(crate) const VERSIONS: [(&str, usize); 2] = [("1.31", 1), ("1.33", 2)];
 
 /// kube-apiserver's refusal of alice's `get secrets -n default`, word for word.
 const FORBIDDEN_SECRETS: &str = r#"Error from server (Forbidden): secrets is forbidden: User "alice" cannot list resource "secrets" in API group "" in the namespace "default""#;
 
 /// `kubectl ARGS` (the binary `bin`) as the user of `kubeconfig` against `host`'s API, from
 /// the client: Ok(stdout) or Err(stderr).
-fn kubectl_as(
+pub(crate) fn kubectl_as(
     rig: &dyn Rig,
     client: &str,
     bin: &Path,
@@ -47,7 +47,7 @@ fn kubectl_as(
 }
 
 /// The kubectl binaries of [`VERSIONS`].
-fn binaries() -> Result<Vec<(&'static str, usize, PathBuf)>> {
+pub(crate) fn binaries() -> Result<Vec<(&'static str, usize, PathBuf)>> {
     VERSIONS
         .iter()
         .map(|&(v, i)| crate::walkthrough::versions::kubectl_bin(v).map(|b| (v, i, b)).map_err(failed))
