@@ -45,10 +45,10 @@ const RELEASES_FILE: &str = "packaging/releases";
 fn last_listed_release(root: &Path) -> Option<String> {
     let text = std::fs::read_to_string(root.join(RELEASES_FILE)).ok()?;
     text.lines()
+        .rev()
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .filter_map(|l| l.split_whitespace().nth(1).map(str::to_string))
-        .last()
+        .find_map(|l| l.split_whitespace().nth(1).map(str::to_string))
 }
 
 /// The commit `rev` names; `release` is the merge base of HEAD with the last release tag, or
