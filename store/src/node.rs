@@ -1020,10 +1020,11 @@ impl RaftNode {
     }
 
     /// Asks the other voters for a pre-vote; whether a majority (this node included) grants
-    /// it. Skipped (true) while a member does not read format 3, as older releases did not ask.
+    /// it. Skipped (true) while a member reads a format older than [`crate::version::PRE_VOTE_FORMAT`]
+    /// (older releases neither ask nor answer).
     /// Returns as soon as the outcome is known; a peer that does not answer in time refuses.
     async fn pre_vote(&self, voters: &BTreeSet<NodeId>) -> bool {
-        if self.format.get() < 3 {
+        if self.format.get() < crate::version::PRE_VOTE_FORMAT {
             return true;
         }
         let peers: Vec<String> = {

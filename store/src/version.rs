@@ -25,6 +25,9 @@ use crate::{Error, Result};
 
 /// The newest peer message format this binary reads and writes.
 pub const FORMAT: u32 = 3;
+/// The first format whose nodes answer pre-votes: a node asks for them only while every member
+/// reads at least this one.
+pub const PRE_VOTE_FORMAT: u32 = 3;
 /// The oldest peer message format this binary reads and writes.
 pub const OLDEST_FORMAT: u32 = 1;
 /// The format of the store file (`store.redb`) this binary writes; unchanged since format 1.
