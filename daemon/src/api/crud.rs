@@ -349,7 +349,7 @@ fn admit(ctx: &Ctx, obj: &mut Value, old: Option<&Value>, uid: &str) -> Result<(
     Ok(())
 }
 
-/// `?fieldValidation=Strict`: unknown fields are a 400, by the compiled-in types of a built-in
+/// `?fieldValidation=Strict`: unknown fields are a 400, by the embedded OpenAPI schema of a built-in
 /// kind or by the CRD's schema of a custom one.
 async fn check_strict(ctx: &Ctx, obj: &Value) -> Result<(), ApiError> {
     if ctx.query.get("fieldValidation").map(|s| s.as_str()) != Some("Strict") {

@@ -254,3 +254,57 @@ fn strict_unknown_fields_of_a_custom_resource_follow_its_schema() {
     let open = json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true});
     assert_eq!(check_unknown_fields_by_schema(&open, "Pool", "v1", &bad["spec"]), Ok(()));
 }
+
+#[test]
+fn strict_decoding_names_the_go_field_and_type_as_kube_apiserver() {
+    let msg = |g: &str, k: &str, obj: Value| check_unknown_fields(g, "v1", k, &obj).unwrap_err().message();
+    let mut d = deployment(json!({"matchLabels": {"app": "x"}}), json!({"app": "x"}));
+    d["spec"]["replicas"] = json!("3");
+    assert_eq!(
+        msg("apps", "Deployment", d.clone()),
+        "Deployment in version \"v1\" cannot be handled as a Deployment: json: cannot unmarshal string into Go struct \
+         field DeploymentSpec.spec.replicas of type int32"
+    );
+    d["spec"]["replicas"] = json!(1.5);
+    assert!(msg("apps", "Deployment", d.clone())
+        .ends_with("cannot unmarshal number 1.5 into Go struct field DeploymentSpec.spec.replicas of type int32"));
+    d["spec"]["replicas"] = json!(3_000_000_000u64);
+    assert!(msg("apps", "Deployment", d.clone()).contains("of type int32"));
+    // Indices are not part of Go's field path; the struct is the one holding the field.
+    let pod = json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "c", "image": "x", "ports": [{"containerPort": "80"}]}]}});
+    assert!(msg("", "Pod", pod).ends_with(
+        "cannot unmarshal string into Go struct field ContainerPort.spec.containers.ports.containerPort of type int32"
+    ));
+    let pod = json!({"metadata": {"name": "p", "labels": {"a": 1}}, "spec": {"containers": []}});
+    assert!(msg("", "Pod", pod).ends_with("into Go struct field ObjectMeta.metadata.labels.a of type string"));
+    let pod = json!({"metadata": {"name": "p"}, "spec": {"containers": {"name": "c"}}});
+    assert!(msg("", "Pod", pod)
+        .ends_with("cannot unmarshal object into Go struct field PodSpec.spec.containers of type []v1.Container"));
+    // int-or-string and quantities take a whole number or a string, nothing else.
+    let svc =
+        |target: Value| json!({"metadata": {"name": "s"}, "spec": {"ports": [{"port": 80, "targetPort": target}]}});
+    assert_eq!(check_unknown_fields("", "v1", "Service", &svc(json!(8080))), Ok(()));
+    assert_eq!(check_unknown_fields("", "v1", "Service", &svc(json!("http"))), Ok(()));
+    assert!(msg("", "Service", svc(json!(true))).ends_with("of type intstr.IntOrString"));
+    let limits = |cpu: Value| json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "c", "image": "x", "resources": {"limits": {"cpu": cpu}}}]}});
+    assert_eq!(check_unknown_fields("", "v1", "Pod", &limits(json!("500m"))), Ok(()));
+    assert_eq!(check_unknown_fields("", "v1", "Pod", &limits(json!(2))), Ok(()));
+    assert!(msg("", "Pod", limits(json!([1]))).ends_with("of type resource.Quantity"));
+    // Byte fields are base64; times RFC 3339; null goes anywhere.
+    let secret = |v: Value| json!({"metadata": {"name": "s"}, "data": {"k": v}});
+    assert_eq!(check_unknown_fields("", "v1", "Secret", &secret(json!("aGk="))), Ok(()));
+    assert_eq!(check_unknown_fields("", "v1", "Secret", &secret(Value::Null)), Ok(()));
+    assert!(msg("", "Secret", secret(json!("not base64!"))).ends_with("illegal base64 data at input byte 3"));
+    let cm = |t: Value| json!({"metadata": {"name": "c", "creationTimestamp": t}, "data": {"a": "b"}});
+    assert_eq!(check_unknown_fields("", "v1", "ConfigMap", &cm(json!("2026-01-02T03:04:05Z"))), Ok(()));
+    assert!(msg("", "ConfigMap", cm(json!("yesterday"))).contains("parsing time \"yesterday\""));
+    // Free-form members (RawExtension, JSON) take any value; a map takes any key.
+    let crd = json!({"metadata": {"name": "a.b.c"}, "spec": {"group": "b.c", "names": {"kind": "A", "plural": "a"}, "scope": "Namespaced",
+        "versions": [{"name": "v1", "served": true, "storage": true, "schema": {"openAPIV3Schema": {"type": "object", "default": [1, "x"], "x-anything": 1}}}]}});
+    assert_eq!(
+        check_unknown_fields("apiextensions.k8s.io", "v1", "CustomResourceDefinition", &crd),
+        Err(StrictError::UnknownFields(vec!["spec.versions[0].schema.openAPIV3Schema.x-anything".into()]))
+    );
+    // A body that is not an object at all.
+    assert!(msg("", "ConfigMap", json!([1])).ends_with("cannot unmarshal array into Go value of type v1.ConfigMap"));
+}
