@@ -56,7 +56,7 @@ pub struct NamedPort {
 }
 
 /// What the engine needs of a pod.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct PodInfo {
     pub namespace: String,
     pub name: String,

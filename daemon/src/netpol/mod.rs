@@ -1,5 +1,6 @@
 //! NetworkPolicy enforcement on one node: watches Pods, Namespaces and NetworkPolicies in the
-//! local replica, computes what each pod of this node may receive and send ([`engine`]) and
+//! local replica (the pods reduced to what policies see of them, so a pod's status writes cost
+//! nothing; with no NetworkPolicy in the cluster a sync reads only the empty policy list), computes what each pod of this node may receive and send ([`engine`]) and
 //! keeps one nftables table (`inet shoal-netpol`, [`rules`]) in step, each change applied as
 //! one `nft -f` transaction. A change is acted on as soon as its watch event arrives, with no
 //! timer in the path; changes that arrive while a sync runs are coalesced into the next one.
@@ -86,7 +87,21 @@ pub fn local_policies(
     node: &str,
     extra_peers: &[PodInfo],
 ) -> (BTreeMap<Ipv4Addr, PodPolicy>, Vec<engine::Warning>) {
-    let mut infos: Vec<PodInfo> = pods.iter().filter_map(PodInfo::from_json).collect();
+    let infos: Vec<PodInfo> = pods.iter().filter_map(PodInfo::from_json).collect();
+    local_policies_of(infos, namespaces, policies, node, extra_peers)
+}
+
+/// [`local_policies`] of pods already reduced to what policies see of them.
+fn local_policies_of(
+    mut infos: Vec<PodInfo>,
+    namespaces: &[Value],
+    policies: &[Value],
+    node: &str,
+    extra_peers: &[PodInfo],
+) -> (BTreeMap<Ipv4Addr, PodPolicy>, Vec<engine::Warning>) {
+    if policies.is_empty() {
+        return (BTreeMap::new(), Vec::new());
+    }
     infos.extend(extra_peers.iter().cloned());
     let computed = engine::compute_for(&infos, namespaces, policies, |p| p.node == node);
     let mut local = BTreeMap::new();
@@ -145,7 +160,9 @@ impl Netpol {
         };
         let changed = Arc::new(Notify::new());
         let watch_stop = shutdown.child_token();
-        for res in [&k.pods, &k.namespaces, &k.policies] {
+        let pods = PodView::default();
+        tokio::spawn(pods.clone().follow(self.objects.clone(), k.pods.clone(), changed.clone(), watch_stop.clone()));
+        for res in [&k.namespaces, &k.policies] {
             tokio::spawn(crate::reconcile::watch::notify_on_changes(
                 self.objects.clone(),
                 res.clone(),
@@ -157,7 +174,9 @@ impl Netpol {
         }
         let mut last: Option<Table> = None;
         let mut warned: HashSet<String> = HashSet::new();
-        let mut next_wait = Duration::ZERO;
+        // The first sync waits for the first list of pods: a table computed without them
+        // would drop the rules a previous run of the daemon left in place.
+        let mut next_wait = RESYNC;
         loop {
             // No debounce: a sync starts as soon as a change is signalled. Events that arrive
             // while it runs leave one permit in `changed`, so a burst costs one more sync, not
@@ -167,7 +186,8 @@ impl Netpol {
                 _ = changed.notified() => {}
                 _ = tokio::time::sleep(next_wait) => {}
             }
-            match self.sync(&k, &mut last, &mut warned).await {
+            let Some(pods) = pods.snapshot() else { continue };
+            match self.sync(&k, pods, &mut last, &mut warned).await {
                 Ok(Some(t)) => {
                     tracing::info!(
                         read_ms = t.read.as_millis() as u64,
@@ -197,16 +217,17 @@ impl Netpol {
     async fn sync(
         &self,
         k: &Kinds,
+        pods: Vec<PodInfo>,
         last: &mut Option<Table>,
         warned: &mut HashSet<String>,
     ) -> Result<Option<SyncTimes>, NetpolError> {
         let started = Instant::now();
-        let pods = self.list(&k.pods, "pods").await?;
-        let namespaces = self.list(&k.namespaces, "namespaces").await?;
         let policies = self.list(&k.policies, "networkpolicies").await?;
+        // Without any policy nothing is isolated: the namespaces are not needed.
+        let namespaces = if policies.is_empty() { Vec::new() } else { self.list(&k.namespaces, "namespaces").await? };
         let read = started.elapsed();
         let extra: Vec<PodInfo> = self.resolver.map(|ip| resolver_peer(&self.node, ip)).into_iter().collect();
-        let (local, warnings) = local_policies(&pods, &namespaces, &policies, &self.node, &extra);
+        let (local, warnings) = local_policies_of(pods, &namespaces, &policies, &self.node, &extra);
         self.warn(&policies, warnings, warned);
         let (table, _) = rules::render(&local);
         if last.as_ref() == Some(&table) {
@@ -256,6 +277,79 @@ impl Netpol {
             tokio::spawn(async move {
                 rec.warning(&format!("netpol/{node}"), &involved, w.reason, &w.message).await;
             });
+        }
+    }
+}
+
+/// The pods as policies see them ([`PodInfo`]: address, labels, node, named ports), kept from
+/// the pod watch. Only a change of that signals a sync: the status writes of a pod start
+/// (conditions, container states) do not, and no sync lists the pods of the cluster.
+#[derive(Clone, Default)]
+struct PodView(Arc<std::sync::Mutex<Option<BTreeMap<String, PodInfo>>>>);
+
+impl PodView {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<BTreeMap<String, PodInfo>>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Every pod with an address on the pod network; None until the first list is in.
+    fn snapshot(&self) -> Option<Vec<PodInfo>> {
+        self.lock().as_ref().map(|m| m.values().cloned().collect())
+    }
+
+    /// Lists the pods, then follows their watch from that revision, signalling `changed` on
+    /// every change that matters to a policy; lists again after the watch ends.
+    async fn follow(self, objects: Objects, res: Resource, changed: Arc<Notify>, stop: CancellationToken) {
+        let key = |pod: &Value| {
+            format!(
+                "{}/{}",
+                pod["metadata"]["namespace"].as_str().unwrap_or_default(),
+                pod["metadata"]["name"].as_str().unwrap_or_default()
+            )
+        };
+        loop {
+            let listed = match objects.list(&res, None).await {
+                Ok((pods, rev)) => objects.watch(&res, None, Some(rev)).await.map(|rx| (pods, rx)),
+                Err(e) => Err(e),
+            };
+            match listed {
+                Ok((pods, mut rx)) => {
+                    let view = pods.iter().filter_map(|p| Some((key(p), PodInfo::from_json(p)?))).collect();
+                    *self.lock() = Some(view);
+                    changed.notify_one();
+                    loop {
+                        let ev = tokio::select! {
+                            _ = stop.cancelled() => return,
+                            ev = rx.recv() => ev,
+                        };
+                        let ev = match ev {
+                            Some(Ok(ev)) => ev,
+                            Some(Err(e)) => {
+                                tracing::debug!(error = %e, "netpol pod watch ended");
+                                break;
+                            }
+                            None => break,
+                        };
+                        let info = if ev.kind == "DELETED" { None } else { PodInfo::from_json(&ev.object) };
+                        let k = key(&ev.object);
+                        let mut guard = self.lock();
+                        let Some(view) = guard.as_mut() else { break };
+                        let changed_here = match info {
+                            Some(info) => view.insert(k, info.clone()).as_ref() != Some(&info),
+                            None => view.remove(&k).is_some(),
+                        };
+                        drop(guard);
+                        if changed_here {
+                            changed.notify_one();
+                        }
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, "netpol pod list or watch failed"),
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(RETRY) => {}
+            }
         }
     }
 }
