@@ -280,7 +280,10 @@ impl NodeAgent {
         }
         agent.adopt().await;
         let mut import_tick = tokio::time::interval(Duration::from_secs(10));
-        let mut watch = agent.cfg.objects.watch(&agent.pods, None, None).await.ok();
+        // This node's pods by uid, from one list and the watch that follows it: the passes of
+        // the tick read them from here, not from a list of every pod of the cluster.
+        let mut mine: HashMap<String, Value> = HashMap::new();
+        let mut watch = agent.list_and_watch(&mut mine).await;
         let mut tick = tokio::time::interval(Duration::from_millis(1000));
         let mut routes_tick = tokio::time::interval(Duration::from_secs(5));
         let mut node_tick = tokio::time::interval(Duration::from_secs(30));
@@ -324,9 +327,9 @@ impl NodeAgent {
                     // Every event already queued is taken in this one pass.
                     while let Some(ev) = next.take() {
                         match ev {
-                            Some(Ok(ev)) => full |= agent.note_event(ev, &mut changed),
+                            Some(Ok(ev)) => full |= agent.note_event(ev, &mut mine, &mut changed),
                             _ => {
-                                watch = agent.cfg.objects.watch(&agent.pods, None, None).await.ok();
+                                watch = agent.list_and_watch(&mut mine).await;
                                 full = true;
                                 break;
                             }
@@ -343,18 +346,17 @@ impl NodeAgent {
                 }
                 continue;
             }
-            let mine = match agent.my_pods().await {
-                Ok(p) => p,
-                Err(e) => {
-                    tracing::warn!(error = %e, "listing pods");
+            if watch.is_none() {
+                // No list since the watch failed: the pods here may be stale.
+                watch = agent.list_and_watch(&mut mine).await;
+                if watch.is_none() {
                     continue;
                 }
-            };
+            }
             let mut seen = std::collections::HashSet::new();
-            for pod in mine {
-                let uid = pod["metadata"]["uid"].as_str().unwrap_or_default().to_string();
+            for (uid, pod) in &mine {
                 seen.insert(uid.clone());
-                spawn_sync(&mut running, uid, Some(pod));
+                spawn_sync(&mut running, uid.clone(), Some(pod.clone()));
             }
             // Pods that vanished from the store (force-deleted) are torn down.
             let known: Vec<String> = agent.state.lock().await.keys().cloned().collect();
@@ -370,22 +372,64 @@ impl NodeAgent {
 }
 
 impl Agent {
-    /// Notes one pod watch event for the next pass: a pod bound to this node goes into
-    /// `changed` (the newest version wins). True when the pass must look at every pod: a pod
-    /// was deleted (its teardown is found by the full pass, which also sees force deletes).
-    fn note_event(&self, ev: shoal_kube::objects::ObjectEvent, changed: &mut HashMap<String, Value>) -> bool {
+    /// Notes one pod watch event in `mine` and for the next pass: a pod bound to this node
+    /// goes into `changed` (the newest version wins). True when the pass must look at every
+    /// pod: a pod was deleted (its teardown is found by the full pass, which also sees force
+    /// deletes).
+    fn note_event(
+        &self,
+        ev: shoal_kube::objects::ObjectEvent,
+        mine: &mut HashMap<String, Value>,
+        changed: &mut HashMap<String, Value>,
+    ) -> bool {
+        let uid = ev.object["metadata"]["uid"].as_str().map(str::to_string);
         if ev.kind == "DELETED" {
+            if let Some(uid) = uid {
+                mine.remove(&uid);
+            }
             return true;
         }
         if ev.object["spec"]["nodeName"].as_str() != Some(self.cfg.node_name.as_str()) {
             return false;
         }
-        match ev.object["metadata"]["uid"].as_str() {
+        match uid {
             Some(uid) => {
-                changed.insert(uid.to_string(), ev.object);
+                mine.insert(uid.clone(), ev.object.clone());
+                changed.insert(uid, ev.object);
                 false
             }
             None => true,
+        }
+    }
+
+    /// Lists this node's pods into `mine` and watches every pod from that revision on (None
+    /// when either fails: the next tick tries again).
+    async fn list_and_watch(
+        &self,
+        mine: &mut HashMap<String, Value>,
+    ) -> Option<tokio::sync::mpsc::Receiver<shoal_kube::Result<shoal_kube::objects::ObjectEvent>>> {
+        let listed = async {
+            let (pods, rev) = self.cfg.objects.list(&self.pods, None).await?;
+            let rx = self.cfg.objects.watch(&self.pods, None, Some(rev)).await?;
+            Ok::<_, shoal_kube::Error>((pods, rx))
+        };
+        match listed.await {
+            Ok((pods, rx)) => {
+                mine.clear();
+                for pod in pods {
+                    if pod["spec"]["nodeName"].as_str() != Some(self.cfg.node_name.as_str()) {
+                        continue;
+                    }
+                    if let Some(uid) = pod["metadata"]["uid"].as_str() {
+                        mine.insert(uid.to_string(), pod);
+                    }
+                }
+                Some(rx)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "listing and watching pods");
+                None
+            }
         }
     }
 
