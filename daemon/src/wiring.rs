@@ -88,12 +88,31 @@ pub(crate) async fn run_services(node: Arc<Node>, stop: CancellationToken) {
 /// data plane, DNS, Ingress, NetworkPolicy or LoadBalancer announcer. It drains what it ran if
 /// it was a worker before, and serves the plain `/metrics` listener only when one is set.
 fn run_witness(node: &Arc<Node>, tasks: &tokio_util::task::TaskTracker, stop: CancellationToken) {
+    tasks.spawn(shed_startup_code(stop.clone()));
     tasks.spawn(crate::cluster::handover::run(node.clone(), stop.clone()));
     tasks.spawn(retire_worker(node.clone(), stop.clone()));
     crate::metrics::set_enabled(node.cfg.metrics.enabled);
     if let Some(addr) = crate::metrics::plain::address(node.cfg.api.metrics_listen, node.cfg.metrics.enabled) {
         let exporter = exporter(node, tasks, stop.clone());
         tasks.spawn(crate::metrics::plain::run(addr, exporter, stop));
+    }
+}
+
+/// How long after start a witness drops the pages of its binary from its page tables.
+const SHED_STARTUP_CODE_AFTER: Duration = Duration::from_secs(10);
+
+/// A witness's resident memory is mostly the pages of its own binary: the start-up maps code it
+/// never runs again (command line, configuration, certificates, the join) and, with the
+/// kernel's read-ahead, the code around it. Once it runs, it drops every clean page of the
+/// binary from its page tables (the same as the container shim does): what it runs from then on
+/// maps back in with a minor fault from the page cache, the rest stays out of its RSS. The pages
+/// are clean and shared, so nothing is lost or copied.
+async fn shed_startup_code(stop: CancellationToken) {
+    tokio::select! {
+        _ = stop.cancelled() => {}
+        _ = tokio::time::sleep(SHED_STARTUP_CODE_AFTER) => {
+            let _ = tokio::task::spawn_blocking(shoal_runtime::drop_clean_file_pages).await;
+        }
     }
 }
 

@@ -31,6 +31,7 @@ pub use seccomp::{native_arch, runtime_default_profile, set_runtime_default};
 pub use shim::shim_main;
 pub use spec::{default_spec, host_devices, set_privileged_devices, MASKED_PATHS, READONLY_PATHS};
 pub use state::{State, Status};
+pub use sys::drop_clean_file_pages;
 
 /// Re-exported so callers build specs and signals with the same versions.
 pub use nix::sys::signal::Signal;

@@ -229,7 +229,7 @@ pub(crate) fn pidfd_open(pid: u32) -> io::Result<std::os::fd::OwnedFd> {
 /// it touches from now on. The pages stay in the page cache: a later access maps them again
 /// with a minor fault, with the same contents. Mappings with anonymous (copy-on-write) pages,
 /// such as relocated RELRO data, are left alone.
-pub(crate) fn drop_clean_file_pages() {
+pub fn drop_clean_file_pages() {
     let Ok(smaps) = std::fs::read_to_string("/proc/self/smaps") else { return };
     let mut current: Option<(usize, usize)> = None;
     let mut zap = Vec::new();
