@@ -5,22 +5,12 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
+use crate::cgroup2::write_file;
 use crate::cgroups::{remove_cgroup_dir, Setting};
 use crate::error::{Error, Result};
 
 fn err(path: &Path, operation: &'static str, e: io::Error) -> Error {
     Error::Cgroup { path: path.display().to_string(), operation, source: Box::new(e) }
-}
-
-/// Writes a cgroupfs file that must exist (no O_CREAT: cgroupfs answers that with EACCES, not ENOENT).
-fn write(file: &Path, value: &str, operation: &'static str) -> Result<()> {
-    use std::io::Write;
-    std::fs::OpenOptions::new()
-        .write(true)
-        .truncate(true)
-        .open(file)
-        .and_then(|mut f| f.write_all(value.as_bytes()))
-        .map_err(|e| err(file, operation, e))
 }
 
 /// The v1 hierarchies mounted under one root.
@@ -81,9 +71,9 @@ impl Cgroup1 {
                 inherit_cpuset(hierarchy, &dir, "cpuset.mems")?;
             }
             for s in settings.iter().filter(|s| names.contains(&s.controller)) {
-                write(&dir.join(s.file), &s.value, "apply resources")?;
+                write_file(&dir.join(s.file), &s.value, "apply resources")?;
             }
-            write(&dir.join("cgroup.procs"), &pid, "add process")?;
+            write_file(&dir.join("cgroup.procs"), &pid, "add process")?;
         }
         Ok(())
     }
@@ -105,7 +95,7 @@ impl Cgroup1 {
         for hierarchy in self.mounted()? {
             let dir = hierarchy.join(path);
             if dir.is_dir() {
-                write(&dir.join("cgroup.procs"), &pid, "add process")?;
+                write_file(&dir.join("cgroup.procs"), &pid, "add process")?;
             }
         }
         Ok(())
@@ -143,7 +133,7 @@ fn inherit_cpuset(hierarchy: &Path, dir: &Path, file: &str) -> Result<()> {
         return Ok(());
     }
     for p in empty.iter().rev() {
-        write(p, &value, "inherit cpuset")?;
+        write_file(p, &value, "inherit cpuset")?;
     }
     Ok(())
 }

@@ -20,6 +20,18 @@ fn err(path: &Path, operation: &'static str, e: io::Error) -> Error {
     Error::Cgroup { path: path.display().to_string(), operation, source: Box::new(e) }
 }
 
+/// Writes a cgroupfs file, which must exist (v1 or v2). No O_CREAT: cgroupfs answers it with
+/// EACCES for a file it lacks, which hides the ENOENT that says so.
+pub(crate) fn write_file(file: &Path, value: &str, operation: &'static str) -> Result<()> {
+    use std::io::Write;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(file)
+        .and_then(|mut f| f.write_all(value.as_bytes()))
+        .map_err(|e| err(file, operation, e))
+}
+
 /// The mount point of the cgroup v2 hierarchy in a `/proc/mounts` text, if there is one.
 pub fn find_cgroup2_mount(mounts: &str) -> Option<PathBuf> {
     mounts.lines().find_map(|l| {
@@ -56,16 +68,8 @@ impl Cgroup2 {
         self.root.join(path.trim_start_matches('/'))
     }
 
-    /// Writes a file that must exist (no O_CREAT: cgroupfs answers that with EACCES, not ENOENT).
     fn write(&self, path: &str, file: &str, value: &str, operation: &'static str) -> Result<()> {
-        use std::io::Write;
-        let p = self.dir(path).join(file);
-        std::fs::OpenOptions::new()
-            .write(true)
-            .truncate(true)
-            .open(&p)
-            .and_then(|mut f| f.write_all(value.as_bytes()))
-            .map_err(|e| err(&p, operation, e))
+        write_file(&self.dir(path).join(file), value, operation)
     }
 
     /// Writes a controller's interface file of the cgroup (`memory.max`, `cpu.weight`).
@@ -202,13 +206,7 @@ fn enable_controllers(dir: &Path, controllers: &[&str]) -> Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
-    let p = dir.join("cgroup.subtree_control");
-    std::fs::OpenOptions::new()
-        .write(true)
-        .truncate(true)
-        .open(&p)
-        .and_then(|mut f| io::Write::write_all(&mut f, missing.join(" ").as_bytes()))
-        .map_err(|e| err(&p, "enable controllers", e))
+    write_file(&dir.join("cgroup.subtree_control"), &missing.join(" "), "enable controllers")
 }
 
 // eBPF opcodes (linux/bpf.h).

@@ -376,12 +376,19 @@ fn keyed(text: &str, key: &str) -> Option<u64> {
 /// A missing directory is fine.
 pub(crate) fn remove_cgroup_dir(dir: &Path) -> io::Result<()> {
     let mut pause = Duration::from_millis(10);
-    for attempt in 0.. {
+    let mut retries = 5;
+    loop {
         match std::fs::remove_dir(dir) {
             Ok(()) => return Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-            Err(e) if e.raw_os_error() == Some(libc::EBUSY) && attempt < 5 => {
-                for entry in std::fs::read_dir(dir)?.flatten() {
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) && retries > 0 => {
+                retries -= 1;
+                let entries = match std::fs::read_dir(dir) {
+                    Ok(entries) => entries,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+                    Err(e) => return Err(e),
+                };
+                for entry in entries.flatten() {
                     if entry.file_type().is_ok_and(|t| t.is_dir()) {
                         remove_cgroup_dir(&entry.path())?;
                     }
@@ -392,7 +399,6 @@ pub(crate) fn remove_cgroup_dir(dir: &Path) -> io::Result<()> {
             Err(e) => return Err(e),
         }
     }
-    Ok(())
 }
 
 impl CgroupDriver for LinuxCgroups {

@@ -52,7 +52,7 @@ impl Sleeper {
 impl Drop for Sleeper {
     fn drop(&mut self) {
         self.stop();
-        for rel in ["c", ""] {
+        for rel in ["c/own", "c", ""] {
             for d in self.dirs(rel) {
                 let _ = std::fs::remove_dir(d);
             }
@@ -128,6 +128,8 @@ fn a_container_cgroup_gets_shoals_limits_and_is_removed_from_every_hierarchy() {
     }
     assert_eq!(read(dir("pids").join("pids.max")), "64");
 
+    // A cgroup the container made of its own goes with it.
+    std::fs::create_dir(dir("memory").join("own")).unwrap();
     s.stop();
     cg.destroy(&path).expect("destroy");
     assert_eq!(s.dirs("c"), Vec::<PathBuf>::new(), "removed from every hierarchy");
