@@ -1,6 +1,7 @@
-//! The core of cgroup v2, without controllers: placing processes, freezing, killing, the
-//! populated and frozen events, and the device filter, which on v2 is an eBPF program
-//! (BPF_PROG_TYPE_CGROUP_DEVICE) attached to the cgroup rather than a controller.
+//! The core of cgroup v2: creating cgroups with controllers enabled, placing processes,
+//! freezing, killing, the populated and frozen events, and the device filter, which on v2 is an
+//! eBPF program (BPF_PROG_TYPE_CGROUP_DEVICE) attached to the cgroup rather than a controller.
+//! What the controllers' files are set to is `cgroups::v2_settings`.
 //!
 //! The hierarchy's mount point is a parameter: /sys/fs/cgroup on a pure v2 system, or the
 //! `cgroup2` mount of a hybrid layout (often /sys/fs/cgroup/unified).
@@ -17,6 +18,18 @@ use crate::error::{Error, Result};
 
 fn err(path: &Path, operation: &'static str, e: io::Error) -> Error {
     Error::Cgroup { path: path.display().to_string(), operation, source: Box::new(e) }
+}
+
+/// Writes a cgroupfs file, which must exist (v1 or v2). No O_CREAT: cgroupfs answers it with
+/// EACCES for a file it lacks, which hides the ENOENT that says so.
+pub(crate) fn write_file(file: &Path, value: &str, operation: &'static str) -> Result<()> {
+    use std::io::Write;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(file)
+        .and_then(|mut f| f.write_all(value.as_bytes()))
+        .map_err(|e| err(file, operation, e))
 }
 
 /// The mount point of the cgroup v2 hierarchy in a `/proc/mounts` text, if there is one.
@@ -56,8 +69,12 @@ impl Cgroup2 {
     }
 
     fn write(&self, path: &str, file: &str, value: &str, operation: &'static str) -> Result<()> {
-        let p = self.dir(path).join(file);
-        std::fs::write(&p, value).map_err(|e| err(&p, operation, e))
+        write_file(&self.dir(path).join(file), value, operation)
+    }
+
+    /// Writes a controller's interface file of the cgroup (`memory.max`, `cpu.weight`).
+    pub(crate) fn set(&self, path: &str, file: &str, value: &str) -> Result<()> {
+        self.write(path, file, value, "apply resources")
     }
 
     fn read(&self, path: &str, file: &str) -> Result<String> {
@@ -69,6 +86,23 @@ impl Cgroup2 {
     pub fn create(&self, path: &str) -> Result<()> {
         let d = self.dir(path);
         std::fs::create_dir_all(&d).map_err(|e| err(&d, "create", e))
+    }
+
+    /// Creates the cgroup and its parents, each with `controllers` enabled in its parent's
+    /// `cgroup.subtree_control` (those the parent offers; a limit on one it lacks then fails
+    /// on its missing file), so the cgroup gets their interface files.
+    pub fn create_with_controllers(&self, path: &str, controllers: &[&str]) -> Result<()> {
+        let mut dir = self.root.clone();
+        for part in path.split('/').filter(|p| !p.is_empty()) {
+            enable_controllers(&dir, controllers)?;
+            dir.push(part);
+            match std::fs::create_dir(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(err(&dir, "create", e)),
+            }
+        }
+        Ok(())
     }
 
     /// Moves a process (all its threads) into the cgroup.
@@ -156,6 +190,23 @@ impl Cgroup2 {
         }
         Ok(())
     }
+}
+
+/// Enables for the children of `dir` those of `controllers` it offers and has not enabled yet.
+fn enable_controllers(dir: &Path, controllers: &[&str]) -> Result<()> {
+    let read = |file: &str| {
+        let p = dir.join(file);
+        std::fs::read_to_string(&p).map_err(|e| err(&p, "read", e))
+    };
+    let offered = read("cgroup.controllers")?;
+    let enabled = read("cgroup.subtree_control")?;
+    let has = |list: &str, c: &str| list.split_whitespace().any(|x| x == c);
+    let missing: Vec<String> =
+        controllers.iter().filter(|c| has(&offered, c) && !has(&enabled, c)).map(|c| format!("+{c}")).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    write_file(&dir.join("cgroup.subtree_control"), &missing.join(" "), "enable controllers")
 }
 
 // eBPF opcodes (linux/bpf.h).

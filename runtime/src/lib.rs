@@ -6,6 +6,7 @@
 
 pub mod attach;
 mod caps;
+mod cgroup1;
 mod cgroup2;
 mod cgroups;
 mod error;
