@@ -69,8 +69,7 @@ impl Objects {
                 return Ok(s.snapshot.clone());
             }
         }
-        let (items, rev) = self.list(res, None).await?;
-        let mut rx = self.watch(res, None, Some(rev)).await?;
+        let (items, mut rx) = self.list_and_watch(res, None).await?;
         let snapshot = {
             let mut s = lock(&cached.state);
             s.items = items.into_iter().map(|o| (item_key(&o), o)).collect();

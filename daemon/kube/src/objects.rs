@@ -657,6 +657,18 @@ impl Objects {
         Err(Error::Conflict { plural: res.plural.clone(), name: name.into() })
     }
 
+    /// Lists `res` and watches it from the revision of that list, so that no change between
+    /// the two is missed (the way a watch-fed copy starts and restarts).
+    pub async fn list_and_watch(
+        &self,
+        res: &Resource,
+        ns: Option<&str>,
+    ) -> Result<(Vec<Value>, tokio::sync::mpsc::Receiver<Result<ObjectEvent>>)> {
+        let (items, rev) = self.list(res, ns).await?;
+        let rx = self.watch(res, ns, Some(rev)).await?;
+        Ok((items, rx))
+    }
+
     /// Watches a resource (one namespace or all) after a revision (None: from now).
     /// Delivers ADDED / MODIFIED / DELETED with the object as of the event.
     pub async fn watch(

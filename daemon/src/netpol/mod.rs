@@ -308,11 +308,7 @@ impl PodView {
             )
         };
         loop {
-            let listed = match objects.list(&res, None).await {
-                Ok((pods, rev)) => objects.watch(&res, None, Some(rev)).await.map(|rx| (pods, rx)),
-                Err(e) => Err(e),
-            };
-            match listed {
+            match objects.list_and_watch(&res, None).await {
                 Ok((pods, mut rx)) => {
                     let view = pods.iter().filter_map(|p| Some((key(p), PodInfo::from_json(p)?))).collect();
                     *self.lock() = Some(view);

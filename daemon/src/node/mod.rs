@@ -408,12 +408,7 @@ impl Agent {
         &self,
         mine: &mut HashMap<String, Value>,
     ) -> Option<tokio::sync::mpsc::Receiver<shoal_kube::Result<shoal_kube::objects::ObjectEvent>>> {
-        let listed = async {
-            let (pods, rev) = self.cfg.objects.list(&self.pods, None).await?;
-            let rx = self.cfg.objects.watch(&self.pods, None, Some(rev)).await?;
-            Ok::<_, shoal_kube::Error>((pods, rx))
-        };
-        match listed.await {
+        match self.cfg.objects.list_and_watch(&self.pods, None).await {
             Ok((pods, rx)) => {
                 mine.clear();
                 for pod in pods {
