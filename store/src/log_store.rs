@@ -17,7 +17,7 @@ use tokio::sync::oneshot;
 
 use crate::codec::{decode, encode};
 use crate::raft_types::{Entry, LogId, StorageError, TypeConfig, Vote};
-use crate::tables::{LOG, RAFT_META};
+use crate::tables::{Db, LOG, RAFT_META};
 
 /// Most operations one redb commit takes from the queue.
 const MAX_BATCH: usize = 4096;
@@ -33,7 +33,7 @@ struct LogMem {
 }
 
 pub(crate) struct LogShared {
-    db: Arc<Database>,
+    db: Arc<Db>,
     mem: Arc<Mutex<LogMem>>,
 }
 
@@ -83,7 +83,7 @@ fn read_err(e: impl std::fmt::Display) -> StorageError {
 }
 
 impl LogStore {
-    pub(crate) fn open(db: Arc<Database>) -> crate::Result<Self> {
+    pub(crate) fn open(db: Arc<Db>) -> crate::Result<Self> {
         let (mem, _) = load(&db)?;
         let shared = Arc::new(LogShared { db, mem: Arc::new(Mutex::new(mem)) });
         let (tx, rx) = mpsc::channel();

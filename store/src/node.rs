@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use openraft::error::{CheckIsLeaderError, ClientWriteError, InitializeError, RaftError};
 use openraft::raft::AppendEntriesResponse;
 use openraft::{BasicNode, ChangeMembers, ServerState, SnapshotPolicy};
-use redb::{Database, ReadableDatabase, ReadableTable};
+use redb::{ReadableDatabase, ReadableTable};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::{broadcast, mpsc, watch};
@@ -25,7 +25,7 @@ use crate::raft_types::{Command, CommandResponse, NodeId, Raft, RequestId};
 
 type ServerMetrics = openraft::metrics::RaftServerMetrics<NodeId, crate::raft_types::Node>;
 use crate::state_machine::{Applied, Notice, StateMachine};
-use crate::tables::{open_db_with_cache, KvRecord, EVENTS, FILE_NAME, KV, LEASES};
+use crate::tables::{open_db_with_cache, Db, KvRecord, EVENTS, FILE_NAME, KV, LEASES};
 use crate::types::{Kv, MemberStatus, Role, StoreConfig, StoreStatus, VoterChange, WatchEvent, WatchStream};
 use crate::voters::Grace;
 use crate::voters::{plan, HealthTracker};
@@ -57,8 +57,9 @@ pub(crate) struct RaftNode {
     transport: Arc<dyn RaftTransport>,
     /// The format written to peers and the newest format a proposed command may need.
     format: Arc<WireFormat>,
-    db: RwLock<Option<Arc<Database>>>,
-    db_weak: Weak<Database>,
+    db: RwLock<Option<Arc<Db>>>,
+    /// Set once the redb file is closed and unlocked (see [`Db`]).
+    db_closed: Arc<AtomicBool>,
     notices: broadcast::Sender<Notice>,
     applied: watch::Receiver<Applied>,
     cancel: CancellationToken,
@@ -133,7 +134,7 @@ impl RaftNode {
             raft,
             transport,
             format,
-            db_weak: Arc::downgrade(&db),
+            db_closed: db.closed_flag(),
             db: RwLock::new(Some(db)),
             notices,
             applied,
@@ -152,7 +153,7 @@ impl RaftNode {
         Ok(node)
     }
 
-    fn db(&self) -> Result<Arc<Database>> {
+    fn db(&self) -> Result<Arc<Db>> {
         self.db.read().unwrap_or_else(|p| p.into_inner()).clone().ok_or(Error::Shutdown)
     }
 
@@ -951,7 +952,7 @@ impl RaftNode {
         // Wait until the log writer and state machine have let go of the file, so it can be
         // opened again at once.
         for _ in 0..200 {
-            if self.db_weak.strong_count() == 0 {
+            if self.db_closed.load(Ordering::Acquire) {
                 return Ok(());
             }
             tokio::time::sleep(Duration::from_millis(25)).await;

@@ -40,7 +40,7 @@ pub(crate) struct Applied {
 }
 
 pub(crate) struct SmShared {
-    pub db: Arc<Database>,
+    pub db: Arc<Db>,
     pub notices: broadcast::Sender<Notice>,
     pub applied: watch::Sender<Applied>,
     pub history_revisions: u64,
@@ -74,7 +74,7 @@ fn sm_read_err(e: impl std::fmt::Display) -> StorageError {
 }
 
 impl StateMachine {
-    pub(crate) fn open(db: Arc<Database>, history_revisions: u64) -> Result<Self> {
+    pub(crate) fn open(db: Arc<Db>, history_revisions: u64) -> Result<Self> {
         let (notices, _) = broadcast::channel(4096);
         let (applied, revision) = read_applied(&db)?;
         let (applied_tx, _) = watch::channel(Applied { index: applied.map_or(0, |l| l.index), revision });

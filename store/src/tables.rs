@@ -56,13 +56,45 @@ impl KvRecord {
     }
 }
 
+/// The open redb file. It says when it is closed: `Arc::strong_count` reaches zero before the
+/// last owner has finished dropping the database (redb writes and syncs on close, then
+/// releases its file lock), so a waiter that watched the count could reopen the file while
+/// it was still locked.
+pub(crate) struct Db {
+    // Fields drop in order: the database first, then the signal.
+    db: Database,
+    _closed: ClosedSignal,
+}
+
+impl std::ops::Deref for Db {
+    type Target = Database;
+    fn deref(&self) -> &Database {
+        &self.db
+    }
+}
+
+impl Db {
+    /// True once this database has been dropped and its file released.
+    pub(crate) fn closed_flag(&self) -> Arc<std::sync::atomic::AtomicBool> {
+        self._closed.0.clone()
+    }
+}
+
+struct ClosedSignal(Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for ClosedSignal {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Release);
+    }
+}
+
 /// Opens (or creates) the redb file and makes sure every table exists.
-pub(crate) fn open_db(path: &Path) -> Result<Arc<Database>> {
+pub(crate) fn open_db(path: &Path) -> Result<Arc<Db>> {
     open_db_with_cache(path, None)
 }
 
 /// [`open_db`] with a page cache of at most `cache_bytes` (None: redb's default).
-pub(crate) fn open_db_with_cache(path: &Path, cache_bytes: Option<usize>) -> Result<Arc<Database>> {
+pub(crate) fn open_db_with_cache(path: &Path, cache_bytes: Option<usize>) -> Result<Arc<Db>> {
     let open_err = |e: redb::Error| Error::OpenDatabase { path: path.display().to_string(), source: e };
     let mut builder = Database::builder();
     if let Some(bytes) = cache_bytes {
@@ -90,7 +122,7 @@ pub(crate) fn open_db_with_cache(path: &Path, cache_bytes: Option<usize>) -> Res
         w.commit().map_err(|e| open_err(e.into()))?;
     }
     check_file_format(&db, path)?;
-    Ok(Arc::new(db))
+    Ok(Arc::new(Db { db, _closed: ClosedSignal(Arc::default()) }))
 }
 
 /// Refuses a file written in a newer store format; records the format in one that has none
