@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 mod backup;
+mod churn;
 mod codec;
 mod encryption;
 mod error;

@@ -15,6 +15,7 @@ use serde::Serialize;
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+use crate::churn::Churn;
 use crate::codec::{decode, encode};
 use crate::log_store::LogStore;
 use crate::network::{
@@ -71,6 +72,8 @@ pub(crate) struct RaftNode {
     last_heard: Mutex<Instant>,
     /// When this node last accepted entries or a heartbeat from a leader (for pre-votes).
     leader_contact: Mutex<Option<Instant>>,
+    /// Leaders replaced in a row lengthen the wait before standing (see [`Churn`]).
+    churn: Mutex<Churn>,
     log_tail: crate::log_store::LogTail,
 }
 
@@ -146,6 +149,7 @@ impl RaftNode {
             // may not have reached it yet, and standing would unseat a live leader.
             last_heard: Mutex::new(Instant::now() + Duration::from_millis(cfg_lease_ms)),
             leader_contact: Mutex::new(None),
+            churn: Mutex::new(Churn::new(Instant::now())),
             log_tail,
         });
         tokio::spawn(lease_loop(Arc::downgrade(&node), node.cancel.clone()));
@@ -972,13 +976,16 @@ impl RaftNode {
     /// `election_timeout_max` since its last heartbeat) runs, so asking earlier is useless;
     /// asking just after it spares the random election timeout openraft would wait on top.
     /// The voters other than the silent leader go in turn, by node id, half a heartbeat
-    /// apart, so that two of them do not split the vote.
+    /// apart, so that two of them do not split the vote. After leaders replaced in a row the
+    /// wait grows (see [`Churn`]).
     fn silence_before_election(&self, voters: &BTreeSet<NodeId>, leader: Option<NodeId>) -> Duration {
         let rank = voters.iter().filter(|v| Some(**v) != leader).position(|v| *v == self.cfg.node_id).unwrap_or(0);
         let hb = self.cfg.heartbeat_ms;
+        let lease = Duration::from_millis(self.cfg.election_timeout_max_ms);
+        let churn = lock(&self.churn).extra_wait(lease, Instant::now());
         Duration::from_millis(
             self.cfg.election_timeout_max_ms + hb / 4 + hb / 2 * rank as u64 + self.cfg.candidacy_delay_ms,
-        )
+        ) + churn
     }
 
     /// Stands for election at once, as if the leader had been silent past its lease.
@@ -1342,6 +1349,10 @@ async fn elect_loop(node: Weak<RaftNode>, mut server: watch::Receiver<ServerMetr
                     seen = now;
                     let Some(node) = node.upgrade() else { return };
                     tracing::info!(node = node.cfg.node_id, state = ?seen.0, leader = ?seen.1, "raft role changed");
+                    if let Some(level) = lock(&node.churn).observe(seen.1, Instant::now()) {
+                        tracing::warn!(node = node.cfg.node_id, level,
+                            "leaders replaced in a row (an overloaded machine?); waiting longer before standing");
+                    }
                     node.heard_now();
                     next = node.check_leader_silence().await;
                 }

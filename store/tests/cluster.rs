@@ -566,6 +566,32 @@ async fn a_dead_learner_is_dropped_and_can_be_added_back() {
     assert!(c.store(l).status().members.iter().any(|m| m.node_id == learner && m.role == Role::Learner));
 }
 
+/// A leader that keeps stalling a little longer than its lease (a starved process on an
+/// overloaded machine) is replaced once, not at every stall: leaders replaced in a row make the
+/// followers wait longer before they stand, so the cluster goes on committing instead of
+/// electing. Without that, each of the six stalls elects a new leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_that_keeps_stalling_is_not_replaced_at_every_stall() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let c = TestCluster::start(dir.path(), 3).await.unwrap();
+    let mut leader = c.wait_leader(LONG).await.unwrap();
+    let mut changes = 0;
+    for round in 0..6u8 {
+        c.net.black_hole(&addr_of(leader));
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        c.net.heal_all();
+        let now = c.wait_leader(LONG).await.unwrap();
+        if now != leader {
+            changes += 1;
+            leader = now;
+        }
+        // Writes commit between the stalls.
+        c.store(leader).txn(Txn::put(format!("/stall/{round}"), vec![round])).await.unwrap();
+    }
+    assert!(changes <= 3, "{changes} of 6 stalls replaced the leader");
+}
+
 /// Two nodes (one voter, one learner), the voter lost for good: `promote --force` on the
 /// learner's stopped store makes it the only voter, with every committed write kept.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
