@@ -192,6 +192,7 @@ pub async fn run(cfg: NodeConfig, join: Option<JoinTarget>, shutdown: Cancellati
     let mut store_cfg = StoreConfig {
         voter_grace: cfg.store.voter_grace,
         learner_grace: cfg.store.learner_grace,
+        cache_bytes: Some(usize::try_from(cfg.store.cache_mb << 20).unwrap_or(usize::MAX)),
         ..StoreConfig::new(dir.join("store"), identity.node_id, peer_addr.to_string())
     };
     if cfg.node.role == crate::config::NodeRole::Witness {
