@@ -18,10 +18,17 @@
 # - At scale (1,000 pods, 200 policies), computed offline by the engine and the renderer
 #   (the test `netpol::tests::scale_figures`): netpol_scale_rules, netpol_scale_chains,
 #   netpol_scale_sets, netpol_scale_set_elements (the largest node's table, 1,000 pods over 3
-#   nodes) and netpol_scale_compute_p99_ms (engine and rendering of one node's table). A real
-#   rig of 1,000 pods does not fit on one machine.
+#   nodes) and netpol_scale_compute_p99_ms (engine and rendering of one node's table).
+# - SCALE=1: the same shape on a real rig instead of the wrk and one-node rounds: NODES (10,
+#   as 1,000 pods need 10 nodes of 110) nodes, PODS pods (1,000: 20 namespaces of 10
+#   Deployments, busybox) and the offline test's 200 policies; then the every-node change above
+#   with all of them in place (netpol_scale_enforced_all_nodes_p50/p99_ms), each node's nft
+#   table counted (netpol_scale_nft_rules_max, _chains_max, _sets_max, _set_elements_max), and
+#   the daemons' RSS with the pods alone and with the policies (netpol_scale_node_rss_kib_max,
+#   netpol_scale_node_rss_delta_kib_max).
 #
 #   bench/netpol.sh                      # DURATION=10s CONNECTIONS=16 THREADS=2 ROUNDS=3 CHANGES=10 OFFLINE=1
+#   SCALE=1 OFFLINE=0 bench/netpol.sh    # NODES=10 PODS=1000 CHANGES=10
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 DURATION=${DURATION:-10s}
@@ -29,6 +36,9 @@ CONNECTIONS=${CONNECTIONS:-16}
 THREADS=${THREADS:-2}
 ROUNDS=${ROUNDS:-3}
 CHANGES=${CHANGES:-10}
+SCALE=${SCALE:-0}
+if [[ $SCALE == 1 ]]; then NODES=${NODES:-10}; else NODES=${NODES:-3}; fi
+PODS=${PODS:-1000}
 export SHOAL_HIL_TMPFS_MB=${SHOAL_HIL_TMPFS_MB:-3072}
 work=$(mktemp -d "${TMPDIR:-/tmp}/shoal-bench-netpol.XXXXXX")
 rig="$work/rig"
@@ -54,10 +64,121 @@ fi
 build
 apt_need wrk wrk
 "$HIL" rig down --dir "$rig" >/dev/null 2>&1 || true
-"$HIL" rig up --nodes 3 --client --dir "$rig" --shoal-bin "$SHOAL" >&2 3>&- 4>&- 5>&- 6>&- 7>&- 8>&- 9>&-
-import_images "$rig" 3
+"$HIL" rig up --nodes "$NODES" --client --dir "$rig" --shoal-bin "$SHOAL" >&2 3>&- 4>&- 5>&- 6>&- 7>&- 8>&- 9>&-
+import_images "$rig" "$NODES"
 k() { kubectl --kubeconfig "$rig/kubeconfig" --request-timeout=10s "$@"; }
 on() { local h=$1; shift; "$HIL" rig exec "$h" --dir "$rig" -- "$@"; }
+
+# max_rss_kib: the largest RSS of the NODES daemons; each node's figure kept in rss_<label>_<i>.
+max_rss_kib() {
+  local label=$1 i pid r max=0
+  for i in $(seq 1 "$NODES"); do
+    pid=$(daemon_pid "$rig" "n$i") || true
+    r=$(rss_kib "${pid:-0}")
+    echo "$r" >"$work/rss_${label}_$i"
+    ((r > max)) && max=$r
+  done
+  echo "$max"
+}
+
+# scale_up (SCALE=1): PODS busybox pods in 20 namespaces of 10 Deployments and the 200
+# policies of the offline test (netpol::tests::scale_figures): per namespace a default deny,
+# an allow-DNS and eight allows from labelled pods, other namespaces' web tier, ports by name
+# and range, and ipBlocks with an except.
+scale_up() {
+  python3 - "$PODS" >"$work/scale-pods.json" <<'PY'
+import json, sys
+per = max(1, int(sys.argv[1]) // 200)
+items = [{"apiVersion": "v1", "kind": "Namespace",
+          "metadata": {"name": f"ns{n}", "labels": {"team": f"t{n % 4}"}}} for n in range(20)]
+for n in range(20):
+    for a in range(10):
+        labels = {"app": f"app{a}", "tier": "web" if a % 2 == 0 else "db"}
+        items.append({"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": f"app{a}", "namespace": f"ns{n}"},
+            "spec": {"replicas": per, "selector": {"matchLabels": {"app": f"app{a}"}},
+                "template": {"metadata": {"labels": labels}, "spec": {
+                    "terminationGracePeriodSeconds": 0,
+                    "containers": [{"name": "c", "image": "busybox:1.25", "imagePullPolicy": "IfNotPresent",
+                        "command": ["sleep", "1000000"], "ports": [{"name": "http", "containerPort": 80}]}]}}}})
+print(json.dumps({"apiVersion": "v1", "kind": "List", "items": items}))
+PY
+  python3 - >"$work/scale-policies.json" <<'PY'
+import json
+items = []
+def pol(ns, name, spec):
+    items.append({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+                  "metadata": {"name": name, "namespace": ns}, "spec": spec})
+for n in range(20):
+    ns = f"ns{n}"
+    pol(ns, "deny", {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]})
+    pol(ns, "dns", {"podSelector": {}, "policyTypes": ["Egress"],
+        "egress": [{"ports": [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}]}]})
+    for a in range(8):
+        pol(ns, f"allow-{a}", {"podSelector": {"matchLabels": {"app": f"app{a}"}},
+            "policyTypes": ["Ingress", "Egress"],
+            "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": f"app{(a + 1) % 10}"}}},
+                {"namespaceSelector": {"matchLabels": {"team": f"t{a % 4}"}},
+                 "podSelector": {"matchLabels": {"tier": "web"}}}],
+                "ports": [{"port": "http"}, {"port": 9000 + a, "endPort": 9010 + a}]}],
+            "egress": [{"to": [{"podSelector": {"matchLabels": {"tier": "db"}}}], "ports": [{"port": 5432}]},
+                {"to": [{"ipBlock": {"cidr": "192.168.0.0/16", "except": [f"192.168.{a}.0/24"]}}]}]})
+print(json.dumps({"apiVersion": "v1", "kind": "List", "items": items}))
+PY
+  local t0 running=0
+  t0=$(now_ms)
+  k apply -f "$work/scale-pods.json" >/dev/null
+  for _ in $(seq 1 180); do
+    running=$(k get pods -A -o jsonpath='{range .items[*]}{.status.phase}{"\n"}{end}' 2>/dev/null | grep -c '^Running$' || true)
+    ((running >= PODS)) && break
+    sleep 5
+  done
+  echo "netpol_scale_pods_running: $running"
+  echo "netpol_scale_pods_running_after_s: $((($(now_ms) - t0) / 1000))"
+  sleep 10
+  echo "netpol_scale_node_rss_kib_pods_only_max: $(max_rss_kib pods)"
+  k apply -f "$work/scale-policies.json" >/dev/null
+  echo "netpol_scale_policies: $(k get networkpolicies -A --no-headers 2>/dev/null | wc -l)"
+  sleep 15
+  echo "netpol_scale_node_rss_kib_max: $(max_rss_kib policies)"
+  local i d dmax=0
+  for i in $(seq 1 "$NODES"); do
+    d=$(($(cat "$work/rss_policies_$i") - $(cat "$work/rss_pods_$i")))
+    ((d > dmax)) && dmax=$d
+  done
+  echo "netpol_scale_node_rss_delta_kib_max: $dmax"
+}
+
+# scale_report (SCALE=1): every node's nft table counted; the largest figures printed.
+scale_report() {
+  local i
+  for i in $(seq 1 "$NODES"); do
+    on "n$i" nft -j list table inet shoal-netpol >"$work/nft-n$i.json" 2>/dev/null || true
+  done
+  python3 - "$work"/nft-n*.json <<'PY'
+import json, sys
+best = {}
+for f in sys.argv[1:]:
+    try:
+        objs = json.load(open(f))["nftables"]
+    except (OSError, ValueError, KeyError):
+        continue
+    c = {"rules": 0, "chains": 0, "sets": 0, "set_elements": 0}
+    for o in objs:
+        if "rule" in o:
+            c["rules"] += 1
+        elif "chain" in o:
+            c["chains"] += 1
+        elif "set" in o or "map" in o:
+            s = o.get("set") or o.get("map")
+            c["sets"] += 1
+            c["set_elements"] += len(s.get("elem", []))
+    for k, v in c.items():
+        best[k] = max(best.get(k, 0), v)
+for k in ("rules", "chains", "sets", "set_elements"):
+    print(f"netpol_scale_nft_{k}_max: {best.get(k, 0)}")
+PY
+}
 
 cat >"$work/app.yaml" <<'YAML'
 apiVersion: v1
@@ -95,49 +216,53 @@ spec:
   policyTypes: [Ingress]
 YAML
 sleep 12 # the image import dir is rescanned every 10 s
-k apply -f "$work/app.yaml" >&2
-for _ in $(seq 1 240); do
-  [[ $(k get pod web -o jsonpath='{.status.phase}' 2>/dev/null) == Running ]] && break
-  sleep 1
-done
-pod_ip=$(k get pod web -o jsonpath='{.status.podIP}')
-node=$(k get pod web -o jsonpath='{.spec.nodeName}')
-node_ip=10.77.0.${node#n}
-on client ip route replace "$pod_ip/32" via "$node_ip" >&2
-url="http://$pod_ip/"
-for _ in $(seq 1 60); do on client curl -s -o /dev/null -m 1 "$url" && break; sleep 0.5; done
-
-load_before=$(cut -d' ' -f1 /proc/loadavg)
-for round in $(seq 1 "$ROUNDS"); do
-  k delete networkpolicy allow-client --ignore-not-found >&2
-  sleep 0.5
-  wrk_round none "$url"
-  k apply -f "$work/allow.yaml" >&2
-  sleep 0.5
-  wrk_round allowed "$url"
-done
-echo "netpol_none_rps: $(median_col 1 "$work/none")"
-echo "netpol_allowed_rps: $(median_col 1 "$work/allowed")"
-echo "netpol_rps_ratio: $(ratio "$(median_col 1 "$work/allowed")" "$(median_col 1 "$work/none")")"
-echo "load_average_before: $load_before"
-
-# Policy change to enforced: from `kubectl apply`/`delete` starting to the pod's node holding
-# (or no longer holding) the pod's ingress jump in its table.
-k delete networkpolicy allow-client --ignore-not-found >&2
 now_ms() { date +%s%3N; }
-has_jump() { on "$node" nft list chain inet shoal-netpol forward 2>/dev/null | grep -q "$pod_ip : jump"; }
-: >"$work/changes"
-for _ in $(seq 1 "$CHANGES"); do
-  t0=$(now_ms)
-  k apply -f "$work/deny.yaml" >/dev/null
-  for _ in $(seq 1 500); do has_jump && break; done
-  echo $(($(now_ms) - t0)) >>"$work/changes"
-  t0=$(now_ms)
-  k delete -f "$work/deny.yaml" >/dev/null
-  for _ in $(seq 1 500); do has_jump || break; done
-  echo $(($(now_ms) - t0)) >>"$work/changes"
-done
-echo "netpol_change_enforced_p99_ms: $(percentile 99 "$work/changes")"
+if [[ $SCALE != 1 ]]; then
+  k apply -f "$work/app.yaml" >&2
+  for _ in $(seq 1 240); do
+    [[ $(k get pod web -o jsonpath='{.status.phase}' 2>/dev/null) == Running ]] && break
+    sleep 1
+  done
+  pod_ip=$(k get pod web -o jsonpath='{.status.podIP}')
+  node=$(k get pod web -o jsonpath='{.spec.nodeName}')
+  node_ip=10.77.0.${node#n}
+  on client ip route replace "$pod_ip/32" via "$node_ip" >&2
+  url="http://$pod_ip/"
+  for _ in $(seq 1 60); do on client curl -s -o /dev/null -m 1 "$url" && break; sleep 0.5; done
+
+  load_before=$(cut -d' ' -f1 /proc/loadavg)
+  for round in $(seq 1 "$ROUNDS"); do
+    k delete networkpolicy allow-client --ignore-not-found >&2
+    sleep 0.5
+    wrk_round none "$url"
+    k apply -f "$work/allow.yaml" >&2
+    sleep 0.5
+    wrk_round allowed "$url"
+  done
+  echo "netpol_none_rps: $(median_col 1 "$work/none")"
+  echo "netpol_allowed_rps: $(median_col 1 "$work/allowed")"
+  echo "netpol_rps_ratio: $(ratio "$(median_col 1 "$work/allowed")" "$(median_col 1 "$work/none")")"
+  echo "load_average_before: $load_before"
+
+  # Policy change to enforced: from `kubectl apply`/`delete` starting to the pod's node holding
+  # (or no longer holding) the pod's ingress jump in its table.
+  k delete networkpolicy allow-client --ignore-not-found >&2
+  has_jump() { on "$node" nft list chain inet shoal-netpol forward 2>/dev/null | grep -q "$pod_ip : jump"; }
+  : >"$work/changes"
+  for _ in $(seq 1 "$CHANGES"); do
+    t0=$(now_ms)
+    k apply -f "$work/deny.yaml" >/dev/null
+    for _ in $(seq 1 500); do has_jump && break; done
+    echo $(($(now_ms) - t0)) >>"$work/changes"
+    t0=$(now_ms)
+    k delete -f "$work/deny.yaml" >/dev/null
+    for _ in $(seq 1 500); do has_jump || break; done
+    echo $(($(now_ms) - t0)) >>"$work/changes"
+  done
+  echo "netpol_change_enforced_p99_ms: $(percentile 99 "$work/changes")"
+else
+  scale_up
+fi
 
 # Enforced on every node: a pod of a DaemonSet on each node, a deny policy selecting all of them.
 cat >"$work/spread.yaml" <<'YAML'
@@ -201,7 +326,7 @@ k apply -f "$work/spread.yaml" >&2
 spread_ips=()
 for _ in $(seq 1 240); do
   mapfile -t spread_ips < <(k get pods -l app=spread -o jsonpath='{range .items[?(@.status.phase=="Running")]}{.status.podIP}{" "}{.spec.nodeName}{"\n"}{end}' 2>/dev/null | awk 'NF == 2')
-  ((${#spread_ips[@]} >= 3)) && break
+  ((${#spread_ips[@]} >= NODES)) && break
   sleep 1
 done
 targets=()
@@ -227,22 +352,28 @@ change() {
   last=$(awk 'BEGIN {m = 0} {if ($2 == 0) {m = -1; exit} if ($2 > m) m = $2} END {print m}' "$work/probe.out")
   if ((last > 0)); then echo $((last - t0)) >>"$work/all-nodes"; else log "a node never changed ($mode)"; fi
 }
-if ((${#targets[@]} >= 3)); then
+if ((${#targets[@]} >= NODES)); then
   for _ in $(seq 1 "$CHANGES"); do
     change deny apply
     change allow delete
   done
-  echo "netpol_enforced_all_nodes_nodes: ${#targets[@]}"
-  echo "netpol_enforced_all_nodes_p50_ms: $(percentile 50 "$work/all-nodes")"
-  echo "netpol_enforced_all_nodes_p99_ms: $(percentile 99 "$work/all-nodes")"
+  all=netpol_enforced_all_nodes
+  [[ $SCALE == 1 ]] && all=netpol_scale_enforced_all_nodes
+  echo "${all}_nodes: ${#targets[@]}"
+  echo "${all}_p50_ms: $(percentile 50 "$work/all-nodes")"
+  echo "${all}_p99_ms: $(percentile 99 "$work/all-nodes")"
   # The client's share: from the same start to the kubectl process exiting (its start-up, the
   # API round trips, the write's commit).
   echo "netpol_kubectl_change_p50_ms: $(percentile 50 "$work/kubectl")"
 else
-  log "the DaemonSet's pods did not run on 3 nodes: ${spread_ips[*]}"
+  log "the DaemonSet's pods did not run on $NODES nodes: ${spread_ips[*]}"
 fi
 
-pid=$(daemon_pid "$rig" "$node") || true
-echo "node_rss_kib: $(rss_kib "${pid:-0}")"
-echo "node_netpol_table_lines: $(on "$node" nft list table inet shoal-netpol | wc -l)"
+if [[ $SCALE == 1 ]]; then
+  scale_report
+else
+  pid=$(daemon_pid "$rig" "$node") || true
+  echo "node_rss_kib: $(rss_kib "${pid:-0}")"
+  echo "node_netpol_table_lines: $(on "$node" nft list table inet shoal-netpol | wc -l)"
+fi
 load_line after
