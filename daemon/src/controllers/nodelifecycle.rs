@@ -8,6 +8,14 @@
 //! for the whole toleration does. The default toleration is
 //! [`super::ControllerConfig::default_unreachable_toleration`] (10 s); a pod's own toleration
 //! with `tolerationSeconds` overrides it, one without `tolerationSeconds` keeps the pod forever.
+//!
+//! Disruption: when every node, or more than two and at least 55 % of them, look dead at once
+//! (upstream's `--unhealthy-zone-threshold`; for clusters of at most 50 nodes upstream's
+//! secondary eviction rate is 0), the fault is more likely the observer's (its own link, a
+//! starved leader on an overloaded machine) than the nodes'. The nodes are still marked
+//! unreachable, but no pod is evicted until the view recovers: evicting would start every
+//! pod again elsewhere and make the overload worse.
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -78,9 +86,28 @@ pub(crate) async fn reconcile(key: ObjKey, ctx: Arc<Context>) -> Result<Action> 
         }
         Some(false) => {
             let since = mark_unreachable(&ctx, &node).await?;
+            let (dead, total) = disruption(&ctx.health.borrow());
+            if disrupted(dead, total) {
+                tracing::warn!(node = %key.name, dead, total, "most nodes look unreachable at once; evicting nothing");
+                return Ok(Action::requeue(DISRUPTION_RECHECK));
+            }
             evict(&ctx, &key.name, since).await
         }
     }
+}
+
+/// How often a dead node is looked at again while evictions are held back.
+const DISRUPTION_RECHECK: Duration = Duration::from_secs(2);
+
+/// (dead, all) nodes as gossip sees them.
+fn disruption(health: &BTreeMap<String, bool>) -> (usize, usize) {
+    (health.values().filter(|alive| !**alive).count(), health.len())
+}
+
+/// Upstream's zone states: full disruption (every node dead) or partial (more than two dead,
+/// and at least 55 % of all).
+fn disrupted(dead: usize, total: usize) -> bool {
+    dead > 0 && (dead == total || (dead > 2 && dead * 100 >= total * 55))
 }
 
 fn has_unreachable_taint(node: &Value) -> bool {
@@ -226,4 +253,26 @@ async fn evict(ctx: &Context, node: &str, since: jiff::Timestamp) -> Result<Acti
         Some(d) => Action::requeue(d + Duration::from_millis(20)),
         None => Action::await_change(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::disrupted;
+
+    #[test]
+    fn evictions_stop_when_most_nodes_look_dead_at_once() {
+        // One node of three, or of two (a two-node site), is a node failure: evict.
+        assert!(!disrupted(1, 3));
+        assert!(!disrupted(1, 2));
+        assert!(!disrupted(2, 5));
+        // Two of three: more than half, but not more than two nodes (upstream's rule).
+        assert!(!disrupted(2, 3));
+        // Every node, or more than two and at least 55 %: the observer is the likelier fault.
+        assert!(disrupted(1, 1));
+        assert!(disrupted(3, 3));
+        assert!(disrupted(3, 5));
+        assert!(disrupted(6, 10));
+        assert!(!disrupted(5, 10));
+        assert!(!disrupted(0, 10));
+    }
 }

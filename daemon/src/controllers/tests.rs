@@ -532,6 +532,52 @@ async fn a_flap_shorter_than_the_toleration_evicts_nothing() {
     c.stop().await;
 }
 
+/// Three of five nodes look dead at once (a starved leader's view, its own link down): they
+/// are marked unreachable, but nothing is evicted until the view recovers; then the one node
+/// still dead loses its pods as usual.
+#[tokio::test]
+async fn most_nodes_dead_at_once_evicts_nothing_until_the_view_recovers() {
+    let nodes = ["n1", "n2", "n3", "n4", "n5"];
+    let c = Cluster::start(&nodes, fast(), Agent::Run).await;
+    let mut d = yaml(NGINX);
+    d["spec"]["replicas"] = json!(10);
+    c.objects.create(&res("apps", "deployments"), Some("default"), d).await.unwrap();
+    eventually("10 pods running", || async { running(&c.pods().await).len() == 10 }).await;
+    let before: Vec<String> = c.pods().await.iter().map(|p| name_of(p).to_string()).collect();
+    c.health.send_modify(|h| {
+        for n in ["n1", "n2", "n3"] {
+            h.insert(n.into(), false);
+        }
+    });
+    eventually("n1, n2 and n3 tainted", || async {
+        let mut all = true;
+        for n in ["n1", "n2", "n3"] {
+            let node = c.get("", "nodes", n).await.unwrap();
+            all &= node["spec"]["taints"].as_array().is_some_and(|ts| !ts.is_empty());
+        }
+        all
+    })
+    .await;
+    // Three times the toleration: still every pod.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let during: Vec<String> = c.pods().await.iter().map(|p| name_of(p).to_string()).collect();
+    assert_eq!(before, during, "no pod evicted while most nodes look dead");
+    // n2 and n3 come back; n1 stays dead (one of five): its pods go.
+    let on_n1: Vec<String> =
+        c.pods().await.iter().filter(|p| p["spec"]["nodeName"] == "n1").map(|p| name_of(p).to_string()).collect();
+    assert!(!on_n1.is_empty());
+    c.health.send_modify(|h| {
+        h.insert("n2".into(), true);
+        h.insert("n3".into(), true);
+    });
+    eventually("n1's pods evicted", || async {
+        let pods = c.pods().await;
+        !pods.iter().any(|p| on_n1.iter().any(|n| n == name_of(p)))
+    })
+    .await;
+    c.stop().await;
+}
+
 #[tokio::test]
 async fn garbage_collector_deletes_owned_objects() {
     let c = Cluster::start(&["n1"], fast(), Agent::Run).await;
