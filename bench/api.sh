@@ -15,6 +15,7 @@
 # metrics-on round's (every create and patch of the workload passes the webhook).
 #   WEBHOOK=0 bench/api.sh           # without the webhook round
 #   RBAC=only bench/api.sh           # the RBAC round alone (RBAC=0: without it)
+#   EXTRA_CONFIG=$'[store]\ncache_mb = 64' bench/api.sh   # config.toml lines for every node
 # The RBAC round (on by default, see rbac_round below) runs on a rig of its own after the others.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
@@ -32,7 +33,10 @@ cleanup() {
 }
 trap cleanup EXIT
 build
-printf 'version = 1\n[metrics]\nenabled = false\n' >"$work/metrics-off.toml"
+# EXTRA_CONFIG: config.toml lines given to every node of every round, for example
+# EXTRA_CONFIG=$'[store]\ncache_mb = 64'.
+printf 'version = 1\n%s\n' "${EXTRA_CONFIG:-}" >"$work/base.toml"
+printf 'version = 1\n[metrics]\nenabled = false\n%s\n' "${EXTRA_CONFIG:-}" >"$work/metrics-off.toml"
 
 # round NAME [CONFIG]: one bench run on a fresh rig; figures in $work/figures-NAME.
 round() {
@@ -91,7 +95,7 @@ ctx.load_cert_chain(sys.argv[3] + '.crt', sys.argv[3] + '.key')
 srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
 srv.serve_forever()
 PY
-  rig_up "$work/rig" 3
+  rig_up "$work/rig" 3 "$work/base.toml"
   python3 "$work/hook.py" "$addr" "$port" "$work/hook" "$work/hook.calls" 3>&- 4>&- 5>&- 6>&- 7>&- 8>&- 9>&- &
   echo $! >"$work/hook.pid"
   cat >"$work/hook.json" <<JSON
@@ -203,7 +207,7 @@ case $RBAC in
   *) echo "RBAC must be 1, 0 or only" >&2; exit 2 ;;
 esac
 case $METRICS in
-  on | both) round on ;;
+  on | both) round on "$work/base.toml" ;;
   off) round off "$work/metrics-off.toml" ;;
   *) echo "METRICS must be on, off or both" >&2; exit 2 ;;
 esac
