@@ -314,3 +314,26 @@ async fn memory_pressure_evicts_the_pod_using_most_first() {
     let n = n.expect("the Node was written");
     assert_eq!(condition(&json!({"status": n["status"]}), "MemoryPressure"), "True");
 }
+
+/// A delete elsewhere in the cluster does not make this node resync all its pods; one of its
+/// own pods deleted (or force-deleted) does.
+#[tokio::test]
+async fn only_the_deletes_of_this_nodes_pods_start_a_full_pass() {
+    let node = TestNode::new().await;
+    let ev = |kind: &'static str, uid: &str, on: &str| shoal_kube::objects::ObjectEvent {
+        kind,
+        object: json!({"metadata": {"name": uid, "uid": uid}, "spec": {"nodeName": on}}),
+        revision: 1,
+    };
+    let mut mine = std::collections::HashMap::new();
+    let mut changed = std::collections::HashMap::new();
+    assert!(!node.agent.note_event(ev("ADDED", "a", "n1"), &mut mine, &mut changed));
+    assert!(!node.agent.note_event(ev("ADDED", "b", "n2"), &mut mine, &mut changed));
+    assert_eq!(mine.keys().collect::<Vec<_>>(), ["a"], "only this node's pods are kept");
+    assert!(!node.agent.note_event(ev("DELETED", "b", "n2"), &mut mine, &mut changed), "another node's pod");
+    assert!(node.agent.note_event(ev("DELETED", "a", "n1"), &mut mine, &mut changed), "this node's pod");
+    assert!(mine.is_empty());
+    // Deleted without a node in the event but known here: still a full pass.
+    node.agent.note_event(ev("ADDED", "c", "n1"), &mut mine, &mut changed);
+    assert!(node.agent.note_event(ev("DELETED", "c", ""), &mut mine, &mut changed));
+}

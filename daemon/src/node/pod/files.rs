@@ -50,7 +50,7 @@ impl Agent {
         }
         let binding =
             if vols.iter().any(volumes::wants_token) { self.token_binding(pod).await } else { Default::default() };
-        let (node_cpu_millis, node_memory_bytes) = crate::node::node_allocatable(&self.cfg.paths.proc);
+        let (node_cpu_millis, node_memory_bytes) = self.allocatable;
         for v in &vols {
             let vname = v["name"].as_str().unwrap_or_default();
             if vname.is_empty() || vname.contains('/') || vname.starts_with('.') {
