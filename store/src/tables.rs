@@ -63,7 +63,7 @@ impl KvRecord {
 pub(crate) struct Db {
     // Fields drop in order: the database first, then the signal.
     db: Database,
-    _closed: ClosedSignal,
+    closed: ClosedSignal,
 }
 
 impl std::ops::Deref for Db {
@@ -76,7 +76,7 @@ impl std::ops::Deref for Db {
 impl Db {
     /// True once this database has been dropped and its file released.
     pub(crate) fn closed_flag(&self) -> Arc<std::sync::atomic::AtomicBool> {
-        self._closed.0.clone()
+        self.closed.0.clone()
     }
 }
 
@@ -122,7 +122,7 @@ pub(crate) fn open_db_with_cache(path: &Path, cache_bytes: Option<usize>) -> Res
         w.commit().map_err(|e| open_err(e.into()))?;
     }
     check_file_format(&db, path)?;
-    Ok(Arc::new(Db { db, _closed: ClosedSignal(Arc::default()) }))
+    Ok(Arc::new(Db { db, closed: ClosedSignal(Arc::default()) }))
 }
 
 /// Refuses a file written in a newer store format; records the format in one that has none

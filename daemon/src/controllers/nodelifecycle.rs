@@ -89,6 +89,10 @@ pub(crate) async fn reconcile(key: ObjKey, ctx: Arc<Context>) -> Result<Action> 
             let (dead, total) = disruption(&ctx.health.borrow());
             if disrupted(dead, total) {
                 tracing::warn!(node = %key.name, dead, total, "most nodes look unreachable at once; evicting nothing");
+                let msg = format!(
+                    "{dead} of {total} nodes look unreachable at once: no pod is evicted until the view recovers"
+                );
+                ctx.events.warning(COMPONENT, &node, "EvictionsHeld", &msg).await;
                 return Ok(Action::requeue(DISRUPTION_RECHECK));
             }
             evict(&ctx, &key.name, since).await

@@ -562,6 +562,10 @@ async fn most_nodes_dead_at_once_evicts_nothing_until_the_view_recovers() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     let during: Vec<String> = c.pods().await.iter().map(|p| name_of(p).to_string()).collect();
     assert_eq!(before, during, "no pod evicted while most nodes look dead");
+    assert!(
+        c.list("", "events").await.iter().any(|e| e["reason"] == "EvictionsHeld" && e["type"] == "Warning"),
+        "the hold shows on the Node"
+    );
     // n2 and n3 come back; n1 stays dead (one of five): its pods go.
     let on_n1: Vec<String> =
         c.pods().await.iter().filter(|p| p["spec"]["nodeName"] == "n1").map(|p| name_of(p).to_string()).collect();

@@ -673,7 +673,7 @@ async fn publish_root_ca(agent: &Agent) {
 
 /// The node's allocatable cpu (millicores) and memory (bytes), for resourceFieldRefs of
 /// limits a container does not set.
-pub(crate) fn node_allocatable(proc: &std::path::Path) -> (u64, u64) {
+fn node_allocatable(proc: &std::path::Path) -> (u64, u64) {
     let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let (_, alloc) = capacity(cpus, mem_total_kib(proc), &BTreeMap::new());
     let cpu = alloc["cpu"].as_str().and_then(spec::cpu_millis).unwrap_or(1000);
